@@ -1,0 +1,165 @@
+/* cli.c — `moepack` entry point: command table, help, version, shared helpers. */
+#define _GNU_SOURCE
+#include "cli.h"
+#include "mpk_config.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
+{
+    fprintf(stderr, "moepack: %s: %s\n", cmd, err->msg[0] ? err->msg : mpk_status_str(err->code));
+    if (hint)
+        fprintf(stderr, "hint: %s\n", hint);
+    return MPK_EXIT_FAIL;
+}
+
+int mpk_cli_usage(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "moepack: %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'moepack %s --help'.\n", cmd);
+    return MPK_EXIT_USAGE;
+}
+
+bool mpk_cli_wants_help(const mpk_command *c, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(c->usage, stdout);
+            return true;
+        }
+    }
+    return false;
+}
+
+bool mpk_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || !isdigit((unsigned char)*s))
+        return false;
+    double v = strtod(s, &end);
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {
+        {"", 1},          {"B", 1},           {"KB", 1e3},           {"MB", 1e6},
+        {"GB", 1e9},      {"TB", 1e12},       {"KiB", 1024.0},       {"MiB", 1048576.0},
+        {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9},
+    };
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcasecmp(end, units[i].suffix) == 0 &&
+            (strchr(units[i].suffix, 'i') ? strcmp(end, units[i].suffix) == 0 : 1)) {
+            double b = v * units[i].mult;
+            if (b < 0 || b > 1.8e19)
+                return false;
+            *out = (uint64_t)(b + 0.5);
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap)
+{
+    static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)n;
+    int i = 0;
+    while (v >= 1024 && i < 5) {
+        v /= 1024;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, cap, "%llu B", (unsigned long long)n);
+    else
+        snprintf(buf, cap, "%.2f %s", v, u[i]);
+    return buf;
+}
+
+static int cmd_help(int argc, char **argv);
+static int cmd_version(int argc, char **argv);
+
+static void print_features(FILE *f)
+{
+    fprintf(f, "moepack %s\nfeatures: io_uring=%s cuda=%s\n", MPK_VERSION,
+            MPK_HAVE_IO_URING ? "yes" : "no", MPK_HAVE_CUDA ? "yes" : "no");
+}
+
+static int cmd_version(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    print_features(stdout);
+    return MPK_EXIT_OK;
+}
+
+static const char exit_table[] =
+    "Exit status:\n"
+    "  0   success\n"
+    "  1   runtime failure (invalid input, I/O error); the message names file, tensor, rule\n"
+    "  2   usage error (bad command line)\n"
+    "  3   verify/diff found differences\n"
+    "  77  precondition missing (gpucheck without a usable GPU)\n";
+
+static int cmd_help(int argc, char **argv)
+{
+    if (argc > 1) {
+        for (size_t i = 0; i < mpk_n_commands; i++)
+            if (strcmp(mpk_commands[i].name, argv[1]) == 0) {
+                fputs(mpk_commands[i].usage, stdout);
+                return MPK_EXIT_OK;
+            }
+        return mpk_cli_usage("help", "unknown command '%s'", argv[1]);
+    }
+    printf("usage: moepack <command> [options] ARGS\n\n"
+           "Converts Mixture-of-Experts safetensors checkpoints between the per-expert layout\n"
+           "and the packed layout (one [E, 2I, H] gate_up_proj and one [E, H, I] down_proj\n"
+           "per layer), streaming, with bounded memory.\n\nCommands:\n");
+    for (size_t i = 0; i < mpk_n_commands; i++)
+        printf("  %-10s %s\n", mpk_commands[i].name, mpk_commands[i].summary);
+    printf("\n'moepack <command> --help' shows a command's options.\n\n%s", exit_table);
+    return MPK_EXIT_OK;
+}
+
+const mpk_command mpk_commands[] = {
+    {"help", "show this help, or a command's", "usage: moepack help [COMMAND]\n", cmd_help},
+    {"version", "print the version and the features built in",
+     "usage: moepack version\n", cmd_version},
+    {"inspect", "list a checkpoint's shards, tensors, dtypes and expert layout",
+     "usage: moepack inspect PATH [--json]\n\n"
+     "PATH is a .safetensors file or a checkpoint directory (model.safetensors or\n"
+     "model.safetensors.index.json). Validates every shard strictly and prints shards,\n"
+     "tensor count, total bytes, a dtype histogram, config.json facts (model_type,\n"
+     "number of experts, per-expert or packed experts) and every tensor.\n\n"
+     "  --json   one JSON document on stdout (schema in README.md)\n",
+     mpk_cmd_inspect},
+};
+const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return cmd_help(1, argv), MPK_EXIT_USAGE;
+    const char *name = argv[1];
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0)
+        return cmd_help(1, argv);
+    if (strcmp(name, "--version") == 0)
+        return cmd_version(1, argv);
+    for (size_t i = 0; i < mpk_n_commands; i++) {
+        const mpk_command *c = &mpk_commands[i];
+        if (strcmp(c->name, name) == 0) {
+            if (c->run != cmd_help && mpk_cli_wants_help(c, argc - 1, argv + 1))
+                return MPK_EXIT_OK;
+            return c->run(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "moepack: unknown command '%s'\nTry 'moepack help'.\n", name);
+    return MPK_EXIT_USAGE;
+}

@@ -1,0 +1,42 @@
+/* cli.h — the moepack command table and helpers shared by the command files. */
+#ifndef MPK_CLI_H
+#define MPK_CLI_H
+
+#include "mpk_formats.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+/* Exit codes (README and `moepack help` list the same table). */
+enum {
+    MPK_EXIT_OK = 0,
+    MPK_EXIT_FAIL = 1,   /* runtime failure: bad input, I/O error */
+    MPK_EXIT_USAGE = 2,  /* bad command line */
+    MPK_EXIT_DIFF = 3,   /* verify found differences */
+    MPK_EXIT_SKIP = 77,  /* precondition missing (no GPU) */
+};
+
+typedef struct mpk_command {
+    const char *name;
+    const char *summary;
+    const char *usage;   /* full --help text */
+    int (*run)(int argc, char **argv);
+} mpk_command;
+
+extern const mpk_command mpk_commands[];
+extern const size_t mpk_n_commands;
+
+/* "moepack: CMD: msg" (+ "hint: ..." when hint is non-NULL) on stderr; returns 1. */
+int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint);
+/* One usage line on stderr plus a pointer to --help; returns 2. */
+int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* True when argv has --help/-h; prints usage. */
+bool mpk_cli_wants_help(const mpk_command *c, int argc, char **argv);
+/* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
+bool mpk_parse_size(const char *s, uint64_t *out);
+/* Human size "1.50 GiB". */
+const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap);
+
+int mpk_cmd_inspect(int argc, char **argv);
+
+#endif

@@ -1,0 +1,127 @@
+/* config.c — the few config.json facts moepack needs, and expert-layout detection. */
+#define _GNU_SOURCE
+#include "mpk_converter.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static long get_int(const cJSON *o, const char *const *keys)
+{
+    for (; *keys; keys++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, *keys);
+        if (cJSON_IsNumber(v) && v->valuedouble >= 0)
+            return (long)v->valuedouble;
+    }
+    return -1;
+}
+
+mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->num_experts = cfg->hidden_size = cfg->intermediate_size = cfg->num_layers = -1;
+    char *path = mpk_path_join(dir, "config.json");
+    if (!path)
+        MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
+    if (access(path, F_OK) != 0) {
+        free(path);
+        return MPK_OK; /* no config: found stays false */
+    }
+    char *text;
+    size_t len;
+    mpk_status s = mpk_read_file(path, &text, &len, err);
+    if (s != MPK_OK) {
+        free(path);
+        return s;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        s = mpk_error_set(err, MPK_E_CONFIG, 0, path, "not a JSON object");
+        free(path);
+        return s;
+    }
+    free(path);
+    cfg->found = true;
+    cfg->json = root;
+    /* multimodal configs keep the language model's numbers in text_config */
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
+    const cJSON *src[2] = {cJSON_IsObject(tc) ? tc : NULL, root};
+    static const char *const k_type[] = {"model_type", NULL};
+    static const char *const k_experts[] = {"num_local_experts", "num_experts", "n_routed_experts",
+                                            "moe_num_experts", NULL};
+    static const char *const k_hidden[] = {"hidden_size", NULL};
+    static const char *const k_inter[] = {"moe_intermediate_size", "intermediate_size", NULL};
+    static const char *const k_layers[] = {"num_hidden_layers", NULL};
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, k_type[0]);
+    if (cJSON_IsString(mt))
+        snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
+    if (src[0]) {
+        const cJSON *tmt = cJSON_GetObjectItemCaseSensitive(src[0], "model_type");
+        if (cJSON_IsString(tmt))
+            snprintf(cfg->text_model_type, sizeof cfg->text_model_type, "%s", tmt->valuestring);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!src[i])
+            continue;
+        if (cfg->num_experts < 0)
+            cfg->num_experts = get_int(src[i], k_experts);
+        if (cfg->hidden_size < 0)
+            cfg->hidden_size = get_int(src[i], k_hidden);
+        if (cfg->intermediate_size < 0)
+            cfg->intermediate_size = get_int(src[i], k_inter);
+        if (cfg->num_layers < 0)
+            cfg->num_layers = get_int(src[i], k_layers);
+    }
+    return MPK_OK;
+}
+
+void mpk_config_free(mpk_model_config *cfg)
+{
+    if (cfg && cfg->json) {
+        cJSON_Delete(cfg->json);
+        cfg->json = NULL;
+    }
+}
+
+/* ".experts.<digits>." somewhere in the name */
+static bool per_expert_name(const char *n)
+{
+    for (const char *p = strstr(n, ".experts."); p; p = strstr(p + 1, ".experts.")) {
+        const char *q = p + 9;
+        if (isdigit((unsigned char)*q)) {
+            while (isdigit((unsigned char)*q))
+                q++;
+            if (*q == '.')
+                return true;
+        }
+    }
+    return false;
+}
+
+mpk_expert_layout mpk_detect_layout(const mpk_ckpt *c)
+{
+    bool per = false, packed = false;
+    for (size_t i = 0; i < c->n_tensors; i++) {
+        const mpk_tensor_info *t = c->tensors[i].info;
+        if (per_expert_name(t->name))
+            per = true;
+        else if (t->ndim >= 3 && (strstr(t->name, ".experts.") || strstr(t->name, "input_linear") ||
+                                  strstr(t->name, "output_linear")))
+            packed = true;
+    }
+    if (per && packed)
+        return MPK_LAYOUT_MIXED;
+    return per ? MPK_LAYOUT_PER_EXPERT : packed ? MPK_LAYOUT_PACKED : MPK_LAYOUT_NONE;
+}
+
+const char *mpk_layout_name(mpk_expert_layout l)
+{
+    static const char *const names[] = {"none", "per-expert", "packed", "mixed"};
+    _Static_assert(sizeof names / sizeof names[0] == MPK_LAYOUT_COUNT, "layout names");
+    return (unsigned)l < MPK_LAYOUT_COUNT ? names[l] : "?";
+}

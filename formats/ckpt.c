@@ -1,0 +1,432 @@
+/* ckpt.c — checkpoints: a lone file or a directory with an optional shard index. */
+#define _GNU_SOURCE
+#include "formats_internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define INDEX_NAME "model.safetensors.index.json"
+#define SINGLE_NAME "model.safetensors"
+
+static bool shard_name_safe(const char *s)
+{
+    if (!*s || s[0] == '/' || strchr(s, '/') || strchr(s, '\\'))
+        return false;
+    if (strcmp(s, ".") == 0 || strstr(s, ".."))
+        return false;
+    return true;
+}
+
+mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_arena **arena_out,
+                           const char ***names_out, const char ***files_out, size_t *n_out,
+                           uint64_t *total_size, mpk_error *err)
+{
+    *arena_out = NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root)
+        MPK_FAIL(err, MPK_E_INDEX, where, "not valid JSON (near byte %zu)",
+                 cJSON_GetErrorPtr() ? (size_t)(cJSON_GetErrorPtr() - text) : (size_t)0);
+    mpk_status s = MPK_OK;
+    mpk_arena *a = NULL;
+    mpk_strmap seen = {0};
+    for (const char *p = end; p < text + len; p++)
+        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
+            s = mpk_error_set(err, MPK_E_INDEX, 0, where, "trailing garbage after the JSON value");
+            goto done;
+        }
+    const cJSON *wm = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map")
+                                           : NULL;
+    if (!cJSON_IsObject(wm)) {
+        s = mpk_error_set(err, MPK_E_INDEX, 0, where, "no \"weight_map\" object");
+        goto done;
+    }
+    *total_size = 0;
+    const cJSON *md = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+    if (md && !cJSON_IsNull(md)) {
+        const cJSON *ts = cJSON_IsObject(md) ? cJSON_GetObjectItemCaseSensitive(md, "total_size")
+                                             : NULL;
+        if (!cJSON_IsObject(md) || (ts && (!cJSON_IsNumber(ts) || ts->valuedouble < 0 ||
+                                           ts->valuedouble != floor(ts->valuedouble)))) {
+            s = mpk_error_set(err, MPK_E_INDEX, 0, where,
+                              "metadata.total_size must be a non-negative integer");
+            goto done;
+        }
+        if (ts)
+            *total_size = (uint64_t)ts->valuedouble;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(wm);
+    a = mpk_arena_new();
+    const char **names = a ? mpk_arena_alloc(a, (n + 1) * sizeof *names) : NULL;
+    const char **files = a ? mpk_arena_alloc(a, (n + 1) * sizeof *files) : NULL;
+    if (!names || !files || mpk_strmap_init(&seen, n) != MPK_OK) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto done;
+    }
+    size_t i = 0;
+    for (const cJSON *e = wm->child; e; e = e->next, i++) {
+        if (!cJSON_IsString(e)) {
+            s = mpk_error_set(err, MPK_E_INDEX, 0, where, "weight_map['%s'] is not a string",
+                              e->string);
+            goto done;
+        }
+        if (!shard_name_safe(e->valuestring)) {
+            s = mpk_error_set(err, MPK_E_INDEX_PATH, 0, where,
+                              "weight_map['%s'] = '%s': shard names must be plain file names "
+                              "inside the checkpoint directory",
+                              e->string, e->valuestring);
+            goto done;
+        }
+        names[i] = mpk_arena_strndup(a, e->string, strlen(e->string));
+        files[i] = mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring));
+        if (!names[i] || !files[i]) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+            goto done;
+        }
+        if (mpk_strmap_put(&seen, names[i], strlen(names[i]), i, NULL)) {
+            s = mpk_error_set(err, MPK_E_INDEX, 0, where, "weight_map lists '%s' twice", names[i]);
+            goto done;
+        }
+    }
+    *names_out = names;
+    *files_out = files;
+    *n_out = n;
+done:
+    mpk_strmap_free(&seen);
+    cJSON_Delete(root);
+    if (s != MPK_OK)
+        mpk_arena_free(a);
+    else
+        *arena_out = a;
+    return s;
+}
+
+/* ---------------------------------------------------------------- index writer */
+
+typedef struct {
+    const char *name, *file;
+} pair;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    return strcmp(((const pair *)a)->name, ((const pair *)b)->name);
+}
+
+/* Appends s as a JSON string the way Python's json.dumps(ensure_ascii=True) does. */
+static size_t py_json_string(char *out, const char *s)
+{
+    size_t o = 0;
+    out[o++] = '"';
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p;
+        const char *esc = NULL;
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        }
+        if (esc) {
+            o += (size_t)sprintf(out + o, "%s", esc);
+            p++;
+            continue;
+        }
+        if (c < 0x20) {
+            o += (size_t)sprintf(out + o, "\\u%04x", c);
+            p++;
+            continue;
+        }
+        if (c < 0x80) {
+            out[o++] = (char)c;
+            p++;
+            continue;
+        }
+        /* decode one UTF-8 sequence (input validated by the parser) */
+        unsigned cp, n = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+        cp = c & (n == 2 ? 0x1F : n == 3 ? 0x0F : 0x07);
+        for (unsigned k = 1; k < n && p[k]; k++)
+            cp = (cp << 6) | (p[k] & 0x3F);
+        p += n;
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            o += (size_t)sprintf(out + o, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+        } else {
+            o += (size_t)sprintf(out + o, "\\u%04x", cp);
+        }
+    }
+    out[o++] = '"';
+    out[o] = 0;
+    return o;
+}
+
+char *mpk_index_format(const char *const *names, const char *const *files, size_t n,
+                       uint64_t total_size)
+{
+    pair *ps = mpk_calloc(n ? n : 1, sizeof *ps);
+    if (!ps)
+        return NULL;
+    size_t cap = 128;
+    for (size_t i = 0; i < n; i++) {
+        ps[i] = (pair){names[i], files[i]};
+        cap += 12 * (strlen(names[i]) + strlen(files[i])) + 16;
+    }
+    qsort(ps, n, sizeof *ps, cmp_pair);
+    char *out = mpk_alloc(cap);
+    if (!out) {
+        free(ps);
+        return NULL;
+    }
+    size_t o = (size_t)sprintf(out, "{\n  \"metadata\": {\n    \"total_size\": %llu\n  },\n"
+                                    "  \"weight_map\": {",
+                               (unsigned long long)total_size);
+    for (size_t i = 0; i < n; i++) {
+        o += (size_t)sprintf(out + o, "%s\n    ", i ? "," : "");
+        o += py_json_string(out + o, ps[i].name);
+        o += (size_t)sprintf(out + o, ": ");
+        o += py_json_string(out + o, ps[i].file);
+    }
+    sprintf(out + o, "%s}\n}\n", n ? "\n  " : "");
+    free(ps);
+    return out;
+}
+
+void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap)
+{
+    if (count <= 1)
+        snprintf(buf, cap, SINGLE_NAME);
+    else
+        snprintf(buf, cap, "model-%05zu-of-%05zu.safetensors", i, count);
+}
+
+/* ---------------------------------------------------------------- checkpoint */
+
+static mpk_ckpt *ckpt_sort_ctx;
+
+static int cmp_ckpt_tensor(const void *a, const void *b)
+{
+    (void)ckpt_sort_ctx;
+    return mpk_natural_cmp(((const mpk_ckpt_tensor *)a)->info->name,
+                           ((const mpk_ckpt_tensor *)b)->info->name);
+}
+
+static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
+{
+    mpk_shard *sh = &c->shards[c->n_shards];
+    memset(sh, 0, sizeof *sh);
+    sh->fd = -1;
+    sh->name = mpk_strndup(name, strlen(name));
+    sh->path = mpk_path_join(c->dir, name);
+    if (!sh->name || !sh->path) {
+        free(sh->name);
+        free(sh->path);
+        MPK_FAIL(err, MPK_E_NOMEM, name, "out of memory");
+    }
+    c->n_shards++;
+    /* the shard must resolve inside the directory (no symlink escapes) */
+    char rdir[PATH_MAX], rfile[PATH_MAX];
+    if (c->is_dir && realpath(c->dir, rdir) && realpath(sh->path, rfile)) {
+        size_t l = strlen(rdir);
+        if (strncmp(rdir, rfile, l) != 0 || (rfile[l] != '/' && l > 1))
+            MPK_FAIL(err, MPK_E_INDEX_PATH, sh->path, "shard resolves outside the checkpoint "
+                                                     "directory (to %s)", rfile);
+    }
+    sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
+    if (sh->fd < 0)
+        return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, sh->path,
+                             "cannot open shard: %s", strerror(errno));
+    return mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
+}
+
+static mpk_status collect_tensors(mpk_ckpt *c, mpk_error *err)
+{
+    size_t total = 0;
+    for (size_t s = 0; s < c->n_shards; s++)
+        total += c->shards[s].header->n_tensors;
+    c->tensors = mpk_calloc(total ? total : 1, sizeof *c->tensors);
+    if (!c->tensors)
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    if (mpk_strmap_init(&c->by_name, total) != MPK_OK)
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    for (size_t s = 0; s < c->n_shards; s++) {
+        const mpk_st_header *h = c->shards[s].header;
+        for (size_t i = 0; i < h->n_tensors; i++) {
+            const mpk_tensor_info *t = &h->tensors[i];
+            size_t prev;
+            if (mpk_strmap_put(&c->by_name, t->name, strlen(t->name), c->n_tensors, &prev))
+                MPK_FAIL(err, MPK_E_DUPLICATE_TENSOR, c->shards[s].path,
+                         "tensor '%s' is also in %s", t->name,
+                         c->shards[c->tensors[prev].shard].name);
+            mpk_ckpt_tensor *ct = &c->tensors[c->n_tensors++];
+            ct->info = t;
+            ct->shard = (uint32_t)s;
+            ct->file_offset = h->data_start + t->begin;
+            ct->nbytes = t->end - t->begin;
+            c->total_bytes += ct->nbytes;
+        }
+    }
+    qsort(c->tensors, c->n_tensors, sizeof *c->tensors, cmp_ckpt_tensor);
+    mpk_strmap_free(&c->by_name);
+    if (mpk_strmap_init(&c->by_name, c->n_tensors) != MPK_OK)
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    for (size_t i = 0; i < c->n_tensors; i++)
+        mpk_strmap_put(&c->by_name, c->tensors[i].info->name, strlen(c->tensors[i].info->name), i,
+                       NULL);
+    return MPK_OK;
+}
+
+static mpk_status open_indexed(mpk_ckpt *c, const char *index_path, mpk_error *err)
+{
+    char *text;
+    size_t len;
+    MPK_TRY(mpk_read_file(index_path, &text, &len, err));
+    mpk_arena *a;
+    const char **names, **files;
+    size_t n;
+    mpk_status s = mpk_index_parse(text, len, index_path, &a, &names, &files, &n,
+                                   &c->index_total_size, err);
+    free(text);
+    if (s != MPK_OK)
+        return s;
+    c->has_index = true;
+    /* unique shard names in order of first appearance */
+    mpk_strmap shard_ix = {0};
+    c->shards = mpk_calloc(n ? n : 1, sizeof *c->shards);
+    if (!c->shards || mpk_strmap_init(&shard_ix, 64) != MPK_OK) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, index_path, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n && s == MPK_OK; i++) {
+        if (!mpk_strmap_put(&shard_ix, files[i], strlen(files[i]), c->n_shards, NULL))
+            s = add_shard(c, files[i], err);
+    }
+    if (s != MPK_OK)
+        goto done;
+    if ((s = collect_tensors(c, err)) != MPK_OK)
+        goto done;
+    /* every listed tensor is in the shard the index names */
+    for (size_t i = 0; i < n; i++) {
+        size_t ti, si;
+        mpk_strmap_get(&shard_ix, files[i], strlen(files[i]), &si);
+        if (!mpk_strmap_get(&c->by_name, names[i], strlen(names[i]), &ti) ||
+            c->tensors[ti].shard != si) {
+            s = mpk_error_set(err, MPK_E_INDEX_MISSING, 0, index_path,
+                              "tensor '%s' is listed in %s but that shard does not hold it",
+                              names[i], files[i]);
+            goto done;
+        }
+    }
+    /* and every tensor of every shard is listed */
+    if (c->n_tensors != n) {
+        mpk_strmap listed = {0};
+        if (mpk_strmap_init(&listed, n) != MPK_OK) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, index_path, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < n; i++)
+            mpk_strmap_put(&listed, names[i], strlen(names[i]), i, NULL);
+        for (size_t i = 0; i < c->n_tensors; i++) {
+            size_t dummy;
+            const char *tn = c->tensors[i].info->name;
+            if (!mpk_strmap_get(&listed, tn, strlen(tn), &dummy)) {
+                s = mpk_error_set(err, MPK_E_INDEX_EXTRA, 0, c->shards[c->tensors[i].shard].path,
+                                  "tensor '%s' is not listed in %s", tn, INDEX_NAME);
+                break;
+            }
+        }
+        mpk_strmap_free(&listed);
+    }
+done:
+    mpk_strmap_free(&shard_ix);
+    mpk_arena_free(a);
+    return s;
+}
+
+mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
+{
+    *out = NULL;
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, path,
+                             "cannot open: %s", strerror(errno));
+    mpk_ckpt *c = mpk_calloc(1, sizeof *c);
+    if (!c)
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    mpk_status s = MPK_OK;
+    if (S_ISDIR(st.st_mode)) {
+        c->is_dir = true;
+        c->dir = mpk_strndup(path, strlen(path));
+        char *ix = mpk_path_join(path, INDEX_NAME);
+        char *single = mpk_path_join(path, SINGLE_NAME);
+        if (!c->dir || !ix || !single) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+        } else if (access(ix, F_OK) == 0) {
+            s = open_indexed(c, ix, err);
+        } else if (access(single, F_OK) == 0) {
+            c->shards = mpk_calloc(1, sizeof *c->shards);
+            s = c->shards ? add_shard(c, SINGLE_NAME, err)
+                          : mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+            if (s == MPK_OK)
+                s = collect_tensors(c, err);
+        } else {
+            s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, path,
+                              "no " SINGLE_NAME " or " INDEX_NAME " in this directory");
+        }
+        free(ix);
+        free(single);
+    } else {
+        const char *slash = strrchr(path, '/');
+        c->dir = slash ? mpk_strndup(path, (size_t)(slash - path + (slash == path))) : mpk_strndup(".", 1);
+        c->shards = mpk_calloc(1, sizeof *c->shards);
+        if (!c->dir || !c->shards) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+        } else {
+            s = add_shard(c, slash ? slash + 1 : path, err);
+            if (s == MPK_OK)
+                s = collect_tensors(c, err);
+        }
+    }
+    if (s != MPK_OK) {
+        mpk_ckpt_close(c);
+        return s;
+    }
+    *out = c;
+    return MPK_OK;
+}
+
+const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name)
+{
+    size_t i;
+    if (!mpk_strmap_get(&c->by_name, name, strlen(name), &i))
+        return NULL;
+    return &c->tensors[i];
+}
+
+void mpk_ckpt_close(mpk_ckpt *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_shards; i++) {
+        if (c->shards[i].fd >= 0)
+            close(c->shards[i].fd);
+        mpk_st_header_free(c->shards[i].header);
+        free(c->shards[i].name);
+        free(c->shards[i].path);
+    }
+    free(c->shards);
+    free(c->tensors);
+    mpk_strmap_free(&c->by_name);
+    free(c->dir);
+    free(c);
+}

@@ -1,0 +1,470 @@
+/* common.c — status strings, errors, allocation, dtype table, arena, string map. */
+#define _GNU_SOURCE
+#include "mpk_formats.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *const status_names[] = {
+    [MPK_OK] = "ok",
+    [MPK_E_IO] = "io",
+    [MPK_E_NOMEM] = "out-of-memory",
+    [MPK_E_HEADER_TOO_SMALL] = "header-too-small",
+    [MPK_E_HEADER_TOO_LARGE] = "header-too-large",
+    [MPK_E_HEADER_LENGTH] = "invalid-header-length",
+    [MPK_E_HEADER_UTF8] = "header-not-utf8",
+    [MPK_E_HEADER_JSON] = "header-not-json",
+    [MPK_E_HEADER_NOT_OBJECT] = "header-not-object",
+    [MPK_E_DTYPE] = "unknown-dtype",
+    [MPK_E_FIELD_MISSING] = "missing-field",
+    [MPK_E_FIELD_TYPE] = "mistyped-field",
+    [MPK_E_NUMBER] = "invalid-number",
+    [MPK_E_OFFSETS_ARITY] = "data-offsets-arity",
+    [MPK_E_OFFSETS_LAYOUT] = "data-offsets-layout",
+    [MPK_E_SIZE_OVERFLOW] = "size-overflow",
+    [MPK_E_SIZE_MISMATCH] = "size-mismatch",
+    [MPK_E_DATA_LENGTH] = "data-length",
+    [MPK_E_DUPLICATE_NAME] = "duplicate-tensor-name",
+    [MPK_E_DUPLICATE_METADATA] = "duplicate-metadata",
+    [MPK_E_METADATA] = "invalid-metadata",
+    [MPK_E_SUBBYTE] = "sub-byte-size",
+    [MPK_E_RANK] = "rank-too-large",
+    [MPK_E_INDEX] = "invalid-index",
+    [MPK_E_INDEX_PATH] = "unsafe-shard-name",
+    [MPK_E_INDEX_MISSING] = "index-tensor-missing",
+    [MPK_E_INDEX_EXTRA] = "shard-tensor-unlisted",
+    [MPK_E_NOT_FOUND] = "not-found",
+    [MPK_E_DUPLICATE_TENSOR] = "duplicate-tensor-across-shards",
+    [MPK_E_USAGE] = "usage",
+    [MPK_E_SPEC] = "invalid-spec",
+    [MPK_E_PRESET] = "preset",
+    [MPK_E_EXPERT_MISSING] = "expert-missing",
+    [MPK_E_SHAPE] = "shape-mismatch",
+    [MPK_E_DTYPE_MISMATCH] = "dtype-mismatch",
+    [MPK_E_DST_EXISTS] = "destination-exists",
+    [MPK_E_OP] = "invalid-op",
+    [MPK_E_CONFIG] = "invalid-config",
+    [MPK_E_MEMORY_BUDGET] = "memory-budget",
+    [MPK_E_CONFLICT] = "target-conflict",
+};
+_Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,
+               "status_names must cover every mpk_status");
+
+const char *mpk_status_str(mpk_status s)
+{
+    if ((unsigned)s >= MPK_STATUS_COUNT || !status_names[s])
+        return "unknown-status";
+    return status_names[s];
+}
+
+mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const char *where,
+                         const char *fmt, ...)
+{
+    if (!err)
+        return code;
+    err->code = code;
+    err->sys_errno = sys_errno;
+    snprintf(err->where, sizeof err->where, "%s", where ? where : "");
+    char what[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (where && *where)
+        snprintf(err->msg, sizeof err->msg, "%s: %s", where, what);
+    else
+        snprintf(err->msg, sizeof err->msg, "%s", what);
+    return code;
+}
+
+/* ---------------------------------------------------------------- allocation */
+
+long mpk_alloc_fail_countdown = 0;
+
+static bool alloc_should_fail(void)
+{
+    if (mpk_alloc_fail_countdown > 0 && --mpk_alloc_fail_countdown == 0)
+        return true;
+    return false;
+}
+
+void *mpk_alloc(size_t n)
+{
+    return alloc_should_fail() ? NULL : malloc(n ? n : 1);
+}
+
+void *mpk_calloc(size_t n, size_t size)
+{
+    return alloc_should_fail() ? NULL : calloc(n ? n : 1, size ? size : 1);
+}
+
+void *mpk_realloc(void *p, size_t n)
+{
+    return alloc_should_fail() ? NULL : realloc(p, n ? n : 1);
+}
+
+char *mpk_strndup(const char *s, size_t n)
+{
+    char *d = mpk_alloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+/* ---------------------------------------------------------------- dtypes */
+
+static const struct {
+    const char *name;
+    int bits;
+} dtype_table[] = {
+    [MPK_DTYPE_BOOL] = {"BOOL", 8},         [MPK_DTYPE_F4] = {"F4", 4},
+    [MPK_DTYPE_F6_E2M3] = {"F6_E2M3", 6},   [MPK_DTYPE_F6_E3M2] = {"F6_E3M2", 6},
+    [MPK_DTYPE_U8] = {"U8", 8},             [MPK_DTYPE_I8] = {"I8", 8},
+    [MPK_DTYPE_F8_E5M2] = {"F8_E5M2", 8},   [MPK_DTYPE_F8_E4M3] = {"F8_E4M3", 8},
+    [MPK_DTYPE_F8_E8M0] = {"F8_E8M0", 8},   [MPK_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
+    [MPK_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8},
+    [MPK_DTYPE_I16] = {"I16", 16},          [MPK_DTYPE_U16] = {"U16", 16},
+    [MPK_DTYPE_F16] = {"F16", 16},          [MPK_DTYPE_BF16] = {"BF16", 16},
+    [MPK_DTYPE_I32] = {"I32", 32},          [MPK_DTYPE_U32] = {"U32", 32},
+    [MPK_DTYPE_F32] = {"F32", 32},          [MPK_DTYPE_C64] = {"C64", 64},
+    [MPK_DTYPE_F64] = {"F64", 64},          [MPK_DTYPE_I64] = {"I64", 64},
+    [MPK_DTYPE_U64] = {"U64", 64},
+};
+_Static_assert(sizeof dtype_table / sizeof dtype_table[0] == MPK_DTYPE_COUNT,
+               "dtype_table must cover every mpk_dtype");
+
+const char *mpk_dtype_name(mpk_dtype d)
+{
+    return (unsigned)d < MPK_DTYPE_COUNT ? dtype_table[d].name : NULL;
+}
+
+int mpk_dtype_bits(mpk_dtype d)
+{
+    return (unsigned)d < MPK_DTYPE_COUNT ? dtype_table[d].bits : 0;
+}
+
+bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out)
+{
+    for (int i = 0; i < MPK_DTYPE_COUNT; i++) {
+        if (strlen(dtype_table[i].name) == len && memcmp(dtype_table[i].name, s, len) == 0) {
+            *out = (mpk_dtype)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+uint64_t mpk_numel(const int64_t *shape, int ndim)
+{
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (__builtin_mul_overflow(n, (uint64_t)shape[i], &n))
+            return 0;
+    return n;
+}
+
+mpk_status mpk_tensor_nbytes(mpk_dtype d, const int64_t *shape, int ndim, uint64_t *out)
+{
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || __builtin_mul_overflow(n, (uint64_t)shape[i], &n))
+            return MPK_E_SIZE_OVERFLOW;
+    }
+    uint64_t bits;
+    if (__builtin_mul_overflow(n, (uint64_t)mpk_dtype_bits(d), &bits))
+        return MPK_E_SIZE_OVERFLOW;
+    if (bits % 8)
+        return MPK_E_SUBBYTE;
+    *out = bits / 8;
+    return MPK_OK;
+}
+
+char *mpk_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap)
+{
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, o < cap ? cap - o : 0, "[");
+    for (int i = 0; i < ndim; i++)
+        o += (size_t)snprintf(buf + o, o < cap ? cap - o : 0, "%s%lld", i ? ", " : "",
+                              (long long)shape[i]);
+    snprintf(buf + o, o < cap ? cap - o : 0, "]");
+    return buf;
+}
+
+/* ---------------------------------------------------------------- arena */
+
+typedef struct arena_block {
+    struct arena_block *next;
+    size_t used, cap;
+    _Alignas(16) unsigned char data[];
+} arena_block;
+
+struct mpk_arena {
+    arena_block *head;
+};
+
+mpk_arena *mpk_arena_new(void)
+{
+    return mpk_calloc(1, sizeof(mpk_arena));
+}
+
+void *mpk_arena_alloc(mpk_arena *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    if (!a->head || a->head->cap - a->head->used < n) {
+        size_t cap = n > 65536 ? n : 65536;
+        arena_block *b = mpk_alloc(sizeof(arena_block) + cap);
+        if (!b)
+            return NULL;
+        b->next = a->head;
+        b->used = 0;
+        b->cap = cap;
+        a->head = b;
+    }
+    void *p = a->head->data + a->head->used;
+    a->head->used += n;
+    memset(p, 0, n);
+    return p;
+}
+
+char *mpk_arena_strndup(mpk_arena *a, const char *s, size_t n)
+{
+    char *d = mpk_arena_alloc(a, n + 1);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+char *mpk_arena_printf(mpk_arena *a, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return NULL;
+    char *d = mpk_arena_alloc(a, (size_t)n + 1);
+    if (!d)
+        return NULL;
+    va_start(ap, fmt);
+    vsnprintf(d, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return d;
+}
+
+void mpk_arena_free(mpk_arena *a)
+{
+    if (!a)
+        return;
+    for (arena_block *b = a->head, *next; b; b = next) {
+        next = b->next;
+        free(b);
+    }
+    free(a);
+}
+
+/* ---------------------------------------------------------------- string map */
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 29);
+}
+
+mpk_status mpk_strmap_init(mpk_strmap *m, size_t expected)
+{
+    size_t cap = 16;
+    while (cap < expected * 2 + 16)
+        cap *= 2;
+    m->keys = mpk_calloc(cap, sizeof *m->keys);
+    m->lens = mpk_calloc(cap, sizeof *m->lens);
+    m->vals = mpk_calloc(cap, sizeof *m->vals);
+    m->cap = cap;
+    m->count = 0;
+    if (!m->keys || !m->lens || !m->vals) {
+        mpk_strmap_free(m);
+        return MPK_E_NOMEM;
+    }
+    return MPK_OK;
+}
+
+static bool strmap_grow(mpk_strmap *m)
+{
+    mpk_strmap n;
+    if (mpk_strmap_init(&n, m->cap) != MPK_OK)
+        return false;
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i])
+            mpk_strmap_put(&n, m->keys[i], m->lens[i], m->vals[i], NULL);
+    mpk_strmap_free(m);
+    *m = n;
+    return true;
+}
+
+bool mpk_strmap_put(mpk_strmap *m, const char *key, size_t len, size_t val, size_t *existing)
+{
+    if ((m->count + 1) * 2 > m->cap && !strmap_grow(m))
+        return false; /* caller sees "not inserted"; only on OOM with a huge map */
+    size_t mask = m->cap - 1;
+    for (size_t i = hash_bytes(key, len) & mask;; i = (i + 1) & mask) {
+        if (!m->keys[i]) {
+            m->keys[i] = key;
+            m->lens[i] = len;
+            m->vals[i] = val;
+            m->count++;
+            return false;
+        }
+        if (m->lens[i] == len && memcmp(m->keys[i], key, len) == 0) {
+            if (existing)
+                *existing = m->vals[i];
+            return true;
+        }
+    }
+}
+
+bool mpk_strmap_get(const mpk_strmap *m, const char *key, size_t len, size_t *val)
+{
+    if (!m->cap)
+        return false;
+    size_t mask = m->cap - 1;
+    for (size_t i = hash_bytes(key, len) & mask; m->keys[i]; i = (i + 1) & mask) {
+        if (m->lens[i] == len && memcmp(m->keys[i], key, len) == 0) {
+            *val = m->vals[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+void mpk_strmap_free(mpk_strmap *m)
+{
+    free(m->keys);
+    free(m->lens);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+int mpk_natural_cmp(const char *a, const char *b)
+{
+    while (*a && *b) {
+        if (isdigit((unsigned char)*a) && isdigit((unsigned char)*b)) {
+            const char *sa = a, *sb = b;
+            while (*sa == '0' && isdigit((unsigned char)sa[1]))
+                sa++;
+            while (*sb == '0' && isdigit((unsigned char)sb[1]))
+                sb++;
+            const char *ea = sa, *eb = sb;
+            while (isdigit((unsigned char)*ea))
+                ea++;
+            while (isdigit((unsigned char)*eb))
+                eb++;
+            if (ea - sa != eb - sb)
+                return ea - sa < eb - sb ? -1 : 1;
+            int c = memcmp(sa, sb, (size_t)(ea - sa));
+            if (c)
+                return c < 0 ? -1 : 1;
+            /* equal value: fewer leading zeros first, then continue */
+            if ((ea - a) != (eb - b))
+                return (ea - a) < (eb - b) ? -1 : 1;
+            a = ea;
+            b = eb;
+            continue;
+        }
+        if (*a != *b)
+            return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+        a++;
+        b++;
+    }
+    return *a ? 1 : (*b ? -1 : 0);
+}
+
+/* ---------------------------------------------------------------- files */
+
+mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, path,
+                             "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return mpk_error_set(err, MPK_E_IO, e, path, "cannot stat: %s", strerror(e));
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = mpk_alloc(n + 1);
+    if (!buf) {
+        close(fd);
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory reading %zu bytes", n);
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : 0;
+            free(buf);
+            close(fd);
+            return mpk_error_set(err, MPK_E_IO, e, path, "read failed at byte %zu: %s", got,
+                                 e ? strerror(e) : "unexpected end of file");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = 0;
+    *out = buf;
+    if (len)
+        *len = n;
+    return MPK_OK;
+}
+
+mpk_status mpk_write_file(const char *path, const void *buf, size_t len, mpk_error *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return mpk_error_set(err, MPK_E_IO, errno, path, "cannot create: %s", strerror(errno));
+    const char *p = buf;
+    while (len) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            return mpk_error_set(err, MPK_E_IO, e, path, "write failed: %s", strerror(e));
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    if (close(fd) != 0)
+        return mpk_error_set(err, MPK_E_IO, errno, path, "close failed: %s", strerror(errno));
+    return MPK_OK;
+}
+
+char *mpk_path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    bool slash = la && a[la - 1] == '/';
+    char *p = mpk_alloc(la + lb + 2);
+    if (!p)
+        return NULL;
+    memcpy(p, a, la);
+    size_t o = la;
+    if (!slash)
+        p[o++] = '/';
+    memcpy(p + o, b, lb + 1);
+    return p;
+}

@@ -1,0 +1,19 @@
+/* formats_internal.h — helpers shared inside formats/ and with its tests. */
+#ifndef MPK_FORMATS_INTERNAL_H
+#define MPK_FORMATS_INTERNAL_H
+
+#include "mpk_formats.h"
+
+/* True when s[0..n) is valid UTF-8 (no overlongs, surrogates or > U+10FFFF); else
+ * *bad_at (if non-NULL) is the offset of the first bad sequence. */
+bool mpk_utf8_valid(const unsigned char *s, size_t n, size_t *bad_at);
+
+/* Reads the header of an open file; *file_size_out (optional) gets its size. */
+mpk_status mpk_st_read_header_fd(int fd, const char *path, mpk_st_header **out,
+                                 uint64_t *file_size_out, mpk_error *err);
+
+/* pwrite() until done; MPK_E_IO naming where on failure. Thread-safe. */
+mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
+                          mpk_error *err);
+
+#endif

@@ -1,0 +1,359 @@
+/* mpk_formats.h — safetensors files, sharded checkpoints and the I/O engine.
+ *
+ * The safetensors byte layout, as this module reads and writes it:
+ *   1. 8 bytes: N, the header length, unsigned 64-bit little-endian.
+ *      N must be <= 100,000,000 and 8 + N must not exceed the file size.
+ *   2. N bytes: the header, UTF-8 JSON, one object. Leading/trailing JSON whitespace is
+ *      allowed (the reference writer pads with spaces to a multiple of 8; older writers
+ *      do not pad at all, both are accepted).
+ *   3. The header object maps tensor name -> {"dtype": STR, "shape": [INT...],
+ *      "data_offsets": [BEGIN, END]}; one optional key "__metadata__" maps to a
+ *      string -> string object (or null). Duplicate tensor names and a duplicate
+ *      "__metadata__" key are rejected (the reference reader silently keeps the last).
+ *   4. The data section: the rest of the file. Offsets are relative to its start; the
+ *      tensors, sorted by offset, must tile it exactly from 0 with no gap, overlap or
+ *      trailing byte. END - BEGIN must equal numel * bits(dtype) / 8, and for sub-byte
+ *      dtypes numel * bits must be a multiple of 8.
+ *   5. Writer order (the reference writer's): tensors sorted by dtype rank descending
+ *      (the order of mpk_dtype below, U64 highest) then by name bytewise; compact JSON
+ *      with "__metadata__" first; header padded with spaces to a multiple of 8.
+ *
+ * A checkpoint is a .safetensors file, or a directory holding model.safetensors or
+ * model.safetensors.index.json ({"metadata": {"total_size": BYTES}, "weight_map":
+ * {tensor: shard file}}).
+ *
+ * Everything here reports failure through mpk_status plus a caller-owned mpk_error
+ * that names the file, the tensor and the rule broken. Nothing here calls exit().
+ */
+#ifndef MPK_FORMATS_H
+#define MPK_FORMATS_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status and errors */
+
+/* Pinned values: never renumber a shipped value; add new ones before MPK_STATUS_COUNT. */
+typedef enum mpk_status {
+    MPK_OK = 0,
+    MPK_E_IO = 1,                 /* a system call failed (sys_errno says which) */
+    MPK_E_NOMEM = 2,              /* allocation failed */
+    MPK_E_HEADER_TOO_SMALL = 3,   /* file shorter than the 8-byte length prefix */
+    MPK_E_HEADER_TOO_LARGE = 4,   /* N > 100,000,000 */
+    MPK_E_HEADER_LENGTH = 5,      /* 8 + N past the end of the file */
+    MPK_E_HEADER_UTF8 = 6,        /* header is not valid UTF-8 */
+    MPK_E_HEADER_JSON = 7,        /* header is not JSON, or has trailing garbage */
+    MPK_E_HEADER_NOT_OBJECT = 8,  /* header JSON (or a tensor entry) is not an object */
+    MPK_E_DTYPE = 9,              /* unknown dtype string */
+    MPK_E_FIELD_MISSING = 10,     /* dtype, shape or data_offsets missing */
+    MPK_E_FIELD_TYPE = 11,        /* a field has the wrong JSON type, or an unknown key */
+    MPK_E_NUMBER = 12,            /* negative, fractional or out-of-range number */
+    MPK_E_OFFSETS_ARITY = 13,     /* data_offsets is not exactly two numbers */
+    MPK_E_OFFSETS_LAYOUT = 14,    /* offsets do not tile the data from 0 (gap, overlap, reversed) */
+    MPK_E_SIZE_OVERFLOW = 15,     /* numel * bits overflows 64 bits */
+    MPK_E_SIZE_MISMATCH = 16,     /* END - BEGIN != bytes implied by dtype and shape */
+    MPK_E_DATA_LENGTH = 17,       /* data section is not exactly covered (trailing/missing bytes) */
+    MPK_E_DUPLICATE_NAME = 18,    /* a tensor name appears twice in one header */
+    MPK_E_DUPLICATE_METADATA = 19,/* "__metadata__" appears twice, or a key twice inside it */
+    MPK_E_METADATA = 20,          /* __metadata__ is not a string -> string object */
+    MPK_E_SUBBYTE = 21,           /* sub-byte dtype whose total bits are not whole bytes */
+    MPK_E_RANK = 22,              /* more than MPK_MAX_DIMS dimensions */
+    MPK_E_INDEX = 23,             /* model.safetensors.index.json malformed */
+    MPK_E_INDEX_PATH = 24,        /* shard name unsafe ('/', '..', absolute, outside the dir) */
+    MPK_E_INDEX_MISSING = 25,     /* index names a tensor its shard does not hold */
+    MPK_E_INDEX_EXTRA = 26,       /* a shard holds a tensor the index does not list */
+    MPK_E_NOT_FOUND = 27,         /* no checkpoint at a path, or no such tensor */
+    MPK_E_DUPLICATE_TENSOR = 28,  /* two shards hold the same tensor name */
+    MPK_E_USAGE = 29,             /* bad argument from a caller (CLI usage errors) */
+    MPK_E_SPEC = 30,              /* conversion spec malformed (message has the JSON path) */
+    MPK_E_PRESET = 31,            /* unknown preset, or none matches the model */
+    MPK_E_EXPERT_MISSING = 32,    /* a group of experts has a hole */
+    MPK_E_SHAPE = 33,             /* shapes inconsistent for an op */
+    MPK_E_DTYPE_MISMATCH = 34,    /* dtypes inconsistent for an op */
+    MPK_E_DST_EXISTS = 35,        /* destination exists and --force was not given */
+    MPK_E_OP = 36,                /* op cannot run (bad parameters, unsupported dtype) */
+    MPK_E_CONFIG = 37,            /* config.json malformed or inconsistent with the tensors */
+    MPK_E_MEMORY_BUDGET = 38,     /* a unit of work does not fit in --mem */
+    MPK_E_CONFLICT = 39,          /* two rules produce the same target name */
+    MPK_STATUS_COUNT
+} mpk_status;
+
+typedef struct mpk_error {
+    mpk_status code;
+    int sys_errno;     /* errno for MPK_E_IO, else 0 */
+    char where[512];   /* file (and tensor) the failure is about, may be empty */
+    char msg[1024];    /* full message: "<where>: <what>" */
+} mpk_error;
+
+/* Name of a status ("header-too-large"); never NULL. Thread-safe. */
+const char *mpk_status_str(mpk_status s);
+
+/* Fills err (NULL-safe) with code and a printf-style message prefixed by where (may be
+ * NULL or ""); returns code so that callers can `return mpk_error_set(...)`. */
+mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const char *where,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Fail with a formatted message. */
+#define MPK_FAIL(err, code, where, ...) return mpk_error_set((err), (code), 0, (where), __VA_ARGS__)
+/* Forward a failing status. */
+#define MPK_TRY(expr)                       \
+    do {                                    \
+        mpk_status mpk_try_s_ = (expr);     \
+        if (mpk_try_s_ != MPK_OK)           \
+            return mpk_try_s_;              \
+    } while (0)
+
+/* Test hook: when > 0, the Nth following mpk_alloc() call fails (1 = the next). */
+extern long mpk_alloc_fail_countdown;
+/* malloc/calloc/realloc wrappers honouring the hook; free with free(). */
+void *mpk_alloc(size_t n);
+void *mpk_calloc(size_t n, size_t size);
+void *mpk_realloc(void *p, size_t n);
+char *mpk_strndup(const char *s, size_t n);
+
+/* ---------------------------------------------------------------- dtypes */
+
+/* The 22 safetensors dtypes, in the reference's order (its sort key for writing). */
+typedef enum mpk_dtype {
+    MPK_DTYPE_BOOL, MPK_DTYPE_F4, MPK_DTYPE_F6_E2M3, MPK_DTYPE_F6_E3M2, MPK_DTYPE_U8,
+    MPK_DTYPE_I8, MPK_DTYPE_F8_E5M2, MPK_DTYPE_F8_E4M3, MPK_DTYPE_F8_E8M0,
+    MPK_DTYPE_F8_E4M3FNUZ, MPK_DTYPE_F8_E5M2FNUZ, MPK_DTYPE_I16, MPK_DTYPE_U16,
+    MPK_DTYPE_F16, MPK_DTYPE_BF16, MPK_DTYPE_I32, MPK_DTYPE_U32, MPK_DTYPE_F32,
+    MPK_DTYPE_C64, MPK_DTYPE_F64, MPK_DTYPE_I64, MPK_DTYPE_U64,
+    MPK_DTYPE_COUNT
+} mpk_dtype;
+
+/* "BF16" etc.; NULL for an out-of-range value. */
+const char *mpk_dtype_name(mpk_dtype d);
+/* Bits per element (4, 6, 8, 16, 32, 64); 0 for an out-of-range value. */
+int mpk_dtype_bits(mpk_dtype d);
+/* Parses a dtype name of len bytes; false if unknown. */
+bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out);
+
+#define MPK_MAX_DIMS 16
+
+/* Byte size of a tensor; MPK_E_SIZE_OVERFLOW or MPK_E_SUBBYTE on failure (no message). */
+mpk_status mpk_tensor_nbytes(mpk_dtype d, const int64_t *shape, int ndim, uint64_t *out);
+/* Element count (0 on overflow, check with nbytes first). */
+uint64_t mpk_numel(const int64_t *shape, int ndim);
+/* Formats "[2, 3, 4]" into buf; returns buf. */
+char *mpk_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap);
+
+/* ---------------------------------------------------------------- arena and string map */
+
+typedef struct mpk_arena mpk_arena;
+/* New arena; NULL on allocation failure. Free with mpk_arena_free (NULL-safe). */
+mpk_arena *mpk_arena_new(void);
+/* n bytes, 16-aligned, zeroed; NULL on failure. Not thread-safe. */
+void *mpk_arena_alloc(mpk_arena *a, size_t n);
+char *mpk_arena_strndup(mpk_arena *a, const char *s, size_t n);
+char *mpk_arena_printf(mpk_arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mpk_arena_free(mpk_arena *a);
+
+/* Open-addressing map from string keys (borrowed, must outlive the map) to size_t. */
+typedef struct mpk_strmap {
+    const char **keys;
+    size_t *lens;
+    size_t *vals;
+    size_t cap, count;
+} mpk_strmap;
+mpk_status mpk_strmap_init(mpk_strmap *m, size_t expected);
+/* Inserts key -> val. Returns true and leaves the old value when the key exists
+ * (*existing set to it, if non-NULL); false when inserted. */
+bool mpk_strmap_put(mpk_strmap *m, const char *key, size_t len, size_t val, size_t *existing);
+/* Looks key up; true and *val when found. */
+bool mpk_strmap_get(const mpk_strmap *m, const char *key, size_t len, size_t *val);
+void mpk_strmap_free(mpk_strmap *m);
+
+/* Natural-order compare: digit runs compare as numbers ("experts.2" < "experts.10"). */
+int mpk_natural_cmp(const char *a, const char *b);
+
+/* ---------------------------------------------------------------- safetensors */
+
+typedef struct mpk_tensor_info {
+    const char *name;            /* NUL-terminated, owned by the header's arena */
+    mpk_dtype dtype;
+    int ndim;
+    int64_t shape[MPK_MAX_DIMS];
+    uint64_t begin, end;         /* byte offsets relative to the data section */
+} mpk_tensor_info;
+
+typedef struct mpk_kv {
+    const char *key, *value;
+} mpk_kv;
+
+typedef struct mpk_st_header {
+    mpk_tensor_info *tensors;    /* sorted by data offset */
+    size_t n_tensors;
+    mpk_kv *metadata;            /* in the order the file lists them */
+    size_t n_metadata;
+    bool has_metadata;           /* "__metadata__" key present with an object value */
+    uint64_t header_len;         /* N */
+    uint64_t data_start;         /* 8 + N: where the data section starts in the file */
+    uint64_t data_size;          /* bytes of the data section */
+    mpk_arena *arena;
+} mpk_st_header;
+
+#define MPK_ST_MAX_HEADER 100000000ull
+
+/* Parses a whole safetensors file held in buf[0..len). where names it in messages (may be
+ * NULL). On MPK_OK *out is owned by the caller (mpk_st_header_free). Thread-safe. */
+mpk_status mpk_st_parse(const void *buf, size_t len, const char *where, mpk_st_header **out,
+                        mpk_error *err);
+
+/* Parses the header bytes hdr[0..hdr_len) (without the 8-byte prefix) of a file of
+ * file_size bytes; validates offsets against the data section. */
+mpk_status mpk_st_parse_header(const char *hdr, uint64_t hdr_len, uint64_t file_size,
+                               const char *where, mpk_st_header **out, mpk_error *err);
+
+/* Reads and parses the header of the file at path (reads only 8 + N bytes). */
+mpk_status mpk_st_read_header(const char *path, mpk_st_header **out, mpk_error *err);
+
+/* NULL-safe. */
+void mpk_st_header_free(mpk_st_header *h);
+
+/* Index of the tensor called name in h, or -1. Linear; for many lookups use mpk_ckpt. */
+long mpk_st_header_find(const mpk_st_header *h, const char *name);
+
+/* Lays out tensors[0..n) the way the reference writer does: sorts them (dtype rank
+ * descending, then name), assigns begin/end from each tensor's dtype and shape, and
+ * builds the full header (8-byte prefix + JSON + space padding) in *hdr (owned by the
+ * caller, free()) of *hdr_len bytes. meta may be NULL (no "__metadata__" key).
+ * Names must be unique (MPK_E_DUPLICATE_NAME). */
+mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta, size_t n_meta,
+                         char **hdr, size_t *hdr_len, uint64_t *data_size, mpk_error *err);
+
+/* A safetensors file being written: header first, then tensor bytes at their offsets,
+ * in any order, from any thread. */
+typedef struct mpk_st_out {
+    int fd;
+    char *path;
+    mpk_tensor_info *tensors;    /* laid out (sorted) copy, names borrowed from the caller */
+    size_t n_tensors;
+    uint64_t data_start, data_size;
+} mpk_st_out;
+
+/* Creates path (O_EXCL), writes the header and sizes the file. tensors are laid out as
+ * by mpk_st_layout (the caller's array is sorted in place). Owned by the caller: finish
+ * with mpk_st_out_close. */
+mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
+                             const mpk_kv *meta, size_t n_meta, mpk_st_out **out, mpk_error *err);
+/* Writes len bytes at offset off of tensor i. Thread-safe (pwrite). */
+mpk_status mpk_st_out_write(mpk_st_out *o, size_t i, uint64_t off, const void *buf, size_t len,
+                            mpk_error *err);
+/* fsyncs (when sync) and closes; frees o. NULL-safe. */
+mpk_status mpk_st_out_close(mpk_st_out *o, bool sync, mpk_error *err);
+
+/* Writes a whole file from in-memory tensors: data[i] holds tensors[i]'s bytes (the
+ * array is sorted in place together with data). Convenience for tests and small files. */
+mpk_status mpk_st_write_file(const char *path, mpk_tensor_info *tensors, const void **data,
+                             size_t n, const mpk_kv *meta, size_t n_meta, mpk_error *err);
+
+/* ---------------------------------------------------------------- checkpoints */
+
+typedef struct mpk_shard {
+    char *name;          /* file name inside the checkpoint directory */
+    char *path;          /* full path */
+    uint64_t file_size;
+    mpk_st_header *header;
+    int fd;              /* open read-only */
+} mpk_shard;
+
+typedef struct mpk_ckpt_tensor {
+    const mpk_tensor_info *info;  /* borrowed from the shard's header */
+    uint32_t shard;
+    uint64_t file_offset;         /* absolute offset of the first byte in the shard file */
+    uint64_t nbytes;
+} mpk_ckpt_tensor;
+
+typedef struct mpk_ckpt {
+    char *dir;                    /* directory holding the shards */
+    bool is_dir;                  /* opened from a directory (not a lone file) */
+    bool has_index;               /* model.safetensors.index.json was used */
+    mpk_shard *shards;
+    size_t n_shards;
+    mpk_ckpt_tensor *tensors;     /* natural order of names */
+    size_t n_tensors;
+    uint64_t total_bytes;         /* tensor bytes only */
+    uint64_t index_total_size;    /* the index's metadata.total_size, 0 if absent */
+    mpk_strmap by_name;
+} mpk_ckpt;
+
+/* Opens a .safetensors file or a checkpoint directory, validating every shard and the
+ * index (names in the index exist in their shard, shards hold nothing unlisted, shard
+ * names are safe). Owned by the caller: mpk_ckpt_close. */
+mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err);
+/* O(1) lookup; borrowed pointer valid until mpk_ckpt_close, NULL when absent. */
+const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name);
+/* NULL-safe. */
+void mpk_ckpt_close(mpk_ckpt *c);
+
+/* Parses an index document (text of len bytes). On success *names, *files (parallel
+ * arrays of n entries, in document order) live in *arena (caller frees it); *total_size
+ * gets metadata.total_size (0 if absent). Shard names are checked for safety. */
+mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_arena **arena,
+                           const char ***names, const char ***files, size_t *n,
+                           uint64_t *total_size, mpk_error *err);
+
+/* Serializes an index as transformers does (json.dumps(indent=2, sort_keys=True) + "\n"):
+ * returns a malloc'd NUL-terminated string, NULL on allocation failure. */
+char *mpk_index_format(const char *const *names, const char *const *files, size_t n,
+                       uint64_t total_size);
+
+/* Shard file name: "model-00001-of-00004.safetensors" (1-based i), or "model.safetensors"
+ * when count is 1. */
+void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap);
+
+/* ---------------------------------------------------------------- I/O engine */
+
+typedef enum mpk_io_backend {
+    MPK_IO_AUTO = 0,     /* io_uring when it can be set up, else pread; MOEPACK_IO=pread forces */
+    MPK_IO_URING = 1,
+    MPK_IO_PREAD = 2,
+    MPK_IO_BACKEND_COUNT
+} mpk_io_backend;
+
+typedef struct mpk_io_req {
+    int fd;
+    bool write;          /* false: read into buf; true: write buf */
+    uint64_t offset;
+    void *buf;
+    size_t len;
+} mpk_io_req;
+
+typedef struct mpk_io mpk_io;
+
+/* Creates an engine. queue_depth: requests in flight (io_uring); max_req: the largest
+ * single request, longer ones are split. AUTO falls back to pread when the ring cannot
+ * be created (ENOSYS, EPERM, ...). Owned by the caller: mpk_io_free. One engine per
+ * thread (not thread-safe). */
+mpk_status mpk_io_create(mpk_io_backend want, unsigned queue_depth, size_t max_req, mpk_io **out,
+                         mpk_error *err);
+/* Runs all requests (in any order, concurrently), returns when all are done. A short
+ * read (end of file) is MPK_E_IO with sys_errno 0 and a message naming the offset. */
+mpk_status mpk_io_submit(mpk_io *io, const mpk_io_req *reqs, size_t n, mpk_error *err);
+/* The back end in use. */
+mpk_io_backend mpk_io_backend_of(const mpk_io *io);
+const char *mpk_io_backend_name(mpk_io_backend b);
+/* NULL-safe. */
+void mpk_io_free(mpk_io *io);
+
+/* ---------------------------------------------------------------- small file helpers */
+
+/* Reads a whole file into a malloc'd NUL-terminated buffer. */
+mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err);
+/* Writes buf to path (truncating). */
+mpk_status mpk_write_file(const char *path, const void *buf, size_t len, mpk_error *err);
+/* Joins a and b with '/', into a malloc'd string (NULL on failure). */
+char *mpk_path_join(const char *a, const char *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

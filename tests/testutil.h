@@ -1,0 +1,23 @@
+/* testutil.h — small helpers shared by the test programs. */
+#ifndef MPK_TESTUTIL_H
+#define MPK_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* xorshift64* step; deterministic for a given seed. */
+uint64_t tu_rand(uint64_t *state);
+/* Fills buf with pseudo-random bytes. */
+void tu_fill(void *buf, size_t n, uint64_t *state);
+/* malloc'd "a/b". */
+char *tu_join(const char *a, const char *b);
+/* Writes a NUL-terminated string to a file (aborts the test on failure). */
+void tu_write(const char *path, const char *text);
+/* rm -rf path. */
+void tu_rmrf(const char *path);
+/* Directory of the shared material, or NULL when it is absent. */
+const char *tu_material(void);
+/* Runs a shell command, returns its exit status. */
+int tu_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
