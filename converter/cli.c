@@ -67,23 +67,17 @@ bool mpk_parse_size(const char *s, uint64_t *out)
     return false;
 }
 
-const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap)
-{
-    static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    double v = (double)n;
-    int i = 0;
-    while (v >= 1024 && i < 5) {
-        v /= 1024;
-        i++;
-    }
-    if (i == 0)
-        snprintf(buf, cap, "%llu B", (unsigned long long)n);
-    else
-        snprintf(buf, cap, "%.2f %s", v, u[i]);
-    return buf;
-}
-
 static int cmd_help(int argc, char **argv);
+#define CONV_OPTS \
+    "  --preset NAME          preset (default auto: from config.json's model_type)\n"\
+     "  --max-shard-size SIZE  output shard size (default 5GB; KB/MB/GB or KiB/MiB/GiB)\n"\
+     "  --threads N            worker threads (default: CPUs)\n"\
+     "  --mem SIZE             budget for in-flight buffers (default 1GiB)\n"\
+     "  --force                replace an existing DST\n"\
+     "  --io auto|io_uring|pread  read back end for buffered copies\n"\
+     "  --no-copy-range        never use copy_file_range (always read + write)\n"\
+     "  --json                 print a JSON summary on stdout\n"\
+     "  -q, --quiet            no progress, no summary\n"
 static int cmd_version(int argc, char **argv);
 
 static void print_features(FILE *f)
@@ -140,6 +134,30 @@ const mpk_command mpk_commands[] = {
      "number of experts, per-expert or packed experts) and every tensor.\n\n"
      "  --json   one JSON document on stdout (schema in README.md)\n",
      mpk_cmd_inspect},
+    {"presets", "list the embedded architecture presets", "usage: moepack presets\n", mpk_cmd_presets},
+    {"plan", "show what a conversion would do, writing nothing",
+     "usage: moepack plan SRC [--preset P | --spec FILE] [--reverse] [--verbose]\n\n"
+     "Prints each target with its sources and ops, the pass-through tensors, the bytes and\n"
+     "the output shards.\n", mpk_cmd_plan},
+    {"pack", "per-expert -> packed ([E,2I,H] gate_up_proj, [E,H,I] down_proj)",
+     "usage: moepack pack SRC DST [options]\n\n"
+     "Streams SRC (per-expert layout) into DST (packed layout), with bounded memory. DST is\n"
+     "written to a temporary directory beside it and renamed into place when complete.\n"
+     "Non-tensor files (config.json, tokenizer, ...) are copied.\n\n"
+     CONV_OPTS, mpk_cmd_pack},
+    {"unpack", "packed -> per-expert (the preset reversed)",
+     "usage: moepack unpack SRC DST [options]\n\n" CONV_OPTS, mpk_cmd_unpack},
+    {"convert", "convert with a JSON spec file (see README)",
+     "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n" CONV_OPTS, mpk_cmd_convert},
+    {"synth", "write a small random checkpoint with a preset's real tensor names",
+     "usage: moepack synth [--arch PRESET] [--layers N] [--experts N] [--hidden N]\n"
+     "                     [--intermediate N] [--vocab N] [--dtype BF16|F16|F32] [--shards N]\n"
+     "                     [--seed N] [--layout per-expert|packed] OUT\n\n"
+     "Defaults: mixtral, 2 layers, 8 experts, H=64, I=32, vocab 128, BF16, 2 shards.\n", mpk_cmd_synth},
+    {"demo", "synth -> pack -> unpack -> verify on an embedded default",
+     "usage: moepack demo [DIR]\n\nWrites a small Mixtral-style checkpoint, packs it, unpacks it\n"
+     "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory.\n",
+     mpk_cmd_demo},
 };
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
 

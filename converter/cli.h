@@ -34,9 +34,14 @@ int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(p
 bool mpk_cli_wants_help(const mpk_command *c, int argc, char **argv);
 /* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
 bool mpk_parse_size(const char *s, uint64_t *out);
-/* Human size "1.50 GiB". */
-const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap);
 
 int mpk_cmd_inspect(int argc, char **argv);
+int mpk_cmd_pack(int argc, char **argv);
+int mpk_cmd_unpack(int argc, char **argv);
+int mpk_cmd_convert(int argc, char **argv);
+int mpk_cmd_plan(int argc, char **argv);
+int mpk_cmd_presets(int argc, char **argv);
+int mpk_cmd_synth(int argc, char **argv);
+int mpk_cmd_demo(int argc, char **argv);
 
 #endif

@@ -47,6 +47,185 @@ typedef enum mpk_expert_layout {
 mpk_expert_layout mpk_detect_layout(const mpk_ckpt *c);
 const char *mpk_layout_name(mpk_expert_layout l);
 
+
+/* ---------------------------------------------------------------- specs */
+
+#include "mpk_ops.h"
+
+#define MPK_PATTERN_MAX_PARTS 32
+#define MPK_SPEC_MAX_OPS 16
+
+/* A name pattern: literal text with {capture}s; a capture matches one dot-free segment. */
+typedef struct mpk_pattern {
+    const char *text;
+    int n_parts;
+    struct {
+        bool capture;
+        const char *s; /* literal text or capture name */
+        size_t len;
+    } parts[MPK_PATTERN_MAX_PARTS];
+} mpk_pattern;
+
+typedef struct mpk_rule {
+    mpk_pattern sources[8];
+    int n_sources;
+    mpk_pattern targets[8];
+    int n_targets;
+    mpk_op ops[MPK_SPEC_MAX_OPS];
+    int n_ops;
+    const char *list_capture;   /* the capture that indexes the list (e.g. "expert"), or NULL */
+    bool list_in_sources;       /* true: merged from many sources; false: split into targets */
+    const char *source_shape[MPK_MAX_DIMS]; /* optional config check ("E", "H", "2I") */
+    int source_shape_ndim;
+    char path[64];              /* JSON path of the rule in its spec, for messages */
+} mpk_rule;
+
+typedef struct mpk_rename {
+    const char *from, *to;
+} mpk_rename;
+
+typedef struct mpk_spec {
+    const char *name;
+    const char *description;
+    const char **model_types;
+    int n_model_types;
+    mpk_rename *renames;
+    int n_renames;
+    mpk_rule *rules;
+    int n_rules;
+    bool reversed;
+    void *json;                 /* the parsed document (cJSON, owned), synth section included */
+    mpk_arena *arena;
+} mpk_spec;
+
+/* Parses a spec document; where names it in messages. Malformed specs fail with
+ * MPK_E_SPEC and the JSON path of the problem ("$.converters[1].ops[0].dim"). */
+mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_spec **out,
+                          mpk_error *err);
+/* A new spec that undoes s: sources and targets swap, op chains invert, renames swap. */
+mpk_status mpk_spec_reverse(const mpk_spec *s, mpk_spec **out, mpk_error *err);
+/* NULL-safe. */
+void mpk_spec_free(mpk_spec *s);
+
+/* Embedded presets. */
+typedef struct mpk_preset_src {
+    const char *name;
+    const char *json;
+} mpk_preset_src;
+extern const mpk_preset_src mpk_presets[];
+extern const size_t mpk_n_presets;
+/* Loads preset by name, or "auto": the preset whose model_types list cfg's model_type
+ * (or text model_type). MPK_E_PRESET when there is none. */
+mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_spec **out,
+                           mpk_error *err);
+
+/* Matches pattern p inside name (starting at a segment boundary, ending at one). On a match
+ * fills caps (values, up to 8), start and end, returns true. */
+typedef struct mpk_capture {
+    const char *name;
+    size_t name_len;
+    const char *val;
+    size_t len;
+} mpk_capture;
+bool mpk_pattern_match(const mpk_pattern *p, const char *name, mpk_capture *caps, int *n_caps,
+                       size_t *start, size_t *end);
+
+/* ---------------------------------------------------------------- plans */
+
+typedef struct mpk_node mpk_node;
+
+typedef struct mpk_plan_out {
+    const char *name;
+    mpk_tmeta meta;
+    uint64_t nbytes;
+    int group;                          /* index into groups, -1 for a pass-through */
+    int slot;                           /* position in the group's output bundle */
+    const mpk_ckpt_tensor *pass;        /* the source of a pass-through */
+    int shard;                          /* output shard (0-based) */
+    mpk_node *node;                     /* set by the executor */
+} mpk_plan_out;
+
+typedef struct mpk_plan_group {
+    const mpk_rule *rule;
+    const char *key;
+    const char *prefix, *suffix;
+    mpk_capture caps[8];
+    int n_caps;
+    int n_items;                        /* list length on the source side (1 if none) */
+    const mpk_ckpt_tensor **src;        /* [n_sources * n_items] */
+    mpk_bundle out_meta;
+} mpk_plan_group;
+
+typedef struct mpk_plan_opts {
+    uint64_t max_shard_size;            /* bytes; 0 = one shard */
+    const mpk_model_config *cfg;        /* optional: checks counts and shapes */
+} mpk_plan_opts;
+
+typedef struct mpk_plan {
+    const mpk_ckpt *src;
+    const mpk_spec *spec;
+    mpk_plan_group *groups;
+    size_t n_groups;
+    mpk_plan_out *outs;                 /* natural order of names */
+    size_t n_outs;
+    size_t n_pass;
+    size_t n_consumed;                  /* source tensors consumed by rules */
+    size_t n_shards;
+    uint64_t total_bytes;
+    mpk_arena *arena;
+} mpk_plan;
+
+/* Matches every tensor of src against spec, groups and checks them, infers every output and
+ * lays out the shards. Errors: MPK_E_EXPERT_MISSING, MPK_E_SHAPE, MPK_E_DTYPE_MISMATCH,
+ * MPK_E_CONFLICT, MPK_E_ALREADY_CONVERTED, MPK_E_SPEC. Owned by the caller (mpk_plan_free). */
+mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
+                          mpk_plan **out, mpk_error *err);
+void mpk_plan_free(mpk_plan *p);
+/* Prints the plan (targets with sources and ops, pass-throughs, bytes, shards). */
+void mpk_plan_print(const mpk_plan *p, void *file, bool verbose);
+
+/* ---------------------------------------------------------------- execution */
+
+typedef struct mpk_exec_opts {
+    int threads;                        /* 0: number of CPUs */
+    uint64_t mem;                       /* in-flight buffer budget, bytes */
+    bool force;                         /* replace an existing DST */
+    bool progress;                      /* progress bar on stderr */
+    bool use_copy_range;                /* copy_file_range for pure byte copies */
+    mpk_io_backend io;
+    const mpk_kv *metadata;             /* __metadata__ of every output shard */
+    size_t n_metadata;
+} mpk_exec_opts;
+
+typedef struct mpk_exec_stats {
+    size_t tensors_in, tensors_out;
+    uint64_t bytes_out;
+    double seconds;
+    long peak_rss_kib;
+    int threads;
+    bool used_copy_range;
+} mpk_exec_stats;
+
+/* Executes plan into dst (a directory): writes into a temporary directory next to dst, copies
+ * the source's non-tensor files, writes the index when sharded, fsyncs, renames into place.
+ * On failure nothing is left at dst. */
+mpk_status mpk_exec(const mpk_plan *plan, const char *dst, const mpk_exec_opts *opts,
+                    mpk_exec_stats *stats, mpk_error *err);
+
+/* ---------------------------------------------------------------- synthetic checkpoints */
+
+typedef struct mpk_synth_opts {
+    const char *arch;                   /* preset name */
+    int layers, experts, hidden, intermediate, vocab;
+    mpk_dtype dtype;
+    int shards;
+    uint64_t seed;
+    bool packed;                        /* write the packed layout */
+} mpk_synth_opts;
+
+/* Writes a checkpoint with the preset's real tensor names, random data and config.json. */
+mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *err);
+
 #ifdef __cplusplus
 }
 #endif

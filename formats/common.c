@@ -52,6 +52,7 @@ static const char *const status_names[] = {
     [MPK_E_CONFIG] = "invalid-config",
     [MPK_E_MEMORY_BUDGET] = "memory-budget",
     [MPK_E_CONFLICT] = "target-conflict",
+    [MPK_E_ALREADY_CONVERTED] = "already-converted",
 };
 _Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,
                "status_names must cover every mpk_status");
@@ -468,3 +469,20 @@ char *mpk_path_join(const char *a, const char *b)
     memcpy(p + o, b, lb + 1);
     return p;
 }
+
+const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap)
+{
+    static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)n;
+    int i = 0;
+    while (v >= 1024 && i < 5) {
+        v /= 1024;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, cap, "%llu B", (unsigned long long)n);
+    else
+        snprintf(buf, cap, "%.2f %s", v, u[i]);
+    return buf;
+}
+

@@ -81,6 +81,7 @@ typedef enum mpk_status {
     MPK_E_CONFIG = 37,            /* config.json malformed or inconsistent with the tensors */
     MPK_E_MEMORY_BUDGET = 38,     /* a unit of work does not fit in --mem */
     MPK_E_CONFLICT = 39,          /* two rules produce the same target name */
+    MPK_E_ALREADY_CONVERTED = 40, /* the checkpoint is already in the target layout */
     MPK_STATUS_COUNT
 } mpk_status;
 
@@ -142,6 +143,8 @@ bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out);
 mpk_status mpk_tensor_nbytes(mpk_dtype d, const int64_t *shape, int ndim, uint64_t *out);
 /* Element count (0 on overflow, check with nbytes first). */
 uint64_t mpk_numel(const int64_t *shape, int ndim);
+/* Human size "1.50 GiB" into buf; returns buf. */
+const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap);
 /* Formats "[2, 3, 4]" into buf; returns buf. */
 char *mpk_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap);
 

@@ -1,0 +1,831 @@
+/* exec.c — streaming execution of a plan.
+ *
+ * Every output tensor becomes a node: SOURCE (bytes of a source tensor), SEGS (a list of
+ * byte ranges of other nodes: what merge/split/concat/chunk/reshape build), TRANSPOSE or
+ * CAST (computed, in bounded blocks). SEGS over SEGS are flattened when built, so a pure
+ * permutation reads straight from the source files. Work is cut into units (a byte range
+ * of one output tensor); threads claim units, read them through the I/O engine (or move
+ * them with copy_file_range) and write them at their final offsets.
+ */
+#define _GNU_SOURCE
+#include "mpk_converter.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST } node_kind;
+
+typedef struct seg {
+    mpk_node *src;
+    uint64_t src_off, dst_off, len;
+} seg;
+
+struct mpk_node {
+    node_kind kind;
+    mpk_tmeta meta;
+    uint64_t nbytes;
+    int fd;              /* SOURCE */
+    uint64_t file_off;
+    seg *segs;           /* SEGS */
+    size_t n_segs, cap_segs;
+    mpk_node *in;        /* TRANSPOSE, CAST */
+    int a, b;
+    uint64_t slab;       /* TRANSPOSE: bytes of dims [a, ndim) */
+    bool pure;           /* SOURCE, or SEGS of SOURCEs only: copy_file_range can move it */
+    mpk_node *next_alloc;
+};
+
+typedef struct {
+    mpk_node *all;       /* every node, for freeing */
+    mpk_error *err;
+} builder;
+
+static mpk_node *node_new(builder *b, node_kind k, const mpk_tmeta *m)
+{
+    mpk_node *n = mpk_calloc(1, sizeof *n);
+    if (!n)
+        return NULL;
+    n->kind = k;
+    n->meta = *m;
+    mpk_tensor_nbytes(m->dtype, m->shape, m->ndim, &n->nbytes);
+    n->next_alloc = b->all;
+    b->all = n;
+    n->pure = k == N_SOURCE || k == N_SEGS;
+    return n;
+}
+
+static bool seg_raw(mpk_node *out, mpk_node *src, uint64_t off, uint64_t len, uint64_t *dst)
+{
+    if (out->n_segs) {
+        seg *l = &out->segs[out->n_segs - 1];
+        if (l->src == src && l->src_off + l->len == off) {
+            l->len += len;
+            *dst += len;
+            return true;
+        }
+    }
+    if (out->n_segs == out->cap_segs) {
+        size_t cap = out->cap_segs ? out->cap_segs * 2 : 8;
+        seg *ns = mpk_realloc(out->segs, cap * sizeof *ns);
+        if (!ns)
+            return false;
+        out->segs = ns;
+        out->cap_segs = cap;
+    }
+    out->segs[out->n_segs++] = (seg){src, off, *dst, len};
+    *dst += len;
+    if (src->kind != N_SOURCE)
+        out->pure = false;
+    return true;
+}
+
+static size_t seg_find(const mpk_node *n, uint64_t off)
+{
+    size_t lo = 0, hi = n->n_segs;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (n->segs[mid].dst_off + n->segs[mid].len <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Appends bytes [off, off+len) of node x to out, flattening SEGS. *dst is out's fill. */
+static bool seg_append(mpk_node *out, mpk_node *x, uint64_t off, uint64_t len, uint64_t *dst)
+{
+    if (!len)
+        return true;
+    if (x->kind != N_SEGS)
+        return seg_raw(out, x, off, len, dst);
+    uint64_t end = off + len;
+    for (size_t k = seg_find(x, off); k < x->n_segs && x->segs[k].dst_off < end; k++) {
+        const seg *s = &x->segs[k];
+        uint64_t a = off > s->dst_off ? off : s->dst_off;
+        uint64_t e = end < s->dst_off + s->len ? end : s->dst_off + s->len;
+        if (!seg_raw(out, s->src, s->src_off + (a - s->dst_off), e - a, dst))
+            return false;
+    }
+    return true;
+}
+
+static uint64_t prod(const int64_t *s, int from, int to)
+{
+    uint64_t p = 1;
+    for (int i = from; i < to; i++)
+        p *= (uint64_t)s[i];
+    return p;
+}
+
+static uint64_t bytes_from(const mpk_tmeta *m, int dim)
+{
+    return prod(m->shape, dim, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype) / 8;
+}
+
+/* Applies one op to a bundle of nodes (nodes[g * n_items + i]). */
+static mpk_status node_op(builder *b, const mpk_op *op, const mpk_bundle *in, mpk_node **nodes,
+                          mpk_bundle *out, mpk_node ***out_nodes, mpk_arena *arena)
+{
+    mpk_error *err = b->err;
+    MPK_TRY(mpk_op_descs[op->kind].infer(op, in, out, arena, err));
+    int G = in->n_groups, N = in->n_items, no = out->n_groups * out->n_items;
+    mpk_node **on = mpk_arena_alloc(arena, sizeof *on * (size_t)(no ? no : 1));
+    if (!on)
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    for (int k = 0; k < no; k++) {
+        node_kind kind = op->kind == MPK_OP_TRANSPOSE ? N_TRANSPOSE : op->kind == MPK_OP_CAST ? N_CAST : N_SEGS;
+        if (!(on[k] = node_new(b, kind, &out->t[k])))
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    }
+    bool ok = true;
+    uint64_t inner, outer;
+    switch (op->kind) {
+    case MPK_OP_MERGE:
+        for (int g = 0; g < G; g++) {
+            uint64_t dst = 0;
+            inner = bytes_from(&in->t[g * N], op->dim);
+            outer = prod(in->t[g * N].shape, 0, op->dim);
+            for (uint64_t o = 0; o < outer; o++)
+                for (int i = 0; i < N; i++)
+                    ok &= seg_append(on[g], nodes[g * N + i], o * inner, inner, &dst);
+        }
+        break;
+    case MPK_OP_SPLIT:
+        for (int g = 0; g < G; g++) {
+            uint64_t n = (uint64_t)in->t[g].shape[op->dim];
+            inner = bytes_from(&in->t[g], op->dim + 1);
+            outer = prod(in->t[g].shape, 0, op->dim);
+            for (uint64_t j = 0; j < n; j++) {
+                uint64_t dst = 0;
+                for (uint64_t o = 0; o < outer; o++)
+                    ok &= seg_append(on[(uint64_t)g * n + j], nodes[g], (o * n + j) * inner, inner, &dst);
+            }
+        }
+        break;
+    case MPK_OP_CONCAT:
+        for (int i = 0; i < N; i++) {
+            uint64_t dst = 0;
+            inner = bytes_from(&in->t[i], op->dim);
+            outer = prod(in->t[i].shape, 0, op->dim);
+            for (uint64_t o = 0; o < outer; o++)
+                for (int g = 0; g < G; g++)
+                    ok &= seg_append(on[i], nodes[g * N + i], o * inner, inner, &dst);
+        }
+        break;
+    case MPK_OP_CHUNK:
+        for (int i = 0; i < N; i++) {
+            uint64_t c = (uint64_t)op->chunks;
+            inner = bytes_from(&out->t[i], op->dim);
+            outer = prod(out->t[i].shape, 0, op->dim);
+            for (uint64_t pc = 0; pc < c; pc++) {
+                uint64_t dst = 0;
+                for (uint64_t o = 0; o < outer; o++)
+                    ok &= seg_append(on[pc * (uint64_t)N + (uint64_t)i], nodes[i], (o * c + pc) * inner,
+                                     inner, &dst);
+            }
+        }
+        break;
+    case MPK_OP_RESHAPE:
+        for (int k = 0; k < G * N; k++) {
+            uint64_t dst = 0;
+            ok &= seg_append(on[k], nodes[k], 0, nodes[k]->nbytes, &dst);
+        }
+        break;
+    case MPK_OP_TRANSPOSE:
+    case MPK_OP_CAST:
+        for (int k = 0; k < G * N; k++) {
+            on[k]->in = nodes[k];
+            on[k]->a = op->dim;
+            on[k]->b = op->dim2;
+            on[k]->slab = bytes_from(&in->t[k], op->dim);
+            if (op->kind == MPK_OP_TRANSPOSE && !mpk_dtype_size(in->t[k].dtype))
+                MPK_FAIL(err, MPK_E_OP, "exec", "transpose of sub-byte dtype %s",
+                         mpk_dtype_name(in->t[k].dtype));
+        }
+        break;
+    default:
+        MPK_FAIL(err, MPK_E_OP, "exec", "internal: op");
+    }
+    if (!ok)
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    *out_nodes = on;
+    return MPK_OK;
+}
+
+/* ---------------------------------------------------------------- reading nodes */
+
+typedef struct {
+    mpk_io *io;
+    mpk_io_req *reqs;
+    size_t n, cap;
+    mpk_error *err;
+} reader;
+
+static mpk_status rd_flush(reader *r)
+{
+    if (!r->n)
+        return MPK_OK;
+    mpk_status s = mpk_io_submit(r->io, r->reqs, r->n, r->err);
+    r->n = 0;
+    return s;
+}
+
+static mpk_status node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    mpk_error *err = r->err;
+    switch (n->kind) {
+    case N_SOURCE:
+        if (r->n == r->cap)
+            MPK_TRY(rd_flush(r));
+        r->reqs[r->n++] = (mpk_io_req){.fd = n->fd, .offset = n->file_off + off, .buf = buf, .len = len};
+        return MPK_OK;
+    case N_SEGS: {
+        uint64_t end = off + len;
+        for (size_t k = seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
+            const seg *s = &n->segs[k];
+            uint64_t a = off > s->dst_off ? off : s->dst_off;
+            uint64_t e = end < s->dst_off + s->len ? end : s->dst_off + s->len;
+            MPK_TRY(node_read(s->src, s->src_off + (a - s->dst_off), e - a, buf + (a - off), r));
+        }
+        return MPK_OK;
+    }
+    case N_CAST: {
+        size_t ie = mpk_dtype_size(n->in->meta.dtype), oe = mpk_dtype_size(n->meta.dtype);
+        if (off % oe || len % oe)
+            MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned cast read");
+        uint64_t cnt = len / oe;
+        char *tmp = mpk_alloc(cnt * ie);
+        if (!tmp)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory (%llu bytes)", (unsigned long long)(cnt * ie));
+        mpk_status s = node_read(n->in, off / oe * ie, cnt * ie, tmp, r);
+        if (s == MPK_OK)
+            s = rd_flush(r);
+        if (s == MPK_OK)
+            mpk_cast(n->in->meta.dtype, tmp, n->meta.dtype, buf, cnt);
+        free(tmp);
+        return s;
+    }
+    case N_TRANSPOSE: {
+        uint64_t first = off / n->slab, last = (off + len - 1) / n->slab, ns = last - first + 1;
+        char *tin = mpk_alloc(ns * n->slab), *tout = mpk_alloc(ns * n->slab);
+        if (!tin || !tout) {
+            free(tin);
+            free(tout);
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory (2 x %llu bytes)",
+                     (unsigned long long)(ns * n->slab));
+        }
+        mpk_status s = node_read(n->in, first * n->slab, ns * n->slab, tin, r);
+        if (s == MPK_OK)
+            s = rd_flush(r);
+        if (s == MPK_OK) {
+            const mpk_tmeta *m = &n->in->meta;
+            size_t el = mpk_dtype_size(m->dtype);
+            for (uint64_t k = 0; k < ns; k++)
+                mpk_transpose(tin + k * n->slab, tout + k * n->slab, el, m->shape + n->a,
+                              m->ndim - n->a, 0, n->b - n->a);
+            memcpy(buf, tout + (off - first * n->slab), len);
+        }
+        free(tin);
+        free(tout);
+        return s;
+    }
+    }
+    return MPK_OK;
+}
+
+/* Moves bytes of a pure node with copy_file_range. */
+static mpk_status node_copy(mpk_node *n, uint64_t off, uint64_t len, int out_fd, uint64_t out_off,
+                            mpk_error *err)
+{
+    if (n->kind == N_SOURCE) {
+        loff_t in_o = (loff_t)(n->file_off + off), out_o = (loff_t)out_off;
+        while (len) {
+            ssize_t k = copy_file_range(n->fd, &in_o, out_fd, &out_o, len, 0);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0)
+                return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, "exec",
+                                     "copy_file_range at %llu failed: %s", (unsigned long long)in_o,
+                                     k < 0 ? strerror(errno) : "source ended early");
+            len -= (uint64_t)k;
+        }
+        return MPK_OK;
+    }
+    uint64_t end = off + len;
+    for (size_t k = seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
+        const seg *s = &n->segs[k];
+        uint64_t a = off > s->dst_off ? off : s->dst_off;
+        uint64_t e = end < s->dst_off + s->len ? end : s->dst_off + s->len;
+        MPK_TRY(node_copy(s->src, s->src_off + (a - s->dst_off), e - a, out_fd, out_off + (a - off), err));
+    }
+    return MPK_OK;
+}
+
+/* ---------------------------------------------------------------- the run */
+
+typedef struct {
+    size_t out;          /* plan output index */
+    uint64_t off, len;
+} unit;
+
+typedef struct {
+    const mpk_plan *p;
+    const mpk_exec_opts *o;
+    mpk_st_out **shards;
+    size_t *slot;        /* plan output -> tensor index in its shard's file */
+    unit *units;
+    size_t n_units;
+    uint64_t unit_bytes;
+    atomic_size_t next;
+    atomic_ullong done_bytes;
+    atomic_int failed;
+    atomic_int cfr_ok;   /* copy_file_range still usable */
+    pthread_mutex_t lock;
+    mpk_error err;       /* first failure */
+} run_ctx;
+
+static void run_fail(run_ctx *c, const mpk_error *e)
+{
+    pthread_mutex_lock(&c->lock);
+    if (!atomic_load(&c->failed)) {
+        c->err = *e;
+        atomic_store(&c->failed, 1);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void *worker(void *arg)
+{
+    run_ctx *c = arg;
+    mpk_error err = {0};
+    reader r = {.cap = 256, .err = &err};
+    char *buf = NULL;
+    r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
+    if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
+        if (!r.reqs)
+            mpk_error_set(&err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        run_fail(c, &err);
+        free(r.reqs);
+        return NULL;
+    }
+    for (;;) {
+        if (atomic_load(&c->failed))
+            break;
+        size_t u = atomic_fetch_add(&c->next, 1);
+        if (u >= c->n_units)
+            break;
+        const unit *w = &c->units[u];
+        const mpk_plan_out *po = &c->p->outs[w->out];
+        mpk_st_out *so = c->shards[po->shard];
+        mpk_status s = MPK_OK;
+        bool done = false;
+        if (po->node->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
+            const mpk_tensor_info *t = &so->tensors[c->slot[w->out]];
+            s = node_copy(po->node, w->off, w->len, so->fd, so->data_start + t->begin + w->off, &err);
+            if (s == MPK_OK) {
+                done = true;
+            } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
+                       err.sys_errno == EOPNOTSUPP) {
+                atomic_store(&c->cfr_ok, 0); /* fall back to reading */
+                s = MPK_OK;
+            }
+        }
+        if (!done && s == MPK_OK) {
+            if (!buf && !(buf = mpk_alloc(c->unit_bytes))) {
+                s = mpk_error_set(&err, MPK_E_NOMEM, 0, "exec", "out of memory for a %llu-byte buffer",
+                                  (unsigned long long)c->unit_bytes);
+            } else {
+                s = node_read(po->node, w->off, w->len, buf, &r);
+                if (s == MPK_OK)
+                    s = rd_flush(&r);
+                if (s == MPK_OK)
+                    s = mpk_st_out_write(so, c->slot[w->out], w->off, buf, w->len, &err);
+            }
+        }
+        if (s != MPK_OK) {
+            mpk_error_set(&err, err.code, err.sys_errno, NULL, "writing '%s': %s", po->name, err.msg);
+            run_fail(c, &err);
+            break;
+        }
+        atomic_fetch_add(&c->done_bytes, w->len);
+    }
+    free(buf);
+    free(r.reqs);
+    mpk_io_free(r.io);
+    return NULL;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void progress(run_ctx *c, double t0, bool final)
+{
+    uint64_t done = atomic_load(&c->done_bytes), total = c->p->total_bytes;
+    double el = now_s() - t0, rate = el > 0 ? (double)done / el : 0;
+    double frac = total ? (double)done / (double)total : 1;
+    char bar[31], hd[32], ht[32];
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s  ETA %.0fs   %s", bar, frac * 100,
+            mpk_human_bytes(done, hd, sizeof hd), mpk_human_bytes(total, ht, sizeof ht), rate / 1e9,
+            eta, final ? "\n" : "");
+    fflush(stderr);
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void rmrf(const char *path)
+{
+    nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static mpk_status copy_file(const char *from, const char *to, mpk_error *err)
+{
+    char *buf;
+    size_t len;
+    MPK_TRY(mpk_read_file(from, &buf, &len, err));
+    mpk_status s = mpk_write_file(to, buf, len, err);
+    free(buf);
+    return s;
+}
+
+static bool is_tensor_file(const char *n)
+{
+    size_t l = strlen(n);
+    return (l > 12 && strcmp(n + l - 12, ".safetensors") == 0) ||
+           strcmp(n, "model.safetensors.index.json") == 0 || strcmp(n, "moepack.manifest.json") == 0;
+}
+
+static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, mpk_error *err)
+{
+    if (!p->src->is_dir)
+        return MPK_OK;
+    DIR *d = opendir(p->src->dir);
+    if (!d)
+        return mpk_error_set(err, MPK_E_IO, errno, p->src->dir, "cannot list: %s", strerror(errno));
+    mpk_status s = MPK_OK;
+    struct dirent *e;
+    while (s == MPK_OK && (e = readdir(d))) {
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        if (is_tensor_file(e->d_name))
+            continue;
+        char *from = mpk_path_join(p->src->dir, e->d_name), *to = mpk_path_join(tmp, e->d_name);
+        struct stat st;
+        if (!from || !to)
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        else if (stat(from, &st) == 0 && S_ISREG(st.st_mode))
+            s = copy_file(from, to, err);
+        free(from);
+        free(to);
+    }
+    closedir(d);
+    return s;
+}
+
+static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
+{
+    mpk_error *err = b->err;
+    mpk_node ***group_out = mpk_arena_alloc(arena, sizeof *group_out * (p->n_groups + 1));
+    if (!group_out)
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    for (size_t gi = 0; gi < p->n_groups; gi++) {
+        const mpk_plan_group *g = &p->groups[gi];
+        const mpk_rule *r = g->rule;
+        int k = r->n_sources * g->n_items;
+        mpk_bundle in = {r->n_sources, g->n_items, mpk_arena_alloc(arena, sizeof(mpk_tmeta) * (size_t)k)};
+        mpk_node **nodes = mpk_arena_alloc(arena, sizeof *nodes * (size_t)k);
+        if (!in.t || !nodes)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        for (int i = 0; i < k; i++) {
+            const mpk_ckpt_tensor *t = g->src[i];
+            in.t[i] = (mpk_tmeta){t->info->dtype, t->info->ndim, {0}};
+            memcpy(in.t[i].shape, t->info->shape, sizeof t->info->shape);
+            if (!(nodes[i] = node_new(b, N_SOURCE, &in.t[i])))
+                MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+            nodes[i]->fd = p->src->shards[t->shard].fd;
+            nodes[i]->file_off = t->file_offset;
+        }
+        for (int o = 0; o < r->n_ops; o++) {
+            mpk_bundle next;
+            mpk_node **nn = NULL;
+            MPK_TRY(node_op(b, &r->ops[o], &in, nodes, &next, &nn, arena));
+            in = next;
+            nodes = nn;
+        }
+        group_out[gi] = nodes;
+    }
+    for (size_t i = 0; i < p->n_outs; i++) {
+        mpk_plan_out *o = &p->outs[i];
+        if (o->group >= 0) {
+            o->node = group_out[o->group][o->slot];
+        } else {
+            if (!(o->node = node_new(b, N_SOURCE, &o->meta)))
+                MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+            o->node->fd = p->src->shards[o->pass->shard].fd;
+            o->node->file_off = o->pass->file_offset;
+        }
+    }
+    return MPK_OK;
+}
+
+/* Largest block a node's reads allocate at once (transposes read whole slabs). */
+static uint64_t node_granule(const mpk_node *n)
+{
+    if (n->kind == N_TRANSPOSE)
+        return n->slab;
+    if (n->kind == N_CAST)
+        return mpk_dtype_size(n->meta.dtype) * mpk_dtype_size(n->in->meta.dtype);
+    return 1;
+}
+
+static uint64_t max_slab(const mpk_node *n)
+{
+    uint64_t m = 0;
+    if (n->kind == N_TRANSPOSE)
+        m = n->slab;
+    if (n->kind == N_TRANSPOSE || n->kind == N_CAST) {
+        uint64_t k = max_slab(n->in);
+        return k > m ? k : m;
+    }
+    if (n->kind == N_SEGS)
+        for (size_t i = 0; i < n->n_segs; i++) {
+            uint64_t k = n->segs[i].src->kind == N_SOURCE ? 0 : max_slab(n->segs[i].src);
+            if (k > m)
+                m = k;
+        }
+    return m;
+}
+
+mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
+                    mpk_exec_stats *stats, mpk_error *err)
+{
+    double t0 = now_s();
+    memset(stats, 0, sizeof *stats);
+    struct stat st;
+    if (lstat(dst, &st) == 0 && !o->force)
+        MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
+    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1)
+        threads = 1;
+    if (threads > 64)
+        threads = 64;
+    /* temporary directory next to dst */
+    char *dcopy = mpk_strndup(dst, strlen(dst)), *bcopy = mpk_strndup(dst, strlen(dst));
+    if (!dcopy || !bcopy) {
+        free(dcopy);
+        free(bcopy);
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    }
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/.%s.moepack-tmp-XXXXXX", dirname(dcopy), basename(bcopy));
+    free(dcopy);
+    free(bcopy);
+    if (!mkdtemp(tmp))
+        return mpk_error_set(err, MPK_E_IO, errno, dst, "cannot create a temporary directory next "
+                                                        "to the destination: %s", strerror(errno));
+    mpk_status s = MPK_OK;
+    builder b = {NULL, err};
+    mpk_arena *arena = mpk_arena_new();
+    run_ctx c;
+    memset(&c, 0, sizeof c);
+    c.p = p;
+    c.o = o;
+    pthread_mutex_init(&c.lock, NULL);
+    atomic_store(&c.cfr_ok, 1);
+    mpk_tensor_info **infos = NULL;
+    c.shards = mpk_calloc(p->n_shards, sizeof *c.shards);
+    c.slot = mpk_calloc(p->n_outs + 1, sizeof *c.slot);
+    infos = mpk_calloc(p->n_shards, sizeof *infos);
+    if (!arena || !c.shards || !c.slot || !infos) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        goto done;
+    }
+    if ((s = build_nodes(p, &b, arena)) != MPK_OK)
+        goto done;
+    /* memory: one unit buffer per thread plus transpose temporaries (2 slabs + read) */
+    uint64_t per_thread = o->mem / (uint64_t)threads;
+    uint64_t slab = 0;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t m = max_slab(p->outs[i].node);
+        if (m > slab)
+            slab = m;
+    }
+    uint64_t unit_bytes = per_thread / 3;
+    if (unit_bytes > (64u << 20))
+        unit_bytes = 64u << 20;
+    if (slab && unit_bytes < slab)
+        unit_bytes = slab;
+    if (unit_bytes < 4096)
+        unit_bytes = 4096;
+    if (slab && 3 * slab > per_thread) {
+        char h1[32], h2[32];
+        s = mpk_error_set(err, MPK_E_MEMORY_BUDGET, 0, dst,
+                          "a transpose block needs %s per thread (3 x %s) but --mem gives %s per "
+                          "thread; raise --mem or lower --threads",
+                          mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
+                          mpk_human_bytes(per_thread, h1 + 16, 16));
+        goto done;
+    }
+    c.unit_bytes = unit_bytes;
+    /* shard files */
+    for (size_t sh = 0; sh < p->n_shards; sh++) {
+        size_t n = 0;
+        for (size_t i = 0; i < p->n_outs; i++)
+            n += p->outs[i].shard == (int)sh;
+        infos[sh] = mpk_calloc(n + 1, sizeof **infos);
+        if (!infos[sh]) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+            goto done;
+        }
+        n = 0;
+        for (size_t i = 0; i < p->n_outs; i++)
+            if (p->outs[i].shard == (int)sh) {
+                mpk_tensor_info *t = &infos[sh][n++];
+                t->name = p->outs[i].name;
+                t->dtype = p->outs[i].meta.dtype;
+                t->ndim = p->outs[i].meta.ndim;
+                memcpy(t->shape, p->outs[i].meta.shape, sizeof t->shape);
+            }
+        char name[64];
+        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+        char *path = mpk_path_join(tmp, name);
+        s = path ? mpk_st_out_create(path, infos[sh], n, o->metadata, o->n_metadata, &c.shards[sh], err)
+                 : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        free(path);
+        if (s != MPK_OK)
+            goto done;
+        /* map plan outputs to their (sorted) place in the file */
+        mpk_strmap m;
+        if (mpk_strmap_init(&m, n) != MPK_OK) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+            goto done;
+        }
+        for (size_t k = 0; k < n; k++)
+            mpk_strmap_put(&m, infos[sh][k].name, strlen(infos[sh][k].name), k, NULL);
+        for (size_t i = 0; i < p->n_outs; i++)
+            if (p->outs[i].shard == (int)sh)
+                mpk_strmap_get(&m, p->outs[i].name, strlen(p->outs[i].name), &c.slot[i]);
+        mpk_strmap_free(&m);
+    }
+    /* units */
+    size_t n_units = 0;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t g = node_granule(p->outs[i].node), u = unit_bytes - unit_bytes % g;
+        n_units += p->outs[i].nbytes ? (size_t)((p->outs[i].nbytes + u - 1) / u) : 0;
+    }
+    c.units = mpk_calloc(n_units + 1, sizeof *c.units);
+    if (!c.units) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t g = node_granule(p->outs[i].node), u = unit_bytes - unit_bytes % g;
+        for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
+            c.units[c.n_units++] = (unit){i, off, p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u};
+    }
+    pthread_t th[64];
+    int started = 0;
+    for (int i = 0; i < threads; i++) {
+        if (pthread_create(&th[i], NULL, worker, &c) != 0)
+            break;
+        started++;
+    }
+    if (!started) {
+        s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot start worker threads");
+        goto done;
+    }
+    if (o->progress) {
+        while (atomic_load(&c.next) < c.n_units + (size_t)started && !atomic_load(&c.failed)) {
+            progress(&c, t0, false);
+            struct timespec ts = {0, 200 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    if (o->progress)
+        progress(&c, t0, true);
+    if (atomic_load(&c.failed)) {
+        *err = c.err;
+        s = c.err.code;
+        goto done;
+    }
+    for (size_t sh = 0; sh < p->n_shards; sh++) {
+        mpk_st_out *so = c.shards[sh];
+        c.shards[sh] = NULL;
+        if ((s = mpk_st_out_close(so, true, err)) != MPK_OK)
+            goto done;
+    }
+    if (p->n_shards > 1) {
+        const char **names = mpk_calloc(p->n_outs + 1, sizeof *names);
+        const char **files = mpk_calloc(p->n_outs + 1, sizeof *files);
+        char(*fn)[64] = mpk_calloc(p->n_shards, 64);
+        char *text = NULL;
+        if (names && files && fn) {
+            for (size_t sh = 0; sh < p->n_shards; sh++)
+                mpk_shard_name(sh + 1, p->n_shards, fn[sh], 64);
+            for (size_t i = 0; i < p->n_outs; i++) {
+                names[i] = p->outs[i].name;
+                files[i] = fn[p->outs[i].shard];
+            }
+            text = mpk_index_format(names, files, p->n_outs, p->total_bytes);
+        }
+        char *ip = mpk_path_join(tmp, "model.safetensors.index.json");
+        s = text && ip ? mpk_write_file(ip, text, strlen(text), err)
+                       : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        free(ip);
+        free(text);
+        free(names);
+        free(files);
+        free(fn);
+        if (s != MPK_OK)
+            goto done;
+    }
+    if ((s = copy_side_files(p, tmp, err)) != MPK_OK)
+        goto done;
+    /* into place */
+    int dfd = open(tmp, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    if (lstat(dst, &st) == 0) {
+        char old[4200];
+        snprintf(old, sizeof old, "%s.moepack-old-%ld", tmp, (long)getpid());
+        if (rename(dst, old) != 0) {
+            s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot move the old destination aside: %s",
+                              strerror(errno));
+            goto done;
+        }
+        if (rename(tmp, dst) != 0) {
+            s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot rename into place: %s", strerror(errno));
+            rename(old, dst);
+            goto done;
+        }
+        rmrf(old);
+    } else if (rename(tmp, dst) != 0) {
+        s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot rename into place: %s", strerror(errno));
+        goto done;
+    }
+    tmp[0] = 0;
+    stats->tensors_in = p->src->n_tensors;
+    stats->tensors_out = p->n_outs;
+    stats->bytes_out = p->total_bytes;
+    stats->threads = started;
+    stats->used_copy_range = o->use_copy_range && atomic_load(&c.cfr_ok);
+done:
+    if (c.shards)
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            mpk_st_out_close(c.shards[sh], false, NULL);
+    if (tmp[0])
+        rmrf(tmp);
+    if (infos)
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            free(infos[sh]);
+    free(infos);
+    free(c.shards);
+    free(c.slot);
+    free(c.units);
+    for (mpk_node *n = b.all, *next; n; n = next) {
+        next = n->next_alloc;
+        free(n->segs);
+        free(n);
+    }
+    for (size_t i = 0; i < p->n_outs; i++)
+        p->outs[i].node = NULL;
+    mpk_arena_free(arena);
+    pthread_mutex_destroy(&c.lock);
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        stats->peak_rss_kib = ru.ru_maxrss;
+    stats->seconds = now_s() - t0;
+    return s;
+}

@@ -1,0 +1,504 @@
+/* plan.c — match a checkpoint against a spec, group, check, infer, lay out shards. */
+#define _GNU_SOURCE
+#include "mpk_converter.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int src;      /* source pattern index */
+    long item;    /* list value, 0 when the rule has no list on the source side */
+    const mpk_ckpt_tensor *t;
+} entry;
+
+typedef struct {
+    mpk_plan_group g;
+    entry *e;
+    size_t n, cap;
+} group_acc;
+
+static char *expand(mpk_arena *a, const mpk_pattern *p, const char *prefix, const char *suffix,
+                    const mpk_capture *caps, int n_caps, const char *list_name, const char *list_val)
+{
+    size_t cap = strlen(prefix) + strlen(suffix) + strlen(p->text) + 64;
+    for (int i = 0; i < n_caps; i++)
+        cap += caps[i].len;
+    char *s = mpk_arena_alloc(a, cap);
+    if (!s)
+        return NULL;
+    size_t o = (size_t)sprintf(s, "%s", prefix);
+    for (int i = 0; i < p->n_parts; i++) {
+        if (!p->parts[i].capture) {
+            memcpy(s + o, p->parts[i].s, p->parts[i].len);
+            o += p->parts[i].len;
+            continue;
+        }
+        if (list_name && strlen(list_name) == p->parts[i].len &&
+            memcmp(list_name, p->parts[i].s, p->parts[i].len) == 0) {
+            o += (size_t)sprintf(s + o, "%s", list_val);
+            continue;
+        }
+        for (int k = 0; k < n_caps; k++)
+            if (caps[k].name_len == p->parts[i].len &&
+                memcmp(caps[k].name, p->parts[i].s, caps[k].name_len) == 0) {
+                memcpy(s + o, caps[k].val, caps[k].len);
+                o += caps[k].len;
+                break;
+            }
+    }
+    sprintf(s + o, "%s", suffix);
+    return s;
+}
+
+static const char *caps_str(const mpk_plan_group *g, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < g->n_caps && o < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%.*s %.*s", i ? ", " : "", (int)g->caps[i].name_len,
+                              g->caps[i].name, (int)g->caps[i].len, g->caps[i].val);
+    if (!g->n_caps)
+        snprintf(buf, cap, "(no captures)");
+    return buf;
+}
+
+static bool parse_index(const char *v, size_t len, long *out)
+{
+    if (len == 0 || len > 9)
+        return false;
+    long x = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)v[i]))
+            return false;
+        x = x * 10 + (v[i] - '0');
+    }
+    *out = x;
+    return true;
+}
+
+/* Evaluates "E", "H", "I", "2I", "H/2" against the config; -1 when unknown. */
+static long size_expr(const char *e, const mpk_model_config *cfg)
+{
+    long mul = 1, div = 1;
+    if (isdigit((unsigned char)*e))
+        mul = strtol(e, (char **)&e, 10);
+    long base = *e == 'E' ? cfg->num_experts : *e == 'H' ? cfg->hidden_size
+              : *e == 'I' ? cfg->intermediate_size : -2;
+    if (base == -2)
+        return *e ? -1 : mul;
+    if (base < 0)
+        return -1;
+    e++;
+    if (*e == '/')
+        div = strtol(e + 1, NULL, 10);
+    return div > 0 ? base * mul / div : -1;
+}
+
+static mpk_status add_entry(group_acc *acc, entry e, const char *where, mpk_error *err)
+{
+    if (acc->n == acc->cap) {
+        size_t cap = acc->cap ? acc->cap * 2 : 16;
+        entry *ne = mpk_realloc(acc->e, cap * sizeof *ne);
+        if (!ne)
+            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+        acc->e = ne;
+        acc->cap = cap;
+    }
+    acc->e[acc->n++] = e;
+    return MPK_OK;
+}
+
+/* Describes which list values are present, e.g. "0-6, 8-63". */
+static void ranges(const bool *have, long n, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (long i = 0; i < n && o + 24 < cap;) {
+        if (!have[i]) {
+            i++;
+            continue;
+        }
+        long j = i;
+        while (j + 1 < n && have[j + 1])
+            j++;
+        o += (size_t)snprintf(buf + o, cap - o, "%s%ld%s", o ? ", " : "", i, "");
+        if (j > i)
+            o += (size_t)snprintf(buf + o, cap - o, "-%ld", j);
+        i = j + 1;
+    }
+    if (!o)
+        snprintf(buf, cap, "none");
+}
+
+static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts,
+                               mpk_error *err)
+{
+    mpk_plan_group *g = &acc->g;
+    const mpk_rule *r = g->rule;
+    const char *where = p->src->dir;
+    long n = 1;
+    if (r->list_in_sources) {
+        for (size_t i = 0; i < acc->n; i++)
+            if (acc->e[i].item + 1 > n)
+                n = acc->e[i].item + 1;
+        if (opts->cfg && opts->cfg->num_experts > n && strcmp(r->list_capture, "expert") == 0)
+            n = opts->cfg->num_experts;
+    }
+    g->n_items = (int)n;
+    g->src = mpk_arena_alloc(p->arena, sizeof *g->src * (size_t)(r->n_sources * n));
+    if (!g->src)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    for (size_t i = 0; i < acc->n; i++)
+        g->src[acc->e[i].src * n + acc->e[i].item] = acc->e[i].t;
+    char cbuf[256];
+    for (int s = 0; s < r->n_sources; s++) {
+        for (long i = 0; i < n; i++) {
+            if (g->src[s * n + i])
+                continue;
+            bool *have = calloc((size_t)n, 1);
+            if (!have)
+                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+            for (long k = 0; k < n; k++)
+                have[k] = g->src[s * n + k] != NULL;
+            char rbuf[256], ibuf[24];
+            ranges(have, n, rbuf, sizeof rbuf);
+            free(have);
+            snprintf(ibuf, sizeof ibuf, "%ld", i);
+            const char *missing = expand(p->arena, &r->sources[s], g->prefix, g->suffix, g->caps,
+                                         g->n_caps, r->list_capture, ibuf);
+            MPK_FAIL(err, MPK_E_EXPERT_MISSING, where,
+                     "%s: %s %ld is missing: no tensor '%s' (have %s %s of %ld)",
+                     caps_str(g, cbuf, sizeof cbuf), r->list_capture ? r->list_capture : "item", i,
+                     missing, r->list_capture ? r->list_capture : "item", rbuf, n);
+        }
+    }
+    /* input metadata, then the chain */
+    mpk_bundle in = {r->n_sources, (int)n, mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n))};
+    if (!in.t)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    for (long k = 0; k < r->n_sources * n; k++) {
+        const mpk_tensor_info *t = g->src[k]->info;
+        in.t[k].dtype = t->dtype;
+        in.t[k].ndim = t->ndim;
+        memcpy(in.t[k].shape, t->shape, sizeof t->shape);
+    }
+    if (r->source_shape_ndim && opts->cfg && opts->cfg->found) {
+        for (long k = 0; k < r->n_sources * n; k++) {
+            const mpk_tensor_info *t = g->src[k]->info;
+            bool ok = t->ndim == r->source_shape_ndim;
+            for (int d = 0; ok && d < t->ndim; d++) {
+                long want = size_expr(r->source_shape[d], opts->cfg);
+                ok = want < 0 || want == t->shape[d];
+            }
+            if (!ok) {
+                char sh[128], want[128] = "[";
+                for (int d = 0; d < r->source_shape_ndim; d++)
+                    snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s=%ld", d ? ", " : "",
+                             r->source_shape[d], size_expr(r->source_shape[d], opts->cfg));
+                strcat(want, "]");
+                MPK_FAIL(err, MPK_E_SHAPE, where,
+                         "tensor '%s' has shape %s but config.json implies %s (%s)", t->name,
+                         mpk_shape_str(t->shape, t->ndim, sh, sizeof sh), want, r->path);
+            }
+        }
+    }
+    mpk_error e2 = {0};
+    if (mpk_ops_infer_chain(r->ops, r->n_ops, &in, &g->out_meta, p->arena, &e2) != MPK_OK)
+        MPK_FAIL(err, e2.code, where, "%s (%s): %s", caps_str(g, cbuf, sizeof cbuf), r->path, e2.msg);
+    int want_items = r->list_capture && !r->list_in_sources ? g->out_meta.n_items : 1;
+    if (g->out_meta.n_groups != r->n_targets || g->out_meta.n_items != want_items)
+        MPK_FAIL(err, MPK_E_SPEC, where,
+                 "%s: the ops produce %d group(s) of %d tensor(s) but the converter has %d "
+                 "target(s)%s",
+                 r->path, g->out_meta.n_groups, g->out_meta.n_items, r->n_targets,
+                 r->list_capture && !r->list_in_sources ? " (per list index)" : " of one tensor");
+    return MPK_OK;
+}
+
+static int cmp_out(const void *a, const void *b)
+{
+    return mpk_natural_cmp(((const mpk_plan_out *)a)->name, ((const mpk_plan_out *)b)->name);
+}
+
+static char *apply_renames(mpk_arena *a, const mpk_spec *s, const char *name)
+{
+    char *cur = (char *)name;
+    for (int i = 0; i < s->n_renames; i++) {
+        const char *f = s->renames[i].from, *t = s->renames[i].to;
+        const char *hit = strstr(cur, f);
+        if (!hit)
+            continue;
+        size_t fl = strlen(f), tl = strlen(t);
+        char *n = mpk_arena_alloc(a, strlen(cur) - fl + tl + 1);
+        if (!n)
+            return NULL;
+        size_t pre = (size_t)(hit - cur);
+        memcpy(n, cur, pre);
+        memcpy(n + pre, t, tl);
+        strcpy(n + pre + tl, hit + fl);
+        cur = n;
+    }
+    return cur;
+}
+
+mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
+                          mpk_plan **out, mpk_error *err)
+{
+    *out = NULL;
+    const char *where = src->dir;
+    mpk_plan *p = mpk_calloc(1, sizeof *p);
+    if (!p || !(p->arena = mpk_arena_new())) {
+        free(p);
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    }
+    p->src = src;
+    p->spec = spec;
+    mpk_status st = MPK_OK;
+    group_acc *accs = NULL;
+    size_t n_accs = 0, cap_accs = 0;
+    mpk_strmap keys = {0}, names = {0};
+    const mpk_ckpt_tensor **pass = mpk_calloc(src->n_tensors + 1, sizeof *pass);
+    if (!pass || mpk_strmap_init(&keys, 256) != MPK_OK) {
+        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto done;
+    }
+    /* 1. match */
+    for (size_t ti = 0; ti < src->n_tensors; ti++) {
+        const mpk_ckpt_tensor *t = &src->tensors[ti];
+        const char *name = t->info->name;
+        bool consumed = false;
+        for (int ri = 0; ri < spec->n_rules && !consumed; ri++) {
+            const mpk_rule *r = &spec->rules[ri];
+            for (int si = 0; si < r->n_sources && !consumed; si++) {
+                mpk_capture caps[8];
+                int nc;
+                size_t start, end;
+                if (!mpk_pattern_match(&r->sources[si], name, caps, &nc, &start, &end))
+                    continue;
+                consumed = true;
+                long item = 0;
+                mpk_capture keep[8];
+                int nk = 0;
+                for (int c = 0; c < nc; c++) {
+                    if (r->list_in_sources && strlen(r->list_capture) == caps[c].name_len &&
+                        memcmp(r->list_capture, caps[c].name, caps[c].name_len) == 0) {
+                        if (!parse_index(caps[c].val, caps[c].len, &item)) {
+                            st = mpk_error_set(err, MPK_E_SPEC, 0, where,
+                                               "tensor '%s': {%s} matched '%.*s', not an index (%s)",
+                                               name, r->list_capture, (int)caps[c].len, caps[c].val,
+                                               r->path);
+                            goto done;
+                        }
+                    } else {
+                        keep[nk++] = caps[c];
+                    }
+                }
+                char *prefix = mpk_arena_strndup(p->arena, name, start);
+                char *suffix = mpk_arena_strndup(p->arena, name + end, strlen(name + end));
+                char *key = expand(p->arena, &r->sources[0], prefix, suffix, keep, nk,
+                                   r->list_capture, "*");
+                char *full_key = key ? mpk_arena_printf(p->arena, "%d|%s", ri, key) : NULL;
+                if (!full_key) {
+                    st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+                    goto done;
+                }
+                size_t gi;
+                if (!mpk_strmap_get(&keys, full_key, strlen(full_key), &gi)) {
+                    if (n_accs == cap_accs) {
+                        cap_accs = cap_accs ? cap_accs * 2 : 64;
+                        group_acc *na = mpk_realloc(accs, cap_accs * sizeof *na);
+                        if (!na) {
+                            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+                            goto done;
+                        }
+                        accs = na;
+                    }
+                    gi = n_accs++;
+                    memset(&accs[gi], 0, sizeof accs[gi]);
+                    accs[gi].g.rule = r;
+                    accs[gi].g.key = full_key;
+                    accs[gi].g.prefix = prefix;
+                    accs[gi].g.suffix = suffix;
+                    for (int k = 0; k < nk; k++) {
+                        accs[gi].g.caps[k] = keep[k];
+                        /* keep the capture value alive with the plan */
+                        accs[gi].g.caps[k].val = mpk_arena_strndup(p->arena, keep[k].val, keep[k].len);
+                    }
+                    accs[gi].g.n_caps = nk;
+                    mpk_strmap_put(&keys, full_key, strlen(full_key), gi, NULL);
+                }
+                if ((st = add_entry(&accs[gi], (entry){si, item, t}, where, err)) != MPK_OK)
+                    goto done;
+            }
+        }
+        if (consumed)
+            p->n_consumed++;
+        else
+            pass[p->n_pass++] = t;
+    }
+    /* already converted? nothing matched a source, but something looks like a target */
+    if (n_accs == 0) {
+        for (size_t ti = 0; ti < src->n_tensors; ti++)
+            for (int ri = 0; ri < spec->n_rules; ri++)
+                for (int k = 0; k < spec->rules[ri].n_targets; k++) {
+                    mpk_capture caps[8];
+                    int nc;
+                    size_t a, b;
+                    if (mpk_pattern_match(&spec->rules[ri].targets[k], src->tensors[ti].info->name,
+                                          caps, &nc, &a, &b)) {
+                        st = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, where,
+                                           "already in the %s layout of preset '%s' (tensor '%s' "
+                                           "is a target and no tensor is a source)",
+                                           spec->reversed ? "per-expert" : "packed", spec->name,
+                                           src->tensors[ti].info->name);
+                        goto done;
+                    }
+                }
+    }
+    /* 2. check and infer each group */
+    p->groups = mpk_arena_alloc(p->arena, sizeof *p->groups * (n_accs + 1));
+    size_t n_out = p->n_pass;
+    for (size_t i = 0; i < n_accs; i++) {
+        if ((st = finish_group(p, &accs[i], opts, err)) != MPK_OK)
+            goto done;
+        p->groups[i] = accs[i].g;
+        n_out += (size_t)(accs[i].g.out_meta.n_groups * accs[i].g.out_meta.n_items);
+    }
+    p->n_groups = n_accs;
+    /* 3. outputs */
+    p->outs = mpk_arena_alloc(p->arena, sizeof *p->outs * (n_out + 1));
+    if (!p->outs || mpk_strmap_init(&names, n_out) != MPK_OK) {
+        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < p->n_pass; i++) {
+        mpk_plan_out *o = &p->outs[p->n_outs++];
+        o->name = apply_renames(p->arena, spec, pass[i]->info->name);
+        o->meta.dtype = pass[i]->info->dtype;
+        o->meta.ndim = pass[i]->info->ndim;
+        memcpy(o->meta.shape, pass[i]->info->shape, sizeof o->meta.shape);
+        o->group = -1;
+        o->pass = pass[i];
+    }
+    for (size_t gi = 0; gi < p->n_groups; gi++) {
+        mpk_plan_group *g = &p->groups[gi];
+        const mpk_rule *r = g->rule;
+        for (int tg = 0; tg < g->out_meta.n_groups; tg++)
+            for (int it = 0; it < g->out_meta.n_items; it++) {
+                char ibuf[24];
+                snprintf(ibuf, sizeof ibuf, "%d", it);
+                mpk_plan_out *o = &p->outs[p->n_outs++];
+                o->name = expand(p->arena, &r->targets[tg], g->prefix, g->suffix, g->caps, g->n_caps,
+                                 r->list_capture, ibuf);
+                o->slot = tg * g->out_meta.n_items + it;
+                o->meta = g->out_meta.t[o->slot];
+                o->group = (int)gi;
+            }
+    }
+    for (size_t i = 0; i < p->n_outs; i++) {
+        mpk_plan_out *o = &p->outs[i];
+        if (!o->name) {
+            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+            goto done;
+        }
+        mpk_tensor_nbytes(o->meta.dtype, o->meta.shape, o->meta.ndim, &o->nbytes);
+        p->total_bytes += o->nbytes;
+        if (mpk_strmap_put(&names, o->name, strlen(o->name), i, NULL)) {
+            st = mpk_error_set(err, MPK_E_CONFLICT, 0, where,
+                               "two tensors would both be written as '%s'", o->name);
+            goto done;
+        }
+    }
+    /* outputs in natural name order; each keeps (group, slot) to find its node */
+    qsort(p->outs, p->n_outs, sizeof *p->outs, cmp_out);
+    /* 4. shards: fill in name order, a new shard when the next tensor would overflow */
+    uint64_t cur = 0;
+    int shard = 0;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t sz = p->outs[i].nbytes;
+        if (opts->max_shard_size && cur > 0 && cur + sz > opts->max_shard_size) {
+            shard++;
+            cur = 0;
+        }
+        p->outs[i].shard = shard;
+        cur += sz;
+    }
+    p->n_shards = p->n_outs ? (size_t)shard + 1 : 1;
+done:
+    for (size_t i = 0; i < n_accs; i++)
+        free(accs[i].e);
+    free(accs);
+    free(pass);
+    mpk_strmap_free(&keys);
+    mpk_strmap_free(&names);
+    if (st != MPK_OK) {
+        mpk_plan_free(p);
+        return st;
+    }
+    *out = p;
+    return MPK_OK;
+}
+
+void mpk_plan_free(mpk_plan *p)
+{
+    if (!p)
+        return;
+    mpk_arena_free(p->arena);
+    free(p);
+}
+
+void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
+{
+    FILE *f = file;
+    char hb[32], sh[128], ob[64];
+    fprintf(f, "preset: %s%s\n", p->spec->name, p->spec->reversed ? " (reversed)" : "");
+    fprintf(f, "source: %s: %zu tensors in %zu shard(s)\n", p->src->dir, p->src->n_tensors,
+            p->src->n_shards);
+    size_t n_targets = p->n_outs - p->n_pass;
+    fprintf(f, "targets: %zu built from %zu source tensors in %zu group(s); pass-through: %zu\n",
+            n_targets, p->n_consumed, p->n_groups, p->n_pass);
+    for (size_t gi = 0; gi < p->n_groups; gi++) {
+        const mpk_plan_group *g = &p->groups[gi];
+        const mpk_rule *r = g->rule;
+        if (!verbose && gi >= 6) {
+            fprintf(f, "  ... %zu more group(s) (use --verbose)\n", p->n_groups - gi);
+            break;
+        }
+        fprintf(f, "  [%s]", r->path);
+        for (int s = 0; s < r->n_sources; s++)
+            fprintf(f, "%s %s%s%s", s ? "," : "", g->prefix, r->sources[s].text, g->suffix);
+        if (g->n_items > 1)
+            fprintf(f, " (%s 0..%d)", r->list_capture, g->n_items - 1);
+        fprintf(f, "\n     ops:");
+        for (int k = 0; k < r->n_ops; k++)
+            fprintf(f, " %s", mpk_op_str(&r->ops[k], ob, sizeof ob));
+        fprintf(f, "\n     ->");
+        for (int tg = 0; tg < g->out_meta.n_groups; tg++) {
+            const mpk_tmeta *m = &g->out_meta.t[tg * g->out_meta.n_items];
+            fprintf(f, " %s%s%s %s %s%s", g->prefix, r->targets[tg].text, g->suffix,
+                    mpk_dtype_name(m->dtype), mpk_shape_str(m->shape, m->ndim, sh, sizeof sh),
+                    g->out_meta.n_items > 1 ? " (each)" : "");
+        }
+        fprintf(f, "\n");
+    }
+    size_t shown = 0;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const mpk_plan_out *o = &p->outs[i];
+        if (o->group >= 0)
+            continue;
+        if (!verbose && shown >= 6)
+            continue;
+        if (strcmp(o->name, o->pass->info->name) != 0)
+            fprintf(f, "  pass %s -> %s\n", o->pass->info->name, o->name);
+        else
+            fprintf(f, "  pass %s\n", o->name);
+        shown++;
+    }
+    if (!verbose && p->n_pass > shown)
+        fprintf(f, "  ... %zu more pass-through tensor(s)\n", p->n_pass - shown);
+    fprintf(f, "output: %zu tensors, %llu bytes (%s), %zu shard(s)\n", p->n_outs,
+            (unsigned long long)p->total_bytes, mpk_human_bytes(p->total_bytes, hb, sizeof hb),
+            p->n_shards);
+}

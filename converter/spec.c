@@ -1,0 +1,496 @@
+/* spec.c — conversion specs: parsing with JSON-path errors, patterns, reversal, presets. */
+#define _GNU_SOURCE
+#include "mpk_converter.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SPEC_FAIL(path, ...) return mpk_error_set(err, MPK_E_SPEC, 0, where, "%s: " __VA_ARGS__)
+
+static mpk_status parse_pattern(const char *text, mpk_pattern *p, const char *where,
+                                const char *path, mpk_error *err)
+{
+    memset(p, 0, sizeof *p);
+    p->text = text;
+    if (!*text)
+        SPEC_FAIL(path, "pattern is empty", path);
+    const char *s = text;
+    while (*s) {
+        if (p->n_parts == MPK_PATTERN_MAX_PARTS)
+            SPEC_FAIL(path, "pattern '%s' has too many parts", path, text);
+        if (*s == '{') {
+            const char *e = strchr(s, '}');
+            if (!e || e == s + 1)
+                SPEC_FAIL(path, "pattern '%s': unterminated or empty {capture}", path, text);
+            for (const char *q = s + 1; q < e; q++)
+                if (*q == '.' || *q == '{')
+                    SPEC_FAIL(path, "pattern '%s': bad capture name", path, text);
+            if (p->n_parts && p->parts[p->n_parts - 1].capture)
+                SPEC_FAIL(path, "pattern '%s': two captures must be separated by text", path, text);
+            p->parts[p->n_parts].capture = true;
+            p->parts[p->n_parts].s = s + 1;
+            p->parts[p->n_parts].len = (size_t)(e - s - 1);
+            p->n_parts++;
+            s = e + 1;
+        } else {
+            const char *e = s;
+            while (*e && *e != '{')
+                e++;
+            if (memchr(s, '}', (size_t)(e - s)))
+                SPEC_FAIL(path, "pattern '%s': stray '}'", path, text);
+            p->parts[p->n_parts].capture = false;
+            p->parts[p->n_parts].s = s;
+            p->parts[p->n_parts].len = (size_t)(e - s);
+            p->n_parts++;
+            s = e;
+        }
+    }
+    return MPK_OK;
+}
+
+static bool match_at(const mpk_pattern *p, const char *name, size_t pos, mpk_capture *caps,
+                     int *n_caps, size_t *end)
+{
+    int nc = 0;
+    for (int i = 0; i < p->n_parts; i++) {
+        if (p->parts[i].capture) {
+            size_t l = 0;
+            while (name[pos + l] && name[pos + l] != '.')
+                l++;
+            if (l == 0)
+                return false;
+            caps[nc++] = (mpk_capture){p->parts[i].s, p->parts[i].len, name + pos, l};
+            pos += l;
+        } else {
+            if (strncmp(name + pos, p->parts[i].s, p->parts[i].len) != 0)
+                return false;
+            pos += p->parts[i].len;
+        }
+    }
+    if (name[pos] && name[pos] != '.')
+        return false;
+    *n_caps = nc;
+    *end = pos;
+    return true;
+}
+
+bool mpk_pattern_match(const mpk_pattern *p, const char *name, mpk_capture *caps, int *n_caps,
+                       size_t *start, size_t *end)
+{
+    for (size_t pos = 0; name[pos]; pos++) {
+        if (pos > 0 && name[pos - 1] != '.')
+            continue;
+        if (match_at(p, name, pos, caps, n_caps, end)) {
+            *start = pos;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Capture names of a pattern, as a small set. */
+static int capture_names(const mpk_pattern *p, const char **names, size_t *lens)
+{
+    int n = 0;
+    for (int i = 0; i < p->n_parts; i++)
+        if (p->parts[i].capture) {
+            names[n] = p->parts[i].s;
+            lens[n++] = p->parts[i].len;
+        }
+    return n;
+}
+
+static bool has_capture(const mpk_pattern *p, const char *name, size_t len)
+{
+    for (int i = 0; i < p->n_parts; i++)
+        if (p->parts[i].capture && p->parts[i].len == len && memcmp(p->parts[i].s, name, len) == 0)
+            return true;
+    return false;
+}
+
+static bool same_captures(const mpk_pattern *a, const mpk_pattern *b)
+{
+    const char *n[32];
+    size_t l[32];
+    int k = capture_names(a, n, l);
+    for (int i = 0; i < k; i++)
+        if (!has_capture(b, n[i], l[i]))
+            return false;
+    return k == capture_names(b, n, l);
+}
+
+/* Works out the list capture: in the sources only (merge) or the targets only (split). */
+static mpk_status resolve_list_capture(mpk_rule *r, mpk_arena *a, const char *where,
+                                       mpk_error *err)
+{
+    const char *path = r->path;
+    for (int i = 1; i < r->n_sources; i++)
+        if (!same_captures(&r->sources[0], &r->sources[i]))
+            SPEC_FAIL(path, "all sources must use the same {captures}", path);
+    for (int i = 1; i < r->n_targets; i++)
+        if (!same_captures(&r->targets[0], &r->targets[i]))
+            SPEC_FAIL(path, "all targets must use the same {captures}", path);
+    const char *n[32];
+    size_t l[32];
+    int ks = capture_names(&r->sources[0], n, l), extra_s = 0, extra_t = 0;
+    const char *list = NULL;
+    size_t list_len = 0;
+    for (int i = 0; i < ks; i++)
+        if (!has_capture(&r->targets[0], n[i], l[i]))
+            extra_s++, list = n[i], list_len = l[i];
+    int kt = capture_names(&r->targets[0], n, l);
+    for (int i = 0; i < kt; i++)
+        if (!has_capture(&r->sources[0], n[i], l[i]))
+            extra_t++, list = n[i], list_len = l[i];
+    if (extra_s + extra_t > 1)
+        SPEC_FAIL(path, "at most one {capture} may differ between sources and targets (the "
+                        "list index, e.g. {expert})", path);
+    r->list_in_sources = extra_s == 1;
+    r->list_capture = list ? mpk_arena_strndup(a, list, list_len) : NULL;
+    return MPK_OK;
+}
+
+static mpk_status get_int(const cJSON *o, const char *key, int lo, int hi, int *out, bool required,
+                          const char *where, const char *path, mpk_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) {
+        if (required)
+            SPEC_FAIL(path, "missing \"%s\"", path, key);
+        return MPK_OK;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi)
+        SPEC_FAIL(path, "\"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
+    *out = (int)v->valuedouble;
+    return MPK_OK;
+}
+
+static mpk_status parse_shape(const cJSON *v, int64_t *shape, int *ndim, bool allow_neg,
+                              const char *where, const char *path, mpk_error *err)
+{
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > MPK_MAX_DIMS)
+        SPEC_FAIL(path, "must be an array of at most %d integers", path, MPK_MAX_DIMS);
+    *ndim = 0;
+    for (const cJSON *d = v->child; d; d = d->next) {
+        if (!cJSON_IsNumber(d) || d->valuedouble != floor(d->valuedouble) ||
+            d->valuedouble < (allow_neg ? -1 : 0))
+            SPEC_FAIL(path, "must hold integers >= %d", path, allow_neg ? -1 : 0);
+        shape[(*ndim)++] = (int64_t)d->valuedouble;
+    }
+    return MPK_OK;
+}
+
+static mpk_status parse_op(const cJSON *j, mpk_op *op, const char *where, const char *path,
+                           mpk_error *err)
+{
+    memset(op, 0, sizeof *op);
+    op->inv_ndim = -1;
+    if (!cJSON_IsObject(j))
+        SPEC_FAIL(path, "an op must be an object like {\"op\": \"merge\", \"dim\": 0}", path);
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "op");
+    if (!cJSON_IsString(name))
+        SPEC_FAIL(path, "missing \"op\" name", path);
+    const mpk_op_desc *d = mpk_op_find(name->valuestring);
+    if (!d) {
+        char list[256] = "";
+        for (int i = 0; i < MPK_OP_COUNT; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+                     mpk_op_descs[i].name);
+        SPEC_FAIL(path, "unknown op '%s' (known: %s)", path, name->valuestring, list);
+    }
+    op->kind = d->kind;
+    char sub[400];
+    switch (op->kind) {
+    case MPK_OP_MERGE:
+    case MPK_OP_SPLIT:
+    case MPK_OP_CONCAT:
+        return get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err);
+    case MPK_OP_CHUNK:
+        MPK_TRY(get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err));
+        return get_int(j, "chunks", 1, 1 << 20, &op->chunks, false, where, path, err);
+    case MPK_OP_TRANSPOSE:
+        MPK_TRY(get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err));
+        MPK_TRY(get_int(j, "dim2", 0, MPK_MAX_DIMS - 1, &op->dim2, true, where, path, err));
+        if (op->dim == op->dim2)
+            SPEC_FAIL(path, "transpose needs two different dims", path);
+        if (op->dim > op->dim2) {
+            int t = op->dim;
+            op->dim = op->dim2;
+            op->dim2 = t;
+        }
+        return MPK_OK;
+    case MPK_OP_RESHAPE: {
+        snprintf(sub, sizeof sub, "%s.shape", path);
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(j, "shape");
+        if (!sh)
+            SPEC_FAIL(sub, "missing", sub);
+        MPK_TRY(parse_shape(sh, op->shape, &op->ndim, true, where, sub, err));
+        const cJSON *inv = cJSON_GetObjectItemCaseSensitive(j, "inverse_shape");
+        if (inv) {
+            snprintf(sub, sizeof sub, "%s.inverse_shape", path);
+            MPK_TRY(parse_shape(inv, op->inv_shape, &op->inv_ndim, false, where, sub, err));
+        }
+        return MPK_OK;
+    }
+    case MPK_OP_CAST: {
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
+        if (!cJSON_IsString(dt) || !mpk_dtype_parse(dt->valuestring, strlen(dt->valuestring), &op->dtype))
+            SPEC_FAIL(path, "\"dtype\" must name a dtype (F32, F16, BF16)", path);
+        const cJSON *from = cJSON_GetObjectItemCaseSensitive(j, "from");
+        if (from) {
+            if (!cJSON_IsString(from) ||
+                !mpk_dtype_parse(from->valuestring, strlen(from->valuestring), &op->from))
+                SPEC_FAIL(path, "\"from\" must name a dtype", path);
+            op->has_from = true;
+        }
+        if (!mpk_cast_supported(op->has_from ? op->from : MPK_DTYPE_F32, op->dtype))
+            SPEC_FAIL(path, "cast to %s is not supported", path, dt->valuestring);
+        return MPK_OK;
+    }
+    default:
+        SPEC_FAIL(path, "internal: op kind", path);
+    }
+}
+
+/* "sources": ["a", "b"] or "source": "a" (same for targets). */
+static mpk_status parse_patterns(const cJSON *rule, const char *plural, const char *single,
+                                 mpk_pattern *out, int *n, mpk_arena *a, const char *where,
+                                 const char *path, mpk_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(rule, plural);
+    if (!v)
+        v = cJSON_GetObjectItemCaseSensitive(rule, single);
+    char sub[256];
+    snprintf(sub, sizeof sub, "%s.%s", path, plural);
+    if (!v)
+        SPEC_FAIL(sub, "missing", sub);
+    *n = 0;
+    if (cJSON_IsString(v)) {
+        char *t = mpk_arena_strndup(a, v->valuestring, strlen(v->valuestring));
+        MPK_TRY(parse_pattern(t, &out[0], where, sub, err));
+        *n = 1;
+        return MPK_OK;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > 8)
+        SPEC_FAIL(sub, "must be a string or an array of 1 to 8 strings", sub);
+    for (const cJSON *e = v->child; e; e = e->next) {
+        char el[320];
+        snprintf(el, sizeof el, "%s[%d]", sub, *n);
+        if (!cJSON_IsString(e))
+            SPEC_FAIL(el, "must be a string", el);
+        char *t = mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring));
+        MPK_TRY(parse_pattern(t, &out[*n], where, el, err));
+        (*n)++;
+    }
+    return MPK_OK;
+}
+
+static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const char *where,
+                             mpk_error *err)
+{
+    const char *path = r->path;
+    if (!cJSON_IsObject(j))
+        SPEC_FAIL(path, "a converter must be an object", path);
+    MPK_TRY(parse_patterns(j, "sources", "source", r->sources, &r->n_sources, a, where, path, err));
+    MPK_TRY(parse_patterns(j, "targets", "target", r->targets, &r->n_targets, a, where, path, err));
+    const cJSON *ops = cJSON_GetObjectItemCaseSensitive(j, "ops");
+    char sub[256];
+    snprintf(sub, sizeof sub, "%s.ops", path);
+    if (!cJSON_IsArray(ops) || cJSON_GetArraySize(ops) > MPK_SPEC_MAX_OPS)
+        SPEC_FAIL(sub, "must be an array of at most %d ops", sub, MPK_SPEC_MAX_OPS);
+    for (const cJSON *o = ops->child; o; o = o->next) {
+        char el[320];
+        snprintf(el, sizeof el, "%s[%d]", sub, r->n_ops);
+        MPK_TRY(parse_op(o, &r->ops[r->n_ops], where, el, err));
+        r->n_ops++;
+    }
+    const cJSON *ss = cJSON_GetObjectItemCaseSensitive(j, "source_shape");
+    if (ss) {
+        snprintf(sub, sizeof sub, "%s.source_shape", path);
+        if (!cJSON_IsArray(ss) || cJSON_GetArraySize(ss) > MPK_MAX_DIMS)
+            SPEC_FAIL(sub, "must be an array of size names (E, H, I, 2I)", sub);
+        for (const cJSON *e = ss->child; e; e = e->next) {
+            if (!cJSON_IsString(e))
+                SPEC_FAIL(sub, "must hold strings", sub);
+            r->source_shape[r->source_shape_ndim++] = mpk_arena_strndup(a, e->valuestring,
+                                                                        strlen(e->valuestring));
+        }
+    }
+    return resolve_list_capture(r, a, where, err);
+}
+
+mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_spec **out,
+                          mpk_error *err)
+{
+    *out = NULL;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (!root)
+        MPK_FAIL(err, MPK_E_SPEC, where, "$: not valid JSON (near byte %zu)",
+                 cJSON_GetErrorPtr() ? (size_t)(cJSON_GetErrorPtr() - text) : (size_t)0);
+    mpk_spec *s = mpk_calloc(1, sizeof *s);
+    if (!s || !(s->arena = mpk_arena_new())) {
+        free(s);
+        cJSON_Delete(root);
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    }
+    s->json = root;
+    mpk_status st = MPK_OK;
+#define BAIL(...)                                                           \
+    do {                                                                    \
+        st = mpk_error_set(err, MPK_E_SPEC, 0, where, __VA_ARGS__);         \
+        goto done;                                                          \
+    } while (0)
+    if (!cJSON_IsObject(root))
+        BAIL("$: a spec must be a JSON object");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
+    if (!cJSON_IsString(name))
+        BAIL("$.name: missing or not a string");
+    s->name = name->valuestring;
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
+    s->description = cJSON_IsString(desc) ? desc->valuestring : "";
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_types");
+    if (mt) {
+        if (!cJSON_IsArray(mt))
+            BAIL("$.model_types: must be an array of strings");
+        s->model_types = mpk_arena_alloc(s->arena, sizeof(char *) * (size_t)(cJSON_GetArraySize(mt) + 1));
+        for (const cJSON *e = mt->child; e; e = e->next) {
+            if (!cJSON_IsString(e))
+                BAIL("$.model_types[%d]: must be a string", s->n_model_types);
+            s->model_types[s->n_model_types++] = e->valuestring;
+        }
+    }
+    const cJSON *rn = cJSON_GetObjectItemCaseSensitive(root, "renames");
+    if (rn) {
+        if (!cJSON_IsArray(rn))
+            BAIL("$.renames: must be an array of {\"from\", \"to\"}");
+        s->renames = mpk_arena_alloc(s->arena, sizeof(mpk_rename) * (size_t)(cJSON_GetArraySize(rn) + 1));
+        for (const cJSON *e = rn->child; e; e = e->next) {
+            const cJSON *f = cJSON_GetObjectItemCaseSensitive(e, "from");
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "to");
+            if (!cJSON_IsString(f) || !cJSON_IsString(t) || !*f->valuestring)
+                BAIL("$.renames[%d]: needs non-empty string \"from\" and string \"to\"", s->n_renames);
+            s->renames[s->n_renames++] = (mpk_rename){f->valuestring, t->valuestring};
+        }
+    }
+    const cJSON *cv = cJSON_GetObjectItemCaseSensitive(root, "converters");
+    if (!cJSON_IsArray(cv))
+        BAIL("$.converters: missing or not an array");
+    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(cJSON_GetArraySize(cv) + 1));
+    if (!s->rules) {
+        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto done;
+    }
+    for (const cJSON *e = cv->child; e; e = e->next) {
+        mpk_rule *r = &s->rules[s->n_rules];
+        snprintf(r->path, sizeof r->path, "$.converters[%d]", s->n_rules);
+        if ((st = parse_rule(e, r, s->arena, where, err)) != MPK_OK)
+            goto done;
+        s->n_rules++;
+    }
+#undef BAIL
+done:
+    if (st != MPK_OK) {
+        mpk_spec_free(s);
+        return st;
+    }
+    *out = s;
+    return MPK_OK;
+}
+
+mpk_status mpk_spec_reverse(const mpk_spec *s, mpk_spec **out, mpk_error *err)
+{
+    *out = NULL;
+    mpk_spec *r = mpk_calloc(1, sizeof *r);
+    if (!r || !(r->arena = mpk_arena_new())) {
+        free(r);
+        MPK_FAIL(err, MPK_E_NOMEM, s->name, "out of memory");
+    }
+    r->name = s->name;
+    r->description = s->description;
+    r->model_types = s->model_types;
+    r->n_model_types = s->n_model_types;
+    r->reversed = !s->reversed;
+    r->renames = mpk_arena_alloc(r->arena, sizeof(mpk_rename) * (size_t)(s->n_renames + 1));
+    r->rules = mpk_arena_alloc(r->arena, sizeof(mpk_rule) * (size_t)(s->n_rules + 1));
+    if (!r->renames || !r->rules) {
+        mpk_spec_free(r);
+        MPK_FAIL(err, MPK_E_NOMEM, s->name, "out of memory");
+    }
+    for (int i = 0; i < s->n_renames; i++)
+        r->renames[i] = (mpk_rename){s->renames[i].to, s->renames[i].from};
+    r->n_renames = s->n_renames;
+    for (int i = 0; i < s->n_rules; i++) {
+        const mpk_rule *f = &s->rules[i];
+        mpk_rule *b = &r->rules[i];
+        *b = *f;
+        memcpy(b->sources, f->targets, sizeof f->targets);
+        b->n_sources = f->n_targets;
+        memcpy(b->targets, f->sources, sizeof f->sources);
+        b->n_targets = f->n_sources;
+        b->list_in_sources = f->list_capture && !f->list_in_sources;
+        b->source_shape_ndim = 0; /* the check applies to the forward source only */
+        mpk_status st = mpk_ops_invert_chain(f->ops, f->n_ops, NULL, b->ops, err);
+        if (st != MPK_OK) {
+            mpk_error_set(err, MPK_E_SPEC, 0, s->name, "%s: cannot reverse: %s", f->path, err->msg);
+            mpk_spec_free(r);
+            return MPK_E_SPEC;
+        }
+        for (int k = 0; k < b->n_ops; k++)
+            if (b->ops[k].kind == MPK_OP_CHUNK && b->ops[k].chunks == 0)
+                b->ops[k].chunks = b->n_targets;
+    }
+    r->n_rules = s->n_rules;
+    *out = r;
+    return MPK_OK;
+}
+
+void mpk_spec_free(mpk_spec *s)
+{
+    if (!s)
+        return;
+    cJSON_Delete(s->json);
+    mpk_arena_free(s->arena);
+    free(s);
+}
+
+static bool spec_has_type(const mpk_spec *s, const char *t)
+{
+    for (int i = 0; i < s->n_model_types; i++)
+        if (strcmp(s->model_types[i], t) == 0)
+            return true;
+    return false;
+}
+
+mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_spec **out,
+                           mpk_error *err)
+{
+    *out = NULL;
+    bool is_auto = !name || strcmp(name, "auto") == 0;
+    if (is_auto && (!cfg || !cfg->found || !cfg->model_type[0]))
+        MPK_FAIL(err, MPK_E_PRESET, "preset",
+                 "--preset auto needs a config.json with \"model_type\"; name a preset "
+                 "(see 'moepack presets')");
+    for (size_t i = 0; i < mpk_n_presets; i++) {
+        if (!is_auto && strcmp(mpk_presets[i].name, name) != 0)
+            continue;
+        mpk_spec *s;
+        MPK_TRY(mpk_spec_parse(mpk_presets[i].json, strlen(mpk_presets[i].json), mpk_presets[i].name,
+                               &s, err));
+        if (!is_auto || spec_has_type(s, cfg->model_type) ||
+            (cfg->text_model_type[0] && spec_has_type(s, cfg->text_model_type))) {
+            *out = s;
+            return MPK_OK;
+        }
+        mpk_spec_free(s);
+    }
+    if (is_auto)
+        MPK_FAIL(err, MPK_E_PRESET, "preset",
+                 "no preset covers model_type '%s' (see 'moepack presets', or write a spec and "
+                 "use 'moepack convert --spec')",
+                 cfg->model_type);
+    MPK_FAIL(err, MPK_E_PRESET, "preset", "unknown preset '%s' (see 'moepack presets')", name);
+}

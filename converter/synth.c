@@ -1,0 +1,299 @@
+/* synth.c — small realistic checkpoints from a preset's "synth" section. */
+#define _GNU_SOURCE
+#include "mpk_converter.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+    const char *name;
+    mpk_tmeta meta;
+    uint64_t nbytes;
+    int shard;
+} synth_tensor;
+
+static long sym(const mpk_synth_opts *o, const char *e)
+{
+    long mul = 1, div = 1;
+    if (isdigit((unsigned char)*e)) {
+        char *end;
+        mul = strtol(e, &end, 10);
+        e = end;
+        if (!*e)
+            return mul;
+    }
+    long base = *e == 'E' ? o->experts : *e == 'H' ? o->hidden : *e == 'I' ? o->intermediate
+              : *e == 'V' ? o->vocab : *e == 'L' ? o->layers : -1;
+    if (base < 0)
+        return -1;
+    if (e[1] == '/')
+        div = strtol(e + 2, NULL, 10);
+    long v = div > 0 ? base * mul / div : -1;
+    return v > 0 ? v : 1;
+}
+
+static char *subst(mpk_arena *a, const char *pat, const char *key, long v)
+{
+    const char *hit = strstr(pat, key);
+    if (!hit)
+        return mpk_arena_strndup(a, pat, strlen(pat));
+    return mpk_arena_printf(a, "%.*s%ld%s", (int)(hit - pat), pat, v, hit + strlen(key));
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ull;
+}
+
+/* Fills n elements of dtype with values in [-0.05, 0.05) (floats) or random bytes. */
+static void fill(void *buf, const mpk_tmeta *m, uint64_t n_el, uint64_t nbytes, uint64_t *seed)
+{
+    if (m->dtype == MPK_DTYPE_F32 || m->dtype == MPK_DTYPE_F16 || m->dtype == MPK_DTYPE_BF16) {
+        float tmp[1024];
+        size_t el = mpk_dtype_size(m->dtype);
+        for (uint64_t i = 0; i < n_el; i += 1024) {
+            size_t k = n_el - i < 1024 ? (size_t)(n_el - i) : 1024;
+            for (size_t j = 0; j < k; j++)
+                tmp[j] = (float)((double)(rnd(seed) >> 11) / 9007199254740992.0 * 0.1 - 0.05);
+            mpk_cast(MPK_DTYPE_F32, tmp, m->dtype, (char *)buf + i * el, k);
+        }
+    } else {
+        for (uint64_t i = 0; i < nbytes; i++)
+            ((unsigned char *)buf)[i] = (unsigned char)(rnd(seed) >> 56);
+    }
+}
+
+static int rm_cb(const char *p, const struct stat *s, int f, struct FTW *w)
+{
+    (void)s, (void)f, (void)w;
+    remove(p);
+    return 0;
+}
+
+static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, const char *dir,
+                               mpk_error *err)
+{
+    cJSON *cfg = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(synth, "config"), 1);
+    if (!cfg)
+        cfg = cJSON_CreateObject();
+    const cJSON *sizes = cJSON_GetObjectItemCaseSensitive(synth, "config_sizes");
+    cJSON *target = cfg;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sizes, "__text__"))) {
+        target = cJSON_GetObjectItemCaseSensitive(cfg, "text_config");
+        if (!target)
+            target = cJSON_AddObjectToObject(cfg, "text_config");
+    }
+    for (const cJSON *e = sizes ? sizes->child : NULL; e; e = e->next) {
+        if (e->string[0] == '_')
+            continue;
+        cJSON_DeleteItemFromObjectCaseSensitive(target, e->string);
+        if (cJSON_IsString(e))
+            cJSON_AddNumberToObject(target, e->string, (double)sym(o, e->valuestring));
+        else
+            cJSON_AddItemToObject(target, e->string, cJSON_Duplicate(e, 1));
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "torch_dtype");
+    cJSON_AddStringToObject(cfg, "torch_dtype", o->dtype == MPK_DTYPE_F32 ? "float32"
+                                                : o->dtype == MPK_DTYPE_F16 ? "float16" : "bfloat16");
+    char *text = cJSON_Print(cfg);
+    cJSON_Delete(cfg);
+    char *path = mpk_path_join(dir, "config.json");
+    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
+                                : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    free(text);
+    free(path);
+    return s;
+}
+
+static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec, const char *dir,
+                                   mpk_error *err)
+{
+    const cJSON *synth = cJSON_GetObjectItemCaseSensitive(spec->json, "synth");
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(synth, "tensors");
+    if (!cJSON_IsArray(list))
+        MPK_FAIL(err, MPK_E_PRESET, spec->name, "preset has no synth section");
+    if (mkdir(dir, 0755) != 0)
+        return mpk_error_set(err, errno == EEXIST ? MPK_E_DST_EXISTS : MPK_E_IO, errno, dir,
+                             "cannot create: %s", strerror(errno));
+    mpk_arena *a = mpk_arena_new();
+    size_t cap = 1024, n = 0;
+    synth_tensor *ts = mpk_calloc(cap, sizeof *ts);
+    mpk_status s = MPK_OK;
+    if (!a || !ts) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        goto done;
+    }
+    for (const cJSON *e = list->child; e; e = e->next) {
+        const char *pat = cJSON_GetArrayItem(e, 0)->valuestring;
+        mpk_tmeta m = {o->dtype, 0, {0}};
+        for (const cJSON *d = cJSON_GetArrayItem(e, 1); d; d = d->next) {
+            if (cJSON_IsNumber(d))
+                m.shape[m.ndim++] = (int64_t)d->valuedouble;
+            else if (mpk_dtype_parse(d->valuestring, strlen(d->valuestring), &m.dtype))
+                continue;
+            else
+                m.shape[m.ndim++] = sym(o, d->valuestring);
+        }
+        bool per_layer = strstr(pat, "{layer}") != NULL, per_expert = strstr(pat, "{expert}") != NULL;
+        for (long l = 0; l < (per_layer ? o->layers : 1); l++)
+            for (long x = 0; x < (per_expert ? o->experts : 1); x++) {
+                if (n == cap) {
+                    cap *= 2;
+                    synth_tensor *nt = mpk_realloc(ts, cap * sizeof *nt);
+                    if (!nt) {
+                        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+                        goto done;
+                    }
+                    ts = nt;
+                }
+                char *name = subst(a, subst(a, pat, "{layer}", l), "{expert}", x);
+                ts[n] = (synth_tensor){name, m, 0, 0};
+                mpk_tensor_nbytes(m.dtype, m.shape, m.ndim, &ts[n].nbytes);
+                n++;
+            }
+    }
+    /* shards: contiguous runs of about equal bytes, in list order */
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += ts[i].nbytes;
+    int shards = o->shards > 0 ? o->shards : 1;
+    if ((size_t)shards > n)
+        shards = (int)n;
+    uint64_t acc = 0;
+    for (size_t i = 0; i < n; i++) {
+        ts[i].shard = (int)(acc * (uint64_t)shards / (total ? total : 1));
+        if (ts[i].shard >= shards)
+            ts[i].shard = shards - 1;
+        acc += ts[i].nbytes;
+    }
+    uint64_t seed = o->seed ? o->seed : 1;
+    const char **inames = mpk_calloc(n + 1, sizeof *inames), **ifiles = mpk_calloc(n + 1, sizeof *ifiles);
+    if (!inames || !ifiles) {
+        free(inames);
+        free(ifiles);
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        goto done;
+    }
+    for (int sh = 0; sh < shards && s == MPK_OK; sh++) {
+        size_t cnt = 0;
+        for (size_t i = 0; i < n; i++)
+            cnt += ts[i].shard == sh;
+        mpk_tensor_info *infos = mpk_calloc(cnt + 1, sizeof *infos);
+        synth_tensor **order = mpk_calloc(cnt + 1, sizeof *order);
+        char fname[64];
+        mpk_shard_name((size_t)sh + 1, (size_t)shards, fname, sizeof fname);
+        char *path = mpk_path_join(dir, fname);
+        mpk_st_out *out = NULL;
+        if (!infos || !order || !path) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        } else {
+            cnt = 0;
+            for (size_t i = 0; i < n; i++)
+                if (ts[i].shard == sh) {
+                    infos[cnt] = (mpk_tensor_info){.name = ts[i].name, .dtype = ts[i].meta.dtype,
+                                                   .ndim = ts[i].meta.ndim};
+                    memcpy(infos[cnt].shape, ts[i].meta.shape, sizeof infos[cnt].shape);
+                    inames[i] = ts[i].name;
+                    ifiles[i] = mpk_arena_strndup(a, fname, strlen(fname));
+                    cnt++;
+                }
+            mpk_kv meta = {"format", "pt"};
+            s = mpk_st_out_create(path, infos, cnt, &meta, 1, &out, err);
+        }
+        for (size_t k = 0; s == MPK_OK && k < cnt; k++) {
+            const mpk_tensor_info *t = &out->tensors[k];
+            uint64_t nb = t->end - t->begin;
+            void *buf = mpk_alloc(nb ? nb : 1);
+            if (!buf) {
+                s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory (%llu bytes)", (unsigned long long)nb);
+                break;
+            }
+            mpk_tmeta m = {t->dtype, t->ndim, {0}};
+            fill(buf, &m, mpk_numel(t->shape, t->ndim), nb, &seed);
+            s = mpk_st_out_write(out, k, 0, buf, nb, err);
+            free(buf);
+        }
+        mpk_status c = mpk_st_out_close(out, false, s == MPK_OK ? err : NULL);
+        if (s == MPK_OK)
+            s = c;
+        free(infos);
+        free(order);
+        free(path);
+    }
+    if (s == MPK_OK && shards > 1) {
+        char *text = mpk_index_format(inames, ifiles, n, total);
+        char *ip = mpk_path_join(dir, "model.safetensors.index.json");
+        s = text && ip ? mpk_write_file(ip, text, strlen(text), err)
+                       : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        free(text);
+        free(ip);
+    }
+    free(inames);
+    free(ifiles);
+    if (s == MPK_OK)
+        s = write_config(synth, o, dir, err);
+done:
+    free(ts);
+    mpk_arena_free(a);
+    if (s != MPK_OK && s != MPK_E_DST_EXISTS)
+        nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    return s;
+}
+
+mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *err)
+{
+    if (o->layers < 1 || o->experts < 1 || o->hidden < 1 || o->intermediate < 1 || o->vocab < 1)
+        MPK_FAIL(err, MPK_E_USAGE, "synth", "layers, experts, hidden, intermediate and vocab must be >= 1");
+    mpk_spec *spec;
+    MPK_TRY(mpk_preset_load(o->arch, NULL, &spec, err));
+    struct stat st;
+    if (lstat(out_dir, &st) == 0) {
+        mpk_spec_free(spec);
+        MPK_FAIL(err, MPK_E_DST_EXISTS, out_dir, "destination exists");
+    }
+    mpk_status s;
+    if (!o->packed) {
+        s = synth_per_expert(o, spec, out_dir, err);
+    } else {
+        /* per-expert into a temporary directory, then pack it */
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.synth-tmp-%ld", out_dir, (long)getpid());
+        s = synth_per_expert(o, spec, tmp, err);
+        mpk_ckpt *c = NULL;
+        mpk_plan *p = NULL;
+        mpk_model_config cfg = {0};
+        if (s == MPK_OK)
+            s = mpk_ckpt_open(tmp, &c, err);
+        if (s == MPK_OK)
+            s = mpk_config_load(tmp, &cfg, err);
+        if (s == MPK_OK) {
+            mpk_plan_opts po = {.max_shard_size = 0, .cfg = &cfg};
+            s = mpk_plan_build(c, spec, &po, &p, err);
+        }
+        if (s == MPK_OK) {
+            mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", "packed"}};
+            mpk_exec_opts eo = {.threads = 1, .mem = 256u << 20, .use_copy_range = true, .metadata = meta,
+                                .n_metadata = 2};
+            mpk_exec_stats stats;
+            s = mpk_exec(p, out_dir, &eo, &stats, err);
+        }
+        mpk_plan_free(p);
+        mpk_config_free(&cfg);
+        mpk_ckpt_close(c);
+        nftw(tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    mpk_spec_free(spec);
+    return s;
+}
