@@ -116,12 +116,10 @@ static mpk_status load_spec(const conv_args *a, conv_mode mode, const mpk_model_
     if (mode == MODE_UNPACK || a->reverse) {
         mpk_spec *r;
         mpk_status st = mpk_spec_reverse(s, &r, err);
-        if (st == MPK_OK) {
-            r->json = s->json; /* keep the document alive with the reversed spec */
-            s->json = NULL;
+        if (st != MPK_OK) {
+            mpk_spec_free(s);
+            return st;
         }
-        mpk_spec_free(s);
-        MPK_TRY(st);
         s = r;
     }
     *out = s;

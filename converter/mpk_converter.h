@@ -96,14 +96,16 @@ typedef struct mpk_spec {
     bool reversed;
     void *json;                 /* the parsed document (cJSON, owned), synth section included */
     mpk_arena *arena;
+    struct mpk_spec *base;      /* a reversed spec owns the spec it reverses (its strings) */
 } mpk_spec;
 
 /* Parses a spec document; where names it in messages. Malformed specs fail with
  * MPK_E_SPEC and the JSON path of the problem ("$.converters[1].ops[0].dim"). */
 mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_spec **out,
                           mpk_error *err);
-/* A new spec that undoes s: sources and targets swap, op chains invert, renames swap. */
-mpk_status mpk_spec_reverse(const mpk_spec *s, mpk_spec **out, mpk_error *err);
+/* A new spec that undoes s: sources and targets swap, op chains invert, renames swap.
+ * On success *out takes ownership of s (it borrows s's strings): free only *out. */
+mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err);
 /* NULL-safe. */
 void mpk_spec_free(mpk_spec *s);
 

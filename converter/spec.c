@@ -401,7 +401,7 @@ done:
     return MPK_OK;
 }
 
-mpk_status mpk_spec_reverse(const mpk_spec *s, mpk_spec **out, mpk_error *err)
+mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err)
 {
     *out = NULL;
     mpk_spec *r = mpk_calloc(1, sizeof *r);
@@ -444,6 +444,8 @@ mpk_status mpk_spec_reverse(const mpk_spec *s, mpk_spec **out, mpk_error *err)
                 b->ops[k].chunks = b->n_targets;
     }
     r->n_rules = s->n_rules;
+    r->json = s->json; /* the synth section stays reachable */
+    r->base = s;
     *out = r;
     return MPK_OK;
 }
@@ -452,7 +454,10 @@ void mpk_spec_free(mpk_spec *s)
 {
     if (!s)
         return;
-    cJSON_Delete(s->json);
+    if (s->base)
+        mpk_spec_free(s->base);
+    else
+        cJSON_Delete(s->json);
     mpk_arena_free(s->arena);
     free(s);
 }

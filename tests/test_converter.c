@@ -1,0 +1,568 @@
+/* test_converter.c — specs, presets, plan, streaming pack/unpack against plain-loop
+ * expectations, and every conversion error through the CLI (exit 1, nothing at DST). */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "mpk_converter.h"
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { L = 2, E = 4, H = 16, I = 8 };
+
+static char *read_tensor(const mpk_ckpt *c, const char *name, const mpk_ckpt_tensor **out)
+{
+    const mpk_ckpt_tensor *t = mpk_ckpt_find(c, name);
+    if (!t)
+        fail_msg("tensor '%s' not found", name);
+    char *b = malloc(t->nbytes + 1);
+    assert_int_equal(pread(c->shards[t->shard].fd, b, t->nbytes, (off_t)t->file_offset), (ssize_t)t->nbytes);
+    if (out)
+        *out = t;
+    return b;
+}
+
+static bool exists(const char *p)
+{
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+static mpk_status convert(const char *src, const char *dst, const char *preset, bool reverse,
+                          const mpk_exec_opts *eo_in, uint64_t max_shard, mpk_error *err)
+{
+    mpk_ckpt *c = NULL;
+    mpk_model_config cfg = {0};
+    mpk_spec *s = NULL, *r = NULL;
+    mpk_plan *p = NULL;
+    mpk_status st = mpk_ckpt_open(src, &c, err);
+    if (st == MPK_OK)
+        st = mpk_config_load(c->dir, &cfg, err);
+    if (st == MPK_OK)
+        st = mpk_preset_load(preset, &cfg, &s, err);
+    if (st == MPK_OK && reverse) {
+        st = mpk_spec_reverse(s, &r, err);
+        if (st == MPK_OK)
+            s = r;
+    }
+    if (st == MPK_OK) {
+        mpk_plan_opts po = {.max_shard_size = max_shard, .cfg = &cfg};
+        st = mpk_plan_build(c, s, &po, &p, err);
+    }
+    if (st == MPK_OK) {
+        mpk_exec_opts eo = eo_in ? *eo_in : (mpk_exec_opts){.threads = 2, .mem = 64u << 20, .use_copy_range = true};
+        mpk_exec_stats stats;
+        st = mpk_exec(p, dst, &eo, &stats, err);
+    }
+    mpk_plan_free(p);
+    mpk_spec_free(s);
+    mpk_config_free(&cfg);
+    mpk_ckpt_close(c);
+    return st;
+}
+
+/* Every tensor of a is in b with the same dtype, shape and bytes, and the counts agree. */
+static void assert_same_ckpt(const char *pa, const char *pb)
+{
+    mpk_ckpt *a, *b;
+    mpk_error err = {0};
+    assert_int_equal(mpk_ckpt_open(pa, &a, &err), MPK_OK);
+    assert_int_equal(mpk_ckpt_open(pb, &b, &err), MPK_OK);
+    assert_int_equal(a->n_tensors, b->n_tensors);
+    for (size_t i = 0; i < a->n_tensors; i++) {
+        const mpk_ckpt_tensor *ta = &a->tensors[i], *tb;
+        char *x = read_tensor(a, ta->info->name, NULL), *y = read_tensor(b, ta->info->name, &tb);
+        assert_int_equal(ta->info->dtype, tb->info->dtype);
+        assert_int_equal(ta->info->ndim, tb->info->ndim);
+        assert_memory_equal(ta->info->shape, tb->info->shape, sizeof(int64_t) * (size_t)ta->info->ndim);
+        assert_int_equal(ta->nbytes, tb->nbytes);
+        if (memcmp(x, y, ta->nbytes) != 0)
+            fail_msg("tensor '%s' differs between %s and %s", ta->info->name, pa, pb);
+        free(x);
+        free(y);
+    }
+    mpk_ckpt_close(a);
+    mpk_ckpt_close(b);
+}
+
+/* How each preset names its per-expert and packed tensors (%d: layer, then expert). */
+static const struct {
+    const char *preset, *gate, *up, *down, *packed_gu, *packed_down;
+    bool transposed_source; /* qwen3_vl_moe: source is already fused, [E,H,2I] / [E,I,H] */
+} layouts[] = {
+    {"mixtral", "model.layers.%d.block_sparse_moe.experts.%d.w1.weight",
+     "model.layers.%d.block_sparse_moe.experts.%d.w3.weight",
+     "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", "model.layers.%d.mlp.experts.gate_up_proj",
+     "model.layers.%d.mlp.experts.down_proj", false},
+    {"minimax", "model.layers.%d.block_sparse_moe.experts.%d.w1.weight",
+     "model.layers.%d.block_sparse_moe.experts.%d.w3.weight",
+     "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", "model.layers.%d.mlp.experts.gate_up_proj",
+     "model.layers.%d.mlp.experts.down_proj", false},
+    {"phimoe", "model.layers.%d.block_sparse_moe.experts.%d.w1.weight",
+     "model.layers.%d.block_sparse_moe.experts.%d.w3.weight",
+     "model.layers.%d.block_sparse_moe.experts.%d.w2.weight", "model.layers.%d.mlp.experts.gate_up_proj",
+     "model.layers.%d.mlp.experts.down_proj", false},
+#define QWEN(p, pre)                                                                              \
+    {p, pre ".%d.mlp.experts.%d.gate_proj.weight", pre ".%d.mlp.experts.%d.up_proj.weight",         \
+     pre ".%d.mlp.experts.%d.down_proj.weight", pre ".%d.mlp.experts.gate_up_proj",                 \
+     pre ".%d.mlp.experts.down_proj", false}
+    QWEN("qwen2_moe", "model.layers"),
+    QWEN("qwen3_moe", "model.layers"),
+    QWEN("deepseek_v2", "model.layers"),
+    QWEN("deepseek_v3", "model.layers"),
+    QWEN("glm4_moe", "model.layers"),
+    QWEN("ernie4_5_moe", "model.layers"),
+    QWEN("qwen3_5_moe", "model.language_model.layers"),
+    {"jamba", "model.layers.%d.feed_forward.experts.%d.gate_proj.weight",
+     "model.layers.%d.feed_forward.experts.%d.up_proj.weight",
+     "model.layers.%d.feed_forward.experts.%d.down_proj.weight",
+     "model.layers.%d.feed_forward.experts.gate_up_proj", "model.layers.%d.feed_forward.experts.down_proj",
+     false},
+    {"qwen3_vl_moe", NULL, NULL, NULL, "model.language_model.layers.%d.mlp.experts.gate_up_proj",
+     "model.language_model.layers.%d.mlp.experts.down_proj", true},
+};
+
+static void check_packed_per_expert(const mpk_ckpt *src, const mpk_ckpt *dst, size_t k)
+{
+    char n[256];
+    for (int l = 0; l < L; l++) {
+        snprintf(n, sizeof n, layouts[k].packed_gu, l);
+        const mpk_ckpt_tensor *t;
+        uint16_t *gu = (uint16_t *)read_tensor(dst, n, &t);
+        assert_int_equal(t->info->ndim, 3);
+        assert_int_equal(t->info->shape[0], E);
+        assert_int_equal(t->info->shape[1], 2 * I);
+        assert_int_equal(t->info->shape[2], H);
+        snprintf(n, sizeof n, layouts[k].packed_down, l);
+        uint16_t *dn = (uint16_t *)read_tensor(dst, n, &t);
+        assert_int_equal(t->info->shape[1], H);
+        assert_int_equal(t->info->shape[2], I);
+        for (int e = 0; e < E; e++) {
+            snprintf(n, sizeof n, layouts[k].gate, l, e);
+            uint16_t *g = (uint16_t *)read_tensor(src, n, NULL);
+            snprintf(n, sizeof n, layouts[k].up, l, e);
+            uint16_t *u = (uint16_t *)read_tensor(src, n, NULL);
+            snprintf(n, sizeof n, layouts[k].down, l, e);
+            uint16_t *d = (uint16_t *)read_tensor(src, n, NULL);
+            /* rows [0, I) of expert e are gate, rows [I, 2I) are up */
+            for (int r = 0; r < 2 * I; r++)
+                for (int c = 0; c < H; c++) {
+                    uint16_t want = r < I ? g[r * H + c] : u[(r - I) * H + c];
+                    if (gu[(e * 2 * I + r) * H + c] != want)
+                        fail_msg("%s layer %d expert %d gate_up[%d][%d] wrong", layouts[k].preset, l, e, r, c);
+                }
+            for (int r = 0; r < H * I; r++)
+                assert_int_equal(dn[e * H * I + r], d[r]);
+            free(g);
+            free(u);
+            free(d);
+        }
+        free(gu);
+        free(dn);
+    }
+}
+
+static void check_packed_transposed(const mpk_ckpt *src, const mpk_ckpt *dst, size_t k)
+{
+    char n[256];
+    for (int l = 0; l < L; l++) {
+        for (int which = 0; which < 2; which++) {
+            snprintf(n, sizeof n, which ? layouts[k].packed_down : layouts[k].packed_gu, l);
+            const mpk_ckpt_tensor *ts, *td;
+            uint16_t *s = (uint16_t *)read_tensor(src, n, &ts), *d = (uint16_t *)read_tensor(dst, n, &td);
+            int64_t A = ts->info->shape[1], B = ts->info->shape[2];
+            assert_int_equal(td->info->shape[1], B);
+            assert_int_equal(td->info->shape[2], A);
+            assert_int_equal(A, which ? I : H);
+            for (int e = 0; e < E; e++)
+                for (int64_t i = 0; i < A; i++)
+                    for (int64_t j = 0; j < B; j++)
+                        assert_int_equal(d[(e * B + j) * A + i], s[(e * A + i) * B + j]);
+            free(s);
+            free(d);
+        }
+    }
+}
+
+static void test_every_preset_roundtrip(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_conv_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    for (size_t k = 0; k < sizeof layouts / sizeof layouts[0]; k++) {
+        char src[512], packed[512], back[512];
+        snprintf(src, sizeof src, "%s/%s-src", dir, layouts[k].preset);
+        snprintf(packed, sizeof packed, "%s/%s-packed", dir, layouts[k].preset);
+        snprintf(back, sizeof back, "%s/%s-back", dir, layouts[k].preset);
+        mpk_synth_opts so = {.arch = layouts[k].preset, .layers = L, .experts = E, .hidden = H,
+                             .intermediate = I, .vocab = 32, .dtype = MPK_DTYPE_BF16, .shards = 3, .seed = 7};
+        mpk_error err = {0};
+        if (mpk_synth(&so, src, &err) != MPK_OK)
+            fail_msg("synth %s: %s", layouts[k].preset, err.msg);
+        /* auto-detect the preset from config.json */
+        if (convert(src, packed, "auto", false, NULL, 4000, &err) != MPK_OK)
+            fail_msg("pack %s: %s", layouts[k].preset, err.msg);
+        mpk_ckpt *s, *d;
+        assert_int_equal(mpk_ckpt_open(src, &s, &err), MPK_OK);
+        assert_int_equal(mpk_ckpt_open(packed, &d, &err), MPK_OK);
+        assert_true(d->n_shards > 1); /* 4 kB shards */
+        assert_true(d->has_index);
+        if (layouts[k].transposed_source) {
+            check_packed_transposed(s, d, k);
+            assert_int_equal(d->n_tensors, s->n_tensors);
+        } else {
+            check_packed_per_expert(s, d, k);
+            assert_int_equal(d->n_tensors, s->n_tensors - (size_t)(3 * L * E) + (size_t)(2 * L));
+            assert_int_equal(mpk_detect_layout(d), MPK_LAYOUT_PACKED);
+            assert_int_equal(mpk_detect_layout(s), MPK_LAYOUT_PER_EXPERT);
+        }
+        mpk_ckpt_close(s);
+        mpk_ckpt_close(d);
+        if (convert(packed, back, layouts[k].preset, true, NULL, 0, &err) != MPK_OK)
+            fail_msg("unpack %s: %s", layouts[k].preset, err.msg);
+        assert_same_ckpt(src, back);
+        /* config.json came along */
+        char cfgp[600];
+        snprintf(cfgp, sizeof cfgp, "%s/config.json", back);
+        assert_true(exists(cfgp));
+    }
+    tu_rmrf(dir);
+}
+
+static void test_exec_modes_agree(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_conv_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char src[256], a[256], b[256], c[256];
+    snprintf(src, sizeof src, "%s/src", dir);
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(c, sizeof c, "%s/c", dir);
+    mpk_synth_opts so = {.arch = "qwen3_moe", .layers = 3, .experts = 6, .hidden = 64, .intermediate = 32,
+                         .vocab = 64, .dtype = MPK_DTYPE_F32, .shards = 2, .seed = 3};
+    mpk_error err = {0};
+    assert_int_equal(mpk_synth(&so, src, &err), MPK_OK);
+    mpk_exec_opts cfr = {.threads = 2, .mem = 64u << 20, .use_copy_range = true};
+    mpk_exec_opts rd = {.threads = 1, .mem = 1u << 20, .use_copy_range = false, .io = MPK_IO_PREAD};
+    mpk_exec_opts ur = {.threads = 2, .mem = 1u << 20, .use_copy_range = false, .io = MPK_IO_AUTO};
+    assert_int_equal(convert(src, a, "qwen3_moe", false, &cfr, 0, &err), MPK_OK);
+    assert_int_equal(convert(src, b, "qwen3_moe", false, &rd, 0, &err), MPK_OK);
+    assert_int_equal(convert(src, c, "qwen3_moe", false, &ur, 0, &err), MPK_OK);
+    /* the same bytes whichever way they were moved */
+    assert_int_equal(tu_sh("cmp -s %s/model.safetensors %s/model.safetensors", a, b), 0);
+    assert_int_equal(tu_sh("cmp -s %s/model.safetensors %s/model.safetensors", a, c), 0);
+    /* DST exists: refused, then replaced with force */
+    assert_int_equal(convert(src, a, "qwen3_moe", false, &cfr, 0, &err), MPK_E_DST_EXISTS);
+    cfr.force = true;
+    assert_int_equal(convert(src, a, "qwen3_moe", false, &cfr, 100000, &err), MPK_OK);
+    char ix[300];
+    snprintf(ix, sizeof ix, "%s/model.safetensors.index.json", a);
+    assert_true(exists(ix));
+    tu_rmrf(dir);
+}
+
+/* ---------------------------------------------------------------- specs */
+
+static const char *good_spec =
+    "{\"name\":\"t\",\"converters\":[{\"sources\":[\"x.{e}.g\",\"x.{e}.u\"],\"target\":\"x.gu\","
+    "\"ops\":[{\"op\":\"merge\",\"dim\":0},{\"op\":\"concat\",\"dim\":1}]}]}";
+
+static void test_spec_reverse(void **state)
+{
+    (void)state;
+    mpk_spec *s, *r;
+    mpk_error err = {0};
+    assert_int_equal(mpk_spec_parse(good_spec, strlen(good_spec), "t.json", &s, &err), MPK_OK);
+    assert_string_equal(s->rules[0].list_capture, "e");
+    assert_true(s->rules[0].list_in_sources);
+    assert_int_equal(mpk_spec_reverse(s, &r, &err), MPK_OK);
+    /* [merge(0), concat(1)] reverses to [chunk(1, 2), split(0)] */
+    assert_int_equal(r->rules[0].n_ops, 2);
+    assert_int_equal(r->rules[0].ops[0].kind, MPK_OP_CHUNK);
+    assert_int_equal(r->rules[0].ops[0].dim, 1);
+    assert_int_equal(r->rules[0].ops[0].chunks, 2);
+    assert_int_equal(r->rules[0].ops[1].kind, MPK_OP_SPLIT);
+    assert_int_equal(r->rules[0].ops[1].dim, 0);
+    assert_int_equal(r->rules[0].n_sources, 1);
+    assert_int_equal(r->rules[0].n_targets, 2);
+    assert_false(r->rules[0].list_in_sources);
+    mpk_spec_free(r); /* owns s */
+}
+
+static void test_spec_errors_name_json_path(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json, *path;
+    } bad[] = {
+        {"[1]", "$:"},
+        {"{\"converters\":[]}", "$.name"},
+        {"{\"name\":\"t\"}", "$.converters"},
+        {"{\"name\":\"t\",\"converters\":[{\"target\":\"a\",\"ops\":[]}]}", "$.converters[0].sources"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a.{e}\"],\"target\":\"a\",\"ops\":[{\"op\":\"merge\"}]}]}",
+         "$.converters[0].ops[0]: missing \"dim\""},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a.{e}\"],\"target\":\"a\",\"ops\":[{\"op\":\"fold\",\"dim\":0}]}]}",
+         "$.converters[0].ops[0]: unknown op 'fold'"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[]},"
+         "{\"sources\":[\"a.{e}.{f}\"],\"target\":\"b\",\"ops\":[]}]}",
+         "$.converters[1]: at most one"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a.{e\"],\"target\":\"b\",\"ops\":[]}]}",
+         "$.converters[0].sources[0]"},
+        {"{\"name\":\"t\",\"renames\":[{\"from\":\"\"}],\"converters\":[]}", "$.renames[0]"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"transpose\",\"dim\":1,\"dim2\":1}]}]}",
+         "$.converters[0].ops[0]: transpose needs two different dims"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mpk_spec *s = NULL;
+        mpk_error err = {0};
+        assert_int_equal(mpk_spec_parse(bad[i].json, strlen(bad[i].json), "bad.json", &s, &err), MPK_E_SPEC);
+        if (!strstr(err.msg, bad[i].path) || !strstr(err.msg, "bad.json"))
+            fail_msg("case %zu: message '%s' lacks '%s'", i, err.msg, bad[i].path);
+        assert_null(s);
+    }
+}
+
+static void test_pattern_match(void **state)
+{
+    (void)state;
+    mpk_spec *s;
+    mpk_error err = {0};
+    assert_int_equal(mpk_spec_parse(good_spec, strlen(good_spec), "t", &s, &err), MPK_OK);
+    mpk_capture caps[8];
+    int n;
+    size_t a, b;
+    /* inside a longer name, at segment boundaries only */
+    assert_true(mpk_pattern_match(&s->rules[0].sources[0], "m.layers.3.x.17.g.weight", caps, &n, &a, &b));
+    assert_int_equal(a, 11);
+    assert_int_equal(b, 17);
+    assert_int_equal(n, 1);
+    assert_int_equal(caps[0].len, 2);
+    assert_memory_equal(caps[0].val, "17", 2);
+    assert_false(mpk_pattern_match(&s->rules[0].sources[0], "m.yx.1.g", caps, &n, &a, &b));
+    assert_false(mpk_pattern_match(&s->rules[0].sources[0], "x.1.gg", caps, &n, &a, &b));
+    assert_false(mpk_pattern_match(&s->rules[0].sources[0], "x..g", caps, &n, &a, &b));
+    mpk_spec_free(s);
+    assert_int_equal(mpk_preset_load("nope", NULL, &s, &err), MPK_E_PRESET);
+    mpk_model_config cfg = {.found = true, .model_type = "llama"};
+    assert_int_equal(mpk_preset_load("auto", &cfg, &s, &err), MPK_E_PRESET);
+    assert_non_null(strstr(err.msg, "llama"));
+    mpk_model_config k2 = {.found = true, .model_type = "kimi_k2"};
+    assert_int_equal(mpk_preset_load("auto", &k2, &s, &err), MPK_OK);
+    assert_string_equal(s->name, "deepseek_v3");
+    mpk_spec_free(s);
+}
+
+/* ---------------------------------------------------------------- CLI errors */
+
+static const char *moepack(void)
+{
+    const char *m = getenv("MOEPACK");
+    return m ? m : "build/moepack";
+}
+
+/* Runs moepack with args; asserts the exit code, that DST (if any) does not exist afterwards
+ * and that stderr names what it should. */
+static void cli_fails(const char *args, const char *dst, int want_rc, const char *want_msg)
+{
+    char log[] = "/tmp/mpk_err_XXXXXX";
+    int fd = mkstemp(log);
+    close(fd);
+    int rc = tu_sh("%s %s >/dev/null 2>%s", moepack(), args, log);
+    char *msg = NULL;
+    size_t len;
+    mpk_error err;
+    mpk_read_file(log, &msg, &len, &err);
+    unlink(log);
+    if (rc != want_rc || (want_msg && (!msg || !strstr(msg, want_msg))))
+        fail_msg("moepack %s: rc %d (want %d), stderr: %s (want '%s')", args, rc, want_rc,
+                 msg ? msg : "", want_msg ? want_msg : "");
+    if (dst && exists(dst))
+        fail_msg("moepack %s left %s behind", args, dst);
+    free(msg);
+}
+
+static void write_small(const char *dir, int experts, const char *skip, mpk_dtype dtype_of_e1_up,
+                        int64_t up_rows_e1)
+{
+    mkdir(dir, 0755);
+    char names[64][96];
+    mpk_tensor_info ts[64];
+    const void *data[64];
+    static uint16_t buf[4096];
+    int n = 0;
+    for (int e = 0; e < experts; e++) {
+        const char *kinds[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(names[n], sizeof names[n], "model.layers.7.mlp.experts.%d.%s.weight", e, kinds[k]);
+            if (skip && strcmp(skip, names[n]) == 0)
+                continue;
+            ts[n] = (mpk_tensor_info){.name = names[n], .dtype = MPK_DTYPE_BF16, .ndim = 2, .shape = {4, 8}};
+            if (e == 1 && k == 1) {
+                ts[n].dtype = dtype_of_e1_up;
+                ts[n].shape[0] = up_rows_e1;
+            }
+            data[n] = buf;
+            n++;
+        }
+    }
+    char *p = tu_join(dir, "model.safetensors");
+    mpk_error err = {0};
+    assert_int_equal(mpk_st_write_file(p, ts, data, (size_t)n, NULL, 0, &err), MPK_OK);
+    free(p);
+    p = tu_join(dir, "config.json");
+    tu_write(p, "{\"model_type\": \"qwen3_moe\"}");
+    free(p);
+}
+
+static void test_cli_errors(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_cli_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char src[300], dst[300], args[2048];
+    snprintf(dst, sizeof dst, "%s/out", dir);
+    /* a hole in the experts: layer 7 has experts 0-6 and 8-9 */
+    snprintf(src, sizeof src, "%s/hole", dir);
+    write_small(src, 10, "model.layers.7.mlp.experts.7.up_proj.weight", MPK_DTYPE_BF16, 4);
+    snprintf(args, sizeof args, "pack %s %s", src, dst);
+    cli_fails(args, dst, 1, "expert 7 is missing");
+    cli_fails(args, dst, 1, "have expert 0-6, 8-9 of 10");
+    /* shape mismatch between experts */
+    snprintf(src, sizeof src, "%s/shape", dir);
+    write_small(src, 3, NULL, MPK_DTYPE_BF16, 5);
+    snprintf(args, sizeof args, "pack %s %s", src, dst);
+    cli_fails(args, dst, 1, "merge: item 1 has shape [5, 8]");
+    /* dtype mismatch */
+    snprintf(src, sizeof src, "%s/dtype", dir);
+    write_small(src, 3, NULL, MPK_DTYPE_F16, 4);
+    snprintf(args, sizeof args, "pack %s %s", src, dst);
+    cli_fails(args, dst, 1, "item 1 is F16");
+    /* unknown preset */
+    snprintf(src, sizeof src, "%s/ok", dir);
+    write_small(src, 3, NULL, MPK_DTYPE_BF16, 4);
+    snprintf(args, sizeof args, "pack %s %s --preset nosuch", src, dst);
+    cli_fails(args, dst, 1, "unknown preset 'nosuch'");
+    /* malformed spec names the JSON path */
+    char spec[300];
+    snprintf(spec, sizeof spec, "%s/spec.json", dir);
+    tu_write(spec, "{\"name\":\"x\",\"converters\":[{\"sources\":\"a.{e}\",\"target\":\"b\",\"ops\":[{\"op\":\"merge\",\"dim\":-1}]}]}");
+    snprintf(args, sizeof args, "convert %s %s --spec %s", src, dst, spec);
+    cli_fails(args, dst, 1, "$.converters[0].ops[0]: \"dim\" must be an integer");
+    /* DST exists (and is left alone) */
+    mkdir(dst, 0755);
+    snprintf(args, sizeof args, "pack %s %s", src, dst);
+    cli_fails(args, NULL, 1, "destination exists");
+    assert_true(exists(dst));
+    rmdir(dst);
+    /* DST unwritable: its parent is a regular file */
+    char bad_dst[400];
+    snprintf(bad_dst, sizeof bad_dst, "%s/config.json/out", src);
+    snprintf(args, sizeof args, "pack %s %s", src, bad_dst);
+    cli_fails(args, bad_dst, 1, "temporary directory");
+    /* a source shard truncated mid-way */
+    char trunc[300];
+    snprintf(trunc, sizeof trunc, "%s/trunc", dir);
+    write_small(trunc, 3, NULL, MPK_DTYPE_BF16, 4);
+    assert_int_equal(tu_sh("truncate -s -10 %s/model.safetensors", trunc), 0);
+    snprintf(args, sizeof args, "pack %s %s", trunc, dst);
+    cli_fails(args, dst, 1, "missing bytes");
+    /* already packed: pack of a pack */
+    char packed[300];
+    snprintf(packed, sizeof packed, "%s/packed", dir);
+    snprintf(args, sizeof args, "pack -q %s %s", src, packed);
+    assert_int_equal(tu_sh("%s %s", moepack(), args), 0);
+    snprintf(args, sizeof args, "pack %s %s", packed, dst);
+    cli_fails(args, dst, 1, "already in the packed layout");
+    /* usage errors exit 2 */
+    cli_fails("pack onlyone", NULL, 2, "expected SRC DST");
+    cli_fails("pack a b --max-shard-size 5XB", NULL, 2, "bad size");
+    cli_fails("frobnicate", NULL, 2, "unknown command");
+    assert_int_equal(tu_sh("%s pack --help >/dev/null", moepack()), 0);
+    tu_rmrf(dir);
+}
+
+static void test_memory_budget(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_conv_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char src[256], dst[256];
+    snprintf(src, sizeof src, "%s/src", dir);
+    snprintf(dst, sizeof dst, "%s/dst", dir);
+    mpk_synth_opts so = {.arch = "qwen3_vl_moe", .layers = 1, .experts = 4, .hidden = 512,
+                         .intermediate = 256, .vocab = 32, .dtype = MPK_DTYPE_F32, .shards = 1, .seed = 1};
+    mpk_error err = {0};
+    assert_int_equal(mpk_synth(&so, src, &err), MPK_OK);
+    /* one transposed expert slab is 512 x 512 x 4 = 1 MiB: 2 MiB per thread is not enough */
+    mpk_exec_opts eo = {.threads = 1, .mem = 2u << 20, .use_copy_range = true};
+    assert_int_equal(convert(src, dst, "qwen3_vl_moe", false, &eo, 0, &err), MPK_E_MEMORY_BUDGET);
+    assert_false(exists(dst));
+    eo.mem = 4u << 20;
+    assert_int_equal(convert(src, dst, "qwen3_vl_moe", false, &eo, 0, &err), MPK_OK);
+    tu_rmrf(dir);
+}
+
+static void test_conflict_and_config_shape(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_conv_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char src[256];
+    snprintf(src, sizeof src, "%s/src", dir);
+    write_small(src, 2, NULL, MPK_DTYPE_BF16, 4);
+    mpk_ckpt *c;
+    mpk_error err = {0};
+    assert_int_equal(mpk_ckpt_open(src, &c, &err), MPK_OK);
+    /* a rename onto the name a converter produces */
+    const char *spec = "{\"name\":\"c\",\"renames\":[{\"from\":\"experts.0.down_proj.weight\",\"to\":\"experts.gu\"}],"
+                       "\"converters\":[{\"sources\":[\"experts.{e}.gate_proj.weight\"],\"target\":\"experts.gu\","
+                       "\"ops\":[{\"op\":\"merge\",\"dim\":0}]}]}";
+    mpk_spec *s;
+    assert_int_equal(mpk_spec_parse(spec, strlen(spec), "c", &s, &err), MPK_OK);
+    mpk_plan *p;
+    mpk_plan_opts po = {0};
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_E_CONFLICT);
+    mpk_spec_free(s);
+    /* a source shape that config.json contradicts */
+    const char *vl = "{\"name\":\"v\",\"converters\":[{\"sources\":[\"experts.{expert}.gate_proj.weight\"],"
+                     "\"target\":\"experts.g\",\"ops\":[{\"op\":\"merge\",\"dim\":0}],\"source_shape\":[\"I\",\"H\"]}]}";
+    assert_int_equal(mpk_spec_parse(vl, strlen(vl), "v", &s, &err), MPK_OK);
+    mpk_model_config cfg = {.found = true, .num_experts = 2, .hidden_size = 8, .intermediate_size = 3};
+    po.cfg = &cfg;
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_E_SHAPE);
+    assert_non_null(strstr(err.msg, "I=3"));
+    cfg.intermediate_size = 4;
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_OK);
+    mpk_plan_free(p);
+    /* config says 3 experts: the missing last one is reported */
+    cfg.num_experts = 3;
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_E_EXPERT_MISSING);
+    assert_non_null(strstr(err.msg, "expert 2 is missing"));
+    mpk_spec_free(s);
+    mpk_ckpt_close(c);
+    tu_rmrf(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_preset_roundtrip),
+        cmocka_unit_test(test_exec_modes_agree),
+        cmocka_unit_test(test_spec_reverse),
+        cmocka_unit_test(test_spec_errors_name_json_path),
+        cmocka_unit_test(test_pattern_match),
+        cmocka_unit_test(test_cli_errors),
+        cmocka_unit_test(test_memory_budget),
+        cmocka_unit_test(test_conflict_and_config_shape),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
