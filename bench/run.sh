@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# bench/run.sh [WORKDIR] — the measurements in bench/RESULTS.md, each against a baseline
+# taken in the same run. Needs ~12 GB free in WORKDIR (default /tmp/moepack-bench) and python3
+# (only to write header-only checkpoints from the real index files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+M=$PWD/build/moepack
+W=${1:-/tmp/moepack-bench}
+MAT=${MPK_MATERIAL:-$PWD/../shared/safetensors-material}
+rm -rf "$W"; mkdir -p "$W"
+t() { local s=$(date +%s.%N); "$@" >/dev/null; echo "$(date +%s.%N) - $s" | bc; }
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r)"
+# 1. pack vs cp -r on a Qwen3-30B-A3B-shaped checkpoint (E=128, H=2048, I=768, BF16)
+$M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 \
+   --shards 4 "$W/src" >/dev/null
+du -sb "$W/src" | awk '{printf "== source: %.2f GiB\n", $1/2^30}'
+cat "$W"/src/* >/dev/null   # warm cache
+cp_s=$(t cp -r "$W/src" "$W/cp"); rm -rf "$W/cp"
+pack_s=$(t $M pack -q "$W/src" "$W/p1" --mem 256MiB)
+$M pack --json "$W/src" "$W/p2" --mem 256MiB --force > "$W/pack.json"; rm -rf "$W/p2"
+rd_s=$(t $M pack -q "$W/src" "$W/p3" --mem 256MiB --no-copy-range --io io_uring); rm -rf "$W/p3"
+pr_s=$(t $M pack -q "$W/src" "$W/p4" --mem 256MiB --no-copy-range --io pread); rm -rf "$W/p4"
+cp2_s=$(t cp -r "$W/src" "$W/cp"); rm -rf "$W/cp"
+rss=$(python3 -c "import json;print(round(json.load(open('$W/pack.json'))['peak_rss_bytes']/2**20,1))")
+echo "cp -r: ${cp_s}s / ${cp2_s}s (before/after)"
+echo "pack (copy_file_range): ${pack_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $pack_s" | bc)"
+echo "pack (io_uring read+pwrite): ${rd_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $rd_s" | bc)"
+echo "pack (pread read+pwrite): ${pr_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $pr_s" | bc)"
+echo "pack --mem 256MiB peak RSS: ${rss} MiB"
+unp_s=$(t $M unpack -q "$W/p1" "$W/u1" --mem 256MiB)
+echo "unpack: ${unp_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $unp_s" | bc)"
+rm -rf "$W/p1" "$W/u1"
+
+# 2. plan on the real Qwen3-30B-A3B index (19k tensors), as a header-only checkpoint
+python3 bench/headers.py "$MAT/qwen3-30b-a3b-qwen3_moe/model.safetensors.index.json.transgqa-modified" \
+   "$MAT/qwen3-30b-a3b-qwen3_moe/config.json" "$W/q30"
+echo "plan on Qwen3-30B-A3B index: $(t $M plan "$W/q30")s"
+
+# 3. inspect on 8 shards x 2000 tensors
+python3 bench/headers.py --synthetic 8 2000 "$W/insp"
+echo "inspect 8 x 2000 tensors: $(t $M inspect "$W/insp")s"
+
+# 4. read throughput on a 1 GiB file, warm cache, against cat
+head -c 1073741824 /dev/urandom > "$W/blob"; cat "$W/blob" >/dev/null
+cat_s=$(t sh -c "cat '$W/blob' > /dev/null")
+echo "cat: $(echo "scale=2; 1.073741824 / $cat_s" | bc) GB/s"
+build/bench/io_read "$W/blob" io_uring 3
+build/bench/io_read "$W/blob" pread 3
+rm -rf "$W"

@@ -1,0 +1,175 @@
+/* test_presets_material.c — the real config.json + index pairs of ../shared: a checkpoint with
+ * exactly those tensor names and shard files (shapes scaled down to [2, 4]) packs with
+ * --preset auto into the names transformers v5 expects. Exit 77 without the material. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "mpk_converter.h"
+#include "testutil.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const struct {
+    const char *dir, *index, *preset;
+} pairs[] = {
+    {"wizardlm-2-8x22b-mixtral", "model.safetensors.index.json", "mixtral"},
+    {"qwen3-30b-a3b-qwen3_moe", "model.safetensors.index.json.transgqa-modified", "qwen3_moe"},
+    {"qwen3.5-18b-reap-a3b-qwen3_5_moe", "model.safetensors.index.json", "qwen3_5_moe"},
+    {"deepseek-ocr-2-deepseek_v2_moe", "model.safetensors.index.json", "deepseek_v2"},
+    {"kimi2-pcl-deepseek_v3-derivative", "model.safetensors.index.json", "deepseek_v3"},
+};
+
+/* The packed name of a per-expert tensor, worked out by hand from the naming rules. */
+static void expected_name(const char *n, char *out, size_t cap)
+{
+    for (const char *p = strstr(n, ".experts."); p; p = strstr(p + 1, ".experts.")) {
+        const char *q = p + 9;
+        if (!isdigit((unsigned char)*q))
+            continue;
+        while (isdigit((unsigned char)*q))
+            q++;
+        if (*q != '.')
+            continue;
+        q++;
+        const char *role = NULL;
+        if (!strcmp(q, "w1.weight") || !strcmp(q, "w3.weight") || !strcmp(q, "gate_proj.weight") ||
+            !strcmp(q, "up_proj.weight"))
+            role = "gate_up_proj";
+        else if (!strcmp(q, "w2.weight") || !strcmp(q, "down_proj.weight"))
+            role = "down_proj";
+        if (!role)
+            break;
+        int base = (int)(p - n);
+        const char *bsm = ".block_sparse_moe";
+        size_t bl = strlen(bsm);
+        if (base >= (int)bl && strncmp(n + base - bl, bsm, bl) == 0)
+            snprintf(out, cap, "%.*s.mlp.experts.%s", base - (int)bl, n, role);
+        else
+            snprintf(out, cap, "%.*s.experts.%s", base, n, role);
+        return;
+    }
+    const char *g = strstr(n, ".block_sparse_moe.gate.");
+    if (g)
+        snprintf(out, cap, "%.*s.mlp.gate.%s", (int)(g - n), n, g + strlen(".block_sparse_moe.gate."));
+    else
+        snprintf(out, cap, "%s", n);
+}
+
+static void test_real_pairs_pack(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_mat_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const uint16_t zeros[8] = {0};
+    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
+        char path[1024], src[600], dst[600];
+        snprintf(path, sizeof path, "%s/%s/%s", tu_material(), pairs[k].dir, pairs[k].index);
+        char *text;
+        size_t len;
+        mpk_error err = {0};
+        assert_int_equal(mpk_read_file(path, &text, &len, &err), MPK_OK);
+        mpk_arena *a;
+        const char **names, **files;
+        size_t n;
+        uint64_t total;
+        assert_int_equal(mpk_index_parse(text, len, path, &a, &names, &files, &n, &total, &err), MPK_OK);
+        snprintf(src, sizeof src, "%s/%zu-src", dir, k);
+        snprintf(dst, sizeof dst, "%s/%zu-dst", dir, k);
+        mkdir(src, 0755);
+        /* one file per distinct shard name, with exactly the tensors the index gives it */
+        mpk_tensor_info *ts = calloc(n, sizeof *ts);
+        const void **data = calloc(n, sizeof *data);
+        bool *done = calloc(n, 1);
+        for (size_t i = 0; i < n; i++) {
+            if (done[i])
+                continue;
+            size_t m = 0;
+            for (size_t j = i; j < n; j++)
+                if (!done[j] && strcmp(files[j], files[i]) == 0) {
+                    ts[m] = (mpk_tensor_info){.name = names[j], .dtype = MPK_DTYPE_BF16, .ndim = 2, .shape = {2, 4}};
+                    data[m++] = zeros;
+                    done[j] = true;
+                }
+            char *sp = tu_join(src, files[i]);
+            assert_int_equal(mpk_st_write_file(sp, ts, data, m, NULL, 0, &err), MPK_OK);
+            free(sp);
+        }
+        char *ip = tu_join(src, "model.safetensors.index.json");
+        assert_int_equal(mpk_write_file(ip, text, len, &err), MPK_OK);
+        free(ip);
+        snprintf(path, sizeof path, "%s/%s/config.json", tu_material(), pairs[k].dir);
+        char *cfg_text, *cp = tu_join(src, "config.json");
+        size_t cfg_len;
+        assert_int_equal(mpk_read_file(path, &cfg_text, &cfg_len, &err), MPK_OK);
+        assert_int_equal(mpk_write_file(cp, cfg_text, cfg_len, &err), MPK_OK);
+        free(cp);
+        free(cfg_text);
+        /* pack with --preset auto */
+        mpk_ckpt *c;
+        mpk_model_config cfg;
+        mpk_spec *s;
+        mpk_plan *p;
+        assert_int_equal(mpk_ckpt_open(src, &c, &err), MPK_OK);
+        assert_int_equal(mpk_config_load(src, &cfg, &err), MPK_OK);
+        if (mpk_preset_load("auto", &cfg, &s, &err) != MPK_OK)
+            fail_msg("%s: %s", pairs[k].dir, err.msg);
+        assert_string_equal(s->name, pairs[k].preset);
+        mpk_plan_opts po = {.max_shard_size = 5000000000ull, .cfg = &cfg};
+        if (mpk_plan_build(c, s, &po, &p, &err) != MPK_OK)
+            fail_msg("%s: %s", pairs[k].dir, err.msg);
+        mpk_exec_opts eo = {.threads = 2, .mem = 64u << 20, .use_copy_range = true};
+        mpk_exec_stats st;
+        if (mpk_exec(p, dst, &eo, &st, &err) != MPK_OK)
+            fail_msg("%s: %s", pairs[k].dir, err.msg);
+        /* the output holds exactly the expected names */
+        mpk_ckpt *d;
+        assert_int_equal(mpk_ckpt_open(dst, &d, &err), MPK_OK);
+        mpk_strmap want;
+        assert_int_equal(mpk_strmap_init(&want, n), MPK_OK);
+        char (*exp)[256] = calloc(n, 256);
+        size_t n_want = 0;
+        for (size_t i = 0; i < n; i++) {
+            expected_name(names[i], exp[n_want], 256);
+            if (!mpk_strmap_put(&want, exp[n_want], strlen(exp[n_want]), i, NULL))
+                n_want++;
+        }
+        assert_int_equal(d->n_tensors, n_want);
+        for (size_t i = 0; i < n_want; i++)
+            if (!mpk_ckpt_find(d, exp[i]))
+                fail_msg("%s: expected '%s' in the packed output", pairs[k].dir, exp[i]);
+        assert_true(n_want < n); /* experts were packed */
+        mpk_strmap_free(&want);
+        free(exp);
+        mpk_ckpt_close(d);
+        mpk_plan_free(p);
+        mpk_spec_free(s);
+        mpk_config_free(&cfg);
+        mpk_ckpt_close(c);
+        free(ts);
+        free(data);
+        free(done);
+        mpk_arena_free(a);
+        free(text);
+        tu_rmrf(src);
+        tu_rmrf(dst);
+    }
+    tu_rmrf(dir);
+}
+
+int main(void)
+{
+    if (!tu_material()) {
+        fprintf(stderr, "MPK_MATERIAL not set or missing: skipping\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_real_pairs_pack)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
