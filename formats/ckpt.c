@@ -55,9 +55,10 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
         const cJSON *ts = cJSON_IsObject(md) ? cJSON_GetObjectItemCaseSensitive(md, "total_size")
                                              : NULL;
         if (!cJSON_IsObject(md) || (ts && (!cJSON_IsNumber(ts) || ts->valuedouble < 0 ||
+                                           ts->valuedouble > 9007199254740992.0 ||
                                            ts->valuedouble != floor(ts->valuedouble)))) {
             s = mpk_error_set(err, MPK_E_INDEX, 0, where,
-                              "metadata.total_size must be a non-negative integer");
+                              "metadata.total_size must be an integer in [0, 2^53]");
             goto done;
         }
         if (ts)

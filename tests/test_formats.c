@@ -513,6 +513,9 @@ static void test_ckpt_sharded(void **state)
                      MPK_E_INDEX);
     assert_int_equal(open_with_index(dir, "{\"metadata\":{\"total_size\":-1},\"weight_map\":{}}", &c, &err),
                      MPK_E_INDEX);
+    /* found by libFuzzer: a total_size beyond 2^64 must be rejected, not cast */
+    assert_int_equal(open_with_index(dir, "{\"metadata\":{\"total_size\":1.7e31},\"weight_map\":{}}", &c, &err),
+                     MPK_E_INDEX);
     /* an index naming a shard that is not there */
     assert_int_equal(open_with_index(dir, "{\"weight_map\":{\"a\":\"gone.safetensors\"}}", &c, &err),
                      MPK_E_NOT_FOUND);
