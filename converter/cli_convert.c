@@ -400,8 +400,6 @@ int mpk_cmd_demo(int argc, char **argv)
     char *pack_argv[] = {"pack", src, packed, "--max-shard-size", "2MB", NULL};
     if ((rc = mpk_cmd_pack(5, pack_argv)))
         return rc;
-    char *inspect_argv[] = {"inspect", packed, NULL};
-    (void)inspect_argv;
     char *unpack_argv[] = {"unpack", packed, unpacked, NULL};
     if ((rc = mpk_cmd_unpack(3, unpack_argv)))
         return rc;

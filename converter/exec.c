@@ -748,7 +748,6 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         const char **names = mpk_calloc(p->n_outs + 1, sizeof *names);
         const char **files = mpk_calloc(p->n_outs + 1, sizeof *files);
         char(*fn)[64] = mpk_calloc(p->n_shards, 64);
-        char *text = NULL;
         if (names && files && fn) {
             for (size_t sh = 0; sh < p->n_shards; sh++)
                 mpk_shard_name(sh + 1, p->n_shards, fn[sh], 64);
@@ -756,13 +755,10 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
                 names[i] = p->outs[i].name;
                 files[i] = fn[p->outs[i].shard];
             }
-            text = mpk_index_format(names, files, p->n_outs, p->total_bytes);
+            s = mpk_index_write(tmp, names, files, p->n_outs, p->total_bytes, err);
+        } else {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
         }
-        char *ip = mpk_path_join(tmp, "model.safetensors.index.json");
-        s = text && ip ? mpk_write_file(ip, text, strlen(text), err)
-                       : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        free(ip);
-        free(text);
         free(names);
         free(files);
         free(fn);

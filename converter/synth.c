@@ -191,12 +191,11 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
         for (size_t i = 0; i < n; i++)
             cnt += ts[i].shard == sh;
         mpk_tensor_info *infos = mpk_calloc(cnt + 1, sizeof *infos);
-        synth_tensor **order = mpk_calloc(cnt + 1, sizeof *order);
         char fname[64];
         mpk_shard_name((size_t)sh + 1, (size_t)shards, fname, sizeof fname);
         char *path = mpk_path_join(dir, fname);
         mpk_st_out *out = NULL;
-        if (!infos || !order || !path) {
+        if (!infos || !path) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
         } else {
             cnt = 0;
@@ -229,17 +228,10 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
         if (s == MPK_OK)
             s = c;
         free(infos);
-        free(order);
         free(path);
     }
-    if (s == MPK_OK && shards > 1) {
-        char *text = mpk_index_format(inames, ifiles, n, total);
-        char *ip = mpk_path_join(dir, "model.safetensors.index.json");
-        s = text && ip ? mpk_write_file(ip, text, strlen(text), err)
-                       : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-        free(text);
-        free(ip);
-    }
+    if (s == MPK_OK && shards > 1)
+        s = mpk_index_write(dir, inames, ifiles, n, total, err);
     free(inames);
     free(ifiles);
     if (s == MPK_OK)

@@ -203,6 +203,18 @@ char *mpk_index_format(const char *const *names, const char *const *files, size_
     return out;
 }
 
+mpk_status mpk_index_write(const char *dir, const char *const *names, const char *const *files,
+                           size_t n, uint64_t total_size, mpk_error *err)
+{
+    char *text = mpk_index_format(names, files, n, total_size);
+    char *path = mpk_path_join(dir, INDEX_NAME);
+    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
+                                : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    free(text);
+    free(path);
+    return s;
+}
+
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap)
 {
     if (count <= 1)
@@ -213,11 +225,8 @@ void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap)
 
 /* ---------------------------------------------------------------- checkpoint */
 
-static mpk_ckpt *ckpt_sort_ctx;
-
 static int cmp_ckpt_tensor(const void *a, const void *b)
 {
-    (void)ckpt_sort_ctx;
     return mpk_natural_cmp(((const mpk_ckpt_tensor *)a)->info->name,
                            ((const mpk_ckpt_tensor *)b)->info->name);
 }

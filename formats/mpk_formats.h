@@ -309,6 +309,10 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
 char *mpk_index_format(const char *const *names, const char *const *files, size_t n,
                        uint64_t total_size);
 
+/* Formats the index (mpk_index_format) and writes it to DIR/model.safetensors.index.json. */
+mpk_status mpk_index_write(const char *dir, const char *const *names, const char *const *files,
+                           size_t n, uint64_t total_size, mpk_error *err);
+
 /* Shard file name: "model-00001-of-00004.safetensors" (1-based i), or "model.safetensors"
  * when count is 1. */
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap);
