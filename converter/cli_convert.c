@@ -15,7 +15,7 @@ typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 
 typedef struct {
     const char *preset, *spec_file, *src, *dst, *io;
-    bool reverse, force, json, quiet, verbose, no_copy_range;
+    bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize;
     uint64_t max_shard, mem;
     int threads;
 } conv_args;
@@ -23,7 +23,7 @@ typedef struct {
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
-           O_IO, O_NOCFR, O_VERBOSE };
+           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -31,6 +31,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
         {"quiet", no_argument, NULL, 'q'}, {"io", required_argument, NULL, O_IO},
         {"no-copy-range", no_argument, NULL, O_NOCFR}, {"verbose", no_argument, NULL, O_VERBOSE},
+        {"dequantize", no_argument, NULL, O_DEQUANT}, {"quantize", required_argument, NULL, O_QUANT},
         {0}};
     memset(a, 0, sizeof *a);
     a->preset = "auto";
@@ -71,9 +72,17 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
             break;
         case O_NOCFR: a->no_copy_range = true; break;
         case O_VERBOSE: a->verbose = true; break;
+        case O_DEQUANT: a->dequantize = true; break;
+        case O_QUANT:
+            if (strcmp(optarg, "fp8-block128") != 0)
+                return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
+            a->quantize = true;
+            break;
         default: return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
         }
     }
+    if (a->dequantize && a->quantize)
+        return mpk_cli_usage(cmd, "--dequantize and --quantize cannot be combined");
     if (mode == MODE_CONVERT && !a->spec_file)
         return mpk_cli_usage(cmd, "convert needs --spec FILE");
     if (mode != MODE_CONVERT && mode != MODE_PLAN && a->spec_file)
@@ -176,6 +185,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
     mpk_plan *plan = NULL;
     int rc = MPK_EXIT_FAIL;
     const char *hint = NULL;
+    char *cfg_text = NULL;
     if (mpk_ckpt_open(a.src, &c, &err) != MPK_OK || mpk_config_load(c->dir, &cfg, &err) != MPK_OK)
         goto out;
     if (load_spec(&a, mode, &cfg, &spec, &err) != MPK_OK) {
@@ -191,10 +201,13 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         hint = spec->reversed ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
         goto out;
     }
-    mpk_plan_opts po = {.max_shard_size = a.max_shard, .cfg = &cfg};
+    mpk_plan_opts po = {.max_shard_size = a.max_shard, .cfg = &cfg, .dequantize = a.dequantize,
+                        .quantize_block = a.quantize ? 128 : 0};
     if (mpk_plan_build(c, spec, &po, &plan, &err) != MPK_OK) {
-        if (err.code == MPK_E_ALREADY_CONVERTED)
+        if (err.code == MPK_E_ALREADY_CONVERTED && !hint)
             hint = spec->reversed ? "use 'moepack pack'" : "use 'moepack unpack' to go the other way";
+        if (err.code == MPK_E_QUANT)
+            hint = "--dequantize writes BF16 experts, which pack at any size";
         goto out;
     }
     if (mode == MODE_PLAN) {
@@ -202,6 +215,18 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         rc = MPK_EXIT_OK;
         goto out;
     }
+    /* a quantization change rewrites config.json's quantization_config */
+    cJSON *qc = NULL;
+    if (a.quantize)
+        qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                         "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
+    else if (spec->dequantizes && spec->reversed)
+        qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(spec->json, "quantization_config"), 1);
+    if (a.dequantize || (spec->dequantizes && !spec->reversed))
+        cfg_text = mpk_config_requant(&cfg, true, NULL);
+    else if (qc)
+        cfg_text = mpk_config_requant(&cfg, false, qc);
+    cJSON_Delete(qc);
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", would}};
     mpk_exec_opts eo = {
         .threads = a.threads,
@@ -212,6 +237,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         .io = strcmp(a.io, "pread") == 0 ? MPK_IO_PREAD : strcmp(a.io, "io_uring") == 0 ? MPK_IO_URING : MPK_IO_AUTO,
         .metadata = meta,
         .n_metadata = 2,
+        .config_json = cfg_text,
     };
     mpk_exec_stats st;
     if (mpk_exec(plan, a.dst, &eo, &st, &err) != MPK_OK) {
@@ -224,6 +250,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
 out:
     if (rc != MPK_EXIT_OK)
         mpk_cli_fail(cmd, &err, hint);
+    free(cfg_text);
     mpk_plan_free(plan);
     mpk_spec_free(spec);
     mpk_config_free(&cfg);
@@ -282,13 +309,15 @@ static bool parse_int_opt(const char *s, int lo, int hi, int *out)
 
 static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o, const char **out)
 {
-    enum { O_ARCH = 1000, O_LAYERS, O_EXPERTS, O_HIDDEN, O_INTER, O_VOCAB, O_DTYPE, O_SHARDS, O_SEED, O_LAYOUT };
+    enum { O_ARCH = 1000, O_LAYERS, O_EXPERTS, O_HIDDEN, O_INTER, O_VOCAB, O_DTYPE, O_SHARDS, O_SEED, O_LAYOUT,
+           O_QUANT };
     static const struct option opts[] = {
         {"arch", required_argument, NULL, O_ARCH}, {"layers", required_argument, NULL, O_LAYERS},
         {"experts", required_argument, NULL, O_EXPERTS}, {"hidden", required_argument, NULL, O_HIDDEN},
         {"intermediate", required_argument, NULL, O_INTER}, {"vocab", required_argument, NULL, O_VOCAB},
         {"dtype", required_argument, NULL, O_DTYPE}, {"shards", required_argument, NULL, O_SHARDS},
-        {"seed", required_argument, NULL, O_SEED}, {"layout", required_argument, NULL, O_LAYOUT}, {0}};
+        {"seed", required_argument, NULL, O_SEED}, {"layout", required_argument, NULL, O_LAYOUT},
+        {"quant", required_argument, NULL, O_QUANT}, {0}};
     *o = (mpk_synth_opts){.arch = "mixtral", .layers = 2, .experts = 8, .hidden = 64, .intermediate = 32,
                           .vocab = 128, .dtype = MPK_DTYPE_BF16, .shards = 2, .seed = 1};
     optind = 1;
@@ -313,6 +342,10 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
                     up[i] = (char)(optarg[i] >= 'a' && optarg[i] <= 'z' ? optarg[i] - 32 : optarg[i]);
                 ok = mpk_dtype_parse(up, strlen(up), &o->dtype) && mpk_cast_supported(o->dtype, o->dtype);
             }
+            break;
+        case O_QUANT:
+            ok = strcmp(optarg, "fp8") == 0 || strcmp(optarg, "none") == 0;
+            o->fp8 = strcmp(optarg, "fp8") == 0;
             break;
         case O_LAYOUT:
             ok = strcmp(optarg, "per-expert") == 0 || strcmp(optarg, "packed") == 0;
@@ -339,8 +372,8 @@ int mpk_cmd_synth(int argc, char **argv)
     mpk_error err = {0};
     if (mpk_synth(&o, out, &err) != MPK_OK)
         return mpk_cli_fail("synth", &err, err.code == MPK_E_PRESET ? "see 'moepack presets'" : NULL);
-    printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d, %s, %s layout)\n", out, o.arch,
-           o.layers, o.experts, o.hidden, o.intermediate, mpk_dtype_name(o.dtype),
+    printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d, %s%s, %s layout)\n", out, o.arch,
+           o.layers, o.experts, o.hidden, o.intermediate, mpk_dtype_name(o.dtype), o.fp8 ? " + FP8 linears" : "",
            o.packed ? "packed" : "per-expert");
     return MPK_EXIT_OK;
 }

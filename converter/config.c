@@ -125,3 +125,18 @@ const char *mpk_layout_name(mpk_expert_layout l)
     _Static_assert(sizeof names / sizeof names[0] == MPK_LAYOUT_COUNT, "layout names");
     return (unsigned)l < MPK_LAYOUT_COUNT ? names[l] : "?";
 }
+
+char *mpk_config_requant(const mpk_model_config *cfg, bool remove, const void *qc)
+{
+    if (!cfg->found || !cfg->json)
+        return NULL;
+    cJSON *c = cJSON_Duplicate(cfg->json, 1);
+    if (!c)
+        return NULL;
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "quantization_config");
+    if (!remove && qc)
+        cJSON_AddItemToObject(c, "quantization_config", cJSON_Duplicate((const cJSON *)qc, 1));
+    char *text = cJSON_Print(c);
+    cJSON_Delete(c);
+    return text;
+}

@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST } node_kind;
+typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST, N_DEQUANT, N_QUANT } node_kind;
 
 typedef struct seg {
     mpk_node *src;
@@ -40,7 +40,11 @@ struct mpk_node {
     uint64_t file_off;
     seg *segs;           /* SEGS */
     size_t n_segs, cap_segs;
-    mpk_node *in;        /* TRANSPOSE, CAST */
+    mpk_node *in;        /* TRANSPOSE, CAST, DEQUANT (weight or blocks), QUANT */
+    mpk_node *in2;       /* DEQUANT: scale grid (FP8) or E8M0 scales (MXFP4) */
+    bool mx;             /* DEQUANT/QUANT: MXFP4 rather than FP8 block */
+    int block;           /* FP8 block edge */
+    int which;           /* QUANT: 0 the quantized values, 1 the scales */
     int a, b;
     uint64_t slab;       /* TRANSPOSE: bytes of dims [a, ndim) */
     bool pure;           /* SOURCE, or SEGS of SOURCEs only: copy_file_range can move it */
@@ -146,7 +150,9 @@ static mpk_status node_op(builder *b, const mpk_op *op, const mpk_bundle *in, mp
     if (!on)
         MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
     for (int k = 0; k < no; k++) {
-        node_kind kind = op->kind == MPK_OP_TRANSPOSE ? N_TRANSPOSE : op->kind == MPK_OP_CAST ? N_CAST : N_SEGS;
+        node_kind kind = op->kind == MPK_OP_TRANSPOSE ? N_TRANSPOSE : op->kind == MPK_OP_CAST ? N_CAST
+                       : op->kind == MPK_OP_DEQUANT_FP8 || op->kind == MPK_OP_DEQUANT_MXFP4 ? N_DEQUANT
+                       : op->kind == MPK_OP_QUANT_FP8 || op->kind == MPK_OP_QUANT_MXFP4 ? N_QUANT : N_SEGS;
         if (!(on[k] = node_new(b, kind, &out->t[k])))
             MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
     }
@@ -216,6 +222,24 @@ static mpk_status node_op(builder *b, const mpk_op *op, const mpk_bundle *in, mp
                          mpk_dtype_name(in->t[k].dtype));
         }
         break;
+    case MPK_OP_DEQUANT_FP8:
+    case MPK_OP_DEQUANT_MXFP4:
+        for (int i = 0; i < N; i++) {
+            on[i]->in = nodes[i];
+            on[i]->in2 = nodes[N + i];
+            on[i]->mx = op->kind == MPK_OP_DEQUANT_MXFP4;
+            on[i]->block = op->block;
+        }
+        break;
+    case MPK_OP_QUANT_FP8:
+    case MPK_OP_QUANT_MXFP4:
+        for (int k = 0; k < no; k++) {
+            on[k]->in = nodes[k % N];
+            on[k]->which = k / N;
+            on[k]->mx = op->kind == MPK_OP_QUANT_MXFP4;
+            on[k]->block = op->block;
+        }
+        break;
     default:
         MPK_FAIL(err, MPK_E_OP, "exec", "internal: op");
     }
@@ -242,6 +266,9 @@ static mpk_status rd_flush(reader *r)
     r->n = 0;
     return s;
 }
+
+static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
+static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
 
 static mpk_status node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
 {
@@ -302,8 +329,121 @@ static mpk_status node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, 
         free(tout);
         return s;
     }
+    case N_DEQUANT:
+        return read_dequant(n, off, len, buf, r);
+    case N_QUANT:
+        return read_quant(n, off, len, buf, r);
     }
     return MPK_OK;
+}
+
+static int64_t cdiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    mpk_error *err = r->err;
+    const mpk_tmeta *m = &n->meta;
+    size_t oel = mpk_dtype_size(m->dtype);
+    mpk_status s = MPK_OK;
+    if (n->mx) {
+        uint64_t g = 32 * oel, k0 = off / g, nb = len / g;
+        if (off % g || len % g)
+            MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned MXFP4 read");
+        uint8_t *t = mpk_alloc(nb * 17);
+        if (!t)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        s = node_read(n->in, k0 * 16, nb * 16, (char *)t, r);
+        if (s == MPK_OK)
+            s = node_read(n->in2, k0, nb, (char *)t + nb * 16, r);
+        if (s == MPK_OK)
+            s = rd_flush(r);
+        if (s == MPK_OK)
+            mpk_dequant_mxfp4(t, t + nb * 16, nb, m->dtype, buf);
+        free(t);
+        return s;
+    }
+    int64_t R = m->shape[m->ndim - 2], C = m->shape[m->ndim - 1], b = n->block;
+    int64_t SR = cdiv(R, b), SC = cdiv(C, b);
+    uint64_t row = (uint64_t)C * oel;
+    if (off % row || len % row)
+        MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned dequantize read");
+    uint64_t g0 = off / row, g1 = (off + len) / row;
+    uint8_t *tw = mpk_alloc((g1 - g0) * (uint64_t)C + 1);
+    float *ts = mpk_alloc(((g1 - g0) / (uint64_t)b + 2) * (uint64_t)SC * 4);
+    if (!tw || !ts) {
+        free(tw);
+        free(ts);
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    }
+    for (uint64_t g = g0; g < g1 && s == MPK_OK;) {
+        uint64_t mat = g / (uint64_t)R, r0 = g % (uint64_t)R;
+        uint64_t r1 = r0 + (g1 - g) < (uint64_t)R ? r0 + (g1 - g) : (uint64_t)R;
+        uint64_t sb0 = r0 / (uint64_t)b, sb1 = (r1 - 1) / (uint64_t)b;
+        s = node_read(n->in, (mat * (uint64_t)R + r0) * (uint64_t)C, (r1 - r0) * (uint64_t)C, (char *)tw, r);
+        if (s == MPK_OK)
+            s = node_read(n->in2, (mat * (uint64_t)SR + sb0) * (uint64_t)SC * 4, (sb1 - sb0 + 1) * (uint64_t)SC * 4,
+                          (char *)ts, r);
+        if (s == MPK_OK)
+            s = rd_flush(r);
+        if (s == MPK_OK)
+            mpk_dequant_fp8_rows(n->in->meta.dtype, tw, ts, C, (int)b, (int64_t)r0, (int64_t)r1, m->dtype,
+                                 buf + (g - g0) * row);
+        g += r1 - r0;
+    }
+    free(tw);
+    free(ts);
+    return s;
+}
+
+static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    mpk_error *err = r->err;
+    const mpk_tmeta *im = &n->in->meta;
+    size_t iel = mpk_dtype_size(im->dtype);
+    mpk_status s = MPK_OK;
+    if (n->mx) {
+        uint64_t g = n->which ? 1 : 16, k0 = off / g, nb = len / g, step = 1u << 16;
+        if (off % g || len % g)
+            MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned MXFP4 read");
+        char *t = mpk_alloc((nb < step ? nb : step) * 32 * iel + 1);
+        if (!t)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        for (uint64_t k = 0; k < nb && s == MPK_OK; k += step) {
+            uint64_t c = nb - k < step ? nb - k : step;
+            s = node_read(n->in, (k0 + k) * 32 * iel, c * 32 * iel, t, r);
+            if (s == MPK_OK)
+                s = rd_flush(r);
+            if (s == MPK_OK)
+                mpk_quant_mxfp4(im->dtype, t, c, n->which ? NULL : (uint8_t *)buf + k * 16,
+                                n->which ? (uint8_t *)buf + k : NULL);
+        }
+        free(t);
+        return s;
+    }
+    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], b = n->block;
+    int64_t SC = cdiv(C, b);
+    uint64_t mat_in = (uint64_t)(R * C) * iel;
+    uint64_t mat_out = n->which ? (uint64_t)(cdiv(R, b) * SC) * 4 : (uint64_t)(R * C);
+    if (off % mat_out || len % mat_out)
+        MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned quantize read");
+    char *t = mpk_alloc(mat_in + 1);
+    if (!t)
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    for (uint64_t j = 0; j < len / mat_out && s == MPK_OK; j++) {
+        s = node_read(n->in, (off / mat_out + j) * mat_in, mat_in, t, r);
+        if (s == MPK_OK)
+            s = rd_flush(r);
+        char *o = buf + j * mat_out;
+        for (int64_t r0 = 0; s == MPK_OK && r0 < R; r0 += b)
+            mpk_quant_fp8_band(im->dtype, t + (uint64_t)(r0 * C) * iel, C, (int)b, R - r0 < b ? R - r0 : b,
+                               n->which ? NULL : (uint8_t *)o + r0 * C,
+                               n->which ? (float *)(void *)o + (r0 / b) * SC : NULL);
+    }
+    free(t);
+    return s;
 }
 
 /* Moves bytes of a pure node with copy_file_range. */
@@ -483,8 +623,16 @@ static bool is_tensor_file(const char *n)
            strcmp(n, "model.safetensors.index.json") == 0 || strcmp(n, "moepack.manifest.json") == 0;
 }
 
-static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, mpk_error *err)
+static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const char *config_json,
+                                  mpk_error *err)
 {
+    if (config_json) {
+        char *to = mpk_path_join(tmp, "config.json");
+        mpk_status s = to ? mpk_write_file(to, config_json, strlen(config_json), err)
+                          : mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        free(to);
+        MPK_TRY(s);
+    }
     if (!p->src->is_dir)
         return MPK_OK;
     DIR *d = opendir(p->src->dir);
@@ -495,7 +643,7 @@ static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, mpk_error 
     while (s == MPK_OK && (e = readdir(d))) {
         if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
             continue;
-        if (is_tensor_file(e->d_name))
+        if (is_tensor_file(e->d_name) || (config_json && strcmp(e->d_name, "config.json") == 0))
             continue;
         char *from = mpk_path_join(p->src->dir, e->d_name), *to = mpk_path_join(tmp, e->d_name);
         struct stat st;
@@ -508,6 +656,31 @@ static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, mpk_error 
     }
     closedir(d);
     return s;
+}
+
+/* A source tensor's node: its bytes, or for a --dequantize view the FP8 weight times its
+ * scale grid. */
+static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tensor *t, const mpk_tmeta *m)
+{
+    const mpk_plan_view *v = mpk_plan_view_of(p, t);
+    if (!v) {
+        mpk_node *n = node_new(b, N_SOURCE, m);
+        if (n) {
+            n->fd = p->src->shards[t->shard].fd;
+            n->file_off = t->file_offset;
+        }
+        return n;
+    }
+    mpk_tmeta wm = {v->weight->info->dtype, v->weight->info->ndim, {0}}, sm = wm;
+    memcpy(wm.shape, v->weight->info->shape, sizeof wm.shape);
+    sm.dtype = v->scale->info->dtype;
+    sm.ndim = v->scale->info->ndim;
+    memcpy(sm.shape, v->scale->info->shape, sizeof sm.shape);
+    mpk_node *n = node_new(b, N_DEQUANT, m);
+    if (!n || !(n->in = source_node(b, p, v->weight, &wm)) || !(n->in2 = source_node(b, p, v->scale, &sm)))
+        return NULL;
+    n->block = p->fp8_block;
+    return n;
 }
 
 static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
@@ -528,10 +701,8 @@ static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
             const mpk_ckpt_tensor *t = g->src[i];
             in.t[i] = (mpk_tmeta){t->info->dtype, t->info->ndim, {0}};
             memcpy(in.t[i].shape, t->info->shape, sizeof t->info->shape);
-            if (!(nodes[i] = node_new(b, N_SOURCE, &in.t[i])))
+            if (!(nodes[i] = source_node(b, p, t, &in.t[i])))
                 MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
-            nodes[i]->fd = p->src->shards[t->shard].fd;
-            nodes[i]->file_off = t->file_offset;
         }
         for (int o = 0; o < r->n_ops; o++) {
             mpk_bundle next;
@@ -546,11 +717,17 @@ static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
         mpk_plan_out *o = &p->outs[i];
         if (o->group >= 0) {
             o->node = group_out[o->group][o->slot];
-        } else {
-            if (!(o->node = node_new(b, N_SOURCE, &o->meta)))
-                MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
-            o->node->fd = p->src->shards[o->pass->shard].fd;
-            o->node->file_off = o->pass->file_offset;
+            if (o->quant) { /* --quantize: FP8 codes or the scale grid of the rule's output */
+                mpk_node *q = node_new(b, N_QUANT, &o->meta);
+                if (!q)
+                    MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+                q->in = o->node;
+                q->which = o->quant - 1;
+                q->block = p->fp8_block;
+                o->node = q;
+            }
+        } else if (!(o->node = source_node(b, p, o->pass, &o->meta))) {
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
         }
     }
     return MPK_OK;
@@ -559,10 +736,18 @@ static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
 /* Largest block a node's reads allocate at once (transposes read whole slabs). */
 static uint64_t node_granule(const mpk_node *n)
 {
+    const mpk_tmeta *m = &n->meta;
     if (n->kind == N_TRANSPOSE)
         return n->slab;
     if (n->kind == N_CAST)
         return mpk_dtype_size(n->meta.dtype) * mpk_dtype_size(n->in->meta.dtype);
+    if (n->kind == N_DEQUANT)
+        return n->mx ? 32 * mpk_dtype_size(m->dtype) : (uint64_t)m->shape[m->ndim - 1] * mpk_dtype_size(m->dtype);
+    if (n->kind == N_QUANT && n->mx)
+        return n->which ? 1 : 16;
+    if (n->kind == N_QUANT) /* one matrix of codes, or one matrix's scale grid */
+        return n->which ? (uint64_t)(m->shape[m->ndim - 2] * m->shape[m->ndim - 1]) * 4
+                        : (uint64_t)(m->shape[m->ndim - 2] * m->shape[m->ndim - 1]);
     return 1;
 }
 
@@ -571,8 +756,14 @@ static uint64_t max_slab(const mpk_node *n)
     uint64_t m = 0;
     if (n->kind == N_TRANSPOSE)
         m = n->slab;
-    if (n->kind == N_TRANSPOSE || n->kind == N_CAST) {
+    if (n->kind == N_QUANT && !n->mx) /* one input matrix at a time */
+        m = bytes_from(&n->in->meta, n->in->meta.ndim - 2);
+    if (n->kind == N_TRANSPOSE || n->kind == N_CAST || n->kind == N_QUANT || n->kind == N_DEQUANT) {
         uint64_t k = max_slab(n->in);
+        if (n->in2) {
+            uint64_t k2 = max_slab(n->in2);
+            k = k2 > k ? k2 : k;
+        }
         return k > m ? k : m;
     }
     if (n->kind == N_SEGS)
@@ -698,7 +889,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     /* units */
     size_t n_units = 0;
     for (size_t i = 0; i < p->n_outs; i++) {
-        uint64_t g = node_granule(p->outs[i].node), u = unit_bytes - unit_bytes % g;
+        uint64_t g = node_granule(p->outs[i].node), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
         n_units += p->outs[i].nbytes ? (size_t)((p->outs[i].nbytes + u - 1) / u) : 0;
     }
     c.units = mpk_calloc(n_units + 1, sizeof *c.units);
@@ -707,7 +898,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         goto done;
     }
     for (size_t i = 0; i < p->n_outs; i++) {
-        uint64_t g = node_granule(p->outs[i].node), u = unit_bytes - unit_bytes % g;
+        uint64_t g = node_granule(p->outs[i].node), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
         for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
             c.units[c.n_units++] = (unit){i, off, p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u};
     }
@@ -765,7 +956,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         if (s != MPK_OK)
             goto done;
     }
-    if ((s = copy_side_files(p, tmp, err)) != MPK_OK)
+    if ((s = copy_side_files(p, tmp, o->config_json, err)) != MPK_OK)
         goto done;
     /* into place */
     int dfd = open(tmp, O_RDONLY | O_DIRECTORY);

@@ -78,6 +78,8 @@ typedef struct mpk_rule {
     const char *source_shape[MPK_MAX_DIMS]; /* optional config check ("E", "H", "2I") */
     int source_shape_ndim;
     char path[64];              /* JSON path of the rule in its spec, for messages */
+    int scale_of;               /* >= 0: a companion that moves rule scale_of's FP8 scale grids
+                                   (every pattern + "_scale_inv", same ops); -1 otherwise */
 } mpk_rule;
 
 typedef struct mpk_rename {
@@ -94,6 +96,8 @@ typedef struct mpk_spec {
     mpk_rule *rules;
     int n_rules;
     bool reversed;
+    bool dequantizes;           /* the spec itself dequantizes (gpt_oss): config.json loses its
+                                   quantization_config (reversed: gets quant_config back) */
     void *json;                 /* the parsed document (cJSON, owned), synth section included */
     mpk_arena *arena;
     struct mpk_spec *base;      /* a reversed spec owns the spec it reverses (its strings) */
@@ -144,8 +148,17 @@ typedef struct mpk_plan_out {
     int slot;                           /* position in the group's output bundle */
     const mpk_ckpt_tensor *pass;        /* the source of a pass-through */
     int shard;                          /* output shard (0-based) */
+    int quant;                          /* --quantize: 1 the F8_E4M3 weight, 2 its F32 scale
+                                           grid (named target + "_scale_inv"); 0 otherwise */
     mpk_node *node;                     /* set by the executor */
 } mpk_plan_out;
+
+/* --dequantize: an FP8 weight with its scale grid, seen by the planner as one BF16 tensor. */
+typedef struct mpk_plan_view {
+    mpk_ckpt_tensor t;                  /* first: plans point at it like at any source tensor */
+    mpk_tensor_info info;
+    const mpk_ckpt_tensor *weight, *scale;
+} mpk_plan_view;
 
 typedef struct mpk_plan_group {
     const mpk_rule *rule;
@@ -161,6 +174,9 @@ typedef struct mpk_plan_group {
 typedef struct mpk_plan_opts {
     uint64_t max_shard_size;            /* bytes; 0 = one shard */
     const mpk_model_config *cfg;        /* optional: checks counts and shapes */
+    bool dequantize;                    /* FP8 weight + weight_scale_inv -> BF16, scales dropped */
+    int quantize_block;                 /* > 0: rule outputs become FP8 (E4M3) with b x b scale
+                                           grids; norms, router, embeddings pass through */
 } mpk_plan_opts;
 
 typedef struct mpk_plan {
@@ -174,12 +190,19 @@ typedef struct mpk_plan {
     size_t n_consumed;                  /* source tensors consumed by rules */
     size_t n_shards;
     uint64_t total_bytes;
+    mpk_plan_view *views;               /* --dequantize views (sources point into this) */
+    size_t n_views;
+    int fp8_block;                      /* block edge of FP8 scale grids (128) */
     mpk_arena *arena;
 } mpk_plan;
 
+/* The dequantize view behind a source tensor pointer of the plan, NULL for a real tensor. */
+const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *t);
+
 /* Matches every tensor of src against spec, groups and checks them, infers every output and
  * lays out the shards. Errors: MPK_E_EXPERT_MISSING, MPK_E_SHAPE, MPK_E_DTYPE_MISMATCH,
- * MPK_E_CONFLICT, MPK_E_ALREADY_CONVERTED, MPK_E_SPEC. Owned by the caller (mpk_plan_free). */
+ * MPK_E_CONFLICT, MPK_E_ALREADY_CONVERTED, MPK_E_SPEC, MPK_E_QUANT (an FP8 scale grid that
+ * does not match its weight, or blocks that would straddle a concat: I % 128 != 0). Owned by the caller (mpk_plan_free). */
 mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
                           mpk_plan **out, mpk_error *err);
 void mpk_plan_free(mpk_plan *p);
@@ -197,6 +220,8 @@ typedef struct mpk_exec_opts {
     mpk_io_backend io;
     const mpk_kv *metadata;             /* __metadata__ of every output shard */
     size_t n_metadata;
+    const char *config_json;            /* non-NULL: written as DST/config.json instead of a
+                                           copy of the source's (quantization changes it) */
 } mpk_exec_opts;
 
 typedef struct mpk_exec_stats {
@@ -223,7 +248,13 @@ typedef struct mpk_synth_opts {
     int shards;
     uint64_t seed;
     bool packed;                        /* write the packed layout */
+    bool fp8;                           /* DeepSeek-V3 style: linear weights F8_E4M3 with
+                                           128x128 F32 weight_scale_inv grids */
 } mpk_synth_opts;
+
+/* config.json text for a quantization change: quantization_config removed (remove = true)
+ * or set to qc (a cJSON object, duplicated). NULL without a source config. Free with free(). */
+char *mpk_config_requant(const mpk_model_config *cfg, bool remove, const void *qc);
 
 /* Writes a checkpoint with the preset's real tensor names, random data and config.json. */
 mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *err);

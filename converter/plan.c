@@ -132,6 +132,119 @@ static void ranges(const bool *have, long n, char *buf, size_t cap)
         snprintf(buf, cap, "none");
 }
 
+
+/* FP8 block grids: blocks of b x b over a tensor's last two dims must not straddle a concat
+ * or chunk boundary. Walks the rule's chain over the weights' metadata; returns the size that
+ * is not a multiple of b (and its dim), 0 when every boundary is aligned. */
+static int64_t block_straddle(const mpk_rule *r, const mpk_bundle *w, int b, mpk_arena *a, int *dim)
+{
+    mpk_bundle cur = *w;
+    for (int k = 0; k < r->n_ops; k++) {
+        const mpk_op *op = &r->ops[k];
+        mpk_bundle next;
+        mpk_error e = {0};
+        if (mpk_op_descs[op->kind].infer(op, &cur, &next, a, &e) != MPK_OK)
+            return 0; /* the chain's own error is reported elsewhere */
+        const mpk_bundle *chk = op->kind == MPK_OP_CONCAT ? &cur : op->kind == MPK_OP_CHUNK ? &next : NULL;
+        if (chk && chk->n_groups * chk->n_items > 0) {
+            const mpk_tmeta *t = &chk->t[0];
+            if (op->dim >= t->ndim - 2 && t->shape[op->dim] % b) {
+                *dim = op->dim;
+                return t->shape[op->dim];
+            }
+        }
+        cur = next;
+    }
+    return 0;
+}
+
+static bool grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, int b)
+{
+    if (s->dtype != MPK_DTYPE_F32 || w->ndim < 2 || s->ndim != w->ndim)
+        return false;
+    for (int d = 0; d < w->ndim; d++)
+        if (s->shape[d] != (d < w->ndim - 2 ? w->shape[d] : (w->shape[d] + b - 1) / b))
+            return false;
+    return true;
+}
+
+static bool is_fp8(mpk_dtype d)
+{
+    return d == MPK_DTYPE_F8_E4M3 || d == MPK_DTYPE_F8_E5M2;
+}
+
+static bool ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *t)
+{
+    if (!p->n_views || (const void *)t < (const void *)p->views ||
+        (const void *)t >= (const void *)(p->views + p->n_views))
+        return NULL;
+    return (const mpk_plan_view *)t;
+}
+
+/* The tensors the planner sees: the checkpoint's, or with --dequantize every FP8 weight that
+ * has a weight_scale_inv grid replaced by a BF16 view and the grid dropped. */
+static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ckpt_tensor ***out,
+                              size_t *n_out, mpk_error *err)
+{
+    const mpk_ckpt *src = p->src;
+    const mpk_ckpt_tensor **list = mpk_arena_alloc(p->arena, sizeof *list * (src->n_tensors + 1));
+    if (!list)
+        MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
+    size_t n = 0, nv = 0;
+    if (opts->dequantize) {
+        p->views = mpk_arena_alloc(p->arena, sizeof *p->views * (src->n_tensors + 1));
+        if (!p->views)
+            MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
+    }
+    for (size_t i = 0; i < src->n_tensors; i++) {
+        const mpk_ckpt_tensor *t = &src->tensors[i];
+        const char *name = t->info->name;
+        if (opts->dequantize && ends_with(name, "_scale_inv")) {
+            char *w = mpk_arena_strndup(p->arena, name, strlen(name) - 10);
+            const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(src, w) : NULL;
+            if (wt && is_fp8(wt->info->dtype))
+                continue; /* folded into its weight's view */
+        }
+        if (opts->dequantize && is_fp8(t->info->dtype)) {
+            char *sn = mpk_arena_printf(p->arena, "%s_scale_inv", name);
+            const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(src, sn) : NULL;
+            if (st) {
+                char a[128], b[128];
+                if (!grid_matches(t->info, st->info, p->fp8_block))
+                    MPK_FAIL(err, MPK_E_QUANT, src->dir,
+                             "tensor '%s' %s %s: its scale grid '%s' is %s %s, not F32 with %dx%d "
+                             "blocks",
+                             name, mpk_dtype_name(t->info->dtype),
+                             mpk_shape_str(t->info->shape, t->info->ndim, a, sizeof a), sn,
+                             mpk_dtype_name(st->info->dtype),
+                             mpk_shape_str(st->info->shape, st->info->ndim, b, sizeof b), p->fp8_block,
+                             p->fp8_block);
+                mpk_plan_view *v = &p->views[nv++];
+                v->info = *t->info;
+                v->info.dtype = MPK_DTYPE_BF16;
+                v->t = *t;
+                v->t.info = &v->info;
+                mpk_tensor_nbytes(MPK_DTYPE_BF16, v->info.shape, v->info.ndim, &v->t.nbytes);
+                v->weight = t;
+                v->scale = st;
+                list[n++] = &v->t;
+                continue;
+            }
+        }
+        list[n++] = t;
+    }
+    p->n_views = nv;
+    *out = list;
+    *n_out = n;
+    return MPK_OK;
+}
+
 static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts,
                                mpk_error *err)
 {
@@ -214,6 +327,43 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
                  "target(s)%s",
                  r->path, g->out_meta.n_groups, g->out_meta.n_items, r->n_targets,
                  r->list_capture && !r->list_in_sources ? " (per list index)" : " of one tensor");
+    /* FP8 scale grids move with their weights only when no block straddles a concat */
+    const mpk_bundle *w = NULL;
+    mpk_bundle wb = in;
+    if (r->scale_of >= 0) {
+        wb.t = mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n));
+        if (!wb.t)
+            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+        w = &wb;
+        for (long k = 0; k < r->n_sources * n && w; k++) {
+            const mpk_tensor_info *si = g->src[k]->info;
+            char *wn = mpk_arena_strndup(p->arena, si->name, strlen(si->name) - 10);
+            const mpk_ckpt_tensor *wt = wn ? mpk_ckpt_find(p->src, wn) : NULL;
+            if (!wt) {
+                w = NULL; /* a lone *_scale_inv tensor: moved like any other */
+                break;
+            }
+            char a[128], b[128];
+            if (!grid_matches(wt->info, si, p->fp8_block))
+                MPK_FAIL(err, MPK_E_QUANT, where,
+                         "scale grid '%s' is %s %s but its weight '%s' %s needs F32 %dx%d blocks",
+                         si->name, mpk_dtype_name(si->dtype), mpk_shape_str(si->shape, si->ndim, a, sizeof a),
+                         wn, mpk_shape_str(wt->info->shape, wt->info->ndim, b, sizeof b), p->fp8_block,
+                         p->fp8_block);
+            wb.t[k] = (mpk_tmeta){wt->info->dtype, wt->info->ndim, {0}};
+            memcpy(wb.t[k].shape, wt->info->shape, sizeof wt->info->shape);
+        }
+    } else if (opts->quantize_block > 0) {
+        w = &in;
+    }
+    int dim = 0;
+    int64_t bad = w ? block_straddle(r, w, p->fp8_block, p->arena, &dim) : 0;
+    if (bad)
+        MPK_FAIL(err, MPK_E_QUANT, where,
+                 "%s (%s): FP8 %dx%d blocks cannot follow a concat/chunk along dim %d of size %lld "
+                 "(not a multiple of %d: I %% %d != 0 would put gate and up rows in one block)",
+                 strchr(g->key, '|') + 1, r->path, p->fp8_block, p->fp8_block, dim,
+                 (long long)bad, p->fp8_block, p->fp8_block);
     return MPK_OK;
 }
 
@@ -260,13 +410,18 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
     size_t n_accs = 0, cap_accs = 0;
     mpk_strmap keys = {0}, names = {0};
     const mpk_ckpt_tensor **pass = mpk_calloc(src->n_tensors + 1, sizeof *pass);
+    const mpk_ckpt_tensor **list = NULL;
     if (!pass || mpk_strmap_init(&keys, 256) != MPK_OK) {
         st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
         goto done;
     }
+    p->fp8_block = opts->quantize_block > 0 ? opts->quantize_block : 128;
+    size_t n_list = 0;
+    if ((st = source_list(p, opts, &list, &n_list, err)) != MPK_OK)
+        goto done;
     /* 1. match */
-    for (size_t ti = 0; ti < src->n_tensors; ti++) {
-        const mpk_ckpt_tensor *t = &src->tensors[ti];
+    for (size_t ti = 0; ti < n_list; ti++) {
+        const mpk_ckpt_tensor *t = list[ti];
         const char *name = t->info->name;
         bool consumed = false;
         for (int ri = 0; ri < spec->n_rules && !consumed; ri++) {
@@ -339,7 +494,15 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
             pass[p->n_pass++] = t;
     }
     /* already converted? nothing matched a source, but something looks like a target */
-    if (n_accs == 0) {
+    if (n_accs == 0 && spec->n_rules > 0) {
+        for (size_t ti = 0; ti < src->n_tensors; ti++)
+            if (ends_with(src->tensors[ti].info->name, "_blocks") && !spec->dequantizes) {
+                st = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, where,
+                                   "tensor '%s' is MXFP4 experts, already packed (preset '%s' has "
+                                   "nothing to do); use --preset gpt_oss to dequantize them",
+                                   src->tensors[ti].info->name, spec->name);
+                goto done;
+            }
         for (size_t ti = 0; ti < src->n_tensors; ti++)
             for (int ri = 0; ri < spec->n_rules; ri++)
                 for (int k = 0; k < spec->rules[ri].n_targets; k++) {
@@ -367,7 +530,9 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         n_out += (size_t)(accs[i].g.out_meta.n_groups * accs[i].g.out_meta.n_items);
     }
     p->n_groups = n_accs;
-    /* 3. outputs */
+    /* 3. outputs (--quantize adds a scale grid per rule output) */
+    if (opts->quantize_block > 0)
+        n_out = 2 * n_out;
     p->outs = mpk_arena_alloc(p->arena, sizeof *p->outs * (n_out + 1));
     if (!p->outs || mpk_strmap_init(&names, n_out) != MPK_OK) {
         st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
@@ -395,6 +560,20 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
                 o->slot = tg * g->out_meta.n_items + it;
                 o->meta = g->out_meta.t[o->slot];
                 o->group = (int)gi;
+                mpk_dtype dt = o->meta.dtype;
+                if (opts->quantize_block > 0 && r->scale_of < 0 && o->meta.ndim >= 2 &&
+                    (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16)) {
+                    int b = opts->quantize_block, nd = o->meta.ndim;
+                    mpk_plan_out *q = &p->outs[p->n_outs++];
+                    *q = *o;
+                    q->name = mpk_arena_printf(p->arena, "%s_scale_inv", o->name);
+                    q->quant = 2;
+                    q->meta.dtype = MPK_DTYPE_F32;
+                    q->meta.shape[nd - 2] = (q->meta.shape[nd - 2] + b - 1) / b;
+                    q->meta.shape[nd - 1] = (q->meta.shape[nd - 1] + b - 1) / b;
+                    o->quant = 1;
+                    o->meta.dtype = MPK_DTYPE_F8_E4M3;
+                }
             }
     }
     for (size_t i = 0; i < p->n_outs; i++) {

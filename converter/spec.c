@@ -251,6 +251,20 @@ static mpk_status parse_op(const cJSON *j, mpk_op *op, const char *where, const 
             SPEC_FAIL(path, "cast to %s is not supported", path, dt->valuestring);
         return MPK_OK;
     }
+    case MPK_OP_DEQUANT_FP8:
+    case MPK_OP_QUANT_FP8:
+    case MPK_OP_DEQUANT_MXFP4:
+    case MPK_OP_QUANT_MXFP4: {
+        op->block = op->kind == MPK_OP_DEQUANT_MXFP4 || op->kind == MPK_OP_QUANT_MXFP4 ? 32 : 128;
+        if (op->kind == MPK_OP_DEQUANT_FP8 || op->kind == MPK_OP_QUANT_FP8)
+            MPK_TRY(get_int(j, "block", 1, 1 << 16, &op->block, false, where, path, err));
+        op->dtype = MPK_DTYPE_BF16;
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
+        if (dt && (!cJSON_IsString(dt) || !mpk_dtype_parse(dt->valuestring, strlen(dt->valuestring), &op->dtype) ||
+                   (op->dtype != MPK_DTYPE_BF16 && op->dtype != MPK_DTYPE_F16 && op->dtype != MPK_DTYPE_F32)))
+            SPEC_FAIL(path, "\"dtype\" must be BF16, F16 or F32", path);
+        return MPK_OK;
+    }
     default:
         SPEC_FAIL(path, "internal: op kind", path);
     }
@@ -323,6 +337,40 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const ch
     return resolve_list_capture(r, a, where, err);
 }
 
+/* Every rule that only moves bytes (merge/split/concat/chunk/transpose/reshape) gets a
+ * companion for FP8 block scale grids: each pattern + "_scale_inv", the same ops. Packing an
+ * FP8 checkpoint then moves `...gate_proj.weight_scale_inv` into `...gate_up_proj_scale_inv`
+ * exactly like the weights (the names transformers v5's FP8 experts expect). */
+static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error *err)
+{
+    int n = s->n_rules;
+    for (int i = 0; i < n; i++) {
+        const mpk_rule *f = &s->rules[i];
+        bool movable = true;
+        for (int k = 0; k < f->n_ops; k++)
+            movable &= mpk_op_descs[f->ops[k].kind].byte_permutation || f->ops[k].kind == MPK_OP_TRANSPOSE;
+        if (!movable)
+            continue;
+        mpk_rule *c = &s->rules[s->n_rules];
+        *c = *f;
+        c->scale_of = i;
+        c->source_shape_ndim = 0;
+        size_t pl = strnlen(f->path, sizeof c->path - 13);
+        memmove(c->path, f->path, pl);
+        memcpy(c->path + pl, " (scale_inv)", 13);
+        for (int k = 0; k < f->n_sources + f->n_targets; k++) {
+            const mpk_pattern *from = k < f->n_sources ? &f->sources[k] : &f->targets[k - f->n_sources];
+            mpk_pattern *to = k < f->n_sources ? &c->sources[k] : &c->targets[k - f->n_sources];
+            char *t = mpk_arena_printf(s->arena, "%s_scale_inv", from->text);
+            if (!t)
+                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+            MPK_TRY(parse_pattern(t, to, where, c->path, err));
+        }
+        s->n_rules++;
+    }
+    return MPK_OK;
+}
+
 mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_spec **out,
                           mpk_error *err)
 {
@@ -379,7 +427,7 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
     const cJSON *cv = cJSON_GetObjectItemCaseSensitive(root, "converters");
     if (!cJSON_IsArray(cv))
         BAIL("$.converters: missing or not an array");
-    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(cJSON_GetArraySize(cv) + 1));
+    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(2 * cJSON_GetArraySize(cv) + 1));
     if (!s->rules) {
         st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
         goto done;
@@ -387,10 +435,15 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
     for (const cJSON *e = cv->child; e; e = e->next) {
         mpk_rule *r = &s->rules[s->n_rules];
         snprintf(r->path, sizeof r->path, "$.converters[%d]", s->n_rules);
+        r->scale_of = -1;
         if ((st = parse_rule(e, r, s->arena, where, err)) != MPK_OK)
             goto done;
         s->n_rules++;
     }
+    s->dequantizes = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "dequantizes"));
+    if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions")) &&
+        (st = add_scale_companions(s, where, err)) != MPK_OK)
+        goto done;
 #undef BAIL
 done:
     if (st != MPK_OK) {
@@ -414,6 +467,7 @@ mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err)
     r->model_types = s->model_types;
     r->n_model_types = s->n_model_types;
     r->reversed = !s->reversed;
+    r->dequantizes = s->dequantizes;
     r->renames = mpk_arena_alloc(r->arena, sizeof(mpk_rename) * (size_t)(s->n_renames + 1));
     r->rules = mpk_arena_alloc(r->arena, sizeof(mpk_rule) * (size_t)(s->n_rules + 1));
     if (!r->renames || !r->rules) {

@@ -57,22 +57,47 @@ static uint64_t rnd(uint64_t *s)
     return x * 2685821657736338717ull;
 }
 
-/* Fills n elements of dtype with values in [-0.05, 0.05) (floats) or random bytes. */
-static void fill(void *buf, const mpk_tmeta *m, uint64_t n_el, uint64_t nbytes, uint64_t *seed)
+static bool ends_with(const char *s, const char *suf)
 {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+/* Fills a tensor: floats in [-0.05, 0.05) (FP8 scale grids: positive, about 1e-4), MXFP4
+ * scales E8M0 codes 118..125 (2^-9 .. 2^-2), FP8 codes without NaN, other bytes random. */
+static void fill(void *buf, const char *name, const mpk_tmeta *m, uint64_t n_el, uint64_t nbytes,
+                 uint64_t *seed)
+{
+    unsigned char *b = buf;
     if (m->dtype == MPK_DTYPE_F32 || m->dtype == MPK_DTYPE_F16 || m->dtype == MPK_DTYPE_BF16) {
         float tmp[1024];
         size_t el = mpk_dtype_size(m->dtype);
+        bool scale = ends_with(name, "_scale_inv");
         for (uint64_t i = 0; i < n_el; i += 1024) {
             size_t k = n_el - i < 1024 ? (size_t)(n_el - i) : 1024;
-            for (size_t j = 0; j < k; j++)
-                tmp[j] = (float)((double)(rnd(seed) >> 11) / 9007199254740992.0 * 0.1 - 0.05);
+            for (size_t j = 0; j < k; j++) {
+                double u = (double)(rnd(seed) >> 11) / 9007199254740992.0;
+                tmp[j] = scale ? (float)(5e-5 + u * 1e-4) : (float)(u * 0.1 - 0.05);
+            }
             mpk_cast(MPK_DTYPE_F32, tmp, m->dtype, (char *)buf + i * el, k);
         }
-    } else {
+    } else if (m->dtype == MPK_DTYPE_U8 && ends_with(name, "_scales")) {
         for (uint64_t i = 0; i < nbytes; i++)
-            ((unsigned char *)buf)[i] = (unsigned char)(rnd(seed) >> 56);
+            b[i] = (unsigned char)(118 + (rnd(seed) >> 61));
+    } else {
+        for (uint64_t i = 0; i < nbytes; i++) {
+            b[i] = (unsigned char)(rnd(seed) >> 56);
+            if (m->dtype == MPK_DTYPE_F8_E4M3 && (b[i] & 0x7F) == 0x7F)
+                b[i] ^= 1; /* no NaN codes */
+        }
     }
+}
+
+/* DeepSeek-V3's FP8 checkpoints quantize every linear layer's weight except the router. */
+static bool fp8_quantized(const char *pat, const mpk_tmeta *m)
+{
+    return m->ndim == 2 && ends_with(pat, ".weight") && !strstr(pat, "norm") && !strstr(pat, "embed") &&
+           !strstr(pat, "lm_head") && !ends_with(pat, "mlp.gate.weight") && !strstr(pat, "router");
 }
 
 static int rm_cb(const char *p, const struct stat *s, int f, struct FTW *w)
@@ -103,6 +128,12 @@ static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, cons
             cJSON_AddNumberToObject(target, e->string, (double)sym(o, e->valuestring));
         else
             cJSON_AddItemToObject(target, e->string, cJSON_Duplicate(e, 1));
+    }
+    if (o->fp8) {
+        cJSON *qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                                "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
+        cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
+        cJSON_AddItemToObject(cfg, "quantization_config", qc);
     }
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "torch_dtype");
     cJSON_AddStringToObject(cfg, "torch_dtype", o->dtype == MPK_DTYPE_F32 ? "float32"
@@ -147,6 +178,15 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
                 m.shape[m.ndim++] = sym(o, d->valuestring);
         }
         bool per_layer = strstr(pat, "{layer}") != NULL, per_expert = strstr(pat, "{expert}") != NULL;
+        bool q = o->fp8 && fp8_quantized(pat, &m);
+        mpk_tmeta sm = m;
+        if (q) {
+            m.dtype = MPK_DTYPE_F8_E4M3;
+            sm.dtype = MPK_DTYPE_F32;
+            sm.shape[0] = (m.shape[0] + 127) / 128;
+            sm.shape[1] = (m.shape[1] + 127) / 128;
+        }
+        for (int pass = 0; pass < (q ? 2 : 1); pass++)
         for (long l = 0; l < (per_layer ? o->layers : 1); l++)
             for (long x = 0; x < (per_expert ? o->experts : 1); x++) {
                 if (n == cap) {
@@ -159,8 +199,10 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
                     ts = nt;
                 }
                 char *name = subst(a, subst(a, pat, "{layer}", l), "{expert}", x);
-                ts[n] = (synth_tensor){name, m, 0, 0};
-                mpk_tensor_nbytes(m.dtype, m.shape, m.ndim, &ts[n].nbytes);
+                if (pass)
+                    name = mpk_arena_printf(a, "%s_scale_inv", name);
+                ts[n] = (synth_tensor){name, pass ? sm : m, 0, 0};
+                mpk_tensor_nbytes(ts[n].meta.dtype, ts[n].meta.shape, ts[n].meta.ndim, &ts[n].nbytes);
                 n++;
             }
     }
@@ -220,7 +262,7 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
                 break;
             }
             mpk_tmeta m = {t->dtype, t->ndim, {0}};
-            fill(buf, &m, mpk_numel(t->shape, t->ndim), nb, &seed);
+            fill(buf, t->name, &m, mpk_numel(t->shape, t->ndim), nb, &seed);
             s = mpk_st_out_write(out, k, 0, buf, nb, err);
             free(buf);
         }

@@ -8,8 +8,19 @@
  *   chunk(dim, n)    inverse of concat: the single group cut into n equal groups along dim
  *   transpose(a, b)  every item's dims a and b swapped (its own inverse)
  *   reshape(shape)   every item reshaped (one -1 allowed); inverse needs the original shape
- *   cast(dtype)      every item converted (F32/F16/BF16, round to nearest even); inverse
- *                    needs the original dtype
+ *   cast(dtype)      every item converted (F32/F16/BF16/F8_E4M3/F8_E5M2, round to nearest
+ *                    even; F8_E8M0 decodes only); inverse needs the original dtype
+ *   dequant_fp8_block(block, dtype)
+ *                    2 groups (FP8 weight [.., R, C], F32 scale_inv [.., ceil(R/b), ceil(C/b)])
+ *                    -> 1 group: weight x scale_inv of its block, as dtype (BF16 by default)
+ *   quant_fp8_block(block)
+ *                    1 group -> 2 groups (F8_E4M3 weight, F32 scale_inv grid): per b x b block
+ *                    scale = amax / 448 (1 when amax is 0), fp8 = RNE(w / scale), saturated
+ *   dequant_mxfp4(dtype)
+ *                    2 groups (U8 blocks [.., R, C/32, 16], U8 E8M0 scales [.., R, C/32])
+ *                    -> 1 group [.., R, C]: E2M1 nibbles (low first) x 2^(scale - 127)
+ *   quant_mxfp4      1 group [.., R, C] -> 2 groups (blocks, scales): per 32 values the shared
+ *                    exponent floor(log2(amax)) - 2 (OCP MX), values RNE to E2M1, saturated
  * merge/split/concat/chunk/reshape move bytes without computing: the converter plans them
  * as ranged copies. transpose and cast compute, in bounded blocks.
  */
@@ -30,6 +41,10 @@ typedef enum mpk_op_kind {
     MPK_OP_TRANSPOSE,
     MPK_OP_RESHAPE,
     MPK_OP_CAST,
+    MPK_OP_DEQUANT_FP8,
+    MPK_OP_QUANT_FP8,
+    MPK_OP_DEQUANT_MXFP4,
+    MPK_OP_QUANT_MXFP4,
     MPK_OP_COUNT
 } mpk_op_kind;
 
@@ -42,7 +57,8 @@ typedef struct mpk_op {
     int64_t shape[MPK_MAX_DIMS];
     int inv_ndim;                    /* reshape: original shape for the inverse, -1 unknown */
     int64_t inv_shape[MPK_MAX_DIMS];
-    mpk_dtype dtype;                 /* cast: target dtype */
+    int block;                       /* quant_fp8_block / dequant_fp8_block: block edge (128) */
+    mpk_dtype dtype;                 /* cast, dequant_*: target dtype */
     mpk_dtype from;                  /* cast: original dtype for the inverse */
     bool has_from;
 } mpk_op;
@@ -99,6 +115,43 @@ float mpk_bf16_to_f32(uint16_t h);
 uint16_t mpk_f32_to_bf16(float f);
 float mpk_f16_to_f32(uint16_t h);
 uint16_t mpk_f32_to_f16(float f);
+
+/* ---------------------------------------------------------------- number formats (quant.c)
+ *
+ * F8_E4M3 is the "fn" variant: bias 7, no infinities, max +-448, NaN = S.1111.111; encoding
+ * saturates finite overflow and +-inf to +-448. F8_E5M2: bias 15, IEEE-like (inf, NaN);
+ * overflow rounds to +-inf. F8_E8M0: 2^(x - 127), 0xFF = NaN. E2M1 (FP4, one nibble):
+ * +-{0, 0.5, 1, 1.5, 2, 3, 4, 6}, encoding saturates at +-6, NaN has no code (MXFP4 marks a
+ * NaN block through its scale). All encoders round to nearest even; NaN keeps its sign. */
+float mpk_e4m3_to_f32(uint8_t x);
+uint8_t mpk_f32_to_e4m3(float f);
+float mpk_e5m2_to_f32(uint8_t x);
+uint8_t mpk_f32_to_e5m2(float f);
+float mpk_e8m0_to_f32(uint8_t x);
+float mpk_e2m1_to_f32(uint8_t nibble);
+uint8_t mpk_f32_to_e2m1(float f);
+
+#define MPK_FP8_E4M3_MAX 448.0f
+
+/* Dequantizes rows [r0, r1) of one FP8 block-scaled matrix of C columns: w holds those rows
+ * (row r0 first), scale the grid's rows from r0 / block on (ceil(C/b) F32 each); out gets (r1 - r0) * C
+ * values of dtype out_dt (F32/F16/BF16): f32(w) * scale, rounded once to out_dt.
+ * Thread-safe. */
+void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, int64_t C,
+                          int block, int64_t r0, int64_t r1, mpk_dtype out_dt, void *out);
+/* Quantizes one band of rows [r0, r1) (r0 a multiple of block, r1 - r0 <= block) of a float
+ * matrix of C columns (in: those rows): writes F8_E4M3 codes (may be NULL) and the band's
+ * ceil(C/block) scales (may be NULL). Thread-safe. */
+void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, int64_t rows,
+                        uint8_t *w, float *scale);
+/* Dequantizes n_blocks MXFP4 blocks (16 bytes, 32 values each) with their E8M0 scales into
+ * out (dtype out_dt). Thread-safe. */
+void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_blocks,
+                       mpk_dtype out_dt, void *out);
+/* Quantizes n_blocks * 32 values of in_dt into blocks (may be NULL) and scales (may be
+ * NULL). Thread-safe. */
+void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks,
+                     uint8_t *scales);
 
 /* Swaps dims a < b of a tensor of the given shape (elements of el bytes): in and out do not
  * overlap. Thread-safe. */

@@ -271,6 +271,141 @@ static mpk_status inv_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv
     return MPK_OK;
 }
 
+/* ---------------------------------------------------------------- quantization ops */
+
+static bool is_float(mpk_dtype d)
+{
+    return d == MPK_DTYPE_F32 || d == MPK_DTYPE_F16 || d == MPK_DTYPE_BF16;
+}
+
+static int64_t cdiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+/* dequant_fp8_block: groups (weight, scale_inv) -> one group */
+static mpk_status infer_dequant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+                                    mpk_arena *arena, mpk_error *err)
+{
+    char a[128], b[128];
+    if (in->n_groups != 2)
+        MPK_FAIL(err, MPK_E_OP, "ops", "dequant_fp8_block needs 2 sources (weight, weight_scale_inv), got %d",
+                 in->n_groups);
+    int N = in->n_items;
+    MPK_TRY(alloc_bundle(out, 1, N, arena, err));
+    for (int i = 0; i < N; i++) {
+        const mpk_tmeta *w = &in->t[i], *s = &in->t[N + i];
+        if (w->dtype != MPK_DTYPE_F8_E4M3 && w->dtype != MPK_DTYPE_F8_E5M2)
+            MPK_FAIL(err, MPK_E_DTYPE_MISMATCH, "ops", "dequant_fp8_block: weight is %s, not F8_E4M3/F8_E5M2",
+                     mpk_dtype_name(w->dtype));
+        if (s->dtype != MPK_DTYPE_F32)
+            MPK_FAIL(err, MPK_E_DTYPE_MISMATCH, "ops", "dequant_fp8_block: scale_inv is %s, not F32",
+                     mpk_dtype_name(s->dtype));
+        bool ok = w->ndim >= 2 && s->ndim == w->ndim;
+        for (int d = 0; ok && d < w->ndim; d++)
+            ok = d < w->ndim - 2 ? s->shape[d] == w->shape[d] : s->shape[d] == cdiv(w->shape[d], op->block);
+        if (!ok)
+            MPK_FAIL(err, MPK_E_QUANT, "ops",
+                     "dequant_fp8_block: scale grid %s does not match weight %s with %dx%d blocks",
+                     mpk_shape_str(s->shape, s->ndim, a, sizeof a), mpk_shape_str(w->shape, w->ndim, b, sizeof b),
+                     op->block, op->block);
+        out->t[i] = *w;
+        out->t[i].dtype = op->dtype;
+    }
+    return MPK_OK;
+}
+
+/* quant_fp8_block: one group -> (F8_E4M3 weight, F32 scale grid) */
+static mpk_status infer_quant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+                                  mpk_arena *arena, mpk_error *err)
+{
+    if (in->n_groups != 1)
+        MPK_FAIL(err, MPK_E_OP, "ops", "quant_fp8_block takes 1 source, got %d", in->n_groups);
+    int N = in->n_items;
+    MPK_TRY(alloc_bundle(out, 2, N, arena, err));
+    for (int i = 0; i < N; i++) {
+        const mpk_tmeta *t = &in->t[i];
+        if (!is_float(t->dtype) || t->ndim < 2)
+            MPK_FAIL(err, MPK_E_OP, "ops", "quant_fp8_block needs an F32/F16/BF16 matrix, got %s of rank %d",
+                     mpk_dtype_name(t->dtype), t->ndim);
+        out->t[i] = *t;
+        out->t[i].dtype = MPK_DTYPE_F8_E4M3;
+        out->t[N + i] = *t;
+        out->t[N + i].dtype = MPK_DTYPE_F32;
+        out->t[N + i].shape[t->ndim - 2] = cdiv(t->shape[t->ndim - 2], op->block);
+        out->t[N + i].shape[t->ndim - 1] = cdiv(t->shape[t->ndim - 1], op->block);
+    }
+    return MPK_OK;
+}
+
+/* dequant_mxfp4: groups (blocks [.., R, G, 16], scales [.., R, G]) -> [.., R, G*32] */
+static mpk_status infer_dequant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+                                      mpk_arena *arena, mpk_error *err)
+{
+    char a[128], b[128];
+    if (in->n_groups != 2)
+        MPK_FAIL(err, MPK_E_OP, "ops", "dequant_mxfp4 needs 2 sources (blocks, scales), got %d", in->n_groups);
+    int N = in->n_items;
+    MPK_TRY(alloc_bundle(out, 1, N, arena, err));
+    for (int i = 0; i < N; i++) {
+        const mpk_tmeta *bl = &in->t[i], *s = &in->t[N + i];
+        if (bl->dtype != MPK_DTYPE_U8 || s->dtype != MPK_DTYPE_U8)
+            MPK_FAIL(err, MPK_E_DTYPE_MISMATCH, "ops", "dequant_mxfp4: blocks and scales must be U8, got %s and %s",
+                     mpk_dtype_name(bl->dtype), mpk_dtype_name(s->dtype));
+        bool ok = bl->ndim >= 2 && bl->shape[bl->ndim - 1] == 16 && s->ndim == bl->ndim - 1;
+        for (int d = 0; ok && d < s->ndim; d++)
+            ok = s->shape[d] == bl->shape[d];
+        if (!ok)
+            MPK_FAIL(err, MPK_E_QUANT, "ops", "dequant_mxfp4: scales %s do not match blocks %s ([.., G, 16] and [.., G])",
+                     mpk_shape_str(s->shape, s->ndim, a, sizeof a), mpk_shape_str(bl->shape, bl->ndim, b, sizeof b));
+        out->t[i] = *s;
+        out->t[i].dtype = op->dtype;
+        out->t[i].shape[s->ndim - 1] *= 32;
+    }
+    return MPK_OK;
+}
+
+static mpk_status infer_quant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+                                    mpk_arena *arena, mpk_error *err)
+{
+    (void)op;
+    if (in->n_groups != 1)
+        MPK_FAIL(err, MPK_E_OP, "ops", "quant_mxfp4 takes 1 source, got %d", in->n_groups);
+    int N = in->n_items;
+    MPK_TRY(alloc_bundle(out, 2, N, arena, err));
+    for (int i = 0; i < N; i++) {
+        const mpk_tmeta *t = &in->t[i];
+        if (!is_float(t->dtype) || t->ndim < 1 || t->ndim >= MPK_MAX_DIMS || t->shape[t->ndim - 1] % 32)
+            MPK_FAIL(err, MPK_E_QUANT, "ops", "quant_mxfp4 needs F32/F16/BF16 rows of a multiple of 32 values, got %s [.., %lld]",
+                     mpk_dtype_name(t->dtype), t->ndim ? (long long)t->shape[t->ndim - 1] : 0LL);
+        out->t[N + i] = *t; /* scales [.., C/32] */
+        out->t[N + i].dtype = MPK_DTYPE_U8;
+        out->t[N + i].shape[t->ndim - 1] /= 32;
+        out->t[i] = out->t[N + i]; /* blocks [.., C/32, 16] */
+        out->t[i].shape[t->ndim] = 16;
+        out->t[i].ndim = t->ndim + 1;
+    }
+    return MPK_OK;
+}
+
+static mpk_status inv_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err)
+{
+    (void)err;
+    memset(inv, 0, sizeof *inv);
+    inv->block = op->block;
+    switch (op->kind) {
+    case MPK_OP_DEQUANT_FP8: inv->kind = MPK_OP_QUANT_FP8; break;
+    case MPK_OP_DEQUANT_MXFP4: inv->kind = MPK_OP_QUANT_MXFP4; break;
+    case MPK_OP_QUANT_FP8:
+    case MPK_OP_QUANT_MXFP4:
+        inv->kind = op->kind == MPK_OP_QUANT_FP8 ? MPK_OP_DEQUANT_FP8 : MPK_OP_DEQUANT_MXFP4;
+        inv->dtype = in && in->n_groups * in->n_items > 0 ? in->t[0].dtype : MPK_DTYPE_BF16;
+        break;
+    default: break;
+    }
+    return MPK_OK;
+}
+
 const mpk_op_desc mpk_op_descs[MPK_OP_COUNT] = {
     [MPK_OP_MERGE] = {MPK_OP_MERGE, "merge", "dim", true, infer_merge, inv_simple},
     [MPK_OP_SPLIT] = {MPK_OP_SPLIT, "split", "dim", true, infer_split, inv_simple},
@@ -280,6 +415,13 @@ const mpk_op_desc mpk_op_descs[MPK_OP_COUNT] = {
     [MPK_OP_RESHAPE] = {MPK_OP_RESHAPE, "reshape", "shape, inverse_shape?", true, infer_each,
                         inv_simple},
     [MPK_OP_CAST] = {MPK_OP_CAST, "cast", "dtype, from?", false, infer_each, inv_simple},
+    [MPK_OP_DEQUANT_FP8] = {MPK_OP_DEQUANT_FP8, "dequant_fp8_block", "block=128, dtype=BF16", false,
+                            infer_dequant_fp8, inv_quant},
+    [MPK_OP_QUANT_FP8] = {MPK_OP_QUANT_FP8, "quant_fp8_block", "block=128", false, infer_quant_fp8,
+                          inv_quant},
+    [MPK_OP_DEQUANT_MXFP4] = {MPK_OP_DEQUANT_MXFP4, "dequant_mxfp4", "dtype=BF16", false,
+                              infer_dequant_mxfp4, inv_quant},
+    [MPK_OP_QUANT_MXFP4] = {MPK_OP_QUANT_MXFP4, "quant_mxfp4", "", false, infer_quant_mxfp4, inv_quant},
 };
 _Static_assert(sizeof mpk_op_descs / sizeof mpk_op_descs[0] == MPK_OP_COUNT, "op table");
 
@@ -335,6 +477,12 @@ const char *mpk_op_str(const mpk_op *op, char *buf, size_t cap)
         snprintf(buf, cap, "reshape(%s)", mpk_shape_str(op->shape, op->ndim, sh, sizeof sh));
         break;
     case MPK_OP_CAST: snprintf(buf, cap, "cast(%s)", mpk_dtype_name(op->dtype)); break;
+    case MPK_OP_DEQUANT_FP8:
+        snprintf(buf, cap, "dequant_fp8_block(block=%d, %s)", op->block, mpk_dtype_name(op->dtype));
+        break;
+    case MPK_OP_QUANT_FP8: snprintf(buf, cap, "quant_fp8_block(block=%d)", op->block); break;
+    case MPK_OP_DEQUANT_MXFP4: snprintf(buf, cap, "dequant_mxfp4(%s)", mpk_dtype_name(op->dtype)); break;
+    case MPK_OP_QUANT_MXFP4: snprintf(buf, cap, "quant_mxfp4()"); break;
     default: snprintf(buf, cap, "%s(dim=%d)", mpk_op_descs[op->kind].name, op->dim); break;
     }
     return buf;
@@ -422,9 +570,26 @@ static bool float_like(mpk_dtype d)
     return d == MPK_DTYPE_F32 || d == MPK_DTYPE_F16 || d == MPK_DTYPE_BF16;
 }
 
+static bool fp8(mpk_dtype d)
+{
+    return d == MPK_DTYPE_F8_E4M3 || d == MPK_DTYPE_F8_E5M2;
+}
+
 bool mpk_cast_supported(mpk_dtype from, mpk_dtype to)
 {
-    return float_like(from) && float_like(to);
+    return (float_like(from) || fp8(from) || from == MPK_DTYPE_F8_E8M0) && (float_like(to) || fp8(to));
+}
+
+static float load_any(mpk_dtype d, const void *src, size_t i)
+{
+    switch (d) {
+    case MPK_DTYPE_F32: return ((const float *)src)[i];
+    case MPK_DTYPE_BF16: return mpk_bf16_to_f32(((const uint16_t *)src)[i]);
+    case MPK_DTYPE_F16: return mpk_f16_to_f32(((const uint16_t *)src)[i]);
+    case MPK_DTYPE_F8_E4M3: return mpk_e4m3_to_f32(((const uint8_t *)src)[i]);
+    case MPK_DTYPE_F8_E5M2: return mpk_e5m2_to_f32(((const uint8_t *)src)[i]);
+    default: return mpk_e8m0_to_f32(((const uint8_t *)src)[i]);
+    }
 }
 
 void mpk_cast(mpk_dtype from, const void *src, mpk_dtype to, void *dst, size_t n)
@@ -433,20 +598,21 @@ void mpk_cast(mpk_dtype from, const void *src, mpk_dtype to, void *dst, size_t n
         memcpy(dst, src, n * mpk_dtype_size(from));
         return;
     }
-    const uint16_t *s16 = src;
-    const float *s32 = src;
     uint16_t *d16 = dst;
+    uint8_t *d8 = dst;
     float *d32 = dst;
     for (size_t i = 0; i < n; i++) {
-        float v = from == MPK_DTYPE_F32 ? s32[i]
-                  : from == MPK_DTYPE_BF16 ? mpk_bf16_to_f32(s16[i])
-                                           : mpk_f16_to_f32(s16[i]);
+        float v = load_any(from, src, i);
         if (to == MPK_DTYPE_F32)
             d32[i] = v;
         else if (to == MPK_DTYPE_BF16)
             d16[i] = mpk_f32_to_bf16(v);
-        else
+        else if (to == MPK_DTYPE_F16)
             d16[i] = mpk_f32_to_f16(v);
+        else if (to == MPK_DTYPE_F8_E4M3)
+            d8[i] = mpk_f32_to_e4m3(v);
+        else
+            d8[i] = mpk_f32_to_e5m2(v);
     }
 }
 
@@ -587,6 +753,44 @@ mpk_status mpk_op_apply(const mpk_op *op, const mpk_bundle *in, void *const *dat
                 }
                 mpk_transpose(data[k], od[k], el, t->shape, t->ndim, op->dim, op->dim2);
             }
+        }
+        break;
+    case MPK_OP_DEQUANT_FP8:
+        for (int i = 0; i < N; i++) {
+            const mpk_tmeta *w = &in->t[i];
+            int64_t R = w->shape[w->ndim - 2], C = w->shape[w->ndim - 1];
+            uint64_t mats = prod(w->shape, 0, w->ndim - 2), sgrid = (uint64_t)(cdiv(R, op->block) * cdiv(C, op->block));
+            size_t oel = mpk_dtype_size(op->dtype);
+            for (uint64_t m = 0; m < mats; m++)
+                mpk_dequant_fp8_rows(w->dtype, (const uint8_t *)data[i] + m * (uint64_t)(R * C),
+                                     (const float *)data[N + i] + m * sgrid, C, op->block, 0, R, op->dtype,
+                                     (char *)od[i] + m * (uint64_t)(R * C) * oel);
+        }
+        break;
+    case MPK_OP_QUANT_FP8:
+        for (int i = 0; i < N; i++) {
+            const mpk_tmeta *t = &in->t[i];
+            int64_t R = t->shape[t->ndim - 2], C = t->shape[t->ndim - 1], b = op->block;
+            uint64_t mats = prod(t->shape, 0, t->ndim - 2), sc = (uint64_t)cdiv(C, b);
+            size_t el = mpk_dtype_size(t->dtype);
+            for (uint64_t m = 0; m < mats; m++)
+                for (int64_t r0 = 0; r0 < R; r0 += b)
+                    mpk_quant_fp8_band(t->dtype, (const char *)data[i] + (m * (uint64_t)R + (uint64_t)r0) * (uint64_t)C * el,
+                                       C, (int)b, R - r0 < b ? R - r0 : b,
+                                       (uint8_t *)od[i] + (m * (uint64_t)R + (uint64_t)r0) * (uint64_t)C,
+                                       (float *)od[N + i] + (m * (uint64_t)cdiv(R, b) + (uint64_t)(r0 / b)) * sc);
+        }
+        break;
+    case MPK_OP_DEQUANT_MXFP4:
+        for (int i = 0; i < N; i++) {
+            const mpk_tmeta *sm = &in->t[N + i];
+            mpk_dequant_mxfp4(data[i], data[N + i], mpk_numel(sm->shape, sm->ndim), op->dtype, od[i]);
+        }
+        break;
+    case MPK_OP_QUANT_MXFP4:
+        for (int i = 0; i < N; i++) {
+            const mpk_tmeta *t = &in->t[i];
+            mpk_quant_mxfp4(t->dtype, data[i], mpk_numel(t->shape, t->ndim) / 32, od[i], od[N + i]);
         }
         break;
     default:

@@ -25,11 +25,46 @@ static const struct {
     {"qwen3.5-18b-reap-a3b-qwen3_5_moe", "model.safetensors.index.json", "qwen3_5_moe"},
     {"deepseek-ocr-2-deepseek_v2_moe", "model.safetensors.index.json", "deepseek_v2"},
     {"kimi2-pcl-deepseek_v3-derivative", "model.safetensors.index.json", "deepseek_v3"},
+    {"gpt-oss-20b", "model.safetensors.index.json", "gpt_oss"},
 };
+
+/* Shapes scaled down: [2, 4] BF16, except GPT-OSS's MXFP4 experts (E = 2, H = 64, I = 32):
+ * the real dtypes (U8 blocks and E8M0 scales) with consistent shapes. */
+static mpk_tensor_info scaled(const char *name)
+{
+    static const struct {
+        const char *suffix;
+        mpk_dtype dt;
+        int ndim;
+        int64_t shape[4];
+    } mx[] = {
+        {"gate_up_proj_blocks", MPK_DTYPE_U8, 4, {2, 64, 2, 16}},
+        {"gate_up_proj_scales", MPK_DTYPE_U8, 3, {2, 64, 2}},
+        {"down_proj_blocks", MPK_DTYPE_U8, 4, {2, 64, 1, 16}},
+        {"down_proj_scales", MPK_DTYPE_U8, 3, {2, 64, 1}},
+    };
+    mpk_tensor_info t = {.name = name, .dtype = MPK_DTYPE_BF16, .ndim = 2, .shape = {2, 4}};
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof mx / sizeof mx[0]; i++) {
+        size_t k = strlen(mx[i].suffix);
+        if (n > k && strcmp(name + n - k, mx[i].suffix) == 0 && name[n - k - 1] == '.') {
+            t.dtype = mx[i].dt;
+            t.ndim = mx[i].ndim;
+            memcpy(t.shape, mx[i].shape, sizeof mx[i].shape);
+        }
+    }
+    return t;
+}
 
 /* The packed name of a per-expert tensor, worked out by hand from the naming rules. */
 static void expected_name(const char *n, char *out, size_t cap)
 {
+    size_t len = strlen(n);
+    if (len > 7 && strstr(n, ".experts.") &&
+        (strcmp(n + len - 7, "_blocks") == 0 || strcmp(n + len - 7, "_scales") == 0)) {
+        snprintf(out, cap, "%.*s", (int)len - 7, n); /* MXFP4 pair -> one BF16 tensor */
+        return;
+    }
     for (const char *p = strstr(n, ".experts."); p; p = strstr(p + 1, ".experts.")) {
         const char *q = p + 9;
         if (!isdigit((unsigned char)*q))
@@ -68,7 +103,7 @@ static void test_real_pairs_pack(void **state)
     (void)state;
     char dir[] = "/tmp/mpk_mat_XXXXXX";
     assert_non_null(mkdtemp(dir));
-    static const uint16_t zeros[8] = {0};
+    static const uint8_t zeros[4096] = {0};
     for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
         char path[1024], src[600], dst[600];
         snprintf(path, sizeof path, "%s/%s/%s", tu_material(), pairs[k].dir, pairs[k].index);
@@ -94,7 +129,7 @@ static void test_real_pairs_pack(void **state)
             size_t m = 0;
             for (size_t j = i; j < n; j++)
                 if (!done[j] && strcmp(files[j], files[i]) == 0) {
-                    ts[m] = (mpk_tensor_info){.name = names[j], .dtype = MPK_DTYPE_BF16, .ndim = 2, .shape = {2, 4}};
+                    ts[m] = scaled(names[j]);
                     data[m++] = zeros;
                     done[j] = true;
                 }
@@ -146,6 +181,16 @@ static void test_real_pairs_pack(void **state)
             if (!mpk_ckpt_find(d, exp[i]))
                 fail_msg("%s: expected '%s' in the packed output", pairs[k].dir, exp[i]);
         assert_true(n_want < n); /* experts were packed */
+        if (strcmp(pairs[k].preset, "gpt_oss") == 0) { /* transformers v5's runtime shapes */
+            const mpk_ckpt_tensor *gu = mpk_ckpt_find(d, "model.layers.23.mlp.experts.gate_up_proj");
+            const mpk_ckpt_tensor *dn = mpk_ckpt_find(d, "model.layers.23.mlp.experts.down_proj");
+            int64_t wg[3] = {2, 64, 64}, wd[3] = {2, 32, 64};
+            assert_non_null(gu);
+            assert_non_null(dn);
+            assert_int_equal(gu->info->dtype, MPK_DTYPE_BF16);
+            assert_memory_equal(gu->info->shape, wg, sizeof wg);
+            assert_memory_equal(dn->info->shape, wd, sizeof wd);
+        }
         mpk_strmap_free(&want);
         free(exp);
         mpk_ckpt_close(d);

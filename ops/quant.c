@@ -1,0 +1,278 @@
+/* quant.c — small float formats (FP8 E4M3/E5M2/E8M0, FP4 E2M1) and the block quantizers.
+ *
+ * Decoding is exact (every code of these formats is an F32 value). Encoding rounds to nearest
+ * even in double precision, where every F32 input is exact, so there is one rounding only.
+ */
+#define _GNU_SOURCE
+#include "mpk_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- generic minifloat */
+
+typedef struct {
+    int mbits, bias;
+    double max;       /* largest finite magnitude */
+    bool has_inf;     /* E5M2: overflow -> inf */
+    uint8_t nan;      /* code of +NaN (without sign) */
+    int sign_shift;   /* 7 for 8-bit codes, 3 for E2M1 */
+} minifloat;
+
+static const minifloat F_E4M3 = {3, 7, 448.0, false, 0x7F, 7};
+static const minifloat F_E5M2 = {2, 15, 57344.0, true, 0x7F, 7};
+static const minifloat F_E2M1 = {1, 1, 6.0, false, 0, 3};
+
+static uint8_t mf_encode(const minifloat *f, float x)
+{
+    uint8_t sign = signbit(x) ? (uint8_t)(1u << f->sign_shift) : 0;
+    if (isnan(x))
+        return (uint8_t)(sign | f->nan); /* E2M1 has no NaN: callers handle it */
+    double a = fabs((double)x);
+    if (isinf(x) && !f->has_inf)
+        a = f->max;
+    if (a == 0)
+        return sign;
+    int e;
+    frexp(a, &e);
+    e -= 1; /* a in [2^e, 2^(e+1)) */
+    int emin = 1 - f->bias;
+    if (e < emin)
+        e = emin; /* subnormal: the quantum of the smallest binade */
+    double q = ldexp(1.0, e - f->mbits);
+    double v = rint(a / q) * q; /* round to nearest even (default rounding mode) */
+    if (v > f->max) {
+        if (f->has_inf)
+            return (uint8_t)(sign | (0x1F << 2)); /* E5M2 inf */
+        v = f->max;
+    }
+    if (v == 0)
+        return sign;
+    frexp(v, &e);
+    e -= 1;
+    unsigned code;
+    if (e < emin) {
+        code = (unsigned)(v / ldexp(1.0, emin - f->mbits)); /* exponent field 0 */
+    } else {
+        unsigned m = (unsigned)(v / ldexp(1.0, e - f->mbits)) - (1u << f->mbits);
+        code = ((unsigned)(e + f->bias) << f->mbits) | m;
+    }
+    return (uint8_t)(sign | code);
+}
+
+static float mf_decode(const minifloat *f, uint8_t x)
+{
+    int ebits = f->sign_shift - f->mbits;
+    unsigned mag = x & ((1u << f->sign_shift) - 1);
+    bool neg = (x >> f->sign_shift) & 1;
+    unsigned ef = mag >> f->mbits, m = mag & ((1u << f->mbits) - 1);
+    float v;
+    if (f->nan && mag == f->nan && !f->has_inf)
+        v = NAN;
+    else if (f->has_inf && ef == (1u << ebits) - 1)
+        v = m ? NAN : INFINITY;
+    else if (ef == 0)
+        v = (float)ldexp((double)m, 1 - f->bias - f->mbits);
+    else
+        v = (float)ldexp(1.0 + (double)m / (double)(1u << f->mbits), (int)ef - f->bias);
+    return neg ? -v : v;
+}
+
+float mpk_e4m3_to_f32(uint8_t x) { return mf_decode(&F_E4M3, x); }
+uint8_t mpk_f32_to_e4m3(float f) { return mf_encode(&F_E4M3, f); }
+float mpk_e5m2_to_f32(uint8_t x) { return mf_decode(&F_E5M2, x); }
+uint8_t mpk_f32_to_e5m2(float f) { return mf_encode(&F_E5M2, f); }
+float mpk_e2m1_to_f32(uint8_t n) { return mf_decode(&F_E2M1, n & 0xF); }
+
+uint8_t mpk_f32_to_e2m1(float f)
+{
+    if (isnan(f))
+        return signbit(f) ? 0x8 : 0; /* no NaN code: a zero of that sign */
+    return mf_encode(&F_E2M1, f);
+}
+
+float mpk_e8m0_to_f32(uint8_t x)
+{
+    if (x == 0xFF)
+        return NAN;
+    return (float)ldexp(1.0, (int)x - 127);
+}
+
+/* ---------------------------------------------------------------- fast paths */
+
+static float u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint32_t f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* E4M3 -> F32 with bit operations (vectorizes): the magnitude bits placed in an F32's
+ * exponent/mantissa field read 2^-120 too small, normals and subnormals alike. */
+static inline float e4m3_fast(uint8_t x)
+{
+    float mag = u2f((uint32_t)(x & 0x7F) << 20) * 0x1p120f;
+    uint32_t u = f2u(mag) | ((uint32_t)(x & 0x80) << 24);
+    if ((x & 0x7F) == 0x7F)
+        u |= 0x7FC00000u;
+    return u2f(u);
+}
+
+static inline uint16_t bf16_rne(float f)
+{
+    uint32_t x = f2u(f);
+    if ((x & 0x7F800000u) == 0x7F800000u && (x & 0x7FFFFFu))
+        return (uint16_t)((x >> 16) | 0x40);
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+static void store(mpk_dtype dt, void *out, size_t i, float v)
+{
+    if (dt == MPK_DTYPE_F32)
+        ((float *)out)[i] = v;
+    else if (dt == MPK_DTYPE_BF16)
+        ((uint16_t *)out)[i] = bf16_rne(v);
+    else
+        ((uint16_t *)out)[i] = mpk_f32_to_f16(v);
+}
+
+static float load(mpk_dtype dt, const void *in, size_t i)
+{
+    if (dt == MPK_DTYPE_F32)
+        return ((const float *)in)[i];
+    if (dt == MPK_DTYPE_BF16)
+        return mpk_bf16_to_f32(((const uint16_t *)in)[i]);
+    return mpk_f16_to_f32(((const uint16_t *)in)[i]);
+}
+
+/* ---------------------------------------------------------------- FP8 block */
+
+void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, int64_t C,
+                          int block, int64_t r0, int64_t r1, mpk_dtype out_dt, void *out)
+{
+    int64_t sc = (C + block - 1) / block;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = w + (size_t)(r - r0) * (size_t)C;
+        const float *srow = scale + (size_t)(r / block - r0 / block) * (size_t)sc;
+        size_t base = (size_t)(r - r0) * (size_t)C;
+        for (int64_t c0 = 0; c0 < C; c0 += block) {
+            int64_t c1 = c0 + block < C ? c0 + block : C;
+            float s = srow[c0 / block];
+            if (w_dt == MPK_DTYPE_F8_E4M3 && out_dt == MPK_DTYPE_BF16) {
+                uint16_t *o = (uint16_t *)out + base;
+                for (int64_t c = c0; c < c1; c++)
+                    o[c] = bf16_rne(e4m3_fast(row[c]) * s);
+            } else {
+                for (int64_t c = c0; c < c1; c++) {
+                    float v = w_dt == MPK_DTYPE_F8_E4M3 ? e4m3_fast(row[c]) : mpk_e5m2_to_f32(row[c]);
+                    store(out_dt, out, base + (size_t)c, v * s);
+                }
+            }
+        }
+    }
+}
+
+void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, int64_t rows,
+                        uint8_t *w, float *scale)
+{
+    for (int64_t c0 = 0; c0 < C; c0 += block) {
+        int64_t c1 = c0 + block < C ? c0 + block : C;
+        float amax = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = c0; c < c1; c++) {
+                float v = fabsf(load(in_dt, in, (size_t)(r * C + c)));
+                if (v > amax) /* NaN never raises amax */
+                    amax = v;
+            }
+        float s = amax > 0 ? amax / MPK_FP8_E4M3_MAX : 1.0f;
+        if (isinf(s))
+            s = 1.0f;
+        if (scale)
+            scale[c0 / block] = s;
+        if (w)
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = c0; c < c1; c++)
+                    w[r * C + c] = mpk_f32_to_e4m3(load(in_dt, in, (size_t)(r * C + c)) / s);
+    }
+}
+
+/* ---------------------------------------------------------------- MXFP4 */
+
+static const float E2M1_LUT[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                   -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+static inline float e8m0_fast(uint8_t s)
+{
+    if (s == 0xFF)
+        return NAN;
+    return s ? u2f((uint32_t)s << 23) : u2f(0x00400000u); /* 2^-127 is an F32 subnormal */
+}
+
+void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_blocks,
+                       mpk_dtype out_dt, void *out)
+{
+    for (size_t b = 0; b < n_blocks; b++) {
+        float s = e8m0_fast(scales[b]);
+        const uint8_t *p = blocks + b * 16;
+        if (out_dt == MPK_DTYPE_BF16) {
+            uint16_t *o = (uint16_t *)out + b * 32;
+            for (int k = 0; k < 16; k++) {
+                o[2 * k] = bf16_rne(E2M1_LUT[p[k] & 0xF] * s);
+                o[2 * k + 1] = bf16_rne(E2M1_LUT[p[k] >> 4] * s);
+            }
+        } else {
+            for (int k = 0; k < 16; k++) {
+                store(out_dt, out, b * 32 + 2 * (size_t)k, E2M1_LUT[p[k] & 0xF] * s);
+                store(out_dt, out, b * 32 + 2 * (size_t)k + 1, E2M1_LUT[p[k] >> 4] * s);
+            }
+        }
+    }
+}
+
+void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks,
+                     uint8_t *scales)
+{
+    for (size_t b = 0; b < n_blocks; b++) {
+        float v[32], amax = 0;
+        bool nan = false;
+        for (int k = 0; k < 32; k++) {
+            v[k] = load(in_dt, in, b * 32 + (size_t)k);
+            nan |= isnan(v[k]);
+            if (fabsf(v[k]) > amax)
+                amax = fabsf(v[k]);
+        }
+        int e = -127;
+        if (nan) {
+            e = 128; /* scale code 0xFF: the whole block is NaN */
+        } else if (amax > 0 && !isinf(amax)) {
+            int x;
+            frexpf(amax, &x);
+            e = x - 1 - 2; /* floor(log2(amax)) - 2 */
+            if (e < -127)
+                e = -127;
+            if (e > 127)
+                e = 127;
+        } else if (isinf(amax)) {
+            e = 127;
+        }
+        if (scales)
+            scales[b] = (uint8_t)(e + 127);
+        if (!blocks)
+            continue;
+        for (int k = 0; k < 16; k++) {
+            uint8_t lo = 0, hi = 0;
+            if (!nan) {
+                lo = mpk_f32_to_e2m1((float)ldexp((double)v[2 * k], -e));
+                hi = mpk_f32_to_e2m1((float)ldexp((double)v[2 * k + 1], -e));
+            }
+            blocks[b * 16 + (size_t)k] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}
