@@ -47,4 +47,7 @@ cat_s=$(t sh -c "cat '$W/blob' > /dev/null")
 echo "cat: $(echo "scale=2; 1.073741824 / $cat_s" | bc) GB/s"
 build/bench/io_read "$W/blob" io_uring 3
 build/bench/io_read "$W/blob" pread 3
+
+# 5. FP8 block / MXFP4 dequantize throughput vs memcpy (1 GiB of BF16 output)
+build/bench/quant_bench 1
 rm -rf "$W"

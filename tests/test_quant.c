@@ -209,6 +209,23 @@ static void test_fp8_block_quantizer(void **state)
     for (int i = 0; i < R * C; i++)
         if (mpk_e4m3_to_f32(q[i]) != mpk_e4m3_to_f32(q2[i]))
             fail_msg("element %d: code 0x%02x came back as 0x%02x", i, q[i], q2[i]);
+    /* the BF16 fast path agrees with decode-multiply-round for every code (NaN included) and
+     * for subnormal and overflowing products */
+    uint8_t codes[256];
+    uint16_t got[256];
+    for (int i = 0; i < 256; i++)
+        codes[i] = (uint8_t)i;
+    const float scales[] = {0.75f, ldexpf(1, -130), 3e36f, -2.0f};
+    for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++) {
+        mpk_dequant_fp8_rows(MPK_DTYPE_F8_E4M3, codes, &scales[k], 256, 256, 0, 1, MPK_DTYPE_BF16, got);
+        for (int i = 0; i < 256; i++) {
+            uint16_t want = mpk_f32_to_bf16((float)fields((unsigned)i, 4, 3, 7) * scales[k]);
+            if ((i & 0x7F) == 0x7F)
+                assert_true((got[i] & 0x7F80) == 0x7F80 && (got[i] & 0x7F) && (got[i] >> 15) == (unsigned)(i >> 7));
+            else if (got[i] != want)
+                fail_msg("code 0x%02x x %g: got 0x%04x, want 0x%04x", i, (double)scales[k], got[i], want);
+        }
+    }
     /* a BF16 output: 1.0 x 0.5 */
     uint8_t one = 0x38;
     float half = 0.5f;
