@@ -77,7 +77,10 @@ static int cmd_help(int argc, char **argv);
      "  --io auto|io_uring|pread  read back end for buffered copies\n"\
      "  --no-copy-range        never use copy_file_range (always read + write)\n"\
      "  --json                 print a JSON summary on stdout\n"\
-     "  -q, --quiet            no progress, no summary\n"
+     "  -q, --quiet            no progress, no summary\n"\
+     "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
+     "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
+     "  --no-manifest          do not write moepack.manifest.json into DST\n"
 static int cmd_version(int argc, char **argv);
 
 static void print_features(FILE *f)
@@ -154,6 +157,28 @@ const mpk_command mpk_commands[] = {
      "                     [--intermediate N] [--vocab N] [--dtype BF16|F16|F32] [--shards N]\n"
      "                     [--seed N] [--layout per-expert|packed] OUT\n\n"
      "Defaults: mixtral, 2 layers, 8 experts, H=64, I=32, vocab 128, BF16, 2 shards.\n", mpk_cmd_synth},
+    {"hash", "XXH3-128 per tensor and a sharding-independent checkpoint digest",
+     "usage: moepack hash PATH [--json] [--write]\n\n"
+     "Prints 'HASH DTYPE SHAPE NAME' per tensor and the whole-checkpoint digest (independent of\n"
+     "sharding and file order). --json prints the manifest document; --write stores it as\n"
+     "PATH/moepack.manifest.json.\n", mpk_cmd_hash},
+    {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
+     "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize fp8-block128]\n"
+     "                      [--atol X] [--rtol Y] [--json]\n"
+     "       moepack verify DST [--json]\n\n"
+     "Recomputes every DST tensor from SRC with the reference CPU ops (one target, or one expert\n"
+     "of it, at a time) and compares: missing and extra tensors, dtype/shape, content. The\n"
+     "direction is taken from the layouts (per-expert -> packed, packed -> per-expert, or the\n"
+     "same layout: a round trip). Quantized conversions compare values within --rtol (default\n"
+     "2^-8) and --atol (default 0); everything else compares bytes. With one path, checks DST\n"
+     "against moepack.manifest.json. Exit 0 identical, 3 differences (listed), 1 could not run.\n",
+     mpk_cmd_verify},
+    {"diff", "numeric comparison per tensor (max abs/rel error, RMSE, cosine)",
+     "usage: moepack diff A B [--atol X] [--rtol Y] [--preset P] [--json]\n\n"
+     "For every float tensor (F32, F16, BF16, F8_E4M3, F8_E5M2): max abs error, max relative\n"
+     "error, RMSE, cosine similarity and the count beyond atol + rtol*|a| (defaults 0 and 0).\n"
+     "A and B may be in different layouts of the same model (per-expert vs packed): A is\n"
+     "mapped through the preset. Exit 0 all within tolerance, 3 otherwise.\n", mpk_cmd_diff},
     {"demo", "synth -> pack -> unpack -> verify on an embedded default",
      "usage: moepack demo [DIR]\n\nWrites a small Mixtral-style checkpoint, packs it, unpacks it\n"
      "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory.\n",

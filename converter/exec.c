@@ -958,6 +958,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     }
     if ((s = copy_side_files(p, tmp, o->config_json, err)) != MPK_OK)
         goto done;
+    if (o->finish && (s = o->finish(tmp, err)) != MPK_OK)
+        goto done;
     /* into place */
     int dfd = open(tmp, O_RDONLY | O_DIRECTORY);
     if (dfd >= 0) {

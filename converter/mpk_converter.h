@@ -222,6 +222,9 @@ typedef struct mpk_exec_opts {
     size_t n_metadata;
     const char *config_json;            /* non-NULL: written as DST/config.json instead of a
                                            copy of the source's (quantization changes it) */
+    /* non-NULL: called on the complete temporary directory before it is renamed into place
+     * (the CLI writes moepack.manifest.json there); a failure aborts the conversion */
+    mpk_status (*finish)(const char *tmp_dir, mpk_error *err);
 } mpk_exec_opts;
 
 typedef struct mpk_exec_stats {

@@ -54,7 +54,6 @@ static const char *const status_names[] = {
     [MPK_E_CONFLICT] = "target-conflict",
     [MPK_E_ALREADY_CONVERTED] = "already-converted",
     [MPK_E_QUANT] = "quant-layout",
-    [MPK_E_DIFFERENT] = "different",
     [MPK_E_MANIFEST] = "manifest",
 };
 _Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,

@@ -84,8 +84,7 @@ typedef enum mpk_status {
     MPK_E_ALREADY_CONVERTED = 40, /* the checkpoint is already in the target layout */
     MPK_E_QUANT = 41,             /* quantized layout rule broken (scale grid shape, a block
                                      straddling a concat boundary: I % 128 != 0) */
-    MPK_E_DIFFERENT = 42,         /* verify/diff: the checkpoints differ (CLI exit 3) */
-    MPK_E_MANIFEST = 43,          /* moepack.manifest.json missing or malformed */
+    MPK_E_MANIFEST = 42,          /* moepack.manifest.json missing or malformed */
     MPK_STATUS_COUNT
 } mpk_status;
 

@@ -1,0 +1,254 @@
+/* hash.c — XXH3-128 per tensor, the sharding-independent digest, manifests. */
+#define _GNU_SOURCE
+#include "mpk_verify.h"
+#include "verify_internal.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define CHUNK (16u << 20)
+
+const char *mpk_hash_hex(mpk_hash128 h, char *buf)
+{
+    snprintf(buf, 33, "%016llx%016llx", (unsigned long long)h.hi, (unsigned long long)h.lo);
+    return buf;
+}
+
+mpk_status vfy_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
+                    mpk_error *err)
+{
+    int fd = c->shards[t->shard].fd;
+    char *p = buf;
+    uint64_t at = t->file_offset + off;
+    while (len) {
+        ssize_t k = pread(fd, p, len, (off_t)at);
+        if (k <= 0)
+            return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, c->shards[t->shard].path,
+                                 "reading tensor '%s' at %llu: %s", t->info->name, (unsigned long long)at,
+                                 k < 0 ? strerror(errno) : "file ends early");
+        p += k;
+        at += (uint64_t)k;
+        len -= (uint64_t)k;
+    }
+    return MPK_OK;
+}
+
+mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
+                           mpk_error *err)
+{
+    XXH3_state_t *st = XXH3_createState();
+    if (!st)
+        MPK_FAIL(err, MPK_E_NOMEM, "hash", "out of memory");
+    XXH3_128bits_reset(st);
+    mpk_status s = MPK_OK;
+    for (uint64_t off = 0; off < t->nbytes && s == MPK_OK; off += CHUNK) {
+        uint64_t n = t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK;
+        if ((s = vfy_read(c, t, off, n, buf, err)) == MPK_OK)
+            XXH3_128bits_update(st, buf, n);
+    }
+    XXH128_hash_t h = XXH3_128bits_digest(st);
+    XXH3_freeState(st);
+    *out = (mpk_hash128){h.high64, h.low64};
+    return s;
+}
+
+mpk_hash128 vfy_digest(const mpk_tensor_hash *t, size_t n)
+{
+    XXH3_state_t *st = XXH3_createState();
+    XXH128_hash_t h = {0, 0};
+    if (!st)
+        return (mpk_hash128){0, 0};
+    XXH3_128bits_reset(st);
+    for (size_t i = 0; i < n; i++) {
+        char rec[1024], sh[256] = "", hx[33];
+        size_t o = 0;
+        for (int d = 0; d < t[i].ndim; d++)
+            o += (size_t)snprintf(sh + o, sizeof sh - o, "%s%lld", d ? "," : "", (long long)t[i].shape[d]);
+        XXH3_128bits_update(st, t[i].name, strlen(t[i].name) + 1);
+        int k = snprintf(rec, sizeof rec, "%s%c%s%c%s\n", mpk_dtype_name(t[i].dtype), 0, sh, 0,
+                         mpk_hash_hex(t[i].hash, hx));
+        XXH3_128bits_update(st, rec, (size_t)k);
+    }
+    h = XXH3_128bits_digest(st);
+    XXH3_freeState(st);
+    return (mpk_hash128){h.high64, h.low64};
+}
+
+mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_error *err)
+{
+    *out = NULL;
+    mpk_tensor_hash *t = mpk_calloc(c->n_tensors + 1, sizeof *t);
+    char *buf = mpk_alloc(CHUNK);
+    if (!t || !buf) {
+        free(t);
+        free(buf);
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    }
+    mpk_status s = MPK_OK;
+    for (size_t i = 0; i < c->n_tensors && s == MPK_OK; i++) {
+        const mpk_ckpt_tensor *ct = &c->tensors[i];
+        t[i].name = ct->info->name;
+        t[i].dtype = ct->info->dtype;
+        t[i].ndim = ct->info->ndim;
+        memcpy(t[i].shape, ct->info->shape, sizeof t[i].shape);
+        s = vfy_hash_tensor(c, ct, buf, &t[i].hash, err);
+    }
+    free(buf);
+    if (s != MPK_OK) {
+        free(t);
+        return s;
+    }
+    *digest = vfy_digest(t, c->n_tensors);
+    *out = t;
+    return MPK_OK;
+}
+
+char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest)
+{
+    char hx[33];
+    cJSON *root = cJSON_CreateObject(), *ts = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "format", "moepack.manifest/1");
+    cJSON_AddStringToObject(root, "digest", mpk_hash_hex(digest, hx));
+    cJSON_AddItemToObject(root, "tensors", ts);
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = cJSON_CreateObject(), *sh = cJSON_CreateArray();
+        cJSON_AddStringToObject(e, "dtype", mpk_dtype_name(t[i].dtype));
+        for (int d = 0; d < t[i].ndim; d++)
+            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
+        cJSON_AddItemToObject(e, "shape", sh);
+        cJSON_AddStringToObject(e, "xxh3_128", mpk_hash_hex(t[i].hash, hx));
+        cJSON_AddItemToObject(ts, t[i].name, e);
+    }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text)
+        return NULL;
+    size_t l = strlen(text);
+    char *withnl = realloc(text, l + 2);
+    if (!withnl) {
+        free(text);
+        return NULL;
+    }
+    withnl[l] = '\n';
+    withnl[l + 1] = 0;
+    return withnl;
+}
+
+mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
+{
+    mpk_ckpt *c;
+    MPK_TRY(mpk_ckpt_open(dir, &c, err));
+    mpk_tensor_hash *t;
+    mpk_hash128 d;
+    mpk_status s = mpk_hash_ckpt(c, &t, &d, err);
+    if (s == MPK_OK) {
+        char *text = mpk_manifest_format(t, c->n_tensors, d);
+        char *path = mpk_path_join(c->is_dir ? c->dir : dir, MPK_MANIFEST_NAME);
+        s = text && path ? mpk_write_file(path, text, strlen(text), err)
+                         : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        free(text);
+        free(path);
+        free(t);
+    }
+    mpk_ckpt_close(c);
+    return s;
+}
+
+static bool parse_hex(const char *s, mpk_hash128 *h)
+{
+    if (!s || strlen(s) != 32)
+        return false;
+    char a[17], b[17], *e1, *e2;
+    memcpy(a, s, 16);
+    memcpy(b, s + 16, 16);
+    a[16] = b[16] = 0;
+    h->hi = strtoull(a, &e1, 16);
+    h->lo = strtoull(b, &e2, 16);
+    return !*e1 && !*e2;
+}
+
+mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *err)
+{
+    *out = NULL;
+    char *path = mpk_path_join(c->dir, MPK_MANIFEST_NAME), *text = NULL;
+    size_t len;
+    if (!path)
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    mpk_status s = mpk_read_file(path, &text, &len, err);
+    if (s != MPK_OK) {
+        mpk_error_set(err, MPK_E_MANIFEST, err->sys_errno, path, "no manifest to check against (%s); "
+                      "write one with 'moepack hash --write'", err->msg);
+        free(path);
+        return MPK_E_MANIFEST;
+    }
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(root, "tensors");
+    const cJSON *dg = cJSON_GetObjectItemCaseSensitive(root, "digest");
+    mpk_hash128 want_digest;
+    if (!cJSON_IsObject(ts) || !cJSON_IsString(dg) || !parse_hex(dg->valuestring, &want_digest)) {
+        cJSON_Delete(root);
+        mpk_error_set(err, MPK_E_MANIFEST, 0, path, "not a moepack manifest (needs \"tensors\" and a "
+                      "32-hex-digit \"digest\")");
+        free(path);
+        return MPK_E_MANIFEST;
+    }
+    mpk_report *r = mpk_calloc(1, sizeof *r);
+    mpk_tensor_hash *th = NULL;
+    mpk_hash128 digest;
+    if (!r) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+        goto done;
+    }
+    if ((s = mpk_hash_ckpt(c, &th, &digest, err)) != MPK_OK)
+        goto done;
+    for (const cJSON *e = ts->child; e; e = e->next) {
+        const mpk_ckpt_tensor *t = mpk_ckpt_find(c, e->string);
+        if (!t) {
+            vfy_add(r, e->string, MPK_DIFF_MISSING, "listed in the manifest, absent");
+            continue;
+        }
+        size_t i = (size_t)(t - c->tensors);
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+        const cJSON *hx = cJSON_GetObjectItemCaseSensitive(e, "xxh3_128");
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
+        mpk_hash128 h;
+        bool shape_ok = cJSON_IsArray(sh) && cJSON_GetArraySize(sh) == t->info->ndim;
+        for (int d = 0; shape_ok && d < t->info->ndim; d++)
+            shape_ok = cJSON_GetArrayItem(sh, d)->valuedouble == (double)t->info->shape[d];
+        r->n_compared++;
+        r->bytes += t->nbytes;
+        if (!cJSON_IsString(dt) || strcmp(dt->valuestring, mpk_dtype_name(t->info->dtype)) || !shape_ok) {
+            mpk_tensor_cmp *x = vfy_add(r, e->string, MPK_DIFF_META, "");
+            if (x)
+                snprintf(x->detail, sizeof x->detail, "dtype/shape differ from the manifest (%s)",
+                         cJSON_IsString(dt) ? dt->valuestring : "?");
+        } else if (!cJSON_IsString(hx) || !parse_hex(hx->valuestring, &h) || h.hi != th[i].hash.hi ||
+                   h.lo != th[i].hash.lo) {
+            mpk_tensor_cmp *x = vfy_add(r, e->string, MPK_DIFF_CONTENT, "XXH3-128 differs from the manifest");
+            if (x) {
+                x->want_hash = h;
+                x->got_hash = th[i].hash;
+            }
+        }
+    }
+    for (size_t i = 0; i < c->n_tensors; i++)
+        if (!cJSON_GetObjectItemCaseSensitive(ts, c->tensors[i].info->name))
+            vfy_add(r, c->tensors[i].info->name, MPK_DIFF_EXTRA, "not in the manifest");
+    if (!r->n_differ && (digest.hi != want_digest.hi || digest.lo != want_digest.lo))
+        vfy_add(r, "(checkpoint digest)", MPK_DIFF_CONTENT, "whole-checkpoint digest differs");
+done:
+    free(th);
+    cJSON_Delete(root);
+    free(path);
+    if (s != MPK_OK) {
+        mpk_report_free(r);
+        return s;
+    }
+    *out = r;
+    return MPK_OK;
+}

@@ -1,0 +1,102 @@
+/* mpk_verify.h — hashing, manifests, recompute-and-compare, tolerance diffs.
+ *
+ * Verification does not trust the converter: it re-derives every expected tensor from the
+ * source with the reference CPU ops of mpk_ops.h (mpk_op_apply, one target at a time, or one
+ * list item of it at a time when the list is stacked along dim 0) and compares it with the
+ * destination's bytes. Only the planner's matching and grouping are shared with the
+ * converter; the executor's range-copy graph is not used.
+ *
+ * Manifest (moepack.manifest.json, written by pack/unpack/convert next to their output):
+ *   {"format": "moepack.manifest/1", "digest": HEX32, "tensors": {NAME: {"dtype": D,
+ *    "shape": [...], "xxh3_128": HEX32}, ...}}
+ * Tensor hashes are XXH3-128 of the tensor's bytes. The digest is XXH3-128 over the records
+ * "name\0dtype\0shape-as-decimal,...\0tensor-hash-hex\n" in natural name order: independent of
+ * how tensors are sharded or ordered in files.
+ */
+#ifndef MPK_VERIFY_H
+#define MPK_VERIFY_H
+
+#include "mpk_converter.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MPK_MANIFEST_NAME "moepack.manifest.json"
+
+typedef struct mpk_hash128 {
+    uint64_t hi, lo;
+} mpk_hash128;
+
+typedef struct mpk_tensor_hash {
+    const char *name;              /* borrowed from the checkpoint */
+    mpk_dtype dtype;
+    int ndim;
+    int64_t shape[MPK_MAX_DIMS];
+    mpk_hash128 hash;
+} mpk_tensor_hash;
+
+/* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
+ * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads). */
+mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest,
+                         mpk_error *err);
+/* "0123...": 32 lowercase hex digits + NUL into buf (33 bytes). */
+const char *mpk_hash_hex(mpk_hash128 h, char *buf);
+/* The manifest document for a hashed checkpoint: malloc'd text. */
+char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest);
+/* Hashes the checkpoint in dir and writes dir/moepack.manifest.json. */
+mpk_status mpk_manifest_write(const char *dir, mpk_error *err);
+
+/* ---------------------------------------------------------------- comparisons */
+
+typedef enum mpk_diff_kind {
+    MPK_DIFF_MISSING,      /* expected, absent from DST */
+    MPK_DIFF_EXTRA,        /* in DST, not expected */
+    MPK_DIFF_META,         /* dtype or shape differs */
+    MPK_DIFF_CONTENT,      /* bytes (or values beyond tolerance) differ */
+    MPK_DIFF_COUNT
+} mpk_diff_kind;
+
+typedef struct mpk_tensor_cmp {
+    char *name;
+    mpk_diff_kind kind;          /* meaningful when differs */
+    bool differs;
+    bool approx;                 /* compared within tolerance (quantization involved) */
+    char detail[200];            /* e.g. "dtype BF16 != F16", "first difference at element 123" */
+    mpk_dtype dtype;
+    uint64_t n;                  /* elements compared (float dtypes) */
+    double max_abs, max_rel, rmse, cosine;
+    uint64_t n_out_of_tol;
+    mpk_hash128 want_hash, got_hash;
+} mpk_tensor_cmp;
+
+typedef struct mpk_report {
+    mpk_tensor_cmp *t;
+    size_t n, cap;
+    size_t n_differ;
+    size_t n_compared;
+    uint64_t bytes;              /* bytes compared */
+    double atol, rtol;
+} mpk_report;
+
+typedef struct mpk_cmp_opts {
+    double atol, rtol;           /* element passes when |got - want| <= atol + rtol * |want| */
+    bool values;                 /* compare every float tensor by value (diff); else bytes,
+                                    and values only where quantization makes it approximate */
+} mpk_cmp_opts;
+
+/* Compares dst with what src becomes under spec (NULL: the identity, for round trips and
+ * for comparing two checkpoints of the same layout). po carries --dequantize/--quantize.
+ * Every difference is recorded in *out (owned, mpk_report_free); the status is MPK_OK when the
+ * comparison ran, whatever it found. */
+mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mpk_spec *spec,
+                              const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_report **out,
+                              mpk_error *err);
+/* Checks dir against its manifest: missing/extra tensors, dtype/shape, hash, digest. */
+mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *err);
+void mpk_report_free(mpk_report *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
