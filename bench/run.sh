@@ -30,6 +30,10 @@ echo "pack (pread read+pwrite): ${pr_s}s  ratio vs cp: $(echo "scale=2; $cp_s / 
 echo "pack --mem 256MiB peak RSS: ${rss} MiB"
 unp_s=$(t $M unpack -q "$W/p1" "$W/u1" --mem 256MiB)
 echo "unpack: ${unp_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $unp_s" | bc)"
+# verify recomputes every packed tensor from the source and compares (reads both sides)
+v_s=$(t $M verify "$W/src" "$W/p1")
+vm_s=$(t $M verify "$W/p1")
+echo "verify SRC DST: ${v_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $v_s" | bc); verify DST (manifest): ${vm_s}s"
 rm -rf "$W/p1" "$W/u1"
 
 # 2. plan on the real Qwen3-30B-A3B index (19k tensors), as a header-only checkpoint
