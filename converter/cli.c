@@ -179,6 +179,15 @@ const mpk_command mpk_commands[] = {
      "error, RMSE, cosine similarity and the count beyond atol + rtol*|a| (defaults 0 and 0).\n"
      "A and B may be in different layouts of the same model (per-expert vs packed): A is\n"
      "mapped through the preset. Exit 0 all within tolerance, 3 otherwise.\n", mpk_cmd_diff},
+    {"gpucheck", "run packed experts with eager/batched/grouped backends against a CPU reference",
+     "usage: moepack gpucheck PATH | --synthetic E,H,I [--layer L] [--tokens 1,4,16,64] [--topk K]\n"
+     "                [--backends eager,batched,grouped] [--seed N] [--json]\n\n"
+     "Random x and softmax top-k routing (from --seed) through layer L's packed experts (BF16\n"
+     "gate_up_proj [E,2I,H], down_proj [E,H,I]): every CPU backend, then every CUDA backend when\n"
+     "the binary has CUDA and a device answers, each checked against the fp64 CPU reference\n"
+     "(relative error < 1e-3, every element within 1e-4 + 1e-2 |ref|, no NaN/Inf) and timed with\n"
+     "CUDA events. Exit 0 all correct, 3 a backend disagrees, 77 no usable GPU (after the CPU\n"
+     "checks pass).\n", mpk_cmd_gpucheck},
     {"demo", "synth -> pack -> unpack -> verify on an embedded default",
      "usage: moepack demo [DIR]\n\nWrites a small Mixtral-style checkpoint, packs it, unpacks it\n"
      "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory.\n",

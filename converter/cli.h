@@ -46,6 +46,7 @@ int mpk_cmd_demo(int argc, char **argv);
 int mpk_cmd_hash(int argc, char **argv);
 int mpk_cmd_verify(int argc, char **argv);
 int mpk_cmd_diff(int argc, char **argv);
+int mpk_cmd_gpucheck(int argc, char **argv);
 /* exec finish hook: writes moepack.manifest.json into the temporary output directory */
 mpk_status mpk_cli_write_manifest(const char *dir, mpk_error *err);
 

@@ -1,0 +1,283 @@
+/* moe_cpu.c — the CPU reference and the CPU eager/batched/grouped backends. */
+#define _GNU_SOURCE
+#include "mpk_gpu.h"
+#include "mpk_ops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped"};
+
+static double silu(double v)
+{
+    return v / (1.0 + exp(-v));
+}
+
+void mpk_moe_reference(const mpk_moe *p, float *out)
+{
+    int H = p->H, I = p->I;
+    double *h = malloc(sizeof(double) * (size_t)(2 * I)), *acc = malloc(sizeof(double) * (size_t)H);
+    for (int t = 0; t < p->T; t++) {
+        for (int c = 0; c < H; c++)
+            acc[c] = 0;
+        for (int j = 0; j < p->k; j++) {
+            int e = p->idx[t * p->k + j];
+            const uint16_t *gu = p->w_gu + (size_t)e * 2 * I * H, *dn = p->w_d + (size_t)e * H * I;
+            for (int r = 0; r < 2 * I; r++) {
+                double s = 0;
+                for (int c = 0; c < H; c++)
+                    s += (double)mpk_bf16_to_f32(gu[(size_t)r * H + c]) * p->x[(size_t)t * H + c];
+                h[r] = s;
+            }
+            for (int r = 0; r < I; r++)
+                h[r] = silu(h[r]) * h[I + r];
+            for (int c = 0; c < H; c++) {
+                double s = 0;
+                for (int r = 0; r < I; r++)
+                    s += (double)mpk_bf16_to_f32(dn[(size_t)c * I + r]) * h[r];
+                acc[c] += (double)p->w[t * p->k + j] * s;
+            }
+        }
+        for (int c = 0; c < H; c++)
+            out[(size_t)t * H + c] = (float)acc[c];
+    }
+    free(h);
+    free(acc);
+}
+
+/* y[n, R] = x[n, C] W^T, W [R, C] BF16, float accumulation */
+static void gemm_bt(const float *x, int n, const uint16_t *W, int R, int C, float *y)
+{
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < R; r++) {
+            float s = 0;
+            const uint16_t *wr = W + (size_t)r * C;
+            const float *xi = x + (size_t)i * C;
+            for (int c = 0; c < C; c++)
+                s += mpk_bf16_to_f32(wr[c]) * xi[c];
+            y[(size_t)i * R + r] = s;
+        }
+}
+
+/* a[n, I] = silu(h[:, :I]) * h[:, I:] */
+static void silu_mul(const float *h, int n, int I, float *a)
+{
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < I; r++) {
+            float g = h[(size_t)i * 2 * I + r];
+            a[(size_t)i * I + r] = g / (1.0f + expf(-g)) * h[(size_t)i * 2 * I + I + r];
+        }
+}
+
+/* One expert over n gathered rows: y [n, H]. */
+static void expert(const mpk_moe *p, int e, const float *x, int n, float *h, float *a, float *y)
+{
+    int H = p->H, I = p->I;
+    gemm_bt(x, n, p->w_gu + (size_t)e * 2 * I * H, 2 * I, H, h);
+    silu_mul(h, n, I, a);
+    gemm_bt(a, n, p->w_d + (size_t)e * H * I, H, I, y);
+}
+
+mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_error *err)
+{
+    int T = p->T, H = p->H, I = p->I, E = p->E, k = p->k;
+    size_t P = (size_t)T * (size_t)k;
+    float *yall = malloc(sizeof(float) * P * (size_t)H); /* y of each (token, slot) pair */
+    float *xs = malloc(sizeof(float) * P * (size_t)H), *h = malloc(sizeof(float) * P * 2 * (size_t)I);
+    float *a = malloc(sizeof(float) * P * (size_t)I), *ys = malloc(sizeof(float) * P * (size_t)H);
+    int *perm = malloc(sizeof(int) * P), *off = calloc((size_t)E + 1, sizeof(int));
+    mpk_status s = MPK_OK;
+    if (!yall || !xs || !h || !a || !ys || !perm || !off) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, "moe", "out of memory");
+        goto done;
+    }
+    switch (b) {
+    case MPK_MOE_EAGER:
+        for (int e = 0; e < E; e++) {
+            int n = 0;
+            for (size_t q = 0; q < P; q++)
+                if (p->idx[q] == e) {
+                    memcpy(xs + (size_t)n * H, p->x + (q / (size_t)k) * H, sizeof(float) * (size_t)H);
+                    perm[n++] = (int)q;
+                }
+            if (!n)
+                continue;
+            expert(p, e, xs, n, h, a, ys);
+            for (int i = 0; i < n; i++)
+                memcpy(yall + (size_t)perm[i] * H, ys + (size_t)i * H, sizeof(float) * (size_t)H);
+        }
+        break;
+    case MPK_MOE_BATCHED:
+        for (size_t q = 0; q < P; q++)
+            expert(p, p->idx[q], p->x + (q / (size_t)k) * H, 1, h, a, yall + q * H);
+        break;
+    case MPK_MOE_GROUPED: {
+        /* histogram, exclusive prefix sum, stable scatter of pairs into expert order */
+        for (size_t q = 0; q < P; q++)
+            off[p->idx[q] + 1]++;
+        for (int e = 0; e < E; e++)
+            off[e + 1] += off[e];
+        int *fill = calloc((size_t)E, sizeof(int));
+        if (!fill) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, "moe", "out of memory");
+            goto done;
+        }
+        for (size_t q = 0; q < P; q++) {
+            int e = p->idx[q], r = off[e] + fill[e]++;
+            perm[r] = (int)q;
+            memcpy(xs + (size_t)r * H, p->x + (q / (size_t)k) * H, sizeof(float) * (size_t)H);
+        }
+        free(fill);
+        /* grouped GEMMs over the segments, fused silu * up in between */
+        for (int e = 0; e < E; e++)
+            if (off[e + 1] > off[e])
+                gemm_bt(xs + (size_t)off[e] * H, off[e + 1] - off[e], p->w_gu + (size_t)e * 2 * I * H, 2 * I, H,
+                        h + (size_t)off[e] * 2 * I);
+        silu_mul(h, (int)P, I, a);
+        for (int e = 0; e < E; e++)
+            if (off[e + 1] > off[e])
+                gemm_bt(a + (size_t)off[e] * I, off[e + 1] - off[e], p->w_d + (size_t)e * H * I, H, I,
+                        ys + (size_t)off[e] * H);
+        for (size_t r = 0; r < P; r++) /* un-permute */
+            memcpy(yall + (size_t)perm[r] * H, ys + r * H, sizeof(float) * (size_t)H);
+        break;
+    }
+    default:
+        s = mpk_error_set(err, MPK_E_USAGE, 0, "moe", "unknown backend %d", (int)b);
+        goto done;
+    }
+    /* weighted per-token sum in slot order */
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < H; c++) {
+            float acc = 0;
+            for (int j = 0; j < k; j++)
+                acc += p->w[t * k + j] * yall[((size_t)t * k + (size_t)j) * H + c];
+            out[(size_t)t * H + c] = acc;
+        }
+done:
+    free(yall);
+    free(xs);
+    free(h);
+    free(a);
+    free(ys);
+    free(perm);
+    free(off);
+    return s;
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ull;
+}
+
+static double unif(uint64_t *s)
+{
+    return (double)(rnd(s) >> 11) / 9007199254740992.0;
+}
+
+mpk_status mpk_moe_random(int T, int H, int I, int E, int k, uint64_t seed, bool make_weights, mpk_moe *p,
+                          mpk_error *err)
+{
+    memset(p, 0, sizeof *p);
+    if (T < 1 || H < 1 || I < 1 || E < 1 || k < 1 || k > E)
+        MPK_FAIL(err, MPK_E_USAGE, "moe", "need T, H, I, E >= 1 and 1 <= k <= E (got T=%d H=%d I=%d E=%d k=%d)", T,
+                 H, I, E, k);
+    *p = (mpk_moe){T, H, I, E, k, NULL, NULL, NULL, NULL, NULL};
+    uint64_t st = seed * 2 + 1;
+    float *x = malloc(sizeof(float) * (size_t)T * H), *w = malloc(sizeof(float) * (size_t)T * k);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)T * k);
+    float *logits = malloc(sizeof(float) * (size_t)E);
+    uint16_t *gu = make_weights ? malloc(sizeof(uint16_t) * (size_t)E * 2 * I * H) : NULL;
+    uint16_t *dn = make_weights ? malloc(sizeof(uint16_t) * (size_t)E * H * I) : NULL;
+    p->x = x;
+    p->w = w;
+    p->idx = idx;
+    p->w_gu = gu;
+    p->w_d = dn;
+    if (!x || !w || !idx || !logits || (make_weights && (!gu || !dn))) {
+        free(logits);
+        mpk_moe_free(p, make_weights);
+        MPK_FAIL(err, MPK_E_NOMEM, "moe", "out of memory");
+    }
+    for (size_t i = 0; i < (size_t)T * H; i++)
+        x[i] = (float)(unif(&st) * 2 - 1);
+    for (size_t i = 0; make_weights && i < (size_t)E * 2 * I * H; i++)
+        gu[i] = mpk_f32_to_bf16((float)(unif(&st) * 0.1 - 0.05));
+    for (size_t i = 0; make_weights && i < (size_t)E * H * I; i++)
+        dn[i] = mpk_f32_to_bf16((float)(unif(&st) * 0.1 - 0.05));
+    for (int t = 0; t < T; t++) {
+        for (int e = 0; e < E; e++)
+            logits[e] = (float)(unif(&st) * 4 - 2);
+        double sum = 0;
+        for (int j = 0; j < k; j++) { /* top-k by selection, distinct experts */
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool used = false;
+                for (int q = 0; q < j; q++)
+                    used |= idx[t * k + q] == e;
+                if (!used && (best < 0 || logits[e] > logits[best]))
+                    best = e;
+            }
+            idx[t * k + j] = best;
+            w[t * k + j] = expf(logits[best]);
+            sum += w[t * k + j];
+        }
+        for (int j = 0; j < k; j++)
+            w[t * k + j] = (float)(w[t * k + j] / sum);
+    }
+    free(logits);
+    return MPK_OK;
+}
+
+void mpk_moe_free(mpk_moe *p, bool weights)
+{
+    free((void *)p->x);
+    free((void *)p->w);
+    free((void *)p->idx);
+    if (weights) {
+        free((void *)p->w_gu);
+        free((void *)p->w_d);
+    }
+    memset(p, 0, sizeof *p);
+}
+
+void mpk_moe_compare(const float *ref, const float *got, size_t n, double atol, double rtol, mpk_moe_check *c)
+{
+    double num = 0, den = 0;
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        if (!isfinite(got[i]) || d > atol + rtol * fabs(ref[i])) {
+            if (!c->n_bad)
+                c->first_bad = i;
+            c->n_bad++;
+        }
+        if (isfinite(d) && d > c->max_abs)
+            c->max_abs = d;
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    c->rel_err = den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#ifndef MPK_HAVE_CUDA_HARNESS
+int mpk_gpu_available(char *why, size_t cap)
+{
+    snprintf(why, cap, "this moepack was built without CUDA (meson -Dcuda=enabled needs nvcc)");
+    return 0;
+}
+
+mpk_status mpk_gpu_run(const mpk_moe *p, mpk_moe_backend b, int runs, float *out, mpk_gpu_timing *t,
+                       mpk_error *err)
+{
+    (void)p, (void)b, (void)runs, (void)out, (void)t;
+    MPK_FAIL(err, MPK_E_OP, "gpu", "built without CUDA");
+}
+#endif

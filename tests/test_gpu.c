@@ -1,0 +1,134 @@
+/* test_gpu.c — the MoE semantics pinned on the CPU: the eager, batched and grouped CPU backends
+ * agree with the fp64 reference (experts with zero tokens, all tokens on one expert, k = 1 and
+ * k = 8, T = 1, odd sizes), and one case checked by hand. With --device: exits 77 when no CUDA
+ * device answers, else checks the CUDA backends against the reference. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "mpk_gpu.h"
+#include "mpk_ops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void check_case(int T, int H, int I, int E, int k, int seed, int force_expert)
+{
+    mpk_moe p;
+    mpk_error err = {0};
+    assert_int_equal(mpk_moe_random(T, H, I, E, k, (uint64_t)seed, true, &p, &err), MPK_OK);
+    if (force_expert >= 0) /* every token's first slot on one expert */
+        for (int t = 0; t < T; t++)
+            ((int32_t *)p.idx)[t * k] = force_expert, ((float *)p.w)[t * k] = 1.0f;
+    float *ref = malloc(sizeof(float) * (size_t)T * H), *got = malloc(sizeof(float) * (size_t)T * H);
+    mpk_moe_reference(&p, ref);
+    for (int b = 0; b < MPK_MOE_BACKEND_COUNT; b++) {
+        memset(got, 0xFF, sizeof(float) * (size_t)T * H); /* poison */
+        assert_int_equal(mpk_moe_cpu(&p, (mpk_moe_backend)b, got, &err), MPK_OK);
+        mpk_moe_check c;
+        mpk_moe_compare(ref, got, (size_t)T * H, 1e-5, 1e-3, &c);
+        if (c.n_bad || c.rel_err > 1e-5)
+            fail_msg("%s T=%d H=%d I=%d E=%d k=%d: rel_err %g, %llu bad (first %llu)", mpk_moe_backend_names[b], T, H,
+                     I, E, k, c.rel_err, (unsigned long long)c.n_bad, (unsigned long long)c.first_bad);
+    }
+    free(ref);
+    free(got);
+    mpk_moe_free(&p, true);
+}
+
+static void test_backends_agree(void **state)
+{
+    (void)state;
+    check_case(1, 8, 4, 4, 1, 1, -1);     /* T = 1, k = 1 */
+    check_case(5, 24, 12, 64, 2, 2, -1);  /* most experts get zero tokens */
+    check_case(33, 17, 9, 8, 8, 3, -1);   /* k = 8 = E, odd sizes */
+    check_case(16, 32, 16, 8, 1, 4, 5);   /* all tokens on expert 5 */
+    check_case(40, 48, 20, 16, 4, 5, -1);
+}
+
+/* One token, one expert, H = 2, I = 1, weights chosen so the result is known:
+ * W_gu = [[1, 0], [0, 2]] (gate row, up row), x = (1, 3): h = (1, 6), a = silu(1) * 6,
+ * W_d = [[1], [-0.5]]: y = (a, -a/2), times routing weight 0.5. */
+static void test_hand_case(void **state)
+{
+    (void)state;
+    float x[2] = {1, 3}, w[1] = {0.5f};
+    int32_t idx[1] = {0};
+    uint16_t gu[4], dn[2];
+    float guf[4] = {1, 0, 0, 2}, dnf[2] = {1, -0.5f};
+    for (int i = 0; i < 4; i++)
+        gu[i] = mpk_f32_to_bf16(guf[i]);
+    for (int i = 0; i < 2; i++)
+        dn[i] = mpk_f32_to_bf16(dnf[i]);
+    mpk_moe p = {1, 2, 1, 1, 1, x, idx, w, gu, dn};
+    double a = 1.0 / (1.0 + exp(-1.0)) * 6.0;
+    float ref[2], got[2];
+    mpk_moe_reference(&p, ref);
+    assert_true(fabs(ref[0] - 0.5 * a) < 1e-6 && fabs(ref[1] + 0.25 * a) < 1e-6);
+    for (int b = 0; b < MPK_MOE_BACKEND_COUNT; b++) {
+        mpk_error err = {0};
+        assert_int_equal(mpk_moe_cpu(&p, (mpk_moe_backend)b, got, &err), MPK_OK);
+        assert_true(fabs(got[0] - 0.5 * a) < 1e-5 && fabs(got[1] + 0.25 * a) < 1e-5);
+    }
+    /* routing: distinct experts, weights sum to 1 */
+    mpk_moe r;
+    mpk_error err = {0};
+    assert_int_equal(mpk_moe_random(7, 4, 4, 6, 3, 9, false, &r, &err), MPK_OK);
+    for (int t = 0; t < 7; t++) {
+        double s = 0;
+        for (int j = 0; j < 3; j++) {
+            s += r.w[t * 3 + j];
+            for (int q = 0; q < j; q++)
+                assert_int_not_equal(r.idx[t * 3 + j], r.idx[t * 3 + q]);
+        }
+        assert_true(fabs(s - 1) < 1e-6);
+    }
+    mpk_moe_free(&r, false);
+    assert_int_equal(mpk_moe_random(1, 4, 4, 2, 3, 1, false, &r, &err), MPK_E_USAGE); /* k > E */
+}
+
+static int device_main(void)
+{
+    char why[256];
+    if (!mpk_gpu_available(why, sizeof why)) {
+        fprintf(stderr, "skipping: %s\n", why);
+        return 77;
+    }
+    mpk_moe p;
+    mpk_error err = {0};
+    if (mpk_moe_random(64, 256, 128, 8, 2, 1, true, &p, &err) != MPK_OK)
+        return 1;
+    float *ref = malloc(sizeof(float) * 64 * 256), *got = malloc(sizeof(float) * 64 * 256);
+    mpk_moe_reference(&p, ref);
+    int bad = 0;
+    for (int b = 0; b < MPK_MOE_BACKEND_COUNT; b++) {
+        mpk_gpu_timing t;
+        mpk_status s = mpk_gpu_run(&p, (mpk_moe_backend)b, 5, got, &t, &err);
+        if (s == MPK_E_OP)
+            continue;
+        mpk_moe_check c;
+        mpk_moe_compare(ref, got, 64 * 256, 1e-4, 1e-2, &c);
+        printf("%s: %s rel_err %g\n", mpk_moe_backend_names[b], s == MPK_OK ? "ran" : err.msg, c.rel_err);
+        bad += s != MPK_OK || c.n_bad || c.rel_err > 1e-3;
+    }
+    free(ref);
+    free(got);
+    mpk_moe_free(&p, true);
+    return bad ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--device") == 0)
+        return device_main();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_backends_agree),
+        cmocka_unit_test(test_hand_case),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
