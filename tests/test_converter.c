@@ -9,6 +9,11 @@
 
 #include "mpk_converter.h"
 #include "testutil.h"
+#include "ckptutil.h"
+
+#define read_tensor cu_read_tensor
+#define exists cu_exists
+#define assert_same_ckpt cu_assert_same_ckpt
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,24 +22,6 @@
 #include <unistd.h>
 
 enum { L = 2, E = 4, H = 16, I = 8 };
-
-static char *read_tensor(const mpk_ckpt *c, const char *name, const mpk_ckpt_tensor **out)
-{
-    const mpk_ckpt_tensor *t = mpk_ckpt_find(c, name);
-    if (!t)
-        fail_msg("tensor '%s' not found", name);
-    char *b = malloc(t->nbytes + 1);
-    assert_int_equal(pread(c->shards[t->shard].fd, b, t->nbytes, (off_t)t->file_offset), (ssize_t)t->nbytes);
-    if (out)
-        *out = t;
-    return b;
-}
-
-static bool exists(const char *p)
-{
-    struct stat st;
-    return lstat(p, &st) == 0;
-}
 
 static mpk_status convert(const char *src, const char *dst, const char *preset, bool reverse,
                           const mpk_exec_opts *eo_in, uint64_t max_shard, mpk_error *err)
@@ -67,30 +54,6 @@ static mpk_status convert(const char *src, const char *dst, const char *preset, 
     mpk_config_free(&cfg);
     mpk_ckpt_close(c);
     return st;
-}
-
-/* Every tensor of a is in b with the same dtype, shape and bytes, and the counts agree. */
-static void assert_same_ckpt(const char *pa, const char *pb)
-{
-    mpk_ckpt *a, *b;
-    mpk_error err = {0};
-    assert_int_equal(mpk_ckpt_open(pa, &a, &err), MPK_OK);
-    assert_int_equal(mpk_ckpt_open(pb, &b, &err), MPK_OK);
-    assert_int_equal(a->n_tensors, b->n_tensors);
-    for (size_t i = 0; i < a->n_tensors; i++) {
-        const mpk_ckpt_tensor *ta = &a->tensors[i], *tb;
-        char *x = read_tensor(a, ta->info->name, NULL), *y = read_tensor(b, ta->info->name, &tb);
-        assert_int_equal(ta->info->dtype, tb->info->dtype);
-        assert_int_equal(ta->info->ndim, tb->info->ndim);
-        assert_memory_equal(ta->info->shape, tb->info->shape, sizeof(int64_t) * (size_t)ta->info->ndim);
-        assert_int_equal(ta->nbytes, tb->nbytes);
-        if (memcmp(x, y, ta->nbytes) != 0)
-            fail_msg("tensor '%s' differs between %s and %s", ta->info->name, pa, pb);
-        free(x);
-        free(y);
-    }
-    mpk_ckpt_close(a);
-    mpk_ckpt_close(b);
 }
 
 /* How each preset names its per-expert and packed tensors (%d: layer, then expert). */

@@ -10,6 +10,11 @@
 
 #include "mpk_converter.h"
 #include "testutil.h"
+#include "ckptutil.h"
+
+#define read_tensor cu_read_tensor
+#define exists cu_exists
+#define assert_same_ckpt cu_assert_same_ckpt
 
 #include <math.h>
 #include <stdio.h>
@@ -305,24 +310,6 @@ static const char *moepack(void)
     return m ? m : "build/moepack";
 }
 
-static bool exists(const char *p)
-{
-    struct stat st;
-    return lstat(p, &st) == 0;
-}
-
-static char *read_tensor(const mpk_ckpt *c, const char *name, const mpk_ckpt_tensor **out)
-{
-    const mpk_ckpt_tensor *t = mpk_ckpt_find(c, name);
-    if (!t)
-        fail_msg("tensor '%s' not found", name);
-    char *b = malloc(t->nbytes + 1);
-    assert_int_equal(pread(c->shards[t->shard].fd, b, t->nbytes, (off_t)t->file_offset), (ssize_t)t->nbytes);
-    if (out)
-        *out = t;
-    return b;
-}
-
 static bool file_has(const char *path, const char *needle)
 {
     char *text;
@@ -333,28 +320,6 @@ static bool file_has(const char *path, const char *needle)
     bool r = strstr(text, needle) != NULL;
     free(text);
     return r;
-}
-
-/* Every tensor of a is in b, byte-identical (and the counts agree). */
-static void assert_same_ckpt(const char *pa, const char *pb)
-{
-    mpk_ckpt *a, *b;
-    mpk_error err = {0};
-    assert_int_equal(mpk_ckpt_open(pa, &a, &err), MPK_OK);
-    assert_int_equal(mpk_ckpt_open(pb, &b, &err), MPK_OK);
-    assert_int_equal(a->n_tensors, b->n_tensors);
-    for (size_t i = 0; i < a->n_tensors; i++) {
-        const mpk_ckpt_tensor *ta = &a->tensors[i], *tb;
-        char *x = read_tensor(a, ta->info->name, NULL), *y = read_tensor(b, ta->info->name, &tb);
-        assert_int_equal(ta->info->dtype, tb->info->dtype);
-        assert_int_equal(ta->nbytes, tb->nbytes);
-        if (memcmp(x, y, ta->nbytes) != 0)
-            fail_msg("tensor '%s' differs between %s and %s", ta->info->name, pa, pb);
-        free(x);
-        free(y);
-    }
-    mpk_ckpt_close(a);
-    mpk_ckpt_close(b);
 }
 
 enum { L = 2, E = 3, H = 256, I = 128 };
