@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kind_names[MPK_DIFF_COUNT] = {"missing", "extra", "dtype-shape", "content"};
+static const char *const kind_names[] = {"missing", "extra", "dtype-shape", "content"};
+_Static_assert(sizeof kind_names / sizeof kind_names[0] == MPK_DIFF_COUNT, "diff kinds");
 
 mpk_status mpk_cli_write_manifest(const char *dir, mpk_error *err)
 {

@@ -47,16 +47,6 @@ static char *subst(mpk_arena *a, const char *pat, const char *key, long v)
     return mpk_arena_printf(a, "%.*s%ld%s", (int)(hit - pat), pat, v, hit + strlen(key));
 }
 
-static uint64_t rnd(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 2685821657736338717ull;
-}
-
 static bool ends_with(const char *s, const char *suf)
 {
     size_t a = strlen(s), b = strlen(suf);
@@ -76,17 +66,17 @@ static void fill(void *buf, const char *name, const mpk_tmeta *m, uint64_t n_el,
         for (uint64_t i = 0; i < n_el; i += 1024) {
             size_t k = n_el - i < 1024 ? (size_t)(n_el - i) : 1024;
             for (size_t j = 0; j < k; j++) {
-                double u = (double)(rnd(seed) >> 11) / 9007199254740992.0;
+                double u = (double)(mpk_rand(seed) >> 11) / 9007199254740992.0;
                 tmp[j] = scale ? (float)(5e-5 + u * 1e-4) : (float)(u * 0.1 - 0.05);
             }
             mpk_cast(MPK_DTYPE_F32, tmp, m->dtype, (char *)buf + i * el, k);
         }
     } else if (m->dtype == MPK_DTYPE_U8 && ends_with(name, "_scales")) {
         for (uint64_t i = 0; i < nbytes; i++)
-            b[i] = (unsigned char)(118 + (rnd(seed) >> 61));
+            b[i] = (unsigned char)(118 + (mpk_rand(seed) >> 61));
     } else {
         for (uint64_t i = 0; i < nbytes; i++) {
-            b[i] = (unsigned char)(rnd(seed) >> 56);
+            b[i] = (unsigned char)(mpk_rand(seed) >> 56);
             if (m->dtype == MPK_DTYPE_F8_E4M3 && (b[i] & 0x7F) == 0x7F)
                 b[i] ^= 1; /* no NaN codes */
         }

@@ -488,3 +488,13 @@ const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap)
     return buf;
 }
 
+
+uint64_t mpk_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ull;
+}

@@ -177,6 +177,9 @@ bool mpk_strmap_put(mpk_strmap *m, const char *key, size_t len, size_t val, size
 bool mpk_strmap_get(const mpk_strmap *m, const char *key, size_t len, size_t *val);
 void mpk_strmap_free(mpk_strmap *m);
 
+/* xorshift64* step: deterministic pseudo-random numbers for synthetic data (state != 0). */
+uint64_t mpk_rand(uint64_t *state);
+
 /* Natural-order compare: digit runs compare as numbers ("experts.2" < "experts.10"). */
 int mpk_natural_cmp(const char *a, const char *b);
 

@@ -167,19 +167,9 @@ done:
     return s;
 }
 
-static uint64_t rnd(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 2685821657736338717ull;
-}
-
 static double unif(uint64_t *s)
 {
-    return (double)(rnd(s) >> 11) / 9007199254740992.0;
+    return (double)(mpk_rand(s) >> 11) / 9007199254740992.0;
 }
 
 mpk_status mpk_moe_random(int T, int H, int I, int E, int k, uint64_t seed, bool make_weights, mpk_moe *p,

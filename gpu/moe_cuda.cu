@@ -72,10 +72,10 @@ template <bool GATHER>
 __global__ void k_grouped_gemm(const float *X, const int *perm, int k, const __nv_bfloat16 *W, const int *off, int E,
                                int P, int N, int C, float *Y)
 {
-    __shared__ float xs[16][17], ws[16][17];
+    __shared__ float xs[16][17];
     int r = blockIdx.y * 16 + threadIdx.y, n = blockIdx.x * 16 + threadIdx.x;
     int rr = blockIdx.y * 16 + threadIdx.x; // row this thread loads
-    int e = -1, er = -1;
+    int e = -1;
     if (r < P) {
         int lo = 0, hi = E; // expert of row r: off[e] <= r < off[e+1]
         while (hi - lo > 1) {
@@ -97,7 +97,6 @@ __global__ void k_grouped_gemm(const float *X, const int *perm, int k, const __n
             xv = X[(size_t)src * C + c];
         }
         xs[threadIdx.x][threadIdx.y] = xv;
-        (void)er;
         __syncthreads();
         if (r < P && n < N) {
             const __nv_bfloat16 *wr = W + ((size_t)e * N + n) * C;
@@ -106,7 +105,6 @@ __global__ void k_grouped_gemm(const float *X, const int *perm, int k, const __n
         }
         __syncthreads();
     }
-    (void)ws;
     if (r < P && n < N)
         Y[(size_t)r * N + n] = acc;
 }
@@ -145,7 +143,7 @@ extern "C" mpk_status mpk_gpu_run(const mpk_moe *p, mpk_moe_backend b, int runs,
     int *count = nullptr, *off = nullptr, *perm = nullptr, *pos = nullptr;
     __nv_bfloat16 *gu = nullptr, *dn = nullptr;
     cudaEvent_t ev0 = nullptr, ev1 = nullptr;
-    std::vector<float> times, host((size_t)T * H);
+    std::vector<float> times;
     std::vector<char> used((size_t)E, 0);
     mpk_status st = MPK_OK;
     dim3 tb(16, 16);

@@ -1,6 +1,7 @@
 /* ops.c — the op descriptor table: inference, inverses, reference CPU kernels. */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
+#include "ops_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -273,10 +274,7 @@ static mpk_status inv_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv
 
 /* ---------------------------------------------------------------- quantization ops */
 
-static bool is_float(mpk_dtype d)
-{
-    return d == MPK_DTYPE_F32 || d == MPK_DTYPE_F16 || d == MPK_DTYPE_BF16;
-}
+static bool float_like(mpk_dtype d);
 
 static int64_t cdiv(int64_t a, int64_t b)
 {
@@ -325,7 +323,7 @@ static mpk_status infer_quant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bu
     MPK_TRY(alloc_bundle(out, 2, N, arena, err));
     for (int i = 0; i < N; i++) {
         const mpk_tmeta *t = &in->t[i];
-        if (!is_float(t->dtype) || t->ndim < 2)
+        if (!float_like(t->dtype) || t->ndim < 2)
             MPK_FAIL(err, MPK_E_OP, "ops", "quant_fp8_block needs an F32/F16/BF16 matrix, got %s of rank %d",
                      mpk_dtype_name(t->dtype), t->ndim);
         out->t[i] = *t;
@@ -375,7 +373,7 @@ static mpk_status infer_quant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_
     MPK_TRY(alloc_bundle(out, 2, N, arena, err));
     for (int i = 0; i < N; i++) {
         const mpk_tmeta *t = &in->t[i];
-        if (!is_float(t->dtype) || t->ndim < 1 || t->ndim >= MPK_MAX_DIMS || t->shape[t->ndim - 1] % 32)
+        if (!float_like(t->dtype) || t->ndim < 1 || t->ndim >= MPK_MAX_DIMS || t->shape[t->ndim - 1] % 32)
             MPK_FAIL(err, MPK_E_QUANT, "ops", "quant_mxfp4 needs F32/F16/BF16 rows of a multiple of 32 values, got %s [.., %lld]",
                      mpk_dtype_name(t->dtype), t->ndim ? (long long)t->shape[t->ndim - 1] : 0LL);
         out->t[N + i] = *t; /* scales [.., C/32] */
@@ -496,32 +494,16 @@ size_t mpk_dtype_size(mpk_dtype d)
     return b % 8 ? 0 : (size_t)b / 8;
 }
 
-static uint32_t f2u(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
 
-static float u2f(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 float mpk_bf16_to_f32(uint16_t h)
 {
-    return u2f((uint32_t)h << 16);
+    return ops_u2f((uint32_t)h << 16);
 }
 
 uint16_t mpk_f32_to_bf16(float f)
 {
-    uint32_t x = f2u(f);
-    if ((x & 0x7F800000u) == 0x7F800000u && (x & 0x7FFFFFu))
-        return (uint16_t)((x >> 16) | 0x40); /* quiet NaN, sign kept */
-    uint32_t bias = 0x7FFFu + ((x >> 16) & 1u);
-    return (uint16_t)((x + bias) >> 16);
+    return ops_f32_to_bf16(f);
 }
 
 float mpk_f16_to_f32(uint16_t h)
@@ -529,19 +511,19 @@ float mpk_f16_to_f32(uint16_t h)
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
     uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
     if (exp == 0x1F)
-        return u2f(sign | 0x7F800000u | (mant << 13));
+        return ops_u2f(sign | 0x7F800000u | (mant << 13));
     if (exp == 0) {
         if (mant == 0)
-            return u2f(sign);
+            return ops_u2f(sign);
         float v = ldexpf((float)mant, -24);
         return sign ? -v : v;
     }
-    return u2f(sign | ((exp + 112) << 23) | (mant << 13));
+    return ops_u2f(sign | ((exp + 112) << 23) | (mant << 13));
 }
 
 uint16_t mpk_f32_to_f16(float f)
 {
-    uint32_t x = f2u(f);
+    uint32_t x = ops_f2u(f);
     uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
     uint32_t exp = (x >> 23) & 0xFF, mant = x & 0x7FFFFF;
     if (exp == 0xFF)
@@ -580,7 +562,7 @@ bool mpk_cast_supported(mpk_dtype from, mpk_dtype to)
     return (float_like(from) || fp8(from) || from == MPK_DTYPE_F8_E8M0) && (float_like(to) || fp8(to));
 }
 
-static float load_any(mpk_dtype d, const void *src, size_t i)
+float ops_load_f32(mpk_dtype d, const void *src, size_t i)
 {
     switch (d) {
     case MPK_DTYPE_F32: return ((const float *)src)[i];
@@ -602,7 +584,7 @@ void mpk_cast(mpk_dtype from, const void *src, mpk_dtype to, void *dst, size_t n
     uint8_t *d8 = dst;
     float *d32 = dst;
     for (size_t i = 0; i < n; i++) {
-        float v = load_any(from, src, i);
+        float v = ops_load_f32(from, src, i);
         if (to == MPK_DTYPE_F32)
             d32[i] = v;
         else if (to == MPK_DTYPE_BF16)

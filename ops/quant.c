@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
+#include "ops_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -100,37 +101,17 @@ float mpk_e8m0_to_f32(uint8_t x)
 
 /* ---------------------------------------------------------------- fast paths */
 
-static float u2f(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
-static uint32_t f2u(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
 
 /* E4M3 -> F32 with bit operations (vectorizes): the magnitude bits placed in an F32's
  * exponent/mantissa field read 2^-120 too small, normals and subnormals alike. */
 static inline float e4m3_fast(uint8_t x)
 {
-    float mag = u2f((uint32_t)(x & 0x7F) << 20) * 0x1p120f;
-    uint32_t u = f2u(mag) | ((uint32_t)(x & 0x80) << 24);
+    float mag = ops_u2f((uint32_t)(x & 0x7F) << 20) * 0x1p120f;
+    uint32_t u = ops_f2u(mag) | ((uint32_t)(x & 0x80) << 24);
     if ((x & 0x7F) == 0x7F)
         u |= 0x7FC00000u;
-    return u2f(u);
-}
-
-static inline uint16_t bf16_rne(float f)
-{
-    uint32_t x = f2u(f);
-    if ((x & 0x7F800000u) == 0x7F800000u && (x & 0x7FFFFFu))
-        return (uint16_t)((x >> 16) | 0x40);
-    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    return ops_u2f(u);
 }
 
 static void store(mpk_dtype dt, void *out, size_t i, float v)
@@ -138,25 +119,17 @@ static void store(mpk_dtype dt, void *out, size_t i, float v)
     if (dt == MPK_DTYPE_F32)
         ((float *)out)[i] = v;
     else if (dt == MPK_DTYPE_BF16)
-        ((uint16_t *)out)[i] = bf16_rne(v);
+        ((uint16_t *)out)[i] = ops_f32_to_bf16(v);
     else
         ((uint16_t *)out)[i] = mpk_f32_to_f16(v);
 }
 
-static float load(mpk_dtype dt, const void *in, size_t i)
-{
-    if (dt == MPK_DTYPE_F32)
-        return ((const float *)in)[i];
-    if (dt == MPK_DTYPE_BF16)
-        return mpk_bf16_to_f32(((const uint16_t *)in)[i]);
-    return mpk_f16_to_f32(((const uint16_t *)in)[i]);
-}
 
 /* ---------------------------------------------------------------- FP8 block */
 
 /* E4M3 codes times a scale, rounded once to BF16, written branch-free so the compiler turns
  * it into SIMD (an AVX2 clone is picked at load time where the CPU has it). The result is
- * exactly bf16_rne(mpk_e4m3_to_f32(code) * s): normals by placing the fields, subnormals by
+ * exactly ops_f32_to_bf16(mpk_e4m3_to_f32(code) * s): normals by placing the fields, subnormals by
  * an int-to-float conversion, NaN by a select. */
 __attribute__((target_clones("avx2", "default")))
 static void e4m3_bf16_row(const uint8_t *row, uint16_t *o, int64_t C, const float *srow, int block)
@@ -169,8 +142,8 @@ static void e4m3_bf16_row(const uint8_t *row, uint16_t *o, int64_t C, const floa
     for (size_t i = 0; i < n; i++) {
         uint32_t x = in[i], e = (x >> 3) & 0xF, m = x & 7;
         uint32_t is_norm = -(uint32_t)(e != 0), is_nan = -(uint32_t)((x & 0x7F) == 0x7F);
-        uint32_t bits = ((((e + 120) << 23) | (m << 20)) & is_norm) | (f2u((float)m * 0x1p-9f) & ~is_norm);
-        uint32_t u = f2u(u2f(bits) * s) ^ ((x & 0x80) << 24);
+        uint32_t bits = ((((e + 120) << 23) | (m << 20)) & is_norm) | (ops_f2u((float)m * 0x1p-9f) & ~is_norm);
+        uint32_t u = ops_f2u(ops_u2f(bits) * s) ^ ((x & 0x80) << 24);
         uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
         out[i] = (uint16_t)((r & ~is_nan) | ((((x & 0x80) << 8) | 0x7FC0u) & is_nan));
     }
@@ -213,7 +186,7 @@ void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, i
         float amax = 0;
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = c0; c < c1; c++) {
-                float v = fabsf(load(in_dt, in, (size_t)(r * C + c)));
+                float v = fabsf(ops_load_f32(in_dt, in, (size_t)(r * C + c)));
                 if (v > amax) /* NaN never raises amax */
                     amax = v;
             }
@@ -225,7 +198,7 @@ void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, i
         if (w)
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t c = c0; c < c1; c++)
-                    w[r * C + c] = mpk_f32_to_e4m3(load(in_dt, in, (size_t)(r * C + c)) / s);
+                    w[r * C + c] = mpk_f32_to_e4m3(ops_load_f32(in_dt, in, (size_t)(r * C + c)) / s);
     }
 }
 
@@ -238,7 +211,7 @@ static inline float e8m0_fast(uint8_t s)
 {
     if (s == 0xFF)
         return NAN;
-    return s ? u2f((uint32_t)s << 23) : u2f(0x00400000u); /* 2^-127 is an F32 subnormal */
+    return s ? ops_u2f((uint32_t)s << 23) : ops_u2f(0x00400000u); /* 2^-127 is an F32 subnormal */
 }
 
 void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_blocks,
@@ -251,7 +224,7 @@ void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_bl
         if (out_dt == MPK_DTYPE_BF16) {
             uint16_t tab[16];
             for (int k = 0; k < 16; k++)
-                tab[k] = bf16_rne(E2M1_LUT[k] * s);
+                tab[k] = ops_f32_to_bf16(E2M1_LUT[k] * s);
             uint16_t *o = (uint16_t *)out + b * 32;
             for (int k = 0; k < 16; k++) {
                 o[2 * k] = tab[p[k] & 0xF];
@@ -273,7 +246,7 @@ void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *
         float v[32], amax = 0;
         bool nan = false;
         for (int k = 0; k < 32; k++) {
-            v[k] = load(in_dt, in, b * 32 + (size_t)k);
+            v[k] = ops_load_f32(in_dt, in, b * 32 + (size_t)k);
             nan |= isnan(v[k]);
             if (fabsf(v[k]) > amax)
                 amax = fabsf(v[k]);

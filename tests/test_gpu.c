@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static void check_case(int T, int H, int I, int E, int k, int seed, int force_expert)
 {
@@ -92,6 +93,36 @@ static void test_hand_case(void **state)
     assert_int_equal(mpk_moe_random(1, 4, 4, 2, 3, 1, false, &r, &err), MPK_E_USAGE); /* k > E */
 }
 
+/* gpucheck's exit codes: usage 2, a checkpoint without packed experts 1, CPU checks passing
+ * and then 77 without a GPU (0 with one). */
+static void test_gpucheck_cli(void **state)
+{
+    (void)state;
+    const char *m = getenv("MOEPACK");
+    if (!m)
+        skip();
+    char cmd[1024], dir[] = "/tmp/mpk_gc_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+#define RC(...) (snprintf(cmd, sizeof cmd, __VA_ARGS__), WEXITSTATUS(system(cmd)))
+    assert_int_equal(RC("%s gpucheck 2>/dev/null", m), 2);
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --backends fast 2>/dev/null", m), 2);
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --topk 5 2>/dev/null", m), 2);
+    assert_int_equal(RC("%s synth --arch qwen3_moe --layers 1 --experts 4 --hidden 32 --intermediate 16 %s/pe "
+                        ">/dev/null", m, dir), 0);
+    assert_int_equal(RC("%s gpucheck %s/pe 2>%s/err", m, dir, dir), 1);
+    assert_int_equal(RC("grep -q 'no packed experts for layer 0' %s/err", dir), 0);
+    assert_int_equal(RC("%s pack -q %s/pe %s/pk", m, dir, dir), 0);
+    int rc = RC("%s gpucheck %s/pk --tokens 1,7 --topk 2 >/dev/null 2>&1", m, dir);
+    assert_true(rc == 77 || rc == 0);
+    rc = RC("%s gpucheck --synthetic 4,32,16 --tokens 3 --json > %s/out.json 2>/dev/null", m, dir);
+    assert_true(rc == 77 || rc == 0);
+    assert_int_equal(RC("grep -q '\"ok\":\ttrue' %s/out.json", dir), 0);
+    assert_int_equal(RC("grep -q '\"ok\":\tfalse' %s/out.json", dir), 1);
+#undef RC
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static int device_main(void)
 {
     char why[256];
@@ -129,6 +160,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backends_agree),
         cmocka_unit_test(test_hand_case),
+        cmocka_unit_test(test_gpucheck_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -359,12 +359,17 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
     int steps = fwd ? N : rev ? (int)g->src[0]->info->shape[0] : 1;
     mpk_arena *a = mpk_arena_new();
     mpk_tmeta *m = mpk_calloc((size_t)(S * N) + 1, sizeof *m);
-    void **data = mpk_calloc((size_t)(S * N) + 1, sizeof *data);
-    if (!a || !m || !data)
+    if (!a || !m)
         s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     for (int k = 0; k < steps && s == MPK_OK; k++) {
         int items = fwd ? 1 : N;
         mpk_bundle b = {S, items, m};
+        /* the step's tensors; apply_chain replaces the array with its outputs */
+        void **cur = mpk_calloc((size_t)(S * items) + 1, sizeof *cur);
+        if (!cur) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
+            break;
+        }
         for (int sg = 0; sg < S && s == MPK_OK; sg++)
             for (int it = 0; it < items && s == MPK_OK; it++) {
                 const mpk_ckpt_tensor *t = g->src[sg * N + (fwd ? k : it)];
@@ -377,23 +382,10 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
                     off = (uint64_t)k * len;
                     tm->shape[0] = 1;
                 }
-                s = read_source(p, t, off, len, (char **)&data[sg * items + it], err);
+                s = read_source(p, t, off, len, (char **)&cur[sg * items + it], err);
             }
-        void **cur = data;
-        bool owned = false;
-        if (s == MPK_OK) {
-            /* apply on a private copy of the pointer array: apply_chain frees what it consumes */
-            void **d2 = mpk_calloc((size_t)(S * items) + 1, sizeof *d2);
-            if (!d2) {
-                s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
-            } else {
-                memcpy(d2, data, sizeof *d2 * (size_t)(S * items));
-                memset(data, 0, sizeof *data * (size_t)(S * items));
-                cur = d2;
-                owned = true;
-                s = apply_chain(r, &b, &cur, a, err);
-            }
-        }
+        if (s == MPK_OK)
+            s = apply_chain(r, &b, &cur, a, err);
         if (s == MPK_OK) {
             for (int tg = 0; tg < b.n_groups && s == MPK_OK; tg++)
                 for (int it = 0; it < b.n_items && s == MPK_OK; it++) {
@@ -415,15 +407,9 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
                         s = tc_end(v, &x->ts);
                 }
         }
-        if (owned) {
-            for (int i = 0; i < b.n_groups * b.n_items; i++)
-                free(cur[i]);
-            free(cur);
-        }
-        for (int i = 0; i < S * N; i++) {
-            free(data[i]);
-            data[i] = NULL;
-        }
+        for (int i = 0; i < b.n_groups * b.n_items; i++)
+            free(cur[i]);
+        free(cur);
     }
     for (int i = 0; !rev && i < NS && s == MPK_OK; i++) {
         s = tc_end(v, &so[i].tw);
@@ -431,7 +417,6 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
             s = tc_end(v, &so[i].ts);
     }
     free(m);
-    free(data);
     free(so);
     mpk_arena_free(a);
     return s;
