@@ -180,14 +180,31 @@ const mpk_command mpk_commands[] = {
      "A and B may be in different layouts of the same model (per-expert vs packed): A is\n"
      "mapped through the preset. Exit 0 all within tolerance, 3 otherwise.\n", mpk_cmd_diff},
     {"gpucheck", "run packed experts with eager/batched/grouped backends against a CPU reference",
-     "usage: moepack gpucheck PATH | --synthetic E,H,I [--layer L] [--tokens 1,4,16,64] [--topk K]\n"
-     "                [--backends eager,batched,grouped] [--seed N] [--json]\n\n"
+     "usage: moepack gpucheck PATH | --synthetic E,H,I [options]\n\n"
      "Random x and softmax top-k routing (from --seed) through layer L's packed experts (BF16\n"
-     "gate_up_proj [E,2I,H], down_proj [E,H,I]): every CPU backend, then every CUDA backend when\n"
-     "the binary has CUDA and a device answers, each checked against the fp64 CPU reference\n"
-     "(relative error < 1e-3, every element within 1e-4 + 1e-2 |ref|, no NaN/Inf) and timed with\n"
-     "CUDA events. Exit 0 all correct, 3 a backend disagrees, 77 no usable GPU (after the CPU\n"
-     "checks pass).\n", mpk_cmd_gpucheck},
+     "gate_up_proj [E,2I,H], down_proj [E,H,I]) with each backend: on the CPU (small cases, or\n"
+     "--cpu), then on the GPU when the binary has CUDA and a device answers. Each is checked\n"
+     "against the fp64 CPU reference on up to --check-rows tokens (CPU: relative error < 1e-3,\n"
+     "each element within 1e-4 + 1e-2|ref|; GPU, BF16 activations: relative error < 1e-2, each\n"
+     "element within 0.05 rms(ref) + 0.05|ref|; never NaN/Inf, every output element written), then timed\n"
+     "with CUDA events (median of --runs after warm-up): ms, TFLOP/s, GB/s of expert weights.\n\n"
+     "  --layer L              packed layer to load (default 0)\n"
+     "  --tokens LIST          token counts (default 1,4,16,64,256,1024,4096)\n"
+     "  --topk K               experts per token (default 2)\n"
+     "  --backends LIST        eager,batched,grouped,grouped_cublas (default all)\n"
+     "  --reference SRC        compute the reference from SRC's per-expert weights (the\n"
+     "                         checkpoint PATH was packed from): proves gate-first and expert order\n"
+     "  --plot FILE.svg        tokens (log) vs time per GPU backend\n"
+     "  --peer FILE.json       gpu/peer_torch.py --json output: print our time / peer time\n"
+     "  --save-inputs DIR      write each case's x, top_k_index, top_k_weights (for the peer)\n"
+     "  --runs N               timed runs per case (default 20)\n"
+     "  --check-rows N         tokens checked against the reference (default 32)\n"
+     "  --cpu                  run the CPU backends even on large cases\n"
+     "  --seed N               inputs and routing seed (default 1)\n"
+     "  --json                 one JSON document on stdout\n\n"
+     "The cuBLAS backends (eager, batched, grouped_cublas) load libcublas.so.13 at run time\n"
+     "(LD_LIBRARY_PATH, or MOEPACK_CUBLAS=/path/libcublas.so.13). Exit 0 all correct, 3 a\n"
+     "backend disagrees, 77 no usable GPU (after the CPU checks pass).\n", mpk_cmd_gpucheck},
     {"demo", "synth -> pack -> unpack -> verify on an embedded default",
      "usage: moepack demo [DIR]\n\nWrites a small Mixtral-style checkpoint, packs it, unpacks it\n"
      "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory.\n",

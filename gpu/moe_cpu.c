@@ -4,47 +4,89 @@
 #include "mpk_ops.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped"};
+const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped", "grouped_cublas"};
 
 static double silu(double v)
 {
     return v / (1.0 + exp(-v));
 }
 
-void mpk_moe_reference(const mpk_moe *p, float *out)
+/* One token's output row, double accumulation; h [2I] and acc [H] scratch. */
+static void reference_row(const mpk_moe *p, int t, double *h, double *acc, float *out)
 {
     int H = p->H, I = p->I;
-    double *h = malloc(sizeof(double) * (size_t)(2 * I)), *acc = malloc(sizeof(double) * (size_t)H);
-    for (int t = 0; t < p->T; t++) {
-        for (int c = 0; c < H; c++)
-            acc[c] = 0;
-        for (int j = 0; j < p->k; j++) {
-            int e = p->idx[t * p->k + j];
-            const uint16_t *gu = p->w_gu + (size_t)e * 2 * I * H, *dn = p->w_d + (size_t)e * H * I;
-            for (int r = 0; r < 2 * I; r++) {
-                double s = 0;
-                for (int c = 0; c < H; c++)
-                    s += (double)mpk_bf16_to_f32(gu[(size_t)r * H + c]) * p->x[(size_t)t * H + c];
-                h[r] = s;
-            }
-            for (int r = 0; r < I; r++)
-                h[r] = silu(h[r]) * h[I + r];
-            for (int c = 0; c < H; c++) {
-                double s = 0;
-                for (int r = 0; r < I; r++)
-                    s += (double)mpk_bf16_to_f32(dn[(size_t)c * I + r]) * h[r];
-                acc[c] += (double)p->w[t * p->k + j] * s;
-            }
+    for (int c = 0; c < H; c++)
+        acc[c] = 0;
+    for (int j = 0; j < p->k; j++) {
+        int e = p->idx[t * p->k + j];
+        const uint16_t *gu = p->w_gu + (size_t)e * 2 * I * H, *dn = p->w_d + (size_t)e * H * I;
+        for (int r = 0; r < 2 * I; r++) {
+            double s = 0;
+            for (int c = 0; c < H; c++)
+                s += (double)mpk_bf16_to_f32(gu[(size_t)r * H + c]) * p->x[(size_t)t * H + c];
+            h[r] = s;
         }
-        for (int c = 0; c < H; c++)
-            out[(size_t)t * H + c] = (float)acc[c];
+        for (int r = 0; r < I; r++)
+            h[r] = silu(h[r]) * h[I + r];
+        for (int c = 0; c < H; c++) {
+            double s = 0;
+            for (int r = 0; r < I; r++)
+                s += (double)mpk_bf16_to_f32(dn[(size_t)c * I + r]) * h[r];
+            acc[c] += (double)p->w[t * p->k + j] * s;
+        }
     }
+    for (int c = 0; c < H; c++)
+        out[c] = (float)acc[c];
+}
+
+typedef struct ref_job {
+    const mpk_moe *p;
+    const int *rows;
+    int n, stride, first;
+    float *out;
+} ref_job;
+
+static void *ref_worker(void *arg)
+{
+    ref_job *j = arg;
+    double *h = malloc(sizeof(double) * 2 * (size_t)j->p->I), *acc = malloc(sizeof(double) * (size_t)j->p->H);
+    for (int i = j->first; h && acc && i < j->n; i += j->stride)
+        reference_row(j->p, j->rows ? j->rows[i] : i, h, acc, j->out + (size_t)i * j->p->H);
     free(h);
     free(acc);
+    return NULL;
+}
+
+void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int threads, float *out)
+{
+    enum { MAX_THREADS = 64 };
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    if (threads > n)
+        threads = n > 0 ? n : 1;
+    ref_job jobs[MAX_THREADS];
+    pthread_t tid[MAX_THREADS];
+    bool started[MAX_THREADS] = {0};
+    for (int i = 0; i < threads; i++) {
+        jobs[i] = (ref_job){p, rows, n, threads, i, out};
+        if (i > 0)
+            started[i] = pthread_create(&tid[i], NULL, ref_worker, &jobs[i]) == 0;
+    }
+    for (int i = 0; i < threads; i++)
+        if (!started[i])
+            ref_worker(&jobs[i]); /* the caller's share, and any thread that could not start */
+    for (int i = 1; i < threads; i++)
+        if (started[i])
+            pthread_join(tid[i], NULL);
+}
+
+void mpk_moe_reference(const mpk_moe *p, float *out)
+{
+    mpk_moe_reference_rows(p, NULL, p->T, 1, out);
 }
 
 /* y[n, R] = x[n, C] W^T, W [R, C] BF16, float accumulation */
@@ -113,7 +155,8 @@ mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_erro
         for (size_t q = 0; q < P; q++)
             expert(p, p->idx[q], p->x + (q / (size_t)k) * H, 1, h, a, yall + q * H);
         break;
-    case MPK_MOE_GROUPED: {
+    case MPK_MOE_GROUPED:
+    case MPK_MOE_GROUPED_CUBLAS: { /* the same algorithm; the library is the GPU's business */
         /* histogram, exclusive prefix sum, stable scatter of pairs into expert order */
         for (size_t q = 0; q < P; q++)
             off[p->idx[q] + 1]++;
@@ -197,7 +240,7 @@ mpk_status mpk_moe_random(int T, int H, int I, int E, int k, uint64_t seed, bool
         MPK_FAIL(err, MPK_E_NOMEM, "moe", "out of memory");
     }
     for (size_t i = 0; i < (size_t)T * H; i++)
-        x[i] = (float)(unif(&st) * 2 - 1);
+        x[i] = mpk_bf16_to_f32(mpk_f32_to_bf16((float)(unif(&st) * 2 - 1)));
     for (size_t i = 0; make_weights && i < (size_t)E * 2 * I * H; i++)
         gu[i] = mpk_f32_to_bf16((float)(unif(&st) * 0.1 - 0.05));
     for (size_t i = 0; make_weights && i < (size_t)E * H * I; i++)
@@ -264,10 +307,22 @@ int mpk_gpu_available(char *why, size_t cap)
     return 0;
 }
 
-mpk_status mpk_gpu_run(const mpk_moe *p, mpk_moe_backend b, int runs, float *out, mpk_gpu_timing *t,
+mpk_status mpk_gpu_open(const mpk_moe *weights, mpk_gpu **g, mpk_error *err)
+{
+    (void)weights;
+    *g = NULL;
+    MPK_FAIL(err, MPK_E_OP, "gpu", "built without CUDA");
+}
+
+void mpk_gpu_close(mpk_gpu *g)
+{
+    (void)g;
+}
+
+mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, int runs, float *out, mpk_gpu_timing *t,
                        mpk_error *err)
 {
-    (void)p, (void)b, (void)runs, (void)out, (void)t;
+    (void)g, (void)p, (void)b, (void)runs, (void)out, (void)t;
     MPK_FAIL(err, MPK_E_OP, "gpu", "built without CUDA");
 }
 #endif

@@ -27,9 +27,13 @@ typedef struct mpk_moe {
 } mpk_moe;
 
 typedef enum mpk_moe_backend {
-    MPK_MOE_EAGER,             /* per expert: gather its tokens, two GEMMs */
-    MPK_MOE_BATCHED,           /* per (token, slot) pair, pointers to its expert's weights */
-    MPK_MOE_GROUPED,           /* sort pairs by expert, one grouped GEMM each way */
+    MPK_MOE_EAGER,             /* per expert: gather its tokens, two GEMMs (CUDA: cublasGemmEx) */
+    MPK_MOE_BATCHED,           /* per (token, slot) pair, pointers to its expert's weights
+                                  (CUDA: cublasGemmBatchedEx) */
+    MPK_MOE_GROUPED,           /* sort pairs by expert, one grouped GEMM each way (CUDA: our
+                                  tensor-core kernels, silu*up fused into the first) */
+    MPK_MOE_GROUPED_CUBLAS,    /* the grouped algorithm through cublasGemmGroupedBatchedEx (the
+                                  CPU version is the grouped one) */
     MPK_MOE_BACKEND_COUNT
 } mpk_moe_backend;
 
@@ -37,10 +41,13 @@ extern const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT];
 
 /* The reference: double accumulation everywhere; out [T, H]. Thread-safe. */
 void mpk_moe_reference(const mpk_moe *p, float *out);
+/* The reference for tokens rows[0..n) only (out [n, H]), spread over up to threads threads. */
+void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int threads, float *out);
 /* A CPU backend (float accumulation); out [T, H]. MPK_E_NOMEM on allocation failure. */
 mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_error *err);
 
-/* Deterministic random problem: x ~ U(-1, 1), weights ~ U(-0.05, 0.05) as BF16 (unless the
+/* Deterministic random problem: x ~ U(-1, 1) rounded to BF16-representable values (hidden
+ * states are BF16 in a model, and the GPU backends take them so), weights ~ U(-0.05, 0.05) as BF16 (unless the
  * caller supplies weights), routing = softmax top-k of random logits (distinct experts per
  * token). Buffers malloc'd into *p; free with mpk_moe_free. */
 mpk_status mpk_moe_random(int T, int H, int I, int E, int k, uint64_t seed, bool make_weights, mpk_moe *p,
@@ -67,9 +74,19 @@ typedef struct mpk_gpu_timing {
     double tflops, weight_gbs; /* 2*T*k*3*H*I flops; bytes of the experts that received tokens */
 } mpk_gpu_timing;
 
-/* Runs backend b on the GPU: correctness first (out, poisoned before the run and checked fully
- * written), then timing over runs iterations after warm-up. MPK_E_OP when unavailable. */
-mpk_status mpk_gpu_run(const mpk_moe *p, mpk_moe_backend b, int runs, float *out, mpk_gpu_timing *t,
+/* The device side of one layer: its weights uploaded once, the cuBLAS handle (libcublas is
+ * loaded with dlopen: libcublas.so.13, or $MOEPACK_CUBLAS; without it the cuBLAS backends
+ * answer MPK_E_OP with the reason). */
+typedef struct mpk_gpu mpk_gpu;
+mpk_status mpk_gpu_open(const mpk_moe *weights, mpk_gpu **g, mpk_error *err);
+void mpk_gpu_close(mpk_gpu *g);
+
+/* Runs backend b on the GPU: BF16 inputs and intermediates, fp32 accumulation. Correctness
+ * first (out [T, H], poisoned with NaN before the run and checked fully written), then timing
+ * (CUDA events around the whole layer, routing sort included; runs timed iterations after
+ * warm-up, rotating over 4 copies of the inputs; median). MPK_E_OP when the backend is not
+ * available (message says why). */
+mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, int runs, float *out, mpk_gpu_timing *t,
                        mpk_error *err);
 
 #ifdef __cplusplus

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static void check_case(int T, int H, int I, int E, int k, int seed, int force_expert)
 {
@@ -37,6 +38,13 @@ static void check_case(int T, int H, int I, int E, int k, int seed, int force_ex
             fail_msg("%s T=%d H=%d I=%d E=%d k=%d: rel_err %g, %llu bad (first %llu)", mpk_moe_backend_names[b], T, H,
                      I, E, k, c.rel_err, (unsigned long long)c.n_bad, (unsigned long long)c.first_bad);
     }
+    /* the reference on a subset of rows, threaded, gives exactly those rows */
+    int rows[3] = {T - 1, 0, T / 2};
+    float sub[3 * 64];
+    assert_true(H <= 64);
+    mpk_moe_reference_rows(&p, rows, 3, 3, sub);
+    for (int i = 0; i < 3; i++)
+        assert_memory_equal(sub + (size_t)i * H, ref + (size_t)rows[i] * H, sizeof(float) * (size_t)H);
     free(ref);
     free(got);
     mpk_moe_free(&p, true);
@@ -118,9 +126,89 @@ static void test_gpucheck_cli(void **state)
     assert_true(rc == 77 || rc == 0);
     assert_int_equal(RC("grep -q '\"ok\":\ttrue' %s/out.json", dir), 0);
     assert_int_equal(RC("grep -q '\"ok\":\tfalse' %s/out.json", dir), 1);
+    /* --reference: the source's per-expert weights give the same answer as the packed ones */
+    rc = RC("%s gpucheck %s/pk --reference %s/pe --tokens 5 --topk 2 >/dev/null 2>&1", m, dir, dir);
+    assert_true(rc == 77 || rc == 0);
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --reference %s/pe 2>/dev/null", m, dir), 2);
+    assert_int_equal(RC("%s gpucheck %s/pk --reference %s/pk 2>%s/err", m, dir, dir, dir), 1);
+    assert_int_equal(RC("grep -q 'no per-expert gate weight for layer 0, expert 0' %s/err", dir), 0);
+    /* a packing with up rows first (a wrong spec) is caught against the source */
+    FILE *f = fopen(strcat(strcpy(cmd, dir), "/swap.json"), "w");
+    assert_non_null(f);
+    fputs("{\"name\": \"swapped\", \"converters\": [\n"
+          " {\"sources\": [\"mlp.experts.{expert}.up_proj.weight\", \"mlp.experts.{expert}.gate_proj.weight\"],\n"
+          "  \"target\": \"mlp.experts.gate_up_proj\", \"ops\": [{\"op\": \"merge\", \"dim\": 0}, "
+          "{\"op\": \"concat\", \"dim\": 1}]},\n"
+          " {\"sources\": [\"mlp.experts.{expert}.down_proj.weight\"], \"target\": \"mlp.experts.down_proj\",\n"
+          "  \"ops\": [{\"op\": \"merge\", \"dim\": 0}]}]}\n", f);
+    fclose(f);
+    assert_int_equal(RC("%s convert -q --spec %s/swap.json %s/pe %s/bad", m, dir, dir, dir), 0);
+    assert_int_equal(RC("%s gpucheck %s/bad --reference %s/pe --tokens 4 --topk 2 > %s/out 2>&1", m, dir, dir, dir), 3);
+    assert_int_equal(RC("grep -q 'cpu  eager .*FAIL' %s/out", dir), 0);
+    /* --save-inputs writes each case's inputs as safetensors for the peer script */
+    rc = RC("%s gpucheck --synthetic 4,32,16 --tokens 2,9 --topk 3 --save-inputs %s >/dev/null 2>&1", m, dir);
+    assert_true(rc == 77 || rc == 0);
+    assert_int_equal(RC("%s inspect %s/inputs-T9.safetensors > %s/insp", m, dir, dir), 0);
+    assert_int_equal(RC("grep -q 'top_k_index.*I32.*\\[9, 3\\]' %s/insp", dir), 0);
+    assert_int_equal(RC("grep -q 'x .*BF16.*\\[9, 32\\]' %s/insp", dir), 0);
+    /* ... holding the case's values: x as BF16 and the routing, as mpk_moe_random made them */
+    mpk_moe want;
+    mpk_error err = {0};
+    assert_int_equal(mpk_moe_random(9, 32, 16, 4, 3, 1, false, &want, &err), MPK_OK);
+    mpk_ckpt *ck;
+    snprintf(cmd, sizeof cmd, "%s/inputs-T9.safetensors", dir);
+    assert_int_equal(mpk_ckpt_open(cmd, &ck, &err), MPK_OK);
+    const mpk_ckpt_tensor *tx = mpk_ckpt_find(ck, "x"), *ti = mpk_ckpt_find(ck, "top_k_index");
+    assert_non_null(tx);
+    assert_non_null(ti);
+    uint16_t xb[9 * 32];
+    int32_t ib[9 * 3];
+    assert_int_equal(pread(ck->shards[0].fd, xb, sizeof xb, (off_t)tx->file_offset), (ssize_t)sizeof xb);
+    assert_int_equal(pread(ck->shards[0].fd, ib, sizeof ib, (off_t)ti->file_offset), (ssize_t)sizeof ib);
+    for (int i = 0; i < 9 * 32; i++)
+        assert_true(mpk_bf16_to_f32(xb[i]) == want.x[i]);
+    assert_memory_equal(ib, want.idx, sizeof ib);
+    mpk_ckpt_close(ck);
+    mpk_moe_free(&want, false);
 #undef RC
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
+}
+
+/* One GPU case against the reference: every backend that is available. */
+static int device_case(int T, int H, int I, int E, int k, int force_expert)
+{
+    mpk_moe p;
+    mpk_error err = {0};
+    if (mpk_moe_random(T, H, I, E, k, 11, true, &p, &err) != MPK_OK)
+        return 1;
+    if (force_expert >= 0)
+        for (int t = 0; t < T; t++)
+            ((int32_t *)p.idx)[t * k] = force_expert;
+    float *ref = malloc(sizeof(float) * (size_t)T * H), *got = malloc(sizeof(float) * (size_t)T * H);
+    mpk_moe_reference_rows(&p, NULL, T, 8, ref);
+    mpk_gpu *g = NULL;
+    int bad = mpk_gpu_open(&p, &g, &err) != MPK_OK;
+    for (int b = 0; !bad && b < MPK_MOE_BACKEND_COUNT; b++) {
+        mpk_gpu_timing t;
+        mpk_status s = mpk_gpu_run(g, &p, (mpk_moe_backend)b, 2, got, &t, &err);
+        if (s == MPK_E_OP && strstr(err.msg, "cuBLAS")) {
+            printf("  %-14s skipped: %s\n", mpk_moe_backend_names[b], err.msg);
+            continue;
+        }
+        mpk_moe_check c = {0};
+        if (s == MPK_OK)
+            mpk_moe_compare(ref, got, (size_t)T * H, 1e-3, 5e-2, &c);
+        int ok = s == MPK_OK && c.n_bad == 0 && c.rel_err < 1e-2;
+        printf("  T=%-5d H=%-4d I=%-4d E=%-3d k=%d %-14s %s rel_err %.3g%s%s\n", T, H, I, E, k,
+               mpk_moe_backend_names[b], ok ? "ok  " : "FAIL", c.rel_err, s == MPK_OK ? "" : " ", s == MPK_OK ? "" : err.msg);
+        bad += !ok;
+    }
+    mpk_gpu_close(g);
+    free(ref);
+    free(got);
+    mpk_moe_free(&p, true);
+    return bad;
 }
 
 static int device_main(void)
@@ -130,26 +218,13 @@ static int device_main(void)
         fprintf(stderr, "skipping: %s\n", why);
         return 77;
     }
-    mpk_moe p;
-    mpk_error err = {0};
-    if (mpk_moe_random(64, 256, 128, 8, 2, 1, true, &p, &err) != MPK_OK)
-        return 1;
-    float *ref = malloc(sizeof(float) * 64 * 256), *got = malloc(sizeof(float) * 64 * 256);
-    mpk_moe_reference(&p, ref);
     int bad = 0;
-    for (int b = 0; b < MPK_MOE_BACKEND_COUNT; b++) {
-        mpk_gpu_timing t;
-        mpk_status s = mpk_gpu_run(&p, (mpk_moe_backend)b, 5, got, &t, &err);
-        if (s == MPK_E_OP)
-            continue;
-        mpk_moe_check c;
-        mpk_moe_compare(ref, got, 64 * 256, 1e-4, 1e-2, &c);
-        printf("%s: %s rel_err %g\n", mpk_moe_backend_names[b], s == MPK_OK ? "ran" : err.msg, c.rel_err);
-        bad += s != MPK_OK || c.n_bad || c.rel_err > 1e-3;
-    }
-    free(ref);
-    free(got);
-    mpk_moe_free(&p, true);
+    bad += device_case(1, 64, 32, 4, 1, -1);       /* T = 1, k = 1 */
+    bad += device_case(64, 256, 128, 8, 2, -1);
+    bad += device_case(5, 96, 40, 64, 2, -1);      /* most experts without tokens */
+    bad += device_case(33, 17, 9, 8, 8, -1);       /* k = 8 = E, odd sizes (no 16-byte loads) */
+    bad += device_case(300, 128, 200, 16, 4, 3);   /* one expert gets every token: several tiles */
+    bad += device_case(700, 64, 72, 32, 8, -1);    /* 5600 pairs: several routing chunks */
     return bad ? 1 : 0;
 }
 

@@ -1,0 +1,57 @@
+#!/bin/bash
+# The GPU measurements, run on the device machine from the repository root after
+# scripts/device_kit.sh built .carry/ here (moepack, test_gpu, the shared libraries):
+#   run(carry=[".carry"]): bash gpu/device_run.sh [STEP...]
+# Steps: test (test_gpu --device), qwen3, mixtral, deepseek (gpucheck + peer_torch.py + table
+# per shape), parity[:arch,...] (tests/parity/transformers_parity.py); default: all of them.
+# Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
+# peer_torch JSON, the transformers parity results.
+set -u
+# results gather in $RES; on the device machine they come back as one archive in $OUT
+RES=/tmp/gpu-results
+rm -rf "$RES" && mkdir -p "$RES"
+SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+export LD_LIBRARY_PATH=$PWD/.carry/lib:$SITE/nvidia/cu13/lib
+M=.carry/moepack
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/device.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$RES/device.txt"
+
+shape() { # name E H I k tokens
+    local name=$1 E=$2 H=$3 I=$4 k=$5 tokens=$6
+    echo "== $name E=$E H=$H I=$I k=$k"
+    rm -rf /tmp/in-$name && mkdir -p /tmp/in-$name
+    timeout 300 $M gpucheck --synthetic $E,$H,$I --topk $k --tokens $tokens --save-inputs /tmp/in-$name \
+        --plot "$RES/$name.svg" --json > "$RES/$name.json" 2> "$RES/$name.err"
+    echo "gpucheck rc=$?"; tail -3 "$RES/$name.err"
+    timeout 240 python3 gpu/peer_torch.py --E $E --H $H --I $I --topk $k --tokens $tokens \
+        --inputs /tmp/in-$name --json "$RES/$name-peer.json" > "$RES/$name-peer.txt" 2>&1
+    echo "peer rc=$?"; tail -2 "$RES/$name-peer.txt"
+    python3 gpu/results_table.py "$RES/$name.json" "$RES/$name-peer.json" | tee "$RES/$name.md"
+    rm -rf /tmp/in-$name
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek parity)
+for step in "${steps[@]}"; do
+    case $step in
+    test)
+        echo "== test_gpu --device"
+        timeout 120 .carry/test_gpu --device 2>&1 | tee "$RES/test_gpu.txt" ;;
+    qwen3) shape qwen3-30b-a3b 128 2048 768 8 1,4,16,64,256,1024,4096,16384 ;;
+    mixtral) shape mixtral-8x7b 8 4096 14336 2 1,2,4,8,16,64,256,1024,4096,16384 ;;
+    deepseek) shape deepseek-v3 256 7168 2048 8 1,16,256,1024,4096,16384 ;;
+    parity*)
+        archs=${step#parity}; archs=${archs#:}
+        echo "== parity ${archs:-all}"
+        timeout 300 python3 tests/parity/transformers_parity.py --moepack $M --work /tmp/parity \
+            ${archs:+--arch $archs} --json "$RES/parity.json" > "$RES/parity.txt" 2>&1
+        echo "parity rc=$?"; tail -14 "$RES/parity.txt" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+    esac
+done
+
+if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/results.tgz" -C "$RES" .
+else
+    rm -rf gpu-out && cp -r "$RES" gpu-out
+fi
