@@ -80,7 +80,9 @@ static int cmd_help(int argc, char **argv);
      "  -q, --quiet            no progress, no summary\n"\
      "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
      "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
-     "  --no-manifest          do not write moepack.manifest.json into DST\n"
+     "  --no-manifest          do not write moepack.manifest.json into DST\n"\
+     "  --no-fsync             rename DST into place without flushing it to disk first (as cp\n"\
+     "                         does; faster, but a crash soon after may leave it incomplete)\n"
 static int cmd_version(int argc, char **argv);
 
 static void print_features(FILE *f)

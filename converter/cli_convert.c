@@ -15,7 +15,7 @@ typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 
 typedef struct {
     const char *preset, *spec_file, *src, *dst, *io;
-    bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest;
+    bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync;
     uint64_t max_shard, mem;
     int threads;
 } conv_args;
@@ -23,7 +23,7 @@ typedef struct {
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
-           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN };
+           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -32,7 +32,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"quiet", no_argument, NULL, 'q'}, {"io", required_argument, NULL, O_IO},
         {"no-copy-range", no_argument, NULL, O_NOCFR}, {"verbose", no_argument, NULL, O_VERBOSE},
         {"dequantize", no_argument, NULL, O_DEQUANT}, {"quantize", required_argument, NULL, O_QUANT},
-        {"no-manifest", no_argument, NULL, O_NOMAN},
+        {"no-manifest", no_argument, NULL, O_NOMAN}, {"no-fsync", no_argument, NULL, O_NOSYNC},
         {0}};
     memset(a, 0, sizeof *a);
     a->preset = "auto";
@@ -75,6 +75,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_VERBOSE: a->verbose = true; break;
         case O_DEQUANT: a->dequantize = true; break;
         case O_NOMAN: a->no_manifest = true; break;
+        case O_NOSYNC: a->no_fsync = true; break;
         case O_QUANT:
             if (strcmp(optarg, "fp8-block128") != 0)
                 return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
@@ -236,6 +237,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         .force = a.force,
         .progress = !a.quiet && !a.json && isatty(2),
         .use_copy_range = !a.no_copy_range,
+        .no_fsync = a.no_fsync,
         .io = strcmp(a.io, "pread") == 0 ? MPK_IO_PREAD : strcmp(a.io, "io_uring") == 0 ? MPK_IO_URING : MPK_IO_AUTO,
         .metadata = meta,
         .n_metadata = 2,

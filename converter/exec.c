@@ -932,7 +932,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     for (size_t sh = 0; sh < p->n_shards; sh++) {
         mpk_st_out *so = c.shards[sh];
         c.shards[sh] = NULL;
-        if ((s = mpk_st_out_close(so, true, err)) != MPK_OK)
+        if ((s = mpk_st_out_close(so, !o->no_fsync, err)) != MPK_OK)
             goto done;
     }
     if (p->n_shards > 1) {
@@ -961,7 +961,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     if (o->finish && (s = o->finish(tmp, err)) != MPK_OK)
         goto done;
     /* into place */
-    int dfd = open(tmp, O_RDONLY | O_DIRECTORY);
+    int dfd = o->no_fsync ? -1 : open(tmp, O_RDONLY | O_DIRECTORY);
     if (dfd >= 0) {
         fsync(dfd);
         close(dfd);

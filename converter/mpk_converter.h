@@ -217,6 +217,7 @@ typedef struct mpk_exec_opts {
     bool force;                         /* replace an existing DST */
     bool progress;                      /* progress bar on stderr */
     bool use_copy_range;                /* copy_file_range for pure byte copies */
+    bool no_fsync;                      /* skip the fsyncs before the rename (cp's durability) */
     mpk_io_backend io;
     const mpk_kv *metadata;             /* __metadata__ of every output shard */
     size_t n_metadata;

@@ -3,7 +3,8 @@
 # scripts/device_kit.sh built .carry/ here (moepack, test_gpu, the shared libraries):
 #   run(carry=[".carry"]): bash gpu/device_run.sh [STEP...]
 # Steps: test (test_gpu --device), qwen3, mixtral, deepseek (gpucheck + peer_torch.py + table
-# per shape), parity[:arch,...] (tests/parity/transformers_parity.py); default: all of them.
+# per shape), e2e (gpucheck --reference on a packed synth checkpoint; pack vs cp -r on this
+# machine), parity[:arch,...] (tests/parity/transformers_parity.py); default: all of them.
 # Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
 # peer_torch JSON, the transformers parity results.
 set -u
@@ -31,7 +32,7 @@ shape() { # name E H I k tokens
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek parity)
+[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity)
 for step in "${steps[@]}"; do
     case $step in
     test)
@@ -40,6 +41,20 @@ for step in "${steps[@]}"; do
     qwen3) shape qwen3-30b-a3b 128 2048 768 8 1,4,16,64,256,1024,4096,16384 ;;
     mixtral) shape mixtral-8x7b 8 4096 14336 2 1,2,4,8,16,64,256,1024,4096,16384 ;;
     deepseek) shape deepseek-v3 256 7168 2048 8 1,16,256,1024,4096,16384 ;;
+    e2e) # a packed checkpoint against its per-expert source (--reference), and pack vs cp -r here
+        W=/tmp/e2e; rm -rf $W; mkdir -p $W/bench
+        echo "== e2e: synth -> pack -> gpucheck --reference"
+        if [ "${E2E_SKIP_REF:-}" != 1 ]; then
+        $M synth --arch qwen3_moe --layers 1 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 $W/pe >/dev/null
+        $M pack -q $W/pe $W/pk
+        timeout 200 $M gpucheck $W/pk --reference $W/pe --topk 8 --tokens 1,64,1024,8192 2>&1 | tee "$RES/e2e-reference.txt"
+        echo "gpucheck --reference rc=${PIPESTATUS[0]}" | tee -a "$RES/e2e-reference.txt"
+        fi
+        echo "== pack vs cp -r ($(nproc) cores)"
+        $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 \
+            --shards 4 $W/bench/src >/dev/null
+        python3 gpu/pack_bench.py $M $W/bench 2>&1 | tee "$RES/pack-vs-cp.txt"
+        rm -rf $W ;;
     parity*)
         archs=${step#parity}; archs=${archs#:}
         echo "== parity ${archs:-all}"

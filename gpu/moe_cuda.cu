@@ -36,6 +36,13 @@
 
 using bf16 = __nv_bfloat16;
 
+// grouped-GEMM tiling (see k_grouped_gemm)
+constexpr int BM = 128, BN = 128, BK = 32, LDS = BK + 8, STAGES = 3;
+constexpr int GEMM_SMEM = STAGES * (BM + BN) * LDS * (int)sizeof(bf16); // dynamic: over the 48 KiB static cap
+template <bool FUSED>
+__global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 *W, const int *off,
+                                                      const int *tile_off, int E, int N, int K, float *C, bf16 *Aout);
+
 #define CK(call)                                                                                  \
     do {                                                                                          \
         cudaError_t e_ = (call);                                                                  \
@@ -126,6 +133,8 @@ extern "C" mpk_status mpk_gpu_open(const mpk_moe *p, mpk_gpu **out, mpk_error *e
     CK(cudaMalloc(&g->dn, sizeof(bf16) * nd));
     CK(cudaMemcpy(g->gu, p->w_gu, sizeof(bf16) * ngu, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(g->dn, p->w_d, sizeof(bf16) * nd, cudaMemcpyHostToDevice));
+    CK(cudaFuncSetAttribute(k_grouped_gemm<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMM_SMEM));
+    CK(cudaFuncSetAttribute(k_grouped_gemm<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMM_SMEM));
 #ifdef MPK_CUBLAS_H
     g->have_blas = cublas_load(&g->blas, g->blas_why, sizeof g->blas_why);
 #else
@@ -154,7 +163,6 @@ extern "C" void mpk_gpu_close(mpk_gpu *g)
 
 // ------------------------------------------------------------------------------ routing sort
 constexpr int CHUNK = 1024; // pairs per histogram chunk
-constexpr int BM = 128;     // rows (pairs) per grouped-GEMM tile
 
 // counts[c * E + e]: pairs of chunk c routed to expert e
 __global__ void k_chunk_count(const int32_t *idx, int P, int E, int *counts)
@@ -295,7 +303,7 @@ __global__ void k_unpermute_sum(const TY *ys, const int *pos, const float *w, in
 // Rows of A are sorted by expert (segments off[e]..off[e+1]); each block computes a BM x 128
 // tile of one expert's segment: C[r, n] = sum_c A[r, c] * W[e][n, c] (W row-major [N, K]).
 // 8 warps (2 along M x 4 along N), each 64 x 32 = 4 x 2 WMMA 16x16x16 fragments, BK = 32,
-// double-buffered shared tiles filled with 16-byte cp.async copies (plain loads when
+// a 3-stage shared-memory pipeline filled with 16-byte cp.async copies (plain loads when
 // K % 8 != 0). FUSED (gate_up): the block's 128 B
 // rows are 64 gate rows n0.. and the matching 64 up rows I + n0.., each warp holds a gate and
 // an up fragment of the same columns, and the epilogue writes silu(gate) * up as BF16 into
@@ -306,24 +314,28 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pr
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(pred ? 16 : 0));
 }
-__device__ __forceinline__ void cp_async_wait_all()
+__device__ __forceinline__ void cp_async_commit()
 {
-    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::);
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 namespace wm = nvcuda::wmma;
-constexpr int BN = 128, BK = 32, LDS = BK + 8;
 
 template <bool FUSED>
 __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 *W, const int *off,
                                                       const int *tile_off, int E, int N, int K, float *C, bf16 *Aout)
 {
-    // the A and B tiles, double-buffered; the epilogue's staging tiles reuse the space
-    __shared__ __align__(128) unsigned char smem[2 * (BM + BN) * LDS * sizeof(bf16)];
+    // STAGES A and B tiles in flight; the epilogue's staging tiles reuse the space
+    extern __shared__ __align__(128) unsigned char smem[];
     bf16(*As)[BM * LDS] = (bf16(*)[BM * LDS])smem;
-    bf16(*Bs)[BN * LDS] = (bf16(*)[BN * LDS])(smem + 2 * BM * LDS * sizeof(bf16));
+    bf16(*Bs)[BN * LDS] = (bf16(*)[BN * LDS])(smem + STAGES * BM * LDS * sizeof(bf16));
     float(*stage)[2][16 * 16] = (float(*)[2][16 * 16])smem;
-    static_assert(8 * 2 * 16 * 16 * sizeof(float) <= sizeof(smem), "staging fits the tile space");
+    static_assert(8 * 2 * 16 * 16 * sizeof(float) <= GEMM_SMEM, "staging fits the tile space");
     int tile = blockIdx.y;
     if (tile >= tile_off[E])
         return;
@@ -393,13 +405,19 @@ __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 
     // B rows of this warp's two fragments
     int brow[2] = {FUSED ? wn * 16 : wn * 32, FUSED ? 64 + wn * 16 : wn * 32 + 16};
     int nk = (K + BK - 1) / BK;
-    load(0, 0);
-    cp_async_wait_all();
-    __syncthreads();
+    // pipeline: tiles kt+1 .. kt+STAGES-1 are on their way while tile kt is multiplied
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < nk)
+            load(st, st * BK);
+        cp_async_commit();
+    }
     for (int kt = 0; kt < nk; kt++) {
-        int cur = kt & 1;
-        if (kt + 1 < nk)
-            load(cur ^ 1, (kt + 1) * BK);
+        int cur = kt % STAGES;
+        cp_async_wait<STAGES - 2>(); // tile kt has landed (this thread's copies)
+        __syncthreads();             // ... everyone's; and the stage refilled next is free
+        if (kt + STAGES - 1 < nk)
+            load((kt + STAGES - 1) % STAGES, (kt + STAGES - 1) * BK);
+        cp_async_commit();
         for (int kk = 0; kk < BK; kk += 16) {
             wm::fragment<wm::matrix_a, 16, 16, 16, bf16, wm::row_major> fa[4];
             wm::fragment<wm::matrix_b, 16, 16, 16, bf16, wm::col_major> fb[2];
@@ -411,9 +429,9 @@ __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 
                 for (int j = 0; j < 2; j++)
                     wm::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
         }
-        cp_async_wait_all(); // the next tile has landed
-        __syncthreads();
     }
+    cp_async_wait<0>();
+    __syncthreads(); // the tiles are done with: the staging area may overwrite them
     // epilogue through a per-warp staging tile
     for (int i = 0; i < 4; i++) {
         for (int j = 0; j < 2; j++)
@@ -497,9 +515,9 @@ static mpk_status run_once(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, bufs
     }
     if (b == MPK_MOE_GROUPED) {
         int max_tiles = (P + BM - 1) / BM + E; // bound on the tiles: no host sync needed
-        k_grouped_gemm<true><<<dim3((I + 63) / 64, max_tiles), 256>>>(B.xs, g->gu, B.off, B.tile_off, E, 2 * I, H,
+        k_grouped_gemm<true><<<dim3((I + 63) / 64, max_tiles), 256, GEMM_SMEM>>>(B.xs, g->gu, B.off, B.tile_off, E, 2 * I, H,
                                                                        nullptr, B.a);
-        k_grouped_gemm<false><<<dim3((H + BN - 1) / BN, max_tiles), 256>>>(B.a, g->dn, B.off, B.tile_off, E, H, I,
+        k_grouped_gemm<false><<<dim3((H + BN - 1) / BN, max_tiles), 256, GEMM_SMEM>>>(B.a, g->dn, B.off, B.tile_off, E, H, I,
                                                                            B.ys, nullptr);
         k_unpermute_sum<<<(unsigned)(((size_t)T * H + 255) / 256), 256>>>(B.ys, B.pos, B.w[c], T, k, H, B.o);
         return MPK_OK;

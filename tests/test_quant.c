@@ -156,6 +156,34 @@ static double half_ulp_e4m3(double q)
     return ldexp(1.0, e - 3) / 2;
 }
 
+/* The shape where transformers 5.17's Fp8Dequantize is wrong (tests/parity/RESULTS.md): a
+ * [224, 120] weight with a [2, 1] grid. Row r uses grid row r / 128 (rows 112..127 the first
+ * block's scale, not the second's as with a block of 224 / 2 = 112 rows); each value is the
+ * E4M3 value times its scale, rounded once to BF16. */
+static void test_fp8_dequant_ragged_blocks(void **state)
+{
+    (void)state;
+    enum { R = 224, C = 120 };
+    uint8_t *w = malloc(R * C);
+    uint16_t *out = malloc(sizeof(uint16_t) * R * C);
+    const float scale[2] = {0.5f, 3.0f}; /* [2, 1] grid */
+    for (int i = 0; i < R * C; i++)
+        w[i] = (uint8_t)(i * 37 % 126); /* positive finite codes */
+    mpk_dequant_fp8_rows(MPK_DTYPE_F8_E4M3, w, scale, C, 128, 0, R, MPK_DTYPE_BF16, out);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            float want = mpk_e4m3_to_f32(w[r * C + c]) * (r < 128 ? 0.5f : 3.0f);
+            assert_int_equal(out[r * C + c], mpk_f32_to_bf16(want));
+        }
+    /* hand values: code 0x38 is 1.0 (exponent 7, no mantissa), 0x40 is 2.0 */
+    w[120 * C] = 0x38, w[130 * C] = 0x40;
+    mpk_dequant_fp8_rows(MPK_DTYPE_F8_E4M3, w, scale, C, 128, 0, R, MPK_DTYPE_BF16, out);
+    assert_true(mpk_bf16_to_f32(out[120 * C]) == 0.5f); /* row 120: first block */
+    assert_true(mpk_bf16_to_f32(out[130 * C]) == 6.0f); /* row 130: second block */
+    free(w);
+    free(out);
+}
+
 static void test_fp8_block_quantizer(void **state)
 {
     (void)state;
@@ -573,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_every_code_point),
         cmocka_unit_test(test_encode_round_trip_and_ties),
         cmocka_unit_test(test_fp8_block_quantizer),
+        cmocka_unit_test(test_fp8_dequant_ragged_blocks),
         cmocka_unit_test(test_mxfp4_quantizer),
         cmocka_unit_test(test_fp8_pack_unpack),
         cmocka_unit_test(test_quantize_fp8_block128),
