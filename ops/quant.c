@@ -8,6 +8,8 @@
 #include "ops_internal.h"
 
 #include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- generic minifloat */
@@ -131,7 +133,7 @@ static void store(mpk_dtype dt, void *out, size_t i, float v)
  * it into SIMD (an AVX2 clone is picked at load time where the CPU has it). The result is
  * exactly ops_f32_to_bf16(mpk_e4m3_to_f32(code) * s): normals by placing the fields, subnormals by
  * an int-to-float conversion, NaN by a select. */
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 static void e4m3_bf16_row(const uint8_t *row, uint16_t *o, int64_t C, const float *srow, int block)
 {
     for (int64_t c0 = 0; c0 < C; c0 += block) {
@@ -214,27 +216,105 @@ static inline float e8m0_fast(uint8_t s)
     return s ? ops_u2f((uint32_t)s << 23) : ops_u2f(0x00400000u); /* 2^-127 is an F32 subnormal */
 }
 
+/* BF16 values of the 16 codes times the scale 2^(code - 127), split into low and high bytes
+ * (the shape a byte shuffle wants); the same rounding as the scalar path (ops_f32_to_bf16). */
+typedef struct mxfp4_tab {
+    uint8_t lo[16], hi[16];
+} mxfp4_tab;
+
+static void mxfp4_table(uint8_t scale, mxfp4_tab *t)
+{
+    float s = e8m0_fast(scale);
+    for (int k = 0; k < 16; k++) {
+        uint16_t v = ops_f32_to_bf16(E2M1_LUT[k] * s);
+        t->lo[k] = (uint8_t)v;
+        t->hi[k] = (uint8_t)(v >> 8);
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* 32 nibbles -> 32 BF16 with two byte shuffles per 16 outputs: the low nibble of byte k is
+ * element 2k, the high nibble element 2k+1 (the GPT-OSS / OCP packing). */
+__attribute__((target("ssse3"))) static void mxfp4_bf16_ssse3(const uint8_t *blocks, const uint8_t *scales,
+                                                              size_t n_blocks, uint16_t *out, mxfp4_tab *tabs,
+                                                              uint8_t *have)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (size_t b = 0; b < n_blocks; b++) {
+        uint8_t sc = scales[b];
+        if (!have[sc]) {
+            mxfp4_table(sc, &tabs[sc]);
+            have[sc] = 1;
+        }
+        __m128i tl = _mm_loadu_si128((const __m128i *)tabs[sc].lo);
+        __m128i th = _mm_loadu_si128((const __m128i *)tabs[sc].hi);
+        __m128i p = _mm_loadu_si128((const __m128i *)(blocks + b * 16));
+        __m128i even = _mm_and_si128(p, m4), odd = _mm_and_si128(_mm_srli_epi16(p, 4), m4);
+        __m128i i0 = _mm_unpacklo_epi8(even, odd), i1 = _mm_unpackhi_epi8(even, odd); /* output order */
+        __m128i l0 = _mm_shuffle_epi8(tl, i0), h0 = _mm_shuffle_epi8(th, i0);
+        __m128i l1 = _mm_shuffle_epi8(tl, i1), h1 = _mm_shuffle_epi8(th, i1);
+        __m128i *o = (__m128i *)(out + b * 32);
+        _mm_storeu_si128(o, _mm_unpacklo_epi8(l0, h0));
+        _mm_storeu_si128(o + 1, _mm_unpackhi_epi8(l0, h0));
+        _mm_storeu_si128(o + 2, _mm_unpacklo_epi8(l1, h1));
+        _mm_storeu_si128(o + 3, _mm_unpackhi_epi8(l1, h1));
+    }
+}
+
+/* The shuffle path where the CPU has SSSE3, unless MOEPACK_NO_SIMD is set (tests use it to run
+ * the scalar path too). */
+static bool use_ssse3(void)
+{
+    static _Atomic int cached = -1;
+    int v = atomic_load(&cached);
+    if (v < 0) {
+        v = !getenv("MOEPACK_NO_SIMD") && __builtin_cpu_supports("ssse3");
+        atomic_store(&cached, v);
+    }
+    return v;
+}
+#endif
+
 void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_blocks,
                        mpk_dtype out_dt, void *out)
 {
-
+    if (out_dt == MPK_DTYPE_BF16) {
+        /* one table per scale code met in this call */
+        mxfp4_tab *tabs = malloc(sizeof(mxfp4_tab) * 256);
+        uint8_t have[256] = {0};
+        if (tabs) {
+#if defined(__x86_64__)
+            if (use_ssse3()) {
+                mxfp4_bf16_ssse3(blocks, scales, n_blocks, (uint16_t *)out, tabs, have);
+                free(tabs);
+                return;
+            }
+#endif
+            for (size_t b = 0; b < n_blocks; b++) {
+                uint8_t sc = scales[b];
+                if (!have[sc]) {
+                    mxfp4_table(sc, &tabs[sc]);
+                    have[sc] = 1;
+                }
+                const uint8_t *p = blocks + b * 16;
+                uint16_t *o = (uint16_t *)out + b * 32;
+                for (int k = 0; k < 16; k++) {
+                    int lo = p[k] & 0xF, hi = p[k] >> 4;
+                    o[2 * k] = (uint16_t)(tabs[sc].lo[lo] | tabs[sc].hi[lo] << 8);
+                    o[2 * k + 1] = (uint16_t)(tabs[sc].lo[hi] | tabs[sc].hi[hi] << 8);
+                }
+            }
+            free(tabs);
+            return;
+        }
+    }
     for (size_t b = 0; b < n_blocks; b++) {
         float s = e8m0_fast(scales[b]);
-        const uint8_t *p = blocks + b * 16;
-        if (out_dt == MPK_DTYPE_BF16) {
-            uint16_t tab[16];
-            for (int k = 0; k < 16; k++)
-                tab[k] = ops_f32_to_bf16(E2M1_LUT[k] * s);
-            uint16_t *o = (uint16_t *)out + b * 32;
-            for (int k = 0; k < 16; k++) {
-                o[2 * k] = tab[p[k] & 0xF];
-                o[2 * k + 1] = tab[p[k] >> 4];
-            }
-        } else {
-            for (int k = 0; k < 16; k++) {
-                store(out_dt, out, b * 32 + 2 * (size_t)k, E2M1_LUT[p[k] & 0xF] * s);
-                store(out_dt, out, b * 32 + 2 * (size_t)k + 1, E2M1_LUT[p[k] >> 4] * s);
-            }
+        for (int k = 0; k < 16; k++) {
+            uint8_t v = blocks[b * 16 + (size_t)k];
+            store(out_dt, out, b * 32 + 2 * (size_t)k, E2M1_LUT[v & 0xF] * s);
+            store(out_dt, out, b * 32 + 2 * (size_t)k + 1, E2M1_LUT[v >> 4] * s);
         }
     }
 }

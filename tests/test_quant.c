@@ -184,6 +184,50 @@ static void test_fp8_dequant_ragged_blocks(void **state)
     free(out);
 }
 
+/* MXFP4 -> BF16 (the byte-shuffle path where the CPU has SSSE3, else the scalar one): every
+ * scale code with every byte, against E2M1 value x 2^(scale - 127) rounded once to BF16; and
+ * F32 output (the other path) against the same products. */
+static void test_mxfp4_dequant_every_code(void **state)
+{
+    (void)state;
+    enum { NB = 256 * 16 }; /* block (scale, j): bytes 16j .. 16j+15 */
+    uint8_t *blocks = malloc(NB * 16), *scales = malloc(NB);
+    uint16_t *out = malloc(sizeof(uint16_t) * NB * 32);
+    float *outf = malloc(sizeof(float) * NB * 32);
+    for (int sc = 0; sc < 256; sc++)
+        for (int j = 0; j < 16; j++) {
+            scales[sc * 16 + j] = (uint8_t)sc;
+            for (int k = 0; k < 16; k++)
+                blocks[(sc * 16 + j) * 16 + k] = (uint8_t)(16 * j + k);
+        }
+    mpk_dequant_mxfp4(blocks, scales, NB, MPK_DTYPE_BF16, out);
+    mpk_dequant_mxfp4(blocks, scales, NB, MPK_DTYPE_F32, outf);
+    for (int b = 0; b < NB; b++)
+        for (int k = 0; k < 16; k++) {
+            uint8_t v = blocks[b * 16 + k];
+            float s = mpk_e8m0_to_f32(scales[b]);
+            float lo = mpk_e2m1_to_f32(v & 0xF) * s, hi = mpk_e2m1_to_f32(v >> 4) * s;
+            if (isnan(s)) { /* scale code 0xFF: the block is NaN (its sign bit is not specified) */
+                assert_true(isnan(mpk_bf16_to_f32(out[b * 32 + 2 * k])) && isnan(outf[b * 32 + 2 * k]));
+                assert_true(isnan(mpk_bf16_to_f32(out[b * 32 + 2 * k + 1])) && isnan(outf[b * 32 + 2 * k + 1]));
+                continue;
+            }
+            assert_int_equal(out[b * 32 + 2 * k], mpk_f32_to_bf16(lo));
+            assert_int_equal(out[b * 32 + 2 * k + 1], mpk_f32_to_bf16(hi));
+            assert_memory_equal(&outf[b * 32 + 2 * k], &lo, sizeof lo);
+            assert_memory_equal(&outf[b * 32 + 2 * k + 1], &hi, sizeof hi);
+        }
+    /* hand values: byte 0x71 = (1: 0.5, 7: 6.0), scale 128 = 2 */
+    uint8_t one[16] = {0x71}, s128 = 128;
+    uint16_t o[32];
+    mpk_dequant_mxfp4(one, &s128, 1, MPK_DTYPE_BF16, o);
+    assert_true(mpk_bf16_to_f32(o[0]) == 1.0f && mpk_bf16_to_f32(o[1]) == 12.0f && o[2] == 0);
+    free(blocks);
+    free(scales);
+    free(out);
+    free(outf);
+}
+
 static void test_fp8_block_quantizer(void **state)
 {
     (void)state;
@@ -602,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_encode_round_trip_and_ties),
         cmocka_unit_test(test_fp8_block_quantizer),
         cmocka_unit_test(test_fp8_dequant_ragged_blocks),
+        cmocka_unit_test(test_mxfp4_dequant_every_code),
         cmocka_unit_test(test_mxfp4_quantizer),
         cmocka_unit_test(test_fp8_pack_unpack),
         cmocka_unit_test(test_quantize_fp8_block128),
