@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """pack / unpack against cp -r of the same bytes, timed in the same run (for machines without
-bench/run.sh's tools). usage: pack_bench.py MOEPACK WORKDIR (WORKDIR/src: a per-expert checkpoint)"""
+bench/run.sh's tools). usage: pack_bench.py MOEPACK WORKDIR [sweep] (WORKDIR/src: a per-expert
+checkpoint; sweep: pack --no-fsync with 1, 2, 4, 8, 16 threads instead)"""
 import os
 import shutil
 import subprocess
@@ -23,6 +24,17 @@ def main():
             while h.read(1 << 24):
                 pass
     print(f"source {size / 2**30:.2f} GiB, {os.cpu_count()} cores")
+    if len(sys.argv) > 3 and sys.argv[3] == "sweep":  # pack --no-fsync by thread count
+        for rep in range(2):
+            cp = timed("cp", "-r", src, os.path.join(w, "cp"))
+            shutil.rmtree(os.path.join(w, "cp"))
+            line = f"sweep {rep + 1}: cp -r {cp:.2f}s |"
+            for th in (1, 2, 4, 8, 16):
+                t = timed(m, "pack", "-q", "--no-fsync", "--threads", str(th), src, os.path.join(w, "pk"))
+                shutil.rmtree(os.path.join(w, "pk"))
+                line += f" {th}t {t:.2f}s ({cp / t:.2f}x)"
+            print(line, flush=True)
+        return
     for rep in range(2):
         cp = timed("cp", "-r", src, os.path.join(w, "cp"))
         shutil.rmtree(os.path.join(w, "cp"))
