@@ -55,7 +55,24 @@ ARCHS = {
                   mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=8),
     "gpt_oss": dict(num_local_experts=4, intermediate_size=32, head_dim=16, sliding_window=16,
                     layer_types=["sliding_attention", "full_attention"]),
+    # presets whose renames go beyond the common case (checked separately: --arch extra)
+    "phimoe": dict(num_local_experts=4, intermediate_size=32),
+    "minimax_m2": dict(num_local_experts=4, intermediate_size=32, head_dim=16),
+    "ernie4_5_moe": dict(moe_num_experts=4, moe_intermediate_size=32, intermediate_size=48, moe_k=2,
+                         moe_layer_start_index=0, moe_num_shared_experts=0),
+    "deepseek_v2": dict(n_routed_experts=4, moe_intermediate_size=32, intermediate_size=48, n_shared_experts=1,
+                        first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32, kv_lora_rank=32,
+                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
+    "hunyuan_v1_moe": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, moe_topk=2, head_dim=16),
+    "dots1": dict(n_routed_experts=4, moe_intermediate_size=32, intermediate_size=48, n_shared_experts=1,
+                  first_k_dense_replace=1, n_group=1, topk_group=1, head_dim=16),
+    "flex_olmo": dict(num_experts=4, intermediate_size=32, pad_token_id=0),
+    "qwen3_next": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48,
+                       shared_expert_intermediate_size=32, head_dim=16, decoder_sparse_step=1, mlp_only_layers=[],
+                       linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                       linear_value_head_dim=16, full_attention_interval=2),
 }
+EXTRA = ["phimoe", "minimax_m2", "ernie4_5_moe", "deepseek_v2", "hunyuan_v1_moe", "dots1", "flex_olmo", "qwen3_next"]
 # transformers saves these in its runtime (packed) layout: there is no per-expert form to pack.
 PACKED_ON_DISK = {"gpt_oss"}
 # FP8 needs dimensions that are multiples of the 128 block in the expert weights.
@@ -336,7 +353,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moepack", default="build/moepack")
     ap.add_argument("--work", default="/tmp/moepack-parity")
-    ap.add_argument("--arch", default=",".join([*ARCHS, "fp8", "mxfp4"]))
+    ap.add_argument("--arch", default=",".join([*(a for a in ARCHS if a not in EXTRA), "fp8", "mxfp4"]),
+                    help="comma list; 'extra' = the presets with unusual renames")
     ap.add_argument("--json")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args()
@@ -348,7 +366,8 @@ def main():
                 "moepack": subprocess.run([a.moepack, "version"], capture_output=True, text=True).stdout.strip()}
     log(json.dumps(versions))
     rows = []
-    for arch in a.arch.split(","):
+    archs = EXTRA if a.arch == "extra" else a.arch.split(",")
+    for arch in archs:
         try:
             row = (check_fp8(a.moepack, a.work) if arch == "fp8" else
                    check_mxfp4(a.moepack, a.work) if arch == "mxfp4" else check_arch(a.moepack, arch, a.work))
