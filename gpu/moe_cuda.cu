@@ -37,7 +37,7 @@
 using bf16 = __nv_bfloat16;
 
 // grouped-GEMM tiling (see k_grouped_gemm)
-constexpr int BM = 128, BN = 128, BK = 32, LDS = BK + 8, STAGES = 3;
+constexpr int BM = 128, BN = 128, BK = 64, LDS = BK + 8, STAGES = 3;
 constexpr int GEMM_SMEM = STAGES * (BM + BN) * LDS * (int)sizeof(bf16); // dynamic: over the 48 KiB static cap
 template <bool FUSED>
 __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 *W, const int *off,
@@ -302,7 +302,7 @@ __global__ void k_unpermute_sum(const TY *ys, const int *pos, const float *w, in
 // ------------------------------------------------------------------------------ grouped GEMM
 // Rows of A are sorted by expert (segments off[e]..off[e+1]); each block computes a BM x 128
 // tile of one expert's segment: C[r, n] = sum_c A[r, c] * W[e][n, c] (W row-major [N, K]).
-// 8 warps (2 along M x 4 along N), each 64 x 32 = 4 x 2 WMMA 16x16x16 fragments, BK = 32,
+// 8 warps (2 along M x 4 along N), each 64 x 32 = 4 x 2 WMMA 16x16x16 fragments, BK = 64,
 // a 3-stage shared-memory pipeline filled with 16-byte cp.async copies (plain loads when
 // K % 8 != 0). FUSED (gate_up): the block's 128 B
 // rows are 64 gate rows n0.. and the matching 64 up rows I + n0.., each warp holds a gate and
