@@ -4,6 +4,8 @@
 #include "verify_internal.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,29 +80,95 @@ mpk_hash128 vfy_digest(const mpk_tensor_hash *t, size_t n)
     return (mpk_hash128){h.high64, h.low64};
 }
 
+/* Tensors are hashed by up to one thread per CPU (at most 16), largest first, each thread with
+ * its own read buffer; the first error wins. */
+typedef struct hash_job {
+    const mpk_ckpt *c;
+    mpk_tensor_hash *t;
+    const size_t *order;         /* tensor indices, largest first */
+    atomic_size_t next;
+    atomic_bool failed;
+    pthread_mutex_t lock;
+    mpk_error err;
+} hash_job;
+
+static void *hash_worker(void *arg)
+{
+    hash_job *j = arg;
+    char *buf = mpk_alloc(CHUNK);
+    mpk_error e = {0};
+    if (!buf) {
+        mpk_error_set(&e, MPK_E_NOMEM, 0, j->c->dir, "out of memory");
+        goto fail;
+    }
+    for (size_t k; !atomic_load(&j->failed) && (k = atomic_fetch_add(&j->next, 1)) < j->c->n_tensors;) {
+        size_t i = j->order[k];
+        if (vfy_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
+            goto fail;
+    }
+    free(buf);
+    return NULL;
+fail:
+    pthread_mutex_lock(&j->lock);
+    if (!atomic_exchange(&j->failed, true))
+        j->err = e;
+    pthread_mutex_unlock(&j->lock);
+    free(buf);
+    return NULL;
+}
+
+static const mpk_ckpt *sort_ckpt; /* qsort has no context argument; set under sort_lock */
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int by_size_desc(const void *a, const void *b)
+{
+    uint64_t x = sort_ckpt->tensors[*(const size_t *)a].nbytes, y = sort_ckpt->tensors[*(const size_t *)b].nbytes;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
 mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_error *err)
 {
     *out = NULL;
     mpk_tensor_hash *t = mpk_calloc(c->n_tensors + 1, sizeof *t);
-    char *buf = mpk_alloc(CHUNK);
-    if (!t || !buf) {
+    size_t *order = mpk_calloc(c->n_tensors + 1, sizeof *order);
+    if (!t || !order) {
         free(t);
-        free(buf);
+        free(order);
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     }
-    mpk_status s = MPK_OK;
-    for (size_t i = 0; i < c->n_tensors && s == MPK_OK; i++) {
+    for (size_t i = 0; i < c->n_tensors; i++) {
         const mpk_ckpt_tensor *ct = &c->tensors[i];
         t[i].name = ct->info->name;
         t[i].dtype = ct->info->dtype;
         t[i].ndim = ct->info->ndim;
         memcpy(t[i].shape, ct->info->shape, sizeof t[i].shape);
-        s = vfy_hash_tensor(c, ct, buf, &t[i].hash, err);
+        order[i] = i;
     }
-    free(buf);
-    if (s != MPK_OK) {
+    pthread_mutex_lock(&sort_lock);
+    sort_ckpt = c;
+    qsort(order, c->n_tensors, sizeof *order, by_size_desc);
+    pthread_mutex_unlock(&sort_lock);
+    hash_job j = {.c = c, .t = t, .order = order};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, false);
+    pthread_mutex_init(&j.lock, NULL);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    if ((size_t)n > c->n_tensors)
+        n = c->n_tensors ? (int)c->n_tensors : 1;
+    pthread_t tid[16];
+    int started = 0;
+    while (started < n - 1 && pthread_create(&tid[started], NULL, hash_worker, &j) == 0)
+        started++;
+    hash_worker(&j); /* this thread takes part (and does everything if no thread started) */
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    pthread_mutex_destroy(&j.lock);
+    free(order);
+    if (atomic_load(&j.failed)) {
+        *err = j.err;
         free(t);
-        return s;
+        return err->code;
     }
     *digest = vfy_digest(t, c->n_tensors);
     *out = t;
