@@ -14,14 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static mpk_status read_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, void *dst, const char *path,
-                              mpk_error *err)
-{
-    if (pread(c->shards[t->shard].fd, dst, t->nbytes, (off_t)t->file_offset) != (ssize_t)t->nbytes)
-        return mpk_error_set(err, MPK_E_IO, errno, path, "cannot read tensor '%s'", t->info->name);
-    return MPK_OK;
-}
-
 /* Reads layer L's packed experts (BF16 gate_up_proj [E, 2I, H], down_proj [E, H, I]). */
 static mpk_status load_layer(const char *path, int layer, mpk_moe *p, uint16_t **gu, uint16_t **dn, mpk_error *err)
 {
@@ -52,8 +44,8 @@ static mpk_status load_layer(const char *path, int layer, mpk_moe *p, uint16_t *
         *dn = mpk_alloc(td->nbytes);
         if (!*gu || !*dn)
             s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory for layer %d's experts", layer);
-        else if ((s = read_tensor(c, tg, *gu, path, err)) == MPK_OK)
-            s = read_tensor(c, td, *dn, path, err);
+        else if ((s = mpk_ckpt_read(c, tg, 0, tg->nbytes, *gu, err)) == MPK_OK)
+            s = mpk_ckpt_read(c, td, 0, td->nbytes, *dn, err);
     }
     mpk_ckpt_close(c);
     return s;
@@ -111,7 +103,7 @@ static mpk_status load_reference(const char *path, int layer, int E, int H, int 
             } else {
                 uint16_t *dst = proj == 2 ? *dn + (size_t)e * H * I
                                           : *gu + ((size_t)e * 2 * I + (proj == 1 ? (size_t)I : 0)) * H;
-                s = read_tensor(c, t, dst, path, err);
+                s = mpk_ckpt_read(c, t, 0, t->nbytes, dst, err);
             }
         }
     mpk_ckpt_close(c);
@@ -231,29 +223,13 @@ static int write_plot(const char *path, const cJSON *runs, const char *title)
 /* Peer times (gpu/peer_torch.py --json): {"cases": [{"tokens": T, "name": ..., "median_ms": ...}]} */
 static cJSON *load_peer(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
+    char *text;
+    size_t len;
+    mpk_error err = {0};
+    if (mpk_read_file(path, &text, &len, &err) != MPK_OK)
         return NULL;
-    char *buf = NULL;
-    size_t cap = 0, len = 0, n;
-    char chunk[65536];
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (len + n + 1 > cap) {
-            cap = (len + n + 1) * 2;
-            char *nb = realloc(buf, cap);
-            if (!nb)
-                break;
-            buf = nb;
-        }
-        memcpy(buf + len, chunk, n);
-        len += n;
-    }
-    fclose(f);
-    if (!buf)
-        return NULL;
-    buf[len] = 0;
-    cJSON *j = cJSON_Parse(buf);
-    free(buf);
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    free(text);
     return j;
 }
 

@@ -80,14 +80,10 @@ static bool seg_raw(mpk_node *out, mpk_node *src, uint64_t off, uint64_t len, ui
             return true;
         }
     }
-    if (out->n_segs == out->cap_segs) {
-        size_t cap = out->cap_segs ? out->cap_segs * 2 : 8;
-        seg *ns = mpk_realloc(out->segs, cap * sizeof *ns);
-        if (!ns)
-            return false;
-        out->segs = ns;
-        out->cap_segs = cap;
-    }
+    seg *ns = mpk_grow(out->segs, out->n_segs, &out->cap_segs, sizeof *ns, 8);
+    if (!ns)
+        return false;
+    out->segs = ns;
     out->segs[out->n_segs++] = (seg){src, off, *dst, len};
     *dst += len;
     if (src->kind != N_SOURCE)

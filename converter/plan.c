@@ -98,14 +98,10 @@ static long size_expr(const char *e, const mpk_model_config *cfg)
 
 static mpk_status add_entry(group_acc *acc, entry e, const char *where, mpk_error *err)
 {
-    if (acc->n == acc->cap) {
-        size_t cap = acc->cap ? acc->cap * 2 : 16;
-        entry *ne = mpk_realloc(acc->e, cap * sizeof *ne);
-        if (!ne)
-            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        acc->e = ne;
-        acc->cap = cap;
-    }
+    entry *ne = mpk_grow(acc->e, acc->n, &acc->cap, sizeof *ne, 16);
+    if (!ne)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    acc->e = ne;
     acc->e[acc->n++] = e;
     return MPK_OK;
 }
@@ -461,15 +457,12 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
                 }
                 size_t gi;
                 if (!mpk_strmap_get(&keys, full_key, strlen(full_key), &gi)) {
-                    if (n_accs == cap_accs) {
-                        cap_accs = cap_accs ? cap_accs * 2 : 64;
-                        group_acc *na = mpk_realloc(accs, cap_accs * sizeof *na);
-                        if (!na) {
-                            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-                            goto done;
-                        }
-                        accs = na;
+                    group_acc *na = mpk_grow(accs, n_accs, &cap_accs, sizeof *na, 64);
+                    if (!na) {
+                        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+                        goto done;
                     }
+                    accs = na;
                     gi = n_accs++;
                     memset(&accs[gi], 0, sizeof accs[gi]);
                     accs[gi].g.rule = r;

@@ -423,6 +423,25 @@ const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name)
     return &c->tensors[i];
 }
 
+mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
+                    mpk_error *err)
+{
+    int fd = c->shards[t->shard].fd;
+    char *p = buf;
+    uint64_t at = t->file_offset + off;
+    while (len) {
+        ssize_t k = pread(fd, p, len, (off_t)at);
+        if (k <= 0)
+            return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, c->shards[t->shard].path,
+                                 "reading tensor '%s' at %llu: %s", t->info->name, (unsigned long long)at,
+                                 k < 0 ? strerror(errno) : "file ends early");
+        p += k;
+        at += (uint64_t)k;
+        len -= (uint64_t)k;
+    }
+    return MPK_OK;
+}
+
 void mpk_ckpt_close(mpk_ckpt *c)
 {
     if (!c)

@@ -112,6 +112,17 @@ void *mpk_realloc(void *p, size_t n)
     return alloc_should_fail() ? NULL : realloc(p, n ? n : 1);
 }
 
+void *mpk_grow(void *items, size_t n, size_t *cap, size_t elem, size_t first_cap)
+{
+    if (n < *cap)
+        return items;
+    size_t c = *cap ? *cap * 2 : first_cap;
+    void *p = mpk_realloc(items, c * elem);
+    if (p)
+        *cap = c;
+    return p;
+}
+
 char *mpk_strndup(const char *s, size_t n)
 {
     char *d = mpk_alloc(n + 1);
@@ -491,7 +502,7 @@ const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap)
 
 uint64_t mpk_rand(uint64_t *s)
 {
-    uint64_t x = *s;
+    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull; /* a zero state would stay zero */
     x ^= x >> 12;
     x ^= x << 25;
     x ^= x >> 27;

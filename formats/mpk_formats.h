@@ -119,6 +119,10 @@ extern long mpk_alloc_fail_countdown;
 void *mpk_alloc(size_t n);
 void *mpk_calloc(size_t n, size_t size);
 void *mpk_realloc(void *p, size_t n);
+/* Room for element n of a doubling array of elem-sized items with *cap slots: items itself
+ * while n < *cap, else the array grown to twice *cap (first_cap when empty) with *cap updated.
+ * NULL on allocation failure (items and *cap unchanged, still owned by the caller). */
+void *mpk_grow(void *items, size_t n, size_t *cap, size_t elem, size_t first_cap);
 char *mpk_strndup(const char *s, size_t n);
 
 /* ---------------------------------------------------------------- dtypes */
@@ -177,7 +181,8 @@ bool mpk_strmap_put(mpk_strmap *m, const char *key, size_t len, size_t val, size
 bool mpk_strmap_get(const mpk_strmap *m, const char *key, size_t len, size_t *val);
 void mpk_strmap_free(mpk_strmap *m);
 
-/* xorshift64* step: deterministic pseudo-random numbers for synthetic data (state != 0). */
+/* xorshift64* step: deterministic pseudo-random numbers for synthetic data (a zero state is
+ * replaced by a fixed nonzero one). */
 uint64_t mpk_rand(uint64_t *state);
 
 /* Natural-order compare: digit runs compare as numbers ("experts.2" < "experts.10"). */
@@ -302,6 +307,10 @@ mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err);
 const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name);
 /* NULL-safe. */
 void mpk_ckpt_close(mpk_ckpt *c);
+/* Reads len bytes at offset off of tensor t into buf (short reads retried); MPK_E_IO naming the
+ * shard, the tensor and the offset otherwise. Thread-safe (pread). */
+mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
+                         mpk_error *err);
 
 /* Parses an index document (text of len bytes). On success *names, *files (parallel
  * arrays of n entries, in document order) live in *arena (caller frees it); *total_size

@@ -222,14 +222,20 @@ typedef struct mxfp4_tab {
     uint8_t lo[16], hi[16];
 } mxfp4_tab;
 
-static void mxfp4_table(uint8_t scale, mxfp4_tab *t)
+/* The table of scale code sc, built the first time it is asked for (have[sc]). */
+static const mxfp4_tab *mxfp4_table(uint8_t sc, mxfp4_tab *tabs, uint8_t *have)
 {
-    float s = e8m0_fast(scale);
-    for (int k = 0; k < 16; k++) {
-        uint16_t v = ops_f32_to_bf16(E2M1_LUT[k] * s);
-        t->lo[k] = (uint8_t)v;
-        t->hi[k] = (uint8_t)(v >> 8);
+    mxfp4_tab *t = &tabs[sc];
+    if (!have[sc]) {
+        float s = e8m0_fast(sc);
+        for (int k = 0; k < 16; k++) {
+            uint16_t v = ops_f32_to_bf16(E2M1_LUT[k] * s);
+            t->lo[k] = (uint8_t)v;
+            t->hi[k] = (uint8_t)(v >> 8);
+        }
+        have[sc] = 1;
     }
+    return t;
 }
 
 #if defined(__x86_64__)
@@ -242,13 +248,9 @@ __attribute__((target("ssse3"))) static void mxfp4_bf16_ssse3(const uint8_t *blo
 {
     const __m128i m4 = _mm_set1_epi8(0x0F);
     for (size_t b = 0; b < n_blocks; b++) {
-        uint8_t sc = scales[b];
-        if (!have[sc]) {
-            mxfp4_table(sc, &tabs[sc]);
-            have[sc] = 1;
-        }
-        __m128i tl = _mm_loadu_si128((const __m128i *)tabs[sc].lo);
-        __m128i th = _mm_loadu_si128((const __m128i *)tabs[sc].hi);
+        const mxfp4_tab *t = mxfp4_table(scales[b], tabs, have);
+        __m128i tl = _mm_loadu_si128((const __m128i *)t->lo);
+        __m128i th = _mm_loadu_si128((const __m128i *)t->hi);
         __m128i p = _mm_loadu_si128((const __m128i *)(blocks + b * 16));
         __m128i even = _mm_and_si128(p, m4), odd = _mm_and_si128(_mm_srli_epi16(p, 4), m4);
         __m128i i0 = _mm_unpacklo_epi8(even, odd), i1 = _mm_unpackhi_epi8(even, odd); /* output order */
@@ -292,17 +294,13 @@ void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_bl
             }
 #endif
             for (size_t b = 0; b < n_blocks; b++) {
-                uint8_t sc = scales[b];
-                if (!have[sc]) {
-                    mxfp4_table(sc, &tabs[sc]);
-                    have[sc] = 1;
-                }
+                const mxfp4_tab *t = mxfp4_table(scales[b], tabs, have);
                 const uint8_t *p = blocks + b * 16;
                 uint16_t *o = (uint16_t *)out + b * 32;
                 for (int k = 0; k < 16; k++) {
                     int lo = p[k] & 0xF, hi = p[k] >> 4;
-                    o[2 * k] = (uint16_t)(tabs[sc].lo[lo] | tabs[sc].hi[lo] << 8);
-                    o[2 * k + 1] = (uint16_t)(tabs[sc].lo[hi] | tabs[sc].hi[hi] << 8);
+                    o[2 * k] = (uint16_t)(t->lo[lo] | t->hi[lo] << 8);
+                    o[2 * k + 1] = (uint16_t)(t->lo[hi] | t->hi[hi] << 8);
                 }
             }
             free(tabs);

@@ -272,8 +272,8 @@ static void test_roundtrip_every_dtype(void **state)
     for (int d = 0; d < MPK_DTYPE_COUNT; d++) {
         snprintf(names[d], sizeof names[d], "layer.%d.%s", d, mpk_dtype_name((mpk_dtype)d));
         ts[d] = (mpk_tensor_info){.name = names[d], .dtype = (mpk_dtype)d, .ndim = 2};
-        ts[d].shape[0] = 3 + (int64_t)(tu_rand(&seed) % 5);
-        ts[d].shape[1] = 4 * (1 + (int64_t)(tu_rand(&seed) % 4)); /* whole bytes for F4/F6 */
+        ts[d].shape[0] = 3 + (int64_t)(mpk_rand(&seed) % 5);
+        ts[d].shape[1] = 4 * (1 + (int64_t)(mpk_rand(&seed) % 4)); /* whole bytes for F4/F6 */
         uint64_t nb;
         assert_int_equal(mpk_tensor_nbytes(ts[d].dtype, ts[d].shape, 2, &nb), MPK_OK);
         data[d] = malloc(nb);
@@ -547,9 +547,36 @@ static void test_ckpt_single_and_missing(void **state)
     assert_int_equal(mpk_ckpt_open(file, &c, &err), MPK_OK);
     assert_false(c->is_dir);
     assert_int_equal(c->tensors[1].file_offset, c->shards[0].header->data_start + 16);
+    /* mpk_ckpt_read: a slice of tensor b (values 1, 2, 3, 4), then the file cut short under it */
+    float got[2];
+    assert_int_equal(mpk_ckpt_read(c, &c->tensors[1], 4, 8, got, &err), MPK_OK);
+    assert_true(got[0] == 2.0f && got[1] == 3.0f);
+    assert_int_equal(truncate(file, (off_t)c->tensors[1].file_offset + 6), 0);
+    assert_int_equal(mpk_ckpt_read(c, &c->tensors[1], 4, 8, got, &err), MPK_E_IO);
+    assert_non_null(strstr(err.msg, "'b'"));
+    assert_non_null(strstr(err.msg, "file ends early"));
     mpk_ckpt_close(c);
     free(file);
     tu_rmrf(dir);
+}
+
+/* mpk_grow: the same array while there is room, doubled (first_cap when empty) when full. */
+static void test_grow(void **state)
+{
+    (void)state;
+    size_t cap = 0;
+    int *a = mpk_grow(NULL, 0, &cap, sizeof *a, 4);
+    assert_non_null(a);
+    assert_int_equal(cap, 4);
+    for (int i = 0; i < 4; i++)
+        a[i] = i;
+    assert_ptr_equal(mpk_grow(a, 3, &cap, sizeof *a, 4), a);
+    assert_int_equal(cap, 4);
+    a = mpk_grow(a, 4, &cap, sizeof *a, 4);
+    assert_non_null(a);
+    assert_int_equal(cap, 8);
+    assert_int_equal(a[3], 3); /* contents kept */
+    free(a);
 }
 
 static void test_index_format(void **state)
@@ -620,8 +647,8 @@ static void run_io_engine(mpk_io_backend be)
     unsigned char *dst = malloc(n);
     uint64_t seed = 7, used = 0;
     for (int i = 0; i < NR; i++) {
-        size_t len = 1 + (size_t)(tu_rand(&seed) % 200000);
-        uint64_t off = tu_rand(&seed) % (n - len);
+        size_t len = 1 + (size_t)(mpk_rand(&seed) % 200000);
+        uint64_t off = mpk_rand(&seed) % (n - len);
         if (used + len > n)
             len = 1;
         reqs[i] = (mpk_io_req){.fd = fd, .offset = off, .buf = dst + used, .len = len};
@@ -693,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_nomem_and_usage),
         cmocka_unit_test(test_ckpt_sharded),
         cmocka_unit_test(test_ckpt_single_and_missing),
+        cmocka_unit_test(test_grow),
         cmocka_unit_test(test_index_format),
         cmocka_unit_test(test_io_pread),
         cmocka_unit_test(test_io_uring),

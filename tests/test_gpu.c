@@ -132,6 +132,19 @@ static void test_gpucheck_cli(void **state)
     assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --reference %s/pe 2>/dev/null", m, dir), 2);
     assert_int_equal(RC("%s gpucheck %s/pk --reference %s/pk 2>%s/err", m, dir, dir, dir), 1);
     assert_int_equal(RC("grep -q 'no per-expert gate weight for layer 0, expert 0' %s/err", dir), 0);
+    /* a --reference of another shape is refused, naming the tensor and the rule */
+    assert_int_equal(RC("%s synth --arch qwen3_moe --layers 1 --experts 4 --hidden 48 --intermediate 16 %s/other "
+                        ">/dev/null", m, dir), 0);
+    assert_int_equal(RC("%s gpucheck %s/pk --reference %s/other 2>%s/err", m, dir, dir, dir), 1);
+    assert_int_equal(RC("grep -q 'experts.0.gate_proj.weight. must be BF16 \\[16, 32\\] to match the packed "
+                        "layer' %s/err", dir), 0);
+    /* usage errors: token list, run count, checked rows */
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --tokens 3,0 2>/dev/null", m), 2);
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --runs 0 2>/dev/null", m), 2);
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --check-rows 1 2>/dev/null", m), 2);
+    /* inputs that cannot be saved: exit 1 */
+    assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --tokens 2 --save-inputs %s/no/such/dir 2>/dev/null", m,
+                        dir), 1);
     /* a packing with up rows first (a wrong spec) is caught against the source */
     FILE *f = fopen(strcat(strcpy(cmd, dir), "/swap.json"), "w");
     assert_non_null(f);

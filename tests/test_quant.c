@@ -237,7 +237,7 @@ static void test_fp8_block_quantizer(void **state)
     float scale[3 * 3];
     uint64_t seed = 5;
     for (int i = 0; i < R * C; i++)
-        w[i] = (float)((double)(tu_rand(&seed) >> 11) / 9007199254740992.0 * 2 - 1) * (i % 7 == 0 ? 3.0f : 0.01f);
+        w[i] = (float)((double)(mpk_rand(&seed) >> 11) / 9007199254740992.0 * 2 - 1) * (i % 7 == 0 ? 3.0f : 0.01f);
     for (int r = 256; r < R; r++) /* the last row band, first column block: all zero */
         for (int c = 0; c < B; c++)
             w[r * C + c] = 0;
@@ -267,7 +267,7 @@ static void test_fp8_block_quantizer(void **state)
     /* dequantize -> quantize of exactly representable data is exact (every block holds +-448,
      * so its scale comes back as it was) */
     for (int i = 0; i < R * C; i++) {
-        q[i] = (uint8_t)(tu_rand(&seed) >> 56);
+        q[i] = (uint8_t)(mpk_rand(&seed) >> 56);
         if ((q[i] & 0x7F) == 0x7F)
             q[i] ^= 1;
     }
@@ -328,7 +328,7 @@ static void test_mxfp4_quantizer(void **state)
     uint8_t *b = malloc(NB * 16), *s = malloc(NB), *b2 = malloc(NB * 16), *s2 = malloc(NB);
     uint64_t seed = 9;
     for (int i = 0; i < NB * 32; i++)
-        v[i] = (float)((double)(tu_rand(&seed) >> 11) / 9007199254740992.0 * 2 - 1) * ldexpf(1, (i / 32) % 20 - 10);
+        v[i] = (float)((double)(mpk_rand(&seed) >> 11) / 9007199254740992.0 * 2 - 1) * ldexpf(1, (i / 32) % 20 - 10);
     for (int k = 0; k < 32; k++)
         v[k] = 0; /* an all-zero block */
     mpk_quant_mxfp4(MPK_DTYPE_F32, v, NB, b, s);
@@ -355,7 +355,7 @@ static void test_mxfp4_quantizer(void **state)
     /* dequantize -> quantize of representable data: values exact (bytes may differ where the
      * block's largest code is below 4: a smaller scale represents it too) */
     for (int i = 0; i < NB * 16; i++)
-        b[i] = (uint8_t)(tu_rand(&seed) >> 56);
+        b[i] = (uint8_t)(mpk_rand(&seed) >> 56);
     for (int k = 0; k < NB; k++)
         s[k] = (uint8_t)(100 + k % 50);
     mpk_dequant_mxfp4(b, s, NB, MPK_DTYPE_F32, d);

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "testutil.h"
+#include "mpk_formats.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -8,21 +9,11 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-uint64_t tu_rand(uint64_t *s)
-{
-    uint64_t x = *s ? *s : 0x9E3779B97F4A7C15ull;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 2685821657736338717ull;
-}
-
 void tu_fill(void *buf, size_t n, uint64_t *s)
 {
     unsigned char *p = buf;
     for (size_t i = 0; i < n; i++)
-        p[i] = (unsigned char)(tu_rand(s) >> 56);
+        p[i] = (unsigned char)(mpk_rand(s) >> 56);
 }
 
 char *tu_join(const char *a, const char *b)

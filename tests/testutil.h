@@ -5,9 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* xorshift64* step; deterministic for a given seed. */
-uint64_t tu_rand(uint64_t *state);
-/* Fills buf with pseudo-random bytes. */
+/* Fills buf with pseudo-random bytes (mpk_rand). */
 void tu_fill(void *buf, size_t n, uint64_t *state);
 /* malloc'd "a/b". */
 char *tu_join(const char *a, const char *b);

@@ -20,25 +20,6 @@ const char *mpk_hash_hex(mpk_hash128 h, char *buf)
     return buf;
 }
 
-mpk_status vfy_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
-                    mpk_error *err)
-{
-    int fd = c->shards[t->shard].fd;
-    char *p = buf;
-    uint64_t at = t->file_offset + off;
-    while (len) {
-        ssize_t k = pread(fd, p, len, (off_t)at);
-        if (k <= 0)
-            return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, c->shards[t->shard].path,
-                                 "reading tensor '%s' at %llu: %s", t->info->name, (unsigned long long)at,
-                                 k < 0 ? strerror(errno) : "file ends early");
-        p += k;
-        at += (uint64_t)k;
-        len -= (uint64_t)k;
-    }
-    return MPK_OK;
-}
-
 mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
                            mpk_error *err)
 {
@@ -49,7 +30,7 @@ mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *bu
     mpk_status s = MPK_OK;
     for (uint64_t off = 0; off < t->nbytes && s == MPK_OK; off += CHUNK) {
         uint64_t n = t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK;
-        if ((s = vfy_read(c, t, off, n, buf, err)) == MPK_OK)
+        if ((s = mpk_ckpt_read(c, t, off, n, buf, err)) == MPK_OK)
             XXH3_128bits_update(st, buf, n);
     }
     XXH128_hash_t h = XXH3_128bits_digest(st);
@@ -82,13 +63,17 @@ mpk_hash128 vfy_digest(const mpk_tensor_hash *t, size_t n)
 
 /* Tensors are hashed by up to one thread per CPU (at most 16), largest first, each thread with
  * its own read buffer; the first error wins. */
+typedef struct {
+    uint64_t bytes;
+    size_t i;
+} sized;
+
 typedef struct hash_job {
     const mpk_ckpt *c;
     mpk_tensor_hash *t;
-    const size_t *order;         /* tensor indices, largest first */
+    const sized *order;          /* tensors, largest first */
     atomic_size_t next;
     atomic_bool failed;
-    pthread_mutex_t lock;
     mpk_error err;
 } hash_job;
 
@@ -102,27 +87,22 @@ static void *hash_worker(void *arg)
         goto fail;
     }
     for (size_t k; !atomic_load(&j->failed) && (k = atomic_fetch_add(&j->next, 1)) < j->c->n_tensors;) {
-        size_t i = j->order[k];
+        size_t i = j->order[k].i;
         if (vfy_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
             goto fail;
     }
     free(buf);
     return NULL;
 fail:
-    pthread_mutex_lock(&j->lock);
-    if (!atomic_exchange(&j->failed, true))
+    if (!atomic_exchange(&j->failed, true)) /* the first error is kept; read after the joins */
         j->err = e;
-    pthread_mutex_unlock(&j->lock);
     free(buf);
     return NULL;
 }
 
-static const mpk_ckpt *sort_ckpt; /* qsort has no context argument; set under sort_lock */
-static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static int by_size_desc(const void *a, const void *b)
+static int larger_first(const void *a, const void *b)
 {
-    uint64_t x = sort_ckpt->tensors[*(const size_t *)a].nbytes, y = sort_ckpt->tensors[*(const size_t *)b].nbytes;
+    uint64_t x = ((const sized *)a)->bytes, y = ((const sized *)b)->bytes;
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
@@ -130,7 +110,7 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
 {
     *out = NULL;
     mpk_tensor_hash *t = mpk_calloc(c->n_tensors + 1, sizeof *t);
-    size_t *order = mpk_calloc(c->n_tensors + 1, sizeof *order);
+    sized *order = mpk_calloc(c->n_tensors + 1, sizeof *order);
     if (!t || !order) {
         free(t);
         free(order);
@@ -142,16 +122,12 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
         t[i].dtype = ct->info->dtype;
         t[i].ndim = ct->info->ndim;
         memcpy(t[i].shape, ct->info->shape, sizeof t[i].shape);
-        order[i] = i;
+        order[i] = (sized){ct->nbytes, i};
     }
-    pthread_mutex_lock(&sort_lock);
-    sort_ckpt = c;
-    qsort(order, c->n_tensors, sizeof *order, by_size_desc);
-    pthread_mutex_unlock(&sort_lock);
+    qsort(order, c->n_tensors, sizeof *order, larger_first);
     hash_job j = {.c = c, .t = t, .order = order};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, false);
-    pthread_mutex_init(&j.lock, NULL);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int n = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
     if ((size_t)n > c->n_tensors)
@@ -163,7 +139,6 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
     hash_worker(&j); /* this thread takes part (and does everything if no thread started) */
     for (int i = 0; i < started; i++)
         pthread_join(tid[i], NULL);
-    pthread_mutex_destroy(&j.lock);
     free(order);
     if (atomic_load(&j.failed)) {
         *err = j.err;

@@ -14,14 +14,10 @@
 
 mpk_tensor_cmp *vfy_add(mpk_report *r, const char *name, mpk_diff_kind kind, const char *detail)
 {
-    if (r->n == r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 64;
-        mpk_tensor_cmp *nt = mpk_realloc(r->t, cap * sizeof *nt);
-        if (!nt)
-            return NULL;
-        r->t = nt;
-        r->cap = cap;
-    }
+    mpk_tensor_cmp *nt = mpk_grow(r->t, r->n, &r->cap, sizeof *nt, 64);
+    if (!nt)
+        return NULL;
+    r->t = nt;
     mpk_tensor_cmp *x = &r->t[r->n];
     memset(x, 0, sizeof *x);
     if (!(x->name = mpk_strndup(name, strlen(name))))
@@ -118,7 +114,7 @@ static mpk_status tc_feed(vctx *v, tcmp *t, uint64_t off, const char *want, uint
     size_t el = mpk_dtype_size(t->meta.dtype);
     for (uint64_t o = 0; o < len; o += CHUNK) {
         uint64_t n = len - o < CHUNK ? len - o : CHUNK;
-        MPK_TRY(vfy_read(v->dst, t->dt, off + o, n, v->gbuf, v->err));
+        MPK_TRY(mpk_ckpt_read(v->dst, t->dt, off + o, n, v->gbuf, v->err));
         XXH3_128bits_update(t->hw, want + o, n);
         XXH3_128bits_update(t->hg, v->gbuf, n);
         v->r->bytes += n;
@@ -212,7 +208,7 @@ static mpk_status read_source(const mpk_plan *p, const mpk_ckpt_tensor *t, uint6
         char *b = mpk_alloc(len + 1);
         if (!b)
             MPK_FAIL(err, MPK_E_NOMEM, "verify", "out of memory (%llu bytes)", (unsigned long long)len);
-        mpk_status s = vfy_read(p->src, t, off, len, b, err);
+        mpk_status s = mpk_ckpt_read(p->src, t, off, len, b, err);
         if (s != MPK_OK) {
             free(b);
             return s;
@@ -445,7 +441,7 @@ static mpk_status compare_whole(vctx *v, const mpk_plan *p, const mpk_ckpt *src,
             MPK_FAIL(v->err, MPK_E_NOMEM, "verify", "out of memory");
         for (uint64_t off = 0; off < t->nbytes && s == MPK_OK; off += CHUNK) {
             uint64_t n = t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK;
-            s = vfy_read(src, t, off, n, b, v->err);
+            s = mpk_ckpt_read(src, t, off, n, b, v->err);
             if (s == MPK_OK)
                 s = tc_feed(v, &tc, off, b, n);
         }

@@ -6,9 +6,6 @@
 
 #include <errno.h>
 
-/* Reads len bytes at off of tensor t. */
-mpk_status vfy_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
-                    mpk_error *err);
 /* XXH3-128 of a tensor's bytes, read through buf (16 MiB). */
 mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
                            mpk_error *err);
