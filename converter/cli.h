@@ -2,7 +2,7 @@
 #ifndef MPK_CLI_H
 #define MPK_CLI_H
 
-#include "mpk_formats.h"
+#include "mpk_converter.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -48,6 +48,6 @@ int mpk_cmd_verify(int argc, char **argv);
 int mpk_cmd_diff(int argc, char **argv);
 int mpk_cmd_gpucheck(int argc, char **argv);
 /* exec finish hook: writes moepack.manifest.json into the temporary output directory */
-mpk_status mpk_cli_write_manifest(const char *dir, mpk_error *err);
+mpk_status mpk_cli_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
 
 #endif

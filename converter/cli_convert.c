@@ -242,6 +242,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         .metadata = meta,
         .n_metadata = 2,
         .config_json = cfg_text,
+        .hash_outputs = !a.no_manifest,
         .finish = a.no_manifest ? NULL : mpk_cli_write_manifest,
     };
     mpk_exec_stats st;

@@ -13,9 +13,9 @@
 static const char *const kind_names[] = {"missing", "extra", "dtype-shape", "content"};
 _Static_assert(sizeof kind_names / sizeof kind_names[0] == MPK_DIFF_COUNT, "diff kinds");
 
-mpk_status mpk_cli_write_manifest(const char *dir, mpk_error *err)
+mpk_status mpk_cli_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err)
 {
-    return mpk_manifest_write(dir, err);
+    return hashes ? mpk_manifest_write_hashes(dir, hashes, n, err) : mpk_manifest_write(dir, err);
 }
 
 int mpk_cmd_hash(int argc, char **argv)

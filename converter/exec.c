@@ -24,6 +24,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <sched.h>
+#include <stdint.h>
+#include <xxhash.h>
 
 typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST, N_DEQUANT, N_QUANT } node_kind;
 
@@ -470,25 +473,68 @@ static mpk_status node_copy(mpk_node *n, uint64_t off, uint64_t len, int out_fd,
     return MPK_OK;
 }
 
+/* Adds the bytes of [off, off + len) of a pure node, to be written at dst (relative to the
+ * data start), to votes[k] where k * 8 is the data start modulo 4096 that would put them at
+ * the same offset within a page as in their source file. */
+static void phase_votes(const mpk_node *n, uint64_t off, uint64_t len, uint64_t dst, uint64_t *votes)
+{
+    if (n->kind == N_SOURCE) {
+        uint64_t ph = (n->file_off + off + 4096 - dst % 4096) % 4096;
+        if (ph % 8 == 0)
+            votes[ph / 8] += len;
+        return;
+    }
+    uint64_t end = off + len;
+    for (size_t k = seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
+        const seg *g = &n->segs[k];
+        uint64_t a = off > g->dst_off ? off : g->dst_off;
+        uint64_t e = end < g->dst_off + g->len ? end : g->dst_off + g->len;
+        phase_votes(g->src, g->src_off + (a - g->dst_off), e - a, dst + (a - off), votes);
+    }
+}
+
 /* ---------------------------------------------------------------- the run */
 
+/* Scheduling. Writes into one file serialize in the kernel (a buffered write holds the
+ * inode lock), and threads queued on that lock spin: two writers to one file took twice the
+ * CPU of one and longer in wall time. So each output shard has one writer at a time (a mutex
+ * held around its write calls), units are queued per shard in file order, a thread prefers a
+ * shard nobody is writing, and a thread that finds every shard busy hashes a completed tensor
+ * instead (reading it back from the output, which takes no inode lock) or, with nothing to
+ * hash, waits for a shard. Computed units (transpose, cast, quantize) are built outside the
+ * lock, so only their writes serialize. */
 typedef struct {
     size_t out;          /* plan output index */
     uint64_t off, len;
 } unit;
 
 typedef struct {
+    size_t lo, hi;       /* its units: units[lo, hi), in file order */
+    atomic_size_t next;
+    atomic_int busy;     /* threads writing or waiting to write (a hint) */
+    pthread_mutex_t lock;
+} shard_q;
+
+#define HASH_CHUNK (1u << 20)
+
+typedef struct {
     const mpk_plan *p;
     const mpk_exec_opts *o;
     mpk_st_out **shards;
+    shard_q *q;
     size_t *slot;        /* plan output -> tensor index in its shard's file */
     unit *units;
     size_t n_units;
     uint64_t unit_bytes;
-    atomic_size_t next;
     atomic_ullong done_bytes;
+    atomic_size_t units_done;
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */
+    /* outputs complete (hashing, early writeback): bytes left to write per output, queue */
+    atomic_ullong *left;
+    mpk_tensor_hash *hashes;
+    size_t *hq;
+    size_t hq_head, hq_tail;
     pthread_mutex_t lock;
     mpk_error err;       /* first failure */
 } run_ctx;
@@ -503,12 +549,119 @@ static void run_fail(run_ctx *c, const mpk_error *e)
     pthread_mutex_unlock(&c->lock);
 }
 
+/* What happens to output i once all its bytes are written: its XXH3-128, read back from the
+ * shard file (o->hash_outputs), and, when the shards will be fsynced, the start of its
+ * writeback, so that the disk works while the rest is copied and the final fsync waits for
+ * little more than the last tensors. */
+static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *err)
+{
+    const mpk_plan_out *po = &c->p->outs[i];
+    const mpk_st_out *so = c->shards[po->shard];
+    uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
+    mpk_status s = MPK_OK;
+    if (c->hashes) {
+        XXH3_state_t *st = XXH3_createState();
+        if (!st)
+            return mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        XXH3_128bits_reset(st);
+        for (uint64_t off = 0; off < po->nbytes;) {
+            size_t n = po->nbytes - off < HASH_CHUNK ? (size_t)(po->nbytes - off) : HASH_CHUNK;
+            ssize_t k = pread(so->fd, buf, n, (off_t)(base + off));
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0) {
+                s = mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, so->path, "reading back '%s' to hash it: %s",
+                                  po->name, k < 0 ? strerror(errno) : "file ended early");
+                break;
+            }
+            XXH3_128bits_update(st, buf, (size_t)k);
+            off += (uint64_t)k;
+        }
+        XXH128_hash_t h = XXH3_128bits_digest(st);
+        XXH3_freeState(st);
+        c->hashes[i].hash = (mpk_hash128){h.high64, h.low64};
+    }
+    if (s == MPK_OK && !c->o->no_fsync)
+        sync_file_range(so->fd, (off64_t)base, (off64_t)po->nbytes, SYNC_FILE_RANGE_WRITE); /* a hint */
+    return s;
+}
+
+/* Handles one queued complete output: 1 if it did, 0 if none was queued, -1 on failure. */
+static int hash_one(run_ctx *c, char **buf, mpk_error *err)
+{
+    if (!c->hq)
+        return 0;
+    pthread_mutex_lock(&c->lock);
+    bool any = c->hq_head < c->hq_tail;
+    size_t i = any ? c->hq[c->hq_head++] : 0;
+    pthread_mutex_unlock(&c->lock);
+    if (!any)
+        return 0;
+    if (c->hashes && !*buf && !(*buf = mpk_alloc(HASH_CHUNK))) {
+        mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        return -1;
+    }
+    return output_complete(c, i, *buf, err) == MPK_OK ? 1 : -1;
+}
+
+static void written(run_ctx *c, const unit *w)
+{
+    atomic_fetch_add(&c->done_bytes, w->len);
+    if (c->left && atomic_fetch_sub(&c->left[w->out], w->len) == w->len) {
+        pthread_mutex_lock(&c->lock);
+        c->hq[c->hq_tail++] = w->out;
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* Claims the next unit: first from a shard no thread is writing (starting at `home`), else,
+ * after hashing one complete output if one is queued, from the least busy shard with units
+ * left. Returns the unit index, SIZE_MAX when every unit is claimed, or SIZE_MAX - 1 when it
+ * hashed instead (or failed doing so: c->failed is then set). */
+static size_t claim(run_ctx *c, size_t home, char **hbuf, mpk_error *err)
+{
+    size_t ns = c->p->n_shards;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t best = SIZE_MAX;
+        int best_busy = 0;
+        for (size_t k = 0; k < ns; k++) {
+            shard_q *q = &c->q[(home + k) % ns];
+            if (atomic_load(&q->next) >= q->hi)
+                continue;
+            int b = atomic_load(&q->busy);
+            if (pass == 0 && b > 0)
+                continue;
+            if (best == SIZE_MAX || b < best_busy) {
+                best = (home + k) % ns;
+                best_busy = b;
+            }
+        }
+        if (best != SIZE_MAX) {
+            size_t u = atomic_fetch_add(&c->q[best].next, 1);
+            if (u < c->q[best].hi)
+                return u;
+            pass--; /* lost the race for that shard's last unit: look again */
+            continue;
+        }
+        if (pass == 0) {
+            int h = hash_one(c, hbuf, err);
+            if (h != 0) {
+                if (h < 0)
+                    run_fail(c, err);
+                return SIZE_MAX - 1;
+            }
+        }
+    }
+    return SIZE_MAX;
+}
+
 static void *worker(void *arg)
 {
-    run_ctx *c = arg;
+    run_ctx *c = ((void **)arg)[0];
+    size_t home = (size_t)((void **)arg)[1];
     mpk_error err = {0};
     reader r = {.cap = 256, .err = &err};
-    char *buf = NULL;
+    char *buf = NULL, *hbuf = NULL;
     r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
     if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
         if (!r.reqs)
@@ -517,20 +670,34 @@ static void *worker(void *arg)
         free(r.reqs);
         return NULL;
     }
-    for (;;) {
-        if (atomic_load(&c->failed))
-            break;
-        size_t u = atomic_fetch_add(&c->next, 1);
-        if (u >= c->n_units)
-            break;
+    while (!atomic_load(&c->failed)) {
+        size_t u = claim(c, home, &hbuf, &err);
+        if (u == SIZE_MAX - 1)
+            continue;
+        if (u == SIZE_MAX) { /* nothing left to claim: hash what others complete, then stop */
+            int h;
+            while ((h = hash_one(c, &hbuf, &err)) > 0)
+                ;
+            if (h < 0)
+                run_fail(c, &err);
+            if (h < 0 || !c->hq || atomic_load(&c->units_done) == c->n_units)
+                break;
+            sched_yield();
+            continue;
+        }
         const unit *w = &c->units[u];
         const mpk_plan_out *po = &c->p->outs[w->out];
         mpk_st_out *so = c->shards[po->shard];
+        shard_q *q = &c->q[po->shard];
         mpk_status s = MPK_OK;
         bool done = false;
         if (po->node->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             const mpk_tensor_info *t = &so->tensors[c->slot[w->out]];
+            atomic_fetch_add(&q->busy, 1);
+            pthread_mutex_lock(&q->lock);
             s = node_copy(po->node, w->off, w->len, so->fd, so->data_start + t->begin + w->off, &err);
+            pthread_mutex_unlock(&q->lock);
+            atomic_fetch_sub(&q->busy, 1);
             if (s == MPK_OK) {
                 done = true;
             } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
@@ -547,8 +714,13 @@ static void *worker(void *arg)
                 s = node_read(po->node, w->off, w->len, buf, &r);
                 if (s == MPK_OK)
                     s = rd_flush(&r);
-                if (s == MPK_OK)
+                if (s == MPK_OK) {
+                    atomic_fetch_add(&q->busy, 1);
+                    pthread_mutex_lock(&q->lock);
                     s = mpk_st_out_write(so, c->slot[w->out], w->off, buf, w->len, &err);
+                    pthread_mutex_unlock(&q->lock);
+                    atomic_fetch_sub(&q->busy, 1);
+                }
             }
         }
         if (s != MPK_OK) {
@@ -556,9 +728,11 @@ static void *worker(void *arg)
             run_fail(c, &err);
             break;
         }
-        atomic_fetch_add(&c->done_bytes, w->len);
+        written(c, w);
+        atomic_fetch_add(&c->units_done, 1);
     }
     free(buf);
+    free(hbuf);
     free(r.reqs);
     mpk_io_free(r.io);
     return NULL;
@@ -771,6 +945,20 @@ static uint64_t max_slab(const mpk_node *n)
     return m;
 }
 
+static const run_ctx *sort_ctx; /* qsort has no context argument; set around one call */
+
+static int file_order(const void *a, const void *b)
+{
+    const unit *x = a, *y = b;
+    const mpk_plan *p = sort_ctx->p;
+    int sx = p->outs[x->out].shard, sy = p->outs[y->out].shard;
+    if (sx != sy)
+        return sx < sy ? -1 : 1;
+    uint64_t ox = sort_ctx->shards[sx]->tensors[sort_ctx->slot[x->out]].begin + x->off;
+    uint64_t oy = sort_ctx->shards[sy]->tensors[sort_ctx->slot[y->out]].begin + y->off;
+    return ox < oy ? -1 : ox > oy;
+}
+
 mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
                     mpk_exec_stats *stats, mpk_error *err)
 {
@@ -861,15 +1049,12 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
                 t->ndim = p->outs[i].meta.ndim;
                 memcpy(t->shape, p->outs[i].meta.shape, sizeof t->shape);
             }
-        char name[64];
-        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
-        char *path = mpk_path_join(tmp, name);
-        s = path ? mpk_st_out_create(path, infos[sh], n, o->metadata, o->n_metadata, &c.shards[sh], err)
-                 : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        free(path);
-        if (s != MPK_OK)
+        /* lay the shard out (sorts infos[sh]), map plan outputs to their place in it */
+        char *hdr;
+        size_t hlen;
+        if ((s = mpk_st_layout(infos[sh], n, o->metadata, o->n_metadata, &hdr, &hlen, NULL, err)) != MPK_OK)
             goto done;
-        /* map plan outputs to their (sorted) place in the file */
+        free(hdr);
         mpk_strmap m;
         if (mpk_strmap_init(&m, n) != MPK_OK) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
@@ -881,6 +1066,28 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
             if (p->outs[i].shard == (int)sh)
                 mpk_strmap_get(&m, p->outs[i].name, strlen(p->outs[i].name), &c.slot[i]);
         mpk_strmap_free(&m);
+        /* the data start (modulo a page) that puts the most copied bytes at the same offset
+         * within a page as their source (whatever the copy mode: the output is the same) */
+        int phase = -1;
+        {
+            uint64_t votes[4096 / 8] = {0}, best = 0;
+            for (size_t i = 0; i < p->n_outs; i++)
+                if (p->outs[i].shard == (int)sh && p->outs[i].node->pure)
+                    phase_votes(p->outs[i].node, 0, p->outs[i].nbytes, infos[sh][c.slot[i]].begin, votes);
+            for (int k = 0; k < 4096 / 8; k++)
+                if (votes[k] > best) {
+                    best = votes[k];
+                    phase = k * 8;
+                }
+        }
+        char name[64];
+        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+        char *path = mpk_path_join(tmp, name);
+        s = path ? mpk_st_out_create(path, infos[sh], n, o->metadata, o->n_metadata, phase, &c.shards[sh], err)
+                 : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        free(path);
+        if (s != MPK_OK)
+            goto done;
     }
     /* units */
     size_t n_units = 0;
@@ -898,10 +1105,49 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
             c.units[c.n_units++] = (unit){i, off, p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u};
     }
+    /* per-shard queues in file order */
+    sort_ctx = &c;
+    qsort(c.units, c.n_units, sizeof *c.units, file_order);
+    sort_ctx = NULL;
+    c.q = mpk_calloc(p->n_shards, sizeof *c.q);
+    if (!c.q) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        goto done;
+    }
+    for (size_t u = 0, sh = 0; sh < p->n_shards; sh++) {
+        c.q[sh].lo = u;
+        while (u < c.n_units && (size_t)p->outs[c.units[u].out].shard == sh)
+            u++;
+        c.q[sh].hi = u;
+        atomic_init(&c.q[sh].next, c.q[sh].lo);
+        atomic_init(&c.q[sh].busy, 0);
+        pthread_mutex_init(&c.q[sh].lock, NULL);
+    }
+    if (o->hash_outputs || !o->no_fsync) {
+        c.left = mpk_calloc(p->n_outs + 1, sizeof *c.left);
+        c.hashes = o->hash_outputs ? mpk_calloc(p->n_outs + 1, sizeof *c.hashes) : NULL;
+        c.hq = mpk_calloc(p->n_outs + 1, sizeof *c.hq);
+        if (!c.left || (o->hash_outputs && !c.hashes) || !c.hq) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < p->n_outs; i++)
+            atomic_init(&c.left[i], p->outs[i].nbytes);
+        XXH128_hash_t empty = XXH3_128bits(NULL, 0);
+        for (size_t i = 0; i < p->n_outs && c.hashes; i++) {
+            const mpk_plan_out *po = &p->outs[i];
+            c.hashes[i] = (mpk_tensor_hash){.name = po->name, .dtype = po->meta.dtype, .ndim = po->meta.ndim,
+                                            .hash = {empty.high64, empty.low64}};
+            memcpy(c.hashes[i].shape, po->meta.shape, sizeof c.hashes[i].shape);
+        }
+    }
     pthread_t th[64];
+    void *args[64][2];
     int started = 0;
     for (int i = 0; i < threads; i++) {
-        if (pthread_create(&th[i], NULL, worker, &c) != 0)
+        args[i][0] = &c;
+        args[i][1] = (void *)(uintptr_t)((size_t)i % (p->n_shards ? p->n_shards : 1));
+        if (pthread_create(&th[i], NULL, worker, args[i]) != 0)
             break;
         started++;
     }
@@ -910,7 +1156,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         goto done;
     }
     if (o->progress) {
-        while (atomic_load(&c.next) < c.n_units + (size_t)started && !atomic_load(&c.failed)) {
+        while (atomic_load(&c.units_done) < c.n_units && !atomic_load(&c.failed)) {
             progress(&c, t0, false);
             struct timespec ts = {0, 200 * 1000 * 1000};
             nanosleep(&ts, NULL);
@@ -954,7 +1200,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     }
     if ((s = copy_side_files(p, tmp, o->config_json, err)) != MPK_OK)
         goto done;
-    if (o->finish && (s = o->finish(tmp, err)) != MPK_OK)
+    if (o->finish && (s = o->finish(tmp, c.hashes, c.hashes ? p->n_outs : 0, err)) != MPK_OK)
         goto done;
     /* into place */
     int dfd = o->no_fsync ? -1 : open(tmp, O_RDONLY | O_DIRECTORY);
@@ -999,6 +1245,13 @@ done:
     free(c.shards);
     free(c.slot);
     free(c.units);
+    if (c.q)
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            pthread_mutex_destroy(&c.q[sh].lock);
+    free(c.q);
+    free(c.left);
+    free(c.hashes);
+    free(c.hq);
     for (mpk_node *n = b.all, *next; n; n = next) {
         next = n->next_alloc;
         free(n->segs);

@@ -211,6 +211,19 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose);
 
 /* ---------------------------------------------------------------- execution */
 
+typedef struct mpk_hash128 {
+    uint64_t hi, lo;
+} mpk_hash128;
+
+/* One tensor's XXH3-128 with its name, dtype and shape (what a manifest records). */
+typedef struct mpk_tensor_hash {
+    const char *name;              /* borrowed */
+    mpk_dtype dtype;
+    int ndim;
+    int64_t shape[MPK_MAX_DIMS];
+    mpk_hash128 hash;
+} mpk_tensor_hash;
+
 typedef struct mpk_exec_opts {
     int threads;                        /* 0: number of CPUs */
     uint64_t mem;                       /* in-flight buffer budget, bytes */
@@ -223,9 +236,13 @@ typedef struct mpk_exec_opts {
     size_t n_metadata;
     const char *config_json;            /* non-NULL: written as DST/config.json instead of a
                                            copy of the source's (quantization changes it) */
+    bool hash_outputs;                  /* XXH3-128 of every output tensor, read back from the
+                                           output file as soon as the tensor is complete, on
+                                           threads not busy writing; passed to finish */
     /* non-NULL: called on the complete temporary directory before it is renamed into place
-     * (the CLI writes moepack.manifest.json there); a failure aborts the conversion */
-    mpk_status (*finish)(const char *tmp_dir, mpk_error *err);
+     * (the CLI writes moepack.manifest.json there), with the output hashes in plan output
+     * order when hash_outputs (else NULL, n = 0); a failure aborts the conversion */
+    mpk_status (*finish)(const char *tmp_dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
 } mpk_exec_opts;
 
 typedef struct mpk_exec_stats {

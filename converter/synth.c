@@ -241,7 +241,7 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
                     cnt++;
                 }
             mpk_kv meta = {"format", "pt"};
-            s = mpk_st_out_create(path, infos, cnt, &meta, 1, &out, err);
+            s = mpk_st_out_create(path, infos, cnt, &meta, 1, -1, &out, err);
         }
         for (size_t k = 0; s == MPK_OK && k < cnt; k++) {
             const mpk_tensor_info *t = &out->tensors[k];

@@ -254,10 +254,14 @@ typedef struct mpk_st_out {
 } mpk_st_out;
 
 /* Creates path (O_EXCL), writes the header and sizes the file. tensors are laid out as
- * by mpk_st_layout (the caller's array is sorted in place). Owned by the caller: finish
- * with mpk_st_out_close. */
+ * by mpk_st_layout (the caller's array is sorted in place). data_phase < 0: the header is
+ * padded to 8 bytes as usual; else (a multiple of 8 below 4096) it is padded with more
+ * spaces so that the data starts at that offset modulo 4096 (the spec allows whitespace
+ * padding; in-kernel copies run faster when source and destination share their offset
+ * within a page). Owned by the caller: finish with mpk_st_out_close. */
 mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
-                             const mpk_kv *meta, size_t n_meta, mpk_st_out **out, mpk_error *err);
+                             const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
+                             mpk_error *err);
 /* Writes len bytes at offset off of tensor i. Thread-safe (pwrite). */
 mpk_status mpk_st_out_write(mpk_st_out *o, size_t i, uint64_t off, const void *buf, size_t len,
                             mpk_error *err);

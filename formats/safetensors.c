@@ -561,14 +561,41 @@ mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, con
     return MPK_OK;
 }
 
+/* Pads hdr (a full header: prefix + JSON + spaces) with spaces until its length is
+ * phase modulo 4096, and rewrites the length prefix. */
+static mpk_status pad_header(char **hdr, size_t *hlen, int phase, mpk_error *err)
+{
+    if (phase < 0 || phase % 8 || phase >= 4096)
+        return MPK_OK;
+    size_t add = ((size_t)phase + 4096 - *hlen % 4096) % 4096;
+    if (!add)
+        return MPK_OK;
+    char *p = realloc(*hdr, *hlen + add);
+    if (!p)
+        MPK_FAIL(err, MPK_E_NOMEM, NULL, "out of memory building a header");
+    memset(p + *hlen, ' ', add);
+    *hdr = p;
+    *hlen += add;
+    uint64_t nlen = *hlen - 8;
+    for (int i = 0; i < 8; i++)
+        p[i] = (char)((nlen >> (8 * i)) & 0xFF);
+    return MPK_OK;
+}
+
 mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
-                             const mpk_kv *meta, size_t n_meta, mpk_st_out **out, mpk_error *err)
+                             const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
+                             mpk_error *err)
 {
     *out = NULL;
     char *hdr;
     size_t hlen;
     uint64_t dsize;
     MPK_TRY(mpk_st_layout(tensors, n, meta, n_meta, &hdr, &hlen, &dsize, err));
+    mpk_status ps = pad_header(&hdr, &hlen, data_phase, err);
+    if (ps != MPK_OK) {
+        free(hdr);
+        return ps;
+    }
     mpk_st_out *o = mpk_calloc(1, sizeof *o);
     if (!o || !(o->path = mpk_strndup(path, strlen(path)))) {
         free(o);
@@ -654,7 +681,7 @@ mpk_status mpk_st_write_file(const char *path, mpk_tensor_info *tensors, const v
     }
     free(tw);
     mpk_st_out *o;
-    MPK_TRY(mpk_st_out_create(path, tensors, n, meta, n_meta, &o, err));
+    MPK_TRY(mpk_st_out_create(path, tensors, n, meta, n_meta, -1, &o, err));
     mpk_status s = MPK_OK;
     for (size_t i = 0; i < n && s == MPK_OK; i++)
         s = mpk_st_out_write(o, i, 0, data[i], (size_t)(tensors[i].end - tensors[i].begin), err);

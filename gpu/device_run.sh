@@ -53,7 +53,7 @@ for step in "${steps[@]}"; do
         echo "== pack vs cp -r ($(nproc) cores)"
         $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 \
             --shards 4 $W/bench/src >/dev/null
-        python3 gpu/pack_bench.py $M $W/bench ${PACK_SWEEP:+sweep} 2>&1 | tee "$RES/pack-vs-cp${PACK_SWEEP:+-sweep}.txt"
+        python3 bench/pack_vs_cp.py $M $W/bench ${PACK_SWEEP:+--sweep} 2>&1 | tee "$RES/pack-vs-cp${PACK_SWEEP:+-sweep}.txt"
         rm -rf $W ;;
     parity*)
         archs=${step#parity}; archs=${archs#:}

@@ -348,7 +348,7 @@ static void test_streaming_writer_any_order(void **state)
     };
     mpk_error err = {0};
     mpk_st_out *o;
-    assert_int_equal(mpk_st_out_create(path, ts, 3, NULL, 0, &o, &err), MPK_OK);
+    assert_int_equal(mpk_st_out_create(path, ts, 3, NULL, 0, -1, &o, &err), MPK_OK);
     /* sorted: b (F32) first, then a, c */
     assert_string_equal(ts[0].name, "b");
     assert_int_equal(mpk_st_out_write(o, 2, 1, "YZ", 2, &err), MPK_OK);
@@ -367,6 +367,47 @@ static void test_streaming_writer_any_order(void **state)
     free(file);
     mpk_st_header_free(h);
     free(path);
+    tu_rmrf(dir);
+}
+
+/* data_phase pads the header with spaces so the data starts at that offset within a page;
+ * the file stays valid and its data unchanged. An invalid phase keeps the 8-byte padding. */
+static void test_streaming_writer_data_phase(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_test_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const int phases[] = {0, 8, 1000, 4088, 3, -1};
+    for (size_t k = 0; k < sizeof phases / sizeof *phases; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "p%zu.safetensors", k);
+        char *path = tu_join(dir, name);
+        mpk_tensor_info t = {.name = "w", .dtype = MPK_DTYPE_U8, .ndim = 1, .shape = {4}};
+        mpk_error err = {0};
+        mpk_st_out *o;
+        assert_int_equal(mpk_st_out_create(path, &t, 1, NULL, 0, phases[k], &o, &err), MPK_OK);
+        assert_int_equal(mpk_st_out_write(o, 0, 0, "wxyz", 4, &err), MPK_OK);
+        uint64_t start = o->data_start;
+        assert_int_equal(mpk_st_out_close(o, false, &err), MPK_OK);
+        /* {"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}} is 54 bytes: 8 + 56 unpadded */
+        if (phases[k] >= 0 && phases[k] % 8 == 0)
+            assert_int_equal(start % 4096, (uint64_t)phases[k]);
+        else
+            assert_int_equal(start, 64);
+        mpk_st_header *h;
+        assert_int_equal(mpk_st_read_header(path, &h, &err), MPK_OK);
+        assert_int_equal(h->data_start, start);
+        char *file;
+        size_t len;
+        assert_int_equal(mpk_read_file(path, &file, &len, &err), MPK_OK);
+        assert_int_equal(len, start + 4);
+        assert_memory_equal(file + start, "wxyz", 4);
+        for (uint64_t i = 8 + 54; i < start; i++)
+            assert_int_equal(file[i], ' ');
+        free(file);
+        mpk_st_header_free(h);
+        free(path);
+    }
     tu_rmrf(dir);
 }
 
@@ -715,6 +756,7 @@ int main(void)
         cmocka_unit_test(test_writer_reference_vectors),
         cmocka_unit_test(test_roundtrip_every_dtype),
         cmocka_unit_test(test_streaming_writer_any_order),
+        cmocka_unit_test(test_streaming_writer_data_phase),
         cmocka_unit_test(test_dtype_table),
         cmocka_unit_test(test_natural_order),
         cmocka_unit_test(test_nomem_and_usage),

@@ -181,6 +181,18 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
     return withnl;
 }
 
+static mpk_status write_manifest(const char *dir, const mpk_tensor_hash *t, size_t n, mpk_hash128 d,
+                                 mpk_error *err)
+{
+    char *text = mpk_manifest_format(t, n, d);
+    char *path = mpk_path_join(dir, MPK_MANIFEST_NAME);
+    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
+                                : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    free(text);
+    free(path);
+    return s;
+}
+
 mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
 {
     mpk_ckpt *c;
@@ -189,16 +201,22 @@ mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
     mpk_hash128 d;
     mpk_status s = mpk_hash_ckpt(c, &t, &d, err);
     if (s == MPK_OK) {
-        char *text = mpk_manifest_format(t, c->n_tensors, d);
-        char *path = mpk_path_join(c->is_dir ? c->dir : dir, MPK_MANIFEST_NAME);
-        s = text && path ? mpk_write_file(path, text, strlen(text), err)
-                         : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-        free(text);
-        free(path);
+        s = write_manifest(c->is_dir ? c->dir : dir, t, c->n_tensors, d, err);
         free(t);
     }
     mpk_ckpt_close(c);
     return s;
+}
+
+static int natural_order(const void *a, const void *b)
+{
+    return mpk_natural_cmp(((const mpk_tensor_hash *)a)->name, ((const mpk_tensor_hash *)b)->name);
+}
+
+mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, mpk_error *err)
+{
+    qsort(t, n, sizeof *t, natural_order);
+    return write_manifest(dir, t, n, vfy_digest(t, n), err);
 }
 
 static bool parse_hex(const char *s, mpk_hash128 *h)

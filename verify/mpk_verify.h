@@ -24,18 +24,6 @@ extern "C" {
 
 #define MPK_MANIFEST_NAME "moepack.manifest.json"
 
-typedef struct mpk_hash128 {
-    uint64_t hi, lo;
-} mpk_hash128;
-
-typedef struct mpk_tensor_hash {
-    const char *name;              /* borrowed from the checkpoint */
-    mpk_dtype dtype;
-    int ndim;
-    int64_t shape[MPK_MAX_DIMS];
-    mpk_hash128 hash;
-} mpk_tensor_hash;
-
 /* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
  * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads). */
 mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest,
@@ -46,6 +34,9 @@ const char *mpk_hash_hex(mpk_hash128 h, char *buf);
 char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest);
 /* Hashes the checkpoint in dir and writes dir/moepack.manifest.json. */
 mpk_status mpk_manifest_write(const char *dir, mpk_error *err);
+/* Writes dir/moepack.manifest.json from hashes already computed (any order; t is sorted in
+ * place into natural name order), e.g. the executor's, taken as it wrote each tensor. */
+mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, mpk_error *err);
 
 /* ---------------------------------------------------------------- comparisons */
 

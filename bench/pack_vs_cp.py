@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""pack / unpack against cp -r of the same bytes, interleaved in one run.
+
+usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...]
+
+WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
+order that rotates from round to round, and deletes its output before the next; the page
+cache is warmed first. Reported per command: median and minimum over the rounds, and the
+median of the per-round ratios against the baseline timed in the same round (cp -r for the
+commands without fsync, cp -r + sync for pack with its fsync). --sweep times pack --no-fsync
+with 1, 2, 4, 8 and 16 threads instead.
+
+Right before each timed command, memory as large as the output is touched and freed (skip
+with --no-prefault). On a VM that hands free memory back to its host (virtio-balloon free
+page reporting, as on our development VM), the first write to a returned page costs a host
+fault: a command that follows a sync or a pause ran up to 4x slower than the same command
+run again at once. Prefaulting gives every command the same start.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import time
+
+
+def prefault(nbytes):
+    buf = bytearray(b"\1") * nbytes  # written, then freed on return
+    del buf
+
+
+def timed(cmd, out):
+    t = time.perf_counter()
+    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
+    dt = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("moepack")
+    ap.add_argument("workdir")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--only", help="comma-separated subset of the command names")
+    ap.add_argument("--no-prefault", action="store_true")
+    a = ap.parse_args()
+    m, w = a.moepack, a.workdir
+    src, out = os.path.join(w, "src"), os.path.join(w, "out")
+    size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
+    for f in os.listdir(src):  # warm the page cache
+        with open(os.path.join(src, f), "rb") as h:
+            while h.read(1 << 24):
+                pass
+    # name -> (command, baseline name)
+    cmds = {"cp": (f"cp -r {src} {out}", None),
+            "cp+sync": (f"cp -r {src} {out} && sync", None)}
+    if a.sweep:
+        for th in (1, 2, 4, 8, 16):
+            cmds[f"pack-nofsync-{th}t"] = (f"{m} pack -q --no-fsync --threads {th} {src} {out}", "cp")
+        del cmds["cp+sync"]
+    else:
+        cmds["pack"] = (f"{m} pack -q {src} {out}", "cp+sync")
+        cmds["pack-nofsync"] = (f"{m} pack -q --no-fsync {src} {out}", "cp")
+        cmds["pack-nofsync-nomanifest"] = (f"{m} pack -q --no-fsync --no-manifest {src} {out}", "cp")
+        cmds["unpack-nofsync"] = (f"{m} unpack -q --no-fsync {w}/pk {out}", "cp")  # of a fresh pack
+    if a.only:
+        keep = set(a.only.split(","))
+        cmds = {k: v for k, v in cmds.items() if k in keep or k in ("cp", "cp+sync")}
+    print(f"source {size / 2**30:.2f} GiB, {os.cpu_count()} cores, {a.rounds} rounds", flush=True)
+    names = list(cmds)
+    times = {n: [] for n in names}
+    for r in range(a.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            if n == "unpack-nofsync":  # the pack it reads is made first (and flushed), not timed
+                subprocess.run(f"{m} pack -q --no-fsync {src} {w}/pk && sync", shell=True, check=True)
+            if not a.no_prefault:
+                prefault(size)
+            times[n].append(timed(cmds[n][0], out))
+            shutil.rmtree(f"{w}/pk", ignore_errors=True)
+        print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
+    print(f"{'command':26} {'median':>8} {'min':>8}  ratio vs baseline (median of rounds; >1 = faster)")
+    for n in names:
+        base = cmds[n][1]
+        ratio = ""
+        if base:
+            rs = [b / t for b, t in zip(times[base], times[n])]
+            ratio = f"{statistics.median(rs):.2f}x {base} (rounds {min(rs):.2f}-{max(rs):.2f}x)"
+        print(f"{n:26} {statistics.median(times[n]):7.2f}s {min(times[n]):7.2f}s  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
