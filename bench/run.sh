@@ -15,26 +15,22 @@ echo "== machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(unam
 $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 \
    --shards 4 "$W/src" >/dev/null
 du -sb "$W/src" | awk '{printf "== source: %.2f GiB\n", $1/2^30}'
-cat "$W"/src/* >/dev/null   # warm cache
+# pack, pack --no-fsync, unpack against cp -r (+ sync), interleaved rounds, medians
+python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}"
 cp_s=$(t cp -r "$W/src" "$W/cp"); rm -rf "$W/cp"
-pack_s=$(t $M pack -q "$W/src" "$W/p1" --mem 256MiB)
-$M pack --json "$W/src" "$W/p2" --mem 256MiB --force > "$W/pack.json"; rm -rf "$W/p2"
-rd_s=$(t $M pack -q "$W/src" "$W/p3" --mem 256MiB --no-copy-range --io io_uring); rm -rf "$W/p3"
-pr_s=$(t $M pack -q "$W/src" "$W/p4" --mem 256MiB --no-copy-range --io pread); rm -rf "$W/p4"
-cp2_s=$(t cp -r "$W/src" "$W/cp"); rm -rf "$W/cp"
+$M pack --json --no-fsync "$W/src" "$W/p2" --mem 256MiB > "$W/pack.json"; rm -rf "$W/p2"
 rss=$(python3 -c "import json;print(round(json.load(open('$W/pack.json'))['peak_rss_bytes']/2**20,1))")
-echo "cp -r: ${cp_s}s / ${cp2_s}s (before/after)"
-echo "pack (copy_file_range): ${pack_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $pack_s" | bc)"
-echo "pack (io_uring read+pwrite): ${rd_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $rd_s" | bc)"
-echo "pack (pread read+pwrite): ${pr_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $pr_s" | bc)"
+rd_s=$(t $M pack -q --no-fsync "$W/src" "$W/p3" --mem 256MiB --no-copy-range --io io_uring); rm -rf "$W/p3"
+pr_s=$(t $M pack -q --no-fsync "$W/src" "$W/p4" --mem 256MiB --no-copy-range --io pread); rm -rf "$W/p4"
+echo "cp -r: ${cp_s}s"
+echo "pack --no-fsync, io_uring read + pwrite: ${rd_s}s, pread + pwrite: ${pr_s}s"
 echo "pack --mem 256MiB peak RSS: ${rss} MiB"
-unp_s=$(t $M unpack -q "$W/p1" "$W/u1" --mem 256MiB)
-echo "unpack: ${unp_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $unp_s" | bc)"
+$M pack -q "$W/src" "$W/p1"
 # verify recomputes every packed tensor from the source and compares (reads both sides)
 v_s=$(t $M verify "$W/src" "$W/p1")
 vm_s=$(t $M verify "$W/p1")
 echo "verify SRC DST: ${v_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $v_s" | bc); verify DST (manifest): ${vm_s}s"
-rm -rf "$W/p1" "$W/u1"
+rm -rf "$W/p1"
 
 # 2. plan on the real Qwen3-30B-A3B index (19k tensors), as a header-only checkpoint
 python3 bench/headers.py "$MAT/qwen3-30b-a3b-qwen3_moe/model.safetensors.index.json.transgqa-modified" \

@@ -24,7 +24,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <sched.h>
 #include <stdint.h>
 #include <xxhash.h>
 
@@ -536,6 +535,7 @@ typedef struct {
     size_t *hq;
     size_t hq_head, hq_tail;
     pthread_mutex_t lock;
+    pthread_cond_t cv;   /* a complete output queued, or the last unit written */
     mpk_error err;       /* first failure */
 } run_ctx;
 
@@ -546,6 +546,7 @@ static void run_fail(run_ctx *c, const mpk_error *e)
         c->err = *e;
         atomic_store(&c->failed, 1);
     }
+    pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -604,12 +605,40 @@ static int hash_one(run_ctx *c, char **buf, mpk_error *err)
     return output_complete(c, i, *buf, err) == MPK_OK ? 1 : -1;
 }
 
+/* Takes a shard's write lock; while another thread holds it, handles complete outputs. */
+static mpk_status lock_shard(run_ctx *c, shard_q *q, char **hbuf, mpk_error *err)
+{
+    atomic_fetch_add(&q->busy, 1);
+    while (pthread_mutex_trylock(&q->lock) != 0) {
+        int h = hash_one(c, hbuf, err);
+        if (h < 0) {
+            atomic_fetch_sub(&q->busy, 1);
+            return err->code;
+        }
+        if (h == 0) {
+            pthread_mutex_lock(&q->lock);
+            break;
+        }
+    }
+    return MPK_OK;
+}
+
+static void unlock_shard(shard_q *q)
+{
+    pthread_mutex_unlock(&q->lock);
+    atomic_fetch_sub(&q->busy, 1);
+}
+
 static void written(run_ctx *c, const unit *w)
 {
     atomic_fetch_add(&c->done_bytes, w->len);
-    if (c->left && atomic_fetch_sub(&c->left[w->out], w->len) == w->len) {
+    bool last = atomic_fetch_add(&c->units_done, 1) + 1 == c->n_units;
+    bool complete = c->left && atomic_fetch_sub(&c->left[w->out], w->len) == w->len;
+    if (complete || last) {
         pthread_mutex_lock(&c->lock);
-        c->hq[c->hq_tail++] = w->out;
+        if (complete)
+            c->hq[c->hq_tail++] = w->out;
+        pthread_cond_broadcast(&c->cv);
         pthread_mutex_unlock(&c->lock);
     }
 }
@@ -674,15 +703,21 @@ static void *worker(void *arg)
         size_t u = claim(c, home, &hbuf, &err);
         if (u == SIZE_MAX - 1)
             continue;
-        if (u == SIZE_MAX) { /* nothing left to claim: hash what others complete, then stop */
+        if (u == SIZE_MAX) { /* nothing left to claim: handle what others complete, then stop */
             int h;
             while ((h = hash_one(c, &hbuf, &err)) > 0)
                 ;
             if (h < 0)
                 run_fail(c, &err);
-            if (h < 0 || !c->hq || atomic_load(&c->units_done) == c->n_units)
+            if (h < 0 || !c->hq)
                 break;
-            sched_yield();
+            pthread_mutex_lock(&c->lock);
+            while (c->hq_head == c->hq_tail && atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed))
+                pthread_cond_wait(&c->cv, &c->lock);
+            bool finished = c->hq_head == c->hq_tail;
+            pthread_mutex_unlock(&c->lock);
+            if (finished)
+                break;
             continue;
         }
         const unit *w = &c->units[u];
@@ -693,17 +728,16 @@ static void *worker(void *arg)
         bool done = false;
         if (po->node->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             const mpk_tensor_info *t = &so->tensors[c->slot[w->out]];
-            atomic_fetch_add(&q->busy, 1);
-            pthread_mutex_lock(&q->lock);
-            s = node_copy(po->node, w->off, w->len, so->fd, so->data_start + t->begin + w->off, &err);
-            pthread_mutex_unlock(&q->lock);
-            atomic_fetch_sub(&q->busy, 1);
-            if (s == MPK_OK) {
-                done = true;
-            } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
-                       err.sys_errno == EOPNOTSUPP) {
-                atomic_store(&c->cfr_ok, 0); /* fall back to reading */
-                s = MPK_OK;
+            if ((s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
+                s = node_copy(po->node, w->off, w->len, so->fd, so->data_start + t->begin + w->off, &err);
+                unlock_shard(q);
+                if (s == MPK_OK) {
+                    done = true;
+                } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
+                           err.sys_errno == EOPNOTSUPP) {
+                    atomic_store(&c->cfr_ok, 0); /* fall back to reading */
+                    s = MPK_OK;
+                }
             }
         }
         if (!done && s == MPK_OK) {
@@ -714,12 +748,9 @@ static void *worker(void *arg)
                 s = node_read(po->node, w->off, w->len, buf, &r);
                 if (s == MPK_OK)
                     s = rd_flush(&r);
-                if (s == MPK_OK) {
-                    atomic_fetch_add(&q->busy, 1);
-                    pthread_mutex_lock(&q->lock);
+                if (s == MPK_OK && (s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
                     s = mpk_st_out_write(so, c->slot[w->out], w->off, buf, w->len, &err);
-                    pthread_mutex_unlock(&q->lock);
-                    atomic_fetch_sub(&q->busy, 1);
+                    unlock_shard(q);
                 }
             }
         }
@@ -729,7 +760,6 @@ static void *worker(void *arg)
             break;
         }
         written(c, w);
-        atomic_fetch_add(&c->units_done, 1);
     }
     free(buf);
     free(hbuf);
@@ -994,6 +1024,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     c.p = p;
     c.o = o;
     pthread_mutex_init(&c.lock, NULL);
+    pthread_cond_init(&c.cv, NULL);
     atomic_store(&c.cfr_ok, 1);
     mpk_tensor_info **infos = NULL;
     c.shards = mpk_calloc(p->n_shards, sizeof *c.shards);
@@ -1261,6 +1292,7 @@ done:
         p->outs[i].node = NULL;
     mpk_arena_free(arena);
     pthread_mutex_destroy(&c.lock);
+    pthread_cond_destroy(&c.cv);
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         stats->peak_rss_kib = ru.ru_maxrss;

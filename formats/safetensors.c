@@ -479,7 +479,8 @@ static void sb_json_string(sbuf *b, const char *s)
 mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta, size_t n_meta,
                          char **hdr, size_t *hdr_len, uint64_t *data_size, mpk_error *err)
 {
-    qsort(tensors, n, sizeof *tensors, cmp_write_order);
+    if (n)
+        qsort(tensors, n, sizeof *tensors, cmp_write_order);
     for (size_t i = 1; i < n; i++)
         if (strcmp(tensors[i - 1].name, tensors[i].name) == 0)
             MPK_FAIL(err, MPK_E_DUPLICATE_NAME, NULL, "tensor '%s' given twice", tensors[i].name);

@@ -410,7 +410,9 @@ static void test_fp8_pack_unpack(void **state)
     snprintf(badp, sizeof badp, "%s/i192-packed", dir);
     assert_int_equal(tu_sh("%s synth --arch deepseek_v3 --quant fp8 --layers %d --experts %d --hidden %d "
                            "--intermediate %d --shards 2 %s >/dev/null", moepack(), L, E, H, I, src), 0);
-    assert_true(file_has(tu_join(src, "config.json"), "weight_block_size"));
+    char *src_cfg = tu_join(src, "config.json");
+    assert_true(file_has(src_cfg, "weight_block_size"));
+    free(src_cfg);
     assert_int_equal(tu_sh("%s pack -q %s %s", moepack(), src, packed), 0);
     mpk_ckpt *s, *p;
     mpk_error err = {0};
