@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """pack / unpack against cp -r of the same bytes, interleaved in one run.
 
-usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...]
+usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
 order that rotates from round to round, and deletes its output before the next; the page
 cache is warmed first. Reported per command: median and minimum over the rounds, and the
 median of the per-round ratios against the baseline timed in the same round (cp -r for the
 commands without fsync, cp -r + sync for pack with its fsync). --sweep times pack --no-fsync
-with 1, 2, 4, 8 and 16 threads instead.
+with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync of a second
+build (an earlier commit, say), to compare the two in the same rounds.
 
 Right before each timed command, memory as large as the output is touched and freed (skip
 with --no-prefault). On a VM that hands free memory back to its host (virtio-balloon free
@@ -45,6 +46,7 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--only", help="comma-separated subset of the command names")
     ap.add_argument("--no-prefault", action="store_true")
+    ap.add_argument("--before", help="a second moepack binary to time alongside")
     a = ap.parse_args()
     m, w = a.moepack, a.workdir
     src, out = os.path.join(w, "src"), os.path.join(w, "out")
@@ -65,6 +67,9 @@ def main():
         cmds["pack-nofsync"] = (f"{m} pack -q --no-fsync {src} {out}", "cp")
         cmds["pack-nofsync-nomanifest"] = (f"{m} pack -q --no-fsync --no-manifest {src} {out}", "cp")
         cmds["unpack-nofsync"] = (f"{m} unpack -q --no-fsync {w}/pk {out}", "cp")  # of a fresh pack
+    if a.before:
+        cmds["before:pack"] = (f"{a.before} pack -q {src} {out}", "cp+sync")
+        cmds["before:pack-nofsync"] = (f"{a.before} pack -q --no-fsync {src} {out}", "cp")
     if a.only:
         keep = set(a.only.split(","))
         cmds = {k: v for k, v in cmds.items() if k in keep or k in ("cp", "cp+sync")}

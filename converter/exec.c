@@ -4,8 +4,9 @@
  * byte ranges of other nodes: what merge/split/concat/chunk/reshape build), TRANSPOSE or
  * CAST (computed, in bounded blocks). SEGS over SEGS are flattened when built, so a pure
  * permutation reads straight from the source files. Work is cut into units (a byte range
- * of one output tensor); threads claim units, read them through the I/O engine (or move
- * them with copy_file_range) and write them at their final offsets.
+ * of one output tensor), queued per output shard in file order; threads claim units, read
+ * them through the I/O engine (or move them with copy_file_range) and write them at their
+ * final offsets, one writer per shard at a time (see "the run" below).
  */
 #define _GNU_SOURCE
 #include "mpk_converter.h"
