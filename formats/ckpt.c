@@ -206,13 +206,7 @@ char *mpk_index_format(const char *const *names, const char *const *files, size_
 mpk_status mpk_index_write(const char *dir, const char *const *names, const char *const *files,
                            size_t n, uint64_t total_size, mpk_error *err)
 {
-    char *text = mpk_index_format(names, files, n, total_size);
-    char *path = mpk_path_join(dir, INDEX_NAME);
-    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
-                                : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-    free(text);
-    free(path);
-    return s;
+    return mpk_write_text_in(dir, INDEX_NAME, mpk_index_format(names, files, n, total_size), err);
 }
 
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap)

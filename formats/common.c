@@ -445,6 +445,16 @@ mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *e
     return MPK_OK;
 }
 
+mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, mpk_error *err)
+{
+    char *path = mpk_path_join(dir, name);
+    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
+                                : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    free(text);
+    free(path);
+    return s;
+}
+
 mpk_status mpk_write_file(const char *path, const void *buf, size_t len, mpk_error *err)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -376,6 +376,9 @@ void mpk_io_free(mpk_io *io);
 mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err);
 /* Writes buf to path (truncating). */
 mpk_status mpk_write_file(const char *path, const void *buf, size_t len, mpk_error *err);
+/* Writes text (a malloc'd string, freed here; NULL means its builder ran out of memory) as
+ * dir/name. */
+mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, mpk_error *err);
 /* Joins a and b with '/', into a malloc'd string (NULL on failure). */
 char *mpk_path_join(const char *a, const char *b);
 

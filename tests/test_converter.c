@@ -213,17 +213,22 @@ static void tally(uint64_t src_off, uint64_t dst_off, uint64_t data_start, uint6
         cls[k / 8] += n;
 }
 
+/* Makes the temporary directory dir (a mkdtemp template) and names dir/src and dir/dst. */
+static void src_dst_dirs(char *dir, char src[256], char dst[256])
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(src, 256, "%s/src", dir);
+    snprintf(dst, 256, "%s/dst", dir);
+}
+
 /* The executor pads each output header so that the data starts where the most copied bytes
  * keep their offset within a page (in-kernel copies between different offsets are slower):
  * checked against tallies made here from the two files' headers alone. */
 static void test_output_page_alignment(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/mpk_conv_XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char src[256], dst[256];
-    snprintf(src, sizeof src, "%s/src", dir);
-    snprintf(dst, sizeof dst, "%s/dst", dir);
+    char dir[] = "/tmp/mpk_conv_XXXXXX", src[256], dst[256];
+    src_dst_dirs(dir, src, dst);
     /* expert matrices of 32 x 64 BF16 = 4 KiB; q/k norms of 32 bytes shift the phase */
     mpk_synth_opts so = {.arch = "qwen3_moe", .layers = 3, .experts = 8, .hidden = 64, .intermediate = 32,
                          .vocab = 64, .dtype = MPK_DTYPE_BF16, .shards = 3, .seed = 5};
@@ -529,11 +534,8 @@ static void test_cli_errors(void **state)
 static void test_memory_budget(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/mpk_conv_XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char src[256], dst[256];
-    snprintf(src, sizeof src, "%s/src", dir);
-    snprintf(dst, sizeof dst, "%s/dst", dir);
+    char dir[] = "/tmp/mpk_conv_XXXXXX", src[256], dst[256];
+    src_dst_dirs(dir, src, dst);
     mpk_synth_opts so = {.arch = "qwen3_vl_moe", .layers = 1, .experts = 4, .hidden = 512,
                          .intermediate = 256, .vocab = 32, .dtype = MPK_DTYPE_F32, .shards = 1, .seed = 1};
     mpk_error err = {0};

@@ -184,13 +184,7 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
 static mpk_status write_manifest(const char *dir, const mpk_tensor_hash *t, size_t n, mpk_hash128 d,
                                  mpk_error *err)
 {
-    char *text = mpk_manifest_format(t, n, d);
-    char *path = mpk_path_join(dir, MPK_MANIFEST_NAME);
-    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
-                                : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-    free(text);
-    free(path);
-    return s;
+    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d), err);
 }
 
 mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
