@@ -421,6 +421,7 @@ int mpk_cmd_demo(int argc, char **argv)
     char *verify_back[] = {"verify", src, unpacked, NULL};
     if ((rc = mpk_cmd_verify(3, verify_back)))
         return rc;
-    printf("demo: ok (%s is the packing of %s; %s is byte-identical to it)\n", packed, src, unpacked);
+    printf("demo: ok (%s is the packing of %s; %s holds every tensor of it, byte for byte)\n", packed, src,
+           unpacked);
     return MPK_EXIT_OK;
 }
