@@ -157,8 +157,10 @@ const mpk_command mpk_commands[] = {
     {"synth", "write a small random checkpoint with a preset's real tensor names",
      "usage: moepack synth [--arch PRESET] [--layers N] [--experts N] [--hidden N]\n"
      "                     [--intermediate N] [--vocab N] [--dtype BF16|F16|F32] [--shards N]\n"
-     "                     [--seed N] [--layout per-expert|packed] OUT\n\n"
-     "Defaults: mixtral, 2 layers, 8 experts, H=64, I=32, vocab 128, BF16, 2 shards.\n", mpk_cmd_synth},
+     "                     [--seed N] [--layout per-expert|packed] [--quant fp8|none] OUT\n\n"
+     "Defaults: mixtral, 2 layers, 8 experts, H=64, I=32, vocab 128, BF16, 2 shards.\n"
+     "--quant fp8: weights stored as FP8 E4M3 with 128x128 block scales (weight_scale_inv), as\n"
+     "DeepSeek-V3 publishes them, and quantization_config in config.json.\n", mpk_cmd_synth},
     {"hash", "XXH3-128 per tensor and a sharding-independent checkpoint digest",
      "usage: moepack hash PATH [--json] [--write]\n\n"
      "Prints 'HASH DTYPE SHAPE NAME' per tensor and the whole-checkpoint digest (independent of\n"

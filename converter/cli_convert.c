@@ -328,8 +328,8 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
                           .vocab = 128, .dtype = MPK_DTYPE_BF16, .shards = 2, .seed = 1};
     optind = 1;
     opterr = 0;
-    int ch, v = 0;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    int ch, v = 0, li = 0;
+    while ((ch = getopt_long(argc, argv, "", opts, &li)) != -1) {
         bool ok = true;
         switch (ch) {
         case O_ARCH: o->arch = optarg; break;
@@ -350,7 +350,7 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
             }
             break;
         case O_QUANT:
-            ok = strcmp(optarg, "fp8") == 0 || strcmp(optarg, "none") == 0;
+            ok = strcmp(optarg, "fp8") == 0 || strcmp(optarg, "none") == 0; /* FP8 block 128 */
             o->fp8 = strcmp(optarg, "fp8") == 0;
             break;
         case O_LAYOUT:
@@ -360,7 +360,7 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
         default: return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
         }
         if (!ok)
-            return mpk_cli_usage(cmd, "bad value '%s' for %s", optarg, argv[optind - 1]);
+            return mpk_cli_usage(cmd, "bad value '%s' for --%s", optarg, opts[li].name);
     }
     if (argc - optind != 1)
         return mpk_cli_usage(cmd, "expected one OUT directory");

@@ -949,6 +949,21 @@ static uint64_t node_granule(const mpk_node *n)
     if (n->kind == N_QUANT) /* one matrix of codes, or one matrix's scale grid */
         return n->which ? (uint64_t)(m->shape[m->ndim - 2] * m->shape[m->ndim - 1]) * 4
                         : (uint64_t)(m->shape[m->ndim - 2] * m->shape[m->ndim - 1]);
+    if (n->kind == N_SEGS) { /* ranges of computed nodes (e.g. dequantized experts, stacked) */
+        uint64_t g = 1;
+        for (size_t i = 0; i < n->n_segs; i++) {
+            uint64_t h = node_granule(n->segs[i].src), a = g, b = h;
+            while (b) { /* g = lcm(g, h) */
+                uint64_t t = a % b;
+                a = b;
+                b = t;
+            }
+            if (g / a > (UINT64_C(1) << 40) / h)
+                return g > h ? g : h; /* absurd: keep the larger, the read will say if it fails */
+            g = g / a * h;
+        }
+        return g;
+    }
     return 1;
 }
 
@@ -1060,6 +1075,13 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
                           mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
                           mpk_human_bytes(per_thread, h1 + 16, 16));
         goto done;
+    }
+    /* a unit never splits a computed node's granule (a row to dequantize, a matrix to
+     * transpose), also when that node sits inside a merge or concat; the buffer holds one */
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t g = node_granule(p->outs[i].node);
+        if (g > unit_bytes)
+            unit_bytes = g;
     }
     c.unit_bytes = unit_bytes;
     /* shard files */

@@ -477,6 +477,11 @@ static void test_cli_errors(void **state)
     snprintf(args, sizeof args, "pack %s %s", src, dst);
     cli_fails(args, dst, 1, "expert 7 is missing");
     cli_fails(args, dst, 1, "have expert 0-6, 8-9 of 10");
+    /* a bad option value names the option, whether given as --opt=V or --opt V */
+    snprintf(args, sizeof args, "synth --quant mxfp4 %s", dst);
+    cli_fails(args, dst, 2, "bad value 'mxfp4' for --quant");
+    snprintf(args, sizeof args, "synth --layers=0 %s", dst);
+    cli_fails(args, dst, 2, "bad value '0' for --layers");
     /* shape mismatch between experts */
     snprintf(src, sizeof src, "%s/shape", dir);
     write_small(src, 3, NULL, MPK_DTYPE_BF16, 5);

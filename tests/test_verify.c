@@ -292,6 +292,52 @@ static void test_quantized_verify(void **state)
     free(out);
 }
 
+/* The manifest pack writes holds the hashes it took while writing (each tensor read back as
+ * soon as it was complete, on whichever thread was free): the same document `moepack hash
+ * --write` makes from the finished files, for computed tensors (dequantize, transpose), many
+ * shards and threads. */
+static void expect_manifest_matches_rehash(const char *out)
+{
+    char *m = tu_join(out, MPK_MANIFEST_NAME), *by_pack, *by_hash;
+    size_t l1, l2;
+    mpk_error err = {0};
+    assert_int_equal(mpk_read_file(m, &by_pack, &l1, &err), MPK_OK);
+    assert_int_equal(remove(m), 0);
+    assert_int_equal(tu_sh("%s hash --write %s >/dev/null", moepack(), out), 0);
+    assert_int_equal(mpk_read_file(m, &by_hash, &l2, &err), MPK_OK);
+    assert_string_equal(by_pack, by_hash);
+    free(by_pack);
+    free(by_hash);
+    free(m);
+}
+
+static void test_manifest_hashed_while_writing(void **state)
+{
+    (void)state;
+    char fp8[256], deq[256], vl[256], vlp[256];
+    snprintf(fp8, sizeof fp8, "%s/m-fp8", dir);
+    snprintf(deq, sizeof deq, "%s/m-deq", dir);
+    snprintf(vl, sizeof vl, "%s/m-vl", dir);
+    snprintf(vlp, sizeof vlp, "%s/m-vlp", dir);
+    assert_int_equal(tu_sh("%s synth --arch deepseek_v3 --quant fp8 --layers 2 --experts 3 --hidden 256 "
+                           "--intermediate 128 %s >/dev/null", moepack(), fp8), 0);
+    assert_int_equal(tu_sh("%s pack -q --dequantize --threads 3 --max-shard-size 300KB --mem 1MiB %s %s",
+                           moepack(), fp8, deq), 0);
+    expect_manifest_matches_rehash(deq);
+    assert_int_equal(tu_sh("%s synth --arch qwen3_vl_moe --layers 2 --experts 4 --hidden 64 --intermediate 32 "
+                           "%s >/dev/null", moepack(), vl), 0);
+    assert_int_equal(tu_sh("%s pack -q --threads 4 --max-shard-size 20KB %s %s", moepack(), vl, vlp), 0);
+    expect_manifest_matches_rehash(vlp);
+    /* and the plain copy path, one thread, then the buffered path */
+    char a[256], b[256];
+    snprintf(a, sizeof a, "%s/m-a", dir);
+    snprintf(b, sizeof b, "%s/m-b", dir);
+    assert_int_equal(tu_sh("%s pack -q --threads 1 %s %s", moepack(), src, a), 0);
+    expect_manifest_matches_rehash(a);
+    assert_int_equal(tu_sh("%s pack -q --no-copy-range --threads 2 --max-shard-size 30KB %s %s", moepack(), src, b), 0);
+    expect_manifest_matches_rehash(b);
+}
+
 static void write_f32(const char *path, const float *v, int n)
 {
     mpk_tensor_info t = {.name = "w", .dtype = MPK_DTYPE_F32, .ndim = 1, .shape = {n}};
@@ -354,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_reshard_and_manifest),
         cmocka_unit_test(test_unpack_round_trip_verifies),
         cmocka_unit_test(test_quantized_verify),
+        cmocka_unit_test(test_manifest_hashed_while_writing),
         cmocka_unit_test(test_diff_figures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
