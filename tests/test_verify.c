@@ -314,11 +314,11 @@ static void expect_manifest_matches_rehash(const char *out)
 static void test_manifest_hashed_while_writing(void **state)
 {
     (void)state;
-    char fp8[256], deq[256], vl[256], vlp[256];
-    snprintf(fp8, sizeof fp8, "%s/m-fp8", dir);
-    snprintf(deq, sizeof deq, "%s/m-deq", dir);
-    snprintf(vl, sizeof vl, "%s/m-vl", dir);
-    snprintf(vlp, sizeof vlp, "%s/m-vlp", dir);
+    static const char *names[] = {"m-fp8", "m-deq", "m-vl", "m-vlp", "m-a", "m-b"};
+    char d[6][256];
+    for (int i = 0; i < 6; i++)
+        snprintf(d[i], sizeof d[i], "%s/%s", dir, names[i]);
+    const char *fp8 = d[0], *deq = d[1], *vl = d[2], *vlp = d[3], *a = d[4], *b = d[5];
     assert_int_equal(tu_sh("%s synth --arch deepseek_v3 --quant fp8 --layers 2 --experts 3 --hidden 256 "
                            "--intermediate 128 %s >/dev/null", moepack(), fp8), 0);
     assert_int_equal(tu_sh("%s pack -q --dequantize --threads 3 --max-shard-size 300KB --mem 1MiB %s %s",
@@ -329,9 +329,6 @@ static void test_manifest_hashed_while_writing(void **state)
     assert_int_equal(tu_sh("%s pack -q --threads 4 --max-shard-size 20KB %s %s", moepack(), vl, vlp), 0);
     expect_manifest_matches_rehash(vlp);
     /* and the plain copy path, one thread, then the buffered path */
-    char a[256], b[256];
-    snprintf(a, sizeof a, "%s/m-a", dir);
-    snprintf(b, sizeof b, "%s/m-b", dir);
     assert_int_equal(tu_sh("%s pack -q --threads 1 %s %s", moepack(), src, a), 0);
     expect_manifest_matches_rehash(a);
     assert_int_equal(tu_sh("%s pack -q --no-copy-range --threads 2 --max-shard-size 30KB %s %s", moepack(), src, b), 0);
