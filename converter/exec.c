@@ -25,8 +25,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <stdint.h>
-#include <xxhash.h>
 
 typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST, N_DEQUANT, N_QUANT } node_kind;
 
@@ -445,52 +443,65 @@ static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf,
     return s;
 }
 
-/* Moves bytes of a pure node with copy_file_range. */
-static mpk_status node_copy(mpk_node *n, uint64_t off, uint64_t len, int out_fd, uint64_t out_off,
-                            mpk_error *err)
-{
-    if (n->kind == N_SOURCE) {
-        loff_t in_o = (loff_t)(n->file_off + off), out_o = (loff_t)out_off;
-        while (len) {
-            ssize_t k = copy_file_range(n->fd, &in_o, out_fd, &out_o, len, 0);
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k <= 0)
-                return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, "exec",
-                                     "copy_file_range at %llu failed: %s", (unsigned long long)in_o,
-                                     k < 0 ? strerror(errno) : "source ended early");
-            len -= (uint64_t)k;
-        }
-        return MPK_OK;
-    }
-    uint64_t end = off + len;
-    for (size_t k = seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
-        const seg *s = &n->segs[k];
-        uint64_t a = off > s->dst_off ? off : s->dst_off;
-        uint64_t e = end < s->dst_off + s->len ? end : s->dst_off + s->len;
-        MPK_TRY(node_copy(s->src, s->src_off + (a - s->dst_off), e - a, out_fd, out_off + (a - off), err));
-    }
-    return MPK_OK;
-}
+/* Calls fn for every source-file range behind bytes [off, off + len) of a pure node, with the
+ * offset `at` (counted from the caller's base for off) where that range lands; stops at the
+ * first failure. */
+typedef mpk_status (*range_fn)(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *ctx);
 
-/* Adds the bytes of [off, off + len) of a pure node, to be written at dst (relative to the
- * data start), to votes[k] where k * 8 is the data start modulo 4096 that would put them at
- * the same offset within a page as in their source file. */
-static void phase_votes(const mpk_node *n, uint64_t off, uint64_t len, uint64_t dst, uint64_t *votes)
+static mpk_status each_source_range(const mpk_node *n, uint64_t off, uint64_t len, uint64_t at, range_fn fn,
+                                    void *ctx)
 {
-    if (n->kind == N_SOURCE) {
-        uint64_t ph = (n->file_off + off + 4096 - dst % 4096) % 4096;
-        if (ph % 8 == 0)
-            votes[ph / 8] += len;
-        return;
-    }
+    if (n->kind == N_SOURCE)
+        return fn(n, n->file_off + off, len, at, ctx);
     uint64_t end = off + len;
     for (size_t k = seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
         const seg *g = &n->segs[k];
         uint64_t a = off > g->dst_off ? off : g->dst_off;
         uint64_t e = end < g->dst_off + g->len ? end : g->dst_off + g->len;
-        phase_votes(g->src, g->src_off + (a - g->dst_off), e - a, dst + (a - off), votes);
+        MPK_TRY(each_source_range(g->src, g->src_off + (a - g->dst_off), e - a, at + (a - off), fn, ctx));
     }
+    return MPK_OK;
+}
+
+typedef struct {
+    int out_fd;
+    mpk_error *err;
+} copy_ctx;
+
+static mpk_status copy_range(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *ctx)
+{
+    const copy_ctx *cc = ctx;
+    loff_t in_o = (loff_t)file_off, out_o = (loff_t)at;
+    while (len) {
+        ssize_t k = copy_file_range(src->fd, &in_o, cc->out_fd, &out_o, len, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return mpk_error_set(cc->err, MPK_E_IO, k < 0 ? errno : 0, "exec", "copy_file_range at %llu failed: %s",
+                                 (unsigned long long)in_o, k < 0 ? strerror(errno) : "source ended early");
+        len -= (uint64_t)k;
+    }
+    return MPK_OK;
+}
+
+/* Moves bytes [off, off + len) of a pure node with copy_file_range to out_off in out_fd. */
+static mpk_status node_copy(const mpk_node *n, uint64_t off, uint64_t len, int out_fd, uint64_t out_off,
+                            mpk_error *err)
+{
+    copy_ctx cc = {out_fd, err};
+    return each_source_range(n, off, len, out_off, copy_range, &cc);
+}
+
+/* Adds a source range landing at `at` (relative to the data start) to votes[k], where k * 8
+ * is the data start modulo 4096 that puts it at the same offset within a page as in its
+ * source file. */
+static mpk_status phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *votes)
+{
+    (void)src;
+    uint64_t ph = (file_off + 4096 - at % 4096) % 4096;
+    if (ph % 8 == 0)
+        ((uint64_t *)votes)[ph / 8] += len;
+    return MPK_OK;
 }
 
 /* ---------------------------------------------------------------- the run */
@@ -505,7 +516,9 @@ static void phase_votes(const mpk_node *n, uint64_t off, uint64_t len, uint64_t 
  * lock, so only their writes serialize. */
 typedef struct {
     size_t out;          /* plan output index */
-    uint64_t off, len;
+    int shard;           /* its output shard */
+    uint64_t off, len;   /* the range of the output tensor */
+    uint64_t at;         /* where off lands in the shard file */
 } unit;
 
 typedef struct {
@@ -561,35 +574,17 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
     const mpk_st_out *so = c->shards[po->shard];
     uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
     mpk_status s = MPK_OK;
-    if (c->hashes) {
-        XXH3_state_t *st = XXH3_createState();
-        if (!st)
-            return mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
-        XXH3_128bits_reset(st);
-        for (uint64_t off = 0; off < po->nbytes;) {
-            size_t n = po->nbytes - off < HASH_CHUNK ? (size_t)(po->nbytes - off) : HASH_CHUNK;
-            ssize_t k = pread(so->fd, buf, n, (off_t)(base + off));
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k <= 0) {
-                s = mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, so->path, "reading back '%s' to hash it: %s",
-                                  po->name, k < 0 ? strerror(errno) : "file ended early");
-                break;
-            }
-            XXH3_128bits_update(st, buf, (size_t)k);
-            off += (uint64_t)k;
-        }
-        XXH128_hash_t h = XXH3_128bits_digest(st);
-        XXH3_freeState(st);
-        c->hashes[i].hash = (mpk_hash128){h.high64, h.low64};
-    }
-    if (s == MPK_OK && !c->o->no_fsync)
+    if (c->hashes)
+        s = mpk_hash_file_range(so->fd, base, po->nbytes, buf, HASH_CHUNK, so->path, po->name, &c->hashes[i].hash,
+                                err);
+    if (s == MPK_OK && !c->o->no_fsync && po->nbytes) /* (length 0 would mean to the end) */
         sync_file_range(so->fd, (off64_t)base, (off64_t)po->nbytes, SYNC_FILE_RANGE_WRITE); /* a hint */
     return s;
 }
 
-/* Handles one queued complete output: 1 if it did, 0 if none was queued, -1 on failure. */
-static int hash_one(run_ctx *c, char **buf, mpk_error *err)
+/* Finishes one queued complete output (output_complete): 1 if it did, 0 if none was queued,
+ * -1 on failure. */
+static int finish_one(run_ctx *c, char **buf, mpk_error *err)
 {
     if (!c->hq)
         return 0;
@@ -611,7 +606,7 @@ static mpk_status lock_shard(run_ctx *c, shard_q *q, char **hbuf, mpk_error *err
 {
     atomic_fetch_add(&q->busy, 1);
     while (pthread_mutex_trylock(&q->lock) != 0) {
-        int h = hash_one(c, hbuf, err);
+        int h = finish_one(c, hbuf, err);
         if (h < 0) {
             atomic_fetch_sub(&q->busy, 1);
             return err->code;
@@ -674,7 +669,7 @@ static size_t claim(run_ctx *c, size_t home, char **hbuf, mpk_error *err)
             continue;
         }
         if (pass == 0) {
-            int h = hash_one(c, hbuf, err);
+            int h = finish_one(c, hbuf, err);
             if (h != 0) {
                 if (h < 0)
                     run_fail(c, err);
@@ -685,10 +680,15 @@ static size_t claim(run_ctx *c, size_t home, char **hbuf, mpk_error *err)
     return SIZE_MAX;
 }
 
+typedef struct {
+    run_ctx *c;
+    size_t home;         /* the shard a thread looks at first */
+} worker_arg;
+
 static void *worker(void *arg)
 {
-    run_ctx *c = ((void **)arg)[0];
-    size_t home = (size_t)((void **)arg)[1];
+    run_ctx *c = ((worker_arg *)arg)->c;
+    size_t home = ((worker_arg *)arg)->home;
     mpk_error err = {0};
     reader r = {.cap = 256, .err = &err};
     char *buf = NULL, *hbuf = NULL;
@@ -706,7 +706,7 @@ static void *worker(void *arg)
             continue;
         if (u == SIZE_MAX) { /* nothing left to claim: handle what others complete, then stop */
             int h;
-            while ((h = hash_one(c, &hbuf, &err)) > 0)
+            while ((h = finish_one(c, &hbuf, &err)) > 0)
                 ;
             if (h < 0)
                 run_fail(c, &err);
@@ -723,14 +723,13 @@ static void *worker(void *arg)
         }
         const unit *w = &c->units[u];
         const mpk_plan_out *po = &c->p->outs[w->out];
-        mpk_st_out *so = c->shards[po->shard];
-        shard_q *q = &c->q[po->shard];
+        mpk_st_out *so = c->shards[w->shard];
+        shard_q *q = &c->q[w->shard];
         mpk_status s = MPK_OK;
         bool done = false;
         if (po->node->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
-            const mpk_tensor_info *t = &so->tensors[c->slot[w->out]];
             if ((s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
-                s = node_copy(po->node, w->off, w->len, so->fd, so->data_start + t->begin + w->off, &err);
+                s = node_copy(po->node, w->off, w->len, so->fd, w->at, &err);
                 unlock_shard(q);
                 if (s == MPK_OK) {
                     done = true;
@@ -991,18 +990,12 @@ static uint64_t max_slab(const mpk_node *n)
     return m;
 }
 
-static const run_ctx *sort_ctx; /* qsort has no context argument; set around one call */
-
 static int file_order(const void *a, const void *b)
 {
     const unit *x = a, *y = b;
-    const mpk_plan *p = sort_ctx->p;
-    int sx = p->outs[x->out].shard, sy = p->outs[y->out].shard;
-    if (sx != sy)
-        return sx < sy ? -1 : 1;
-    uint64_t ox = sort_ctx->shards[sx]->tensors[sort_ctx->slot[x->out]].begin + x->off;
-    uint64_t oy = sort_ctx->shards[sy]->tensors[sort_ctx->slot[y->out]].begin + y->off;
-    return ox < oy ? -1 : ox > oy;
+    if (x->shard != y->shard)
+        return x->shard < y->shard ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
 }
 
 mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
@@ -1127,7 +1120,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
             uint64_t votes[4096 / 8] = {0}, best = 0;
             for (size_t i = 0; i < p->n_outs; i++)
                 if (p->outs[i].shard == (int)sh && p->outs[i].node->pure)
-                    phase_votes(p->outs[i].node, 0, p->outs[i].nbytes, infos[sh][c.slot[i]].begin, votes);
+                    each_source_range(p->outs[i].node, 0, p->outs[i].nbytes, infos[sh][c.slot[i]].begin,
+                                      phase_vote, votes);
             for (int k = 0; k < 4096 / 8; k++)
                 if (votes[k] > best) {
                     best = votes[k];
@@ -1156,13 +1150,14 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     }
     for (size_t i = 0; i < p->n_outs; i++) {
         uint64_t g = node_granule(p->outs[i].node), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
+        const mpk_st_out *so = c.shards[p->outs[i].shard];
+        uint64_t base = so->data_start + so->tensors[c.slot[i]].begin;
         for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
-            c.units[c.n_units++] = (unit){i, off, p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u};
+            c.units[c.n_units++] = (unit){i, p->outs[i].shard, off,
+                                          p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u, base + off};
     }
     /* per-shard queues in file order */
-    sort_ctx = &c;
     qsort(c.units, c.n_units, sizeof *c.units, file_order);
-    sort_ctx = NULL;
     c.q = mpk_calloc(p->n_shards, sizeof *c.q);
     if (!c.q) {
         s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
@@ -1170,7 +1165,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     }
     for (size_t u = 0, sh = 0; sh < p->n_shards; sh++) {
         c.q[sh].lo = u;
-        while (u < c.n_units && (size_t)p->outs[c.units[u].out].shard == sh)
+        while (u < c.n_units && (size_t)c.units[u].shard == sh)
             u++;
         c.q[sh].hi = u;
         atomic_init(&c.q[sh].next, c.q[sh].lo);
@@ -1185,23 +1180,23 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
             s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
             goto done;
         }
-        for (size_t i = 0; i < p->n_outs; i++)
-            atomic_init(&c.left[i], p->outs[i].nbytes);
-        XXH128_hash_t empty = XXH3_128bits(NULL, 0);
-        for (size_t i = 0; i < p->n_outs && c.hashes; i++) {
+        for (size_t i = 0; i < p->n_outs; i++) {
             const mpk_plan_out *po = &p->outs[i];
-            c.hashes[i] = (mpk_tensor_hash){.name = po->name, .dtype = po->meta.dtype, .ndim = po->meta.ndim,
-                                            .hash = {empty.high64, empty.low64}};
-            memcpy(c.hashes[i].shape, po->meta.shape, sizeof c.hashes[i].shape);
+            atomic_init(&c.left[i], po->nbytes);
+            if (!po->nbytes) /* no unit will complete it: complete from the start */
+                c.hq[c.hq_tail++] = i;
+            if (c.hashes) {
+                c.hashes[i] = (mpk_tensor_hash){.name = po->name, .dtype = po->meta.dtype, .ndim = po->meta.ndim};
+                memcpy(c.hashes[i].shape, po->meta.shape, sizeof c.hashes[i].shape);
+            }
         }
     }
     pthread_t th[64];
-    void *args[64][2];
+    worker_arg args[64];
     int started = 0;
     for (int i = 0; i < threads; i++) {
-        args[i][0] = &c;
-        args[i][1] = (void *)(uintptr_t)((size_t)i % (p->n_shards ? p->n_shards : 1));
-        if (pthread_create(&th[i], NULL, worker, args[i]) != 0)
+        args[i] = (worker_arg){&c, (size_t)i % (p->n_shards ? p->n_shards : 1)};
+        if (pthread_create(&th[i], NULL, worker, &args[i]) != 0)
             break;
         started++;
     }

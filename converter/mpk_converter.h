@@ -211,10 +211,6 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose);
 
 /* ---------------------------------------------------------------- execution */
 
-typedef struct mpk_hash128 {
-    uint64_t hi, lo;
-} mpk_hash128;
-
 /* One tensor's XXH3-128 with its name, dtype and shape (what a manifest records). */
 typedef struct mpk_tensor_hash {
     const char *name;              /* borrowed */

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
@@ -417,23 +418,48 @@ const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name)
     return &c->tensors[i];
 }
 
-mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
-                    mpk_error *err)
+mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const char *path, const char *tensor,
+                         mpk_error *err)
 {
-    int fd = c->shards[t->shard].fd;
     char *p = buf;
-    uint64_t at = t->file_offset + off;
     while (len) {
-        ssize_t k = pread(fd, p, len, (off_t)at);
+        ssize_t k = pread(fd, p, len, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
         if (k <= 0)
-            return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, c->shards[t->shard].path,
-                                 "reading tensor '%s' at %llu: %s", t->info->name, (unsigned long long)at,
-                                 k < 0 ? strerror(errno) : "file ends early");
+            return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, path, "reading tensor '%s' at %llu: %s",
+                                 tensor, (unsigned long long)off, k < 0 ? strerror(errno) : "file ends early");
         p += k;
-        at += (uint64_t)k;
+        off += (uint64_t)k;
         len -= (uint64_t)k;
     }
     return MPK_OK;
+}
+
+mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
+                         mpk_error *err)
+{
+    const mpk_shard *sh = &c->shards[t->shard];
+    return mpk_pread_all(sh->fd, buf, len, t->file_offset + off, sh->path, t->info->name, err);
+}
+
+mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, const char *path,
+                               const char *tensor, mpk_hash128 *out, mpk_error *err)
+{
+    XXH3_state_t *st = XXH3_createState();
+    if (!st)
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    XXH3_128bits_reset(st);
+    mpk_status s = MPK_OK;
+    for (uint64_t at = 0; at < len && s == MPK_OK; at += cap) {
+        size_t n = len - at < cap ? (size_t)(len - at) : cap;
+        if ((s = mpk_pread_all(fd, buf, n, off + at, path, tensor, err)) == MPK_OK)
+            XXH3_128bits_update(st, buf, n);
+    }
+    XXH128_hash_t h = XXH3_128bits_digest(st);
+    XXH3_freeState(st);
+    *out = (mpk_hash128){h.high64, h.low64};
+    return s;
 }
 
 void mpk_ckpt_close(mpk_ckpt *c)

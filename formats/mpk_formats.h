@@ -315,6 +315,19 @@ void mpk_ckpt_close(mpk_ckpt *c);
  * shard, the tensor and the offset otherwise. Thread-safe (pread). */
 mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
                          mpk_error *err);
+/* pread() of len bytes at file offset off until done (EINTR and short reads retried);
+ * MPK_E_IO naming path, tensor and offset otherwise. */
+mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const char *path, const char *tensor,
+                         mpk_error *err);
+
+typedef struct mpk_hash128 {
+    uint64_t hi, lo;
+} mpk_hash128;
+
+/* XXH3-128 of the len bytes at file offset off (a tensor's bytes), read through buf (cap
+ * bytes) with mpk_pread_all. */
+mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, const char *path,
+                               const char *tensor, mpk_hash128 *out, mpk_error *err);
 
 /* Parses an index document (text of len bytes). On success *names, *files (parallel
  * arrays of n entries, in document order) live in *arena (caller frees it); *total_size

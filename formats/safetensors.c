@@ -476,6 +476,14 @@ static void sb_json_string(sbuf *b, const char *s)
     sb_put(b, "\"", 1);
 }
 
+/* The 8-byte little-endian prefix of a full header of hlen bytes: the JSON's length. */
+static void put_header_len(char *hdr, size_t hlen)
+{
+    uint64_t n = hlen - 8;
+    for (int i = 0; i < 8; i++)
+        hdr[i] = (char)((n >> (8 * i)) & 0xFF);
+}
+
 mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta, size_t n_meta,
                          char **hdr, size_t *hdr_len, uint64_t *data_size, mpk_error *err)
 {
@@ -534,9 +542,7 @@ mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
         free(b.p);
         MPK_FAIL(err, MPK_E_NOMEM, NULL, "out of memory building a header");
     }
-    uint64_t nlen = b.len - 8;
-    for (int i = 0; i < 8; i++)
-        b.p[i] = (char)((nlen >> (8 * i)) & 0xFF);
+    put_header_len(b.p, b.len);
     *hdr = b.p;
     *hdr_len = b.len;
     if (data_size)
@@ -577,9 +583,7 @@ static mpk_status pad_header(char **hdr, size_t *hlen, int phase, mpk_error *err
     memset(p + *hlen, ' ', add);
     *hdr = p;
     *hlen += add;
-    uint64_t nlen = *hlen - 8;
-    for (int i = 0; i < 8; i++)
-        p[i] = (char)((nlen >> (8 * i)) & 0xFF);
+    put_header_len(p, *hlen);
     return MPK_OK;
 }
 

@@ -23,20 +23,8 @@ const char *mpk_hash_hex(mpk_hash128 h, char *buf)
 mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
                            mpk_error *err)
 {
-    XXH3_state_t *st = XXH3_createState();
-    if (!st)
-        MPK_FAIL(err, MPK_E_NOMEM, "hash", "out of memory");
-    XXH3_128bits_reset(st);
-    mpk_status s = MPK_OK;
-    for (uint64_t off = 0; off < t->nbytes && s == MPK_OK; off += CHUNK) {
-        uint64_t n = t->nbytes - off < CHUNK ? t->nbytes - off : CHUNK;
-        if ((s = mpk_ckpt_read(c, t, off, n, buf, err)) == MPK_OK)
-            XXH3_128bits_update(st, buf, n);
-    }
-    XXH128_hash_t h = XXH3_128bits_digest(st);
-    XXH3_freeState(st);
-    *out = (mpk_hash128){h.high64, h.low64};
-    return s;
+    const mpk_shard *sh = &c->shards[t->shard];
+    return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, sh->path, t->info->name, out, err);
 }
 
 mpk_hash128 vfy_digest(const mpk_tensor_hash *t, size_t n)
