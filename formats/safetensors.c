@@ -577,7 +577,7 @@ static mpk_status pad_header(char **hdr, size_t *hlen, int phase, mpk_error *err
     size_t add = ((size_t)phase + 4096 - *hlen % 4096) % 4096;
     if (!add)
         return MPK_OK;
-    char *p = realloc(*hdr, *hlen + add);
+    char *p = mpk_realloc(*hdr, *hlen + add);
     if (!p)
         MPK_FAIL(err, MPK_E_NOMEM, NULL, "out of memory building a header");
     memset(p + *hlen, ' ', add);
