@@ -811,7 +811,7 @@ static mpk_status copy_file(const char *from, const char *to, mpk_error *err)
     char *buf;
     size_t len;
     MPK_TRY(mpk_read_file(from, &buf, &len, err));
-    mpk_status s = mpk_write_file(to, buf, len, err);
+    mpk_status s = mpk_write_file(to, buf, len, true, err);
     free(buf);
     return s;
 }
@@ -828,7 +828,7 @@ static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const char
 {
     if (config_json) {
         char *to = mpk_path_join(tmp, "config.json");
-        mpk_status s = to ? mpk_write_file(to, config_json, strlen(config_json), err)
+        mpk_status s = to ? mpk_write_file(to, config_json, strlen(config_json), true, err)
                           : mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
         free(to);
         MPK_TRY(s);
@@ -1237,7 +1237,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
                 names[i] = p->outs[i].name;
                 files[i] = fn[p->outs[i].shard];
             }
-            s = mpk_index_write(tmp, names, files, p->n_outs, p->total_bytes, err);
+            s = mpk_index_write(tmp, names, files, p->n_outs, p->total_bytes, !o->no_fsync, err);
         } else {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
         }

@@ -131,7 +131,7 @@ static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, cons
     char *text = cJSON_Print(cfg);
     cJSON_Delete(cfg);
     char *path = mpk_path_join(dir, "config.json");
-    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
+    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), true, err)
                                 : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
     free(text);
     free(path);
@@ -263,7 +263,7 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
         free(path);
     }
     if (s == MPK_OK && shards > 1)
-        s = mpk_index_write(dir, inames, ifiles, n, total, err);
+        s = mpk_index_write(dir, inames, ifiles, n, total, true, err);
     free(inames);
     free(ifiles);
     if (s == MPK_OK)

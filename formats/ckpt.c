@@ -205,9 +205,9 @@ char *mpk_index_format(const char *const *names, const char *const *files, size_
 }
 
 mpk_status mpk_index_write(const char *dir, const char *const *names, const char *const *files,
-                           size_t n, uint64_t total_size, mpk_error *err)
+                           size_t n, uint64_t total_size, bool sync, mpk_error *err)
 {
-    return mpk_write_text_in(dir, INDEX_NAME, mpk_index_format(names, files, n, total_size), err);
+    return mpk_write_text_in(dir, INDEX_NAME, mpk_index_format(names, files, n, total_size), sync, err);
 }
 
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap)

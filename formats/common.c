@@ -5,6 +5,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,7 @@ static const char *const status_names[] = {
     [MPK_E_ALREADY_CONVERTED] = "already-converted",
     [MPK_E_QUANT] = "quant-layout",
     [MPK_E_MANIFEST] = "manifest",
+    [MPK_E_OVERLAP] = "overlap",
 };
 _Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,
                "status_names must cover every mpk_status");
@@ -89,6 +92,58 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
 /* ---------------------------------------------------------------- allocation */
 
 long mpk_alloc_fail_countdown = 0;
+
+long mpk_fault_countdown = 0, mpk_fault_passed = 0;
+int mpk_fault_errno = 0;
+
+int mpk_fault_point(const char *op)
+{
+    (void)op;
+    __atomic_fetch_add(&mpk_fault_passed, 1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&mpk_fault_countdown, __ATOMIC_RELAXED) <= 0 ||
+        __atomic_fetch_sub(&mpk_fault_countdown, 1, __ATOMIC_RELAXED) != 1)
+        return 0;
+    if (!mpk_fault_errno)
+        raise(SIGKILL);
+    errno = mpk_fault_errno;
+    return mpk_fault_errno;
+}
+
+unsigned mpk_umask(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    unsigned m = 0;
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = sscanf(line, "Umask: %o", &m) == 1;
+    if (f)
+        fclose(f);
+    if (!found) { /* before Linux 4.7: read it by setting it (racy only against other umask calls) */
+        mode_t old = umask(022);
+        umask(old);
+        m = (unsigned)old;
+    }
+    return m & 0777;
+}
+
+mpk_status mpk_fsync_fd(int fd, const char *path, mpk_error *err)
+{
+    if (mpk_fault_point("fsync") || fsync(fd) != 0)
+        return mpk_error_set(err, MPK_E_IO, errno, path, "fsync failed: %s", strerror(errno));
+    return MPK_OK;
+}
+
+mpk_status mpk_fsync_dir(const char *path, mpk_error *err)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return mpk_error_set(err, MPK_E_IO, errno, path, "cannot open the directory to fsync it: %s",
+                             strerror(errno));
+    mpk_status s = mpk_fsync_fd(fd, path, err);
+    close(fd);
+    return s;
+}
 
 static bool alloc_should_fail(void)
 {
@@ -407,7 +462,7 @@ int mpk_natural_cmp(const char *a, const char *b)
 
 mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, path,
                              "cannot open: %s", strerror(errno));
@@ -416,6 +471,12 @@ mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *e
         int e = errno;
         close(fd);
         return mpk_error_set(err, MPK_E_IO, e, path, "cannot stat: %s", strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return mpk_error_set(err, MPK_E_IO, 0, path, "not a regular file (a %s)",
+                             S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO"
+                             : S_ISSOCK(st.st_mode) ? "socket" : "device");
     }
     size_t n = (size_t)st.st_size;
     char *buf = mpk_alloc(n + 1);
@@ -445,37 +506,62 @@ mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *e
     return MPK_OK;
 }
 
-mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, mpk_error *err)
+mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, bool sync, mpk_error *err)
 {
     char *path = mpk_path_join(dir, name);
-    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), err)
+    mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), sync, err)
                                 : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
     free(text);
     free(path);
     return s;
 }
 
-mpk_status mpk_write_file(const char *path, const void *buf, size_t len, mpk_error *err)
+mpk_status mpk_write_file(const char *path, const void *buf, size_t len, bool sync, mpk_error *err)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return mpk_error_set(err, MPK_E_IO, errno, path, "cannot create: %s", strerror(errno));
-    const char *p = buf;
-    while (len) {
-        ssize_t w = write(fd, p, len);
+    char *dcopy = mpk_strndup(path, strlen(path)), *bcopy = mpk_strndup(path, strlen(path));
+    char *tmp = dcopy && bcopy ? mpk_alloc(strlen(path) + 32) : NULL;
+    if (!tmp) {
+        free(dcopy);
+        free(bcopy);
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    }
+    const char *dir = dirname(dcopy);
+    sprintf(tmp, "%s/.%s.tmp-XXXXXX", dir, basename(bcopy));
+    mpk_status s = MPK_OK;
+    int fd = mpk_fault_point("create") ? -1 : mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        s = mpk_error_set(err, MPK_E_IO, errno, path, "cannot create a temporary file beside it: %s",
+                          strerror(errno));
+        goto out;
+    }
+    for (const char *p = buf; len && s == MPK_OK;) {
+        ssize_t w = mpk_fault_point("write") ? -1 : write(fd, p, len);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w < 0) {
-            int e = errno;
-            close(fd);
-            return mpk_error_set(err, MPK_E_IO, e, path, "write failed: %s", strerror(e));
+        if (w <= 0)
+            s = mpk_error_set(err, MPK_E_IO, errno, tmp, "write of %zu bytes failed: %s", len, strerror(errno));
+        else {
+            p += w;
+            len -= (size_t)w;
         }
-        p += w;
-        len -= (size_t)w;
     }
-    if (close(fd) != 0)
-        return mpk_error_set(err, MPK_E_IO, errno, path, "close failed: %s", strerror(errno));
-    return MPK_OK;
+    if (s == MPK_OK && fchmod(fd, 0666 & ~mpk_umask()) != 0)
+        s = mpk_error_set(err, MPK_E_IO, errno, tmp, "cannot set the mode: %s", strerror(errno));
+    if (s == MPK_OK && sync)
+        s = mpk_fsync_fd(fd, tmp, err);
+    if (close(fd) != 0 && s == MPK_OK)
+        s = mpk_error_set(err, MPK_E_IO, errno, tmp, "close failed: %s", strerror(errno));
+    if (s == MPK_OK && (mpk_fault_point("rename") || rename(tmp, path) != 0))
+        s = mpk_error_set(err, MPK_E_IO, errno, path, "cannot rename %s into place: %s", tmp, strerror(errno));
+    if (s != MPK_OK)
+        unlink(tmp);
+    else if (sync)
+        s = mpk_fsync_dir(dir, err);
+out:
+    free(tmp);
+    free(dcopy);
+    free(bcopy);
+    return s;
 }
 
 char *mpk_path_join(const char *a, const char *b)

@@ -85,6 +85,7 @@ typedef enum mpk_status {
     MPK_E_QUANT = 41,             /* quantized layout rule broken (scale grid shape, a block
                                      straddling a concat boundary: I % 128 != 0) */
     MPK_E_MANIFEST = 42,          /* moepack.manifest.json missing or malformed */
+    MPK_E_OVERLAP = 43,           /* the destination is, holds or lies inside the source */
     MPK_STATUS_COUNT
 } mpk_status;
 
@@ -115,6 +116,21 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
 
 /* Test hook: when > 0, the Nth following mpk_alloc() call fails (1 = the next). */
 extern long mpk_alloc_fail_countdown;
+/* Test hook for the write path (every write, copy, fsync, rename and create of output
+ * goes through mpk_fault_point): when mpk_fault_countdown > 0, the Nth following point
+ * fails with errno mpk_fault_errno, or, when that is 0, the process kills itself with
+ * SIGKILL there (a crash at that moment). mpk_fault_passed counts the points passed.
+ * The CLI sets them from MOEPACK_FAULT (see cli.c). */
+extern long mpk_fault_countdown, mpk_fault_passed; /* updated with __atomic builtins */
+extern int mpk_fault_errno;
+/* 0, or the errno the caller is to fail with (and set errno to it). op names the call. */
+int mpk_fault_point(const char *op);
+/* The process umask, read without changing it (threads may be creating files). */
+unsigned mpk_umask(void);
+/* fsync(fd); MPK_E_IO naming path on failure. */
+mpk_status mpk_fsync_fd(int fd, const char *path, mpk_error *err);
+/* Opens the directory path and fsyncs it (its entries are then durable). */
+mpk_status mpk_fsync_dir(const char *path, mpk_error *err);
 /* malloc/calloc/realloc wrappers honouring the hook; free with free(). */
 void *mpk_alloc(size_t n);
 void *mpk_calloc(size_t n, size_t size);
@@ -262,6 +278,12 @@ typedef struct mpk_st_out {
 mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
                              const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
                              mpk_error *err);
+/* Like mpk_st_out_create, but opens an existing file that an earlier (interrupted) run
+ * created with the same arguments: its size and header bytes must be exactly those this
+ * layout gives (else MPK_E_DST_EXISTS, nothing changed). The tensor bytes are not checked. */
+mpk_status mpk_st_out_reopen(const char *path, mpk_tensor_info *tensors, size_t n,
+                             const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
+                             mpk_error *err);
 /* Writes len bytes at offset off of tensor i. Thread-safe (pwrite). */
 mpk_status mpk_st_out_write(mpk_st_out *o, size_t i, uint64_t off, const void *buf, size_t len,
                             mpk_error *err);
@@ -341,9 +363,10 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
 char *mpk_index_format(const char *const *names, const char *const *files, size_t n,
                        uint64_t total_size);
 
-/* Formats the index (mpk_index_format) and writes it to DIR/model.safetensors.index.json. */
+/* Formats the index (mpk_index_format) and writes it to DIR/model.safetensors.index.json
+ * (mpk_write_file: atomic, fsynced when sync). */
 mpk_status mpk_index_write(const char *dir, const char *const *names, const char *const *files,
-                           size_t n, uint64_t total_size, mpk_error *err);
+                           size_t n, uint64_t total_size, bool sync, mpk_error *err);
 
 /* Shard file name: "model-00001-of-00004.safetensors" (1-based i), or "model.safetensors"
  * when count is 1. */
@@ -385,13 +408,16 @@ void mpk_io_free(mpk_io *io);
 
 /* ---------------------------------------------------------------- small file helpers */
 
-/* Reads a whole file into a malloc'd NUL-terminated buffer. */
+/* Reads a whole regular file into a malloc'd NUL-terminated buffer (opened O_NONBLOCK:
+ * a FIFO or device is refused with MPK_E_IO, never waited on). */
 mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err);
-/* Writes buf to path (truncating). */
-mpk_status mpk_write_file(const char *path, const void *buf, size_t len, mpk_error *err);
+/* Replaces path with buf atomically: writes a temporary file beside it (.NAME.tmp-XXXXXX),
+ * fsyncs it when sync, gives it mode 0666 & ~umask, renames it over path and, when sync,
+ * fsyncs the directory. A failure leaves path as it was and removes the temporary file. */
+mpk_status mpk_write_file(const char *path, const void *buf, size_t len, bool sync, mpk_error *err);
 /* Writes text (a malloc'd string, freed here; NULL means its builder ran out of memory) as
- * dir/name. */
-mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, mpk_error *err);
+ * dir/name, through mpk_write_file. */
+mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, bool sync, mpk_error *err);
 /* Joins a and b with '/', into a malloc'd string (NULL on failure). */
 char *mpk_path_join(const char *a, const char *b);
 

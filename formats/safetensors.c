@@ -555,7 +555,7 @@ mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, con
 {
     const char *p = buf;
     while (len) {
-        ssize_t w = pwrite(fd, p, len, (off_t)off);
+        ssize_t w = mpk_fault_point("pwrite") ? -1 : pwrite(fd, p, len, (off_t)off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -587,9 +587,8 @@ static mpk_status pad_header(char **hdr, size_t *hlen, int phase, mpk_error *err
     return MPK_OK;
 }
 
-mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
-                             const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
-                             mpk_error *err)
+static mpk_status st_out_open(const char *path, mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
+                              size_t n_meta, int data_phase, bool reopen, mpk_st_out **out, mpk_error *err)
 {
     *out = NULL;
     char *hdr;
@@ -611,29 +610,62 @@ mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t 
     o->n_tensors = n;
     o->data_start = hlen;
     o->data_size = dsize;
-    o->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (o->fd < 0) {
-        int e = errno;
+    mpk_status s = MPK_OK;
+    if (reopen) {
+        o->fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        struct stat st;
+        char *have = o->fd >= 0 ? mpk_alloc(hlen) : NULL;
+        if (o->fd < 0)
+            s = mpk_error_set(err, MPK_E_IO, errno, path, "cannot open: %s", strerror(errno));
+        else if (!have)
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+        else if (fstat(o->fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != hlen + dsize)
+            s = mpk_error_set(err, MPK_E_DST_EXISTS, 0, path, "not the file this layout gives (size)");
+        else if ((s = mpk_pread_all(o->fd, have, hlen, 0, path, "(header)", err)) == MPK_OK && memcmp(have, hdr, hlen))
+            s = mpk_error_set(err, MPK_E_DST_EXISTS, 0, path, "not the file this layout gives (header)");
+        free(have);
         free(hdr);
-        free(o->path);
-        free(o);
-        return mpk_error_set(err, e == EEXIST ? MPK_E_DST_EXISTS : MPK_E_IO, e, path,
-                             "cannot create: %s", strerror(e));
+    } else {
+        o->fd = mpk_fault_point("create") ? -1 : open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (o->fd < 0) {
+            int e = errno;
+            free(hdr);
+            free(o->path);
+            free(o);
+            return mpk_error_set(err, e == EEXIST ? MPK_E_DST_EXISTS : MPK_E_IO, e, path,
+                                 "cannot create: %s", strerror(e));
+        }
+        s = mpk_pwrite_all(o->fd, hdr, hlen, 0, path, err);
+        free(hdr);
+        if (s == MPK_OK && (mpk_fault_point("ftruncate") || ftruncate(o->fd, (off_t)(hlen + dsize)) != 0))
+            s = mpk_error_set(err, MPK_E_IO, errno, path, "cannot size the file to %llu bytes: %s",
+                              (unsigned long long)(hlen + dsize), strerror(errno));
+        if (s != MPK_OK)
+            unlink(path);
     }
-    mpk_status s = mpk_pwrite_all(o->fd, hdr, hlen, 0, path, err);
-    free(hdr);
-    if (s == MPK_OK && ftruncate(o->fd, (off_t)(hlen + dsize)) != 0)
-        s = mpk_error_set(err, MPK_E_IO, errno, path, "cannot size the file to %llu bytes: %s",
-                          (unsigned long long)(hlen + dsize), strerror(errno));
     if (s != MPK_OK) {
-        close(o->fd);
-        unlink(path);
+        if (o->fd >= 0)
+            close(o->fd);
         free(o->path);
         free(o);
         return s;
     }
     *out = o;
     return MPK_OK;
+}
+
+mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
+                             const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
+                             mpk_error *err)
+{
+    return st_out_open(path, tensors, n, meta, n_meta, data_phase, false, out, err);
+}
+
+mpk_status mpk_st_out_reopen(const char *path, mpk_tensor_info *tensors, size_t n,
+                             const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
+                             mpk_error *err)
+{
+    return st_out_open(path, tensors, n, meta, n_meta, data_phase, true, out, err);
 }
 
 mpk_status mpk_st_out_write(mpk_st_out *o, size_t i, uint64_t off, const void *buf, size_t len,
@@ -651,8 +683,8 @@ mpk_status mpk_st_out_close(mpk_st_out *o, bool sync, mpk_error *err)
     if (!o)
         return MPK_OK;
     mpk_status s = MPK_OK;
-    if (sync && fsync(o->fd) != 0)
-        s = mpk_error_set(err, MPK_E_IO, errno, o->path, "fsync failed: %s", strerror(errno));
+    if (sync)
+        s = mpk_fsync_fd(o->fd, o->path, err);
     if (close(o->fd) != 0 && s == MPK_OK)
         s = mpk_error_set(err, MPK_E_IO, errno, o->path, "close failed: %s", strerror(errno));
     free(o->path);

@@ -669,7 +669,7 @@ static void run_io_engine(mpk_io_backend be)
     for (size_t i = 0; i < n; i++)
         src[i] = (unsigned char)(i * 131 + (i >> 11));
     mpk_error err = {0};
-    assert_int_equal(mpk_write_file(path, src, n, &err), MPK_OK);
+    assert_int_equal(mpk_write_file(path, src, n, false, &err), MPK_OK);
     mpk_io *io;
     mpk_status s = mpk_io_create(be, 8, 65536, &io, &err);
     if (s != MPK_OK && be == MPK_IO_URING) {

@@ -138,13 +138,13 @@ static void test_real_pairs_pack(void **state)
             free(sp);
         }
         char *ip = tu_join(src, "model.safetensors.index.json");
-        assert_int_equal(mpk_write_file(ip, text, len, &err), MPK_OK);
+        assert_int_equal(mpk_write_file(ip, text, len, false, &err), MPK_OK);
         free(ip);
         snprintf(path, sizeof path, "%s/%s/config.json", tu_material(), pairs[k].dir);
         char *cfg_text, *cp = tu_join(src, "config.json");
         size_t cfg_len;
         assert_int_equal(mpk_read_file(path, &cfg_text, &cfg_len, &err), MPK_OK);
-        assert_int_equal(mpk_write_file(cp, cfg_text, cfg_len, &err), MPK_OK);
+        assert_int_equal(mpk_write_file(cp, cfg_text, cfg_len, false, &err), MPK_OK);
         free(cp);
         free(cfg_text);
         /* pack with --preset auto */

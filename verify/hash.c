@@ -172,7 +172,7 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
 static mpk_status write_manifest(const char *dir, const mpk_tensor_hash *t, size_t n, mpk_hash128 d,
                                  mpk_error *err)
 {
-    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d), err);
+    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d), true, err);
 }
 
 mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
