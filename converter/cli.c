@@ -4,6 +4,8 @@
 #include "mpk_config.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +75,13 @@ static int cmd_help(int argc, char **argv);
      "  --max-shard-size SIZE  output shard size (default 5GB; KB/MB/GB or KiB/MiB/GiB)\n"\
      "  --threads N            worker threads (default: CPUs)\n"\
      "  --mem SIZE             budget for in-flight buffers (default 1GiB)\n"\
-     "  --force                replace an existing DST\n"\
+     "  --force                replace an existing DST (the new one is complete and on disk\n"\
+     "                         before the old one is swapped out; never one that holds SRC)\n"\
+     "  --resume               continue an interrupted run into DST (same SRC, options and\n"\
+     "                         version): its complete shards are kept once their hashes check\n"\
+     "                         out; a run with --resume that fails keeps its partial output\n"\
+     "  --copy-links           copy what symlinks in SRC pointing outside it point at (e.g. a\n"\
+     "                         Hugging Face cache snapshot) instead of skipping them\n"\
      "  --io auto|io_uring|pread  read back end for buffered copies\n"\
      "  --no-copy-range        never use copy_file_range (always read + write)\n"\
      "  --json                 print a JSON summary on stdout\n"\
@@ -148,7 +156,10 @@ const mpk_command mpk_commands[] = {
      "usage: moepack pack SRC DST [options]\n\n"
      "Streams SRC (per-expert layout) into DST (packed layout), with bounded memory. DST is\n"
      "written to a temporary directory beside it and renamed into place when complete.\n"
-     "Non-tensor files (config.json, tokenizer, ...) are copied.\n\n"
+     "SRC's other files and folders (config.json, tokenizer, original/, ...) are copied,\n"
+     "symlinks inside SRC reproduced; FIFOs, devices and links out of SRC are skipped (said).\n"
+     "DST may not be, hold or lie inside SRC (exit 2). An interrupted run's temporary directory\n"
+     "is removed by the next run into DST, or continued with --resume.\n\n"
      CONV_OPTS, mpk_cmd_pack},
     {"unpack", "packed -> per-expert (the preset reversed)",
      "usage: moepack unpack SRC DST [options]\n\n" CONV_OPTS, mpk_cmd_unpack},
@@ -216,8 +227,43 @@ const mpk_command mpk_commands[] = {
 };
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
 
+/* MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
+ * fail, or the process die there (tests of crash safety); MOEPACK_FAULT=count prints the
+ * number of such calls at exit. */
+static void count_faults(void)
+{
+    fprintf(stderr, "moepack: fault points passed: %ld\n", (long)mpk_fault_passed);
+}
+
+static void fault_from_env(void)
+{
+    const char *f = getenv("MOEPACK_FAULT");
+    if (!f || !*f)
+        return;
+    if (strcmp(f, "count") == 0) {
+        atexit(count_faults);
+        return;
+    }
+    char *end;
+    long n = strtol(f, &end, 10);
+    if (n <= 0 || *end != ':')
+        return;
+    static const struct {
+        const char *name;
+        int e;
+    } errs[] = {{"kill", 0}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
+    for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++)
+        if (strcmp(end + 1, errs[i].name) == 0) {
+            mpk_fault_errno = errs[i].e;
+            mpk_fault_countdown = n;
+        }
+}
+
 int main(int argc, char **argv)
 {
+    /* a write past RLIMIT_FSIZE fails with EFBIG (reported, cleaned up) instead of killing us */
+    signal(SIGXFSZ, SIG_IGN);
+    fault_from_env();
     if (argc < 2)
         return cmd_help(1, argv), MPK_EXIT_USAGE;
     const char *name = argv[1];

@@ -15,7 +15,8 @@ typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 
 typedef struct {
     const char *preset, *spec_file, *src, *dst, *io;
-    bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync;
+    bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync,
+        resume, copy_links;
     uint64_t max_shard, mem;
     int threads;
 } conv_args;
@@ -23,7 +24,7 @@ typedef struct {
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
-           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC };
+           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -33,6 +34,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"no-copy-range", no_argument, NULL, O_NOCFR}, {"verbose", no_argument, NULL, O_VERBOSE},
         {"dequantize", no_argument, NULL, O_DEQUANT}, {"quantize", required_argument, NULL, O_QUANT},
         {"no-manifest", no_argument, NULL, O_NOMAN}, {"no-fsync", no_argument, NULL, O_NOSYNC},
+        {"resume", no_argument, NULL, O_RESUME}, {"copy-links", no_argument, NULL, O_COPYLINKS},
         {0}};
     memset(a, 0, sizeof *a);
     a->preset = "auto";
@@ -76,6 +78,8 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_DEQUANT: a->dequantize = true; break;
         case O_NOMAN: a->no_manifest = true; break;
         case O_NOSYNC: a->no_fsync = true; break;
+        case O_RESUME: a->resume = true; break;
+        case O_COPYLINKS: a->copy_links = true; break;
         case O_QUANT:
             if (strcmp(optarg, "fp8-block128") != 0)
                 return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
@@ -90,6 +94,8 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         return mpk_cli_usage(cmd, "convert needs --spec FILE");
     if (mode != MODE_CONVERT && mode != MODE_PLAN && a->spec_file)
         return mpk_cli_usage(cmd, "--spec is for 'convert' and 'plan'; %s uses --preset", cmd);
+    if (mode == MODE_PLAN && (a->resume || a->force || a->copy_links))
+        return mpk_cli_usage(cmd, "--resume, --force and --copy-links are for commands that write");
     int want = mode == MODE_PLAN ? 1 : 2;
     if (argc - optind != want)
         return mpk_cli_usage(cmd, "expected %s, got %d argument(s)", want == 1 ? "SRC" : "SRC DST",
@@ -160,6 +166,15 @@ static void print_summary(const char *cmd, const conv_args *a, const mpk_plan *p
         cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)st->peak_rss_kib * 1024);
         cJSON_AddNumberToObject(o, "threads", st->threads);
         cJSON_AddBoolToObject(o, "copy_file_range", st->used_copy_range);
+        cJSON *side = cJSON_AddObjectToObject(o, "other_files");
+        cJSON_AddNumberToObject(side, "files", (double)st->side.files);
+        cJSON_AddNumberToObject(side, "directories", (double)st->side.dirs);
+        cJSON_AddNumberToObject(side, "symlinks", (double)st->side.links);
+        cJSON_AddNumberToObject(side, "bytes", (double)st->side.bytes);
+        cJSON_AddNumberToObject(side, "skipped", (double)st->side.skipped);
+        cJSON_AddBoolToObject(o, "resumed", st->resumed);
+        cJSON_AddNumberToObject(o, "shards_kept", (double)st->shards_kept);
+        cJSON_AddNumberToObject(o, "stale_removed", (double)st->stale_removed);
         char *s = cJSON_Print(o);
         puts(s);
         free(s);
@@ -172,7 +187,23 @@ static void print_summary(const char *cmd, const conv_args *a, const mpk_plan *p
                st->tensors_in, st->tensors_out, p->n_outs - p->n_pass, p->n_pass,
                mpk_human_bytes(st->bytes_out, hb, sizeof hb), p->n_shards, st->seconds, gbs,
                mpk_human_bytes((uint64_t)st->peak_rss_kib * 1024, hr, sizeof hr));
+        printf("%s: other files of SRC: %zu file(s) (%s), %zu director%s, %zu symlink(s) copied, %zu skipped\n",
+               cmd, st->side.files, mpk_human_bytes(st->side.bytes, hb, sizeof hb), st->side.dirs,
+               st->side.dirs == 1 ? "y" : "ies", st->side.links, st->side.skipped);
+        if (st->resumed)
+            printf("%s: resumed an interrupted run: %zu of %zu shard(s) kept after their hashes checked out\n", cmd,
+                   st->shards_kept, p->n_shards);
     }
+}
+
+typedef struct {
+    const char *cmd;
+} warn_ctx;
+
+static void warn_cb(void *ctx, const char *msg)
+{
+    const warn_ctx *w = ctx; /* said even with -q: it is about the user's data */
+    fprintf(stderr, "moepack: %s: warning: %s\n", w->cmd, msg);
 }
 
 static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv)
@@ -231,6 +262,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         cfg_text = mpk_config_requant(&cfg, false, qc);
     cJSON_Delete(qc);
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", would}};
+    warn_ctx wc = {cmd};
     mpk_exec_opts eo = {
         .threads = a.threads,
         .mem = a.mem,
@@ -244,18 +276,26 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         .config_json = cfg_text,
         .hash_outputs = !a.no_manifest,
         .finish = a.no_manifest ? NULL : mpk_cli_write_manifest,
+        .resume = a.resume,
+        .copy_links = a.copy_links,
+        .warn = warn_cb,
+        .warn_ctx = &wc,
     };
     mpk_exec_stats st;
     if (mpk_exec(plan, a.dst, &eo, &st, &err) != MPK_OK) {
-        if (err.code == MPK_E_DST_EXISTS)
+        if (err.code == MPK_E_DST_EXISTS && !err.sys_errno)
             hint = "pass --force to replace it";
+        if (err.code == MPK_E_OVERLAP)
+            rc = MPK_EXIT_USAGE;
+        if (err.code == MPK_E_IO && a.resume)
+            hint = "the partial output was kept: run the same command with --resume again to continue it";
         goto out;
     }
     print_summary(cmd, &a, plan, &st);
     rc = MPK_EXIT_OK;
 out:
     if (rc != MPK_EXIT_OK)
-        mpk_cli_fail(cmd, &err, hint);
+        mpk_cli_fail(cmd, &err, hint); /* rc: 1, or 2 for an overlap (a usage error) */
     free(cfg_text);
     mpk_plan_free(plan);
     mpk_spec_free(spec);

@@ -39,6 +39,11 @@ int mpk_cmd_hash(int argc, char **argv)
     mpk_ckpt *c;
     if (mpk_ckpt_open(argv[optind], &c, &err) != MPK_OK)
         return mpk_cli_fail("hash", &err, NULL);
+    if (write && !c->is_dir) {
+        mpk_ckpt_close(c);
+        return mpk_cli_usage("hash", "--write stores DIR/moepack.manifest.json beside a checkpoint directory's "
+                             "shards; '%s' is a lone file", argv[optind]);
+    }
     mpk_tensor_hash *t;
     mpk_hash128 d;
     if (mpk_hash_ckpt(c, &t, &d, &err) != MPK_OK) {
@@ -56,10 +61,10 @@ int mpk_cmd_hash(int argc, char **argv)
                    mpk_shape_str(t[i].shape, t[i].ndim, sh, sizeof sh), t[i].name);
         printf("%s  checkpoint digest (%zu tensors)\n", mpk_hash_hex(d, hx), c->n_tensors);
     }
-    free(t);
-    int rc = MPK_EXIT_OK;
-    if (write && c->is_dir && mpk_manifest_write(c->dir, &err) != MPK_OK)
+    int rc = MPK_EXIT_OK; /* the manifest replaces the old one atomically (mpk_write_file) */
+    if (write && mpk_manifest_write_hashes(c->dir, t, c->n_tensors, &err) != MPK_OK)
         rc = mpk_cli_fail("hash", &err, NULL);
+    free(t);
     mpk_ckpt_close(c);
     return rc;
 }

@@ -9,8 +9,10 @@
  * final offsets, one writer per shard at a time (see "the run" below).
  */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "converter_internal.h"
+#include "mpk_config.h"
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +27,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST, N_DEQUANT, N_QUANT } node_kind;
 
@@ -551,6 +554,16 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t cv;   /* a complete output queued, or the last unit written */
     mpk_error err;       /* first failure */
+    /* resumability (with hashes): outputs of each shard not yet complete; the shard's
+     * completion is fsynced and recorded in the stage's journal */
+    atomic_size_t *sh_left;
+    mpk_stage *stage;
+    /* complete shards waiting for the syncer thread (fsync, then the journal line), so that
+     * no worker blocks in fsync while there is writing to do */
+    size_t *syncq;
+    size_t sq_head, sq_tail;
+    bool sq_end;
+    pthread_cond_t sq_cv;
 } run_ctx;
 
 static void run_fail(run_ctx *c, const mpk_error *e)
@@ -582,6 +595,76 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
     return s;
 }
 
+/* A shard's digest, what its journal line records: XXH3-64 over its outputs' names and
+ * hashes in plan order (hashes[i] for every output i in the shard). */
+static uint64_t shard_digest(const mpk_plan *p, size_t sh, const mpk_tensor_hash *hashes)
+{
+    XXH3_state_t *x = XXH3_createState();
+    if (!x)
+        return 0;
+    XXH3_64bits_reset(x);
+    for (size_t i = 0; i < p->n_outs; i++)
+        if (p->outs[i].shard == (int)sh) {
+            XXH3_64bits_update(x, p->outs[i].name, strlen(p->outs[i].name) + 1);
+            XXH3_64bits_update(x, &hashes[i].hash, sizeof hashes[i].hash);
+        }
+    uint64_t d = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    return d;
+}
+
+/* A shard all of whose outputs are complete: fsync it and record it in the journal, so that
+ * a resumed run keeps it. Runs on the syncer thread. */
+static mpk_status shard_durable(run_ctx *c, size_t sh, mpk_error *err)
+{
+    const mpk_st_out *so = c->shards[sh];
+    if (!c->o->no_fsync)
+        MPK_TRY(mpk_fsync_fd(so->fd, so->path, err));
+    char name[64];
+    mpk_shard_name(sh + 1, c->p->n_shards, name, sizeof name);
+    return mpk_stage_journal_add(c->stage, name, shard_digest(c->p, sh, c->hashes), err);
+}
+
+static void shard_complete(run_ctx *c, size_t sh)
+{
+    pthread_mutex_lock(&c->lock);
+    c->syncq[c->sq_tail++] = sh;
+    pthread_cond_signal(&c->sq_cv);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Lets the syncer finish what is queued, then joins it. */
+static void stop_syncer(run_ctx *c, bool running, pthread_t th)
+{
+    if (!running)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->sq_end = true;
+    pthread_cond_signal(&c->sq_cv);
+    pthread_mutex_unlock(&c->lock);
+    pthread_join(th, NULL);
+}
+
+static void *syncer(void *arg)
+{
+    run_ctx *c = arg;
+    mpk_error err = {0};
+    pthread_mutex_lock(&c->lock);
+    for (;;) {
+        while (c->sq_head == c->sq_tail && !c->sq_end)
+            pthread_cond_wait(&c->sq_cv, &c->lock);
+        if (c->sq_head == c->sq_tail)
+            break;
+        size_t sh = c->syncq[c->sq_head++];
+        pthread_mutex_unlock(&c->lock);
+        if (!atomic_load(&c->failed) && shard_durable(c, sh, &err) != MPK_OK)
+            run_fail(c, &err);
+        pthread_mutex_lock(&c->lock);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
 /* Finishes one queued complete output (output_complete): 1 if it did, 0 if none was queued,
  * -1 on failure. */
 static int finish_one(run_ctx *c, char **buf, mpk_error *err)
@@ -598,7 +681,12 @@ static int finish_one(run_ctx *c, char **buf, mpk_error *err)
         mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
         return -1;
     }
-    return output_complete(c, i, *buf, err) == MPK_OK ? 1 : -1;
+    if (output_complete(c, i, *buf, err) != MPK_OK)
+        return -1;
+    int sh = c->p->outs[i].shard;
+    if (c->sh_left && atomic_fetch_sub(&c->sh_left[sh], 1) == 1)
+        shard_complete(c, (size_t)sh);
+    return 1;
 }
 
 /* Takes a shard's write lock; while another thread holds it, handles complete outputs. */
@@ -792,70 +880,95 @@ static void progress(run_ctx *c, double t0, bool final)
     fflush(stderr);
 }
 
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
+/* Top-level names of SRC that are not copied beside the output: the checkpoint's own shards,
+ * index and manifest (the output has its own), config.json when rewritten, other
+ * .safetensors files (not part of the checkpoint: a consolidated copy would double the
+ * output), and a git repository's metadata. */
+typedef struct {
+    const mpk_plan *p;
+    const mpk_exec_opts *o;
+    mpk_side_stats *st;
+} side_ctx;
 
-static void rmrf(const char *path)
+static bool side_skip(const char *n, void *ctx)
 {
-    nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static mpk_status copy_file(const char *from, const char *to, mpk_error *err)
-{
-    char *buf;
-    size_t len;
-    MPK_TRY(mpk_read_file(from, &buf, &len, err));
-    mpk_status s = mpk_write_file(to, buf, len, true, err);
-    free(buf);
-    return s;
-}
-
-static bool is_tensor_file(const char *n)
-{
+    side_ctx *sc = ctx;
     size_t l = strlen(n);
-    return (l > 12 && strcmp(n + l - 12, ".safetensors") == 0) ||
-           strcmp(n, "model.safetensors.index.json") == 0 || strcmp(n, "moepack.manifest.json") == 0;
+    if (strcmp(n, "model.safetensors.index.json") == 0 || strcmp(n, "moepack.manifest.json") == 0 ||
+        (sc->o->config_json && strcmp(n, "config.json") == 0))
+        return true;
+    for (size_t i = 0; i < sc->p->src->n_shards; i++)
+        if (strcmp(n, sc->p->src->shards[i].name) == 0)
+            return true;
+    if ((l > 12 && strcmp(n + l - 12, ".safetensors") == 0) || strcmp(n, ".git") == 0) {
+        mpk_exec_warn(sc->o, "skipped %s/%s: %s", sc->p->src->dir, n,
+                      n[0] == '.' ? "a git repository's metadata (the output is not a clone)"
+                                  : "a .safetensors file that is not part of the checkpoint");
+        sc->st->skipped++;
+        return true;
+    }
+    return false;
 }
 
-static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const char *config_json,
-                                  mpk_error *err)
+static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const mpk_exec_opts *o,
+                                  mpk_side_stats *st, mpk_error *err)
 {
-    if (config_json) {
+    if (o->config_json) {
         char *to = mpk_path_join(tmp, "config.json");
-        mpk_status s = to ? mpk_write_file(to, config_json, strlen(config_json), true, err)
+        mpk_status s = to ? mpk_write_file(to, o->config_json, strlen(o->config_json), !o->no_fsync, err)
                           : mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
         free(to);
         MPK_TRY(s);
     }
     if (!p->src->is_dir)
         return MPK_OK;
-    DIR *d = opendir(p->src->dir);
-    if (!d)
-        return mpk_error_set(err, MPK_E_IO, errno, p->src->dir, "cannot list: %s", strerror(errno));
-    mpk_status s = MPK_OK;
-    struct dirent *e;
-    while (s == MPK_OK && (e = readdir(d))) {
-        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
-            continue;
-        if (is_tensor_file(e->d_name) || (config_json && strcmp(e->d_name, "config.json") == 0))
-            continue;
-        char *from = mpk_path_join(p->src->dir, e->d_name), *to = mpk_path_join(tmp, e->d_name);
-        struct stat st;
-        if (!from || !to)
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
-        else if (stat(from, &st) == 0 && S_ISREG(st.st_mode))
-            s = copy_file(from, to, err);
-        free(from);
-        free(to);
+    side_ctx sc = {p, o, st};
+    return mpk_copy_tree(p->src->dir, tmp, side_skip, &sc, o, st, err);
+}
+
+/* What determines the output bytes: a resumed run continues only a run with the same. */
+static uint64_t plan_digest(const mpk_plan *p, const mpk_exec_opts *o)
+{
+    XXH3_state_t *x = XXH3_createState();
+    if (!x)
+        return 0;
+    XXH3_64bits_reset(x);
+#define ADD(ptr, len) XXH3_64bits_update(x, (ptr), (len))
+#define ADDS(str) ADD((str) ? (str) : "", (str) ? strlen(str) + 1 : 1)
+    ADDS(MPK_VERSION);
+    ADDS(p->spec->name);
+    ADD(&p->spec->reversed, sizeof p->spec->reversed);
+    char *js = p->spec->json ? cJSON_PrintUnformatted(p->spec->json) : NULL;
+    ADDS(js);
+    free(js);
+    for (size_t i = 0; i < p->src->n_shards; i++) {
+        struct stat st = {0};
+        fstat(p->src->shards[i].fd, &st);
+        uint64_t v[5] = {(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
+                         (uint64_t)st.st_mtim.tv_sec, (uint64_t)st.st_mtim.tv_nsec};
+        ADDS(p->src->shards[i].path);
+        ADD(v, sizeof v);
     }
-    closedir(d);
-    return s;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const mpk_plan_out *po = &p->outs[i];
+        int64_t v[4 + MPK_MAX_DIMS] = {po->meta.dtype, po->meta.ndim, po->shard, po->quant};
+        memcpy(v + 4, po->meta.shape, sizeof po->meta.shape);
+        ADDS(po->name);
+        ADD(v, sizeof v);
+        ADD(&po->nbytes, sizeof po->nbytes);
+    }
+    uint64_t v[3] = {p->n_shards, (uint64_t)p->fp8_block, p->n_views};
+    ADD(v, sizeof v);
+    for (size_t i = 0; i < o->n_metadata; i++) {
+        ADDS(o->metadata[i].key);
+        ADDS(o->metadata[i].value);
+    }
+    ADDS(o->config_json);
+#undef ADD
+#undef ADDS
+    uint64_t d = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    return d;
 }
 
 /* A source tensor's node: its bytes, or for a --dequantize view the FP8 weight times its
@@ -998,11 +1111,53 @@ static int file_order(const void *a, const void *b)
     return x->at < y->at ? -1 : x->at > y->at;
 }
 
+/* An adopted directory keeps only what its journal says is complete (checked later). */
+static void clean_adopted(const mpk_stage *stage)
+{
+    DIR *d = opendir(stage->tmp);
+    struct dirent *e;
+    uint64_t dg;
+    while (d && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if ((n[0] == '.' && (!n[1] || (n[1] == '.' && !n[2]))) || strcmp(n, MPK_RUN_FILE) == 0 ||
+            strcmp(n, MPK_JOURNAL_FILE) == 0 || mpk_stage_journal_find(stage, n, &dg))
+            continue;
+        char *path = mpk_path_join(stage->tmp, n);
+        if (path)
+            mpk_rmrf(path);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* A shard an interrupted run recorded as complete is kept when its outputs hash to the
+ * digest it recorded (c->hashes filled for them); else it is redone. */
+static bool shard_checks_out(run_ctx *c, size_t sh, uint64_t want)
+{
+    if (!c->hashes)
+        return false;
+    char *buf = mpk_alloc(HASH_CHUNK);
+    const mpk_st_out *so = c->shards[sh];
+    mpk_error ig;
+    bool ok = buf != NULL;
+    for (size_t i = 0; ok && i < c->p->n_outs; i++) {
+        const mpk_plan_out *po = &c->p->outs[i];
+        if (po->shard == (int)sh)
+            ok = mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, po->nbytes, buf,
+                                     HASH_CHUNK, so->path, po->name, &c->hashes[i].hash, &ig) == MPK_OK;
+    }
+    free(buf);
+    return ok && shard_digest(c->p, sh, c->hashes) == want;
+}
+
 mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
                     mpk_exec_stats *stats, mpk_error *err)
 {
     double t0 = now_s();
     memset(stats, 0, sizeof *stats);
+    const char *src_path = p->src->is_dir ? p->src->dir : p->src->n_shards ? p->src->shards[0].path : "";
+    MPK_TRY(mpk_overlap_check(src_path, p->src, dst, err));
     struct stat st;
     if (lstat(dst, &st) == 0 && !o->force)
         MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
@@ -1011,21 +1166,18 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         threads = 1;
     if (threads > 64)
         threads = 64;
-    /* temporary directory next to dst */
-    char *dcopy = mpk_strndup(dst, strlen(dst)), *bcopy = mpk_strndup(dst, strlen(dst));
-    if (!dcopy || !bcopy) {
-        free(dcopy);
-        free(bcopy);
-        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    mpk_stage stage;
+    mpk_status s = mpk_stage_open(&stage, dst, plan_digest(p, o), o, err);
+    stats->resumed = stage.adopted;
+    stats->stale_removed = stage.stale_removed;
+    if (s != MPK_OK) {
+        mpk_stage_close(&stage, false);
+        return s;
     }
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s/.%s.moepack-tmp-XXXXXX", dirname(dcopy), basename(bcopy));
-    free(dcopy);
-    free(bcopy);
-    if (!mkdtemp(tmp))
-        return mpk_error_set(err, MPK_E_IO, errno, dst, "cannot create a temporary directory next "
-                                                        "to the destination: %s", strerror(errno));
-    mpk_status s = MPK_OK;
+    if (stage.adopted)
+        clean_adopted(&stage);
+    const char *tmp = stage.tmp;
+    bool *reopened = mpk_calloc(p->n_shards + 1, sizeof *reopened);
     builder b = {NULL, err};
     mpk_arena *arena = mpk_arena_new();
     run_ctx c;
@@ -1034,12 +1186,14 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     c.o = o;
     pthread_mutex_init(&c.lock, NULL);
     pthread_cond_init(&c.cv, NULL);
+    pthread_cond_init(&c.sq_cv, NULL);
     atomic_store(&c.cfr_ok, 1);
     mpk_tensor_info **infos = NULL;
     c.shards = mpk_calloc(p->n_shards, sizeof *c.shards);
     c.slot = mpk_calloc(p->n_outs + 1, sizeof *c.slot);
     infos = mpk_calloc(p->n_shards, sizeof *infos);
-    if (!arena || !c.shards || !c.slot || !infos) {
+    c.stage = &stage;
+    if (!arena || !c.shards || !c.slot || !infos || !reopened) {
         s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
         goto done;
     }
@@ -1131,8 +1285,17 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         char name[64];
         mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
         char *path = mpk_path_join(tmp, name);
-        s = path ? mpk_st_out_create(path, infos[sh], n, o->metadata, o->n_metadata, phase, &c.shards[sh], err)
-                 : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+        uint64_t dg;
+        mpk_error ig;
+        if (path && stage.adopted && mpk_stage_journal_find(&stage, name, &dg)) {
+            reopened[sh] = mpk_st_out_reopen(path, infos[sh], n, o->metadata, o->n_metadata, phase, &c.shards[sh],
+                                             &ig) == MPK_OK;
+            if (!reopened[sh])
+                unlink(path);
+        }
+        s = !path ? mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory")
+            : reopened[sh] ? MPK_OK
+                           : mpk_st_out_create(path, infos[sh], n, o->metadata, o->n_metadata, phase, &c.shards[sh], err);
         free(path);
         if (s != MPK_OK)
             goto done;
@@ -1175,25 +1338,75 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     if (o->hash_outputs || !o->no_fsync) {
         c.left = mpk_calloc(p->n_outs + 1, sizeof *c.left);
         c.hashes = o->hash_outputs ? mpk_calloc(p->n_outs + 1, sizeof *c.hashes) : NULL;
+        c.sh_left = o->hash_outputs ? mpk_calloc(p->n_shards + 1, sizeof *c.sh_left) : NULL;
+        c.syncq = o->hash_outputs ? mpk_calloc(p->n_shards + 1, sizeof *c.syncq) : NULL;
         c.hq = mpk_calloc(p->n_outs + 1, sizeof *c.hq);
-        if (!c.left || (o->hash_outputs && !c.hashes) || !c.hq) {
+        if (!c.left || (o->hash_outputs && (!c.hashes || !c.sh_left || !c.syncq)) || !c.hq) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
             goto done;
         }
         for (size_t i = 0; i < p->n_outs; i++) {
             const mpk_plan_out *po = &p->outs[i];
             atomic_init(&c.left[i], po->nbytes);
-            if (!po->nbytes) /* no unit will complete it: complete from the start */
-                c.hq[c.hq_tail++] = i;
             if (c.hashes) {
                 c.hashes[i] = (mpk_tensor_hash){.name = po->name, .dtype = po->meta.dtype, .ndim = po->meta.ndim};
                 memcpy(c.hashes[i].shape, po->meta.shape, sizeof c.hashes[i].shape);
             }
         }
     }
-    pthread_t th[64];
+    /* resuming: shards the dead run completed are kept once they check out, their units
+     * counted as done; the others are written again from scratch */
+    for (size_t sh = 0; sh < p->n_shards; sh++) {
+        if (!reopened[sh])
+            continue;
+        uint64_t want = 0;
+        char name[64];
+        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+        mpk_stage_journal_find(&stage, name, &want);
+        if (shard_checks_out(&c, sh, want)) {
+            stats->shards_kept++;
+            for (size_t u = c.q[sh].lo; u < c.q[sh].hi; u++) {
+                atomic_fetch_add(&c.units_done, 1);
+                atomic_fetch_add(&c.done_bytes, c.units[u].len);
+            }
+            atomic_store(&c.q[sh].next, c.q[sh].hi);
+            continue;
+        }
+        mpk_tensor_info *ti = c.shards[sh]->tensors;
+        size_t nt = c.shards[sh]->n_tensors;
+        uint64_t ds = c.shards[sh]->data_start;
+        char *path = mpk_strndup(c.shards[sh]->path, strlen(c.shards[sh]->path));
+        mpk_st_out_close(c.shards[sh], false, NULL);
+        c.shards[sh] = NULL;
+        reopened[sh] = false;
+        if (path)
+            unlink(path);
+        /* the same layout again (the phase is the one that gave data_start) */
+        s = !path ? mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory")
+                  : mpk_st_out_create(path, ti, nt, o->metadata, o->n_metadata, (int)(ds % 4096), &c.shards[sh], err);
+        free(path);
+        if (s != MPK_OK)
+            goto done;
+    }
+    for (size_t i = 0; c.left && i < p->n_outs; i++) {
+        const mpk_plan_out *po = &p->outs[i];
+        if (reopened[po->shard]) {
+            atomic_store(&c.left[i], 0);
+            continue;
+        }
+        if (c.sh_left)
+            atomic_fetch_add(&c.sh_left[po->shard], 1);
+        if (!po->nbytes) /* no unit will complete it: complete from the start */
+            c.hq[c.hq_tail++] = i;
+    }
+    pthread_t th[64], sync_th;
     worker_arg args[64];
     int started = 0;
+    bool syncing = c.syncq && pthread_create(&sync_th, NULL, syncer, &c) == 0;
+    if (c.syncq && !syncing) {
+        s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot start the syncer thread");
+        goto done;
+    }
     for (int i = 0; i < threads; i++) {
         args[i] = (worker_arg){&c, (size_t)i % (p->n_shards ? p->n_shards : 1)};
         if (pthread_create(&th[i], NULL, worker, &args[i]) != 0)
@@ -1202,6 +1415,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     }
     if (!started) {
         s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot start worker threads");
+        stop_syncer(&c, syncing, sync_th);
         goto done;
     }
     if (o->progress) {
@@ -1213,6 +1427,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     }
     for (int i = 0; i < started; i++)
         pthread_join(th[i], NULL);
+    stop_syncer(&c, syncing, sync_th);
     if (o->progress)
         progress(&c, t0, true);
     if (atomic_load(&c.failed)) {
@@ -1247,35 +1462,14 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         if (s != MPK_OK)
             goto done;
     }
-    if ((s = copy_side_files(p, tmp, o->config_json, err)) != MPK_OK)
+    if ((s = copy_side_files(p, tmp, o, &stats->side, err)) != MPK_OK)
         goto done;
     if (o->finish && (s = o->finish(tmp, c.hashes, c.hashes ? p->n_outs : 0, err)) != MPK_OK)
         goto done;
-    /* into place */
-    int dfd = o->no_fsync ? -1 : open(tmp, O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    if (lstat(dst, &st) == 0) {
-        char old[4200];
-        snprintf(old, sizeof old, "%s.moepack-old-%ld", tmp, (long)getpid());
-        if (rename(dst, old) != 0) {
-            s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot move the old destination aside: %s",
-                              strerror(errno));
-            goto done;
-        }
-        if (rename(tmp, dst) != 0) {
-            s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot rename into place: %s", strerror(errno));
-            rename(old, dst);
-            goto done;
-        }
-        rmrf(old);
-    } else if (rename(tmp, dst) != 0) {
-        s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot rename into place: %s", strerror(errno));
+    /* into place: the source is checked again (a rename while we wrote) */
+    if ((s = mpk_overlap_check(src_path, p->src, dst, err)) != MPK_OK ||
+        (s = mpk_stage_commit(&stage, o->force, err)) != MPK_OK)
         goto done;
-    }
-    tmp[0] = 0;
     stats->tensors_in = p->src->n_tensors;
     stats->tensors_out = p->n_outs;
     stats->bytes_out = p->total_bytes;
@@ -1285,8 +1479,9 @@ done:
     if (c.shards)
         for (size_t sh = 0; sh < p->n_shards; sh++)
             mpk_st_out_close(c.shards[sh], false, NULL);
-    if (tmp[0])
-        rmrf(tmp);
+    /* a failed run's output stays for --resume (unless it lost to another run) */
+    mpk_stage_close(&stage, s != MPK_OK && o->resume && s != MPK_E_DST_EXISTS && s != MPK_E_OVERLAP);
+    free(reopened);
     if (infos)
         for (size_t sh = 0; sh < p->n_shards; sh++)
             free(infos[sh]);
@@ -1299,6 +1494,8 @@ done:
             pthread_mutex_destroy(&c.q[sh].lock);
     free(c.q);
     free(c.left);
+    free(c.sh_left);
+    free(c.syncq);
     free(c.hashes);
     free(c.hq);
     for (mpk_node *n = b.all, *next; n; n = next) {
@@ -1311,6 +1508,7 @@ done:
     mpk_arena_free(arena);
     pthread_mutex_destroy(&c.lock);
     pthread_cond_destroy(&c.cv);
+    pthread_cond_destroy(&c.sq_cv);
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         stats->peak_rss_kib = ru.ru_maxrss;

@@ -239,7 +239,21 @@ typedef struct mpk_exec_opts {
      * (the CLI writes moepack.manifest.json there), with the output hashes in plan output
      * order when hash_outputs (else NULL, n = 0); a failure aborts the conversion */
     mpk_status (*finish)(const char *tmp_dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
+    bool resume;                        /* continue a dead run's temporary directory with the
+                                           same plan digest; on failure keep ours for a later
+                                           resume instead of removing it */
+    bool copy_links;                    /* copy the content of symlinks in SRC that point
+                                           outside it (regular files only) instead of skipping */
+    /* non-NULL: told each notice (a stale temporary directory removed, a file skipped) */
+    void (*warn)(void *ctx, const char *msg);
+    void *warn_ctx;
 } mpk_exec_opts;
+
+/* What besides the tensors went into DST: SRC's other files, copied recursively. */
+typedef struct mpk_side_stats {
+    size_t files, dirs, links, skipped;
+    uint64_t bytes;
+} mpk_side_stats;
 
 typedef struct mpk_exec_stats {
     size_t tensors_in, tensors_out;
@@ -248,10 +262,22 @@ typedef struct mpk_exec_stats {
     long peak_rss_kib;
     int threads;
     bool used_copy_range;
+    mpk_side_stats side;
+    bool resumed;                       /* a dead run's temporary directory was continued */
+    size_t shards_kept;                 /* of its shards, how many checked out and were kept */
+    size_t stale_removed;               /* dead runs' temporary directories removed */
 } mpk_exec_stats;
 
-/* Executes plan into dst (a directory): writes into a temporary directory next to dst, copies
- * the source's non-tensor files, writes the index when sharded, fsyncs, renames into place.
+/* Executes plan into dst (a directory). The order, which leaves at every moment either the
+ * old DST (or none) or the complete new one:
+ *  1. refuse (MPK_E_OVERLAP) a dst that is, holds or lies inside the source (by device and
+ *     inode), and (MPK_E_DST_EXISTS) an existing dst without opts->force;
+ *  2. remove temporary directories of dead runs into dst (or adopt one, opts->resume);
+ *  3. write shards, index, config and SRC's other files into DIR/.BASE.moepack-tmp.OWNER.XXXXXX
+ *     (mode 0700 while written), fsync each file and directory;
+ *  4. give it mode 0777 & ~umask, rename it to dst with RENAME_NOREPLACE (a dst that appeared
+ *     meanwhile: MPK_E_DST_EXISTS) or, with force, RENAME_EXCHANGE, fsync the parent;
+ *  5. with force, remove the old dst (now at the temporary name).
  * On failure nothing is left at dst. */
 mpk_status mpk_exec(const mpk_plan *plan, const char *dst, const mpk_exec_opts *opts,
                     mpk_exec_stats *stats, mpk_error *err);

@@ -1,6 +1,6 @@
 /* synth.c — small realistic checkpoints from a preset's "synth" section. */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "converter_internal.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -90,13 +90,6 @@ static bool fp8_quantized(const char *pat, const mpk_tmeta *m)
            !strstr(pat, "lm_head") && !ends_with(pat, "mlp.gate.weight") && !strstr(pat, "router");
 }
 
-static int rm_cb(const char *p, const struct stat *s, int f, struct FTW *w)
-{
-    (void)s, (void)f, (void)w;
-    remove(p);
-    return 0;
-}
-
 static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, const char *dir,
                                mpk_error *err)
 {
@@ -145,9 +138,6 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(synth, "tensors");
     if (!cJSON_IsArray(list))
         MPK_FAIL(err, MPK_E_PRESET, spec->name, "preset has no synth section");
-    if (mkdir(dir, 0755) != 0)
-        return mpk_error_set(err, errno == EEXIST ? MPK_E_DST_EXISTS : MPK_E_IO, errno, dir,
-                             "cannot create: %s", strerror(errno));
     mpk_arena *a = mpk_arena_new();
     size_t cap = 1024, n = 0;
     synth_tensor *ts = mpk_calloc(cap, sizeof *ts);
@@ -271,8 +261,6 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
 done:
     free(ts);
     mpk_arena_free(a);
-    if (s != MPK_OK && s != MPK_E_DST_EXISTS)
-        nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
     return s;
 }
 
@@ -288,13 +276,26 @@ mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *er
         MPK_FAIL(err, MPK_E_DST_EXISTS, out_dir, "destination exists");
     }
     mpk_status s;
-    if (!o->packed) {
-        s = synth_per_expert(o, spec, out_dir, err);
+    if (!o->packed) { /* staged like every output: a temporary directory renamed into place */
+        mpk_stage stage;
+        mpk_exec_opts eo = {0};
+        s = mpk_stage_open(&stage, out_dir, 0, &eo, err);
+        if (s == MPK_OK)
+            s = synth_per_expert(o, spec, stage.tmp, err);
+        if (s == MPK_OK)
+            s = mpk_stage_commit(&stage, false, err);
+        mpk_stage_close(&stage, false);
     } else {
-        /* per-expert into a temporary directory, then pack it */
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.synth-tmp-%ld", out_dir, (long)getpid());
-        s = synth_per_expert(o, spec, tmp, err);
+        /* per-expert into a temporary directory beside out_dir, then pack it */
+        char *tmp = mpk_alloc(strlen(out_dir) + 32);
+        if (!tmp) {
+            mpk_spec_free(spec);
+            MPK_FAIL(err, MPK_E_NOMEM, out_dir, "out of memory");
+        }
+        sprintf(tmp, "%s.synth-src-XXXXXX", out_dir);
+        s = mkdtemp(tmp) ? MPK_OK : mpk_error_set(err, MPK_E_IO, errno, out_dir, "cannot create %s: %s", tmp, strerror(errno));
+        if (s == MPK_OK)
+            s = synth_per_expert(o, spec, tmp, err);
         mpk_ckpt *c = NULL;
         mpk_plan *p = NULL;
         mpk_model_config cfg = {0};
@@ -316,7 +317,8 @@ mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *er
         mpk_plan_free(p);
         mpk_config_free(&cfg);
         mpk_ckpt_close(c);
-        nftw(tmp, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+        mpk_rmrf(tmp);
+        free(tmp);
     }
     mpk_spec_free(spec);
     return s;

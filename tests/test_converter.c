@@ -509,11 +509,17 @@ static void test_cli_errors(void **state)
     cli_fails(args, NULL, 1, "destination exists");
     assert_true(exists(dst));
     rmdir(dst);
-    /* DST unwritable: its parent is a regular file */
-    char bad_dst[400];
-    snprintf(bad_dst, sizeof bad_dst, "%s/config.json/out", src);
+    /* DST unwritable: its parent is a regular file (outside SRC) */
+    char bad_dst[400], plain[300];
+    snprintf(plain, sizeof plain, "%s/plain", dir);
+    tu_write(plain, "x");
+    snprintf(bad_dst, sizeof bad_dst, "%s/out", plain);
     snprintf(args, sizeof args, "pack %s %s", src, bad_dst);
     cli_fails(args, bad_dst, 1, "temporary directory");
+    /* DST inside SRC: refused as a usage error before anything is written */
+    snprintf(bad_dst, sizeof bad_dst, "%s/config.json/out", src);
+    snprintf(args, sizeof args, "pack %s %s", src, bad_dst);
+    cli_fails(args, bad_dst, 2, "lies inside the source");
     /* a source shard truncated mid-way */
     char trunc[300];
     snprintf(trunc, sizeof trunc, "%s/trunc", dir);

@@ -1,0 +1,62 @@
+/* converter_internal.h — what exec.c and stage.c share (and tests may use). */
+#ifndef MPK_CONVERTER_INTERNAL_H
+#define MPK_CONVERTER_INTERNAL_H
+
+#include "mpk_converter.h"
+
+/* Refuses (MPK_E_OVERLAP, naming both paths) a dst that is src, lies inside src, or holds
+ * src or one of its shard files (src->shards[].path, the files actually read: in a Hugging
+ * Face cache they live outside the snapshot directory). Compared by device and inode along
+ * the real paths, so symlinks, bind mounts and different spellings do not hide an overlap.
+ * src_path is the path the user gave (the checkpoint directory or file). */
+mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const char *dst, mpk_error *err);
+
+/* The temporary directory a run writes, beside dst:
+ *   DIR/.BASE.moepack-tmp.HOST.PID.START.XXXXXX
+ * HOST (sanitized to [A-Za-z0-9_-]), PID and START (the process start time in clock ticks
+ * since boot, /proc/self/stat field 22) name its owner, so a later run can tell whether
+ * the owner is gone; inside it, moepack.run holds the plan digest and boot id and
+ * moepack.journal one line per complete, fsynced output shard ("shard NAME DIGEST"). Both
+ * are removed before the directory is renamed to dst. */
+typedef struct mpk_stage {
+    const mpk_exec_opts *o;
+    char *dst, *parent, *base, *tmp;
+    uint64_t digest;
+    bool adopted;                /* tmp is a dead run's directory, continued (--resume) */
+    bool committed;
+    int journal_fd;
+    char *journal;               /* the adopted run's journal text, NUL-terminated */
+    size_t stale_removed;
+} mpk_stage;
+
+#define MPK_RUN_FILE "moepack.run"
+#define MPK_JOURNAL_FILE "moepack.journal"
+
+/* Scans dst's directory for temporary directories of earlier runs into dst: removes those
+ * whose owner is gone on this host (telling o->warn), adopts the first with the same digest
+ * when o->resume (renamed to a name owned by this process), else creates a fresh one.
+ * Writes the run file and opens the journal. */
+mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const mpk_exec_opts *o,
+                          mpk_error *err);
+/* The digest an adopted run recorded for shard file name, false when it recorded none. */
+bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest);
+/* Records shard file name (complete and fsynced) with its digest. Thread-safe. */
+mpk_status mpk_stage_journal_add(mpk_stage *st, const char *name, uint64_t digest, mpk_error *err);
+/* Removes the run file and journal, fsyncs tmp, gives it mode 0777 & ~umask and renames it to
+ * dst (see mpk_exec for the order); with force an existing dst is exchanged and removed. */
+mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err);
+/* Frees st; removes tmp unless committed or keep. */
+void mpk_stage_close(mpk_stage *st, bool keep);
+
+/* Copies what SRC holds besides the checkpoint (skip(name, ctx) true for a top-level name
+ * to leave out) into dst_dir, recursively, streaming (copy_file_range, else read/write
+ * through a 1 MiB buffer); see mpk_exec_opts for symlinks. Adds to *stats. */
+mpk_status mpk_copy_tree(const char *src_dir, const char *dst_dir, bool (*skip)(const char *name, void *ctx),
+                         void *skip_ctx, const mpk_exec_opts *o, mpk_side_stats *stats, mpk_error *err);
+
+/* Removes path and everything under it, never following symlinks. */
+void mpk_rmrf(const char *path);
+/* Formats a notice and hands it to o->warn (if set). */
+void mpk_exec_warn(const mpk_exec_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,707 @@
+/* stage.c — where a conversion's output is staged and how it lands, without ever losing data.
+ *
+ * Overlap: a destination that is, holds or lies inside the source is refused before
+ * anything is written (device and inode along real paths).
+ * Staging: output goes to a temporary directory beside dst whose name records its owner
+ * (host, pid, process start time); its run file records the plan digest, its journal the
+ * output shards already complete and fsynced. A later run removes the directories of dead
+ * owners, or, with resume, continues one with the same plan digest.
+ * Landing: renameat2(RENAME_NOREPLACE), or RENAME_EXCHANGE under force, so that at every
+ * moment dst is the old directory (or none) or the complete new one.
+ * Side files: SRC's other files are copied recursively, streamed, without following
+ * symlinks out of SRC or opening special files.
+ */
+#define _GNU_SOURCE
+#include "converter_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+void mpk_exec_warn(const mpk_exec_opts *o, const char *fmt, ...)
+{
+    if (!o || !o->warn)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    o->warn(o->warn_ctx, msg);
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void mpk_rmrf(const char *path)
+{
+    nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---------------------------------------------------------------- overlap */
+
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+} file_id;
+
+static bool id_of(const char *path, file_id *id)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return false;
+    *id = (file_id){st.st_dev, st.st_ino};
+    return true;
+}
+
+/* Cuts the last component off an absolute path in place; false at "/". */
+static bool up(char *p)
+{
+    char *s = strrchr(p, '/');
+    if (!s || (s == p && !p[1]))
+        return false;
+    if (s == p)
+        p[1] = 0;
+    else
+        *s = 0;
+    return true;
+}
+
+/* The real path of the longest existing prefix of path (malloc'd), NULL if none. */
+static char *real_prefix(const char *path)
+{
+    char *cur = mpk_strndup(path, strlen(path));
+    while (cur) {
+        char *r = realpath(cur, NULL);
+        if (r) {
+            free(cur);
+            return r;
+        }
+        char *s = strrchr(cur, '/');
+        if (!s) { /* a relative name with no directory part: its parent is "." */
+            free(cur);
+            return realpath(".", NULL);
+        }
+        if (s == cur) {
+            free(cur);
+            return realpath("/", NULL);
+        }
+        *s = 0;
+    }
+    return NULL;
+}
+
+/* 0 when no directory on the absolute path real (itself included) is id; 1 when real itself
+ * is; 2 when an ancestor is. */
+static int on_path(const char *real, file_id id)
+{
+    char *c = mpk_strndup(real, strlen(real));
+    int level = 0, hit = 0;
+    while (c && !hit) {
+        file_id g;
+        if (id_of(c, &g) && g.dev == id.dev && g.ino == id.ino)
+            hit = level ? 2 : 1;
+        if (!up(c))
+            break;
+        level++;
+    }
+    free(c);
+    return hit;
+}
+
+mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const char *dst, mpk_error *err)
+{
+    file_id sid, did;
+    if (!id_of(src_path, &sid))
+        return MPK_OK; /* the source is gone: opening it reported that already */
+    bool dst_exists = id_of(dst, &did);
+    char *dreal = real_prefix(dst);
+    if (!dreal)
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    int h = on_path(dreal, sid);
+    free(dreal);
+    if (h)
+        MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' %s the source '%s'; write elsewhere", dst,
+                 h == 1 && dst_exists ? "is" : "lies inside", src_path);
+    if (!dst_exists)
+        return MPK_OK; /* nothing at dst: it holds nothing */
+    size_t n = src && src->is_dir ? src->n_shards : 0;
+    for (size_t i = 0; i <= n; i++) { /* the source itself, then each file it is read from */
+        const char *p = i == 0 ? src_path : src->shards[i - 1].path;
+        char *r = realpath(p, NULL);
+        int k = r ? on_path(r, did) : 0;
+        free(r);
+        if (k)
+            MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s'%s%s; --force would delete it",
+                     dst, src_path, i == 0 ? "" : ": its file ", i == 0 ? "" : p);
+    }
+    return MPK_OK;
+}
+
+/* ---------------------------------------------------------------- owners */
+
+typedef struct {
+    char host[48];
+    long pid;
+    unsigned long long start;
+} owner;
+
+/* Start time of process pid in clock ticks since boot, 0 when it does not exist or is dead
+ * (a zombie, not reaped yet: a process killed a moment ago). */
+static unsigned long long proc_start(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+        return 0;
+    /* after ") " come fields 3 (state) .. 22 (starttime) */
+    for (int field = 3; field <= 22 && p; field++)
+        p = strchr(p + 1, ' ');
+    return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+static void self_owner(owner *o)
+{
+    char h[256] = "localhost";
+    gethostname(h, sizeof h - 1);
+    h[sizeof h - 1] = 0;
+    size_t i = 0;
+    for (; h[i] && i < sizeof o->host - 1; i++) {
+        char c = h[i];
+        o->host[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                             c == '_' ? c : '-';
+    }
+    o->host[i] = 0;
+    o->pid = (long)getpid();
+    o->start = proc_start(o->pid);
+}
+
+static void boot_id(char *out, size_t cap)
+{
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+    out[0] = 0;
+    if (f) {
+        if (!fgets(out, (int)cap, f))
+            out[0] = 0;
+        fclose(f);
+    }
+    out[strcspn(out, "\n")] = 0;
+}
+
+/* Parses "HOST.PID.START.XXXXXX" (what follows the prefix). */
+static bool parse_owner(const char *s, owner *o)
+{
+    const char *d1 = strchr(s, '.');
+    if (!d1 || (size_t)(d1 - s) >= sizeof o->host)
+        return false;
+    memcpy(o->host, s, (size_t)(d1 - s));
+    o->host[d1 - s] = 0;
+    char *end;
+    o->pid = strtol(d1 + 1, &end, 10);
+    if (*end != '.' || o->pid <= 0)
+        return false;
+    o->start = strtoull(end + 1, &end, 10);
+    return *end == '.' && strlen(end + 1) == 6;
+}
+
+/* ---------------------------------------------------------------- staging */
+
+/* ".BASE.moepack-tmp." (a long BASE is replaced by its hash, to stay within NAME_MAX). */
+static char *tmp_prefix(const char *base)
+{
+    char *p = mpk_alloc(strlen(base) + 32);
+    if (!p)
+        return NULL;
+    if (strlen(base) > 150)
+        sprintf(p, ".%016llx.moepack-tmp.", (unsigned long long)XXH3_64bits(base, strlen(base)));
+    else
+        sprintf(p, ".%s.moepack-tmp.", base);
+    return p;
+}
+
+static char *run_field(const char *text, const char *key)
+{
+    size_t k = strlen(key);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (strncmp(l, key, k) == 0 && l[k] == ' ')
+            return mpk_strndup(l + k + 1, strcspn(l + k + 1, "\n"));
+    return NULL;
+}
+
+/* Whether the run that owns directory name (after the prefix) is gone; *why says who it was. */
+static bool owner_gone(const char *path, const owner *self, const owner *o, const char *my_boot)
+{
+    if (strcmp(o->host, self->host) != 0)
+        return false; /* another machine's: we cannot tell */
+    char *rp = mpk_path_join(path, MPK_RUN_FILE), *text = NULL;
+    mpk_error e;
+    if (rp && mpk_read_file(rp, &text, NULL, &e) == MPK_OK) {
+        char *b = run_field(text, "boot");
+        bool rebooted = b && *my_boot && strcmp(b, my_boot) != 0;
+        free(b);
+        free(text);
+        if (rebooted) {
+            free(rp);
+            return true;
+        }
+    }
+    free(rp);
+    return proc_start(o->pid) != o->start;
+}
+
+static mpk_status stage_scan(mpk_stage *st, const char *prefix, const owner *self, mpk_error *err)
+{
+    char my_boot[64];
+    boot_id(my_boot, sizeof my_boot);
+    DIR *d = opendir(st->parent);
+    if (!d)
+        return mpk_error_set(err, MPK_E_IO, errno, st->parent, "cannot list: %s", strerror(errno));
+    size_t pl = strlen(prefix), bl = strlen(st->base);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        owner o;
+        char *path = NULL;
+        if (strncmp(e->d_name, prefix, pl) != 0) {
+            /* an older moepack's ".BASE.moepack-tmp-XXXXXX": no owner recorded */
+            if (e->d_name[0] == '.' && strncmp(e->d_name + 1, st->base, bl) == 0 &&
+                strncmp(e->d_name + 1 + bl, ".moepack-tmp-", 13) == 0 && strlen(e->d_name + 1 + bl + 13) == 6)
+                mpk_exec_warn(st->o, "%s/%s was left by an older moepack (no owner recorded); remove it by hand "
+                              "if no conversion into %s is running", st->parent, e->d_name, st->dst);
+            continue;
+        }
+        if (!parse_owner(e->d_name + pl, &o) || !(path = mpk_path_join(st->parent, e->d_name)))
+            continue;
+        if (strcmp(path, st->tmp) == 0 || !owner_gone(path, self, &o, my_boot)) {
+            if (strcmp(path, st->tmp) != 0)
+                mpk_exec_warn(st->o, "%s belongs to a run that may still be going (pid %ld on %s); left alone",
+                              path, o.pid, o.host);
+            free(path);
+            continue;
+        }
+        bool adopt = false;
+        if (st->o->resume && !st->adopted) {
+            char *rp = mpk_path_join(path, MPK_RUN_FILE), *text = NULL, *dg = NULL;
+            mpk_error ig;
+            if (rp && mpk_read_file(rp, &text, NULL, &ig) == MPK_OK && (dg = run_field(text, "digest")))
+                adopt = strtoull(dg, NULL, 16) == st->digest;
+            free(rp);
+            free(text);
+            free(dg);
+        }
+        /* adopting renames it over our fresh (empty) directory: of two runs, one gets it */
+        if (adopt && (mpk_fault_point("rename") == 0 && rename(path, st->tmp) == 0)) {
+            st->adopted = true;
+            mpk_exec_warn(st->o, "resuming the run of pid %ld (%s), which is gone", o.pid, path);
+        } else {
+            mpk_rmrf(path);
+            st->stale_removed++;
+            mpk_exec_warn(st->o, "removed %s, left by a run that is gone (pid %ld on %s)%s", path, o.pid, o.host,
+                          st->o->resume ? " (a different plan: not resumable)"
+                                        : "; --resume would have continued it");
+        }
+        free(path);
+    }
+    closedir(d);
+    return MPK_OK;
+}
+
+mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const mpk_exec_opts *o,
+                          mpk_error *err)
+{
+    memset(st, 0, sizeof *st);
+    st->o = o;
+    st->digest = digest;
+    st->journal_fd = -1;
+    size_t l = strlen(dst);
+    while (l > 1 && dst[l - 1] == '/')
+        l--;
+    st->dst = mpk_strndup(dst, l);
+    char *slash = st->dst ? strrchr(st->dst, '/') : NULL;
+    st->parent = !st->dst ? NULL : !slash ? mpk_strndup(".", 1) : mpk_strndup(st->dst, slash == st->dst ? 1 : (size_t)(slash - st->dst));
+    st->base = st->dst ? mpk_strndup(slash ? slash + 1 : st->dst, strlen(slash ? slash + 1 : st->dst)) : NULL;
+    char *prefix = st->base ? tmp_prefix(st->base) : NULL;
+    if (!prefix || !st->parent || !(st->tmp = mpk_alloc(strlen(st->parent) + strlen(prefix) + 160))) {
+        free(prefix);
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    }
+    owner self;
+    self_owner(&self);
+    sprintf(st->tmp, "%s/%s%s.%ld.%llu.XXXXXX", st->parent, prefix, self.host, self.pid, self.start);
+    if (mpk_fault_point("mkdir") || !mkdtemp(st->tmp)) {
+        free(prefix);
+        int e = errno;
+        st->tmp[0] = 0;
+        return mpk_error_set(err, MPK_E_IO, e, dst, "cannot create a temporary directory in %s: %s", st->parent,
+                             strerror(e));
+    }
+    mpk_status s = stage_scan(st, prefix, &self, err);
+    free(prefix);
+    MPK_TRY(s);
+    char *jp = mpk_path_join(st->tmp, MPK_JOURNAL_FILE);
+    if (!jp)
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    if (st->adopted) {
+        mpk_error ig;
+        if (mpk_read_file(jp, &st->journal, NULL, &ig) != MPK_OK)
+            st->journal = NULL;
+    }
+    char boot[64], *run = mpk_alloc(strlen(st->dst) + 512);
+    boot_id(boot, sizeof boot);
+    if (run)
+        sprintf(run, "moepack-run 1\nhost %s\npid %ld\nstart %llu\nboot %s\ndigest %016llx\ndst %s\n", self.host,
+                self.pid, self.start, boot, (unsigned long long)digest, st->dst);
+    s = run ? mpk_write_text_in(st->tmp, MPK_RUN_FILE, run, !o->no_fsync, err)
+            : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+    if (s == MPK_OK) {
+        st->journal_fd = open(jp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (st->journal_fd < 0)
+            s = mpk_error_set(err, MPK_E_IO, errno, jp, "cannot create: %s", strerror(errno));
+    }
+    free(jp);
+    return s;
+}
+
+bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest)
+{
+    size_t k = strlen(name);
+    bool found = false; /* the last line for name counts: a shard redone is recorded again */
+    for (const char *l = st->journal; l && *l;) {
+        const char *nl = strchr(l, '\n');
+        if (!nl)
+            break; /* a line cut by the crash */
+        if (strncmp(l, "shard ", 6) == 0 && strncmp(l + 6, name, k) == 0 && l[6 + k] == ' ') {
+            *digest = strtoull(l + 7 + k, NULL, 16);
+            found = true;
+        }
+        l = nl + 1;
+    }
+    return found;
+}
+
+mpk_status mpk_stage_journal_add(mpk_stage *st, const char *name, uint64_t digest, mpk_error *err)
+{
+    char line[256];
+    int n = snprintf(line, sizeof line, "shard %s %016llx\n", name, (unsigned long long)digest);
+    /* O_APPEND: one write per line, so lines from different threads never interleave */
+    if (mpk_fault_point("write") || write(st->journal_fd, line, (size_t)n) != n)
+        return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot write the journal: %s", strerror(errno));
+    if (!st->o->no_fsync && (mpk_fault_point("fsync") || fdatasync(st->journal_fd) != 0))
+        return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot fsync the journal: %s", strerror(errno));
+    return MPK_OK;
+}
+
+static mpk_status rename_into_place(mpk_stage *st, bool force, bool *exchanged, mpk_error *err)
+{
+    *exchanged = false;
+    if (mpk_fault_point("rename"))
+        return mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot rename %s into place: %s", st->tmp,
+                             strerror(errno));
+    if (force && renameat2(AT_FDCWD, st->tmp, AT_FDCWD, st->dst, RENAME_EXCHANGE) == 0) {
+        *exchanged = true;
+        return MPK_OK;
+    }
+    if (force && errno != ENOENT && errno != EINVAL && errno != ENOSYS)
+        return mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot exchange %s with it: %s", st->tmp,
+                             strerror(errno));
+    if (force && errno != ENOENT) {
+        /* no RENAME_EXCHANGE here (some network file systems): move the old one aside first;
+         * a crash between the two renames leaves it at the temporary name + ".old" */
+        char *old = mpk_alloc(strlen(st->tmp) + 8);
+        if (!old)
+            MPK_FAIL(err, MPK_E_NOMEM, st->dst, "out of memory");
+        sprintf(old, "%s.old", st->tmp);
+        mpk_status s = MPK_OK;
+        if (rename(st->dst, old) != 0)
+            s = mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot move the old destination aside: %s",
+                              strerror(errno));
+        else if (rename(st->tmp, st->dst) != 0) {
+            s = mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot rename into place: %s", strerror(errno));
+            rename(old, st->dst);
+        } else {
+            mpk_rmrf(old);
+        }
+        free(old);
+        return s;
+    }
+    if (renameat2(AT_FDCWD, st->tmp, AT_FDCWD, st->dst, RENAME_NOREPLACE) == 0)
+        return MPK_OK;
+    if (errno == EINVAL || errno == ENOSYS) { /* no RENAME_NOREPLACE: check, then rename */
+        struct stat sb;
+        if (lstat(st->dst, &sb) != 0 && rename(st->tmp, st->dst) == 0)
+            return MPK_OK;
+        errno = EEXIST;
+    }
+    if (errno == EEXIST || errno == ENOTEMPTY)
+        return mpk_error_set(err, MPK_E_DST_EXISTS, EEXIST, st->dst,
+                             "the destination appeared while this run was writing (another run, or "
+                             "someone else); it was left as it is and this run's output discarded");
+    return mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot rename %s into place: %s", st->tmp, strerror(errno));
+}
+
+mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err)
+{
+    bool sync = !st->o->no_fsync;
+    if (st->journal_fd >= 0)
+        close(st->journal_fd);
+    st->journal_fd = -1;
+    char *rp = mpk_path_join(st->tmp, MPK_RUN_FILE), *jp = mpk_path_join(st->tmp, MPK_JOURNAL_FILE);
+    if (rp)
+        unlink(rp);
+    if (jp)
+        unlink(jp);
+    free(rp);
+    free(jp);
+    if (chmod(st->tmp, 0777 & ~mpk_umask()) != 0)
+        return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot set the mode: %s", strerror(errno));
+    if (sync)
+        MPK_TRY(mpk_fsync_dir(st->tmp, err));
+    bool exchanged;
+    MPK_TRY(rename_into_place(st, force, &exchanged, err));
+    st->committed = true;
+    if (sync)
+        MPK_TRY(mpk_fsync_dir(st->parent, err));
+    if (exchanged) /* the old destination, now at the temporary name */
+        mpk_rmrf(st->tmp);
+    return MPK_OK;
+}
+
+void mpk_stage_close(mpk_stage *st, bool keep)
+{
+    if (st->journal_fd >= 0)
+        close(st->journal_fd);
+    if (st->tmp && st->tmp[0] && !st->committed && !keep)
+        mpk_rmrf(st->tmp);
+    free(st->dst);
+    free(st->parent);
+    free(st->base);
+    free(st->tmp);
+    free(st->journal);
+    memset(st, 0, sizeof *st);
+    st->journal_fd = -1;
+}
+
+/* ---------------------------------------------------------------- side files */
+
+typedef struct {
+    const mpk_exec_opts *o;
+    mpk_side_stats *st;
+    bool (*skip)(const char *name, void *ctx);
+    void *skip_ctx;
+    unsigned umask;
+    char *buf;                   /* read/write fallback buffer */
+} tree;
+
+enum { TREE_MAX_DEPTH = 64, COPY_BUF = 1 << 20 };
+
+/* Copies the open regular file in to out, streaming. */
+static mpk_status copy_fd(tree *t, int in, int out, const char *from, const char *to, uint64_t *bytes,
+                          mpk_error *err)
+{
+    bool cfr = true;
+    for (;;) {
+        ssize_t n;
+        if (cfr) {
+            n = mpk_fault_point("copy_file_range") ? -1 : copy_file_range(in, NULL, out, NULL, 1u << 30, 0);
+            if (n < 0 && *bytes == 0 &&
+                (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                cfr = false;
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return mpk_error_set(err, MPK_E_IO, errno, to, "copying from %s: %s", from, strerror(errno));
+        } else {
+            if (!t->buf && !(t->buf = mpk_alloc(COPY_BUF)))
+                MPK_FAIL(err, MPK_E_NOMEM, to, "out of memory");
+            n = read(in, t->buf, COPY_BUF);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return mpk_error_set(err, MPK_E_IO, errno, from, "read failed: %s", strerror(errno));
+            for (ssize_t w, done = 0; done < n; done += w) {
+                w = mpk_fault_point("write") ? -1 : write(out, t->buf + done, (size_t)(n - done));
+                if (w < 0 && errno == EINTR)
+                    w = 0;
+                else if (w <= 0)
+                    return mpk_error_set(err, MPK_E_IO, errno, to, "write failed: %s", strerror(errno));
+            }
+        }
+        if (n == 0)
+            return MPK_OK;
+        *bytes += (uint64_t)n;
+    }
+}
+
+static mpk_status copy_reg(tree *t, int sdir, int ddir, const char *name, bool follow, const char *from,
+                           const char *to, mpk_error *err)
+{
+    int in = openat(sdir, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
+    if (in < 0)
+        return mpk_error_set(err, MPK_E_IO, errno, from, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(in, &sb) != 0 || !S_ISREG(sb.st_mode)) { /* replaced since it was listed */
+        close(in);
+        mpk_exec_warn(t->o, "skipped %s: not a regular file", from);
+        t->st->skipped++;
+        return MPK_OK;
+    }
+    int out = mpk_fault_point("create") ? -1 : openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        return mpk_error_set(err, MPK_E_IO, e, to, "cannot create: %s", strerror(e));
+    }
+    uint64_t bytes = 0;
+    mpk_status s = copy_fd(t, in, out, from, to, &bytes, err);
+    if (s == MPK_OK && fchmod(out, sb.st_mode & 0777 & ~t->umask) != 0)
+        s = mpk_error_set(err, MPK_E_IO, errno, to, "cannot set the mode: %s", strerror(errno));
+    if (s == MPK_OK && !t->o->no_fsync)
+        s = mpk_fsync_fd(out, to, err);
+    if (close(out) != 0 && s == MPK_OK)
+        s = mpk_error_set(err, MPK_E_IO, errno, to, "close failed: %s", strerror(errno));
+    close(in);
+    t->st->files++;
+    t->st->bytes += bytes;
+    return s;
+}
+
+/* Whether a relative symlink target, read in directory rel (depth components below SRC),
+ * stays inside SRC when resolved component by component. */
+static bool link_inside(const char *target, int depth)
+{
+    if (target[0] == '/')
+        return false;
+    int d = depth;
+    for (const char *p = target; *p;) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            if (--d < 0)
+                return false;
+        } else if (n && !(n == 1 && p[0] == '.')) {
+            d++;
+        }
+        p += n;
+        while (*p == '/')
+            p++;
+    }
+    return true;
+}
+
+static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, const char *to_dir, int depth,
+                           mpk_error *err)
+{
+    int fd = dup(sdir);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return mpk_error_set(err, MPK_E_IO, errno, from_dir, "cannot list: %s", strerror(errno));
+    }
+    mpk_status s = MPK_OK;
+    struct dirent *e;
+    while (s == MPK_OK && (e = readdir(d))) {
+        const char *name = e->d_name;
+        if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])))
+            continue;
+        if (depth == 0 && t->skip && t->skip(name, t->skip_ctx))
+            continue;
+        char *from = mpk_path_join(from_dir, name), *to = mpk_path_join(to_dir, name);
+        struct stat sb;
+        if (!from || !to) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, from_dir, "out of memory");
+        } else if (fstatat(sdir, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+            s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot stat: %s", strerror(errno));
+        } else if (S_ISREG(sb.st_mode)) {
+            s = copy_reg(t, sdir, ddir, name, false, from, to, err);
+        } else if (S_ISDIR(sb.st_mode)) {
+            if (depth + 1 >= TREE_MAX_DEPTH) {
+                mpk_exec_warn(t->o, "skipped %s: deeper than %d directories", from, TREE_MAX_DEPTH);
+                t->st->skipped++;
+            } else if (mpk_fault_point("mkdir") || mkdirat(ddir, name, 0700) != 0) {
+                s = mpk_error_set(err, MPK_E_IO, errno, to, "cannot create: %s", strerror(errno));
+            } else {
+                int sd = openat(sdir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                int dd = openat(ddir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sd < 0 || dd < 0)
+                    s = mpk_error_set(err, MPK_E_IO, errno, sd < 0 ? from : to, "cannot open: %s", strerror(errno));
+                else
+                    s = copy_dir(t, sd, dd, from, to, depth + 1, err);
+                if (s == MPK_OK && fchmod(dd, sb.st_mode & 0777 & ~t->umask) != 0)
+                    s = mpk_error_set(err, MPK_E_IO, errno, to, "cannot set the mode: %s", strerror(errno));
+                if (s == MPK_OK && !t->o->no_fsync)
+                    s = mpk_fsync_fd(dd, to, err);
+                if (sd >= 0)
+                    close(sd);
+                if (dd >= 0)
+                    close(dd);
+                t->st->dirs++;
+            }
+        } else if (S_ISLNK(sb.st_mode)) {
+            char target[4096];
+            ssize_t n = readlinkat(sdir, name, target, sizeof target - 1);
+            struct stat tb;
+            if (n < 0) {
+                s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot read the link: %s", strerror(errno));
+            } else if ((target[n] = 0, link_inside(target, depth))) {
+                if (mpk_fault_point("symlink") || symlinkat(target, ddir, name) != 0)
+                    s = mpk_error_set(err, MPK_E_IO, errno, to, "cannot create the link: %s", strerror(errno));
+                t->st->links++;
+            } else if (t->o->copy_links && fstatat(sdir, name, &tb, 0) == 0 && S_ISREG(tb.st_mode)) {
+                s = copy_reg(t, sdir, ddir, name, true, from, to, err);
+            } else {
+                mpk_exec_warn(t->o, "skipped %s -> %s: the link points outside the source%s", from, target,
+                              t->o->copy_links ? " and not at a regular file" : " (--copy-links copies what it points at)");
+                t->st->skipped++;
+            }
+        } else {
+            mpk_exec_warn(t->o, "skipped %s: a %s, not copied", from,
+                          S_ISFIFO(sb.st_mode) ? "FIFO" : S_ISSOCK(sb.st_mode) ? "socket" : "device file");
+            t->st->skipped++;
+        }
+        free(from);
+        free(to);
+    }
+    closedir(d);
+    return s;
+}
+
+mpk_status mpk_copy_tree(const char *src_dir, const char *dst_dir, bool (*skip)(const char *name, void *ctx),
+                         void *skip_ctx, const mpk_exec_opts *o, mpk_side_stats *stats, mpk_error *err)
+{
+    tree t = {o, stats, skip, skip_ctx, mpk_umask(), NULL};
+    int sd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sd < 0)
+        return mpk_error_set(err, MPK_E_IO, errno, src_dir, "cannot open: %s", strerror(errno));
+    int dd = open(dst_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dd < 0) {
+        close(sd);
+        return mpk_error_set(err, MPK_E_IO, errno, dst_dir, "cannot open: %s", strerror(errno));
+    }
+    mpk_status s = copy_dir(&t, sd, dd, src_dir, dst_dir, 0, err);
+    close(sd);
+    close(dd);
+    free(t.buf);
+    return s;
+}
