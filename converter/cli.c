@@ -3,6 +3,8 @@
 #include "cli.h"
 #include "mpk_config.h"
 
+#include <cjson/cJSON.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <signal.h>
@@ -228,11 +230,17 @@ const mpk_command mpk_commands[] = {
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
 
 /* MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
- * fail, or the process die there (tests of crash safety); MOEPACK_FAULT=count prints the
- * number of such calls at exit. */
+ * fail, or the process die there (tests of crash safety); N:ENOMEM makes the Nth allocation
+ * fail (cJSON's included); MOEPACK_FAULT=count prints how many of each there were at exit. */
 static void count_faults(void)
 {
-    fprintf(stderr, "moepack: fault points passed: %ld\n", (long)mpk_fault_passed);
+    fprintf(stderr, "moepack: fault points passed: %ld\nmoepack: allocations passed: %ld\n",
+            (long)mpk_fault_passed, (long)mpk_alloc_passed);
+}
+
+static void *cjson_alloc(size_t n)
+{
+    return mpk_alloc(n);
 }
 
 static void fault_from_env(void)
@@ -241,6 +249,8 @@ static void fault_from_env(void)
     if (!f || !*f)
         return;
     if (strcmp(f, "count") == 0) {
+        cJSON_Hooks h = {cjson_alloc, free};
+        cJSON_InitHooks(&h);
         atexit(count_faults);
         return;
     }
@@ -252,6 +262,12 @@ static void fault_from_env(void)
         const char *name;
         int e;
     } errs[] = {{"kill", 0}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
+    if (strcmp(end + 1, "ENOMEM") == 0) {
+        cJSON_Hooks h = {cjson_alloc, free};
+        cJSON_InitHooks(&h);
+        mpk_alloc_fail_countdown = n;
+        return;
+    }
     for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++)
         if (strcmp(end + 1, errs[i].name) == 0) {
             mpk_fault_errno = errs[i].e;

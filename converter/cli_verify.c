@@ -172,10 +172,14 @@ static int report(const char *cmd, const vargs *v, const mpk_report *r, bool sta
         }
         for (size_t i = 0; i < r->n; i++) {
             const mpk_tensor_cmp *t = &r->t[i];
-            if (t->differs)
-                printf("DIFF %-11s %s: %s%s%s\n", kind_names[t->kind], t->name, t->detail,
-                       t->kind == MPK_DIFF_CONTENT && !t->approx ? " xxh3 expected " : "",
-                       t->kind == MPK_DIFF_CONTENT && !t->approx ? mpk_hash_hex(t->want_hash, hx) : "");
+            bool hashes = t->differs && t->kind == MPK_DIFF_CONTENT && !t->approx;
+            if (hashes) {
+                char gx[33];
+                printf("DIFF %-11s %s: %s xxh3 expected %s, got %s\n", kind_names[t->kind], t->name,
+                       t->detail, mpk_hash_hex(t->want_hash, hx), mpk_hash_hex(t->got_hash, gx));
+            } else if (t->differs) {
+                printf("DIFF %-11s %s: %s\n", kind_names[t->kind], t->name, t->detail);
+            }
         }
         char hb[32];
         printf("%s: %zu tensors compared (%s), %zu difference(s)%s\n", cmd, r->n_compared,

@@ -9,14 +9,32 @@
 #include <string.h>
 #include <unistd.h>
 
-static long get_int(const cJSON *o, const char *const *keys)
+/* Largest expert count, layer count or dimension we take from a config (far above any model;
+ * the checkpoint's own tensors decide what is allocated). */
+#define CONFIG_INT_MAX 2147483647.0
+
+/* The first of keys holding a number in o: an integer in [0, CONFIG_INT_MAX] (*out; left -1 when
+ * no key holds a number), any other number is MPK_E_CONFIG naming the key and the value. */
+static mpk_status get_int(const cJSON *o, const char *const *keys, const char *path, long *out,
+                          mpk_error *err)
 {
     for (; *keys; keys++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, *keys);
-        if (cJSON_IsNumber(v) && v->valuedouble >= 0)
-            return (long)v->valuedouble;
+        if (!cJSON_IsNumber(v))
+            continue; /* absent, null, or a per-layer list: not known from here */
+        long long x;
+        if (!mpk_json_num_in(v, 0, CONFIG_INT_MAX, &x)) {
+            char *t = cJSON_PrintUnformatted(v);
+            mpk_status s = mpk_error_set(err, MPK_E_CONFIG, 0, path, "\"%s\" is %.40s: it must be "
+                                         "an integer from 0 to %.0f", *keys, t ? t : "?",
+                                         CONFIG_INT_MAX);
+            free(t);
+            return s;
+        }
+        *out = (long)x;
+        return MPK_OK;
     }
-    return -1;
+    return MPK_OK;
 }
 
 mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *err)
@@ -37,15 +55,17 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
         free(path);
         return s;
     }
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    mpk_json *j;
+    s = mpk_json_parse(text, len, MPK_E_CONFIG, path, "config.json", &j, err);
     free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
+    if (s == MPK_OK && !cJSON_IsObject(j->root))
         s = mpk_error_set(err, MPK_E_CONFIG, 0, path, "not a JSON object");
+    if (s != MPK_OK) {
+        mpk_json_free(j);
         free(path);
         return s;
     }
-    free(path);
+    cJSON *root = mpk_json_take(j);
     cfg->found = true;
     cfg->json = root;
     /* multimodal configs keep the language model's numbers in text_config */
@@ -65,19 +85,22 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
         if (cJSON_IsString(tmt))
             snprintf(cfg->text_model_type, sizeof cfg->text_model_type, "%s", tmt->valuestring);
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && s == MPK_OK; i++) {
         if (!src[i])
             continue;
         if (cfg->num_experts < 0)
-            cfg->num_experts = get_int(src[i], k_experts);
-        if (cfg->hidden_size < 0)
-            cfg->hidden_size = get_int(src[i], k_hidden);
-        if (cfg->intermediate_size < 0)
-            cfg->intermediate_size = get_int(src[i], k_inter);
-        if (cfg->num_layers < 0)
-            cfg->num_layers = get_int(src[i], k_layers);
+            s = get_int(src[i], k_experts, path, &cfg->num_experts, err);
+        if (s == MPK_OK && cfg->hidden_size < 0)
+            s = get_int(src[i], k_hidden, path, &cfg->hidden_size, err);
+        if (s == MPK_OK && cfg->intermediate_size < 0)
+            s = get_int(src[i], k_inter, path, &cfg->intermediate_size, err);
+        if (s == MPK_OK && cfg->num_layers < 0)
+            s = get_int(src[i], k_layers, path, &cfg->num_layers, err);
     }
-    return MPK_OK;
+    free(path);
+    if (s != MPK_OK)
+        mpk_config_free(cfg);
+    return s;
 }
 
 void mpk_config_free(mpk_model_config *cfg)

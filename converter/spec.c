@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Largest dimension a spec may write (exact in a double; the plan checks the products). */
+#define MPK_SPEC_MAX_DIM 9007199254740992.0
+
 #define SPEC_FAIL(path, ...) return mpk_error_set(err, MPK_E_SPEC, 0, where, "%s: " __VA_ARGS__)
 
 static mpk_status parse_pattern(const char *text, mpk_pattern *p, const char *where,
@@ -150,6 +153,8 @@ static mpk_status resolve_list_capture(mpk_rule *r, mpk_arena *a, const char *wh
                         "list index, e.g. {expert})", path);
     r->list_in_sources = extra_s == 1;
     r->list_capture = list ? mpk_arena_strndup(a, list, list_len) : NULL;
+    if (list && !r->list_capture)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
     return MPK_OK;
 }
 
@@ -162,10 +167,10 @@ static mpk_status get_int(const cJSON *o, const char *key, int lo, int hi, int *
             SPEC_FAIL(path, "missing \"%s\"", path, key);
         return MPK_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
-        v->valuedouble > hi)
+    long long x;
+    if (!mpk_json_num_in(v, lo, hi, &x))
         SPEC_FAIL(path, "\"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
-    *out = (int)v->valuedouble;
+    *out = (int)x;
     return MPK_OK;
 }
 
@@ -176,10 +181,10 @@ static mpk_status parse_shape(const cJSON *v, int64_t *shape, int *ndim, bool al
         SPEC_FAIL(path, "must be an array of at most %d integers", path, MPK_MAX_DIMS);
     *ndim = 0;
     for (const cJSON *d = v->child; d; d = d->next) {
-        if (!cJSON_IsNumber(d) || d->valuedouble != floor(d->valuedouble) ||
-            d->valuedouble < (allow_neg ? -1 : 0))
-            SPEC_FAIL(path, "must hold integers >= %d", path, allow_neg ? -1 : 0);
-        shape[(*ndim)++] = (int64_t)d->valuedouble;
+        long long x;
+        if (!mpk_json_num_in(d, allow_neg ? -1 : 0, MPK_SPEC_MAX_DIM, &x))
+            SPEC_FAIL(path, "must hold integers from %d to 2^53", path, allow_neg ? -1 : 0);
+        shape[(*ndim)++] = (int64_t)x;
     }
     return MPK_OK;
 }
@@ -285,6 +290,8 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
     *n = 0;
     if (cJSON_IsString(v)) {
         char *t = mpk_arena_strndup(a, v->valuestring, strlen(v->valuestring));
+        if (!t)
+            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
         MPK_TRY(parse_pattern(t, &out[0], where, sub, err));
         *n = 1;
         return MPK_OK;
@@ -297,6 +304,8 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         if (!cJSON_IsString(e))
             SPEC_FAIL(el, "must be a string", el);
         char *t = mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring));
+        if (!t)
+            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
         MPK_TRY(parse_pattern(t, &out[*n], where, el, err));
         (*n)++;
     }
@@ -330,8 +339,10 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const ch
         for (const cJSON *e = ss->child; e; e = e->next) {
             if (!cJSON_IsString(e))
                 SPEC_FAIL(sub, "must hold strings", sub);
-            r->source_shape[r->source_shape_ndim++] = mpk_arena_strndup(a, e->valuestring,
-                                                                        strlen(e->valuestring));
+            char *t = mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring));
+            if (!t)
+                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+            r->source_shape[r->source_shape_ndim++] = t;
         }
     }
     return resolve_list_capture(r, a, where, err);
@@ -375,10 +386,9 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
                           mpk_error *err)
 {
     *out = NULL;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    if (!root)
-        MPK_FAIL(err, MPK_E_SPEC, where, "$: not valid JSON (near byte %zu)",
-                 cJSON_GetErrorPtr() ? (size_t)(cJSON_GetErrorPtr() - text) : (size_t)0);
+    mpk_json *j;
+    MPK_TRY(mpk_json_parse(text, len, MPK_E_SPEC, where, "$: the spec", &j, err));
+    cJSON *root = mpk_json_take(j);
     mpk_spec *s = mpk_calloc(1, sizeof *s);
     if (!s || !(s->arena = mpk_arena_new())) {
         free(s);
@@ -405,6 +415,10 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
         if (!cJSON_IsArray(mt))
             BAIL("$.model_types: must be an array of strings");
         s->model_types = mpk_arena_alloc(s->arena, sizeof(char *) * (size_t)(cJSON_GetArraySize(mt) + 1));
+        if (!s->model_types) {
+            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+            goto done;
+        }
         for (const cJSON *e = mt->child; e; e = e->next) {
             if (!cJSON_IsString(e))
                 BAIL("$.model_types[%d]: must be a string", s->n_model_types);
@@ -416,6 +430,10 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
         if (!cJSON_IsArray(rn))
             BAIL("$.renames: must be an array of {\"from\", \"to\"}");
         s->renames = mpk_arena_alloc(s->arena, sizeof(mpk_rename) * (size_t)(cJSON_GetArraySize(rn) + 1));
+        if (!s->renames) {
+            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+            goto done;
+        }
         for (const cJSON *e = rn->child; e; e = e->next) {
             const cJSON *f = cJSON_GetObjectItemCaseSensitive(e, "from");
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "to");

@@ -31,19 +31,12 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
                            uint64_t *total_size, mpk_error *err)
 {
     *arena_out = NULL;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!root)
-        MPK_FAIL(err, MPK_E_INDEX, where, "not valid JSON (near byte %zu)",
-                 cJSON_GetErrorPtr() ? (size_t)(cJSON_GetErrorPtr() - text) : (size_t)0);
+    mpk_json *j;
+    MPK_TRY(mpk_json_parse(text, len, MPK_E_INDEX, where, "the index", &j, err));
+    const cJSON *root = j->root;
     mpk_status s = MPK_OK;
     mpk_arena *a = NULL;
     mpk_strmap seen = {0};
-    for (const char *p = end; p < text + len; p++)
-        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
-            s = mpk_error_set(err, MPK_E_INDEX, 0, where, "trailing garbage after the JSON value");
-            goto done;
-        }
     const cJSON *wm = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map")
                                            : NULL;
     if (!cJSON_IsObject(wm)) {
@@ -55,15 +48,13 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
     if (md && !cJSON_IsNull(md)) {
         const cJSON *ts = cJSON_IsObject(md) ? cJSON_GetObjectItemCaseSensitive(md, "total_size")
                                              : NULL;
-        if (!cJSON_IsObject(md) || (ts && (!cJSON_IsNumber(ts) || ts->valuedouble < 0 ||
-                                           ts->valuedouble > 9007199254740992.0 ||
-                                           ts->valuedouble != floor(ts->valuedouble)))) {
-            s = mpk_error_set(err, MPK_E_INDEX, 0, where,
-                              "metadata.total_size must be an integer in [0, 2^53]");
+        const char *why = ts ? mpk_json_uint(j, ts, total_size) : NULL;
+        if (!cJSON_IsObject(md) || why) {
+            s = mpk_error_set(err, MPK_E_INDEX, 0, where, "metadata.total_size %s (it must be a "
+                              "plain non-negative integer below 2^64)",
+                              cJSON_IsObject(md) ? why : "is not in an object");
             goto done;
         }
-        if (ts)
-            *total_size = (uint64_t)ts->valuedouble;
     }
     size_t n = (size_t)cJSON_GetArraySize(wm);
     a = mpk_arena_new();
@@ -103,7 +94,7 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
     *n_out = n;
 done:
     mpk_strmap_free(&seen);
-    cJSON_Delete(root);
+    mpk_json_free(j);
     if (s != MPK_OK)
         mpk_arena_free(a);
     else
@@ -247,10 +238,7 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
             MPK_FAIL(err, MPK_E_INDEX_PATH, sh->path, "shard resolves outside the checkpoint "
                                                      "directory (to %s)", rfile);
     }
-    sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
-    if (sh->fd < 0)
-        return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, sh->path,
-                             "cannot open shard: %s", strerror(errno));
+    MPK_TRY(mpk_open_regular(sh->path, &sh->fd, NULL, err));
     return mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
 }
 

@@ -91,7 +91,7 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
 
 /* ---------------------------------------------------------------- allocation */
 
-long mpk_alloc_fail_countdown = 0;
+long mpk_alloc_fail_countdown = 0, mpk_alloc_passed = 0;
 
 long mpk_fault_countdown = 0, mpk_fault_passed = 0;
 int mpk_fault_errno = 0;
@@ -145,26 +145,40 @@ mpk_status mpk_fsync_dir(const char *path, mpk_error *err)
     return s;
 }
 
+static _Thread_local unsigned long alloc_failures;
+
+unsigned long mpk_alloc_failures(void)
+{
+    return alloc_failures;
+}
+
+static void *counted(void *p)
+{
+    if (!p)
+        alloc_failures++;
+    return p;
+}
+
 static bool alloc_should_fail(void)
 {
-    if (mpk_alloc_fail_countdown > 0 && --mpk_alloc_fail_countdown == 0)
-        return true;
-    return false;
+    __atomic_fetch_add(&mpk_alloc_passed, 1, __ATOMIC_RELAXED);
+    return __atomic_load_n(&mpk_alloc_fail_countdown, __ATOMIC_RELAXED) > 0 &&
+           __atomic_fetch_sub(&mpk_alloc_fail_countdown, 1, __ATOMIC_RELAXED) == 1;
 }
 
 void *mpk_alloc(size_t n)
 {
-    return alloc_should_fail() ? NULL : malloc(n ? n : 1);
+    return counted(alloc_should_fail() ? NULL : malloc(n ? n : 1));
 }
 
 void *mpk_calloc(size_t n, size_t size)
 {
-    return alloc_should_fail() ? NULL : calloc(n ? n : 1, size ? size : 1);
+    return counted(alloc_should_fail() ? NULL : calloc(n ? n : 1, size ? size : 1));
 }
 
 void *mpk_realloc(void *p, size_t n)
 {
-    return alloc_should_fail() ? NULL : realloc(p, n ? n : 1);
+    return counted(alloc_should_fail() ? NULL : realloc(p, n ? n : 1));
 }
 
 void *mpk_grow(void *items, size_t n, size_t *cap, size_t elem, size_t first_cap)
@@ -460,8 +474,9 @@ int mpk_natural_cmp(const char *a, const char *b)
 
 /* ---------------------------------------------------------------- files */
 
-mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err)
+mpk_status mpk_open_regular(const char *path, int *fd_out, struct stat *st_out, mpk_error *err)
 {
+    *fd_out = -1;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, path,
@@ -478,6 +493,24 @@ mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *e
                              S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO"
                              : S_ISSOCK(st.st_mode) ? "socket" : "device");
     }
+    /* io_uring honours O_NONBLOCK on regular files (EAGAIN instead of waiting): drop it */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        return mpk_error_set(err, MPK_E_IO, e, path, "cannot clear O_NONBLOCK: %s", strerror(e));
+    }
+    *fd_out = fd;
+    if (st_out)
+        *st_out = st;
+    return MPK_OK;
+}
+
+mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err)
+{
+    int fd;
+    struct stat st;
+    MPK_TRY(mpk_open_regular(path, &fd, &st, err));
     size_t n = (size_t)st.st_size;
     char *buf = mpk_alloc(n + 1);
     if (!buf) {

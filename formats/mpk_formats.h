@@ -114,8 +114,9 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
             return mpk_try_s_;              \
     } while (0)
 
-/* Test hook: when > 0, the Nth following mpk_alloc() call fails (1 = the next). */
-extern long mpk_alloc_fail_countdown;
+/* Test hook: when > 0, the Nth following mpk_alloc() call fails (1 = the next);
+ * mpk_alloc_passed counts the calls (both updated with __atomic builtins). */
+extern long mpk_alloc_fail_countdown, mpk_alloc_passed;
 /* Test hook for the write path (every write, copy, fsync, rename and create of output
  * goes through mpk_fault_point): when mpk_fault_countdown > 0, the Nth following point
  * fails with errno mpk_fault_errno, or, when that is 0, the process kills itself with
@@ -140,6 +141,37 @@ void *mpk_realloc(void *p, size_t n);
  * NULL on allocation failure (items and *cap unchanged, still owned by the caller). */
 void *mpk_grow(void *items, size_t n, size_t *cap, size_t elem, size_t first_cap);
 char *mpk_strndup(const char *s, size_t n);
+/* How many allocations through the wrappers above failed on this thread so far (a parser
+ * that cannot tell why it failed compares this before and after). */
+unsigned long mpk_alloc_failures(void);
+
+/* ---------------------------------------------------------------- strict JSON */
+
+/* Nesting at which the reference reader (serde_json) stops. */
+#define MPK_JSON_MAX_DEPTH 128
+typedef struct cJSON cJSON;
+typedef struct mpk_json_num mpk_json_num;
+typedef struct mpk_json {
+    cJSON *root;
+    mpk_json_num *nums; /* every number literal, in document order */
+    size_t n_nums;
+} mpk_json;
+/* Parses text as one JSON value (whitespace around it only), stricter than cJSON alone, like
+ * the reference reader: no byte-order mark, no raw control characters or escaped NUL in
+ * strings, nesting below MPK_JSON_MAX_DEPTH, numbers in RFC 8259's grammar (no leading zeros).
+ * A rule broken is status code with a message "WHAT ... (byte K)" naming where; an allocation
+ * failure (cJSON's too, when its hooks go through mpk_alloc) is MPK_E_NOMEM. */
+mpk_status mpk_json_parse(const char *text, size_t len, mpk_status code, const char *where,
+                          const char *what, mpk_json **out, mpk_error *err);
+void mpk_json_free(mpk_json *j);
+/* Frees j but its tree, which it returns (free with cJSON_Delete; number literals are gone). */
+cJSON *mpk_json_take(mpk_json *j);
+/* The exact value of number node v of j when its literal is a plain non-negative integer
+ * below 2^64 (no sign, fraction or exponent): NULL, *out set. Else why not ("is negative"...). */
+const char *mpk_json_uint(const mpk_json *j, const cJSON *v, uint64_t *out);
+/* v is a number with an integral value in [lo, hi] (|lo|, |hi| <= 2^53): *out set, true.
+ * Checked before any conversion (no undefined float-to-integer cast). */
+bool mpk_json_num_in(const cJSON *v, double lo, double hi, long long *out);
 
 /* ---------------------------------------------------------------- dtypes */
 
@@ -408,6 +440,11 @@ void mpk_io_free(mpk_io *io);
 
 /* ---------------------------------------------------------------- small file helpers */
 
+/* Opens path read-only without ever blocking in open() (O_NONBLOCK, cleared once the file is
+ * known to be regular): a FIFO, socket, device or directory is MPK_E_IO naming what it is.
+ * st_out (may be NULL) receives its fstat. */
+struct stat;
+mpk_status mpk_open_regular(const char *path, int *fd_out, struct stat *st_out, mpk_error *err);
 /* Reads a whole regular file into a malloc'd NUL-terminated buffer (opened O_NONBLOCK:
  * a FIFO or device is refused with MPK_E_IO, never waited on). */
 mpk_status mpk_read_file(const char *path, char **out, size_t *len, mpk_error *err);

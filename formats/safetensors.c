@@ -12,8 +12,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Largest integer a JSON number can carry exactly through a double. */
-#define MAX_EXACT_INT 9007199254740992.0 /* 2^53 */
 
 bool mpk_utf8_valid(const unsigned char *s, size_t n, size_t *bad_at)
 {
@@ -57,27 +55,21 @@ static bool json_ws(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* Reads a non-negative integer out of a JSON number. */
-static mpk_status json_uint(const cJSON *v, const char *where, const char *tensor,
-                            const char *field, uint64_t *out, mpk_error *err)
+/* Reads a non-negative integer out of a JSON number: a plain integer literal, exact to 2^64-1
+ * (the reference reads usize). */
+static mpk_status json_uint(const mpk_json *j, const cJSON *v, const char *where,
+                            const char *tensor, const char *field, uint64_t *out, mpk_error *err)
 {
     if (!cJSON_IsNumber(v))
         MPK_FAIL(err, MPK_E_FIELD_TYPE, where, "tensor '%s': %s must hold numbers", tensor, field);
-    double d = v->valuedouble;
-    if (!(d >= 0))
-        MPK_FAIL(err, MPK_E_NUMBER, where, "tensor '%s': %s value %g is negative", tensor, field, d);
-    if (d != floor(d))
-        MPK_FAIL(err, MPK_E_NUMBER, where, "tensor '%s': %s value %g is not an integer", tensor,
-                 field, d);
-    if (d > MAX_EXACT_INT)
-        MPK_FAIL(err, MPK_E_NUMBER, where, "tensor '%s': %s value %g is out of range (max 2^53)",
-                 tensor, field, d);
-    *out = (uint64_t)d;
+    const char *why = mpk_json_uint(j, v, out);
+    if (why)
+        MPK_FAIL(err, MPK_E_NUMBER, where, "tensor '%s': a value of %s %s", tensor, field, why);
     return MPK_OK;
 }
 
-static mpk_status parse_tensor(const cJSON *item, const char *where, mpk_arena *arena,
-                               mpk_tensor_info *t, mpk_error *err)
+static mpk_status parse_tensor(const mpk_json *j, const cJSON *item, const char *where,
+                               mpk_arena *arena, mpk_tensor_info *t, mpk_error *err)
 {
     const char *name = item->string;
     if (!cJSON_IsObject(item))
@@ -118,7 +110,10 @@ static mpk_status parse_tensor(const cJSON *item, const char *where, mpk_arena *
     t->ndim = 0;
     for (const cJSON *d = shape->child; d; d = d->next) {
         uint64_t v;
-        MPK_TRY(json_uint(d, where, name, "shape", &v, err));
+        MPK_TRY(json_uint(j, d, where, name, "shape", &v, err));
+        if (v > (uint64_t)INT64_MAX)
+            MPK_FAIL(err, MPK_E_NUMBER, where, "tensor '%s': shape value %llu is above 2^63-1 "
+                     "(not supported)", name, (unsigned long long)v);
         t->shape[t->ndim++] = (int64_t)v;
     }
     if (!cJSON_IsArray(offs))
@@ -127,8 +122,8 @@ static mpk_status parse_tensor(const cJSON *item, const char *where, mpk_arena *
     if (no != 2)
         MPK_FAIL(err, MPK_E_OFFSETS_ARITY, where,
                  "tensor '%s': data_offsets has %d values, must have exactly 2", name, no);
-    MPK_TRY(json_uint(offs->child, where, name, "data_offsets", &t->begin, err));
-    MPK_TRY(json_uint(offs->child->next, where, name, "data_offsets", &t->end, err));
+    MPK_TRY(json_uint(j, offs->child, where, name, "data_offsets", &t->begin, err));
+    MPK_TRY(json_uint(j, offs->child->next, where, name, "data_offsets", &t->end, err));
     return MPK_OK;
 }
 
@@ -228,28 +223,14 @@ mpk_status mpk_st_parse_header(const char *hdr, uint64_t hdr_len, uint64_t file_
     if (lead < hdr_len && (unsigned char)hdr[lead] < 0x20)
         MPK_FAIL(err, MPK_E_HEADER_JSON, where, "header is not JSON: control byte 0x%02x at %zu",
                  (unsigned char)hdr[lead], lead);
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hdr_len, &end, 0);
-    if (!root) {
-        size_t at = end ? (size_t)(end - hdr) : 0;
-        const char *ep = cJSON_GetErrorPtr();
-        if (ep && ep >= hdr && ep <= hdr + hdr_len)
-            at = (size_t)(ep - hdr);
-        MPK_FAIL(err, MPK_E_HEADER_JSON, where, "header is not valid JSON (near byte %zu)", at);
-    }
-    for (const char *p = end; p < hdr + hdr_len; p++) {
-        if (!json_ws(*p)) {
-            cJSON_Delete(root);
-            MPK_FAIL(err, MPK_E_HEADER_JSON, where,
-                     "header has trailing garbage after the JSON value (byte %zu)",
-                     (size_t)(p - hdr));
-        }
-    }
+    mpk_json *j;
+    MPK_TRY(mpk_json_parse(hdr, (size_t)hdr_len, MPK_E_HEADER_JSON, where, "header", &j, err));
+    cJSON *root = j->root;
     mpk_status s = MPK_OK;
     mpk_st_header *h = mpk_calloc(1, sizeof *h);
     if (!h || !(h->arena = mpk_arena_new())) {
         free(h);
-        cJSON_Delete(root);
+        mpk_json_free(j);
         MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
     }
     h->header_len = hdr_len;
@@ -284,14 +265,14 @@ mpk_status mpk_st_parse_header(const char *hdr, uint64_t hdr_len, uint64_t file_
                               "tensor '%s' appears twice in the header", item->string);
             goto done;
         }
-        if ((s = parse_tensor(item, where, h->arena, &h->tensors[h->n_tensors], err)) != MPK_OK)
+        if ((s = parse_tensor(j, item, where, h->arena, &h->tensors[h->n_tensors], err)) != MPK_OK)
             goto done;
         h->n_tensors++;
     }
     s = validate_layout(h, where, err);
 done:
     mpk_strmap_free(&names);
-    cJSON_Delete(root);
+    mpk_json_free(j);
     if (s != MPK_OK) {
         mpk_st_header_free(h);
         return s;
@@ -342,10 +323,8 @@ mpk_status mpk_st_parse(const void *buf, size_t len, const char *where, mpk_st_h
 mpk_status mpk_st_read_header(const char *path, mpk_st_header **out, mpk_error *err)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return mpk_error_set(err, errno == ENOENT ? MPK_E_NOT_FOUND : MPK_E_IO, errno, path,
-                             "cannot open: %s", strerror(errno));
+    int fd;
+    MPK_TRY(mpk_open_regular(path, &fd, NULL, err));
     mpk_status s = mpk_st_read_header_fd(fd, path, out, NULL, err);
     close(fd);
     return s;
@@ -536,7 +515,7 @@ mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
         sb_str(&b, num);
     }
     sb_put(&b, "}", 1);
-    while ((b.len - 8) % 8)
+    while (!b.oom && (b.len - 8) % 8) /* a failed put does not grow len */
         sb_put(&b, " ", 1);
     if (b.oom) {
         free(b.p);

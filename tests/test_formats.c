@@ -52,6 +52,14 @@ typedef struct {
 
 #define T1 "\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}"
 
+/* 126 and 125 nested arrays: inside a tensor entry (2 levels) they make 128 and 127 */
+#define A5 "[[[[["
+#define Z5 "]]]]]"
+#define A25 A5 A5 A5 A5 A5
+#define Z25 Z5 Z5 Z5 Z5 Z5
+#define DEEP125 A25 A25 A25 A25 A25 Z25 Z25 Z25 Z25 Z25
+#define DEEP126 "[" DEEP125 "]"
+
 static const corrupt_case corrupt[] = {
     {"not utf8", "{\"w\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
      MPK_E_HEADER_UTF8, "UTF-8"},
@@ -87,7 +95,38 @@ static const corrupt_case corrupt[] = {
     {"fractional dim", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", 4,
      MPK_E_NUMBER, "not an integer"},
     {"huge offset", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,1e300]}}", 4,
-     MPK_E_NUMBER, "out of range"},
+     MPK_E_NUMBER, "exponent"},
+    /* the reference's grammar (serde_json into usize) where an integer is required */
+    {"exponent integer", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1e0],\"data_offsets\":[0,4]}}", 4,
+     MPK_E_NUMBER, "exponent"},
+    {"fraction zero", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", 4,
+     MPK_E_NUMBER, "fraction"},
+    {"minus zero", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-0,4]}}", 4,
+     MPK_E_NUMBER, "negative"},
+    {"plus sign", "{\"w\":{\"dtype\":\"F32\",\"shape\":[+1],\"data_offsets\":[0,4]}}", 4,
+     MPK_E_HEADER_JSON, "not valid JSON"},
+    {"leading zero", "{\"w\":{\"dtype\":\"F32\",\"shape\":[01],\"data_offsets\":[0,4]}}", 4,
+     MPK_E_HEADER_JSON, "malformed number at byte 29"},
+    {"bare dot", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1.],\"data_offsets\":[0,4]}}", 4,
+     MPK_E_HEADER_JSON, "malformed number"},
+    {"2^64", "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,18446744073709551616]}}", 1,
+     MPK_E_NUMBER, "does not fit in 64 bits"},
+    /* 2^53 + 1 is read exactly (a double would round it to 2^53) */
+    {"above 2^53 exact", "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,9007199254740993]}}", 1,
+     MPK_E_SIZE_MISMATCH, "span 9007199254740993"},
+    {"dim above 2^63", "{\"w\":{\"dtype\":\"U8\",\"shape\":[9223372036854775808,0],\"data_offsets\":[0,0]}}", 0,
+     MPK_E_NUMBER, "above 2^63-1"},
+    {"byte-order mark", "\xEF\xBB\xBF{}", 0, MPK_E_HEADER_JSON, "byte-order mark"},
+    {"raw control in name", "{\"a\tb\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+     MPK_E_HEADER_JSON, "control character 0x09"},
+    {"raw newline in dtype", "{\"w\":{\"dtype\":\"U8\n\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+     MPK_E_HEADER_JSON, "control character 0x0a"},
+    {"escaped NUL in name", "{\"a\\u0000b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+     MPK_E_HEADER_JSON, "escaped NUL"},
+    {"escaped NUL in dtype", "{\"w\":{\"dtype\":\"U8\\u0000xx\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+     MPK_E_HEADER_JSON, "escaped NUL"},
+    {"nesting 128", "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"x\":" DEEP126 "}}", 1,
+     MPK_E_HEADER_JSON, "128 deep"},
     {"negative offset", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 4,
      MPK_E_NUMBER, "negative"},
     {"one offset", "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4]}}", 4,
@@ -181,8 +220,13 @@ static void test_accepts_reference_variants(void **state)
         "{\"w\":{\"dtype\":\"F4\",\"shape\":[4],\"data_offsets\":[0,2]}}",
         "{\"w\":{\"dtype\":\"F6_E3M2\",\"shape\":[4],\"data_offsets\":[0,3]}}",
         "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"extra\":1}}",
+        /* an ignored field may hold any JSON number, and nest up to 127 levels in all */
+        "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"x\":[-1.5e3,0.25,-0]}}",
+        "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"x\":" DEEP125 "}}",
+        /* escapes other than NUL, a raw DEL */
+        "{\"a\\u0001\\n\\\"\x7f\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
     };
-    const size_t data[] = {0, 0, 0, 8, 0, 8, 8, 2, 3, 1};
+    const size_t data[] = {0, 0, 0, 8, 0, 8, 8, 2, 3, 1, 1, 1, 1};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         size_t len;
         unsigned char *b = mk_file(ok[i], data[i], &len);

@@ -28,61 +28,17 @@
 static char root[] = "/tmp/mpk_safety_XXXXXX";
 static char src[300], ref[300];
 
-static const char *moepack(void)
-{
-    const char *m = getenv("MOEPACK");
-    return m ? m : "build/moepack";
-}
-
-static char *path(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* A formatted string, never freed (a test's few paths). */
-static char *path(const char *fmt, ...)
-{
-    char *b = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    if (vasprintf(&b, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    return b;
-}
+#define moepack tu_moepack
+#define path tu_fmt
+#define slurp tu_slurp
+/* moepack ARGS under env, output in root/out and root/err */
+#define run(env, args) tu_run(root, (env), (args))
+#define err_has(s) tu_err_has(root, (s))
 
 static bool exists(const char *p)
 {
     struct stat st;
     return lstat(p, &st) == 0;
-}
-
-/* Runs moepack ARGS with the environment prefix env (may be ""); stderr into root/err.
- * Returns the exit status, 128 + signal when it was killed. */
-static int run(const char *env, const char *args)
-{
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s %s >%s/out 2>%s/err", env, moepack(), args, root, root);
-    int r = system(cmd);
-    if (WIFSIGNALED(r))
-        return 128 + WTERMSIG(r);
-    return WEXITSTATUS(r);
-}
-
-__attribute__((noinline)) static char *slurp(const char *p)
-{
-    char *t = NULL;
-    size_t n;
-    mpk_error e;
-    if (mpk_read_file(p, &t, &n, &e) != MPK_OK)
-        return NULL;
-    return t;
-}
-
-static bool err_has(const char *s)
-{
-    char *t = slurp(path("%s/err", root));
-    bool ok = t && strstr(t, s);
-    if (!ok)
-        print_message("stderr was: %s\n(looking for '%s')\n", t ? t : "(none)", s);
-    free(t);
-    return ok;
 }
 
 /* Temporary directories of runs into anything under dir. */

@@ -258,6 +258,49 @@ static void test_reshard_and_manifest(void **state)
     free(out);
 }
 
+/* The manifest is read as strictly as a header: its format is checked, a tensor listed twice
+ * or a malformed hash is named, a BOM refused; a digest mismatch shows both digests. */
+static void test_manifest_strict(void **state)
+{
+    (void)state;
+    char m[256], *out, *digest;
+    snprintf(m, sizeof m, "%s/strict", dir);
+    struct {
+        const char *py; /* a Python expression of the manifest's text t (python3 runs meson) */
+        int rc;
+        const char *want;
+    } cases[] = {
+        {"t.replace('moepack.manifest/1', 'moepack.manifest/9')", 1, "format 'moepack.manifest/9'"},
+        {"t.replace(Q + 'format' + Q, Q + 'formats' + Q)", 1, "no \"format\""},
+        {"chr(0xfeff) + t", 1, "byte-order mark"},
+        {"t.replace('xxh3_128' + Q + ':' + T + Q, 'xxh3_128' + Q + ':' + T + Q + 'zz', 1)", 3,
+         "not 32 hex digits"},
+        /* the first tensor's entry again, as the last one: listed twice */
+        {"t[:t.rindex('}', 0, t.rindex('}'))] + ',' + t[t.index('{', t.index('tensors')) + 1:"
+         "t.index('}', t.index('xxh3_128')) + 1] + '}}'", 1, "listed twice"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fresh_copy(m);
+        assert_int_equal(tu_sh("python3 -c \"import sys; p = sys.argv[1]; t = open(p).read(); Q, T = chr(34), chr(9); "
+                               "open(p, 'w').write(%s)\" %s/" MPK_MANIFEST_NAME, cases[i].py, m), 0);
+        int rc = run(&out, "%s verify %s", moepack(), m);
+        if (rc != cases[i].rc || !strstr(out, cases[i].want))
+            fail_msg("case %zu: rc %d, want %d and '%s' in:\n%s", i, rc, cases[i].rc, cases[i].want, out);
+        free(out);
+    }
+    /* a wrong checkpoint digest: both digests are printed, not zeros */
+    fresh_copy(m);
+    assert_int_equal(run(&digest, "%s hash %s | tail -1", moepack(), m), 0);
+    digest[32] = 0;
+    assert_int_equal(tu_sh("sed -i 's/\"digest\":\t\"[0-9a-f]*\"/\"digest\":\t\"%032d\"/' %s/" MPK_MANIFEST_NAME,
+                           7, m), 0);
+    assert_int_equal(run(&out, "%s verify %s", moepack(), m), 3);
+    if (!strstr(out, digest) || !strstr(out, "00000000000000000000000000000007"))
+        fail_msg("want both digests %s and ...07 in:\n%s", digest, out);
+    free(out);
+    free(digest);
+}
+
 static void test_unpack_round_trip_verifies(void **state)
 {
     (void)state;
@@ -395,6 +438,7 @@ int main(void)
         cmocka_unit_test(test_clean_and_tampered),
         cmocka_unit_test(test_dropped_added_retyped),
         cmocka_unit_test(test_reshard_and_manifest),
+        cmocka_unit_test(test_manifest_strict),
         cmocka_unit_test(test_unpack_round_trip_verifies),
         cmocka_unit_test(test_quantized_verify),
         cmocka_unit_test(test_manifest_hashed_while_writing),

@@ -9,6 +9,9 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <setjmp.h>
+#include <cmocka.h>
+
 void tu_fill(void *buf, size_t n, uint64_t *s)
 {
     unsigned char *p = buf;
@@ -58,4 +61,53 @@ const char *tu_material(void)
     if (p && stat(p, &st) == 0 && S_ISDIR(st.st_mode))
         return p;
     return NULL;
+}
+
+const char *tu_moepack(void)
+{
+    const char *m = getenv("MOEPACK");
+    return m ? m : "build/moepack";
+}
+
+char *tu_fmt(const char *fmt, ...)
+{
+    char *b = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&b, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    return b;
+}
+
+int tu_run(const char *dir, const char *env, const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s %s >%s/out 2>%s/err", env, tu_moepack(), args, dir, dir);
+    int r = system(cmd);
+    if (WIFSIGNALED(r))
+        return 128 + WTERMSIG(r);
+    return WEXITSTATUS(r);
+}
+
+char *tu_slurp(const char *p)
+{
+    char *t = NULL;
+    size_t n;
+    mpk_error e;
+    if (mpk_read_file(p, &t, &n, &e) != MPK_OK)
+        return NULL;
+    return t;
+}
+
+bool tu_err_has(const char *dir, const char *s)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/err", dir);
+    char *t = tu_slurp(p);
+    bool ok = t && strstr(t, s);
+    if (!ok)
+        print_message("stderr was: %s\n(looking for '%s')\n", t ? t : "(none)", s);
+    free(t);
+    return ok;
 }

@@ -2,6 +2,7 @@
 #ifndef MPK_TESTUTIL_H
 #define MPK_TESTUTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,5 +18,17 @@ void tu_rmrf(const char *path);
 const char *tu_material(void);
 /* Runs a shell command, returns its exit status. */
 int tu_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* The moepack binary under test ($MOEPACK, else build/moepack). */
+const char *tu_moepack(void);
+/* A formatted string (malloc'd; tests leave their few ones to the exit). */
+char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Runs "ENV moepack ARGS" with stdout in dir/out and stderr in dir/err; the exit status, or
+ * 128 + the signal that killed it. */
+int tu_run(const char *dir, const char *env, const char *args);
+/* A file's text (malloc'd), NULL when it cannot be read. */
+char *tu_slurp(const char *path);
+/* dir/err holds s (else prints what it holds and returns false). */
+bool tu_err_has(const char *dir, const char *s);
 
 #endif

@@ -142,17 +142,34 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
 {
     char hx[33];
     cJSON *root = cJSON_CreateObject(), *ts = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "format", "moepack.manifest/1");
-    cJSON_AddStringToObject(root, "digest", mpk_hash_hex(digest, hx));
-    cJSON_AddItemToObject(root, "tensors", ts);
-    for (size_t i = 0; i < n; i++) {
+    bool ok = root && ts && cJSON_AddStringToObject(root, "format", MPK_MANIFEST_FORMAT) &&
+              cJSON_AddStringToObject(root, "digest", mpk_hash_hex(digest, hx)) &&
+              cJSON_AddItemToObject(root, "tensors", ts);
+    if (!ok) { /* ts not owned by root yet */
+        cJSON_Delete(root);
+        cJSON_Delete(ts);
+        return NULL;
+    }
+    for (size_t i = 0; ok && i < n; i++) {
         cJSON *e = cJSON_CreateObject(), *sh = cJSON_CreateArray();
-        cJSON_AddStringToObject(e, "dtype", mpk_dtype_name(t[i].dtype));
-        for (int d = 0; d < t[i].ndim; d++)
-            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
-        cJSON_AddItemToObject(e, "shape", sh);
-        cJSON_AddStringToObject(e, "xxh3_128", mpk_hash_hex(t[i].hash, hx));
-        cJSON_AddItemToObject(ts, t[i].name, e);
+        ok = e && sh && cJSON_AddStringToObject(e, "dtype", mpk_dtype_name(t[i].dtype));
+        for (int d = 0; ok && d < t[i].ndim; d++) {
+            cJSON *v = cJSON_CreateNumber((double)t[i].shape[d]);
+            ok = v && cJSON_AddItemToArray(sh, v);
+            if (!ok)
+                cJSON_Delete(v);
+        }
+        ok = ok && cJSON_AddItemToObject(e, "shape", sh);
+        if (!ok)
+            cJSON_Delete(sh);
+        ok = ok && cJSON_AddStringToObject(e, "xxh3_128", mpk_hash_hex(t[i].hash, hx)) &&
+             cJSON_AddItemToObject(ts, t[i].name, e);
+        if (!ok)
+            cJSON_Delete(e);
+    }
+    if (!ok) {
+        cJSON_Delete(root);
+        return NULL;
     }
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
@@ -203,7 +220,7 @@ mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t
 
 static bool parse_hex(const char *s, mpk_hash128 *h)
 {
-    if (!s || strlen(s) != 32)
+    if (!s || strlen(s) != 32 || strspn(s, "0123456789abcdefABCDEF") != 32)
         return false;
     char a[17], b[17], *e1, *e2;
     memcpy(a, s, 16);
@@ -228,25 +245,43 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *e
         free(path);
         return MPK_E_MANIFEST;
     }
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    mpk_json *j;
+    s = mpk_json_parse(text, len, MPK_E_MANIFEST, path, "the manifest", &j, err);
     free(text);
+    if (s != MPK_OK) {
+        free(path);
+        return s;
+    }
+    cJSON *root = mpk_json_take(j);
+    const cJSON *fm = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(root, "tensors");
     const cJSON *dg = cJSON_GetObjectItemCaseSensitive(root, "digest");
     mpk_hash128 want_digest;
-    if (!cJSON_IsObject(ts) || !cJSON_IsString(dg) || !parse_hex(dg->valuestring, &want_digest)) {
+    if (!cJSON_IsString(fm) || strcmp(fm->valuestring, MPK_MANIFEST_FORMAT) != 0 ||
+        !cJSON_IsObject(ts) || !cJSON_IsString(dg) || !parse_hex(dg->valuestring, &want_digest)) {
+        s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, !cJSON_IsString(fm) ? "not a moepack "
+                          "manifest (no \"format\": \"" MPK_MANIFEST_FORMAT "\")"
+                          : strcmp(fm->valuestring, MPK_MANIFEST_FORMAT) ? "manifest format '%.40s' "
+                          "is not one this version reads (" MPK_MANIFEST_FORMAT ")"
+                          : "not a moepack manifest (needs \"tensors\" and a 32-hex-digit \"digest\")",
+                          cJSON_IsString(fm) ? fm->valuestring : "");
         cJSON_Delete(root);
-        mpk_error_set(err, MPK_E_MANIFEST, 0, path, "not a moepack manifest (needs \"tensors\" and a "
-                      "32-hex-digit \"digest\")");
         free(path);
-        return MPK_E_MANIFEST;
+        return s;
     }
+    mpk_strmap listed = {0};
     mpk_report *r = mpk_calloc(1, sizeof *r);
     mpk_tensor_hash *th = NULL;
     mpk_hash128 digest;
-    if (!r) {
+    if (!r || mpk_strmap_init(&listed, (size_t)cJSON_GetArraySize(ts)) != MPK_OK) {
         s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
         goto done;
     }
+    for (const cJSON *e = ts->child; e; e = e->next)
+        if (mpk_strmap_put(&listed, e->string, strlen(e->string), 0, NULL)) {
+            s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "tensor '%s' is listed twice", e->string);
+            goto done;
+        }
     if ((s = mpk_hash_ckpt(c, &th, &digest, err)) != MPK_OK)
         goto done;
     for (const cJSON *e = ts->child; e; e = e->next) {
@@ -261,8 +296,9 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *e
         const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
         mpk_hash128 h;
         bool shape_ok = cJSON_IsArray(sh) && cJSON_GetArraySize(sh) == t->info->ndim;
-        for (int d = 0; shape_ok && d < t->info->ndim; d++)
-            shape_ok = cJSON_GetArrayItem(sh, d)->valuedouble == (double)t->info->shape[d];
+        const cJSON *dim = shape_ok ? sh->child : NULL;
+        for (int d = 0; shape_ok && d < t->info->ndim; d++, dim = dim->next)
+            shape_ok = cJSON_IsNumber(dim) && dim->valuedouble == (double)t->info->shape[d];
         r->n_compared++;
         r->bytes += t->nbytes;
         if (!cJSON_IsString(dt) || strcmp(dt->valuestring, mpk_dtype_name(t->info->dtype)) || !shape_ok) {
@@ -270,8 +306,9 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *e
             if (x)
                 snprintf(x->detail, sizeof x->detail, "dtype/shape differ from the manifest (%s)",
                          cJSON_IsString(dt) ? dt->valuestring : "?");
-        } else if (!cJSON_IsString(hx) || !parse_hex(hx->valuestring, &h) || h.hi != th[i].hash.hi ||
-                   h.lo != th[i].hash.lo) {
+        } else if (!cJSON_IsString(hx) || !parse_hex(hx->valuestring, &h)) {
+            vfy_add(r, e->string, MPK_DIFF_META, "its xxh3_128 in the manifest is not 32 hex digits");
+        } else if (h.hi != th[i].hash.hi || h.lo != th[i].hash.lo) {
             mpk_tensor_cmp *x = vfy_add(r, e->string, MPK_DIFF_CONTENT, "XXH3-128 differs from the manifest");
             if (x) {
                 x->want_hash = h;
@@ -279,12 +316,22 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *e
             }
         }
     }
-    for (size_t i = 0; i < c->n_tensors; i++)
-        if (!cJSON_GetObjectItemCaseSensitive(ts, c->tensors[i].info->name))
-            vfy_add(r, c->tensors[i].info->name, MPK_DIFF_EXTRA, "not in the manifest");
-    if (!r->n_differ && (digest.hi != want_digest.hi || digest.lo != want_digest.lo))
-        vfy_add(r, "(checkpoint digest)", MPK_DIFF_CONTENT, "whole-checkpoint digest differs");
+    for (size_t i = 0; i < c->n_tensors; i++) {
+        const char *name = c->tensors[i].info->name;
+        size_t ignored;
+        if (!mpk_strmap_get(&listed, name, strlen(name), &ignored))
+            vfy_add(r, name, MPK_DIFF_EXTRA, "not in the manifest");
+    }
+    if (!r->n_differ && (digest.hi != want_digest.hi || digest.lo != want_digest.lo)) {
+        mpk_tensor_cmp *x = vfy_add(r, "(checkpoint digest)", MPK_DIFF_CONTENT,
+                                    "whole-checkpoint digest differs");
+        if (x) {
+            x->want_hash = want_digest;
+            x->got_hash = digest;
+        }
+    }
 done:
+    mpk_strmap_free(&listed);
     free(th);
     cJSON_Delete(root);
     free(path);

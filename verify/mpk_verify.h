@@ -23,6 +23,7 @@ extern "C" {
 #endif
 
 #define MPK_MANIFEST_NAME "moepack.manifest.json"
+#define MPK_MANIFEST_FORMAT "moepack.manifest/1"
 
 /* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
  * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads). */
