@@ -230,7 +230,7 @@ const mpk_command mpk_commands[] = {
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
 
 /* MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
- * fail, or the process die there (tests of crash safety); N:ENOMEM makes the Nth allocation
+ * fail, or the process die there (tests of crash safety), N:stop stop there until SIGCONT; N:ENOMEM makes the Nth allocation
  * fail (cJSON's included); MOEPACK_FAULT=count prints how many of each there were at exit. */
 static void count_faults(void)
 {
@@ -261,7 +261,7 @@ static void fault_from_env(void)
     static const struct {
         const char *name;
         int e;
-    } errs[] = {{"kill", 0}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
+    } errs[] = {{"kill", 0}, {"stop", -1}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
     if (strcmp(end + 1, "ENOMEM") == 0) {
         cJSON_Hooks h = {cjson_alloc, free};
         cJSON_InitHooks(&h);

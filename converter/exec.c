@@ -1466,8 +1466,9 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         goto done;
     if (o->finish && (s = o->finish(tmp, c.hashes, c.hashes ? p->n_outs : 0, err)) != MPK_OK)
         goto done;
-    /* into place: the source is checked again (a rename while we wrote) */
-    if ((s = mpk_overlap_check(src_path, p->src, dst, err)) != MPK_OK ||
+    /* into place: the source is checked again (written in place or renamed while we read) */
+    if ((s = mpk_ckpt_check_unchanged(p->src, err)) != MPK_OK ||
+        (s = mpk_overlap_check(src_path, p->src, dst, err)) != MPK_OK ||
         (s = mpk_stage_commit(&stage, o->force, err)) != MPK_OK)
         goto done;
     stats->tensors_in = p->src->n_tensors;

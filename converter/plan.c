@@ -60,7 +60,7 @@ static const char *caps_str(const mpk_plan_group *g, char *buf, size_t cap)
         o += (size_t)snprintf(buf + o, cap - o, "%s%.*s %.*s", i ? ", " : "", (int)g->caps[i].name_len,
                               g->caps[i].name, (int)g->caps[i].len, g->caps[i].val);
     if (!g->n_caps)
-        snprintf(buf, cap, "(no captures)");
+        snprintf(buf, cap, *g->prefix ? "under '%s'" : "(no captures)", g->prefix);
     return buf;
 }
 
@@ -93,7 +93,10 @@ static long size_expr(const char *e, const mpk_model_config *cfg)
     e++;
     if (*e == '/')
         div = strtol(e + 1, NULL, 10);
-    return div > 0 ? base * mul / div : -1;
+    long prod;
+    if (mul < 0 || div <= 0 || __builtin_mul_overflow(base, mul, &prod))
+        return -1; /* not a size this check can use */
+    return prod / div;
 }
 
 static mpk_status add_entry(group_acc *acc, entry e, const char *where, mpk_error *err)
@@ -106,28 +109,69 @@ static mpk_status add_entry(group_acc *acc, entry e, const char *where, mpk_erro
     return MPK_OK;
 }
 
-/* Describes which list values are present, e.g. "0-6, 8-63". */
-static void ranges(const bool *have, long n, char *buf, size_t cap)
+/* Describes the list values items[0..k) (sorted, repeats allowed), e.g. "0-6, 8-63". */
+static void ranges(const long *items, size_t k, char *buf, size_t cap)
 {
     size_t o = 0;
     buf[0] = 0;
-    for (long i = 0; i < n && o + 24 < cap;) {
-        if (!have[i]) {
-            i++;
-            continue;
-        }
-        long j = i;
-        while (j + 1 < n && have[j + 1])
+    for (size_t i = 0; i < k && o + 48 < cap;) {
+        size_t j = i;
+        while (j + 1 < k && items[j + 1] <= items[j] + 1)
             j++;
-        o += (size_t)snprintf(buf + o, cap - o, "%s%ld%s", o ? ", " : "", i, "");
-        if (j > i)
-            o += (size_t)snprintf(buf + o, cap - o, "-%ld", j);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%ld", o ? ", " : "", items[i]);
+        if (items[j] > items[i])
+            o += (size_t)snprintf(buf + o, cap - o, "-%ld", items[j]);
         i = j + 1;
     }
     if (!o)
         snprintf(buf, cap, "none");
 }
 
+static int cmp_entry(const void *a, const void *b)
+{
+    const entry *x = a, *y = b;
+    if (x->src != y->src)
+        return x->src < y->src ? -1 : 1;
+    return x->item < y->item ? -1 : x->item > y->item;
+}
+
+/* Some item below n of some source of the group is missing (there are fewer distinct entries
+ * than sources x n): names the first one and what is there. Works on the entries alone, so a
+ * huge n (a config's expert count, a tensor named experts.100000000) costs nothing. */
+static mpk_status report_missing(mpk_plan *p, group_acc *acc, long n, const char *where,
+                                 mpk_error *err)
+{
+    const mpk_plan_group *g = &acc->g;
+    const mpk_rule *r = g->rule;
+    qsort(acc->e, acc->n, sizeof *acc->e, cmp_entry);
+    long *items = mpk_alloc(sizeof *items * (acc->n ? acc->n : 1));
+    if (!items)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    size_t at = 0;
+    for (int s = 0; s < r->n_sources; s++) {
+        size_t k = 0;
+        long want = 0;
+        for (; at < acc->n && acc->e[at].src == s; at++) {
+            if (acc->e[at].item == want)
+                want++;
+            items[k++] = acc->e[at].item;
+        }
+        if (want >= n)
+            continue;
+        char cbuf[256], rbuf[256], ibuf[24];
+        ranges(items, k, rbuf, sizeof rbuf);
+        free(items);
+        snprintf(ibuf, sizeof ibuf, "%ld", want);
+        const char *missing = expand(p->arena, &r->sources[s], g->prefix, g->suffix, g->caps,
+                                     g->n_caps, r->list_capture, ibuf);
+        const char *list = r->list_capture ? r->list_capture : "item";
+        MPK_FAIL(err, MPK_E_EXPERT_MISSING, where,
+                 "%s: %s %ld is missing: no tensor '%s' (have %s %s of %ld)",
+                 caps_str(g, cbuf, sizeof cbuf), list, want, missing ? missing : "?", list, rbuf, n);
+    }
+    free(items);
+    MPK_FAIL(err, MPK_E_EXPERT_MISSING, where, "internal: a missing item was not found");
+}
 
 /* FP8 block grids: blocks of b x b over a tensor's last two dims must not straddle a concat
  * or chunk boundary. Walks the rule's chain over the weights' metadata; returns the size that
@@ -255,34 +299,21 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
         if (opts->cfg && opts->cfg->num_experts > n && strcmp(r->list_capture, "expert") == 0)
             n = opts->cfg->num_experts;
     }
+    char cbuf[256];
+    /* every source needs items 0..n-1: fewer entries means a hole (found without
+     * allocating for n, which a config or a tensor name may make huge) */
+    if ((size_t)r->n_sources * (size_t)n > acc->n)
+        return report_missing(p, acc, n, where, err);
     g->n_items = (int)n;
     g->src = mpk_arena_alloc(p->arena, sizeof *g->src * (size_t)(r->n_sources * n));
     if (!g->src)
         MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    memset(g->src, 0, sizeof *g->src * (size_t)(r->n_sources * n));
     for (size_t i = 0; i < acc->n; i++)
         g->src[acc->e[i].src * n + acc->e[i].item] = acc->e[i].t;
-    char cbuf[256];
-    for (int s = 0; s < r->n_sources; s++) {
-        for (long i = 0; i < n; i++) {
-            if (g->src[s * n + i])
-                continue;
-            bool *have = calloc((size_t)n, 1);
-            if (!have)
-                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-            for (long k = 0; k < n; k++)
-                have[k] = g->src[s * n + k] != NULL;
-            char rbuf[256], ibuf[24];
-            ranges(have, n, rbuf, sizeof rbuf);
-            free(have);
-            snprintf(ibuf, sizeof ibuf, "%ld", i);
-            const char *missing = expand(p->arena, &r->sources[s], g->prefix, g->suffix, g->caps,
-                                         g->n_caps, r->list_capture, ibuf);
-            MPK_FAIL(err, MPK_E_EXPERT_MISSING, where,
-                     "%s: %s %ld is missing: no tensor '%s' (have %s %s of %ld)",
-                     caps_str(g, cbuf, sizeof cbuf), r->list_capture ? r->list_capture : "item", i,
-                     missing, r->list_capture ? r->list_capture : "item", rbuf, n);
-        }
-    }
+    for (long k = 0; k < r->n_sources * n; k++)
+        if (!g->src[k]) /* as many entries as slots, but some repeat (experts.1 and experts.01) */
+            return report_missing(p, acc, n, where, err);
     /* input metadata, then the chain */
     mpk_bundle in = {r->n_sources, (int)n, mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n))};
     if (!in.t)
@@ -316,6 +347,18 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
     mpk_error e2 = {0};
     if (mpk_ops_infer_chain(r->ops, r->n_ops, &in, &g->out_meta, p->arena, &e2) != MPK_OK)
         MPK_FAIL(err, e2.code, where, "%s (%s): %s", caps_str(g, cbuf, sizeof cbuf), r->path, e2.msg);
+    for (int k = 0; k < g->out_meta.n_groups * g->out_meta.n_items; k++) {
+        const mpk_tmeta *m = &g->out_meta.t[k];
+        uint64_t nb;
+        mpk_status ns = mpk_tensor_nbytes(m->dtype, m->shape, m->ndim, &nb);
+        if (ns != MPK_OK) {
+            char sh[256];
+            MPK_FAIL(err, ns, where, "%s (%s): the ops make a %s %s tensor, whose byte size %s",
+                     caps_str(g, cbuf, sizeof cbuf), r->path, mpk_dtype_name(m->dtype),
+                     mpk_shape_str(m->shape, m->ndim, sh, sizeof sh),
+                     ns == MPK_E_SIZE_OVERFLOW ? "overflows 64 bits" : "is not whole bytes");
+        }
+    }
     int want_items = r->list_capture && !r->list_in_sources ? g->out_meta.n_items : 1;
     if (g->out_meta.n_groups != r->n_targets || g->out_meta.n_items != want_items)
         MPK_FAIL(err, MPK_E_SPEC, where,
@@ -575,8 +618,12 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
             st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
             goto done;
         }
-        mpk_tensor_nbytes(o->meta.dtype, o->meta.shape, o->meta.ndim, &o->nbytes);
-        p->total_bytes += o->nbytes;
+        if (mpk_tensor_nbytes(o->meta.dtype, o->meta.shape, o->meta.ndim, &o->nbytes) != MPK_OK ||
+            __builtin_add_overflow(p->total_bytes, o->nbytes, &p->total_bytes)) {
+            st = mpk_error_set(err, MPK_E_SIZE_OVERFLOW, 0, where, "tensor '%s': its size, or the "
+                               "output's total, overflows 64 bits", o->name);
+            goto done;
+        }
         if (mpk_strmap_put(&names, o->name, strlen(o->name), i, NULL)) {
             st = mpk_error_set(err, MPK_E_CONFLICT, 0, where,
                                "two tensors would both be written as '%s'", o->name);

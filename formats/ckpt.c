@@ -17,6 +17,8 @@
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 
+static void file_id(const struct stat *st, mpk_file_id *id);
+
 static bool shard_name_safe(const char *s)
 {
     if (!*s || s[0] == '/' || strchr(s, '/') || strchr(s, '\\'))
@@ -238,8 +240,46 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
             MPK_FAIL(err, MPK_E_INDEX_PATH, sh->path, "shard resolves outside the checkpoint "
                                                      "directory (to %s)", rfile);
     }
-    MPK_TRY(mpk_open_regular(sh->path, &sh->fd, NULL, err));
+    struct stat st;
+    MPK_TRY(mpk_open_regular(sh->path, &sh->fd, &st, err));
+    file_id(&st, &sh->id);
     return mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
+}
+
+static void file_id(const struct stat *st, mpk_file_id *id)
+{
+    id->dev = (uint64_t)st->st_dev;
+    id->ino = (uint64_t)st->st_ino;
+    id->size = (uint64_t)st->st_size;
+    id->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+    id->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+}
+
+mpk_status mpk_ckpt_check_unchanged(const mpk_ckpt *c, mpk_error *err)
+{
+    for (size_t i = 0; i < c->n_shards; i++) {
+        const mpk_shard *sh = &c->shards[i];
+        struct stat now;
+        mpk_file_id a;
+        const char *what = NULL;
+        if (stat(sh->path, &now) != 0)
+            what = "its name (removed or renamed)";
+        else if (file_id(&now, &a), a.dev != sh->id.dev || a.ino != sh->id.ino)
+            what = "the file at its name (replaced by another)";
+        else if (fstat(sh->fd, &now) != 0)
+            return mpk_error_set(err, MPK_E_IO, errno, sh->path, "cannot stat: %s", strerror(errno));
+        else if (file_id(&now, &a), a.size != sh->id.size)
+            what = "its size";
+        else if (a.mtime_ns != sh->id.mtime_ns)
+            what = "its modification time";
+        else if (a.ctime_ns != sh->id.ctime_ns)
+            what = "its status-change time";
+        if (what)
+            MPK_FAIL(err, MPK_E_CHANGED, sh->path, "the source changed while it was read (%s "
+                     "differs from when it was opened): what was read cannot be trusted; run again "
+                     "when it is stable", what);
+    }
+    return MPK_OK;
 }
 
 static mpk_status collect_tensors(mpk_ckpt *c, mpk_error *err)

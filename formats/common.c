@@ -58,6 +58,7 @@ static const char *const status_names[] = {
     [MPK_E_QUANT] = "quant-layout",
     [MPK_E_MANIFEST] = "manifest",
     [MPK_E_OVERLAP] = "overlap",
+    [MPK_E_CHANGED] = "source-changed",
 };
 _Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,
                "status_names must cover every mpk_status");
@@ -103,6 +104,10 @@ int mpk_fault_point(const char *op)
     if (__atomic_load_n(&mpk_fault_countdown, __ATOMIC_RELAXED) <= 0 ||
         __atomic_fetch_sub(&mpk_fault_countdown, 1, __ATOMIC_RELAXED) != 1)
         return 0;
+    if (mpk_fault_errno < 0) { /* paused here: a test changes the world meanwhile */
+        raise(SIGSTOP);
+        return 0;
+    }
     if (!mpk_fault_errno)
         raise(SIGKILL);
     errno = mpk_fault_errno;

@@ -86,6 +86,7 @@ typedef enum mpk_status {
                                      straddling a concat boundary: I % 128 != 0) */
     MPK_E_MANIFEST = 42,          /* moepack.manifest.json missing or malformed */
     MPK_E_OVERLAP = 43,           /* the destination is, holds or lies inside the source */
+    MPK_E_CHANGED = 44,           /* a source file changed (or was replaced) while it was read */
     MPK_STATUS_COUNT
 } mpk_status;
 
@@ -120,7 +121,8 @@ extern long mpk_alloc_fail_countdown, mpk_alloc_passed;
 /* Test hook for the write path (every write, copy, fsync, rename and create of output
  * goes through mpk_fault_point): when mpk_fault_countdown > 0, the Nth following point
  * fails with errno mpk_fault_errno, or, when that is 0, the process kills itself with
- * SIGKILL there (a crash at that moment). mpk_fault_passed counts the points passed.
+ * SIGKILL there (a crash at that moment), or, when it is -1, stops itself with SIGSTOP and
+ * goes on once continued (a test changes something meanwhile). mpk_fault_passed counts the points passed.
  * The CLI sets them from MOEPACK_FAULT (see cli.c). */
 extern long mpk_fault_countdown, mpk_fault_passed; /* updated with __atomic builtins */
 extern int mpk_fault_errno;
@@ -329,12 +331,19 @@ mpk_status mpk_st_write_file(const char *path, mpk_tensor_info *tensors, const v
 
 /* ---------------------------------------------------------------- checkpoints */
 
+/* What says a file is the one that was opened, unchanged: identity, size and times. */
+typedef struct mpk_file_id {
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+} mpk_file_id;
+
 typedef struct mpk_shard {
     char *name;          /* file name inside the checkpoint directory */
     char *path;          /* full path */
     uint64_t file_size;
     mpk_st_header *header;
     int fd;              /* open read-only */
+    mpk_file_id id;      /* as opened */
 } mpk_shard;
 
 typedef struct mpk_ckpt_tensor {
@@ -365,6 +374,10 @@ mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err);
 const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name);
 /* NULL-safe. */
 void mpk_ckpt_close(mpk_ckpt *c);
+/* Every shard is still the file that was opened, with the size and times it had then (written
+ * in place: size, mtime or ctime differ; replaced: the path names another inode). Call it after
+ * the reads, before trusting what they gave: MPK_E_CHANGED naming the shard and what changed. */
+mpk_status mpk_ckpt_check_unchanged(const mpk_ckpt *c, mpk_error *err);
 /* Reads len bytes at offset off of tensor t into buf (short reads retried); MPK_E_IO naming the
  * shard, the tensor and the offset otherwise. Thread-safe (pread). */
 mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,

@@ -138,7 +138,10 @@ static mpk_status infer_concat(const mpk_op *op, const mpk_bundle *in, mpk_bundl
             }
         }
         out->t[i] = *first;
-        out->t[i].shape[op->dim] *= in->n_groups;
+        if (__builtin_mul_overflow(first->shape[op->dim], (int64_t)in->n_groups,
+                                   &out->t[i].shape[op->dim]))
+            MPK_FAIL(err, MPK_E_SIZE_OVERFLOW, "ops", "concat: dim %d of %d groups overflows 64 bits",
+                     op->dim, in->n_groups);
     }
     return MPK_OK;
 }
@@ -192,8 +195,9 @@ static mpk_status infer_each(const mpk_op *op, const mpk_bundle *in, mpk_bundle 
                     neg = d;
                 else if (op->shape[d] < 0)
                     MPK_FAIL(err, MPK_E_OP, "ops", "reshape: bad size %lld", (long long)op->shape[d]);
-                else
-                    known *= (uint64_t)op->shape[d];
+                else if (__builtin_mul_overflow(known, (uint64_t)op->shape[d], &known))
+                    MPK_FAIL(err, MPK_E_SIZE_OVERFLOW, "ops", "reshape: the target shape's element "
+                             "count overflows 64 bits");
             }
             o->ndim = op->ndim;
             memcpy(o->shape, op->shape, sizeof(int64_t) * (size_t)op->ndim);
@@ -358,7 +362,8 @@ static mpk_status infer_dequant_mxfp4(const mpk_op *op, const mpk_bundle *in, mp
                      mpk_shape_str(s->shape, s->ndim, a, sizeof a), mpk_shape_str(bl->shape, bl->ndim, b, sizeof b));
         out->t[i] = *s;
         out->t[i].dtype = op->dtype;
-        out->t[i].shape[s->ndim - 1] *= 32;
+        if (__builtin_mul_overflow(s->shape[s->ndim - 1], (int64_t)32, &out->t[i].shape[s->ndim - 1]))
+            MPK_FAIL(err, MPK_E_SIZE_OVERFLOW, "ops", "dequant_mxfp4: the output overflows 64 bits");
     }
     return MPK_OK;
 }

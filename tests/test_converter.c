@@ -361,6 +361,18 @@ static void test_spec_errors_name_json_path(void **state)
         {"{\"name\":\"t\",\"renames\":[{\"from\":\"\"}],\"converters\":[]}", "$.renames[0]"},
         {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"transpose\",\"dim\":1,\"dim2\":1}]}]}",
          "$.converters[0].ops[0]: transpose needs two different dims"},
+        /* numbers are range-checked before any conversion (1e300 cast to int64 is undefined) */
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"reshape\",\"shape\":[1e300,1]}]}]}",
+         "$.converters[0].ops[0].shape: must hold integers from -1 to 2^53"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"transpose\",\"dim\":1e300,\"dim2\":1}]}]}",
+         "$.converters[0].ops[0]: \"dim\" must be an integer"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"transpose\",\"dim\":-1e300,\"dim2\":1}]}]}",
+         "$.converters[0].ops[0]: \"dim\" must be an integer"},
+        /* the reference's grammar: a BOM, an escaped NUL, a leading zero */
+        {"\xEF\xBB\xBF{}", "$: the spec starts with a byte-order mark"},
+        {"{\"name\":\"t\\u0000x\",\"converters\":[]}", "$: the spec has an escaped NUL"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"chunk\",\"dim\":01}]}]}",
+         "$: the spec has a malformed number"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mpk_spec *s = NULL;

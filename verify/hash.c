@@ -133,6 +133,11 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
         free(t);
         return err->code;
     }
+    mpk_status s = mpk_ckpt_check_unchanged(c, err);
+    if (s != MPK_OK) {
+        free(t);
+        return s;
+    }
     *digest = vfy_digest(t, c->n_tensors);
     *out = t;
     return MPK_OK;

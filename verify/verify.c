@@ -500,6 +500,8 @@ mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mp
             !vfy_add(v.r, n, MPK_DIFF_EXTRA, "in the destination, not expected"))
             s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     }
+    if (s == MPK_OK && (s = mpk_ckpt_check_unchanged(src, err)) == MPK_OK)
+        s = mpk_ckpt_check_unchanged(dst, err);
 done:
     free(outs);
     mpk_plan_free(p);

@@ -1,0 +1,303 @@
+/* test_hostile.c — hostile and failing input through the CLI: special files never waited on,
+ * config numbers range-checked, expert counts that the checkpoint does not back cost nothing,
+ * shape products that overflow refused by plan, a source changed during a run detected, and
+ * an allocation failure at every point of pack, unpack, convert, verify and hash giving exit 1
+ * "out of memory" (never a hang, a crash or a half-written DST).
+ *
+ * Each case reproduces what issue 13 reported on the code before it (comments say how). */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "mpk_formats.h"
+#include "testutil.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char root[] = "/tmp/mpk_hostile_XXXXXX";
+static char src[300], packed[300], fp8[300];
+
+#define run(env, args) tu_run(root, (env), (args))
+#define err_has(s) tu_err_has(root, (s))
+
+static bool exists(const char *p)
+{
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+/* A fresh copy of checkpoint from at root/name; its path (never freed). */
+static char *copy_of(const char *from, const char *name)
+{
+    char *d = tu_fmt("%s/%s", root, name);
+    tu_rmrf(d);
+    assert_int_equal(tu_sh("cp -r %s %s", from, d), 0);
+    return d;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(root))
+        return -1;
+    snprintf(src, sizeof src, "%s/src", root);
+    snprintf(packed, sizeof packed, "%s/packed", root);
+    snprintf(fp8, sizeof fp8, "%s/fp8", root);
+    /* mixtral, 2 layers x 8 experts, 2 shards; an FP8 (block-scaled) qwen3_moe */
+    if (tu_sh("%s synth %s >/dev/null", tu_moepack(), src) ||
+        tu_sh("%s synth --arch qwen3_moe --quant fp8 --layers 1 --experts 4 --hidden 128 --intermediate 128 %s >/dev/null",
+              tu_moepack(), fp8))
+        return -1;
+    return tu_sh("%s pack -q %s %s", tu_moepack(), src, packed);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    tu_rmrf(root);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- special files */
+
+/* Before: open() of a FIFO blocks for ever (`mkfifo f; timeout 10 moepack pack f o` -> 124). */
+static void test_fifo_never_waited_on(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    /* SRC itself */
+    const char *f = tu_fmt("%s/fifo", root);
+    assert_int_equal(tu_sh("mkfifo %s", f), 0);
+    assert_int_equal(run("timeout 20", tu_fmt("pack %s %s", f, dst)), 1);
+    assert_true(err_has("fifo: not a regular file (a FIFO)"));
+    assert_int_equal(run("timeout 20", tu_fmt("inspect %s", f)), 1);
+    assert_true(err_has("not a regular file (a FIFO)"));
+    /* a shard, config.json, the index */
+    const char *member[] = {"model-00001-of-00002.safetensors", "config.json", "model.safetensors.index.json"};
+    for (size_t i = 0; i < sizeof member / sizeof member[0]; i++) {
+        char *c = copy_of(src, "fifo_ckpt");
+        assert_int_equal(tu_sh("rm %s/%s && mkfifo %s/%s", c, member[i], c, member[i]), 0);
+        assert_int_equal(run("timeout 20", tu_fmt("pack %s %s", c, dst)), 1);
+        assert_true(err_has(tu_fmt("%s/%s: not a regular file (a FIFO)", c, member[i])));
+        assert_false(exists(dst));
+        if (i != 1) { /* hash reads no config.json */
+            assert_int_equal(run("timeout 20", tu_fmt("hash %s", c)), 1);
+            assert_true(err_has("FIFO"));
+        }
+    }
+    /* a spec file, a manifest */
+    assert_int_equal(run("timeout 20", tu_fmt("convert %s %s --spec %s", src, dst, f)), 1);
+    assert_true(err_has("not a regular file (a FIFO)"));
+    char *p = copy_of(packed, "fifo_manifest");
+    assert_int_equal(tu_sh("rm %s/moepack.manifest.json && mkfifo %s/moepack.manifest.json", p, p), 0);
+    assert_int_equal(run("timeout 20", tu_fmt("verify %s", p)), 1);
+    assert_true(err_has("not a regular file (a FIFO)"));
+    /* a directory where the index names a shard */
+    char *c = copy_of(src, "dir_shard");
+    assert_int_equal(tu_sh("rm %s/model-00002-of-00002.safetensors && mkdir %s/model-00002-of-00002.safetensors", c, c), 0);
+    assert_int_equal(run("timeout 20", tu_fmt("pack %s %s", c, dst)), 1);
+    assert_true(err_has("model-00002-of-00002.safetensors: not a regular file (a directory)"));
+}
+
+/* ---------------------------------------------------------------- config numbers and counts */
+
+/* Before: 1e300 was cast to long (undefined; clang's UBSan reports it) and accepted. */
+static void test_config_numbers_checked(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    const char *bad[][2] = {{"1e300", "1e+300"}, {"-1", "-1"}, {"2.5", "2.5"}, {"4294967296", "4294967296"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *c = copy_of(src, "cfg");
+        assert_int_equal(tu_sh("sed -i 's/\"num_local_experts\":[[:space:]]*[0-9]*/\"num_local_experts\": %s/' %s/config.json",
+                               bad[i][0], c), 0);
+        assert_int_equal(run("", tu_fmt("pack %s %s", c, dst)), 1);
+        assert_true(err_has(tu_fmt("%s/config.json: \"num_local_experts\" is %s: it must be an integer from 0 to 2147483647",
+                                   c, bad[i][1])));
+        assert_false(exists(dst));
+    }
+}
+
+/* Before: num_local_experts 1e8 made plan take 1.6 GB and 4.8 s, 1e9 7.9 GB; a tensor named
+ * experts.100000000 the same. Now the hole is found from the tensors there are: under a
+ * 1 GiB address-space limit, at once. */
+static void test_expert_count_costs_nothing(void **state)
+{
+    (void)state;
+    char *c = copy_of(src, "many");
+    assert_int_equal(tu_sh("sed -i 's/\"num_local_experts\":[[:space:]]*[0-9]*/\"num_local_experts\": 1000000000/' %s/config.json", c), 0);
+    assert_int_equal(run("ulimit -v 1048576;", tu_fmt("plan %s", c)), 1);
+    assert_true(err_has("expert 8 is missing: no tensor 'model.layers.0.block_sparse_moe.experts.8.w1.weight' "
+                        "(have expert 0-7 of 1000000000)"));
+    c = copy_of(src, "far");
+    const char *tests = getenv("MPK_TESTS_DIR") ? getenv("MPK_TESTS_DIR") : "tests";
+    assert_int_equal(tu_sh("python3 %s/st_rename.py %s model.layers.1.block_sparse_moe.experts.5.w3.weight "
+                           "model.layers.1.block_sparse_moe.experts.100000000.w3.weight", tests, c), 0);
+    assert_int_equal(run("ulimit -v 1048576;", tu_fmt("pack %s %s/o", c, root)), 1);
+    /* w1 has experts 0-7 of the 100000001 the names imply: 8 is its first hole */
+    assert_true(err_has("expert 8 is missing: no tensor 'model.layers.1.block_sparse_moe.experts.8.w1.weight' "
+                        "(have expert 0-7 of 100000001)"));
+    assert_false(exists(tu_fmt("%s/o", root)));
+}
+
+/* Before: a reshape whose element count wraps around 2^64 to the right value passed plan
+ * (exit 0) and convert failed with a bare "size-overflow". 16384 x (2^50 + 1) = 2^64 + 16384. */
+static void test_plan_refuses_overflow(void **state)
+{
+    (void)state;
+    const char *spec = tu_fmt("%s/wrap.json", root);
+    tu_write(spec, "{\"name\": \"wrap\", \"converters\": [{\"sources\": "
+                   "[\"model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight\"], "
+                   "\"target\": \"model.layers.{layer}.w1\", \"ops\": [{\"op\": \"merge\", \"dim\": 0}, "
+                   "{\"op\": \"reshape\", \"shape\": [16384, 1125899906842625]}]}]}");
+    assert_int_equal(run("", tu_fmt("plan %s --spec %s", src, spec)), 1);
+    assert_true(err_has("reshape: the target shape's element count overflows 64 bits"));
+    assert_int_equal(run("", tu_fmt("convert %s %s/o --spec %s", src, root, spec)), 1);
+    assert_true(err_has("overflows 64 bits"));
+    assert_false(exists(tu_fmt("%s/o", root)));
+}
+
+/* ---------------------------------------------------------------- a source changed meanwhile */
+
+/* Runs "moepack ARGS" stopped at its 3rd write-path call (MOEPACK_FAULT=3:stop), runs change
+ * (a shell command) while it is stopped, continues it; its exit status. */
+static int run_changing(const char *args, const char *change)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("MOEPACK_FAULT", "3:stop", 1);
+        execl("/bin/sh", "sh", "-c", tu_fmt("exec %s %s >%s/out 2>%s/err", tu_moepack(), args, root, root),
+              (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+    assert_true(WIFSTOPPED(st));
+    assert_int_equal(tu_sh("%s", change), 0);
+    kill(pid, SIGCONT);
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Before: a shard overwritten in place during a pack gave exit 0 and output matching neither
+ * the old nor the new source. */
+static void test_source_changed_detected(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    char *c = copy_of(src, "changing");
+    const char *shard = tu_fmt("%s/model-00002-of-00002.safetensors", c);
+    /* written in place, same size */
+    assert_int_equal(run_changing(tu_fmt("pack %s %s", c, dst),
+                                  tu_fmt("printf x | dd of=%s bs=1 seek=4000 conv=notrunc 2>/dev/null", shard)), 1);
+    assert_true(err_has(tu_fmt("%s: the source changed while it was read", shard)));
+    assert_false(exists(dst));
+    assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
+    /* replaced by another file under its name */
+    c = copy_of(src, "changing");
+    assert_int_equal(run_changing(tu_fmt("pack %s %s", c, dst),
+                                  tu_fmt("cp %s %s.new && mv %s.new %s", shard, shard, shard, shard)), 1);
+    assert_true(err_has("replaced by another"));
+    assert_false(exists(dst));
+    /* unchanged: the same run succeeds */
+    c = copy_of(src, "changing");
+    assert_int_equal(run_changing(tu_fmt("pack %s %s", c, dst), "true"), 0);
+    assert_true(exists(dst));
+    tu_rmrf(dst);
+}
+
+/* ---------------------------------------------------------------- allocation failures */
+
+/* Allocation calls a run makes (MOEPACK_FAULT=count). */
+static long allocations(const char *args)
+{
+    assert_int_equal(run("MOEPACK_FAULT=count", args), 0);
+    char *e = tu_slurp(tu_fmt("%s/err", root));
+    assert_non_null(e);
+    const char *p = strstr(e, "allocations passed: ");
+    assert_non_null(p);
+    long n = strtol(p + 20, NULL, 10);
+    free(e);
+    return n;
+}
+
+/* Fails each allocation of "moepack ARGS" in turn (every one with MPK_FULL_SWEEP set, else the
+ * first 150 and about 150 more spread over the rest): each run exits 0, or 1 saying "out of
+ * memory"; none hangs (timeout) or crashes; a failed run leaves no DST and no temporary
+ * directory. dst is the run's destination or NULL. Returns the number of points walked. */
+static long sweep(const char *args, const char *dst)
+{
+    long n = allocations(args);
+    if (dst)
+        tu_rmrf(dst);
+    assert_true(n > 100);
+    bool full = getenv("MPK_FULL_SWEEP") != NULL;
+    long step = full || n <= 300 ? 1 : (n - 150) / 150, walked = 0;
+    for (long k = 1; k <= n; k += k <= 150 ? 1 : step, walked++) {
+        int rc = run(tu_fmt("MOEPACK_FAULT=%ld:ENOMEM timeout 60", k), args);
+        if (rc == 1 && !err_has("out of memory"))
+            fail_msg("%s: allocation %ld of %ld failed: exit 1 without 'out of memory'", args, k, n);
+        if (rc != 0 && rc != 1)
+            fail_msg("%s: allocation %ld of %ld failed: exit %d (124: hang, >128: signal)", args, k, n, rc);
+        if (dst) {
+            if (rc == 1 && exists(dst))
+                fail_msg("%s: allocation %ld failed but DST exists", args, k);
+            if (rc == 0 && !exists(dst))
+                fail_msg("%s: allocation %ld: exit 0 without DST", args, k);
+            tu_rmrf(dst);
+            if (tu_sh("ls -A %s | grep -q moepack-tmp", root) == 0)
+                fail_msg("%s: allocation %ld left a temporary directory", args, k);
+        }
+    }
+    print_message("%s: %ld allocation points, %ld failed in turn\n", args, n, walked);
+    return walked;
+}
+
+/* Before: an allocation failure while padding a header looped for ever (pack, unpack and
+ * --dequantize hung at 100% CPU for a band of points), and unchecked spec allocations were
+ * dereferenced. */
+static void test_allocation_failure_sweep(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    const char *spec = tu_fmt("%s/spec.json", root);
+    tu_write(spec, "{\"name\": \"s\", \"converters\": [{\"sources\": "
+                   "[\"model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight\", "
+                   "\"model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight\"], "
+                   "\"target\": \"model.layers.{layer}.mlp.experts.gate_up_proj\", \"ops\": "
+                   "[{\"op\": \"merge\", \"dim\": 0}, {\"op\": \"concat\", \"dim\": 1}]}]}");
+    assert_true(sweep(tu_fmt("pack %s %s -q --threads 2", src, dst), dst) > 200);
+    assert_true(sweep(tu_fmt("unpack %s %s -q --threads 1", packed, dst), dst) > 200);
+    assert_true(sweep(tu_fmt("convert %s %s --spec %s -q --threads 1", src, dst, spec), dst) > 200);
+    assert_true(sweep(tu_fmt("pack %s %s -q --threads 1", fp8, dst), dst) > 200);
+    assert_true(sweep(tu_fmt("pack %s %s --dequantize -q --threads 2", fp8, dst), dst) > 200);
+    assert_true(sweep(tu_fmt("verify %s", packed), NULL) > 200);
+    assert_true(sweep(tu_fmt("verify %s %s", src, packed), NULL) > 200);
+    assert_true(sweep(tu_fmt("hash %s", src), NULL) > 100);
+    char *h = copy_of(packed, "hashed");
+    assert_true(sweep(tu_fmt("hash %s --write", h), NULL) > 200);
+    /* whatever failed, the manifest is whole: verify passes */
+    assert_int_equal(run("", tu_fmt("verify %s", h)), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fifo_never_waited_on),
+        cmocka_unit_test(test_config_numbers_checked),
+        cmocka_unit_test(test_expert_count_costs_nothing),
+        cmocka_unit_test(test_plan_refuses_overflow),
+        cmocka_unit_test(test_source_changed_detected),
+        cmocka_unit_test(test_allocation_failure_sweep),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
