@@ -69,6 +69,17 @@ const char *tu_moepack(void)
     return m ? m : "build/moepack";
 }
 
+/* tu_fmt's strings, freed at exit (before LeakSanitizer looks) */
+static char **fmt_kept;
+static size_t fmt_n, fmt_cap;
+
+static void fmt_free_all(void)
+{
+    for (size_t i = 0; i < fmt_n; i++)
+        free(fmt_kept[i]);
+    free(fmt_kept);
+}
+
 char *tu_fmt(const char *fmt, ...)
 {
     char *b = NULL;
@@ -77,6 +88,15 @@ char *tu_fmt(const char *fmt, ...)
     if (vasprintf(&b, fmt, ap) < 0)
         abort();
     va_end(ap);
+    if (fmt_n == fmt_cap) {
+        if (!fmt_cap)
+            atexit(fmt_free_all);
+        fmt_cap = fmt_cap ? 2 * fmt_cap : 64;
+        fmt_kept = realloc(fmt_kept, fmt_cap * sizeof *fmt_kept);
+        if (!fmt_kept)
+            abort();
+    }
+    fmt_kept[fmt_n++] = b;
     return b;
 }
 

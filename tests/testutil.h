@@ -21,7 +21,7 @@ int tu_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The moepack binary under test ($MOEPACK, else build/moepack). */
 const char *tu_moepack(void);
-/* A formatted string (malloc'd; tests leave their few ones to the exit). */
+/* A formatted string, freed at exit (a test's paths and commands). */
 char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Runs "ENV moepack ARGS" with stdout in dir/out and stderr in dir/err; the exit status, or
  * 128 + the signal that killed it. */
