@@ -51,18 +51,25 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
     char *text;
     size_t len;
     mpk_status s = mpk_read_file(path, &text, &len, err);
-    if (s != MPK_OK) {
-        free(path);
-        return s;
+    if (s == MPK_OK) {
+        s = mpk_config_parse(text, len, path, cfg, err);
+        free(text);
     }
+    free(path);
+    return s;
+}
+
+mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_model_config *cfg,
+                            mpk_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->num_experts = cfg->hidden_size = cfg->intermediate_size = cfg->num_layers = -1;
     mpk_json *j;
-    s = mpk_json_parse(text, len, MPK_E_CONFIG, path, "config.json", &j, err);
-    free(text);
+    mpk_status s = mpk_json_parse(text, len, MPK_E_CONFIG, path, "config.json", &j, err);
     if (s == MPK_OK && !cJSON_IsObject(j->root))
         s = mpk_error_set(err, MPK_E_CONFIG, 0, path, "not a JSON object");
     if (s != MPK_OK) {
         mpk_json_free(j);
-        free(path);
         return s;
     }
     cJSON *root = mpk_json_take(j);
@@ -97,7 +104,6 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
         if (s == MPK_OK && cfg->num_layers < 0)
             s = get_int(src[i], k_layers, path, &cfg->num_layers, err);
     }
-    free(path);
     if (s != MPK_OK)
         mpk_config_free(cfg);
     return s;

@@ -468,6 +468,7 @@ static mpk_status each_source_range(const mpk_node *n, uint64_t off, uint64_t le
 
 typedef struct {
     int out_fd;
+    const char *out_path, *tensor;
     mpk_error *err;
 } copy_ctx;
 
@@ -480,18 +481,20 @@ static mpk_status copy_range(const mpk_node *src, uint64_t file_off, uint64_t le
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
-            return mpk_error_set(cc->err, MPK_E_IO, k < 0 ? errno : 0, "exec", "copy_file_range at %llu failed: %s",
-                                 (unsigned long long)in_o, k < 0 ? strerror(errno) : "source ended early");
+            return mpk_error_set(cc->err, MPK_E_IO, k < 0 ? errno : 0, cc->out_path,
+                                 "tensor '%s': copy_file_range from source offset %llu to %llu failed: %s",
+                                 cc->tensor, (unsigned long long)in_o, (unsigned long long)out_o,
+                                 k < 0 ? strerror(errno) : "the source ended early");
         len -= (uint64_t)k;
     }
     return MPK_OK;
 }
 
 /* Moves bytes [off, off + len) of a pure node with copy_file_range to out_off in out_fd. */
-static mpk_status node_copy(const mpk_node *n, uint64_t off, uint64_t len, int out_fd, uint64_t out_off,
-                            mpk_error *err)
+static mpk_status node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out,
+                            const char *tensor, uint64_t out_off, mpk_error *err)
 {
-    copy_ctx cc = {out_fd, err};
+    copy_ctx cc = {out->fd, out->path, tensor, err};
     return each_source_range(n, off, len, out_off, copy_range, &cc);
 }
 
@@ -817,7 +820,7 @@ static void *worker(void *arg)
         bool done = false;
         if (po->node->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             if ((s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
-                s = node_copy(po->node, w->off, w->len, so->fd, w->at, &err);
+                s = node_copy(po->node, w->off, w->len, so, po->name, w->at, &err);
                 unlock_shard(q);
                 if (s == MPK_OK) {
                     done = true;
@@ -830,8 +833,8 @@ static void *worker(void *arg)
         }
         if (!done && s == MPK_OK) {
             if (!buf && !(buf = mpk_alloc(c->unit_bytes))) {
-                s = mpk_error_set(&err, MPK_E_NOMEM, 0, "exec", "out of memory for a %llu-byte buffer",
-                                  (unsigned long long)c->unit_bytes);
+                s = mpk_error_set(&err, MPK_E_NOMEM, 0, so->path, "tensor '%s': out of memory for a "
+                                  "%llu-byte buffer", po->name, (unsigned long long)c->unit_bytes);
             } else {
                 s = node_read(po->node, w->off, w->len, buf, &r);
                 if (s == MPK_OK)

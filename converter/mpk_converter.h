@@ -33,6 +33,9 @@ typedef struct mpk_model_config {
 /* Loads DIR/config.json; a missing file is MPK_OK with cfg->found false. Free with
  * mpk_config_free. */
 mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *err);
+/* The same from config.json's text; path names it in messages. */
+mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_model_config *cfg,
+                            mpk_error *err);
 void mpk_config_free(mpk_model_config *cfg);
 
 typedef enum mpk_expert_layout {
