@@ -41,6 +41,7 @@ struct mpk_node {
     mpk_tmeta meta;
     uint64_t nbytes;
     int fd;              /* SOURCE */
+    const char *path;    /* SOURCE: the shard's path, for messages */
     uint64_t file_off;
     seg *segs;           /* SEGS */
     size_t n_segs, cap_segs;
@@ -277,7 +278,7 @@ static mpk_status node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, 
     case N_SOURCE:
         if (r->n == r->cap)
             MPK_TRY(rd_flush(r));
-        r->reqs[r->n++] = (mpk_io_req){.fd = n->fd, .offset = n->file_off + off, .buf = buf, .len = len};
+        r->reqs[r->n++] = (mpk_io_req){.fd = n->fd, .path = n->path, .offset = n->file_off + off, .buf = buf, .len = len};
         return MPK_OK;
     case N_SEGS: {
         uint64_t end = off + len;
@@ -569,6 +570,29 @@ typedef struct {
     pthread_cond_t sq_cv;
 } run_ctx;
 
+/* Errors raised deep in an op or the I/O engine (out of memory, internal) say "exec", "ops" or
+ * "io": the caller that knows the
+ * file, and the tensor, puts them in. An error that already names a file (a source shard that
+ * failed to read) keeps it and says which output tensor was being written. */
+static void err_locate(mpk_error *err, const char *path, const char *tensor)
+{
+    size_t wl = strlen(err->where);
+    bool bare = !wl || strcmp(err->where, "exec") == 0 || strcmp(err->where, "io") == 0 ||
+                strcmp(err->where, "ops") == 0;
+    if (bare && !tensor && !path)
+        return;
+    char w[sizeof err->where], m[768];
+    snprintf(w, sizeof w, "%s", bare ? path : err->where);
+    snprintf(m, sizeof m, "%s", mpk_error_what(err));
+    if (!tensor)
+        mpk_error_set(err, err->code, err->sys_errno, w, "%s", m);
+    else if (bare || (path && strcmp(w, path) == 0))
+        mpk_error_set(err, err->code, err->sys_errno, w, "tensor '%s': %s", tensor, m);
+    else
+        mpk_error_set(err, err->code, err->sys_errno, w, "%s (writing tensor '%s' to %s)", m, tensor,
+                      path ? path : "the output");
+}
+
 static void run_fail(run_ctx *c, const mpk_error *e)
 {
     pthread_mutex_lock(&c->lock);
@@ -684,8 +708,10 @@ static int finish_one(run_ctx *c, char **buf, mpk_error *err)
         mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
         return -1;
     }
-    if (output_complete(c, i, *buf, err) != MPK_OK)
+    if (output_complete(c, i, *buf, err) != MPK_OK) {
+        err_locate(err, c->shards[c->p->outs[i].shard]->path, c->p->outs[i].name);
         return -1;
+    }
     int sh = c->p->outs[i].shard;
     if (c->sh_left && atomic_fetch_sub(&c->sh_left[sh], 1) == 1)
         shard_complete(c, (size_t)sh);
@@ -846,7 +872,7 @@ static void *worker(void *arg)
             }
         }
         if (s != MPK_OK) {
-            mpk_error_set(&err, err.code, err.sys_errno, NULL, "writing '%s': %s", po->name, err.msg);
+            err_locate(&err, so->path, po->name);
             run_fail(c, &err);
             break;
         }
@@ -983,6 +1009,7 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
         mpk_node *n = node_new(b, N_SOURCE, m);
         if (n) {
             n->fd = p->src->shards[t->shard].fd;
+            n->path = p->src->shards[t->shard].path;
             n->file_off = t->file_offset;
         }
         return n;
@@ -1517,5 +1544,7 @@ done:
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         stats->peak_rss_kib = ru.ru_maxrss;
     stats->seconds = now_s() - t0;
+    if (s != MPK_OK)
+        err_locate(err, dst, NULL);
     return s;
 }

@@ -346,7 +346,8 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
     }
     mpk_error e2 = {0};
     if (mpk_ops_infer_chain(r->ops, r->n_ops, &in, &g->out_meta, p->arena, &e2) != MPK_OK)
-        MPK_FAIL(err, e2.code, where, "%s (%s): %s", caps_str(g, cbuf, sizeof cbuf), r->path, e2.msg);
+        MPK_FAIL(err, e2.code, where, "%s (%s): %s", caps_str(g, cbuf, sizeof cbuf), r->path,
+                 mpk_error_what(&e2));
     for (int k = 0; k < g->out_meta.n_groups * g->out_meta.n_items; k++) {
         const mpk_tmeta *m = &g->out_meta.t[k];
         uint64_t nb;

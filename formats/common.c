@@ -90,6 +90,14 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
     return code;
 }
 
+const char *mpk_error_what(const mpk_error *err)
+{
+    size_t wl = strlen(err->where);
+    if (wl && strncmp(err->msg, err->where, wl) == 0 && err->msg[wl] == ':')
+        return err->msg + wl + 1 + (err->msg[wl + 1] == ' ');
+    return err->msg;
+}
+
 /* ---------------------------------------------------------------- allocation */
 
 long mpk_alloc_fail_countdown = 0, mpk_alloc_passed = 0;

@@ -84,6 +84,10 @@ void mpk_io_free(mpk_io *io)
 
 static mpk_status io_fail(mpk_error *err, const mpk_io_req *r, uint64_t off, int e)
 {
+    if (r->path)
+        return mpk_error_set(err, MPK_E_IO, e, r->path, "%s at offset %llu failed: %s",
+                             r->write ? "write" : "read", (unsigned long long)off,
+                             e ? strerror(e) : "unexpected end of file");
     return mpk_error_set(err, MPK_E_IO, e, "io", "%s of fd %d at offset %llu failed: %s",
                          r->write ? "write" : "read", r->fd, (unsigned long long)off,
                          e ? strerror(e) : "unexpected end of file");

@@ -106,6 +106,8 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Fail with a formatted message. */
+/* The message without its "<where>: " prefix. */
+const char *mpk_error_what(const mpk_error *err);
 #define MPK_FAIL(err, code, where, ...) return mpk_error_set((err), (code), 0, (where), __VA_ARGS__)
 /* Forward a failing status. */
 #define MPK_TRY(expr)                       \
@@ -428,6 +430,7 @@ typedef enum mpk_io_backend {
 
 typedef struct mpk_io_req {
     int fd;
+    const char *path;    /* the file's name in messages (may be NULL: "fd N") */
     bool write;          /* false: read into buf; true: write buf */
     uint64_t offset;
     void *buf;

@@ -755,6 +755,15 @@ static void run_io_engine(mpk_io_backend be)
     mpk_io_req past = {.fd = fd, .offset = n - 4, .buf = dst, .len = 64};
     assert_int_equal(mpk_io_submit(io, &past, 1, &err), MPK_E_IO);
     assert_non_null(strstr(err.msg, "end of file"));
+    /* ... naming the file when the request carries its name (it has no "fd N" then), and the
+     * offset where the bytes ran out: the file's end */
+    char want[96];
+    snprintf(want, sizeof want, "shard-x: read at offset %llu failed: unexpected end of file",
+             (unsigned long long)n);
+    past.path = "shard-x";
+    assert_int_equal(mpk_io_submit(io, &past, 1, &err), MPK_E_IO);
+    assert_string_equal(err.msg, want);
+    assert_string_equal(err.where, "shard-x");
     /* a bad fd */
     mpk_io_req badfd = {.fd = 1000000, .offset = 0, .buf = dst, .len = 4};
     assert_int_equal(mpk_io_submit(io, &badfd, 1, &err), MPK_E_IO);
