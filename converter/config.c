@@ -37,10 +37,16 @@ static mpk_status get_int(const cJSON *o, const char *const *keys, const char *p
     return MPK_OK;
 }
 
-mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *err)
+/* Nothing found yet: every fact unknown (-1). */
+static void config_init(mpk_model_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     cfg->num_experts = cfg->hidden_size = cfg->intermediate_size = cfg->num_layers = -1;
+}
+
+mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *err)
+{
+    config_init(cfg);
     char *path = mpk_path_join(dir, "config.json");
     if (!path)
         MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
@@ -62,8 +68,7 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
 mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_model_config *cfg,
                             mpk_error *err)
 {
-    memset(cfg, 0, sizeof *cfg);
-    cfg->num_experts = cfg->hidden_size = cfg->intermediate_size = cfg->num_layers = -1;
+    config_init(cfg);
     mpk_json *j;
     mpk_status s = mpk_json_parse(text, len, MPK_E_CONFIG, path, "config.json", &j, err);
     if (s == MPK_OK && !cJSON_IsObject(j->root))

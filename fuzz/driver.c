@@ -3,6 +3,7 @@
  * sparser): a parser must never read past the end of what it is given. */
 #define _GNU_SOURCE
 #include "fuzz.h"
+#include "mpk_formats.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -11,30 +12,22 @@
 
 static int run_file(const char *path)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        perror(path);
+    char *buf;
+    size_t n;
+    mpk_error err = {0};
+    if (mpk_read_file(path, &buf, &n, &err) != MPK_OK) {
+        fprintf(stderr, "%s\n", err.msg);
         return -1;
     }
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    if (!buf || fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-        fclose(fp);
-        free(buf);
-        return -1;
-    }
-    fclose(fp);
     /* each run gets its own exact-size copy, so ASan sees a read past the end */
-    for (long k = 0;; k += k < 4096 ? 1 : 1 + k / 16) {
+    for (size_t k = 0;; k += k < 4096 ? 1 : 1 + k / 16) {
         if (k > n)
             k = n;
-        unsigned char *c = malloc(k ? (size_t)k : 1);
+        unsigned char *c = malloc(k ? k : 1);
         if (!c)
             abort();
-        memcpy(c, buf, (size_t)k);
-        LLVMFuzzerTestOneInput(c, (size_t)k);
+        memcpy(c, buf, k);
+        LLVMFuzzerTestOneInput(c, k);
         free(c);
         if (k == n)
             break;
