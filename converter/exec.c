@@ -892,21 +892,10 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void progress(run_ctx *c, double t0, bool final)
+static void progress(run_ctx *c, const mpk_exec_opts *o, double t0)
 {
-    uint64_t done = atomic_load(&c->done_bytes), total = c->p->total_bytes;
-    double el = now_s() - t0, rate = el > 0 ? (double)done / el : 0;
-    double frac = total ? (double)done / (double)total : 1;
-    char bar[31], hd[32], ht[32];
-    int fill = (int)(frac * 30);
-    for (int i = 0; i < 30; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[30] = 0;
-    double eta = rate > 0 ? (double)(total - done) / rate : 0;
-    fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s  ETA %.0fs   %s", bar, frac * 100,
-            mpk_human_bytes(done, hd, sizeof hd), mpk_human_bytes(total, ht, sizeof ht), rate / 1e9,
-            eta, final ? "\n" : "");
-    fflush(stderr);
+    if (o->progress)
+        o->progress(o->progress_ctx, atomic_load(&c->done_bytes), c->p->total_bytes, now_s() - t0);
 }
 
 /* Top-level names of SRC that are not copied beside the output: the checkpoint's own shards,
@@ -1448,9 +1437,16 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         stop_syncer(&c, syncing, sync_th);
         goto done;
     }
-    if (o->progress) {
+    /* the calling thread reports progress and watches the cancel flag meanwhile */
+    if (o->progress || o->cancel) {
         while (atomic_load(&c.units_done) < c.n_units && !atomic_load(&c.failed)) {
-            progress(&c, t0, false);
+            if (o->cancel && *o->cancel) {
+                mpk_error ce = {0};
+                mpk_error_set(&ce, MPK_E_CANCELLED, 0, dst, "cancelled; nothing was written there");
+                run_fail(&c, &ce);
+                break;
+            }
+            progress(&c, o, t0);
             struct timespec ts = {0, 200 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }
@@ -1458,8 +1454,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     for (int i = 0; i < started; i++)
         pthread_join(th[i], NULL);
     stop_syncer(&c, syncing, sync_th);
-    if (o->progress)
-        progress(&c, t0, true);
+    if (!atomic_load(&c.failed))
+        progress(&c, o, t0);
     if (atomic_load(&c.failed)) {
         *err = c.err;
         s = c.err.code;

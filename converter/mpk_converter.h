@@ -197,6 +197,9 @@ typedef struct mpk_plan {
     size_t n_views;
     int fp8_block;                      /* block edge of FP8 scale grids (128) */
     mpk_arena *arena;
+    void *owner;                        /* what the plan's source and spec belong to (a public
+                                           plan handle owns them), freed by mpk_plan_free */
+    void (*owner_free)(void *owner);
 } mpk_plan;
 
 /* The dequantize view behind a source tensor pointer of the plan, NULL for a real tensor. */
@@ -227,7 +230,10 @@ typedef struct mpk_exec_opts {
     int threads;                        /* 0: number of CPUs */
     uint64_t mem;                       /* in-flight buffer budget, bytes */
     bool force;                         /* replace an existing DST */
-    bool progress;                      /* progress bar on stderr */
+    /* non-NULL: called about 5 times a second from the calling thread, and once at the end */
+    void (*progress)(void *ctx, uint64_t done, uint64_t total, double seconds);
+    void *progress_ctx;
+    const volatile int *cancel;         /* non-NULL and set: stop with MPK_E_CANCELLED */
     bool use_copy_range;                /* copy_file_range for pure byte copies */
     bool no_fsync;                      /* skip the fsyncs before the rename (cp's durability) */
     mpk_io_backend io;
@@ -287,23 +293,10 @@ mpk_status mpk_exec(const mpk_plan *plan, const char *dst, const mpk_exec_opts *
 
 /* ---------------------------------------------------------------- synthetic checkpoints */
 
-typedef struct mpk_synth_opts {
-    const char *arch;                   /* preset name */
-    int layers, experts, hidden, intermediate, vocab;
-    mpk_dtype dtype;
-    int shards;
-    uint64_t seed;
-    bool packed;                        /* write the packed layout */
-    bool fp8;                           /* DeepSeek-V3 style: linear weights F8_E4M3 with
-                                           128x128 F32 weight_scale_inv grids */
-} mpk_synth_opts;
-
 /* config.json text for a quantization change: quantization_config removed (remove = true)
  * or set to qc (a cJSON object, duplicated). NULL without a source config. Free with free(). */
 char *mpk_config_requant(const mpk_model_config *cfg, bool remove, const void *qc);
 
-/* Writes a checkpoint with the preset's real tensor names, random data and config.json. */
-mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *err);
 
 #ifdef __cplusplus
 }

@@ -666,6 +666,8 @@ void mpk_plan_free(mpk_plan *p)
     if (!p)
         return;
     mpk_arena_free(p->arena);
+    if (p->owner_free)
+        p->owner_free(p->owner);
     free(p);
 }
 

@@ -268,6 +268,9 @@ mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *er
 {
     if (o->layers < 1 || o->experts < 1 || o->hidden < 1 || o->intermediate < 1 || o->vocab < 1)
         MPK_FAIL(err, MPK_E_USAGE, "synth", "layers, experts, hidden, intermediate and vocab must be >= 1");
+    if (!mpk_cast_supported(o->dtype, o->dtype))
+        MPK_FAIL(err, MPK_E_USAGE, "synth", "cannot write random %s tensors (BF16, F16 or F32)",
+                 mpk_dtype_name(o->dtype) ? mpk_dtype_name(o->dtype) : "?");
     mpk_spec *spec;
     MPK_TRY(mpk_preset_load(o->arch, NULL, &spec, err));
     struct stat st;
@@ -322,4 +325,10 @@ mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *er
     }
     mpk_spec_free(spec);
     return s;
+}
+
+void mpk_synth_opts_init(mpk_synth_opts *o)
+{
+    *o = (mpk_synth_opts){.arch = "mixtral", .layers = 2, .experts = 8, .hidden = 64, .intermediate = 32,
+                          .vocab = 128, .dtype = MPK_DTYPE_BF16, .shards = 2, .seed = 1};
 }

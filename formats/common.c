@@ -59,6 +59,7 @@ static const char *const status_names[] = {
     [MPK_E_MANIFEST] = "manifest",
     [MPK_E_OVERLAP] = "overlap",
     [MPK_E_CHANGED] = "source-changed",
+    [MPK_E_CANCELLED] = "cancelled",
 };
 _Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,
                "status_names must cover every mpk_status");

@@ -192,9 +192,9 @@ mpk_status mpk_json_parse(const char *text, size_t len, mpk_status code, const c
         }
     size_t next = 0;
     if (!number_index(j->root, &next, j->n_nums) || next != j->n_nums) {
+        size_t n_nums = j->n_nums;
         mpk_json_free(j);
-        BAD("%s: internal: %zu number literals but a different count of number values", what,
-            j->n_nums);
+        BAD("%s: internal: %zu number literals but a different count of number values", what, n_nums);
     }
     *out = j;
     return MPK_OK;

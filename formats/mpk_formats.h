@@ -33,72 +33,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moepack/moepack.h" /* status, error record, dtypes, io back ends: the public core */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /* ---------------------------------------------------------------- status and errors */
-
-/* Pinned values: never renumber a shipped value; add new ones before MPK_STATUS_COUNT. */
-typedef enum mpk_status {
-    MPK_OK = 0,
-    MPK_E_IO = 1,                 /* a system call failed (sys_errno says which) */
-    MPK_E_NOMEM = 2,              /* allocation failed */
-    MPK_E_HEADER_TOO_SMALL = 3,   /* file shorter than the 8-byte length prefix */
-    MPK_E_HEADER_TOO_LARGE = 4,   /* N > 100,000,000 */
-    MPK_E_HEADER_LENGTH = 5,      /* 8 + N past the end of the file */
-    MPK_E_HEADER_UTF8 = 6,        /* header is not valid UTF-8 */
-    MPK_E_HEADER_JSON = 7,        /* header is not JSON, or has trailing garbage */
-    MPK_E_HEADER_NOT_OBJECT = 8,  /* header JSON (or a tensor entry) is not an object */
-    MPK_E_DTYPE = 9,              /* unknown dtype string */
-    MPK_E_FIELD_MISSING = 10,     /* dtype, shape or data_offsets missing */
-    MPK_E_FIELD_TYPE = 11,        /* a field has the wrong JSON type, or an unknown key */
-    MPK_E_NUMBER = 12,            /* negative, fractional or out-of-range number */
-    MPK_E_OFFSETS_ARITY = 13,     /* data_offsets is not exactly two numbers */
-    MPK_E_OFFSETS_LAYOUT = 14,    /* offsets do not tile the data from 0 (gap, overlap, reversed) */
-    MPK_E_SIZE_OVERFLOW = 15,     /* numel * bits overflows 64 bits */
-    MPK_E_SIZE_MISMATCH = 16,     /* END - BEGIN != bytes implied by dtype and shape */
-    MPK_E_DATA_LENGTH = 17,       /* data section is not exactly covered (trailing/missing bytes) */
-    MPK_E_DUPLICATE_NAME = 18,    /* a tensor name appears twice in one header */
-    MPK_E_DUPLICATE_METADATA = 19,/* "__metadata__" appears twice, or a key twice inside it */
-    MPK_E_METADATA = 20,          /* __metadata__ is not a string -> string object */
-    MPK_E_SUBBYTE = 21,           /* sub-byte dtype whose total bits are not whole bytes */
-    MPK_E_RANK = 22,              /* more than MPK_MAX_DIMS dimensions */
-    MPK_E_INDEX = 23,             /* model.safetensors.index.json malformed */
-    MPK_E_INDEX_PATH = 24,        /* shard name unsafe ('/', '..', absolute, outside the dir) */
-    MPK_E_INDEX_MISSING = 25,     /* index names a tensor its shard does not hold */
-    MPK_E_INDEX_EXTRA = 26,       /* a shard holds a tensor the index does not list */
-    MPK_E_NOT_FOUND = 27,         /* no checkpoint at a path, or no such tensor */
-    MPK_E_DUPLICATE_TENSOR = 28,  /* two shards hold the same tensor name */
-    MPK_E_USAGE = 29,             /* bad argument from a caller (CLI usage errors) */
-    MPK_E_SPEC = 30,              /* conversion spec malformed (message has the JSON path) */
-    MPK_E_PRESET = 31,            /* unknown preset, or none matches the model */
-    MPK_E_EXPERT_MISSING = 32,    /* a group of experts has a hole */
-    MPK_E_SHAPE = 33,             /* shapes inconsistent for an op */
-    MPK_E_DTYPE_MISMATCH = 34,    /* dtypes inconsistent for an op */
-    MPK_E_DST_EXISTS = 35,        /* destination exists and --force was not given */
-    MPK_E_OP = 36,                /* op cannot run (bad parameters, unsupported dtype) */
-    MPK_E_CONFIG = 37,            /* config.json malformed or inconsistent with the tensors */
-    MPK_E_MEMORY_BUDGET = 38,     /* a unit of work does not fit in --mem */
-    MPK_E_CONFLICT = 39,          /* two rules produce the same target name */
-    MPK_E_ALREADY_CONVERTED = 40, /* the checkpoint is already in the target layout */
-    MPK_E_QUANT = 41,             /* quantized layout rule broken (scale grid shape, a block
-                                     straddling a concat boundary: I % 128 != 0) */
-    MPK_E_MANIFEST = 42,          /* moepack.manifest.json missing or malformed */
-    MPK_E_OVERLAP = 43,           /* the destination is, holds or lies inside the source */
-    MPK_E_CHANGED = 44,           /* a source file changed (or was replaced) while it was read */
-    MPK_STATUS_COUNT
-} mpk_status;
-
-typedef struct mpk_error {
-    mpk_status code;
-    int sys_errno;     /* errno for MPK_E_IO, else 0 */
-    char where[512];   /* file (and tensor) the failure is about, may be empty */
-    char msg[1024];    /* full message: "<where>: <what>" */
-} mpk_error;
-
-/* Name of a status ("header-too-large"); never NULL. Thread-safe. */
-const char *mpk_status_str(mpk_status s);
 
 /* Fills err (NULL-safe) with code and a printf-style message prefixed by where (may be
  * NULL or ""); returns code so that callers can `return mpk_error_set(...)`. */
@@ -106,8 +47,6 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Fail with a formatted message. */
-/* The message without its "<where>: " prefix. */
-const char *mpk_error_what(const mpk_error *err);
 #define MPK_FAIL(err, code, where, ...) return mpk_error_set((err), (code), 0, (where), __VA_ARGS__)
 /* Forward a failing status. */
 #define MPK_TRY(expr)                       \
@@ -179,31 +118,16 @@ bool mpk_json_num_in(const cJSON *v, double lo, double hi, long long *out);
 
 /* ---------------------------------------------------------------- dtypes */
 
-/* The 22 safetensors dtypes, in the reference's order (its sort key for writing). */
-typedef enum mpk_dtype {
-    MPK_DTYPE_BOOL, MPK_DTYPE_F4, MPK_DTYPE_F6_E2M3, MPK_DTYPE_F6_E3M2, MPK_DTYPE_U8,
-    MPK_DTYPE_I8, MPK_DTYPE_F8_E5M2, MPK_DTYPE_F8_E4M3, MPK_DTYPE_F8_E8M0,
-    MPK_DTYPE_F8_E4M3FNUZ, MPK_DTYPE_F8_E5M2FNUZ, MPK_DTYPE_I16, MPK_DTYPE_U16,
-    MPK_DTYPE_F16, MPK_DTYPE_BF16, MPK_DTYPE_I32, MPK_DTYPE_U32, MPK_DTYPE_F32,
-    MPK_DTYPE_C64, MPK_DTYPE_F64, MPK_DTYPE_I64, MPK_DTYPE_U64,
-    MPK_DTYPE_COUNT
-} mpk_dtype;
-
-/* "BF16" etc.; NULL for an out-of-range value. */
-const char *mpk_dtype_name(mpk_dtype d);
 /* Bits per element (4, 6, 8, 16, 32, 64); 0 for an out-of-range value. */
 int mpk_dtype_bits(mpk_dtype d);
 /* Parses a dtype name of len bytes; false if unknown. */
 bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out);
 
-#define MPK_MAX_DIMS 16
 
 /* Byte size of a tensor; MPK_E_SIZE_OVERFLOW or MPK_E_SUBBYTE on failure (no message). */
 mpk_status mpk_tensor_nbytes(mpk_dtype d, const int64_t *shape, int ndim, uint64_t *out);
 /* Element count (0 on overflow, check with nbytes first). */
 uint64_t mpk_numel(const int64_t *shape, int ndim);
-/* Human size "1.50 GiB" into buf; returns buf. */
-const char *mpk_human_bytes(uint64_t n, char *buf, size_t cap);
 /* Formats "[2, 3, 4]" into buf; returns buf. */
 char *mpk_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap);
 
@@ -420,13 +344,6 @@ mpk_status mpk_index_write(const char *dir, const char *const *names, const char
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------- I/O engine */
-
-typedef enum mpk_io_backend {
-    MPK_IO_AUTO = 0,     /* io_uring when it can be set up, else pread; MOEPACK_IO=pread forces */
-    MPK_IO_URING = 1,
-    MPK_IO_PREAD = 2,
-    MPK_IO_BACKEND_COUNT
-} mpk_io_backend;
 
 typedef struct mpk_io_req {
     int fd;

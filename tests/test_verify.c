@@ -399,7 +399,7 @@ static void test_diff_figures(void **state)
     mpk_error err = {0};
     assert_int_equal(mpk_ckpt_open(pa, &ca, &err), MPK_OK);
     assert_int_equal(mpk_ckpt_open(pb, &cb, &err), MPK_OK);
-    mpk_report *r;
+    mpk_cmp_report *r;
     mpk_cmp_opts co = {.atol = 0.1, .rtol = 0, .values = true};
     mpk_plan_opts po = {0};
     assert_int_equal(mpk_verify_compare(ca, cb, NULL, &po, &co, &r, &err), MPK_OK);
@@ -412,7 +412,7 @@ static void test_diff_figures(void **state)
     assert_true(fabs(t->cosine - 32 / sqrt(30 * 34.25)) < 1e-12);
     assert_int_equal(t->n_out_of_tol, 1);
     assert_true(t->differs);
-    mpk_report_free(r);
+    mpk_cmp_report_free(r);
     mpk_ckpt_close(ca);
     mpk_ckpt_close(cb);
     assert_int_equal(run(&out, "%s diff %s %s --atol 0.1", moepack(), pa, pb), 3);

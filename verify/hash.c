@@ -236,7 +236,7 @@ static bool parse_hex(const char *s, mpk_hash128 *h)
     return !*e1 && !*e2;
 }
 
-mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *err)
+mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_error *err)
 {
     *out = NULL;
     char *path = mpk_path_join(c->dir, MPK_MANIFEST_NAME), *text = NULL;
@@ -275,7 +275,7 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *e
         return s;
     }
     mpk_strmap listed = {0};
-    mpk_report *r = mpk_calloc(1, sizeof *r);
+    mpk_cmp_report *r = mpk_calloc(1, sizeof *r);
     mpk_tensor_hash *th = NULL;
     mpk_hash128 digest;
     if (!r || mpk_strmap_init(&listed, (size_t)cJSON_GetArraySize(ts)) != MPK_OK) {
@@ -341,7 +341,7 @@ done:
     cJSON_Delete(root);
     free(path);
     if (s != MPK_OK) {
-        mpk_report_free(r);
+        mpk_cmp_report_free(r);
         return s;
     }
     *out = r;

@@ -62,14 +62,14 @@ typedef struct mpk_tensor_cmp {
     mpk_hash128 want_hash, got_hash;
 } mpk_tensor_cmp;
 
-typedef struct mpk_report {
+typedef struct mpk_cmp_report {
     mpk_tensor_cmp *t;
     size_t n, cap;
     size_t n_differ;
     size_t n_compared;
     uint64_t bytes;              /* bytes compared */
     double atol, rtol;
-} mpk_report;
+} mpk_cmp_report;
 
 typedef struct mpk_cmp_opts {
     double atol, rtol;           /* element passes when |got - want| <= atol + rtol * |want| */
@@ -79,14 +79,14 @@ typedef struct mpk_cmp_opts {
 
 /* Compares dst with what src becomes under spec (NULL: the identity, for round trips and
  * for comparing two checkpoints of the same layout). po carries --dequantize/--quantize.
- * Every difference is recorded in *out (owned, mpk_report_free); the status is MPK_OK when the
+ * Every difference is recorded in *out (owned, mpk_cmp_report_free); the status is MPK_OK when the
  * comparison ran, whatever it found. */
 mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mpk_spec *spec,
-                              const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_report **out,
+                              const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_cmp_report **out,
                               mpk_error *err);
 /* Checks dir against its manifest: missing/extra tensors, dtype/shape, hash, digest. */
-mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_report **out, mpk_error *err);
-void mpk_report_free(mpk_report *r);
+mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_error *err);
+void mpk_cmp_report_free(mpk_cmp_report *r);
 
 #ifdef __cplusplus
 }

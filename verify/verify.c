@@ -12,7 +12,7 @@
 
 #define CHUNK (16u << 20)
 
-mpk_tensor_cmp *vfy_add(mpk_report *r, const char *name, mpk_diff_kind kind, const char *detail)
+mpk_tensor_cmp *vfy_add(mpk_cmp_report *r, const char *name, mpk_diff_kind kind, const char *detail)
 {
     mpk_tensor_cmp *nt = mpk_grow(r->t, r->n, &r->cap, sizeof *nt, 64);
     if (!nt)
@@ -30,7 +30,7 @@ mpk_tensor_cmp *vfy_add(mpk_report *r, const char *name, mpk_diff_kind kind, con
     return x;
 }
 
-void mpk_report_free(mpk_report *r)
+void mpk_cmp_report_free(mpk_cmp_report *r)
 {
     if (!r)
         return;
@@ -45,7 +45,7 @@ void mpk_report_free(mpk_report *r)
 typedef struct {
     const mpk_ckpt *dst;
     const mpk_cmp_opts *co;
-    mpk_report *r;
+    mpk_cmp_report *r;
     mpk_strmap expected;
     char *gbuf;             /* dst bytes of the current slice */
     float *fw, *fg;         /* decoded values */
@@ -453,7 +453,7 @@ static mpk_status compare_whole(vctx *v, const mpk_plan *p, const mpk_ckpt *src,
 }
 
 mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mpk_spec *spec,
-                              const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_report **out,
+                              const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_cmp_report **out,
                               mpk_error *err)
 {
     *out = NULL;
@@ -510,7 +510,7 @@ done:
     free(v.fg);
     mpk_strmap_free(&v.expected);
     if (s != MPK_OK) {
-        mpk_report_free(v.r);
+        mpk_cmp_report_free(v.r);
         return s;
     }
     *out = v.r;

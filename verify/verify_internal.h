@@ -11,6 +11,6 @@ mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *bu
                            mpk_error *err);
 mpk_hash128 vfy_digest(const mpk_tensor_hash *t, size_t n);
 /* Appends a record (differs = kind < MPK_DIFF_COUNT); NULL on allocation failure. */
-mpk_tensor_cmp *vfy_add(mpk_report *r, const char *name, mpk_diff_kind kind, const char *detail);
+mpk_tensor_cmp *vfy_add(mpk_cmp_report *r, const char *name, mpk_diff_kind kind, const char *detail);
 
 #endif

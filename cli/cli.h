@@ -1,8 +1,10 @@
-/* cli.h — the moepack command table and helpers shared by the command files. */
+/* cli.h — the moepack command table and helpers shared by the command files. The CLI parses
+ * arguments, calls libmoepack's public API (moepack/moepack.h, nothing else of ours) and
+ * prints what it returns. */
 #ifndef MPK_CLI_H
 #define MPK_CLI_H
 
-#include "mpk_converter.h"
+#include "moepack/moepack.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -47,7 +49,7 @@ int mpk_cmd_hash(int argc, char **argv);
 int mpk_cmd_verify(int argc, char **argv);
 int mpk_cmd_diff(int argc, char **argv);
 int mpk_cmd_gpucheck(int argc, char **argv);
-/* exec finish hook: writes moepack.manifest.json into the temporary output directory */
-mpk_status mpk_cli_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
+/* Prints a report's text, each line prefixed "CMD: " when prefix (or its JSON when json). */
+void mpk_cli_print_report(const char *cmd, const mpk_report *r, bool json, bool prefix);
 
 #endif

@@ -1,13 +1,14 @@
-/* cli_convert.c — presets, plan, pack, unpack, convert, synth, demo. */
+/* convert.c — presets, plan, pack, unpack, convert, synth, demo: arguments to a request,
+ * progress on stderr, the report on stdout. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "mpk_converter.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
+#include <signal.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -105,105 +106,70 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
     return -1;
 }
 
-/* The layout marker moepack writes into every output shard's __metadata__. */
-static const char *layout_marker(const mpk_ckpt *c)
+static void progress_cb(void *ctx, uint64_t done, uint64_t total, double seconds)
 {
-    if (!c->n_shards || !c->shards[0].header->has_metadata)
-        return NULL;
-    const mpk_st_header *h = c->shards[0].header;
-    for (size_t i = 0; i < h->n_metadata; i++)
-        if (strcmp(h->metadata[i].key, "moepack_layout") == 0)
-            return h->metadata[i].value;
-    return NULL;
+    double rate = seconds > 0 ? (double)done / seconds : 0;
+    double frac = total ? (double)done / (double)total : 1;
+    char bar[31], hd[32], ht[32];
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s  ETA %.0fs   %s", bar, frac * 100,
+            mpk_human_bytes(done, hd, sizeof hd), mpk_human_bytes(total, ht, sizeof ht), rate / 1e9, eta,
+            done == total ? "\n" : "");
+    fflush(stderr);
 }
-
-static mpk_status load_spec(const conv_args *a, conv_mode mode, const mpk_model_config *cfg,
-                            mpk_spec **out, mpk_error *err)
-{
-    mpk_spec *s;
-    if (a->spec_file) {
-        char *text;
-        size_t len;
-        MPK_TRY(mpk_read_file(a->spec_file, &text, &len, err));
-        mpk_status st = mpk_spec_parse(text, len, a->spec_file, &s, err);
-        free(text);
-        MPK_TRY(st);
-    } else {
-        MPK_TRY(mpk_preset_load(a->preset, cfg, &s, err));
-    }
-    if (mode == MODE_UNPACK || a->reverse) {
-        mpk_spec *r;
-        mpk_status st = mpk_spec_reverse(s, &r, err);
-        if (st != MPK_OK) {
-            mpk_spec_free(s);
-            return st;
-        }
-        s = r;
-    }
-    *out = s;
-    return MPK_OK;
-}
-
-static void print_summary(const char *cmd, const conv_args *a, const mpk_plan *p,
-                          const mpk_exec_stats *st)
-{
-    double gbs = st->seconds > 0 ? (double)st->bytes_out / st->seconds / 1e9 : 0;
-    if (a->json) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "command", cmd);
-        cJSON_AddStringToObject(o, "source", a->src);
-        cJSON_AddStringToObject(o, "destination", a->dst);
-        cJSON_AddStringToObject(o, "preset", p->spec->name);
-        cJSON_AddBoolToObject(o, "reversed", p->spec->reversed);
-        cJSON_AddNumberToObject(o, "tensors_in", (double)st->tensors_in);
-        cJSON_AddNumberToObject(o, "tensors_out", (double)st->tensors_out);
-        cJSON_AddNumberToObject(o, "targets_built", (double)(p->n_outs - p->n_pass));
-        cJSON_AddNumberToObject(o, "passed_through", (double)p->n_pass);
-        cJSON_AddNumberToObject(o, "bytes", (double)st->bytes_out);
-        cJSON_AddNumberToObject(o, "shards", (double)p->n_shards);
-        cJSON_AddNumberToObject(o, "seconds", st->seconds);
-        cJSON_AddNumberToObject(o, "gb_per_s", gbs);
-        cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)st->peak_rss_kib * 1024);
-        cJSON_AddNumberToObject(o, "threads", st->threads);
-        cJSON_AddBoolToObject(o, "copy_file_range", st->used_copy_range);
-        cJSON *side = cJSON_AddObjectToObject(o, "other_files");
-        cJSON_AddNumberToObject(side, "files", (double)st->side.files);
-        cJSON_AddNumberToObject(side, "directories", (double)st->side.dirs);
-        cJSON_AddNumberToObject(side, "symlinks", (double)st->side.links);
-        cJSON_AddNumberToObject(side, "bytes", (double)st->side.bytes);
-        cJSON_AddNumberToObject(side, "skipped", (double)st->side.skipped);
-        cJSON_AddBoolToObject(o, "resumed", st->resumed);
-        cJSON_AddNumberToObject(o, "shards_kept", (double)st->shards_kept);
-        cJSON_AddNumberToObject(o, "stale_removed", (double)st->stale_removed);
-        char *s = cJSON_Print(o);
-        puts(s);
-        free(s);
-        cJSON_Delete(o);
-    } else if (!a->quiet) {
-        char hb[32], hr[32];
-        printf("%s: %s -> %s (preset %s%s): %zu tensors in, %zu out (%zu built, %zu passed "
-               "through), %s in %zu shard(s), %.2f s, %.2f GB/s, peak RSS %s\n",
-               cmd, a->src, a->dst, p->spec->name, p->spec->reversed ? ", reversed" : "",
-               st->tensors_in, st->tensors_out, p->n_outs - p->n_pass, p->n_pass,
-               mpk_human_bytes(st->bytes_out, hb, sizeof hb), p->n_shards, st->seconds, gbs,
-               mpk_human_bytes((uint64_t)st->peak_rss_kib * 1024, hr, sizeof hr));
-        printf("%s: other files of SRC: %zu file(s) (%s), %zu director%s, %zu symlink(s) copied, %zu skipped\n",
-               cmd, st->side.files, mpk_human_bytes(st->side.bytes, hb, sizeof hb), st->side.dirs,
-               st->side.dirs == 1 ? "y" : "ies", st->side.links, st->side.skipped);
-        if (st->resumed)
-            printf("%s: resumed an interrupted run: %zu of %zu shard(s) kept after their hashes checked out\n", cmd,
-                   st->shards_kept, p->n_shards);
-    }
-}
-
-typedef struct {
-    const char *cmd;
-} warn_ctx;
 
 static void warn_cb(void *ctx, const char *msg)
 {
-    const warn_ctx *w = ctx; /* said even with -q: it is about the user's data */
-    fprintf(stderr, "moepack: %s: warning: %s\n", w->cmd, msg);
+    /* said even with -q: it is about the user's data */
+    fprintf(stderr, "moepack: %s: warning: %s\n", (const char *)ctx, msg);
+}
+
+/* Ctrl-C (or SIGTERM) cancels the conversion: the library stops and leaves nothing at DST. */
+static volatile int cancelled;
+
+static void on_signal(int sig)
+{
+    cancelled = 1;
+    signal(sig, SIG_DFL); /* a second one ends the process at once */
+}
+
+/* What to tell the user to do after a failure. */
+static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpack)
+{
+    switch (err->code) {
+    case MPK_E_PRESET: return "list presets with 'moepack presets'; name one with --preset NAME";
+    case MPK_E_ALREADY_CONVERTED:
+        return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
+    case MPK_E_QUANT: return "--dequantize writes BF16 experts, which pack at any size";
+    case MPK_E_DST_EXISTS: return err->sys_errno ? NULL : "pass --force to replace it";
+    case MPK_E_IO:
+        return a->resume ? "the partial output was kept: run the same command with --resume again to continue it"
+                         : NULL;
+    default: return NULL;
+    }
+}
+
+static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_convert_req *r)
+{
+    mpk_convert_req_init(r, a->src, a->dst);
+    r->spec = a->spec_file ? a->spec_file : a->preset;
+    r->direction = mode == MODE_UNPACK || a->reverse ? MPK_DIRECTION_UNPACK : MPK_DIRECTION_PACK;
+    r->quant = a->dequantize ? MPK_QUANT_DEQUANTIZE : a->quantize ? MPK_QUANT_FP8_BLOCK128 : MPK_QUANT_KEEP;
+    r->flags = (a->force ? MPK_CONVERT_FORCE : 0) | (a->resume ? MPK_CONVERT_RESUME : 0) |
+               (a->copy_links ? MPK_CONVERT_COPY_LINKS : 0) | (a->no_fsync ? MPK_CONVERT_NO_FSYNC : 0) |
+               (a->no_copy_range ? MPK_CONVERT_NO_COPY_RANGE : 0) | (a->no_manifest ? MPK_CONVERT_NO_MANIFEST : 0);
+    r->max_shard_size = a->max_shard;
+    r->mem = a->mem;
+    r->threads = a->threads;
+    r->io = strcmp(a->io, "pread") == 0 ? MPK_IO_PREAD : strcmp(a->io, "io_uring") == 0 ? MPK_IO_URING : MPK_IO_AUTO;
+    r->progress = !a->quiet && !a->json && isatty(2) ? progress_cb : NULL;
+    r->warn = warn_cb;
+    r->ctx = (void *)cmd;
+    r->cancel = &cancelled;
 }
 
 static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv)
@@ -212,96 +178,32 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
     int r = parse_conv_args(cmd, mode, argc, argv, &a);
     if (r >= 0)
         return r;
+    mpk_convert_req req;
+    fill_req(&a, mode, cmd, &req);
     mpk_error err = {0};
-    mpk_ckpt *c = NULL;
-    mpk_model_config cfg = {0};
-    mpk_spec *spec = NULL;
-    mpk_plan *plan = NULL;
-    int rc = MPK_EXIT_FAIL;
-    const char *hint = NULL;
-    char *cfg_text = NULL;
-    if (mpk_ckpt_open(a.src, &c, &err) != MPK_OK || mpk_config_load(c->dir, &cfg, &err) != MPK_OK)
-        goto out;
-    if (load_spec(&a, mode, &cfg, &spec, &err) != MPK_OK) {
-        if (err.code == MPK_E_PRESET)
-            hint = "list presets with 'moepack presets'; name one with --preset NAME";
-        goto out;
-    }
-    const char *marker = layout_marker(c);
-    const char *would = spec->reversed ? "per-expert" : "packed";
-    if (marker && strcmp(marker, would) == 0) {
-        mpk_error_set(&err, MPK_E_ALREADY_CONVERTED, 0, a.src,
-                      "already in the %s layout (written by moepack); nothing to do", would);
-        hint = spec->reversed ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
-        goto out;
-    }
-    mpk_plan_opts po = {.max_shard_size = a.max_shard, .cfg = &cfg, .dequantize = a.dequantize,
-                        .quantize_block = a.quantize ? 128 : 0};
-    if (mpk_plan_build(c, spec, &po, &plan, &err) != MPK_OK) {
-        if (err.code == MPK_E_ALREADY_CONVERTED && !hint)
-            hint = spec->reversed ? "use 'moepack pack'" : "use 'moepack unpack' to go the other way";
-        if (err.code == MPK_E_QUANT)
-            hint = "--dequantize writes BF16 experts, which pack at any size";
-        goto out;
-    }
     if (mode == MODE_PLAN) {
-        mpk_plan_print(plan, stdout, a.verbose);
-        rc = MPK_EXIT_OK;
-        goto out;
+        mpk_plan *plan;
+        if (mpk_plan_create(&req, &plan, &err) != MPK_OK)
+            return mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
+        char *text = mpk_plan_describe(plan, a.verbose);
+        mpk_plan_free(plan);
+        if (!text)
+            return mpk_cli_fail(cmd, &(mpk_error){.code = MPK_E_NOMEM, .msg = "out of memory"}, NULL);
+        fputs(text, stdout);
+        free(text);
+        return MPK_EXIT_OK;
     }
-    /* a quantization change rewrites config.json's quantization_config */
-    cJSON *qc = NULL;
-    if (a.quantize)
-        qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
-                         "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
-    else if (spec->dequantizes && spec->reversed)
-        qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(spec->json, "quantization_config"), 1);
-    if (a.dequantize || (spec->dequantizes && !spec->reversed))
-        cfg_text = mpk_config_requant(&cfg, true, NULL);
-    else if (qc)
-        cfg_text = mpk_config_requant(&cfg, false, qc);
-    cJSON_Delete(qc);
-    mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", would}};
-    warn_ctx wc = {cmd};
-    mpk_exec_opts eo = {
-        .threads = a.threads,
-        .mem = a.mem,
-        .force = a.force,
-        .progress = !a.quiet && !a.json && isatty(2),
-        .use_copy_range = !a.no_copy_range,
-        .no_fsync = a.no_fsync,
-        .io = strcmp(a.io, "pread") == 0 ? MPK_IO_PREAD : strcmp(a.io, "io_uring") == 0 ? MPK_IO_URING : MPK_IO_AUTO,
-        .metadata = meta,
-        .n_metadata = 2,
-        .config_json = cfg_text,
-        .hash_outputs = !a.no_manifest,
-        .finish = a.no_manifest ? NULL : mpk_cli_write_manifest,
-        .resume = a.resume,
-        .copy_links = a.copy_links,
-        .warn = warn_cb,
-        .warn_ctx = &wc,
-    };
-    mpk_exec_stats st;
-    if (mpk_exec(plan, a.dst, &eo, &st, &err) != MPK_OK) {
-        if (err.code == MPK_E_DST_EXISTS && !err.sys_errno)
-            hint = "pass --force to replace it";
-        if (err.code == MPK_E_OVERLAP)
-            rc = MPK_EXIT_USAGE;
-        if (err.code == MPK_E_IO && a.resume)
-            hint = "the partial output was kept: run the same command with --resume again to continue it";
-        goto out;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    mpk_report *rep;
+    if (mpk_convert(&req, &rep, &err) != MPK_OK) {
+        mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
+        return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL; /* an overlap is a usage error */
     }
-    print_summary(cmd, &a, plan, &st);
-    rc = MPK_EXIT_OK;
-out:
-    if (rc != MPK_EXIT_OK)
-        mpk_cli_fail(cmd, &err, hint); /* rc: 1, or 2 for an overlap (a usage error) */
-    free(cfg_text);
-    mpk_plan_free(plan);
-    mpk_spec_free(spec);
-    mpk_config_free(&cfg);
-    mpk_ckpt_close(c);
-    return rc;
+    if (a.json || !a.quiet)
+        mpk_cli_print_report(cmd, rep, a.json, true);
+    mpk_report_free(rep);
+    return MPK_EXIT_OK;
 }
 
 int mpk_cmd_pack(int argc, char **argv)
@@ -328,16 +230,16 @@ int mpk_cmd_presets(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    for (size_t i = 0; i < mpk_n_presets; i++) {
+    const char *name;
+    for (size_t i = 0; (name = mpk_preset_name(i)); i++) {
         mpk_spec *s;
         mpk_error err = {0};
-        if (mpk_spec_parse(mpk_presets[i].json, strlen(mpk_presets[i].json), mpk_presets[i].name, &s,
-                           &err) != MPK_OK)
+        if (mpk_spec_load(name, NULL, false, &s, &err) != MPK_OK)
             return mpk_cli_fail("presets", &err, NULL);
-        printf("%-14s model_types:", s->name);
-        for (int k = 0; k < s->n_model_types; k++)
-            printf("%s%s", k ? "," : " ", s->model_types[k]);
-        printf("\n               %s\n", s->description);
+        printf("%-14s model_types:", mpk_spec_name(s));
+        for (size_t k = 0; k < mpk_spec_model_type_count(s); k++)
+            printf("%s%s", k ? "," : " ", mpk_spec_model_type(s, k));
+        printf("\n               %s\n", mpk_spec_description(s));
         mpk_spec_free(s);
     }
     return MPK_EXIT_OK;
@@ -364,8 +266,7 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
         {"dtype", required_argument, NULL, O_DTYPE}, {"shards", required_argument, NULL, O_SHARDS},
         {"seed", required_argument, NULL, O_SEED}, {"layout", required_argument, NULL, O_LAYOUT},
         {"quant", required_argument, NULL, O_QUANT}, {0}};
-    *o = (mpk_synth_opts){.arch = "mixtral", .layers = 2, .experts = 8, .hidden = 64, .intermediate = 32,
-                          .vocab = 128, .dtype = MPK_DTYPE_BF16, .shards = 2, .seed = 1};
+    mpk_synth_opts_init(o);
     optind = 1;
     opterr = 0;
     int ch, v = 0, li = 0;
@@ -380,14 +281,13 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
         case O_VOCAB: ok = parse_int_opt(optarg, 1, 1 << 24, &o->vocab); break;
         case O_SHARDS: ok = parse_int_opt(optarg, 1, 10000, &o->shards); break;
         case O_SEED: ok = parse_int_opt(optarg, 0, 1 << 30, &v); o->seed = (uint64_t)v + 1; break;
-        case O_DTYPE:
-            ok = mpk_dtype_parse(optarg, strlen(optarg), &o->dtype) && mpk_cast_supported(o->dtype, o->dtype);
-            if (!ok) {
-                char up[16] = "";
-                for (size_t i = 0; i < 15 && optarg[i]; i++)
-                    up[i] = (char)(optarg[i] >= 'a' && optarg[i] <= 'z' ? optarg[i] - 32 : optarg[i]);
-                ok = mpk_dtype_parse(up, strlen(up), &o->dtype) && mpk_cast_supported(o->dtype, o->dtype);
-            }
+        case O_DTYPE: /* which dtypes synth writes is the library's to check */
+            ok = false;
+            for (int d = 0; d < MPK_DTYPE_COUNT && !ok; d++)
+                if (strcasecmp(optarg, mpk_dtype_name((mpk_dtype)d)) == 0) {
+                    o->dtype = (mpk_dtype)d;
+                    ok = true;
+                }
             break;
         case O_QUANT:
             ok = strcmp(optarg, "fp8") == 0 || strcmp(optarg, "none") == 0; /* FP8 block 128 */

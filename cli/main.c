@@ -1,9 +1,9 @@
 /* cli.c — `moepack` entry point: command table, help, version, shared helpers. */
 #define _GNU_SOURCE
 #include "cli.h"
-#include "mpk_config.h"
 
-#include <cjson/cJSON.h>
+
+
 
 #include <ctype.h>
 #include <errno.h>
@@ -71,6 +71,21 @@ bool mpk_parse_size(const char *s, uint64_t *out)
     return false;
 }
 
+void mpk_cli_print_report(const char *cmd, const mpk_report *r, bool json, bool prefix)
+{
+    if (json) {
+        puts(mpk_report_json(r));
+        return;
+    }
+    const char *t = mpk_report_text(r);
+    while (*t) {
+        const char *nl = strchr(t, '\n');
+        size_t n = nl ? (size_t)(nl - t) + 1 : strlen(t);
+        printf("%s%s%.*s", prefix ? cmd : "", prefix ? ": " : "", (int)n, t);
+        t += n;
+    }
+}
+
 static int cmd_help(int argc, char **argv);
 #define CONV_OPTS \
     "  --preset NAME          preset (default auto: from config.json's model_type)\n"\
@@ -97,8 +112,7 @@ static int cmd_version(int argc, char **argv);
 
 static void print_features(FILE *f)
 {
-    fprintf(f, "moepack %s\nfeatures: io_uring=%s cuda=%s\n", MPK_VERSION,
-            MPK_HAVE_IO_URING ? "yes" : "no", MPK_HAVE_CUDA ? "yes" : "no");
+    fprintf(f, "moepack %s\nfeatures: %s\n", mpk_version(), mpk_features());
 }
 
 static int cmd_version(int argc, char **argv)
@@ -229,57 +243,10 @@ const mpk_command mpk_commands[] = {
 };
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
 
-/* MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
- * fail, or the process die there (tests of crash safety), N:stop stop there until SIGCONT; N:ENOMEM makes the Nth allocation
- * fail (cJSON's included); MOEPACK_FAULT=count prints how many of each there were at exit. */
-static void count_faults(void)
-{
-    fprintf(stderr, "moepack: fault points passed: %ld\nmoepack: allocations passed: %ld\n",
-            (long)mpk_fault_passed, (long)mpk_alloc_passed);
-}
-
-static void *cjson_alloc(size_t n)
-{
-    return mpk_alloc(n);
-}
-
-static void fault_from_env(void)
-{
-    const char *f = getenv("MOEPACK_FAULT");
-    if (!f || !*f)
-        return;
-    if (strcmp(f, "count") == 0) {
-        cJSON_Hooks h = {cjson_alloc, free};
-        cJSON_InitHooks(&h);
-        atexit(count_faults);
-        return;
-    }
-    char *end;
-    long n = strtol(f, &end, 10);
-    if (n <= 0 || *end != ':')
-        return;
-    static const struct {
-        const char *name;
-        int e;
-    } errs[] = {{"kill", 0}, {"stop", -1}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
-    if (strcmp(end + 1, "ENOMEM") == 0) {
-        cJSON_Hooks h = {cjson_alloc, free};
-        cJSON_InitHooks(&h);
-        mpk_alloc_fail_countdown = n;
-        return;
-    }
-    for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++)
-        if (strcmp(end + 1, errs[i].name) == 0) {
-            mpk_fault_errno = errs[i].e;
-            mpk_fault_countdown = n;
-        }
-}
-
 int main(int argc, char **argv)
 {
     /* a write past RLIMIT_FSIZE fails with EFBIG (reported, cleaned up) instead of killing us */
     signal(SIGXFSZ, SIG_IGN);
-    fault_from_env();
     if (argc < 2)
         return cmd_help(1, argv), MPK_EXIT_USAGE;
     const char *name = argv[1];

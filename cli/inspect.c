@@ -1,0 +1,140 @@
+/* inspect.c — inspect, hash, verify, diff: arguments to a call, its report on stdout. */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Parses [--json] [--write] PATH for inspect and hash; -1 to go on, else the exit status. */
+static int path_args(const char *cmd, bool allow_write, int argc, char **argv, bool *json, bool *write)
+{
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'}, {0}};
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (ch == 'j')
+            *json = true;
+        else if (ch == 'w' && allow_write)
+            *write = true;
+        else
+            return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
+    }
+    if (argc - optind != 1)
+        return mpk_cli_usage(cmd, "expected one PATH, got %d", argc - optind);
+    return -1;
+}
+
+int mpk_cmd_inspect(int argc, char **argv)
+{
+    bool json = false, write = false;
+    int rc = path_args("inspect", false, argc, argv, &json, &write);
+    if (rc >= 0)
+        return rc;
+    mpk_error err = {0};
+    mpk_report *r;
+    if (mpk_inspect(argv[optind], &r, &err) != MPK_OK)
+        return mpk_cli_fail("inspect", &err, NULL);
+    mpk_cli_print_report("inspect", r, json, false);
+    mpk_report_free(r);
+    return MPK_EXIT_OK;
+}
+
+int mpk_cmd_hash(int argc, char **argv)
+{
+    bool json = false, write = false;
+    int rc = path_args("hash", true, argc, argv, &json, &write);
+    if (rc >= 0)
+        return rc;
+    mpk_error err = {0};
+    mpk_report *r;
+    if (mpk_hash(argv[optind], write ? MPK_HASH_WRITE : 0, &r, &err) != MPK_OK) {
+        if (err.code == MPK_E_USAGE)
+            return mpk_cli_usage("hash", "--write: %s", err.msg);
+        return mpk_cli_fail("hash", &err, NULL);
+    }
+    mpk_cli_print_report("hash", r, json, false);
+    mpk_report_free(r);
+    return MPK_EXIT_OK;
+}
+
+typedef struct {
+    mpk_compare_req q;
+    const char *preset, *spec_file;
+    bool json;
+    int n_paths;
+} vargs;
+
+static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
+{
+    enum { O_PRESET = 1000, O_SPEC, O_JSON, O_DEQ, O_Q, O_ATOL, O_RTOL };
+    static const struct option opts[] = {
+        {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
+        {"json", no_argument, NULL, O_JSON}, {"dequantize", no_argument, NULL, O_DEQ},
+        {"quantize", required_argument, NULL, O_Q}, {"atol", required_argument, NULL, O_ATOL},
+        {"rtol", required_argument, NULL, O_RTOL}, {0}};
+    mpk_compare_req_init(&v->q, NULL, NULL);
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (ch) {
+        case O_PRESET: v->preset = optarg; break;
+        case O_SPEC: v->spec_file = optarg; break;
+        case O_JSON: v->json = true; break;
+        case O_DEQ: v->q.quant = MPK_QUANT_DEQUANTIZE; break;
+        case O_Q:
+            if (strcmp(optarg, "fp8-block128"))
+                return mpk_cli_usage(cmd, "--quantize takes fp8-block128");
+            v->q.quant = MPK_QUANT_FP8_BLOCK128;
+            break;
+        case O_ATOL:
+        case O_RTOL: {
+            double x = strtod(optarg, &end);
+            if (*end || !(x >= 0) || isinf(x))
+                return mpk_cli_usage(cmd, "bad tolerance '%s' (a number >= 0)", optarg);
+            *(ch == O_ATOL ? &v->q.atol : &v->q.rtol) = x;
+            break;
+        }
+        default: return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    v->n_paths = argc - optind;
+    bool diff = strcmp(cmd, "diff") == 0;
+    if (v->n_paths < 1 || v->n_paths > 2 || (diff && v->n_paths != 2))
+        return mpk_cli_usage(cmd, "expected %s", diff ? "A B" : "SRC DST or DST");
+    v->q.src = v->n_paths == 2 ? argv[optind] : NULL;
+    v->q.dst = argv[optind + v->n_paths - 1];
+    v->q.spec = v->spec_file ? v->spec_file : v->preset;
+    return -1;
+}
+
+static int run_compare(const char *cmd, int argc, char **argv, bool diff)
+{
+    vargs v = {0};
+    int rc = parse_vargs(cmd, argc, argv, &v);
+    if (rc >= 0)
+        return rc;
+    mpk_error err = {0};
+    mpk_report *r;
+    if ((diff ? mpk_diff : mpk_verify)(&v.q, &r, &err) != MPK_OK)
+        return mpk_cli_fail(cmd, &err, err.code == MPK_E_MANIFEST ? "run 'moepack hash --write DST' to create one" : NULL);
+    mpk_cli_print_report(cmd, r, v.json, false);
+    rc = mpk_report_differences(r) ? MPK_EXIT_DIFF : MPK_EXIT_OK;
+    mpk_report_free(r);
+    return rc;
+}
+
+int mpk_cmd_verify(int argc, char **argv)
+{
+    return run_compare("verify", argc, argv, false);
+}
+
+int mpk_cmd_diff(int argc, char **argv)
+{
+    return run_compare("diff", argc, argv, true);
+}

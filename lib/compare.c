@@ -1,0 +1,189 @@
+/* compare.c — verify and diff of the public API: which direction a comparison runs in (the
+ * identity for a round trip, the preset for per-expert -> packed, reversed when the source
+ * turns out to be packed), and their reports. */
+#define _GNU_SOURCE
+#include "lib_internal.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kind_names[] = {"missing", "extra", "dtype-shape", "content"};
+_Static_assert(sizeof kind_names / sizeof kind_names[0] == MPK_DIFF_COUNT, "diff kinds");
+
+void mpk_compare_req_init(mpk_compare_req *r, const char *src, const char *dst)
+{
+    memset(r, 0, sizeof *r);
+    r->src = src;
+    r->dst = dst;
+    r->rtol = -1; /* the call's default */
+}
+
+static cJSON *cmp_json(const mpk_cmp_report *r, bool stats)
+{
+    cJSON *o = cJSON_CreateObject(), *d = cJSON_CreateArray(), *all = stats ? cJSON_CreateArray() : NULL;
+    cJSON_AddBoolToObject(o, "identical", r->n_differ == 0);
+    cJSON_AddNumberToObject(o, "compared", (double)r->n_compared);
+    cJSON_AddNumberToObject(o, "bytes", (double)r->bytes);
+    cJSON_AddNumberToObject(o, "atol", r->atol);
+    cJSON_AddNumberToObject(o, "rtol", r->rtol);
+    for (size_t i = 0; i < r->n; i++) {
+        const mpk_tensor_cmp *t = &r->t[i];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "name", t->name);
+        if (t->differs) {
+            cJSON_AddStringToObject(e, "kind", kind_names[t->kind]);
+            cJSON_AddStringToObject(e, "detail", t->detail);
+        }
+        if (t->n && (stats || t->differs)) {
+            cJSON_AddNumberToObject(e, "elements", (double)t->n);
+            cJSON_AddNumberToObject(e, "max_abs", isfinite(t->max_abs) ? t->max_abs : -1);
+            cJSON_AddNumberToObject(e, "max_rel", isfinite(t->max_rel) ? t->max_rel : -1);
+            cJSON_AddNumberToObject(e, "rmse", t->rmse);
+            cJSON_AddNumberToObject(e, "cosine", t->cosine);
+            cJSON_AddNumberToObject(e, "out_of_tolerance", (double)t->n_out_of_tol);
+        }
+        if (t->differs)
+            cJSON_AddItemToArray(d, e);
+        else if (all && t->n)
+            cJSON_AddItemToArray(all, e);
+        else
+            cJSON_Delete(e);
+    }
+    cJSON_AddItemToObject(o, "differences", d);
+    if (all)
+        cJSON_AddItemToObject(o, "tensors", all);
+    return o;
+}
+
+static void cmp_text(FILE *f, const mpk_cmp_report *r, bool stats)
+{
+    char hx[33], gx[33], hb[32];
+    if (stats) {
+        fprintf(f, "%-60s %10s %12s %12s %12s %10s %8s\n", "tensor", "elements", "max_abs", "max_rel", "rmse",
+                "cosine", "beyond");
+        for (size_t i = 0; i < r->n; i++) {
+            const mpk_tensor_cmp *t = &r->t[i];
+            if (t->n)
+                fprintf(f, "%-60s %10llu %12.4g %12.4g %12.4g %10.6f %8llu\n", t->name, (unsigned long long)t->n,
+                        t->max_abs, t->max_rel, t->rmse, t->cosine, (unsigned long long)t->n_out_of_tol);
+        }
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        const mpk_tensor_cmp *t = &r->t[i];
+        if (t->differs && t->kind == MPK_DIFF_CONTENT && !t->approx)
+            fprintf(f, "DIFF %-11s %s: %s xxh3 expected %s, got %s\n", kind_names[t->kind], t->name, t->detail,
+                    mpk_hash_hex(t->want_hash, hx), mpk_hash_hex(t->got_hash, gx));
+        else if (t->differs)
+            fprintf(f, "DIFF %-11s %s: %s\n", kind_names[t->kind], t->name, t->detail);
+    }
+    fprintf(f, "%s: %zu tensors compared (%s), %zu difference(s)%s\n", stats ? "diff" : "verify", r->n_compared,
+            mpk_human_bytes(r->bytes, hb, sizeof hb), r->n_differ, r->n_differ ? "" : ": identical");
+}
+
+static mpk_status make_report(const mpk_cmp_report *c, bool stats, mpk_report **out, mpk_error *err)
+{
+    mpk_report *r = mpk_report_new();
+    if (!r)
+        MPK_FAIL(err, MPK_E_NOMEM, "report", "out of memory");
+    r->n_differ = c->n_differ;
+    char *buf, hx[33];
+    size_t len;
+    FILE *f = mpk_report_begin_text(r, &buf, &len);
+    if (f)
+        cmp_text(f, c, stats);
+    mpk_status s = mpk_report_end_text(r, f, &buf, err);
+    if (s == MPK_OK)
+        s = mpk_report_set_json(r, cmp_json(c, stats), err);
+    for (size_t i = 0; i < c->n && s == MPK_OK; i++) {
+        const mpk_tensor_cmp *t = &c->t[i];
+        if (t->differs)
+            s = mpk_report_add(r, t->name, kind_names[t->kind], t->detail, t->dtype, 0, NULL, 0,
+                               t->kind == MPK_DIFF_CONTENT && !t->approx ? mpk_hash_hex(t->got_hash, hx) : NULL,
+                               err);
+    }
+    if (s != MPK_OK) {
+        mpk_report_free(r);
+        return s;
+    }
+    return mpk_report_give(r, out);
+}
+
+/* Same tensor names on both sides: a round trip (identity). */
+static bool same_names(const mpk_ckpt *a, const mpk_ckpt *b)
+{
+    if (a->n_tensors != b->n_tensors)
+        return false;
+    for (size_t i = 0; i < a->n_tensors; i++)
+        if (!mpk_ckpt_find(b, a->tensors[i].info->name))
+            return false;
+    return true;
+}
+
+/* Compares a (the source) with b through the identity, or the spec in the direction the
+ * layouts say: a packed source (the forward spec finds it already converted) is compared
+ * through the spec reversed. */
+static mpk_status compare_two(const mpk_compare_req *q, const mpk_ckpt *a, const mpk_ckpt *b, const mpk_cmp_opts *co,
+                              mpk_cmp_report **out, mpk_error *err)
+{
+    mpk_model_config cfg = {0};
+    mpk_spec *spec = NULL;
+    MPK_TRY(mpk_config_load(a->dir, &cfg, err));
+    mpk_plan_opts po = {.cfg = &cfg, .dequantize = q->quant == MPK_QUANT_DEQUANTIZE,
+                        .quantize_block = q->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
+    mpk_status s;
+    if (same_names(a, b) && q->quant == MPK_QUANT_KEEP && !q->spec) {
+        s = mpk_verify_compare(a, b, NULL, &po, co, out, err);
+    } else if ((s = mpk_lib_spec_load(q->spec, &cfg, false, &spec, err)) == MPK_OK) {
+        s = mpk_verify_compare(a, b, spec, &po, co, out, err);
+        if (s == MPK_E_ALREADY_CONVERTED) { /* a is packed: b should be its unpacking */
+            mpk_spec *rev;
+            if ((s = mpk_spec_reverse(spec, &rev, err)) == MPK_OK) { /* rev owns spec now */
+                spec = rev;
+                s = mpk_verify_compare(a, b, rev, &po, co, out, err);
+            }
+        }
+    }
+    mpk_spec_free(spec);
+    mpk_config_free(&cfg);
+    return s;
+}
+
+static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report **out, mpk_error *err)
+{
+    mpk_ckpt *a = NULL, *b = NULL;
+    mpk_cmp_report *r = NULL;
+    *out = NULL;
+    if (!q || !q->dst)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "no checkpoint to compare");
+    if (!(q->atol >= 0) || isnan(q->rtol) || isinf(q->atol) || isinf(q->rtol))
+        MPK_FAIL(err, MPK_E_USAGE, "request", "tolerances must be finite numbers >= 0");
+    mpk_status s;
+    if (!q->src) {
+        if (stats)
+            MPK_FAIL(err, MPK_E_USAGE, "request", "diff compares two checkpoints");
+        if ((s = mpk_ckpt_open(q->dst, &a, err)) == MPK_OK)
+            s = mpk_verify_manifest(a, &r, err);
+    } else if ((s = mpk_ckpt_open(q->src, &a, err)) == MPK_OK && (s = mpk_ckpt_open(q->dst, &b, err)) == MPK_OK) {
+        double rtol = q->rtol >= 0 ? q->rtol : stats ? 0 : 1.0 / 256;
+        mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats};
+        s = compare_two(q, a, b, &co, &r, err);
+    }
+    if (s == MPK_OK)
+        s = make_report(r, stats, out, err);
+    mpk_cmp_report_free(r);
+    mpk_ckpt_close(a);
+    mpk_ckpt_close(b);
+    return s;
+}
+
+mpk_status mpk_verify(const mpk_compare_req *q, mpk_report **out, mpk_error *err)
+{
+    return run_compare(q, false, out, err);
+}
+
+mpk_status mpk_diff(const mpk_compare_req *q, mpk_report **out, mpk_error *err)
+{
+    return run_compare(q, true, out, err);
+}

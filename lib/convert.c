@@ -1,0 +1,351 @@
+/* convert.c — specs, presets, plans and conversions of the public API: the policy of a
+ * conversion (direction, the layout marker in every output shard, config.json's
+ * quantization_config, the manifest) lives here, not in any program calling it. */
+#define _GNU_SOURCE
+#include "lib_internal.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- specs */
+
+static bool is_spec_file(const char *what)
+{
+    size_t n = strlen(what);
+    return strchr(what, '/') || (n > 5 && strcmp(what + n - 5, ".json") == 0);
+}
+
+mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool reverse, mpk_spec **out,
+                             mpk_error *err)
+{
+    mpk_spec *s;
+    *out = NULL;
+    if (what && is_spec_file(what)) {
+        char *text;
+        size_t len;
+        MPK_TRY(mpk_read_file(what, &text, &len, err));
+        mpk_status st = mpk_spec_parse(text, len, what, &s, err);
+        free(text);
+        MPK_TRY(st);
+    } else {
+        MPK_TRY(mpk_preset_load(what ? what : "auto", cfg, &s, err));
+    }
+    if (reverse) {
+        mpk_spec *r;
+        mpk_status st = mpk_spec_reverse(s, &r, err);
+        if (st != MPK_OK) {
+            mpk_spec_free(s);
+            return st;
+        }
+        s = r;
+    }
+    *out = s;
+    return MPK_OK;
+}
+
+mpk_status mpk_spec_load(const char *what, const char *model, bool reverse, mpk_spec **out, mpk_error *err)
+{
+    mpk_model_config cfg = {0};
+    if (out)
+        *out = NULL;
+    if (!out)
+        MPK_FAIL(err, MPK_E_USAGE, "mpk_spec_load", "out is NULL");
+    if (model) {
+        mpk_ckpt *c;
+        MPK_TRY(mpk_ckpt_open(model, &c, err));
+        mpk_status s = mpk_config_load(c->dir, &cfg, err);
+        mpk_ckpt_close(c);
+        MPK_TRY(s);
+    }
+    mpk_status s = mpk_lib_spec_load(what, &cfg, reverse, out, err);
+    mpk_config_free(&cfg);
+    return s;
+}
+
+static const mpk_spec *base_of(const mpk_spec *s)
+{
+    return s->base ? s->base : s;
+}
+
+const char *mpk_spec_name(const mpk_spec *s)
+{
+    return s ? s->name : NULL;
+}
+
+const char *mpk_spec_description(const mpk_spec *s)
+{
+    return s ? base_of(s)->description : NULL;
+}
+
+size_t mpk_spec_model_type_count(const mpk_spec *s)
+{
+    return s ? (size_t)base_of(s)->n_model_types : 0;
+}
+
+const char *mpk_spec_model_type(const mpk_spec *s, size_t i)
+{
+    return s && i < (size_t)base_of(s)->n_model_types ? base_of(s)->model_types[i] : NULL;
+}
+
+const char *mpk_preset_name(size_t i)
+{
+    return i < mpk_n_presets ? mpk_presets[i].name : NULL;
+}
+
+/* ---------------------------------------------------------------- requests */
+
+void mpk_convert_req_init(mpk_convert_req *r, const char *src, const char *dst)
+{
+    memset(r, 0, sizeof *r);
+    r->src = src;
+    r->dst = dst;
+    r->spec = "auto";
+    r->max_shard_size = 5000000000ull;
+    r->mem = 1ull << 30;
+}
+
+/* What a conversion holds while it plans and runs. */
+typedef struct job {
+    mpk_ckpt *src;
+    mpk_model_config cfg;
+    mpk_spec *spec;
+    const char *layout;          /* the layout the output is in: "packed" or "per-expert" */
+} job;
+
+static void job_free(void *p)
+{
+    job *j = p;
+    if (!j)
+        return;
+    mpk_spec_free(j->spec);
+    mpk_config_free(&j->cfg);
+    mpk_ckpt_close(j->src);
+    free(j);
+}
+
+static mpk_status check_req(const mpk_convert_req *r, bool writes, mpk_error *err)
+{
+    if (!r || !r->src)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "no source checkpoint");
+    if (writes && !r->dst)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "no destination");
+    if ((unsigned)r->direction >= MPK_DIRECTION_COUNT || (unsigned)r->quant >= MPK_QUANT_COUNT ||
+        (unsigned)r->io >= MPK_IO_BACKEND_COUNT)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "direction, quant or io out of range");
+    if (writes && r->mem < (1u << 20))
+        MPK_FAIL(err, MPK_E_USAGE, "request", "memory budget %llu bytes is below 1 MiB",
+                 (unsigned long long)r->mem);
+    if (r->threads < 0 || r->threads > 64)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "threads %d out of 0..64", r->threads);
+    return MPK_OK;
+}
+
+/* The layout marker moepack writes into every output shard's __metadata__. */
+static const char *layout_marker(const mpk_ckpt *c)
+{
+    if (!c->n_shards || !c->shards[0].header->has_metadata)
+        return NULL;
+    const mpk_st_header *h = c->shards[0].header;
+    for (size_t i = 0; i < h->n_metadata; i++)
+        if (strcmp(h->metadata[i].key, "moepack_layout") == 0)
+            return h->metadata[i].value;
+    return NULL;
+}
+
+/* Opens, loads the spec, refuses a source already converted, plans. */
+static mpk_status plan_job(const mpk_convert_req *r, job **jout, mpk_plan **pout, mpk_error *err)
+{
+    job *j = mpk_calloc(1, sizeof *j);
+    if (!j)
+        MPK_FAIL(err, MPK_E_NOMEM, r->src, "out of memory");
+    mpk_status s;
+    bool unpack = r->direction == MPK_DIRECTION_UNPACK;
+    if ((s = mpk_ckpt_open(r->src, &j->src, err)) != MPK_OK ||
+        (s = mpk_config_load(j->src->dir, &j->cfg, err)) != MPK_OK ||
+        (s = mpk_lib_spec_load(r->spec, &j->cfg, unpack, &j->spec, err)) != MPK_OK)
+        goto fail;
+    j->layout = j->spec->reversed ? "per-expert" : "packed";
+    const char *marker = layout_marker(j->src);
+    if (marker && strcmp(marker, j->layout) == 0) {
+        s = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, r->src,
+                          "already in the %s layout (written by moepack); nothing to do", j->layout);
+        goto fail;
+    }
+    mpk_plan_opts po = {.max_shard_size = r->max_shard_size, .cfg = &j->cfg,
+                        .dequantize = r->quant == MPK_QUANT_DEQUANTIZE,
+                        .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
+    if ((s = mpk_plan_build(j->src, j->spec, &po, pout, err)) != MPK_OK)
+        goto fail;
+    *jout = j;
+    return MPK_OK;
+fail:
+    job_free(j);
+    return s;
+}
+
+mpk_status mpk_plan_create(const mpk_convert_req *r, mpk_plan **out, mpk_error *err)
+{
+    job *j;
+    *out = NULL;
+    MPK_TRY(check_req(r, false, err));
+    MPK_TRY(plan_job(r, &j, out, err));
+    (*out)->owner = j;
+    (*out)->owner_free = job_free;
+    return MPK_OK;
+}
+
+char *mpk_plan_describe(const mpk_plan *p, bool verbose)
+{
+    char *buf = NULL;
+    size_t len;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    mpk_plan_print(p, f, verbose);
+    if (ferror(f)) {
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    fclose(f);
+    return buf;
+}
+
+/* config.json for the output when the quantization changes (NULL: a copy of the source's). */
+static mpk_status requant_config(const mpk_convert_req *r, const job *j, char **out, mpk_error *err)
+{
+    cJSON *qc = NULL;
+    *out = NULL;
+    if (r->quant == MPK_QUANT_FP8_BLOCK128)
+        qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                         "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
+    else if (j->spec->dequantizes && j->spec->reversed)
+        qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"), 1);
+    bool want_qc = r->quant == MPK_QUANT_FP8_BLOCK128 ||
+                   (j->spec->dequantizes && j->spec->reversed &&
+                    cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"));
+    if (want_qc && !qc)
+        MPK_FAIL(err, MPK_E_NOMEM, r->src, "out of memory");
+    if (r->quant == MPK_QUANT_DEQUANTIZE || (j->spec->dequantizes && !j->spec->reversed))
+        *out = mpk_config_requant(&j->cfg, true, NULL);
+    else if (qc)
+        *out = mpk_config_requant(&j->cfg, false, qc);
+    cJSON_Delete(qc);
+    return MPK_OK;
+}
+
+mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err)
+{
+    return hashes ? mpk_manifest_write_hashes(dir, hashes, n, err) : mpk_manifest_write(dir, err);
+}
+
+static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, const mpk_exec_stats *st,
+                                 mpk_report **out, mpk_error *err);
+
+mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error *err)
+{
+    job *j = NULL;
+    mpk_plan *plan = NULL;
+    char *cfg_text = NULL;
+    if (report)
+        *report = NULL;
+    MPK_TRY(check_req(r, true, err));
+    mpk_status s = plan_job(r, &j, &plan, err);
+    if (s != MPK_OK)
+        return s;
+    if ((s = requant_config(r, j, &cfg_text, err)) != MPK_OK)
+        goto out;
+    mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
+    bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);
+    mpk_exec_opts eo = {
+        .threads = r->threads,
+        .mem = r->mem,
+        .force = r->flags & MPK_CONVERT_FORCE,
+        .progress = r->progress,
+        .progress_ctx = r->ctx,
+        .cancel = r->cancel,
+        .use_copy_range = !(r->flags & MPK_CONVERT_NO_COPY_RANGE),
+        .no_fsync = r->flags & MPK_CONVERT_NO_FSYNC,
+        .io = r->io,
+        .metadata = meta,
+        .n_metadata = 2,
+        .config_json = cfg_text,
+        .hash_outputs = manifest,
+        .finish = manifest ? mpk_lib_write_manifest : NULL,
+        .resume = r->flags & MPK_CONVERT_RESUME,
+        .copy_links = r->flags & MPK_CONVERT_COPY_LINKS,
+        .warn = r->warn,
+        .warn_ctx = r->ctx,
+    };
+    mpk_exec_stats st;
+    if ((s = mpk_exec(plan, r->dst, &eo, &st, err)) != MPK_OK)
+        goto out;
+    s = convert_report(r, plan, &st, report, err);
+out:
+    free(cfg_text);
+    mpk_plan_free(plan);
+    job_free(j);
+    return s;
+}
+
+static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, const mpk_exec_stats *st,
+                                 mpk_report **out, mpk_error *err)
+{
+    if (!out)
+        return MPK_OK;
+    mpk_report *rep = mpk_report_new();
+    if (!rep)
+        MPK_FAIL(err, MPK_E_NOMEM, r->dst, "out of memory");
+    double gbs = st->seconds > 0 ? (double)st->bytes_out / st->seconds / 1e9 : 0;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "source", r->src);
+    cJSON_AddStringToObject(o, "destination", r->dst);
+    cJSON_AddStringToObject(o, "preset", p->spec->name);
+    cJSON_AddStringToObject(o, "direction", p->spec->reversed ? "unpack" : "pack");
+    cJSON_AddBoolToObject(o, "reversed", p->spec->reversed);
+    cJSON_AddNumberToObject(o, "tensors_in", (double)st->tensors_in);
+    cJSON_AddNumberToObject(o, "tensors_out", (double)st->tensors_out);
+    cJSON_AddNumberToObject(o, "targets_built", (double)(p->n_outs - p->n_pass));
+    cJSON_AddNumberToObject(o, "passed_through", (double)p->n_pass);
+    cJSON_AddNumberToObject(o, "bytes", (double)st->bytes_out);
+    cJSON_AddNumberToObject(o, "shards", (double)p->n_shards);
+    cJSON_AddNumberToObject(o, "seconds", st->seconds);
+    cJSON_AddNumberToObject(o, "gb_per_s", gbs);
+    cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)st->peak_rss_kib * 1024);
+    cJSON_AddNumberToObject(o, "threads", st->threads);
+    cJSON_AddBoolToObject(o, "copy_file_range", st->used_copy_range);
+    cJSON *side = cJSON_AddObjectToObject(o, "other_files");
+    cJSON_AddNumberToObject(side, "files", (double)st->side.files);
+    cJSON_AddNumberToObject(side, "directories", (double)st->side.dirs);
+    cJSON_AddNumberToObject(side, "symlinks", (double)st->side.links);
+    cJSON_AddNumberToObject(side, "bytes", (double)st->side.bytes);
+    cJSON_AddNumberToObject(side, "skipped", (double)st->side.skipped);
+    cJSON_AddBoolToObject(o, "resumed", st->resumed);
+    cJSON_AddNumberToObject(o, "shards_kept", (double)st->shards_kept);
+    cJSON_AddNumberToObject(o, "stale_removed", (double)st->stale_removed);
+    mpk_status s = mpk_report_set_json(rep, o, err);
+    char *buf, hb[32], hr[32];
+    size_t len;
+    FILE *f = s == MPK_OK ? mpk_report_begin_text(rep, &buf, &len) : NULL;
+    if (f) {
+        fprintf(f, "%s -> %s (preset %s%s): %zu tensors in, %zu out (%zu built, %zu passed "
+                "through), %s in %zu shard(s), %.2f s, %.2f GB/s, peak RSS %s\n",
+                r->src, r->dst, p->spec->name, p->spec->reversed ? ", reversed" : "", st->tensors_in,
+                st->tensors_out, p->n_outs - p->n_pass, p->n_pass, mpk_human_bytes(st->bytes_out, hb, sizeof hb),
+                p->n_shards, st->seconds, gbs, mpk_human_bytes((uint64_t)st->peak_rss_kib * 1024, hr, sizeof hr));
+        fprintf(f, "other files of SRC: %zu file(s) (%s), %zu director%s, %zu symlink(s) copied, %zu skipped\n",
+                st->side.files, mpk_human_bytes(st->side.bytes, hb, sizeof hb), st->side.dirs,
+                st->side.dirs == 1 ? "y" : "ies", st->side.links, st->side.skipped);
+        if (st->resumed)
+            fprintf(f, "resumed an interrupted run: %zu of %zu shard(s) kept after their hashes checked out\n",
+                    st->shards_kept, p->n_shards);
+    }
+    if (s == MPK_OK)
+        s = mpk_report_end_text(rep, f, &buf, err);
+    if (s != MPK_OK) {
+        mpk_report_free(rep);
+        return s;
+    }
+    return mpk_report_give(rep, out);
+}

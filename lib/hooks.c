@@ -1,0 +1,63 @@
+/* hooks.c — the failure-injection test hooks, armed from the environment when the library is
+ * loaded, so that every program over the library (the CLI, the examples, Python) can be driven
+ * through its failure paths without a test-only API.
+ *
+ * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
+ * fail, or the process die there (tests of crash safety); N:stop stops it there until SIGCONT;
+ * N:ENOMEM makes the Nth allocation fail (cJSON's included); MOEPACK_FAULT=count prints how
+ * many of each there were at exit. */
+#define _GNU_SOURCE
+#include "lib_internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void count_faults(void)
+{
+    fprintf(stderr, "moepack: fault points passed: %ld\nmoepack: allocations passed: %ld\n",
+            (long)mpk_fault_passed, (long)mpk_alloc_passed);
+}
+
+static void *cjson_alloc(size_t n)
+{
+    return mpk_alloc(n);
+}
+
+static void route_cjson(void)
+{
+    cJSON_Hooks h = {cjson_alloc, free};
+    cJSON_InitHooks(&h);
+}
+
+__attribute__((constructor)) static void fault_from_env(void)
+{
+    const char *f = getenv("MOEPACK_FAULT");
+    if (!f || !*f)
+        return;
+    if (strcmp(f, "count") == 0) {
+        route_cjson();
+        atexit(count_faults);
+        return;
+    }
+    char *end;
+    long n = strtol(f, &end, 10);
+    if (n <= 0 || *end != ':')
+        return;
+    static const struct {
+        const char *name;
+        int e;
+    } errs[] = {{"kill", 0}, {"stop", -1}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
+    if (strcmp(end + 1, "ENOMEM") == 0) {
+        route_cjson();
+        mpk_alloc_fail_countdown = n;
+        return;
+    }
+    for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++)
+        if (strcmp(end + 1, errs[i].name) == 0) {
+            mpk_fault_errno = errs[i].e;
+            mpk_fault_countdown = n;
+        }
+}

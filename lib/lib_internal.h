@@ -1,0 +1,44 @@
+/* lib_internal.h — what the files of lib/ (the public API over formats, ops, converter and
+ * verify) share: the report handle and its builders. Included only by lib/ and tests. */
+#ifndef MPK_LIB_INTERNAL_H
+#define MPK_LIB_INTERNAL_H
+
+#include "moepack/moepack.h"
+#include "mpk_converter.h"
+#include "mpk_verify.h"
+
+#include <stdio.h>
+
+typedef struct cJSON cJSON;
+
+struct mpk_report {
+    char *json;                   /* the JSON document */
+    char *text;                   /* the human rendering */
+    size_t n_differ;
+    char skipped[256];            /* a part that could not run, and why ("" when none) */
+    mpk_report_item *items;
+    size_t n_items, cap_items;
+    mpk_arena *arena;             /* item strings */
+};
+
+/* A new empty report (NULL when out of memory). */
+mpk_report *mpk_report_new(void);
+/* Appends a tensor line; name, kind, detail and hash are copied (NULL kind stays NULL). */
+mpk_status mpk_report_add(mpk_report *r, const char *name, const char *kind, const char *detail,
+                          mpk_dtype dtype, int ndim, const int64_t *shape, uint64_t nbytes, const char *hash,
+                          mpk_error *err);
+/* Sets r's JSON from o (printed, then deleted). */
+mpk_status mpk_report_set_json(mpk_report *r, cJSON *o, mpk_error *err);
+/* A text rendering in progress: fprintf to it, then mpk_report_end_text(). */
+FILE *mpk_report_begin_text(mpk_report *r, char **buf, size_t *len);
+mpk_status mpk_report_end_text(mpk_report *r, FILE *f, char **buf, mpk_error *err);
+/* Hands a finished report to the caller (out may be NULL: it is freed). */
+mpk_status mpk_report_give(mpk_report *r, mpk_report **out);
+
+/* The tensor-hash manifest hook of mpk_exec_opts.finish. */
+mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
+/* Loads a spec (mpk_spec_load) against an already loaded config. */
+mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool reverse, mpk_spec **out,
+                             mpk_error *err);
+
+#endif
