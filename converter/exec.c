@@ -1180,6 +1180,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
     struct stat st;
     if (lstat(dst, &st) == 0 && !o->force)
         MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
+    if (o->cancel && *o->cancel)
+        MPK_FAIL(err, MPK_E_CANCELLED, dst, "cancelled before anything was written");
     int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1)
         threads = 1;
