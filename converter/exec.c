@@ -50,8 +50,9 @@ struct mpk_node {
     bool mx;             /* DEQUANT/QUANT: MXFP4 rather than FP8 block */
     int block;           /* FP8 block edge */
     int which;           /* QUANT: 0 the quantized values, 1 the scales */
-    int a, b;
-    uint64_t slab;       /* TRANSPOSE: bytes of dims [a, ndim) */
+    int a, b;            /* TRANSPOSE: the dims swapped */
+    uint64_t granule;    /* computed nodes: the bytes the kernel makes on its own (the op table's
+                            granule; TRANSPOSE: one slab, dims [a, ndim)) */
     bool pure;           /* SOURCE, or SEGS of SOURCEs only: copy_file_range can move it */
     mpk_node *next_alloc;
 };
@@ -140,113 +141,58 @@ static uint64_t bytes_from(const mpk_tmeta *m, int dim)
     return prod(m->shape, dim, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype) / 8;
 }
 
-/* Applies one op to a bundle of nodes (nodes[g * n_items + i]). */
+/* The node kind of each compute class of the op table. */
+static const node_kind compute_node[MPK_COMPUTE_COUNT] = {
+    [MPK_COMPUTE_NONE] = N_SEGS,       [MPK_COMPUTE_TRANSPOSE] = N_TRANSPOSE, [MPK_COMPUTE_CAST] = N_CAST,
+    [MPK_COMPUTE_DEQUANT] = N_DEQUANT, [MPK_COMPUTE_QUANT] = N_QUANT,
+};
+
+typedef struct {
+    mpk_node **out, **in;
+} range_nodes;
+
+/* One range of a byte permutation: appended to its output node (ranges come in order). */
+static bool add_range(void *ctx, const mpk_range *r)
+{
+    const range_nodes *c = ctx;
+    uint64_t fill = r->dst_off;
+    return seg_append(c->out[r->dst], c->in[r->src], r->src_off, r->len, &fill);
+}
+
+/* Applies one op to a bundle of nodes (nodes[g * n_items + i]): a byte permutation becomes the
+ * ranges its table row gives; a computed op, nodes of its compute class over their inputs. */
 static mpk_status node_op(builder *b, const mpk_op *op, const mpk_bundle *in, mpk_node **nodes,
                           mpk_bundle *out, mpk_node ***out_nodes, mpk_arena *arena)
 {
     mpk_error *err = b->err;
-    MPK_TRY(mpk_op_descs[op->kind].infer(op, in, out, arena, err));
-    int G = in->n_groups, N = in->n_items, no = out->n_groups * out->n_items;
+    const mpk_op_desc *d = &mpk_op_descs[op->kind];
+    MPK_TRY(d->infer(op, in, out, arena, err));
+    int N = in->n_items, no = out->n_groups * out->n_items;
     mpk_node **on = mpk_arena_alloc(arena, sizeof *on * (size_t)(no ? no : 1));
     if (!on)
         MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
-    for (int k = 0; k < no; k++) {
-        node_kind kind = op->kind == MPK_OP_TRANSPOSE ? N_TRANSPOSE : op->kind == MPK_OP_CAST ? N_CAST
-                       : op->kind == MPK_OP_DEQUANT_FP8 || op->kind == MPK_OP_DEQUANT_MXFP4 ? N_DEQUANT
-                       : op->kind == MPK_OP_QUANT_FP8 || op->kind == MPK_OP_QUANT_MXFP4 ? N_QUANT : N_SEGS;
-        if (!(on[k] = node_new(b, kind, &out->t[k])))
+    for (int k = 0; k < no; k++)
+        if (!(on[k] = node_new(b, compute_node[d->compute], &out->t[k])))
             MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
-    }
-    bool ok = true;
-    uint64_t inner, outer;
-    switch (op->kind) {
-    case MPK_OP_MERGE:
-        for (int g = 0; g < G; g++) {
-            uint64_t dst = 0;
-            inner = bytes_from(&in->t[g * N], op->dim);
-            outer = prod(in->t[g * N].shape, 0, op->dim);
-            for (uint64_t o = 0; o < outer; o++)
-                for (int i = 0; i < N; i++)
-                    ok &= seg_append(on[g], nodes[g * N + i], o * inner, inner, &dst);
-        }
-        break;
-    case MPK_OP_SPLIT:
-        for (int g = 0; g < G; g++) {
-            uint64_t n = (uint64_t)in->t[g].shape[op->dim];
-            inner = bytes_from(&in->t[g], op->dim + 1);
-            outer = prod(in->t[g].shape, 0, op->dim);
-            for (uint64_t j = 0; j < n; j++) {
-                uint64_t dst = 0;
-                for (uint64_t o = 0; o < outer; o++)
-                    ok &= seg_append(on[(uint64_t)g * n + j], nodes[g], (o * n + j) * inner, inner, &dst);
-            }
-        }
-        break;
-    case MPK_OP_CONCAT:
-        for (int i = 0; i < N; i++) {
-            uint64_t dst = 0;
-            inner = bytes_from(&in->t[i], op->dim);
-            outer = prod(in->t[i].shape, 0, op->dim);
-            for (uint64_t o = 0; o < outer; o++)
-                for (int g = 0; g < G; g++)
-                    ok &= seg_append(on[i], nodes[g * N + i], o * inner, inner, &dst);
-        }
-        break;
-    case MPK_OP_CHUNK:
-        for (int i = 0; i < N; i++) {
-            uint64_t c = (uint64_t)op->chunks;
-            inner = bytes_from(&out->t[i], op->dim);
-            outer = prod(out->t[i].shape, 0, op->dim);
-            for (uint64_t pc = 0; pc < c; pc++) {
-                uint64_t dst = 0;
-                for (uint64_t o = 0; o < outer; o++)
-                    ok &= seg_append(on[pc * (uint64_t)N + (uint64_t)i], nodes[i], (o * c + pc) * inner,
-                                     inner, &dst);
-            }
-        }
-        break;
-    case MPK_OP_RESHAPE:
-        for (int k = 0; k < G * N; k++) {
-            uint64_t dst = 0;
-            ok &= seg_append(on[k], nodes[k], 0, nodes[k]->nbytes, &dst);
-        }
-        break;
-    case MPK_OP_TRANSPOSE:
-    case MPK_OP_CAST:
-        for (int k = 0; k < G * N; k++) {
-            on[k]->in = nodes[k];
-            on[k]->a = op->dim;
-            on[k]->b = op->dim2;
-            on[k]->slab = bytes_from(&in->t[k], op->dim);
-            if (op->kind == MPK_OP_TRANSPOSE && !mpk_dtype_size(in->t[k].dtype))
-                MPK_FAIL(err, MPK_E_OP, "exec", "transpose of sub-byte dtype %s",
-                         mpk_dtype_name(in->t[k].dtype));
-        }
-        break;
-    case MPK_OP_DEQUANT_FP8:
-    case MPK_OP_DEQUANT_MXFP4:
-        for (int i = 0; i < N; i++) {
-            on[i]->in = nodes[i];
-            on[i]->in2 = nodes[N + i];
-            on[i]->mx = op->kind == MPK_OP_DEQUANT_MXFP4;
-            on[i]->block = op->block;
-        }
-        break;
-    case MPK_OP_QUANT_FP8:
-    case MPK_OP_QUANT_MXFP4:
-        for (int k = 0; k < no; k++) {
-            on[k]->in = nodes[k % N];
-            on[k]->which = k / N;
-            on[k]->mx = op->kind == MPK_OP_QUANT_MXFP4;
-            on[k]->block = op->block;
-        }
-        break;
-    default:
-        MPK_FAIL(err, MPK_E_OP, "exec", "internal: op");
-    }
-    if (!ok)
-        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
     *out_nodes = on;
+    if (d->byte_permutation)
+        return mpk_op_ranges(op, in, out, add_range, &(range_nodes){on, nodes}, err);
+    for (int k = 0; k < no; k++) {
+        mpk_node *n = on[k];
+        /* inputs: one per output (transpose, cast); weight + scales (dequant); the item an
+         * output is the codes (which 0) or the scales (which 1) of (quant) */
+        int src = d->compute == MPK_COMPUTE_QUANT ? k % N : k;
+        n->in = nodes[src];
+        n->in2 = d->compute == MPK_COMPUTE_DEQUANT ? nodes[N + k] : NULL;
+        n->which = d->compute == MPK_COMPUTE_QUANT ? k / N : 0;
+        n->mx = op->kind == MPK_OP_DEQUANT_MXFP4 || op->kind == MPK_OP_QUANT_MXFP4;
+        n->block = op->block;
+        n->a = op->dim;
+        n->b = op->dim2;
+        n->granule = d->granule(op, &in->t[src], &out->t[k], n->which);
+        if (d->compute == MPK_COMPUTE_TRANSPOSE && !mpk_dtype_size(in->t[k].dtype))
+            MPK_FAIL(err, MPK_E_OP, "exec", "transpose of sub-byte dtype %s", mpk_dtype_name(in->t[k].dtype));
+    }
     return MPK_OK;
 }
 
@@ -307,24 +253,24 @@ static mpk_status node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, 
         return s;
     }
     case N_TRANSPOSE: {
-        uint64_t first = off / n->slab, last = (off + len - 1) / n->slab, ns = last - first + 1;
-        char *tin = mpk_alloc(ns * n->slab), *tout = mpk_alloc(ns * n->slab);
+        uint64_t first = off / n->granule, last = (off + len - 1) / n->granule, ns = last - first + 1;
+        char *tin = mpk_alloc(ns * n->granule), *tout = mpk_alloc(ns * n->granule);
         if (!tin || !tout) {
             free(tin);
             free(tout);
             MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory (2 x %llu bytes)",
-                     (unsigned long long)(ns * n->slab));
+                     (unsigned long long)(ns * n->granule));
         }
-        mpk_status s = node_read(n->in, first * n->slab, ns * n->slab, tin, r);
+        mpk_status s = node_read(n->in, first * n->granule, ns * n->granule, tin, r);
         if (s == MPK_OK)
             s = rd_flush(r);
         if (s == MPK_OK) {
             const mpk_tmeta *m = &n->in->meta;
             size_t el = mpk_dtype_size(m->dtype);
             for (uint64_t k = 0; k < ns; k++)
-                mpk_transpose(tin + k * n->slab, tout + k * n->slab, el, m->shape + n->a,
+                mpk_transpose(tin + k * n->granule, tout + k * n->granule, el, m->shape + n->a,
                               m->ndim - n->a, 0, n->b - n->a);
-            memcpy(buf, tout + (off - first * n->slab), len);
+            memcpy(buf, tout + (off - first * n->granule), len);
         }
         free(tin);
         free(tout);
@@ -1012,6 +958,8 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
     if (!n || !(n->in = source_node(b, p, v->weight, &wm)) || !(n->in2 = source_node(b, p, v->scale, &sm)))
         return NULL;
     n->block = p->fp8_block;
+    mpk_op op = {.kind = MPK_OP_DEQUANT_FP8, .block = p->fp8_block, .dtype = m->dtype};
+    n->granule = mpk_op_descs[op.kind].granule(&op, &wm, m, 0);
     return n;
 }
 
@@ -1056,6 +1004,8 @@ static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
                 q->in = o->node;
                 q->which = o->quant - 1;
                 q->block = p->fp8_block;
+                mpk_op op = {.kind = MPK_OP_QUANT_FP8, .block = p->fp8_block};
+                q->granule = mpk_op_descs[op.kind].granule(&op, &o->node->meta, &o->meta, q->which);
                 o->node = q;
             }
         } else if (!(o->node = source_node(b, p, o->pass, &o->meta))) {
@@ -1068,18 +1018,8 @@ static mpk_status build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
 /* Largest block a node's reads allocate at once (transposes read whole slabs). */
 static uint64_t node_granule(const mpk_node *n)
 {
-    const mpk_tmeta *m = &n->meta;
-    if (n->kind == N_TRANSPOSE)
-        return n->slab;
-    if (n->kind == N_CAST)
-        return mpk_dtype_size(n->meta.dtype) * mpk_dtype_size(n->in->meta.dtype);
-    if (n->kind == N_DEQUANT)
-        return n->mx ? 32 * mpk_dtype_size(m->dtype) : (uint64_t)m->shape[m->ndim - 1] * mpk_dtype_size(m->dtype);
-    if (n->kind == N_QUANT && n->mx)
-        return n->which ? 1 : 16;
-    if (n->kind == N_QUANT) /* one matrix of codes, or one matrix's scale grid */
-        return n->which ? (uint64_t)(m->shape[m->ndim - 2] * m->shape[m->ndim - 1]) * 4
-                        : (uint64_t)(m->shape[m->ndim - 2] * m->shape[m->ndim - 1]);
+    if (n->kind != N_SOURCE && n->kind != N_SEGS)
+        return n->granule;
     if (n->kind == N_SEGS) { /* ranges of computed nodes (e.g. dequantized experts, stacked) */
         uint64_t g = 1;
         for (size_t i = 0; i < n->n_segs; i++) {
@@ -1102,7 +1042,7 @@ static uint64_t max_slab(const mpk_node *n)
 {
     uint64_t m = 0;
     if (n->kind == N_TRANSPOSE)
-        m = n->slab;
+        m = n->granule;
     if (n->kind == N_QUANT && !n->mx) /* one input matrix at a time */
         m = bytes_from(&n->in->meta, n->in->meta.ndim - 2);
     if (n->kind == N_TRANSPOSE || n->kind == N_CAST || n->kind == N_QUANT || n->kind == N_DEQUANT) {

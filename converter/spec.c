@@ -8,8 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Largest dimension a spec may write (exact in a double; the plan checks the products). */
-#define MPK_SPEC_MAX_DIM 9007199254740992.0
 
 #define SPEC_FAIL(path, ...) return mpk_error_set(err, MPK_E_SPEC, 0, where, "%s: " __VA_ARGS__)
 
@@ -158,123 +156,6 @@ static mpk_status resolve_list_capture(mpk_rule *r, mpk_arena *a, const char *wh
     return MPK_OK;
 }
 
-static mpk_status get_int(const cJSON *o, const char *key, int lo, int hi, int *out, bool required,
-                          const char *where, const char *path, mpk_error *err)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v) {
-        if (required)
-            SPEC_FAIL(path, "missing \"%s\"", path, key);
-        return MPK_OK;
-    }
-    long long x;
-    if (!mpk_json_num_in(v, lo, hi, &x))
-        SPEC_FAIL(path, "\"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
-    *out = (int)x;
-    return MPK_OK;
-}
-
-static mpk_status parse_shape(const cJSON *v, int64_t *shape, int *ndim, bool allow_neg,
-                              const char *where, const char *path, mpk_error *err)
-{
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > MPK_MAX_DIMS)
-        SPEC_FAIL(path, "must be an array of at most %d integers", path, MPK_MAX_DIMS);
-    *ndim = 0;
-    for (const cJSON *d = v->child; d; d = d->next) {
-        long long x;
-        if (!mpk_json_num_in(d, allow_neg ? -1 : 0, MPK_SPEC_MAX_DIM, &x))
-            SPEC_FAIL(path, "must hold integers from %d to 2^53", path, allow_neg ? -1 : 0);
-        shape[(*ndim)++] = (int64_t)x;
-    }
-    return MPK_OK;
-}
-
-static mpk_status parse_op(const cJSON *j, mpk_op *op, const char *where, const char *path,
-                           mpk_error *err)
-{
-    memset(op, 0, sizeof *op);
-    op->inv_ndim = -1;
-    if (!cJSON_IsObject(j))
-        SPEC_FAIL(path, "an op must be an object like {\"op\": \"merge\", \"dim\": 0}", path);
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "op");
-    if (!cJSON_IsString(name))
-        SPEC_FAIL(path, "missing \"op\" name", path);
-    const mpk_op_desc *d = mpk_op_find(name->valuestring);
-    if (!d) {
-        char list[256] = "";
-        for (int i = 0; i < MPK_OP_COUNT; i++)
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
-                     mpk_op_descs[i].name);
-        SPEC_FAIL(path, "unknown op '%s' (known: %s)", path, name->valuestring, list);
-    }
-    op->kind = d->kind;
-    char sub[400];
-    switch (op->kind) {
-    case MPK_OP_MERGE:
-    case MPK_OP_SPLIT:
-    case MPK_OP_CONCAT:
-        return get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err);
-    case MPK_OP_CHUNK:
-        MPK_TRY(get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err));
-        return get_int(j, "chunks", 1, 1 << 20, &op->chunks, false, where, path, err);
-    case MPK_OP_TRANSPOSE:
-        MPK_TRY(get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err));
-        MPK_TRY(get_int(j, "dim2", 0, MPK_MAX_DIMS - 1, &op->dim2, true, where, path, err));
-        if (op->dim == op->dim2)
-            SPEC_FAIL(path, "transpose needs two different dims", path);
-        if (op->dim > op->dim2) {
-            int t = op->dim;
-            op->dim = op->dim2;
-            op->dim2 = t;
-        }
-        return MPK_OK;
-    case MPK_OP_RESHAPE: {
-        snprintf(sub, sizeof sub, "%s.shape", path);
-        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(j, "shape");
-        if (!sh)
-            SPEC_FAIL(sub, "missing", sub);
-        MPK_TRY(parse_shape(sh, op->shape, &op->ndim, true, where, sub, err));
-        const cJSON *inv = cJSON_GetObjectItemCaseSensitive(j, "inverse_shape");
-        if (inv) {
-            snprintf(sub, sizeof sub, "%s.inverse_shape", path);
-            MPK_TRY(parse_shape(inv, op->inv_shape, &op->inv_ndim, false, where, sub, err));
-        }
-        return MPK_OK;
-    }
-    case MPK_OP_CAST: {
-        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
-        if (!cJSON_IsString(dt) || !mpk_dtype_parse(dt->valuestring, strlen(dt->valuestring), &op->dtype))
-            SPEC_FAIL(path, "\"dtype\" must name a dtype (F32, F16, BF16)", path);
-        const cJSON *from = cJSON_GetObjectItemCaseSensitive(j, "from");
-        if (from) {
-            if (!cJSON_IsString(from) ||
-                !mpk_dtype_parse(from->valuestring, strlen(from->valuestring), &op->from))
-                SPEC_FAIL(path, "\"from\" must name a dtype", path);
-            op->has_from = true;
-        }
-        if (!mpk_cast_supported(op->has_from ? op->from : MPK_DTYPE_F32, op->dtype))
-            SPEC_FAIL(path, "cast to %s is not supported", path, dt->valuestring);
-        return MPK_OK;
-    }
-    case MPK_OP_DEQUANT_FP8:
-    case MPK_OP_QUANT_FP8:
-    case MPK_OP_DEQUANT_MXFP4:
-    case MPK_OP_QUANT_MXFP4: {
-        op->block = op->kind == MPK_OP_DEQUANT_MXFP4 || op->kind == MPK_OP_QUANT_MXFP4 ? 32 : 128;
-        if (op->kind == MPK_OP_DEQUANT_FP8 || op->kind == MPK_OP_QUANT_FP8)
-            MPK_TRY(get_int(j, "block", 1, 1 << 16, &op->block, false, where, path, err));
-        op->dtype = MPK_DTYPE_BF16;
-        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
-        if (dt && (!cJSON_IsString(dt) || !mpk_dtype_parse(dt->valuestring, strlen(dt->valuestring), &op->dtype) ||
-                   (op->dtype != MPK_DTYPE_BF16 && op->dtype != MPK_DTYPE_F16 && op->dtype != MPK_DTYPE_F32)))
-            SPEC_FAIL(path, "\"dtype\" must be BF16, F16 or F32", path);
-        return MPK_OK;
-    }
-    default:
-        SPEC_FAIL(path, "internal: op kind", path);
-    }
-}
-
 /* "sources": ["a", "b"] or "source": "a" (same for targets). */
 static mpk_status parse_patterns(const cJSON *rule, const char *plural, const char *single,
                                  mpk_pattern *out, int *n, mpk_arena *a, const char *where,
@@ -328,7 +209,7 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const ch
     for (const cJSON *o = ops->child; o; o = o->next) {
         char el[320];
         snprintf(el, sizeof el, "%s[%d]", sub, r->n_ops);
-        MPK_TRY(parse_op(o, &r->ops[r->n_ops], where, el, err));
+        MPK_TRY(mpk_op_parse(o, &r->ops[r->n_ops], where, el, err));
         r->n_ops++;
     }
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(j, "source_shape");

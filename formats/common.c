@@ -218,22 +218,25 @@ char *mpk_strndup(const char *s, size_t n)
 
 /* ---------------------------------------------------------------- dtypes */
 
+/* The one dtype table: name, bits per element, and what the kernels can do with it (F: a float
+ * they compute in, 8: an FP8 format they encode and decode). */
 static const struct {
     const char *name;
     int bits;
+    char kind; /* 'F', '8' or 0 */
 } dtype_table[] = {
-    [MPK_DTYPE_BOOL] = {"BOOL", 8},         [MPK_DTYPE_F4] = {"F4", 4},
-    [MPK_DTYPE_F6_E2M3] = {"F6_E2M3", 6},   [MPK_DTYPE_F6_E3M2] = {"F6_E3M2", 6},
-    [MPK_DTYPE_U8] = {"U8", 8},             [MPK_DTYPE_I8] = {"I8", 8},
-    [MPK_DTYPE_F8_E5M2] = {"F8_E5M2", 8},   [MPK_DTYPE_F8_E4M3] = {"F8_E4M3", 8},
-    [MPK_DTYPE_F8_E8M0] = {"F8_E8M0", 8},   [MPK_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
-    [MPK_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8},
-    [MPK_DTYPE_I16] = {"I16", 16},          [MPK_DTYPE_U16] = {"U16", 16},
-    [MPK_DTYPE_F16] = {"F16", 16},          [MPK_DTYPE_BF16] = {"BF16", 16},
-    [MPK_DTYPE_I32] = {"I32", 32},          [MPK_DTYPE_U32] = {"U32", 32},
-    [MPK_DTYPE_F32] = {"F32", 32},          [MPK_DTYPE_C64] = {"C64", 64},
-    [MPK_DTYPE_F64] = {"F64", 64},          [MPK_DTYPE_I64] = {"I64", 64},
-    [MPK_DTYPE_U64] = {"U64", 64},
+    [MPK_DTYPE_BOOL] = {"BOOL", 8, 0},           [MPK_DTYPE_F4] = {"F4", 4, 0},
+    [MPK_DTYPE_F6_E2M3] = {"F6_E2M3", 6, 0},     [MPK_DTYPE_F6_E3M2] = {"F6_E3M2", 6, 0},
+    [MPK_DTYPE_U8] = {"U8", 8, 0},               [MPK_DTYPE_I8] = {"I8", 8, 0},
+    [MPK_DTYPE_F8_E5M2] = {"F8_E5M2", 8, '8'},   [MPK_DTYPE_F8_E4M3] = {"F8_E4M3", 8, '8'},
+    [MPK_DTYPE_F8_E8M0] = {"F8_E8M0", 8, 0},     [MPK_DTYPE_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8, 0},
+    [MPK_DTYPE_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8, 0},
+    [MPK_DTYPE_I16] = {"I16", 16, 0},            [MPK_DTYPE_U16] = {"U16", 16, 0},
+    [MPK_DTYPE_F16] = {"F16", 16, 'F'},          [MPK_DTYPE_BF16] = {"BF16", 16, 'F'},
+    [MPK_DTYPE_I32] = {"I32", 32, 0},            [MPK_DTYPE_U32] = {"U32", 32, 0},
+    [MPK_DTYPE_F32] = {"F32", 32, 'F'},          [MPK_DTYPE_C64] = {"C64", 64, 0},
+    [MPK_DTYPE_F64] = {"F64", 64, 0},            [MPK_DTYPE_I64] = {"I64", 64, 0},
+    [MPK_DTYPE_U64] = {"U64", 64, 0},
 };
 _Static_assert(sizeof dtype_table / sizeof dtype_table[0] == MPK_DTYPE_COUNT,
                "dtype_table must cover every mpk_dtype");
@@ -246,6 +249,22 @@ const char *mpk_dtype_name(mpk_dtype d)
 int mpk_dtype_bits(mpk_dtype d)
 {
     return (unsigned)d < MPK_DTYPE_COUNT ? dtype_table[d].bits : 0;
+}
+
+size_t mpk_dtype_size(mpk_dtype d)
+{
+    int b = mpk_dtype_bits(d);
+    return b % 8 ? 0 : (size_t)b / 8;
+}
+
+bool mpk_dtype_is_float(mpk_dtype d)
+{
+    return (unsigned)d < MPK_DTYPE_COUNT && dtype_table[d].kind == 'F';
+}
+
+bool mpk_dtype_is_fp8(mpk_dtype d)
+{
+    return (unsigned)d < MPK_DTYPE_COUNT && dtype_table[d].kind == '8';
 }
 
 bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out)

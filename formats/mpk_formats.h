@@ -120,6 +120,12 @@ bool mpk_json_num_in(const cJSON *v, double lo, double hi, long long *out);
 
 /* Bits per element (4, 6, 8, 16, 32, 64); 0 for an out-of-range value. */
 int mpk_dtype_bits(mpk_dtype d);
+/* Element size in bytes (0 for sub-byte dtypes). */
+size_t mpk_dtype_size(mpk_dtype d);
+/* F16, BF16, F32: the floats the CPU kernels compute in. */
+bool mpk_dtype_is_float(mpk_dtype d);
+/* F8_E4M3, F8_E5M2: the FP8 formats the kernels encode and decode. */
+bool mpk_dtype_is_fp8(mpk_dtype d);
 /* Parses a dtype name of len bytes; false if unknown. */
 bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out);
 

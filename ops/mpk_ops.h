@@ -75,23 +75,65 @@ typedef struct mpk_bundle {
     mpk_tmeta *t;
 } mpk_bundle;
 
+/* One byte range a byte-permutation op moves: bytes [src_off, +len) of input tensor src (index
+ * g * n_items + i of the input bundle) land at [dst_off, +len) of output tensor dst. */
+typedef struct mpk_range {
+    int src, dst;
+    uint64_t src_off, dst_off, len;
+} mpk_range;
+/* Told each range; false stops the walk (out of memory). */
+typedef bool (*mpk_range_fn)(void *ctx, const mpk_range *r);
+
+/* How a computed op runs in the executor (its block kernel). */
+typedef enum mpk_op_compute {
+    MPK_COMPUTE_NONE,          /* a byte permutation: ranged copies, no kernel */
+    MPK_COMPUTE_TRANSPOSE,     /* mpk_transpose over slabs below dim */
+    MPK_COMPUTE_CAST,          /* mpk_cast element-wise */
+    MPK_COMPUTE_DEQUANT,       /* two inputs (codes, scales) -> values */
+    MPK_COMPUTE_QUANT,         /* one input -> two outputs (codes, scales) */
+    MPK_COMPUTE_COUNT
+} mpk_op_compute;
+
+/* A row of the op table: everything moepack knows about one op. */
 typedef struct mpk_op_desc {
     mpk_op_kind kind;
     const char *name;
-    const char *params;        /* for docs and `moepack ops`: "dim", "dim, chunks", ... */
-    bool byte_permutation;     /* planned as range copies */
+    const char *params;        /* for docs and errors: "dim", "dim, chunks", ... */
+    bool byte_permutation;     /* planned as range copies (ranges below) */
+    mpk_op_compute compute;    /* computed ops: the executor's kernel class */
+    /* Reads the op's parameters from its spec object j (op->kind set); MPK_E_SPEC naming
+     * where (the spec) and path (the JSON path of the op). */
+    mpk_status (*parse)(const cJSON *j, mpk_op *op, const char *where, const char *path, mpk_error *err);
+    /* "merge(dim=0)" into buf; returns what snprintf returns. */
+    int (*format)(const mpk_op *op, char *buf, size_t cap);
     /* Output metadata from input metadata; out->t is allocated from arena. */
     mpk_status (*infer)(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out, mpk_arena *arena,
                         mpk_error *err);
     /* The op that undoes op (given the input it was applied to, may be NULL when the input is
      * unknown: then ops needing it fail with MPK_E_OP). */
     mpk_status (*inverse)(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
+    /* Byte permutations: every range the op moves, output by output, each output's ranges in
+     * increasing dst_off, tiling it (the executor builds its copy graph from them; the
+     * reference apply memcpys them). NULL for computed ops. */
+    mpk_status (*ranges)(const mpk_op *op, const mpk_bundle *in, const mpk_bundle *out, mpk_range_fn fn,
+                         void *ctx, mpk_error *err);
+    /* Computed ops: the smallest byte count of output tensor out (which: its index among the
+     * op's outputs for one item) that the kernel produces on its own. NULL for permutations. */
+    uint64_t (*granule)(const mpk_op *op, const mpk_tmeta *in, const mpk_tmeta *out, int which);
 } mpk_op_desc;
 
-/* The descriptor table, indexed by mpk_op_kind. */
+/* The op table, indexed by mpk_op_kind (ops/optable.c). */
 extern const mpk_op_desc mpk_op_descs[MPK_OP_COUNT];
 /* Looks an op up by name ("merge"); NULL when unknown. */
 const mpk_op_desc *mpk_op_find(const char *name);
+/* Parses one op object of a spec ({"op": "merge", "dim": 0}) through its row. */
+mpk_status mpk_op_parse(const cJSON *j, mpk_op *op, const char *where, const char *path, mpk_error *err);
+/* The ranges of a byte-permutation op (its row's ranges; MPK_E_OP for a computed op). */
+mpk_status mpk_op_ranges(const mpk_op *op, const mpk_bundle *in, const mpk_bundle *out, mpk_range_fn fn, void *ctx,
+                         mpk_error *err);
+/* True when the op leaves dim 0 of every tensor alone (so the items stacked along it can be
+ * computed one at a time). */
+bool mpk_op_keeps_dim0(const mpk_op *op);
 
 /* Shape/dtype inference through a chain. out->t from arena. */
 mpk_status mpk_ops_infer_chain(const mpk_op *ops, int n_ops, const mpk_bundle *in, mpk_bundle *out,
@@ -104,8 +146,6 @@ const char *mpk_op_str(const mpk_op *op, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------- CPU kernels */
 
-/* Element size in bytes (0 for sub-byte dtypes). */
-size_t mpk_dtype_size(mpk_dtype d);
 /* True when cast between a and b is implemented. */
 bool mpk_cast_supported(mpk_dtype from, mpk_dtype to);
 /* Converts n elements; round to nearest even, NaN keeps its sign, overflow to +-inf.

@@ -1,4 +1,5 @@
-/* ops.c — the op descriptor table: inference, inverses, reference CPU kernels. */
+/* ops.c — shape and dtype inference and inverses of every op (the op table, optable.c, points
+ * here), and inference/inversion through chains. */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
 #include "ops_internal.h"
@@ -9,14 +10,6 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------- helpers */
-
-static uint64_t prod(const int64_t *s, int from, int to)
-{
-    uint64_t p = 1;
-    for (int i = from; i < to; i++)
-        p *= (uint64_t)s[i];
-    return p;
-}
 
 static bool meta_eq(const mpk_tmeta *a, const mpk_tmeta *b)
 {
@@ -34,18 +27,6 @@ static mpk_status alloc_bundle(mpk_bundle *out, int g, int n, mpk_arena *arena, 
     return MPK_OK;
 }
 
-/* Bytes of dims [from, ndim) of one tensor; MPK_E_SUBBYTE when not whole bytes. */
-static mpk_status inner_bytes(const mpk_tmeta *m, int from, uint64_t *out, const char *opname,
-                              mpk_error *err)
-{
-    uint64_t bits = prod(m->shape, from, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype);
-    if (bits % 8)
-        MPK_FAIL(err, MPK_E_SUBBYTE, "ops", "%s: a block of %llu %s elements is not whole bytes",
-                 opname, (unsigned long long)prod(m->shape, from, m->ndim), mpk_dtype_name(m->dtype));
-    *out = bits / 8;
-    return MPK_OK;
-}
-
 static mpk_status check_dim(const mpk_tmeta *m, int dim, int limit_extra, const char *opname,
                             mpk_error *err)
 {
@@ -59,7 +40,7 @@ static mpk_status check_dim(const mpk_tmeta *m, int dim, int limit_extra, const 
 
 /* ---------------------------------------------------------------- inference */
 
-static mpk_status infer_merge(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_merge(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                               mpk_arena *arena, mpk_error *err)
 {
     MPK_TRY(alloc_bundle(out, in->n_groups, 1, arena, err));
@@ -89,7 +70,7 @@ static mpk_status infer_merge(const mpk_op *op, const mpk_bundle *in, mpk_bundle
     return MPK_OK;
 }
 
-static mpk_status infer_split(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_split(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                               mpk_arena *arena, mpk_error *err)
 {
     if (in->n_items != 1)
@@ -116,7 +97,7 @@ static mpk_status infer_split(const mpk_op *op, const mpk_bundle *in, mpk_bundle
     return MPK_OK;
 }
 
-static mpk_status infer_concat(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_concat(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                                mpk_arena *arena, mpk_error *err)
 {
     MPK_TRY(alloc_bundle(out, 1, in->n_items, arena, err));
@@ -146,7 +127,7 @@ static mpk_status infer_concat(const mpk_op *op, const mpk_bundle *in, mpk_bundl
     return MPK_OK;
 }
 
-static mpk_status infer_chunk(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_chunk(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                               mpk_arena *arena, mpk_error *err)
 {
     if (in->n_groups != 1)
@@ -226,9 +207,26 @@ static mpk_status infer_each(const mpk_op *op, const mpk_bundle *in, mpk_bundle 
     return MPK_OK;
 }
 
+mpk_status ops_infer_transpose(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out, mpk_arena *arena,
+                               mpk_error *err)
+{
+    return infer_each(op, in, out, arena, err);
+}
+
+mpk_status ops_infer_reshape(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out, mpk_arena *arena,
+                             mpk_error *err)
+{
+    return infer_each(op, in, out, arena, err);
+}
+
+mpk_status ops_infer_cast(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out, mpk_arena *arena, mpk_error *err)
+{
+    return infer_each(op, in, out, arena, err);
+}
+
 /* ---------------------------------------------------------------- inverses */
 
-static mpk_status inv_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err)
+mpk_status ops_inverse_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err)
 {
     memset(inv, 0, sizeof *inv);
     inv->dim = op->dim;
@@ -278,15 +276,13 @@ static mpk_status inv_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv
 
 /* ---------------------------------------------------------------- quantization ops */
 
-static bool float_like(mpk_dtype d);
-
 static int64_t cdiv(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;
 }
 
 /* dequant_fp8_block: groups (weight, scale_inv) -> one group */
-static mpk_status infer_dequant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_dequant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                                     mpk_arena *arena, mpk_error *err)
 {
     char a[128], b[128];
@@ -318,7 +314,7 @@ static mpk_status infer_dequant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_
 }
 
 /* quant_fp8_block: one group -> (F8_E4M3 weight, F32 scale grid) */
-static mpk_status infer_quant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_quant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                                   mpk_arena *arena, mpk_error *err)
 {
     if (in->n_groups != 1)
@@ -327,7 +323,7 @@ static mpk_status infer_quant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bu
     MPK_TRY(alloc_bundle(out, 2, N, arena, err));
     for (int i = 0; i < N; i++) {
         const mpk_tmeta *t = &in->t[i];
-        if (!float_like(t->dtype) || t->ndim < 2)
+        if (!mpk_dtype_is_float(t->dtype) || t->ndim < 2)
             MPK_FAIL(err, MPK_E_OP, "ops", "quant_fp8_block needs an F32/F16/BF16 matrix, got %s of rank %d",
                      mpk_dtype_name(t->dtype), t->ndim);
         out->t[i] = *t;
@@ -341,7 +337,7 @@ static mpk_status infer_quant_fp8(const mpk_op *op, const mpk_bundle *in, mpk_bu
 }
 
 /* dequant_mxfp4: groups (blocks [.., R, G, 16], scales [.., R, G]) -> [.., R, G*32] */
-static mpk_status infer_dequant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_dequant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                                       mpk_arena *arena, mpk_error *err)
 {
     char a[128], b[128];
@@ -368,7 +364,7 @@ static mpk_status infer_dequant_mxfp4(const mpk_op *op, const mpk_bundle *in, mp
     return MPK_OK;
 }
 
-static mpk_status infer_quant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
+mpk_status ops_infer_quant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out,
                                     mpk_arena *arena, mpk_error *err)
 {
     (void)op;
@@ -378,7 +374,7 @@ static mpk_status infer_quant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_
     MPK_TRY(alloc_bundle(out, 2, N, arena, err));
     for (int i = 0; i < N; i++) {
         const mpk_tmeta *t = &in->t[i];
-        if (!float_like(t->dtype) || t->ndim < 1 || t->ndim >= MPK_MAX_DIMS || t->shape[t->ndim - 1] % 32)
+        if (!mpk_dtype_is_float(t->dtype) || t->ndim < 1 || t->ndim >= MPK_MAX_DIMS || t->shape[t->ndim - 1] % 32)
             MPK_FAIL(err, MPK_E_QUANT, "ops", "quant_mxfp4 needs F32/F16/BF16 rows of a multiple of 32 values, got %s [.., %lld]",
                      mpk_dtype_name(t->dtype), t->ndim ? (long long)t->shape[t->ndim - 1] : 0LL);
         out->t[N + i] = *t; /* scales [.., C/32] */
@@ -391,7 +387,7 @@ static mpk_status infer_quant_mxfp4(const mpk_op *op, const mpk_bundle *in, mpk_
     return MPK_OK;
 }
 
-static mpk_status inv_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err)
+mpk_status ops_inverse_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err)
 {
     (void)err;
     memset(inv, 0, sizeof *inv);
@@ -407,33 +403,6 @@ static mpk_status inv_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv,
     default: break;
     }
     return MPK_OK;
-}
-
-const mpk_op_desc mpk_op_descs[MPK_OP_COUNT] = {
-    [MPK_OP_MERGE] = {MPK_OP_MERGE, "merge", "dim", true, infer_merge, inv_simple},
-    [MPK_OP_SPLIT] = {MPK_OP_SPLIT, "split", "dim", true, infer_split, inv_simple},
-    [MPK_OP_CONCAT] = {MPK_OP_CONCAT, "concat", "dim", true, infer_concat, inv_simple},
-    [MPK_OP_CHUNK] = {MPK_OP_CHUNK, "chunk", "dim, chunks", true, infer_chunk, inv_simple},
-    [MPK_OP_TRANSPOSE] = {MPK_OP_TRANSPOSE, "transpose", "dim, dim2", false, infer_each, inv_simple},
-    [MPK_OP_RESHAPE] = {MPK_OP_RESHAPE, "reshape", "shape, inverse_shape?", true, infer_each,
-                        inv_simple},
-    [MPK_OP_CAST] = {MPK_OP_CAST, "cast", "dtype, from?", false, infer_each, inv_simple},
-    [MPK_OP_DEQUANT_FP8] = {MPK_OP_DEQUANT_FP8, "dequant_fp8_block", "block=128, dtype=BF16", false,
-                            infer_dequant_fp8, inv_quant},
-    [MPK_OP_QUANT_FP8] = {MPK_OP_QUANT_FP8, "quant_fp8_block", "block=128", false, infer_quant_fp8,
-                          inv_quant},
-    [MPK_OP_DEQUANT_MXFP4] = {MPK_OP_DEQUANT_MXFP4, "dequant_mxfp4", "dtype=BF16", false,
-                              infer_dequant_mxfp4, inv_quant},
-    [MPK_OP_QUANT_MXFP4] = {MPK_OP_QUANT_MXFP4, "quant_mxfp4", "", false, infer_quant_mxfp4, inv_quant},
-};
-_Static_assert(sizeof mpk_op_descs / sizeof mpk_op_descs[0] == MPK_OP_COUNT, "op table");
-
-const mpk_op_desc *mpk_op_find(const char *name)
-{
-    for (int i = 0; i < MPK_OP_COUNT; i++)
-        if (strcmp(mpk_op_descs[i].name, name) == 0)
-            return &mpk_op_descs[i];
-    return NULL;
 }
 
 mpk_status mpk_ops_infer_chain(const mpk_op *ops, int n_ops, const mpk_bundle *in, mpk_bundle *out,
@@ -470,325 +439,3 @@ mpk_status mpk_ops_invert_chain(const mpk_op *ops, int n_ops, const mpk_bundle *
     return s;
 }
 
-const char *mpk_op_str(const mpk_op *op, char *buf, size_t cap)
-{
-    char sh[128];
-    switch (op->kind) {
-    case MPK_OP_TRANSPOSE: snprintf(buf, cap, "transpose(%d, %d)", op->dim, op->dim2); break;
-    case MPK_OP_CHUNK: snprintf(buf, cap, "chunk(dim=%d, chunks=%d)", op->dim, op->chunks); break;
-    case MPK_OP_RESHAPE:
-        snprintf(buf, cap, "reshape(%s)", mpk_shape_str(op->shape, op->ndim, sh, sizeof sh));
-        break;
-    case MPK_OP_CAST: snprintf(buf, cap, "cast(%s)", mpk_dtype_name(op->dtype)); break;
-    case MPK_OP_DEQUANT_FP8:
-        snprintf(buf, cap, "dequant_fp8_block(block=%d, %s)", op->block, mpk_dtype_name(op->dtype));
-        break;
-    case MPK_OP_QUANT_FP8: snprintf(buf, cap, "quant_fp8_block(block=%d)", op->block); break;
-    case MPK_OP_DEQUANT_MXFP4: snprintf(buf, cap, "dequant_mxfp4(%s)", mpk_dtype_name(op->dtype)); break;
-    case MPK_OP_QUANT_MXFP4: snprintf(buf, cap, "quant_mxfp4()"); break;
-    default: snprintf(buf, cap, "%s(dim=%d)", mpk_op_descs[op->kind].name, op->dim); break;
-    }
-    return buf;
-}
-
-/* ---------------------------------------------------------------- number conversions */
-
-size_t mpk_dtype_size(mpk_dtype d)
-{
-    int b = mpk_dtype_bits(d);
-    return b % 8 ? 0 : (size_t)b / 8;
-}
-
-
-
-float mpk_bf16_to_f32(uint16_t h)
-{
-    return ops_u2f((uint32_t)h << 16);
-}
-
-uint16_t mpk_f32_to_bf16(float f)
-{
-    return ops_f32_to_bf16(f);
-}
-
-float mpk_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-    if (exp == 0x1F)
-        return ops_u2f(sign | 0x7F800000u | (mant << 13));
-    if (exp == 0) {
-        if (mant == 0)
-            return ops_u2f(sign);
-        float v = ldexpf((float)mant, -24);
-        return sign ? -v : v;
-    }
-    return ops_u2f(sign | ((exp + 112) << 23) | (mant << 13));
-}
-
-uint16_t mpk_f32_to_f16(float f)
-{
-    uint32_t x = ops_f2u(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t exp = (x >> 23) & 0xFF, mant = x & 0x7FFFFF;
-    if (exp == 0xFF)
-        return (uint16_t)(sign | 0x7C00 | (mant ? 0x200 | (mant >> 13) : 0));
-    int e = (int)exp - 127 + 15;
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7C00);
-    if (e <= 0) {
-        if (e < -10)
-            return sign;
-        mant |= 0x800000;
-        int shift = 14 - e;
-        uint32_t r = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (r & 1)))
-            r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t r = ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1FFF;
-    if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
-        r++;
-    return (uint16_t)(sign | r);
-}
-
-static bool float_like(mpk_dtype d)
-{
-    return d == MPK_DTYPE_F32 || d == MPK_DTYPE_F16 || d == MPK_DTYPE_BF16;
-}
-
-static bool fp8(mpk_dtype d)
-{
-    return d == MPK_DTYPE_F8_E4M3 || d == MPK_DTYPE_F8_E5M2;
-}
-
-bool mpk_cast_supported(mpk_dtype from, mpk_dtype to)
-{
-    return (float_like(from) || fp8(from) || from == MPK_DTYPE_F8_E8M0) && (float_like(to) || fp8(to));
-}
-
-float ops_load_f32(mpk_dtype d, const void *src, size_t i)
-{
-    switch (d) {
-    case MPK_DTYPE_F32: return ((const float *)src)[i];
-    case MPK_DTYPE_BF16: return mpk_bf16_to_f32(((const uint16_t *)src)[i]);
-    case MPK_DTYPE_F16: return mpk_f16_to_f32(((const uint16_t *)src)[i]);
-    case MPK_DTYPE_F8_E4M3: return mpk_e4m3_to_f32(((const uint8_t *)src)[i]);
-    case MPK_DTYPE_F8_E5M2: return mpk_e5m2_to_f32(((const uint8_t *)src)[i]);
-    default: return mpk_e8m0_to_f32(((const uint8_t *)src)[i]);
-    }
-}
-
-void mpk_cast(mpk_dtype from, const void *src, mpk_dtype to, void *dst, size_t n)
-{
-    if (from == to) {
-        memcpy(dst, src, n * mpk_dtype_size(from));
-        return;
-    }
-    uint16_t *d16 = dst;
-    uint8_t *d8 = dst;
-    float *d32 = dst;
-    for (size_t i = 0; i < n; i++) {
-        float v = ops_load_f32(from, src, i);
-        if (to == MPK_DTYPE_F32)
-            d32[i] = v;
-        else if (to == MPK_DTYPE_BF16)
-            d16[i] = mpk_f32_to_bf16(v);
-        else if (to == MPK_DTYPE_F16)
-            d16[i] = mpk_f32_to_f16(v);
-        else if (to == MPK_DTYPE_F8_E4M3)
-            d8[i] = mpk_f32_to_e4m3(v);
-        else
-            d8[i] = mpk_f32_to_e5m2(v);
-    }
-}
-
-/* ---------------------------------------------------------------- transpose */
-
-#define TRANSPOSE_LOOP(T)                                                              \
-    for (uint64_t o = 0; o < outer; o++)                                               \
-        for (uint64_t j = 0; j < B; j++)                                               \
-            for (uint64_t m = 0; m < P; m++) {                                         \
-                T *dst = (T *)out + ((o * B + j) * P + m) * A;                         \
-                const T *sp = (const T *)in + ((o * A) * P + m) * B + j;               \
-                for (uint64_t i = 0; i < A; i++)                                       \
-                    dst[i] = sp[i * P * B];                                            \
-            }
-
-void mpk_transpose(const void *in, void *out, size_t el, const int64_t *shape, int ndim, int a,
-                   int b)
-{
-    if (a > b) {
-        int t = a;
-        a = b;
-        b = t;
-    }
-    uint64_t outer = prod(shape, 0, a), A = (uint64_t)shape[a], P = prod(shape, a + 1, b),
-             B = (uint64_t)shape[b], Q = prod(shape, b + 1, ndim) * el;
-    if (Q == 1) {
-        TRANSPOSE_LOOP(uint8_t)
-    } else if (Q == 2) {
-        TRANSPOSE_LOOP(uint16_t)
-    } else if (Q == 4) {
-        TRANSPOSE_LOOP(uint32_t)
-    } else if (Q == 8) {
-        TRANSPOSE_LOOP(uint64_t)
-    } else {
-        for (uint64_t o = 0; o < outer; o++)
-            for (uint64_t j = 0; j < B; j++)
-                for (uint64_t m = 0; m < P; m++)
-                    for (uint64_t i = 0; i < A; i++)
-                        memcpy((char *)out + (((o * B + j) * P + m) * A + i) * Q,
-                               (const char *)in + (((o * A + i) * P + m) * B + j) * Q, Q);
-    }
-}
-
-/* ---------------------------------------------------------------- reference apply */
-
-static uint64_t meta_bytes(const mpk_tmeta *m)
-{
-    uint64_t n = 0;
-    mpk_tensor_nbytes(m->dtype, m->shape, m->ndim, &n);
-    return n;
-}
-
-mpk_status mpk_op_apply(const mpk_op *op, const mpk_bundle *in, void *const *data, mpk_bundle *out,
-                        void ***out_data, mpk_arena *arena, mpk_error *err)
-{
-    MPK_TRY(mpk_op_descs[op->kind].infer(op, in, out, arena, err));
-    size_t n_out = (size_t)(out->n_groups * out->n_items);
-    void **od = calloc(n_out ? n_out : 1, sizeof *od);
-    if (!od)
-        MPK_FAIL(err, MPK_E_NOMEM, "ops", "out of memory");
-    for (size_t k = 0; k < n_out; k++)
-        if (!(od[k] = malloc(meta_bytes(&out->t[k]) + 1))) {
-            for (size_t j = 0; j < k; j++)
-                free(od[j]);
-            free(od);
-            MPK_FAIL(err, MPK_E_NOMEM, "ops", "out of memory");
-        }
-    mpk_status s = MPK_OK;
-    const int G = in->n_groups, N = in->n_items;
-    uint64_t inner = 0, outer;
-    switch (op->kind) {
-    case MPK_OP_MERGE: /* out[g] = stack(in[g][*]) */
-        for (int g = 0; g < G && s == MPK_OK; g++) {
-            const mpk_tmeta *t = &in->t[g * N];
-            if ((s = inner_bytes(t, op->dim, &inner, "merge", err)) != MPK_OK)
-                break;
-            outer = prod(t->shape, 0, op->dim);
-            for (uint64_t o = 0; o < outer; o++)
-                for (int i = 0; i < N; i++)
-                    memcpy((char *)od[g] + (o * (uint64_t)N + (uint64_t)i) * inner,
-                           (const char *)data[g * N + i] + o * inner, inner);
-        }
-        break;
-    case MPK_OP_SPLIT: /* out[g][j] = in[g] sliced at index j of dim */
-        for (int g = 0; g < G && s == MPK_OK; g++) {
-            const mpk_tmeta *t = &in->t[g];
-            if ((s = inner_bytes(t, op->dim + 1, &inner, "split", err)) != MPK_OK)
-                break;
-            outer = prod(t->shape, 0, op->dim);
-            uint64_t n = (uint64_t)t->shape[op->dim];
-            for (uint64_t j = 0; j < n; j++)
-                for (uint64_t o = 0; o < outer; o++)
-                    memcpy((char *)od[(uint64_t)g * n + j] + o * inner,
-                           (const char *)data[g] + (o * n + j) * inner, inner);
-        }
-        break;
-    case MPK_OP_CONCAT: /* out[i] = cat(in[*][i]) */
-        for (int i = 0; i < N && s == MPK_OK; i++) {
-            const mpk_tmeta *t = &in->t[i];
-            if ((s = inner_bytes(t, op->dim, &inner, "concat", err)) != MPK_OK)
-                break;
-            outer = prod(t->shape, 0, op->dim);
-            for (uint64_t o = 0; o < outer; o++)
-                for (int g = 0; g < G; g++)
-                    memcpy((char *)od[i] + (o * (uint64_t)G + (uint64_t)g) * inner,
-                           (const char *)data[g * N + i] + o * inner, inner);
-        }
-        break;
-    case MPK_OP_CHUNK:
-        for (int i = 0; i < N && s == MPK_OK; i++) {
-            const mpk_tmeta *t = &out->t[i]; /* a piece */
-            if ((s = inner_bytes(t, op->dim, &inner, "chunk", err)) != MPK_OK)
-                break;
-            outer = prod(t->shape, 0, op->dim);
-            uint64_t c = (uint64_t)op->chunks;
-            for (uint64_t g = 0; g < c; g++)
-                for (uint64_t o = 0; o < outer; o++)
-                    memcpy((char *)od[g * (uint64_t)N + (uint64_t)i] + o * inner,
-                           (const char *)data[i] + (o * c + g) * inner, inner);
-        }
-        break;
-    case MPK_OP_TRANSPOSE:
-    case MPK_OP_RESHAPE:
-    case MPK_OP_CAST:
-        for (int k = 0; k < G * N; k++) {
-            const mpk_tmeta *t = &in->t[k];
-            uint64_t n = mpk_numel(t->shape, t->ndim);
-            if (op->kind == MPK_OP_RESHAPE) {
-                memcpy(od[k], data[k], meta_bytes(t));
-            } else if (op->kind == MPK_OP_CAST) {
-                mpk_cast(t->dtype, data[k], op->dtype, od[k], n);
-            } else {
-                size_t el = mpk_dtype_size(t->dtype);
-                if (!el) {
-                    s = mpk_error_set(err, MPK_E_OP, 0, "ops", "transpose: %s is sub-byte",
-                                      mpk_dtype_name(t->dtype));
-                    break;
-                }
-                mpk_transpose(data[k], od[k], el, t->shape, t->ndim, op->dim, op->dim2);
-            }
-        }
-        break;
-    case MPK_OP_DEQUANT_FP8:
-        for (int i = 0; i < N; i++) {
-            const mpk_tmeta *w = &in->t[i];
-            int64_t R = w->shape[w->ndim - 2], C = w->shape[w->ndim - 1];
-            uint64_t mats = prod(w->shape, 0, w->ndim - 2), sgrid = (uint64_t)(cdiv(R, op->block) * cdiv(C, op->block));
-            size_t oel = mpk_dtype_size(op->dtype);
-            for (uint64_t m = 0; m < mats; m++)
-                mpk_dequant_fp8_rows(w->dtype, (const uint8_t *)data[i] + m * (uint64_t)(R * C),
-                                     (const float *)data[N + i] + m * sgrid, C, op->block, 0, R, op->dtype,
-                                     (char *)od[i] + m * (uint64_t)(R * C) * oel);
-        }
-        break;
-    case MPK_OP_QUANT_FP8:
-        for (int i = 0; i < N; i++) {
-            const mpk_tmeta *t = &in->t[i];
-            int64_t R = t->shape[t->ndim - 2], C = t->shape[t->ndim - 1], b = op->block;
-            uint64_t mats = prod(t->shape, 0, t->ndim - 2), sc = (uint64_t)cdiv(C, b);
-            size_t el = mpk_dtype_size(t->dtype);
-            for (uint64_t m = 0; m < mats; m++)
-                for (int64_t r0 = 0; r0 < R; r0 += b)
-                    mpk_quant_fp8_band(t->dtype, (const char *)data[i] + (m * (uint64_t)R + (uint64_t)r0) * (uint64_t)C * el,
-                                       C, (int)b, R - r0 < b ? R - r0 : b,
-                                       (uint8_t *)od[i] + (m * (uint64_t)R + (uint64_t)r0) * (uint64_t)C,
-                                       (float *)od[N + i] + (m * (uint64_t)cdiv(R, b) + (uint64_t)(r0 / b)) * sc);
-        }
-        break;
-    case MPK_OP_DEQUANT_MXFP4:
-        for (int i = 0; i < N; i++) {
-            const mpk_tmeta *sm = &in->t[N + i];
-            mpk_dequant_mxfp4(data[i], data[N + i], mpk_numel(sm->shape, sm->ndim), op->dtype, od[i]);
-        }
-        break;
-    case MPK_OP_QUANT_MXFP4:
-        for (int i = 0; i < N; i++) {
-            const mpk_tmeta *t = &in->t[i];
-            mpk_quant_mxfp4(t->dtype, data[i], mpk_numel(t->shape, t->ndim) / 32, od[i], od[N + i]);
-        }
-        break;
-    default:
-        s = mpk_error_set(err, MPK_E_OP, 0, "ops", "internal: unknown op");
-    }
-    if (s != MPK_OK) {
-        for (size_t k = 0; k < n_out; k++)
-            free(od[k]);
-        free(od);
-        return s;
-    }
-    *out_data = od;
-    return MPK_OK;
-}

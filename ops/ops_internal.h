@@ -1,4 +1,5 @@
-/* ops_internal.h — helpers shared by ops.c and quant.c (not part of the public header). */
+/* ops_internal.h — what the files of ops/ share (not part of its header): the inference and
+ * inverse functions the op table points at, and small number helpers. */
 #ifndef MPK_OPS_INTERNAL_H
 #define MPK_OPS_INTERNAL_H
 
@@ -28,6 +29,22 @@ static inline uint16_t ops_f32_to_bf16(float f)
         return (uint16_t)((x >> 16) | 0x40);
     return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
+
+#define OPS_INFER(name) \
+    mpk_status ops_infer_##name(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out, mpk_arena *arena, mpk_error *err)
+OPS_INFER(merge);
+OPS_INFER(split);
+OPS_INFER(concat);
+OPS_INFER(chunk);
+OPS_INFER(transpose);
+OPS_INFER(reshape);
+OPS_INFER(cast);
+OPS_INFER(dequant_fp8);
+OPS_INFER(quant_fp8);
+OPS_INFER(dequant_mxfp4);
+OPS_INFER(quant_mxfp4);
+mpk_status ops_inverse_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
+mpk_status ops_inverse_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
 
 /* Element i of src (F32, F16, BF16, F8_E4M3, F8_E5M2 or F8_E8M0) as an F32. */
 float ops_load_f32(mpk_dtype d, const void *src, size_t i);

@@ -272,16 +272,6 @@ typedef struct {
     tcmp tw, ts;
 } slot_out;
 
-static bool touches_dim0(const mpk_op *op)
-{
-    switch (op->kind) {
-    case MPK_OP_MERGE: case MPK_OP_SPLIT: case MPK_OP_CONCAT: case MPK_OP_CHUNK: return op->dim == 0;
-    case MPK_OP_TRANSPOSE: return op->dim == 0;
-    case MPK_OP_RESHAPE: return true;
-    default: return false;
-    }
-}
-
 /* Sends one computed output (slot) to its comparisons; --quantize outputs are quantized here
  * with the reference op. */
 static mpk_status emit(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmeta *m, void *data, uint64_t k)
@@ -339,7 +329,7 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
     bool rev = !r->list_in_sources && r->list_capture && r->n_ops > 0 && r->ops[r->n_ops - 1].kind == MPK_OP_SPLIT &&
                r->ops[r->n_ops - 1].dim == 0;
     for (int k = fwd ? 1 : 0; k < r->n_ops - (rev ? 1 : 0); k++)
-        if (touches_dim0(&r->ops[k]))
+        if (!mpk_op_keeps_dim0(&r->ops[k]))
             fwd = rev = false;
     int NO = g->out_meta.n_items; /* outputs per target pattern (rev: the list) */
     mpk_status s = MPK_OK;
