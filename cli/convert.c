@@ -200,7 +200,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
         return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL; /* an overlap is a usage error */
     }
-    if (a.json || !a.quiet)
+    if (rep && (a.json || !a.quiet))
         mpk_cli_print_report(cmd, rep, a.json, true);
     mpk_report_free(rep);
     return MPK_EXIT_OK;

@@ -141,8 +141,6 @@ bool mpk_pattern_match(const mpk_pattern *p, const char *name, mpk_capture *caps
 
 /* ---------------------------------------------------------------- plans */
 
-typedef struct mpk_node mpk_node;
-
 typedef struct mpk_plan_out {
     const char *name;
     mpk_tmeta meta;
@@ -153,7 +151,6 @@ typedef struct mpk_plan_out {
     int shard;                          /* output shard (0-based) */
     int quant;                          /* --quantize: 1 the F8_E4M3 weight, 2 its F32 scale
                                            grid (named target + "_scale_inv"); 0 otherwise */
-    mpk_node *node;                     /* set by the executor */
 } mpk_plan_out;
 
 /* --dequantize: an FP8 weight with its scale grid, seen by the planner as one BF16 tensor. */

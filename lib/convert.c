@@ -281,7 +281,10 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     mpk_exec_stats st;
     if ((s = mpk_exec(plan, r->dst, &eo, &st, err)) != MPK_OK)
         goto out;
-    s = convert_report(r, plan, &st, report, err);
+    /* dst has landed: a report that cannot be built (out of memory) is no failure of it */
+    mpk_error ig;
+    if (convert_report(r, plan, &st, report, &ig) != MPK_OK && report)
+        *report = NULL;
 out:
     free(cfg_text);
     mpk_plan_free(plan);

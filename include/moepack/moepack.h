@@ -295,7 +295,8 @@ MPK_API void mpk_convert_req_init(mpk_convert_req *r, const char *src, const cha
  * any of mpk_ckpt_open's and mpk_spec_load's, MPK_E_USAGE (a bad request), MPK_E_DST_EXISTS,
  * MPK_E_OVERLAP (dst is, holds or lies in src), MPK_E_EXPERT_MISSING, MPK_E_SHAPE,
  * MPK_E_DTYPE_MISMATCH, MPK_E_CONFLICT, MPK_E_QUANT, MPK_E_MEMORY_BUDGET, MPK_E_CHANGED,
- * MPK_E_IO, MPK_E_CANCELLED. On success *report (may be NULL) is owned by the caller. */
+ * MPK_E_IO, MPK_E_CANCELLED. On success *report (report may be NULL) is owned by the caller;
+ * it is NULL when memory ran out describing a conversion that did land. */
 MPK_API mpk_status mpk_convert(const mpk_convert_req *req, mpk_report **report, mpk_error *err);
 
 typedef struct mpk_plan mpk_plan;

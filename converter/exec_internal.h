@@ -1,0 +1,164 @@
+/* exec_internal.h — what the files of the executor share: the node graph (graph.c), reading
+ * and computing nodes (nodes.c), the run: units, per-shard writers, hashing and syncing
+ * (run.c), and the top (exec.c: staging, shard files, resume, commit). Included only by them. */
+#ifndef MPK_EXEC_INTERNAL_H
+#define MPK_EXEC_INTERNAL_H
+
+#include "converter_internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct mpk_node mpk_node;
+typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST, N_DEQUANT, N_QUANT } node_kind;
+
+typedef struct seg {
+    mpk_node *src;
+    uint64_t src_off, dst_off, len;
+} seg;
+
+struct mpk_node {
+    node_kind kind;
+    mpk_tmeta meta;
+    uint64_t nbytes;
+    int fd;              /* SOURCE */
+    const char *path;    /* SOURCE: the shard's path, for messages */
+    uint64_t file_off;
+    seg *segs;           /* SEGS */
+    size_t n_segs, cap_segs;
+    mpk_node *in;        /* TRANSPOSE, CAST, DEQUANT (weight or blocks), QUANT */
+    mpk_node *in2;       /* DEQUANT: scale grid (FP8) or E8M0 scales (MXFP4) */
+    bool mx;             /* DEQUANT/QUANT: MXFP4 rather than FP8 block */
+    int block;           /* FP8 block edge */
+    int which;           /* QUANT: 0 the quantized values, 1 the scales */
+    int a, b;            /* TRANSPOSE: the dims swapped */
+    uint64_t granule;    /* computed nodes: the bytes the kernel makes on its own (the op table's
+                            granule; TRANSPOSE: one slab, dims [a, ndim)) */
+    bool pure;           /* SOURCE, or SEGS of SOURCEs only: copy_file_range can move it */
+    mpk_node *next_alloc;
+};
+
+typedef struct {
+    mpk_node *all;       /* every node, for freeing */
+    mpk_node **out;      /* the node of each plan output */
+    mpk_error *err;
+} builder;
+
+/* ---------------------------------------------------------------- graph.c */
+
+/* Builds a node for every plan output into b->out[i] (the plan is not written). */
+mpk_status ex_build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena);
+/* The segment of SEGS node n holding byte off (binary search). */
+size_t ex_seg_find(const mpk_node *n, uint64_t off);
+/* Frees every node b made. */
+void ex_nodes_free(builder *b);
+/* The bytes a unit of node n must not split (a row to dequantize, a slab to transpose). */
+uint64_t ex_node_granule(const mpk_node *n);
+/* Largest block a node's reads allocate at once (transposes read whole slabs). */
+uint64_t ex_max_slab(const mpk_node *n);
+
+/* ---------------------------------------------------------------- nodes.c */
+
+typedef struct {
+    mpk_io *io;
+    mpk_io_req *reqs;
+    size_t n, cap;
+    mpk_error *err;
+} reader;
+
+/* Reads bytes [off, off+len) of node n into buf (sources through r's I/O engine, computed
+ * nodes through their kernels). */
+mpk_status ex_node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
+/* Submits r's queued reads. */
+mpk_status ex_rd_flush(reader *r);
+typedef mpk_status (*range_fn)(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *ctx);
+/* Calls fn for every source file range behind bytes [off, off+len) of a pure node, at is where
+ * they land in the output file. */
+mpk_status ex_each_source_range(const mpk_node *n, uint64_t off, uint64_t len, uint64_t at, range_fn fn, void *ctx);
+/* Moves bytes [off, off+len) of a pure node into out at file offset at (copy_file_range). */
+mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out, const char *tensor,
+                        uint64_t at, mpk_error *err);
+/* A range_fn counting bytes per page phase (votes[4096 / 8]). */
+mpk_status ex_phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *votes);
+
+/* ---------------------------------------------------------------- run.c */
+
+#define HASH_CHUNK (1u << 20)
+/* Scheduling. Writes into one file serialize in the kernel (a buffered write holds the
+ * inode lock), and threads queued on that lock spin: two writers to one file took twice the
+ * CPU of one and longer in wall time. So each output shard has one writer at a time (a mutex
+ * held around its write calls), units are queued per shard in file order, a thread prefers a
+ * shard nobody is writing, and a thread that finds every shard busy hashes a completed tensor
+ * instead (reading it back from the output, which takes no inode lock) or, with nothing to
+ * hash, waits for a shard. Computed units (transpose, cast, quantize) are built outside the
+ * lock, so only their writes serialize. */
+typedef struct {
+    size_t out;          /* plan output index */
+    int shard;           /* its output shard */
+    uint64_t off, len;   /* the range of the output tensor */
+    uint64_t at;         /* where off lands in the shard file */
+} unit;
+
+typedef struct {
+    size_t lo, hi;       /* its units: units[lo, hi), in file order */
+    atomic_size_t next;
+    atomic_int busy;     /* threads writing or waiting to write (a hint) */
+    pthread_mutex_t lock;
+} shard_q;
+
+#define HASH_CHUNK (1u << 20)
+
+typedef struct {
+    const mpk_plan *p;
+    const mpk_exec_opts *o;
+    mpk_node **nodes;    /* the node of each plan output (the builder's) */
+    mpk_st_out **shards;
+    shard_q *q;
+    size_t *slot;        /* plan output -> tensor index in its shard's file */
+    unit *units;
+    size_t n_units;
+    uint64_t unit_bytes;
+    atomic_ullong done_bytes;
+    atomic_size_t units_done;
+    atomic_int failed;
+    atomic_int cfr_ok;   /* copy_file_range still usable */
+    /* outputs complete (hashing, early writeback): bytes left to write per output, queue */
+    atomic_ullong *left;
+    mpk_tensor_hash *hashes;
+    size_t *hq;
+    size_t hq_head, hq_tail;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;   /* a complete output queued, or the last unit written */
+    mpk_error err;       /* first failure */
+    /* resumability (with hashes): outputs of each shard not yet complete; the shard's
+     * completion is fsynced and recorded in the stage's journal */
+    atomic_size_t *sh_left;
+    mpk_stage *stage;
+    /* complete shards waiting for the syncer thread (fsync, then the journal line), so that
+     * no worker blocks in fsync while there is writing to do */
+    size_t *syncq;
+    size_t sq_head, sq_tail;
+    bool sq_end;
+    pthread_cond_t sq_cv;
+} run_ctx;
+
+typedef struct {
+    run_ctx *c;
+    size_t home;         /* the shard a thread looks at first */
+} worker_arg;
+
+/* Relabels an error raised deep in an op or the I/O engine with the file (and tensor). */
+void ex_err_locate(mpk_error *err, const char *path, const char *tensor);
+/* Records the first failure; every thread stops soon after. */
+void ex_run_fail(run_ctx *c, const mpk_error *e);
+/* XXH3-64 over a shard's output hashes (its journal digest). */
+uint64_t ex_shard_digest(const mpk_plan *p, size_t sh, const mpk_tensor_hash *hashes);
+/* The syncer thread (fsyncs complete shards, journals them), and its stop. */
+void *ex_syncer(void *arg);
+void ex_stop_syncer(run_ctx *c, bool running, pthread_t th);
+/* A worker thread (arg: a worker_arg). */
+void *ex_worker(void *arg);
+/* Monotonic seconds. */
+double ex_now_s(void);
+
+#endif

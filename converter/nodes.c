@@ -1,0 +1,269 @@
+/* nodes.c — reading nodes: sources through the I/O engine, computed nodes through their
+ * kernels (transpose, cast, dequantize, quantize) in bounded blocks, and the source ranges
+ * behind a pure node (for copy_file_range and the page-phase vote). */
+#define _GNU_SOURCE
+#include "exec_internal.h"
+#include "mpk_config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- reading nodes */
+
+
+mpk_status ex_rd_flush(reader *r)
+{
+    if (!r->n)
+        return MPK_OK;
+    mpk_status s = mpk_io_submit(r->io, r->reqs, r->n, r->err);
+    r->n = 0;
+    return s;
+}
+
+static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
+static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
+
+mpk_status ex_node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    mpk_error *err = r->err;
+    switch (n->kind) {
+    case N_SOURCE:
+        if (r->n == r->cap)
+            MPK_TRY(ex_rd_flush(r));
+        r->reqs[r->n++] = (mpk_io_req){.fd = n->fd, .path = n->path, .offset = n->file_off + off, .buf = buf, .len = len};
+        return MPK_OK;
+    case N_SEGS: {
+        uint64_t end = off + len;
+        for (size_t k = ex_seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
+            const seg *s = &n->segs[k];
+            uint64_t a = off > s->dst_off ? off : s->dst_off;
+            uint64_t e = end < s->dst_off + s->len ? end : s->dst_off + s->len;
+            MPK_TRY(ex_node_read(s->src, s->src_off + (a - s->dst_off), e - a, buf + (a - off), r));
+        }
+        return MPK_OK;
+    }
+    case N_CAST: {
+        size_t ie = mpk_dtype_size(n->in->meta.dtype), oe = mpk_dtype_size(n->meta.dtype);
+        if (off % oe || len % oe)
+            MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned cast read");
+        uint64_t cnt = len / oe;
+        char *tmp = mpk_alloc(cnt * ie);
+        if (!tmp)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory (%llu bytes)", (unsigned long long)(cnt * ie));
+        mpk_status s = ex_node_read(n->in, off / oe * ie, cnt * ie, tmp, r);
+        if (s == MPK_OK)
+            s = ex_rd_flush(r);
+        if (s == MPK_OK)
+            mpk_cast(n->in->meta.dtype, tmp, n->meta.dtype, buf, cnt);
+        free(tmp);
+        return s;
+    }
+    case N_TRANSPOSE: {
+        uint64_t first = off / n->granule, last = (off + len - 1) / n->granule, ns = last - first + 1;
+        char *tin = mpk_alloc(ns * n->granule), *tout = mpk_alloc(ns * n->granule);
+        if (!tin || !tout) {
+            free(tin);
+            free(tout);
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory (2 x %llu bytes)",
+                     (unsigned long long)(ns * n->granule));
+        }
+        mpk_status s = ex_node_read(n->in, first * n->granule, ns * n->granule, tin, r);
+        if (s == MPK_OK)
+            s = ex_rd_flush(r);
+        if (s == MPK_OK) {
+            const mpk_tmeta *m = &n->in->meta;
+            size_t el = mpk_dtype_size(m->dtype);
+            for (uint64_t k = 0; k < ns; k++)
+                mpk_transpose(tin + k * n->granule, tout + k * n->granule, el, m->shape + n->a,
+                              m->ndim - n->a, 0, n->b - n->a);
+            memcpy(buf, tout + (off - first * n->granule), len);
+        }
+        free(tin);
+        free(tout);
+        return s;
+    }
+    case N_DEQUANT:
+        return read_dequant(n, off, len, buf, r);
+    case N_QUANT:
+        return read_quant(n, off, len, buf, r);
+    }
+    return MPK_OK;
+}
+
+static int64_t cdiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    mpk_error *err = r->err;
+    const mpk_tmeta *m = &n->meta;
+    size_t oel = mpk_dtype_size(m->dtype);
+    mpk_status s = MPK_OK;
+    if (n->mx) {
+        uint64_t g = 32 * oel, k0 = off / g, nb = len / g;
+        if (off % g || len % g)
+            MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned MXFP4 read");
+        uint8_t *t = mpk_alloc(nb * 17);
+        if (!t)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        s = ex_node_read(n->in, k0 * 16, nb * 16, (char *)t, r);
+        if (s == MPK_OK)
+            s = ex_node_read(n->in2, k0, nb, (char *)t + nb * 16, r);
+        if (s == MPK_OK)
+            s = ex_rd_flush(r);
+        if (s == MPK_OK)
+            mpk_dequant_mxfp4(t, t + nb * 16, nb, m->dtype, buf);
+        free(t);
+        return s;
+    }
+    int64_t R = m->shape[m->ndim - 2], C = m->shape[m->ndim - 1], b = n->block;
+    int64_t SR = cdiv(R, b), SC = cdiv(C, b);
+    uint64_t row = (uint64_t)C * oel;
+    if (off % row || len % row)
+        MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned dequantize read");
+    uint64_t g0 = off / row, g1 = (off + len) / row;
+    uint8_t *tw = mpk_alloc((g1 - g0) * (uint64_t)C + 1);
+    float *ts = mpk_alloc(((g1 - g0) / (uint64_t)b + 2) * (uint64_t)SC * 4);
+    if (!tw || !ts) {
+        free(tw);
+        free(ts);
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    }
+    for (uint64_t g = g0; g < g1 && s == MPK_OK;) {
+        uint64_t mat = g / (uint64_t)R, r0 = g % (uint64_t)R;
+        uint64_t r1 = r0 + (g1 - g) < (uint64_t)R ? r0 + (g1 - g) : (uint64_t)R;
+        uint64_t sb0 = r0 / (uint64_t)b, sb1 = (r1 - 1) / (uint64_t)b;
+        s = ex_node_read(n->in, (mat * (uint64_t)R + r0) * (uint64_t)C, (r1 - r0) * (uint64_t)C, (char *)tw, r);
+        if (s == MPK_OK)
+            s = ex_node_read(n->in2, (mat * (uint64_t)SR + sb0) * (uint64_t)SC * 4, (sb1 - sb0 + 1) * (uint64_t)SC * 4,
+                          (char *)ts, r);
+        if (s == MPK_OK)
+            s = ex_rd_flush(r);
+        if (s == MPK_OK)
+            mpk_dequant_fp8_rows(n->in->meta.dtype, tw, ts, C, (int)b, (int64_t)r0, (int64_t)r1, m->dtype,
+                                 buf + (g - g0) * row);
+        g += r1 - r0;
+    }
+    free(tw);
+    free(ts);
+    return s;
+}
+
+static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    mpk_error *err = r->err;
+    const mpk_tmeta *im = &n->in->meta;
+    size_t iel = mpk_dtype_size(im->dtype);
+    mpk_status s = MPK_OK;
+    if (n->mx) {
+        uint64_t g = n->which ? 1 : 16, k0 = off / g, nb = len / g, step = 1u << 16;
+        if (off % g || len % g)
+            MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned MXFP4 read");
+        char *t = mpk_alloc((nb < step ? nb : step) * 32 * iel + 1);
+        if (!t)
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        for (uint64_t k = 0; k < nb && s == MPK_OK; k += step) {
+            uint64_t c = nb - k < step ? nb - k : step;
+            s = ex_node_read(n->in, (k0 + k) * 32 * iel, c * 32 * iel, t, r);
+            if (s == MPK_OK)
+                s = ex_rd_flush(r);
+            if (s == MPK_OK)
+                mpk_quant_mxfp4(im->dtype, t, c, n->which ? NULL : (uint8_t *)buf + k * 16,
+                                n->which ? (uint8_t *)buf + k : NULL);
+        }
+        free(t);
+        return s;
+    }
+    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], b = n->block;
+    int64_t SC = cdiv(C, b);
+    uint64_t mat_in = (uint64_t)(R * C) * iel;
+    uint64_t mat_out = n->which ? (uint64_t)(cdiv(R, b) * SC) * 4 : (uint64_t)(R * C);
+    if (off % mat_out || len % mat_out)
+        MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned quantize read");
+    char *t = mpk_alloc(mat_in + 1);
+    if (!t)
+        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    for (uint64_t j = 0; j < len / mat_out && s == MPK_OK; j++) {
+        s = ex_node_read(n->in, (off / mat_out + j) * mat_in, mat_in, t, r);
+        if (s == MPK_OK)
+            s = ex_rd_flush(r);
+        char *o = buf + j * mat_out;
+        for (int64_t r0 = 0; s == MPK_OK && r0 < R; r0 += b)
+            mpk_quant_fp8_band(im->dtype, t + (uint64_t)(r0 * C) * iel, C, (int)b, R - r0 < b ? R - r0 : b,
+                               n->which ? NULL : (uint8_t *)o + r0 * C,
+                               n->which ? (float *)(void *)o + (r0 / b) * SC : NULL);
+    }
+    free(t);
+    return s;
+}
+
+/* Calls fn for every source-file range behind bytes [off, off + len) of a pure node, with the
+ * offset `at` (counted from the caller's base for off) where that range lands; stops at the
+ * first failure. */
+
+mpk_status ex_each_source_range(const mpk_node *n, uint64_t off, uint64_t len, uint64_t at, range_fn fn,
+                                    void *ctx)
+{
+    if (n->kind == N_SOURCE)
+        return fn(n, n->file_off + off, len, at, ctx);
+    uint64_t end = off + len;
+    for (size_t k = ex_seg_find(n, off); k < n->n_segs && n->segs[k].dst_off < end; k++) {
+        const seg *g = &n->segs[k];
+        uint64_t a = off > g->dst_off ? off : g->dst_off;
+        uint64_t e = end < g->dst_off + g->len ? end : g->dst_off + g->len;
+        MPK_TRY(ex_each_source_range(g->src, g->src_off + (a - g->dst_off), e - a, at + (a - off), fn, ctx));
+    }
+    return MPK_OK;
+}
+
+typedef struct {
+    int out_fd;
+    const char *out_path, *tensor;
+    mpk_error *err;
+} copy_ctx;
+
+static mpk_status copy_range(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *ctx)
+{
+    const copy_ctx *cc = ctx;
+    loff_t in_o = (loff_t)file_off, out_o = (loff_t)at;
+    while (len) {
+        ssize_t k = copy_file_range(src->fd, &in_o, cc->out_fd, &out_o, len, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return mpk_error_set(cc->err, MPK_E_IO, k < 0 ? errno : 0, cc->out_path,
+                                 "tensor '%s': copy_file_range from source offset %llu to %llu failed: %s",
+                                 cc->tensor, (unsigned long long)in_o, (unsigned long long)out_o,
+                                 k < 0 ? strerror(errno) : "the source ended early");
+        len -= (uint64_t)k;
+    }
+    return MPK_OK;
+}
+
+/* Moves bytes [off, off + len) of a pure node with copy_file_range to out_off in out_fd. */
+mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out,
+                            const char *tensor, uint64_t out_off, mpk_error *err)
+{
+    copy_ctx cc = {out->fd, out->path, tensor, err};
+    return ex_each_source_range(n, off, len, out_off, copy_range, &cc);
+}
+
+/* Adds a source range landing at `at` (relative to the data start) to votes[k], where k * 8
+ * is the data start modulo 4096 that puts it at the same offset within a page as in its
+ * source file. */
+mpk_status ex_phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *votes)
+{
+    (void)src;
+    uint64_t ph = (file_off + 4096 - at % 4096) % 4096;
+    if (ph % 8 == 0)
+        ((uint64_t *)votes)[ph / 8] += len;
+    return MPK_OK;
+}
+

@@ -1,0 +1,330 @@
+/* run.c — the run: units of output bytes claimed by worker threads, one writer per shard at a
+ * time, complete tensors hashed as they finish, complete shards fsynced and journalled by the
+ * syncer thread. */
+#define _GNU_SOURCE
+#include "exec_internal.h"
+#include "mpk_config.h"
+
+#include <errno.h>
+#include <xxhash.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- the run */
+
+
+/* Errors raised deep in an op or the I/O engine (out of memory, internal) say "exec", "ops" or
+ * "io": the caller that knows the
+ * file, and the tensor, puts them in. An error that already names a file (a source shard that
+ * failed to read) keeps it and says which output tensor was being written. */
+void ex_err_locate(mpk_error *err, const char *path, const char *tensor)
+{
+    size_t wl = strlen(err->where);
+    bool bare = !wl || strcmp(err->where, "exec") == 0 || strcmp(err->where, "io") == 0 ||
+                strcmp(err->where, "ops") == 0;
+    if (bare && !tensor && !path)
+        return;
+    char w[sizeof err->where], m[768];
+    snprintf(w, sizeof w, "%s", bare ? path : err->where);
+    snprintf(m, sizeof m, "%s", mpk_error_what(err));
+    if (!tensor)
+        mpk_error_set(err, err->code, err->sys_errno, w, "%s", m);
+    else if (bare || (path && strcmp(w, path) == 0))
+        mpk_error_set(err, err->code, err->sys_errno, w, "tensor '%s': %s", tensor, m);
+    else
+        mpk_error_set(err, err->code, err->sys_errno, w, "%s (writing tensor '%s' to %s)", m, tensor,
+                      path ? path : "the output");
+}
+
+void ex_run_fail(run_ctx *c, const mpk_error *e)
+{
+    pthread_mutex_lock(&c->lock);
+    if (!atomic_load(&c->failed)) {
+        c->err = *e;
+        atomic_store(&c->failed, 1);
+    }
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* What happens to output i once all its bytes are written: its XXH3-128, read back from the
+ * shard file (o->hash_outputs), and, when the shards will be fsynced, the start of its
+ * writeback, so that the disk works while the rest is copied and the final fsync waits for
+ * little more than the last tensors. */
+static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *err)
+{
+    const mpk_plan_out *po = &c->p->outs[i];
+    const mpk_st_out *so = c->shards[po->shard];
+    uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
+    mpk_status s = MPK_OK;
+    if (c->hashes)
+        s = mpk_hash_file_range(so->fd, base, po->nbytes, buf, HASH_CHUNK, so->path, po->name, &c->hashes[i].hash,
+                                err);
+    if (s == MPK_OK && !c->o->no_fsync && po->nbytes) /* (length 0 would mean to the end) */
+        sync_file_range(so->fd, (off64_t)base, (off64_t)po->nbytes, SYNC_FILE_RANGE_WRITE); /* a hint */
+    return s;
+}
+
+/* A shard's digest, what its journal line records: XXH3-64 over its outputs' names and
+ * hashes in plan order (hashes[i] for every output i in the shard). */
+uint64_t ex_shard_digest(const mpk_plan *p, size_t sh, const mpk_tensor_hash *hashes)
+{
+    XXH3_state_t *x = XXH3_createState();
+    if (!x)
+        return 0;
+    XXH3_64bits_reset(x);
+    for (size_t i = 0; i < p->n_outs; i++)
+        if (p->outs[i].shard == (int)sh) {
+            XXH3_64bits_update(x, p->outs[i].name, strlen(p->outs[i].name) + 1);
+            XXH3_64bits_update(x, &hashes[i].hash, sizeof hashes[i].hash);
+        }
+    uint64_t d = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    return d;
+}
+
+/* A shard all of whose outputs are complete: fsync it and record it in the journal, so that
+ * a resumed run keeps it. Runs on the ex_syncer thread. */
+static mpk_status shard_durable(run_ctx *c, size_t sh, mpk_error *err)
+{
+    const mpk_st_out *so = c->shards[sh];
+    if (!c->o->no_fsync)
+        MPK_TRY(mpk_fsync_fd(so->fd, so->path, err));
+    char name[64];
+    mpk_shard_name(sh + 1, c->p->n_shards, name, sizeof name);
+    return mpk_stage_journal_add(c->stage, name, ex_shard_digest(c->p, sh, c->hashes), err);
+}
+
+static void shard_complete(run_ctx *c, size_t sh)
+{
+    pthread_mutex_lock(&c->lock);
+    c->syncq[c->sq_tail++] = sh;
+    pthread_cond_signal(&c->sq_cv);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Lets the ex_syncer finish what is queued, then joins it. */
+void ex_stop_syncer(run_ctx *c, bool running, pthread_t th)
+{
+    if (!running)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->sq_end = true;
+    pthread_cond_signal(&c->sq_cv);
+    pthread_mutex_unlock(&c->lock);
+    pthread_join(th, NULL);
+}
+
+void *ex_syncer(void *arg)
+{
+    run_ctx *c = arg;
+    mpk_error err = {0};
+    pthread_mutex_lock(&c->lock);
+    for (;;) {
+        while (c->sq_head == c->sq_tail && !c->sq_end)
+            pthread_cond_wait(&c->sq_cv, &c->lock);
+        if (c->sq_head == c->sq_tail)
+            break;
+        size_t sh = c->syncq[c->sq_head++];
+        pthread_mutex_unlock(&c->lock);
+        if (!atomic_load(&c->failed) && shard_durable(c, sh, &err) != MPK_OK)
+            ex_run_fail(c, &err);
+        pthread_mutex_lock(&c->lock);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+/* Finishes one queued complete output (output_complete): 1 if it did, 0 if none was queued,
+ * -1 on failure. */
+static int finish_one(run_ctx *c, char **buf, mpk_error *err)
+{
+    if (!c->hq)
+        return 0;
+    pthread_mutex_lock(&c->lock);
+    bool any = c->hq_head < c->hq_tail;
+    size_t i = any ? c->hq[c->hq_head++] : 0;
+    pthread_mutex_unlock(&c->lock);
+    if (!any)
+        return 0;
+    if (c->hashes && !*buf && !(*buf = mpk_alloc(HASH_CHUNK))) {
+        mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        return -1;
+    }
+    if (output_complete(c, i, *buf, err) != MPK_OK) {
+        ex_err_locate(err, c->shards[c->p->outs[i].shard]->path, c->p->outs[i].name);
+        return -1;
+    }
+    int sh = c->p->outs[i].shard;
+    if (c->sh_left && atomic_fetch_sub(&c->sh_left[sh], 1) == 1)
+        shard_complete(c, (size_t)sh);
+    return 1;
+}
+
+/* Takes a shard's write lock; while another thread holds it, handles complete outputs. */
+static mpk_status lock_shard(run_ctx *c, shard_q *q, char **hbuf, mpk_error *err)
+{
+    atomic_fetch_add(&q->busy, 1);
+    while (pthread_mutex_trylock(&q->lock) != 0) {
+        int h = finish_one(c, hbuf, err);
+        if (h < 0) {
+            atomic_fetch_sub(&q->busy, 1);
+            return err->code;
+        }
+        if (h == 0) {
+            pthread_mutex_lock(&q->lock);
+            break;
+        }
+    }
+    return MPK_OK;
+}
+
+static void unlock_shard(shard_q *q)
+{
+    pthread_mutex_unlock(&q->lock);
+    atomic_fetch_sub(&q->busy, 1);
+}
+
+static void written(run_ctx *c, const unit *w)
+{
+    atomic_fetch_add(&c->done_bytes, w->len);
+    bool last = atomic_fetch_add(&c->units_done, 1) + 1 == c->n_units;
+    bool complete = c->left && atomic_fetch_sub(&c->left[w->out], w->len) == w->len;
+    if (complete || last) {
+        pthread_mutex_lock(&c->lock);
+        if (complete)
+            c->hq[c->hq_tail++] = w->out;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+/* Claims the next unit: first from a shard no thread is writing (starting at `home`), else,
+ * after hashing one complete output if one is queued, from the least busy shard with units
+ * left. Returns the unit index, SIZE_MAX when every unit is claimed, or SIZE_MAX - 1 when it
+ * hashed instead (or failed doing so: c->failed is then set). */
+static size_t claim(run_ctx *c, size_t home, char **hbuf, mpk_error *err)
+{
+    size_t ns = c->p->n_shards;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t best = SIZE_MAX;
+        int best_busy = 0;
+        for (size_t k = 0; k < ns; k++) {
+            shard_q *q = &c->q[(home + k) % ns];
+            if (atomic_load(&q->next) >= q->hi)
+                continue;
+            int b = atomic_load(&q->busy);
+            if (pass == 0 && b > 0)
+                continue;
+            if (best == SIZE_MAX || b < best_busy) {
+                best = (home + k) % ns;
+                best_busy = b;
+            }
+        }
+        if (best != SIZE_MAX) {
+            size_t u = atomic_fetch_add(&c->q[best].next, 1);
+            if (u < c->q[best].hi)
+                return u;
+            pass--; /* lost the race for that shard's last unit: look again */
+            continue;
+        }
+        if (pass == 0) {
+            int h = finish_one(c, hbuf, err);
+            if (h != 0) {
+                if (h < 0)
+                    ex_run_fail(c, err);
+                return SIZE_MAX - 1;
+            }
+        }
+    }
+    return SIZE_MAX;
+}
+
+
+void *ex_worker(void *arg)
+{
+    run_ctx *c = ((worker_arg *)arg)->c;
+    size_t home = ((worker_arg *)arg)->home;
+    mpk_error err = {0};
+    reader r = {.cap = 256, .err = &err};
+    char *buf = NULL, *hbuf = NULL;
+    r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
+    if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
+        if (!r.reqs)
+            mpk_error_set(&err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        ex_run_fail(c, &err);
+        free(r.reqs);
+        return NULL;
+    }
+    while (!atomic_load(&c->failed)) {
+        size_t u = claim(c, home, &hbuf, &err);
+        if (u == SIZE_MAX - 1)
+            continue;
+        if (u == SIZE_MAX) { /* nothing left to claim: handle what others complete, then stop */
+            int h;
+            while ((h = finish_one(c, &hbuf, &err)) > 0)
+                ;
+            if (h < 0)
+                ex_run_fail(c, &err);
+            if (h < 0 || !c->hq)
+                break;
+            pthread_mutex_lock(&c->lock);
+            while (c->hq_head == c->hq_tail && atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed))
+                pthread_cond_wait(&c->cv, &c->lock);
+            bool finished = c->hq_head == c->hq_tail;
+            pthread_mutex_unlock(&c->lock);
+            if (finished)
+                break;
+            continue;
+        }
+        const unit *w = &c->units[u];
+        const mpk_plan_out *po = &c->p->outs[w->out];
+        mpk_st_out *so = c->shards[w->shard];
+        shard_q *q = &c->q[w->shard];
+        mpk_status s = MPK_OK;
+        bool done = false;
+        if (c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
+            if ((s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
+                s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, po->name, w->at, &err);
+                unlock_shard(q);
+                if (s == MPK_OK) {
+                    done = true;
+                } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
+                           err.sys_errno == EOPNOTSUPP) {
+                    atomic_store(&c->cfr_ok, 0); /* fall back to reading */
+                    s = MPK_OK;
+                }
+            }
+        }
+        if (!done && s == MPK_OK) {
+            if (!buf && !(buf = mpk_alloc(c->unit_bytes))) {
+                s = mpk_error_set(&err, MPK_E_NOMEM, 0, so->path, "tensor '%s': out of memory for a "
+                                  "%llu-byte buffer", po->name, (unsigned long long)c->unit_bytes);
+            } else {
+                s = ex_node_read(c->nodes[w->out], w->off, w->len, buf, &r);
+                if (s == MPK_OK)
+                    s = ex_rd_flush(&r);
+                if (s == MPK_OK && (s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
+                    s = mpk_st_out_write(so, c->slot[w->out], w->off, buf, w->len, &err);
+                    unlock_shard(q);
+                }
+            }
+        }
+        if (s != MPK_OK) {
+            ex_err_locate(&err, so->path, po->name);
+            ex_run_fail(c, &err);
+            break;
+        }
+        written(c, w);
+    }
+    free(buf);
+    free(hbuf);
+    free(r.reqs);
+    mpk_io_free(r.io);
+    return NULL;
+}
+
