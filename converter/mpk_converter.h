@@ -214,15 +214,6 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose);
 
 /* ---------------------------------------------------------------- execution */
 
-/* One tensor's XXH3-128 with its name, dtype and shape (what a manifest records). */
-typedef struct mpk_tensor_hash {
-    const char *name;              /* borrowed */
-    mpk_dtype dtype;
-    int ndim;
-    int64_t shape[MPK_MAX_DIMS];
-    mpk_hash128 hash;
-} mpk_tensor_hash;
-
 typedef struct mpk_exec_opts {
     int threads;                        /* 0: number of CPUs */
     uint64_t mem;                       /* in-flight buffer budget, bytes */

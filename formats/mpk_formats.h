@@ -349,6 +349,53 @@ mpk_status mpk_index_write(const char *dir, const char *const *names, const char
  * when count is 1. */
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap);
 
+/* ---------------------------------------------------------------- tensor hashes and manifests
+ *
+ * The manifest (moepack.manifest.json, written by pack/unpack/convert next to their output):
+ *   {"format": "moepack.manifest/1", "digest": HEX32, "tensors": {NAME: {"dtype": D,
+ *    "shape": [...], "xxh3_128": HEX32}, ...}}
+ * Tensor hashes are XXH3-128 of the tensor's bytes. The digest is XXH3-128 over the records
+ * "name\0dtype\0shape-as-decimal,...\0tensor-hash-hex\n" in natural name order: independent of
+ * how tensors are sharded or ordered in files.
+ */
+
+#define MPK_MANIFEST_NAME "moepack.manifest.json"
+#define MPK_MANIFEST_FORMAT "moepack.manifest/1"
+
+/* One tensor's XXH3-128 with its name, dtype and shape (what a manifest records). */
+typedef struct mpk_tensor_hash {
+    const char *name;              /* borrowed */
+    mpk_dtype dtype;
+    int ndim;
+    int64_t shape[MPK_MAX_DIMS];
+    mpk_hash128 hash;
+} mpk_tensor_hash;
+
+/* XXH3-128 of tensor t's bytes, read through buf (cap bytes, 16 MiB). Thread-safe. */
+mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
+                           mpk_error *err);
+/* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
+ * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads
+ * per thread, up to 16 threads). */
+mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_error *err);
+/* The digest of records t[0..n) (in the order given: natural name order for a manifest). */
+mpk_hash128 mpk_manifest_digest(const mpk_tensor_hash *t, size_t n);
+/* "0123...": 32 lowercase hex digits + NUL into buf (33 bytes). */
+const char *mpk_hash_hex(mpk_hash128 h, char *buf);
+/* Parses 32 hex digits; false otherwise. */
+bool mpk_hash_parse_hex(const char *s, mpk_hash128 *h);
+/* The manifest document for a hashed checkpoint: malloc'd text. */
+char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest);
+/* Hashes the checkpoint in dir and writes dir/moepack.manifest.json. */
+mpk_status mpk_manifest_write(const char *dir, mpk_error *err);
+/* Writes dir/moepack.manifest.json from hashes already computed (any order; t is sorted in
+ * place into natural name order), e.g. the executor's, taken as it wrote each tensor. */
+mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, mpk_error *err);
+/* Reads and checks dir/moepack.manifest.json (format, a "tensors" object, a 32-hex-digit
+ * digest): *root (free with cJSON_Delete) owns *tensors; MPK_E_MANIFEST naming the file. */
+mpk_status mpk_manifest_load(const char *dir, cJSON **root, const cJSON **tensors, mpk_hash128 *digest,
+                             mpk_error *err);
+
 /* ---------------------------------------------------------------- I/O engine */
 
 typedef struct mpk_io_req {

@@ -6,12 +6,7 @@
  * destination's bytes. Only the planner's matching and grouping are shared with the
  * converter; the executor's range-copy graph is not used.
  *
- * Manifest (moepack.manifest.json, written by pack/unpack/convert next to their output):
- *   {"format": "moepack.manifest/1", "digest": HEX32, "tensors": {NAME: {"dtype": D,
- *    "shape": [...], "xxh3_128": HEX32}, ...}}
- * Tensor hashes are XXH3-128 of the tensor's bytes. The digest is XXH3-128 over the records
- * "name\0dtype\0shape-as-decimal,...\0tensor-hash-hex\n" in natural name order: independent of
- * how tensors are sharded or ordered in files.
+ * The manifest a checkpoint is checked against is a file format: formats/mpk_formats.h.
  */
 #ifndef MPK_VERIFY_H
 #define MPK_VERIFY_H
@@ -21,23 +16,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define MPK_MANIFEST_NAME "moepack.manifest.json"
-#define MPK_MANIFEST_FORMAT "moepack.manifest/1"
-
-/* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
- * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads). */
-mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest,
-                         mpk_error *err);
-/* "0123...": 32 lowercase hex digits + NUL into buf (33 bytes). */
-const char *mpk_hash_hex(mpk_hash128 h, char *buf);
-/* The manifest document for a hashed checkpoint: malloc'd text. */
-char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest);
-/* Hashes the checkpoint in dir and writes dir/moepack.manifest.json. */
-mpk_status mpk_manifest_write(const char *dir, mpk_error *err);
-/* Writes dir/moepack.manifest.json from hashes already computed (any order; t is sorted in
- * place into natural name order), e.g. the executor's, taken as it wrote each tensor. */
-mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, mpk_error *err);
 
 /* ---------------------------------------------------------------- comparisons */
 

@@ -1,7 +1,8 @@
-/* hash.c — XXH3-128 per tensor, the sharding-independent digest, manifests. */
+/* manifest.c — the tensor hash (XXH3-128 per tensor), the sharding-independent checkpoint
+ * digest, and the manifest file that records them (moepack.manifest.json; format in
+ * mpk_formats.h). */
 #define _GNU_SOURCE
-#include "mpk_verify.h"
-#include "verify_internal.h"
+#include "mpk_formats.h"
 
 #include <cjson/cJSON.h>
 #include <pthread.h>
@@ -20,14 +21,14 @@ const char *mpk_hash_hex(mpk_hash128 h, char *buf)
     return buf;
 }
 
-mpk_status vfy_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
+mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
                            mpk_error *err)
 {
     const mpk_shard *sh = &c->shards[t->shard];
     return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, sh->path, t->info->name, out, err);
 }
 
-mpk_hash128 vfy_digest(const mpk_tensor_hash *t, size_t n)
+mpk_hash128 mpk_manifest_digest(const mpk_tensor_hash *t, size_t n)
 {
     XXH3_state_t *st = XXH3_createState();
     XXH128_hash_t h = {0, 0};
@@ -76,7 +77,7 @@ static void *hash_worker(void *arg)
     }
     for (size_t k; !atomic_load(&j->failed) && (k = atomic_fetch_add(&j->next, 1)) < j->c->n_tensors;) {
         size_t i = j->order[k].i;
-        if (vfy_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
+        if (mpk_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
             goto fail;
     }
     free(buf);
@@ -138,7 +139,7 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
         free(t);
         return s;
     }
-    *digest = vfy_digest(t, c->n_tensors);
+    *digest = mpk_manifest_digest(t, c->n_tensors);
     *out = t;
     return MPK_OK;
 }
@@ -220,10 +221,10 @@ static int natural_order(const void *a, const void *b)
 mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, mpk_error *err)
 {
     qsort(t, n, sizeof *t, natural_order);
-    return write_manifest(dir, t, n, vfy_digest(t, n), err);
+    return write_manifest(dir, t, n, mpk_manifest_digest(t, n), err);
 }
 
-static bool parse_hex(const char *s, mpk_hash128 *h)
+bool mpk_hash_parse_hex(const char *s, mpk_hash128 *h)
 {
     if (!s || strlen(s) != 32 || strspn(s, "0123456789abcdefABCDEF") != 32)
         return false;
@@ -236,13 +237,15 @@ static bool parse_hex(const char *s, mpk_hash128 *h)
     return !*e1 && !*e2;
 }
 
-mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_error *err)
+
+mpk_status mpk_manifest_load(const char *dir, cJSON **root_out, const cJSON **tensors, mpk_hash128 *digest,
+                             mpk_error *err)
 {
-    *out = NULL;
-    char *path = mpk_path_join(c->dir, MPK_MANIFEST_NAME), *text = NULL;
+    *root_out = NULL;
+    char *path = mpk_path_join(dir, MPK_MANIFEST_NAME), *text = NULL;
     size_t len;
     if (!path)
-        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+        MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
     mpk_status s = mpk_read_file(path, &text, &len, err);
     if (s != MPK_OK) {
         mpk_error_set(err, MPK_E_MANIFEST, err->sys_errno, path, "no manifest to check against (%s); "
@@ -261,9 +264,8 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_erro
     const cJSON *fm = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(root, "tensors");
     const cJSON *dg = cJSON_GetObjectItemCaseSensitive(root, "digest");
-    mpk_hash128 want_digest;
     if (!cJSON_IsString(fm) || strcmp(fm->valuestring, MPK_MANIFEST_FORMAT) != 0 ||
-        !cJSON_IsObject(ts) || !cJSON_IsString(dg) || !parse_hex(dg->valuestring, &want_digest)) {
+        !cJSON_IsObject(ts) || !cJSON_IsString(dg) || !mpk_hash_parse_hex(dg->valuestring, digest)) {
         s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, !cJSON_IsString(fm) ? "not a moepack "
                           "manifest (no \"format\": \"" MPK_MANIFEST_FORMAT "\")"
                           : strcmp(fm->valuestring, MPK_MANIFEST_FORMAT) ? "manifest format '%.40s' "
@@ -274,76 +276,8 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_erro
         free(path);
         return s;
     }
-    mpk_strmap listed = {0};
-    mpk_cmp_report *r = mpk_calloc(1, sizeof *r);
-    mpk_tensor_hash *th = NULL;
-    mpk_hash128 digest;
-    if (!r || mpk_strmap_init(&listed, (size_t)cJSON_GetArraySize(ts)) != MPK_OK) {
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
-        goto done;
-    }
-    for (const cJSON *e = ts->child; e; e = e->next)
-        if (mpk_strmap_put(&listed, e->string, strlen(e->string), 0, NULL)) {
-            s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "tensor '%s' is listed twice", e->string);
-            goto done;
-        }
-    if ((s = mpk_hash_ckpt(c, &th, &digest, err)) != MPK_OK)
-        goto done;
-    for (const cJSON *e = ts->child; e; e = e->next) {
-        const mpk_ckpt_tensor *t = mpk_ckpt_find(c, e->string);
-        if (!t) {
-            vfy_add(r, e->string, MPK_DIFF_MISSING, "listed in the manifest, absent");
-            continue;
-        }
-        size_t i = (size_t)(t - c->tensors);
-        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
-        const cJSON *hx = cJSON_GetObjectItemCaseSensitive(e, "xxh3_128");
-        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
-        mpk_hash128 h;
-        bool shape_ok = cJSON_IsArray(sh) && cJSON_GetArraySize(sh) == t->info->ndim;
-        const cJSON *dim = shape_ok ? sh->child : NULL;
-        for (int d = 0; shape_ok && d < t->info->ndim; d++, dim = dim->next)
-            shape_ok = cJSON_IsNumber(dim) && dim->valuedouble == (double)t->info->shape[d];
-        r->n_compared++;
-        r->bytes += t->nbytes;
-        if (!cJSON_IsString(dt) || strcmp(dt->valuestring, mpk_dtype_name(t->info->dtype)) || !shape_ok) {
-            mpk_tensor_cmp *x = vfy_add(r, e->string, MPK_DIFF_META, "");
-            if (x)
-                snprintf(x->detail, sizeof x->detail, "dtype/shape differ from the manifest (%s)",
-                         cJSON_IsString(dt) ? dt->valuestring : "?");
-        } else if (!cJSON_IsString(hx) || !parse_hex(hx->valuestring, &h)) {
-            vfy_add(r, e->string, MPK_DIFF_META, "its xxh3_128 in the manifest is not 32 hex digits");
-        } else if (h.hi != th[i].hash.hi || h.lo != th[i].hash.lo) {
-            mpk_tensor_cmp *x = vfy_add(r, e->string, MPK_DIFF_CONTENT, "XXH3-128 differs from the manifest");
-            if (x) {
-                x->want_hash = h;
-                x->got_hash = th[i].hash;
-            }
-        }
-    }
-    for (size_t i = 0; i < c->n_tensors; i++) {
-        const char *name = c->tensors[i].info->name;
-        size_t ignored;
-        if (!mpk_strmap_get(&listed, name, strlen(name), &ignored))
-            vfy_add(r, name, MPK_DIFF_EXTRA, "not in the manifest");
-    }
-    if (!r->n_differ && (digest.hi != want_digest.hi || digest.lo != want_digest.lo)) {
-        mpk_tensor_cmp *x = vfy_add(r, "(checkpoint digest)", MPK_DIFF_CONTENT,
-                                    "whole-checkpoint digest differs");
-        if (x) {
-            x->want_hash = want_digest;
-            x->got_hash = digest;
-        }
-    }
-done:
-    mpk_strmap_free(&listed);
-    free(th);
-    cJSON_Delete(root);
     free(path);
-    if (s != MPK_OK) {
-        mpk_cmp_report_free(r);
-        return s;
-    }
-    *out = r;
+    *root_out = root;
+    *tensors = ts;
     return MPK_OK;
 }
