@@ -1,0 +1,110 @@
+/* mpk_core.h — the bottom of moepack, below formats: status codes and error records (the
+ * public ones, from moepack/moepack.h, plus how to raise them), allocation with its
+ * failure-injection hook, the one dtype table (name, bits, size, float, FP8), tensor sizes,
+ * the arena and the string map. Depends on nothing of ours but the public header. Nothing
+ * here calls exit() or abort(). */
+#ifndef MPK_CORE_H
+#define MPK_CORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moepack/moepack.h" /* mpk_status, mpk_error, mpk_dtype, mpk_io_backend */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status and errors */
+
+/* Fills err (NULL-safe) with code and a printf-style message prefixed by where (may be
+ * NULL or ""); returns code so that callers can `return mpk_error_set(...)`. */
+mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const char *where,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Fail with a formatted message. */
+#define MPK_FAIL(err, code, where, ...) return mpk_error_set((err), (code), 0, (where), __VA_ARGS__)
+/* Forward a failing status. */
+#define MPK_TRY(expr)                       \
+    do {                                    \
+        mpk_status mpk_try_s_ = (expr);     \
+        if (mpk_try_s_ != MPK_OK)           \
+            return mpk_try_s_;              \
+    } while (0)
+
+/* Test hook: when > 0, the Nth following mpk_alloc() call fails (1 = the next);
+ * mpk_alloc_passed counts the calls (both updated with __atomic builtins). */
+extern long mpk_alloc_fail_countdown, mpk_alloc_passed;
+/* malloc/calloc/realloc wrappers honouring the hook; free with free(). */
+void *mpk_alloc(size_t n);
+void *mpk_calloc(size_t n, size_t size);
+void *mpk_realloc(void *p, size_t n);
+/* Room for element n of a doubling array of elem-sized items with *cap slots: items itself
+ * while n < *cap, else the array grown to twice *cap (first_cap when empty) with *cap updated.
+ * NULL on allocation failure (items and *cap unchanged, still owned by the caller). */
+void *mpk_grow(void *items, size_t n, size_t *cap, size_t elem, size_t first_cap);
+char *mpk_strndup(const char *s, size_t n);
+/* How many allocations through the wrappers above failed on this thread so far (a parser
+ * that cannot tell why it failed compares this before and after). */
+unsigned long mpk_alloc_failures(void);
+
+/* ---------------------------------------------------------------- dtypes */
+
+/* Bits per element (4, 6, 8, 16, 32, 64); 0 for an out-of-range value. */
+int mpk_dtype_bits(mpk_dtype d);
+/* Element size in bytes (0 for sub-byte dtypes). */
+size_t mpk_dtype_size(mpk_dtype d);
+/* F16, BF16, F32: the floats the CPU kernels compute in. */
+bool mpk_dtype_is_float(mpk_dtype d);
+/* F8_E4M3, F8_E5M2: the FP8 formats the kernels encode and decode. */
+bool mpk_dtype_is_fp8(mpk_dtype d);
+/* Parses a dtype name of len bytes; false if unknown. */
+bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out);
+
+
+/* Byte size of a tensor; MPK_E_SIZE_OVERFLOW or MPK_E_SUBBYTE on failure (no message). */
+mpk_status mpk_tensor_nbytes(mpk_dtype d, const int64_t *shape, int ndim, uint64_t *out);
+/* Element count (0 on overflow, check with nbytes first). */
+uint64_t mpk_numel(const int64_t *shape, int ndim);
+/* Formats "[2, 3, 4]" into buf; returns buf. */
+char *mpk_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap);
+
+/* ---------------------------------------------------------------- arena and string map */
+
+typedef struct mpk_arena mpk_arena;
+/* New arena; NULL on allocation failure. Free with mpk_arena_free (NULL-safe). */
+mpk_arena *mpk_arena_new(void);
+/* n bytes, 16-aligned, zeroed; NULL on failure. Not thread-safe. */
+void *mpk_arena_alloc(mpk_arena *a, size_t n);
+char *mpk_arena_strndup(mpk_arena *a, const char *s, size_t n);
+char *mpk_arena_printf(mpk_arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mpk_arena_free(mpk_arena *a);
+
+/* Open-addressing map from string keys (borrowed, must outlive the map) to size_t. */
+typedef struct mpk_strmap {
+    const char **keys;
+    size_t *lens;
+    size_t *vals;
+    size_t cap, count;
+} mpk_strmap;
+mpk_status mpk_strmap_init(mpk_strmap *m, size_t expected);
+/* Inserts key -> val. Returns true and leaves the old value when the key exists
+ * (*existing set to it, if non-NULL); false when inserted. */
+bool mpk_strmap_put(mpk_strmap *m, const char *key, size_t len, size_t val, size_t *existing);
+/* Looks key up; true and *val when found. */
+bool mpk_strmap_get(const mpk_strmap *m, const char *key, size_t len, size_t *val);
+void mpk_strmap_free(mpk_strmap *m);
+
+/* xorshift64* step: deterministic pseudo-random numbers for synthetic data (a zero state is
+ * replaced by a fixed nonzero one). */
+uint64_t mpk_rand(uint64_t *state);
+
+/* Natural-order compare: digit runs compare as numbers ("experts.2" < "experts.10"). */
+int mpk_natural_cmp(const char *a, const char *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
