@@ -1,4 +1,4 @@
-/* test_formats.c — safetensors parser/writer, checkpoints and index, I/O engine. */
+/* test_formats.c — safetensors parser/writer, checkpoints and index (the I/O engine: test_io.c). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -455,43 +455,6 @@ static void test_streaming_writer_data_phase(void **state)
     tu_rmrf(dir);
 }
 
-/* ---------------------------------------------------------------- dtypes, names */
-
-static void test_dtype_table(void **state)
-{
-    (void)state;
-    static const struct {
-        const char *name;
-        int bits;
-    } want[] = {{"BOOL", 8}, {"F4", 4}, {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8}, {"I8", 8},
-                {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8},
-                {"F8_E5M2FNUZ", 8}, {"I16", 16}, {"U16", 16}, {"F16", 16}, {"BF16", 16},
-                {"I32", 32}, {"U32", 32}, {"F32", 32}, {"C64", 64}, {"F64", 64}, {"I64", 64},
-                {"U64", 64}};
-    assert_int_equal(sizeof want / sizeof want[0], MPK_DTYPE_COUNT);
-    for (int i = 0; i < MPK_DTYPE_COUNT; i++) {
-        assert_string_equal(mpk_dtype_name((mpk_dtype)i), want[i].name);
-        assert_int_equal(mpk_dtype_bits((mpk_dtype)i), want[i].bits);
-        mpk_dtype d;
-        assert_true(mpk_dtype_parse(want[i].name, strlen(want[i].name), &d));
-        assert_int_equal(d, i);
-    }
-    assert_null(mpk_dtype_name(MPK_DTYPE_COUNT));
-    for (int s = 0; s < MPK_STATUS_COUNT; s++)
-        assert_string_not_equal(mpk_status_str((mpk_status)s), "unknown-status");
-}
-
-static void test_natural_order(void **state)
-{
-    (void)state;
-    assert_true(mpk_natural_cmp("experts.2.w", "experts.10.w") < 0);
-    assert_true(mpk_natural_cmp("experts.10.w", "experts.9.w") > 0);
-    assert_true(mpk_natural_cmp("layers.1.a", "layers.1.b") < 0);
-    assert_true(mpk_natural_cmp("a", "a") == 0);
-    assert_true(mpk_natural_cmp("a", "a.0") < 0);
-    assert_true(mpk_natural_cmp("x.007", "x.7") != 0);
-}
-
 static void test_nomem_and_usage(void **state)
 {
     (void)state;
@@ -645,25 +608,6 @@ static void test_ckpt_single_and_missing(void **state)
     tu_rmrf(dir);
 }
 
-/* mpk_grow: the same array while there is room, doubled (first_cap when empty) when full. */
-static void test_grow(void **state)
-{
-    (void)state;
-    size_t cap = 0;
-    int *a = mpk_grow(NULL, 0, &cap, sizeof *a, 4);
-    assert_non_null(a);
-    assert_int_equal(cap, 4);
-    for (int i = 0; i < 4; i++)
-        a[i] = i;
-    assert_ptr_equal(mpk_grow(a, 3, &cap, sizeof *a, 4), a);
-    assert_int_equal(cap, 4);
-    a = mpk_grow(a, 4, &cap, sizeof *a, 4);
-    assert_non_null(a);
-    assert_int_equal(cap, 8);
-    assert_int_equal(a[3], 3); /* contents kept */
-    free(a);
-}
-
 static void test_index_format(void **state)
 {
     (void)state;
@@ -701,105 +645,6 @@ static void test_index_format(void **state)
     assert_string_equal(buf, "model.safetensors");
 }
 
-/* ---------------------------------------------------------------- I/O engine */
-
-static void run_io_engine(mpk_io_backend be)
-{
-    char dir[] = "/tmp/mpk_test_XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char *path = tu_join(dir, "blob");
-    size_t n = 3 * 1024 * 1024 + 17;
-    unsigned char *src = malloc(n);
-    for (size_t i = 0; i < n; i++)
-        src[i] = (unsigned char)(i * 131 + (i >> 11));
-    mpk_error err = {0};
-    assert_int_equal(mpk_write_file(path, src, n, false, &err), MPK_OK);
-    mpk_io *io;
-    mpk_status s = mpk_io_create(be, 8, 65536, &io, &err);
-    if (s != MPK_OK && be == MPK_IO_URING) {
-        print_message("io_uring unavailable here (%s); pread covered\n", err.msg);
-        free(src);
-        free(path);
-        tu_rmrf(dir);
-        return;
-    }
-    assert_int_equal(s, MPK_OK);
-    assert_int_equal(mpk_io_backend_of(io), be);
-    int fd = open(path, O_RDWR);
-    /* 100 ranged reads of odd sizes and offsets, larger than max_req and queue depth */
-    enum { NR = 100 };
-    mpk_io_req reqs[NR];
-    unsigned char *dst = malloc(n);
-    uint64_t seed = 7, used = 0;
-    for (int i = 0; i < NR; i++) {
-        size_t len = 1 + (size_t)(mpk_rand(&seed) % 200000);
-        uint64_t off = mpk_rand(&seed) % (n - len);
-        if (used + len > n)
-            len = 1;
-        reqs[i] = (mpk_io_req){.fd = fd, .offset = off, .buf = dst + used, .len = len};
-        used += len;
-    }
-    assert_int_equal(mpk_io_submit(io, reqs, NR, &err), MPK_OK);
-    for (int i = 0; i < NR; i++)
-        assert_memory_equal(reqs[i].buf, src + reqs[i].offset, reqs[i].len);
-    /* writes, then read back */
-    memset(dst, 0xAB, 300000);
-    mpk_io_req w[2] = {{.fd = fd, .write = true, .offset = 10, .buf = dst, .len = 200000},
-                       {.fd = fd, .write = true, .offset = n - 5, .buf = dst, .len = 5}};
-    assert_int_equal(mpk_io_submit(io, w, 2, &err), MPK_OK);
-    unsigned char back[16];
-    assert_int_equal(pread(fd, back, 16, 100), 16);
-    for (int i = 0; i < 16; i++)
-        assert_int_equal(back[i], 0xAB);
-    /* a read past the end of file is an error naming the offset */
-    mpk_io_req past = {.fd = fd, .offset = n - 4, .buf = dst, .len = 64};
-    assert_int_equal(mpk_io_submit(io, &past, 1, &err), MPK_E_IO);
-    assert_non_null(strstr(err.msg, "end of file"));
-    /* ... naming the file when the request carries its name (it has no "fd N" then), and the
-     * offset where the bytes ran out: the file's end */
-    char want[96];
-    snprintf(want, sizeof want, "shard-x: read at offset %llu failed: unexpected end of file",
-             (unsigned long long)n);
-    past.path = "shard-x";
-    assert_int_equal(mpk_io_submit(io, &past, 1, &err), MPK_E_IO);
-    assert_string_equal(err.msg, want);
-    assert_string_equal(err.where, "shard-x");
-    /* a bad fd */
-    mpk_io_req badfd = {.fd = 1000000, .offset = 0, .buf = dst, .len = 4};
-    assert_int_equal(mpk_io_submit(io, &badfd, 1, &err), MPK_E_IO);
-    assert_int_equal(err.sys_errno, 9 /* EBADF */);
-    close(fd);
-    mpk_io_free(io);
-    free(dst);
-    free(src);
-    free(path);
-    tu_rmrf(dir);
-}
-
-static void test_io_pread(void **state)
-{
-    (void)state;
-    run_io_engine(MPK_IO_PREAD);
-}
-
-static void test_io_uring(void **state)
-{
-    (void)state;
-    run_io_engine(MPK_IO_URING);
-}
-
-static void test_io_env_override(void **state)
-{
-    (void)state;
-    mpk_error err = {0};
-    mpk_io *io;
-    setenv("MOEPACK_IO", "pread", 1);
-    assert_int_equal(mpk_io_create(MPK_IO_AUTO, 4, 4096, &io, &err), MPK_OK);
-    assert_int_equal(mpk_io_backend_of(io), MPK_IO_PREAD);
-    mpk_io_free(io);
-    unsetenv("MOEPACK_IO");
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -810,16 +655,10 @@ int main(void)
         cmocka_unit_test(test_roundtrip_every_dtype),
         cmocka_unit_test(test_streaming_writer_any_order),
         cmocka_unit_test(test_streaming_writer_data_phase),
-        cmocka_unit_test(test_dtype_table),
-        cmocka_unit_test(test_natural_order),
         cmocka_unit_test(test_nomem_and_usage),
         cmocka_unit_test(test_ckpt_sharded),
         cmocka_unit_test(test_ckpt_single_and_missing),
-        cmocka_unit_test(test_grow),
         cmocka_unit_test(test_index_format),
-        cmocka_unit_test(test_io_pread),
-        cmocka_unit_test(test_io_uring),
-        cmocka_unit_test(test_io_env_override),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,61 @@
+/* plan_print.c — a plan as text: targets with their sources and ops, pass-throughs, bytes,
+ * shards. */
+#define _GNU_SOURCE
+#include "mpk_converter.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
+{
+    FILE *f = file;
+    char hb[32], sh[128], ob[64];
+    fprintf(f, "preset: %s%s\n", p->spec->name, p->spec->reversed ? " (reversed)" : "");
+    fprintf(f, "source: %s: %zu tensors in %zu shard(s)\n", p->src->dir, p->src->n_tensors,
+            p->src->n_shards);
+    size_t n_targets = p->n_outs - p->n_pass;
+    fprintf(f, "targets: %zu built from %zu source tensors in %zu group(s); pass-through: %zu\n",
+            n_targets, p->n_consumed, p->n_groups, p->n_pass);
+    for (size_t gi = 0; gi < p->n_groups; gi++) {
+        const mpk_plan_group *g = &p->groups[gi];
+        const mpk_rule *r = g->rule;
+        if (!verbose && gi >= 6) {
+            fprintf(f, "  ... %zu more group(s) (use --verbose)\n", p->n_groups - gi);
+            break;
+        }
+        fprintf(f, "  [%s]", r->path);
+        for (int s = 0; s < r->n_sources; s++)
+            fprintf(f, "%s %s%s%s", s ? "," : "", g->prefix, r->sources[s].text, g->suffix);
+        if (g->n_items > 1)
+            fprintf(f, " (%s 0..%d)", r->list_capture, g->n_items - 1);
+        fprintf(f, "\n     ops:");
+        for (int k = 0; k < r->n_ops; k++)
+            fprintf(f, " %s", mpk_op_str(&r->ops[k], ob, sizeof ob));
+        fprintf(f, "\n     ->");
+        for (int tg = 0; tg < g->out_meta.n_groups; tg++) {
+            const mpk_tmeta *m = &g->out_meta.t[tg * g->out_meta.n_items];
+            fprintf(f, " %s%s%s %s %s%s", g->prefix, r->targets[tg].text, g->suffix,
+                    mpk_dtype_name(m->dtype), mpk_shape_str(m->shape, m->ndim, sh, sizeof sh),
+                    g->out_meta.n_items > 1 ? " (each)" : "");
+        }
+        fprintf(f, "\n");
+    }
+    size_t shown = 0;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const mpk_plan_out *o = &p->outs[i];
+        if (o->group >= 0)
+            continue;
+        if (!verbose && shown >= 6)
+            continue;
+        if (strcmp(o->name, o->pass->info->name) != 0)
+            fprintf(f, "  pass %s -> %s\n", o->pass->info->name, o->name);
+        else
+            fprintf(f, "  pass %s\n", o->name);
+        shown++;
+    }
+    if (!verbose && p->n_pass > shown)
+        fprintf(f, "  ... %zu more pass-through tensor(s)\n", p->n_pass - shown);
+    fprintf(f, "output: %zu tensors, %llu bytes (%s), %zu shard(s)\n", p->n_outs,
+            (unsigned long long)p->total_bytes, mpk_human_bytes(p->total_bytes, hb, sizeof hb),
+            p->n_shards);
+}
