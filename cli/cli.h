@@ -37,18 +37,10 @@ bool mpk_cli_wants_help(const mpk_command *c, int argc, char **argv);
 /* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
 bool mpk_parse_size(const char *s, uint64_t *out);
 
-int mpk_cmd_inspect(int argc, char **argv);
-int mpk_cmd_pack(int argc, char **argv);
-int mpk_cmd_unpack(int argc, char **argv);
-int mpk_cmd_convert(int argc, char **argv);
-int mpk_cmd_plan(int argc, char **argv);
-int mpk_cmd_presets(int argc, char **argv);
-int mpk_cmd_synth(int argc, char **argv);
-int mpk_cmd_demo(int argc, char **argv);
-int mpk_cmd_hash(int argc, char **argv);
-int mpk_cmd_verify(int argc, char **argv);
-int mpk_cmd_diff(int argc, char **argv);
-int mpk_cmd_gpucheck(int argc, char **argv);
+/* The commands (argv[0] is the command's name; one function may serve several). */
+int mpk_cmd_inspect(int argc, char **argv), mpk_cmd_convert(int argc, char **argv),
+    mpk_cmd_presets(int argc, char **argv), mpk_cmd_synth(int argc, char **argv), mpk_cmd_demo(int argc, char **argv),
+    mpk_cmd_verify(int argc, char **argv), mpk_cmd_gpucheck(int argc, char **argv);
 /* Prints a report's text, each line prefixed "CMD: " when prefix (or its JSON when json). */
 void mpk_cli_print_report(const char *cmd, const mpk_report *r, bool json, bool prefix);
 

@@ -206,24 +206,17 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
     return MPK_EXIT_OK;
 }
 
-int mpk_cmd_pack(int argc, char **argv)
-{
-    return run_conversion("pack", MODE_PACK, argc, argv);
-}
-
-int mpk_cmd_unpack(int argc, char **argv)
-{
-    return run_conversion("unpack", MODE_UNPACK, argc, argv);
-}
-
+/* pack, unpack, convert and plan: the command name (argv[0]) says which. */
 int mpk_cmd_convert(int argc, char **argv)
 {
-    return run_conversion("convert", MODE_CONVERT, argc, argv);
-}
-
-int mpk_cmd_plan(int argc, char **argv)
-{
-    return run_conversion("plan", MODE_PLAN, argc, argv);
+    static const struct {
+        const char *name;
+        conv_mode mode;
+    } modes[] = {{"pack", MODE_PACK}, {"unpack", MODE_UNPACK}, {"convert", MODE_CONVERT}, {"plan", MODE_PLAN}};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (strcmp(argv[0], modes[i].name) == 0)
+            return run_conversion(modes[i].name, modes[i].mode, argc, argv);
+    return mpk_cli_usage(argv[0], "not a conversion command");
 }
 
 int mpk_cmd_presets(int argc, char **argv)
@@ -348,10 +341,10 @@ int mpk_cmd_demo(int argc, char **argv)
     if (rc)
         return rc;
     char *pack_argv[] = {"pack", src, packed, "--max-shard-size", "2MB", NULL};
-    if ((rc = mpk_cmd_pack(5, pack_argv)))
+    if ((rc = mpk_cmd_convert(5, pack_argv)))
         return rc;
     char *unpack_argv[] = {"unpack", packed, unpacked, NULL};
-    if ((rc = mpk_cmd_unpack(3, unpack_argv)))
+    if ((rc = mpk_cmd_convert(3, unpack_argv)))
         return rc;
     /* verify recomputes the packed form from the source with the reference ops, then checks
      * the round trip byte for byte */

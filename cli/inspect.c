@@ -28,35 +28,22 @@ static int path_args(const char *cmd, bool allow_write, int argc, char **argv, b
     return -1;
 }
 
+/* inspect and hash: the command name (argv[0]) says which. */
 int mpk_cmd_inspect(int argc, char **argv)
 {
-    bool json = false, write = false;
-    int rc = path_args("inspect", false, argc, argv, &json, &write);
+    const char *cmd = argv[0];
+    bool json = false, write = false, hash = strcmp(cmd, "hash") == 0;
+    int rc = path_args(cmd, hash, argc, argv, &json, &write);
     if (rc >= 0)
         return rc;
     mpk_error err = {0};
     mpk_report *r;
-    if (mpk_inspect(argv[optind], &r, &err) != MPK_OK)
-        return mpk_cli_fail("inspect", &err, NULL);
-    mpk_cli_print_report("inspect", r, json, false);
-    mpk_report_free(r);
-    return MPK_EXIT_OK;
-}
-
-int mpk_cmd_hash(int argc, char **argv)
-{
-    bool json = false, write = false;
-    int rc = path_args("hash", true, argc, argv, &json, &write);
-    if (rc >= 0)
-        return rc;
-    mpk_error err = {0};
-    mpk_report *r;
-    if (mpk_hash(argv[optind], write ? MPK_HASH_WRITE : 0, &r, &err) != MPK_OK) {
-        if (err.code == MPK_E_USAGE)
-            return mpk_cli_usage("hash", "--write: %s", err.msg);
-        return mpk_cli_fail("hash", &err, NULL);
-    }
-    mpk_cli_print_report("hash", r, json, false);
+    mpk_status s = hash ? mpk_hash(argv[optind], write ? MPK_HASH_WRITE : 0, &r, &err) : mpk_inspect(argv[optind], &r, &err);
+    if (s == MPK_E_USAGE)
+        return mpk_cli_usage(cmd, "--write: %s", err.msg);
+    if (s != MPK_OK)
+        return mpk_cli_fail(cmd, &err, NULL);
+    mpk_cli_print_report(cmd, r, json, false);
     mpk_report_free(r);
     return MPK_EXIT_OK;
 }
@@ -113,8 +100,11 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
     return -1;
 }
 
-static int run_compare(const char *cmd, int argc, char **argv, bool diff)
+/* verify and diff: the command name (argv[0]) says which. */
+int mpk_cmd_verify(int argc, char **argv)
 {
+    const char *cmd = argv[0];
+    bool diff = strcmp(cmd, "diff") == 0;
     vargs v = {0};
     int rc = parse_vargs(cmd, argc, argv, &v);
     if (rc >= 0)
@@ -127,14 +117,4 @@ static int run_compare(const char *cmd, int argc, char **argv, bool diff)
     rc = mpk_report_differences(r) ? MPK_EXIT_DIFF : MPK_EXIT_OK;
     mpk_report_free(r);
     return rc;
-}
-
-int mpk_cmd_verify(int argc, char **argv)
-{
-    return run_compare("verify", argc, argv, false);
-}
-
-int mpk_cmd_diff(int argc, char **argv)
-{
-    return run_compare("diff", argc, argv, true);
 }

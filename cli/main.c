@@ -167,7 +167,7 @@ const mpk_command mpk_commands[] = {
     {"plan", "show what a conversion would do, writing nothing",
      "usage: moepack plan SRC [--preset P | --spec FILE] [--reverse] [--verbose]\n\n"
      "Prints each target with its sources and ops, the pass-through tensors, the bytes and\n"
-     "the output shards.\n", mpk_cmd_plan},
+     "the output shards.\n", mpk_cmd_convert},
     {"pack", "per-expert -> packed ([E,2I,H] gate_up_proj, [E,H,I] down_proj)",
      "usage: moepack pack SRC DST [options]\n\n"
      "Streams SRC (per-expert layout) into DST (packed layout), with bounded memory. DST is\n"
@@ -176,9 +176,9 @@ const mpk_command mpk_commands[] = {
      "symlinks inside SRC reproduced; FIFOs, devices and links out of SRC are skipped (said).\n"
      "DST may not be, hold or lie inside SRC (exit 2). An interrupted run's temporary directory\n"
      "is removed by the next run into DST, or continued with --resume.\n\n"
-     CONV_OPTS, mpk_cmd_pack},
+     CONV_OPTS, mpk_cmd_convert},
     {"unpack", "packed -> per-expert (the preset reversed)",
-     "usage: moepack unpack SRC DST [options]\n\n" CONV_OPTS, mpk_cmd_unpack},
+     "usage: moepack unpack SRC DST [options]\n\n" CONV_OPTS, mpk_cmd_convert},
     {"convert", "convert with a JSON spec file (see README)",
      "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n" CONV_OPTS, mpk_cmd_convert},
     {"synth", "write a small random checkpoint with a preset's real tensor names",
@@ -192,7 +192,7 @@ const mpk_command mpk_commands[] = {
      "usage: moepack hash PATH [--json] [--write]\n\n"
      "Prints 'HASH DTYPE SHAPE NAME' per tensor and the whole-checkpoint digest (independent of\n"
      "sharding and file order). --json prints the manifest document; --write stores it as\n"
-     "PATH/moepack.manifest.json.\n", mpk_cmd_hash},
+     "PATH/moepack.manifest.json.\n", mpk_cmd_inspect},
     {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
      "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize fp8-block128]\n"
      "                      [--atol X] [--rtol Y] [--json]\n"
@@ -209,7 +209,7 @@ const mpk_command mpk_commands[] = {
      "For every float tensor (F32, F16, BF16, F8_E4M3, F8_E5M2): max abs error, max relative\n"
      "error, RMSE, cosine similarity and the count beyond atol + rtol*|a| (defaults 0 and 0).\n"
      "A and B may be in different layouts of the same model (per-expert vs packed): A is\n"
-     "mapped through the preset. Exit 0 all within tolerance, 3 otherwise.\n", mpk_cmd_diff},
+     "mapped through the preset. Exit 0 all within tolerance, 3 otherwise.\n", mpk_cmd_verify},
     {"gpucheck", "run packed experts with eager/batched/grouped backends against a CPU reference",
      "usage: moepack gpucheck PATH | --synthetic E,H,I [options]\n\n"
      "Random x and softmax top-k routing (from --seed) through layer L's packed experts (BF16\n"

@@ -83,17 +83,9 @@ static bool seg_append(mpk_node *out, mpk_node *x, uint64_t off, uint64_t len, u
     return true;
 }
 
-static uint64_t prod(const int64_t *s, int from, int to)
-{
-    uint64_t p = 1;
-    for (int i = from; i < to; i++)
-        p *= (uint64_t)s[i];
-    return p;
-}
-
 static uint64_t bytes_from(const mpk_tmeta *m, int dim)
 {
-    return prod(m->shape, dim, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype) / 8;
+    return mpk_prod(m->shape, dim, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype) / 8;
 }
 
 /* The node kind of each compute class of the op table. */

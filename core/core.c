@@ -219,6 +219,14 @@ bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out)
     return false;
 }
 
+uint64_t mpk_prod(const int64_t *shape, int from, int to)
+{
+    uint64_t p = 1;
+    for (int i = from; i < to; i++)
+        p *= (uint64_t)shape[i];
+    return p;
+}
+
 uint64_t mpk_numel(const int64_t *shape, int ndim)
 {
     uint64_t n = 1;

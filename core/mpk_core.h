@@ -66,6 +66,8 @@ bool mpk_dtype_parse(const char *s, size_t len, mpk_dtype *out);
 
 /* Byte size of a tensor; MPK_E_SIZE_OVERFLOW or MPK_E_SUBBYTE on failure (no message). */
 mpk_status mpk_tensor_nbytes(mpk_dtype d, const int64_t *shape, int ndim, uint64_t *out);
+/* Product of shape[from..to) (unchecked: for shapes whose byte size was checked). */
+uint64_t mpk_prod(const int64_t *shape, int from, int to);
 /* Element count (0 on overflow, check with nbytes first). */
 uint64_t mpk_numel(const int64_t *shape, int ndim);
 /* Formats "[2, 3, 4]" into buf; returns buf. */

@@ -9,14 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t prod(const int64_t *s, int from, int to)
-{
-    uint64_t p = 1;
-    for (int i = from; i < to; i++)
-        p *= (uint64_t)s[i];
-    return p;
-}
-
 static int64_t cdiv(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;
@@ -139,8 +131,8 @@ void mpk_transpose(const void *in, void *out, size_t el, const int64_t *shape, i
         a = b;
         b = t;
     }
-    uint64_t outer = prod(shape, 0, a), A = (uint64_t)shape[a], P = prod(shape, a + 1, b),
-             B = (uint64_t)shape[b], Q = prod(shape, b + 1, ndim) * el;
+    uint64_t outer = mpk_prod(shape, 0, a), A = (uint64_t)shape[a], P = mpk_prod(shape, a + 1, b),
+             B = (uint64_t)shape[b], Q = mpk_prod(shape, b + 1, ndim) * el;
     if (Q == 1) {
         TRANSPOSE_LOOP(uint8_t)
     } else if (Q == 2) {
@@ -225,7 +217,7 @@ mpk_status mpk_op_apply(const mpk_op *op, const mpk_bundle *in, void *const *dat
         for (int i = 0; i < N; i++) {
             const mpk_tmeta *w = &in->t[i];
             int64_t R = w->shape[w->ndim - 2], C = w->shape[w->ndim - 1];
-            uint64_t mats = prod(w->shape, 0, w->ndim - 2), sgrid = (uint64_t)(cdiv(R, op->block) * cdiv(C, op->block));
+            uint64_t mats = mpk_prod(w->shape, 0, w->ndim - 2), sgrid = (uint64_t)(cdiv(R, op->block) * cdiv(C, op->block));
             size_t oel = mpk_dtype_size(op->dtype);
             for (uint64_t m = 0; m < mats; m++)
                 mpk_dequant_fp8_rows(w->dtype, (const uint8_t *)data[i] + m * (uint64_t)(R * C),
@@ -237,7 +229,7 @@ mpk_status mpk_op_apply(const mpk_op *op, const mpk_bundle *in, void *const *dat
         for (int i = 0; i < N; i++) {
             const mpk_tmeta *t = &in->t[i];
             int64_t R = t->shape[t->ndim - 2], C = t->shape[t->ndim - 1], b = op->block;
-            uint64_t mats = prod(t->shape, 0, t->ndim - 2), sc = (uint64_t)cdiv(C, b);
+            uint64_t mats = mpk_prod(t->shape, 0, t->ndim - 2), sc = (uint64_t)cdiv(C, b);
             size_t el = mpk_dtype_size(t->dtype);
             for (uint64_t m = 0; m < mats; m++)
                 for (int64_t r0 = 0; r0 < R; r0 += b)

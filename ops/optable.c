@@ -199,21 +199,13 @@ const char *mpk_op_str(const mpk_op *op, char *buf, size_t cap)
 
 /* ---------------------------------------------------------------- byte ranges */
 
-static uint64_t prod(const int64_t *s, int from, int to)
-{
-    uint64_t p = 1;
-    for (int i = from; i < to; i++)
-        p *= (uint64_t)s[i];
-    return p;
-}
-
 /* Bytes of dims [from, ndim) of one tensor; MPK_E_SUBBYTE when not whole bytes. */
 static mpk_status inner_bytes(const mpk_tmeta *m, int from, uint64_t *out, const char *opname, mpk_error *err)
 {
-    uint64_t bits = prod(m->shape, from, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype);
+    uint64_t bits = mpk_prod(m->shape, from, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype);
     if (bits % 8)
         MPK_FAIL(err, MPK_E_SUBBYTE, "ops", "%s: a block of %llu %s elements is not whole bytes", opname,
-                 (unsigned long long)prod(m->shape, from, m->ndim), mpk_dtype_name(m->dtype));
+                 (unsigned long long)mpk_prod(m->shape, from, m->ndim), mpk_dtype_name(m->dtype));
     *out = bits / 8;
     return MPK_OK;
 }
@@ -231,7 +223,7 @@ static mpk_status ranges_merge(RANGE_ARGS)
 {
     const int N = in->n_items;
     for (int g = 0; g < in->n_groups; g++) {
-        uint64_t inner, dst = 0, outer = prod(in->t[g * N].shape, 0, op->dim);
+        uint64_t inner = 0, dst = 0, outer = mpk_prod(in->t[g * N].shape, 0, op->dim);
         MPK_TRY(inner_bytes(&in->t[g * N], op->dim, &inner, "merge", err));
         for (uint64_t o = 0; o < outer; o++)
             for (int i = 0; i < N; i++, dst += inner)
@@ -245,7 +237,7 @@ static mpk_status ranges_split(RANGE_ARGS)
 {
     for (int g = 0; g < in->n_groups; g++) {
         const mpk_tmeta *t = &in->t[g];
-        uint64_t inner, n = (uint64_t)t->shape[op->dim], outer = prod(t->shape, 0, op->dim);
+        uint64_t inner = 0, n = (uint64_t)t->shape[op->dim], outer = mpk_prod(t->shape, 0, op->dim);
         MPK_TRY(inner_bytes(t, op->dim + 1, &inner, "split", err));
         for (uint64_t j = 0; j < n; j++)
             for (uint64_t o = 0; o < outer; o++)
@@ -260,7 +252,7 @@ static mpk_status ranges_concat(RANGE_ARGS)
 {
     const int G = in->n_groups, N = in->n_items;
     for (int i = 0; i < N; i++) {
-        uint64_t inner, dst = 0, outer = prod(in->t[i].shape, 0, op->dim);
+        uint64_t inner = 0, dst = 0, outer = mpk_prod(in->t[i].shape, 0, op->dim);
         MPK_TRY(inner_bytes(&in->t[i], op->dim, &inner, "concat", err));
         for (uint64_t o = 0; o < outer; o++)
             for (int g = 0; g < G; g++, dst += inner)
@@ -276,7 +268,7 @@ static mpk_status ranges_chunk(RANGE_ARGS)
     const uint64_t c = (uint64_t)op->chunks;
     for (int i = 0; i < N; i++) {
         const mpk_tmeta *piece = &out->t[i];
-        uint64_t inner, outer = prod(piece->shape, 0, op->dim);
+        uint64_t inner = 0, outer = mpk_prod(piece->shape, 0, op->dim);
         MPK_TRY(inner_bytes(piece, op->dim, &inner, "chunk", err));
         for (uint64_t pc = 0; pc < c; pc++)
             for (uint64_t o = 0; o < outer; o++)
@@ -310,7 +302,7 @@ mpk_status mpk_op_ranges(const mpk_op *op, const mpk_bundle *in, const mpk_bundl
 
 static uint64_t granule_transpose(const mpk_op *op, const mpk_tmeta *in, const mpk_tmeta *out, int which)
 {
-    return prod(in->shape, op->dim, in->ndim) * mpk_dtype_size(in->dtype); /* one slab below dim */
+    return mpk_prod(in->shape, op->dim, in->ndim) * mpk_dtype_size(in->dtype); /* one slab below dim */
 }
 
 static uint64_t granule_cast(const mpk_op *op, const mpk_tmeta *in, const mpk_tmeta *out, int which)
