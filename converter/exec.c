@@ -183,8 +183,383 @@ static bool shard_checks_out(run_ctx *c, size_t sh, uint64_t want)
     return ok && ex_shard_digest(c->p, sh, c->hashes) == want;
 }
 
-mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
-                    mpk_exec_stats *stats, mpk_error *err)
+/* What one mpk_exec holds while it runs, phase by phase. */
+typedef struct job {
+    const mpk_plan *p;
+    const mpk_exec_opts *o;
+    const char *dst;
+    mpk_error *err;
+    mpk_stage stage;
+    bool *reopened;               /* per shard: a dead run's file taken over (resume) */
+    builder b;
+    mpk_arena *arena;
+    run_ctx c;
+    mpk_tensor_info **infos;      /* per shard: its tensors, laid out */
+    int threads, started;
+} job;
+
+static mpk_status nomem(job *j)
+{
+    return mpk_error_set(j->err, MPK_E_NOMEM, 0, j->dst, "out of memory");
+}
+
+/* The unit size: the memory budget per thread (one unit buffer plus transpose temporaries,
+ * 2 slabs + the read), never splitting a computed node's granule (a row to dequantize, a
+ * matrix to transpose), also when that node sits inside a merge or concat. */
+static mpk_status size_units(job *j)
+{
+    const mpk_plan *p = j->p;
+    uint64_t per_thread = j->o->mem / (uint64_t)j->threads, slab = 0;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t m = ex_max_slab(j->c.nodes[i]);
+        slab = m > slab ? m : slab;
+    }
+    uint64_t unit_bytes = per_thread / 3;
+    if (unit_bytes > (64u << 20))
+        unit_bytes = 64u << 20;
+    if (slab && unit_bytes < slab)
+        unit_bytes = slab;
+    if (unit_bytes < 4096)
+        unit_bytes = 4096;
+    if (slab && 3 * slab > per_thread) {
+        char h1[32], h2[32], h3[32];
+        return mpk_error_set(j->err, MPK_E_MEMORY_BUDGET, 0, j->dst,
+                             "a transpose block needs %s per thread (3 x %s) but --mem gives %s per "
+                             "thread; raise --mem or lower --threads",
+                             mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
+                             mpk_human_bytes(per_thread, h3, sizeof h3));
+    }
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t g = ex_node_granule(j->c.nodes[i]);
+        unit_bytes = g > unit_bytes ? g : unit_bytes;
+    }
+    j->c.unit_bytes = unit_bytes;
+    return MPK_OK;
+}
+
+/* The data start (modulo a page) that puts the most copied bytes at the same offset within a
+ * page as their source (whatever the copy mode: the output is the same); -1 for none. */
+static int best_phase(job *j, size_t sh)
+{
+    uint64_t votes[4096 / 8] = {0}, best = 0;
+    int phase = -1;
+    for (size_t i = 0; i < j->p->n_outs; i++)
+        if (j->p->outs[i].shard == (int)sh && j->c.nodes[i]->pure)
+            ex_each_source_range(j->c.nodes[i], 0, j->p->outs[i].nbytes, j->infos[sh][j->c.slot[i]].begin,
+                                 ex_phase_vote, votes);
+    for (int k = 0; k < 4096 / 8; k++)
+        if (votes[k] > best) {
+            best = votes[k];
+            phase = k * 8;
+        }
+    return phase;
+}
+
+/* Output shard sh: its tensors laid out (plan outputs mapped to their place in it), its file
+ * created in the staging directory, or a dead run's file taken over when resuming. */
+static mpk_status open_shard(job *j, size_t sh)
+{
+    const mpk_plan *p = j->p;
+    const mpk_exec_opts *o = j->o;
+    size_t n = 0;
+    for (size_t i = 0; i < p->n_outs; i++)
+        n += p->outs[i].shard == (int)sh;
+    if (!(j->infos[sh] = mpk_calloc(n + 1, sizeof **j->infos)))
+        return nomem(j);
+    n = 0;
+    for (size_t i = 0; i < p->n_outs; i++)
+        if (p->outs[i].shard == (int)sh) {
+            mpk_tensor_info *t = &j->infos[sh][n++];
+            t->name = p->outs[i].name;
+            t->dtype = p->outs[i].meta.dtype;
+            t->ndim = p->outs[i].meta.ndim;
+            memcpy(t->shape, p->outs[i].meta.shape, sizeof t->shape);
+        }
+    char *hdr;
+    size_t hlen;
+    MPK_TRY(mpk_st_layout(j->infos[sh], n, o->metadata, o->n_metadata, &hdr, &hlen, NULL, j->err));
+    free(hdr);
+    mpk_strmap m;
+    if (mpk_strmap_init(&m, n) != MPK_OK)
+        return nomem(j);
+    for (size_t k = 0; k < n; k++)
+        mpk_strmap_put(&m, j->infos[sh][k].name, strlen(j->infos[sh][k].name), k, NULL);
+    for (size_t i = 0; i < p->n_outs; i++)
+        if (p->outs[i].shard == (int)sh)
+            mpk_strmap_get(&m, p->outs[i].name, strlen(p->outs[i].name), &j->c.slot[i]);
+    mpk_strmap_free(&m);
+    int phase = best_phase(j, sh);
+    char name[64];
+    mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+    char *path = mpk_path_join(j->stage.tmp, name);
+    uint64_t dg;
+    mpk_error ig;
+    if (path && j->stage.adopted && mpk_stage_journal_find(&j->stage, name, &dg)) {
+        j->reopened[sh] = mpk_st_out_reopen(path, j->infos[sh], n, o->metadata, o->n_metadata, phase,
+                                            &j->c.shards[sh], &ig) == MPK_OK;
+        if (!j->reopened[sh])
+            unlink(path);
+    }
+    mpk_status s = !path ? nomem(j)
+                   : j->reopened[sh] ? MPK_OK
+                                     : mpk_st_out_create(path, j->infos[sh], n, o->metadata, o->n_metadata, phase,
+                                                         &j->c.shards[sh], j->err);
+    free(path);
+    return s;
+}
+
+/* Units of every output (a granule-aligned byte range each), queued per shard in file order;
+ * with hashes or fsync, what tracks each output's completion. */
+static mpk_status make_units(job *j)
+{
+    const mpk_plan *p = j->p;
+    run_ctx *c = &j->c;
+    size_t n_units = 0;
+    uint64_t unit_bytes = c->unit_bytes;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t g = ex_node_granule(c->nodes[i]), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
+        n_units += p->outs[i].nbytes ? (size_t)((p->outs[i].nbytes + u - 1) / u) : 0;
+    }
+    if (!(c->units = mpk_calloc(n_units + 1, sizeof *c->units)))
+        return nomem(j);
+    for (size_t i = 0; i < p->n_outs; i++) {
+        uint64_t g = ex_node_granule(c->nodes[i]), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
+        const mpk_st_out *so = c->shards[p->outs[i].shard];
+        uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
+        for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
+            c->units[c->n_units++] = (unit){i, p->outs[i].shard, off,
+                                            p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u, base + off};
+    }
+    qsort(c->units, c->n_units, sizeof *c->units, file_order);
+    if (!(c->q = mpk_calloc(p->n_shards, sizeof *c->q)))
+        return nomem(j);
+    for (size_t u = 0, sh = 0; sh < p->n_shards; sh++) {
+        c->q[sh].lo = u;
+        while (u < c->n_units && (size_t)c->units[u].shard == sh)
+            u++;
+        c->q[sh].hi = u;
+        atomic_init(&c->q[sh].next, c->q[sh].lo);
+        atomic_init(&c->q[sh].busy, 0);
+        pthread_mutex_init(&c->q[sh].lock, NULL);
+    }
+    if (!j->o->hash_outputs && j->o->no_fsync)
+        return MPK_OK;
+    bool h = j->o->hash_outputs;
+    c->left = mpk_calloc(p->n_outs + 1, sizeof *c->left);
+    c->hashes = h ? mpk_calloc(p->n_outs + 1, sizeof *c->hashes) : NULL;
+    c->sh_left = h ? mpk_calloc(p->n_shards + 1, sizeof *c->sh_left) : NULL;
+    c->syncq = h ? mpk_calloc(p->n_shards + 1, sizeof *c->syncq) : NULL;
+    c->hq = mpk_calloc(p->n_outs + 1, sizeof *c->hq);
+    if (!c->left || (h && (!c->hashes || !c->sh_left || !c->syncq)) || !c->hq)
+        return nomem(j);
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const mpk_plan_out *po = &p->outs[i];
+        atomic_init(&c->left[i], po->nbytes);
+        if (c->hashes) {
+            c->hashes[i] = (mpk_tensor_hash){.name = po->name, .dtype = po->meta.dtype, .ndim = po->meta.ndim};
+            memcpy(c->hashes[i].shape, po->meta.shape, sizeof c->hashes[i].shape);
+        }
+    }
+    return MPK_OK;
+}
+
+/* Resuming: shards the dead run completed are kept once they check out, their units counted
+ * as done; the others are written again from scratch. Then what is left to complete. */
+static mpk_status resume_shards(job *j, mpk_exec_stats *stats)
+{
+    const mpk_plan *p = j->p;
+    run_ctx *c = &j->c;
+    for (size_t sh = 0; sh < p->n_shards; sh++) {
+        if (!j->reopened[sh])
+            continue;
+        uint64_t want = 0;
+        char name[64];
+        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+        mpk_stage_journal_find(&j->stage, name, &want);
+        if (shard_checks_out(c, sh, want)) {
+            stats->shards_kept++;
+            for (size_t u = c->q[sh].lo; u < c->q[sh].hi; u++) {
+                atomic_fetch_add(&c->units_done, 1);
+                atomic_fetch_add(&c->done_bytes, c->units[u].len);
+            }
+            atomic_store(&c->q[sh].next, c->q[sh].hi);
+            continue;
+        }
+        mpk_tensor_info *ti = c->shards[sh]->tensors;
+        size_t nt = c->shards[sh]->n_tensors;
+        uint64_t ds = c->shards[sh]->data_start;
+        char *path = mpk_strndup(c->shards[sh]->path, strlen(c->shards[sh]->path));
+        mpk_st_out_close(c->shards[sh], false, NULL);
+        c->shards[sh] = NULL;
+        j->reopened[sh] = false;
+        if (path)
+            unlink(path);
+        /* the same layout again (the phase is the one that gave data_start) */
+        mpk_status s = !path ? nomem(j)
+                             : mpk_st_out_create(path, ti, nt, j->o->metadata, j->o->n_metadata, (int)(ds % 4096),
+                                                 &c->shards[sh], j->err);
+        free(path);
+        MPK_TRY(s);
+    }
+    for (size_t i = 0; c->left && i < p->n_outs; i++) {
+        const mpk_plan_out *po = &p->outs[i];
+        if (j->reopened[po->shard]) {
+            atomic_store(&c->left[i], 0);
+            continue;
+        }
+        if (c->sh_left)
+            atomic_fetch_add(&c->sh_left[po->shard], 1);
+        if (!po->nbytes) /* no unit will complete it: complete from the start */
+            c->hq[c->hq_tail++] = i;
+    }
+    return MPK_OK;
+}
+
+/* The workers and the syncer, while the calling thread reports progress and watches the
+ * cancel flag; the first failure of any of them. */
+static mpk_status run_threads(job *j, double t0)
+{
+    run_ctx *c = &j->c;
+    const mpk_exec_opts *o = j->o;
+    pthread_t th[64], sync_th;
+    worker_arg args[64];
+    bool syncing = c->syncq && pthread_create(&sync_th, NULL, ex_syncer, c) == 0;
+    if (c->syncq && !syncing)
+        return mpk_error_set(j->err, MPK_E_IO, errno, j->dst, "cannot start the syncer thread");
+    for (int i = 0; i < j->threads; i++) {
+        args[i] = (worker_arg){c, (size_t)i % (j->p->n_shards ? j->p->n_shards : 1)};
+        if (pthread_create(&th[i], NULL, ex_worker, &args[i]) != 0)
+            break;
+        j->started++;
+    }
+    if (!j->started) {
+        mpk_status s = mpk_error_set(j->err, MPK_E_IO, errno, j->dst, "cannot start worker threads");
+        ex_stop_syncer(c, syncing, sync_th);
+        return s;
+    }
+    while ((o->progress || o->cancel) && atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed)) {
+        if (o->cancel && *o->cancel) {
+            mpk_error ce = {0};
+            mpk_error_set(&ce, MPK_E_CANCELLED, 0, j->dst, "cancelled; nothing was written there");
+            ex_run_fail(c, &ce);
+            break;
+        }
+        progress(c, o, t0);
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < j->started; i++)
+        pthread_join(th[i], NULL);
+    ex_stop_syncer(c, syncing, sync_th);
+    if (atomic_load(&c->failed)) {
+        *j->err = c->err;
+        return c->err.code;
+    }
+    progress(c, o, t0);
+    return MPK_OK;
+}
+
+/* model.safetensors.index.json of a sharded output. */
+static mpk_status write_index(job *j)
+{
+    const mpk_plan *p = j->p;
+    const char **names = mpk_calloc(p->n_outs + 1, sizeof *names);
+    const char **files = mpk_calloc(p->n_outs + 1, sizeof *files);
+    char(*fn)[64] = mpk_calloc(p->n_shards, 64);
+    mpk_status s;
+    if (names && files && fn) {
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            mpk_shard_name(sh + 1, p->n_shards, fn[sh], 64);
+        for (size_t i = 0; i < p->n_outs; i++) {
+            names[i] = p->outs[i].name;
+            files[i] = fn[p->outs[i].shard];
+        }
+        s = mpk_index_write(j->stage.tmp, names, files, p->n_outs, p->total_bytes, !j->o->no_fsync, j->err);
+    } else {
+        s = nomem(j);
+    }
+    free(names);
+    free(files);
+    free(fn);
+    return s;
+}
+
+/* Closes the shards, writes the index, SRC's other files and the caller's (the manifest), and
+ * lands the staging directory once the source has been checked again (written in place or
+ * renamed while we read it). */
+static mpk_status land(job *j, const char *src_path, mpk_exec_stats *stats)
+{
+    const mpk_plan *p = j->p;
+    for (size_t sh = 0; sh < p->n_shards; sh++) {
+        mpk_st_out *so = j->c.shards[sh];
+        j->c.shards[sh] = NULL;
+        MPK_TRY(mpk_st_out_close(so, !j->o->no_fsync, j->err));
+    }
+    if (p->n_shards > 1)
+        MPK_TRY(write_index(j));
+    MPK_TRY(copy_side_files(p, j->stage.tmp, j->o, &stats->side, j->err));
+    if (j->o->finish)
+        MPK_TRY(j->o->finish(j->stage.tmp, j->c.hashes, j->c.hashes ? p->n_outs : 0, j->err));
+    MPK_TRY(mpk_ckpt_check_unchanged(p->src, j->err));
+    MPK_TRY(mpk_overlap_check(src_path, p->src, j->dst, j->err));
+    return mpk_stage_commit(&j->stage, j->o->force, j->err);
+}
+
+static void job_free(job *j)
+{
+    const mpk_plan *p = j->p;
+    run_ctx *c = &j->c;
+    if (c->shards)
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            mpk_st_out_close(c->shards[sh], false, NULL);
+    free(j->reopened);
+    if (j->infos)
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            free(j->infos[sh]);
+    free(j->infos);
+    free(c->shards);
+    free(c->slot);
+    free(c->units);
+    if (c->q)
+        for (size_t sh = 0; sh < p->n_shards; sh++)
+            pthread_mutex_destroy(&c->q[sh].lock);
+    free(c->q);
+    free(c->left);
+    free(c->sh_left);
+    free(c->syncq);
+    free(c->hashes);
+    free(c->hq);
+    ex_nodes_free(&j->b);
+    free(j->b.out);
+    mpk_arena_free(j->arena);
+    pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->cv);
+    pthread_cond_destroy(&c->sq_cv);
+}
+
+/* Builds the nodes and sizes the work, opens every shard, makes the units, resumes. */
+static mpk_status prepare(job *j, mpk_exec_stats *stats)
+{
+    const mpk_plan *p = j->p;
+    run_ctx *c = &j->c;
+    j->reopened = mpk_calloc(p->n_shards + 1, sizeof *j->reopened);
+    j->arena = mpk_arena_new();
+    c->shards = mpk_calloc(p->n_shards, sizeof *c->shards);
+    c->slot = mpk_calloc(p->n_outs + 1, sizeof *c->slot);
+    j->infos = mpk_calloc(p->n_shards, sizeof *j->infos);
+    c->nodes = j->b.out = mpk_calloc(p->n_outs + 1, sizeof *j->b.out);
+    if (!j->arena || !c->shards || !c->slot || !j->infos || !j->reopened || !j->b.out)
+        return nomem(j);
+    MPK_TRY(ex_build_nodes(p, &j->b, j->arena));
+    MPK_TRY(size_units(j));
+    for (size_t sh = 0; sh < p->n_shards; sh++)
+        MPK_TRY(open_shard(j, sh));
+    MPK_TRY(make_units(j));
+    return resume_shards(j, stats);
+}
+
+mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, mpk_exec_stats *stats,
+                    mpk_error *err)
 {
     double t0 = ex_now_s();
     memset(stats, 0, sizeof *stats);
@@ -195,362 +570,37 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o,
         MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
     if (o->cancel && *o->cancel)
         MPK_FAIL(err, MPK_E_CANCELLED, dst, "cancelled before anything was written");
-    int threads = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (threads < 1)
-        threads = 1;
-    if (threads > 64)
-        threads = 64;
-    mpk_stage stage;
-    mpk_status s = mpk_stage_open(&stage, dst, plan_digest(p, o), o, err);
-    stats->resumed = stage.adopted;
-    stats->stale_removed = stage.stale_removed;
+    job j = {.p = p, .o = o, .dst = dst, .err = err, .b = {NULL, NULL, err}};
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    j.threads = o->threads > 0 ? o->threads : ncpu > 0 ? (int)ncpu : 1;
+    j.threads = j.threads > 64 ? 64 : j.threads;
+    mpk_status s = mpk_stage_open(&j.stage, dst, plan_digest(p, o), o, err);
+    stats->resumed = j.stage.adopted;
+    stats->stale_removed = j.stage.stale_removed;
     if (s != MPK_OK) {
-        mpk_stage_close(&stage, false);
+        mpk_stage_close(&j.stage, false);
         return s;
     }
-    if (stage.adopted)
-        clean_adopted(&stage);
-    const char *tmp = stage.tmp;
-    bool *reopened = mpk_calloc(p->n_shards + 1, sizeof *reopened);
-    builder b = {NULL, NULL, err};
-    mpk_arena *arena = mpk_arena_new();
-    run_ctx c;
-    memset(&c, 0, sizeof c);
-    c.p = p;
-    c.o = o;
-    pthread_mutex_init(&c.lock, NULL);
-    pthread_cond_init(&c.cv, NULL);
-    pthread_cond_init(&c.sq_cv, NULL);
-    atomic_store(&c.cfr_ok, 1);
-    mpk_tensor_info **infos = NULL;
-    c.shards = mpk_calloc(p->n_shards, sizeof *c.shards);
-    c.slot = mpk_calloc(p->n_outs + 1, sizeof *c.slot);
-    infos = mpk_calloc(p->n_shards, sizeof *infos);
-    c.stage = &stage;
-    if (!arena || !c.shards || !c.slot || !infos || !reopened) {
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        goto done;
+    if (j.stage.adopted)
+        clean_adopted(&j.stage);
+    j.c.p = p;
+    j.c.o = o;
+    j.c.stage = &j.stage;
+    pthread_mutex_init(&j.c.lock, NULL);
+    pthread_cond_init(&j.c.cv, NULL);
+    pthread_cond_init(&j.c.sq_cv, NULL);
+    atomic_store(&j.c.cfr_ok, 1);
+    if ((s = prepare(&j, stats)) == MPK_OK && (s = run_threads(&j, t0)) == MPK_OK &&
+        (s = land(&j, src_path, stats)) == MPK_OK) {
+        stats->tensors_in = p->src->n_tensors;
+        stats->tensors_out = p->n_outs;
+        stats->bytes_out = p->total_bytes;
+        stats->threads = j.started;
+        stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok);
     }
-    c.nodes = b.out = mpk_calloc(p->n_outs + 1, sizeof *b.out);
-    if (!b.out) {
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        goto done;
-    }
-    if ((s = ex_build_nodes(p, &b, arena)) != MPK_OK)
-        goto done;
-    /* memory: one unit buffer per thread plus transpose temporaries (2 slabs + read) */
-    uint64_t per_thread = o->mem / (uint64_t)threads;
-    uint64_t slab = 0;
-    for (size_t i = 0; i < p->n_outs; i++) {
-        uint64_t m = ex_max_slab(c.nodes[i]);
-        if (m > slab)
-            slab = m;
-    }
-    uint64_t unit_bytes = per_thread / 3;
-    if (unit_bytes > (64u << 20))
-        unit_bytes = 64u << 20;
-    if (slab && unit_bytes < slab)
-        unit_bytes = slab;
-    if (unit_bytes < 4096)
-        unit_bytes = 4096;
-    if (slab && 3 * slab > per_thread) {
-        char h1[32], h2[32];
-        s = mpk_error_set(err, MPK_E_MEMORY_BUDGET, 0, dst,
-                          "a transpose block needs %s per thread (3 x %s) but --mem gives %s per "
-                          "thread; raise --mem or lower --threads",
-                          mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
-                          mpk_human_bytes(per_thread, h1 + 16, 16));
-        goto done;
-    }
-    /* a unit never splits a computed node's granule (a row to dequantize, a matrix to
-     * transpose), also when that node sits inside a merge or concat; the buffer holds one */
-    for (size_t i = 0; i < p->n_outs; i++) {
-        uint64_t g = ex_node_granule(c.nodes[i]);
-        if (g > unit_bytes)
-            unit_bytes = g;
-    }
-    c.unit_bytes = unit_bytes;
-    /* shard files */
-    for (size_t sh = 0; sh < p->n_shards; sh++) {
-        size_t n = 0;
-        for (size_t i = 0; i < p->n_outs; i++)
-            n += p->outs[i].shard == (int)sh;
-        infos[sh] = mpk_calloc(n + 1, sizeof **infos);
-        if (!infos[sh]) {
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-            goto done;
-        }
-        n = 0;
-        for (size_t i = 0; i < p->n_outs; i++)
-            if (p->outs[i].shard == (int)sh) {
-                mpk_tensor_info *t = &infos[sh][n++];
-                t->name = p->outs[i].name;
-                t->dtype = p->outs[i].meta.dtype;
-                t->ndim = p->outs[i].meta.ndim;
-                memcpy(t->shape, p->outs[i].meta.shape, sizeof t->shape);
-            }
-        /* lay the shard out (sorts infos[sh]), map plan outputs to their place in it */
-        char *hdr;
-        size_t hlen;
-        if ((s = mpk_st_layout(infos[sh], n, o->metadata, o->n_metadata, &hdr, &hlen, NULL, err)) != MPK_OK)
-            goto done;
-        free(hdr);
-        mpk_strmap m;
-        if (mpk_strmap_init(&m, n) != MPK_OK) {
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-            goto done;
-        }
-        for (size_t k = 0; k < n; k++)
-            mpk_strmap_put(&m, infos[sh][k].name, strlen(infos[sh][k].name), k, NULL);
-        for (size_t i = 0; i < p->n_outs; i++)
-            if (p->outs[i].shard == (int)sh)
-                mpk_strmap_get(&m, p->outs[i].name, strlen(p->outs[i].name), &c.slot[i]);
-        mpk_strmap_free(&m);
-        /* the data start (modulo a page) that puts the most copied bytes at the same offset
-         * within a page as their source (whatever the copy mode: the output is the same) */
-        int phase = -1;
-        {
-            uint64_t votes[4096 / 8] = {0}, best = 0;
-            for (size_t i = 0; i < p->n_outs; i++)
-                if (p->outs[i].shard == (int)sh && c.nodes[i]->pure)
-                    ex_each_source_range(c.nodes[i], 0, p->outs[i].nbytes, infos[sh][c.slot[i]].begin,
-                                      ex_phase_vote, votes);
-            for (int k = 0; k < 4096 / 8; k++)
-                if (votes[k] > best) {
-                    best = votes[k];
-                    phase = k * 8;
-                }
-        }
-        char name[64];
-        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
-        char *path = mpk_path_join(tmp, name);
-        uint64_t dg;
-        mpk_error ig;
-        if (path && stage.adopted && mpk_stage_journal_find(&stage, name, &dg)) {
-            reopened[sh] = mpk_st_out_reopen(path, infos[sh], n, o->metadata, o->n_metadata, phase, &c.shards[sh],
-                                             &ig) == MPK_OK;
-            if (!reopened[sh])
-                unlink(path);
-        }
-        s = !path ? mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory")
-            : reopened[sh] ? MPK_OK
-                           : mpk_st_out_create(path, infos[sh], n, o->metadata, o->n_metadata, phase, &c.shards[sh], err);
-        free(path);
-        if (s != MPK_OK)
-            goto done;
-    }
-    /* units */
-    size_t n_units = 0;
-    for (size_t i = 0; i < p->n_outs; i++) {
-        uint64_t g = ex_node_granule(c.nodes[i]), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
-        n_units += p->outs[i].nbytes ? (size_t)((p->outs[i].nbytes + u - 1) / u) : 0;
-    }
-    c.units = mpk_calloc(n_units + 1, sizeof *c.units);
-    if (!c.units) {
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < p->n_outs; i++) {
-        uint64_t g = ex_node_granule(c.nodes[i]), u = unit_bytes < g ? g : unit_bytes - unit_bytes % g;
-        const mpk_st_out *so = c.shards[p->outs[i].shard];
-        uint64_t base = so->data_start + so->tensors[c.slot[i]].begin;
-        for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
-            c.units[c.n_units++] = (unit){i, p->outs[i].shard, off,
-                                          p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u, base + off};
-    }
-    /* per-shard queues in file order */
-    qsort(c.units, c.n_units, sizeof *c.units, file_order);
-    c.q = mpk_calloc(p->n_shards, sizeof *c.q);
-    if (!c.q) {
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        goto done;
-    }
-    for (size_t u = 0, sh = 0; sh < p->n_shards; sh++) {
-        c.q[sh].lo = u;
-        while (u < c.n_units && (size_t)c.units[u].shard == sh)
-            u++;
-        c.q[sh].hi = u;
-        atomic_init(&c.q[sh].next, c.q[sh].lo);
-        atomic_init(&c.q[sh].busy, 0);
-        pthread_mutex_init(&c.q[sh].lock, NULL);
-    }
-    if (o->hash_outputs || !o->no_fsync) {
-        c.left = mpk_calloc(p->n_outs + 1, sizeof *c.left);
-        c.hashes = o->hash_outputs ? mpk_calloc(p->n_outs + 1, sizeof *c.hashes) : NULL;
-        c.sh_left = o->hash_outputs ? mpk_calloc(p->n_shards + 1, sizeof *c.sh_left) : NULL;
-        c.syncq = o->hash_outputs ? mpk_calloc(p->n_shards + 1, sizeof *c.syncq) : NULL;
-        c.hq = mpk_calloc(p->n_outs + 1, sizeof *c.hq);
-        if (!c.left || (o->hash_outputs && (!c.hashes || !c.sh_left || !c.syncq)) || !c.hq) {
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-            goto done;
-        }
-        for (size_t i = 0; i < p->n_outs; i++) {
-            const mpk_plan_out *po = &p->outs[i];
-            atomic_init(&c.left[i], po->nbytes);
-            if (c.hashes) {
-                c.hashes[i] = (mpk_tensor_hash){.name = po->name, .dtype = po->meta.dtype, .ndim = po->meta.ndim};
-                memcpy(c.hashes[i].shape, po->meta.shape, sizeof c.hashes[i].shape);
-            }
-        }
-    }
-    /* resuming: shards the dead run completed are kept once they check out, their units
-     * counted as done; the others are written again from scratch */
-    for (size_t sh = 0; sh < p->n_shards; sh++) {
-        if (!reopened[sh])
-            continue;
-        uint64_t want = 0;
-        char name[64];
-        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
-        mpk_stage_journal_find(&stage, name, &want);
-        if (shard_checks_out(&c, sh, want)) {
-            stats->shards_kept++;
-            for (size_t u = c.q[sh].lo; u < c.q[sh].hi; u++) {
-                atomic_fetch_add(&c.units_done, 1);
-                atomic_fetch_add(&c.done_bytes, c.units[u].len);
-            }
-            atomic_store(&c.q[sh].next, c.q[sh].hi);
-            continue;
-        }
-        mpk_tensor_info *ti = c.shards[sh]->tensors;
-        size_t nt = c.shards[sh]->n_tensors;
-        uint64_t ds = c.shards[sh]->data_start;
-        char *path = mpk_strndup(c.shards[sh]->path, strlen(c.shards[sh]->path));
-        mpk_st_out_close(c.shards[sh], false, NULL);
-        c.shards[sh] = NULL;
-        reopened[sh] = false;
-        if (path)
-            unlink(path);
-        /* the same layout again (the phase is the one that gave data_start) */
-        s = !path ? mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory")
-                  : mpk_st_out_create(path, ti, nt, o->metadata, o->n_metadata, (int)(ds % 4096), &c.shards[sh], err);
-        free(path);
-        if (s != MPK_OK)
-            goto done;
-    }
-    for (size_t i = 0; c.left && i < p->n_outs; i++) {
-        const mpk_plan_out *po = &p->outs[i];
-        if (reopened[po->shard]) {
-            atomic_store(&c.left[i], 0);
-            continue;
-        }
-        if (c.sh_left)
-            atomic_fetch_add(&c.sh_left[po->shard], 1);
-        if (!po->nbytes) /* no unit will complete it: complete from the start */
-            c.hq[c.hq_tail++] = i;
-    }
-    pthread_t th[64], sync_th;
-    worker_arg args[64];
-    int started = 0;
-    bool syncing = c.syncq && pthread_create(&sync_th, NULL, ex_syncer, &c) == 0;
-    if (c.syncq && !syncing) {
-        s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot start the ex_syncer thread");
-        goto done;
-    }
-    for (int i = 0; i < threads; i++) {
-        args[i] = (worker_arg){&c, (size_t)i % (p->n_shards ? p->n_shards : 1)};
-        if (pthread_create(&th[i], NULL, ex_worker, &args[i]) != 0)
-            break;
-        started++;
-    }
-    if (!started) {
-        s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot start ex_worker threads");
-        ex_stop_syncer(&c, syncing, sync_th);
-        goto done;
-    }
-    /* the calling thread reports progress and watches the cancel flag meanwhile */
-    if (o->progress || o->cancel) {
-        while (atomic_load(&c.units_done) < c.n_units && !atomic_load(&c.failed)) {
-            if (o->cancel && *o->cancel) {
-                mpk_error ce = {0};
-                mpk_error_set(&ce, MPK_E_CANCELLED, 0, dst, "cancelled; nothing was written there");
-                ex_run_fail(&c, &ce);
-                break;
-            }
-            progress(&c, o, t0);
-            struct timespec ts = {0, 200 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
-    ex_stop_syncer(&c, syncing, sync_th);
-    if (!atomic_load(&c.failed))
-        progress(&c, o, t0);
-    if (atomic_load(&c.failed)) {
-        *err = c.err;
-        s = c.err.code;
-        goto done;
-    }
-    for (size_t sh = 0; sh < p->n_shards; sh++) {
-        mpk_st_out *so = c.shards[sh];
-        c.shards[sh] = NULL;
-        if ((s = mpk_st_out_close(so, !o->no_fsync, err)) != MPK_OK)
-            goto done;
-    }
-    if (p->n_shards > 1) {
-        const char **names = mpk_calloc(p->n_outs + 1, sizeof *names);
-        const char **files = mpk_calloc(p->n_outs + 1, sizeof *files);
-        char(*fn)[64] = mpk_calloc(p->n_shards, 64);
-        if (names && files && fn) {
-            for (size_t sh = 0; sh < p->n_shards; sh++)
-                mpk_shard_name(sh + 1, p->n_shards, fn[sh], 64);
-            for (size_t i = 0; i < p->n_outs; i++) {
-                names[i] = p->outs[i].name;
-                files[i] = fn[p->outs[i].shard];
-            }
-            s = mpk_index_write(tmp, names, files, p->n_outs, p->total_bytes, !o->no_fsync, err);
-        } else {
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-        }
-        free(names);
-        free(files);
-        free(fn);
-        if (s != MPK_OK)
-            goto done;
-    }
-    if ((s = copy_side_files(p, tmp, o, &stats->side, err)) != MPK_OK)
-        goto done;
-    if (o->finish && (s = o->finish(tmp, c.hashes, c.hashes ? p->n_outs : 0, err)) != MPK_OK)
-        goto done;
-    /* into place: the source is checked again (written in place or renamed while we read) */
-    if ((s = mpk_ckpt_check_unchanged(p->src, err)) != MPK_OK ||
-        (s = mpk_overlap_check(src_path, p->src, dst, err)) != MPK_OK ||
-        (s = mpk_stage_commit(&stage, o->force, err)) != MPK_OK)
-        goto done;
-    stats->tensors_in = p->src->n_tensors;
-    stats->tensors_out = p->n_outs;
-    stats->bytes_out = p->total_bytes;
-    stats->threads = started;
-    stats->used_copy_range = o->use_copy_range && atomic_load(&c.cfr_ok);
-done:
-    if (c.shards)
-        for (size_t sh = 0; sh < p->n_shards; sh++)
-            mpk_st_out_close(c.shards[sh], false, NULL);
+    job_free(&j);
     /* a failed run's output stays for --resume (unless it lost to another run) */
-    mpk_stage_close(&stage, s != MPK_OK && o->resume && s != MPK_E_DST_EXISTS && s != MPK_E_OVERLAP);
-    free(reopened);
-    if (infos)
-        for (size_t sh = 0; sh < p->n_shards; sh++)
-            free(infos[sh]);
-    free(infos);
-    free(c.shards);
-    free(c.slot);
-    free(c.units);
-    if (c.q)
-        for (size_t sh = 0; sh < p->n_shards; sh++)
-            pthread_mutex_destroy(&c.q[sh].lock);
-    free(c.q);
-    free(c.left);
-    free(c.sh_left);
-    free(c.syncq);
-    free(c.hashes);
-    free(c.hq);
-    ex_nodes_free(&b);
-    free(b.out);
-    mpk_arena_free(arena);
-    pthread_mutex_destroy(&c.lock);
-    pthread_cond_destroy(&c.cv);
-    pthread_cond_destroy(&c.sq_cv);
+    mpk_stage_close(&j.stage, s != MPK_OK && o->resume && s != MPK_E_DST_EXISTS && s != MPK_E_OVERLAP);
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         stats->peak_rss_kib = ru.ru_maxrss;
@@ -559,4 +609,3 @@ done:
         ex_err_locate(err, dst, NULL);
     return s;
 }
-
