@@ -15,7 +15,7 @@
 typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 
 typedef struct {
-    const char *preset, *spec_file, *src, *dst, *io;
+    const char *preset, *spec_file, *src, *dst, *io, *layout_like;
     bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync,
         resume, copy_links;
     uint64_t max_shard, mem;
@@ -25,7 +25,7 @@ typedef struct {
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
-           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS };
+           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS, O_LIKE };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -36,6 +36,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"dequantize", no_argument, NULL, O_DEQUANT}, {"quantize", required_argument, NULL, O_QUANT},
         {"no-manifest", no_argument, NULL, O_NOMAN}, {"no-fsync", no_argument, NULL, O_NOSYNC},
         {"resume", no_argument, NULL, O_RESUME}, {"copy-links", no_argument, NULL, O_COPYLINKS},
+        {"layout-like", required_argument, NULL, O_LIKE},
         {0}};
     memset(a, 0, sizeof *a);
     a->preset = "auto";
@@ -81,6 +82,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_NOSYNC: a->no_fsync = true; break;
         case O_RESUME: a->resume = true; break;
         case O_COPYLINKS: a->copy_links = true; break;
+        case O_LIKE: a->layout_like = optarg; break;
         case O_QUANT:
             if (strcmp(optarg, "fp8-block128") != 0)
                 return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
@@ -165,6 +167,7 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     r->max_shard_size = a->max_shard;
     r->mem = a->mem;
     r->threads = a->threads;
+    r->layout_like = a->layout_like;
     r->io = strcmp(a->io, "pread") == 0 ? MPK_IO_PREAD : strcmp(a->io, "io_uring") == 0 ? MPK_IO_URING : MPK_IO_AUTO;
     r->progress = !a->quiet && !a->json && isatty(2) ? progress_cb : NULL;
     r->warn = warn_cb;

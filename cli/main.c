@@ -106,6 +106,8 @@ static int cmd_help(int argc, char **argv);
      "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
      "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
      "  --no-manifest          do not write moepack.manifest.json into DST\n"\
+     "  --layout-like INDEX    write DST's files as INDEX (a model.safetensors.index.json) names\n"\
+     "                         and assigns them (unpack of a packed checkpoint pack did not write)\n"\
      "  --no-fsync             rename DST into place without flushing it to disk first (as cp\n"\
      "                         does; faster, but a crash soon after may leave it incomplete)\n"
 static int cmd_version(int argc, char **argv);
@@ -178,7 +180,11 @@ const mpk_command mpk_commands[] = {
      "is removed by the next run into DST, or continued with --resume.\n\n"
      CONV_OPTS, mpk_cmd_convert},
     {"unpack", "packed -> per-expert (the preset reversed)",
-     "usage: moepack unpack SRC DST [options]\n\n" CONV_OPTS, mpk_cmd_convert},
+     "usage: moepack unpack SRC DST [options]\n\n"
+     "When SRC was written by 'moepack pack', it holds a record of the release it was packed from\n"
+     "(moepack.source.zst: file names, header bytes, index): DST gets those files back byte for\n"
+     "byte (sha256-equal). Without one, --layout-like INDEX follows a release's index.\n\n" CONV_OPTS,
+     mpk_cmd_convert},
     {"convert", "convert with a JSON spec file (see README)",
      "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n" CONV_OPTS, mpk_cmd_convert},
     {"synth", "write a small random checkpoint with a preset's real tensor names",

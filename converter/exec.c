@@ -62,6 +62,9 @@ static bool side_skip(const char *n, void *ctx)
     for (size_t i = 0; i < sc->p->src->n_shards; i++)
         if (strcmp(n, sc->p->src->shards[i].name) == 0)
             return true;
+    for (const char *const *k = sc->o->skip_names; k && *k; k++)
+        if (strcmp(n, *k) == 0)
+            return true;
     if ((l > 12 && strcmp(n + l - 12, ".safetensors") == 0) || strcmp(n, ".git") == 0) {
         mpk_exec_warn(sc->o, "skipped %s/%s: %s", sc->p->src->dir, n,
                       n[0] == '.' ? "a git repository's metadata (the output is not a clone)"
@@ -257,10 +260,33 @@ static int best_phase(job *j, size_t sh)
 
 /* Output shard sh: its tensors laid out (plan outputs mapped to their place in it), its file
  * created in the staging directory, or a dead run's file taken over when resuming. */
+/* Output shard sh of a recorded layout with its exact header: created with those bytes, plan
+ * outputs mapped to the recorded tensors. */
+static mpk_status open_exact_shard(job *j, size_t sh)
+{
+    const mpk_plan *p = j->p;
+    const mpk_layout *l = p->layout;
+    const mpk_st_header *h = l->parsed[sh];
+    if (!(j->infos[sh] = mpk_calloc(h->n_tensors + 1, sizeof **j->infos)))
+        return nomem(j);
+    memcpy(j->infos[sh], h->tensors, h->n_tensors * sizeof *h->tensors);
+    for (size_t i = 0; i < p->n_outs; i++)
+        if (p->outs[i].shard == (int)sh)
+            j->c.slot[i] = (size_t)mpk_st_header_find(h, p->outs[i].name);
+    char *path = mpk_path_join(j->stage.tmp, l->files[sh]);
+    mpk_status s = !path ? nomem(j)
+                         : mpk_st_out_create_exact(path, l->headers[sh], l->header_len[sh], j->infos[sh], h->n_tensors,
+                                                   h->data_size, &j->c.shards[sh], j->err);
+    free(path);
+    return s;
+}
+
 static mpk_status open_shard(job *j, size_t sh)
 {
     const mpk_plan *p = j->p;
     const mpk_exec_opts *o = j->o;
+    if (p->layout && p->layout->parsed && p->layout->parsed[sh])
+        return open_exact_shard(j, sh);
     size_t n = 0;
     for (size_t i = 0; i < p->n_outs; i++)
         n += p->outs[i].shard == (int)sh;
@@ -290,7 +316,7 @@ static mpk_status open_shard(job *j, size_t sh)
     mpk_strmap_free(&m);
     int phase = best_phase(j, sh);
     char name[64];
-    mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+    mpk_plan_shard_name(p, sh, name, sizeof name);
     char *path = mpk_path_join(j->stage.tmp, name);
     uint64_t dg;
     mpk_error ig;
@@ -374,7 +400,7 @@ static mpk_status resume_shards(job *j, mpk_exec_stats *stats)
             continue;
         uint64_t want = 0;
         char name[64];
-        mpk_shard_name(sh + 1, p->n_shards, name, sizeof name);
+        mpk_plan_shard_name(p, sh, name, sizeof name);
         mpk_stage_journal_find(&j->stage, name, &want);
         if (shard_checks_out(c, sh, want)) {
             stats->shards_kept++;
@@ -469,7 +495,7 @@ static mpk_status write_index(job *j)
     mpk_status s;
     if (names && files && fn) {
         for (size_t sh = 0; sh < p->n_shards; sh++)
-            mpk_shard_name(sh + 1, p->n_shards, fn[sh], 64);
+            mpk_plan_shard_name(p, sh, fn[sh], 64);
         for (size_t i = 0; i < p->n_outs; i++) {
             names[i] = p->outs[i].name;
             files[i] = fn[p->outs[i].shard];
@@ -495,11 +521,16 @@ static mpk_status land(job *j, const char *src_path, mpk_exec_stats *stats)
         j->c.shards[sh] = NULL;
         MPK_TRY(mpk_st_out_close(so, !j->o->no_fsync, j->err));
     }
-    if (p->n_shards > 1)
+    const mpk_layout *l = p->layout;
+    if (l && l->index_text) {
+        char *text = mpk_strndup(l->index_text, l->index_len);
+        MPK_TRY(mpk_write_text_in(j->stage.tmp, l->index_name, text, !j->o->no_fsync, j->err));
+    } else if (l ? l->index_name != NULL : p->n_shards > 1) {
         MPK_TRY(write_index(j));
+    }
     MPK_TRY(copy_side_files(p, j->stage.tmp, j->o, &stats->side, j->err));
     if (j->o->finish)
-        MPK_TRY(j->o->finish(j->stage.tmp, j->c.hashes, j->c.hashes ? p->n_outs : 0, j->err));
+        MPK_TRY(j->o->finish(j->o->finish_ctx, j->stage.tmp, j->c.hashes, j->c.hashes ? p->n_outs : 0, j->err));
     MPK_TRY(mpk_ckpt_check_unchanged(p->src, j->err));
     MPK_TRY(mpk_overlap_check(src_path, p->src, j->dst, j->err));
     return mpk_stage_commit(&j->stage, j->o->force, j->err);

@@ -179,6 +179,26 @@ typedef struct mpk_plan_opts {
                                            grids; norms, router, embeddings pass through */
 } mpk_plan_opts;
 
+/* Where the outputs go when the output follows a given file layout instead of moepack's own
+ * (model-0000i-of-0000n.safetensors, tensors in name order, reference headers): a source
+ * release pack recorded (exact header bytes and index text: unpack gives the files back byte
+ * for byte), or an index (--layout-like: its file names and tensor-to-file assignment, headers
+ * written the reference way). */
+typedef struct mpk_layout {
+    size_t n_files;
+    const char **files;                 /* file names (checked safe) */
+    const char **headers;               /* per file: its first 8 + N bytes verbatim, or NULL */
+    size_t *header_len;
+    mpk_st_header **parsed;             /* per file: headers[f] parsed, or NULL */
+    mpk_strmap file_of;                 /* tensor name -> file index */
+    const char *index_name;             /* the index file to write, NULL for none */
+    const char *index_text;             /* its bytes verbatim, or NULL: formatted */
+    size_t index_len;
+    mpk_arena *arena;
+} mpk_layout;
+/* NULL-safe; frees l itself. */
+void mpk_layout_free(mpk_layout *l);
+
 typedef struct mpk_plan {
     const mpk_ckpt *src;
     const mpk_spec *spec;
@@ -194,6 +214,8 @@ typedef struct mpk_plan {
     size_t n_views;
     int fp8_block;                      /* block edge of FP8 scale grids (128) */
     mpk_arena *arena;
+    const mpk_layout *layout;           /* the file layout outputs follow (mpk_plan_use_layout),
+                                           or NULL: moepack's own */
     void *owner;                        /* what the plan's source and spec belong to (a public
                                            plan handle owns them), freed by mpk_plan_free */
     void (*owner_free)(void *owner);
@@ -209,6 +231,12 @@ const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *
 mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
                           mpk_plan **out, mpk_error *err);
 void mpk_plan_free(mpk_plan *p);
+/* Puts every output of p where l says (p->n_shards becomes l->n_files, p->layout l, which must
+ * outlive p). MPK_E_CONFLICT naming the first output l does not place, one that differs (dtype,
+ * shape) from l's recorded header, or a recorded tensor the plan does not make; p unchanged then. */
+mpk_status mpk_plan_use_layout(mpk_plan *p, const mpk_layout *l, mpk_error *err);
+/* The name of output shard sh (0-based): the layout's, or model-0000i-of-0000n.safetensors. */
+void mpk_plan_shard_name(const mpk_plan *p, size_t sh, char *buf, size_t cap);
 /* Prints the plan (targets with sources and ops, pass-throughs, bytes, shards). */
 void mpk_plan_print(const mpk_plan *p, void *file, bool verbose);
 
@@ -235,10 +263,12 @@ typedef struct mpk_exec_opts {
     /* non-NULL: called on the complete temporary directory before it is renamed into place
      * (the CLI writes moepack.manifest.json there), with the output hashes in plan output
      * order when hash_outputs (else NULL, n = 0); a failure aborts the conversion */
-    mpk_status (*finish)(const char *tmp_dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
+    mpk_status (*finish)(void *ctx, const char *tmp_dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
+    void *finish_ctx;
     bool resume;                        /* continue a dead run's temporary directory with the
                                            same plan digest; on failure keep ours for a later
                                            resume instead of removing it */
+    const char *const *skip_names;      /* more names of SRC's top level not to copy (NULL-ended) */
     bool copy_links;                    /* copy the content of symlinks in SRC that point
                                            outside it (regular files only) instead of skipping */
     /* non-NULL: told each notice (a stale temporary directory removed, a file skipped) */

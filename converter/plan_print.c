@@ -58,4 +58,7 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
     fprintf(f, "output: %zu tensors, %llu bytes (%s), %zu shard(s)\n", p->n_outs,
             (unsigned long long)p->total_bytes, mpk_human_bytes(p->total_bytes, hb, sizeof hb),
             p->n_shards);
+    if (p->layout)
+        fprintf(f, "files: as %s (%s%s)\n", p->layout->parsed ? "the source release recorded" : "the index given",
+                p->layout->files[0], p->n_shards > 1 ? ", ..." : "");
 }

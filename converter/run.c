@@ -95,7 +95,7 @@ static mpk_status shard_durable(run_ctx *c, size_t sh, mpk_error *err)
     if (!c->o->no_fsync)
         MPK_TRY(mpk_fsync_fd(so->fd, so->path, err));
     char name[64];
-    mpk_shard_name(sh + 1, c->p->n_shards, name, sizeof name);
+    mpk_plan_shard_name(c->p, sh, name, sizeof name);
     return mpk_stage_journal_add(c->stage, name, ex_shard_digest(c->p, sh, c->hashes), err);
 }
 

@@ -19,7 +19,7 @@
 
 static void file_id(const struct stat *st, mpk_file_id *id);
 
-static bool shard_name_safe(const char *s)
+bool mpk_shard_name_safe(const char *s)
 {
     if (!*s || s[0] == '/' || strchr(s, '/') || strchr(s, '\\'))
         return false;
@@ -73,7 +73,7 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
                               e->string);
             goto done;
         }
-        if (!shard_name_safe(e->valuestring)) {
+        if (!mpk_shard_name_safe(e->valuestring)) {
             s = mpk_error_set(err, MPK_E_INDEX_PATH, 0, where,
                               "weight_map['%s'] = '%s': shard names must be plain file names "
                               "inside the checkpoint directory",

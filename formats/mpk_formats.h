@@ -141,6 +141,12 @@ typedef struct mpk_st_out {
 mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
                              const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
                              mpk_error *err);
+/* Creates path with exactly the header bytes hdr[0..hlen) (the 8-byte prefix included) of a
+ * file whose tensors, parsed from those bytes (offsets relative to the data section), are
+ * tensors[0..n) (borrowed) and whose data section is data_size bytes: a file another writer
+ * made, given back byte for byte once every tensor is written. */
+mpk_status mpk_st_out_create_exact(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors,
+                                   size_t n, uint64_t data_size, mpk_st_out **out, mpk_error *err);
 /* Like mpk_st_out_create, but opens an existing file that an earlier (interrupted) run
  * created with the same arguments: its size and header bytes must be exactly those this
  * layout gives (else MPK_E_DST_EXISTS, nothing changed). The tensor bytes are not checked. */
@@ -242,6 +248,8 @@ char *mpk_index_format(const char *const *names, const char *const *files, size_
 mpk_status mpk_index_write(const char *dir, const char *const *names, const char *const *files,
                            size_t n, uint64_t total_size, bool sync, mpk_error *err);
 
+/* A plain file name inside a checkpoint directory: not empty, no '/', not "." or "..". */
+bool mpk_shard_name_safe(const char *s);
 /* Shard file name: "model-00001-of-00004.safetensors" (1-based i), or "model.safetensors"
  * when count is 1. */
 void mpk_shard_name(size_t i, size_t count, char *buf, size_t cap);

@@ -195,19 +195,11 @@ static mpk_status pad_header(char **hdr, size_t *hlen, int phase, mpk_error *err
     return MPK_OK;
 }
 
-static mpk_status st_out_open(const char *path, mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
-                              size_t n_meta, int data_phase, bool reopen, mpk_st_out **out, mpk_error *err)
+/* Opens (reopen: an existing file with exactly these bytes and size) or creates path with the
+ * header bytes hdr[0..hlen) (taken over: freed here) and a data section of dsize bytes. */
+static mpk_status open_with(const char *path, char *hdr, size_t hlen, uint64_t dsize, mpk_tensor_info *tensors,
+                            size_t n, bool reopen, mpk_st_out **out, mpk_error *err)
 {
-    *out = NULL;
-    char *hdr;
-    size_t hlen;
-    uint64_t dsize;
-    MPK_TRY(mpk_st_layout(tensors, n, meta, n_meta, &hdr, &hlen, &dsize, err));
-    mpk_status ps = pad_header(&hdr, &hlen, data_phase, err);
-    if (ps != MPK_OK) {
-        free(hdr);
-        return ps;
-    }
     mpk_st_out *o = mpk_calloc(1, sizeof *o);
     if (!o || !(o->path = mpk_strndup(path, strlen(path)))) {
         free(o);
@@ -262,11 +254,39 @@ static mpk_status st_out_open(const char *path, mpk_tensor_info *tensors, size_t
     return MPK_OK;
 }
 
+
+static mpk_status st_out_open(const char *path, mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
+                              size_t n_meta, int data_phase, bool reopen, mpk_st_out **out, mpk_error *err)
+{
+    *out = NULL;
+    char *hdr;
+    size_t hlen;
+    uint64_t dsize;
+    MPK_TRY(mpk_st_layout(tensors, n, meta, n_meta, &hdr, &hlen, &dsize, err));
+    mpk_status ps = pad_header(&hdr, &hlen, data_phase, err);
+    if (ps != MPK_OK) {
+        free(hdr);
+        return ps;
+    }
+    return open_with(path, hdr, hlen, dsize, tensors, n, reopen, out, err);
+}
+
 mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t n,
                              const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
                              mpk_error *err)
 {
     return st_out_open(path, tensors, n, meta, n_meta, data_phase, false, out, err);
+}
+
+mpk_status mpk_st_out_create_exact(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors,
+                                   size_t n, uint64_t data_size, mpk_st_out **out, mpk_error *err)
+{
+    *out = NULL;
+    char *copy = mpk_alloc(hlen ? hlen : 1);
+    if (!copy)
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    memcpy(copy, hdr, hlen);
+    return open_with(path, copy, hlen, data_size, tensors, n, false, out, err);
 }
 
 mpk_status mpk_st_out_reopen(const char *path, mpk_tensor_info *tensors, size_t n,

@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---------------------------------------------------------------- specs */
 
@@ -111,6 +112,10 @@ typedef struct job {
     mpk_model_config cfg;
     mpk_spec *spec;
     const char *layout;          /* the layout the output is in: "packed" or "per-expert" */
+    mpk_layout *files;           /* the file layout the output follows, or NULL */
+    char *record;                /* the source record the output keeps (zstd), or NULL */
+    size_t record_len;
+    bool manifest;
 } job;
 
 static void job_free(void *p)
@@ -119,6 +124,8 @@ static void job_free(void *p)
     if (!j)
         return;
     mpk_spec_free(j->spec);
+    mpk_layout_free(j->files);
+    free(j->record);
     mpk_config_free(&j->cfg);
     mpk_ckpt_close(j->src);
     free(j);
@@ -153,6 +160,47 @@ static const char *layout_marker(const mpk_ckpt *c)
     return NULL;
 }
 
+static bool has_record(const mpk_ckpt *c)
+{
+    char *p = c->is_dir ? mpk_path_join(c->dir, MPK_SOURCE_NAME) : NULL;
+    struct stat st;
+    bool yes = p && lstat(p, &st) == 0;
+    free(p);
+    return yes;
+}
+
+/* The files of the output: an index to follow (layout_like), or, unpacking, the source release
+ * src recorded (when the conversion makes exactly its tensors: else said, and moepack's own
+ * layout). Packing keeps a record: src's own, or the one src carries. */
+static mpk_status follow_files(const mpk_convert_req *r, job *j, mpk_plan *p, mpk_error *err)
+{
+    bool recorded = has_record(j->src);
+    if (r->layout_like) {
+        MPK_TRY(mpk_layout_from_index(r->layout_like, &j->files, err));
+        return mpk_plan_use_layout(p, j->files, err);
+    }
+    if (j->spec->reversed && recorded) {
+        MPK_TRY(mpk_source_load(j->src->dir, &j->files, err));
+        mpk_error why;
+        if (mpk_plan_use_layout(p, j->files, &why) != MPK_OK && r->warn) {
+            char msg[1400];
+            snprintf(msg, sizeof msg, "the source release recorded in %s/%s does not fit this conversion (%s): "
+                     "the files are written moepack's way", j->src->dir, MPK_SOURCE_NAME, why.msg);
+            r->warn(r->ctx, msg);
+        }
+        return MPK_OK;
+    }
+    if (j->spec->reversed)
+        return MPK_OK;
+    if (!recorded)
+        return mpk_source_record(j->src, &j->record, &j->record_len, err);
+    char *path = mpk_path_join(j->src->dir, MPK_SOURCE_NAME);
+    mpk_status s = path ? mpk_read_file(path, &j->record, &j->record_len, err)
+                        : mpk_error_set(err, MPK_E_NOMEM, 0, j->src->dir, "out of memory");
+    free(path);
+    return s;
+}
+
 /* Opens, loads the spec, refuses a source already converted, plans. */
 static mpk_status plan_job(const mpk_convert_req *r, job **jout, mpk_plan **pout, mpk_error *err)
 {
@@ -175,8 +223,12 @@ static mpk_status plan_job(const mpk_convert_req *r, job **jout, mpk_plan **pout
     mpk_plan_opts po = {.max_shard_size = r->max_shard_size, .cfg = &j->cfg,
                         .dequantize = r->quant == MPK_QUANT_DEQUANTIZE,
                         .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
-    if ((s = mpk_plan_build(j->src, j->spec, &po, pout, err)) != MPK_OK)
+    if ((s = mpk_plan_build(j->src, j->spec, &po, pout, err)) != MPK_OK ||
+        (s = follow_files(r, j, *pout, err)) != MPK_OK) {
+        mpk_plan_free(*pout);
+        *pout = NULL;
         goto fail;
+    }
     *jout = j;
     return MPK_OK;
 fail:
@@ -240,6 +292,22 @@ mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size
     return hashes ? mpk_manifest_write_hashes(dir, hashes, n, err) : mpk_manifest_write(dir, err);
 }
 
+/* The executor's last step before landing: the manifest and the source record. */
+static mpk_status finish(void *ctx, const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err)
+{
+    const job *j = ctx;
+    if (j->manifest)
+        MPK_TRY(mpk_lib_write_manifest(dir, hashes, n, err));
+    if (!j->record)
+        return MPK_OK;
+    char *path = mpk_path_join(dir, MPK_SOURCE_NAME);
+    if (!path)
+        MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
+    mpk_status s = mpk_write_file(path, j->record, j->record_len, true, err);
+    free(path);
+    return s;
+}
+
 static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, const mpk_exec_stats *st,
                                  mpk_report **out, mpk_error *err);
 
@@ -258,6 +326,8 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         goto out;
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
     bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);
+    j->manifest = manifest;
+    static const char *const skip[] = {MPK_SOURCE_NAME, NULL}; /* written (or not) by finish */
     mpk_exec_opts eo = {
         .threads = r->threads,
         .mem = r->mem,
@@ -272,7 +342,9 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         .n_metadata = 2,
         .config_json = cfg_text,
         .hash_outputs = manifest,
-        .finish = manifest ? mpk_lib_write_manifest : NULL,
+        .finish = finish,
+        .finish_ctx = j,
+        .skip_names = skip,
         .resume = r->flags & MPK_CONVERT_RESUME,
         .copy_links = r->flags & MPK_CONVERT_COPY_LINKS,
         .warn = r->warn,

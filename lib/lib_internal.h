@@ -41,4 +41,13 @@ mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size
 mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool reverse, mpk_spec **out,
                              mpk_error *err);
 
+/* The source record pack keeps in a packed checkpoint (lib/source.c has its format). */
+#define MPK_SOURCE_NAME "moepack.source.zst"
+/* c's source record (zstd-compressed, malloc'd into *out). */
+mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *len, mpk_error *err);
+/* dir's record as a layout to follow; MPK_E_MANIFEST naming it when malformed. */
+mpk_status mpk_source_load(const char *dir, mpk_layout **out, mpk_error *err);
+/* An index file's names and tensor-to-file assignment as a layout (--layout-like). */
+mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *err);
+
 #endif

@@ -1,6 +1,10 @@
 """The Python binding against the built shared library ($MOEPACK_LIB): python3 test_moepack.py"""
+import hashlib
+import json
 import os
+import random
 import shutil
+import struct
 import sys
 import tempfile
 import unittest
@@ -69,6 +73,118 @@ class Binding(unittest.TestCase):
         self.assertGreaterEqual(len(names), 13)
         self.assertRegex(moepack.version(), r"^\d+\.\d+\.\d+$")
         self.assertIn("io_uring=", moepack.features())
+
+
+def read_st(path):
+    """{name: (dtype, shape, bytes)} of a safetensors file, and its __metadata__."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    data = blob[8 + n:]
+    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}, meta
+
+
+def write_foreign(path, tensors, rng):
+    """Another writer's file: tensors in a shuffled data order, header keys in yet another order,
+    __metadata__ last, ", " separators, odd space padding."""
+    names = list(tensors)
+    rng.shuffle(names)
+    entries, data, off = {}, b"", 0
+    for name in names:
+        dt, shape, b = tensors[name]
+        entries[name] = {"shape": shape, "dtype": dt, "data_offsets": [off, off + len(b)]}
+        data += b
+        off += len(b)
+    keys = list(entries)
+    rng.shuffle(keys)
+    doc = {k: entries[k] for k in keys}
+    doc["__metadata__"] = {"format": "pt", "writer": "not-moepack"}
+    text = json.dumps(doc, separators=(", ", ": ")).encode() + b"   "
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class Sharing(unittest.TestCase):
+    """unpack gives a release written by another tool back byte for byte (issue 15)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix="mpk-share-")
+        synth = os.path.join(cls.root, "synth")
+        moepack.synth(synth, "mixtral", experts=4, hidden=32, intermediate=16, layers=2, shards=1)
+        tensors, _ = read_st(os.path.join(synth, "model.safetensors"))
+        # a release with 0-based, 6-digit shard names (as Kimi-K2's), tensors spread in any order
+        cls.rel = os.path.join(cls.root, "release")
+        os.mkdir(cls.rel)
+        rng = random.Random(7)
+        names = sorted(tensors)
+        rng.shuffle(names)
+        files = [f"model-{i:06d}-of-000003.safetensors" for i in range(3)]
+        weight_map = {}
+        for k, f in enumerate(files):
+            part = {n: tensors[n] for n in names[k::3]}
+            write_foreign(os.path.join(cls.rel, f), part, rng)
+            weight_map.update({n: f for n in part})
+        total = sum(len(b) for _, _, b in tensors.values())
+        with open(os.path.join(cls.rel, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=4)
+            f.write("\n\n")
+        shutil.copy(os.path.join(synth, "config.json"), cls.rel)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root)
+
+    def path(self, name):
+        return os.path.join(self.root, name)
+
+    def release_files(self, d):
+        return sorted(f for f in os.listdir(d) if f.endswith(".safetensors") or f.endswith(".json"))
+
+    def test_unpack_gives_the_release_back_byte_for_byte(self):
+        moepack.pack(self.rel, self.path("packed"), max_shard_size=20_000)
+        self.assertTrue(os.path.exists(os.path.join(self.path("packed"), "moepack.source.zst")))
+        self.assertTrue(moepack.verify(self.rel, self.path("packed"))["identical"])
+        moepack.unpack(self.path("packed"), self.path("back"))
+        want = self.release_files(self.rel)
+        self.assertEqual([f for f in self.release_files(self.path("back")) if f != "moepack.manifest.json"], want)
+        for f in want:
+            self.assertEqual(sha(os.path.join(self.path("back"), f)), sha(os.path.join(self.rel, f)), f)
+        self.assertFalse(os.path.exists(os.path.join(self.path("back"), "moepack.source.zst")))
+        self.assertTrue(moepack.verify(self.rel, self.path("back"))["identical"])
+
+    def test_layout_like_follows_an_index(self):
+        moepack.pack(self.rel, self.path("packed2"))
+        os.remove(os.path.join(self.path("packed2"), "moepack.source.zst"))  # as if saved by another tool
+        index = os.path.join(self.rel, "model.safetensors.index.json")
+        moepack.unpack(self.path("packed2"), self.path("like"), layout_like=index)
+        with open(index) as f:
+            want = json.load(f)["weight_map"]
+        with open(os.path.join(self.path("like"), "model.safetensors.index.json")) as f:
+            got = json.load(f)["weight_map"]
+        self.assertEqual(got, want)
+        for f in set(want.values()):
+            self.assertEqual(set(read_st(os.path.join(self.path("like"), f))[0]),
+                             {n for n, g in want.items() if g == f})
+        self.assertTrue(moepack.verify(self.rel, self.path("like"))["identical"])
+
+    def test_a_corrupt_record_is_named(self):
+        moepack.pack(self.rel, self.path("packed3"))
+        with open(os.path.join(self.path("packed3"), "moepack.source.zst"), "r+b") as f:
+            f.seek(12)
+            f.write(b"\xff\xff\xff\xff")
+        with self.assertRaises(moepack.Error) as cm:
+            moepack.unpack(self.path("packed3"), self.path("never"))
+        self.assertEqual(cm.exception.status, "manifest")
+        self.assertIn("moepack.source.zst", cm.exception.message)
+        self.assertFalse(os.path.exists(self.path("never")))
 
 
 if __name__ == "__main__":

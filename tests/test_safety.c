@@ -239,7 +239,7 @@ static mpk_status plan_for(const char *dir, mpk_ckpt **c, mpk_spec **sp, mpk_pla
 static const char *race_dst;
 
 /* Called on the complete temporary directory just before it lands: someone creates DST. */
-static mpk_status someone_creates_dst(const char *tmp, mpk_tensor_hash *h, size_t n, mpk_error *err)
+static mpk_status someone_creates_dst(void *ctx, const char *tmp, mpk_tensor_hash *h, size_t n, mpk_error *err)
 {
     (void)tmp, (void)h, (void)n, (void)err;
     mkdir(race_dst, 0755);

@@ -271,6 +271,11 @@ typedef struct mpk_convert_req {
     uint64_t mem;                 /* in-flight buffer budget, >= 1 MiB (default 1 GiB) */
     int threads;                  /* worker threads, 0: the CPUs (default) */
     mpk_io_backend io;
+    /* unpack/convert: an index (model.safetensors.index.json) whose file names and
+     * tensor-to-file assignment the output follows, headers written the reference way; NULL:
+     * the source release pack recorded in src (moepack.source.zst) when there is one, given
+     * back byte for byte, else moepack's own layout */
+    const char *layout_like;
     /* called about 5 times a second from the calling thread while converting, and once at the
      * end (done == total), when non-NULL */
     void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes, double seconds);
@@ -291,11 +296,14 @@ MPK_API void mpk_convert_req_init(mpk_convert_req *r, const char *src, const cha
  * to unpack), refuses a src already in the target layout (MPK_E_ALREADY_CONVERTED), plans
  * every target, streams the shards, the index, config.json (its quantization_config rewritten
  * when the quantization changes) and src's other files into a temporary directory beside dst,
- * hashes every output tensor into moepack.manifest.json, and renames it into place. Errors:
+ * hashes every output tensor into moepack.manifest.json, and renames it into place. Packing
+ * records the source release (moepack.source.zst: file names, header bytes, index) so that
+ * unpacking gives every file back byte for byte. Errors:
  * any of mpk_ckpt_open's and mpk_spec_load's, MPK_E_USAGE (a bad request), MPK_E_DST_EXISTS,
  * MPK_E_OVERLAP (dst is, holds or lies in src), MPK_E_EXPERT_MISSING, MPK_E_SHAPE,
  * MPK_E_DTYPE_MISMATCH, MPK_E_CONFLICT, MPK_E_QUANT, MPK_E_MEMORY_BUDGET, MPK_E_CHANGED,
- * MPK_E_IO, MPK_E_CANCELLED. On success *report (report may be NULL) is owned by the caller;
+ * MPK_E_IO, MPK_E_CANCELLED, MPK_E_MANIFEST (a malformed source record), MPK_E_INDEX /
+ * MPK_E_CONFLICT (a layout_like index that does not place every output). On success *report (report may be NULL) is owned by the caller;
  * it is NULL when memory ran out describing a conversion that did land. */
 MPK_API mpk_status mpk_convert(const mpk_convert_req *req, mpk_report **report, mpk_error *err);
 
