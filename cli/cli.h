@@ -40,7 +40,7 @@ bool mpk_parse_size(const char *s, uint64_t *out);
 /* The commands (argv[0] is the command's name; one function may serve several). */
 int mpk_cmd_inspect(int argc, char **argv), mpk_cmd_convert(int argc, char **argv),
     mpk_cmd_presets(int argc, char **argv), mpk_cmd_synth(int argc, char **argv), mpk_cmd_demo(int argc, char **argv),
-    mpk_cmd_verify(int argc, char **argv), mpk_cmd_gpucheck(int argc, char **argv);
+    mpk_cmd_verify(int argc, char **argv), mpk_cmd_gpucheck(int argc, char **argv), mpk_cmd_compress(int argc, char **argv);
 /* Prints a report's text, each line prefixed "CMD: " when prefix (or its JSON when json). */
 void mpk_cli_print_report(const char *cmd, const mpk_report *r, bool json, bool prefix);
 

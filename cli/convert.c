@@ -361,3 +361,58 @@ int mpk_cmd_demo(int argc, char **argv)
            unpacked);
     return MPK_EXIT_OK;
 }
+
+/* compress and decompress: the command name (argv[0]) says which. */
+int mpk_cmd_compress(int argc, char **argv)
+{
+    const char *cmd = argv[0];
+    enum { O_LEVEL = 1000, O_THREADS, O_FORCE, O_JSON, O_CHUNK };
+    static const struct option opts[] = {{"level", required_argument, NULL, O_LEVEL},
+                                         {"threads", required_argument, NULL, O_THREADS},
+                                         {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
+                                         {"chunk-size", required_argument, NULL, O_CHUNK}, {0}};
+    mpk_compress_req req;
+    mpk_compress_req_init(&req, NULL, NULL);
+    bool json = false;
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case O_LEVEL:
+            if (!parse_int_opt(optarg, 1, 19, &req.level))
+                return mpk_cli_usage(cmd, "--level takes 1..19");
+            break;
+        case O_THREADS:
+            if (!parse_int_opt(optarg, 1, 64, &req.threads))
+                return mpk_cli_usage(cmd, "--threads takes 1..64");
+            break;
+        case O_CHUNK:
+            if (!mpk_parse_size(optarg, &req.chunk_size))
+                return mpk_cli_usage(cmd, "bad size '%s' for --chunk-size", optarg);
+            break;
+        case O_FORCE: req.flags |= MPK_CONVERT_FORCE; break;
+        case O_JSON: json = true; break;
+        default: return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (argc - optind != 2)
+        return mpk_cli_usage(cmd, "expected SRC DST, got %d argument(s)", argc - optind);
+    req.src = argv[optind];
+    req.dst = argv[optind + 1];
+    req.warn = warn_cb;
+    req.ctx = (void *)cmd;
+    mpk_error err = {0};
+    mpk_report *rep = NULL;
+    bool c = strcmp(cmd, "compress") == 0;
+    if ((c ? mpk_compress : mpk_decompress)(&req, &rep, &err) != MPK_OK) {
+        if (err.code == MPK_E_USAGE)
+            return mpk_cli_usage(cmd, "%s", mpk_error_what(&err));
+        mpk_cli_fail(cmd, &err, err.code == MPK_E_DST_EXISTS && !err.sys_errno ? "pass --force to replace it" : NULL);
+        return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL;
+    }
+    if (rep)
+        mpk_cli_print_report(cmd, rep, json, true);
+    mpk_report_free(rep);
+    return MPK_EXIT_OK;
+}

@@ -187,6 +187,19 @@ const mpk_command mpk_commands[] = {
      mpk_cmd_convert},
     {"convert", "convert with a JSON spec file (see README)",
      "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n" CONV_OPTS, mpk_cmd_convert},
+    {"compress", "every shard into a compressed container (.mpkz: byte planes, zstd, chunks)",
+     "usage: moepack compress SRC DST [--level N] [--threads N] [--chunk-size SIZE] [--force] [--json]\n\n"
+     "Writes every NAME.safetensors of the checkpoint directory SRC as DST/NAME.safetensors.mpkz\n"
+     "(formats/MPKZ.md: the header verbatim, each tensor in chunks of --chunk-size (default 4MiB)\n"
+     "original bytes, each chunk's bytes split into planes by element width, each plane a zstd\n"
+     "frame at --level (default 1), an XXH3-64 per chunk) and copies the other files.\n"
+     "'moepack decompress' gives every file back byte for byte.\n", mpk_cmd_compress},
+    {"decompress", "compressed containers back into the original .safetensors files, byte for byte",
+     "usage: moepack decompress SRC DST [--threads N] [--force] [--json]\n\n"
+     "Writes every NAME.safetensors.mpkz of SRC back as DST/NAME.safetensors, byte for byte (each\n"
+     "chunk checked against its XXH3-64), and copies the other files. A corrupt, truncated or\n"
+     "inconsistent container is an error naming the file, the tensor and the chunk (exit 1).\n",
+     mpk_cmd_compress},
     {"synth", "write a small random checkpoint with a preset's real tensor names",
      "usage: moepack synth [--arch PRESET] [--layers N] [--experts N] [--hidden N]\n"
      "                     [--intermediate N] [--vocab N] [--dtype BF16|F16|F32] [--shards N]\n"

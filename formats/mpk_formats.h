@@ -301,6 +301,18 @@ mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t
 mpk_status mpk_manifest_load(const char *dir, cJSON **root, const cJSON **tensors, mpk_hash128 *digest,
                              mpk_error *err);
 
+/* ---------------------------------------------------------------- compressed shards (MPKZ.md) */
+
+/* Compresses the safetensors file src (its header validated) into the container dst (created,
+ * fsynced; removed on failure): chunks of chunk_size bytes (a multiple of 8, at most 64 MiB),
+ * byte planes, zstd at level, on up to threads threads. *out_size (may be NULL): dst's bytes. */
+mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int threads, uint64_t chunk_size,
+                             uint64_t *out_size, mpk_error *err);
+/* Writes back the safetensors file the container src holds, byte for byte, into dst (created,
+ * fsynced; removed on failure). MPK_E_CONTAINER naming src, the tensor and the chunk for a
+ * corrupt, truncated or inconsistent container (checked before allocating), of another version. */
+mpk_status mpk_mpkz_decompress(const char *src, const char *dst, int threads, mpk_error *err);
+
 /* ---------------------------------------------------------------- I/O engine */
 
 typedef struct mpk_io_req {

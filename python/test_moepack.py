@@ -187,5 +187,74 @@ class Sharing(unittest.TestCase):
         self.assertFalse(os.path.exists(self.path("never")))
 
 
+class Compressed(unittest.TestCase):
+    """compress/decompress round trips byte for byte; each broken container is named (issue 15)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix="mpk-z-")
+        cls.src = os.path.join(cls.root, "src")
+        moepack.synth(cls.src, "deepseek_v3", experts=4, hidden=256, intermediate=128, layers=2, fp8=True)
+        cls.z = os.path.join(cls.root, "z")
+        cls.rep = moepack.compress(cls.src, cls.z, chunk_size=64 << 10, threads=2)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root)
+
+    def test_round_trip(self):
+        self.assertLess(self.rep["bytes_out"], self.rep["bytes_in"])
+        back = os.path.join(self.root, "back")
+        moepack.decompress(self.z, back)
+        for f in os.listdir(self.src):
+            self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(self.src, f)), f)
+
+    def broken(self, name, edit):
+        bad = os.path.join(self.root, name)
+        shutil.copytree(self.z, bad)
+        shard = os.path.join(bad, sorted(f for f in os.listdir(bad) if f.endswith(".mpkz"))[0])
+        with open(shard, "r+b") as f:
+            edit(f)
+        dst = os.path.join(self.root, name + "-out")
+        with self.assertRaises(moepack.Error) as cm:
+            moepack.decompress(bad, dst)
+        self.assertFalse(os.path.exists(dst))
+        self.assertEqual(cm.exception.status, "bad-container")
+        self.assertIn(os.path.basename(shard), cm.exception.message)
+        return cm.exception.message
+
+    def test_corrupt_chunk(self):
+        def flip(f):
+            f.seek(-100, os.SEEK_END)
+            b = f.read(1)
+            f.seek(-100, os.SEEK_END)
+            f.write(bytes([b[0] ^ 0x5A]))
+        msg = self.broken("corrupt", flip)
+        self.assertRegex(msg, r"tensor '.*': chunk \d+")
+
+    def test_truncated(self):
+        self.assertIn("truncated", self.broken("truncated", lambda f: f.truncate(f.seek(0, os.SEEK_END) - 1000)))
+
+    def test_unknown_version(self):
+        def v2(f):
+            f.seek(4)
+            f.write(struct.pack("<I", 2))
+        self.assertIn("version 2", self.broken("version", v2))
+
+    def test_sizes_that_disagree(self):
+        def grow(f):
+            f.seek(16)
+            (d,) = struct.unpack("<Q", f.read(8))
+            f.seek(16)
+            f.write(struct.pack("<Q", d + 4096))
+        self.assertIn("data bytes", self.broken("sizes", grow))
+
+    def test_a_bomb_is_refused_before_allocating(self):
+        def huge(f):
+            f.seek(32)
+            f.write(struct.pack("<Q", 1 << 60))
+        self.assertIn("truncated", self.broken("bomb", huge))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -95,6 +95,8 @@ typedef enum mpk_status {
     MPK_E_OVERLAP = 43,           /* the destination is, holds or lies inside the source */
     MPK_E_CHANGED = 44,           /* a source file changed (or was replaced) while it was read */
     MPK_E_CANCELLED = 45,         /* the caller's cancel flag was raised */
+    MPK_E_CONTAINER = 46,         /* a compressed shard (.mpkz) is corrupt, truncated, of an unknown
+                                     version, or declares sizes that disagree with its header */
     MPK_STATUS_COUNT
 } mpk_status;
 
@@ -354,6 +356,29 @@ MPK_API mpk_status mpk_verify(const mpk_compare_req *req, mpk_report **out, mpk_
 /* Every float tensor compared by value: max abs/rel error, RMSE, cosine, count beyond
  * atol + rtol*|a|. Errors as mpk_verify's; MPK_E_USAGE without src. */
 MPK_API mpk_status mpk_diff(const mpk_compare_req *req, mpk_report **out, mpk_error *err);
+
+/* ---------------------------------------------------------------- compressed checkpoints */
+
+/* Every shard NAME.safetensors of a checkpoint directory as a compressed container
+ * NAME.safetensors.mpkz (formats/MPKZ.md: the header verbatim, each tensor in chunks of byte
+ * planes, one zstd frame per plane, an XXH3-64 per chunk), other files copied; and back, byte
+ * for byte. */
+typedef struct mpk_compress_req {
+    const char *src, *dst;
+    int level;                    /* zstd level 1..19 (default 1: on byte planes it compresses as well
+                                     as 3, faster; see bench/RESULTS.md) */
+    int threads;                  /* 0: the CPUs */
+    uint64_t chunk_size;          /* original bytes per chunk (default 4 MiB) */
+    unsigned flags;               /* MPK_CONVERT_FORCE */
+    void (*warn)(void *ctx, const char *msg);
+    void *ctx;
+} mpk_compress_req;
+MPK_API void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst);
+/* Errors: MPK_E_USAGE, MPK_E_NOT_FOUND (no directory, or nothing to convert), MPK_E_DST_EXISTS,
+ * any header error of a shard, MPK_E_IO, MPK_E_NOMEM. Output staged and renamed into place. */
+MPK_API mpk_status mpk_compress(const mpk_compress_req *r, mpk_report **out, mpk_error *err);
+/* Errors: as mpk_compress's, and MPK_E_CONTAINER (naming the file, tensor and chunk). */
+MPK_API mpk_status mpk_decompress(const mpk_compress_req *r, mpk_report **out, mpk_error *err);
 
 /* ---------------------------------------------------------------- GPU check */
 

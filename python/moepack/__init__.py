@@ -17,7 +17,7 @@ import ctypes.util
 import json
 import os
 
-__all__ = ["Error", "pack", "unpack", "convert", "inspect", "hash", "verify", "diff", "synth", "presets",
+__all__ = ["Error", "pack", "unpack", "convert", "compress", "decompress", "inspect", "hash", "verify", "diff", "synth", "presets",
            "version", "features"]
 
 
@@ -51,6 +51,11 @@ class _CompareReq(ctypes.Structure):
                 ("quant", ctypes.c_int), ("atol", ctypes.c_double), ("rtol", ctypes.c_double)]
 
 
+class _CompressReq(ctypes.Structure):
+    _fields_ = [("src", ctypes.c_char_p), ("dst", ctypes.c_char_p), ("level", ctypes.c_int), ("threads", ctypes.c_int),
+                ("chunk_size", ctypes.c_uint64), ("flags", ctypes.c_uint), ("warn", _WARN), ("ctx", ctypes.c_void_p)]
+
+
 class _SynthOpts(ctypes.Structure):
     _fields_ = [("arch", ctypes.c_char_p), ("layers", ctypes.c_int), ("experts", ctypes.c_int),
                 ("hidden", ctypes.c_int), ("intermediate", ctypes.c_int), ("vocab", ctypes.c_int),
@@ -71,6 +76,8 @@ for name, res, args in [
         ("mpk_diff", ctypes.c_int, [ctypes.POINTER(_CompareReq), ctypes.POINTER(_P), _ERR]),
         ("mpk_inspect", ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_P), _ERR]),
         ("mpk_hash", ctypes.c_int, [ctypes.c_char_p, ctypes.c_uint, ctypes.POINTER(_P), _ERR]),
+        ("mpk_compress", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_P), _ERR]),
+        ("mpk_decompress", ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(_P), _ERR]),
         ("mpk_synth_opts_init", None, [ctypes.POINTER(_SynthOpts)]),
         ("mpk_synth", ctypes.c_int, [ctypes.POINTER(_SynthOpts), ctypes.c_char_p, _ERR]),
         ("mpk_report_json", ctypes.c_char_p, [_P]),
@@ -156,6 +163,21 @@ def pack(src, dst, preset="auto", **options):
 def unpack(src, dst, preset="auto", **options):
     """Packed -> per-expert (the preset reversed)."""
     return convert(src, dst, preset, True, **options)
+
+
+def _compressing(fn, src, dst, level, threads, chunk_size, force):
+    req = _CompressReq(_b(src), _b(dst), level, threads, chunk_size, 1 if force else 0, _WARN(), None)
+    return _call(fn, ctypes.byref(req))
+
+
+def compress(src, dst, *, level=1, threads=0, chunk_size=4 << 20, force=False):
+    """Every NAME.safetensors of src as dst/NAME.safetensors.mpkz (formats/MPKZ.md)."""
+    return _compressing(_lib.mpk_compress, src, dst, level, threads, chunk_size, force)
+
+
+def decompress(src, dst, *, threads=0, force=False):
+    """The .mpkz containers of src back into their .safetensors files, byte for byte."""
+    return _compressing(_lib.mpk_decompress, src, dst, 3, threads, 4 << 20, force)
 
 
 def inspect(path):

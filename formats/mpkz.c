@@ -1,0 +1,506 @@
+/* mpkz.c — the compressed shard container (format: formats/MPKZ.md): a safetensors file's
+ * header verbatim, then each tensor's bytes in chunks, each chunk split into byte planes by
+ * element width, each plane one zstd frame (or stored), with a table and an XXH3-64 per chunk.
+ * Chunks are compressed and decompressed by up to `threads` threads, a batch at a time. */
+#define _GNU_SOURCE
+#include "formats_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#define FIXED 40
+#define ENTRY 64
+#define MAX_CHUNK (64u << 20)
+
+typedef struct chunk {
+    uint64_t data_off, file_off, hash;
+    uint32_t len, zlen[8];
+    uint8_t width, raw, xform;   /* xform 1: each element rotated left by one bit first */
+    size_t tensor;
+} chunk;
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static void put_entry(unsigned char *e, const chunk *c)
+{
+    memset(e, 0, ENTRY);
+    put64(e, c->data_off);
+    put64(e + 8, c->len); /* low 4 bytes: len; width and raw overwrite the next two */
+    e[12] = c->width;
+    e[13] = c->raw;
+    e[14] = c->xform;
+    e[15] = 0;
+    put64(e + 16, c->file_off);
+    for (int k = 0; k < 8; k++)
+        for (int b = 0; b < 4; b++)
+            e[24 + 4 * k + b] = (unsigned char)(c->zlen[k] >> (8 * b));
+    put64(e + 56, c->hash);
+}
+
+static void get_entry(const unsigned char *e, chunk *c)
+{
+    c->data_off = get64(e);
+    c->len = (uint32_t)(get64(e + 8) & 0xFFFFFFFFu);
+    c->width = e[12];
+    c->raw = e[13];
+    c->xform = e[14];
+    c->file_off = get64(e + 16);
+    for (int k = 0; k < 8; k++)
+        c->zlen[k] = (uint32_t)e[24 + 4 * k] | (uint32_t)e[25 + 4 * k] << 8 | (uint32_t)e[26 + 4 * k] << 16 |
+                     (uint32_t)e[27 + 4 * k] << 24;
+    c->hash = get64(e + 56);
+}
+
+/* Planes of a tensor's elements: its element size when that is 2, 4 or 8 bytes, else 1. */
+static uint8_t plane_width(mpk_dtype d)
+{
+    size_t s = mpk_dtype_size(d);
+    return s == 2 || s == 4 || s == 8 ? (uint8_t)s : 1;
+}
+
+/* IEEE-style floats of 2, 4 or 8 bytes are rotated left by one bit before the planes are cut:
+ * the sign moves to the bottom, so the top byte holds exponent bits only (for BF16 and F32 the
+ * whole exponent), which compress well, and the mantissa bits, nearly random, sit together. */
+static uint8_t rotates(mpk_dtype d)
+{
+    return d == MPK_DTYPE_BF16 || d == MPK_DTYPE_F16 || d == MPK_DTYPE_F32 || d == MPK_DTYPE_F64;
+}
+
+/* Element x of width w (little-endian) rotated left (dir 1) or right (dir -1) by one bit. */
+static uint64_t rot(uint64_t x, int w, int dir)
+{
+    int bits = 8 * w;
+    uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
+    x &= mask;
+    return (dir > 0 ? (x << 1 | x >> (bits - 1)) : (x >> 1 | x << (bits - 1))) & mask;
+}
+
+/* Splits orig's elements into planes (planes[k * n + i]: byte k of element i), rotated first
+ * when xform; join is the inverse. */
+static void split(const char *orig, char *planes, size_t n, int w, bool xform)
+{
+    if (w == 2 && xform) {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t v = (uint16_t)((unsigned char)orig[2 * i] | (unsigned char)orig[2 * i + 1] << 8);
+            v = (uint16_t)(v << 1 | v >> 15);
+            planes[i] = (char)(v & 0xFF);
+            planes[n + i] = (char)(v >> 8);
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 0;
+        memcpy(&v, orig + i * (size_t)w, (size_t)w);
+        if (xform)
+            v = rot(v, w, 1);
+        for (int k = 0; k < w; k++)
+            planes[(size_t)k * n + i] = (char)(v >> (8 * k));
+    }
+}
+
+static void join(const char *planes, char *orig, size_t n, int w, bool xform)
+{
+    if (w == 2 && xform) {
+        for (size_t i = 0; i < n; i++) {
+            uint16_t v = (uint16_t)((unsigned char)planes[i] | (unsigned char)planes[n + i] << 8);
+            v = (uint16_t)(v >> 1 | v << 15);
+            orig[2 * i] = (char)(v & 0xFF);
+            orig[2 * i + 1] = (char)(v >> 8);
+        }
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 0;
+        for (int k = 0; k < w; k++)
+            v |= (uint64_t)(unsigned char)planes[(size_t)k * n + i] << (8 * k);
+        if (xform)
+            v = rot(v, w, -1);
+        memcpy(orig + i * (size_t)w, &v, (size_t)w);
+    }
+}
+
+/* The chunks of h's data section: each tensor cut into pieces of csize bytes. */
+static mpk_status plan_chunks(const mpk_st_header *h, uint64_t csize, chunk **out, size_t *n, const char *path,
+                              mpk_error *err)
+{
+    size_t k = 0, cap = 0;
+    chunk *c = NULL;
+    for (size_t t = 0; t < h->n_tensors; t++) {
+        const mpk_tensor_info *ti = &h->tensors[t];
+        for (uint64_t off = 0; off < ti->end - ti->begin; off += csize) {
+            chunk *g = mpk_grow(c, k, &cap, sizeof *c, 64);
+            if (!g) {
+                free(c);
+                MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+            }
+            c = g;
+            uint64_t rest = ti->end - ti->begin - off;
+            c[k++] = (chunk){.data_off = ti->begin + off, .len = (uint32_t)(rest < csize ? rest : csize),
+                             .width = plane_width(ti->dtype), .xform = rotates(ti->dtype), .tensor = t};
+        }
+    }
+    *out = c;
+    *n = k;
+    return MPK_OK;
+}
+
+/* ---------------------------------------------------------------- one chunk, either way */
+
+typedef struct zrun {
+    int in_fd, out_fd;
+    const char *path;            /* the container (for messages) */
+    const mpk_st_header *h;
+    chunk *c;
+    size_t lo, hi;               /* the batch */
+    atomic_size_t next;
+    int level;
+    bool compress;
+    char **zbuf;                 /* compress: per batch slot, the planes written one after another */
+    atomic_int failed;
+    mpk_error err;
+    pthread_mutex_t lock;
+} zrun;
+
+static void zfail(zrun *r, const mpk_error *e)
+{
+    pthread_mutex_lock(&r->lock);
+    if (!atomic_exchange(&r->failed, 1))
+        r->err = *e;
+    pthread_mutex_unlock(&r->lock);
+}
+
+static mpk_status bad_chunk(zrun *r, size_t i, const char *what, mpk_error *e)
+{
+    return mpk_error_set(e, MPK_E_CONTAINER, 0, r->path, "tensor '%s': chunk %zu: %s",
+                         r->h->tensors[r->c[i].tensor].name, i, what);
+}
+
+static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_CCtx *cc, mpk_error *e)
+{
+    chunk *c = &r->c[i];
+    MPK_TRY(mpk_pread_all(r->in_fd, orig, c->len, r->h->data_start + c->data_off, r->path, "(chunk)", e));
+    c->hash = XXH3_64bits(orig, c->len);
+    size_t pl = c->len / c->width, cap = ZSTD_compressBound(pl), at = 0;
+    char *z = mpk_alloc(cap * c->width + 1);
+    if (!z)
+        MPK_FAIL(e, MPK_E_NOMEM, r->path, "out of memory");
+    if (c->width == 1 && !c->xform)
+        planes = orig; /* one plane: the bytes as they are */
+    else
+        split(orig, planes, pl, c->width, c->xform);
+    for (int k = 0; k < c->width; k++) {
+        size_t zl = ZSTD_compressCCtx(cc, z + at, cap, planes + (size_t)k * pl, pl, r->level);
+        if (ZSTD_isError(zl) || zl >= pl) { /* stored */
+            memcpy(z + at, planes + (size_t)k * pl, pl);
+            zl = pl;
+            c->raw |= (uint8_t)(1u << k);
+        }
+        c->zlen[k] = (uint32_t)zl;
+        at += zl;
+    }
+    r->zbuf[i - r->lo] = z;
+    return MPK_OK;
+}
+
+static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_DCtx *dc, mpk_error *e)
+{
+    chunk *c = &r->c[i];
+    size_t pl = c->len / c->width, zl = 0;
+    for (int k = 0; k < c->width; k++)
+        zl += c->zlen[k];
+    char *z = mpk_alloc(zl + 1);
+    if (!z)
+        MPK_FAIL(e, MPK_E_NOMEM, r->path, "out of memory");
+    bool direct = c->width == 1 && !c->xform; /* one plane: decompressed in place */
+    if (direct)
+        planes = orig;
+    mpk_status s = mpk_pread_all(r->in_fd, z, zl, c->file_off, r->path, "(chunk)", e);
+    for (int k = 0, at = 0; k < c->width && s == MPK_OK; at += (int)c->zlen[k], k++) {
+        char *dst = planes + (size_t)k * pl;
+        if (c->raw & (1u << k)) {
+            memcpy(dst, z + at, pl);
+            continue;
+        }
+        unsigned long long want = ZSTD_getFrameContentSize(z + at, c->zlen[k]);
+        if (want != pl)
+            s = bad_chunk(r, i, "a plane's frame does not declare the chunk's size", e);
+        else if (ZSTD_decompressDCtx(dc, dst, pl, z + at, c->zlen[k]) != pl)
+            s = bad_chunk(r, i, "a plane's zstd frame is corrupt", e);
+    }
+    free(z);
+    MPK_TRY(s);
+    if (!direct)
+        join(planes, orig, pl, c->width, c->xform);
+    if (XXH3_64bits(orig, c->len) != c->hash)
+        return bad_chunk(r, i, "its bytes do not match their XXH3-64 (corrupt)", e);
+    return mpk_pwrite_all(r->out_fd, orig, c->len, r->h->data_start + c->data_off, r->path, e);
+}
+
+static void *zworker(void *arg)
+{
+    zrun *r = arg;
+    mpk_error e = {0};
+    char *orig = mpk_alloc(MAX_CHUNK), *planes = mpk_alloc(MAX_CHUNK);
+    ZSTD_CCtx *cc = r->compress ? ZSTD_createCCtx() : NULL;
+    ZSTD_DCtx *dc = r->compress ? NULL : ZSTD_createDCtx();
+    if (!orig || !planes || (!cc && !dc)) {
+        mpk_error_set(&e, MPK_E_NOMEM, 0, r->path, "out of memory");
+        zfail(r, &e);
+    }
+    for (size_t i; !atomic_load(&r->failed) && (i = atomic_fetch_add(&r->next, 1)) < r->hi;) {
+        mpk_status s = r->compress ? compress_one(r, i, orig, planes, cc, &e) : decompress_one(r, i, orig, planes, dc, &e);
+        if (s != MPK_OK)
+            zfail(r, &e);
+    }
+    free(orig);
+    free(planes);
+    ZSTD_freeCCtx(cc);
+    ZSTD_freeDCtx(dc);
+    return NULL;
+}
+
+/* Runs chunks [lo, hi) on up to threads threads (the calling one included). */
+static mpk_status run_batch(zrun *r, size_t lo, size_t hi, int threads, mpk_error *err)
+{
+    r->lo = lo;
+    r->hi = hi;
+    atomic_store(&r->next, lo);
+    pthread_t th[64];
+    int started = 0;
+    while (started < threads - 1 && (size_t)started + 1 < hi - lo && pthread_create(&th[started], NULL, zworker, r) == 0)
+        started++;
+    zworker(r);
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    if (atomic_load(&r->failed)) {
+        *err = r->err;
+        return err->code;
+    }
+    return MPK_OK;
+}
+
+/* ---------------------------------------------------------------- compress */
+
+mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int threads, uint64_t chunk_size,
+                             uint64_t *out_size, mpk_error *err)
+{
+    int in = -1, out = -1;
+    mpk_st_header *h = NULL;
+    chunk *c = NULL;
+    size_t n = 0;
+    unsigned char *head = NULL;
+    threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+    zrun r = {.path = dst, .level = level, .compress = true};
+    pthread_mutex_init(&r.lock, NULL);
+    r.zbuf = mpk_calloc((size_t)threads * 4, sizeof *r.zbuf);
+    mpk_status s = r.zbuf ? mpk_open_regular(src, &in, NULL, err) : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+    if (s == MPK_OK && (s = mpk_st_read_header_fd(in, src, &h, NULL, err)) == MPK_OK)
+        s = plan_chunks(h, chunk_size, &c, &n, src, err);
+    uint64_t H = h ? h->data_start : 0, table = FIXED + H, at = table + (uint64_t)ENTRY * n;
+    if (s == MPK_OK && !(head = mpk_calloc(1, at)))
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+    if (s == MPK_OK && (s = mpk_pread_all(in, head + FIXED, H, 0, src, "(header)", err)) == MPK_OK) {
+        out = mpk_fault_point("create") ? -1 : open(dst, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (out < 0)
+            s = mpk_error_set(err, errno == EEXIST ? MPK_E_DST_EXISTS : MPK_E_IO, errno, dst, "cannot create: %s",
+                              strerror(errno));
+    }
+    r.in_fd = in;
+    r.h = h;
+    r.c = c;
+    size_t batch = (size_t)threads * 4;
+    for (size_t lo = 0; s == MPK_OK && lo < n; lo += batch) {
+        size_t hi = lo + batch < n ? lo + batch : n;
+        s = run_batch(&r, lo, hi, threads, err);
+        for (size_t i = lo; i < hi; i++) {
+            size_t zl = 0;
+            for (int k = 0; k < c[i].width; k++)
+                zl += c[i].zlen[k];
+            c[i].file_off = at;
+            if (s == MPK_OK)
+                s = mpk_pwrite_all(out, r.zbuf[i - lo], zl, at, dst, err);
+            at += zl;
+            free(r.zbuf[i - lo]);
+            r.zbuf[i - lo] = NULL;
+        }
+    }
+    if (s == MPK_OK) {
+        memcpy(head, "MPKZ", 4);
+        head[4] = 1, head[5] = head[6] = head[7] = 0;
+        put64(head + 8, H);
+        put64(head + 16, h->data_size);
+        put64(head + 24, chunk_size);
+        put64(head + 32, n);
+        for (size_t i = 0; i < n; i++)
+            put_entry(head + table + (uint64_t)ENTRY * i, &c[i]);
+        s = mpk_pwrite_all(out, head, table + (uint64_t)ENTRY * n, 0, dst, err);
+    }
+    if (s == MPK_OK && out_size)
+        *out_size = at;
+    if (out >= 0) {
+        if (s == MPK_OK)
+            s = mpk_fsync_fd(out, dst, err);
+        close(out);
+        if (s != MPK_OK)
+            unlink(dst);
+    }
+    if (in >= 0)
+        close(in);
+    free(head);
+    free(r.zbuf);
+    free(c);
+    mpk_st_header_free(h);
+    pthread_mutex_destroy(&r.lock);
+    return s;
+}
+
+/* ---------------------------------------------------------------- decompress */
+
+#define BAD(...) return mpk_error_set(err, MPK_E_CONTAINER, 0, path, __VA_ARGS__)
+
+/* The fixed fields and the original header: checked against each other and the file size. */
+static mpk_status read_head(int fd, const char *path, uint64_t fsize, mpk_st_header **h, uint64_t *csize,
+                            uint64_t *nchunks, char **hdr, mpk_error *err)
+{
+    unsigned char f[FIXED];
+    if (fsize < FIXED)
+        BAD("truncated: %llu bytes, shorter than the %d-byte container header", (unsigned long long)fsize, FIXED);
+    MPK_TRY(mpk_pread_all(fd, f, FIXED, 0, path, "(container header)", err));
+    if (memcmp(f, "MPKZ", 4) != 0)
+        BAD("not a moepack container (no MPKZ magic)");
+    uint32_t version = (uint32_t)(get64(f + 4) & 0xFFFFFFFFu);
+    if (version != 1)
+        BAD("container version %u is not one this version reads (1)", version);
+    uint64_t H = get64(f + 8), D = get64(f + 16);
+    *csize = get64(f + 24);
+    *nchunks = get64(f + 32);
+    if (H < 8 || H > MPK_ST_MAX_HEADER + 8 || H > fsize - FIXED)
+        BAD("declares a %llu-byte header, which the file cannot hold", (unsigned long long)H);
+    if (*csize < 8 || *csize > MAX_CHUNK || *csize % 8)
+        BAD("chunk size %llu is not a multiple of 8 up to 64 MiB", (unsigned long long)*csize);
+    if (*nchunks > (fsize - FIXED - H) / ENTRY)
+        BAD("truncated: a table of %llu chunks does not fit in %llu bytes", (unsigned long long)*nchunks,
+            (unsigned long long)fsize);
+    if (D > UINT64_MAX - H)
+        BAD("declared sizes overflow");
+    if (!(*hdr = mpk_alloc(H)))
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    MPK_TRY(mpk_pread_all(fd, *hdr, H, FIXED, path, "(header)", err));
+    if (get64((unsigned char *)*hdr) != H - 8)
+        BAD("the stored header's length prefix (%llu) disagrees with the container's (%llu)",
+            (unsigned long long)get64((unsigned char *)*hdr), (unsigned long long)(H - 8));
+    mpk_error pe;
+    if (mpk_st_parse_header(*hdr + 8, H - 8, H + D, path, h, &pe) != MPK_OK) /* sizes that disagree, too */
+        BAD("the stored header does not describe %llu data bytes: %s", (unsigned long long)D, mpk_error_what(&pe));
+    return MPK_OK;
+}
+
+/* The table: every chunk where the header's tensors say, its planes inside the file. */
+static mpk_status read_table(int fd, const char *path, uint64_t fsize, const mpk_st_header *h, uint64_t csize,
+                             uint64_t n, chunk **out, mpk_error *err)
+{
+    chunk *want;
+    size_t nw;
+    MPK_TRY(plan_chunks(h, csize, &want, &nw, path, err));
+    unsigned char *t = nw == n ? mpk_alloc((size_t)n * ENTRY + 1) : NULL;
+    mpk_status s = MPK_OK;
+    if (nw != n)
+        s = mpk_error_set(err, MPK_E_CONTAINER, 0, path, "%llu chunks in the table, the header's tensors make %zu",
+                          (unsigned long long)n, nw);
+    else if (!t)
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+    else
+        s = mpk_pread_all(fd, t, n * ENTRY, FIXED + h->data_start, path, "(chunk table)", err);
+    for (size_t i = 0; i < nw && s == MPK_OK; i++) {
+        chunk c;
+        get_entry(t + i * ENTRY, &c);
+        uint64_t zl = 0;
+        bool ok = c.data_off == want[i].data_off && c.len == want[i].len && c.width == want[i].width &&
+                  !(c.raw >> c.width) && c.xform == want[i].xform;
+        for (int k = 0; k < 8; k++) {
+            ok &= k < c.width ? (c.raw >> k & 1 ? c.zlen[k] == c.len / c.width : c.zlen[k] > 0) : c.zlen[k] == 0;
+            zl += c.zlen[k];
+        }
+        if (!ok || c.file_off > fsize || zl > fsize - c.file_off)
+            s = mpk_error_set(err, MPK_E_CONTAINER, 0, path, "tensor '%s': chunk %zu: %s",
+                              h->tensors[want[i].tensor].name, i,
+                              ok ? "its planes lie past the end of the file (truncated)"
+                                 : "its table entry disagrees with the header (offset, length, width or planes)");
+        c.tensor = want[i].tensor;
+        want[i] = c;
+    }
+    free(t);
+    if (s != MPK_OK) {
+        free(want);
+        return s;
+    }
+    *out = want;
+    return MPK_OK;
+}
+
+mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, mpk_error *err)
+{
+    int in = -1, out = -1;
+    struct stat st;
+    mpk_st_header *h = NULL;
+    chunk *c = NULL;
+    char *hdr = NULL;
+    uint64_t csize = 0, n = 0;
+    threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+    zrun r = {.path = path};
+    pthread_mutex_init(&r.lock, NULL);
+    mpk_status s = mpk_open_regular(path, &in, &st, err);
+    if (s == MPK_OK && (s = read_head(in, path, (uint64_t)st.st_size, &h, &csize, &n, &hdr, err)) == MPK_OK)
+        s = read_table(in, path, (uint64_t)st.st_size, h, csize, n, &c, err);
+    if (s == MPK_OK) {
+        out = mpk_fault_point("create") ? -1 : open(dst, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (out < 0)
+            s = mpk_error_set(err, errno == EEXIST ? MPK_E_DST_EXISTS : MPK_E_IO, errno, dst, "cannot create: %s",
+                              strerror(errno));
+        else if ((s = mpk_pwrite_all(out, hdr, h->data_start, 0, dst, err)) == MPK_OK &&
+                 (mpk_fault_point("ftruncate") || ftruncate(out, (off_t)(h->data_start + h->data_size)) != 0))
+            s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot size the file: %s", strerror(errno));
+    }
+    r.in_fd = in;
+    r.out_fd = out;
+    r.h = h;
+    r.c = c;
+    size_t batch = (size_t)threads * 4;
+    for (size_t lo = 0; s == MPK_OK && lo < n; lo += batch)
+        s = run_batch(&r, lo, lo + batch < n ? lo + batch : (size_t)n, threads, err);
+    if (out >= 0) {
+        if (s == MPK_OK)
+            s = mpk_fsync_fd(out, dst, err);
+        close(out);
+        if (s != MPK_OK)
+            unlink(dst);
+    }
+    if (in >= 0)
+        close(in);
+    free(hdr);
+    free(c);
+    mpk_st_header_free(h);
+    pthread_mutex_destroy(&r.lock);
+    return s;
+}

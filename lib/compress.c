@@ -1,0 +1,174 @@
+/* compress.c — mpk_compress and mpk_decompress: every shard of a checkpoint into a compressed
+ * container (NAME.safetensors.mpkz, formats/MPKZ.md) and back, the other files copied, the
+ * result staged beside DST and renamed into place like every output. */
+#define _GNU_SOURCE
+#include "converter_internal.h"
+#include "lib_internal.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXT ".mpkz"
+
+void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst)
+{
+    memset(r, 0, sizeof *r);
+    r->src = src;
+    r->dst = dst;
+    r->level = 1;
+    r->chunk_size = 4u << 20;
+}
+
+static bool ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+typedef struct {
+    bool compress;
+    mpk_side_stats *st;
+} skip_ctx;
+
+/* The files that get converted are not copied. */
+static bool skip_converted(const char *name, void *ctx)
+{
+    const skip_ctx *k = ctx;
+    return ends_with(name, k->compress ? ".safetensors" : ".safetensors" EXT) || strcmp(name, ".git") == 0;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Every *.safetensors (compress) or *.safetensors.mpkz (decompress) file at SRC's top level. */
+static mpk_status convert_files(const mpk_compress_req *r, bool compress, const char *tmp, uint64_t *in_bytes,
+                                uint64_t *out_bytes, size_t *files, mpk_error *err)
+{
+    DIR *d = opendir(r->src);
+    if (!d)
+        return mpk_error_set(err, MPK_E_NOT_FOUND, errno, r->src, "cannot open the checkpoint directory");
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = r->threads > 0 ? r->threads : ncpu > 0 ? (int)ncpu : 1;
+    mpk_status s = MPK_OK;
+    struct dirent *e;
+    while (s == MPK_OK && (e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!ends_with(n, compress ? ".safetensors" : ".safetensors" EXT) || n[0] == '.')
+            continue;
+        char *from = mpk_path_join(r->src, n), out[4096];
+        snprintf(out, sizeof out, "%s/%.*s%s", tmp, (int)(strlen(n) - (compress ? 0 : strlen(EXT))), n,
+                 compress ? EXT : "");
+        struct stat st;
+        uint64_t osz = 0;
+        if (!from) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
+        } else if (compress) {
+            s = mpk_mpkz_compress(from, out, r->level, threads, r->chunk_size, &osz, err);
+        } else if ((s = mpk_mpkz_decompress(from, out, threads, err)) == MPK_OK && stat(out, &st) == 0) {
+            osz = (uint64_t)st.st_size;
+        }
+        if (s == MPK_OK && stat(from, &st) == 0)
+            *in_bytes += (uint64_t)st.st_size;
+        *out_bytes += osz;
+        *files += s == MPK_OK;
+        free(from);
+    }
+    closedir(d);
+    if (s == MPK_OK && !*files)
+        s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, r->src, "no %s files to %s", compress ? ".safetensors" : ".mpkz",
+                          compress ? "compress" : "decompress");
+    return s;
+}
+
+static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out, mpk_error *err)
+{
+    if (out)
+        *out = NULL;
+    if (!r || !r->src || !r->dst)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "needs a source and a destination");
+    if (r->level < 1 || r->level > 19 || r->chunk_size < 8 || r->chunk_size > (64u << 20) || r->chunk_size % 8)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "level 1..19, chunk size a multiple of 8 up to 64 MiB");
+    struct stat st;
+    if (stat(r->src, &st) != 0 || !S_ISDIR(st.st_mode))
+        MPK_FAIL(err, MPK_E_NOT_FOUND, r->src, "not a checkpoint directory");
+    if (lstat(r->dst, &st) == 0 && !(r->flags & MPK_CONVERT_FORCE))
+        MPK_FAIL(err, MPK_E_DST_EXISTS, r->dst, "destination exists (use --force to replace it)");
+    /* DST may not be SRC or lie inside it (the staging directory would be read as a source) */
+    char *dcopy = mpk_strndup(r->dst, strlen(r->dst)), sreal[PATH_MAX], dreal[PATH_MAX];
+    bool inside = dcopy && realpath(r->src, sreal) && realpath(dirname(dcopy), dreal) &&
+                  (strcmp(sreal, dreal) == 0 || (strncmp(sreal, dreal, strlen(sreal)) == 0 && dreal[strlen(sreal)] == '/'));
+    free(dcopy);
+    char dfull[PATH_MAX];
+    if (!inside && realpath(r->src, sreal) && realpath(r->dst, dfull)) /* an existing DST: not SRC, nor holding it */
+        inside = strcmp(sreal, dfull) == 0 || (strncmp(sreal, dfull, strlen(dfull)) == 0 && sreal[strlen(dfull)] == '/');
+    if (inside)
+        MPK_FAIL(err, MPK_E_OVERLAP, r->dst, "the destination is, holds or lies inside the source %s", r->src);
+    double t0 = now();
+    mpk_exec_opts eo = {.warn = r->warn, .warn_ctx = r->ctx, .force = r->flags & MPK_CONVERT_FORCE};
+    mpk_stage stage;
+    mpk_status s = mpk_stage_open(&stage, r->dst, 0, &eo, err);
+    uint64_t in_b = 0, out_b = 0;
+    size_t files = 0;
+    mpk_side_stats side = {0};
+    skip_ctx k = {compress, &side};
+    if (s == MPK_OK)
+        s = convert_files(r, compress, stage.tmp, &in_b, &out_b, &files, err);
+    if (s == MPK_OK)
+        s = mpk_copy_tree(r->src, stage.tmp, skip_converted, &k, &eo, &side, err);
+    if (s == MPK_OK)
+        s = mpk_stage_commit(&stage, r->flags & MPK_CONVERT_FORCE, err);
+    mpk_stage_close(&stage, false);
+    if (s != MPK_OK || !out)
+        return s;
+    double secs = now() - t0;
+    mpk_report *rep = mpk_report_new();
+    cJSON *o = rep ? cJSON_CreateObject() : NULL;
+    if (o) {
+        cJSON_AddStringToObject(o, "source", r->src);
+        cJSON_AddStringToObject(o, "destination", r->dst);
+        cJSON_AddNumberToObject(o, "files", (double)files);
+        cJSON_AddNumberToObject(o, "bytes_in", (double)in_b);
+        cJSON_AddNumberToObject(o, "bytes_out", (double)out_b);
+        cJSON_AddNumberToObject(o, "ratio", in_b ? (double)out_b / (double)in_b : 0);
+        cJSON_AddNumberToObject(o, "seconds", secs);
+        cJSON_AddNumberToObject(o, "other_files", (double)side.files);
+    }
+    char *buf, h1[32], h2[32];
+    size_t len;
+    FILE *f = rep ? mpk_report_begin_text(rep, &buf, &len) : NULL;
+    if (f)
+        fprintf(f, "%s -> %s: %zu file(s), %s -> %s (%.3f), %.2f s, %.2f GB/s of %s bytes\n", r->src, r->dst, files,
+                mpk_human_bytes(in_b, h1, sizeof h1), mpk_human_bytes(out_b, h2, sizeof h2),
+                in_b ? (double)out_b / (double)in_b : 0, secs,
+                secs > 0 ? (double)(compress ? in_b : out_b) / secs / 1e9 : 0, compress ? "input" : "output");
+    /* the output has landed: a report that cannot be built is no failure of it */
+    mpk_error ig;
+    if (!rep || mpk_report_set_json(rep, o, &ig) != MPK_OK || mpk_report_end_text(rep, f, &buf, &ig) != MPK_OK) {
+        mpk_report_free(rep);
+        return MPK_OK;
+    }
+    return mpk_report_give(rep, out);
+}
+
+mpk_status mpk_compress(const mpk_compress_req *r, mpk_report **out, mpk_error *err)
+{
+    return run(r, true, out, err);
+}
+
+mpk_status mpk_decompress(const mpk_compress_req *r, mpk_report **out, mpk_error *err)
+{
+    return run(r, false, out, err);
+}
