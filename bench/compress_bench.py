@@ -8,22 +8,15 @@ throughput per core: bytes of the uncompressed side / CPU seconds (user + sys of
 with the wall time; the median over rounds and the spread (min..max). Single-threaded runs
 (--threads 1, zstd's default) so that per-core numbers compare."""
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 
-def run(cmd):
-    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.monotonic() - t0
-    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from verify_scaling import timed as run  # noqa: E402  (wall seconds, child CPU seconds)
 
 
 def main():

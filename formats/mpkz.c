@@ -300,6 +300,22 @@ static mpk_status run_batch(zrun *r, size_t lo, size_t hi, int threads, mpk_erro
     return MPK_OK;
 }
 
+/* Closes both files: out fsynced when all went well (s), else removed. Returns s or the
+ * fsync's failure. */
+static mpk_status close_both(int in, int out, const char *dst, mpk_status s, mpk_error *err)
+{
+    if (out >= 0) {
+        if (s == MPK_OK)
+            s = mpk_fsync_fd(out, dst, err);
+        close(out);
+        if (s != MPK_OK)
+            unlink(dst);
+    }
+    if (in >= 0)
+        close(in);
+    return s;
+}
+
 /* ---------------------------------------------------------------- compress */
 
 mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int threads, uint64_t chunk_size,
@@ -358,15 +374,7 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
     }
     if (s == MPK_OK && out_size)
         *out_size = at;
-    if (out >= 0) {
-        if (s == MPK_OK)
-            s = mpk_fsync_fd(out, dst, err);
-        close(out);
-        if (s != MPK_OK)
-            unlink(dst);
-    }
-    if (in >= 0)
-        close(in);
+    s = close_both(in, out, dst, s, err);
     free(head);
     free(r.zbuf);
     free(c);
@@ -489,15 +497,7 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     size_t batch = (size_t)threads * 4;
     for (size_t lo = 0; s == MPK_OK && lo < n; lo += batch)
         s = run_batch(&r, lo, lo + batch < n ? lo + batch : (size_t)n, threads, err);
-    if (out >= 0) {
-        if (s == MPK_OK)
-            s = mpk_fsync_fd(out, dst, err);
-        close(out);
-        if (s != MPK_OK)
-            unlink(dst);
-    }
-    if (in >= 0)
-        close(in);
+    s = close_both(in, out, dst, s, err);
     free(hdr);
     free(c);
     mpk_st_header_free(h);
