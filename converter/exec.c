@@ -274,6 +274,8 @@ static mpk_status open_exact_shard(job *j, size_t sh)
         if (p->outs[i].shard == (int)sh)
             j->c.slot[i] = (size_t)mpk_st_header_find(h, p->outs[i].name);
     char *path = mpk_path_join(j->stage.tmp, l->files[sh]);
+    if (path && j->stage.adopted) /* a resumed run writes exact files again from scratch */
+        unlink(path);
     mpk_status s = !path ? nomem(j)
                          : mpk_st_out_create_exact(path, l->headers[sh], l->header_len[sh], j->infos[sh], h->n_tensors,
                                                    h->data_size, &j->c.shards[sh], j->err);

@@ -160,6 +160,24 @@ class Sharing(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.path("back"), "moepack.source.zst")))
         self.assertTrue(moepack.verify(self.rel, self.path("back"))["identical"])
 
+    @unittest.skipUnless(os.environ.get("MOEPACK"), "needs $MOEPACK (the CLI)")
+    def test_killed_unpack_resumes_to_the_same_bytes(self):
+        import subprocess
+        cli = os.environ["MOEPACK"]
+        moepack.pack(self.rel, self.path("packed4"))
+        out = self.path("resumed")
+        env = dict(os.environ, MOEPACK_FAULT="count")
+        r = subprocess.run([cli, "unpack", self.path("packed4"), self.path("counted"), "-q"], env=env,
+                           capture_output=True, text=True)
+        points = int(r.stderr.split("fault points passed:")[1].split()[0])
+        env["MOEPACK_FAULT"] = f"{points // 2}:kill"
+        r = subprocess.run([cli, "unpack", self.path("packed4"), out, "-q"], env=env)
+        self.assertEqual(r.returncode, -9)  # killed halfway
+        self.assertFalse(os.path.exists(out))
+        subprocess.run([cli, "unpack", self.path("packed4"), out, "-q", "--resume"], check=True)
+        for f in self.release_files(self.rel):
+            self.assertEqual(sha(os.path.join(out, f)), sha(os.path.join(self.rel, f)), f)
+
     def test_layout_like_follows_an_index(self):
         moepack.pack(self.rel, self.path("packed2"))
         os.remove(os.path.join(self.path("packed2"), "moepack.source.zst"))  # as if saved by another tool
