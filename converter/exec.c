@@ -59,9 +59,11 @@ static bool side_skip(const char *n, void *ctx)
     if (strcmp(n, "model.safetensors.index.json") == 0 || strcmp(n, "moepack.manifest.json") == 0 ||
         (sc->o->config_json && strcmp(n, "config.json") == 0))
         return true;
-    for (size_t i = 0; i < sc->p->src->n_shards; i++)
-        if (strcmp(n, sc->p->src->shards[i].name) == 0)
+    for (size_t i = 0; i < sc->p->src->n_shards; i++) {
+        const char *file = strrchr(sc->p->src->shards[i].path, '/'); /* NAME.mpkz of a compressed one */
+        if (strcmp(n, sc->p->src->shards[i].name) == 0 || (file && strcmp(n, file + 1) == 0))
             return true;
+    }
     for (const char *const *k = sc->o->skip_names; k && *k; k++)
         if (strcmp(n, *k) == 0)
             return true;

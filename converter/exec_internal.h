@@ -24,6 +24,8 @@ struct mpk_node {
     int fd;              /* SOURCE */
     const char *path;    /* SOURCE: the shard's path, for messages */
     uint64_t file_off;
+    const struct mpk_mpkz *z; /* SOURCE in a compressed shard: read through it */
+    uint64_t data_start;      /* SOURCE: its shard's data section start */
     seg *segs;           /* SEGS */
     size_t n_segs, cap_segs;
     mpk_node *in;        /* TRANSPOSE, CAST, DEQUANT (weight or blocks), QUANT */

@@ -47,7 +47,7 @@ static bool seg_raw(mpk_node *out, mpk_node *src, uint64_t off, uint64_t len, ui
     out->segs = ns;
     out->segs[out->n_segs++] = (seg){src, off, *dst, len};
     *dst += len;
-    if (src->kind != N_SOURCE)
+    if (!src->pure)
         out->pure = false;
     return true;
 }
@@ -150,6 +150,9 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
         mpk_node *n = node_new(b, N_SOURCE, m);
         if (n) {
             n->fd = p->src->shards[t->shard].fd;
+            n->z = p->src->shards[t->shard].z;
+            n->data_start = p->src->shards[t->shard].header->data_start;
+            n->pure = !n->z; /* a compressed shard is read, never copied in the kernel */
             n->path = p->src->shards[t->shard].path;
             n->file_off = t->file_offset;
         }

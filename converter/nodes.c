@@ -33,6 +33,8 @@ mpk_status ex_node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, read
     mpk_error *err = r->err;
     switch (n->kind) {
     case N_SOURCE:
+        if (n->z) /* a compressed shard: its chunks decompressed now */
+            return mpk_mpkz_read(n->z, n->file_off - n->data_start + off, len, buf, err);
         if (r->n == r->cap)
             MPK_TRY(ex_rd_flush(r));
         r->reqs[r->n++] = (mpk_io_req){.fd = n->fd, .path = n->path, .offset = n->file_off + off, .buf = buf, .len = len};

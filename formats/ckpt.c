@@ -240,10 +240,34 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
             MPK_FAIL(err, MPK_E_INDEX_PATH, sh->path, "shard resolves outside the checkpoint "
                                                      "directory (to %s)", rfile);
     }
+    /* NAME.safetensors missing, NAME.safetensors.mpkz there: read the compressed shard in place */
     struct stat st;
+    char *zpath = access(sh->path, F_OK) != 0 ? mpk_strcat_ext(sh->path, ".mpkz") : NULL;
+    if (zpath && access(zpath, F_OK) == 0) {
+        free(sh->path);
+        sh->path = zpath;
+    } else {
+        free(zpath);
+        zpath = NULL;
+    }
     MPK_TRY(mpk_open_regular(sh->path, &sh->fd, &st, err));
     file_id(&st, &sh->id);
-    return mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
+    if (!zpath)
+        return mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
+    MPK_TRY(mpk_mpkz_open(sh->fd, sh->path, (uint64_t)st.st_size, &sh->z, &sh->header, err));
+    sh->file_size = sh->header->data_start + sh->header->data_size; /* the original file's */
+    return MPK_OK;
+}
+
+char *mpk_strcat_ext(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *p = mpk_alloc(la + lb + 1);
+    if (p) {
+        memcpy(p, a, la);
+        memcpy(p + la, b, lb + 1);
+    }
+    return p;
 }
 
 static void file_id(const struct stat *st, mpk_file_id *id)
@@ -386,6 +410,14 @@ done:
     return s;
 }
 
+static bool has_compressed(const char *path)
+{
+    char *z = mpk_strcat_ext(path, ".mpkz");
+    bool yes = z && access(z, F_OK) == 0;
+    free(z);
+    return yes;
+}
+
 mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
 {
     *out = NULL;
@@ -406,7 +438,7 @@ mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
             s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
         } else if (access(ix, F_OK) == 0) {
             s = open_indexed(c, ix, err);
-        } else if (access(single, F_OK) == 0) {
+        } else if (access(single, F_OK) == 0 || has_compressed(single)) {
             c->shards = mpk_calloc(1, sizeof *c->shards);
             s = c->shards ? add_shard(c, SINGLE_NAME, err)
                           : mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
@@ -425,7 +457,12 @@ mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
         if (!c->dir || !c->shards) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
         } else {
-            s = add_shard(c, slash ? slash + 1 : path, err);
+            /* a lone NAME.safetensors.mpkz is opened as NAME.safetensors (add_shard finds it) */
+            const char *base = slash ? slash + 1 : path;
+            size_t bl = strlen(base);
+            char *logical = mpk_strndup(base, bl > 5 && strcmp(base + bl - 5, ".mpkz") == 0 ? bl - 5 : bl);
+            s = logical ? add_shard(c, logical, err) : mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+            free(logical);
             if (s == MPK_OK)
                 s = collect_tensors(c, err);
         }
@@ -468,6 +505,8 @@ mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t o
                          mpk_error *err)
 {
     const mpk_shard *sh = &c->shards[t->shard];
+    if (sh->z)
+        return mpk_mpkz_read(sh->z, t->file_offset - sh->header->data_start + off, len, buf, err);
     return mpk_pread_all(sh->fd, buf, len, t->file_offset + off, sh->path, t->info->name, err);
 }
 
@@ -495,6 +534,7 @@ void mpk_ckpt_close(mpk_ckpt *c)
     if (!c)
         return;
     for (size_t i = 0; i < c->n_shards; i++) {
+        mpk_mpkz_close(c->shards[i].z);
         if (c->shards[i].fd >= 0)
             close(c->shards[i].fd);
         mpk_st_header_free(c->shards[i].header);

@@ -25,7 +25,22 @@ mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *bu
                            mpk_error *err)
 {
     const mpk_shard *sh = &c->shards[t->shard];
-    return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, sh->path, t->info->name, out, err);
+    if (!sh->z)
+        return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, sh->path, t->info->name, out, err);
+    XXH3_state_t *st = XXH3_createState(); /* a compressed shard: through its chunks */
+    if (!st)
+        MPK_FAIL(err, MPK_E_NOMEM, sh->path, "out of memory");
+    XXH3_128bits_reset(st);
+    mpk_status s = MPK_OK;
+    for (uint64_t at = 0; at < t->nbytes && s == MPK_OK; at += CHUNK) {
+        size_t n = t->nbytes - at < CHUNK ? (size_t)(t->nbytes - at) : CHUNK;
+        if ((s = mpk_ckpt_read(c, t, at, n, buf, err)) == MPK_OK)
+            XXH3_128bits_update(st, buf, n);
+    }
+    XXH128_hash_t h = XXH3_128bits_digest(st);
+    XXH3_freeState(st);
+    *out = (mpk_hash128){h.high64, h.low64};
+    return s;
 }
 
 mpk_hash128 mpk_manifest_digest(const mpk_tensor_hash *t, size_t n)

@@ -179,6 +179,8 @@ typedef struct mpk_shard {
     mpk_st_header *header;
     int fd;              /* open read-only */
     mpk_file_id id;      /* as opened */
+    struct mpk_mpkz *z;  /* a compressed shard (path is NAME.safetensors.mpkz; name, file_size,
+                            header and offsets are the original file's), else NULL */
 } mpk_shard;
 
 typedef struct mpk_ckpt_tensor {
@@ -313,6 +315,20 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
  * corrupt, truncated or inconsistent container (checked before allocating), of another version. */
 mpk_status mpk_mpkz_decompress(const char *src, const char *dst, int threads, mpk_error *err);
 
+/* A container read in place: checkpoints open NAME.safetensors.mpkz where NAME.safetensors is
+ * missing, and read its tensors through mpk_mpkz_read. */
+typedef struct mpk_mpkz mpk_mpkz;
+/* Validates the container open on fd (borrowed, size fsize): *h gets the original header,
+ * parsed (owned by the caller; it must outlive *out). MPK_E_CONTAINER as mpk_mpkz_decompress. */
+mpk_status mpk_mpkz_open(int fd, const char *path, uint64_t fsize, mpk_mpkz **out, mpk_st_header **h, mpk_error *err);
+/* Bytes [off, off+len) of the original data section (decompressing the chunks they lie in,
+ * each checked against its XXH3-64). Thread-safe. */
+mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *buf, mpk_error *err);
+/* The original file's first data_start bytes (length prefix and header), verbatim. */
+const char *mpk_mpkz_header_bytes(const mpk_mpkz *z);
+/* NULL-safe; leaves the fd open. */
+void mpk_mpkz_close(mpk_mpkz *z);
+
 /* ---------------------------------------------------------------- I/O engine */
 
 typedef struct mpk_io_req {
@@ -375,6 +391,8 @@ mpk_status mpk_write_file(const char *path, const void *buf, size_t len, bool sy
 /* Writes text (a malloc'd string, freed here; NULL means its builder ran out of memory) as
  * dir/name, through mpk_write_file. */
 mpk_status mpk_write_text_in(const char *dir, const char *name, char *text, bool sync, mpk_error *err);
+/* a followed by b, malloc'd (NULL on failure). */
+char *mpk_strcat_ext(const char *a, const char *b);
 /* Joins a and b with '/', into a malloc'd string (NULL on failure). */
 char *mpk_path_join(const char *a, const char *b);
 

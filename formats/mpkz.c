@@ -190,12 +190,6 @@ static void zfail(zrun *r, const mpk_error *e)
     pthread_mutex_unlock(&r->lock);
 }
 
-static mpk_status bad_chunk(zrun *r, size_t i, const char *what, mpk_error *e)
-{
-    return mpk_error_set(e, MPK_E_CONTAINER, 0, r->path, "tensor '%s': chunk %zu: %s",
-                         r->h->tensors[r->c[i].tensor].name, i, what);
-}
-
 static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_CCtx *cc, mpk_error *e)
 {
     chunk *c = &r->c[i];
@@ -223,37 +217,54 @@ static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD
     return MPK_OK;
 }
 
-static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_DCtx *dc, mpk_error *e)
+/* Chunk i (c) of the container at fd back into orig (c->len bytes), through planes (as large),
+ * checked against its XXH3-64; dc may be NULL (one is made). */
+static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h, const chunk *c, size_t i, char *orig,
+                               char *planes, ZSTD_DCtx *dc, mpk_error *e)
 {
-    chunk *c = &r->c[i];
     size_t pl = c->len / c->width, zl = 0;
     for (int k = 0; k < c->width; k++)
         zl += c->zlen[k];
     char *z = mpk_alloc(zl + 1);
-    if (!z)
-        MPK_FAIL(e, MPK_E_NOMEM, r->path, "out of memory");
+    ZSTD_DCtx *own = dc ? NULL : ZSTD_createDCtx();
+    if (!z || (!dc && !own)) {
+        free(z);
+        ZSTD_freeDCtx(own);
+        MPK_FAIL(e, MPK_E_NOMEM, path, "out of memory");
+    }
     bool direct = c->width == 1 && !c->xform; /* one plane: decompressed in place */
     if (direct)
         planes = orig;
-    mpk_status s = mpk_pread_all(r->in_fd, z, zl, c->file_off, r->path, "(chunk)", e);
-    for (int k = 0, at = 0; k < c->width && s == MPK_OK; at += (int)c->zlen[k], k++) {
+    const char *what = NULL;
+    mpk_status s = mpk_pread_all(fd, z, zl, c->file_off, path, "(chunk)", e);
+    for (int k = 0, at = 0; k < c->width && s == MPK_OK && !what; at += (int)c->zlen[k], k++) {
         char *dst = planes + (size_t)k * pl;
         if (c->raw & (1u << k)) {
             memcpy(dst, z + at, pl);
             continue;
         }
-        unsigned long long want = ZSTD_getFrameContentSize(z + at, c->zlen[k]);
-        if (want != pl)
-            s = bad_chunk(r, i, "a plane's frame does not declare the chunk's size", e);
-        else if (ZSTD_decompressDCtx(dc, dst, pl, z + at, c->zlen[k]) != pl)
-            s = bad_chunk(r, i, "a plane's zstd frame is corrupt", e);
+        if (ZSTD_getFrameContentSize(z + at, c->zlen[k]) != pl)
+            what = "a plane's frame does not declare the chunk's size";
+        else if (ZSTD_decompressDCtx(dc ? dc : own, dst, pl, z + at, c->zlen[k]) != pl)
+            what = "a plane's zstd frame is corrupt";
     }
     free(z);
+    ZSTD_freeDCtx(own);
     MPK_TRY(s);
-    if (!direct)
+    if (!what && !direct)
         join(planes, orig, pl, c->width, c->xform);
-    if (XXH3_64bits(orig, c->len) != c->hash)
-        return bad_chunk(r, i, "its bytes do not match their XXH3-64 (corrupt)", e);
+    if (!what && XXH3_64bits(orig, c->len) != c->hash)
+        what = "its bytes do not match their XXH3-64 (corrupt)";
+    if (what)
+        return mpk_error_set(e, MPK_E_CONTAINER, 0, path, "tensor '%s': chunk %zu: %s", h->tensors[c->tensor].name, i,
+                             what);
+    return MPK_OK;
+}
+
+static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_DCtx *dc, mpk_error *e)
+{
+    const chunk *c = &r->c[i];
+    MPK_TRY(decode_chunk(r->in_fd, r->path, r->h, c, i, orig, planes, dc, e));
     return mpk_pwrite_all(r->out_fd, orig, c->len, r->h->data_start + c->data_off, r->path, e);
 }
 
@@ -503,4 +514,92 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     mpk_st_header_free(h);
     pthread_mutex_destroy(&r.lock);
     return s;
+}
+
+/* ---------------------------------------------------------------- random access */
+
+struct mpk_mpkz {
+    int fd;                      /* borrowed */
+    char *path;
+    char *hdr;                   /* the original first H bytes */
+    const mpk_st_header *h;      /* the parsed header (the caller's) */
+    chunk *c;
+    size_t n;
+};
+
+mpk_status mpk_mpkz_open(int fd, const char *path, uint64_t fsize, mpk_mpkz **out, mpk_st_header **h, mpk_error *err)
+{
+    *out = NULL;
+    *h = NULL;
+    uint64_t csize, n;
+    mpk_mpkz *z = mpk_calloc(1, sizeof *z);
+    if (!z || !(z->path = mpk_strndup(path, strlen(path)))) {
+        free(z);
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    }
+    z->fd = fd;
+    mpk_status s = read_head(fd, path, fsize, h, &csize, &n, &z->hdr, err);
+    if (s == MPK_OK)
+        s = read_table(fd, path, fsize, *h, csize, n, &z->c, err);
+    if (s != MPK_OK) {
+        mpk_st_header_free(*h);
+        *h = NULL;
+        mpk_mpkz_close(z);
+        return s;
+    }
+    z->n = (size_t)n;
+    z->h = *h;
+    *out = z;
+    return MPK_OK;
+}
+
+const char *mpk_mpkz_header_bytes(const mpk_mpkz *z)
+{
+    return z->hdr;
+}
+
+mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *buf, mpk_error *err)
+{
+    size_t lo = 0, hi = z->n; /* the first chunk ending after off */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (z->c[mid].data_off + z->c[mid].len <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    char *orig = NULL, *planes = NULL;
+    mpk_status s = MPK_OK;
+    for (size_t i = lo; len && s == MPK_OK; i++) {
+        if (i >= z->n || z->c[i].data_off > off) {
+            s = mpk_error_set(err, MPK_E_CONTAINER, 0, z->path, "no chunk holds data byte %llu",
+                              (unsigned long long)off);
+            break;
+        }
+        const chunk *c = &z->c[i];
+        if (!orig && (!(orig = mpk_alloc(MAX_CHUNK)) || !(planes = mpk_alloc(MAX_CHUNK)))) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, z->path, "out of memory");
+            break;
+        }
+        if ((s = decode_chunk(z->fd, z->path, z->h, c, i, orig, planes, NULL, err)) != MPK_OK)
+            break;
+        uint64_t a = off - c->data_off, k = c->len - a < len ? c->len - a : len;
+        memcpy(buf, orig + a, k);
+        buf = (char *)buf + k;
+        off += k;
+        len -= k;
+    }
+    free(orig);
+    free(planes);
+    return s;
+}
+
+void mpk_mpkz_close(mpk_mpkz *z)
+{
+    if (!z)
+        return;
+    free(z->path);
+    free(z->hdr);
+    free(z->c);
+    free(z);
 }

@@ -35,7 +35,11 @@ static mpk_status add_file(cJSON *files, const mpk_shard *sh, mpk_error *err)
     char *text = mpk_alloc(n + 1);
     if (!text)
         MPK_FAIL(err, MPK_E_NOMEM, sh->path, "out of memory");
-    mpk_status s = mpk_pread_all(sh->fd, text, n, 8, sh->path, "(header)", err);
+    mpk_status s = MPK_OK;
+    if (sh->z) /* a compressed shard keeps the original header bytes */
+        memcpy(text, mpk_mpkz_header_bytes(sh->z) + 8, n);
+    else
+        s = mpk_pread_all(sh->fd, text, n, 8, sh->path, "(header)", err);
     text[n] = 0;
     cJSON *f = s == MPK_OK ? cJSON_CreateObject() : NULL;
     bool ok = f && cJSON_AddStringToObject(f, "file", sh->name) &&

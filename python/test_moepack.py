@@ -227,6 +227,20 @@ class Compressed(unittest.TestCase):
         for f in os.listdir(self.src):
             self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(self.src, f)), f)
 
+    def test_commands_read_compressed_checkpoints(self):
+        self.assertEqual(moepack.hash(self.z)["digest"], moepack.hash(self.src)["digest"])
+        self.assertEqual(moepack.inspect(self.z)["tensor_count"], moepack.inspect(self.src)["tensor_count"])
+        self.assertTrue(moepack.diff(self.src, self.z)["identical"])
+        packed = os.path.join(self.root, "packed-from-z")
+        moepack.pack(self.z, packed)
+        self.assertTrue(moepack.verify(self.src, packed)["identical"])
+        zp = os.path.join(self.root, "zp")
+        moepack.compress(packed, zp)
+        back = os.path.join(self.root, "unpacked-from-zp")
+        moepack.unpack(zp, back)  # the record rides along: the source files come back exactly
+        for f in os.listdir(self.src):
+            self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(self.src, f)), f)
+
     def broken(self, name, edit):
         bad = os.path.join(self.root, name)
         shutil.copytree(self.z, bad)
@@ -249,6 +263,9 @@ class Compressed(unittest.TestCase):
             f.write(bytes([b[0] ^ 0x5A]))
         msg = self.broken("corrupt", flip)
         self.assertRegex(msg, r"tensor '.*': chunk \d+")
+        with self.assertRaises(moepack.Error) as cm:  # read in place, the same error
+            moepack.hash(os.path.join(self.root, "corrupt"))
+        self.assertEqual(cm.exception.status, "bad-container")
 
     def test_truncated(self):
         self.assertIn("truncated", self.broken("truncated", lambda f: f.truncate(f.seek(0, os.SEEK_END) - 1000)))
