@@ -525,6 +525,7 @@ struct mpk_mpkz {
     const mpk_st_header *h;      /* the parsed header (the caller's) */
     chunk *c;
     size_t n;
+    uint32_t max_len;            /* the longest chunk: what a read's buffers hold */
 };
 
 mpk_status mpk_mpkz_open(int fd, const char *path, uint64_t fsize, mpk_mpkz **out, mpk_st_header **h, mpk_error *err)
@@ -549,6 +550,8 @@ mpk_status mpk_mpkz_open(int fd, const char *path, uint64_t fsize, mpk_mpkz **ou
     }
     z->n = (size_t)n;
     z->h = *h;
+    for (size_t i = 0; i < z->n; i++)
+        z->max_len = z->c[i].len > z->max_len ? z->c[i].len : z->max_len;
     *out = z;
     return MPK_OK;
 }
@@ -577,7 +580,7 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
             break;
         }
         const chunk *c = &z->c[i];
-        if (!orig && (!(orig = mpk_alloc(MAX_CHUNK)) || !(planes = mpk_alloc(MAX_CHUNK)))) {
+        if (!orig && (!(orig = mpk_alloc(z->max_len)) || !(planes = mpk_alloc(z->max_len)))) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, z->path, "out of memory");
             break;
         }
