@@ -194,6 +194,7 @@ typedef struct mpk_layout {
     const char *index_name;             /* the index file to write, NULL for none */
     const char *index_text;             /* its bytes verbatim, or NULL: formatted */
     size_t index_len;
+    const char *config_text;            /* the release's config.json verbatim, or NULL */
     mpk_arena *arena;
 } mpk_layout;
 /* NULL-safe; frees l itself. */

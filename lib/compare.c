@@ -133,9 +133,13 @@ static mpk_status compare_two(const mpk_compare_req *q, const mpk_ckpt *a, const
     mpk_plan_opts po = {.cfg = &cfg, .dequantize = q->quant == MPK_QUANT_DEQUANTIZE,
                         .quantize_block = q->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
     mpk_status s;
-    if (same_names(a, b) && q->quant == MPK_QUANT_KEEP && !q->spec) {
+    /* the same names are a round trip, unless one side is marked packed and the other is not
+     * (a preset whose targets keep their sources' names, e.g. qwen3_vl_moe's transposes) */
+    const char *ma = mpk_lib_layout_marker(a), *mb = mpk_lib_layout_marker(b);
+    bool a_packed = ma && strcmp(ma, "packed") == 0, b_packed = mb && strcmp(mb, "packed") == 0;
+    if (same_names(a, b) && a_packed == b_packed && q->quant == MPK_QUANT_KEEP && !q->spec) {
         s = mpk_verify_compare(a, b, NULL, &po, co, out, err);
-    } else if ((s = mpk_lib_spec_load(q->spec, &cfg, false, &spec, err)) == MPK_OK) {
+    } else if ((s = mpk_lib_spec_load(q->spec, &cfg, a_packed && !b_packed, &spec, err)) == MPK_OK) {
         s = mpk_verify_compare(a, b, spec, &po, co, out, err);
         if (s == MPK_E_ALREADY_CONVERTED) { /* a is packed: b should be its unpacking */
             mpk_spec *rev;

@@ -149,7 +149,7 @@ static mpk_status check_req(const mpk_convert_req *r, bool writes, mpk_error *er
 }
 
 /* The layout marker moepack writes into every output shard's __metadata__. */
-static const char *layout_marker(const mpk_ckpt *c)
+const char *mpk_lib_layout_marker(const mpk_ckpt *c)
 {
     if (!c->n_shards || !c->shards[0].header->has_metadata)
         return NULL;
@@ -214,7 +214,7 @@ static mpk_status plan_job(const mpk_convert_req *r, job **jout, mpk_plan **pout
         (s = mpk_lib_spec_load(r->spec, &j->cfg, unpack, &j->spec, err)) != MPK_OK)
         goto fail;
     j->layout = j->spec->reversed ? "per-expert" : "packed";
-    const char *marker = layout_marker(j->src);
+    const char *marker = mpk_lib_layout_marker(j->src);
     if (marker && strcmp(marker, j->layout) == 0) {
         s = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, r->src,
                           "already in the %s layout (written by moepack); nothing to do", j->layout);
@@ -322,7 +322,9 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     mpk_status s = plan_job(r, &j, &plan, err);
     if (s != MPK_OK)
         return s;
-    if ((s = requant_config(r, j, &cfg_text, err)) != MPK_OK)
+    if (plan->layout && plan->layout->config_text) /* the release's own config.json, verbatim */
+        cfg_text = mpk_strndup(plan->layout->config_text, strlen(plan->layout->config_text));
+    else if ((s = requant_config(r, j, &cfg_text, err)) != MPK_OK)
         goto out;
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
     bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);

@@ -41,6 +41,9 @@ mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size
 mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool reverse, mpk_spec **out,
                              mpk_error *err);
 
+/* The moepack_layout marker of c's first shard ("packed", "per-expert"), or NULL. */
+const char *mpk_lib_layout_marker(const mpk_ckpt *c);
+
 /* The source record pack keeps in a packed checkpoint (lib/source.c has its format). */
 #define MPK_SOURCE_NAME "moepack.source.zst"
 /* c's source record (zstd-compressed, malloc'd into *out). */

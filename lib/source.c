@@ -6,7 +6,8 @@
  * document
  *   {"format": "moepack.source/1",
  *    "index": {"file": NAME, "text": TEXT} | null,
- *    "files": [{"file": NAME, "size": BYTES, "header": TEXT}, ...]}
+ *    "files": [{"file": NAME, "size": BYTES, "header": TEXT}, ...],
+ *    "config": TEXT (config.json, when the release has one)}
  * where a file's header TEXT is the N bytes after its 8-byte length prefix (UTF-8 JSON with
  * its padding, as the strict parser accepted it) and the index TEXT is the index file whole.
  * unpack of a checkpoint holding a record writes those files with those names and headers,
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #define SOURCE_FORMAT "moepack.source/1"
@@ -80,6 +82,17 @@ mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk
         cJSON_AddNullToObject(root, "index");
     }
     free(index);
+    /* config.json too: pack may rewrite it (a quantization change), unpack gives it back */
+    char *cpath = s == MPK_OK && c->is_dir ? mpk_path_join(c->dir, "config.json") : NULL, *ctext = NULL;
+    size_t clen;
+    mpk_error ig;
+    if (cpath && access(cpath, F_OK) == 0 && (s = mpk_read_file(cpath, &ctext, &clen, err)) == MPK_OK &&
+        (strlen(ctext) != clen || !cJSON_AddStringToObject(root, "config", ctext)))
+        s = strlen(ctext) != clen ? mpk_error_set(err, MPK_E_CONFIG, 0, cpath, "holds a NUL byte")
+                                  : mpk_error_set(err, MPK_E_NOMEM, 0, cpath, "out of memory");
+    (void)ig;
+    free(cpath);
+    free(ctext);
     char *json = s == MPK_OK ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     if (s != MPK_OK)
@@ -196,6 +209,11 @@ static mpk_status record_layout(const cJSON *root, const char *path, mpk_layout 
             s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
         l->index_len = l->index_text ? strlen(l->index_text) : 0;
     }
+    const cJSON *cf = cJSON_GetObjectItemCaseSensitive(root, "config");
+    if (s == MPK_OK && cf && !cJSON_IsString(cf))
+        s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "\"config\" must be the text of config.json");
+    else if (s == MPK_OK && cf && !(l->config_text = mpk_arena_strndup(l->arena, cf->valuestring, strlen(cf->valuestring))))
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
     if (s != MPK_OK) {
         mpk_layout_free(l);
         return s;

@@ -291,5 +291,32 @@ class Compressed(unittest.TestCase):
         self.assertIn("truncated", self.broken("bomb", huge))
 
 
+class EveryPreset(unittest.TestCase):
+    """Every preset's synth output: pack then unpack gives the files back byte for byte, plain
+    and from compressed checkpoints in both directions (issue 15)."""
+
+    def test_round_trips(self):
+        root = tempfile.mkdtemp(prefix="mpk-presets-")
+        try:
+            for p in moepack.presets():
+                with self.subTest(preset=p["name"]):
+                    d = os.path.join(root, p["name"])
+                    src, packed, back = d + "-src", d + "-packed", d + "-back"
+                    moepack.synth(src, p["name"], experts=4, hidden=64, intermediate=32, layers=2, shards=2)
+                    moepack.pack(src, packed, max_shard_size=30_000)
+                    moepack.unpack(packed, back)
+                    zsrc, zpacked, zback, zp2 = d + "-zsrc", d + "-zpacked", d + "-zback", d + "-zp2"
+                    moepack.compress(src, zsrc)
+                    moepack.pack(zsrc, zp2)  # from a compressed per-expert checkpoint
+                    self.assertTrue(moepack.verify(src, zp2)["identical"])
+                    moepack.compress(packed, zpacked)
+                    moepack.unpack(zpacked, zback)  # from a compressed packed checkpoint
+                    for f in os.listdir(src):
+                        self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(src, f)), f)
+                        self.assertEqual(sha(os.path.join(zback, f)), sha(os.path.join(src, f)), f)
+        finally:
+            shutil.rmtree(root)
+
+
 if __name__ == "__main__":
     unittest.main()
