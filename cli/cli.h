@@ -34,6 +34,10 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint);
 int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True when argv has --help/-h; prints usage. */
 bool mpk_cli_wants_help(const mpk_command *c, int argc, char **argv);
+struct option;
+/* getopt_long over argv (errors left to the caller: '?'), starting over at argv[1] for a new
+ * argv. Not thread-safe (getopt is not). */
+int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct option *opts, int *longindex);
 /* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
 bool mpk_parse_size(const char *s, uint64_t *out);
 

@@ -43,10 +43,8 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
     a->max_shard = 5000000000ull;
     a->mem = 1ull << 30;
     a->io = "auto";
-    optind = 1;
-    opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "q", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "q", opts, NULL)) != -1) {
         switch (ch) {
         case O_PRESET: a->preset = optarg; break;
         case O_SPEC: a->spec_file = optarg; break;
@@ -263,10 +261,8 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
         {"seed", required_argument, NULL, O_SEED}, {"layout", required_argument, NULL, O_LAYOUT},
         {"quant", required_argument, NULL, O_QUANT}, {0}};
     mpk_synth_opts_init(o);
-    optind = 1;
-    opterr = 0;
     int ch, v = 0, li = 0;
-    while ((ch = getopt_long(argc, argv, "", opts, &li)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, &li)) != -1) {
         bool ok = true;
         switch (ch) {
         case O_ARCH: o->arch = optarg; break;
@@ -374,10 +370,8 @@ int mpk_cmd_compress(int argc, char **argv)
     mpk_compress_req req;
     mpk_compress_req_init(&req, NULL, NULL);
     bool json = false;
-    optind = 1;
-    opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
         case O_LEVEL:
             if (!parse_int_opt(optarg, 1, 19, &req.level))

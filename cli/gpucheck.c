@@ -61,10 +61,8 @@ int mpk_cmd_gpucheck(int argc, char **argv)
     mpk_gpucheck_req_init(&o);
     int tokens[64], esz[3], rc;
     bool json = false;
-    optind = 1;
-    opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
         case O_SYN:
             if (int_list(optarg, esz, 3) != 3)

@@ -12,10 +12,8 @@
 static int path_args(const char *cmd, bool allow_write, int argc, char **argv, bool *json, bool *write)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'}, {0}};
-    optind = 1;
-    opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
         if (ch == 'j')
             *json = true;
         else if (ch == 'w' && allow_write)
@@ -64,10 +62,8 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
         {"quantize", required_argument, NULL, O_Q}, {"atol", required_argument, NULL, O_ATOL},
         {"rtol", required_argument, NULL, O_RTOL}, {0}};
     mpk_compare_req_init(&v->q, NULL, NULL);
-    optind = 1;
-    opterr = 0;
     int ch;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
         char *end = NULL;
         switch (ch) {
         case O_PRESET: v->preset = optarg; break;

@@ -6,6 +6,7 @@
 
 
 #include <ctype.h>
+#include <getopt.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -84,6 +85,20 @@ void mpk_cli_print_report(const char *cmd, const mpk_report *r, bool json, bool 
         printf("%s%s%.*s", prefix ? cmd : "", prefix ? ": " : "", (int)n, t);
         t += n;
     }
+}
+
+int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct option *opts, int *longindex)
+{
+    static char **parsing; /* the argv being parsed: another one (or a finished one) starts over */
+    if (argv != parsing) {
+        parsing = argv;
+        optind = 1;
+        opterr = 0;
+    }
+    int ch = getopt_long(argc, argv, shorts, opts, longindex);
+    if (ch == -1)
+        parsing = NULL; /* done: optind is where the operands start */
+    return ch;
 }
 
 static int cmd_help(int argc, char **argv);

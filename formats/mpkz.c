@@ -561,16 +561,18 @@ const char *mpk_mpkz_header_bytes(const mpk_mpkz *z)
     return z->hdr;
 }
 
+/* bsearch: the chunk holding data byte *key (chunks tile the data section in order). */
+static int chunk_holding(const void *key, const void *elem)
+{
+    uint64_t off = *(const uint64_t *)key;
+    const chunk *c = elem;
+    return off < c->data_off ? -1 : off >= c->data_off + c->len ? 1 : 0;
+}
+
 mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *buf, mpk_error *err)
 {
-    size_t lo = 0, hi = z->n; /* the first chunk ending after off */
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (z->c[mid].data_off + z->c[mid].len <= off)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    const chunk *first = z->n ? bsearch(&off, z->c, z->n, sizeof *z->c, chunk_holding) : NULL;
+    size_t lo = first ? (size_t)(first - z->c) : z->n;
     char *orig = NULL, *planes = NULL;
     mpk_status s = MPK_OK;
     for (size_t i = lo; len && s == MPK_OK; i++) {
@@ -599,10 +601,6 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
 
 void mpk_mpkz_close(mpk_mpkz *z)
 {
-    if (!z)
-        return;
-    free(z->path);
-    free(z->hdr);
-    free(z->c);
-    free(z);
+    if (z) /* the fd is the caller's */
+        free(z->path), free(z->hdr), free(z->c), free(z);
 }
