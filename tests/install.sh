@@ -23,4 +23,4 @@ LD_LIBRARY_PATH=$so "$tmp/pack" "$tmp/src" "$tmp/packed" >"$tmp/out" 2>/dev/null
 grep -q "0 difference(s): identical" "$tmp/out" || { cat "$tmp/out" >&2; exit 1; }
 cat "$tmp/out"
 # the binding, over the installed library
-MOEPACK_LIB=$so/libmoepack.so python3 "$srcroot/python/test_moepack.py" 2>&1 | tail -3
+MOEPACK_LIB=$so/libmoepack.so python3 "$srcroot/python/test_moepack.py" Binding 2>&1 | tail -3
