@@ -36,7 +36,6 @@ static bool ends_with(const char *s, const char *suf)
 
 typedef struct {
     bool compress;
-    mpk_side_stats *st;
 } skip_ctx;
 
 /* The files that get converted are not copied. */
@@ -123,7 +122,7 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     uint64_t in_b = 0, out_b = 0;
     size_t files = 0;
     mpk_side_stats side = {0};
-    skip_ctx k = {compress, &side};
+    skip_ctx k = {compress};
     if (s == MPK_OK)
         s = convert_files(r, compress, stage.tmp, &in_b, &out_b, &files, err);
     if (s == MPK_OK)

@@ -85,12 +85,10 @@ mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk
     /* config.json too: pack may rewrite it (a quantization change), unpack gives it back */
     char *cpath = s == MPK_OK && c->is_dir ? mpk_path_join(c->dir, "config.json") : NULL, *ctext = NULL;
     size_t clen;
-    mpk_error ig;
     if (cpath && access(cpath, F_OK) == 0 && (s = mpk_read_file(cpath, &ctext, &clen, err)) == MPK_OK &&
         (strlen(ctext) != clen || !cJSON_AddStringToObject(root, "config", ctext)))
         s = strlen(ctext) != clen ? mpk_error_set(err, MPK_E_CONFIG, 0, cpath, "holds a NUL byte")
                                   : mpk_error_set(err, MPK_E_NOMEM, 0, cpath, "out of memory");
-    (void)ig;
     free(cpath);
     free(ctext);
     char *json = s == MPK_OK ? cJSON_PrintUnformatted(root) : NULL;
