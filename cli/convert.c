@@ -17,15 +17,16 @@ typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 typedef struct {
     const char *preset, *spec_file, *src, *dst, *io, *layout_like;
     bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync,
-        resume, copy_links;
+        resume, copy_links, compress;
     uint64_t max_shard, mem;
-    int threads;
+    int threads, level;
 } conv_args;
 
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
-           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS, O_LIKE };
+           O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS, O_LIKE,
+           O_COMPRESS, O_LEVEL };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -36,7 +37,8 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"dequantize", no_argument, NULL, O_DEQUANT}, {"quantize", required_argument, NULL, O_QUANT},
         {"no-manifest", no_argument, NULL, O_NOMAN}, {"no-fsync", no_argument, NULL, O_NOSYNC},
         {"resume", no_argument, NULL, O_RESUME}, {"copy-links", no_argument, NULL, O_COPYLINKS},
-        {"layout-like", required_argument, NULL, O_LIKE},
+        {"layout-like", required_argument, NULL, O_LIKE}, {"compress", no_argument, NULL, O_COMPRESS},
+        {"level", required_argument, NULL, O_LEVEL},
         {0}};
     memset(a, 0, sizeof *a);
     a->preset = "auto";
@@ -81,6 +83,15 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_RESUME: a->resume = true; break;
         case O_COPYLINKS: a->copy_links = true; break;
         case O_LIKE: a->layout_like = optarg; break;
+        case O_COMPRESS: a->compress = true; break;
+        case O_LEVEL: {
+            char *end;
+            long l = strtol(optarg, &end, 10);
+            if (*end || l < 1 || l > 19)
+                return mpk_cli_usage(cmd, "--level takes 1..19, got '%s'", optarg);
+            a->level = (int)l;
+            break;
+        }
         case O_QUANT:
             if (strcmp(optarg, "fp8-block128") != 0)
                 return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
@@ -95,8 +106,12 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         return mpk_cli_usage(cmd, "convert needs --spec FILE");
     if (mode != MODE_CONVERT && mode != MODE_PLAN && a->spec_file)
         return mpk_cli_usage(cmd, "--spec is for 'convert' and 'plan'; %s uses --preset", cmd);
-    if (mode == MODE_PLAN && (a->resume || a->force || a->copy_links))
-        return mpk_cli_usage(cmd, "--resume, --force and --copy-links are for commands that write");
+    if (mode == MODE_PLAN && (a->resume || a->force || a->copy_links || a->compress || a->level))
+        return mpk_cli_usage(cmd, "--resume, --force, --copy-links, --compress and --level are for commands that write");
+    if (a->level && !a->compress)
+        return mpk_cli_usage(cmd, "--level is the zstd level of --compress");
+    if (a->compress && a->resume)
+        return mpk_cli_usage(cmd, "a compressed output cannot be resumed: leave out --compress or --resume");
     int want = mode == MODE_PLAN ? 1 : 2;
     if (argc - optind != want)
         return mpk_cli_usage(cmd, "expected %s, got %d argument(s)", want == 1 ? "SRC" : "SRC DST",
@@ -161,7 +176,9 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     r->quant = a->dequantize ? MPK_QUANT_DEQUANTIZE : a->quantize ? MPK_QUANT_FP8_BLOCK128 : MPK_QUANT_KEEP;
     r->flags = (a->force ? MPK_CONVERT_FORCE : 0) | (a->resume ? MPK_CONVERT_RESUME : 0) |
                (a->copy_links ? MPK_CONVERT_COPY_LINKS : 0) | (a->no_fsync ? MPK_CONVERT_NO_FSYNC : 0) |
-               (a->no_copy_range ? MPK_CONVERT_NO_COPY_RANGE : 0) | (a->no_manifest ? MPK_CONVERT_NO_MANIFEST : 0);
+               (a->no_copy_range ? MPK_CONVERT_NO_COPY_RANGE : 0) | (a->no_manifest ? MPK_CONVERT_NO_MANIFEST : 0) |
+               (a->compress ? MPK_CONVERT_COMPRESS : 0);
+    r->compress_level = a->level;
     r->max_shard_size = a->max_shard;
     r->mem = a->mem;
     r->threads = a->threads;

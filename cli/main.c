@@ -123,6 +123,9 @@ static int cmd_help(int argc, char **argv);
      "  --no-manifest          do not write moepack.manifest.json into DST\n"\
      "  --layout-like INDEX    write DST's files as INDEX (a model.safetensors.index.json) names\n"\
      "                         and assigns them (unpack of a packed checkpoint pack did not write)\n"\
+     "  --compress             write every shard as NAME.safetensors.mpkz (zstd containers,\n"\
+     "                         formats/MPKZ.md); not with --resume\n"\
+     "  --level N              zstd level of --compress, 1..19 (default 1)\n"\
      "  --no-fsync             rename DST into place without flushing it to disk first (as cp\n"\
      "                         does; faster, but a crash soon after may leave it incomplete)\n"
 static int cmd_version(int argc, char **argv);

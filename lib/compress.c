@@ -92,6 +92,36 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
     return s;
 }
 
+/* Every NAME.safetensors in DIR (a staging directory) replaced by NAME.safetensors.mpkz. */
+mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_error *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return mpk_error_set(err, MPK_E_IO, errno, dir, "cannot open the staging directory");
+    if (threads <= 0) {
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = ncpu > 0 ? (int)ncpu : 1;
+    }
+    mpk_status s = MPK_OK;
+    struct dirent *e;
+    while (s == MPK_OK && (e = readdir(d))) {
+        if (!ends_with(e->d_name, ".safetensors") || e->d_name[0] == '.')
+            continue;
+        char *from = mpk_path_join(dir, e->d_name), out[4096];
+        if (!from) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+            break;
+        }
+        snprintf(out, sizeof out, "%s" EXT, from);
+        s = mpk_mpkz_compress(from, out, level, threads, 4u << 20, NULL, err);
+        if (s == MPK_OK && unlink(from) != 0)
+            s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot remove after compressing it: %s", strerror(errno));
+        free(from);
+    }
+    closedir(d);
+    return s;
+}
+
 static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out, mpk_error *err)
 {
     if (out)

@@ -116,6 +116,8 @@ typedef struct job {
     char *record;                /* the source record the output keeps (zstd), or NULL */
     size_t record_len;
     bool manifest;
+    int compress_level;          /* > 0: the shards are compressed before landing */
+    int threads;
 } job;
 
 static void job_free(void *p)
@@ -145,6 +147,10 @@ static mpk_status check_req(const mpk_convert_req *r, bool writes, mpk_error *er
                  (unsigned long long)r->mem);
     if (r->threads < 0 || r->threads > 64)
         MPK_FAIL(err, MPK_E_USAGE, "request", "threads %d out of 0..64", r->threads);
+    if (r->compress_level < 0 || r->compress_level > 19)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "compress level %d out of 1..19", r->compress_level);
+    if ((r->flags & MPK_CONVERT_COMPRESS) && (r->flags & MPK_CONVERT_RESUME))
+        MPK_FAIL(err, MPK_E_USAGE, "request", "a compressed output cannot be resumed (leave out one of the two)");
     return MPK_OK;
 }
 
@@ -298,6 +304,8 @@ static mpk_status finish(void *ctx, const char *dir, mpk_tensor_hash *hashes, si
     const job *j = ctx;
     if (j->manifest)
         MPK_TRY(mpk_lib_write_manifest(dir, hashes, n, err));
+    if (j->compress_level > 0)
+        MPK_TRY(mpk_lib_compress_shards(dir, j->compress_level, j->threads, err));
     if (!j->record)
         return MPK_OK;
     char *path = mpk_path_join(dir, MPK_SOURCE_NAME);
@@ -329,6 +337,8 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
     bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);
     j->manifest = manifest;
+    j->compress_level = !(r->flags & MPK_CONVERT_COMPRESS) ? 0 : r->compress_level ? r->compress_level : 1;
+    j->threads = r->threads;
     static const char *const skip[] = {MPK_SOURCE_NAME, NULL}; /* written (or not) by finish */
     mpk_exec_opts eo = {
         .threads = r->threads,

@@ -52,5 +52,8 @@ mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *len, mpk_err
 mpk_status mpk_source_load(const char *dir, mpk_layout **out, mpk_error *err);
 /* An index file's names and tensor-to-file assignment as a layout (--layout-like). */
 mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *err);
+/* Every NAME.safetensors in dir replaced by its container NAME.safetensors.mpkz (lib/compress.c);
+ * threads 0: the CPUs. */
+mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_error *err);
 
 #endif

@@ -241,6 +241,26 @@ class Compressed(unittest.TestCase):
         for f in os.listdir(self.src):
             self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(self.src, f)), f)
 
+    def test_pack_and_unpack_write_compressed(self):
+        pz = os.path.join(self.root, "pz")
+        moepack.pack(self.src, pz, compress=True)
+        shards = sorted(os.listdir(pz))
+        self.assertTrue(any(f.endswith(".safetensors.mpkz") for f in shards), shards)
+        self.assertFalse(any(f.endswith(".safetensors") for f in shards), shards)
+        self.assertTrue(moepack.verify(self.src, pz)["identical"])
+        uz = os.path.join(self.root, "uz")
+        moepack.unpack(pz, uz, compress=True, level=5)
+        self.assertEqual(sorted(f for f in os.listdir(uz) if f.endswith(".mpkz")),
+                         sorted(f + ".mpkz" for f in os.listdir(self.src) if f.endswith(".safetensors")))
+        back = os.path.join(self.root, "uz-back")
+        moepack.decompress(uz, back)
+        for f in os.listdir(self.src):  # pack -> unpack, both compressed: the release byte for byte
+            self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(self.src, f)), f)
+        with self.assertRaises(moepack.Error) as cm:
+            moepack.pack(self.src, os.path.join(self.root, "pz-resume"), compress=True, resume=True)
+        self.assertEqual(cm.exception.status, "usage")
+        self.assertFalse(os.path.exists(os.path.join(self.root, "pz-resume")))
+
     def broken(self, name, edit):
         bad = os.path.join(self.root, name)
         shutil.copytree(self.z, bad)

@@ -259,6 +259,8 @@ enum {
     MPK_CONVERT_NO_FSYNC = 1u << 3,      /* rename into place without flushing first (cp's way) */
     MPK_CONVERT_NO_COPY_RANGE = 1u << 4, /* never copy_file_range: always read + write */
     MPK_CONVERT_NO_MANIFEST = 1u << 5,   /* no moepack.manifest.json in dst */
+    MPK_CONVERT_COMPRESS = 1u << 6,      /* every output shard as NAME.safetensors.mpkz (formats/MPKZ.md);
+                                            not with MPK_CONVERT_RESUME */
 };
 
 /* A conversion. Fill it with mpk_convert_req_init(), then set what differs. */
@@ -288,6 +290,7 @@ typedef struct mpk_convert_req {
     /* when non-NULL and *cancel becomes non-zero (from a signal handler or another thread),
      * the conversion stops soon with MPK_E_CANCELLED, leaving nothing at dst */
     const volatile int *cancel;
+    int compress_level;           /* zstd level 1..19 with MPK_CONVERT_COMPRESS (0: the default, 1) */
 } mpk_convert_req;
 
 /* Defaults: preset "auto", pack, 5 GB shards, 1 GiB budget, all CPUs, io auto, fsync on,

@@ -43,7 +43,7 @@ class _ConvertReq(ctypes.Structure):
                 ("direction", ctypes.c_int), ("quant", ctypes.c_int), ("flags", ctypes.c_uint),
                 ("max_shard_size", ctypes.c_uint64), ("mem", ctypes.c_uint64), ("threads", ctypes.c_int),
                 ("io", ctypes.c_int), ("layout_like", ctypes.c_char_p), ("progress", _PROGRESS), ("warn", _WARN), ("ctx", ctypes.c_void_p),
-                ("cancel", ctypes.POINTER(ctypes.c_int))]
+                ("cancel", ctypes.POINTER(ctypes.c_int)), ("compress_level", ctypes.c_int)]
 
 
 class _CompareReq(ctypes.Structure):
@@ -129,11 +129,13 @@ def _call(fn, *args):
 
 def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=5_000_000_000, mem=1 << 30, threads=0,
             force=False, resume=False, copy_links=False, fsync=True, manifest=True, copy_range=True,
-            quantize=None, dequantize=False, io="auto", layout_like=None, progress=None, warn=None):
+            quantize=None, dequantize=False, io="auto", layout_like=None, progress=None, warn=None,
+            compress=False, level=0):
     """Converts checkpoint src into the new directory dst with spec (a preset name, "auto" for
     the one matching src's config.json, or a spec JSON file); reverse undoes the spec.
     Unpacking gives back the source release pack recorded, byte for byte; layout_like (an
-    index file) makes the output follow that index's files instead.
+    index file) makes the output follow that index's files instead. compress lands every shard
+    as a NAME.safetensors.mpkz container (zstd level `level`, 0: the default).
     progress(done_bytes, total_bytes, seconds) and warn(message) are called as it runs."""
     if quantize not in (None, "fp8-block128"):
         raise ValueError("quantize takes None or 'fp8-block128'")
@@ -145,9 +147,10 @@ def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=5_000_000_00
     req.direction = _DIRECTION["unpack" if reverse else "pack"]
     req.quant = _QUANT["dequantize" if dequantize else quantize]
     req.flags = ((force and 1) | (resume and 2) | (copy_links and 4) | ((not fsync) and 8)
-                 | ((not copy_range) and 16) | ((not manifest) and 32))
+                 | ((not copy_range) and 16) | ((not manifest) and 32) | (compress and 64))
     req.max_shard_size, req.mem, req.threads, req.io = max_shard_size, mem, threads, _IO[io]
     req.layout_like = _b(layout_like)
+    req.compress_level = level
     # the callbacks must outlive the call: keep them in locals
     pcb = _PROGRESS(lambda ctx, done, total, s: progress(done, total, s)) if progress else _PROGRESS()
     wcb = _WARN(lambda ctx, msg: warn(msg.decode(errors="replace"))) if warn else _WARN()
