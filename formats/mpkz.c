@@ -190,6 +190,8 @@ static void zfail(zrun *r, const mpk_error *e)
     pthread_mutex_unlock(&r->lock);
 }
 
+#define SAMPLE ((size_t)64 << 10)
+
 static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_CCtx *cc, mpk_error *e)
 {
     chunk *c = &r->c[i];
@@ -204,7 +206,14 @@ static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD
     else
         split(orig, planes, pl, c->width, c->xform);
     for (int k = 0; k < c->width; k++) {
-        size_t zl = ZSTD_compressCCtx(cc, z + at, cap, planes + (size_t)k * pl, pl, r->level);
+        const char *plane = planes + (size_t)k * pl;
+        /* a plane whose first SAMPLE bytes do not shrink by 3% (the mantissa bits of floats) is
+         * stored without compressing the rest: zstd's time on it would be wasted */
+        size_t zl = pl > 4 * SAMPLE ? ZSTD_compressCCtx(cc, z + at, cap, plane, SAMPLE, r->level) : 0;
+        if (!ZSTD_isError(zl) && zl < SAMPLE - SAMPLE / 32)
+            zl = ZSTD_compressCCtx(cc, z + at, cap, plane, pl, r->level);
+        else if (!ZSTD_isError(zl))
+            zl = pl;
         if (ZSTD_isError(zl) || zl >= pl) { /* stored */
             memcpy(z + at, planes + (size_t)k * pl, pl);
             zl = pl;
@@ -574,6 +583,7 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
     const chunk *first = z->n ? bsearch(&off, z->c, z->n, sizeof *z->c, chunk_holding) : NULL;
     size_t lo = first ? (size_t)(first - z->c) : z->n;
     char *orig = NULL, *planes = NULL;
+    ZSTD_DCtx *dc = NULL;
     mpk_status s = MPK_OK;
     for (size_t i = lo; len && s == MPK_OK; i++) {
         if (i >= z->n || z->c[i].data_off > off) {
@@ -582,18 +592,22 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
             break;
         }
         const chunk *c = &z->c[i];
-        if (!orig && (!(orig = mpk_alloc(z->max_len)) || !(planes = mpk_alloc(z->max_len)))) {
+        uint64_t a = off - c->data_off, k = c->len - a < len ? c->len - a : len;
+        bool whole = a == 0 && k == c->len; /* decoded straight into buf */
+        if ((!dc && !(dc = ZSTD_createDCtx())) || (!planes && !(planes = mpk_alloc(z->max_len))) ||
+            (!whole && !orig && !(orig = mpk_alloc(z->max_len)))) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, z->path, "out of memory");
             break;
         }
-        if ((s = decode_chunk(z->fd, z->path, z->h, c, i, orig, planes, NULL, err)) != MPK_OK)
+        if ((s = decode_chunk(z->fd, z->path, z->h, c, i, whole ? buf : orig, planes, dc, err)) != MPK_OK)
             break;
-        uint64_t a = off - c->data_off, k = c->len - a < len ? c->len - a : len;
-        memcpy(buf, orig + a, k);
+        if (!whole)
+            memcpy(buf, orig + a, k);
         buf = (char *)buf + k;
         off += k;
         len -= k;
     }
+    ZSTD_freeDCtx(dc);
     free(orig);
     free(planes);
     return s;
