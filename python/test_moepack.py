@@ -119,24 +119,30 @@ class Sharing(unittest.TestCase):
         cls.root = tempfile.mkdtemp(prefix="mpk-share-")
         synth = os.path.join(cls.root, "synth")
         moepack.synth(synth, "mixtral", experts=4, hidden=32, intermediate=16, layers=2, shards=1)
-        tensors, _ = read_st(os.path.join(synth, "model.safetensors"))
+        cls.tensors, _ = read_st(os.path.join(synth, "model.safetensors"))
+        cls.config = os.path.join(synth, "config.json")
         # a release with 0-based, 6-digit shard names (as Kimi-K2's), tensors spread in any order
-        cls.rel = os.path.join(cls.root, "release")
-        os.mkdir(cls.rel)
-        rng = random.Random(7)
-        names = sorted(tensors)
+        cls.rel = cls.make_release("release", [f"model-{i:06d}-of-000003.safetensors" for i in range(3)], {})
+
+    @classmethod
+    def make_release(cls, name, files, real_map, seed=7):
+        """The synth tensors as a release of the given files: a tensor the real weight map names
+        goes to its file there when that is one of files, the others round robin, shuffled."""
+        rel = os.path.join(cls.root, name)
+        os.mkdir(rel)
+        rng = random.Random(seed)
+        names = sorted(cls.tensors)
         rng.shuffle(names)
-        files = [f"model-{i:06d}-of-000003.safetensors" for i in range(3)]
-        weight_map = {}
-        for k, f in enumerate(files):
-            part = {n: tensors[n] for n in names[k::3]}
-            write_foreign(os.path.join(cls.rel, f), part, rng)
-            weight_map.update({n: f for n in part})
-        total = sum(len(b) for _, _, b in tensors.values())
-        with open(os.path.join(cls.rel, "model.safetensors.index.json"), "w") as f:
+        weight_map = {n: real_map[n] if real_map.get(n) in files else files[k % len(files)]
+                      for k, n in enumerate(names)}
+        for f in files:
+            write_foreign(os.path.join(rel, f), {n: cls.tensors[n] for n in names if weight_map[n] == f}, rng)
+        total = sum(len(b) for _, _, b in cls.tensors.values())
+        with open(os.path.join(rel, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=4)
             f.write("\n\n")
-        shutil.copy(os.path.join(synth, "config.json"), cls.rel)
+        shutil.copy(cls.config, rel)
+        return rel
 
     @classmethod
     def tearDownClass(cls):
@@ -177,6 +183,32 @@ class Sharing(unittest.TestCase):
         subprocess.run([cli, "unpack", self.path("packed4"), out, "-q", "--resume"], check=True)
         for f in self.release_files(self.rel):
             self.assertEqual(sha(os.path.join(out, f)), sha(os.path.join(self.rel, f)), f)
+
+    def test_real_shard_naming_schemes(self):
+        """The shard names of real releases (../shared/safetensors-material): Kimi-K2's derivative
+        (1-based, 6-digit count), gpt-oss-20b (0-based), DeepSeek-OCR-2 (one shard named as many):
+        pack -> unpack, plain and compressed, gives every file back sha256-equal."""
+        material = os.environ.get("MPK_MATERIAL") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "safetensors-material")
+        if not os.path.isdir(material):
+            self.skipTest("no ../shared/safetensors-material")
+        for rel_dir in ("kimi2-pcl-deepseek_v3-derivative", "gpt-oss-20b", "deepseek-ocr-2-deepseek_v2_moe"):
+            with open(os.path.join(material, rel_dir, "model.safetensors.index.json")) as f:
+                real = json.load(f)["weight_map"]
+            files = sorted(set(real.values()))[:3]
+            with self.subTest(rel_dir):
+                rel = self.make_release("real-" + rel_dir, files, real, seed=len(real))
+                for compress in (False, True):
+                    tag = f"{rel_dir}-{compress}"
+                    moepack.pack(rel, self.path("p-" + tag), compress=compress)
+                    moepack.unpack(self.path("p-" + tag), self.path("u-" + tag), compress=compress)
+                    back = self.path("u-" + tag)
+                    if compress:
+                        moepack.decompress(back, self.path("d-" + tag))
+                        back = self.path("d-" + tag)
+                    self.assertEqual(sorted(f for f in os.listdir(back) if f.endswith(".safetensors")), files)
+                    for f in self.release_files(rel):
+                        self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(rel, f)), f)
 
     def test_layout_like_follows_an_index(self):
         moepack.pack(self.rel, self.path("packed2"))
