@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <signal.h>
 #include <getopt.h>
@@ -239,19 +240,59 @@ int mpk_cmd_convert(int argc, char **argv)
 
 int mpk_cmd_presets(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
+    bool json = false;
+    int ch;
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
+        if (ch != 'j')
+            return mpk_cli_usage("presets", "unknown option '%s'", argv[optind - 1]);
+        json = true;
+    }
+    if (argc - optind > 1)
+        return mpk_cli_usage("presets", "expected at most one NAME, got %d arguments", argc - optind);
+    if (argc - optind == 1) { /* one preset's spec, as JSON, whatever --json says */
+        const char *text = mpk_preset_json(argv[optind]);
+        if (!text) {
+            mpk_error err = {.code = MPK_E_PRESET};
+            snprintf(err.where, sizeof err.where, "preset");
+            snprintf(err.msg, sizeof err.msg, "unknown preset '%s'", argv[optind]);
+            return mpk_cli_fail("presets", &err, "'moepack presets' lists them");
+        }
+        fputs(text, stdout);
+        return MPK_EXIT_OK;
+    }
+    cJSON *arr = json ? cJSON_CreateArray() : NULL;
     const char *name;
     for (size_t i = 0; (name = mpk_preset_name(i)); i++) {
         mpk_spec *s;
         mpk_error err = {0};
-        if (mpk_spec_load(name, NULL, false, &s, &err) != MPK_OK)
+        if (mpk_spec_load(name, NULL, false, &s, &err) != MPK_OK) {
+            cJSON_Delete(arr);
             return mpk_cli_fail("presets", &err, NULL);
-        printf("%-14s model_types:", mpk_spec_name(s));
-        for (size_t k = 0; k < mpk_spec_model_type_count(s); k++)
-            printf("%s%s", k ? "," : " ", mpk_spec_model_type(s, k));
-        printf("\n               %s\n", mpk_spec_description(s));
+        }
+        if (arr) {
+            cJSON *o = cJSON_CreateObject(), *types = cJSON_CreateArray();
+            cJSON_AddStringToObject(o, "name", mpk_spec_name(s));
+            cJSON_AddStringToObject(o, "description", mpk_spec_description(s));
+            for (size_t k = 0; k < mpk_spec_model_type_count(s); k++)
+                cJSON_AddItemToArray(types, cJSON_CreateString(mpk_spec_model_type(s, k)));
+            cJSON_AddItemToObject(o, "model_types", types);
+            cJSON_AddItemToArray(arr, o);
+        } else {
+            printf("%-14s model_types:", mpk_spec_name(s));
+            for (size_t k = 0; k < mpk_spec_model_type_count(s); k++)
+                printf("%s%s", k ? "," : " ", mpk_spec_model_type(s, k));
+            printf("\n               %s\n", mpk_spec_description(s));
+        }
         mpk_spec_free(s);
+    }
+    if (arr) {
+        char *text = cJSON_Print(arr);
+        cJSON_Delete(arr);
+        if (!text)
+            return mpk_cli_fail("presets", &(mpk_error){.code = MPK_E_NOMEM, .msg = "out of memory"}, NULL);
+        printf("%s\n", text);
+        free(text);
     }
     return MPK_EXIT_OK;
 }

@@ -183,7 +183,13 @@ const mpk_command mpk_commands[] = {
      "number of experts, per-expert or packed experts) and every tensor.\n\n"
      "  --json   one JSON document on stdout (schema in README.md)\n",
      mpk_cmd_inspect},
-    {"presets", "list the embedded architecture presets", "usage: moepack presets\n", mpk_cmd_presets},
+    {"presets", "list the embedded architecture presets, or print one's JSON spec",
+     "usage: moepack presets [--json] [NAME]\n\n"
+     "Lists every embedded preset: its name, the config.json model_types it serves (what\n"
+     "--preset auto matches) and a description. With NAME, prints that preset's JSON spec, a\n"
+     "start for a custom one ('moepack convert --spec FILE').\n\n"
+     "  --json   the list as a JSON array of {\"name\", \"description\", \"model_types\"}\n\n"
+     "example: moepack presets qwen3_moe > my_spec.json\n", mpk_cmd_presets},
     {"plan", "show what a conversion would do, writing nothing",
      "usage: moepack plan SRC [--preset P | --spec FILE] [--reverse] [--verbose]\n\n"
      "Prints each target with its sources and ops, the pass-through tensors, the bytes and\n"

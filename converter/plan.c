@@ -594,6 +594,8 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
                 mpk_plan_out *o = &p->outs[p->n_outs++];
                 o->name = expand(p->arena, &r->targets[tg], g->prefix, g->suffix, g->caps, g->n_caps,
                                  r->list_capture, ibuf);
+                if (o->name) /* renames reach the targets' prefixes too (backbone. -> model.) */
+                    o->name = apply_renames(p->arena, spec, o->name);
                 o->slot = tg * g->out_meta.n_items + it;
                 o->meta = g->out_meta.t[o->slot];
                 o->group = (int)gi;

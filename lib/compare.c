@@ -141,7 +141,10 @@ static mpk_status compare_two(const mpk_compare_req *q, const mpk_ckpt *a, const
         s = mpk_verify_compare(a, b, NULL, &po, co, out, err);
     } else if ((s = mpk_lib_spec_load(q->spec, &cfg, a_packed && !b_packed, &spec, err)) == MPK_OK) {
         s = mpk_verify_compare(a, b, spec, &po, co, out, err);
-        if (s == MPK_E_ALREADY_CONVERTED) { /* a is packed: b should be its unpacking */
+        if (s == MPK_E_ALREADY_CONVERTED && b_packed && same_names(a, b)) {
+            /* a is packed though unmarked (a family published fused, e.g. GraniteMoE), b too */
+            s = mpk_verify_compare(a, b, NULL, &po, co, out, err);
+        } else if (s == MPK_E_ALREADY_CONVERTED) { /* a is packed: b should be its unpacking */
             mpk_spec *rev;
             if ((s = mpk_spec_reverse(spec, &rev, err)) == MPK_OK) { /* rev owns spec now */
                 spec = rev;

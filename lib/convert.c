@@ -94,6 +94,14 @@ const char *mpk_preset_name(size_t i)
     return i < mpk_n_presets ? mpk_presets[i].name : NULL;
 }
 
+const char *mpk_preset_json(const char *name)
+{
+    for (size_t i = 0; name && i < mpk_n_presets; i++)
+        if (strcmp(mpk_presets[i].name, name) == 0)
+            return mpk_presets[i].json;
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- requests */
 
 void mpk_convert_req_init(mpk_convert_req *r, const char *src, const char *dst)

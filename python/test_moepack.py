@@ -343,6 +343,78 @@ class Compressed(unittest.TestCase):
         self.assertIn("truncated", self.broken("bomb", huge))
 
 
+def material_dir():
+    return os.environ.get("MPK_MATERIAL") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "safetensors-material")
+
+
+class FusedFamilies(unittest.TestCase):
+    """A family published fused (GraniteMoE: input_linear [E, 2I, H], output_linear [E, H, I]),
+    from the real tensor names and shard files of ibm-granite/granite-3.1-1b-a400m (issue 16)."""
+
+    def test_granitemoe_real_names(self):
+        rel_dir = os.path.join(material_dir(), "granite-3.1-1b-a400m-granitemoe")
+        if not os.path.isdir(rel_dir):
+            self.skipTest("no ../shared/safetensors-material")
+        with open(os.path.join(rel_dir, "model.safetensors.index.json")) as f:
+            weight_map = json.load(f)["weight_map"]
+        with open(os.path.join(rel_dir, "config.json")) as f:
+            experts = json.load(f)["num_local_experts"]
+        root = tempfile.mkdtemp(prefix="mpk-granite-")
+        try:
+            src = os.path.join(root, "src")
+            os.mkdir(src)
+            rng = random.Random(3)
+            h, i = 4, 2  # hidden and intermediate scaled down; the expert count is the config's
+            shapes = {"input_linear.weight": [experts, 2 * i, h], "output_linear.weight": [experts, h, i]}
+            for fname in sorted(set(weight_map.values())):
+                part = {}
+                for n in sorted(k for k, v in weight_map.items() if v == fname):
+                    shape = next((sh for suf, sh in shapes.items() if n.endswith("block_sparse_moe." + suf)), [2, h])
+                    count = 1
+                    for d in shape:
+                        count *= d
+                    part[n] = ("BF16", shape, bytes(rng.randrange(256) for _ in range(2 * count)))
+                write_foreign(os.path.join(src, fname), part, rng)
+            shutil.copy(os.path.join(rel_dir, "model.safetensors.index.json"), src)
+            shutil.copy(os.path.join(rel_dir, "config.json"), src)
+            # already in the packed layout as published: pack has nothing to do
+            with self.assertRaises(moepack.Error) as cm:
+                moepack.pack(src, os.path.join(root, "packed"))
+            self.assertEqual(cm.exception.status, "already-converted")
+            self.assertIn("granitemoe", cm.exception.message)
+            # unpack splits each layer's experts; expert e's gate rows are input_linear[e, :I]
+            per = os.path.join(root, "per-expert")
+            moepack.unpack(src, per)
+            got = {}
+            for fname in os.listdir(per):
+                if fname.endswith(".safetensors"):
+                    got.update(read_st(os.path.join(per, fname))[0])
+            fused = {}
+            for fname in set(weight_map.values()):
+                fused.update(read_st(os.path.join(src, fname))[0])
+            layer = "model.layers.5.block_sparse_moe."
+            self.assertNotIn(layer + "input_linear.weight", got)
+            row = 2 * h  # bytes per row of H BF16 values
+            blob = fused[layer + "input_linear.weight"][2]
+            e = experts - 1
+            self.assertEqual(got[layer + f"experts.{e}.gate_proj.weight"],
+                             ("BF16", [i, h], blob[(e * 2 * i) * row:(e * 2 * i + i) * row]))
+            self.assertEqual(got[layer + f"experts.{e}.up_proj.weight"][2],
+                             blob[(e * 2 * i + i) * row:(e * 2 * i + 2 * i) * row])
+            down = fused[layer + "output_linear.weight"][2]
+            self.assertEqual(got[layer + f"experts.{e}.down_proj.weight"],
+                             ("BF16", [h, i], down[e * h * i * 2:(e + 1) * h * i * 2]))
+            self.assertEqual(len(got), len(weight_map) + 24 * (3 * experts - 2))
+            # and back: the fused tensors byte for byte
+            again = os.path.join(root, "again")
+            moepack.pack(per, again)
+            rep = moepack.verify(src, again)
+            self.assertTrue(rep["identical"], json.dumps(rep)[:2000])
+        finally:
+            shutil.rmtree(root)
+
+
 class EveryPreset(unittest.TestCase):
     """Every preset's synth output: pack then unpack gives the files back byte for byte, plain
     and from compressed checkpoints in both directions (issue 15)."""

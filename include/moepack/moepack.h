@@ -195,6 +195,9 @@ MPK_API size_t mpk_spec_model_type_count(const mpk_spec *s);
 MPK_API const char *mpk_spec_model_type(const mpk_spec *s, size_t i);
 /* Names of the embedded presets, i = 0, 1, ... until NULL. Static storage. */
 MPK_API const char *mpk_preset_name(size_t i);
+/* The JSON spec text of the embedded preset name (a start for a custom spec), or NULL when
+ * there is none by that name. Static storage. */
+MPK_API const char *mpk_preset_json(const char *name);
 
 /* ---------------------------------------------------------------- reports */
 

@@ -1,0 +1,64 @@
+#!/bin/sh
+# cli.sh MOEPACK — the command line as a user and a CI pipeline see it: exit codes, usage
+# errors, --json documents (parsed), --help texts. Each check names what it proves; the first
+# failure stops the script with exit 1.
+set -u
+M=$1
+tmp=$(mktemp -d /tmp/mpk-cli-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+# expect CODE DESCRIPTION -- COMMAND...: the command exits with CODE
+expect() {
+  want=$1 what=$2
+  shift 3
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  if [ "$got" != "$want" ]; then
+    echo "FAIL: $what: '$*' exited $got, expected $want" >&2
+    sed 's/^/  stdout: /' "$tmp/out" | head -5 >&2
+    sed 's/^/  stderr: /' "$tmp/err" | head -5 >&2
+    fails=$((fails + 1))
+  else
+    echo "ok: $what"
+  fi
+}
+# json_check DESCRIPTION PYTHON-EXPRESSION: the last command's stdout parses as JSON and the
+# expression over it (as d) is true
+json_check() {
+  if python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$tmp/out"; then
+    echo "ok: $1"
+  else
+    echo "FAIL: $1: $(head -c 300 "$tmp/out")" >&2
+    fails=$((fails + 1))
+  fi
+}
+
+# presets (issue 16)
+expect 0 "presets --json" -- "$M" presets --json
+json_check "presets --json is an array of {name, description, model_types}" \
+  "isinstance(d, list) and len(d) >= 17 and all(set(p) == {'name', 'description', 'model_types'} for p in d) and any(p['name'] == 'nemotron_h' and 'nemotron_h' in p['model_types'] for p in d) and any('glm4_moe_lite' in p['model_types'] for p in d)"
+expect 0 "presets NAME prints the preset's spec" -- "$M" presets lfm2_moe
+json_check "presets lfm2_moe is its spec" "d['name'] == 'lfm2_moe' and d['converters'][0]['target'] == 'feed_forward.experts.gate_up_proj'"
+cp "$tmp/out" "$tmp/spec.json"
+expect 0 "synth lfm2_moe" -- "$M" synth --arch lfm2_moe "$tmp/lfm"
+expect 0 "a preset's printed spec converts as a spec file" -- "$M" convert "$tmp/lfm" "$tmp/lfm-c" --spec "$tmp/spec.json" -q
+expect 0 "... and the result verifies" -- "$M" verify "$tmp/lfm" "$tmp/lfm-c"
+expect 1 "presets with an unknown name" -- "$M" presets bogus
+expect 2 "presets with an unknown option" -- "$M" presets --bogus
+expect 2 "presets with two names" -- "$M" presets mixtral qwen3_moe
+
+# --compress on the conversion commands (issue 15)
+expect 2 "--level without --compress" -- "$M" pack "$tmp/lfm" "$tmp/x" --level 3
+expect 2 "--compress with --resume" -- "$M" pack "$tmp/lfm" "$tmp/x" --compress --resume
+expect 2 "--level out of range" -- "$M" pack "$tmp/lfm" "$tmp/x" --compress --level 30
+[ ! -e "$tmp/x" ] || { echo "FAIL: a usage error wrote $tmp/x" >&2; fails=$((fails + 1)); }
+expect 0 "pack --compress" -- "$M" pack "$tmp/lfm" "$tmp/z" --compress -q
+ls "$tmp/z" | grep -q '\.safetensors\.mpkz$' && ! ls "$tmp/z" | grep -q '\.safetensors$' \
+  && echo "ok: pack --compress wrote containers only" \
+  || { echo "FAIL: pack --compress wrote: $(ls "$tmp/z")" >&2; fails=$((fails + 1)); }
+expect 0 "verify reads the compressed output" -- "$M" verify "$tmp/lfm" "$tmp/z"
+
+if [ "$fails" -ne 0 ]; then
+  echo "$fails check(s) failed" >&2
+  exit 1
+fi
