@@ -286,13 +286,19 @@ int mpk_cmd_presets(int argc, char **argv)
         }
         mpk_spec_free(s);
     }
-    if (arr) {
-        char *text = cJSON_Print(arr);
+    if (arr) { /* an array, one preset per line */
+        fputs("[", stdout);
+        for (const cJSON *o = arr->child; o; o = o->next) {
+            char *text = cJSON_PrintUnformatted(o);
+            if (!text) {
+                cJSON_Delete(arr);
+                return mpk_cli_fail("presets", &(mpk_error){.code = MPK_E_NOMEM, .msg = "out of memory"}, NULL);
+            }
+            printf("\n  %s%s", text, o->next ? "," : "\n");
+            free(text);
+        }
+        puts("]");
         cJSON_Delete(arr);
-        if (!text)
-            return mpk_cli_fail("presets", &(mpk_error){.code = MPK_E_NOMEM, .msg = "out of memory"}, NULL);
-        printf("%s\n", text);
-        free(text);
     }
     return MPK_EXIT_OK;
 }

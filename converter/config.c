@@ -170,7 +170,7 @@ char *mpk_config_requant(const mpk_model_config *cfg, bool remove, const void *q
     cJSON_DeleteItemFromObjectCaseSensitive(c, "quantization_config");
     if (!remove && qc)
         cJSON_AddItemToObject(c, "quantization_config", cJSON_Duplicate((const cJSON *)qc, 1));
-    char *text = cJSON_Print(c);
+    char *text = mpk_json_print(c, true);
     cJSON_Delete(c);
     return text;
 }

@@ -121,7 +121,7 @@ static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, cons
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "torch_dtype");
     cJSON_AddStringToObject(cfg, "torch_dtype", o->dtype == MPK_DTYPE_F32 ? "float32"
                                                 : o->dtype == MPK_DTYPE_F16 ? "float16" : "bfloat16");
-    char *text = cJSON_Print(cfg);
+    char *text = mpk_json_print(cfg, true);
     cJSON_Delete(cfg);
     char *path = mpk_path_join(dir, "config.json");
     mpk_status s = text && path ? mpk_write_file(path, text, strlen(text), true, err)

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -246,4 +247,58 @@ bool mpk_json_num_in(const cJSON *v, double lo, double hi, long long *out)
         return false;
     *out = (long long)d;
     return true;
+}
+
+/* ---------------------------------------------------------------- printing */
+
+/* v at depth d the way Python's json.dumps(indent=2) writes it (what Hugging Face tools write):
+ * two spaces per level, "key": value, one member or element per line, {} and [] when empty.
+ * Scalars are cJSON's own text. */
+static bool print_indented(FILE *f, const cJSON *v, int d)
+{
+    if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+        bool obj = cJSON_IsObject(v);
+        if (!v->child)
+            return fputs(obj ? "{}" : "[]", f) >= 0;
+        fputc(obj ? '{' : '[', f);
+        for (const cJSON *c = v->child; c; c = c->next) {
+            fprintf(f, "\n%*s", 2 * (d + 1), "");
+            if (obj) {
+                cJSON *key = cJSON_CreateString(c->string);
+                char *k = key ? cJSON_PrintUnformatted(key) : NULL;
+                cJSON_Delete(key);
+                if (!k)
+                    return false;
+                fprintf(f, "%s: ", k);
+                cJSON_free(k);
+            }
+            if (!print_indented(f, c, d + 1))
+                return false;
+            if (c->next)
+                fputc(',', f);
+        }
+        fprintf(f, "\n%*s%c", 2 * d, "", obj ? '}' : ']');
+        return true;
+    }
+    char *s = cJSON_PrintUnformatted(v);
+    if (!s)
+        return false;
+    fputs(s, f);
+    cJSON_free(s);
+    return true;
+}
+
+char *mpk_json_print(const cJSON *v, bool newline)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    bool ok = print_indented(f, v, 0) && (!newline || fputc('\n', f) != EOF);
+    if (fclose(f) != 0 || !ok) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
 }

@@ -192,19 +192,9 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
         cJSON_Delete(root);
         return NULL;
     }
-    char *text = cJSON_Print(root);
+    char *text = mpk_json_print(root, true);
     cJSON_Delete(root);
-    if (!text)
-        return NULL;
-    size_t l = strlen(text);
-    char *withnl = realloc(text, l + 2);
-    if (!withnl) {
-        free(text);
-        return NULL;
-    }
-    withnl[l] = '\n';
-    withnl[l + 1] = 0;
-    return withnl;
+    return text;
 }
 
 static mpk_status write_manifest(const char *dir, const mpk_tensor_hash *t, size_t n, mpk_hash128 d,

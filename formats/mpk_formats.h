@@ -66,6 +66,9 @@ const char *mpk_json_uint(const mpk_json *j, const cJSON *v, uint64_t *out);
 /* v is a number with an integral value in [lo, hi] (|lo|, |hi| <= 2^53): *out set, true.
  * Checked before any conversion (no undefined float-to-integer cast). */
 bool mpk_json_num_in(const cJSON *v, double lo, double hi, long long *out);
+/* v as Python's json.dumps(v, indent=2) writes it (Hugging Face's config.json style), ending
+ * in a newline when asked; malloc'd, NULL when out of memory. */
+char *mpk_json_print(const cJSON *v, bool newline);
 
 /* ---------------------------------------------------------------- safetensors */
 

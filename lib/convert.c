@@ -279,13 +279,45 @@ char *mpk_plan_describe(const mpk_plan *p, bool verbose)
 }
 
 /* config.json for the output when the quantization changes (NULL: a copy of the source's). */
-static mpk_status requant_config(const mpk_convert_req *r, const job *j, char **out, mpk_error *err)
+/* --quantize fp8-block128's quantization_config: what transformers' FineGrainedFP8Config and
+ * vLLM's Fp8Config read. Every 2-D weight of the output left in a float type (attention,
+ * routers, shared experts, lm_head, embeddings) is named by its module in
+ * modules_to_not_convert (transformers) and ignored_layers (vLLM reads it first), so that
+ * neither loader takes an unlisted BF16 linear for FP8. */
+static cJSON *fp8_block_config(const mpk_plan *p)
+{
+    cJSON *qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                            "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
+    cJSON *skip = cJSON_CreateArray();
+    for (size_t i = 0; qc && skip && i < p->n_outs; i++) {
+        const mpk_plan_out *o = &p->outs[i];
+        size_t n = strlen(o->name);
+        if (o->quant || o->meta.ndim != 2 || mpk_dtype_is_fp8(o->meta.dtype) || n <= 7 ||
+            strcmp(o->name + n - 7, ".weight") != 0)
+            continue;
+        cJSON *m = cJSON_CreateString(o->name);
+        if (!m)
+            break;
+        m->valuestring[n - 7] = 0; /* the module: the name without ".weight" */
+        cJSON_AddItemToArray(skip, m);
+    }
+    cJSON *copy = skip ? cJSON_Duplicate(skip, 1) : NULL;
+    if (!qc || !skip || !copy || cJSON_GetArraySize(copy) != cJSON_GetArraySize(skip)) {
+        cJSON_Delete(qc), cJSON_Delete(skip), cJSON_Delete(copy);
+        return NULL;
+    }
+    cJSON_AddItemToObject(qc, "modules_to_not_convert", skip);
+    cJSON_AddItemToObject(qc, "ignored_layers", copy);
+    return qc;
+}
+
+static mpk_status requant_config(const mpk_convert_req *r, const job *j, const mpk_plan *p, char **out,
+                                 mpk_error *err)
 {
     cJSON *qc = NULL;
     *out = NULL;
     if (r->quant == MPK_QUANT_FP8_BLOCK128)
-        qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
-                         "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
+        qc = fp8_block_config(p);
     else if (j->spec->dequantizes && j->spec->reversed)
         qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"), 1);
     bool want_qc = r->quant == MPK_QUANT_FP8_BLOCK128 ||
@@ -340,7 +372,7 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         return s;
     if (plan->layout && plan->layout->config_text) /* the release's own config.json, verbatim */
         cfg_text = mpk_strndup(plan->layout->config_text, strlen(plan->layout->config_text));
-    else if ((s = requant_config(r, j, &cfg_text, err)) != MPK_OK)
+    else if ((s = requant_config(r, j, plan, &cfg_text, err)) != MPK_OK)
         goto out;
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
     bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);

@@ -54,7 +54,7 @@ mpk_status mpk_report_add(mpk_report *r, const char *name, const char *kind, con
 
 mpk_status mpk_report_set_json(mpk_report *r, cJSON *o, mpk_error *err)
 {
-    char *s = o ? cJSON_Print(o) : NULL;
+    char *s = o ? mpk_json_print(o, false) : NULL;
     cJSON_Delete(o);
     if (!s)
         MPK_FAIL(err, MPK_E_NOMEM, "report", "out of memory");

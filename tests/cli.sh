@@ -58,6 +58,36 @@ ls "$tmp/z" | grep -q '\.safetensors\.mpkz$' && ! ls "$tmp/z" | grep -q '\.safet
   || { echo "FAIL: pack --compress wrote: $(ls "$tmp/z")" >&2; fails=$((fails + 1)); }
 expect 0 "verify reads the compressed output" -- "$M" verify "$tmp/lfm" "$tmp/z"
 
+# --quantize fp8-block128's quantization_config names every linear left unquantized, in the
+# fields transformers (modules_to_not_convert) and vLLM (ignored_layers) read; config.json is
+# written as Hugging Face tools write it (json.dumps indent=2) (issues 16, 17)
+expect 0 "synth deepseek_v3" -- "$M" synth --arch deepseek_v3 --hidden 256 --intermediate 128 --experts 4 "$tmp/ds"
+expect 0 "pack --quantize fp8-block128" -- "$M" pack "$tmp/ds" "$tmp/dsq" --quantize fp8-block128 -q
+if python3 - "$tmp/dsq" <<'PY'
+import json, os, struct, sys
+d = sys.argv[1]
+text = open(os.path.join(d, "config.json")).read()
+cfg = json.loads(text)
+assert text == json.dumps(cfg, indent=2) + "\n", "config.json is not json.dumps(indent=2)"
+qc = cfg["quantization_config"]
+assert qc["quant_method"] == "fp8" and qc["weight_block_size"] == [128, 128] and qc["activation_scheme"] == "dynamic"
+skip = qc["modules_to_not_convert"]
+assert qc["ignored_layers"] == skip
+want = set()  # every 2-D float weight in the output, from the headers
+for f in os.listdir(d):
+    if f.endswith(".safetensors"):
+        with open(os.path.join(d, f), "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            h = json.loads(fh.read(n))
+        want |= {k[:-len(".weight")] for k, v in h.items()
+                 if k.endswith(".weight") and len(v["shape"]) == 2 and v["dtype"] in ("BF16", "F16", "F32")}
+assert set(skip) == want, (sorted(set(skip) ^ want))
+assert "lm_head" in skip and "model.layers.1.mlp.gate" in skip and "model.layers.0.self_attn.o_proj" in skip
+assert not any("experts." in m and "shared_experts" not in m for m in skip)
+PY
+then echo "ok: quantization_config lists every unquantized linear; config.json in HF style"
+else echo "FAIL: quantization_config / config.json style" >&2; fails=$((fails + 1)); fi
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

@@ -281,7 +281,7 @@ static void test_manifest_strict(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fresh_copy(m);
-        assert_int_equal(tu_sh("python3 -c \"import sys; p = sys.argv[1]; t = open(p).read(); Q, T = chr(34), chr(9); "
+        assert_int_equal(tu_sh("python3 -c \"import sys; p = sys.argv[1]; t = open(p).read(); Q, T = chr(34), chr(32); "
                                "open(p, 'w').write(%s)\" %s/" MPK_MANIFEST_NAME, cases[i].py, m), 0);
         int rc = run(&out, "%s verify %s", moepack(), m);
         if (rc != cases[i].rc || !strstr(out, cases[i].want))
@@ -292,7 +292,7 @@ static void test_manifest_strict(void **state)
     fresh_copy(m);
     assert_int_equal(run(&digest, "%s hash %s | tail -1", moepack(), m), 0);
     digest[32] = 0;
-    assert_int_equal(tu_sh("sed -i 's/\"digest\":\t\"[0-9a-f]*\"/\"digest\":\t\"%032d\"/' %s/" MPK_MANIFEST_NAME,
+    assert_int_equal(tu_sh("sed -i 's/\"digest\": \"[0-9a-f]*\"/\"digest\": \"%032d\"/' %s/" MPK_MANIFEST_NAME,
                            7, m), 0);
     assert_int_equal(run(&out, "%s verify %s", moepack(), m), 3);
     if (!strstr(out, digest) || !strstr(out, "00000000000000000000000000000007"))
@@ -423,7 +423,7 @@ static void test_diff_figures(void **state)
     free(out);
     /* across layouts: per-expert vs packed through the preset, exactly equal */
     assert_int_equal(run(&out, "%s diff %s %s --json", moepack(), src, packed), 0);
-    assert_non_null(strstr(out, "\"identical\":\ttrue"));
+    assert_non_null(strstr(out, "\"identical\": true"));
     free(out);
     /* usage errors */
     assert_int_equal(run(&out, "%s diff %s", moepack(), pa), 2);
