@@ -23,7 +23,10 @@ void mpk_compare_req_init(mpk_compare_req *r, const char *src, const char *dst)
 static cJSON *cmp_json(const mpk_cmp_report *r, bool stats)
 {
     cJSON *o = cJSON_CreateObject(), *d = cJSON_CreateArray(), *all = stats ? cJSON_CreateArray() : NULL;
-    cJSON_AddBoolToObject(o, "identical", r->n_differ == 0);
+    /* identical: every byte; within_tolerance: what passes (values compared within atol/rtol) */
+    cJSON_AddBoolToObject(o, "identical", r->n_differ == 0 && r->n_inexact == 0);
+    cJSON_AddBoolToObject(o, "within_tolerance", r->n_differ == 0);
+    cJSON_AddNumberToObject(o, "inexact", (double)r->n_inexact);
     cJSON_AddNumberToObject(o, "compared", (double)r->n_compared);
     cJSON_AddNumberToObject(o, "bytes", (double)r->bytes);
     cJSON_AddNumberToObject(o, "atol", r->atol);
@@ -78,8 +81,15 @@ static void cmp_text(FILE *f, const mpk_cmp_report *r, bool stats)
         else if (t->differs)
             fprintf(f, "DIFF %-11s %s: %s\n", kind_names[t->kind], t->name, t->detail);
     }
-    fprintf(f, "%s: %zu tensors compared (%s), %zu difference(s)%s\n", stats ? "diff" : "verify", r->n_compared,
-            mpk_human_bytes(r->bytes, hb, sizeof hb), r->n_differ, r->n_differ ? "" : ": identical");
+    fprintf(f, "%s: %zu tensors compared (%s), %zu difference(s)", stats ? "diff" : "verify", r->n_compared,
+            mpk_human_bytes(r->bytes, hb, sizeof hb), r->n_differ);
+    if (!r->n_differ && !r->n_inexact)
+        fputs(": identical\n", f);
+    else if (!r->n_differ)
+        fprintf(f, ": within tolerance (%zu tensor(s) differ in bytes, every value within atol %g + rtol %g)\n",
+                r->n_inexact, r->atol, r->rtol);
+    else
+        fputc('\n', f);
 }
 
 static mpk_status make_report(const mpk_cmp_report *c, bool stats, mpk_report **out, mpk_error *err)
@@ -121,6 +131,23 @@ static bool same_names(const mpk_ckpt *a, const mpk_ckpt *b)
     return true;
 }
 
+static bool has_fp8(const mpk_ckpt *c)
+{
+    for (size_t i = 0; i < c->n_tensors; i++)
+        if (mpk_dtype_is_fp8(c->tensors[i].info->dtype))
+            return true;
+    return false;
+}
+
+/* What a conversion from a to b did to the quantization, read from their headers when the
+ * request leaves it open: FP8 weights in b only were quantized (--quantize fp8-block128),
+ * FP8 weights in a only were dequantized (--dequantize). */
+static mpk_quant detect_quant(const mpk_ckpt *a, const mpk_ckpt *b)
+{
+    bool fa = has_fp8(a), fb = has_fp8(b);
+    return fa == fb ? MPK_QUANT_KEEP : fb ? MPK_QUANT_FP8_BLOCK128 : MPK_QUANT_DEQUANTIZE;
+}
+
 /* Compares a (the source) with b through the identity, or the spec in the direction the
  * layouts say: a packed source (the forward spec finds it already converted) is compared
  * through the spec reversed. */
@@ -130,14 +157,15 @@ static mpk_status compare_two(const mpk_compare_req *q, const mpk_ckpt *a, const
     mpk_model_config cfg = {0};
     mpk_spec *spec = NULL;
     MPK_TRY(mpk_config_load(a->dir, &cfg, err));
-    mpk_plan_opts po = {.cfg = &cfg, .dequantize = q->quant == MPK_QUANT_DEQUANTIZE,
-                        .quantize_block = q->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
+    mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
+    mpk_plan_opts po = {.cfg = &cfg, .dequantize = quant == MPK_QUANT_DEQUANTIZE,
+                        .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
     mpk_status s;
     /* the same names are a round trip, unless one side is marked packed and the other is not
      * (a preset whose targets keep their sources' names, e.g. qwen3_vl_moe's transposes) */
     const char *ma = mpk_lib_layout_marker(a), *mb = mpk_lib_layout_marker(b);
     bool a_packed = ma && strcmp(ma, "packed") == 0, b_packed = mb && strcmp(mb, "packed") == 0;
-    if (same_names(a, b) && a_packed == b_packed && q->quant == MPK_QUANT_KEEP && !q->spec) {
+    if (same_names(a, b) && a_packed == b_packed && quant == MPK_QUANT_KEEP && !q->spec) {
         s = mpk_verify_compare(a, b, NULL, &po, co, out, err);
     } else if ((s = mpk_lib_spec_load(q->spec, &cfg, a_packed && !b_packed, &spec, err)) == MPK_OK) {
         s = mpk_verify_compare(a, b, spec, &po, co, out, err);

@@ -88,6 +88,40 @@ PY
 then echo "ok: quantization_config lists every unquantized linear; config.json in HF style"
 else echo "FAIL: quantization_config / config.json style" >&2; fails=$((fails + 1)); fi
 
+# verify and diff find out from the headers what a conversion did to the quantization: no
+# --quantize/--dequantize needed (issue 16); 'identical' only for bytes, 'within tolerance'
+# otherwise (issue 17)
+expect 0 "verify of a --quantize pack without flags" -- "$M" verify "$tmp/ds" "$tmp/dsq"
+expect 0 "diff of a --quantize pack without flags" -- "$M" diff "$tmp/ds" "$tmp/dsq"
+expect 0 "synth an FP8 deepseek_v3" -- "$M" synth --arch deepseek_v3 --quant fp8 --hidden 256 --intermediate 128 --experts 4 "$tmp/dfp"
+expect 0 "pack --dequantize" -- "$M" pack "$tmp/dfp" "$tmp/dq" --dequantize -q
+expect 0 "verify of a --dequantize pack without flags" -- "$M" verify "$tmp/dfp" "$tmp/dq" --json
+json_check "... bytes equal the reference dequantization: identical" "d['identical'] and d['within_tolerance'] and d['inexact'] == 0"
+python3 - "$tmp/dq" <<'PY'
+import json, os, struct, sys
+d = sys.argv[1]  # the lowest mantissa bit of one BF16 expert value flipped
+for f in sorted(os.listdir(d)):
+    if f.endswith(".safetensors"):
+        p = os.path.join(d, f)
+        with open(p, "r+b") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            h = json.loads(fh.read(n))
+            name = next((k for k, v in h.items() if k.endswith("experts.down_proj") and v["dtype"] == "BF16"), None)
+            if name:
+                fh.seek(8 + n + h[name]["data_offsets"][0] + 2 * 7)
+                b = fh.read(1)
+                fh.seek(-1, 1)
+                fh.write(bytes([b[0] ^ 1]))
+                break
+PY
+expect 0 "verify --rtol 0.01 of a value one BF16 ulp off" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01
+grep -q "within tolerance" "$tmp/out" && ! grep -q "identical" "$tmp/out" \
+  && echo "ok: ... says 'within tolerance', not 'identical'" \
+  || { echo "FAIL: verify text: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+expect 0 "... --json" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01 --json
+json_check "... identical false, within_tolerance true, one inexact tensor" "not d['identical'] and d['within_tolerance'] and d['inexact'] == 1"
+expect 3 "... and beyond the default tolerance it is a difference (exit 3)" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0 --json
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

@@ -45,6 +45,7 @@ typedef struct mpk_cmp_report {
     size_t n, cap;
     size_t n_differ;
     size_t n_compared;
+    size_t n_inexact;            /* compared by value, within tolerance, bytes not equal */
     uint64_t bytes;              /* bytes compared */
     double atol, rtol;
 } mpk_cmp_report;
