@@ -314,6 +314,18 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
     for (long k = 0; k < r->n_sources * n; k++)
         if (!g->src[k]) /* as many entries as slots, but some repeat (experts.1 and experts.01) */
             return report_missing(p, acc, n, where, err);
+    if (p->src->names_only) { /* names from an index alone: no shapes to infer or check */
+        int items = r->list_capture && !r->list_in_sources && opts->cfg && opts->cfg->num_experts > 0
+                        ? (int)opts->cfg->num_experts : 1;
+        g->out_meta.n_groups = r->n_targets;
+        g->out_meta.n_items = items;
+        g->out_meta.t = mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_targets * items));
+        if (!g->out_meta.t)
+            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+        for (int k = 0; k < r->n_targets * items; k++)
+            g->out_meta.t[k] = (mpk_tmeta){.dtype = g->src[0]->info->dtype, .ndim = 0};
+        return MPK_OK;
+    }
     /* input metadata, then the chain */
     mpk_bundle in = {r->n_sources, (int)n, mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n))};
     if (!in.t)

@@ -11,8 +11,11 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
     FILE *f = file;
     char hb[32], sh[128], ob[64];
     fprintf(f, "preset: %s%s\n", p->spec->name, p->spec->reversed ? " (reversed)" : "");
-    fprintf(f, "source: %s: %zu tensors in %zu shard(s)\n", p->src->dir, p->src->n_tensors,
-            p->src->n_shards);
+    fprintf(f, "source: %s: %zu tensors in %zu shard(s)%s\n", p->src->dir, p->src->n_tensors,
+            p->src->n_shards, p->src->names_only ? ", names only (from model.safetensors.index.json)" : "");
+    if (p->src->names_only)
+        fprintf(f, "shapes and dtypes: NOT checked (the shards are not there); what each target is built\n"
+                   "from, expert holes and unmatched tensors are\n");
     size_t n_targets = p->n_outs - p->n_pass;
     fprintf(f, "targets: %zu built from %zu source tensors in %zu group(s); pass-through: %zu\n",
             n_targets, p->n_consumed, p->n_groups, p->n_pass);
@@ -34,9 +37,13 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
         fprintf(f, "\n     ->");
         for (int tg = 0; tg < g->out_meta.n_groups; tg++) {
             const mpk_tmeta *m = &g->out_meta.t[tg * g->out_meta.n_items];
-            fprintf(f, " %s%s%s %s %s%s", g->prefix, r->targets[tg].text, g->suffix,
-                    mpk_dtype_name(m->dtype), mpk_shape_str(m->shape, m->ndim, sh, sizeof sh),
-                    g->out_meta.n_items > 1 ? " (each)" : "");
+            if (p->src->names_only)
+                fprintf(f, " %s%s%s%s", g->prefix, r->targets[tg].text, g->suffix,
+                        g->out_meta.n_items > 1 ? " (each)" : "");
+            else
+                fprintf(f, " %s%s%s %s %s%s", g->prefix, r->targets[tg].text, g->suffix,
+                        mpk_dtype_name(m->dtype), mpk_shape_str(m->shape, m->ndim, sh, sizeof sh),
+                        g->out_meta.n_items > 1 ? " (each)" : "");
         }
         fprintf(f, "\n");
     }
@@ -55,9 +62,12 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
     }
     if (!verbose && p->n_pass > shown)
         fprintf(f, "  ... %zu more pass-through tensor(s)\n", p->n_pass - shown);
-    fprintf(f, "output: %zu tensors, %llu bytes (%s), %zu shard(s)\n", p->n_outs,
-            (unsigned long long)p->total_bytes, mpk_human_bytes(p->total_bytes, hb, sizeof hb),
-            p->n_shards);
+    if (p->src->names_only)
+        fprintf(f, "output: %zu tensors (bytes and shards need the shards' headers)\n", p->n_outs);
+    else
+        fprintf(f, "output: %zu tensors, %llu bytes (%s), %zu shard(s)\n", p->n_outs,
+                (unsigned long long)p->total_bytes, mpk_human_bytes(p->total_bytes, hb, sizeof hb),
+                p->n_shards);
     if (p->layout)
         fprintf(f, "files: as %s (%s%s)\n", p->layout->parsed ? "the source release recorded" : "the index given",
                 p->layout->files[0], p->n_shards > 1 ? ", ..." : "");

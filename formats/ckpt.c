@@ -219,7 +219,8 @@ static int cmp_ckpt_tensor(const void *a, const void *b)
                            ((const mpk_ckpt_tensor *)b)->info->name);
 }
 
-static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
+/* The next shard entry, named, nothing opened. */
+static mpk_status shard_entry(mpk_ckpt *c, const char *name, mpk_error *err)
 {
     mpk_shard *sh = &c->shards[c->n_shards];
     memset(sh, 0, sizeof *sh);
@@ -232,6 +233,13 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
         MPK_FAIL(err, MPK_E_NOMEM, name, "out of memory");
     }
     c->n_shards++;
+    return MPK_OK;
+}
+
+static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
+{
+    MPK_TRY(shard_entry(c, name, err));
+    mpk_shard *sh = &c->shards[c->n_shards - 1];
     /* the shard must resolve inside the directory (no symlink escapes) */
     char rdir[PATH_MAX], rfile[PATH_MAX];
     if (c->is_dir && realpath(c->dir, rdir) && realpath(sh->path, rfile)) {
@@ -467,6 +475,73 @@ mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
                 s = collect_tensors(c, err);
         }
     }
+    if (s != MPK_OK) {
+        mpk_ckpt_close(c);
+        return s;
+    }
+    *out = c;
+    return MPK_OK;
+}
+
+mpk_status mpk_ckpt_open_names(const char *dir, mpk_ckpt **out, mpk_error *err)
+{
+    *out = NULL;
+    char *ix = mpk_path_join(dir, INDEX_NAME), *text = NULL;
+    size_t len, n = 0;
+    mpk_arena *a = NULL;
+    const char **names, **files;
+    mpk_ckpt *c = mpk_calloc(1, sizeof *c);
+    mpk_strmap shard_ix = {0};
+    mpk_status s;
+    if (!ix || !c || !(c->dir = mpk_strndup(dir, strlen(dir)))) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        goto done;
+    }
+    c->is_dir = c->has_index = c->names_only = true;
+    if (access(ix, F_OK) != 0) {
+        s = mpk_error_set(err, MPK_E_NOT_FOUND, errno, dir, "no " INDEX_NAME " in this directory");
+        goto done;
+    }
+    if ((s = mpk_read_file(ix, &text, &len, err)) != MPK_OK ||
+        (s = mpk_index_parse(text, len, ix, &a, &names, &files, &n, &c->index_total_size, err)) != MPK_OK)
+        goto done;
+    c->shards = mpk_calloc(n ? n : 1, sizeof *c->shards);
+    if (!c->shards || mpk_strmap_init(&shard_ix, 64) != MPK_OK) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, ix, "out of memory");
+        goto done;
+    }
+    /* one header per shard file, holding the names the index gives it */
+    for (size_t i = 0; i < n && s == MPK_OK; i++) {
+        size_t si;
+        if (!mpk_strmap_get(&shard_ix, files[i], strlen(files[i]), &si)) {
+            si = c->n_shards;
+            mpk_strmap_put(&shard_ix, files[i], strlen(files[i]), si, NULL);
+            if ((s = shard_entry(c, files[i], err)) != MPK_OK)
+                break;
+            mpk_st_header *h = mpk_calloc(1, sizeof *h);
+            if (!h || !(h->arena = mpk_arena_new()) ||
+                !(h->tensors = mpk_arena_alloc(h->arena, sizeof *h->tensors * n))) {
+                mpk_st_header_free(h);
+                s = mpk_error_set(err, MPK_E_NOMEM, 0, ix, "out of memory");
+                break;
+            }
+            c->shards[si].header = h;
+        }
+        mpk_st_header *h = c->shards[si].header;
+        mpk_tensor_info *t = &h->tensors[h->n_tensors];
+        memset(t, 0, sizeof *t);
+        t->dtype = MPK_DTYPE_BF16;
+        if (!(t->name = mpk_arena_strndup(h->arena, names[i], strlen(names[i]))))
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, ix, "out of memory");
+        h->n_tensors++;
+    }
+    if (s == MPK_OK)
+        s = collect_tensors(c, err);
+done:
+    mpk_strmap_free(&shard_ix);
+    mpk_arena_free(a);
+    free(text);
+    free(ix);
     if (s != MPK_OK) {
         mpk_ckpt_close(c);
         return s;

@@ -204,12 +204,18 @@ typedef struct mpk_ckpt {
     uint64_t total_bytes;         /* tensor bytes only */
     uint64_t index_total_size;    /* the index's metadata.total_size, 0 if absent */
     mpk_strmap by_name;
+    bool names_only;              /* from the index alone (mpk_ckpt_open_names): no shard was
+                                     opened, dtypes and shapes are unknown (BF16, ndim 0) */
 } mpk_ckpt;
 
 /* Opens a .safetensors file or a checkpoint directory, validating every shard and the
  * index (names in the index exist in their shard, shards hold nothing unlisted, shard
  * names are safe). Owned by the caller: mpk_ckpt_close. */
 mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err);
+/* The tensor names and shard files of dir's model.safetensors.index.json, for a release whose
+ * shards are not there (plan before downloading): every tensor BF16 with ndim 0, nothing
+ * readable. MPK_E_NOT_FOUND without an index; the index's own errors. */
+mpk_status mpk_ckpt_open_names(const char *dir, mpk_ckpt **out, mpk_error *err);
 /* O(1) lookup; borrowed pointer valid until mpk_ckpt_close, NULL when absent. */
 const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name);
 /* NULL-safe. */

@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 /* ---------------------------------------------------------------- specs */
@@ -215,16 +216,41 @@ static mpk_status follow_files(const mpk_convert_req *r, job *j, mpk_plan *p, mp
     return s;
 }
 
-/* Opens, loads the spec, refuses a source already converted, plans. */
-static mpk_status plan_job(const mpk_convert_req *r, job **jout, mpk_plan **pout, mpk_error *err)
+/* A release whose shards are not there (downloaded later): its index's names alone, when some
+ * shard the index lists is missing (neither NAME nor NAME.mpkz); else the open's error stands. */
+static mpk_status open_names_instead(const char *src, mpk_status why, mpk_ckpt **out, mpk_error *err)
+{
+    mpk_error e2 = {0};
+    mpk_ckpt *c;
+    if (mpk_ckpt_open_names(src, &c, &e2) != MPK_OK)
+        return why;
+    bool missing = false;
+    for (size_t i = 0; i < c->n_shards && !missing; i++) {
+        char *z = mpk_strcat_ext(c->shards[i].path, ".mpkz");
+        missing = access(c->shards[i].path, F_OK) != 0 && (!z || access(z, F_OK) != 0);
+        free(z);
+    }
+    if (!missing) {
+        mpk_ckpt_close(c);
+        return why;
+    }
+    *out = c;
+    memset(err, 0, sizeof *err);
+    return MPK_OK;
+}
+
+/* Opens, loads the spec, refuses a source already converted, plans. names_ok: a release
+ * without its shards is planned from its index's names (plan only). */
+static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, mpk_plan **pout, mpk_error *err)
 {
     job *j = mpk_calloc(1, sizeof *j);
     if (!j)
         MPK_FAIL(err, MPK_E_NOMEM, r->src, "out of memory");
     mpk_status s;
     bool unpack = r->direction == MPK_DIRECTION_UNPACK;
-    if ((s = mpk_ckpt_open(r->src, &j->src, err)) != MPK_OK ||
-        (s = mpk_config_load(j->src->dir, &j->cfg, err)) != MPK_OK ||
+    if ((s = mpk_ckpt_open(r->src, &j->src, err)) != MPK_OK && names_ok)
+        s = open_names_instead(r->src, s, &j->src, err);
+    if (s != MPK_OK || (s = mpk_config_load(j->src->dir, &j->cfg, err)) != MPK_OK ||
         (s = mpk_lib_spec_load(r->spec, &j->cfg, unpack, &j->spec, err)) != MPK_OK)
         goto fail;
     j->layout = j->spec->reversed ? "per-expert" : "packed";
@@ -255,7 +281,7 @@ mpk_status mpk_plan_create(const mpk_convert_req *r, mpk_plan **out, mpk_error *
     job *j;
     *out = NULL;
     MPK_TRY(check_req(r, false, err));
-    MPK_TRY(plan_job(r, &j, out, err));
+    MPK_TRY(plan_job(r, true, &j, out, err));
     (*out)->owner = j;
     (*out)->owner_free = job_free;
     return MPK_OK;
@@ -367,7 +393,7 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     if (report)
         *report = NULL;
     MPK_TRY(check_req(r, true, err));
-    mpk_status s = plan_job(r, &j, &plan, err);
+    mpk_status s = plan_job(r, false, &j, &plan, err);
     if (s != MPK_OK)
         return s;
     if (plan->layout && plan->layout->config_text) /* the release's own config.json, verbatim */

@@ -4,6 +4,7 @@
 # failure stops the script with exit 1.
 set -u
 M=$1
+MATERIAL=${MPK_MATERIAL:-$(dirname "$0")/../../shared/safetensors-material}
 tmp=$(mktemp -d /tmp/mpk-cli-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 fails=0
@@ -121,6 +122,35 @@ grep -q "within tolerance" "$tmp/out" && ! grep -q "identical" "$tmp/out" \
 expect 0 "... --json" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01 --json
 json_check "... identical false, within_tolerance true, one inexact tensor" "not d['identical'] and d['within_tolerance'] and d['inexact'] == 1"
 expect 3 "... and beyond the default tolerance it is a difference (exit 3)" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0 --json
+
+# plan from config.json + model.safetensors.index.json alone, shards not downloaded (issue 16):
+# every real pair in the material; a hole in the experts is named
+if [ -d "$MATERIAL" ]; then
+  for d in "$MATERIAL"/*/; do
+    [ -f "$d/config.json" ] || continue
+    name=$(basename "$d")
+    rel=$tmp/rel-$name
+    mkdir -p "$rel"
+    cp "$d/config.json" "$rel/"
+    for f in "$d"/model.safetensors.index.json*; do cp "$f" "$rel/model.safetensors.index.json"; done
+    rev=
+    [ "$name" = granite-3.1-1b-a400m-granitemoe ] && rev=--reverse  # published fused: unpack's plan
+    expect 0 "plan of $name from its index alone" -- "$M" plan "$rel" $rev
+    grep -q "names only" "$tmp/out" && grep -q "NOT checked" "$tmp/out" \
+      || { echo "FAIL: plan of $name does not say shapes were not checked" >&2; fails=$((fails + 1)); }
+  done
+  hole=$tmp/rel-hole
+  mkdir -p "$hole"
+  cp "$MATERIAL/wizardlm-2-8x22b-mixtral/config.json" "$hole/"
+  python3 -c "import json, sys; j = json.load(open(sys.argv[1])); del j['weight_map']['model.layers.7.block_sparse_moe.experts.3.w1.weight']; json.dump(j, open(sys.argv[2], 'w'))" \
+    "$MATERIAL/wizardlm-2-8x22b-mixtral/model.safetensors.index.json" "$hole/model.safetensors.index.json"
+  expect 1 "plan from an index with an expert missing" -- "$M" plan "$hole"
+  grep -q "expert 3 is missing" "$tmp/err" && echo "ok: ... names the hole" \
+    || { echo "FAIL: the hole is not named: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+  expect 1 "pack of a release without its shards still fails" -- "$M" pack "$hole" "$tmp/nope"
+else
+  echo "skip: no material at $MATERIAL"
+fi
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
