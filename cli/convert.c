@@ -23,12 +23,34 @@ typedef struct {
     int threads, level;
 } conv_args;
 
+/* Whether the conversion command of mode takes the option name. */
+static bool takes(conv_mode mode, const char *name)
+{
+    static const char *const plan_opts[] = {"preset", "spec", "reverse", "json", "verbose", "dequantize", "quantize",
+                                            NULL};
+    const char *const *p = plan_opts;
+    if (mode == MODE_PLAN) {
+        while (*p && strcmp(*p, name))
+            p++;
+        return *p != NULL;
+    }
+    if (strcmp(name, "verbose") == 0)
+        return false;
+    if (strcmp(name, "spec") == 0 || strcmp(name, "reverse") == 0)
+        return mode == MODE_CONVERT;
+    if (strcmp(name, "preset") == 0)
+        return mode != MODE_CONVERT;
+    if (strcmp(name, "layout-like") == 0)
+        return mode != MODE_PACK;
+    return true;
+}
+
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
            O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS, O_LIKE,
            O_COMPRESS, O_LEVEL };
-    static const struct option opts[] = {
+    static const struct option all[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
         {"threads", required_argument, NULL, O_THREADS}, {"mem", required_argument, NULL, O_MEM},
@@ -41,13 +63,20 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"layout-like", required_argument, NULL, O_LIKE}, {"compress", no_argument, NULL, O_COMPRESS},
         {"level", required_argument, NULL, O_LEVEL},
         {0}};
+    /* each command's own options: what it does not take is an unknown option (exit 2) */
+    static struct option opts[sizeof all / sizeof all[0]];
+    size_t k = 0;
+    for (const struct option *o = all; o->name; o++)
+        if (takes(mode, o->name))
+            opts[k++] = *o;
+    opts[k] = (struct option){0};
     memset(a, 0, sizeof *a);
     a->preset = "auto";
-    a->max_shard = 5000000000ull;
+    a->max_shard = 50000000000ull;
     a->mem = 1ull << 30;
     a->io = "auto";
     int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "q", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, mode == MODE_PLAN ? "" : "q", opts, NULL)) != -1) {
         switch (ch) {
         case O_PRESET: a->preset = optarg; break;
         case O_SPEC: a->spec_file = optarg; break;
@@ -98,17 +127,20 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
                 return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
             a->quantize = true;
             break;
-        default: return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
+        default: {
+            const char *bad = argv[optind - 1];
+            for (const struct option *o = all; bad[0] == '-' && bad[1] == '-' && o->name; o++)
+                if (strncmp(bad + 2, o->name, strlen(o->name)) == 0 &&
+                    (bad[2 + strlen(o->name)] == 0 || bad[2 + strlen(o->name)] == '='))
+                    return mpk_cli_usage(cmd, "'%s' is not an option of %s", bad, cmd);
+            return mpk_cli_usage(cmd, "unknown option '%s'", bad);
+        }
         }
     }
     if (a->dequantize && a->quantize)
         return mpk_cli_usage(cmd, "--dequantize and --quantize cannot be combined");
     if (mode == MODE_CONVERT && !a->spec_file)
         return mpk_cli_usage(cmd, "convert needs --spec FILE");
-    if (mode != MODE_CONVERT && mode != MODE_PLAN && a->spec_file)
-        return mpk_cli_usage(cmd, "--spec is for 'convert' and 'plan'; %s uses --preset", cmd);
-    if (mode == MODE_PLAN && (a->resume || a->force || a->copy_links || a->compress || a->level))
-        return mpk_cli_usage(cmd, "--resume, --force, --copy-links, --compress and --level are for commands that write");
     if (a->level && !a->compress)
         return mpk_cli_usage(cmd, "--level is the zstd level of --compress");
     if (a->compress && a->resume)
@@ -372,22 +404,64 @@ int mpk_cmd_synth(int argc, char **argv)
     if (r >= 0)
         return r;
     mpk_error err = {0};
+    /* OUT's missing parents are made (mkdir -p), as for any scratch output */
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", out);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = 0;
+        for (char *p = parent + 1; ; p++) {
+            bool end = *p == 0;
+            if (*p == '/' || end) {
+                *p = 0;
+                if (mkdir(parent, 0777) != 0 && errno != EEXIST)
+                    return mpk_cli_usage("synth", "cannot create '%s' (a parent of OUT): %s", parent, strerror(errno));
+                if (!end)
+                    *p = '/';
+            }
+            if (end)
+                break;
+        }
+    }
     if (mpk_synth(&o, out, &err) != MPK_OK)
         return mpk_cli_fail("synth", &err, err.code == MPK_E_PRESET ? "see 'moepack presets'" : NULL);
-    printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d, %s%s, %s layout)\n", out, o.arch,
-           o.layers, o.experts, o.hidden, o.intermediate, mpk_dtype_name(o.dtype), o.fp8 ? " + FP8 linears" : "",
-           o.packed ? "packed" : "per-expert");
+    /* what was written, as inspect reads it (a preset may store its experts packed, or MXFP4) */
+    mpk_report *rep = NULL;
+    cJSON *j = mpk_inspect(out, &rep, &err) == MPK_OK ? cJSON_Parse(mpk_report_json(rep)) : NULL;
+    const cJSON *dts = cJSON_GetObjectItemCaseSensitive(j, "dtypes");
+    const cJSON *lay = cJSON_GetObjectItemCaseSensitive(j, "expert_layout");
+    printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d; dtypes", out, o.arch, o.layers, o.experts,
+           o.hidden, o.intermediate);
+    for (const cJSON *d = dts ? dts->child : NULL; d; d = d->next)
+        printf("%s %s x%d", d == dts->child ? "" : ",", d->string,
+               cJSON_GetObjectItemCaseSensitive(d, "count") ? cJSON_GetObjectItemCaseSensitive(d, "count")->valueint : 0);
+    printf("; experts %s)\n", cJSON_IsString(lay) ? lay->valuestring : "?");
+    cJSON_Delete(j);
+    mpk_report_free(rep);
     return MPK_EXIT_OK;
 }
 
 int mpk_cmd_demo(int argc, char **argv)
 {
-    const char *base = argc > 1 ? argv[1] : NULL;
+    static const struct option none[] = {{0}};
+    if (mpk_cli_next_opt(argc, argv, "", none, NULL) != -1)
+        return mpk_cli_usage("demo", "unknown option '%s'", argv[optind - 1]);
+    if (argc - optind > 1)
+        return mpk_cli_usage("demo", "expected at most one DIR, got %d arguments", argc - optind);
+    const char *base = argc > optind ? argv[optind] : NULL;
     char dir[4096];
     if (base) {
-        if (mkdir(base, 0755) != 0 && errno != EEXIST)
+        /* a DIR that exists (a previous demo's, or anything else) is left as it is: this run
+         * works in a new directory inside it */
+        if (mkdir(base, 0755) == 0) {
+            snprintf(dir, sizeof dir, "%s", base);
+        } else if (errno == EEXIST) {
+            snprintf(dir, sizeof dir, "%s/demo-XXXXXX", base);
+            if (!mkdtemp(dir))
+                return mpk_cli_usage("demo", "cannot create a directory in '%s': %s", base, strerror(errno));
+        } else {
             return mpk_cli_usage("demo", "cannot create '%s': %s", base, strerror(errno));
-        snprintf(dir, sizeof dir, "%s", base);
+        }
     } else {
         snprintf(dir, sizeof dir, "/tmp/moepack-demo-XXXXXX");
         if (!mkdtemp(dir))
@@ -431,11 +505,14 @@ int mpk_cmd_compress(int argc, char **argv)
                                          {"threads", required_argument, NULL, O_THREADS},
                                          {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
                                          {"chunk-size", required_argument, NULL, O_CHUNK}, {0}};
+    static const struct option dopts[] = {{"threads", required_argument, NULL, O_THREADS},
+                                          {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
+                                          {0}};
     mpk_compress_req req;
     mpk_compress_req_init(&req, NULL, NULL);
     bool json = false;
     int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", strcmp(cmd, "compress") == 0 ? opts : dopts, NULL)) != -1) {
         switch (ch) {
         case O_LEVEL:
             if (!parse_int_opt(optarg, 1, 19, &req.level))

@@ -12,8 +12,9 @@
 static int path_args(const char *cmd, bool allow_write, int argc, char **argv, bool *json, bool *write)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'}, {0}};
+    static const struct option inspect_opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
     int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "", allow_write ? opts : inspect_opts, NULL)) != -1) {
         if (ch == 'j')
             *json = true;
         else if (ch == 'w' && allow_write)

@@ -90,6 +90,16 @@ void mpk_cli_print_report(const char *cmd, const mpk_report *r, bool json, bool 
 int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct option *opts, int *longindex)
 {
     static char **parsing; /* the argv being parsed: another one (or a finished one) starts over */
+    if (getenv("MOEPACK_LIST_OPTIONS")) {
+        /* the options this parser takes, one per line, then exit: what tests/cli.sh checks each
+         * --help text against and what the bash completion offers */
+        for (const struct option *o = opts; o && o->name; o++)
+            printf("--%s\n", o->name);
+        for (const char *s = shorts; s && *s; s++)
+            if (*s != ':')
+                printf("-%c\n", *s);
+        exit(MPK_EXIT_OK);
+    }
     if (argv != parsing) {
         parsing = argv;
         optind = 1;
@@ -102,32 +112,36 @@ int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct opt
 }
 
 static int cmd_help(int argc, char **argv);
+#define PRESET_OPT \
+    "  --preset NAME          preset (default auto: from config.json's model_type; see\n"\
+    "                         'moepack presets')\n"
 #define CONV_OPTS \
-    "  --preset NAME          preset (default auto: from config.json's model_type)\n"\
-     "  --max-shard-size SIZE  output shard size (default 5GB; KB/MB/GB or KiB/MiB/GiB)\n"\
-     "  --threads N            worker threads (default: CPUs)\n"\
-     "  --mem SIZE             budget for in-flight buffers (default 1GiB)\n"\
-     "  --force                replace an existing DST (the new one is complete and on disk\n"\
-     "                         before the old one is swapped out; never one that holds SRC)\n"\
-     "  --resume               continue an interrupted run into DST (same SRC, options and\n"\
-     "                         version): its complete shards are kept once their hashes check\n"\
-     "                         out; a run with --resume that fails keeps its partial output\n"\
-     "  --copy-links           copy what symlinks in SRC pointing outside it point at (e.g. a\n"\
-     "                         Hugging Face cache snapshot) instead of skipping them\n"\
-     "  --io auto|io_uring|pread  read back end for buffered copies\n"\
-     "  --no-copy-range        never use copy_file_range (always read + write)\n"\
-     "  --json                 print a JSON summary on stdout\n"\
-     "  -q, --quiet            no progress, no summary\n"\
-     "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
-     "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
-     "  --no-manifest          do not write moepack.manifest.json into DST\n"\
-     "  --layout-like INDEX    write DST's files as INDEX (a model.safetensors.index.json) names\n"\
-     "                         and assigns them (unpack of a packed checkpoint pack did not write)\n"\
-     "  --compress             write every shard as NAME.safetensors.mpkz (zstd containers,\n"\
-     "                         formats/MPKZ.md); not with --resume\n"\
-     "  --level N              zstd level of --compress, 1..19 (default 1)\n"\
-     "  --no-fsync             rename DST into place without flushing it to disk first (as cp\n"\
-     "                         does; faster, but a crash soon after may leave it incomplete)\n"
+    "  --max-shard-size SIZE  output shard size (default 50GB, transformers v5's; KB/MB/GB\n"\
+    "                         decimal, KiB/MiB/GiB binary)\n"\
+    "  --threads N            worker threads (default: CPUs)\n"\
+    "  --mem SIZE             budget for in-flight buffers (default 1GiB)\n"\
+    "  --force                replace an existing DST (the new one is complete and on disk\n"\
+    "                         before the old one is swapped out; never one that holds SRC)\n"\
+    "  --resume               continue an interrupted run into DST (same SRC, options and\n"\
+    "                         version): its complete shards are kept once their hashes check\n"\
+    "                         out; a run with --resume that fails keeps its partial output\n"\
+    "  --copy-links           copy what symlinks in SRC pointing outside it point at (e.g. a\n"\
+    "                         Hugging Face cache snapshot) instead of skipping them\n"\
+    "  --io auto|io_uring|pread  read back end for buffered copies\n"\
+    "  --no-copy-range        never use copy_file_range (always read + write)\n"\
+    "  --json                 print the report as JSON on stdout (schema in README.md)\n"\
+    "  -q, --quiet            no progress, no summary\n"\
+    "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
+    "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
+    "  --no-manifest          do not write moepack.manifest.json into DST\n"\
+    "  --compress             write every shard as NAME.safetensors.mpkz (zstd containers,\n"\
+    "                         formats/MPKZ.md); not with --resume\n"\
+    "  --level N              zstd level of --compress, 1..19 (default 1)\n"\
+    "  --no-fsync             rename DST into place without flushing it to disk first (as cp\n"\
+    "                         does; faster, but a crash soon after may leave it incomplete)\n"
+#define LAYOUT_LIKE_OPT \
+    "  --layout-like INDEX    write DST's files as INDEX (a model.safetensors.index.json) names\n"\
+    "                         and assigns them (unpack of a packed checkpoint pack did not write)\n"
 static int cmd_version(int argc, char **argv);
 
 static void print_features(FILE *f)
@@ -137,8 +151,9 @@ static void print_features(FILE *f)
 
 static int cmd_version(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    if (argc > 1)
+        return mpk_cli_usage("version", argv[1][0] == '-' ? "unknown option '%s'" : "unexpected argument '%s'",
+                             argv[1]);
     print_features(stdout);
     return MPK_EXIT_OK;
 }
@@ -153,6 +168,14 @@ static const char exit_table[] =
 
 static int cmd_help(int argc, char **argv)
 {
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        fputs(mpk_commands[0].usage, stdout); /* help's own */
+        return MPK_EXIT_OK;
+    }
+    if (argc > 2)
+        return mpk_cli_usage("help", "expected at most one COMMAND, got %d arguments", argc - 1);
+    if (argc > 1 && argv[1][0] == '-')
+        return mpk_cli_usage("help", "unknown option '%s'", argv[1]);
     if (argc > 1) {
         for (size_t i = 0; i < mpk_n_commands; i++)
             if (strcmp(mpk_commands[i].name, argv[1]) == 0) {
@@ -172,16 +195,25 @@ static int cmd_help(int argc, char **argv)
 }
 
 const mpk_command mpk_commands[] = {
-    {"help", "show this help, or a command's", "usage: moepack help [COMMAND]\n", cmd_help},
+    {"help", "show this help, or a command's",
+     "usage: moepack help [COMMAND]\n\n"
+     "Lists the commands and the exit codes; with COMMAND, prints that command's help (the same\n"
+     "as 'moepack COMMAND --help').\n\n"
+     "example: moepack help pack\n", cmd_help},
     {"version", "print the version and the features built in",
-     "usage: moepack version\n", cmd_version},
+     "usage: moepack version\n\n"
+     "Prints moepack's version and the features this binary was built with (io_uring, MPI,\n"
+     "CUDA, AVX-512).\n\n"
+     "example: moepack version\n", cmd_version},
     {"inspect", "list a checkpoint's shards, tensors, dtypes and expert layout",
      "usage: moepack inspect PATH [--json]\n\n"
      "PATH is a .safetensors file or a checkpoint directory (model.safetensors or\n"
-     "model.safetensors.index.json). Validates every shard strictly and prints shards,\n"
-     "tensor count, total bytes, a dtype histogram, config.json facts (model_type,\n"
-     "number of experts, per-expert or packed experts) and every tensor.\n\n"
-     "  --json   one JSON document on stdout (schema in README.md)\n",
+     "model.safetensors.index.json; compressed .mpkz shards are read in place). Validates every\n"
+     "shard strictly and prints shards, tensor count, total bytes, a dtype histogram,\n"
+     "config.json facts (model_type, number of experts, per-expert or packed experts) and every\n"
+     "tensor.\n\n"
+     "  --json   one JSON document on stdout (schema in README.md)\n\n"
+     "example: moepack inspect ./Qwen3-30B-A3B --json\n",
      mpk_cmd_inspect},
     {"presets", "list the embedded architecture presets, or print one's JSON spec",
      "usage: moepack presets [--json] [NAME]\n\n"
@@ -191,9 +223,20 @@ const mpk_command mpk_commands[] = {
      "  --json   the list as a JSON array of {\"name\", \"description\", \"model_types\"}\n\n"
      "example: moepack presets qwen3_moe > my_spec.json\n", mpk_cmd_presets},
     {"plan", "show what a conversion would do, writing nothing",
-     "usage: moepack plan SRC [--preset P | --spec FILE] [--reverse] [--verbose]\n\n"
+     "usage: moepack plan SRC [--preset P | --spec FILE] [--reverse] [--dequantize |\n"
+     "                    --quantize fp8-block128] [--verbose] [--json]\n\n"
      "Prints each target with its sources and ops, the pass-through tensors, the bytes and\n"
-     "the output shards.\n", mpk_cmd_convert},
+     "the output shards. SRC may be a release whose shards are not downloaded yet: from its\n"
+     "config.json and model.safetensors.index.json alone the plan shows what each target is\n"
+     "built from, expert holes and unmatched tensors, and says that shapes were not checked.\n\n"
+     PRESET_OPT
+     "  --spec FILE            a conversion spec instead of a preset (see README)\n"
+     "  --reverse              the spec undone (packed -> per-expert)\n"
+     "  --dequantize           plan with FP8 weights dequantized to BF16\n"
+     "  --quantize fp8-block128  plan with the packed experts quantized to FP8\n"
+     "  --verbose              every group and pass-through tensor, not the first few\n"
+     "  --json                 the plan as JSON on stdout (schema in README.md)\n\n"
+     "example: moepack plan ./Mixtral-8x22B --verbose\n", mpk_cmd_convert},
     {"pack", "per-expert -> packed ([E,2I,H] gate_up_proj, [E,H,I] down_proj)",
      "usage: moepack pack SRC DST [options]\n\n"
      "Streams SRC (per-expert layout) into DST (packed layout), with bounded memory. DST is\n"
@@ -201,41 +244,80 @@ const mpk_command mpk_commands[] = {
      "SRC's other files and folders (config.json, tokenizer, original/, ...) are copied,\n"
      "symlinks inside SRC reproduced; FIFOs, devices and links out of SRC are skipped (said).\n"
      "DST may not be, hold or lie inside SRC (exit 2). An interrupted run's temporary directory\n"
-     "is removed by the next run into DST, or continued with --resume.\n\n"
-     CONV_OPTS, mpk_cmd_convert},
+     "is removed by the next run into DST, or continued with --resume. DST keeps a record of\n"
+     "SRC's files (moepack.source.zst) so that 'moepack unpack' gives them back byte for byte.\n\n"
+     PRESET_OPT CONV_OPTS "\n"
+     "example: moepack pack ./Qwen3-30B-A3B ./Qwen3-30B-A3B-packed\n", mpk_cmd_convert},
     {"unpack", "packed -> per-expert (the preset reversed)",
      "usage: moepack unpack SRC DST [options]\n\n"
+     "Splits every packed expert tensor of SRC back into one tensor per expert, streaming, with\n"
+     "the same guarantees as pack (staged output, bounded memory, nothing at DST on failure).\n"
      "When SRC was written by 'moepack pack', it holds a record of the release it was packed from\n"
      "(moepack.source.zst: file names, header bytes, index): DST gets those files back byte for\n"
-     "byte (sha256-equal). Without one, --layout-like INDEX follows a release's index.\n\n" CONV_OPTS,
-     mpk_cmd_convert},
+     "byte (sha256-equal). Without one, --layout-like INDEX follows a release's index.\n\n"
+     PRESET_OPT LAYOUT_LIKE_OPT CONV_OPTS "\n"
+     "example: moepack unpack ./Qwen3-30B-A3B-packed ./Qwen3-30B-A3B-again\n", mpk_cmd_convert},
     {"convert", "convert with a JSON spec file (see README)",
-     "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n" CONV_OPTS, mpk_cmd_convert},
+     "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n"
+     "Runs any conversion a spec describes (patterns with captures -> targets through op\n"
+     "chains; 'moepack presets NAME' prints a preset's spec to start from), with the same\n"
+     "streaming, staging and verification as pack. --reverse runs the spec undone.\n\n"
+     "  --spec FILE            the conversion spec (JSON; README, section Spec format)\n"
+     "  --reverse              the spec undone\n"
+     LAYOUT_LIKE_OPT CONV_OPTS "\n"
+     "example: moepack convert ./model ./model-converted --spec my_spec.json\n", mpk_cmd_convert},
     {"compress", "every shard into a compressed container (.mpkz: byte planes, zstd, chunks)",
      "usage: moepack compress SRC DST [--level N] [--threads N] [--chunk-size SIZE] [--force] [--json]\n\n"
      "Writes every NAME.safetensors of the checkpoint directory SRC as DST/NAME.safetensors.mpkz\n"
      "(formats/MPKZ.md: the header verbatim, each tensor in chunks of --chunk-size (default 4MiB)\n"
      "original bytes, each chunk's bytes split into planes by element width, each plane a zstd\n"
      "frame at --level (default 1), an XXH3-64 per chunk) and copies the other files.\n"
-     "'moepack decompress' gives every file back byte for byte.\n", mpk_cmd_compress},
+     "'moepack decompress' gives every file back byte for byte; every other command reads the\n"
+     "compressed checkpoint in place.\n\n"
+     "  --level N          zstd level 1..19 (default 1)\n"
+     "  --threads N        worker threads (default: CPUs)\n"
+     "  --chunk-size SIZE  original bytes per chunk (default 4MiB)\n"
+     "  --force            replace an existing DST\n"
+     "  --json             the report as JSON on stdout\n\n"
+     "example: moepack compress ./model ./model-z --level 3\n", mpk_cmd_compress},
     {"decompress", "compressed containers back into the original .safetensors files, byte for byte",
      "usage: moepack decompress SRC DST [--threads N] [--force] [--json]\n\n"
      "Writes every NAME.safetensors.mpkz of SRC back as DST/NAME.safetensors, byte for byte (each\n"
      "chunk checked against its XXH3-64), and copies the other files. A corrupt, truncated or\n"
-     "inconsistent container is an error naming the file, the tensor and the chunk (exit 1).\n",
+     "inconsistent container is an error naming the file, the tensor and the chunk (exit 1).\n\n"
+     "  --threads N        worker threads (default: CPUs)\n"
+     "  --force            replace an existing DST\n"
+     "  --json             the report as JSON on stdout\n\n"
+     "example: moepack decompress ./model-z ./model\n",
      mpk_cmd_compress},
     {"synth", "write a small random checkpoint with a preset's real tensor names",
      "usage: moepack synth [--arch PRESET] [--layers N] [--experts N] [--hidden N]\n"
      "                     [--intermediate N] [--vocab N] [--dtype BF16|F16|F32] [--shards N]\n"
      "                     [--seed N] [--layout per-expert|packed] [--quant fp8|none] OUT\n\n"
-     "Defaults: mixtral, 2 layers, 8 experts, H=64, I=32, vocab 128, BF16, 2 shards.\n"
-     "--quant fp8: weights stored as FP8 E4M3 with 128x128 block scales (weight_scale_inv), as\n"
-     "DeepSeek-V3 publishes them, and quantization_config in config.json.\n", mpk_cmd_synth},
+     "Writes a checkpoint with the tensor names, config.json and layout the preset's family\n"
+     "publishes (some families publish packed or MXFP4 experts), random values from --seed.\n"
+     "OUT's missing parent directories are made.\n\n"
+     "  --arch PRESET      the preset whose family to imitate (default mixtral)\n"
+     "  --layers N         layers (default 2)\n"
+     "  --experts N        experts per layer (default 8)\n"
+     "  --hidden N         H (default 64)\n"
+     "  --intermediate N   I, the experts' intermediate size (default 32)\n"
+     "  --vocab N          vocabulary (default 128)\n"
+     "  --dtype D          BF16, F16 or F32 (default BF16)\n"
+     "  --shards N         output shards (default 2)\n"
+     "  --seed N           random seed (default 0)\n"
+     "  --layout L         per-expert or packed experts (default: as the family publishes)\n"
+     "  --quant fp8        weights stored as FP8 E4M3 with 128x128 block scales\n"
+     "                     (weight_scale_inv), as DeepSeek-V3 publishes them, and\n"
+     "                     quantization_config in config.json; none (default) leaves them\n\n"
+     "example: moepack synth --arch qwen3_moe --experts 16 /tmp/tiny-qwen3\n", mpk_cmd_synth},
     {"hash", "XXH3-128 per tensor and a sharding-independent checkpoint digest",
      "usage: moepack hash PATH [--json] [--write]\n\n"
      "Prints 'HASH DTYPE SHAPE NAME' per tensor and the whole-checkpoint digest (independent of\n"
-     "sharding and file order). --json prints the manifest document; --write stores it as\n"
-     "PATH/moepack.manifest.json.\n", mpk_cmd_inspect},
+     "sharding and file order).\n\n"
+     "  --json    the manifest document on stdout\n"
+     "  --write   store it as PATH/moepack.manifest.json (atomically)\n\n"
+     "example: moepack hash ./model --write\n", mpk_cmd_inspect},
     {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
      "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize fp8-block128]\n"
      "                      [--atol X] [--rtol Y] [--json]\n"
@@ -243,16 +325,37 @@ const mpk_command mpk_commands[] = {
      "Recomputes every DST tensor from SRC with the reference CPU ops (one target, or one expert\n"
      "of it, at a time) and compares: missing and extra tensors, dtype/shape, content. The\n"
      "direction is taken from the layouts (per-expert -> packed, packed -> per-expert, or the\n"
-     "same layout: a round trip). Quantized conversions compare values within --rtol (default\n"
-     "2^-8) and --atol (default 0); everything else compares bytes. With one path, checks DST\n"
-     "against moepack.manifest.json. Exit 0 identical, 3 differences (listed), 1 could not run.\n",
+     "same layout: a round trip) and the quantization from the headers (FP8 in DST only:\n"
+     "quantized; in SRC only: dequantized). Quantized conversions compare values within --rtol\n"
+     "and --atol; everything else compares bytes. 'identical' means every byte matched; 'within\n"
+     "tolerance' that values matched within the tolerances. With one path, checks DST against\n"
+     "its moepack.manifest.json and prints the provenance recorded there.\n\n"
+     "  --preset NAME      the preset (default: from SRC's config.json)\n"
+     "  --spec FILE        a spec instead of a preset\n"
+     "  --dequantize       SRC's FP8 weights were dequantized (found out when not given)\n"
+     "  --quantize fp8-block128  DST's packed experts were quantized (found out when not given)\n"
+     "  --atol X           absolute tolerance (default 0)\n"
+     "  --rtol Y           relative tolerance (default 2^-8)\n"
+     "  --json             the report as JSON on stdout (schema in README.md)\n\n"
+     "Exit 0 identical or within tolerance, 3 differences (listed), 1 could not run.\n\n"
+     "example: moepack verify ./model ./model-packed --json > verify.json\n",
      mpk_cmd_verify},
     {"diff", "numeric comparison per tensor (max abs/rel error, RMSE, cosine)",
-     "usage: moepack diff A B [--atol X] [--rtol Y] [--preset P] [--json]\n\n"
+     "usage: moepack diff A B [--atol X] [--rtol Y] [--preset P | --spec FILE]\n"
+     "                    [--dequantize | --quantize fp8-block128] [--json]\n\n"
      "For every float tensor (F32, F16, BF16, F8_E4M3, F8_E5M2): max abs error, max relative\n"
      "error, RMSE, cosine similarity and the count beyond atol + rtol*|a| (defaults 0 and 0).\n"
-     "A and B may be in different layouts of the same model (per-expert vs packed): A is\n"
-     "mapped through the preset. Exit 0 all within tolerance, 3 otherwise.\n", mpk_cmd_verify},
+     "A and B may be in different layouts or quantizations of the same model (per-expert vs\n"
+     "packed, BF16 vs FP8): A is mapped through the preset as verify does.\n\n"
+     "  --atol X           absolute tolerance (default 0)\n"
+     "  --rtol Y           relative tolerance (default 0)\n"
+     "  --preset NAME      the preset (default: from A's config.json)\n"
+     "  --spec FILE        a spec instead of a preset\n"
+     "  --dequantize       A's FP8 weights were dequantized in B (found out when not given)\n"
+     "  --quantize fp8-block128  B's packed experts are A's quantized (found out when not given)\n"
+     "  --json             the report as JSON on stdout (schema in README.md)\n\n"
+     "Exit 0 all within tolerance, 3 otherwise.\n\n"
+     "example: moepack diff ./model-bf16 ./model-fp8 --rtol 0.07\n", mpk_cmd_verify},
     {"gpucheck", "run packed experts with eager/batched/grouped backends against a CPU reference",
      "usage: moepack gpucheck PATH | --synthetic E,H,I [options]\n\n"
      "Random x and softmax top-k routing (from --seed) through layer L's packed experts (BF16\n"
@@ -262,26 +365,30 @@ const mpk_command mpk_commands[] = {
      "each element within 1e-4 + 1e-2|ref|; GPU, BF16 activations: relative error < 1e-2, each\n"
      "element within 0.05 rms(ref) + 0.05|ref|; never NaN/Inf, every output element written), then timed\n"
      "with CUDA events (median of --runs after warm-up): ms, TFLOP/s, GB/s of expert weights.\n\n"
+     "  --synthetic E,H,I      random packed experts of that size instead of PATH\n"
      "  --layer L              packed layer to load (default 0)\n"
      "  --tokens LIST          token counts (default 1,4,16,64,256,1024,4096)\n"
      "  --topk K               experts per token (default 2)\n"
      "  --backends LIST        eager,batched,grouped,grouped_cublas (default all)\n"
      "  --reference SRC        compute the reference from SRC's per-expert weights (the\n"
      "                         checkpoint PATH was packed from): proves gate-first and expert order\n"
-     "  --plot FILE.svg        tokens (log) vs time per GPU backend\n"
+     "  --plot FILE.svg        tokens (log) vs time per GPU backend (needs GPU timings)\n"
      "  --peer FILE.json       gpu/peer_torch.py --json output: print our time / peer time\n"
      "  --save-inputs DIR      write each case's x, top_k_index, top_k_weights (for the peer)\n"
      "  --runs N               timed runs per case (default 20)\n"
      "  --check-rows N         tokens checked against the reference (default 32)\n"
-     "  --cpu                  run the CPU backends even on large cases\n"
+     "  --cpu                  the CPU checks only, on any size: exit 0 when they pass\n"
      "  --seed N               inputs and routing seed (default 1)\n"
      "  --json                 one JSON document on stdout\n\n"
      "The cuBLAS backends (eager, batched, grouped_cublas) load libcublas.so.13 at run time\n"
      "(LD_LIBRARY_PATH, or MOEPACK_CUBLAS=/path/libcublas.so.13). Exit 0 all correct, 3 a\n"
-     "backend disagrees, 77 no usable GPU (after the CPU checks pass).\n", mpk_cmd_gpucheck},
+     "backend disagrees, 77 no usable GPU (after the CPU checks pass; not with --cpu).\n\n"
+     "example: moepack gpucheck ./model-packed --layer 3 --tokens 1,64,4096\n", mpk_cmd_gpucheck},
     {"demo", "synth -> pack -> unpack -> verify on an embedded default",
      "usage: moepack demo [DIR]\n\nWrites a small Mixtral-style checkpoint, packs it, unpacks it\n"
-     "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory.\n",
+     "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory;\n"
+     "a DIR that exists is left as it is and the demo works in a new directory inside it.\n\n"
+     "example: moepack demo /tmp/moepack-demo\n",
      mpk_cmd_demo},
 };
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];

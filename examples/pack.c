@@ -38,7 +38,7 @@ int main(int argc, char **argv)
     signal(SIGINT, on_sigint);
 
     mpk_convert_req req;
-    mpk_convert_req_init(&req, argv[1], argv[2]); /* preset auto, 5 GB shards, 1 GiB budget */
+    mpk_convert_req_init(&req, argv[1], argv[2]); /* preset auto, 50 GB shards, 1 GiB budget */
     req.progress = on_progress;
     req.cancel = &stop;
 

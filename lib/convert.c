@@ -111,7 +111,7 @@ void mpk_convert_req_init(mpk_convert_req *r, const char *src, const char *dst)
     r->src = src;
     r->dst = dst;
     r->spec = "auto";
-    r->max_shard_size = 5000000000ull;
+    r->max_shard_size = 50000000000ull;
     r->mem = 1ull << 30;
 }
 

@@ -152,6 +152,40 @@ else
   echo "skip: no material at $MATERIAL"
 fi
 
+# every command: --help exits 0, has a description and an example, and mentions each option
+# its parser takes (MOEPACK_LIST_OPTIONS makes the parser print its table); an unknown option
+# is a usage error (exit 2) (issue 17)
+cmds=$("$M" help | sed -n '/^Commands:/,/^$/p' | awk 'NF > 1 {print $1}')
+[ "$(echo "$cmds" | wc -w)" -ge 15 ] || { echo "FAIL: help lists too few commands: $cmds" >&2; fails=$((fails + 1)); }
+for c in $cmds; do
+  expect 0 "$c --help" -- "$M" "$c" --help
+  cp "$tmp/out" "$tmp/help"
+  [ "$(wc -l < "$tmp/help")" -ge 4 ] && grep -q '^example: moepack ' "$tmp/help" \
+    || { echo "FAIL: $c --help has no description or example" >&2; fails=$((fails + 1)); }
+  for o in $(MOEPACK_LIST_OPTIONS=1 "$M" "$c" </dev/null 2>/dev/null | grep '^-'); do
+    grep -q -- "$o\b" "$tmp/help" || { echo "FAIL: $c --help does not mention $o" >&2; fails=$((fails + 1)); }
+  done
+  expect 2 "$c with an unknown option" -- "$M" "$c" --no-such-option x y
+done
+expect 0 "help --help" -- "$M" help --help
+grep -q "usage: moepack help" "$tmp/out" || { echo "FAIL: help --help" >&2; fails=$((fails + 1)); }
+expect 0 "help COMMAND" -- "$M" help verify
+expect 2 "help with an unknown command" -- "$M" help bogus
+expect 2 "version with an unknown option" -- "$M" version --bogus
+expect 2 "version with an argument" -- "$M" version extra
+expect 2 "convert does not take --preset" -- "$M" convert "$tmp/lfm" "$tmp/x" --preset mixtral --spec "$tmp/spec.json"
+expect 2 "plan does not take --force" -- "$M" plan "$tmp/lfm" --force
+expect 2 "inspect does not take --write" -- "$M" inspect "$tmp/lfm" --write
+expect 2 "decompress does not take --level" -- "$M" decompress "$tmp/z" "$tmp/x" --level 3
+
+# synth says what it wrote; makes OUT's parents; demo DIR runs twice (issue 17)
+expect 0 "synth --arch gpt_oss into a missing parent" -- "$M" synth --arch gpt_oss "$tmp/a/b/gpt"
+grep -q "U8" "$tmp/out" && grep -q "experts packed" "$tmp/out" && ! grep -q "per-expert" "$tmp/out" \
+  && echo "ok: synth --arch gpt_oss says MXFP4 (U8) and packed" \
+  || { echo "FAIL: synth says: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+expect 0 "demo DIR" -- "$M" demo "$tmp/demo"
+expect 0 "demo DIR again" -- "$M" demo "$tmp/demo"
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

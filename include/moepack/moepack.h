@@ -274,7 +274,8 @@ typedef struct mpk_convert_req {
     mpk_direction direction;
     mpk_quant quant;
     unsigned flags;               /* MPK_CONVERT_* */
-    uint64_t max_shard_size;      /* bytes per output shard; 0: one shard (default 5 GB) */
+    uint64_t max_shard_size;      /* bytes per output shard; 0: one shard (default 50 GB,
+                                     transformers v5's) */
     uint64_t mem;                 /* in-flight buffer budget, >= 1 MiB (default 1 GiB) */
     int threads;                  /* worker threads, 0: the CPUs (default) */
     mpk_io_backend io;
@@ -296,7 +297,7 @@ typedef struct mpk_convert_req {
     int compress_level;           /* zstd level 1..19 with MPK_CONVERT_COMPRESS (0: the default, 1) */
 } mpk_convert_req;
 
-/* Defaults: preset "auto", pack, 5 GB shards, 1 GiB budget, all CPUs, io auto, fsync on,
+/* Defaults: preset "auto", pack, 50 GB shards, 1 GiB budget, all CPUs, io auto, fsync on,
  * manifest on. */
 MPK_API void mpk_convert_req_init(mpk_convert_req *r, const char *src, const char *dst);
 

@@ -127,7 +127,7 @@ def _call(fn, *args):
         _lib.mpk_report_free(rep)
 
 
-def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=5_000_000_000, mem=1 << 30, threads=0,
+def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=50_000_000_000, mem=1 << 30, threads=0,
             force=False, resume=False, copy_links=False, fsync=True, manifest=True, copy_range=True,
             quantize=None, dequantize=False, io="auto", layout_like=None, progress=None, warn=None,
             compress=False, level=0):
