@@ -107,7 +107,14 @@ int mpk_cmd_gpucheck(int argc, char **argv)
     if (json)
         puts(mpk_report_json(r));
     rc = mpk_report_differences(r) ? MPK_EXIT_DIFF : MPK_EXIT_OK;
-    if (rc == MPK_EXIT_OK && mpk_report_skipped(r)) {
+    if (o.plot && mpk_report_skipped(r))
+        fprintf(stderr, "moepack: gpucheck: --plot %s not written: nothing was timed on a GPU (%s)\n", o.plot,
+                mpk_report_skipped(r));
+    if (rc == MPK_EXIT_OK && mpk_report_skipped(r) && o.cpu) {
+        /* --cpu asked for the CPU checks: they passed */
+        fprintf(stderr, "moepack: gpucheck: CPU backends agree with the reference (GPU part not run: %s)\n",
+                mpk_report_skipped(r));
+    } else if (rc == MPK_EXIT_OK && mpk_report_skipped(r)) {
         fprintf(stderr, "moepack: gpucheck: CPU backends agree with the reference; GPU part skipped: %s\n",
                 mpk_report_skipped(r));
         rc = MPK_EXIT_SKIP;

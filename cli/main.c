@@ -15,8 +15,16 @@
 
 int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
 {
-    fprintf(stderr, "moepack: %s: %s\n", cmd, err->msg[0] ? err->msg : mpk_status_str(err->code));
-    if (hint)
+    const char *msg = err->msg[0] ? err->msg : mpk_status_str(err->code);
+    fprintf(stderr, "moepack: %s: %s\n", cmd, msg);
+    /* a hint says what the message does not: none when the message already names the way out
+     * (the same command, or the same option) */
+    static const char *const ways[] = {"--force", "'moepack presets'", "moepack unpack", "moepack pack",
+                                       "--dequantize", "--resume", NULL};
+    for (const char *const *w = ways; hint && *w; w++)
+        if (strstr(msg, *w) && strstr(hint, *w))
+            hint = NULL;
+    if (hint && !strstr(msg, hint))
         fprintf(stderr, "hint: %s\n", hint);
     return MPK_EXIT_FAIL;
 }

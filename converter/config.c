@@ -144,8 +144,8 @@ mpk_expert_layout mpk_detect_layout(const mpk_ckpt *c)
         const mpk_tensor_info *t = c->tensors[i].info;
         if (per_expert_name(t->name))
             per = true;
-        else if (t->ndim >= 3 && (strstr(t->name, ".experts.") || strstr(t->name, "input_linear") ||
-                                  strstr(t->name, "output_linear")))
+        else if ((t->ndim >= 2 && strstr(t->name, ".experts.")) || /* stacked, or flattened (DBRX) */
+                 (t->ndim >= 3 && (strstr(t->name, "input_linear") || strstr(t->name, "output_linear"))))
             packed = true;
     }
     if (per && packed)

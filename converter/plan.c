@@ -569,6 +569,21 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
                     }
                 }
     }
+    /* a preset that matches none of the per-expert tensors is the wrong preset: it would copy
+     * the checkpoint and call that a conversion */
+    if (n_accs == 0 && spec->n_rules > 0) {
+        for (size_t ti = 0; ti < src->n_tensors; ti++) {
+            const char *n = src->tensors[ti].info->name, *e = strstr(n, ".experts.");
+            if (e && e[9] >= '0' && e[9] <= '9') {
+                st = mpk_error_set(err, MPK_E_PRESET, 0, where,
+                                   "preset '%s'%s matches none of the expert tensors (e.g. '%s'): the "
+                                   "wrong preset for this model? ('--preset auto' picks it from "
+                                   "config.json's model_type; 'moepack presets' lists them)",
+                                   spec->name, spec->reversed ? " (reversed)" : "", n);
+                goto done;
+            }
+        }
+    }
     /* 2. check and infer each group */
     p->groups = mpk_arena_alloc(p->arena, sizeof *p->groups * (n_accs + 1));
     size_t n_out = p->n_pass;

@@ -70,6 +70,24 @@ typedef struct {
     uint64_t count, bytes;
 } dtype_stat;
 
+static int cmp_shard_name(const void *a, const void *b)
+{
+    return mpk_natural_cmp((*(const mpk_shard *const *)a)->name, (*(const mpk_shard *const *)b)->name);
+}
+
+/* c's shards in natural order of their names (model-00002 before model-00010), whatever order
+ * the index lists them in; malloc'd, NULL when out of memory. */
+static const mpk_shard **shards_in_order(const mpk_ckpt *c)
+{
+    const mpk_shard **v = mpk_alloc(sizeof *v * (c->n_shards + 1));
+    if (!v)
+        return NULL;
+    for (size_t i = 0; i < c->n_shards; i++)
+        v[i] = &c->shards[i];
+    qsort(v, c->n_shards, sizeof *v, cmp_shard_name);
+    return v;
+}
+
 static cJSON *inspect_json(const char *path, const mpk_ckpt *c, const dtype_stat *ds,
                            const mpk_model_config *cfg, mpk_expert_layout layout)
 {
@@ -77,8 +95,9 @@ static cJSON *inspect_json(const char *path, const mpk_ckpt *c, const dtype_stat
     cJSON_AddStringToObject(o, "path", path);
     cJSON_AddStringToObject(o, "format", c->has_index ? "sharded" : "single");
     cJSON *shards = cJSON_AddArrayToObject(o, "shards");
-    for (size_t i = 0; i < c->n_shards; i++) {
-        const mpk_shard *s = &c->shards[i];
+    const mpk_shard **order = shards_in_order(c);
+    for (size_t i = 0; order && i < c->n_shards; i++) {
+        const mpk_shard *s = order[i];
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "file", s->name);
         cJSON_AddNumberToObject(j, "tensors", (double)s->header->n_tensors);
@@ -87,6 +106,7 @@ static cJSON *inspect_json(const char *path, const mpk_ckpt *c, const dtype_stat
         cJSON_AddNumberToObject(j, "header_length", (double)s->header->header_len);
         cJSON_AddItemToArray(shards, j);
     }
+    free(order);
     cJSON_AddNumberToObject(o, "tensor_count", (double)c->n_tensors);
     cJSON_AddNumberToObject(o, "total_bytes", (double)c->total_bytes);
     if (c->has_index)
@@ -131,9 +151,11 @@ static void inspect_text(FILE *f, const char *path, const mpk_ckpt *c, const dty
     fprintf(f, "checkpoint: %s (%s, %zu shard%s)\n", path,
             c->has_index ? "sharded, model.safetensors.index.json" : "single file", c->n_shards,
             c->n_shards == 1 ? "" : "s");
-    for (size_t i = 0; i < c->n_shards; i++)
-        fprintf(f, "  %-40s %6zu tensors  %s\n", c->shards[i].name, c->shards[i].header->n_tensors,
-                mpk_human_bytes(c->shards[i].header->data_size, hb, sizeof hb));
+    const mpk_shard **order = shards_in_order(c);
+    for (size_t i = 0; order && i < c->n_shards; i++)
+        fprintf(f, "  %-40s %6zu tensors  %s\n", order[i]->name, order[i]->header->n_tensors,
+                mpk_human_bytes(order[i]->header->data_size, hb, sizeof hb));
+    free(order);
     fprintf(f, "tensors: %zu\ntotal bytes: %llu (%s)\ndtypes:", c->n_tensors, (unsigned long long)c->total_bytes,
             mpk_human_bytes(c->total_bytes, hb, sizeof hb));
     for (int d = 0; d < MPK_DTYPE_COUNT; d++)

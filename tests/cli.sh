@@ -186,6 +186,57 @@ grep -q "U8" "$tmp/out" && grep -q "experts packed" "$tmp/out" && ! grep -q "per
 expect 0 "demo DIR" -- "$M" demo "$tmp/demo"
 expect 0 "demo DIR again" -- "$M" demo "$tmp/demo"
 
+# gpucheck --cpu: exit 0 when the CPU checks pass; --plot without GPU timings says so (issue 17)
+expect 0 "gpucheck --cpu passes on the CPU" -- "$M" gpucheck --synthetic 4,32,16 --tokens 3 --cpu --plot "$tmp/p.svg"
+if [ -e "$tmp/p.svg" ] || grep -q "not written: nothing was timed on a GPU" "$tmp/err"; then
+  echo "ok: --plot wrote a plot or said why not"
+else
+  echo "FAIL: --plot wrote nothing and said nothing: $(cat "$tmp/err")" >&2; fails=$((fails + 1))
+fi
+
+# inspect lists shards in name order whatever the index's order; stacked or flattened experts
+# are "packed" (issue 17)
+expect 0 "synth with 3 shards" -- "$M" synth --shards 3 "$tmp/s3"
+python3 - "$tmp/s3" <<'PY'
+import json, sys
+p = sys.argv[1] + "/model.safetensors.index.json"
+j = json.load(open(p))
+wm = j["weight_map"]
+order = sorted(wm, key=lambda k: {"00001": 0, "00003": 1, "00002": 2}[wm[k][6:11]])
+j["weight_map"] = {k: wm[k] for k in order}  # first appearance: shard 1, 3, 2
+json.dump(j, open(p, "w"), indent=2)
+PY
+expect 0 "inspect of an index listing shards 1, 3, 2" -- "$M" inspect "$tmp/s3"
+[ "$(grep -o 'model-0000[123]-of-00003' "$tmp/out" | tr '\n' ' ')" = "model-00001-of-00003 model-00002-of-00003 model-00003-of-00003 " ] \
+  && echo "ok: ... lists them in order" || { echo "FAIL: shard order: $(head -5 "$tmp/out")" >&2; fails=$((fails + 1)); }
+expect 0 "inspect --json of it" -- "$M" inspect "$tmp/s3" --json
+json_check "... JSON shards in order" "[s['file'] for s in d['shards']] == sorted(s['file'] for s in d['shards'])"
+mkdir -p "$tmp/dbrx"
+python3 - "$tmp/dbrx/model.safetensors" <<'PY'
+import json, struct, sys
+names = {"transformer.blocks.0.ffn.experts.mlp.w1": [8, 4], "transformer.blocks.0.ffn.router.layer.weight": [2, 4]}
+h, off = {}, 0
+for n, sh in names.items():
+    h[n] = {"dtype": "BF16", "shape": sh, "data_offsets": [off, off + 2 * sh[0] * sh[1]]}
+    off += 2 * sh[0] * sh[1]
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(t)) + t + bytes(off))
+PY
+expect 0 "inspect of flattened stacked experts (DBRX's ffn.experts.mlp.w1)" -- "$M" inspect "$tmp/dbrx" --json
+json_check "... expert_layout packed" "d['expert_layout'] == 'packed'"
+
+# hints never repeat the message; a preset matching none of the experts is an error (issue 17)
+expect 1 "pack into an existing DST" -- "$M" pack "$tmp/lfm" "$tmp/lfm-c"
+grep -q -- "--force" "$tmp/err" && ! grep -q "^hint:" "$tmp/err" && echo "ok: ... says --force once" \
+  || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+expect 1 "pack with an unknown preset" -- "$M" pack "$tmp/lfm" "$tmp/x" --preset bogus
+[ "$(grep -c "moepack presets" "$tmp/err")" = 1 ] && echo "ok: ... names 'moepack presets' once" \
+  || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+expect 1 "pack with a preset that matches none of the experts" -- "$M" pack "$tmp/ds" "$tmp/x" --preset mixtral
+grep -q "matches none of the expert tensors" "$tmp/err" && [ ! -e "$tmp/x" ] && echo "ok: ... said, nothing written" \
+  || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1
