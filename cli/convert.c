@@ -236,7 +236,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         mpk_plan *plan;
         if (mpk_plan_create(&req, &plan, &err) != MPK_OK)
             return mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
-        char *text = mpk_plan_describe(plan, a.verbose);
+        char *text = a.json ? mpk_plan_describe_json(plan) : mpk_plan_describe(plan, a.verbose);
         mpk_plan_free(plan);
         if (!text)
             return mpk_cli_fail(cmd, &(mpk_error){.code = MPK_E_NOMEM, .msg = "out of memory"}, NULL);

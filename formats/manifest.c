@@ -159,11 +159,13 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
     return MPK_OK;
 }
 
-char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest)
+char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov)
 {
     char hx[33];
     cJSON *root = cJSON_CreateObject(), *ts = cJSON_CreateObject();
-    bool ok = root && ts && cJSON_AddStringToObject(root, "format", MPK_MANIFEST_FORMAT) &&
+    bool ok = root && ts && cJSON_AddStringToObject(root, "schema", MPK_MANIFEST_FORMAT) &&
+              cJSON_AddStringToObject(root, "format", MPK_MANIFEST_FORMAT) &&
+              (!prov || cJSON_AddItemToObject(root, "provenance", cJSON_Duplicate(prov, 1))) &&
               cJSON_AddStringToObject(root, "digest", mpk_hash_hex(digest, hx)) &&
               cJSON_AddItemToObject(root, "tensors", ts);
     if (!ok) { /* ts not owned by root yet */
@@ -198,12 +200,12 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
 }
 
 static mpk_status write_manifest(const char *dir, const mpk_tensor_hash *t, size_t n, mpk_hash128 d,
-                                 mpk_error *err)
+                                 const cJSON *prov, mpk_error *err)
 {
-    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d), true, err);
+    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d, prov), true, err);
 }
 
-mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
+mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, mpk_error *err)
 {
     mpk_ckpt *c;
     MPK_TRY(mpk_ckpt_open(dir, &c, err));
@@ -211,7 +213,7 @@ mpk_status mpk_manifest_write(const char *dir, mpk_error *err)
     mpk_hash128 d;
     mpk_status s = mpk_hash_ckpt(c, &t, &d, err);
     if (s == MPK_OK) {
-        s = write_manifest(c->is_dir ? c->dir : dir, t, c->n_tensors, d, err);
+        s = write_manifest(c->is_dir ? c->dir : dir, t, c->n_tensors, d, prov, err);
         free(t);
     }
     mpk_ckpt_close(c);
@@ -223,10 +225,11 @@ static int natural_order(const void *a, const void *b)
     return mpk_natural_cmp(((const mpk_tensor_hash *)a)->name, ((const mpk_tensor_hash *)b)->name);
 }
 
-mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, mpk_error *err)
+mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, const cJSON *prov,
+                                     mpk_error *err)
 {
     qsort(t, n, sizeof *t, natural_order);
-    return write_manifest(dir, t, n, mpk_manifest_digest(t, n), err);
+    return write_manifest(dir, t, n, mpk_manifest_digest(t, n), prov, err);
 }
 
 bool mpk_hash_parse_hex(const char *s, mpk_hash128 *h)

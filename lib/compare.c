@@ -92,7 +92,30 @@ static void cmp_text(FILE *f, const mpk_cmp_report *r, bool stats)
         fputc('\n', f);
 }
 
-static mpk_status make_report(const mpk_cmp_report *c, bool stats, mpk_report **out, mpk_error *err)
+/* The provenance a manifest records, as lines of text. */
+static void prov_text(FILE *f, const cJSON *p)
+{
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(p, "options");
+    fprintf(f, "made by: moepack %s, %s", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "moepack_version")),
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "command")));
+    const char *preset = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "preset"));
+    const char *spec = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "spec"));
+    if (preset && *preset)
+        fprintf(f, ", preset %s", preset);
+    if (spec && *spec)
+        fprintf(f, ", spec %s", spec);
+    fprintf(f, " (spec xxh3-128 %s)\n", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "spec_xxh3_128")));
+    if (o) {
+        char *t = cJSON_PrintUnformatted(o);
+        fprintf(f, "options: %s\n", t ? t : "?");
+        free(t);
+    }
+    fprintf(f, "source: %s (files xxh3-128 %s)\n", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source")),
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source_xxh3_128")));
+}
+
+static mpk_status make_report(const mpk_cmp_report *c, bool stats, const cJSON *prov, mpk_report **out,
+                               mpk_error *err)
 {
     mpk_report *r = mpk_report_new();
     if (!r)
@@ -101,11 +124,16 @@ static mpk_status make_report(const mpk_cmp_report *c, bool stats, mpk_report **
     char *buf, hx[33];
     size_t len;
     FILE *f = mpk_report_begin_text(r, &buf, &len);
+    if (f && prov) /* verify DST: how DST was made, as its manifest says */
+        prov_text(f, prov);
     if (f)
         cmp_text(f, c, stats);
     mpk_status s = mpk_report_end_text(r, f, &buf, err);
+    cJSON *o = s == MPK_OK ? cmp_json(c, stats) : NULL;
+    if (o && prov)
+        cJSON_AddItemToObject(o, "provenance", cJSON_Duplicate(prov, 1));
     if (s == MPK_OK)
-        s = mpk_report_set_json(r, cmp_json(c, stats), err);
+        s = mpk_report_set_json(r, stats ? "moepack.diff/1" : "moepack.verify/1", o, err);
     for (size_t i = 0; i < c->n && s == MPK_OK; i++) {
         const mpk_tensor_cmp *t = &c->t[i];
         if (t->differs)
@@ -195,18 +223,26 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
     if (!(q->atol >= 0) || isnan(q->rtol) || isinf(q->atol) || isinf(q->rtol))
         MPK_FAIL(err, MPK_E_USAGE, "request", "tolerances must be finite numbers >= 0");
     mpk_status s;
+    cJSON *root = NULL;
+    const cJSON *prov = NULL;
     if (!q->src) {
         if (stats)
             MPK_FAIL(err, MPK_E_USAGE, "request", "diff compares two checkpoints");
         if ((s = mpk_ckpt_open(q->dst, &a, err)) == MPK_OK)
             s = mpk_verify_manifest(a, &r, err);
+        const cJSON *ts;
+        mpk_hash128 dg;
+        mpk_error ig;
+        if (s == MPK_OK && mpk_manifest_load(a->dir, &root, &ts, &dg, &ig) == MPK_OK)
+            prov = cJSON_GetObjectItemCaseSensitive(root, "provenance");
     } else if ((s = mpk_ckpt_open(q->src, &a, err)) == MPK_OK && (s = mpk_ckpt_open(q->dst, &b, err)) == MPK_OK) {
         double rtol = q->rtol >= 0 ? q->rtol : stats ? 0 : 1.0 / 256;
         mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats};
         s = compare_two(q, a, b, &co, &r, err);
     }
     if (s == MPK_OK)
-        s = make_report(r, stats, out, err);
+        s = make_report(r, stats, cJSON_IsObject(prov) ? prov : NULL, out, err);
+    cJSON_Delete(root);
     mpk_cmp_report_free(r);
     mpk_ckpt_close(a);
     mpk_ckpt_close(b);

@@ -185,7 +185,7 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
                 secs > 0 ? (double)(compress ? in_b : out_b) / secs / 1e9 : 0, compress ? "input" : "output");
     /* the output has landed: a report that cannot be built is no failure of it */
     mpk_error ig;
-    if (!rep || mpk_report_set_json(rep, o, &ig) != MPK_OK || mpk_report_end_text(rep, f, &buf, &ig) != MPK_OK) {
+    if (!rep || mpk_report_set_json(rep, compress ? "moepack.compress/1" : "moepack.decompress/1", o, &ig) != MPK_OK || mpk_report_end_text(rep, f, &buf, &ig) != MPK_OK) {
         mpk_report_free(rep);
         return MPK_OK;
     }

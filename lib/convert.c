@@ -5,6 +5,7 @@
 #include "lib_internal.h"
 
 #include <cjson/cJSON.h>
+#include <xxhash.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -126,6 +127,7 @@ typedef struct job {
     size_t record_len;
     bool manifest;
     int compress_level;          /* > 0: the shards are compressed before landing */
+    cJSON *prov;                 /* the manifest's provenance */
     int threads;
 } job;
 
@@ -135,6 +137,7 @@ static void job_free(void *p)
     if (!j)
         return;
     mpk_spec_free(j->spec);
+    cJSON_Delete(j->prov);
     mpk_layout_free(j->files);
     free(j->record);
     mpk_config_free(&j->cfg);
@@ -304,7 +307,63 @@ char *mpk_plan_describe(const mpk_plan *p, bool verbose)
     return buf;
 }
 
-/* config.json for the output when the quantization changes (NULL: a copy of the source's). */
+char *mpk_plan_describe_json(const mpk_plan *p)
+{
+    cJSON *o = cJSON_CreateObject(), *outs = cJSON_CreateArray();
+    if (!o || !outs) {
+        cJSON_Delete(o);
+        cJSON_Delete(outs);
+        return NULL;
+    }
+    bool names = p->src->names_only;
+    cJSON_AddStringToObject(o, "schema", "moepack.plan/1");
+    cJSON_AddStringToObject(o, "preset", p->spec->name);
+    cJSON_AddBoolToObject(o, "reversed", p->spec->reversed);
+    cJSON_AddStringToObject(o, "source", p->src->dir);
+    cJSON_AddNumberToObject(o, "source_tensors", (double)p->src->n_tensors);
+    cJSON_AddBoolToObject(o, "shapes_checked", !names); /* false: planned from an index's names alone */
+    cJSON_AddNumberToObject(o, "targets_built", (double)(p->n_outs - p->n_pass));
+    cJSON_AddNumberToObject(o, "sources_consumed", (double)p->n_consumed);
+    cJSON_AddNumberToObject(o, "passed_through", (double)p->n_pass);
+    cJSON_AddNumberToObject(o, "tensors", (double)p->n_outs);
+    if (!names) {
+        cJSON_AddNumberToObject(o, "bytes", (double)p->total_bytes);
+        cJSON_AddNumberToObject(o, "shards", (double)p->n_shards);
+    }
+    char file[512], ob[64];
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const mpk_plan_out *t = &p->outs[i];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddItemToArray(outs, e);
+        cJSON_AddStringToObject(e, "name", t->name);
+        if (!names) {
+            cJSON_AddStringToObject(e, "dtype", mpk_dtype_name(t->meta.dtype));
+            cJSON *shape = cJSON_AddArrayToObject(e, "shape");
+            for (int d = 0; d < t->meta.ndim; d++)
+                cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->meta.shape[d]));
+            mpk_plan_shard_name(p, (size_t)t->shard, file, sizeof file);
+            cJSON_AddStringToObject(e, "file", file);
+        }
+        cJSON *srcs = cJSON_AddArrayToObject(e, "sources");
+        if (t->group < 0) {
+            cJSON_AddItemToArray(srcs, cJSON_CreateString(t->pass->info->name));
+            continue;
+        }
+        const mpk_plan_group *g = &p->groups[t->group];
+        for (long k = 0; k < (long)g->rule->n_sources * g->n_items; k++)
+            cJSON_AddItemToArray(srcs, cJSON_CreateString(g->src[k]->info->name));
+        cJSON *ops = cJSON_AddArrayToObject(e, "ops");
+        for (int k = 0; k < g->rule->n_ops; k++)
+            cJSON_AddItemToArray(ops, cJSON_CreateString(mpk_op_str(&g->rule->ops[k], ob, sizeof ob)));
+        if (t->quant)
+            cJSON_AddStringToObject(e, "quantized", t->quant == 1 ? "F8_E4M3 weight" : "F32 scale grid");
+    }
+    cJSON_AddItemToObject(o, "outputs", outs);
+    char *text = mpk_json_print(o, true);
+    cJSON_Delete(o);
+    return text;
+}
+
 /* --quantize fp8-block128's quantization_config: what transformers' FineGrainedFP8Config and
  * vLLM's Fp8Config read. Every 2-D weight of the output left in a float type (attention,
  * routers, shared experts, lm_head, embeddings) is named by its module in
@@ -359,9 +418,46 @@ static mpk_status requant_config(const mpk_convert_req *r, const job *j, const m
     return MPK_OK;
 }
 
-mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err)
+mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, const cJSON *prov,
+                                  mpk_error *err)
 {
-    return hashes ? mpk_manifest_write_hashes(dir, hashes, n, err) : mpk_manifest_write(dir, err);
+    return hashes ? mpk_manifest_write_hashes(dir, hashes, n, prov, err) : mpk_manifest_write(dir, prov, err);
+}
+
+/* How the output was made, kept in its manifest: moepack's version, the command, the preset
+ * and a digest of its spec, the options that change bytes, the source and its digest. */
+static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
+{
+    mpk_hash128 sd;
+    if (mpk_source_digest(j->src, &sd, err) != MPK_OK)
+        return NULL;
+    char *spec = cJSON_PrintUnformatted(j->spec->json), hx[33];
+    cJSON *o = spec ? cJSON_CreateObject() : NULL, *opts = o ? cJSON_CreateObject() : NULL;
+    if (!opts) {
+        free(spec);
+        cJSON_Delete(o);
+        mpk_error_set(err, MPK_E_NOMEM, 0, r->dst, "out of memory");
+        return NULL;
+    }
+    XXH128_hash_t h = XXH3_128bits(spec, strlen(spec));
+    free(spec);
+    bool file = is_spec_file(r->spec ? r->spec : "auto");
+    cJSON_AddStringToObject(o, "moepack_version", mpk_version());
+    cJSON_AddStringToObject(o, "command", file ? (j->spec->reversed ? "convert --reverse" : "convert")
+                                          : j->spec->reversed ? "unpack" : "pack");
+    cJSON_AddStringToObject(o, "preset", file ? "" : j->spec->name);
+    cJSON_AddStringToObject(o, "spec", file ? r->spec : "");
+    cJSON_AddStringToObject(o, "spec_xxh3_128", mpk_hash_hex((mpk_hash128){h.high64, h.low64}, hx));
+    cJSON_AddStringToObject(opts, "quantize", r->quant == MPK_QUANT_FP8_BLOCK128 ? "fp8-block128"
+                                              : r->quant == MPK_QUANT_DEQUANTIZE ? "dequantize" : "keep");
+    cJSON_AddNumberToObject(opts, "max_shard_size", (double)r->max_shard_size);
+    cJSON_AddBoolToObject(opts, "compress", j->compress_level > 0);
+    cJSON_AddNumberToObject(opts, "compress_level", j->compress_level);
+    cJSON_AddStringToObject(opts, "layout_like", r->layout_like ? r->layout_like : "");
+    cJSON_AddItemToObject(o, "options", opts);
+    cJSON_AddStringToObject(o, "source", r->src);
+    cJSON_AddStringToObject(o, "source_xxh3_128", mpk_hash_hex(sd, hx));
+    return o;
 }
 
 /* The executor's last step before landing: the manifest and the source record. */
@@ -369,7 +465,7 @@ static mpk_status finish(void *ctx, const char *dir, mpk_tensor_hash *hashes, si
 {
     const job *j = ctx;
     if (j->manifest)
-        MPK_TRY(mpk_lib_write_manifest(dir, hashes, n, err));
+        MPK_TRY(mpk_lib_write_manifest(dir, hashes, n, j->prov, err));
     if (j->compress_level > 0)
         MPK_TRY(mpk_lib_compress_shards(dir, j->compress_level, j->threads, err));
     if (!j->record)
@@ -405,6 +501,10 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     j->manifest = manifest;
     j->compress_level = !(r->flags & MPK_CONVERT_COMPRESS) ? 0 : r->compress_level ? r->compress_level : 1;
     j->threads = r->threads;
+    if (manifest && !(j->prov = provenance(r, j, err))) {
+        s = err->code ? err->code : MPK_E_NOMEM;
+        goto out;
+    }
     static const char *const skip[] = {MPK_SOURCE_NAME, NULL}; /* written (or not) by finish */
     mpk_exec_opts eo = {
         .threads = r->threads,
@@ -477,7 +577,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON_AddBoolToObject(o, "resumed", st->resumed);
     cJSON_AddNumberToObject(o, "shards_kept", (double)st->shards_kept);
     cJSON_AddNumberToObject(o, "stale_removed", (double)st->stale_removed);
-    mpk_status s = mpk_report_set_json(rep, o, err);
+    mpk_status s = mpk_report_set_json(rep, "moepack.convert/1", o, err);
     char *buf, hb[32], hr[32];
     size_t len;
     FILE *f = s == MPK_OK ? mpk_report_begin_text(rep, &buf, &len) : NULL;

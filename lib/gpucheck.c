@@ -502,7 +502,7 @@ static mpk_status finish(gc_run *g, mpk_report *rep, mpk_error *err)
     }
     g->runs = NULL; /* root owns it */
     if (s == MPK_OK)
-        return mpk_report_set_json(rep, root, err);
+        return mpk_report_set_json(rep, "moepack.gpucheck/1", root, err);
     cJSON_Delete(root);
     return s;
 }

@@ -211,7 +211,7 @@ mpk_status mpk_inspect(const char *path, mpk_report **out, mpk_error *err)
             inspect_text(f, path, c, ds, &cfg, layout);
         s = mpk_report_end_text(r, f, &buf, err);
         if (s == MPK_OK)
-            s = mpk_report_set_json(r, inspect_json(path, c, ds, &cfg, layout), err);
+            s = mpk_report_set_json(r, "moepack.inspect/1", inspect_json(path, c, ds, &cfg, layout), err);
         if (s == MPK_OK)
             s = add_tensors(r, c, NULL, err);
     }
@@ -229,7 +229,7 @@ mpk_status mpk_inspect(const char *path, mpk_report **out, mpk_error *err)
 static mpk_status hash_report(mpk_report *r, const mpk_ckpt *c, const mpk_tensor_hash *t, mpk_hash128 d,
                               mpk_error *err)
 {
-    char *text = mpk_manifest_format(t, c->n_tensors, d);
+    char *text = mpk_manifest_format(t, c->n_tensors, d, NULL);
     if (!text)
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     free(r->json);
@@ -266,8 +266,19 @@ mpk_status mpk_hash(const char *path, unsigned flags, mpk_report **out, mpk_erro
     if (s == MPK_OK)
         s = hash_report(r, c, t, d, err);
     /* the manifest replaces an old one atomically (mpk_write_file); t is sorted as it is */
-    if (s == MPK_OK && (flags & MPK_HASH_WRITE))
-        s = mpk_manifest_write_hashes(c->dir, t, c->n_tensors, err);
+    if (s == MPK_OK && (flags & MPK_HASH_WRITE)) {
+        /* the provenance an existing manifest records is kept: the hashes are refreshed, the
+         * history of how the checkpoint was made is not the hasher's to drop */
+        cJSON *old = NULL;
+        const cJSON *ts;
+        mpk_hash128 od;
+        mpk_error ig;
+        if (mpk_manifest_load(c->dir, &old, &ts, &od, &ig) != MPK_OK)
+            old = NULL;
+        const cJSON *prov = cJSON_GetObjectItemCaseSensitive(old, "provenance");
+        s = mpk_manifest_write_hashes(c->dir, t, c->n_tensors, cJSON_IsObject(prov) ? prov : NULL, err);
+        cJSON_Delete(old);
+    }
     free(t);
     mpk_ckpt_close(c);
     if (s != MPK_OK) {

@@ -28,7 +28,8 @@ mpk_status mpk_report_add(mpk_report *r, const char *name, const char *kind, con
                           mpk_dtype dtype, int ndim, const int64_t *shape, uint64_t nbytes, const char *hash,
                           mpk_error *err);
 /* Sets r's JSON from o (printed, then deleted). */
-mpk_status mpk_report_set_json(mpk_report *r, cJSON *o, mpk_error *err);
+/* o (taken) as the report's JSON, with "schema": schema as its first member. */
+mpk_status mpk_report_set_json(mpk_report *r, const char *schema, cJSON *o, mpk_error *err);
 /* A text rendering in progress: fprintf to it, then mpk_report_end_text(). */
 FILE *mpk_report_begin_text(mpk_report *r, char **buf, size_t *len);
 mpk_status mpk_report_end_text(mpk_report *r, FILE *f, char **buf, mpk_error *err);
@@ -36,7 +37,8 @@ mpk_status mpk_report_end_text(mpk_report *r, FILE *f, char **buf, mpk_error *er
 mpk_status mpk_report_give(mpk_report *r, mpk_report **out);
 
 /* The tensor-hash manifest hook of mpk_exec_opts.finish. */
-mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
+mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, const cJSON *prov,
+                                  mpk_error *err);
 /* Loads a spec (mpk_spec_load) against an already loaded config. */
 mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool reverse, mpk_spec **out,
                              mpk_error *err);
@@ -48,6 +50,9 @@ const char *mpk_lib_layout_marker(const mpk_ckpt *c);
 #define MPK_SOURCE_NAME "moepack.source.zst"
 /* c's source record (zstd-compressed, malloc'd into *out). */
 mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *len, mpk_error *err);
+/* XXH3-128 of c's file names, header bytes, index and config.json (the record's content): what
+ * identifies a release's files, not their data bytes (verify SRC DST proves those). */
+mpk_status mpk_source_digest(const mpk_ckpt *c, mpk_hash128 *out, mpk_error *err);
 /* dir's record as a layout to follow; MPK_E_MANIFEST naming it when malformed. */
 mpk_status mpk_source_load(const char *dir, mpk_layout **out, mpk_error *err);
 /* An index file's names and tensor-to-file assignment as a layout (--layout-like). */

@@ -52,8 +52,20 @@ mpk_status mpk_report_add(mpk_report *r, const char *name, const char *kind, con
     return MPK_OK;
 }
 
-mpk_status mpk_report_set_json(mpk_report *r, cJSON *o, mpk_error *err)
+mpk_status mpk_report_set_json(mpk_report *r, const char *schema, cJSON *o, mpk_error *err)
 {
+    /* "schema" first, so that a reader sees what the document holds before anything else */
+    cJSON *n = o ? cJSON_CreateObject() : NULL;
+    if (n && cJSON_AddStringToObject(n, "schema", schema)) {
+        for (cJSON *c; (c = o->child);)
+            cJSON_AddItemToArray(n, cJSON_DetachItemViaPointer(o, c)); /* keeps its key */
+        cJSON_Delete(o);
+        o = n;
+    } else {
+        cJSON_Delete(n);
+        cJSON_Delete(o);
+        o = NULL;
+    }
     char *s = o ? mpk_json_print(o, false) : NULL;
     cJSON_Delete(o);
     if (!s)

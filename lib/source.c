@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #define SOURCE_FORMAT "moepack.source/1"
@@ -55,7 +56,8 @@ static mpk_status add_file(cJSON *files, const mpk_shard *sh, mpk_error *err)
     return MPK_OK;
 }
 
-mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk_error *err)
+/* The record's JSON text (malloc'd into *out). */
+static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
 {
     *out = NULL;
     cJSON *root = cJSON_CreateObject(), *files = cJSON_CreateArray();
@@ -97,6 +99,25 @@ mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk
         return s;
     if (!json)
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    *out = json;
+    return MPK_OK;
+}
+
+mpk_status mpk_source_digest(const mpk_ckpt *c, mpk_hash128 *out, mpk_error *err)
+{
+    char *json;
+    MPK_TRY(source_json(c, &json, err));
+    XXH128_hash_t h = XXH3_128bits(json, strlen(json));
+    free(json);
+    *out = (mpk_hash128){h.high64, h.low64};
+    return MPK_OK;
+}
+
+mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk_error *err)
+{
+    char *json;
+    *out = NULL;
+    MPK_TRY(source_json(c, &json, err));
     size_t jl = strlen(json), cap = ZSTD_compressBound(jl);
     char *z = mpk_alloc(cap);
     size_t zl = z ? ZSTD_compress(z, cap, json, jl, 3) : 0;

@@ -237,6 +237,33 @@ expect 1 "pack with a preset that matches none of the experts" -- "$M" pack "$tm
 grep -q "matches none of the expert tensors" "$tmp/err" && [ ! -e "$tmp/x" ] && echo "ok: ... said, nothing written" \
   || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
 
+# every --json report carries a "schema"; plan --json is JSON; the manifest records how DST was
+# made and verify DST prints it (issue 17)
+expect 0 "plan --json" -- "$M" plan "$tmp/lfm" --json
+json_check "plan --json: schema, outputs with sources and ops" "d['schema'] == 'moepack.plan/1' and d['shapes_checked'] and any(o['name'].endswith('feed_forward.experts.gate_up_proj') and len(o['sources']) == 16 and o['ops'] == ['merge(dim=0)', 'concat(dim=1)'] for o in d['outputs'])"
+expect 0 "pack --json" -- "$M" pack "$tmp/lfm" "$tmp/lfm-p" --json
+json_check "pack --json schema" "d['schema'] == 'moepack.convert/1'"
+for c in "inspect $tmp/lfm-p" "hash $tmp/lfm-p" "verify $tmp/lfm $tmp/lfm-p" "diff $tmp/lfm $tmp/lfm-p" "verify $tmp/lfm-p"; do
+  expect 0 "$c --json" -- "$M" $c --json
+  json_check "$c --json has its schema" "d['schema'] == 'moepack.' + {'inspect': 'inspect', 'hash': 'manifest', 'verify': 'verify', 'diff': 'diff'}['$c'.split()[0]] + '/1'"
+done
+expect 0 "compress --json" -- "$M" compress "$tmp/lfm" "$tmp/lfm-z" --json
+json_check "compress --json schema" "d['schema'] == 'moepack.compress/1'"
+expect 0 "gpucheck --json" -- "$M" gpucheck --synthetic 4,32,16 --tokens 3 --cpu --json
+json_check "gpucheck --json schema" "d['schema'] == 'moepack.gpucheck/1'"
+python3 - "$tmp/lfm-p/moepack.manifest.json" "$tmp/lfm" <<'PY' && echo "ok: the manifest records the provenance" || { echo "FAIL: manifest provenance" >&2; fails=$((fails + 1)); }
+import json, sys
+m = json.load(open(sys.argv[1]))
+p = m["provenance"]
+assert m["schema"] == "moepack.manifest/1"
+assert p["command"] == "pack" and p["preset"] == "lfm2_moe" and len(p["spec_xxh3_128"]) == 32
+assert p["source"] == sys.argv[2] and len(p["source_xxh3_128"]) == 32 and p["moepack_version"]
+assert p["options"]["quantize"] == "keep" and p["options"]["compress"] is False
+PY
+expect 0 "verify DST prints the provenance" -- "$M" verify "$tmp/lfm-p"
+grep -q "made by: moepack .*, pack, preset lfm2_moe" "$tmp/out" && grep -q "^source: $tmp/lfm " "$tmp/out" \
+  && echo "ok: ... it does" || { echo "FAIL: verify DST: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

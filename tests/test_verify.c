@@ -236,7 +236,12 @@ static void test_reshard_and_manifest(void **state)
     size_t l1, l2;
     assert_int_equal(mpk_read_file(m1, &t1, &l1, &err), MPK_OK);
     assert_int_equal(mpk_read_file(m2, &t2, &l2, &err), MPK_OK);
-    assert_string_equal(t1, t2); /* pack wrote both manifests; they agree */
+    /* pack wrote both manifests; they agree from the digest on (the provenance records the
+     * different --max-shard-size) */
+    assert_non_null(strstr(t1, "\"digest\""));
+    assert_non_null(strstr(t2, "\"digest\""));
+    assert_string_equal(strstr(t1, "\"digest\""), strstr(t2, "\"digest\""));
+    assert_non_null(strstr(t2, "\"max_shard_size\": 20000"));
     a[32] = 0;
     assert_non_null(strstr(t1, a)); /* and hold the digest hash prints */
     free(t1);
@@ -273,11 +278,11 @@ static void test_manifest_strict(void **state)
         {"t.replace('moepack.manifest/1', 'moepack.manifest/9')", 1, "format 'moepack.manifest/9'"},
         {"t.replace(Q + 'format' + Q, Q + 'formats' + Q)", 1, "no \"format\""},
         {"chr(0xfeff) + t", 1, "byte-order mark"},
-        {"t.replace('xxh3_128' + Q + ':' + T + Q, 'xxh3_128' + Q + ':' + T + Q + 'zz', 1)", 3,
+        {"t.replace(Q + 'xxh3_128' + Q + ':' + T + Q, Q + 'xxh3_128' + Q + ':' + T + Q + 'zz', 1)", 3,
          "not 32 hex digits"},
         /* the first tensor's entry again, as the last one: listed twice */
         {"t[:t.rindex('}', 0, t.rindex('}'))] + ',' + t[t.index('{', t.index('tensors')) + 1:"
-         "t.index('}', t.index('xxh3_128')) + 1] + '}}'", 1, "listed twice"},
+         "t.index('}', t.index(Q + 'xxh3_128' + Q)) + 1] + '}}'", 1, "listed twice"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fresh_copy(m);
@@ -345,7 +350,7 @@ static void expect_manifest_matches_rehash(const char *out)
     size_t l1, l2;
     mpk_error err = {0};
     assert_int_equal(mpk_read_file(m, &by_pack, &l1, &err), MPK_OK);
-    assert_int_equal(remove(m), 0);
+    /* hash --write hashes every tensor again (keeping only the provenance pack recorded) */
     assert_int_equal(tu_sh("%s hash --write %s >/dev/null", moepack(), out), 0);
     assert_int_equal(mpk_read_file(m, &by_hash, &l2, &err), MPK_OK);
     assert_string_equal(by_pack, by_hash);

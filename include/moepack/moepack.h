@@ -323,6 +323,10 @@ MPK_API mpk_status mpk_plan_create(const mpk_convert_req *req, mpk_plan **out, m
 /* The plan as text (targets with their sources and ops, pass-throughs, bytes, shards;
  * verbose: every tensor). Owned by the caller: free(). NULL when out of memory. */
 MPK_API char *mpk_plan_describe(const mpk_plan *p, bool verbose);
+/* The plan as a JSON document (schema "moepack.plan/1", README): every output tensor with its
+ * dtype, shape, shard file and, for a built one, its sources and ops. malloc'd; NULL when out of
+ * memory. */
+MPK_API char *mpk_plan_describe_json(const mpk_plan *p);
 /* NULL-safe. */
 MPK_API void mpk_plan_free(mpk_plan *p);
 
