@@ -176,6 +176,40 @@ static mpk_quant detect_quant(const mpk_ckpt *a, const mpk_ckpt *b)
     return fa == fb ? MPK_QUANT_KEEP : fb ? MPK_QUANT_FP8_BLOCK128 : MPK_QUANT_DEQUANTIZE;
 }
 
+/* The identity over spec's packed targets (packed) or per-expert sources: a rule per pattern,
+ * no ops, so that a quantization change applies to the expert tensors of two checkpoints in the
+ * same layout (a packed BF16 checkpoint against its --quantize twin). */
+static mpk_status identity_spec(const mpk_spec *s, bool packed, mpk_spec **out, mpk_error *err)
+{
+    cJSON *root = cJSON_CreateObject(), *convs = cJSON_CreateArray();
+    cJSON_AddStringToObject(root, "name", s->name);
+    cJSON_AddStringToObject(root, "description", "identity over the expert tensors");
+    cJSON_AddItemToObject(root, "model_types", cJSON_CreateArray());
+    cJSON_AddItemToObject(root, "renames", cJSON_CreateArray());
+    for (int i = 0; i < s->n_rules; i++) {
+        const mpk_rule *r = &s->rules[i];
+        if (r->scale_of >= 0) /* a companion: the parser makes those again */
+            continue;
+        const mpk_pattern *ps = packed ? r->targets : r->sources;
+        for (int k = 0; k < (packed ? r->n_targets : r->n_sources); k++) {
+            cJSON *c = cJSON_CreateObject(), *src = cJSON_CreateArray();
+            cJSON_AddItemToArray(src, cJSON_CreateString(ps[k].text));
+            cJSON_AddItemToObject(c, "sources", src);
+            cJSON_AddStringToObject(c, "target", ps[k].text);
+            cJSON_AddItemToObject(c, "ops", cJSON_CreateArray());
+            cJSON_AddItemToArray(convs, c);
+        }
+    }
+    cJSON_AddItemToObject(root, "converters", convs);
+    char *text = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!text)
+        MPK_FAIL(err, MPK_E_NOMEM, "verify", "out of memory");
+    mpk_status st = mpk_spec_parse(text, strlen(text), s->name, out, err);
+    free(text);
+    return st;
+}
+
 /* Compares a (the source) with b through the identity, or the spec in the direction the
  * layouts say: a packed source (the forward spec finds it already converted) is compared
  * through the spec reversed. */
@@ -195,6 +229,14 @@ static mpk_status compare_two(const mpk_compare_req *q, const mpk_ckpt *a, const
     bool a_packed = ma && strcmp(ma, "packed") == 0, b_packed = mb && strcmp(mb, "packed") == 0;
     if (same_names(a, b) && a_packed == b_packed && quant == MPK_QUANT_KEEP && !q->spec) {
         s = mpk_verify_compare(a, b, NULL, &po, co, out, err);
+    } else if (quant != MPK_QUANT_KEEP && a_packed == b_packed && (ma || mb) && !q->spec &&
+               (s = mpk_lib_spec_load(NULL, &cfg, false, &spec, err)) == MPK_OK) {
+        /* the same layout, the quantization changed: the expert tensors through the identity */
+        mpk_spec *id;
+        if ((s = identity_spec(spec, a_packed, &id, err)) == MPK_OK) {
+            s = mpk_verify_compare(a, b, id, &po, co, out, err);
+            mpk_spec_free(id);
+        }
     } else if ((s = mpk_lib_spec_load(q->spec, &cfg, a_packed && !b_packed, &spec, err)) == MPK_OK) {
         s = mpk_verify_compare(a, b, spec, &po, co, out, err);
         if (s == MPK_E_ALREADY_CONVERTED && b_packed && same_names(a, b)) {
@@ -238,7 +280,17 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
     } else if ((s = mpk_ckpt_open(q->src, &a, err)) == MPK_OK && (s = mpk_ckpt_open(q->dst, &b, err)) == MPK_OK) {
         double rtol = q->rtol >= 0 ? q->rtol : stats ? 0 : 1.0 / 256;
         mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats};
-        s = compare_two(q, a, b, &co, &r, err);
+        mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
+        if (stats && quant == MPK_QUANT_FP8_BLOCK128) {
+            /* diff of A against its FP8 quantization B: B's values dequantized on the fly against
+             * A's, so the figures are the quantization's error (relative to B's values) */
+            mpk_compare_req sw = *q;
+            sw.quant = MPK_QUANT_DEQUANTIZE;
+            sw.spec = q->spec;
+            s = compare_two(&sw, b, a, &co, &r, err);
+        } else {
+            s = compare_two(q, a, b, &co, &r, err);
+        }
     }
     if (s == MPK_OK)
         s = make_report(r, stats, cJSON_IsObject(prov) ? prov : NULL, out, err);

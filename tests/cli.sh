@@ -93,7 +93,7 @@ else echo "FAIL: quantization_config / config.json style" >&2; fails=$((fails + 
 # --quantize/--dequantize needed (issue 16); 'identical' only for bytes, 'within tolerance'
 # otherwise (issue 17)
 expect 0 "verify of a --quantize pack without flags" -- "$M" verify "$tmp/ds" "$tmp/dsq"
-expect 0 "diff of a --quantize pack without flags" -- "$M" diff "$tmp/ds" "$tmp/dsq"
+expect 3 "diff of a --quantize pack without flags: the quantization error at zero tolerance" -- "$M" diff "$tmp/ds" "$tmp/dsq"
 expect 0 "synth an FP8 deepseek_v3" -- "$M" synth --arch deepseek_v3 --quant fp8 --hidden 256 --intermediate 128 --experts 4 "$tmp/dfp"
 expect 0 "pack --dequantize" -- "$M" pack "$tmp/dfp" "$tmp/dq" --dequantize -q
 expect 0 "verify of a --dequantize pack without flags" -- "$M" verify "$tmp/dfp" "$tmp/dq" --json
@@ -263,6 +263,18 @@ PY
 expect 0 "verify DST prints the provenance" -- "$M" verify "$tmp/lfm-p"
 grep -q "made by: moepack .*, pack, preset lfm2_moe" "$tmp/out" && grep -q "^source: $tmp/lfm " "$tmp/out" \
   && echo "ok: ... it does" || { echo "FAIL: verify DST: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+
+# diff and verify across dtypes and layouts: a packed BF16 checkpoint against its FP8 twin,
+# a per-expert BF16 source against the FP8 packing: error figures, never false missing/extra
+# or dtype/shape differences (issue 17)
+expect 0 "pack the BF16 deepseek_v3" -- "$M" pack "$tmp/ds" "$tmp/dsp" -q
+expect 0 "verify packed BF16 against packed FP8" -- "$M" verify "$tmp/dsp" "$tmp/dsq" --json
+json_check "... identical (the quantization recomputed)" "d['identical'] and d['compared'] > 0"
+for pair in "$tmp/dsp $tmp/dsq" "$tmp/ds $tmp/dsq"; do
+  expect 3 "diff $(basename ${pair% *}) vs its FP8 packing at zero tolerance" -- "$M" diff $pair --json
+  json_check "... only content differences with error figures" "d['differences'] and all(x['kind'] == 'content' and 0 < x['max_abs'] < 0.01 and x['cosine'] > 0.999 for x in d['differences'])"
+  expect 0 "... within --atol 0.01" -- "$M" diff $pair --atol 0.01
+done
 
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
