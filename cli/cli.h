@@ -38,6 +38,9 @@ struct option;
 /* getopt_long over argv (errors left to the caller: '?'), starting over at argv[1] for a new
  * argv. Not thread-safe (getopt is not). */
 int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct option *opts, int *longindex);
+/* A progress line on stderr (ctx: the command's name): bar, bytes done/total, rate, and an ETA
+ * once a rate is known; a newline at the end. For a terminal only (callers check isatty). */
+void mpk_cli_progress(void *ctx, uint64_t done, uint64_t total, double seconds);
 /* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
 bool mpk_parse_size(const char *s, uint64_t *out);
 

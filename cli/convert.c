@@ -154,21 +154,6 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
     return -1;
 }
 
-static void progress_cb(void *ctx, uint64_t done, uint64_t total, double seconds)
-{
-    double rate = seconds > 0 ? (double)done / seconds : 0;
-    double frac = total ? (double)done / (double)total : 1;
-    char bar[31], hd[32], ht[32];
-    int fill = (int)(frac * 30);
-    for (int i = 0; i < 30; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[30] = 0;
-    double eta = rate > 0 ? (double)(total - done) / rate : 0;
-    fprintf(stderr, "\r[%s] %5.1f%%  %s / %s  %.2f GB/s  ETA %.0fs   %s", bar, frac * 100,
-            mpk_human_bytes(done, hd, sizeof hd), mpk_human_bytes(total, ht, sizeof ht), rate / 1e9, eta,
-            done == total ? "\n" : "");
-    fflush(stderr);
-}
 
 static void warn_cb(void *ctx, const char *msg)
 {
@@ -217,7 +202,7 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     r->threads = a->threads;
     r->layout_like = a->layout_like;
     r->io = strcmp(a->io, "pread") == 0 ? MPK_IO_PREAD : strcmp(a->io, "io_uring") == 0 ? MPK_IO_URING : MPK_IO_AUTO;
-    r->progress = !a->quiet && !a->json && isatty(2) ? progress_cb : NULL;
+    r->progress = !a->quiet && !a->json && isatty(2) ? mpk_cli_progress : NULL;
     r->warn = warn_cb;
     r->ctx = (void *)cmd;
     r->cancel = &cancelled;
@@ -504,16 +489,18 @@ int mpk_cmd_compress(int argc, char **argv)
     static const struct option opts[] = {{"level", required_argument, NULL, O_LEVEL},
                                          {"threads", required_argument, NULL, O_THREADS},
                                          {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
-                                         {"chunk-size", required_argument, NULL, O_CHUNK}, {0}};
+                                         {"chunk-size", required_argument, NULL, O_CHUNK},
+                                         {"quiet", no_argument, NULL, 'q'}, {0}};
     static const struct option dopts[] = {{"threads", required_argument, NULL, O_THREADS},
                                           {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
-                                          {0}};
+                                          {"quiet", no_argument, NULL, 'q'}, {0}};
     mpk_compress_req req;
     mpk_compress_req_init(&req, NULL, NULL);
-    bool json = false;
+    bool json = false, quiet = false;
     int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "", strcmp(cmd, "compress") == 0 ? opts : dopts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "q", strcmp(cmd, "compress") == 0 ? opts : dopts, NULL)) != -1) {
         switch (ch) {
+        case 'q': quiet = true; break;
         case O_LEVEL:
             if (!parse_int_opt(optarg, 1, 19, &req.level))
                 return mpk_cli_usage(cmd, "--level takes 1..19");
@@ -537,6 +524,7 @@ int mpk_cmd_compress(int argc, char **argv)
     req.dst = argv[optind + 1];
     req.warn = warn_cb;
     req.ctx = (void *)cmd;
+    req.progress = !quiet && !json && isatty(2) ? mpk_cli_progress : NULL;
     mpk_error err = {0};
     mpk_report *rep = NULL;
     bool c = strcmp(cmd, "compress") == 0;
@@ -546,7 +534,7 @@ int mpk_cmd_compress(int argc, char **argv)
         mpk_cli_fail(cmd, &err, err.code == MPK_E_DST_EXISTS && !err.sys_errno ? "pass --force to replace it" : NULL);
         return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL;
     }
-    if (rep)
+    if (rep && (json || !quiet))
         mpk_cli_print_report(cmd, rep, json, true);
     mpk_report_free(rep);
     return MPK_EXIT_OK;

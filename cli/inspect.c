@@ -7,16 +7,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Parses [--json] [--write] PATH for inspect and hash; -1 to go on, else the exit status. */
-static int path_args(const char *cmd, bool allow_write, int argc, char **argv, bool *json, bool *write)
+static int path_args(const char *cmd, bool allow_write, int argc, char **argv, bool *json, bool *write,
+                     bool *quiet)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'}, {0}};
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'},
+                                         {"quiet", no_argument, NULL, 'q'}, {0}};
     static const struct option inspect_opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
     int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "", allow_write ? opts : inspect_opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, allow_write ? "q" : "", allow_write ? opts : inspect_opts, NULL)) != -1) {
         if (ch == 'j')
             *json = true;
+        else if (ch == 'q' && allow_write)
+            *quiet = true;
         else if (ch == 'w' && allow_write)
             *write = true;
         else
@@ -31,13 +36,16 @@ static int path_args(const char *cmd, bool allow_write, int argc, char **argv, b
 int mpk_cmd_inspect(int argc, char **argv)
 {
     const char *cmd = argv[0];
-    bool json = false, write = false, hash = strcmp(cmd, "hash") == 0;
-    int rc = path_args(cmd, hash, argc, argv, &json, &write);
+    bool json = false, write = false, quiet = false, hash = strcmp(cmd, "hash") == 0;
+    int rc = path_args(cmd, hash, argc, argv, &json, &write, &quiet);
     if (rc >= 0)
         return rc;
     mpk_error err = {0};
     mpk_report *r;
-    mpk_status s = hash ? mpk_hash(argv[optind], write ? MPK_HASH_WRITE : 0, &r, &err) : mpk_inspect(argv[optind], &r, &err);
+    bool bar = hash && !quiet && !json && isatty(2);
+    mpk_status s = hash ? mpk_hash_ex(argv[optind], write ? MPK_HASH_WRITE : 0, bar ? mpk_cli_progress : NULL,
+                                      (void *)cmd, &r, &err)
+                        : mpk_inspect(argv[optind], &r, &err);
     if (s == MPK_E_USAGE)
         return mpk_cli_usage(cmd, "--write: %s", err.msg);
     if (s != MPK_OK)
@@ -50,7 +58,7 @@ int mpk_cmd_inspect(int argc, char **argv)
 typedef struct {
     mpk_compare_req q;
     const char *preset, *spec_file;
-    bool json;
+    bool json, quiet;
     int n_paths;
 } vargs;
 
@@ -61,12 +69,13 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"json", no_argument, NULL, O_JSON}, {"dequantize", no_argument, NULL, O_DEQ},
         {"quantize", required_argument, NULL, O_Q}, {"atol", required_argument, NULL, O_ATOL},
-        {"rtol", required_argument, NULL, O_RTOL}, {0}};
+        {"rtol", required_argument, NULL, O_RTOL}, {"quiet", no_argument, NULL, 'q'}, {0}};
     mpk_compare_req_init(&v->q, NULL, NULL);
     int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = mpk_cli_next_opt(argc, argv, "q", opts, NULL)) != -1) {
         char *end = NULL;
         switch (ch) {
+        case 'q': v->quiet = true; break;
         case O_PRESET: v->preset = optarg; break;
         case O_SPEC: v->spec_file = optarg; break;
         case O_JSON: v->json = true; break;
@@ -108,6 +117,10 @@ int mpk_cmd_verify(int argc, char **argv)
         return rc;
     mpk_error err = {0};
     mpk_report *r;
+    if (!v.quiet && !v.json && isatty(2)) {
+        v.q.progress = mpk_cli_progress;
+        v.q.ctx = (void *)cmd;
+    }
     if ((diff ? mpk_diff : mpk_verify)(&v.q, &r, &err) != MPK_OK)
         return mpk_cli_fail(cmd, &err, err.code == MPK_E_MANIFEST ? "run 'moepack hash --write DST' to create one" : NULL);
     mpk_cli_print_report(cmd, r, v.json, false);

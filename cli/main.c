@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
@@ -27,6 +28,31 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
     if (hint && !strstr(msg, hint))
         fprintf(stderr, "hint: %s\n", hint);
     return MPK_EXIT_FAIL;
+}
+
+void mpk_cli_progress(void *ctx, uint64_t done, uint64_t total, double seconds)
+{
+    double rate = seconds > 0 ? (double)done / seconds : 0;
+    double frac = total ? (double)done / (double)total : 1;
+    char bar[31], hd[32], ht[32], eta[32] = "ETA --";
+    int fill = (int)(frac * 30);
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[30] = 0;
+    /* an ETA once there is a rate to go by: some bytes done, a second gone */
+    if (done > 0 && done < total && seconds >= 1 && rate > 0) {
+        double left = (double)(total - done) / rate;
+        if (left < 3600)
+            snprintf(eta, sizeof eta, "ETA %.0fs", left);
+        else
+            snprintf(eta, sizeof eta, "ETA %.0fh%02.0fm", left / 3600, fmod(left, 3600) / 60);
+    } else if (done == total) {
+        snprintf(eta, sizeof eta, "%.1fs", seconds);
+    }
+    fprintf(stderr, "\r%s: [%s] %5.1f%%  %s / %s  %.2f GB/s  %-12s%s", (const char *)ctx, bar, frac * 100,
+            mpk_human_bytes(done, hd, sizeof hd), mpk_human_bytes(total, ht, sizeof ht), rate / 1e9, eta,
+            done == total ? "\n" : "");
+    fflush(stderr);
 }
 
 int mpk_cli_usage(const char *cmd, const char *fmt, ...)
@@ -275,7 +301,7 @@ const mpk_command mpk_commands[] = {
      LAYOUT_LIKE_OPT CONV_OPTS "\n"
      "example: moepack convert ./model ./model-converted --spec my_spec.json\n", mpk_cmd_convert},
     {"compress", "every shard into a compressed container (.mpkz: byte planes, zstd, chunks)",
-     "usage: moepack compress SRC DST [--level N] [--threads N] [--chunk-size SIZE] [--force] [--json]\n\n"
+     "usage: moepack compress SRC DST [--level N] [--threads N] [--chunk-size SIZE] [--force] [--json] [-q]\n\n"
      "Writes every NAME.safetensors of the checkpoint directory SRC as DST/NAME.safetensors.mpkz\n"
      "(formats/MPKZ.md: the header verbatim, each tensor in chunks of --chunk-size (default 4MiB)\n"
      "original bytes, each chunk's bytes split into planes by element width, each plane a zstd\n"
@@ -286,7 +312,8 @@ const mpk_command mpk_commands[] = {
      "  --threads N        worker threads (default: CPUs)\n"
      "  --chunk-size SIZE  original bytes per chunk (default 4MiB)\n"
      "  --force            replace an existing DST\n"
-     "  --json             the report as JSON on stdout\n\n"
+     "  --json             the report as JSON on stdout\n"
+     "  -q, --quiet        no progress, no summary\n\n"
      "example: moepack compress ./model ./model-z --level 3\n", mpk_cmd_compress},
     {"decompress", "compressed containers back into the original .safetensors files, byte for byte",
      "usage: moepack decompress SRC DST [--threads N] [--force] [--json]\n\n"
@@ -295,7 +322,8 @@ const mpk_command mpk_commands[] = {
      "inconsistent container is an error naming the file, the tensor and the chunk (exit 1).\n\n"
      "  --threads N        worker threads (default: CPUs)\n"
      "  --force            replace an existing DST\n"
-     "  --json             the report as JSON on stdout\n\n"
+     "  --json             the report as JSON on stdout\n"
+     "  -q, --quiet        no progress, no summary\n\n"
      "example: moepack decompress ./model-z ./model\n",
      mpk_cmd_compress},
     {"synth", "write a small random checkpoint with a preset's real tensor names",
@@ -324,7 +352,8 @@ const mpk_command mpk_commands[] = {
      "Prints 'HASH DTYPE SHAPE NAME' per tensor and the whole-checkpoint digest (independent of\n"
      "sharding and file order).\n\n"
      "  --json    the manifest document on stdout\n"
-     "  --write   store it as PATH/moepack.manifest.json (atomically)\n\n"
+     "  --write   store it as PATH/moepack.manifest.json (atomically)\n"
+     "  -q, --quiet  no progress bar\n\n"
      "example: moepack hash ./model --write\n", mpk_cmd_inspect},
     {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
      "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize fp8-block128]\n"
@@ -344,7 +373,8 @@ const mpk_command mpk_commands[] = {
      "  --quantize fp8-block128  DST's packed experts were quantized (found out when not given)\n"
      "  --atol X           absolute tolerance (default 0)\n"
      "  --rtol Y           relative tolerance (default 2^-8)\n"
-     "  --json             the report as JSON on stdout (schema in README.md)\n\n"
+     "  --json             the report as JSON on stdout (schema in README.md)\n"
+     "  -q, --quiet        no progress bar\n\n"
      "Exit 0 identical or within tolerance, 3 differences (listed), 1 could not run.\n\n"
      "example: moepack verify ./model ./model-packed --json > verify.json\n",
      mpk_cmd_verify},
@@ -361,7 +391,8 @@ const mpk_command mpk_commands[] = {
      "  --spec FILE        a spec instead of a preset\n"
      "  --dequantize       A's FP8 weights were dequantized in B (found out when not given)\n"
      "  --quantize fp8-block128  B's packed experts are A's quantized (found out when not given)\n"
-     "  --json             the report as JSON on stdout (schema in README.md)\n\n"
+     "  --json             the report as JSON on stdout (schema in README.md)\n"
+     "  -q, --quiet        no progress bar\n\n"
      "Exit 0 all within tolerance, 3 otherwise.\n\n"
      "example: moepack diff ./model-bf16 ./model-fp8 --rtol 0.07\n", mpk_cmd_verify},
     {"gpucheck", "run packed experts with eager/batched/grouped backends against a CPU reference",

@@ -5,6 +5,8 @@
 #include "mpk_core.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -480,4 +482,42 @@ uint64_t mpk_rand(uint64_t *s)
     x ^= x >> 27;
     *s = x;
     return x * 2685821657736338717ull;
+}
+
+/* ---------------------------------------------------------------- progress meter */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void mpk_meter_start(mpk_meter *m, void (*fn)(void *, uint64_t, uint64_t, double), void *ctx, uint64_t total)
+{
+    m->fn = fn;
+    m->ctx = ctx;
+    m->total = total;
+    m->t0_ns = now_ns();
+    atomic_init(&m->done, 0);
+    atomic_init(&m->next_ns, m->t0_ns + 200000000ull);
+    atomic_init(&m->busy, 0);
+}
+
+void mpk_meter_add(mpk_meter *m, uint64_t bytes)
+{
+    if (!m || !m->fn)
+        return;
+    uint64_t done = atomic_fetch_add(&m->done, bytes) + bytes, t = now_ns();
+    if (t < atomic_load(&m->next_ns) || atomic_exchange(&m->busy, 1))
+        return;
+    atomic_store(&m->next_ns, t + 200000000ull);
+    m->fn(m->ctx, done < m->total ? done : m->total, m->total, (double)(t - m->t0_ns) * 1e-9);
+    atomic_store(&m->busy, 0);
+}
+
+void mpk_meter_end(mpk_meter *m)
+{
+    if (m && m->fn)
+        m->fn(m->ctx, m->total, m->total, (double)(now_ns() - m->t0_ns) * 1e-9);
 }

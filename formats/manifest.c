@@ -76,6 +76,7 @@ typedef struct hash_job {
     const mpk_ckpt *c;
     mpk_tensor_hash *t;
     const sized *order;          /* tensors, largest first */
+    mpk_meter *meter;
     atomic_size_t next;
     atomic_bool failed;
     mpk_error err;
@@ -94,6 +95,7 @@ static void *hash_worker(void *arg)
         size_t i = j->order[k].i;
         if (mpk_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
             goto fail;
+        mpk_meter_add(j->meter, j->c->tensors[i].nbytes);
     }
     free(buf);
     return NULL;
@@ -110,7 +112,8 @@ static int larger_first(const void *a, const void *b)
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
-mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_error *err)
+mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_meter *meter,
+                          mpk_error *err)
 {
     *out = NULL;
     mpk_tensor_hash *t = mpk_calloc(c->n_tensors + 1, sizeof *t);
@@ -129,7 +132,7 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
         order[i] = (sized){ct->nbytes, i};
     }
     qsort(order, c->n_tensors, sizeof *order, larger_first);
-    hash_job j = {.c = c, .t = t, .order = order};
+    hash_job j = {.c = c, .t = t, .order = order, .meter = meter};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, false);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -211,7 +214,7 @@ mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, mpk_error *err
     MPK_TRY(mpk_ckpt_open(dir, &c, err));
     mpk_tensor_hash *t;
     mpk_hash128 d;
-    mpk_status s = mpk_hash_ckpt(c, &t, &d, err);
+    mpk_status s = mpk_hash_ckpt(c, &t, &d, NULL, err);
     if (s == MPK_OK) {
         s = write_manifest(c->is_dir ? c->dir : dir, t, c->n_tensors, d, prov, err);
         free(t);

@@ -293,7 +293,8 @@ mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *bu
 /* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
  * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads
  * per thread, up to 16 threads). */
-mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_error *err);
+mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_meter *meter,
+                          mpk_error *err);
 /* The digest of records t[0..n) (in the order given: natural name order for a manifest). */
 mpk_hash128 mpk_manifest_digest(const mpk_tensor_hash *t, size_t n);
 /* "0123...": 32 lowercase hex digits + NUL into buf (33 bytes). */
@@ -320,11 +321,11 @@ mpk_status mpk_manifest_load(const char *dir, cJSON **root, const cJSON **tensor
  * fsynced; removed on failure): chunks of chunk_size bytes (a multiple of 8, at most 64 MiB),
  * byte planes, zstd at level, on up to threads threads. *out_size (may be NULL): dst's bytes. */
 mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int threads, uint64_t chunk_size,
-                             uint64_t *out_size, mpk_error *err);
+                             uint64_t *out_size, mpk_meter *meter, mpk_error *err);
 /* Writes back the safetensors file the container src holds, byte for byte, into dst (created,
  * fsynced; removed on failure). MPK_E_CONTAINER naming src, the tensor and the chunk for a
  * corrupt, truncated or inconsistent container (checked before allocating), of another version. */
-mpk_status mpk_mpkz_decompress(const char *src, const char *dst, int threads, mpk_error *err);
+mpk_status mpk_mpkz_decompress(const char *src, const char *dst, int threads, mpk_meter *meter, mpk_error *err);
 
 /* A container read in place: checkpoints open NAME.safetensors.mpkz where NAME.safetensors is
  * missing, and read its tensors through mpk_mpkz_read. */

@@ -177,6 +177,7 @@ typedef struct zrun {
     int level;
     bool compress;
     char **zbuf;                 /* compress: per batch slot, the planes written one after another */
+    mpk_meter *meter;            /* input bytes done, or NULL */
     atomic_int failed;
     mpk_error err;
     pthread_mutex_t lock;
@@ -290,8 +291,14 @@ static void *zworker(void *arg)
     }
     for (size_t i; !atomic_load(&r->failed) && (i = atomic_fetch_add(&r->next, 1)) < r->hi;) {
         mpk_status s = r->compress ? compress_one(r, i, orig, planes, cc, &e) : decompress_one(r, i, orig, planes, dc, &e);
-        if (s != MPK_OK)
+        if (s != MPK_OK) {
             zfail(r, &e);
+        } else if (r->meter) {
+            uint64_t in = 0; /* the bytes read: the chunk's original ones, or its frames */
+            for (int k = 0; k < r->c[i].width; k++)
+                in += r->c[i].zlen[k];
+            mpk_meter_add(r->meter, r->compress ? r->c[i].len : in);
+        }
     }
     free(orig);
     free(planes);
@@ -339,7 +346,7 @@ static mpk_status close_both(int in, int out, const char *dst, mpk_status s, mpk
 /* ---------------------------------------------------------------- compress */
 
 mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int threads, uint64_t chunk_size,
-                             uint64_t *out_size, mpk_error *err)
+                             uint64_t *out_size, mpk_meter *meter, mpk_error *err)
 {
     int in = -1, out = -1;
     mpk_st_header *h = NULL;
@@ -347,7 +354,7 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
     size_t n = 0;
     unsigned char *head = NULL;
     threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
-    zrun r = {.path = dst, .level = level, .compress = true};
+    zrun r = {.path = dst, .level = level, .compress = true, .meter = meter};
     pthread_mutex_init(&r.lock, NULL);
     r.zbuf = mpk_calloc((size_t)threads * 4, sizeof *r.zbuf);
     mpk_status s = r.zbuf ? mpk_open_regular(src, &in, NULL, err) : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
@@ -487,7 +494,7 @@ static mpk_status read_table(int fd, const char *path, uint64_t fsize, const mpk
     return MPK_OK;
 }
 
-mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, mpk_error *err)
+mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, mpk_meter *meter, mpk_error *err)
 {
     int in = -1, out = -1;
     struct stat st;
@@ -496,7 +503,7 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     char *hdr = NULL;
     uint64_t csize = 0, n = 0;
     threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
-    zrun r = {.path = path};
+    zrun r = {.path = path, .meter = meter};
     pthread_mutex_init(&r.lock, NULL);
     mpk_status s = mpk_open_regular(path, &in, &st, err);
     if (s == MPK_OK && (s = read_head(in, path, (uint64_t)st.st_size, &h, &csize, &n, &hdr, err)) == MPK_OK)

@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(fd);
     snprintf(out, sizeof out, "%s.out", in);
     mpk_error err = {0};
-    if (mpk_mpkz_decompress(in, out, 2, &err) == MPK_OK) {
+    if (mpk_mpkz_decompress(in, out, 2, NULL, &err) == MPK_OK) {
         mpk_st_header *h = NULL;
         struct stat st;
         FUZZ_CHECK(mpk_st_read_header(out, &h, &err) == MPK_OK && stat(out, &st) == 0);

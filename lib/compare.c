@@ -270,8 +270,12 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
     if (!q->src) {
         if (stats)
             MPK_FAIL(err, MPK_E_USAGE, "request", "diff compares two checkpoints");
-        if ((s = mpk_ckpt_open(q->dst, &a, err)) == MPK_OK)
-            s = mpk_verify_manifest(a, &r, err);
+        mpk_meter meter;
+        if ((s = mpk_ckpt_open(q->dst, &a, err)) == MPK_OK) {
+            mpk_meter_start(&meter, q->progress, q->ctx, a->total_bytes);
+            if ((s = mpk_verify_manifest(a, &meter, &r, err)) == MPK_OK)
+                mpk_meter_end(&meter);
+        }
         const cJSON *ts;
         mpk_hash128 dg;
         mpk_error ig;
@@ -279,7 +283,9 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
             prov = cJSON_GetObjectItemCaseSensitive(root, "provenance");
     } else if ((s = mpk_ckpt_open(q->src, &a, err)) == MPK_OK && (s = mpk_ckpt_open(q->dst, &b, err)) == MPK_OK) {
         double rtol = q->rtol >= 0 ? q->rtol : stats ? 0 : 1.0 / 256;
-        mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats};
+        mpk_meter meter;
+        mpk_meter_start(&meter, q->progress, q->ctx, b->total_bytes);
+        mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats, .meter = &meter};
         mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
         if (stats && quant == MPK_QUANT_FP8_BLOCK128) {
             /* diff of A against its FP8 quantization B: B's values dequantized on the fly against
@@ -291,6 +297,8 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
         } else {
             s = compare_two(q, a, b, &co, &r, err);
         }
+        if (s == MPK_OK)
+            mpk_meter_end(&meter);
     }
     if (s == MPK_OK)
         s = make_report(r, stats, cJSON_IsObject(prov) ? prov : NULL, out, err);

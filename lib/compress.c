@@ -53,9 +53,30 @@ static double now(void)
 }
 
 /* Every *.safetensors (compress) or *.safetensors.mpkz (decompress) file at SRC's top level. */
+/* Bytes of the files convert_files converts (what the progress meter counts). */
+static uint64_t input_bytes(const mpk_compress_req *r, bool compress)
+{
+    DIR *d = opendir(r->src);
+    uint64_t total = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char *p = ends_with(e->d_name, compress ? ".safetensors" : ".safetensors" EXT) && e->d_name[0] != '.'
+                      ? mpk_path_join(r->src, e->d_name) : NULL;
+        struct stat st;
+        if (p && stat(p, &st) == 0)
+            total += (uint64_t)st.st_size;
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    return total;
+}
+
 static mpk_status convert_files(const mpk_compress_req *r, bool compress, const char *tmp, uint64_t *in_bytes,
                                 uint64_t *out_bytes, size_t *files, mpk_error *err)
 {
+    mpk_meter mm, *meter = &mm;
+    mpk_meter_start(meter, r->progress, r->ctx, r->progress ? input_bytes(r, compress) : 0);
     DIR *d = opendir(r->src);
     if (!d)
         return mpk_error_set(err, MPK_E_NOT_FOUND, errno, r->src, "cannot open the checkpoint directory");
@@ -75,8 +96,8 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
         if (!from) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
         } else if (compress) {
-            s = mpk_mpkz_compress(from, out, r->level, threads, r->chunk_size, &osz, err);
-        } else if ((s = mpk_mpkz_decompress(from, out, threads, err)) == MPK_OK && stat(out, &st) == 0) {
+            s = mpk_mpkz_compress(from, out, r->level, threads, r->chunk_size, &osz, meter, err);
+        } else if ((s = mpk_mpkz_decompress(from, out, threads, meter, err)) == MPK_OK && stat(out, &st) == 0) {
             osz = (uint64_t)st.st_size;
         }
         if (s == MPK_OK && stat(from, &st) == 0)
@@ -89,6 +110,8 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
     if (s == MPK_OK && !*files)
         s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, r->src, "no %s files to %s", compress ? ".safetensors" : ".mpkz",
                           compress ? "compress" : "decompress");
+    if (s == MPK_OK)
+        mpk_meter_end(meter);
     return s;
 }
 
@@ -113,7 +136,7 @@ mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_
             break;
         }
         snprintf(out, sizeof out, "%s" EXT, from);
-        s = mpk_mpkz_compress(from, out, level, threads, 4u << 20, NULL, err);
+        s = mpk_mpkz_compress(from, out, level, threads, 4u << 20, NULL, NULL, err);
         if (s == MPK_OK && unlink(from) != 0)
             s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot remove after compressing it: %s", strerror(errno));
         free(from);

@@ -249,6 +249,12 @@ static mpk_status hash_report(mpk_report *r, const mpk_ckpt *c, const mpk_tensor
 
 mpk_status mpk_hash(const char *path, unsigned flags, mpk_report **out, mpk_error *err)
 {
+    return mpk_hash_ex(path, flags, NULL, NULL, out, err);
+}
+
+mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *, uint64_t, uint64_t, double),
+                       void *ctx, mpk_report **out, mpk_error *err)
+{
     mpk_ckpt *c;
     *out = NULL;
     MPK_TRY(mpk_ckpt_open(path, &c, err));
@@ -260,7 +266,11 @@ mpk_status mpk_hash(const char *path, unsigned flags, mpk_report **out, mpk_erro
     mpk_tensor_hash *t = NULL;
     mpk_hash128 d;
     mpk_report *r = NULL;
-    mpk_status s = mpk_hash_ckpt(c, &t, &d, err);
+    mpk_meter meter;
+    mpk_meter_start(&meter, progress, ctx, c->total_bytes);
+    mpk_status s = mpk_hash_ckpt(c, &t, &d, &meter, err);
+    if (s == MPK_OK)
+        mpk_meter_end(&meter);
     if (s == MPK_OK && !(r = mpk_report_new()))
         s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
     if (s == MPK_OK)

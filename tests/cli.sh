@@ -276,6 +276,24 @@ for pair in "$tmp/dsp $tmp/dsq" "$tmp/ds $tmp/dsq"; do
   expect 0 "... within --atol 0.01" -- "$M" diff $pair --atol 0.01
 done
 
+# progress on a terminal (script(1) gives the command one) for every command that reads a lot;
+# no ETA before a rate is known; none off a terminal or with -q (issue 17)
+if command -v script >/dev/null 2>&1; then
+  for c in "pack $tmp/ds $tmp/tty-p" "hash $tmp/ds" "verify $tmp/ds $tmp/dsq" "diff $tmp/ds $tmp/dsp" "compress $tmp/ds $tmp/tty-z" "unpack $tmp/dsp $tmp/tty-u"; do
+    name=${c%% *}
+    script -qec "$M $c" /dev/null < /dev/null | tr '\r' '\n' > "$tmp/tty"
+    grep -q "^$name: \[#*\.*\] 100.0%" "$tmp/tty" && ! grep -q "  0.0% .*ETA 0s" "$tmp/tty" \
+      && echo "ok: $name shows progress on a terminal" \
+      || { echo "FAIL: $name progress: $(head -c 400 "$tmp/tty")" >&2; fails=$((fails + 1)); }
+  done
+  script -qec "$M hash $tmp/ds -q" /dev/null < /dev/null | tr '\r' '\n' > "$tmp/tty"
+  ! grep -q "100.0%" "$tmp/tty" && echo "ok: -q hides it" || { echo "FAIL: hash -q shows progress" >&2; fails=$((fails + 1)); }
+else
+  echo "skip: no script(1) to give a command a terminal"
+fi
+"$M" hash "$tmp/ds" 2>"$tmp/err" >/dev/null
+! grep -q "%" "$tmp/err" && echo "ok: no progress off a terminal" || { echo "FAIL: progress off a terminal" >&2; fails=$((fails + 1)); }
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_error *err)
+mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_meter *meter, mpk_cmp_report **out, mpk_error *err)
 {
     *out = NULL;
     cJSON *root;
@@ -31,7 +31,7 @@ mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_erro
             s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "tensor '%s' is listed twice", e->string);
             goto done;
         }
-    if ((s = mpk_hash_ckpt(c, &th, &digest, err)) != MPK_OK)
+    if ((s = mpk_hash_ckpt(c, &th, &digest, meter, err)) != MPK_OK)
         goto done;
     for (const cJSON *e = ts->child; e; e = e->next) {
         const mpk_ckpt_tensor *t = mpk_ckpt_find(c, e->string);

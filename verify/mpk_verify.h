@@ -54,6 +54,7 @@ typedef struct mpk_cmp_opts {
     double atol, rtol;           /* element passes when |got - want| <= atol + rtol * |want| */
     bool values;                 /* compare every float tensor by value (diff); else bytes,
                                     and values only where quantization makes it approximate */
+    mpk_meter *meter;            /* bytes compared (dst's), or NULL */
 } mpk_cmp_opts;
 
 /* Compares dst with what src becomes under spec (NULL: the identity, for round trips and
@@ -64,7 +65,7 @@ mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mp
                               const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_cmp_report **out,
                               mpk_error *err);
 /* Checks dir against its manifest: missing/extra tensors, dtype/shape, hash, digest. */
-mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_cmp_report **out, mpk_error *err);
+mpk_status mpk_verify_manifest(const mpk_ckpt *c, mpk_meter *meter, mpk_cmp_report **out, mpk_error *err);
 void mpk_cmp_report_free(mpk_cmp_report *r);
 
 #ifdef __cplusplus

@@ -118,6 +118,7 @@ static mpk_status tc_feed(vctx *v, tcmp *t, uint64_t off, const char *want, uint
         XXH3_128bits_update(t->hw, want + o, n);
         XXH3_128bits_update(t->hg, v->gbuf, n);
         v->r->bytes += n;
+        mpk_meter_add(v->co->meter, n);
         if (!t->values) {
             if (!t->differs && memcmp(want + o, v->gbuf, n) != 0) {
                 uint64_t k = 0;

@@ -341,6 +341,12 @@ enum { MPK_HASH_WRITE = 1u << 0 };    /* store path/moepack.manifest.json (a dir
  * order); the report's JSON is the manifest document. Errors: mpk_ckpt_open's, MPK_E_USAGE
  * (MPK_HASH_WRITE on a lone file), MPK_E_IO. */
 MPK_API mpk_status mpk_hash(const char *path, unsigned flags, mpk_report **out, mpk_error *err);
+/* mpk_hash, telling progress(ctx, bytes hashed, total, seconds) about 5 times a second and once
+ * at the end (from a worker thread, one call at a time) when non-NULL. */
+MPK_API mpk_status mpk_hash_ex(const char *path, unsigned flags,
+                               void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes,
+                                                double seconds),
+                               void *ctx, mpk_report **out, mpk_error *err);
 
 /* A comparison of dst with what src becomes (verify), or of two checkpoints value by value
  * (diff). Fill with mpk_compare_req_init(). */
@@ -354,6 +360,9 @@ typedef struct mpk_compare_req {
     double atol, rtol;            /* element passes when |got - want| <= atol + rtol*|want|;
                                      rtol < 0: the call's default (verify 2^-8, used only where
                                      quantization makes the comparison approximate; diff 0) */
+    /* when non-NULL: bytes compared of the total, about 5 times a second and once at the end */
+    void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes, double seconds);
+    void *ctx;
 } mpk_compare_req;
 /* Defaults: no spec (see above), no quantization change, atol 0, rtol the call's default. */
 MPK_API void mpk_compare_req_init(mpk_compare_req *r, const char *src, const char *dst);
@@ -383,6 +392,8 @@ typedef struct mpk_compress_req {
     unsigned flags;               /* MPK_CONVERT_FORCE */
     void (*warn)(void *ctx, const char *msg);
     void *ctx;
+    /* when non-NULL: bytes read of the total, about 5 times a second and once at the end */
+    void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes, double seconds);
 } mpk_compress_req;
 MPK_API void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst);
 /* Errors: MPK_E_USAGE, MPK_E_NOT_FOUND (no directory, or nothing to convert), MPK_E_DST_EXISTS,

@@ -48,12 +48,14 @@ class _ConvertReq(ctypes.Structure):
 
 class _CompareReq(ctypes.Structure):
     _fields_ = [("src", ctypes.c_char_p), ("dst", ctypes.c_char_p), ("spec", ctypes.c_char_p),
-                ("quant", ctypes.c_int), ("atol", ctypes.c_double), ("rtol", ctypes.c_double)]
+                ("quant", ctypes.c_int), ("atol", ctypes.c_double), ("rtol", ctypes.c_double),
+                ("progress", _PROGRESS), ("ctx", ctypes.c_void_p)]
 
 
 class _CompressReq(ctypes.Structure):
     _fields_ = [("src", ctypes.c_char_p), ("dst", ctypes.c_char_p), ("level", ctypes.c_int), ("threads", ctypes.c_int),
-                ("chunk_size", ctypes.c_uint64), ("flags", ctypes.c_uint), ("warn", _WARN), ("ctx", ctypes.c_void_p)]
+                ("chunk_size", ctypes.c_uint64), ("flags", ctypes.c_uint), ("warn", _WARN), ("ctx", ctypes.c_void_p),
+                ("progress", _PROGRESS)]
 
 
 class _SynthOpts(ctypes.Structure):
