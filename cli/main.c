@@ -146,6 +146,7 @@ int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct opt
 }
 
 static int cmd_help(int argc, char **argv);
+static int cmd_completion(int argc, char **argv);
 #define PRESET_OPT \
     "  --preset NAME          preset (default auto: from config.json's model_type; see\n"\
     "                         'moepack presets')\n"
@@ -200,8 +201,79 @@ static const char exit_table[] =
     "  3   verify/diff found differences\n"
     "  77  precondition missing (gpucheck without a usable GPU)\n";
 
+/* s as roff text: backslashes doubled, a leading dot or quote escaped. */
+static void roff(const char *s)
+{
+    bool bol = true;
+    for (; *s; s++) {
+        if (bol && (*s == '.' || *s == '\''))
+            fputs("\\&", stdout);
+        if (*s == '\\')
+            fputs("\\e", stdout);
+        else if (*s == '-')
+            fputs("\\-", stdout);
+        else
+            putchar(*s);
+        bol = *s == '\n';
+    }
+}
+
+/* moepack(1), from the command table --help prints. */
+static int print_man(void)
+{
+    printf(".TH MOEPACK 1 \"\" \"moepack %s\" \"User Commands\"\n", mpk_version());
+    puts(".SH NAME\nmoepack \\- convert Mixture-of-Experts checkpoints between per-expert and packed layouts");
+    puts(".SH SYNOPSIS\n.B moepack\n.I command\n[options] ARGS");
+    puts(".SH DESCRIPTION\nConverts Mixture-of-Experts safetensors checkpoints between the per-expert layout "
+         "and the packed layout (one [E, 2I, H] gate_up_proj and one [E, H, I] down_proj per layer), "
+         "streaming, with bounded memory; verifies, compares, hashes and compresses them.");
+    puts(".SH COMMANDS");
+    for (size_t i = 0; i < mpk_n_commands; i++) {
+        printf(".SS %s\n", mpk_commands[i].name);
+        roff(mpk_commands[i].summary);
+        puts("\n.PP\n.nf");
+        roff(mpk_commands[i].usage);
+        puts(".fi");
+    }
+    puts(".SH EXIT STATUS\n.nf");
+    roff(exit_table);
+    puts(".fi\n.SH SEE ALSO\n.BR libmoepack (3)");
+    return MPK_EXIT_OK;
+}
+
+/* A bash completion script: the commands from the table, each command's options asked of its
+ * own parser (MOEPACK_LIST_OPTIONS) when completing, so they never drift from what it takes. */
+static int cmd_completion(int argc, char **argv)
+{
+    if (argc != 2 || strcmp(argv[1], "bash") != 0)
+        return mpk_cli_usage("completion", argc < 2 ? "which shell? (bash)" : "unknown shell or argument '%s' (bash)",
+                             argc < 2 ? "" : argv[1]);
+    printf("# bash completion for moepack %s (moepack completion bash)\n"
+           "_moepack() {\n"
+           "    local cur=${COMP_WORDS[COMP_CWORD]} cmds=\"", mpk_version());
+    for (size_t i = 0; i < mpk_n_commands; i++)
+        printf("%s%s", i ? " " : "", mpk_commands[i].name);
+    printf("\"\n"
+           "    if [ \"$COMP_CWORD\" -eq 1 ]; then\n"
+           "        COMPREPLY=($(compgen -W \"$cmds\" -- \"$cur\"))\n"
+           "        return\n"
+           "    fi\n"
+           "    local cmd=${COMP_WORDS[1]}\n"
+           "    case \"$cmd\" in help) COMPREPLY=($(compgen -W \"$cmds\" -- \"$cur\")); return;; esac\n"
+           "    if [[ $cur == -* ]]; then\n"
+           "        COMPREPLY=($(compgen -W \"$(MOEPACK_LIST_OPTIONS=1 \"${COMP_WORDS[0]}\" \"$cmd\" </dev/null 2>/dev/null)\" -- \"$cur\"))\n"
+           "    else\n"
+           "        COMPREPLY=($(compgen -f -- \"$cur\"))\n"
+           "    fi\n"
+           "}\n"
+           "complete -o filenames -F _moepack moepack\n");
+    return MPK_EXIT_OK;
+}
+
 static int cmd_help(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--man") == 0)
+        return print_man();
     if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
         fputs(mpk_commands[0].usage, stdout); /* help's own */
         return MPK_EXIT_OK;
@@ -230,10 +302,16 @@ static int cmd_help(int argc, char **argv)
 
 const mpk_command mpk_commands[] = {
     {"help", "show this help, or a command's",
-     "usage: moepack help [COMMAND]\n\n"
+     "usage: moepack help [COMMAND | --man]\n\n"
      "Lists the commands and the exit codes; with COMMAND, prints that command's help (the same\n"
-     "as 'moepack COMMAND --help').\n\n"
+     "as 'moepack COMMAND --help'); with --man, the moepack(1) manual page (roff) built from\n"
+     "the same texts.\n\n"
      "example: moepack help pack\n", cmd_help},
+    {"completion", "print a shell completion script (bash)",
+     "usage: moepack completion bash\n\n"
+     "Prints a bash completion script: commands from this table, each command's options asked\n"
+     "of its own parser while completing. 'meson install' puts it where bash-completion finds it.\n\n"
+     "example: moepack completion bash > ~/.local/share/bash-completion/completions/moepack\n", cmd_completion},
     {"version", "print the version and the features built in",
      "usage: moepack version\n\n"
      "Prints moepack's version and the features this binary was built with (io_uring, MPI,\n"

@@ -294,6 +294,20 @@ fi
 "$M" hash "$tmp/ds" 2>"$tmp/err" >/dev/null
 ! grep -q "%" "$tmp/err" && echo "ok: no progress off a terminal" || { echo "FAIL: progress off a terminal" >&2; fails=$((fails + 1)); }
 
+# the man page and the bash completion come from the command table (issue 17)
+"$M" help --man > "$tmp/moepack.1"
+head -1 "$tmp/moepack.1" | grep -q '^\.TH MOEPACK 1' || { echo "FAIL: help --man" >&2; fails=$((fails + 1)); }
+for c in $cmds; do
+  grep -q "^\.SS $c\$" "$tmp/moepack.1" || { echo "FAIL: the man page lacks $c" >&2; fails=$((fails + 1)); }
+done
+"$M" completion bash > "$tmp/completion.bash"
+if command -v bash >/dev/null 2>&1; then
+  got=$(PATH=$(dirname "$M"):$PATH bash -c '. "$1"; COMP_WORDS=(moepack pack --max); COMP_CWORD=2; _moepack; echo "${COMPREPLY[*]}"; COMP_WORDS=(moepack ver); COMP_CWORD=1; _moepack; echo "${COMPREPLY[*]}"' _ "$tmp/completion.bash")
+  [ "$(echo $got | tr ' ' '\n' | sort | tr '\n' ' ')" = "--max-shard-size verify version " ] && echo "ok: bash completion completes commands and options" \
+    || { echo "FAIL: completion gave: $got" >&2; fails=$((fails + 1)); }
+fi
+expect 2 "completion without a shell" -- "$M" completion
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

@@ -9,7 +9,8 @@ tmp=$(mktemp -d /tmp/mpk-install-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 root=$tmp/root
 meson install -C "$build" --no-rebuild --quiet --destdir "$root" >/dev/null
-for f in moepack/moepack.h libmoepack.so libmoepack.a moepack.pc libmoepack.3 bin/moepack; do
+for f in moepack/moepack.h libmoepack.so libmoepack.a moepack.pc libmoepack.3 man1/moepack.1 \
+    bash-completion/completions/moepack bin/moepack; do
   find "$root" -path "*$f" | grep -q . || { echo "install.sh: '$f' was not installed" >&2; exit 1; }
 done
 pc=$(dirname "$(find "$root" -name moepack.pc | head -1)")
