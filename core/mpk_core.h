@@ -106,10 +106,12 @@ uint64_t mpk_rand(uint64_t *state);
 /* Natural-order compare: digit runs compare as numbers ("experts.2" < "experts.10"). */
 int mpk_natural_cmp(const char *a, const char *b);
 
+typedef struct mpk_meter mpk_meter;
+#ifndef __cplusplus /* C11 atomics: C only (the CUDA code includes this header as C++) */
 /* Progress of a long read (hash, verify, compress): bytes done of a total, told to fn at most
  * about 5 times a second and once at the end, from whichever thread adds bytes (one at a time).
  * A NULL fn makes every call a no-op. */
-typedef struct mpk_meter {
+struct mpk_meter {
     void (*fn)(void *ctx, uint64_t done, uint64_t total, double seconds);
     void *ctx;
     uint64_t total;
@@ -117,11 +119,12 @@ typedef struct mpk_meter {
     _Atomic uint64_t next_ns;    /* no report before this time */
     _Atomic int busy;            /* a report is being made */
     uint64_t t0_ns;
-} mpk_meter;
+};
 void mpk_meter_start(mpk_meter *m, void (*fn)(void *, uint64_t, uint64_t, double), void *ctx, uint64_t total);
 void mpk_meter_add(mpk_meter *m, uint64_t bytes);
 /* The last report (done == total). */
 void mpk_meter_end(mpk_meter *m);
+#endif
 
 #ifdef __cplusplus
 }
