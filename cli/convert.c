@@ -330,17 +330,17 @@ static bool parse_int_opt(const char *s, int lo, int hi, int *out)
     return true;
 }
 
-static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o, const char **out)
+static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o, const char **out, bool *json)
 {
     enum { O_ARCH = 1000, O_LAYERS, O_EXPERTS, O_HIDDEN, O_INTER, O_VOCAB, O_DTYPE, O_SHARDS, O_SEED, O_LAYOUT,
-           O_QUANT };
+           O_QUANT, O_JSON };
     static const struct option opts[] = {
         {"arch", required_argument, NULL, O_ARCH}, {"layers", required_argument, NULL, O_LAYERS},
         {"experts", required_argument, NULL, O_EXPERTS}, {"hidden", required_argument, NULL, O_HIDDEN},
         {"intermediate", required_argument, NULL, O_INTER}, {"vocab", required_argument, NULL, O_VOCAB},
         {"dtype", required_argument, NULL, O_DTYPE}, {"shards", required_argument, NULL, O_SHARDS},
         {"seed", required_argument, NULL, O_SEED}, {"layout", required_argument, NULL, O_LAYOUT},
-        {"quant", required_argument, NULL, O_QUANT}, {0}};
+        {"quant", required_argument, NULL, O_QUANT}, {"json", no_argument, NULL, O_JSON}, {0}};
     mpk_synth_opts_init(o);
     int ch, v = 0, li = 0;
     while ((ch = mpk_cli_next_opt(argc, argv, "", opts, &li)) != -1) {
@@ -366,6 +366,7 @@ static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o,
             ok = strcmp(optarg, "fp8") == 0 || strcmp(optarg, "none") == 0; /* FP8 block 128 */
             o->fp8 = strcmp(optarg, "fp8") == 0;
             break;
+        case O_JSON: *json = true; break;
         case O_LAYOUT:
             ok = strcmp(optarg, "per-expert") == 0 || strcmp(optarg, "packed") == 0;
             o->packed = strcmp(optarg, "packed") == 0;
@@ -385,7 +386,8 @@ int mpk_cmd_synth(int argc, char **argv)
 {
     mpk_synth_opts o;
     const char *out = NULL;
-    int r = synth_args("synth", argc, argv, &o, &out);
+    bool json = false;
+    int r = synth_args("synth", argc, argv, &o, &out, &json);
     if (r >= 0)
         return r;
     mpk_error err = {0};
@@ -415,6 +417,26 @@ int mpk_cmd_synth(int argc, char **argv)
     cJSON *j = mpk_inspect(out, &rep, &err) == MPK_OK ? cJSON_Parse(mpk_report_json(rep)) : NULL;
     const cJSON *dts = cJSON_GetObjectItemCaseSensitive(j, "dtypes");
     const cJSON *lay = cJSON_GetObjectItemCaseSensitive(j, "expert_layout");
+    if (json) {
+        cJSON *s = cJSON_CreateObject();
+        cJSON_AddStringToObject(s, "schema", "moepack.synth/1");
+        cJSON_AddStringToObject(s, "path", out);
+        cJSON_AddStringToObject(s, "arch", o.arch);
+        cJSON_AddNumberToObject(s, "layers", o.layers);
+        cJSON_AddNumberToObject(s, "experts", o.experts);
+        cJSON_AddNumberToObject(s, "hidden", o.hidden);
+        cJSON_AddNumberToObject(s, "intermediate", o.intermediate);
+        cJSON_AddItemToObject(s, "dtypes", dts ? cJSON_Duplicate(dts, 1) : cJSON_CreateObject());
+        cJSON_AddStringToObject(s, "expert_layout", cJSON_IsString(lay) ? lay->valuestring : "?");
+        char *text = cJSON_PrintUnformatted(s);
+        if (text)
+            puts(text);
+        free(text);
+        cJSON_Delete(s);
+        cJSON_Delete(j);
+        mpk_report_free(rep);
+        return MPK_EXIT_OK;
+    }
     printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d; dtypes", out, o.arch, o.layers, o.experts,
            o.hidden, o.intermediate);
     for (const cJSON *d = dts ? dts->child : NULL; d; d = d->next)

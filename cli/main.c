@@ -186,10 +186,30 @@ static void print_features(FILE *f)
 
 static int cmd_version(int argc, char **argv)
 {
-    if (argc > 1)
-        return mpk_cli_usage("version", argv[1][0] == '-' ? "unknown option '%s'" : "unexpected argument '%s'",
-                             argv[1]);
-    print_features(stdout);
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
+    bool json = false;
+    int ch;
+    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
+        if (ch != 'j')
+            return mpk_cli_usage("version", "unknown option '%s'", argv[optind - 1]);
+        json = true;
+    }
+    if (argc > optind)
+        return mpk_cli_usage("version", "unexpected argument '%s'", argv[optind]);
+    if (!json) {
+        print_features(stdout);
+        return MPK_EXIT_OK;
+    }
+    /* the features are words separated by spaces, each a JSON-safe identifier */
+    printf("{\n  \"schema\": \"moepack.version/1\",\n  \"version\": \"%s\",\n  \"features\": [", mpk_version());
+    const char *f = mpk_features();
+    for (bool first = true; *f;) {
+        size_t n = strcspn(f, " ");
+        if (n)
+            printf("%s\"%.*s\"", first ? "" : ", ", (int)n, f), first = false;
+        f += n + (f[n] == ' ');
+    }
+    puts("]\n}");
     return MPK_EXIT_OK;
 }
 
@@ -313,9 +333,10 @@ const mpk_command mpk_commands[] = {
      "of its own parser while completing. 'meson install' puts it where bash-completion finds it.\n\n"
      "example: moepack completion bash > ~/.local/share/bash-completion/completions/moepack\n", cmd_completion},
     {"version", "print the version and the features built in",
-     "usage: moepack version\n\n"
+     "usage: moepack version [--json]\n\n"
      "Prints moepack's version and the features this binary was built with (io_uring, MPI,\n"
      "CUDA, AVX-512).\n\n"
+     "  --json   {\"schema\": \"moepack.version/1\", \"version\", \"features\": [...]}\n\n"
      "example: moepack version\n", cmd_version},
     {"inspect", "list a checkpoint's shards, tensors, dtypes and expert layout",
      "usage: moepack inspect PATH [--json]\n\n"
@@ -407,7 +428,7 @@ const mpk_command mpk_commands[] = {
     {"synth", "write a small random checkpoint with a preset's real tensor names",
      "usage: moepack synth [--arch PRESET] [--layers N] [--experts N] [--hidden N]\n"
      "                     [--intermediate N] [--vocab N] [--dtype BF16|F16|F32] [--shards N]\n"
-     "                     [--seed N] [--layout per-expert|packed] [--quant fp8|none] OUT\n\n"
+     "                     [--seed N] [--layout per-expert|packed] [--quant fp8|none] [--json] OUT\n\n"
      "Writes a checkpoint with the tensor names, config.json and layout the preset's family\n"
      "publishes (some families publish packed or MXFP4 experts), random values from --seed.\n"
      "OUT's missing parent directories are made.\n\n"
@@ -423,7 +444,8 @@ const mpk_command mpk_commands[] = {
      "  --layout L         per-expert or packed experts (default: as the family publishes)\n"
      "  --quant fp8        weights stored as FP8 E4M3 with 128x128 block scales\n"
      "                     (weight_scale_inv), as DeepSeek-V3 publishes them, and\n"
-     "                     quantization_config in config.json; none (default) leaves them\n\n"
+     "                     quantization_config in config.json; none (default) leaves them\n"
+     "  --json             what was written as JSON (schema moepack.synth/1)\n\n"
      "example: moepack synth --arch qwen3_moe --experts 16 /tmp/tiny-qwen3\n", mpk_cmd_synth},
     {"hash", "XXH3-128 per tensor and a sharding-independent checkpoint digest",
      "usage: moepack hash PATH [--json] [--write]\n\n"

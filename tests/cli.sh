@@ -308,6 +308,11 @@ if command -v bash >/dev/null 2>&1; then
 fi
 expect 2 "completion without a shell" -- "$M" completion
 
+expect 0 "version --json" -- "$M" version --json
+json_check "version --json: schema, version, features" "d['schema'] == 'moepack.version/1' and d['version'] and isinstance(d['features'], list)"
+expect 0 "synth --json" -- "$M" synth --arch gpt_oss --json "$tmp/gj"
+json_check "synth --json says what it wrote" "d['schema'] == 'moepack.synth/1' and d['expert_layout'] == 'packed' and 'U8' in d['dtypes']"
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1
