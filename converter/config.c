@@ -82,13 +82,15 @@ mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_
     cfg->json = root;
     /* multimodal configs keep the language model's numbers in text_config */
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
-    const cJSON *src[2] = {cJSON_IsObject(tc) ? tc : NULL, root};
+    /* DBRX keeps its expert numbers in ffn_config (moe_num_experts, ffn_hidden_size) */
+    const cJSON *fc = cJSON_GetObjectItemCaseSensitive(root, "ffn_config");
+    const cJSON *src[3] = {cJSON_IsObject(tc) ? tc : NULL, root, cJSON_IsObject(fc) ? fc : NULL};
     static const char *const k_type[] = {"model_type", NULL};
     static const char *const k_experts[] = {"num_local_experts", "num_experts", "n_routed_experts",
                                             "moe_num_experts", NULL};
-    static const char *const k_hidden[] = {"hidden_size", NULL};
-    static const char *const k_inter[] = {"moe_intermediate_size", "intermediate_size", NULL};
-    static const char *const k_layers[] = {"num_hidden_layers", NULL};
+    static const char *const k_hidden[] = {"hidden_size", "d_model", NULL};
+    static const char *const k_inter[] = {"moe_intermediate_size", "intermediate_size", "ffn_hidden_size", NULL};
+    static const char *const k_layers[] = {"num_hidden_layers", "n_layers", NULL};
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, k_type[0]);
     if (cJSON_IsString(mt))
         snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
@@ -97,7 +99,7 @@ mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_
         if (cJSON_IsString(tmt))
             snprintf(cfg->text_model_type, sizeof cfg->text_model_type, "%s", tmt->valuestring);
     }
-    for (int i = 0; i < 2 && s == MPK_OK; i++) {
+    for (int i = 0; i < 3 && s == MPK_OK; i++) {
         if (!src[i])
             continue;
         if (cfg->num_experts < 0)

@@ -113,6 +113,9 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
 /* A new spec that undoes s: sources and targets swap, op chains invert, renames swap.
  * On success *out takes ownership of s (it borrows s's strings): free only *out. */
 mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err);
+/* Reshape sizes named after config.json (E, I, H, 2I, E*I) replaced by cfg's values (those it
+ * lacks stay named: inferring them fails, saying so). Before reversing. */
+void mpk_spec_bind_sizes(mpk_spec *s, const mpk_model_config *cfg);
 /* NULL-safe. */
 void mpk_spec_free(mpk_spec *s);
 

@@ -452,3 +452,31 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
                  cfg->model_type);
     MPK_FAIL(err, MPK_E_PRESET, "preset", "unknown preset '%s' (see 'moepack presets')", name);
 }
+
+/* A named size's value under cfg, or the code itself when cfg does not give it. */
+static int64_t bound(int64_t d, const mpk_model_config *cfg)
+{
+    long e = cfg ? cfg->num_experts : -1, i = cfg ? cfg->intermediate_size : -1, h = cfg ? cfg->hidden_size : -1;
+    switch (d) {
+    case MPK_DIM_E: return e > 0 ? e : d;
+    case MPK_DIM_I: return i > 0 ? i : d;
+    case MPK_DIM_H: return h > 0 ? h : d;
+    case MPK_DIM_2I: return i > 0 ? 2 * (int64_t)i : d;
+    case MPK_DIM_EI: return e > 0 && i > 0 ? (int64_t)e * i : d;
+    default: return d;
+    }
+}
+
+void mpk_spec_bind_sizes(mpk_spec *s, const mpk_model_config *cfg)
+{
+    for (int r = 0; r < s->n_rules; r++)
+        for (int k = 0; k < s->rules[r].n_ops; k++) {
+            mpk_op *op = &s->rules[r].ops[k];
+            if (op->kind != MPK_OP_RESHAPE)
+                continue;
+            for (int d = 0; d < op->ndim; d++)
+                op->shape[d] = bound(op->shape[d], cfg);
+            for (int d = 0; d < op->inv_ndim; d++)
+                op->inv_shape[d] = bound(op->inv_shape[d], cfg);
+        }
+}

@@ -33,6 +33,10 @@ static long sym(const mpk_synth_opts *o, const char *e)
               : *e == 'V' ? o->vocab : *e == 'L' ? o->layers : -1;
     if (base < 0)
         return -1;
+    if (e[1] == '*') { /* "E*I": DBRX's experts flattened along dim 0 */
+        long r = sym(o, e + 2);
+        return r > 0 ? base * mul * r : -1;
+    }
     if (e[1] == '/')
         div = strtol(e + 2, NULL, 10);
     long v = div > 0 ? base * mul / div : -1;

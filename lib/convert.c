@@ -34,6 +34,7 @@ mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool
     } else {
         MPK_TRY(mpk_preset_load(what ? what : "auto", cfg, &s, err));
     }
+    mpk_spec_bind_sizes(s, cfg);
     if (reverse) {
         mpk_spec *r;
         mpk_status st = mpk_spec_reverse(s, &r, err);

@@ -48,6 +48,10 @@ typedef enum mpk_op_kind {
     MPK_OP_COUNT
 } mpk_op_kind;
 
+/* A reshape size named after config.json (a spec's "E", "I", "H", "2I", "E*I"), replaced by
+ * its value when the spec is bound to a model (mpk_spec_bind_sizes). */
+enum { MPK_DIM_E = -100, MPK_DIM_I = -101, MPK_DIM_H = -102, MPK_DIM_2I = -103, MPK_DIM_EI = -104 };
+
 typedef struct mpk_op {
     mpk_op_kind kind;
     int dim;                         /* merge, split, concat, chunk; transpose: first dim */

@@ -174,6 +174,9 @@ static mpk_status infer_each(const mpk_op *op, const mpk_bundle *in, mpk_bundle 
             for (int d = 0; d < op->ndim; d++) {
                 if (op->shape[d] == -1 && neg < 0)
                     neg = d;
+                else if (op->shape[d] <= MPK_DIM_E && op->shape[d] >= MPK_DIM_EI)
+                    MPK_FAIL(err, MPK_E_OP, "ops", "reshape: a size named after config.json (E, I, H) "
+                             "that config.json does not give (dimension %d)", d);
                 else if (op->shape[d] < 0)
                     MPK_FAIL(err, MPK_E_OP, "ops", "reshape: bad size %lld", (long long)op->shape[d]);
                 else if (__builtin_mul_overflow(known, (uint64_t)op->shape[d], &known))

@@ -48,10 +48,23 @@ static mpk_status get_shape(const cJSON *o, const char *key, int64_t *shape, int
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > MPK_MAX_DIMS)
         SPEC_FAIL(sub, "must be an array of at most %d integers", sub, MPK_MAX_DIMS);
     *ndim = 0;
+    static const struct {
+        const char *name;
+        int code;
+    } syms[] = {{"E", MPK_DIM_E}, {"I", MPK_DIM_I}, {"H", MPK_DIM_H}, {"2I", MPK_DIM_2I}, {"E*I", MPK_DIM_EI}};
     for (const cJSON *d = v->child; d; d = d->next) {
         long long x;
+        bool named = false;
+        for (size_t k = 0; cJSON_IsString(d) && k < sizeof syms / sizeof syms[0]; k++)
+            if (strcmp(d->valuestring, syms[k].name) == 0) {
+                shape[(*ndim)++] = syms[k].code; /* bound to config.json's value later */
+                named = true;
+            }
+        if (named)
+            continue;
         if (!mpk_json_num_in(d, allow_neg ? -1 : 0, MAX_SPEC_DIM, &x))
-            SPEC_FAIL(sub, "must hold integers from %d to 2^53", sub, allow_neg ? -1 : 0);
+            SPEC_FAIL(sub, "must hold integers from %d to 2^53, or a size of config.json (E, I, H, 2I, E*I)",
+                      sub, allow_neg ? -1 : 0);
         shape[(*ndim)++] = (int64_t)x;
     }
     return MPK_OK;

@@ -414,6 +414,37 @@ class FusedFamilies(unittest.TestCase):
         finally:
             shutil.rmtree(root)
 
+    def test_dbrx_flattened_experts(self):
+        """DBRX publishes w1/v1/w2 as [E*I, H]: gate_up_proj[e] is w1's rows e*I.. then v1's,
+        down_proj[e][h][i] is w2[e*I + i][h] (the per-expert slices transposed)."""
+        root = tempfile.mkdtemp(prefix="mpk-dbrx-")
+        try:
+            src, packed = os.path.join(root, "src"), os.path.join(root, "packed")
+            E, H, I = 4, 16, 8
+            moepack.synth(src, "dbrx", experts=E, hidden=H, intermediate=I, layers=1, shards=1)
+            moepack.pack(src, packed)
+            a, _ = read_st(os.path.join(src, "model.safetensors"))
+            b, _ = read_st(os.path.join(packed, "model.safetensors"))
+            pre = "transformer.blocks.0.ffn.experts."
+            w1, v1, w2 = (a[pre + "mlp." + n][2] for n in ("w1", "v1", "w2"))
+            gu, dn = b[pre + "gate_up_proj"], b[pre + "down_proj"]
+            self.assertEqual((gu[0], gu[1], dn[1]), ("BF16", [E, 2 * I, H], [E, H, I]))
+            row = 2 * H
+            for e in range(E):
+                blk = gu[2][e * 2 * I * row:(e + 1) * 2 * I * row]
+                self.assertEqual(blk[:I * row], w1[e * I * row:(e + 1) * I * row])
+                self.assertEqual(blk[I * row:], v1[e * I * row:(e + 1) * I * row])
+                for h in (0, 5, H - 1):
+                    for i in (0, 3, I - 1):
+                        got = dn[2][2 * ((e * H + h) * I + i):][:2]
+                        want = w2[2 * ((e * I + i) * H + h):][:2]
+                        self.assertEqual(got, want, (e, h, i))
+            back = os.path.join(root, "back")
+            moepack.unpack(packed, back)
+            self.assertTrue(moepack.verify(src, back)["identical"])
+        finally:
+            shutil.rmtree(root)
+
 
 class EveryPreset(unittest.TestCase):
     """Every preset's synth output: pack then unpack gives the files back byte for byte, plain
