@@ -89,8 +89,9 @@ mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_
     static const char *const k_experts[] = {"num_local_experts", "num_experts", "n_routed_experts",
                                             "moe_num_experts", NULL};
     static const char *const k_hidden[] = {"hidden_size", "d_model", NULL};
-    static const char *const k_inter[] = {"moe_intermediate_size", "intermediate_size", "ffn_hidden_size", NULL};
-    static const char *const k_layers[] = {"num_hidden_layers", "n_layers", NULL};
+    static const char *const k_inter[] = {"moe_intermediate_size", "intermediate_size", "ffn_hidden_size", "d_ff",
+                                          "encoder_ffn_dim", NULL};
+    static const char *const k_layers[] = {"num_hidden_layers", "n_layers", "num_layers", "encoder_layers", NULL};
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, k_type[0]);
     if (cJSON_IsString(mt))
         snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
@@ -124,11 +125,14 @@ void mpk_config_free(mpk_model_config *cfg)
     }
 }
 
-/* ".experts.<digits>." somewhere in the name */
+/* ".experts.<digits>." (or ".experts.expert_<digits>.", Switch Transformers and NLLB-MoE)
+ * somewhere in the name */
 static bool per_expert_name(const char *n)
 {
     for (const char *p = strstr(n, ".experts."); p; p = strstr(p + 1, ".experts.")) {
         const char *q = p + 9;
+        if (strncmp(q, "expert_", 7) == 0)
+            q += 7;
         if (isdigit((unsigned char)*q)) {
             while (isdigit((unsigned char)*q))
                 q++;
