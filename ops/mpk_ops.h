@@ -169,6 +169,8 @@ uint16_t mpk_f32_to_f16(float f);
  * NaN block through its scale). All encoders round to nearest even; NaN keeps its sign. */
 float mpk_e4m3_to_f32(uint8_t x);
 uint8_t mpk_f32_to_e4m3(float f);
+/* The same codes, by bit operations (what the quantizers use); tests compare the two. */
+uint8_t mpk_f32_to_e4m3_fast(float f);
 float mpk_e5m2_to_f32(uint8_t x);
 uint8_t mpk_f32_to_e5m2(float f);
 float mpk_e8m0_to_f32(uint8_t x);

@@ -83,6 +83,8 @@ static float mf_decode(const minifloat *f, uint8_t x)
 
 float mpk_e4m3_to_f32(uint8_t x) { return mf_decode(&F_E4M3, x); }
 uint8_t mpk_f32_to_e4m3(float f) { return mf_encode(&F_E4M3, f); }
+static inline uint8_t e4m3_from_f32(float x);
+uint8_t mpk_f32_to_e4m3_fast(float f) { return e4m3_from_f32(f); }
 float mpk_e5m2_to_f32(uint8_t x) { return mf_decode(&F_E5M2, x); }
 uint8_t mpk_f32_to_e5m2(float f) { return mf_encode(&F_E5M2, f); }
 float mpk_e2m1_to_f32(uint8_t n) { return mf_decode(&F_E2M1, n & 0xF); }
@@ -114,6 +116,24 @@ static inline float e4m3_fast(uint8_t x)
     if ((x & 0x7F) == 0x7F)
         u |= 0x7FC00000u;
     return ops_u2f(u);
+}
+
+/* F32 -> E4M3 with bit operations, the same code mf_encode gives for every F32 (round to nearest
+ * even, saturating at 448, NaN to 0x7F): normals by rounding the F32 mantissa to 3 bits in
+ * place (a carry moves into the exponent, as it should) and rebasing the exponent by 120;
+ * below 2^-6 by counting quanta of 2^-9 (exact: the product is a power-of-two scaling). */
+static inline uint8_t e4m3_from_f32(float x)
+{
+    uint32_t u = ops_f2u(x), a = u & 0x7FFFFFFFu;
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    if (a > 0x7F800000u)
+        return (uint8_t)(sign | 0x7F);
+    if (a >= 0x43E00000u) /* 448 and above, infinity included: the largest finite code */
+        return (uint8_t)(sign | 0x7E);
+    if (a < 0x3C800000u) /* below 2^-6: exponent field 0 */
+        return (uint8_t)(sign | (uint8_t)rintf(ops_u2f(a) * 512.0f));
+    uint32_t r = a + 0x7FFFFu + ((a >> 20) & 1u); /* round the 20 dropped bits to nearest even */
+    return (uint8_t)(sign | (uint8_t)((r >> 20) - (120u << 3)));
 }
 
 static void store(mpk_dtype dt, void *out, size_t i, float v)
@@ -180,6 +200,17 @@ void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, 
     }
 }
 
+/* One input element as F32: BF16 and F32 inline (what checkpoints hold), the rest through
+ * ops_load_f32. */
+static inline float load_in(mpk_dtype dt, const void *in, size_t i)
+{
+    if (dt == MPK_DTYPE_BF16)
+        return ops_u2f((uint32_t)((const uint16_t *)in)[i] << 16);
+    if (dt == MPK_DTYPE_F32)
+        return ((const float *)in)[i];
+    return ops_load_f32(dt, in, i);
+}
+
 void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, int64_t rows,
                         uint8_t *w, float *scale)
 {
@@ -188,7 +219,7 @@ void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, i
         float amax = 0;
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = c0; c < c1; c++) {
-                float v = fabsf(ops_load_f32(in_dt, in, (size_t)(r * C + c)));
+                float v = fabsf(load_in(in_dt, in, (size_t)(r * C + c)));
                 if (v > amax) /* NaN never raises amax */
                     amax = v;
             }
@@ -200,7 +231,7 @@ void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, i
         if (w)
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t c = c0; c < c1; c++)
-                    w[r * C + c] = mpk_f32_to_e4m3(ops_load_f32(in_dt, in, (size_t)(r * C + c)) / s);
+                    w[r * C + c] = e4m3_from_f32(load_in(in_dt, in, (size_t)(r * C + c)) / s);
     }
 }
 

