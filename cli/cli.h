@@ -41,6 +41,9 @@ int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct opt
 /* A progress line on stderr (ctx: the command's name): bar, bytes done/total, rate, and an ETA
  * once a rate is known; a newline at the end. For a terminal only (callers check isatty). */
 void mpk_cli_progress(void *ctx, uint64_t done, uint64_t total, double seconds);
+/* Parses a command's only option, --json, into *json; -1 to go on (operands from optind), else
+ * the exit status of a usage error. */
+int mpk_cli_json_opt(const char *cmd, int argc, char **argv, bool *json);
 /* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
 bool mpk_parse_size(const char *s, uint64_t *out);
 

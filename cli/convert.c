@@ -23,6 +23,16 @@ typedef struct {
     int threads, level;
 } conv_args;
 
+static bool parse_int_opt(const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || v < lo || v > hi)
+        return false;
+    *out = (int)v;
+    return true;
+}
+
 /* Whether the conversion command of mode takes the option name. */
 static bool takes(conv_mode mode, const char *name)
 {
@@ -89,14 +99,10 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
             if (!mpk_parse_size(optarg, &a->mem) || a->mem < (1u << 20))
                 return mpk_cli_usage(cmd, "bad size '%s' for --mem (at least 1MiB)", optarg);
             break;
-        case O_THREADS: {
-            char *end;
-            long t = strtol(optarg, &end, 10);
-            if (*end || t < 1 || t > 64)
+        case O_THREADS:
+            if (!parse_int_opt(optarg, 1, 64, &a->threads))
                 return mpk_cli_usage(cmd, "--threads takes 1..64, got '%s'", optarg);
-            a->threads = (int)t;
             break;
-        }
         case O_FORCE: a->force = true; break;
         case O_JSON: a->json = true; break;
         case 'q': a->quiet = true; break;
@@ -114,14 +120,10 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_COPYLINKS: a->copy_links = true; break;
         case O_LIKE: a->layout_like = optarg; break;
         case O_COMPRESS: a->compress = true; break;
-        case O_LEVEL: {
-            char *end;
-            long l = strtol(optarg, &end, 10);
-            if (*end || l < 1 || l > 19)
+        case O_LEVEL:
+            if (!parse_int_opt(optarg, 1, 19, &a->level))
                 return mpk_cli_usage(cmd, "--level takes 1..19, got '%s'", optarg);
-            a->level = (int)l;
             break;
-        }
         case O_QUANT:
             if (strcmp(optarg, "fp8-block128") != 0)
                 return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
@@ -257,14 +259,10 @@ int mpk_cmd_convert(int argc, char **argv)
 
 int mpk_cmd_presets(int argc, char **argv)
 {
-    static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
-    bool json = false;
-    int ch;
-    while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
-        if (ch != 'j')
-            return mpk_cli_usage("presets", "unknown option '%s'", argv[optind - 1]);
-        json = true;
-    }
+    bool json;
+    int rc = mpk_cli_json_opt("presets", argc, argv, &json);
+    if (rc >= 0)
+        return rc;
     if (argc - optind > 1)
         return mpk_cli_usage("presets", "expected at most one NAME, got %d arguments", argc - optind);
     if (argc - optind == 1) { /* one preset's spec, as JSON, whatever --json says */
@@ -320,15 +318,6 @@ int mpk_cmd_presets(int argc, char **argv)
     return MPK_EXIT_OK;
 }
 
-static bool parse_int_opt(const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
 
 static int synth_args(const char *cmd, int argc, char **argv, mpk_synth_opts *o, const char **out, bool *json)
 {
@@ -433,16 +422,15 @@ int mpk_cmd_synth(int argc, char **argv)
             puts(text);
         free(text);
         cJSON_Delete(s);
-        cJSON_Delete(j);
-        mpk_report_free(rep);
-        return MPK_EXIT_OK;
+    } else {
+        printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d; dtypes", out, o.arch, o.layers, o.experts,
+               o.hidden, o.intermediate);
+        for (const cJSON *d = dts ? dts->child : NULL; d; d = d->next) {
+            const cJSON *count = cJSON_GetObjectItemCaseSensitive(d, "count");
+            printf("%s %s x%d", d == dts->child ? "" : ",", d->string, cJSON_IsNumber(count) ? count->valueint : 0);
+        }
+        printf("; experts %s)\n", cJSON_IsString(lay) ? lay->valuestring : "?");
     }
-    printf("synth: wrote %s (%s, %d layers, %d experts, H=%d, I=%d; dtypes", out, o.arch, o.layers, o.experts,
-           o.hidden, o.intermediate);
-    for (const cJSON *d = dts ? dts->child : NULL; d; d = d->next)
-        printf("%s %s x%d", d == dts->child ? "" : ",", d->string,
-               cJSON_GetObjectItemCaseSensitive(d, "count") ? cJSON_GetObjectItemCaseSensitive(d, "count")->valueint : 0);
-    printf("; experts %s)\n", cJSON_IsString(lay) ? lay->valuestring : "?");
     cJSON_Delete(j);
     mpk_report_free(rep);
     return MPK_EXIT_OK;

@@ -184,16 +184,25 @@ static void print_features(FILE *f)
     fprintf(f, "moepack %s\nfeatures: %s\n", mpk_version(), mpk_features());
 }
 
-static int cmd_version(int argc, char **argv)
+int mpk_cli_json_opt(const char *cmd, int argc, char **argv, bool *json)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
-    bool json = false;
     int ch;
+    *json = false;
     while ((ch = mpk_cli_next_opt(argc, argv, "", opts, NULL)) != -1) {
         if (ch != 'j')
-            return mpk_cli_usage("version", "unknown option '%s'", argv[optind - 1]);
-        json = true;
+            return mpk_cli_usage(cmd, "unknown option '%s'", argv[optind - 1]);
+        *json = true;
     }
+    return -1;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+    bool json;
+    int rc = mpk_cli_json_opt("version", argc, argv, &json);
+    if (rc >= 0)
+        return rc;
     if (argc > optind)
         return mpk_cli_usage("version", "unexpected argument '%s'", argv[optind]);
     if (!json) {

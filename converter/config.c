@@ -127,7 +127,7 @@ void mpk_config_free(mpk_model_config *cfg)
 
 /* ".experts.<digits>." (or ".experts.expert_<digits>.", Switch Transformers and NLLB-MoE)
  * somewhere in the name */
-static bool per_expert_name(const char *n)
+bool mpk_per_expert_name(const char *n)
 {
     for (const char *p = strstr(n, ".experts."); p; p = strstr(p + 1, ".experts.")) {
         const char *q = p + 9;
@@ -148,7 +148,7 @@ mpk_expert_layout mpk_detect_layout(const mpk_ckpt *c)
     bool per = false, packed = false;
     for (size_t i = 0; i < c->n_tensors; i++) {
         const mpk_tensor_info *t = c->tensors[i].info;
-        if (per_expert_name(t->name))
+        if (mpk_per_expert_name(t->name))
             per = true;
         else if ((t->ndim >= 2 && strstr(t->name, ".experts.")) || /* stacked, or flattened (DBRX) */
                  (t->ndim >= 3 && (strstr(t->name, "input_linear") || strstr(t->name, "output_linear"))))

@@ -48,6 +48,8 @@ typedef enum mpk_expert_layout {
 
 /* Looks at tensor names and ranks. */
 mpk_expert_layout mpk_detect_layout(const mpk_ckpt *c);
+/* A per-expert tensor's name: ".experts.<n>." or ".experts.expert_<n>." in it. */
+bool mpk_per_expert_name(const char *n);
 const char *mpk_layout_name(mpk_expert_layout l);
 
 

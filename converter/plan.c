@@ -573,10 +573,8 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
      * the checkpoint and call that a conversion */
     if (n_accs == 0 && spec->n_rules > 0) {
         for (size_t ti = 0; ti < src->n_tensors; ti++) {
-            const char *n = src->tensors[ti].info->name, *e = strstr(n, ".experts.");
-            if (e && strncmp(e + 9, "expert_", 7) == 0)
-                e += 7;
-            if (e && e[9] >= '0' && e[9] <= '9') {
+            const char *n = src->tensors[ti].info->name;
+            if (mpk_per_expert_name(n)) {
                 st = mpk_error_set(err, MPK_E_PRESET, 0, where,
                                    "preset '%s'%s matches none of the expert tensors (e.g. '%s'): the "
                                    "wrong preset for this model? ('--preset auto' picks it from "

@@ -213,13 +213,12 @@ static mpk_status identity_spec(const mpk_spec *s, bool packed, mpk_spec **out, 
 /* Compares a (the source) with b through the identity, or the spec in the direction the
  * layouts say: a packed source (the forward spec finds it already converted) is compared
  * through the spec reversed. */
-static mpk_status compare_two(const mpk_compare_req *q, const mpk_ckpt *a, const mpk_ckpt *b, const mpk_cmp_opts *co,
-                              mpk_cmp_report **out, mpk_error *err)
+static mpk_status compare_two(const mpk_compare_req *q, mpk_quant quant, const mpk_ckpt *a, const mpk_ckpt *b,
+                              const mpk_cmp_opts *co, mpk_cmp_report **out, mpk_error *err)
 {
     mpk_model_config cfg = {0};
     mpk_spec *spec = NULL;
     MPK_TRY(mpk_config_load(a->dir, &cfg, err));
-    mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
     mpk_plan_opts po = {.cfg = &cfg, .dequantize = quant == MPK_QUANT_DEQUANTIZE,
                         .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
     mpk_status s;
@@ -287,16 +286,12 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
         mpk_meter_start(&meter, q->progress, q->ctx, b->total_bytes);
         mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats, .meter = &meter};
         mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
-        if (stats && quant == MPK_QUANT_FP8_BLOCK128) {
-            /* diff of A against its FP8 quantization B: B's values dequantized on the fly against
-             * A's, so the figures are the quantization's error (relative to B's values) */
-            mpk_compare_req sw = *q;
-            sw.quant = MPK_QUANT_DEQUANTIZE;
-            sw.spec = q->spec;
-            s = compare_two(&sw, b, a, &co, &r, err);
-        } else {
-            s = compare_two(q, a, b, &co, &r, err);
-        }
+        /* diff of A against its FP8 quantization B: B's values dequantized on the fly against A's,
+         * so the figures are the quantization's error (relative to B's values) */
+        if (stats && quant == MPK_QUANT_FP8_BLOCK128)
+            s = compare_two(q, MPK_QUANT_DEQUANTIZE, b, a, &co, &r, err);
+        else
+            s = compare_two(q, quant, a, b, &co, &r, err);
         if (s == MPK_OK)
             mpk_meter_end(&meter);
     }

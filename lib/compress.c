@@ -52,96 +52,126 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Every *.safetensors (compress) or *.safetensors.mpkz (decompress) file at SRC's top level. */
-/* Bytes of the files convert_files converts (what the progress meter counts). */
-static uint64_t input_bytes(const mpk_compress_req *r, bool compress)
+static int cmp_name(const void *a, const void *b)
 {
-    DIR *d = opendir(r->src);
-    uint64_t total = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        char *p = ends_with(e->d_name, compress ? ".safetensors" : ".safetensors" EXT) && e->d_name[0] != '.'
-                      ? mpk_path_join(r->src, e->d_name) : NULL;
-        struct stat st;
-        if (p && stat(p, &st) == 0)
-            total += (uint64_t)st.st_size;
-        free(p);
-    }
-    if (d)
-        closedir(d);
-    return total;
+    return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static void free_names(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* The names of the files at dir's top level ending in suffix (not hidden), sorted: a list taken
+ * before anything is written beside them. */
+static mpk_status list_files(const char *dir, const char *suffix, char ***out, size_t *n, mpk_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return mpk_error_set(err, MPK_E_NOT_FOUND, errno, dir, "cannot open the checkpoint directory");
+    char **v = NULL;
+    size_t cap = 0;
+    mpk_status s = MPK_OK;
+    for (struct dirent *e; s == MPK_OK && (e = readdir(d));) {
+        if (!ends_with(e->d_name, suffix) || e->d_name[0] == '.')
+            continue;
+        char **g = mpk_grow(v, *n, &cap, sizeof *v, 16);
+        char *name = g ? mpk_strndup(e->d_name, strlen(e->d_name)) : NULL;
+        if (g)
+            v = g;
+        if (!name)
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        else
+            v[(*n)++] = name;
+    }
+    closedir(d);
+    if (s != MPK_OK) {
+        free_names(v, *n);
+        *n = 0;
+        return s;
+    }
+    qsort(v, *n, sizeof *v, cmp_name);
+    *out = v;
+    return MPK_OK;
+}
+
+static int cpu_threads(int want)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    return want > 0 ? want : ncpu > 0 ? (int)ncpu : 1;
+}
+
+/* Every *.safetensors (compress) or *.safetensors.mpkz (decompress) file at SRC's top level. */
 static mpk_status convert_files(const mpk_compress_req *r, bool compress, const char *tmp, uint64_t *in_bytes,
                                 uint64_t *out_bytes, size_t *files, mpk_error *err)
 {
-    mpk_meter mm, *meter = &mm;
-    mpk_meter_start(meter, r->progress, r->ctx, r->progress ? input_bytes(r, compress) : 0);
-    DIR *d = opendir(r->src);
-    if (!d)
-        return mpk_error_set(err, MPK_E_NOT_FOUND, errno, r->src, "cannot open the checkpoint directory");
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = r->threads > 0 ? r->threads : ncpu > 0 ? (int)ncpu : 1;
-    mpk_status s = MPK_OK;
-    struct dirent *e;
-    while (s == MPK_OK && (e = readdir(d))) {
-        const char *n = e->d_name;
-        if (!ends_with(n, compress ? ".safetensors" : ".safetensors" EXT) || n[0] == '.')
-            continue;
-        char *from = mpk_path_join(r->src, n), out[4096];
-        snprintf(out, sizeof out, "%s/%.*s%s", tmp, (int)(strlen(n) - (compress ? 0 : strlen(EXT))), n,
-                 compress ? EXT : "");
-        struct stat st;
-        uint64_t osz = 0;
-        if (!from) {
+    char **names;
+    size_t n;
+    MPK_TRY(list_files(r->src, compress ? ".safetensors" : ".safetensors" EXT, &names, &n, err));
+    char **paths = mpk_calloc(n + 1, sizeof *paths);
+    uint64_t total = 0; /* what the progress meter counts: the input bytes */
+    struct stat st;
+    mpk_status s = paths ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
+    for (size_t i = 0; s == MPK_OK && i < n; i++) {
+        if (!(paths[i] = mpk_path_join(r->src, names[i])))
             s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
-        } else if (compress) {
-            s = mpk_mpkz_compress(from, out, r->level, threads, r->chunk_size, &osz, meter, err);
-        } else if ((s = mpk_mpkz_decompress(from, out, threads, meter, err)) == MPK_OK && stat(out, &st) == 0) {
+        else if (stat(paths[i], &st) == 0)
+            total += (uint64_t)st.st_size;
+    }
+    mpk_meter meter;
+    mpk_meter_start(&meter, r->progress, r->ctx, total);
+    int threads = cpu_threads(r->threads);
+    for (size_t i = 0; s == MPK_OK && i < n; i++) {
+        const char *nm = names[i];
+        char out[4096];
+        snprintf(out, sizeof out, "%s/%.*s%s", tmp, (int)(strlen(nm) - (compress ? 0 : strlen(EXT))), nm,
+                 compress ? EXT : "");
+        uint64_t osz = 0;
+        if (compress)
+            s = mpk_mpkz_compress(paths[i], out, r->level, threads, r->chunk_size, &osz, &meter, err);
+        else if ((s = mpk_mpkz_decompress(paths[i], out, threads, &meter, err)) == MPK_OK && stat(out, &st) == 0)
             osz = (uint64_t)st.st_size;
-        }
-        if (s == MPK_OK && stat(from, &st) == 0)
+        if (s == MPK_OK && stat(paths[i], &st) == 0)
             *in_bytes += (uint64_t)st.st_size;
         *out_bytes += osz;
         *files += s == MPK_OK;
-        free(from);
     }
-    closedir(d);
+    free_names(paths, paths ? n : 0);
+    free_names(names, n);
     if (s == MPK_OK && !*files)
         s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, r->src, "no %s files to %s", compress ? ".safetensors" : ".mpkz",
                           compress ? "compress" : "decompress");
     if (s == MPK_OK)
-        mpk_meter_end(meter);
+        mpk_meter_end(&meter);
     return s;
 }
 
 /* Every NAME.safetensors in DIR (a staging directory) replaced by NAME.safetensors.mpkz. */
 mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_error *err)
 {
-    DIR *d = opendir(dir);
-    if (!d)
-        return mpk_error_set(err, MPK_E_IO, errno, dir, "cannot open the staging directory");
-    if (threads <= 0) {
-        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = ncpu > 0 ? (int)ncpu : 1;
-    }
+    char **names;
+    size_t n;
+    MPK_TRY(list_files(dir, ".safetensors", &names, &n, err));
+    mpk_compress_req d; /* the defaults compress uses */
+    mpk_compress_req_init(&d, NULL, NULL);
     mpk_status s = MPK_OK;
-    struct dirent *e;
-    while (s == MPK_OK && (e = readdir(d))) {
-        if (!ends_with(e->d_name, ".safetensors") || e->d_name[0] == '.')
-            continue;
-        char *from = mpk_path_join(dir, e->d_name), out[4096];
+    for (size_t i = 0; s == MPK_OK && i < n; i++) {
+        char *from = mpk_path_join(dir, names[i]), out[4096];
         if (!from) {
             s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
             break;
         }
         snprintf(out, sizeof out, "%s" EXT, from);
-        s = mpk_mpkz_compress(from, out, level, threads, 4u << 20, NULL, NULL, err);
+        s = mpk_mpkz_compress(from, out, level, cpu_threads(threads), d.chunk_size, NULL, NULL, err);
         if (s == MPK_OK && unlink(from) != 0)
             s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot remove after compressing it: %s", strerror(errno));
         free(from);
     }
-    closedir(d);
+    free_names(names, n);
     return s;
 }
 

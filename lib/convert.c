@@ -129,6 +129,8 @@ typedef struct job {
     bool manifest;
     int compress_level;          /* > 0: the shards are compressed before landing */
     cJSON *prov;                 /* the manifest's provenance */
+    mpk_hash128 src_digest;      /* mpk_source_digest of src, when the record was built from it */
+    bool have_digest;
     int threads;
 } job;
 
@@ -211,8 +213,11 @@ static mpk_status follow_files(const mpk_convert_req *r, job *j, mpk_plan *p, mp
     }
     if (j->spec->reversed)
         return MPK_OK;
-    if (!recorded)
-        return mpk_source_record(j->src, &j->record, &j->record_len, err);
+    if (!recorded) {
+        MPK_TRY(mpk_source_record(j->src, &j->record, &j->record_len, &j->src_digest, err));
+        j->have_digest = true;
+        return MPK_OK;
+    }
     char *path = mpk_path_join(j->src->dir, MPK_SOURCE_NAME);
     mpk_status s = path ? mpk_read_file(path, &j->record, &j->record_len, err)
                         : mpk_error_set(err, MPK_E_NOMEM, 0, j->src->dir, "out of memory");
@@ -375,20 +380,21 @@ static cJSON *fp8_block_config(const mpk_plan *p)
     cJSON *qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
                             "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
     cJSON *skip = cJSON_CreateArray();
-    for (size_t i = 0; qc && skip && i < p->n_outs; i++) {
+    bool ok = qc && skip; /* a list cut short would have a loader take a BF16 linear for FP8 */
+    for (size_t i = 0; ok && i < p->n_outs; i++) {
         const mpk_plan_out *o = &p->outs[i];
         size_t n = strlen(o->name);
         if (o->quant || o->meta.ndim != 2 || mpk_dtype_is_fp8(o->meta.dtype) || n <= 7 ||
             strcmp(o->name + n - 7, ".weight") != 0)
             continue;
         cJSON *m = cJSON_CreateString(o->name);
-        if (!m)
-            break;
-        m->valuestring[n - 7] = 0; /* the module: the name without ".weight" */
-        cJSON_AddItemToArray(skip, m);
+        if ((ok = m != NULL)) {
+            m->valuestring[n - 7] = 0; /* the module: the name without ".weight" */
+            cJSON_AddItemToArray(skip, m);
+        }
     }
-    cJSON *copy = skip ? cJSON_Duplicate(skip, 1) : NULL;
-    if (!qc || !skip || !copy || cJSON_GetArraySize(copy) != cJSON_GetArraySize(skip)) {
+    cJSON *copy = ok ? cJSON_Duplicate(skip, 1) : NULL;
+    if (!copy || cJSON_GetArraySize(copy) != cJSON_GetArraySize(skip)) {
         cJSON_Delete(qc), cJSON_Delete(skip), cJSON_Delete(copy);
         return NULL;
     }
@@ -429,8 +435,8 @@ mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size
  * and a digest of its spec, the options that change bytes, the source and its digest. */
 static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
 {
-    mpk_hash128 sd;
-    if (mpk_source_digest(j->src, &sd, err) != MPK_OK)
+    mpk_hash128 sd = j->src_digest; /* read once: the record was made from the same headers */
+    if (!j->have_digest && mpk_source_digest(j->src, &sd, err) != MPK_OK)
         return NULL;
     char *spec = cJSON_PrintUnformatted(j->spec->json), hx[33];
     cJSON *o = spec ? cJSON_CreateObject() : NULL, *opts = o ? cJSON_CreateObject() : NULL;

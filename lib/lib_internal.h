@@ -49,7 +49,7 @@ const char *mpk_lib_layout_marker(const mpk_ckpt *c);
 /* The source record pack keeps in a packed checkpoint (lib/source.c has its format). */
 #define MPK_SOURCE_NAME "moepack.source.zst"
 /* c's source record (zstd-compressed, malloc'd into *out). */
-mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *len, mpk_error *err);
+mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *len, mpk_hash128 *digest, mpk_error *err);
 /* XXH3-128 of c's file names, header bytes, index and config.json (the record's content): what
  * identifies a release's files, not their data bytes (verify SRC DST proves those). */
 mpk_status mpk_source_digest(const mpk_ckpt *c, mpk_hash128 *out, mpk_error *err);

@@ -113,11 +113,13 @@ mpk_status mpk_source_digest(const mpk_ckpt *c, mpk_hash128 *out, mpk_error *err
     return MPK_OK;
 }
 
-mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk_error *err)
+mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk_hash128 *digest, mpk_error *err)
 {
     char *json;
     *out = NULL;
     MPK_TRY(source_json(c, &json, err));
+    XXH128_hash_t h = XXH3_128bits(json, strlen(json)); /* mpk_source_digest's, from the same text */
+    *digest = (mpk_hash128){h.high64, h.low64};
     size_t jl = strlen(json), cap = ZSTD_compressBound(jl);
     char *z = mpk_alloc(cap);
     size_t zl = z ? ZSTD_compress(z, cap, json, jl, 3) : 0;

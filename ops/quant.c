@@ -83,8 +83,6 @@ static float mf_decode(const minifloat *f, uint8_t x)
 
 float mpk_e4m3_to_f32(uint8_t x) { return mf_decode(&F_E4M3, x); }
 uint8_t mpk_f32_to_e4m3(float f) { return mf_encode(&F_E4M3, f); }
-static inline uint8_t e4m3_from_f32(float x);
-uint8_t mpk_f32_to_e4m3_fast(float f) { return e4m3_from_f32(f); }
 float mpk_e5m2_to_f32(uint8_t x) { return mf_decode(&F_E5M2, x); }
 uint8_t mpk_f32_to_e5m2(float f) { return mf_encode(&F_E5M2, f); }
 float mpk_e2m1_to_f32(uint8_t n) { return mf_decode(&F_E2M1, n & 0xF); }
@@ -134,6 +132,11 @@ static inline uint8_t e4m3_from_f32(float x)
         return (uint8_t)(sign | (uint8_t)rintf(ops_u2f(a) * 512.0f));
     uint32_t r = a + 0x7FFFFu + ((a >> 20) & 1u); /* round the 20 dropped bits to nearest even */
     return (uint8_t)(sign | (uint8_t)((r >> 20) - (120u << 3)));
+}
+
+uint8_t mpk_f32_to_e4m3_fast(float f)
+{
+    return e4m3_from_f32(f);
 }
 
 static void store(mpk_dtype dt, void *out, size_t i, float v)
