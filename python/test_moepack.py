@@ -291,6 +291,11 @@ class Compressed(unittest.TestCase):
         with self.assertRaises(moepack.Error) as cm:
             moepack.pack(self.src, os.path.join(self.root, "pz-resume"), compress=True, resume=True)
         self.assertEqual(cm.exception.status, "usage")
+        with self.assertRaises(moepack.Error) as cm:  # zstd knows levels 1..19
+            moepack.pack(self.src, os.path.join(self.root, "pz-level"), compress=True, level=25)
+        self.assertEqual(cm.exception.status, "usage")
+        self.assertIn("compress level 25", cm.exception.message)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "pz-level")))
         self.assertFalse(os.path.exists(os.path.join(self.root, "pz-resume")))
 
     def broken(self, name, edit):

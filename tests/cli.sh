@@ -313,6 +313,22 @@ json_check "version --json: schema, version, features" "d['schema'] == 'moepack.
 expect 0 "synth --json" -- "$M" synth --arch gpt_oss --json "$tmp/gj"
 json_check "synth --json says what it wrote" "d['schema'] == 'moepack.synth/1' and d['expert_layout'] == 'packed' and 'U8' in d['dtypes']"
 
+# error paths of this session's additions: each gives its exit status and names its cause
+expect 0 "synth dbrx" -- "$M" synth --arch dbrx "$tmp/dbrx-s"
+rm "$tmp/dbrx-s/config.json"
+expect 1 "dbrx without config.json: the reshape's E and I are unknown" -- "$M" pack "$tmp/dbrx-s" "$tmp/x" --preset dbrx
+grep -q "named after config.json" "$tmp/err" && [ ! -e "$tmp/x" ] && echo "ok: ... says so, nothing written" \
+  || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+"$M" presets dbrx | python3 -c "import json, sys; s = json.load(sys.stdin); s['converters'][1]['ops'][0]['shape'] = ['E', 'X', 'H']; json.dump(s, open(sys.argv[1], 'w'))" "$tmp/badspec.json"
+expect 0 "synth dbrx" -- "$M" synth --arch dbrx "$tmp/db-none"
+expect 1 "a reshape size that is neither a number nor a config name" -- "$M" plan "$tmp/db-none" --spec "$tmp/badspec.json"
+grep -q "converters\[1\].ops\[0\].shape.*E, I, H" "$tmp/err" && echo "ok: ... names the JSON path and the names allowed" \
+  || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+: > "$tmp/afile"
+expect 2 "synth under a path whose parent is a file" -- "$M" synth "$tmp/afile/x/out"
+grep -q "cannot create" "$tmp/err" || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+expect 2 "completion for an unknown shell" -- "$M" completion zsh
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1
