@@ -388,18 +388,21 @@ static cJSON *fp8_block_config(const mpk_plan *p)
             strcmp(o->name + n - 7, ".weight") != 0)
             continue;
         cJSON *m = cJSON_CreateString(o->name);
-        if ((ok = m != NULL)) {
+        if (m)
             m->valuestring[n - 7] = 0; /* the module: the name without ".weight" */
-            cJSON_AddItemToArray(skip, m);
-        }
+        if (!(ok = m && cJSON_AddItemToArray(skip, m)))
+            cJSON_Delete(m);
     }
     cJSON *copy = ok ? cJSON_Duplicate(skip, 1) : NULL;
-    if (!copy || cJSON_GetArraySize(copy) != cJSON_GetArraySize(skip)) {
+    if (!copy || cJSON_GetArraySize(copy) != cJSON_GetArraySize(skip) ||
+        !cJSON_AddItemToObject(qc, "modules_to_not_convert", skip)) {
         cJSON_Delete(qc), cJSON_Delete(skip), cJSON_Delete(copy);
         return NULL;
     }
-    cJSON_AddItemToObject(qc, "modules_to_not_convert", skip);
-    cJSON_AddItemToObject(qc, "ignored_layers", copy);
+    if (!cJSON_AddItemToObject(qc, "ignored_layers", copy)) { /* skip is qc's now */
+        cJSON_Delete(qc), cJSON_Delete(copy);
+        return NULL;
+    }
     return qc;
 }
 
@@ -449,21 +452,29 @@ static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
     XXH128_hash_t h = XXH3_128bits(spec, strlen(spec));
     free(spec);
     bool file = is_spec_file(r->spec ? r->spec : "auto");
-    cJSON_AddStringToObject(o, "moepack_version", mpk_version());
-    cJSON_AddStringToObject(o, "command", file ? (j->spec->reversed ? "convert --reverse" : "convert")
-                                          : j->spec->reversed ? "unpack" : "pack");
-    cJSON_AddStringToObject(o, "preset", file ? "" : j->spec->name);
-    cJSON_AddStringToObject(o, "spec", file ? r->spec : "");
-    cJSON_AddStringToObject(o, "spec_xxh3_128", mpk_hash_hex((mpk_hash128){h.high64, h.low64}, hx));
-    cJSON_AddStringToObject(opts, "quantize", r->quant == MPK_QUANT_FP8_BLOCK128 ? "fp8-block128"
-                                              : r->quant == MPK_QUANT_DEQUANTIZE ? "dequantize" : "keep");
-    cJSON_AddNumberToObject(opts, "max_shard_size", (double)r->max_shard_size);
-    cJSON_AddBoolToObject(opts, "compress", j->compress_level > 0);
-    cJSON_AddNumberToObject(opts, "compress_level", j->compress_level);
-    cJSON_AddStringToObject(opts, "layout_like", r->layout_like ? r->layout_like : "");
-    cJSON_AddItemToObject(o, "options", opts);
-    cJSON_AddStringToObject(o, "source", r->src);
-    cJSON_AddStringToObject(o, "source_xxh3_128", mpk_hash_hex(sd, hx));
+    /* every field or none: a manifest must not record a provenance missing a part */
+    bool ok = cJSON_AddStringToObject(o, "moepack_version", mpk_version()) &&
+              cJSON_AddStringToObject(o, "command", file ? (j->spec->reversed ? "convert --reverse" : "convert")
+                                                    : j->spec->reversed ? "unpack" : "pack") &&
+              cJSON_AddStringToObject(o, "preset", file ? "" : j->spec->name) &&
+              cJSON_AddStringToObject(o, "spec", file ? r->spec : "") &&
+              cJSON_AddStringToObject(o, "spec_xxh3_128", mpk_hash_hex((mpk_hash128){h.high64, h.low64}, hx)) &&
+              cJSON_AddStringToObject(opts, "quantize", r->quant == MPK_QUANT_FP8_BLOCK128 ? "fp8-block128"
+                                                        : r->quant == MPK_QUANT_DEQUANTIZE ? "dequantize" : "keep") &&
+              cJSON_AddNumberToObject(opts, "max_shard_size", (double)r->max_shard_size) &&
+              cJSON_AddBoolToObject(opts, "compress", j->compress_level > 0) &&
+              cJSON_AddNumberToObject(opts, "compress_level", j->compress_level) &&
+              cJSON_AddStringToObject(opts, "layout_like", r->layout_like ? r->layout_like : "");
+    bool attached = ok && cJSON_AddItemToObject(o, "options", opts); /* then o owns opts */
+    ok = attached && cJSON_AddStringToObject(o, "source", r->src) &&
+         cJSON_AddStringToObject(o, "source_xxh3_128", mpk_hash_hex(sd, hx));
+    if (!ok) {
+        if (!attached)
+            cJSON_Delete(opts);
+        cJSON_Delete(o);
+        mpk_error_set(err, MPK_E_NOMEM, 0, r->dst, "out of memory");
+        return NULL;
+    }
     return o;
 }
 

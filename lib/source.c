@@ -61,12 +61,12 @@ static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
 {
     *out = NULL;
     cJSON *root = cJSON_CreateObject(), *files = cJSON_CreateArray();
-    if (!root || !files || !cJSON_AddStringToObject(root, "format", SOURCE_FORMAT)) {
+    if (!root || !files || !cJSON_AddStringToObject(root, "format", SOURCE_FORMAT) ||
+        !cJSON_AddItemToObject(root, "files", files)) { /* a record without its files: none at all */
         cJSON_Delete(root);
         cJSON_Delete(files);
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     }
-    cJSON_AddItemToObject(root, "files", files);
     mpk_status s = MPK_OK;
     for (size_t i = 0; i < c->n_shards && s == MPK_OK; i++)
         s = add_file(files, &c->shards[i], err);
