@@ -147,6 +147,9 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         return mpk_cli_usage(cmd, "--level is the zstd level of --compress");
     if (a->compress && a->resume)
         return mpk_cli_usage(cmd, "a compressed output cannot be resumed: leave out --compress or --resume");
+    if (a->resume && mpk_mpi_size() > 1)
+        return mpk_cli_usage(cmd, "--resume is for one process; under MPI (%d ranks) run the command again",
+                             mpk_mpi_size());
     int want = mode == MODE_PLAN ? 1 : 2;
     if (argc - optind != want)
         return mpk_cli_usage(cmd, "expected %s, got %d argument(s)", want == 1 ? "SRC" : "SRC DST",
@@ -165,11 +168,15 @@ static void warn_cb(void *ctx, const char *msg)
 
 /* Ctrl-C (or SIGTERM) cancels the conversion: the library stops and leaves nothing at DST. */
 static volatile int cancelled;
+static volatile int under_mpi;
 
 static void on_signal(int sig)
 {
     cancelled = 1;
-    signal(sig, SIG_DFL); /* a second one ends the process at once */
+    /* a second one ends the process at once; not under MPI, where the launcher signals a job
+     * more than once before its SIGKILL, and the time between is rank 0's to clean up */
+    if (!under_mpi)
+        signal(sig, SIG_DFL);
 }
 
 /* What to tell the user to do after a failure. */
@@ -231,6 +238,7 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
         free(text);
         return MPK_EXIT_OK;
     }
+    under_mpi = mpk_mpi_size() > 1;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     mpk_report *rep;

@@ -541,10 +541,43 @@ const mpk_command mpk_commands[] = {
 };
 const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
 
+/* The commands that split their work across MPI ranks; under mpirun/srun every other command
+ * runs on rank 0 alone while the others wait. */
+static bool distributed(const char *name)
+{
+    static const char *const names[] = {"pack", "unpack", "convert", "hash", "verify", NULL};
+    for (int i = 0; names[i]; i++)
+        if (strcmp(name, names[i]) == 0)
+            return true;
+    return false;
+}
+
+static int run(int argc, char **argv);
+
 int main(int argc, char **argv)
 {
     /* a write past RLIMIT_FSIZE fails with EFBIG (reported, cleaned up) instead of killing us */
     signal(SIGXFSZ, SIG_IGN);
+    if (mpk_mpi_begin(&argc, &argv) > 1) {
+        atexit(mpk_mpi_end); /* (every rank finalizes, also on exit()) */
+        if (mpk_mpi_rank() != 0 && !getenv("MOEPACK_MPI_VERBOSE")) {
+            /* one report, one error: rank 0's (every rank ends with the same status) */
+            if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr))
+                return MPK_EXIT_FAIL;
+        }
+        if (argc < 2 || !distributed(argv[1])) {
+            if (mpk_mpi_rank() != 0)
+                return MPK_EXIT_OK;
+            mpk_mpi_solo();
+        }
+    }
+    int rc = run(argc, argv);
+    mpk_mpi_end();
+    return rc;
+}
+
+static int run(int argc, char **argv)
+{
     if (argc < 2)
         return cmd_help(1, argv), MPK_EXIT_USAGE;
     const char *name = argv[1];

@@ -24,6 +24,7 @@ typedef struct mpk_stage {
     uint64_t digest;
     bool adopted;                /* tmp is a dead run's directory, continued (--resume) */
     bool committed;
+    bool attached;               /* another process's (MPI rank 0's): never removed here */
     int journal_fd;
     char *journal;               /* the adopted run's journal text, NUL-terminated */
     size_t stale_removed;
@@ -38,6 +39,10 @@ typedef struct mpk_stage {
  * Writes the run file and opens the journal. */
 mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const mpk_exec_opts *o,
                           mpk_error *err);
+/* Joins the staging directory tmp that another process (MPI rank 0) opened for dst: files
+ * are written into it; it is neither committed nor removed here. */
+mpk_status mpk_stage_attach(mpk_stage *st, const char *dst, const char *tmp, const mpk_exec_opts *o,
+                            mpk_error *err);
 /* The digest an adopted run recorded for shard file name, false when it recorded none. */
 bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest);
 /* Records shard file name (complete and fsynced) with its digest. Thread-safe. */

@@ -39,7 +39,7 @@ double ex_now_s(void)
 static void progress(run_ctx *c, const mpk_exec_opts *o, double t0)
 {
     if (o->progress)
-        o->progress(o->progress_ctx, atomic_load(&c->done_bytes), c->p->total_bytes, ex_now_s() - t0);
+        o->progress(o->progress_ctx, atomic_load(&c->done_bytes), c->total, ex_now_s() - t0);
 }
 
 /* Top-level names of SRC that are not copied beside the output: the checkpoint's own shards,
@@ -94,7 +94,10 @@ static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const mpk_
 }
 
 /* What determines the output bytes: a resumed run continues only a run with the same. */
-static uint64_t plan_digest(const mpk_plan *p, const mpk_exec_opts *o)
+/* What identifies a run (the staging directory's digest): moepack, the spec, the source files
+ * (with ids: device, inode and mtime too, which differ between the hosts of an MPI job), the
+ * outputs and their layout, the metadata and config written. */
+static uint64_t plan_digest(const mpk_plan *p, const mpk_exec_opts *o, bool ids)
 {
     XXH3_state_t *x = XXH3_createState();
     if (!x)
@@ -111,8 +114,8 @@ static uint64_t plan_digest(const mpk_plan *p, const mpk_exec_opts *o)
     for (size_t i = 0; i < p->src->n_shards; i++) {
         struct stat st = {0};
         fstat(p->src->shards[i].fd, &st);
-        uint64_t v[5] = {(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-                         (uint64_t)st.st_mtim.tv_sec, (uint64_t)st.st_mtim.tv_nsec};
+        uint64_t v[5] = {ids ? (uint64_t)st.st_dev : 0, ids ? (uint64_t)st.st_ino : 0, (uint64_t)st.st_size,
+                         ids ? (uint64_t)st.st_mtim.tv_sec : 0, ids ? (uint64_t)st.st_mtim.tv_nsec : 0};
         ADDS(p->src->shards[i].path);
         ADD(v, sizeof v);
     }
@@ -201,6 +204,7 @@ typedef struct job {
     run_ctx c;
     mpk_tensor_info **infos;      /* per shard: its tensors, laid out */
     int threads, started;
+    struct watch *watch;          /* MPI: the cancel watch (below) */
 } job;
 
 static mpk_status nomem(job *j)
@@ -222,6 +226,12 @@ static mpk_status size_units(job *j)
     uint64_t unit_bytes = per_thread / 3;
     if (unit_bytes > (64u << 20))
         unit_bytes = 64u << 20;
+    /* under MPI at least 16 units per rank where the bytes allow (a rank's share is made of
+     * whole units), not below 1 MiB */
+    uint64_t fine = p->total_bytes / (16 * (uint64_t)mpk_dist_size());
+    fine = fine < (1u << 20) ? 1u << 20 : fine;
+    if (mpk_dist_size() > 1 && unit_bytes > fine)
+        unit_bytes = fine;
     if (slab && unit_bytes < slab)
         unit_bytes = slab;
     if (unit_bytes < 4096)
@@ -278,9 +288,11 @@ static mpk_status open_exact_shard(job *j, size_t sh)
     char *path = mpk_path_join(j->stage.tmp, l->files[sh]);
     if (path && j->stage.adopted) /* a resumed run writes exact files again from scratch */
         unlink(path);
-    mpk_status s = !path ? nomem(j)
-                         : mpk_st_out_create_exact(path, l->headers[sh], l->header_len[sh], j->infos[sh], h->n_tensors,
-                                                   h->data_size, &j->c.shards[sh], j->err);
+    mpk_status s = !path              ? nomem(j)
+                   : j->stage.attached ? mpk_st_out_reopen_exact(path, l->headers[sh], l->header_len[sh], j->infos[sh],
+                                                                 h->n_tensors, h->data_size, &j->c.shards[sh], j->err)
+                                       : mpk_st_out_create_exact(path, l->headers[sh], l->header_len[sh], j->infos[sh],
+                                                                 h->n_tensors, h->data_size, &j->c.shards[sh], j->err);
     free(path);
     return s;
 }
@@ -332,8 +344,10 @@ static mpk_status open_shard(job *j, size_t sh)
     }
     mpk_status s = !path ? nomem(j)
                    : j->reopened[sh] ? MPK_OK
-                                     : mpk_st_out_create(path, j->infos[sh], n, o->metadata, o->n_metadata, phase,
-                                                         &j->c.shards[sh], j->err);
+                   : j->stage.attached ? mpk_st_out_reopen(path, j->infos[sh], n, o->metadata, o->n_metadata, phase,
+                                                           &j->c.shards[sh], j->err)
+                                       : mpk_st_out_create(path, j->infos[sh], n, o->metadata, o->n_metadata, phase,
+                                                           &j->c.shards[sh], j->err);
     free(path);
     return s;
 }
@@ -517,14 +531,25 @@ static mpk_status write_index(job *j)
 /* Closes the shards, writes the index, SRC's other files and the caller's (the manifest), and
  * lands the staging directory once the source has been checked again (written in place or
  * renamed while we read it). */
+/* Closes the shard files, fsyncing those this process wrote into (all of them unless an MPI
+ * rank other than 0: rank 0 wrote every header). */
+static mpk_status close_shards(job *j)
+{
+    mpk_status s = MPK_OK;
+    for (size_t sh = 0; sh < j->p->n_shards; sh++) {
+        mpk_st_out *so = j->c.shards[sh];
+        j->c.shards[sh] = NULL;
+        bool wrote = !j->c.touched || j->c.touched[sh] || !j->stage.attached;
+        mpk_status c = mpk_st_out_close(so, !j->o->no_fsync && wrote, s == MPK_OK ? j->err : NULL);
+        s = s == MPK_OK ? c : s;
+    }
+    return s;
+}
+
 static mpk_status land(job *j, const char *src_path, mpk_exec_stats *stats)
 {
     const mpk_plan *p = j->p;
-    for (size_t sh = 0; sh < p->n_shards; sh++) {
-        mpk_st_out *so = j->c.shards[sh];
-        j->c.shards[sh] = NULL;
-        MPK_TRY(mpk_st_out_close(so, !j->o->no_fsync, j->err));
-    }
+    MPK_TRY(close_shards(j));
     const mpk_layout *l = p->layout;
     if (l && l->index_text) {
         char *text = mpk_strndup(l->index_text, l->index_len);
@@ -564,6 +589,9 @@ static void job_free(job *j)
     free(c->syncq);
     free(c->hashes);
     free(c->hq);
+    free(c->split);
+    free(c->hash_after);
+    free(c->touched);
     ex_nodes_free(&j->b);
     free(j->b.out);
     mpk_arena_free(j->arena);
@@ -572,8 +600,8 @@ static void job_free(job *j)
     pthread_cond_destroy(&c->sq_cv);
 }
 
-/* Builds the nodes and sizes the work, opens every shard, makes the units, resumes. */
-static mpk_status prepare(job *j, mpk_exec_stats *stats)
+/* Builds the nodes and sizes the work. */
+static mpk_status prepare_nodes(job *j)
 {
     const mpk_plan *p = j->p;
     run_ctx *c = &j->c;
@@ -586,11 +614,267 @@ static mpk_status prepare(job *j, mpk_exec_stats *stats)
     if (!j->arena || !c->shards || !c->slot || !j->infos || !j->reopened || !j->b.out)
         return nomem(j);
     MPK_TRY(ex_build_nodes(p, &j->b, j->arena));
-    MPK_TRY(size_units(j));
-    for (size_t sh = 0; sh < p->n_shards; sh++)
+    return size_units(j);
+}
+
+/* ... then opens every shard, makes the units, resumes. */
+static mpk_status prepare(job *j, mpk_exec_stats *stats)
+{
+    MPK_TRY(prepare_nodes(j));
+    for (size_t sh = 0; sh < j->p->n_shards; sh++)
         MPK_TRY(open_shard(j, sh));
     MPK_TRY(make_units(j));
     return resume_shards(j, stats);
+}
+
+/* ---------------------------------------------------------------- MPI ranks
+ *
+ * Every rank builds the same plan and the same units (the unit size agreed: the smallest any
+ * rank's memory budget allows). Rank 0 opens the staging directory and creates every shard
+ * file (header written, size set); the others open them. The units, in file order, are cut
+ * into one contiguous run per rank of about total / ranks bytes, so a rank writes whole shards
+ * or a byte range of one, and the ranks next to each other share at most one output tensor.
+ * Each rank hashes the outputs it wrote whole as it goes; an output two ranks wrote is hashed,
+ * after every rank finished writing, by the rank that wrote its first byte. The hashes meet
+ * by XOR (each is nonzero on one rank only); every rank fsyncs what it wrote; rank 0 writes
+ * the index, the other files and the manifest and lands the directory. Each phase ends in
+ * mpk_dist_agree: one failure fails every rank, and rank 0 removes the staging directory. */
+
+/* The watch on the cancel flag while the ranks work. When a rank dies, mpirun sends the others
+ * SIGTERM (the caller's cancel flag) and, once any of them exits, SIGKILL to the rest: whichever
+ * rank sees the flag first removes the staging directory at once (its watcher thread, or the
+ * rank itself when the flag ends its wait in a collective), unless landing may have begun:
+ * rank 0 from its own landing on, the others from their entering the last phase before it. */
+typedef struct watch {
+    job *j;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    bool stop, removed, landing, running;
+    pthread_t th;
+} watch;
+
+static void watch_remove(watch *w)
+{
+    pthread_mutex_lock(&w->m);
+    if (!w->landing && !w->removed) {
+        mpk_rmrf(w->j->stage.tmp);
+        w->removed = true;
+    }
+    pthread_mutex_unlock(&w->m);
+}
+
+static void *watcher(void *arg)
+{
+    watch *w = arg;
+    pthread_mutex_lock(&w->m);
+    while (!w->stop && !*w->j->o->cancel) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 5 * 1000 * 1000;
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&w->cv, &w->m, &ts);
+    }
+    bool go = !w->stop;
+    pthread_mutex_unlock(&w->m);
+    if (go)
+        watch_remove(w);
+    return NULL;
+}
+
+static void watch_start(watch *w, job *j)
+{
+    memset(w, 0, sizeof *w);
+    w->j = j;
+    j->watch = w;
+    pthread_mutex_init(&w->m, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->running = j->o->cancel && pthread_create(&w->th, NULL, watcher, w) == 0;
+}
+
+/* Landing (may) begin: false when the directory was removed already. */
+static bool watch_landing(watch *w)
+{
+    pthread_mutex_lock(&w->m);
+    w->landing = true;
+    bool ok = !w->removed;
+    pthread_mutex_unlock(&w->m);
+    return ok;
+}
+
+static void watch_stop(watch *w)
+{
+    pthread_mutex_lock(&w->m);
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->m);
+    if (w->running)
+        pthread_join(w->th, NULL);
+    pthread_mutex_destroy(&w->m);
+    pthread_cond_destroy(&w->cv);
+    w->j->watch = NULL;
+}
+
+/* mpk_dist_agree, watching the cancel flag. A rank 0 that failed removes the staging
+ * directory before it waits: the job cannot land any more. */
+static mpk_status dist_agree(job *j, mpk_status s)
+{
+    if (s != MPK_OK && mpk_dist_rank() == 0 && !j->stage.attached && j->stage.tmp && j->stage.tmp[0])
+        mpk_rmrf(j->stage.tmp);
+    s = mpk_dist_agree_watch(s, j->err, j->o->cancel);
+    if (s == MPK_E_CANCELLED && j->watch)
+        watch_remove(j->watch);
+    return s;
+}
+
+/* This rank's units (the others' counted as done from the start) and what tracks the
+ * completion of the outputs it writes. */
+static mpk_status assign_units(job *j)
+{
+    const mpk_plan *p = j->p;
+    run_ctx *c = &j->c;
+    int R = mpk_dist_size(), me = mpk_dist_rank();
+    uint64_t total = 0, at = 0, *mine = mpk_calloc(p->n_outs + 1, sizeof *mine);
+    c->split = mpk_calloc(p->n_outs + 1, sizeof *c->split);
+    c->hash_after = mpk_calloc(p->n_outs + 1, sizeof *c->hash_after);
+    c->touched = mpk_calloc(p->n_shards + 1, sizeof *c->touched);
+    if (!mine || !c->split || !c->hash_after || !c->touched) {
+        free(mine);
+        return nomem(j);
+    }
+    for (size_t u = 0; u < c->n_units; u++)
+        total += c->units[u].len;
+    uint64_t per = total / (uint64_t)R + 1; /* each rank's share of the bytes in file order */
+    size_t lo = c->n_units, hi = 0;
+    for (size_t u = 0; u < c->n_units; u++) {
+        const unit *w = &c->units[u];
+        int owner = (int)((at + w->len / 2) / per); /* by its middle byte: no share overshoots by a unit */
+        at += w->len;
+        if (owner == me) {
+            lo = u < lo ? u : lo;
+            hi = u + 1;
+            mine[w->out] += w->len;
+            c->touched[w->shard] = true;
+            if (w->off == 0)
+                c->hash_after[w->out] = true; /* kept only if the output is split */
+        } else {
+            atomic_fetch_add(&c->units_done, 1);
+        }
+    }
+    c->total = 0;
+    for (size_t sh = 0; sh < p->n_shards; sh++) {
+        shard_q *q = &c->q[sh];
+        q->lo = q->lo > lo ? q->lo : lo;
+        q->hi = q->hi < hi ? q->hi : hi;
+        q->hi = q->hi > q->lo ? q->hi : q->lo;
+        atomic_store(&q->next, q->lo);
+    }
+    free(c->sh_left); /* no journal: an MPI run is not resumed */
+    free(c->syncq);
+    c->sh_left = NULL;
+    c->syncq = NULL;
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const mpk_plan_out *po = &p->outs[i];
+        c->total += mine[i];
+        c->split[i] = mine[i] > 0 && mine[i] < po->nbytes;
+        c->hash_after[i] = c->hash_after[i] && c->split[i];
+        if (c->left)
+            atomic_store(&c->left[i], mine[i]);
+        if (c->hq && !po->nbytes && me == 0) /* no unit completes it: rank 0 does */
+            c->hq[c->hq_tail++] = i;
+    }
+    free(mine);
+    return MPK_OK;
+}
+
+/* The nodes and the unit size, agreed; the plan checked the same on every rank (the same
+ * sources, sizes and outputs); the shards created by rank 0, then opened by the others. */
+static mpk_status dist_prepare(job *j)
+{
+    int me = mpk_dist_rank();
+    mpk_status s = prepare_nodes(j);
+    uint64_t ub = s == MPK_OK ? j->c.unit_bytes : UINT64_MAX, mine = plan_digest(j->p, j->o, false), d0 = mine;
+    mpk_dist_min(&ub, 1);
+    mpk_dist_bcast(&d0, sizeof d0, 0);
+    if (s == MPK_OK && d0 != mine)
+        s = mpk_error_set(j->err, MPK_E_CHANGED, 0, j->dst,
+                          "this rank planned a different conversion than rank 0 (the source differs between "
+                          "the hosts, or changed while the ranks read it)");
+    MPK_TRY(dist_agree(j, s));
+    j->c.unit_bytes = ub;
+    for (size_t sh = 0; me == 0 && sh < j->p->n_shards && s == MPK_OK; sh++)
+        s = open_shard(j, sh);
+    MPK_TRY(dist_agree(j, s));
+    for (size_t sh = 0; me != 0 && sh < j->p->n_shards && s == MPK_OK; sh++)
+        s = open_shard(j, sh);
+    if (s == MPK_OK && (s = make_units(j)) == MPK_OK)
+        s = assign_units(j);
+    return dist_agree(j, s);
+}
+
+/* After the run (s: this rank's outcome): the split outputs hashed, every hash on every rank,
+ * the shards fsynced and closed, and on rank 0 the rest of landing. */
+static mpk_status dist_finish(job *j, mpk_status s, const char *src_path, mpk_exec_stats *stats)
+{
+    const mpk_plan *p = j->p;
+    run_ctx *c = &j->c;
+    MPK_TRY(dist_agree(j, s));
+    char *buf = NULL;
+    for (size_t i = 0; c->hashes && i < p->n_outs && s == MPK_OK; i++) {
+        if (!c->hash_after[i])
+            continue;
+        const mpk_st_out *so = c->shards[p->outs[i].shard];
+        if (!buf && !(buf = mpk_alloc(HASH_CHUNK)))
+            s = nomem(j);
+        else
+            s = mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, p->outs[i].nbytes, buf,
+                                    HASH_CHUNK, so->path, p->outs[i].name, &c->hashes[i].hash, j->err);
+    }
+    free(buf);
+    MPK_TRY(dist_agree(j, s));
+    if (c->hashes)
+        MPK_TRY(mpk_hashes_share(c->hashes, p->n_outs, j->dst, j->err));
+    s = close_shards(j);
+    bool root = mpk_dist_rank() == 0;
+    if (!root && !watch_landing(j->watch)) /* past this agreement rank 0 may land */
+        s = mpk_error_set(j->err, MPK_E_CANCELLED, 0, j->dst, "cancelled; nothing was written there");
+    MPK_TRY(dist_agree(j, s));
+    if (root)
+        s = !watch_landing(j->watch) ? mpk_error_set(j->err, MPK_E_CANCELLED, 0, j->dst,
+                                                     "cancelled; nothing was written there")
+                                     : land(j, src_path, stats);
+    return dist_agree(j, s);
+}
+
+/* The staging directory: opened by rank 0, its name sent to the others. */
+static mpk_status dist_stage(job *j)
+{
+    bool root = mpk_dist_rank() == 0;
+    char tmp[8192] = "";
+    mpk_status s = root ? mpk_stage_open(&j->stage, j->dst, plan_digest(j->p, j->o, true), j->o, j->err) : MPK_OK;
+    if (root && s == MPK_OK && (size_t)snprintf(tmp, sizeof tmp, "%s", j->stage.tmp) >= sizeof tmp)
+        s = mpk_error_set(j->err, MPK_E_USAGE, 0, j->dst, "the destination's path is too long");
+    MPK_TRY(dist_agree(j, s));
+    mpk_dist_bcast(tmp, sizeof tmp, 0);
+    s = root ? MPK_OK : mpk_stage_attach(&j->stage, j->dst, tmp, j->o, j->err);
+    return dist_agree(j, s);
+}
+
+/* What is refused before anything is written. */
+static mpk_status exec_checks(const mpk_plan *p, const char *src_path, const char *dst, const mpk_exec_opts *o,
+                              mpk_error *err)
+{
+    MPK_TRY(mpk_overlap_check(src_path, p->src, dst, err));
+    struct stat st;
+    if (lstat(dst, &st) == 0 && !o->force)
+        MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
+    if (o->cancel && *o->cancel)
+        MPK_FAIL(err, MPK_E_CANCELLED, dst, "cancelled before anything was written");
+    if (o->resume && mpk_dist_size() > 1)
+        return mpk_error_set(err, MPK_E_USAGE, 0, dst,
+                             "--resume is for one process; under MPI (%d ranks) an interrupted run is "
+                             "started again", mpk_dist_size());
+    return MPK_OK;
 }
 
 mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, mpk_exec_stats *stats,
@@ -598,18 +882,14 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
 {
     double t0 = ex_now_s();
     memset(stats, 0, sizeof *stats);
+    bool dist = mpk_dist_size() > 1;
     const char *src_path = p->src->is_dir ? p->src->dir : p->src->n_shards ? p->src->shards[0].path : "";
-    MPK_TRY(mpk_overlap_check(src_path, p->src, dst, err));
-    struct stat st;
-    if (lstat(dst, &st) == 0 && !o->force)
-        MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
-    if (o->cancel && *o->cancel)
-        MPK_FAIL(err, MPK_E_CANCELLED, dst, "cancelled before anything was written");
+    MPK_TRY(mpk_dist_agree(exec_checks(p, src_path, dst, o, err), err));
     job j = {.p = p, .o = o, .dst = dst, .err = err, .b = {NULL, NULL, err}};
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN) / mpk_dist_local_size(); /* the ranks on a host share it */
     j.threads = o->threads > 0 ? o->threads : ncpu > 0 ? (int)ncpu : 1;
     j.threads = j.threads > 64 ? 64 : j.threads;
-    mpk_status s = mpk_stage_open(&j.stage, dst, plan_digest(p, o), o, err);
+    mpk_status s = dist ? dist_stage(&j) : mpk_stage_open(&j.stage, dst, plan_digest(p, o, true), o, err);
     stats->resumed = j.stage.adopted;
     stats->stale_removed = j.stage.stale_removed;
     if (s != MPK_OK) {
@@ -621,18 +901,28 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     j.c.p = p;
     j.c.o = o;
     j.c.stage = &j.stage;
+    j.c.total = p->total_bytes;
     pthread_mutex_init(&j.c.lock, NULL);
     pthread_cond_init(&j.c.cv, NULL);
     pthread_cond_init(&j.c.sq_cv, NULL);
     atomic_store(&j.c.cfr_ok, 1);
-    if ((s = prepare(&j, stats)) == MPK_OK && (s = run_threads(&j, t0)) == MPK_OK &&
-        (s = land(&j, src_path, stats)) == MPK_OK) {
+    if (dist) {
+        watch w;
+        watch_start(&w, &j);
+        if ((s = dist_prepare(&j)) == MPK_OK)
+            s = dist_finish(&j, run_threads(&j, t0), src_path, stats);
+        watch_stop(&w);
+    } else if ((s = prepare(&j, stats)) == MPK_OK && (s = run_threads(&j, t0)) == MPK_OK) {
+        s = land(&j, src_path, stats);
+    }
+    if (s == MPK_OK) {
         stats->tensors_in = p->src->n_tensors;
         stats->tensors_out = p->n_outs;
         stats->bytes_out = p->total_bytes;
         stats->threads = j.started;
         stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok);
     }
+    uint64_t read = atomic_load(&j.c.read_bytes), wrote = atomic_load(&j.c.done_bytes);
     job_free(&j);
     /* a failed run's output stays for --resume (unless it lost to another run) */
     mpk_stage_close(&j.stage, s != MPK_OK && o->resume && s != MPK_E_DST_EXISTS && s != MPK_E_OVERLAP);
@@ -640,7 +930,12 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         stats->peak_rss_kib = ru.ru_maxrss;
     stats->seconds = ex_now_s() - t0;
-    if (s != MPK_OK)
+    if (s != MPK_OK) {
         ex_err_locate(err, dst, NULL);
-    return s;
+        return s;
+    }
+    mpk_rank_stats mine; /* every rank reaches this with the same (agreed) status */
+    mpk_dist_stats_mine(&mine, read, wrote, stats->seconds);
+    stats->ranks = mpk_dist_stats_gather(&mine, &stats->n_ranks);
+    return MPK_OK;
 }

@@ -65,6 +65,7 @@ typedef struct {
     mpk_io *io;
     mpk_io_req *reqs;
     size_t n, cap;
+    uint64_t bytes;      /* source bytes read through it */
     mpk_error *err;
 } reader;
 
@@ -120,7 +121,12 @@ typedef struct {
     unit *units;
     size_t n_units;
     uint64_t unit_bytes;
+    uint64_t total;      /* the bytes this process writes (of every output, or its MPI share) */
     atomic_ullong done_bytes;
+    atomic_ullong read_bytes; /* source bytes read (or moved in the kernel) */
+    bool *split;         /* MPI: outputs this rank writes part of (hashed after the run) */
+    bool *hash_after;    /* MPI: of those, the ones whose first byte is this rank's to hash */
+    bool *touched;       /* MPI: per shard, this rank writes into it */
     atomic_size_t units_done;
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */

@@ -299,6 +299,9 @@ typedef struct mpk_exec_stats {
     bool resumed;                       /* a dead run's temporary directory was continued */
     size_t shards_kept;                 /* of its shards, how many checked out and were kept */
     size_t stale_removed;               /* dead runs' temporary directories removed */
+    mpk_rank_stats *ranks;              /* MPI (rank 0): what each rank did, n_ranks of them;
+                                           the caller frees it */
+    int n_ranks;
 } mpk_exec_stats;
 
 /* Executes plan into dst (a directory). The order, which leaves at every moment either the

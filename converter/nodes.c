@@ -33,6 +33,7 @@ mpk_status ex_node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, read
     mpk_error *err = r->err;
     switch (n->kind) {
     case N_SOURCE:
+        r->bytes += len;
         if (n->z) /* a compressed shard: its chunks decompressed now */
             return mpk_mpkz_read(n->z, n->file_off - n->data_start + off, len, buf, err);
         if (r->n == r->cap)

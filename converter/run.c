@@ -61,7 +61,7 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
     const mpk_st_out *so = c->shards[po->shard];
     uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
     mpk_status s = MPK_OK;
-    if (c->hashes)
+    if (c->hashes && !(c->split && c->split[i])) /* a split output is hashed once all ranks wrote it */
         s = mpk_hash_file_range(so->fd, base, po->nbytes, buf, HASH_CHUNK, so->path, po->name, &c->hashes[i].hash,
                                 err);
     if (s == MPK_OK && !c->o->no_fsync && po->nbytes) /* (length 0 would mean to the end) */
@@ -293,6 +293,7 @@ void *ex_worker(void *arg)
                 unlock_shard(q);
                 if (s == MPK_OK) {
                     done = true;
+                    atomic_fetch_add(&c->read_bytes, w->len);
                 } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
                            err.sys_errno == EOPNOTSUPP) {
                     atomic_store(&c->cfr_ok, 0); /* fall back to reading */
@@ -321,6 +322,7 @@ void *ex_worker(void *arg)
         }
         written(c, w);
     }
+    atomic_fetch_add(&c->read_bytes, r.bytes);
     free(buf);
     free(hbuf);
     free(r.reqs);

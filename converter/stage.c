@@ -381,6 +381,20 @@ mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const
     return s;
 }
 
+mpk_status mpk_stage_attach(mpk_stage *st, const char *dst, const char *tmp, const mpk_exec_opts *o,
+                            mpk_error *err)
+{
+    memset(st, 0, sizeof *st);
+    st->o = o;
+    st->journal_fd = -1;
+    st->attached = true;
+    st->dst = mpk_strndup(dst, strlen(dst));
+    st->tmp = mpk_strndup(tmp, strlen(tmp));
+    if (!st->dst || !st->tmp)
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    return MPK_OK;
+}
+
 bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest)
 {
     size_t k = strlen(name);
@@ -489,7 +503,7 @@ void mpk_stage_close(mpk_stage *st, bool keep)
 {
     if (st->journal_fd >= 0)
         close(st->journal_fd);
-    if (st->tmp && st->tmp[0] && !st->committed && !keep)
+    if (st->tmp && st->tmp[0] && !st->committed && !keep && !st->attached)
         mpk_rmrf(st->tmp);
     free(st->dst);
     free(st->parent);

@@ -486,7 +486,7 @@ uint64_t mpk_rand(uint64_t *s)
 
 /* ---------------------------------------------------------------- progress meter */
 
-static uint64_t now_ns(void)
+uint64_t mpk_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -498,7 +498,7 @@ void mpk_meter_start(mpk_meter *m, void (*fn)(void *, uint64_t, uint64_t, double
     m->fn = fn;
     m->ctx = ctx;
     m->total = total;
-    m->t0_ns = now_ns();
+    m->t0_ns = mpk_now_ns();
     atomic_init(&m->done, 0);
     atomic_init(&m->next_ns, m->t0_ns + 200000000ull);
     atomic_init(&m->busy, 0);
@@ -506,9 +506,12 @@ void mpk_meter_start(mpk_meter *m, void (*fn)(void *, uint64_t, uint64_t, double
 
 void mpk_meter_add(mpk_meter *m, uint64_t bytes)
 {
-    if (!m || !m->fn)
+    if (!m)
         return;
-    uint64_t done = atomic_fetch_add(&m->done, bytes) + bytes, t = now_ns();
+    uint64_t done = atomic_fetch_add(&m->done, bytes) + bytes, t;
+    if (!m->fn)
+        return;
+    t = mpk_now_ns();
     if (t < atomic_load(&m->next_ns) || atomic_exchange(&m->busy, 1))
         return;
     atomic_store(&m->next_ns, t + 200000000ull);
@@ -519,5 +522,5 @@ void mpk_meter_add(mpk_meter *m, uint64_t bytes)
 void mpk_meter_end(mpk_meter *m)
 {
     if (m && m->fn)
-        m->fn(m->ctx, m->total, m->total, (double)(now_ns() - m->t0_ns) * 1e-9);
+        m->fn(m->ctx, m->total, m->total, (double)(mpk_now_ns() - m->t0_ns) * 1e-9);
 }

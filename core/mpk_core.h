@@ -106,11 +106,14 @@ uint64_t mpk_rand(uint64_t *state);
 /* Natural-order compare: digit runs compare as numbers ("experts.2" < "experts.10"). */
 int mpk_natural_cmp(const char *a, const char *b);
 
+/* Monotonic nanoseconds. */
+uint64_t mpk_now_ns(void);
+
 typedef struct mpk_meter mpk_meter;
 #ifndef __cplusplus /* C11 atomics: C only (the CUDA code includes this header as C++) */
 /* Progress of a long read (hash, verify, compress): bytes done of a total, told to fn at most
  * about 5 times a second and once at the end, from whichever thread adds bytes (one at a time).
- * A NULL fn makes every call a no-op. */
+ * With a NULL fn nothing is told; done still counts. */
 struct mpk_meter {
     void (*fn)(void *ctx, uint64_t done, uint64_t total, double seconds);
     void *ctx;
@@ -125,6 +128,45 @@ void mpk_meter_add(mpk_meter *m, uint64_t bytes);
 /* The last report (done == total). */
 void mpk_meter_end(mpk_meter *m);
 #endif
+
+
+/* ---------------------------------------------------------------- MPI ranks (dist.c) */
+
+/* One job across MPI ranks; without MPI, or not started by a launcher, one rank and no-ops.
+ * Every function marked collective is entered by every rank, in the same order. */
+bool mpk_dist_launched(void);            /* mpirun/srun's variables are set */
+int mpk_dist_begin(int *argc, char ***argv); /* joins the job when launched; the number of ranks */
+void mpk_dist_end(void);                 /* MPI_Finalize (once) */
+void mpk_dist_solo(void);                /* from now on this process works alone (size 1) */
+int mpk_dist_rank(void);
+int mpk_dist_size(void);                 /* ranks working together: 1 when not distributed */
+int mpk_dist_local_size(void);           /* of them, on this host */
+bool mpk_dist_joined(void);              /* started by a launcher and joined (even as 1 rank) */
+/* Collective: MPK_OK on every rank when every rank passed MPK_OK; else every rank gets, in
+ * *err, the error of the lowest failing rank (its message naming that rank and host). */
+mpk_status mpk_dist_agree(mpk_status s, mpk_error *err);
+/* The same, giving up (MPK_E_CANCELLED, and MPI is not finalized) when *cancel is raised
+ * while it waits for the others. */
+mpk_status mpk_dist_agree_watch(mpk_status s, mpk_error *err, const volatile int *cancel);
+void mpk_dist_bcast(void *buf, size_t len, int root);   /* collective */
+void mpk_dist_xor(uint64_t *v, size_t n);               /* collective, in place */
+void mpk_dist_min(uint64_t *v, size_t n);               /* collective, in place */
+/* Collective: rank 0 receives every rank's len bytes into all (size x len bytes). */
+void mpk_dist_gather(const void *mine, size_t len, void *all);
+/* The rank (of n) with the least load, which then carries bytes more: deterministic greedy
+ * balance, the same on every rank given the same sequence. */
+int mpk_dist_owner(uint64_t *load, int n, uint64_t bytes);
+
+typedef struct mpk_rank_stats {
+    int rank;
+    char host[64];
+    uint64_t bytes_read, bytes_written;
+    double seconds;
+} mpk_rank_stats;
+void mpk_dist_stats_mine(mpk_rank_stats *s, uint64_t bytes_read, uint64_t bytes_written, double seconds);
+/* Collective: on rank 0 every rank's stats (*n of them, free()), elsewhere NULL; NULL when
+ * not joined. */
+mpk_rank_stats *mpk_dist_stats_gather(const mpk_rank_stats *mine, int *n);
 
 #ifdef __cplusplus
 }

@@ -75,7 +75,8 @@ typedef struct {
 typedef struct hash_job {
     const mpk_ckpt *c;
     mpk_tensor_hash *t;
-    const sized *order;          /* tensors, largest first */
+    const sized *order;          /* tensors, largest first (under MPI: this rank's) */
+    size_t n;
     mpk_meter *meter;
     atomic_size_t next;
     atomic_bool failed;
@@ -91,7 +92,7 @@ static void *hash_worker(void *arg)
         mpk_error_set(&e, MPK_E_NOMEM, 0, j->c->dir, "out of memory");
         goto fail;
     }
-    for (size_t k; !atomic_load(&j->failed) && (k = atomic_fetch_add(&j->next, 1)) < j->c->n_tensors;) {
+    for (size_t k; !atomic_load(&j->failed) && (k = atomic_fetch_add(&j->next, 1)) < j->n;) {
         size_t i = j->order[k].i;
         if (mpk_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
             goto fail;
@@ -110,6 +111,20 @@ static int larger_first(const void *a, const void *b)
 {
     uint64_t x = ((const sized *)a)->bytes, y = ((const sized *)b)->bytes;
     return x < y ? 1 : x > y ? -1 : 0;
+}
+
+mpk_status mpk_hashes_share(mpk_tensor_hash *t, size_t n, const char *dir, mpk_error *err)
+{
+    uint64_t *h = mpk_calloc(2 * n + 1, sizeof *h);
+    mpk_status s = h ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    for (size_t i = 0; h && i < n; i++)
+        h[2 * i] = t[i].hash.hi, h[2 * i + 1] = t[i].hash.lo;
+    MPK_TRY(mpk_dist_agree(s, err));
+    mpk_dist_xor(h, 2 * n);
+    for (size_t i = 0; i < n; i++)
+        t[i].hash = (mpk_hash128){h[2 * i], h[2 * i + 1]};
+    free(h);
+    return MPK_OK;
 }
 
 mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_meter *meter,
@@ -132,13 +147,29 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
         order[i] = (sized){ct->nbytes, i};
     }
     qsort(order, c->n_tensors, sizeof *order, larger_first);
-    hash_job j = {.c = c, .t = t, .order = order, .meter = meter};
+    /* under MPI each rank hashes its share (largest first to the least loaded rank) */
+    size_t n_mine = c->n_tensors;
+    int R = mpk_dist_size();
+    uint64_t *load = R > 1 ? mpk_calloc((size_t)R, sizeof *load) : NULL;
+    if (R > 1 && !load) {
+        free(t);
+        free(order);
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    }
+    if (load) {
+        n_mine = 0;
+        for (size_t k = 0; k < c->n_tensors; k++)
+            if (mpk_dist_owner(load, R, order[k].bytes) == mpk_dist_rank())
+                order[n_mine++] = order[k];
+        free(load);
+    }
+    hash_job j = {.c = c, .t = t, .order = order, .n = n_mine, .meter = meter};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, false);
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN) / mpk_dist_local_size(); /* the ranks on a host share it */
     int n = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
-    if ((size_t)n > c->n_tensors)
-        n = c->n_tensors ? (int)c->n_tensors : 1;
+    if ((size_t)n > n_mine)
+        n = n_mine ? (int)n_mine : 1;
     pthread_t tid[16];
     int started = 0;
     while (started < n - 1 && pthread_create(&tid[started], NULL, hash_worker, &j) == 0)
@@ -147,12 +178,15 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
     for (int i = 0; i < started; i++)
         pthread_join(tid[i], NULL);
     free(order);
+    mpk_status s = MPK_OK;
     if (atomic_load(&j.failed)) {
         *err = j.err;
-        free(t);
-        return err->code;
+        s = err->code;
     }
-    mpk_status s = mpk_ckpt_check_unchanged(c, err);
+    if (s == MPK_OK)
+        s = mpk_ckpt_check_unchanged(c, err);
+    if ((s = mpk_dist_agree(s, err)) == MPK_OK && R > 1)
+        s = mpk_hashes_share(t, c->n_tensors, c->dir, err);
     if (s != MPK_OK) {
         free(t);
         return s;

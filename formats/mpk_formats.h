@@ -156,6 +156,10 @@ mpk_status mpk_st_out_create_exact(const char *path, const char *hdr, size_t hle
 mpk_status mpk_st_out_reopen(const char *path, mpk_tensor_info *tensors, size_t n,
                              const mpk_kv *meta, size_t n_meta, int data_phase, mpk_st_out **out,
                              mpk_error *err);
+/* mpk_st_out_create_exact's file, created by another process (an MPI rank): opened when its
+ * size and header bytes are exactly these (else MPK_E_DST_EXISTS). */
+mpk_status mpk_st_out_reopen_exact(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors,
+                                   size_t n, uint64_t data_size, mpk_st_out **out, mpk_error *err);
 /* Writes len bytes at offset off of tensor i. Thread-safe (pwrite). */
 mpk_status mpk_st_out_write(mpk_st_out *o, size_t i, uint64_t off, const void *buf, size_t len,
                             mpk_error *err);
@@ -290,9 +294,13 @@ typedef struct mpk_tensor_hash {
 /* XXH3-128 of tensor t's bytes, read through buf (cap bytes, 16 MiB). Thread-safe. */
 mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *buf, mpk_hash128 *out,
                            mpk_error *err);
+/* Collective (MPI): every rank's hashes to every rank, t[i].hash set on exactly one rank and
+ * zero on the others (they meet by XOR). */
+mpk_status mpk_hashes_share(mpk_tensor_hash *t, size_t n, const char *where, mpk_error *err);
 /* Hashes every tensor of c (natural name order) and the whole-checkpoint digest. *out is
  * malloc'd (n = c->n_tensors entries), names borrowed from c. Bounded memory (16 MiB reads
- * per thread, up to 16 threads). */
+ * per thread, up to 16 threads). Collective under MPI: each rank hashes its share (balanced
+ * by bytes) and every rank gets every hash. */
 mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *digest, mpk_meter *meter,
                           mpk_error *err);
 /* The digest of records t[0..n) (in the order given: natural name order for a manifest). */

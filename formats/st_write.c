@@ -278,15 +278,27 @@ mpk_status mpk_st_out_create(const char *path, mpk_tensor_info *tensors, size_t 
     return st_out_open(path, tensors, n, meta, n_meta, data_phase, false, out, err);
 }
 
-mpk_status mpk_st_out_create_exact(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors,
-                                   size_t n, uint64_t data_size, mpk_st_out **out, mpk_error *err)
+static mpk_status exact_open(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors, size_t n,
+                             uint64_t data_size, bool reopen, mpk_st_out **out, mpk_error *err)
 {
     *out = NULL;
     char *copy = mpk_alloc(hlen ? hlen : 1);
     if (!copy)
         MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
     memcpy(copy, hdr, hlen);
-    return open_with(path, copy, hlen, data_size, tensors, n, false, out, err);
+    return open_with(path, copy, hlen, data_size, tensors, n, reopen, out, err);
+}
+
+mpk_status mpk_st_out_create_exact(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors,
+                                   size_t n, uint64_t data_size, mpk_st_out **out, mpk_error *err)
+{
+    return exact_open(path, hdr, hlen, tensors, n, data_size, false, out, err);
+}
+
+mpk_status mpk_st_out_reopen_exact(const char *path, const char *hdr, size_t hlen, mpk_tensor_info *tensors,
+                                   size_t n, uint64_t data_size, mpk_st_out **out, mpk_error *err)
+{
+    return exact_open(path, hdr, hlen, tensors, n, data_size, true, out, err);
 }
 
 mpk_status mpk_st_out_reopen(const char *path, mpk_tensor_info *tensors, size_t n,

@@ -507,22 +507,23 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     if (report)
         *report = NULL;
     MPK_TRY(check_req(r, true, err));
+    bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);
     mpk_status s = plan_job(r, false, &j, &plan, err);
-    if (s != MPK_OK)
-        return s;
-    if (plan->layout && plan->layout->config_text) /* the release's own config.json, verbatim */
+    if (s == MPK_OK && plan->layout && plan->layout->config_text) /* the release's own config.json, verbatim */
         cfg_text = mpk_strndup(plan->layout->config_text, strlen(plan->layout->config_text));
-    else if ((s = requant_config(r, j, plan, &cfg_text, err)) != MPK_OK)
+    else if (s == MPK_OK)
+        s = requant_config(r, j, plan, &cfg_text, err);
+    if (s == MPK_OK) {
+        j->manifest = manifest;
+        j->compress_level = !(r->flags & MPK_CONVERT_COMPRESS) ? 0 : r->compress_level ? r->compress_level : 1;
+        j->threads = r->threads;
+        if (manifest && !(j->prov = provenance(r, j, err)))
+            s = err->code ? err->code : MPK_E_NOMEM;
+    }
+    /* under MPI every rank planned the same: one that could not fails them all */
+    if ((s = mpk_dist_agree(s, err)) != MPK_OK)
         goto out;
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
-    bool manifest = !(r->flags & MPK_CONVERT_NO_MANIFEST);
-    j->manifest = manifest;
-    j->compress_level = !(r->flags & MPK_CONVERT_COMPRESS) ? 0 : r->compress_level ? r->compress_level : 1;
-    j->threads = r->threads;
-    if (manifest && !(j->prov = provenance(r, j, err))) {
-        s = err->code ? err->code : MPK_E_NOMEM;
-        goto out;
-    }
     static const char *const skip[] = {MPK_SOURCE_NAME, NULL}; /* written (or not) by finish */
     mpk_exec_opts eo = {
         .threads = r->threads,
@@ -553,6 +554,7 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     mpk_error ig;
     if (convert_report(r, plan, &st, report, &ig) != MPK_OK && report)
         *report = NULL;
+    free(st.ranks);
 out:
     free(cfg_text);
     mpk_plan_free(plan);
@@ -595,6 +597,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON_AddBoolToObject(o, "resumed", st->resumed);
     cJSON_AddNumberToObject(o, "shards_kept", (double)st->shards_kept);
     cJSON_AddNumberToObject(o, "stale_removed", (double)st->stale_removed);
+    mpk_lib_ranks_json(o, st->ranks, st->n_ranks);
     mpk_status s = mpk_report_set_json(rep, "moepack.convert/1", o, err);
     char *buf, hb[32], hr[32];
     size_t len;
@@ -611,6 +614,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
         if (st->resumed)
             fprintf(f, "resumed an interrupted run: %zu of %zu shard(s) kept after their hashes checked out\n",
                     st->shards_kept, p->n_shards);
+        mpk_lib_ranks_text(f, st->ranks, st->n_ranks);
     }
     if (s == MPK_OK)
         s = mpk_report_end_text(rep, f, &buf, err);

@@ -5,7 +5,8 @@
  * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
  * fail, or the process die there (tests of crash safety); N:stop stops it there until SIGCONT;
  * N:ENOMEM makes the Nth allocation fail (cJSON's included); MOEPACK_FAULT=count prints how
- * many of each there were at exit. */
+ * many of each there were at exit. Under mpirun/srun, MOEPACK_FAULT_RANK=R arms it in rank R
+ * only (read from the launcher's variables: this runs before MPI starts). */
 #define _GNU_SOURCE
 #include "lib_internal.h"
 
@@ -34,9 +35,16 @@ static void route_cjson(void)
 
 __attribute__((constructor)) static void fault_from_env(void)
 {
-    const char *f = getenv("MOEPACK_FAULT");
+    const char *f = getenv("MOEPACK_FAULT"), *only = getenv("MOEPACK_FAULT_RANK");
     if (!f || !*f)
         return;
+    if (only) {
+        const char *r = getenv("OMPI_COMM_WORLD_RANK");
+        r = r ? r : getenv("PMIX_RANK");
+        r = r ? r : getenv("PMI_RANK");
+        if (!r || strcmp(r, only) != 0)
+            return;
+    }
     if (strcmp(f, "count") == 0) {
         route_cjson();
         atexit(count_faults);

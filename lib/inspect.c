@@ -4,6 +4,7 @@
 #include "mpk_config.h"
 
 #include <cjson/cJSON.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,10 +13,25 @@ const char *mpk_version(void)
     return MPK_VERSION;
 }
 
+#if MPK_HAVE_IO_URING
+#define F_URING "yes"
+#else
+#define F_URING "no"
+#endif
+#if MPK_HAVE_CUDA
+#define F_CUDA "yes"
+#else
+#define F_CUDA "no"
+#endif
+#if MPK_HAVE_MPI
+#define F_MPI "yes"
+#else
+#define F_MPI "no"
+#endif
+
 const char *mpk_features(void)
 {
-    return MPK_HAVE_IO_URING ? (MPK_HAVE_CUDA ? "io_uring=yes cuda=yes" : "io_uring=yes cuda=no")
-                             : (MPK_HAVE_CUDA ? "io_uring=no cuda=yes" : "io_uring=no cuda=no");
+    return "io_uring=" F_URING " cuda=" F_CUDA " mpi=" F_MPI;
 }
 
 /* ---------------------------------------------------------------- checkpoints */
@@ -227,9 +243,15 @@ mpk_status mpk_inspect(const char *path, mpk_report **out, mpk_error *err)
 /* ---------------------------------------------------------------- hash */
 
 static mpk_status hash_report(mpk_report *r, const mpk_ckpt *c, const mpk_tensor_hash *t, mpk_hash128 d,
-                              mpk_error *err)
+                              const mpk_rank_stats *ranks, int n_ranks, mpk_error *err)
 {
     char *text = mpk_manifest_format(t, c->n_tensors, d, NULL);
+    if (text && ranks) { /* under MPI the manifest document carries what each rank did */
+        cJSON *doc = cJSON_Parse(text);
+        free(text);
+        text = doc && mpk_lib_ranks_json(doc, ranks, n_ranks) ? mpk_json_print(doc, true) : NULL;
+        cJSON_Delete(doc);
+    }
     if (!text)
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     free(r->json);
@@ -268,15 +290,23 @@ mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *
     mpk_report *r = NULL;
     mpk_meter meter;
     mpk_meter_start(&meter, progress, ctx, c->total_bytes);
-    mpk_status s = mpk_hash_ckpt(c, &t, &d, &meter, err);
-    if (s == MPK_OK)
+    mpk_status s = mpk_hash_ckpt(c, &t, &d, &meter, err); /* collective under MPI: agreed */
+    mpk_rank_stats mine, *ranks = NULL;
+    int n_ranks = 0;
+    if (s == MPK_OK) {
         mpk_meter_end(&meter);
+        mpk_dist_stats_mine(&mine, atomic_load(&meter.done), 0, (double)(mpk_now_ns() - meter.t0_ns) * 1e-9);
+        ranks = mpk_dist_stats_gather(&mine, &n_ranks);
+    }
+    bool hashed = s == MPK_OK;
     if (s == MPK_OK && !(r = mpk_report_new()))
         s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
     if (s == MPK_OK)
-        s = hash_report(r, c, t, d, err);
-    /* the manifest replaces an old one atomically (mpk_write_file); t is sorted as it is */
-    if (s == MPK_OK && (flags & MPK_HASH_WRITE)) {
+        s = hash_report(r, c, t, d, ranks, n_ranks, err);
+    free(ranks);
+    /* the manifest replaces an old one atomically (mpk_write_file); t is sorted as it is; under
+     * MPI rank 0 writes it, and every rank returns its outcome */
+    if (s == MPK_OK && (flags & MPK_HASH_WRITE) && mpk_dist_rank() == 0) {
         /* the provenance an existing manifest records is kept: the hashes are refreshed, the
          * history of how the checkpoint was made is not the hasher's to drop */
         cJSON *old = NULL;
@@ -289,6 +319,8 @@ mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *
         s = mpk_manifest_write_hashes(c->dir, t, c->n_tensors, cJSON_IsObject(prov) ? prov : NULL, err);
         cJSON_Delete(old);
     }
+    if (hashed)
+        s = mpk_dist_agree(s, err);
     free(t);
     mpk_ckpt_close(c);
     if (s != MPK_OK) {

@@ -45,6 +45,9 @@ mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool
 
 /* The moepack_layout marker of c's first shard ("packed", "per-expert"), or NULL. */
 const char *mpk_lib_layout_marker(const mpk_ckpt *c);
+/* A report's "ranks" array (MPI: what each rank did) and its text lines; nothing for NULL. */
+bool mpk_lib_ranks_json(cJSON *o, const mpk_rank_stats *r, int n);
+void mpk_lib_ranks_text(FILE *f, const mpk_rank_stats *r, int n);
 
 /* The source record pack keeps in a packed checkpoint (lib/source.c has its format). */
 #define MPK_SOURCE_NAME "moepack.source.zst"

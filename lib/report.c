@@ -149,3 +149,32 @@ void mpk_report_free(mpk_report *r)
     mpk_arena_free(r->arena);
     free(r);
 }
+
+bool mpk_lib_ranks_json(cJSON *o, const mpk_rank_stats *r, int n)
+{
+    if (!r)
+        return true;
+    cJSON *a = cJSON_AddArrayToObject(o, "ranks");
+    for (int i = 0; a && i < n; i++) {
+        cJSON *e = cJSON_CreateObject();
+        if (!e || !cJSON_AddItemToArray(a, e)) {
+            cJSON_Delete(e);
+            return false;
+        }
+        if (!cJSON_AddNumberToObject(e, "rank", r[i].rank) || !cJSON_AddStringToObject(e, "host", r[i].host) ||
+            !cJSON_AddNumberToObject(e, "bytes_read", (double)r[i].bytes_read) ||
+            !cJSON_AddNumberToObject(e, "bytes_written", (double)r[i].bytes_written) ||
+            !cJSON_AddNumberToObject(e, "seconds", r[i].seconds))
+            return false;
+    }
+    return a != NULL;
+}
+
+void mpk_lib_ranks_text(FILE *f, const mpk_rank_stats *r, int n)
+{
+    char hr[32], hw[32];
+    for (int i = 0; r && i < n; i++)
+        fprintf(f, "MPI rank %d of %d on %s: read %s, wrote %s, %.2f s\n", r[i].rank, n, r[i].host,
+                mpk_human_bytes(r[i].bytes_read, hr, sizeof hr), mpk_human_bytes(r[i].bytes_written, hw, sizeof hw),
+                r[i].seconds);
+}

@@ -1,0 +1,224 @@
+/* dist.c — one job across MPI ranks. When the program was started by mpirun or srun (and
+ * moepack was built with MPI), mpk_dist_begin joins the job and the distributed operations
+ * (the executor, checkpoint hashing) split their work by rank; everything else, and every
+ * build without MPI, sees one rank and calls nothing here but no-ops. Only the calling thread
+ * of an operation talks MPI (MPI_THREAD_FUNNELED); every collective below is entered by every
+ * rank in the same order, which is why each phase of a distributed operation ends in
+ * mpk_dist_agree: a rank that failed still takes part in it, and every rank then fails with the
+ * first failing rank's error. */
+#define _GNU_SOURCE
+#include "mpk_core.h"
+#include "mpk_config.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if MPK_HAVE_MPI
+#include <mpi.h>
+#endif
+
+static int g_rank, g_size = 1, g_local = 1;
+static bool g_joined, g_broken; /* broken: left a collective unfinished (cancelled) */
+
+/* The variables the launchers set in every process they start: Open MPI's mpirun, PMIx (srun
+ * --mpi=pmix, prterun), PMI-1/2 (srun --mpi=pmi2, MPICH's hydra). */
+bool mpk_dist_launched(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", NULL};
+    for (int i = 0; vars[i]; i++)
+        if (getenv(vars[i]))
+            return true;
+    return false;
+}
+
+int mpk_dist_begin(int *argc, char ***argv)
+{
+#if MPK_HAVE_MPI
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (g_joined || (!inited && !mpk_dist_launched()))
+        return g_size;
+    int provided;
+    if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return 1;
+    g_joined = true;
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    MPI_Comm node;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_size(node, &g_local);
+        MPI_Comm_free(&node);
+    }
+#else
+    (void)argc, (void)argv;
+#endif
+    return g_size;
+}
+
+void mpk_dist_end(void)
+{
+#if MPK_HAVE_MPI
+    int fin = 0;
+    if (g_joined && !g_broken && MPI_Finalized(&fin) == MPI_SUCCESS && !fin)
+        MPI_Finalize();
+#endif
+    g_size = 1;
+}
+
+void mpk_dist_solo(void)
+{
+    g_size = 1;
+}
+
+int mpk_dist_rank(void)
+{
+    return g_rank;
+}
+
+int mpk_dist_size(void)
+{
+    return g_size;
+}
+
+int mpk_dist_local_size(void)
+{
+    return g_size > 1 ? g_local : 1;
+}
+
+bool mpk_dist_joined(void)
+{
+    return g_joined && g_size >= 1;
+}
+
+mpk_status mpk_dist_agree(mpk_status s, mpk_error *err)
+{
+    return mpk_dist_agree_watch(s, err, NULL);
+}
+
+mpk_status mpk_dist_agree_watch(mpk_status s, mpk_error *err, const volatile int *cancel)
+{
+#if MPK_HAVE_MPI
+    if (g_size < 2)
+        return s;
+    int mine = s != MPK_OK ? g_rank : INT_MAX, first = INT_MAX;
+    if (!cancel) {
+        MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    } else {
+        MPI_Request rq;
+        MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &rq);
+        for (int done = 0; MPI_Test(&rq, &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && !done;) {
+            if (*cancel) { /* (mpirun's SIGTERM after a rank died: the others never come) */
+                g_broken = true;
+                return mpk_error_set(err, MPK_E_CANCELLED, 0, "", "cancelled while waiting for the other MPI ranks");
+            }
+            struct timespec ts = {0, 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (first == INT_MAX)
+        return MPK_OK;
+    mpk_error e = {0};
+    if (g_rank == first)
+        e = *err;
+    MPI_Bcast(&e, (int)sizeof e, MPI_BYTE, first, MPI_COMM_WORLD);
+    char host[64] = "";
+    if (g_rank == first)
+        gethostname(host, sizeof host - 1);
+    MPI_Bcast(host, (int)sizeof host, MPI_BYTE, first, MPI_COMM_WORLD);
+    char what[sizeof e.msg];
+    snprintf(what, sizeof what, "%s", mpk_error_what(&e));
+    mpk_error_set(err, e.code, e.sys_errno, e.where, "%s (MPI rank %d of %d, on %s)", what, first, g_size, host);
+    return err->code;
+#else
+    (void)err;
+    return s;
+#endif
+}
+
+void mpk_dist_bcast(void *buf, size_t len, int root)
+{
+#if MPK_HAVE_MPI
+    for (size_t off = 0; g_size > 1 && off < len; off += 1u << 30) {
+        size_t n = len - off < (1u << 30) ? len - off : (1u << 30);
+        MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, root, MPI_COMM_WORLD);
+    }
+#else
+    (void)buf, (void)len, (void)root;
+#endif
+}
+
+#if MPK_HAVE_MPI
+static void allreduce_u64(uint64_t *v, size_t n, MPI_Op op)
+{
+    for (size_t off = 0; g_size > 1 && off < n; off += 1u << 27) {
+        size_t k = n - off < (1u << 27) ? n - off : (1u << 27);
+        MPI_Allreduce(MPI_IN_PLACE, v + off, (int)k, MPI_UINT64_T, op, MPI_COMM_WORLD);
+    }
+}
+#endif
+
+void mpk_dist_xor(uint64_t *v, size_t n)
+{
+#if MPK_HAVE_MPI
+    allreduce_u64(v, n, MPI_BXOR);
+#else
+    (void)v, (void)n;
+#endif
+}
+
+void mpk_dist_min(uint64_t *v, size_t n)
+{
+#if MPK_HAVE_MPI
+    allreduce_u64(v, n, MPI_MIN);
+#else
+    (void)v, (void)n;
+#endif
+}
+
+void mpk_dist_gather(const void *mine, size_t len, void *all)
+{
+#if MPK_HAVE_MPI
+    if (g_size > 1) {
+        MPI_Gather(mine, (int)len, MPI_BYTE, all, (int)len, MPI_BYTE, 0, MPI_COMM_WORLD);
+        return;
+    }
+#endif
+    memcpy(all, mine, len);
+}
+
+int mpk_dist_owner(uint64_t *load, int n, uint64_t bytes)
+{
+    int best = 0;
+    for (int r = 1; r < n; r++)
+        if (load[r] < load[best])
+            best = r;
+    load[best] += bytes;
+    return best;
+}
+
+void mpk_dist_stats_mine(mpk_rank_stats *s, uint64_t bytes_read, uint64_t bytes_written, double seconds)
+{
+    memset(s, 0, sizeof *s);
+    s->rank = g_rank;
+    gethostname(s->host, sizeof s->host - 1);
+    s->bytes_read = bytes_read;
+    s->bytes_written = bytes_written;
+    s->seconds = seconds;
+}
+
+mpk_rank_stats *mpk_dist_stats_gather(const mpk_rank_stats *mine, int *n)
+{
+    *n = 0;
+    if (!g_joined)
+        return NULL;
+    mpk_rank_stats *all = g_rank == 0 ? mpk_calloc((size_t)g_size, sizeof *all) : NULL;
+    mpk_rank_stats dummy[1];
+    mpk_dist_gather(mine, sizeof *mine, all ? (void *)all : (void *)dummy);
+    if (all)
+        *n = g_size;
+    return all;
+}

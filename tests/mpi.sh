@@ -1,0 +1,131 @@
+#!/bin/bash
+# mpi.sh MOEPACK — moepack under mpirun (1, 2, 3 and 5 ranks on this host) against the same
+# commands run as one process: the same files byte for byte (pack, unpack, FP8 pack kept and
+# dequantized, convert with a spec, one output shard split between ranks), the same hashes and
+# verdicts (hash, hash --write, verify), a "ranks" report in which every rank wrote bytes, a
+# rank killed mid-run (non-zero exit, nothing at DST, no staging directory left behind by a
+# dead rank other than 0; a dead rank 0's is removed by the next run), --resume refused, and a
+# command that does not split its work run by rank 0 alone. Exit 77 (skipped) without mpirun
+# or without MPI built in.
+set -u
+M=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+command -v mpirun >/dev/null || { echo "mpi: no mpirun: skipped"; exit 77; }
+"$M" version | grep -q "mpi=yes" || { echo "mpi: moepack built without MPI: skipped"; exit 77; }
+# (root in CI containers; --oversubscribe: 5 ranks on 2 cores)
+MPR=(mpirun --allow-run-as-root --oversubscribe)
+tmp=$(mktemp -d /tmp/mpk-mpi-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+check() { # DESCRIPTION COMMAND...: the command succeeds
+    local what=$1; shift
+    if "$@"; then ok; else bad "$what"; fi
+}
+json() { # FILE PYTHON-EXPR over d
+    python3 -c "import json, sys; d = json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$1"
+}
+
+# sources: a per-expert Qwen3-MoE checkpoint, a DeepSeek-V3-style FP8 one, a spec file
+"$M" synth --arch qwen3_moe --layers 2 --experts 16 --hidden 256 --intermediate 128 --vocab 512 --shards 3 \
+    "$tmp/src" >/dev/null || { echo "mpi: synth failed"; exit 1; }
+"$M" synth --arch deepseek_v3 --layers 2 --experts 8 --hidden 256 --intermediate 256 --vocab 512 --quant fp8 \
+    "$tmp/fp8" >/dev/null || { echo "mpi: synth fp8 failed"; exit 1; }
+"$M" presets qwen3_moe > "$tmp/spec.json"
+
+# name|command after SRC DST — each run once as one process (the reference), then under mpirun
+cases=(
+    "pack|pack src @ --max-shard-size 1MB --mem 4MiB"
+    "pack-one-shard|pack src @ --mem 2MiB"
+    "unpack|unpack ref-pack @"
+    "fp8-keep|pack fp8 @ --max-shard-size 1MB"
+    "fp8-dequant|pack fp8 @ --dequantize --max-shard-size 1MB"
+    "convert|convert src @ --spec spec.json --max-shard-size 1MB"
+)
+cd "$tmp" || exit 1
+for c in "${cases[@]}"; do
+    name=${c%%|*} cmd=${c#*|}
+    # shellcheck disable=SC2086
+    "$M" ${cmd/@/ref-$name} -q || bad "reference $name"
+done
+for n in 1 2 3 5; do
+    for c in "${cases[@]}"; do
+        name=${c%%|*} cmd=${c#*|}
+        out=mpi$n-$name
+        # shellcheck disable=SC2086
+        if ! "${MPR[@]}" -n $n "$M" ${cmd/@/$out} --json > "$out.json" 2> "$out.err"; then
+            bad "$n ranks: $name failed: $(tail -3 "$out.err")"
+            continue
+        fi
+        check "$n ranks: $name gives the files of one process" diff -r "ref-$name" "$out"
+        check "$n ranks: $name reports $n ranks" json "$out.json" "len(d['ranks']) == $n and sorted(r['rank'] for r in d['ranks']) == list(range($n)) and all(r['host'] and r['seconds'] >= 0 for r in d['ranks'])"
+        check "$n ranks: $name: the ranks wrote every byte once" json "$out.json" "sum(r['bytes_written'] for r in d['ranks']) == d['bytes']"
+        check "$n ranks: $name: every rank wrote" json "$out.json" "all(r['bytes_written'] > 0 for r in d['ranks'])"
+        rm -rf "$out"
+    done
+done
+
+# hash and verify: the same digest and verdicts; hash --write the same manifest
+"$M" hash ref-pack --json > hash1.json
+for n in 2 3; do
+    "${MPR[@]}" -n $n "$M" hash ref-pack --json > hash$n.json 2>/dev/null || bad "$n ranks: hash failed"
+    check "$n ranks: hash gives one process's digest" json hash$n.json \
+        "d['digest'] == json.load(open('hash1.json'))['digest'] and d['tensors'] == json.load(open('hash1.json'))['tensors'] and len(d['ranks']) == $n"
+    check "$n ranks: every rank hashed" json hash$n.json "all(r['bytes_read'] > 0 for r in d['ranks'])"
+    "${MPR[@]}" -n $n "$M" verify ref-pack -q >/dev/null 2>&1
+    rc=$?
+    [ $rc = 0 ] && ok || bad "$n ranks: verify of an intact checkpoint: exit $rc"
+    cp -r ref-pack rewritten && rm rewritten/moepack.manifest.json
+    "${MPR[@]}" -n $n "$M" hash rewritten --write -q >/dev/null 2>&1 || bad "$n ranks: hash --write failed"
+    check "$n ranks: hash --write writes one process's manifest" json rewritten/moepack.manifest.json \
+        "d['digest'] == json.load(open('hash1.json'))['digest']"
+    rm -rf rewritten
+done
+cp -r ref-pack changed
+python3 - changed <<'PY'
+import glob, json, struct, sys
+path = sorted(glob.glob(sys.argv[1] + "/*.safetensors"))[-1]
+with open(path, "r+b") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    f.seek(8 + n + 100)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+PY
+"${MPR[@]}" -n 3 "$M" verify changed --json > changed.json 2>/dev/null
+rc=$?
+[ $rc = 3 ] && ok || bad "3 ranks: verify of a changed checkpoint: exit $rc, not 3"
+check "3 ranks: verify names the one changed tensor" json changed.json "len(d['differences']) == 1 and d['differences'][0]['kind'] == 'content'"
+
+# a rank killed at its 3rd write (MOEPACK_FAULT_RANK arms the fault hook in that rank only)
+for r in 1 2 0; do
+    rm -rf killed .killed.*
+    MOEPACK_FAULT_RANK=$r MOEPACK_FAULT=3:kill "${MPR[@]}" -n 3 "$M" pack src killed --max-shard-size 1MB \
+        --mem 4MiB --no-copy-range >/dev/null 2>&1
+    rc=$?
+    [ $rc != 0 ] && ok || bad "rank $r killed: the job exited 0"
+    [ ! -e killed ] && ok || bad "rank $r killed: DST exists"
+    if [ $r != 0 ]; then
+        left=$(ls -A | grep -c '^\.killed\.moepack-tmp')
+        [ "$left" = 0 ] && ok || bad "rank $r killed: the staging directory was left behind"
+    fi
+done
+"${MPR[@]}" -n 3 "$M" pack src killed --max-shard-size 1MB --json > again.json 2>/dev/null || bad "the run after a killed rank 0 failed"
+check "the run after a killed rank 0 removed its staging directory" json again.json "d['stale_removed'] >= 1"
+check "... and left none of its own" test "$(ls -A | grep -c '^\.killed\.moepack-tmp')" = 0
+check "... and wrote one process's files" diff -r ref-pack killed
+
+# --resume is refused under MPI (usage: exit 2), nothing written
+"${MPR[@]}" -n 2 "$M" pack src resumed --resume -q >/dev/null 2>&1
+rc=$?
+[ $rc = 2 ] && ok || bad "--resume under 2 ranks: exit $rc, not 2"
+[ ! -e resumed ] && ok || bad "--resume under 2 ranks wrote DST"
+# a command that does not split its work runs on rank 0 alone
+"${MPR[@]}" -n 3 "$M" synth --arch mixtral solo > solo.out 2>&1
+rc=$?
+[ $rc = 0 ] && ok || bad "synth under 3 ranks: exit $rc: $(tail -3 solo.out)"
+check "synth under 3 ranks wrote one checkpoint" test -f solo/config.json
+check "... and printed once" test "$(grep -c 'solo' solo.out)" -le 2
+
+echo "mpi: $pass passed, $fail failed"
+[ $fail = 0 ]
