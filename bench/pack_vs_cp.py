@@ -2,6 +2,7 @@
 """pack / unpack against cp -r of the same bytes, interleaved in one run.
 
 usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]
+                     [--mpi N,...]
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
 order that rotates from round to round, and deletes its output before the next; the page
@@ -9,7 +10,8 @@ cache is warmed first. Reported per command: median and minimum over the rounds,
 median of the per-round ratios against the baseline timed in the same round (cp -r for the
 commands without fsync, cp -r + sync for pack with its fsync). --sweep times pack --no-fsync
 with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync of a second
-build (an earlier commit, say), to compare the two in the same rounds.
+build (an earlier commit, say), to compare the two in the same rounds. --mpi 1,2 adds pack under
+`mpirun -n 1` and `mpirun -n 2` (durable; ratio against the one-process pack of the same round).
 
 Right before each timed command, memory as large as the output is touched and freed (skip
 with --no-prefault). On a VM that hands free memory back to its host (virtio-balloon free
@@ -47,6 +49,7 @@ def main():
     ap.add_argument("--only", help="comma-separated subset of the command names")
     ap.add_argument("--no-prefault", action="store_true")
     ap.add_argument("--before", help="a second moepack binary to time alongside")
+    ap.add_argument("--mpi", help="comma-separated rank counts to time pack under mpirun with")
     a = ap.parse_args()
     m, w = a.moepack, a.workdir
     src, out = os.path.join(w, "src"), os.path.join(w, "out")
@@ -70,9 +73,12 @@ def main():
     if a.before:
         cmds["before:pack"] = (f"{a.before} pack -q {src} {out}", "cp+sync")
         cmds["before:pack-nofsync"] = (f"{a.before} pack -q --no-fsync {src} {out}", "cp")
+    for n in (a.mpi.split(",") if a.mpi else []):
+        cmds[f"pack-mpi{n}"] = (f"mpirun --allow-run-as-root --oversubscribe --bind-to none -n {n} {m} pack -q {src} {out}", "pack")
     if a.only:
         keep = set(a.only.split(","))
-        cmds = {k: v for k, v in cmds.items() if k in keep or k in ("cp", "cp+sync")}
+        cmds = {k: v for k, v in cmds.items() if k in keep or k in ("cp", "cp+sync") or
+                (k == "pack" and a.mpi)}
     print(f"source {size / 2**30:.2f} GiB, {os.cpu_count()} cores, {a.rounds} rounds", flush=True)
     names = list(cmds)
     times = {n: [] for n in names}

@@ -50,4 +50,11 @@ build/bench/io_read "$W/blob" pread 3
 
 # 5. FP8 block / MXFP4 dequantize throughput vs memcpy (1 GiB of BF16 output)
 build/bench/quant_bench 1
+
+# 6. MPI (when built in and mpirun is there): pack under 1 and 2 ranks against one process,
+# interleaved (the source of section 1); and the share each of N ranks gets of real releases' packs, from their plans
+if build/moepack version | grep -q mpi=yes && command -v mpirun >/dev/null; then
+  python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}" --mpi 1,2 --only pack-mpi1,pack-mpi2
+  python3 bench/mpi_balance.py "$M" "$MAT" "$W/balance"
+fi
 rm -rf "$W"

@@ -115,13 +115,6 @@ int mpk_cmd_verify(int argc, char **argv)
     int rc = parse_vargs(cmd, argc, argv, &v);
     if (rc >= 0)
         return rc;
-    /* under MPI a manifest check splits its hashing across the ranks; a recompute (SRC DST)
-     * runs on rank 0 alone */
-    if (v.q.src && mpk_mpi_size() > 1) {
-        if (mpk_mpi_rank() != 0)
-            return MPK_EXIT_OK;
-        mpk_mpi_solo();
-    }
     mpk_error err = {0};
     mpk_report *r;
     if (!v.quiet && !v.json && isatty(2)) {

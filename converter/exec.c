@@ -886,8 +886,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     const char *src_path = p->src->is_dir ? p->src->dir : p->src->n_shards ? p->src->shards[0].path : "";
     MPK_TRY(mpk_dist_agree(exec_checks(p, src_path, dst, o, err), err));
     job j = {.p = p, .o = o, .dst = dst, .err = err, .b = {NULL, NULL, err}};
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN) / mpk_dist_local_size(); /* the ranks on a host share it */
-    j.threads = o->threads > 0 ? o->threads : ncpu > 0 ? (int)ncpu : 1;
+    j.threads = o->threads > 0 ? o->threads : mpk_default_threads();
     j.threads = j.threads > 64 ? 64 : j.threads;
     mpk_status s = dist ? dist_stage(&j) : mpk_stage_open(&j.stage, dst, plan_digest(p, o, true), o, err);
     stats->resumed = j.stage.adopted;

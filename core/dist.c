@@ -11,6 +11,7 @@
 #include "mpk_config.h"
 
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,16 @@ int mpk_dist_size(void)
 int mpk_dist_local_size(void)
 {
     return g_size > 1 ? g_local : 1;
+}
+
+int mpk_default_threads(void)
+{
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : online;
+    if (online > 0 && n >= online) /* not bound: the ranks on this host share it */
+        n = online / mpk_dist_local_size();
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
 }
 
 bool mpk_dist_joined(void)
@@ -188,6 +199,51 @@ void mpk_dist_gather(const void *mine, size_t len, void *all)
     }
 #endif
     memcpy(all, mine, len);
+}
+
+mpk_status mpk_dist_allgatherv(const void *mine, size_t len, char **all, size_t *all_len, mpk_error *err)
+{
+    *all = NULL;
+    *all_len = 0;
+    int R = g_size > 1 ? g_size : 1;
+    uint64_t *lens = mpk_calloc((size_t)R, sizeof *lens), total = 0;
+    int *counts = mpk_calloc((size_t)R, sizeof *counts), *displs = mpk_calloc((size_t)R, sizeof *displs);
+    mpk_status s = lens && counts && displs ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, "mpi", "out of memory");
+    s = mpk_dist_agree(s, err);
+    if (s == MPK_OK) {
+        lens[g_rank] = len;
+#if MPK_HAVE_MPI
+        if (g_size > 1)
+            MPI_Allreduce(MPI_IN_PLACE, lens, R, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD); /* (others' are 0) */
+#endif
+        for (int r = 0; r < R; r++) {
+            displs[r] = (int)total;
+            counts[r] = (int)lens[r];
+            total += lens[r];
+        }
+        if (total > INT_MAX)
+            s = mpk_error_set(err, MPK_E_USAGE, 0, "mpi", "%llu bytes to share between the ranks: over 2 GiB",
+                              (unsigned long long)total);
+        else if (!(*all = mpk_alloc(total + 1)))
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, "mpi", "out of memory");
+        s = mpk_dist_agree(s, err);
+    }
+    if (s == MPK_OK) {
+#if MPK_HAVE_MPI
+        if (g_size > 1)
+            MPI_Allgatherv(mine, (int)len, MPI_BYTE, *all, counts, displs, MPI_BYTE, MPI_COMM_WORLD);
+        else
+#endif
+            memcpy(*all, mine, len);
+        *all_len = total;
+    } else {
+        free(*all);
+        *all = NULL;
+    }
+    free(lens);
+    free(counts);
+    free(displs);
+    return s;
 }
 
 int mpk_dist_owner(uint64_t *load, int n, uint64_t bytes)

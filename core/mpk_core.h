@@ -142,6 +142,9 @@ int mpk_dist_rank(void);
 int mpk_dist_size(void);                 /* ranks working together: 1 when not distributed */
 int mpk_dist_local_size(void);           /* of them, on this host */
 bool mpk_dist_joined(void);              /* started by a launcher and joined (even as 1 rank) */
+/* Threads to use by default: the CPUs this process may run on (a launcher may have bound it to
+ * a few), or, when it may run on all, the host's CPUs divided among the ranks on the host. */
+int mpk_default_threads(void);
 /* Collective: MPK_OK on every rank when every rank passed MPK_OK; else every rank gets, in
  * *err, the error of the lowest failing rank (its message naming that rank and host). */
 mpk_status mpk_dist_agree(mpk_status s, mpk_error *err);
@@ -153,6 +156,8 @@ void mpk_dist_xor(uint64_t *v, size_t n);               /* collective, in place 
 void mpk_dist_min(uint64_t *v, size_t n);               /* collective, in place */
 /* Collective: rank 0 receives every rank's len bytes into all (size x len bytes). */
 void mpk_dist_gather(const void *mine, size_t len, void *all);
+/* Collective: every rank's len bytes, in rank order, to every rank (*all: malloc'd). */
+mpk_status mpk_dist_allgatherv(const void *mine, size_t len, char **all, size_t *all_len, mpk_error *err);
 /* The rank (of n) with the least load, which then carries bytes more: deterministic greedy
  * balance, the same on every rank given the same sequence. */
 int mpk_dist_owner(uint64_t *load, int n, uint64_t bytes);

@@ -166,8 +166,8 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
     hash_job j = {.c = c, .t = t, .order = order, .n = n_mine, .meter = meter};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, false);
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN) / mpk_dist_local_size(); /* the ranks on a host share it */
-    int n = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    int n = mpk_default_threads();
+    n = n > 16 ? 16 : n;
     if ((size_t)n > n_mine)
         n = n_mine ? (int)n_mine : 1;
     pthread_t tid[16];

@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,8 +115,8 @@ static void prov_text(FILE *f, const cJSON *p)
             cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source_xxh3_128")));
 }
 
-static mpk_status make_report(const mpk_cmp_report *c, bool stats, const cJSON *prov, mpk_report **out,
-                               mpk_error *err)
+static mpk_status make_report(const mpk_cmp_report *c, bool stats, const cJSON *prov, const mpk_rank_stats *ranks,
+                               int n_ranks, mpk_report **out, mpk_error *err)
 {
     mpk_report *r = mpk_report_new();
     if (!r)
@@ -132,6 +133,10 @@ static mpk_status make_report(const mpk_cmp_report *c, bool stats, const cJSON *
     cJSON *o = s == MPK_OK ? cmp_json(c, stats) : NULL;
     if (o && prov)
         cJSON_AddItemToObject(o, "provenance", cJSON_Duplicate(prov, 1));
+    if (o && !mpk_lib_ranks_json(o, ranks, n_ranks)) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
     if (s == MPK_OK)
         s = mpk_report_set_json(r, stats ? "moepack.diff/1" : "moepack.verify/1", o, err);
     for (size_t i = 0; i < c->n && s == MPK_OK; i++) {
@@ -264,12 +269,12 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
     if (!(q->atol >= 0) || isnan(q->rtol) || isinf(q->atol) || isinf(q->rtol))
         MPK_FAIL(err, MPK_E_USAGE, "request", "tolerances must be finite numbers >= 0");
     mpk_status s;
+    mpk_meter meter;
     cJSON *root = NULL;
     const cJSON *prov = NULL;
     if (!q->src) {
         if (stats)
             MPK_FAIL(err, MPK_E_USAGE, "request", "diff compares two checkpoints");
-        mpk_meter meter;
         if ((s = mpk_ckpt_open(q->dst, &a, err)) == MPK_OK) {
             mpk_meter_start(&meter, q->progress, q->ctx, a->total_bytes);
             if ((s = mpk_verify_manifest(a, &meter, &r, err)) == MPK_OK)
@@ -282,7 +287,6 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
             prov = cJSON_GetObjectItemCaseSensitive(root, "provenance");
     } else if ((s = mpk_ckpt_open(q->src, &a, err)) == MPK_OK && (s = mpk_ckpt_open(q->dst, &b, err)) == MPK_OK) {
         double rtol = q->rtol >= 0 ? q->rtol : stats ? 0 : 1.0 / 256;
-        mpk_meter meter;
         mpk_meter_start(&meter, q->progress, q->ctx, b->total_bytes);
         mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats, .meter = &meter};
         mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
@@ -295,8 +299,14 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
         if (s == MPK_OK)
             mpk_meter_end(&meter);
     }
-    if (s == MPK_OK)
-        s = make_report(r, stats, cJSON_IsObject(prov) ? prov : NULL, out, err);
+    mpk_rank_stats mine, *ranks = NULL; /* under MPI (the status agreed): what each rank read */
+    int n_ranks = 0;
+    if (s == MPK_OK) {
+        mpk_dist_stats_mine(&mine, atomic_load(&meter.done), 0, (double)(mpk_now_ns() - meter.t0_ns) * 1e-9);
+        ranks = mpk_dist_stats_gather(&mine, &n_ranks);
+        s = make_report(r, stats, cJSON_IsObject(prov) ? prov : NULL, ranks, n_ranks, out, err);
+    }
+    free(ranks);
     cJSON_Delete(root);
     mpk_cmp_report_free(r);
     mpk_ckpt_close(a);

@@ -101,8 +101,7 @@ static mpk_status list_files(const char *dir, const char *suffix, char ***out, s
 
 static int cpu_threads(int want)
 {
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    return want > 0 ? want : ncpu > 0 ? (int)ncpu : 1;
+    return want > 0 ? want : mpk_default_threads();
 }
 
 /* Every *.safetensors (compress) or *.safetensors.mpkz (decompress) file at SRC's top level. */

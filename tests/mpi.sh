@@ -96,6 +96,30 @@ PY
 rc=$?
 [ $rc = 3 ] && ok || bad "3 ranks: verify of a changed checkpoint: exit $rc, not 3"
 check "3 ranks: verify names the one changed tensor" json changed.json "len(d['differences']) == 1 and d['differences'][0]['kind'] == 'content'"
+# verify SRC DST (recomputed, the work items shared) and diff: one process's report and exit status
+same_report() { # A.json B.json: the same document but for the timings
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for d in (a, b):
+    d.pop("seconds", None)
+b.pop("ranks")
+sys.exit(0 if a == b else 1)
+PY
+}
+for what in "verify src ref-pack" "verify src changed" "verify fp8 ref-fp8-dequant" "diff fp8 ref-fp8-dequant"; do
+    # shellcheck disable=SC2086
+    "$M" $what --json > one.json 2>/dev/null
+    want=$?
+    for n in 2 3; do
+        # shellcheck disable=SC2086
+        "${MPR[@]}" -n $n "$M" $what --json > many.json 2>/dev/null
+        rc=$?
+        [ $rc = $want ] && ok || bad "$n ranks: $what: exit $rc, one process $want"
+        check "$n ranks: $what gives one process's report" same_report one.json many.json
+        check "$n ranks: $what: every rank compared" json many.json "len(d['ranks']) == $n and all(r['bytes_read'] > 0 for r in d['ranks'])"
+    done
+done
 
 # a rank killed at its 3rd write (MOEPACK_FAULT_RANK arms the fault hook in that rank only)
 for r in 1 2 0; do

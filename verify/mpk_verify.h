@@ -38,6 +38,7 @@ typedef struct mpk_tensor_cmp {
     double max_abs, max_rel, rmse, cosine;
     uint64_t n_out_of_tol;
     mpk_hash128 want_hash, got_hash;
+    uint64_t order;              /* (work item << 32) | sequence: the report's order under MPI */
 } mpk_tensor_cmp;
 
 typedef struct mpk_cmp_report {
@@ -48,6 +49,7 @@ typedef struct mpk_cmp_report {
     size_t n_inexact;            /* compared by value, within tolerance, bytes not equal */
     uint64_t bytes;              /* bytes compared */
     double atol, rtol;
+    uint64_t item, seq;          /* the work item being compared, entries added */
 } mpk_cmp_report;
 
 typedef struct mpk_cmp_opts {

@@ -23,6 +23,7 @@ mpk_tensor_cmp *vfy_add(mpk_cmp_report *r, const char *name, mpk_diff_kind kind,
     if (!(x->name = mpk_strndup(name, strlen(name))))
         return NULL;
     r->n++;
+    x->order = r->item << 32 | r->seq++;
     x->kind = kind;
     x->differs = kind < MPK_DIFF_COUNT;
     r->n_differ += x->differs;
@@ -445,6 +446,76 @@ static mpk_status compare_whole(vctx *v, const mpk_plan *p, const mpk_ckpt *src,
     return s;
 }
 
+/* ---------------------------------------------------------------- MPI ranks */
+
+/* Under MPI the work items (a tensor compared whole, a group of experts) go to the ranks by
+ * bytes; an item another rank compares has its names expected here (for the extras). */
+static bool mine(vctx *v, uint64_t *load, uint64_t bytes)
+{
+    v->r->item++;
+    return !load || mpk_dist_owner(load, mpk_dist_size(), bytes) == mpk_dist_rank();
+}
+
+static void expect(vctx *v, const char *name)
+{
+    mpk_strmap_put(&v->expected, name, strlen(name), 0, NULL);
+}
+
+static int by_order(const void *a, const void *b)
+{
+    uint64_t x = ((const mpk_tensor_cmp *)a)->order, y = ((const mpk_tensor_cmp *)b)->order;
+    return x < y ? -1 : x > y;
+}
+
+/* Collective: every rank's entries and counts to every rank, in the order of one process. */
+static mpk_status share_report(mpk_cmp_report *r, mpk_error *err)
+{
+    size_t len = 4 * sizeof(uint64_t);
+    for (size_t i = 0; i < r->n; i++)
+        len += sizeof r->t[i] + strlen(r->t[i].name) + 1;
+    char *buf = mpk_alloc(len), *all = NULL, *p = buf;
+    mpk_status s = buf ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
+    uint64_t head[4] = {r->n, r->n_compared, r->n_inexact, r->bytes};
+    if (buf) {
+        memcpy(p, head, sizeof head), p += sizeof head;
+        for (size_t i = 0; i < r->n; i++) {
+            size_t nl = strlen(r->t[i].name) + 1;
+            memcpy(p, &r->t[i], sizeof r->t[i]), p += sizeof r->t[i];
+            memcpy(p, r->t[i].name, nl), p += nl;
+        }
+    }
+    size_t all_len;
+    MPK_TRY(mpk_dist_agree(s, err));
+    s = mpk_dist_allgatherv(buf, len, &all, &all_len, err);
+    free(buf);
+    MPK_TRY(s);
+    for (size_t i = 0; i < r->n; i++)
+        free(r->t[i].name);
+    r->n = r->n_differ = r->n_compared = r->n_inexact = 0;
+    r->bytes = 0;
+    for (const char *q = all; s == MPK_OK && q < all + all_len;) {
+        memcpy(head, q, sizeof head), q += sizeof head;
+        r->n_compared += head[1], r->n_inexact += head[2], r->bytes += head[3];
+        for (uint64_t k = 0; k < head[0] && s == MPK_OK; k++) {
+            mpk_tensor_cmp x;
+            memcpy(&x, q, sizeof x), q += sizeof x;
+            mpk_tensor_cmp *nt = mpk_grow(r->t, r->n, &r->cap, sizeof *nt, 64);
+            if (!nt || !(x.name = mpk_strndup(q, strlen(q)))) {
+                s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
+                break;
+            }
+            q += strlen(q) + 1;
+            r->t = nt;
+            r->t[r->n++] = x;
+            r->n_differ += x.differs;
+        }
+    }
+    free(all);
+    if (s == MPK_OK)
+        qsort(r->t, r->n, sizeof *r->t, by_order);
+    return mpk_dist_agree(s, err);
+}
+
 mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mpk_spec *spec,
                               const mpk_plan_opts *po, const mpk_cmp_opts *co, mpk_cmp_report **out,
                               mpk_error *err)
@@ -454,38 +525,62 @@ mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mp
     mpk_plan *p = NULL;
     mpk_status s = MPK_OK;
     size_t *outs = NULL;
+    uint64_t *load = NULL;
     v.r = mpk_calloc(1, sizeof *v.r);
     v.gbuf = mpk_alloc(CHUNK);
     v.fw = mpk_alloc(CHUNK * 4);
     v.fg = mpk_alloc(CHUNK * 4);
-    if (!v.r || !v.gbuf || !v.fw || !v.fg || mpk_strmap_init(&v.expected, dst->n_tensors + 16) != MPK_OK) {
+    if (!v.r || !v.gbuf || !v.fw || !v.fg || mpk_strmap_init(&v.expected, dst->n_tensors + 16) != MPK_OK)
         s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
+    if ((s = mpk_dist_agree(s, err)) != MPK_OK) /* (under MPI: every rank or none goes on) */
         goto done;
-    }
     v.r->atol = co->atol;
     v.r->rtol = co->rtol;
+    int R = mpk_dist_size();
+    if (R > 1 && !(load = mpk_calloc((size_t)R, sizeof *load)))
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     if (!spec) {
-        for (size_t i = 0; i < src->n_tensors && s == MPK_OK; i++)
-            s = compare_whole(&v, NULL, src, &src->tensors[i], src->tensors[i].info->name);
+        for (size_t i = 0; i < src->n_tensors && s == MPK_OK; i++) {
+            const mpk_ckpt_tensor *t = &src->tensors[i];
+            if (mine(&v, load, t->nbytes))
+                s = compare_whole(&v, NULL, src, t, t->info->name);
+            else
+                expect(&v, t->info->name);
+        }
     } else {
         mpk_plan_opts o = *po;
         o.max_shard_size = 0;
-        if ((s = mpk_plan_build(src, spec, &o, &p, err)) != MPK_OK)
-            goto done;
-        for (size_t i = 0; i < p->n_outs && s == MPK_OK; i++)
-            if (p->outs[i].group < 0)
+        if (s == MPK_OK)
+            s = mpk_plan_build(src, spec, &o, &p, err);
+        for (size_t i = 0; p && i < p->n_outs && s == MPK_OK; i++) {
+            if (p->outs[i].group >= 0)
+                continue;
+            if (mine(&v, load, p->outs[i].nbytes))
                 s = compare_whole(&v, p, src, p->outs[i].pass, p->outs[i].name);
-        outs = mpk_calloc(p->n_outs + 1, sizeof *outs);
-        if (!outs)
+            else
+                expect(&v, p->outs[i].name);
+        }
+        outs = p ? mpk_calloc(p->n_outs + 1, sizeof *outs) : NULL;
+        if (p && !outs)
             s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
-        for (size_t gi = 0; gi < p->n_groups && s == MPK_OK; gi++) {
+        for (size_t gi = 0; p && gi < p->n_groups && s == MPK_OK; gi++) {
             size_t n = 0;
+            uint64_t bytes = 0;
             for (size_t i = 0; i < p->n_outs; i++)
                 if (p->outs[i].group == (int)gi)
-                    outs[n++] = i;
-            s = run_group(&v, p, gi, outs, n);
+                    outs[n++] = i, bytes += p->outs[i].nbytes;
+            if (mine(&v, load, bytes))
+                s = run_group(&v, p, gi, outs, n);
+            else
+                for (size_t k = 0; k < n; k++)
+                    expect(&v, p->outs[outs[k]].name);
         }
     }
+    if (s == MPK_OK && (s = mpk_ckpt_check_unchanged(src, err)) == MPK_OK)
+        s = mpk_ckpt_check_unchanged(dst, err);
+    if (R > 1 && (s = mpk_dist_agree(s, err)) == MPK_OK)
+        s = share_report(v.r, err);
+    v.r->item++; /* the extras last */
     for (size_t i = 0; i < dst->n_tensors && s == MPK_OK; i++) {
         const char *n = dst->tensors[i].info->name;
         size_t dummy;
@@ -493,9 +588,8 @@ mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mp
             !vfy_add(v.r, n, MPK_DIFF_EXTRA, "in the destination, not expected"))
             s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     }
-    if (s == MPK_OK && (s = mpk_ckpt_check_unchanged(src, err)) == MPK_OK)
-        s = mpk_ckpt_check_unchanged(dst, err);
 done:
+    free(load);
     free(outs);
     mpk_plan_free(p);
     free(v.gbuf);

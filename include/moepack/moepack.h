@@ -147,11 +147,12 @@ MPK_API const char *mpk_features(void);
  * of a libmoepack built with MPI joins the job here (MPI_Init_thread, FUNNELED) and returns the
  * number of ranks; otherwise nothing happens and it returns 1. Call it first, from the main
  * thread; mpk_mpi_end() at exit (MPI_Finalize).
- * While joined, mpk_convert (pack, unpack, convert), mpk_hash and mpk_verify of a manifest are
+ * While joined, mpk_convert (pack, unpack, convert), mpk_hash, mpk_verify and mpk_diff are
  * collective: every rank calls them with the same arguments, each does its share (output bytes,
- * tensors to hash, balanced by bytes), rank 0 writes the index and the manifest and lands the
- * result, and every rank returns the same status (a failure on any rank fails all). Their
- * reports are complete on rank 0 and carry a "ranks" array. Other calls work per process. */
+ * tensors to hash or compare, balanced by bytes), rank 0 writes the index and the manifest and
+ * lands the result, and every rank returns the same status (a failure on any rank fails all).
+ * Their reports are complete on rank 0 (verify/diff/hash: on every rank) and carry a "ranks"
+ * array. Other calls work per process. */
 MPK_API int mpk_mpi_begin(int *argc, char ***argv);
 /* This process's rank (0 when not joined) and the number working together (1 when not joined,
  * or after mpk_mpi_solo). */
