@@ -545,7 +545,8 @@ const size_t mpk_n_commands = sizeof mpk_commands / sizeof mpk_commands[0];
  * runs on rank 0 alone while the others wait. */
 static bool distributed(const char *name)
 {
-    static const char *const names[] = {"pack", "unpack", "convert", "hash", "verify", "diff", NULL};
+    static const char *const names[] = {"pack", "unpack", "convert", "hash", "verify", "diff", "compress",
+                                        "decompress", NULL};
     for (int i = 0; names[i]; i++)
         if (strcmp(name, names[i]) == 0)
             return true;

@@ -43,6 +43,10 @@ mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const
  * are written into it; it is neither committed nor removed here. */
 mpk_status mpk_stage_attach(mpk_stage *st, const char *dst, const char *tmp, const mpk_exec_opts *o,
                             mpk_error *err);
+/* Collective under MPI: rank 0 opens the staging directory (mpk_stage_open), the others attach
+ * to it; one process: mpk_stage_open. */
+mpk_status mpk_stage_open_shared(mpk_stage *st, const char *dst, uint64_t digest, const mpk_exec_opts *o,
+                                 mpk_error *err);
 /* The digest an adopted run recorded for shard file name, false when it recorded none. */
 bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest);
 /* Records shard file name (complete and fsynced) with its digest. Thread-safe. */

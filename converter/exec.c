@@ -846,19 +846,6 @@ static mpk_status dist_finish(job *j, mpk_status s, const char *src_path, mpk_ex
     return dist_agree(j, s);
 }
 
-/* The staging directory: opened by rank 0, its name sent to the others. */
-static mpk_status dist_stage(job *j)
-{
-    bool root = mpk_dist_rank() == 0;
-    char tmp[8192] = "";
-    mpk_status s = root ? mpk_stage_open(&j->stage, j->dst, plan_digest(j->p, j->o, true), j->o, j->err) : MPK_OK;
-    if (root && s == MPK_OK && (size_t)snprintf(tmp, sizeof tmp, "%s", j->stage.tmp) >= sizeof tmp)
-        s = mpk_error_set(j->err, MPK_E_USAGE, 0, j->dst, "the destination's path is too long");
-    MPK_TRY(dist_agree(j, s));
-    mpk_dist_bcast(tmp, sizeof tmp, 0);
-    s = root ? MPK_OK : mpk_stage_attach(&j->stage, j->dst, tmp, j->o, j->err);
-    return dist_agree(j, s);
-}
 
 /* What is refused before anything is written. */
 static mpk_status exec_checks(const mpk_plan *p, const char *src_path, const char *dst, const mpk_exec_opts *o,
@@ -888,7 +875,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     job j = {.p = p, .o = o, .dst = dst, .err = err, .b = {NULL, NULL, err}};
     j.threads = o->threads > 0 ? o->threads : mpk_default_threads();
     j.threads = j.threads > 64 ? 64 : j.threads;
-    mpk_status s = dist ? dist_stage(&j) : mpk_stage_open(&j.stage, dst, plan_digest(p, o, true), o, err);
+    mpk_status s = mpk_stage_open_shared(&j.stage, dst, plan_digest(p, o, true), o, err);
     stats->resumed = j.stage.adopted;
     stats->stale_removed = j.stage.stale_removed;
     if (s != MPK_OK) {

@@ -395,6 +395,24 @@ mpk_status mpk_stage_attach(mpk_stage *st, const char *dst, const char *tmp, con
     return MPK_OK;
 }
 
+mpk_status mpk_stage_open_shared(mpk_stage *st, const char *dst, uint64_t digest, const mpk_exec_opts *o,
+                                 mpk_error *err)
+{
+    if (mpk_dist_size() < 2)
+        return mpk_stage_open(st, dst, digest, o, err);
+    bool root = mpk_dist_rank() == 0;
+    char tmp[8192] = "";
+    memset(st, 0, sizeof *st);
+    st->journal_fd = -1;
+    mpk_status s = root ? mpk_stage_open(st, dst, digest, o, err) : MPK_OK;
+    if (root && s == MPK_OK && (size_t)snprintf(tmp, sizeof tmp, "%s", st->tmp) >= sizeof tmp)
+        s = mpk_error_set(err, MPK_E_USAGE, 0, dst, "the destination's path is too long");
+    MPK_TRY(mpk_dist_agree(s, err));
+    mpk_dist_bcast(tmp, sizeof tmp, 0);
+    s = root ? MPK_OK : mpk_stage_attach(st, dst, tmp, o, err);
+    return mpk_dist_agree(s, err);
+}
+
 bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest)
 {
     size_t k = strlen(name);

@@ -181,6 +181,15 @@ void mpk_dist_xor(uint64_t *v, size_t n)
 #endif
 }
 
+void mpk_dist_sum(uint64_t *v, size_t n)
+{
+#if MPK_HAVE_MPI
+    allreduce_u64(v, n, MPI_SUM);
+#else
+    (void)v, (void)n;
+#endif
+}
+
 void mpk_dist_min(uint64_t *v, size_t n)
 {
 #if MPK_HAVE_MPI

@@ -154,6 +154,7 @@ mpk_status mpk_dist_agree_watch(mpk_status s, mpk_error *err, const volatile int
 void mpk_dist_bcast(void *buf, size_t len, int root);   /* collective */
 void mpk_dist_xor(uint64_t *v, size_t n);               /* collective, in place */
 void mpk_dist_min(uint64_t *v, size_t n);               /* collective, in place */
+void mpk_dist_sum(uint64_t *v, size_t n);               /* collective, in place */
 /* Collective: rank 0 receives every rank's len bytes into all (size x len bytes). */
 void mpk_dist_gather(const void *mine, size_t len, void *all);
 /* Collective: every rank's len bytes, in rank order, to every rank (*all: malloc'd). */

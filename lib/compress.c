@@ -121,11 +121,19 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
         else if (stat(paths[i], &st) == 0)
             total += (uint64_t)st.st_size;
     }
+    /* under MPI each rank converts its share of the files (largest to the least loaded rank:
+     * in list order, the same on every rank) */
+    int R = mpk_dist_size();
+    uint64_t *load = R > 1 ? mpk_calloc((size_t)R, sizeof *load) : NULL;
+    if (R > 1 && !load && s == MPK_OK)
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
     mpk_meter meter;
     mpk_meter_start(&meter, r->progress, r->ctx, total);
     int threads = cpu_threads(r->threads);
     for (size_t i = 0; s == MPK_OK && i < n; i++) {
         const char *nm = names[i];
+        if (load && mpk_dist_owner(load, R, stat(paths[i], &st) == 0 ? (uint64_t)st.st_size : 0) != mpk_dist_rank())
+            continue;
         char out[4096];
         snprintf(out, sizeof out, "%s/%.*s%s", tmp, (int)(strlen(nm) - (compress ? 0 : strlen(EXT))), nm,
                  compress ? EXT : "");
@@ -139,14 +147,12 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
         *out_bytes += osz;
         *files += s == MPK_OK;
     }
+    free(load);
     free_names(paths, paths ? n : 0);
     free_names(names, n);
-    if (s == MPK_OK && !*files)
-        s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, r->src, "no %s files to %s", compress ? ".safetensors" : ".mpkz",
-                          compress ? "compress" : "decompress");
     if (s == MPK_OK)
         mpk_meter_end(&meter);
-    return s;
+    return mpk_dist_agree(s, err);
 }
 
 /* Every NAME.safetensors in DIR (a staging directory) replaced by NAME.safetensors.mpkz. */
@@ -200,20 +206,37 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     double t0 = now();
     mpk_exec_opts eo = {.warn = r->warn, .warn_ctx = r->ctx, .force = r->flags & MPK_CONVERT_FORCE};
     mpk_stage stage;
-    mpk_status s = mpk_stage_open(&stage, r->dst, 0, &eo, err);
+    mpk_status s = mpk_stage_open_shared(&stage, r->dst, 0, &eo, err); /* (collective under MPI) */
     uint64_t in_b = 0, out_b = 0;
     size_t files = 0;
     mpk_side_stats side = {0};
     skip_ctx k = {compress};
     if (s == MPK_OK)
-        s = convert_files(r, compress, stage.tmp, &in_b, &out_b, &files, err);
-    if (s == MPK_OK)
+        s = convert_files(r, compress, stage.tmp, &in_b, &out_b, &files, err); /* agreed */
+    mpk_rank_stats mine, *ranks = NULL;
+    int n_ranks = 0;
+    bool agreed = s == MPK_OK; /* (every rank is here with the same status) */
+    if (agreed) { /* what this rank did, then every rank's sums */
+        mpk_dist_stats_mine(&mine, in_b, out_b, now() - t0);
+        ranks = mpk_dist_stats_gather(&mine, &n_ranks);
+        uint64_t sums[3] = {in_b, out_b, files};
+        mpk_dist_sum(sums, 3);
+        in_b = sums[0], out_b = sums[1], files = (size_t)sums[2];
+        if (!files)
+            s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, r->src, "no %s files to %s",
+                              compress ? ".safetensors" : ".mpkz", compress ? "compress" : "decompress");
+    }
+    if (s == MPK_OK && mpk_dist_rank() == 0)
         s = mpk_copy_tree(r->src, stage.tmp, skip_converted, &k, &eo, &side, err);
-    if (s == MPK_OK)
+    if (s == MPK_OK && mpk_dist_rank() == 0)
         s = mpk_stage_commit(&stage, r->flags & MPK_CONVERT_FORCE, err);
+    if (agreed)
+        s = mpk_dist_agree(s, err);
     mpk_stage_close(&stage, false);
-    if (s != MPK_OK || !out)
+    if (s != MPK_OK || !out) {
+        free(ranks);
         return s;
+    }
     double secs = now() - t0;
     mpk_report *rep = mpk_report_new();
     cJSON *o = rep ? cJSON_CreateObject() : NULL;
@@ -226,7 +249,9 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
         cJSON_AddNumberToObject(o, "ratio", in_b ? (double)out_b / (double)in_b : 0);
         cJSON_AddNumberToObject(o, "seconds", secs);
         cJSON_AddNumberToObject(o, "other_files", (double)side.files);
+        mpk_lib_ranks_json(o, ranks, n_ranks);
     }
+    free(ranks);
     char *buf, h1[32], h2[32];
     size_t len;
     FILE *f = rep ? mpk_report_begin_text(rep, &buf, &len) : NULL;

@@ -1,11 +1,12 @@
 #!/bin/bash
 # mpi.sh MOEPACK — moepack under mpirun (1, 2, 3 and 5 ranks on this host) against the same
 # commands run as one process: the same files byte for byte (pack, unpack, FP8 pack kept and
-# dequantized, convert with a spec, one output shard split between ranks), the same hashes and
-# verdicts (hash, hash --write, verify), a "ranks" report in which every rank wrote bytes, a
-# rank killed mid-run (non-zero exit, nothing at DST, no staging directory left behind by a
-# dead rank other than 0; a dead rank 0's is removed by the next run), --resume refused, and a
-# command that does not split its work run by rank 0 alone. Exit 77 (skipped) without mpirun
+# dequantized, convert with a spec, one output shard split between ranks, compress and
+# decompress), the same hashes, reports and verdicts (hash, hash --write, verify DST, verify SRC
+# DST, diff), a "ranks" report in which every rank did its part, a rank killed mid-run
+# (non-zero exit, nothing at DST, no staging directory left behind by a dead rank other than 0;
+# a dead rank 0's is removed by the next run), --resume refused, and a command that does not
+# split its work (synth) run by rank 0 alone. Exit 77 (skipped) without mpirun
 # or without MPI built in.
 set -u
 M=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -41,6 +42,8 @@ cases=(
     "fp8-keep|pack fp8 @ --max-shard-size 1MB"
     "fp8-dequant|pack fp8 @ --dequantize --max-shard-size 1MB"
     "convert|convert src @ --spec spec.json --max-shard-size 1MB"
+    "compress|compress ref-pack @"
+    "decompress|decompress ref-compress @"
 )
 cd "$tmp" || exit 1
 for c in "${cases[@]}"; do
@@ -59,7 +62,7 @@ for n in 1 2 3 5; do
         fi
         check "$n ranks: $name gives the files of one process" diff -r "ref-$name" "$out"
         check "$n ranks: $name reports $n ranks" json "$out.json" "len(d['ranks']) == $n and sorted(r['rank'] for r in d['ranks']) == list(range($n)) and all(r['host'] and r['seconds'] >= 0 for r in d['ranks'])"
-        check "$n ranks: $name: the ranks wrote every byte once" json "$out.json" "sum(r['bytes_written'] for r in d['ranks']) == d['bytes']"
+        check "$n ranks: $name: the ranks wrote every byte once" json "$out.json" "sum(r['bytes_written'] for r in d['ranks']) == d.get('bytes', d.get('bytes_out'))"
         check "$n ranks: $name: every rank wrote" json "$out.json" "all(r['bytes_written'] > 0 for r in d['ranks'])"
         rm -rf "$out"
     done

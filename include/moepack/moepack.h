@@ -147,8 +147,8 @@ MPK_API const char *mpk_features(void);
  * of a libmoepack built with MPI joins the job here (MPI_Init_thread, FUNNELED) and returns the
  * number of ranks; otherwise nothing happens and it returns 1. Call it first, from the main
  * thread; mpk_mpi_end() at exit (MPI_Finalize).
- * While joined, mpk_convert (pack, unpack, convert), mpk_hash, mpk_verify and mpk_diff are
- * collective: every rank calls them with the same arguments, each does its share (output bytes,
+ * While joined, mpk_convert (pack, unpack, convert), mpk_hash, mpk_verify, mpk_diff,
+ * mpk_compress and mpk_decompress are collective: every rank calls them with the same arguments, each does its share (output bytes,
  * tensors to hash or compare, balanced by bytes), rank 0 writes the index and the manifest and
  * lands the result, and every rank returns the same status (a failure on any rank fails all).
  * Their reports are complete on rank 0 (verify/diff/hash: on every rank) and carry a "ranks"
