@@ -2,7 +2,7 @@
 """pack / unpack against cp -r of the same bytes, interleaved in one run.
 
 usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]
-                     [--mpi N,...]
+                     [--mpi N,...] [--cold]
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
 order that rotates from round to round, and deletes its output before the next; the page
@@ -12,6 +12,9 @@ commands without fsync, cp -r + sync for pack with its fsync). --sweep times pac
 with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync of a second
 build (an earlier commit, say), to compare the two in the same rounds. --mpi 1,2 adds pack under
 `mpirun -n 1` and `mpirun -n 2` (durable; ratio against the one-process pack of the same round).
+--cold drops the page cache (as root: sync, then 3 > /proc/sys/vm/drop_caches) before every
+timed command instead of warming it, and adds pack without its read-ahead hints
+(MOEPACK_PREFETCH=0), to measure them.
 
 Right before each timed command, memory as large as the output is touched and freed (skip
 with --no-prefault). On a VM that hands free memory back to its host (virtio-balloon free
@@ -50,11 +53,12 @@ def main():
     ap.add_argument("--no-prefault", action="store_true")
     ap.add_argument("--before", help="a second moepack binary to time alongside")
     ap.add_argument("--mpi", help="comma-separated rank counts to time pack under mpirun with")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before every command")
     a = ap.parse_args()
     m, w = a.moepack, a.workdir
     src, out = os.path.join(w, "src"), os.path.join(w, "out")
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
-    for f in os.listdir(src):  # warm the page cache
+    for f in os.listdir(src) if not a.cold else []:  # warm the page cache
         with open(os.path.join(src, f), "rb") as h:
             while h.read(1 << 24):
                 pass
@@ -73,12 +77,14 @@ def main():
     if a.before:
         cmds["before:pack"] = (f"{a.before} pack -q {src} {out}", "cp+sync")
         cmds["before:pack-nofsync"] = (f"{a.before} pack -q --no-fsync {src} {out}", "cp")
+    if a.cold:
+        cmds["pack-noprefetch"] = (f"MOEPACK_PREFETCH=0 {m} pack -q {src} {out}", "cp+sync")
     for n in (a.mpi.split(",") if a.mpi else []):
         cmds[f"pack-mpi{n}"] = (f"mpirun --allow-run-as-root --oversubscribe --bind-to none -n {n} {m} pack -q {src} {out}", "pack")
     if a.only:
         keep = set(a.only.split(","))
         cmds = {k: v for k, v in cmds.items() if k in keep or k in ("cp", "cp+sync") or
-                (k == "pack" and a.mpi)}
+                (k == "pack" and (a.mpi or a.cold))}
     print(f"source {size / 2**30:.2f} GiB, {os.cpu_count()} cores, {a.rounds} rounds", flush=True)
     names = list(cmds)
     times = {n: [] for n in names}
@@ -89,6 +95,8 @@ def main():
                 subprocess.run(f"{m} pack -q --no-fsync {src} {w}/pk && sync", shell=True, check=True)
             if not a.no_prefault:
                 prefault(size)
+            if a.cold:
+                subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
             times[n].append(timed(cmds[n][0], out))
             shutil.rmtree(f"{w}/pk", ignore_errors=True)
         print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)

@@ -148,6 +148,8 @@ static int file_order(const void *a, const void *b)
     const unit *x = a, *y = b;
     if (x->shard != y->shard)
         return x->shard < y->shard ? -1 : 1;
+    if (x->late != y->late)
+        return x->late ? 1 : -1;
     return x->at < y->at ? -1 : x->at > y->at;
 }
 
@@ -372,7 +374,8 @@ static mpk_status make_units(job *j)
         uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
         for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
             c->units[c->n_units++] = (unit){i, p->outs[i].shard, off,
-                                            p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u, base + off};
+                                            p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u, base + off,
+                                            c->nodes[i]->kind == N_QUANT && c->nodes[i]->which == 1};
     }
     qsort(c->units, c->n_units, sizeof *c->units, file_order);
     if (!(c->q = mpk_calloc(p->n_shards, sizeof *c->q)))
@@ -383,6 +386,7 @@ static mpk_status make_units(job *j)
             u++;
         c->q[sh].hi = u;
         atomic_init(&c->q[sh].next, c->q[sh].lo);
+        atomic_init(&c->q[sh].ahead, c->q[sh].lo);
         atomic_init(&c->q[sh].busy, 0);
         pthread_mutex_init(&c->q[sh].lock, NULL);
     }
@@ -768,6 +772,7 @@ static mpk_status assign_units(job *j)
         q->hi = q->hi < hi ? q->hi : hi;
         q->hi = q->hi > q->lo ? q->hi : q->lo;
         atomic_store(&q->next, q->lo);
+        atomic_store(&q->ahead, q->lo);
     }
     free(c->sh_left); /* no journal: an MPI run is not resumed */
     free(c->syncq);
@@ -794,7 +799,7 @@ static mpk_status dist_prepare(job *j)
     int me = mpk_dist_rank();
     mpk_status s = prepare_nodes(j);
     uint64_t ub = s == MPK_OK ? j->c.unit_bytes : UINT64_MAX, mine = plan_digest(j->p, j->o, false), d0 = mine;
-    mpk_dist_min(&ub, 1);
+    mpk_dist_reduce(&ub, 1, MPK_DIST_MIN);
     mpk_dist_bcast(&d0, sizeof d0, 0);
     if (s == MPK_OK && d0 != mine)
         s = mpk_error_set(j->err, MPK_E_CHANGED, 0, j->dst,
@@ -892,6 +897,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     pthread_cond_init(&j.c.cv, NULL);
     pthread_cond_init(&j.c.sq_cv, NULL);
     atomic_store(&j.c.cfr_ok, 1);
+    const char *pf = getenv("MOEPACK_PREFETCH"); /* =0: no read-ahead hints (to measure them) */
+    j.c.prefetch = !(pf && strcmp(pf, "0") == 0);
     if (dist) {
         watch w;
         watch_start(&w, &j);

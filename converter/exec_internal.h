@@ -10,6 +10,15 @@
 #include <stdatomic.h>
 
 typedef struct mpk_node mpk_node;
+
+/* --quantize fp8: the scale grid of each matrix, as the codes' node computed it, for its
+ * sibling scale node (which then need not read the matrix again). ready[j] is set (release)
+ * once matrix j's scales are in. */
+typedef struct quant_cache {
+    float *scales;       /* every matrix's grid, in the scale output's layout */
+    atomic_uchar *ready;
+    uint64_t n_mats, grid;  /* grid: floats per matrix */
+} quant_cache;
 typedef enum { N_SOURCE, N_SEGS, N_TRANSPOSE, N_CAST, N_DEQUANT, N_QUANT } node_kind;
 
 typedef struct seg {
@@ -33,6 +42,7 @@ struct mpk_node {
     bool mx;             /* DEQUANT/QUANT: MXFP4 rather than FP8 block */
     int block;           /* FP8 block edge */
     int which;           /* QUANT: 0 the quantized values, 1 the scales */
+    quant_cache *qc;     /* QUANT (FP8): shared with the sibling node of the other output */
     int a, b;            /* TRANSPOSE: the dims swapped */
     uint64_t granule;    /* computed nodes: the bytes the kernel makes on its own (the op table's
                             granule; TRANSPOSE: one slab, dims [a, ndim)) */
@@ -100,11 +110,14 @@ typedef struct {
     int shard;           /* its output shard */
     uint64_t off, len;   /* the range of the output tensor */
     uint64_t at;         /* where off lands in the shard file */
+    bool late;           /* an FP8 scale grid: queued after its shard's other units, so that the
+                            codes' node has mostly computed it already (quant_cache) */
 } unit;
 
 typedef struct {
     size_t lo, hi;       /* its units: units[lo, hi), in file order */
     atomic_size_t next;
+    atomic_size_t ahead; /* units up to here have had their source ranges hinted (prefetch) */
     atomic_int busy;     /* threads writing or waiting to write (a hint) */
     pthread_mutex_t lock;
 } shard_q;
@@ -130,6 +143,7 @@ typedef struct {
     atomic_size_t units_done;
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */
+    bool prefetch;       /* hint the source ranges of the units ahead (POSIX_FADV_WILLNEED) */
     /* outputs complete (hashing, early writeback): bytes left to write per output, queue */
     atomic_ullong *left;
     mpk_tensor_hash *hashes;

@@ -106,6 +106,38 @@ static bool add_range(void *ctx, const mpk_range *r)
     return seg_append(c->out[r->dst], c->in[r->src], r->src_off, r->len, &fill);
 }
 
+/* The FP8 codes and the scale grid of one rule output are two QUANT nodes over the same
+ * input: the second made shares the first's scale cache (made here, in the arena). */
+static mpk_status quant_pair(builder *b, size_t i, mpk_node *q, mpk_arena *arena)
+{
+    const mpk_tmeta *im = &q->in->meta;
+    if (q->mx || im->ndim < 2)
+        return MPK_OK;
+    for (size_t k = 0; k < i; k++) {
+        mpk_node *s = b->out[k];
+        if (s && s->kind == N_QUANT && s->in == q->in && s->which != q->which) {
+            q->qc = s->qc;
+            return MPK_OK;
+        }
+    }
+    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], bl = q->block, mats = 1;
+    for (int d = 0; d < im->ndim - 2; d++)
+        mats *= im->shape[d];
+    quant_cache *c = mpk_arena_alloc(arena, sizeof *c);
+    if (c) {
+        c->n_mats = (uint64_t)mats;
+        c->grid = (uint64_t)(((R + bl - 1) / bl) * ((C + bl - 1) / bl));
+        c->scales = mpk_arena_alloc(arena, c->n_mats * c->grid * sizeof *c->scales + 1);
+        c->ready = mpk_arena_alloc(arena, c->n_mats + 1);
+    }
+    if (!c || !c->scales || !c->ready)
+        MPK_FAIL(b->err, MPK_E_NOMEM, "exec", "out of memory");
+    for (uint64_t j = 0; j < c->n_mats; j++)
+        atomic_init(&c->ready[j], 0);
+    q->qc = c;
+    return MPK_OK;
+}
+
 /* Applies one op to a bundle of nodes (nodes[g * n_items + i]): a byte permutation becomes the
  * ranges its table row gives; a computed op, nodes of its compute class over their inputs. */
 static mpk_status node_op(builder *b, const mpk_op *op, const mpk_bundle *in, mpk_node **nodes,
@@ -216,6 +248,7 @@ mpk_status ex_build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
                 q->block = p->fp8_block;
                 mpk_op op = {.kind = MPK_OP_QUANT_FP8, .block = p->fp8_block};
                 q->granule = mpk_op_descs[op.kind].granule(&op, &(*on)->meta, &o->meta, q->which);
+                MPK_TRY(quant_pair(b, i, q, arena));
                 *on = q;
             }
         } else if (!(*on = source_node(b, p, o->pass, &o->meta))) {

@@ -190,18 +190,28 @@ static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf,
     uint64_t mat_out = n->which ? (uint64_t)(cdiv(R, b) * SC) * 4 : (uint64_t)(R * C);
     if (off % mat_out || len % mat_out)
         MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned quantize read");
-    char *t = mpk_alloc(mat_in + 1);
-    if (!t)
-        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+    quant_cache *qc = n->qc;
+    char *t = NULL;
     for (uint64_t j = 0; j < len / mat_out && s == MPK_OK; j++) {
-        s = ex_node_read(n->in, (off / mat_out + j) * mat_in, mat_in, t, r);
+        uint64_t mat = off / mat_out + j;
+        char *o = buf + j * mat_out;
+        float *grid = qc ? qc->scales + mat * qc->grid : NULL;
+        if (n->which && qc && atomic_load_explicit(&qc->ready[mat], memory_order_acquire)) {
+            memcpy(o, grid, mat_out); /* the codes' node computed them: no second read */
+            continue;
+        }
+        if (!t && !(t = mpk_alloc(mat_in + 1)))
+            MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        s = ex_node_read(n->in, mat * mat_in, mat_in, t, r);
         if (s == MPK_OK)
             s = ex_rd_flush(r);
-        char *o = buf + j * mat_out;
+        /* the codes' node also keeps the grid for its sibling; the scale node writes its own */
+        float *sc = n->which ? (float *)(void *)o : grid;
         for (int64_t r0 = 0; s == MPK_OK && r0 < R; r0 += b)
             mpk_quant_fp8_band(im->dtype, t + (uint64_t)(r0 * C) * iel, C, (int)b, R - r0 < b ? R - r0 : b,
-                               n->which ? NULL : (uint8_t *)o + r0 * C,
-                               n->which ? (float *)(void *)o + (r0 / b) * SC : NULL);
+                               n->which ? NULL : (uint8_t *)o + r0 * C, sc ? sc + (r0 / b) * SC : NULL);
+        if (s == MPK_OK && qc && !n->which)
+            atomic_store_explicit(&qc->ready[mat], 1, memory_order_release);
     }
     free(t);
     return s;

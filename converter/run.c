@@ -203,6 +203,39 @@ static void written(run_ctx *c, const unit *w)
     }
 }
 
+/* Read-ahead across the scattered source ranges of a shard's next units: the kernel's own
+ * readahead follows one file front to back, while a packed tensor gathers expert slices from
+ * many places; from a cold cache each copy would wait for its own reads. So when a unit is
+ * claimed, the source ranges of the units that follow it in the shard's queue, up to
+ * PREFETCH_BYTES ahead, are handed to the kernel to read in the background (each range once).
+ * Computed units (transpose, cast, dequantize) read through the I/O engine's queue instead. */
+#define PREFETCH_BYTES (64u << 20)
+
+static mpk_status willneed(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *ctx)
+{
+    (void)at, (void)ctx;
+    if (!src->z)
+        posix_fadvise(src->fd, (off_t)file_off, (off_t)len, POSIX_FADV_WILLNEED); /* a hint */
+    return MPK_OK;
+}
+
+static void prefetch(run_ctx *c, shard_q *q, size_t u)
+{
+    size_t to = u + 1;
+    for (uint64_t bytes = 0; to < q->hi && bytes < PREFETCH_BYTES; to++)
+        bytes += c->units[to].len;
+    size_t from = atomic_load(&q->ahead);
+    do {
+        if (from >= to)
+            return;
+    } while (!atomic_compare_exchange_weak(&q->ahead, &from, to));
+    for (size_t k = from > u + 1 ? from : u + 1; k < to; k++) {
+        const unit *w = &c->units[k];
+        if (c->nodes[w->out]->pure)
+            ex_each_source_range(c->nodes[w->out], w->off, w->len, w->at, willneed, NULL);
+    }
+}
+
 /* Claims the next unit: first from a shard no thread is writing (starting at `home`), else,
  * after hashing one complete output if one is queued, from the least busy shard with units
  * left. Returns the unit index, SIZE_MAX when every unit is claimed, or SIZE_MAX - 1 when it
@@ -227,8 +260,11 @@ static size_t claim(run_ctx *c, size_t home, char **hbuf, mpk_error *err)
         }
         if (best != SIZE_MAX) {
             size_t u = atomic_fetch_add(&c->q[best].next, 1);
-            if (u < c->q[best].hi)
+            if (u < c->q[best].hi) {
+                if (c->prefetch)
+                    prefetch(c, &c->q[best], u);
                 return u;
+            }
             pass--; /* lost the race for that shard's last unit: look again */
             continue;
         }

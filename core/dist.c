@@ -162,40 +162,16 @@ void mpk_dist_bcast(void *buf, size_t len, int root)
 #endif
 }
 
-#if MPK_HAVE_MPI
-static void allreduce_u64(uint64_t *v, size_t n, MPI_Op op)
+void mpk_dist_reduce(uint64_t *v, size_t n, mpk_dist_op op)
 {
+#if MPK_HAVE_MPI
+    MPI_Op mop = op == MPK_DIST_XOR ? MPI_BXOR : op == MPK_DIST_SUM ? MPI_SUM : MPI_MIN;
     for (size_t off = 0; g_size > 1 && off < n; off += 1u << 27) {
         size_t k = n - off < (1u << 27) ? n - off : (1u << 27);
-        MPI_Allreduce(MPI_IN_PLACE, v + off, (int)k, MPI_UINT64_T, op, MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, v + off, (int)k, MPI_UINT64_T, mop, MPI_COMM_WORLD);
     }
-}
-#endif
-
-void mpk_dist_xor(uint64_t *v, size_t n)
-{
-#if MPK_HAVE_MPI
-    allreduce_u64(v, n, MPI_BXOR);
 #else
-    (void)v, (void)n;
-#endif
-}
-
-void mpk_dist_sum(uint64_t *v, size_t n)
-{
-#if MPK_HAVE_MPI
-    allreduce_u64(v, n, MPI_SUM);
-#else
-    (void)v, (void)n;
-#endif
-}
-
-void mpk_dist_min(uint64_t *v, size_t n)
-{
-#if MPK_HAVE_MPI
-    allreduce_u64(v, n, MPI_MIN);
-#else
-    (void)v, (void)n;
+    (void)v, (void)n, (void)op;
 #endif
 }
 

@@ -152,9 +152,9 @@ mpk_status mpk_dist_agree(mpk_status s, mpk_error *err);
  * while it waits for the others. */
 mpk_status mpk_dist_agree_watch(mpk_status s, mpk_error *err, const volatile int *cancel);
 void mpk_dist_bcast(void *buf, size_t len, int root);   /* collective */
-void mpk_dist_xor(uint64_t *v, size_t n);               /* collective, in place */
-void mpk_dist_min(uint64_t *v, size_t n);               /* collective, in place */
-void mpk_dist_sum(uint64_t *v, size_t n);               /* collective, in place */
+typedef enum { MPK_DIST_XOR, MPK_DIST_SUM, MPK_DIST_MIN } mpk_dist_op;
+/* Collective: v[0..n) combined element-wise over the ranks, in place on every rank. */
+void mpk_dist_reduce(uint64_t *v, size_t n, mpk_dist_op op);
 /* Collective: rank 0 receives every rank's len bytes into all (size x len bytes). */
 void mpk_dist_gather(const void *mine, size_t len, void *all);
 /* Collective: every rank's len bytes, in rank order, to every rank (*all: malloc'd). */

@@ -120,7 +120,7 @@ mpk_status mpk_hashes_share(mpk_tensor_hash *t, size_t n, const char *dir, mpk_e
     for (size_t i = 0; h && i < n; i++)
         h[2 * i] = t[i].hash.hi, h[2 * i + 1] = t[i].hash.lo;
     MPK_TRY(mpk_dist_agree(s, err));
-    mpk_dist_xor(h, 2 * n);
+    mpk_dist_reduce(h, 2 * n, MPK_DIST_XOR);
     for (size_t i = 0; i < n; i++)
         t[i].hash = (mpk_hash128){h[2 * i], h[2 * i + 1]};
     free(h);

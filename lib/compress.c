@@ -220,7 +220,7 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
         mpk_dist_stats_mine(&mine, in_b, out_b, now() - t0);
         ranks = mpk_dist_stats_gather(&mine, &n_ranks);
         uint64_t sums[3] = {in_b, out_b, files};
-        mpk_dist_sum(sums, 3);
+        mpk_dist_reduce(sums, 3, MPK_DIST_SUM);
         in_b = sums[0], out_b = sums[1], files = (size_t)sums[2];
         if (!files)
             s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, r->src, "no %s files to %s",
