@@ -507,7 +507,8 @@ const mpk_command mpk_commands[] = {
     {"gpucheck", "run packed experts with eager/batched/grouped backends against a CPU reference",
      "usage: moepack gpucheck PATH | --synthetic E,H,I [options]\n\n"
      "Random x and softmax top-k routing (from --seed) through layer L's packed experts (BF16\n"
-     "gate_up_proj [E,2I,H], down_proj [E,H,I]) with each backend: on the CPU (small cases, or\n"
+     "gate_up_proj [E,2I,H], down_proj [E,H,I]; FP8 E4M3 ones with their 128x128 _scale_inv\n"
+     "grids are dequantized to BF16 first) with each backend: on the CPU (small cases, or\n"
      "--cpu), then on the GPU when the binary has CUDA and a device answers. Each is checked\n"
      "against the fp64 CPU reference on up to --check-rows tokens (CPU: relative error < 1e-3,\n"
      "each element within 1e-4 + 1e-2|ref|; GPU, BF16 activations: relative error < 1e-2, each\n"

@@ -4,7 +4,9 @@
 #   run(carry=[".carry"]): bash gpu/device_run.sh [STEP...]
 # Steps: test (test_gpu --device), qwen3, mixtral, deepseek (gpucheck + peer_torch.py + table
 # per shape), e2e (gpucheck --reference on a packed synth checkpoint; pack vs cp -r on this
-# machine), parity[:arch,...] (tests/parity/transformers_parity.py); default: all of them.
+# machine), parity[:arch,...] (tests/parity/transformers_parity.py), loadtime (from_pretrained
+# of a per-expert Qwen3-MoE checkpoint against its pack: gpu/load_time.py), fp8 (gpucheck of
+# DeepSeek-V3-shaped FP8 packed experts against their per-expert source); default: all of them.
 # Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
 # peer_torch JSON, the transformers parity results.
 set -u
@@ -32,7 +34,7 @@ shape() { # name E H I k tokens
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity)
+[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity loadtime fp8)
 for step in "${steps[@]}"; do
     case $step in
     test)
@@ -41,6 +43,23 @@ for step in "${steps[@]}"; do
     qwen3) shape qwen3-30b-a3b 128 2048 768 8 1,4,16,64,256,1024,4096,16384 ;;
     mixtral) shape mixtral-8x7b 8 4096 14336 2 1,2,4,8,16,64,256,1024,4096,16384 ;;
     deepseek) shape deepseek-v3 256 7168 2048 8 1,16,256,1024,4096,16384 ;;
+    loadtime) # what packing saves at load time, transformers on the GPU (issue 20)
+        W=/tmp/lt; rm -rf $W
+        $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 32000 \
+            --shards 4 $W/pe >/dev/null
+        $M pack -q $W/pe $W/pk
+        timeout 500 python3 gpu/load_time.py $W/pe $W/pk --rounds 5 --device cuda --json "$RES/load-time.json" 2>&1 \
+            | tee "$RES/load-time.txt"
+        echo "load_time rc=${PIPESTATUS[0]}" | tee -a "$RES/load-time.txt"
+        rm -rf $W ;;
+    fp8) # FP8 block-scaled packed experts (dequantized to BF16 as read) against their per-expert source
+        W=/tmp/fp8; rm -rf $W
+        $M synth --arch deepseek_v3 --layers 2 --experts 64 --hidden 2048 --intermediate 1024 --quant fp8 $W/pe >/dev/null
+        $M pack -q $W/pe $W/pk
+        timeout 300 $M gpucheck $W/pk --layer 1 --reference $W/pe --topk 8 --tokens 1,64,1024,8192 --json \
+            > "$RES/fp8.json" 2> "$RES/fp8.err"
+        echo "gpucheck fp8 rc=$?" | tee -a "$RES/fp8.err"
+        rm -rf $W ;;
     e2e) # a packed checkpoint against its per-expert source (--reference), and pack vs cp -r here
         W=/tmp/e2e; rm -rf $W; mkdir -p $W/bench
         echo "== e2e: synth -> pack -> gpucheck --reference"

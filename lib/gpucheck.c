@@ -16,7 +16,40 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Reads layer L's packed experts (BF16 gate_up_proj [E, 2I, H], down_proj [E, H, I]). */
+/* Reads tensor t ([R, C] or packed [E, R, C]) into out as BF16: its bytes, or, for FP8 E4M3 with
+ * 128x128 block scales (`NAME_scale_inv` [(E,) ceil(R/128), ceil(C/128)] F32, as DeepSeek-V3
+ * publishes them and pack writes them), each matrix dequantized (f32(code) * scale, rounded
+ * once to BF16). */
+static mpk_status read_bf16(const mpk_ckpt *c, const mpk_ckpt_tensor *t, const char *name, uint16_t *out,
+                            mpk_error *err)
+{
+    if (t->info->dtype == MPK_DTYPE_BF16)
+        return mpk_ckpt_read(c, t, 0, t->nbytes, out, err);
+    char sn[300];
+    snprintf(sn, sizeof sn, "%s_scale_inv", name);
+    const mpk_ckpt_tensor *ts = mpk_ckpt_find(c, sn);
+    int nd = t->info->ndim;
+    int64_t E = nd == 3 ? t->info->shape[0] : 1, R = t->info->shape[nd - 2], C = t->info->shape[nd - 1], b = 128;
+    if (!ts || ts->info->dtype != MPK_DTYPE_F32 || ts->info->ndim != nd || (nd == 3 && ts->info->shape[0] != E) ||
+        ts->info->shape[nd - 2] != (R + b - 1) / b || ts->info->shape[nd - 1] != (C + b - 1) / b)
+        MPK_FAIL(err, MPK_E_QUANT, c->dir, "'%s' is FP8: it needs '%s' F32 [%s%lld, %lld] (128x128 blocks)", name, sn,
+                 nd == 3 ? "E, " : "", (long long)((R + b - 1) / b), (long long)((C + b - 1) / b));
+    uint8_t *w = mpk_alloc((size_t)(R * C));
+    float *sc = mpk_alloc(ts->nbytes / (uint64_t)E + 1);
+    mpk_status s = w && sc ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, c->dir, "out of memory for '%s'", name);
+    uint64_t grid = ts->nbytes / (uint64_t)E;
+    for (int64_t e = 0; e < E && s == MPK_OK; e++) {
+        if ((s = mpk_ckpt_read(c, t, (uint64_t)(e * R * C), (uint64_t)(R * C), w, err)) == MPK_OK &&
+            (s = mpk_ckpt_read(c, ts, (uint64_t)e * grid, grid, sc, err)) == MPK_OK)
+            mpk_dequant_fp8_rows(t->info->dtype, w, sc, C, (int)b, 0, R, MPK_DTYPE_BF16, out + e * R * C);
+    }
+    free(w);
+    free(sc);
+    return s;
+}
+
+/* Reads layer L's packed experts (gate_up_proj [E, 2I, H], down_proj [E, H, I]) as BF16: BF16 as
+ * they are, FP8 block-scaled ones dequantized. */
 static mpk_status load_layer(const char *path, int layer, mpk_moe *p, uint16_t **gu, uint16_t **dn, mpk_error *err)
 {
     mpk_ckpt *c;
@@ -34,20 +67,23 @@ static mpk_status load_layer(const char *path, int layer, mpk_moe *p, uint16_t *
     if (!tg || !td) {
         s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, path, "no packed experts for layer %d (want '%s' and '%s'; "
                           "pack the checkpoint first)", layer, ng, nd);
-    } else if (tg->info->dtype != MPK_DTYPE_BF16 || td->info->dtype != MPK_DTYPE_BF16 || tg->info->ndim != 3 ||
+    } else if (tg->info->dtype != td->info->dtype ||
+               (tg->info->dtype != MPK_DTYPE_BF16 && tg->info->dtype != MPK_DTYPE_F8_E4M3) || tg->info->ndim != 3 ||
                td->info->ndim != 3 || td->info->shape[0] != tg->info->shape[0] ||
                td->info->shape[1] != tg->info->shape[2] || 2 * td->info->shape[2] != tg->info->shape[1]) {
-        s = mpk_error_set(err, MPK_E_SHAPE, 0, path, "'%s' and '%s' must be BF16 [E, 2I, H] and [E, H, I]", ng, nd);
+        s = mpk_error_set(err, MPK_E_SHAPE, 0, path,
+                          "'%s' and '%s' must be BF16 (or FP8 E4M3 with block scales) [E, 2I, H] and [E, H, I]", ng, nd);
     } else {
         p->E = (int)tg->info->shape[0];
         p->H = (int)tg->info->shape[2];
         p->I = (int)td->info->shape[2];
-        *gu = mpk_alloc(tg->nbytes);
-        *dn = mpk_alloc(td->nbytes);
+        uint64_t n_gu = (uint64_t)p->E * 2 * p->I * p->H, n_dn = (uint64_t)p->E * p->H * p->I; /* elements */
+        *gu = mpk_alloc(n_gu * 2);
+        *dn = mpk_alloc(n_dn * 2);
         if (!*gu || !*dn)
             s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory for layer %d's experts", layer);
-        else if ((s = mpk_ckpt_read(c, tg, 0, tg->nbytes, *gu, err)) == MPK_OK)
-            s = mpk_ckpt_read(c, td, 0, td->nbytes, *dn, err);
+        else if ((s = read_bf16(c, tg, ng, *gu, err)) == MPK_OK)
+            s = read_bf16(c, td, nd, *dn, err);
     }
     mpk_ckpt_close(c);
     return s;
@@ -98,14 +134,15 @@ static mpk_status load_reference(const char *path, int layer, int E, int H, int 
                                   "no per-expert %s weight for layer %d, expert %d (a --reference checkpoint holds "
                                   "'...layers.%d...experts.%d.{gate_proj,up_proj,down_proj}.weight' or w1/w3/w2)",
                                   proj == 0 ? "gate" : proj == 1 ? "up" : "down", layer, e, layer, e);
-            } else if (t->info->dtype != MPK_DTYPE_BF16 || t->info->ndim != 2 || t->info->shape[0] != rows ||
-                       t->info->shape[1] != cols) {
-                s = mpk_error_set(err, MPK_E_SHAPE, 0, path, "'%s' must be BF16 [%lld, %lld] to match the packed layer",
-                                  t->info->name, (long long)rows, (long long)cols);
+            } else if ((t->info->dtype != MPK_DTYPE_BF16 && t->info->dtype != MPK_DTYPE_F8_E4M3) ||
+                       t->info->ndim != 2 || t->info->shape[0] != rows || t->info->shape[1] != cols) {
+                s = mpk_error_set(err, MPK_E_SHAPE, 0, path,
+                                  "'%s' must be BF16 (or FP8 E4M3 with block scales) [%lld, %lld] to match the packed "
+                                  "layer", t->info->name, (long long)rows, (long long)cols);
             } else {
                 uint16_t *dst = proj == 2 ? *dn + (size_t)e * H * I
                                           : *gu + ((size_t)e * 2 * I + (proj == 1 ? (size_t)I : 0)) * H;
-                s = mpk_ckpt_read(c, t, 0, t->nbytes, dst, err);
+                s = read_bf16(c, t, t->info->name, dst, err);
             }
         }
     mpk_ckpt_close(c);

@@ -186,6 +186,33 @@ grep -q "U8" "$tmp/out" && grep -q "experts packed" "$tmp/out" && ! grep -q "per
 expect 0 "demo DIR" -- "$M" demo "$tmp/demo"
 expect 0 "demo DIR again" -- "$M" demo "$tmp/demo"
 
+# gpucheck of FP8 packed experts (issue 20): dequantized with their block scales, against the CPU
+# reference; --reference from the FP8 per-expert source agrees (gate first, expert order, the
+# same codes and scales), from another source does not (exit 3); codes without scales: exit 1
+"$M" synth --arch deepseek_v3 --layers 2 --experts 4 --hidden 256 --intermediate 256 --quant fp8 "$tmp/g8" >/dev/null
+"$M" synth --arch deepseek_v3 --layers 2 --experts 4 --hidden 256 --intermediate 256 --quant fp8 --seed 7 \
+  "$tmp/g8b" >/dev/null
+"$M" pack -q "$tmp/g8" "$tmp/g8p"
+expect 0 "gpucheck --cpu runs FP8 packed experts" -- "$M" gpucheck "$tmp/g8p" --layer 1 --tokens 1,5 --cpu
+expect 0 "gpucheck --reference from the FP8 per-expert source" -- "$M" gpucheck "$tmp/g8p" --layer 1 --tokens 5 \
+  --cpu --reference "$tmp/g8"
+expect 3 "gpucheck --reference from another FP8 source disagrees" -- "$M" gpucheck "$tmp/g8p" --layer 1 \
+  --tokens 5 --cpu --reference "$tmp/g8b"
+python3 "$(dirname "$0")/st_rename.py" "$tmp/g8p" model.layers.1.mlp.experts.down_proj_scale_inv \
+  model.layers.1.mlp.experts.down_proj_scales >/dev/null
+expect 1 "gpucheck of FP8 codes without their scales" -- "$M" gpucheck "$tmp/g8p" --layer 1 --tokens 5 --cpu
+grep -q "down_proj_scale_inv" "$tmp/err" && echo "ok: ... names the scale tensor it needs" \
+  || { echo "FAIL: no scale tensor named: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+
+# gpu/load_time.py (issue 20's load-time proof, run with transformers on the GPU machine): its
+# rounds and report, here with --reader bytes (no torch); a directory without config.json refused
+expect 0 "load_time.py --reader bytes" -- python3 "$(dirname "$0")/../gpu/load_time.py" "$tmp/g8" "$tmp/g8p" \
+  --reader bytes --rounds 3 --json "$tmp/lt.json"
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert len(d['times']['packed']) == 3 and len(d['times']['per-expert']) == 3 and d['ratio_min'] <= d['ratio_median'] <= d['ratio_max'] and d['ratio_min'] > 0, d" "$tmp/lt.json" \
+  && echo "ok: load_time.py report" || { echo "FAIL: load_time.py report" >&2; fails=$((fails + 1)); }
+expect 1 "load_time.py of a directory without config.json" -- python3 "$(dirname "$0")/../gpu/load_time.py" \
+  "$tmp/g8" "$tmp" --reader bytes
+
 # gpucheck --cpu: exit 0 when the CPU checks pass; --plot without GPU timings says so (issue 17)
 expect 0 "gpucheck --cpu passes on the CPU" -- "$M" gpucheck --synthetic 4,32,16 --tokens 3 --cpu --plot "$tmp/p.svg"
 if [ -e "$tmp/p.svg" ] || grep -q "not written: nothing was timed on a GPU" "$tmp/err"; then
