@@ -136,8 +136,8 @@ static void test_gpucheck_cli(void **state)
     assert_int_equal(RC("%s synth --arch qwen3_moe --layers 1 --experts 4 --hidden 48 --intermediate 16 %s/other "
                         ">/dev/null", m, dir), 0);
     assert_int_equal(RC("%s gpucheck %s/pk --reference %s/other 2>%s/err", m, dir, dir, dir), 1);
-    assert_int_equal(RC("grep -q 'experts.0.gate_proj.weight. must be BF16 \\[16, 32\\] to match the packed "
-                        "layer' %s/err", dir), 0);
+    assert_int_equal(RC("grep -q 'experts.0.gate_proj.weight. must be BF16 (or FP8 E4M3 with block scales) "
+                        "\\[16, 32\\] to match the packed layer' %s/err", dir), 0);
     /* usage errors: token list, run count, checked rows */
     assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --tokens 3,0 2>/dev/null", m), 2);
     assert_int_equal(RC("%s gpucheck --synthetic 4,32,16 --runs 0 2>/dev/null", m), 2);
