@@ -152,33 +152,92 @@ static void store(mpk_dtype dt, void *out, size_t i, float v)
 
 /* ---------------------------------------------------------------- FP8 block */
 
+/* SIMD paths are taken where the CPU has them, unless MOEPACK_NO_SIMD is set (tests use it to
+ * run the portable paths too). */
+static bool simd_allowed(void)
+{
+    static _Atomic int cached = -1;
+    int v = atomic_load(&cached);
+    if (v < 0) {
+        v = !getenv("MOEPACK_NO_SIMD");
+        atomic_store(&cached, v);
+    }
+    return v;
+}
+
 /* E4M3 codes times a scale, rounded once to BF16, written branch-free so the compiler turns
  * it into SIMD (an AVX2 clone is picked at load time where the CPU has it). The result is
  * exactly ops_f32_to_bf16(mpk_e4m3_to_f32(code) * s): normals by placing the fields, subnormals by
  * an int-to-float conversion, NaN by a select. */
+static inline uint16_t e4m3_bf16_one(uint32_t x, float s)
+{
+    uint32_t e = (x >> 3) & 0xF, m = x & 7;
+    uint32_t is_norm = -(uint32_t)(e != 0), is_nan = -(uint32_t)((x & 0x7F) == 0x7F);
+    uint32_t bits = ((((e + 120) << 23) | (m << 20)) & is_norm) | (ops_f2u((float)m * 0x1p-9f) & ~is_norm);
+    uint32_t u = ops_f2u(ops_u2f(bits) * s) ^ ((x & 0x80) << 24);
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    return (uint16_t)((r & ~is_nan) | ((((x & 0x80) << 8) | 0x7FC0u) & is_nan));
+}
+
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 static void e4m3_bf16_row(const uint8_t *row, uint16_t *o, int64_t C, const float *srow, int block)
 {
     for (int64_t c0 = 0; c0 < C; c0 += block) {
-    const uint8_t *in = row + c0;
-    uint16_t *out = o + c0;
-    float s = srow[c0 / block];
-    size_t n = (size_t)(c0 + block < C ? block : C - c0);
-    for (size_t i = 0; i < n; i++) {
-        uint32_t x = in[i], e = (x >> 3) & 0xF, m = x & 7;
-        uint32_t is_norm = -(uint32_t)(e != 0), is_nan = -(uint32_t)((x & 0x7F) == 0x7F);
-        uint32_t bits = ((((e + 120) << 23) | (m << 20)) & is_norm) | (ops_f2u((float)m * 0x1p-9f) & ~is_norm);
-        uint32_t u = ops_f2u(ops_u2f(bits) * s) ^ ((x & 0x80) << 24);
-        uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-        out[i] = (uint16_t)((r & ~is_nan) | ((((x & 0x80) << 8) | 0x7FC0u) & is_nan));
-    }
+        float s = srow[c0 / block];
+        size_t n = (size_t)(c0 + block < C ? block : C - c0);
+        for (size_t i = 0; i < n; i++)
+            o[c0 + i] = e4m3_bf16_one(row[c0 + i], s);
     }
 }
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* The same results by table: one scale covers a block x block tile, so a band of rows builds,
+ * per column block, the 128 BF16 results of the codes 0x00-0x7F (tabs[k * 128 + code]) once, and
+ * each row looks them up 32 at a time (two 64-entry 16-bit permutes and a blend on bit 6); a
+ * negative code's result is its positive twin's with the sign bit flipped (the product's sign
+ * flips exactly, and rounding a magnitude never carries into the sign), NaN codes included. */
+static void e4m3_bf16_tables(const float *srow, int64_t sc, uint16_t *tabs)
+{
+    for (int64_t k = 0; k < sc; k++)
+        for (uint32_t x = 0; x < 128; x++)
+            tabs[k * 128 + x] = e4m3_bf16_one(x, srow[k]);
+}
+
+__attribute__((target("avx512f,avx512bw"))) static void e4m3_bf16_lut(const uint8_t *row, uint16_t *o, int64_t C,
+                                                                     const uint16_t *tabs, int block)
+{
+    const __m512i sign = _mm512_set1_epi16(0x80), bit6 = _mm512_set1_epi16(0x40);
+    for (int64_t c0 = 0; c0 < C; c0 += block) {
+        const uint16_t *t = tabs + (c0 / block) * 128;
+        __m512i t0 = _mm512_loadu_si512(t), t1 = _mm512_loadu_si512(t + 32);
+        __m512i t2 = _mm512_loadu_si512(t + 64), t3 = _mm512_loadu_si512(t + 96);
+        int64_t n = c0 + block < C ? block : C - c0, i = 0;
+        for (; i + 32 <= n; i += 32) {
+            __m512i x = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + c0 + i)));
+            __m512i v = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(x, bit6), _mm512_permutex2var_epi16(t0, x, t1),
+                                                _mm512_permutex2var_epi16(t2, x, t3));
+            __m512i sg = _mm512_slli_epi16(_mm512_and_si512(x, sign), 8);
+            _mm512_storeu_si512(o + c0 + i, _mm512_xor_si512(v, sg));
+        }
+        for (; i < n; i++) {
+            uint32_t x = row[c0 + i];
+            o[c0 + i] = (uint16_t)(t[x & 0x7F] ^ ((x & 0x80) << 8));
+        }
+    }
+}
+#endif
 
 void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, int64_t C,
                           int block, int64_t r0, int64_t r1, mpk_dtype out_dt, void *out)
 {
     int64_t sc = (C + block - 1) / block;
+#if defined(__x86_64__)
+    bool lut = w_dt == MPK_DTYPE_F8_E4M3 && out_dt == MPK_DTYPE_BF16 && simd_allowed() &&
+               __builtin_cpu_supports("avx512bw");
+    uint16_t *tabs = NULL;
+    int64_t tab_band = -1;
+#endif
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = w + (size_t)(r - r0) * (size_t)C;
         const float *srow = scale + (size_t)(r / block - r0 / block) * (size_t)sc;
@@ -186,6 +245,16 @@ void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, 
         bool fast = w_dt == MPK_DTYPE_F8_E4M3 && out_dt == MPK_DTYPE_BF16;
         for (int64_t k = 0; fast && k < sc; k++)
             fast = !isnan(srow[k]) && !isinf(srow[k]);
+#if defined(__x86_64__)
+        if (fast && lut && tab_band != r / block && (tabs || (tabs = malloc(sizeof *tabs * 128 * (size_t)sc)))) {
+            e4m3_bf16_tables(srow, sc, tabs);
+            tab_band = r / block;
+        }
+        if (fast && lut && tab_band == r / block) {
+            e4m3_bf16_lut(row, (uint16_t *)out + base, C, tabs, block);
+            continue;
+        }
+#endif
         if (fast) {
             e4m3_bf16_row(row, (uint16_t *)out + base, C, srow, block);
             continue;
@@ -201,6 +270,9 @@ void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, 
             }
         }
     }
+#if defined(__x86_64__)
+    free(tabs);
+#endif
 }
 
 /* One input element as F32: BF16 and F32 inline (what checkpoints hold), the rest through
@@ -273,7 +345,6 @@ static const mxfp4_tab *mxfp4_table(uint8_t sc, mxfp4_tab *tabs, uint8_t *have)
 }
 
 #if defined(__x86_64__)
-#include <immintrin.h>
 /* 32 nibbles -> 32 BF16 with two byte shuffles per 16 outputs: the low nibble of byte k is
  * element 2k, the high nibble element 2k+1 (the GPT-OSS / OCP packing). */
 __attribute__((target("ssse3"))) static void mxfp4_bf16_ssse3(const uint8_t *blocks, const uint8_t *scales,
@@ -298,18 +369,6 @@ __attribute__((target("ssse3"))) static void mxfp4_bf16_ssse3(const uint8_t *blo
     }
 }
 
-/* The shuffle path where the CPU has SSSE3, unless MOEPACK_NO_SIMD is set (tests use it to run
- * the scalar path too). */
-static bool use_ssse3(void)
-{
-    static _Atomic int cached = -1;
-    int v = atomic_load(&cached);
-    if (v < 0) {
-        v = !getenv("MOEPACK_NO_SIMD") && __builtin_cpu_supports("ssse3");
-        atomic_store(&cached, v);
-    }
-    return v;
-}
 #endif
 
 void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_blocks,
@@ -321,7 +380,7 @@ void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_bl
         uint8_t have[256] = {0};
         if (tabs) {
 #if defined(__x86_64__)
-            if (use_ssse3()) {
+            if (simd_allowed() && __builtin_cpu_supports("ssse3")) {
                 mxfp4_bf16_ssse3(blocks, scales, n_blocks, (uint16_t *)out, tabs, have);
                 free(tabs);
                 return;

@@ -224,6 +224,39 @@ static void test_fp8_dequant_ragged_blocks(void **state)
     free(out);
 }
 
+/* Bands of rows sharing a scale tile (the table path where the CPU has AVX-512BW: a 128-entry
+ * table per tile, 32 lookups at a time, the ragged tail one by one): every code in every
+ * column of a 300 x 200 matrix (2 x 2 tiles, the last ones partial), the scales ordinary,
+ * negative, subnormal-making and overflowing, against the E4M3 value (from its fields) times
+ * its tile's scale rounded once to BF16; NaN codes give a NaN of the code's sign. */
+static void test_fp8_dequant_tiles_every_code(void **state)
+{
+    (void)state;
+    enum { R = 300, C = 200 };
+    uint8_t *w = malloc(R * C);
+    uint16_t *out = malloc(sizeof(uint16_t) * R * C);
+    const float scale[3][2] = {{0.75f, -2.0f}, {ldexpf(1, -130), 3e36f}, {1.0f, 0.001f}}; /* [3, 2] grid */
+    assert_non_null(w);
+    assert_non_null(out);
+    for (int i = 0; i < R * C; i++)
+        w[i] = (uint8_t)((i / C) * 7 + (i % C) * 13); /* every code in every column over the rows */
+    mpk_dequant_fp8_rows(MPK_DTYPE_F8_E4M3, w, &scale[0][0], C, 128, 0, R, MPK_DTYPE_BF16, out);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            unsigned code = w[r * C + c];
+            uint16_t got = out[r * C + c];
+            if ((code & 0x7F) == 0x7F) {
+                assert_true((got & 0x7F80) == 0x7F80 && (got & 0x7F) && (got >> 15) == (code >> 7));
+                continue;
+            }
+            uint16_t want = mpk_f32_to_bf16((float)fields(code, 4, 3, 7) * scale[r / 128][c / 128]);
+            if (got != want)
+                fail_msg("row %d col %d code 0x%02x: got 0x%04x, want 0x%04x", r, c, code, got, want);
+        }
+    free(w);
+    free(out);
+}
+
 /* MXFP4 -> BF16 (the byte-shuffle path where the CPU has SSSE3, else the scalar one): every
  * scale code with every byte, against E2M1 value x 2^(scale - 127) rounded once to BF16; and
  * F32 output (the other path) against the same products. */
@@ -689,6 +722,7 @@ int main(void)
         cmocka_unit_test(test_e4m3_fast_encoder_matches_reference),
         cmocka_unit_test(test_fp8_block_quantizer),
         cmocka_unit_test(test_fp8_dequant_ragged_blocks),
+        cmocka_unit_test(test_fp8_dequant_tiles_every_code),
         cmocka_unit_test(test_mxfp4_dequant_every_code),
         cmocka_unit_test(test_mxfp4_quantizer),
         cmocka_unit_test(test_fp8_pack_unpack),
