@@ -2,7 +2,7 @@
 """pack / unpack against cp -r of the same bytes, interleaved in one run.
 
 usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]
-                     [--mpi N,...] [--cold]
+                     [--mpi N,...] [--cold] [--dequantize]
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
 order that rotates from round to round, and deletes its output before the next; the page
@@ -14,7 +14,9 @@ build (an earlier commit, say), to compare the two in the same rounds. --mpi 1,2
 `mpirun -n 1` and `mpirun -n 2` (durable; ratio against the one-process pack of the same round).
 --cold drops the page cache (as root: sync, then 3 > /proc/sys/vm/drop_caches) before every
 timed command instead of warming it, and adds pack without its read-ahead hints
-(MOEPACK_PREFETCH=0), to measure them.
+(MOEPACK_PREFETCH=0), to measure them. --dequantize (WORKDIR/src an FP8 checkpoint) times
+`pack --dequantize` (durable, and --no-fsync) against cp -r (+ sync) of its BF16 result, made
+once before the rounds: the bytes the command writes.
 
 Right before each timed command, memory as large as the output is touched and freed (skip
 with --no-prefault). On a VM that hands free memory back to its host (virtio-balloon free
@@ -54,6 +56,7 @@ def main():
     ap.add_argument("--before", help="a second moepack binary to time alongside")
     ap.add_argument("--mpi", help="comma-separated rank counts to time pack under mpirun with")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every command")
+    ap.add_argument("--dequantize", action="store_true", help="pack --dequantize against cp of its result")
     a = ap.parse_args()
     m, w = a.moepack, a.workdir
     src, out = os.path.join(w, "src"), os.path.join(w, "out")
@@ -63,8 +66,18 @@ def main():
             while h.read(1 << 24):
                 pass
     # name -> (command, baseline name)
-    cmds = {"cp": (f"cp -r {src} {out}", None),
-            "cp+sync": (f"cp -r {src} {out} && sync", None)}
+    base = src
+    if a.dequantize:  # the baseline copies what pack --dequantize writes
+        base = os.path.join(w, "bf16")
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(f"{m} pack -q --dequantize {src} {base}", shell=True, check=True)
+        size = sum(os.path.getsize(os.path.join(base, f)) for f in os.listdir(base))
+        for f in os.listdir(base) if not a.cold else []:
+            with open(os.path.join(base, f), "rb") as h:
+                while h.read(1 << 24):
+                    pass
+    cmds = {"cp": (f"cp -r {base} {out}", None),
+            "cp+sync": (f"cp -r {base} {out} && sync", None)}
     if a.sweep:
         for th in (1, 2, 4, 8, 16):
             cmds[f"pack-nofsync-{th}t"] = (f"{m} pack -q --no-fsync --threads {th} {src} {out}", "cp")
@@ -74,6 +87,11 @@ def main():
         cmds["pack-nofsync"] = (f"{m} pack -q --no-fsync {src} {out}", "cp")
         cmds["pack-nofsync-nomanifest"] = (f"{m} pack -q --no-fsync --no-manifest {src} {out}", "cp")
         cmds["unpack-nofsync"] = (f"{m} unpack -q --no-fsync {w}/pk {out}", "cp")  # of a fresh pack
+        cmds["unpack"] = (f"{m} unpack -q {w}/pk {out}", "cp+sync")
+    if a.dequantize:
+        cmds = {k: v for k, v in cmds.items() if k in ("cp", "cp+sync")}
+        cmds["pack-dequantize"] = (f"{m} pack -q --dequantize {src} {out}", "cp+sync")
+        cmds["pack-dequantize-nofsync"] = (f"{m} pack -q --no-fsync --dequantize {src} {out}", "cp")
     if a.before:
         cmds["before:pack"] = (f"{a.before} pack -q {src} {out}", "cp+sync")
         cmds["before:pack-nofsync"] = (f"{a.before} pack -q --no-fsync {src} {out}", "cp")
@@ -91,7 +109,7 @@ def main():
     for r in range(a.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            if n == "unpack-nofsync":  # the pack it reads is made first (and flushed), not timed
+            if n.startswith("unpack"):  # the pack it reads is made first (and flushed), not timed
                 subprocess.run(f"{m} pack -q --no-fsync {src} {w}/pk && sync", shell=True, check=True)
             if not a.no_prefault:
                 prefault(size)
