@@ -247,6 +247,12 @@ static void roff(const char *s)
     }
 }
 
+static const char mpi_text[] =
+    "Under mpirun or srun (a build with MPI: 'moepack version' says mpi=yes), pack, unpack,\n"
+    "convert, hash, verify, diff, compress and decompress split their work across the ranks\n"
+    "and write what one process writes; other commands run on rank 0. Launch them with\n"
+    "mpirun --bind-to none (srun --cpu-bind=none) so that a rank's threads use its host's cores.\n";
+
 /* moepack(1), from the command table --help prints. */
 static int print_man(void)
 {
@@ -264,6 +270,8 @@ static int print_man(void)
         roff(mpk_commands[i].usage);
         puts(".fi");
     }
+    puts(".SH MPI");
+    roff(mpi_text);
     puts(".SH EXIT STATUS\n.nf");
     roff(exit_table);
     puts(".fi\n.SH SEE ALSO\n.BR libmoepack (3)");
@@ -325,7 +333,7 @@ static int cmd_help(int argc, char **argv)
            "per layer), streaming, with bounded memory.\n\nCommands:\n");
     for (size_t i = 0; i < mpk_n_commands; i++)
         printf("  %-10s %s\n", mpk_commands[i].name, mpk_commands[i].summary);
-    printf("\n'moepack <command> --help' shows a command's options.\n\n%s", exit_table);
+    printf("\n'moepack <command> --help' shows a command's options.\n\n%s\n%s", mpi_text, exit_table);
     return MPK_EXIT_OK;
 }
 
