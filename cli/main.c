@@ -568,7 +568,12 @@ int main(int argc, char **argv)
 {
     /* a write past RLIMIT_FSIZE fails with EFBIG (reported, cleaned up) instead of killing us */
     signal(SIGXFSZ, SIG_IGN);
-    if (mpk_mpi_begin(&argc, &argv) > 1) {
+    if (mpk_mpi_begin(&argc, &argv) == 1 && mpk_mpi_rank() != 0) {
+        return MPK_EXIT_OK; /* launched, but without MPI built in: rank 0 works alone */
+    } else if (mpk_mpi_size() == 1 && mpk_mpi_rank() == 0 && strstr(mpk_features(), "mpi=no") &&
+               (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE"))) {
+        fprintf(stderr, "moepack: started by a launcher, but built without MPI: rank 0 works alone\n");
+    } else if (mpk_mpi_size() > 1) {
         atexit(mpk_mpi_end); /* (every rank finalizes, also on exit()) */
         if (mpk_mpi_rank() != 0 && !getenv("MOEPACK_MPI_VERBOSE")) {
             /* one report, one error: rank 0's (every rank ends with the same status) */

@@ -23,7 +23,10 @@
 #endif
 
 static int g_rank, g_size = 1, g_local = 1;
-static bool g_joined, g_broken; /* broken: left a collective unfinished (cancelled) */
+static bool g_joined;
+#if MPK_HAVE_MPI
+static bool g_broken; /* left a collective unfinished (cancelled): MPI is not finalized */
+#endif
 
 /* The variables the launchers set in every process they start: Open MPI's mpirun, PMIx (srun
  * --mpi=pmix, prterun), PMI-1/2 (srun --mpi=pmi2, MPICH's hydra). */
@@ -56,6 +59,12 @@ int mpk_dist_begin(int *argc, char ***argv)
     }
 #else
     (void)argc, (void)argv;
+    /* launched, but built without MPI: each process learns its rank from the launcher (the
+     * program lets rank 0 work alone) */
+    const char *r = getenv("OMPI_COMM_WORLD_RANK");
+    r = r ? r : getenv("PMIX_RANK");
+    r = r ? r : getenv("PMI_RANK");
+    g_rank = r ? atoi(r) : 0;
 #endif
     return g_size;
 }

@@ -154,8 +154,8 @@ MPK_API const char *mpk_features(void);
  * Their reports are complete on rank 0 (verify/diff/hash: on every rank) and carry a "ranks"
  * array. Other calls work per process. */
 MPK_API int mpk_mpi_begin(int *argc, char ***argv);
-/* This process's rank (0 when not joined) and the number working together (1 when not joined,
- * or after mpk_mpi_solo). */
+/* This process's rank (0 when not launched; in a library built without MPI, the launcher's rank
+ * of the process) and the number working together (1 when not joined, or after mpk_mpi_solo). */
 MPK_API int mpk_mpi_rank(void);
 MPK_API int mpk_mpi_size(void);
 /* From now on this process works alone: collective calls behave as without MPI (for work
