@@ -180,15 +180,11 @@ static bool shard_checks_out(run_ctx *c, size_t sh, uint64_t want)
     if (!c->hashes)
         return false;
     char *buf = mpk_alloc(HASH_CHUNK);
-    const mpk_st_out *so = c->shards[sh];
     mpk_error ig;
     bool ok = buf != NULL;
-    for (size_t i = 0; ok && i < c->p->n_outs; i++) {
-        const mpk_plan_out *po = &c->p->outs[i];
-        if (po->shard == (int)sh)
-            ok = mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, po->nbytes, buf,
-                                     HASH_CHUNK, so->path, po->name, &c->hashes[i].hash, &ig) == MPK_OK;
-    }
+    for (size_t i = 0; ok && i < c->p->n_outs; i++)
+        if (c->p->outs[i].shard == (int)sh)
+            ok = ex_hash_output(c, i, buf, &ig) == MPK_OK;
     free(buf);
     return ok && ex_shard_digest(c->p, sh, c->hashes) == want;
 }
@@ -395,10 +391,11 @@ static mpk_status make_units(job *j)
     bool h = j->o->hash_outputs;
     c->left = mpk_calloc(p->n_outs + 1, sizeof *c->left);
     c->hashes = h ? mpk_calloc(p->n_outs + 1, sizeof *c->hashes) : NULL;
-    c->sh_left = h ? mpk_calloc(p->n_shards + 1, sizeof *c->sh_left) : NULL;
-    c->syncq = h ? mpk_calloc(p->n_shards + 1, sizeof *c->syncq) : NULL;
+    bool journal = h && mpk_dist_size() < 2; /* (an MPI run is not resumed: no journal) */
+    c->sh_left = journal ? mpk_calloc(p->n_shards + 1, sizeof *c->sh_left) : NULL;
+    c->syncq = journal ? mpk_calloc(p->n_shards + 1, sizeof *c->syncq) : NULL;
     c->hq = mpk_calloc(p->n_outs + 1, sizeof *c->hq);
-    if (!c->left || (h && (!c->hashes || !c->sh_left || !c->syncq)) || !c->hq)
+    if (!c->left || (h && !c->hashes) || (journal && (!c->sh_left || !c->syncq)) || !c->hq)
         return nomem(j);
     for (size_t i = 0; i < p->n_outs; i++) {
         const mpk_plan_out *po = &p->outs[i];
@@ -774,10 +771,6 @@ static mpk_status assign_units(job *j)
         atomic_store(&q->next, q->lo);
         atomic_store(&q->ahead, q->lo);
     }
-    free(c->sh_left); /* no journal: an MPI run is not resumed */
-    free(c->syncq);
-    c->sh_left = NULL;
-    c->syncq = NULL;
     for (size_t i = 0; i < p->n_outs; i++) {
         const mpk_plan_out *po = &p->outs[i];
         c->total += mine[i];
@@ -828,12 +821,10 @@ static mpk_status dist_finish(job *j, mpk_status s, const char *src_path, mpk_ex
     for (size_t i = 0; c->hashes && i < p->n_outs && s == MPK_OK; i++) {
         if (!c->hash_after[i])
             continue;
-        const mpk_st_out *so = c->shards[p->outs[i].shard];
         if (!buf && !(buf = mpk_alloc(HASH_CHUNK)))
             s = nomem(j);
         else
-            s = mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, p->outs[i].nbytes, buf,
-                                    HASH_CHUNK, so->path, p->outs[i].name, &c->hashes[i].hash, j->err);
+            s = ex_hash_output(c, i, buf, j->err);
     }
     free(buf);
     MPK_TRY(dist_agree(j, s));
@@ -927,8 +918,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
         ex_err_locate(err, dst, NULL);
         return s;
     }
-    mpk_rank_stats mine; /* every rank reaches this with the same (agreed) status */
-    mpk_dist_stats_mine(&mine, read, wrote, stats->seconds);
-    stats->ranks = mpk_dist_stats_gather(&mine, &stats->n_ranks);
+    /* every rank reaches this with the same (agreed) status */
+    stats->ranks = mpk_dist_stats(read, wrote, stats->seconds, &stats->n_ranks);
     return MPK_OK;
 }

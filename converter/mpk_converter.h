@@ -229,6 +229,9 @@ typedef struct mpk_plan {
 
 /* The dequantize view behind a source tensor pointer of the plan, NULL for a real tensor. */
 const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *t);
+/* s is an FP8 weight w's scale grid with b x b blocks: F32, w's leading dims, then
+ * ceil(rows / b) x ceil(cols / b). */
+bool mpk_fp8_grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, int b);
 
 /* Matches every tensor of src against spec, groups and checks them, infers every output and
  * lays out the shards. Errors: MPK_E_EXPERT_MISSING, MPK_E_SHAPE, MPK_E_DTYPE_MISMATCH,

@@ -198,7 +198,7 @@ static int64_t block_straddle(const mpk_rule *r, const mpk_bundle *w, int b, mpk
     return 0;
 }
 
-static bool grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, int b)
+bool mpk_fp8_grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, int b)
 {
     if (s->dtype != MPK_DTYPE_F32 || w->ndim < 2 || s->ndim != w->ndim)
         return false;
@@ -256,7 +256,7 @@ static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_
             const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(src, sn) : NULL;
             if (st) {
                 char a[128], b[128];
-                if (!grid_matches(t->info, st->info, p->fp8_block))
+                if (!mpk_fp8_grid_matches(t->info, st->info, p->fp8_block))
                     MPK_FAIL(err, MPK_E_QUANT, src->dir,
                              "tensor '%s' %s %s: its scale grid '%s' is %s %s, not F32 with %dx%d "
                              "blocks",
@@ -396,7 +396,7 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
                 break;
             }
             char a[128], b[128];
-            if (!grid_matches(wt->info, si, p->fp8_block))
+            if (!mpk_fp8_grid_matches(wt->info, si, p->fp8_block))
                 MPK_FAIL(err, MPK_E_QUANT, where,
                          "scale grid '%s' is %s %s but its weight '%s' %s needs F32 %dx%d blocks",
                          si->name, mpk_dtype_name(si->dtype), mpk_shape_str(si->shape, si->ndim, a, sizeof a),

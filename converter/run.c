@@ -55,6 +55,14 @@ void ex_run_fail(run_ctx *c, const mpk_error *e)
  * shard file (o->hash_outputs), and, when the shards will be fsynced, the start of its
  * writeback, so that the disk works while the rest is copied and the final fsync waits for
  * little more than the last tensors. */
+mpk_status ex_hash_output(run_ctx *c, size_t i, char *buf, mpk_error *err)
+{
+    const mpk_plan_out *po = &c->p->outs[i];
+    const mpk_st_out *so = c->shards[po->shard];
+    return mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, po->nbytes, buf, HASH_CHUNK,
+                               so->path, po->name, &c->hashes[i].hash, err);
+}
+
 static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *err)
 {
     const mpk_plan_out *po = &c->p->outs[i];
@@ -62,8 +70,7 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
     uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
     mpk_status s = MPK_OK;
     if (c->hashes && !(c->split && c->split[i])) /* a split output is hashed once all ranks wrote it */
-        s = mpk_hash_file_range(so->fd, base, po->nbytes, buf, HASH_CHUNK, so->path, po->name, &c->hashes[i].hash,
-                                err);
+        s = ex_hash_output(c, i, buf, err);
     if (s == MPK_OK && !c->o->no_fsync && po->nbytes) /* (length 0 would mean to the end) */
         sync_file_range(so->fd, (off64_t)base, (off64_t)po->nbytes, SYNC_FILE_RANGE_WRITE); /* a hint */
     return s;

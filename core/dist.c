@@ -12,6 +12,7 @@
 
 #include <limits.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,11 +27,10 @@ static int g_rank, g_size = 1, g_local = 1;
 static bool g_joined;
 #if MPK_HAVE_MPI
 static bool g_broken; /* left a collective unfinished (cancelled): MPI is not finalized */
-#endif
 
 /* The variables the launchers set in every process they start: Open MPI's mpirun, PMIx (srun
  * --mpi=pmix, prterun), PMI-1/2 (srun --mpi=pmi2, MPICH's hydra). */
-bool mpk_dist_launched(void)
+static bool launched(void)
 {
     static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", NULL};
     for (int i = 0; vars[i]; i++)
@@ -38,13 +38,14 @@ bool mpk_dist_launched(void)
             return true;
     return false;
 }
+#endif
 
 int mpk_dist_begin(int *argc, char ***argv)
 {
 #if MPK_HAVE_MPI
     int inited = 0;
     MPI_Initialized(&inited);
-    if (g_joined || (!inited && !mpk_dist_launched()))
+    if (g_joined || (!inited && !launched()))
         return g_size;
     int provided;
     if (!inited && MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
@@ -94,24 +95,14 @@ int mpk_dist_size(void)
     return g_size;
 }
 
-int mpk_dist_local_size(void)
-{
-    return g_size > 1 ? g_local : 1;
-}
-
 int mpk_default_threads(void)
 {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     cpu_set_t set;
     long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : online;
     if (online > 0 && n >= online) /* not bound: the ranks on this host share it */
-        n = online / mpk_dist_local_size();
+        n = online / (g_size > 1 ? g_local : 1);
     return n < 1 ? 1 : n > 64 ? 64 : (int)n;
-}
-
-bool mpk_dist_joined(void)
-{
-    return g_joined && g_size >= 1;
 }
 
 mpk_status mpk_dist_agree(mpk_status s, mpk_error *err)
@@ -184,7 +175,8 @@ void mpk_dist_reduce(uint64_t *v, size_t n, mpk_dist_op op)
 #endif
 }
 
-void mpk_dist_gather(const void *mine, size_t len, void *all)
+/* Collective: rank 0 receives every rank's len bytes into all (size x len bytes). */
+static void gather(const void *mine, size_t len, void *all)
 {
 #if MPK_HAVE_MPI
     if (g_size > 1) {
@@ -240,35 +232,34 @@ mpk_status mpk_dist_allgatherv(const void *mine, size_t len, char **all, size_t 
     return s;
 }
 
-int mpk_dist_owner(uint64_t *load, int n, uint64_t bytes)
+bool mpk_dist_mine(uint64_t *load, uint64_t bytes)
 {
+    if (!load)
+        return true;
     int best = 0;
-    for (int r = 1; r < n; r++)
+    for (int r = 1; r < g_size; r++)
         if (load[r] < load[best])
             best = r;
     load[best] += bytes;
-    return best;
+    return best == g_rank;
 }
 
-void mpk_dist_stats_mine(mpk_rank_stats *s, uint64_t bytes_read, uint64_t bytes_written, double seconds)
-{
-    memset(s, 0, sizeof *s);
-    s->rank = g_rank;
-    gethostname(s->host, sizeof s->host - 1);
-    s->bytes_read = bytes_read;
-    s->bytes_written = bytes_written;
-    s->seconds = seconds;
-}
-
-mpk_rank_stats *mpk_dist_stats_gather(const mpk_rank_stats *mine, int *n)
+mpk_rank_stats *mpk_dist_stats(uint64_t bytes_read, uint64_t bytes_written, double seconds, int *n)
 {
     *n = 0;
     if (!g_joined)
         return NULL;
-    mpk_rank_stats *all = g_rank == 0 ? mpk_calloc((size_t)g_size, sizeof *all) : NULL;
-    mpk_rank_stats dummy[1];
-    mpk_dist_gather(mine, sizeof *mine, all ? (void *)all : (void *)dummy);
+    mpk_rank_stats mine = {.rank = g_rank, .bytes_read = bytes_read, .bytes_written = bytes_written,
+                           .seconds = seconds};
+    gethostname(mine.host, sizeof mine.host - 1);
+    mpk_rank_stats *all = g_rank == 0 ? mpk_calloc((size_t)g_size, sizeof *all) : NULL, dummy[1];
+    gather(&mine, sizeof mine, all ? (void *)all : (void *)dummy);
     if (all)
         *n = g_size;
     return all;
+}
+
+mpk_rank_stats *mpk_dist_stats_meter(const mpk_meter *m, int *n)
+{
+    return mpk_dist_stats(atomic_load(&m->done), 0, (double)(mpk_now_ns() - m->t0_ns) * 1e-9, n);
 }

@@ -134,14 +134,11 @@ void mpk_meter_end(mpk_meter *m);
 
 /* One job across MPI ranks; without MPI, or not started by a launcher, one rank and no-ops.
  * Every function marked collective is entered by every rank, in the same order. */
-bool mpk_dist_launched(void);            /* mpirun/srun's variables are set */
 int mpk_dist_begin(int *argc, char ***argv); /* joins the job when launched; the number of ranks */
 void mpk_dist_end(void);                 /* MPI_Finalize (once) */
 void mpk_dist_solo(void);                /* from now on this process works alone (size 1) */
 int mpk_dist_rank(void);
 int mpk_dist_size(void);                 /* ranks working together: 1 when not distributed */
-int mpk_dist_local_size(void);           /* of them, on this host */
-bool mpk_dist_joined(void);              /* started by a launcher and joined (even as 1 rank) */
 /* Threads to use by default: the CPUs this process may run on (a launcher may have bound it to
  * a few), or, when it may run on all, the host's CPUs divided among the ranks on the host. */
 int mpk_default_threads(void);
@@ -155,13 +152,12 @@ void mpk_dist_bcast(void *buf, size_t len, int root);   /* collective */
 typedef enum { MPK_DIST_XOR, MPK_DIST_SUM, MPK_DIST_MIN } mpk_dist_op;
 /* Collective: v[0..n) combined element-wise over the ranks, in place on every rank. */
 void mpk_dist_reduce(uint64_t *v, size_t n, mpk_dist_op op);
-/* Collective: rank 0 receives every rank's len bytes into all (size x len bytes). */
-void mpk_dist_gather(const void *mine, size_t len, void *all);
 /* Collective: every rank's len bytes, in rank order, to every rank (*all: malloc'd). */
 mpk_status mpk_dist_allgatherv(const void *mine, size_t len, char **all, size_t *all_len, mpk_error *err);
-/* The rank (of n) with the least load, which then carries bytes more: deterministic greedy
- * balance, the same on every rank given the same sequence. */
-int mpk_dist_owner(uint64_t *load, int n, uint64_t bytes);
+/* Whether this rank takes a piece of work of `bytes` (pieces go, in the same order on every
+ * rank, to the least loaded of the size ranks, load[] their bytes so far); with load NULL (one
+ * process) every piece is this process's. */
+bool mpk_dist_mine(uint64_t *load, uint64_t bytes);
 
 typedef struct mpk_rank_stats {
     int rank;
@@ -169,10 +165,11 @@ typedef struct mpk_rank_stats {
     uint64_t bytes_read, bytes_written;
     double seconds;
 } mpk_rank_stats;
-void mpk_dist_stats_mine(mpk_rank_stats *s, uint64_t bytes_read, uint64_t bytes_written, double seconds);
-/* Collective: on rank 0 every rank's stats (*n of them, free()), elsewhere NULL; NULL when
- * not joined. */
-mpk_rank_stats *mpk_dist_stats_gather(const mpk_rank_stats *mine, int *n);
+/* Collective: what each rank did (this rank's figures given), on rank 0 (*n of them,
+ * free()), elsewhere NULL; NULL when not started by a launcher. _meter: the bytes a meter
+ * counted, read in the time since it started. */
+mpk_rank_stats *mpk_dist_stats(uint64_t bytes_read, uint64_t bytes_written, double seconds, int *n);
+mpk_rank_stats *mpk_dist_stats_meter(const mpk_meter *m, int *n);
 
 #ifdef __cplusplus
 }

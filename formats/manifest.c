@@ -148,7 +148,6 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
     }
     qsort(order, c->n_tensors, sizeof *order, larger_first);
     /* under MPI each rank hashes its share (largest first to the least loaded rank) */
-    size_t n_mine = c->n_tensors;
     int R = mpk_dist_size();
     uint64_t *load = R > 1 ? mpk_calloc((size_t)R, sizeof *load) : NULL;
     if (R > 1 && !load) {
@@ -156,13 +155,11 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
         free(order);
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     }
-    if (load) {
-        n_mine = 0;
-        for (size_t k = 0; k < c->n_tensors; k++)
-            if (mpk_dist_owner(load, R, order[k].bytes) == mpk_dist_rank())
-                order[n_mine++] = order[k];
-        free(load);
-    }
+    size_t n_mine = 0;
+    for (size_t k = 0; k < c->n_tensors; k++)
+        if (mpk_dist_mine(load, order[k].bytes))
+            order[n_mine++] = order[k];
+    free(load);
     hash_job j = {.c = c, .t = t, .order = order, .n = n_mine, .meter = meter};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, false);
@@ -196,7 +193,7 @@ mpk_status mpk_hash_ckpt(const mpk_ckpt *c, mpk_tensor_hash **out, mpk_hash128 *
     return MPK_OK;
 }
 
-char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov)
+cJSON *mpk_manifest_json(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov)
 {
     char hx[33];
     cJSON *root = cJSON_CreateObject(), *ts = cJSON_CreateObject();
@@ -231,7 +228,13 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
         cJSON_Delete(root);
         return NULL;
     }
-    char *text = mpk_json_print(root, true);
+    return root;
+}
+
+char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov)
+{
+    cJSON *root = mpk_manifest_json(t, n, digest, prov);
+    char *text = root ? mpk_json_print(root, true) : NULL;
     cJSON_Delete(root);
     return text;
 }

@@ -309,9 +309,11 @@ mpk_hash128 mpk_manifest_digest(const mpk_tensor_hash *t, size_t n);
 const char *mpk_hash_hex(mpk_hash128 h, char *buf);
 /* Parses 32 hex digits; false otherwise. */
 bool mpk_hash_parse_hex(const char *s, mpk_hash128 *h);
-/* The manifest document for a hashed checkpoint: malloc'd text. prov (a cJSON object, may be
- * NULL): how the checkpoint was made, kept as "provenance". */
+/* The manifest document for a hashed checkpoint: malloc'd text (_json: the cJSON tree, the
+ * caller's). prov (a cJSON object, may be NULL): how the checkpoint was made, kept as
+ * "provenance". */
 char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov);
+cJSON *mpk_manifest_json(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov);
 /* Hashes the checkpoint in dir and writes dir/moepack.manifest.json. */
 mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, mpk_error *err);
 /* Writes dir/moepack.manifest.json from hashes already computed (any order; t is sorted in

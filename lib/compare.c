@@ -6,7 +6,6 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -299,11 +298,10 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
         if (s == MPK_OK)
             mpk_meter_end(&meter);
     }
-    mpk_rank_stats mine, *ranks = NULL; /* under MPI (the status agreed): what each rank read */
+    mpk_rank_stats *ranks = NULL; /* under MPI (the status agreed): what each rank read */
     int n_ranks = 0;
     if (s == MPK_OK) {
-        mpk_dist_stats_mine(&mine, atomic_load(&meter.done), 0, (double)(mpk_now_ns() - meter.t0_ns) * 1e-9);
-        ranks = mpk_dist_stats_gather(&mine, &n_ranks);
+        ranks = mpk_dist_stats_meter(&meter, &n_ranks);
         s = make_report(r, stats, cJSON_IsObject(prov) ? prov : NULL, ranks, n_ranks, out, err);
     }
     free(ranks);

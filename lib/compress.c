@@ -111,28 +111,28 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
     char **names;
     size_t n;
     MPK_TRY(list_files(r->src, compress ? ".safetensors" : ".safetensors" EXT, &names, &n, err));
+    /* under MPI each rank converts its share of the files (each to the least loaded rank, in
+     * list order: the same on every rank) */
     char **paths = mpk_calloc(n + 1, sizeof *paths);
-    uint64_t total = 0; /* what the progress meter counts: the input bytes */
+    bool *take = mpk_calloc(n + 1, sizeof *take);
+    int R = mpk_dist_size();
+    uint64_t *load = R > 1 ? mpk_calloc((size_t)R, sizeof *load) : NULL;
+    uint64_t total = 0; /* what the progress meter counts: this process's input bytes */
     struct stat st;
-    mpk_status s = paths ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
+    mpk_status s = paths && take && (R < 2 || load) ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
     for (size_t i = 0; s == MPK_OK && i < n; i++) {
         if (!(paths[i] = mpk_path_join(r->src, names[i])))
             s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
-        else if (stat(paths[i], &st) == 0)
-            total += (uint64_t)st.st_size;
+        uint64_t size = s == MPK_OK && stat(paths[i], &st) == 0 ? (uint64_t)st.st_size : 0;
+        if ((take[i] = mpk_dist_mine(load, size)))
+            total += size;
     }
-    /* under MPI each rank converts its share of the files (largest to the least loaded rank:
-     * in list order, the same on every rank) */
-    int R = mpk_dist_size();
-    uint64_t *load = R > 1 ? mpk_calloc((size_t)R, sizeof *load) : NULL;
-    if (R > 1 && !load && s == MPK_OK)
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
     mpk_meter meter;
     mpk_meter_start(&meter, r->progress, r->ctx, total);
     int threads = cpu_threads(r->threads);
     for (size_t i = 0; s == MPK_OK && i < n; i++) {
         const char *nm = names[i];
-        if (load && mpk_dist_owner(load, R, stat(paths[i], &st) == 0 ? (uint64_t)st.st_size : 0) != mpk_dist_rank())
+        if (!take[i])
             continue;
         char out[4096];
         snprintf(out, sizeof out, "%s/%.*s%s", tmp, (int)(strlen(nm) - (compress ? 0 : strlen(EXT))), nm,
@@ -148,6 +148,7 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
         *files += s == MPK_OK;
     }
     free(load);
+    free(take);
     free_names(paths, paths ? n : 0);
     free_names(names, n);
     if (s == MPK_OK)
@@ -213,12 +214,11 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     skip_ctx k = {compress};
     if (s == MPK_OK)
         s = convert_files(r, compress, stage.tmp, &in_b, &out_b, &files, err); /* agreed */
-    mpk_rank_stats mine, *ranks = NULL;
+    mpk_rank_stats *ranks = NULL;
     int n_ranks = 0;
     bool agreed = s == MPK_OK; /* (every rank is here with the same status) */
     if (agreed) { /* what this rank did, then every rank's sums */
-        mpk_dist_stats_mine(&mine, in_b, out_b, now() - t0);
-        ranks = mpk_dist_stats_gather(&mine, &n_ranks);
+        ranks = mpk_dist_stats(in_b, out_b, now() - t0, &n_ranks);
         uint64_t sums[3] = {in_b, out_b, files};
         mpk_dist_reduce(sums, 3, MPK_DIST_SUM);
         in_b = sums[0], out_b = sums[1], files = (size_t)sums[2];

@@ -20,18 +20,17 @@
  * 128x128 block scales (`NAME_scale_inv` [(E,) ceil(R/128), ceil(C/128)] F32, as DeepSeek-V3
  * publishes them and pack writes them), each matrix dequantized (f32(code) * scale, rounded
  * once to BF16). */
-static mpk_status read_bf16(const mpk_ckpt *c, const mpk_ckpt_tensor *t, const char *name, uint16_t *out,
-                            mpk_error *err)
+static mpk_status read_bf16(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint16_t *out, mpk_error *err)
 {
     if (t->info->dtype == MPK_DTYPE_BF16)
         return mpk_ckpt_read(c, t, 0, t->nbytes, out, err);
+    const char *name = t->info->name;
     char sn[300];
     snprintf(sn, sizeof sn, "%s_scale_inv", name);
     const mpk_ckpt_tensor *ts = mpk_ckpt_find(c, sn);
     int nd = t->info->ndim;
     int64_t E = nd == 3 ? t->info->shape[0] : 1, R = t->info->shape[nd - 2], C = t->info->shape[nd - 1], b = 128;
-    if (!ts || ts->info->dtype != MPK_DTYPE_F32 || ts->info->ndim != nd || (nd == 3 && ts->info->shape[0] != E) ||
-        ts->info->shape[nd - 2] != (R + b - 1) / b || ts->info->shape[nd - 1] != (C + b - 1) / b)
+    if (!ts || !mpk_fp8_grid_matches(t->info, ts->info, (int)b))
         MPK_FAIL(err, MPK_E_QUANT, c->dir, "'%s' is FP8: it needs '%s' F32 [%s%lld, %lld] (128x128 blocks)", name, sn,
                  nd == 3 ? "E, " : "", (long long)((R + b - 1) / b), (long long)((C + b - 1) / b));
     uint8_t *w = mpk_alloc((size_t)(R * C));
@@ -82,8 +81,8 @@ static mpk_status load_layer(const char *path, int layer, mpk_moe *p, uint16_t *
         *dn = mpk_alloc(n_dn * 2);
         if (!*gu || !*dn)
             s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory for layer %d's experts", layer);
-        else if ((s = read_bf16(c, tg, ng, *gu, err)) == MPK_OK)
-            s = read_bf16(c, td, nd, *dn, err);
+        else if ((s = read_bf16(c, tg, *gu, err)) == MPK_OK)
+            s = read_bf16(c, td, *dn, err);
     }
     mpk_ckpt_close(c);
     return s;
@@ -142,7 +141,7 @@ static mpk_status load_reference(const char *path, int layer, int E, int H, int 
             } else {
                 uint16_t *dst = proj == 2 ? *dn + (size_t)e * H * I
                                           : *gu + ((size_t)e * 2 * I + (proj == 1 ? (size_t)I : 0)) * H;
-                s = read_bf16(c, t, t->info->name, dst, err);
+                s = read_bf16(c, t, dst, err);
             }
         }
     mpk_ckpt_close(c);

@@ -4,7 +4,6 @@
 #include "mpk_config.h"
 
 #include <cjson/cJSON.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -245,13 +244,10 @@ mpk_status mpk_inspect(const char *path, mpk_report **out, mpk_error *err)
 static mpk_status hash_report(mpk_report *r, const mpk_ckpt *c, const mpk_tensor_hash *t, mpk_hash128 d,
                               const mpk_rank_stats *ranks, int n_ranks, mpk_error *err)
 {
-    char *text = mpk_manifest_format(t, c->n_tensors, d, NULL);
-    if (text && ranks) { /* under MPI the manifest document carries what each rank did */
-        cJSON *doc = cJSON_Parse(text);
-        free(text);
-        text = doc && mpk_lib_ranks_json(doc, ranks, n_ranks) ? mpk_json_print(doc, true) : NULL;
-        cJSON_Delete(doc);
-    }
+    cJSON *doc = mpk_manifest_json(t, c->n_tensors, d, NULL);
+    /* under MPI the document carries what each rank did */
+    char *text = doc && mpk_lib_ranks_json(doc, ranks, n_ranks) ? mpk_json_print(doc, true) : NULL;
+    cJSON_Delete(doc);
     if (!text)
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     free(r->json);
@@ -291,12 +287,11 @@ mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *
     mpk_meter meter;
     mpk_meter_start(&meter, progress, ctx, c->total_bytes);
     mpk_status s = mpk_hash_ckpt(c, &t, &d, &meter, err); /* collective under MPI: agreed */
-    mpk_rank_stats mine, *ranks = NULL;
+    mpk_rank_stats *ranks = NULL;
     int n_ranks = 0;
     if (s == MPK_OK) {
         mpk_meter_end(&meter);
-        mpk_dist_stats_mine(&mine, atomic_load(&meter.done), 0, (double)(mpk_now_ns() - meter.t0_ns) * 1e-9);
-        ranks = mpk_dist_stats_gather(&mine, &n_ranks);
+        ranks = mpk_dist_stats_meter(&meter, &n_ranks);
     }
     bool hashed = s == MPK_OK;
     if (s == MPK_OK && !(r = mpk_report_new()))

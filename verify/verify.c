@@ -71,13 +71,19 @@ static bool float_dtype(mpk_dtype d)
            d == MPK_DTYPE_F8_E5M2;
 }
 
+/* name is one the destination should hold (what is not expected is an extra) */
+static void expect(vctx *v, const char *name)
+{
+    mpk_strmap_put(&v->expected, name, strlen(name), 0, NULL);
+}
+
 static mpk_status tc_begin(vctx *v, tcmp *t, const char *name, const mpk_tmeta *m, bool approx)
 {
     memset(t, 0, sizeof *t);
     t->name = name;
     t->meta = *m;
     t->approx = approx;
-    mpk_strmap_put(&v->expected, name, strlen(name), 0, NULL);
+    expect(v, name);
     const mpk_ckpt_tensor *d = mpk_ckpt_find(v->dst, name);
     if (!d) {
         if (!vfy_add(v->r, name, MPK_DIFF_MISSING, "expected, absent from the destination"))
@@ -453,12 +459,7 @@ static mpk_status compare_whole(vctx *v, const mpk_plan *p, const mpk_ckpt *src,
 static bool mine(vctx *v, uint64_t *load, uint64_t bytes)
 {
     v->r->item++;
-    return !load || mpk_dist_owner(load, mpk_dist_size(), bytes) == mpk_dist_rank();
-}
-
-static void expect(vctx *v, const char *name)
-{
-    mpk_strmap_put(&v->expected, name, strlen(name), 0, NULL);
+    return mpk_dist_mine(load, bytes);
 }
 
 static int by_order(const void *a, const void *b)
