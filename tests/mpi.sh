@@ -144,6 +144,15 @@ check "the run after a killed rank 0 removed its staging directory" json again.j
 check "... and left none of its own" test "$(ls -A | grep -c '^\.killed\.moepack-tmp')" = 0
 check "... and wrote one process's files" diff -r ref-pack killed
 
+# ranks that plan different conversions (MPMD: rank 1 given another copy of the source) fail
+# together, naming the rule (MPK_E_CHANGED: exit 1), with nothing at DST and no staging left
+cp -r src src-copy
+"${MPR[@]}" -n 1 "$M" pack src differ : -n 1 "$M" pack src-copy differ > differ.out 2>&1
+rc=$?
+[ $rc = 1 ] && ok || bad "ranks planning differently: exit $rc, not 1"
+check "... the error says so" grep -q "planned a different conversion than rank 0" differ.out
+check "... nothing at DST, no staging directory" test ! -e differ -a "$(ls -A | grep -c '^\.differ\.moepack-tmp')" = 0
+
 # --resume is refused under MPI (usage: exit 2), nothing written
 "${MPR[@]}" -n 2 "$M" pack src resumed --resume -q >/dev/null 2>&1
 rc=$?
