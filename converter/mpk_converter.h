@@ -85,6 +85,10 @@ typedef struct mpk_rule {
     char path[64];              /* JSON path of the rule in its spec, for messages */
     int scale_of;               /* >= 0: a companion that moves rule scale_of's FP8 scale grids
                                    (every pattern + "_scale_inv", same ops); -1 otherwise */
+    bool partition;             /* "partition": the list is cut into as many equal runs as the
+                                   side without it has patterns; run k goes through the ops
+                                   alone and builds target k (reversed: source k makes run k).
+                                   ERNIE-4.5-VL: experts 0..E-1 text, E..2E-1 vision */
 } mpk_rule;
 
 typedef struct mpk_rename {
@@ -172,6 +176,9 @@ typedef struct mpk_plan_group {
     mpk_capture caps[8];
     int n_caps;
     int n_items;                        /* list length on the source side (1 if none) */
+    long item_base;                     /* a part of a partitioned rule: the list value of its
+                                           first item (forward: sources, reversed: targets);
+                                           the group's rule is then that part's own */
     const mpk_ckpt_tensor **src;        /* [n_sources * n_items] */
     mpk_bundle out_meta;
 } mpk_plan_group;

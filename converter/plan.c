@@ -17,6 +17,9 @@ typedef struct {
     mpk_plan_group g;
     entry *e;
     size_t n, cap;
+    long n_part;  /* a forward part: its list length (items 0..n_part-1 must all be there) */
+    int part;     /* a part of a partitioned rule: k, */
+    size_t first; /* and the index of part 0's group */
 } group_acc;
 
 static char *expand(mpk_arena *a, const mpk_pattern *p, const char *prefix, const char *suffix,
@@ -158,16 +161,23 @@ static mpk_status report_missing(mpk_plan *p, group_acc *acc, long n, const char
         }
         if (want >= n)
             continue;
-        char cbuf[256], rbuf[256], ibuf[24];
+        char cbuf[256], rbuf[256], ibuf[24], of[64];
+        for (size_t i = 0; i < k; i++) /* a part's own numbers are offsets into the list */
+            items[i] += g->item_base;
         ranges(items, k, rbuf, sizeof rbuf);
         free(items);
-        snprintf(ibuf, sizeof ibuf, "%ld", want);
+        if (g->item_base)
+            snprintf(of, sizeof of, "%ld-%ld", g->item_base, g->item_base + n - 1);
+        else
+            snprintf(of, sizeof of, "%ld", n);
+        snprintf(ibuf, sizeof ibuf, "%ld", want + g->item_base);
         const char *missing = expand(p->arena, &r->sources[s], g->prefix, g->suffix, g->caps,
                                      g->n_caps, r->list_capture, ibuf);
         const char *list = r->list_capture ? r->list_capture : "item";
         MPK_FAIL(err, MPK_E_EXPERT_MISSING, where,
-                 "%s: %s %ld is missing: no tensor '%s' (have %s %s of %ld)",
-                 caps_str(g, cbuf, sizeof cbuf), list, want, missing ? missing : "?", list, rbuf, n);
+                 "%s: %s %ld is missing: no tensor '%s' (have %s %s of %s)",
+                 caps_str(g, cbuf, sizeof cbuf), list, want + g->item_base, missing ? missing : "?",
+                 list, rbuf, of);
     }
     free(items);
     MPK_FAIL(err, MPK_E_EXPERT_MISSING, where, "internal: a missing item was not found");
@@ -285,6 +295,14 @@ static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_
     return MPK_OK;
 }
 
+/* --quantize turns a rule's outputs into FP8 when they are experts: per-expert tensors merged
+ * or split (a list capture) or stacked ones (3-D and up: DBRX, fused families). Routers and
+ * biases a preset moves (ERNIE-4.5-VL's transposed gates) stay as they are. */
+static bool quantizes(const mpk_rule *r, const mpk_bundle *out)
+{
+    return r->scale_of < 0 && (r->list_capture || (out->n_groups * out->n_items > 0 && out->t[0].ndim >= 3));
+}
+
 static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts,
                                mpk_error *err)
 {
@@ -292,7 +310,9 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
     const mpk_rule *r = g->rule;
     const char *where = p->src->dir;
     long n = 1;
-    if (r->list_in_sources) {
+    if (acc->n_part > 0) {
+        n = acc->n_part;
+    } else if (r->list_in_sources) {
         for (size_t i = 0; i < acc->n; i++)
             if (acc->e[i].item + 1 > n)
                 n = acc->e[i].item + 1;
@@ -405,7 +425,7 @@ static mpk_status finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts 
             wb.t[k] = (mpk_tmeta){wt->info->dtype, wt->info->ndim, {0}};
             memcpy(wb.t[k].shape, wt->info->shape, sizeof wt->info->shape);
         }
-    } else if (opts->quantize_block > 0) {
+    } else if (opts->quantize_block > 0 && quantizes(r, &g->out_meta)) {
         w = &in;
     }
     int dim = 0;
@@ -443,6 +463,112 @@ static char *apply_renames(mpk_arena *a, const mpk_spec *s, const char *name)
         cur = n;
     }
     return cur;
+}
+
+/* Part k of partitioned rule r as a rule of its own: forward, every source and target k alone;
+ * reversed, source k alone and every target. Made once per plan (parts[ri * 8 + k]). */
+static const mpk_rule *part_rule(mpk_plan *p, const mpk_rule **parts, int ri, const mpk_rule *r, int k)
+{
+    const mpk_rule **slot = &parts[ri * 8 + k];
+    if (!*slot) {
+        mpk_rule *d = mpk_arena_alloc(p->arena, sizeof *d);
+        if (!d)
+            return NULL;
+        *d = *r;
+        d->partition = false;
+        if (r->list_in_sources) {
+            d->targets[0] = r->targets[k];
+            d->n_targets = 1;
+        } else {
+            d->sources[0] = r->sources[k];
+            d->n_sources = 1;
+        }
+        size_t pl = strnlen(d->path, sizeof d->path - 10); /* k < 8 */
+        memcpy(d->path + pl, " (part ", 7);
+        d->path[pl + 7] = (char)('0' + k);
+        memcpy(d->path + pl + 8, ")", 2);
+        *slot = d;
+    }
+    return *slot;
+}
+
+/* Cuts the groups of partitioned rules into their parts (see mpk_rule.partition). Forward: the
+ * list 0..P*m-1 into P runs of m (m: config.json's expert count when it has one and the list
+ * is {expert}, else the list's length / P rounded up), part k keeping items k*m.. numbered from
+ * 0; reversed: part k takes source k, its outputs numbered from k * (part 0's count, set after
+ * inference). */
+static mpk_status split_parts(mpk_plan *p, group_acc **accs, size_t *n_accs, size_t *cap,
+                              const mpk_plan_opts *opts, mpk_error *err)
+{
+    const mpk_spec *spec = p->spec;
+    const char *where = p->src->dir;
+    bool any = false;
+    for (int ri = 0; ri < spec->n_rules; ri++)
+        any |= spec->rules[ri].partition;
+    if (!any)
+        return MPK_OK;
+    const mpk_rule **parts = mpk_arena_alloc(p->arena, sizeof *parts * (size_t)spec->n_rules * 8);
+    if (!parts)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    memset(parts, 0, sizeof *parts * (size_t)spec->n_rules * 8);
+    size_t n0 = *n_accs;
+    for (size_t i = 0; i < n0; i++) {
+        const mpk_rule *r = (*accs)[i].g.rule;
+        if (!r->partition)
+            continue;
+        int ri = (int)(r - spec->rules), P = r->list_in_sources ? r->n_targets : r->n_sources;
+        long m = 1;
+        if (r->list_in_sources) {
+            long top = 0;
+            for (size_t k = 0; k < (*accs)[i].n; k++)
+                if ((*accs)[i].e[k].item + 1 > top)
+                    top = (*accs)[i].e[k].item + 1;
+            m = (top + P - 1) / P;
+            if (opts->cfg && opts->cfg->num_experts > m && strcmp(r->list_capture, "expert") == 0)
+                m = opts->cfg->num_experts;
+        }
+        /* parts 1..P-1 are new groups at the end; part 0 stays in place */
+        for (int k = P - 1; k >= 0; k--) {
+            group_acc *src = &(*accs)[i], part = {.g = src->g};
+            const mpk_rule *d = part_rule(p, parts, ri, r, k);
+            part.g.rule = d;
+            part.g.key = mpk_arena_printf(p->arena, "%s#%d", src->g.key, k);
+            if (!d || !part.g.key)
+                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+            part.part = k;
+            part.first = i;
+            if (r->list_in_sources) {
+                part.n_part = m;
+                part.g.item_base = k * m;
+            }
+            for (size_t e = 0; e < src->n; e++) {
+                entry x = src->e[e];
+                if (r->list_in_sources ? x.item / m != k : x.src != k)
+                    continue;
+                if (r->list_in_sources)
+                    x.item -= k * m;
+                else
+                    x.src = 0;
+                if (add_entry(&part, x, where, err) != MPK_OK) {
+                    free(part.e);
+                    return MPK_E_NOMEM;
+                }
+            }
+            if (k == 0) {
+                free(src->e);
+                *src = part;
+                continue;
+            }
+            group_acc *na = mpk_grow(*accs, *n_accs, cap, sizeof *na, 64);
+            if (!na) {
+                free(part.e);
+                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+            }
+            *accs = na;
+            (*accs)[(*n_accs)++] = part;
+        }
+    }
+    return MPK_OK;
 }
 
 mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
@@ -542,6 +668,8 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         else
             pass[p->n_pass++] = t;
     }
+    if ((st = split_parts(p, &accs, &n_accs, &cap_accs, opts, err)) != MPK_OK)
+        goto done;
     /* already converted? nothing matched a source, but something looks like a target */
     if (n_accs == 0 && spec->n_rules > 0) {
         for (size_t ti = 0; ti < src->n_tensors; ti++)
@@ -593,6 +721,22 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         p->groups[i] = accs[i].g;
         n_out += (size_t)(accs[i].g.out_meta.n_groups * accs[i].g.out_meta.n_items);
     }
+    /* reversed parts number their outputs on from the parts before them (all the same size) */
+    for (size_t i = 0; i < n_accs; i++) {
+        mpk_plan_group *g = &p->groups[i], *g0 = &p->groups[accs[i].first];
+        if (!accs[i].part || g->rule->list_in_sources)
+            continue;
+        if (g->out_meta.n_items != g0->out_meta.n_items) {
+            st = mpk_error_set(err, MPK_E_SHAPE, 0, where,
+                               "'%s%s%s' makes %d %s tensors but '%s%s%s' makes %d: the parts of %s "
+                               "must be the same size", g->prefix, g->rule->sources[0].text, g->suffix,
+                               g->out_meta.n_items, g->rule->list_capture, g0->prefix,
+                               g0->rule->sources[0].text, g0->suffix, g0->out_meta.n_items,
+                               g->rule->path);
+            goto done;
+        }
+        g->item_base = (long)accs[i].part * g->out_meta.n_items;
+    }
     p->n_groups = n_accs;
     /* 3. outputs (--quantize adds a scale grid per rule output) */
     if (opts->quantize_block > 0)
@@ -617,7 +761,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         for (int tg = 0; tg < g->out_meta.n_groups; tg++)
             for (int it = 0; it < g->out_meta.n_items; it++) {
                 char ibuf[24];
-                snprintf(ibuf, sizeof ibuf, "%d", it);
+                snprintf(ibuf, sizeof ibuf, "%ld", it + (r->list_in_sources ? 0 : g->item_base));
                 mpk_plan_out *o = &p->outs[p->n_outs++];
                 o->name = expand(p->arena, &r->targets[tg], g->prefix, g->suffix, g->caps, g->n_caps,
                                  r->list_capture, ibuf);
@@ -627,7 +771,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
                 o->meta = g->out_meta.t[o->slot];
                 o->group = (int)gi;
                 mpk_dtype dt = o->meta.dtype;
-                if (opts->quantize_block > 0 && r->scale_of < 0 && o->meta.ndim >= 2 &&
+                if (opts->quantize_block > 0 && quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
                     (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16)) {
                     int b = opts->quantize_block, nd = o->meta.ndim;
                     mpk_plan_out *q = &p->outs[p->n_outs++];

@@ -30,7 +30,10 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
         for (int s = 0; s < r->n_sources; s++)
             fprintf(f, "%s %s%s%s", s ? "," : "", g->prefix, r->sources[s].text, g->suffix);
         if (g->n_items > 1)
-            fprintf(f, " (%s 0..%d)", r->list_capture, g->n_items - 1);
+            fprintf(f, " (%s %ld..%ld)", r->list_capture, g->item_base, g->item_base + g->n_items - 1);
+        else if (r->list_capture && !r->list_in_sources && g->out_meta.n_items > 1)
+            fprintf(f, " (into %s %ld..%ld)", r->list_capture, g->item_base,
+                    g->item_base + g->out_meta.n_items - 1);
         fprintf(f, "\n     ops:");
         for (int k = 0; k < r->n_ops; k++)
             fprintf(f, " %s", mpk_op_str(&r->ops[k], ob, sizeof ob));

@@ -226,7 +226,22 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const ch
             r->source_shape[r->source_shape_ndim++] = t;
         }
     }
-    return resolve_list_capture(r, a, where, err);
+    MPK_TRY(resolve_list_capture(r, a, where, err));
+    for (int k = 0; k < r->n_ops; k++) /* a chunk of unstated size: one piece per target */
+        if (r->ops[k].kind == MPK_OP_CHUNK && r->ops[k].chunks == 0)
+            r->ops[k].chunks = r->n_targets;
+    const cJSON *part = cJSON_GetObjectItemCaseSensitive(j, "partition");
+    if (part) {
+        snprintf(sub, sizeof sub, "%s.partition", path);
+        if (!cJSON_IsBool(part))
+            SPEC_FAIL(sub, "must be true or false", sub);
+        r->partition = cJSON_IsTrue(part);
+        int other = r->list_in_sources ? r->n_targets : r->n_sources;
+        if (r->partition && (!r->list_capture || other < 2))
+            SPEC_FAIL(sub, "needs a list {capture} on one side and at least 2 patterns on the "
+                           "other (one per part)", sub);
+    }
+    return MPK_OK;
 }
 
 /* Every rule that only moves bytes (merge/split/concat/chunk/transpose/reshape) gets a

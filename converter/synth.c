@@ -111,9 +111,14 @@ static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, cons
         if (e->string[0] == '_')
             continue;
         cJSON_DeleteItemFromObjectCaseSensitive(target, e->string);
-        if (cJSON_IsString(e))
+        if (cJSON_IsString(e)) {
             cJSON_AddNumberToObject(target, e->string, (double)sym(o, e->valuestring));
-        else
+        } else if (cJSON_IsArray(e)) { /* a size per part, e.g. ERNIE-4.5-VL's ["I", "I/2"] */
+            cJSON *l = cJSON_AddArrayToObject(target, e->string);
+            for (const cJSON *x = e->child; x; x = x->next)
+                cJSON_AddItemToArray(l, cJSON_IsString(x) ? cJSON_CreateNumber((double)sym(o, x->valuestring))
+                                                          : cJSON_Duplicate(x, 1));
+        } else
             cJSON_AddItemToObject(target, e->string, cJSON_Duplicate(e, 1));
     }
     if (o->fp8) {
@@ -161,7 +166,7 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
             else
                 m.shape[m.ndim++] = sym(o, d->valuestring);
         }
-        bool per_layer = strstr(pat, "{layer}") != NULL, per_expert = strstr(pat, "{expert}") != NULL;
+        bool per_layer = strstr(pat, "{layer}") != NULL, per_expert = strstr(pat, "{expert") != NULL;
         bool q = o->fp8 && fp8_quantized(pat, &m);
         mpk_tmeta sm = m;
         if (q) {
@@ -182,7 +187,10 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
                     }
                     ts = nt;
                 }
-                char *name = subst(a, subst(a, pat, "{layer}", l), "{expert}", x);
+                /* "{expert+E}": the second run of a partitioned list (ERNIE-4.5-VL's vision
+                 * experts follow its text experts) */
+                char *name = subst(a, subst(a, subst(a, pat, "{layer}", l), "{expert}", x), "{expert+E}",
+                                   x + o->experts);
                 if (pass)
                     name = mpk_arena_printf(a, "%s_scale_inv", name);
                 ts[n] = (synth_tensor){name, pass ? sm : m, 0, 0};

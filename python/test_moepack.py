@@ -419,6 +419,46 @@ class FusedFamilies(unittest.TestCase):
         finally:
             shutil.rmtree(root)
 
+    def test_ernie_vl_text_and_vision_experts(self):
+        """ERNIE-4.5-VL publishes 2E experts per layer, text 0..E-1 then vision E..2E-1 with their
+        own intermediate size (transformers' ErnieFuseAndSplitTextVisionExperts): text_moe gets
+        the first E (gate rows then up rows), vision_moe the next E numbered from 0; the routers
+        [H, E] are transposed, the [2, E] bias cut into its rows."""
+        root = tempfile.mkdtemp(prefix="mpk-ernievl-")
+        try:
+            src, packed = os.path.join(root, "src"), os.path.join(root, "packed")
+            E, H, I = 3, 16, 8
+            moepack.synth(src, "ernie4_5_vl_moe", experts=E, hidden=H, intermediate=I, layers=1, shards=1)
+            moepack.pack(src, packed)
+            a, _ = read_st(os.path.join(src, "model.safetensors"))
+            b, _ = read_st(os.path.join(packed, "model.safetensors"))
+            pre, out = "model.layers.0.mlp.", "model.language_model.layers.0.mlp."
+            for moe, first, inter in (("text_moe", 0, I), ("vision_moe", E, I // 2)):
+                gu, dn = b[out + moe + ".experts.gate_up_proj"], b[out + moe + ".experts.down_proj"]
+                self.assertEqual((gu[1], dn[1]), ([E, 2 * inter, H], [E, H, inter]))
+                for e in range(E):
+                    x = pre + "experts.%d." % (first + e)
+                    blk = gu[2][e * 2 * inter * H * 2:(e + 1) * 2 * inter * H * 2]
+                    self.assertEqual(blk, a[x + "gate_proj.weight"][2] + a[x + "up_proj.weight"][2], (moe, e))
+                    self.assertEqual(dn[2][e * H * inter * 2:(e + 1) * H * inter * 2], a[x + "down_proj.weight"][2])
+            for src_name, moe in (("gate.weight", "text_moe"), ("gate.weight_1", "vision_moe")):
+                g, t = a[pre + src_name], b[out + moe + ".gate.weight"]
+                self.assertEqual((g[1], t[1]), ([H, E], [E, H]))
+                for h in range(H):
+                    for e in range(E):
+                        self.assertEqual(t[2][2 * (e * H + h):][:2], g[2][2 * (h * E + e):][:2], (moe, h, e))
+            bias = a[pre + "moe_statics.e_score_correction_bias"][2]
+            self.assertEqual(b[out + "text_moe.gate.moe_statics.e_score_correction_bias"][2], bias[:4 * E])
+            self.assertEqual(b[out + "vision_moe.gate.moe_statics.e_score_correction_bias"][2], bias[4 * E:])
+            self.assertIn("model.language_model.norm.weight", b)
+            self.assertIn("vision_tower.ln.weight", b)
+            self.assertIn("model.resampler_model.spatial_linear.fc1.weight", b)
+            back = os.path.join(root, "back")
+            moepack.unpack(packed, back)
+            self.assertEqual(sha(os.path.join(back, "model.safetensors")), sha(os.path.join(src, "model.safetensors")))
+        finally:
+            shutil.rmtree(root)
+
     def test_dbrx_flattened_experts(self):
         """DBRX publishes w1/v1/w2 as [E*I, H]: gate_up_proj[e] is w1's rows e*I.. then v1's,
         down_proj[e][h][i] is w2[e*I + i][h] (the per-expert slices transposed)."""

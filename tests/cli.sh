@@ -356,6 +356,35 @@ expect 2 "synth under a path whose parent is a file" -- "$M" synth "$tmp/afile/x
 grep -q "cannot create" "$tmp/err" || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
 expect 2 "completion for an unknown shell" -- "$M" completion zsh
 
+# ERNIE-4.5-VL: one expert list cut into a text part and a vision part (issue 16)
+expect 0 "synth ernie4_5_vl_moe" -- "$M" synth --arch ernie4_5_vl_moe --experts 4 "$tmp/evl"
+mkdir "$tmp/evl-names"
+cp "$tmp/evl/config.json" "$tmp/evl-names/"
+python3 -c "import json, sys; j = json.load(open(sys.argv[1])); del j['weight_map']['model.layers.1.mlp.experts.6.up_proj.weight']; json.dump(j, open(sys.argv[2], 'w'))" \
+  "$tmp/evl/model.safetensors.index.json" "$tmp/evl-names/model.safetensors.index.json"
+expect 1 "plan: a vision expert missing from the index (shards absent)" -- "$M" plan "$tmp/evl-names"
+grep -q "expert 6 is missing: no tensor 'model.layers.1.mlp.experts.6.up_proj.weight' (have expert 4-5, 7 of 4-7)" "$tmp/err" \
+  && echo "ok: ... names the vision expert by its number in the checkpoint" || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+mkdir "$tmp/evl-odd"
+cp "$tmp/evl/config.json" "$tmp/evl-odd/"
+python3 - "$tmp/evl-odd/model.safetensors" <<'PY'
+import json, struct, sys
+H, I = 64, 32
+shapes = {"model.language_model.layers.0.mlp.text_moe.experts.gate_up_proj": [4, 2 * I, H],
+          "model.language_model.layers.0.mlp.vision_moe.experts.gate_up_proj": [3, I, H]}
+h, off = {}, 0
+for k, s in shapes.items():
+    n = 2 * s[0] * s[1] * s[2]
+    h[k] = {"dtype": "BF16", "shape": s, "data_offsets": [off, off + n]}
+    off += n
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(t)) + t + bytes(off))
+PY
+expect 1 "unpack: text and vision parts of different expert counts" -- "$M" unpack "$tmp/evl-odd" "$tmp/x"
+grep -q "vision_moe.experts.gate_up_proj' makes 3 expert tensors but .*text_moe.experts.gate_up_proj' makes 4" "$tmp/err" \
+  && [ ! -e "$tmp/x" ] && echo "ok: ... says which part differs, nothing written" || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1

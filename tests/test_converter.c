@@ -373,6 +373,13 @@ static void test_spec_errors_name_json_path(void **state)
         {"{\"name\":\"t\\u0000x\",\"converters\":[]}", "$: the spec has an escaped NUL"},
         {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"target\":\"b\",\"ops\":[{\"op\":\"chunk\",\"dim\":01}]}]}",
          "$: the spec has a malformed number"},
+        /* a partition needs a list on one side and a pattern per part on the other */
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a.{e}\"],\"target\":\"b\",\"partition\":true,\"ops\":[]}]}",
+         "$.converters[0].partition: needs a list {capture}"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a\"],\"targets\":[\"b\",\"c\"],\"partition\":true,\"ops\":[]}]}",
+         "$.converters[0].partition: needs a list {capture}"},
+        {"{\"name\":\"t\",\"converters\":[{\"sources\":[\"a.{e}\"],\"targets\":[\"b\",\"c\"],\"partition\":1,\"ops\":[]}]}",
+         "$.converters[0].partition: must be true or false"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mpk_spec *s = NULL;
