@@ -71,10 +71,22 @@ ARCHS = {
                        shared_expert_intermediate_size=32, head_dim=16, decoder_sparse_step=1, mlp_only_layers=[],
                        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
                        linear_value_head_dim=16, full_attention_interval=2),
+    # presets of issue 16 (--arch new), not yet run against transformers: configs from its
+    # configuration classes, every layer sparse
+    "lfm2_moe": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, num_dense_layers=0),
+    "exaone_moe": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, head_dim=16,
+                       first_k_dense_replace=1, num_shared_experts=1),
+    "hy_v3": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, head_dim=16),
+    "laguna": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                   intermediate_size=48, head_dim=16),
+    "llama4_text": dict(num_local_experts=4, intermediate_size=32, intermediate_size_mlp=48, head_dim=16,
+                        interleave_moe_layer_step=1),
+    "granitemoe": dict(num_local_experts=4, intermediate_size=32),
 }
 EXTRA = ["phimoe", "minimax_m2", "ernie4_5_moe", "deepseek_v2", "hunyuan_v1_moe", "dots1", "flex_olmo", "qwen3_next"]
+NEW = ["lfm2_moe", "exaone_moe", "hy_v3", "laguna", "llama4_text", "granitemoe"]
 # transformers saves these in its runtime (packed) layout: there is no per-expert form to pack.
-PACKED_ON_DISK = {"gpt_oss"}
+PACKED_ON_DISK = {"gpt_oss", "granitemoe"}
 # FP8 needs dimensions that are multiples of the 128 block in the expert weights.
 FP8_ARCH = dict(hidden_size=256, n_routed_experts=4, moe_intermediate_size=128, intermediate_size=256,
                 n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=128,
@@ -353,8 +365,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moepack", default="build/moepack")
     ap.add_argument("--work", default="/tmp/moepack-parity")
-    ap.add_argument("--arch", default=",".join([*(a for a in ARCHS if a not in EXTRA), "fp8", "mxfp4"]),
-                    help="comma list; 'extra' = the presets with unusual renames")
+    ap.add_argument("--arch", default=",".join([*(a for a in ARCHS if a not in EXTRA + NEW), "fp8", "mxfp4"]),
+                    help="comma list; 'extra' = the presets with unusual renames, 'new' = issue 16's")
     ap.add_argument("--json")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args()
@@ -366,7 +378,7 @@ def main():
                 "moepack": subprocess.run([a.moepack, "version"], capture_output=True, text=True).stdout.strip()}
     log(json.dumps(versions))
     rows = []
-    archs = EXTRA if a.arch == "extra" else a.arch.split(",")
+    archs = EXTRA if a.arch == "extra" else NEW if a.arch == "new" else a.arch.split(",")
     for arch in archs:
         try:
             row = (check_fp8(a.moepack, a.work) if arch == "fp8" else
