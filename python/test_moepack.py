@@ -86,6 +86,16 @@ def read_st(path):
     return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}, meta
 
 
+def synth_packed(root, arch, E, H, I):
+    """A one-layer, one-shard synth checkpoint of arch under root and its pack: (source dir,
+    packed dir, source tensors, packed tensors) as read_st gives them."""
+    src, packed = os.path.join(root, "src"), os.path.join(root, "packed")
+    moepack.synth(src, arch, experts=E, hidden=H, intermediate=I, layers=1, shards=1)
+    moepack.pack(src, packed)
+    return (src, packed, read_st(os.path.join(src, "model.safetensors"))[0],
+            read_st(os.path.join(packed, "model.safetensors"))[0])
+
+
 def write_foreign(path, tensors, rng):
     """Another writer's file: tensors in a shuffled data order, header keys in yet another order,
     __metadata__ last, ", " separators, odd space padding."""
@@ -426,12 +436,8 @@ class FusedFamilies(unittest.TestCase):
         [H, E] are transposed, the [2, E] bias cut into its rows."""
         root = tempfile.mkdtemp(prefix="mpk-ernievl-")
         try:
-            src, packed = os.path.join(root, "src"), os.path.join(root, "packed")
             E, H, I = 3, 16, 8
-            moepack.synth(src, "ernie4_5_vl_moe", experts=E, hidden=H, intermediate=I, layers=1, shards=1)
-            moepack.pack(src, packed)
-            a, _ = read_st(os.path.join(src, "model.safetensors"))
-            b, _ = read_st(os.path.join(packed, "model.safetensors"))
+            src, packed, a, b = synth_packed(root, "ernie4_5_vl_moe", E, H, I)
             pre, out = "model.layers.0.mlp.", "model.language_model.layers.0.mlp."
             for moe, first, inter in (("text_moe", 0, I), ("vision_moe", E, I // 2)):
                 gu, dn = b[out + moe + ".experts.gate_up_proj"], b[out + moe + ".experts.down_proj"]
@@ -464,12 +470,8 @@ class FusedFamilies(unittest.TestCase):
         down_proj[e][h][i] is w2[e*I + i][h] (the per-expert slices transposed)."""
         root = tempfile.mkdtemp(prefix="mpk-dbrx-")
         try:
-            src, packed = os.path.join(root, "src"), os.path.join(root, "packed")
             E, H, I = 4, 16, 8
-            moepack.synth(src, "dbrx", experts=E, hidden=H, intermediate=I, layers=1, shards=1)
-            moepack.pack(src, packed)
-            a, _ = read_st(os.path.join(src, "model.safetensors"))
-            b, _ = read_st(os.path.join(packed, "model.safetensors"))
+            src, packed, a, b = synth_packed(root, "dbrx", E, H, I)
             pre = "transformer.blocks.0.ffn.experts."
             w1, v1, w2 = (a[pre + "mlp." + n][2] for n in ("w1", "v1", "w2"))
             gu, dn = b[pre + "gate_up_proj"], b[pre + "down_proj"]
