@@ -6,8 +6,10 @@ usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [-
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
 order that rotates from round to round, and deletes its output before the next; the page
-cache is warmed first. Reported per command: median and minimum over the rounds, and the
-median of the per-round ratios against the baseline timed in the same round (cp -r for the
+cache is warmed first. Reported per command: median and minimum over the rounds, its median
+CPU time (user + system of the command and its children; the kernel's own writeback threads,
+which do cp + sync's flushing, are not counted), and the median of the per-round ratios against
+the baseline timed in the same round (cp -r for the
 commands without fsync, cp -r + sync for pack with its fsync). --sweep times pack --no-fsync
 with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync of a second
 build (an earlier commit, say), to compare the two in the same rounds. --mpi 1,2 adds pack under
@@ -26,6 +28,7 @@ run again at once. Prefaulting gives every command the same start.
 """
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,11 +41,14 @@ def prefault(nbytes):
 
 
 def timed(cmd, out):
+    """(wall seconds, user + system CPU seconds of the command and its children)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
     dt = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(out, ignore_errors=True)
-    return dt
+    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main():
@@ -106,6 +112,7 @@ def main():
     print(f"source {size / 2**30:.2f} GiB, {os.cpu_count()} cores, {a.rounds} rounds", flush=True)
     names = list(cmds)
     times = {n: [] for n in names}
+    cpu = {n: [] for n in names}
     for r in range(a.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
@@ -115,17 +122,24 @@ def main():
                 prefault(size)
             if a.cold:
                 subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
-            times[n].append(timed(cmds[n][0], out))
+            wall, c = timed(cmds[n][0], out)
+            times[n].append(wall)
+            cpu[n].append(c)
             shutil.rmtree(f"{w}/pk", ignore_errors=True)
         print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
-    print(f"{'command':26} {'median':>8} {'min':>8}  ratio vs baseline (median of rounds; >1 = faster)")
+    print(f"{'command':26} {'median':>8} {'min':>8} {'cpu':>7}  ratio vs baseline (median of rounds; >1 = "
+          "faster), CPU (user + sys) as a multiple of the baseline's")
     for n in names:
         base = cmds[n][1]
         ratio = ""
         if base:
             rs = [b / t for b, t in zip(times[base], times[n])]
+            cs = [c / b for b, c in zip(cpu[base], cpu[n]) if b > 0]
             ratio = f"{statistics.median(rs):.2f}x {base} (rounds {min(rs):.2f}-{max(rs):.2f}x)"
-        print(f"{n:26} {statistics.median(times[n]):7.2f}s {min(times[n]):7.2f}s  {ratio}")
+            if cs:
+                ratio += f", CPU {statistics.median(cs):.2f}x {base}'s ({min(cs):.2f}-{max(cs):.2f}x)"
+        print(f"{n:26} {statistics.median(times[n]):7.2f}s {min(times[n]):7.2f}s {statistics.median(cpu[n]):6.2f}s  "
+              f"{ratio}")
 
 
 if __name__ == "__main__":

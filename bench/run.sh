@@ -32,6 +32,17 @@ vm_s=$(t $M verify "$W/p1")
 echo "verify SRC DST: ${v_s}s  ratio vs cp: $(echo "scale=2; $cp_s / $v_s" | bc); verify DST (manifest): ${vm_s}s"
 rm -rf "$W/p1"
 
+# 1b. the same from a cold page cache (as root: sync and drop_caches before every command), with
+# and without pack's read-ahead hints; then pack --dequantize of a DeepSeek-V3-style FP8
+# checkpoint against cp -r (+ sync) of its BF16 result. (Larger than RAM: bench/big_pack.sh, slow.)
+if [ "$(id -u)" = 0 ]; then
+  python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}" --cold --only pack,pack-noprefetch
+fi
+$M synth --arch deepseek_v3 --layers 4 --experts 64 --hidden 2048 --intermediate 1024 --vocab 4096 \
+   --quant fp8 --shards 4 "$W/dq/src" >/dev/null
+python3 bench/pack_vs_cp.py "$M" "$W/dq" --rounds "${ROUNDS:-5}" --dequantize
+rm -rf "$W/dq"
+
 # 2. plan on the real Qwen3-30B-A3B index (19k tensors), as a header-only checkpoint
 python3 bench/headers.py "$MAT/qwen3-30b-a3b-qwen3_moe/model.safetensors.index.json.transgqa-modified" \
    "$MAT/qwen3-30b-a3b-qwen3_moe/config.json" "$W/q30"
@@ -47,6 +58,8 @@ cat_s=$(t sh -c "cat '$W/blob' > /dev/null")
 echo "cat: $(echo "scale=2; 1.073741824 / $cat_s" | bc) GB/s"
 build/bench/io_read "$W/blob" io_uring 3
 build/bench/io_read "$W/blob" pread 3
+# 4b. CPU of hashing a cached file for the manifest: pread copies against mapped windows
+build/bench/hash_readback "$W/blob" 10
 
 # 5. FP8 block / MXFP4 dequantize throughput vs memcpy (1 GiB of BF16 output)
 build/bench/quant_bench 1
