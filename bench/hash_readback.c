@@ -1,5 +1,5 @@
 /* hash_readback.c — CPU time of hashing a file that is in the page cache: read back with pread
- * into a 1 MiB buffer (a copy per byte) against mapped 64 MiB windows (no copy), the two ways
+ * into a 1 MiB buffer (a copy per byte) against mapped 2 MiB windows (no copy), the two ways
  * pack can hash its outputs for the manifest. Interleaved rounds, both digests compared.
  * usage: hash_readback FILE [rounds] */
 #define _GNU_SOURCE
@@ -10,6 +10,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 #include <xxhash.h>
+
+#define WIN (2 << 20) /* the window pack maps (converter/run.c) */
 
 static double cpu_s(void)
 {
@@ -47,8 +49,8 @@ int main(int argc, char **argv)
         XXH128_hash_t h1 = XXH3_128bits_digest(st);
         double b = cpu_s();
         XXH3_128bits_reset(st);
-        for (off_t o = 0; o < len; o += 64 << 20) {
-            size_t n = len - o < (64 << 20) ? (size_t)(len - o) : 64u << 20;
+        for (off_t o = 0; o < len; o += WIN) {
+            size_t n = len - o < WIN ? (size_t)(len - o) : (size_t)WIN;
             void *m = mmap(NULL, n, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, o);
             if (m == MAP_FAILED)
                 return fprintf(stderr, "hash_readback: mmap failed\n"), 1;

@@ -54,12 +54,13 @@ void ex_run_fail(run_ctx *c, const mpk_error *e)
 
 /* XXH3-128 of bytes [off, off + len) of our own output file, hashed where the page cache holds
  * them (mapped a window at a time) instead of copied out with pread: the read-back costs a
- * mapping instead of a copy. False (nothing hashed) when a window cannot be mapped; the caller
+ * mapping instead of a copy. Windows of 2 MiB: mapped file pages count in the process's RSS,
+ * and 16 hashing threads then add at most 32 MiB to it. False (nothing hashed) when a window cannot be mapped; the caller
  * reads instead. The file is ours and already as long as its header says, so no page of a
  * window lies past its end. */
 static bool hash_mapped(int fd, uint64_t off, uint64_t len, mpk_hash128 *out)
 {
-    const uint64_t win = 64u << 20, pg = (uint64_t)sysconf(_SC_PAGESIZE);
+    const uint64_t win = 2u << 20, pg = (uint64_t)sysconf(_SC_PAGESIZE);
     XXH3_state_t *st = XXH3_createState();
     if (!st)
         return false;
