@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -52,52 +51,19 @@ void ex_run_fail(run_ctx *c, const mpk_error *e)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* XXH3-128 of bytes [off, off + len) of our own output file, hashed where the page cache holds
- * them (mapped a window at a time) instead of copied out with pread: the read-back costs a
- * mapping instead of a copy. Windows of 2 MiB: mapped file pages count in the process's RSS,
- * and 16 hashing threads then add at most 32 MiB to it. False (nothing hashed) when a window cannot be mapped; the caller
- * reads instead. The file is ours and already as long as its header says, so no page of a
- * window lies past its end. */
-static bool hash_mapped(int fd, uint64_t off, uint64_t len, mpk_hash128 *out)
+/* Output i is read back where the page cache holds it (mapped: the shard file is ours). */
+mpk_status ex_hash_output(run_ctx *c, size_t i, char *buf, mpk_error *err)
 {
-    const uint64_t win = 2u << 20, pg = (uint64_t)sysconf(_SC_PAGESIZE);
-    XXH3_state_t *st = XXH3_createState();
-    if (!st)
-        return false;
-    XXH3_128bits_reset(st);
-    bool ok = true;
-    for (uint64_t at = 0; at < len && ok; at += win) {
-        uint64_t n = len - at < win ? len - at : win, start = (off + at) & ~(pg - 1), lead = off + at - start;
-        void *m = mmap(NULL, (size_t)(lead + n), PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)start);
-        if (m == MAP_FAILED) {
-            ok = false;
-            break;
-        }
-        XXH3_128bits_update(st, (const char *)m + lead, (size_t)n);
-        munmap(m, (size_t)(lead + n));
-    }
-    XXH128_hash_t h = XXH3_128bits_digest(st);
-    XXH3_freeState(st);
-    if (ok)
-        *out = (mpk_hash128){h.high64, h.low64};
-    return ok;
+    const mpk_plan_out *po = &c->p->outs[i];
+    const mpk_st_out *so = c->shards[po->shard];
+    return mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, po->nbytes, buf, HASH_CHUNK,
+                               true, so->path, po->name, &c->hashes[i].hash, err);
 }
 
 /* What happens to output i once all its bytes are written: its XXH3-128, read back from the
  * shard file (o->hash_outputs), and, when the shards will be fsynced, the start of its
  * writeback, so that the disk works while the rest is copied and the final fsync waits for
  * little more than the last tensors. */
-mpk_status ex_hash_output(run_ctx *c, size_t i, char *buf, mpk_error *err)
-{
-    const mpk_plan_out *po = &c->p->outs[i];
-    const mpk_st_out *so = c->shards[po->shard];
-    uint64_t off = so->data_start + so->tensors[c->slot[i]].begin;
-    if (hash_mapped(so->fd, off, po->nbytes, &c->hashes[i].hash))
-        return MPK_OK;
-    return mpk_hash_file_range(so->fd, off, po->nbytes, buf, HASH_CHUNK, so->path, po->name, &c->hashes[i].hash,
-                               err);
-}
-
 static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *err)
 {
     const mpk_plan_out *po = &c->p->outs[i];

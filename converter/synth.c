@@ -108,18 +108,19 @@ static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, cons
             target = cJSON_AddObjectToObject(cfg, "text_config");
     }
     for (const cJSON *e = sizes ? sizes->child : NULL; e; e = e->next) {
+        const cJSON *rep;
         if (e->string[0] == '_')
             continue;
         cJSON_DeleteItemFromObjectCaseSensitive(target, e->string);
         if (cJSON_IsString(e)) {
             cJSON_AddNumberToObject(target, e->string, (double)sym(o, e->valuestring));
-        } else if (cJSON_GetObjectItemCaseSensitive(e, "__repeat__")) {
+        } else if ((rep = cJSON_GetObjectItemCaseSensitive(e, "__repeat__"))) {
             /* {"__repeat__": "sparse", "times": "L"}: a per-layer list (mlp_layer_types) */
             const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "times");
             long n = cJSON_IsString(t) ? sym(o, t->valuestring) : 0;
             cJSON *l = cJSON_AddArrayToObject(target, e->string);
             for (long k = 0; k < n; k++)
-                cJSON_AddItemToArray(l, cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, "__repeat__"), 1));
+                cJSON_AddItemToArray(l, cJSON_Duplicate(rep, 1));
         } else if (cJSON_IsArray(e)) { /* a size per part, e.g. ERNIE-4.5-VL's ["I", "I/2"] */
             cJSON *l = cJSON_AddArrayToObject(target, e->string);
             for (const cJSON *x = e->child; x; x = x->next)

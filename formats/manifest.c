@@ -26,7 +26,8 @@ mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *bu
 {
     const mpk_shard *sh = &c->shards[t->shard];
     if (!sh->z)
-        return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, sh->path, t->info->name, out, err);
+        return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, false, sh->path, t->info->name, out,
+                                   err);
     XXH3_state_t *st = XXH3_createState(); /* a compressed shard: through its chunks */
     if (!st)
         MPK_FAIL(err, MPK_E_NOMEM, sh->path, "out of memory");

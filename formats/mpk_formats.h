@@ -242,8 +242,12 @@ typedef struct mpk_hash128 {
 } mpk_hash128;
 
 /* XXH3-128 of the len bytes at file offset off (a tensor's bytes), read through buf (cap
- * bytes) with mpk_pread_all. */
-mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, const char *path,
+ * bytes) with mpk_pread_all; mapped: hashed where the page cache holds them instead, through
+ * mapped windows of MPK_HASH_MAP_WINDOW bytes (no copy; reads the rest when a window cannot
+ * be mapped). Only for the caller's own files: a file truncated under a mapping raises
+ * SIGBUS instead of a read error. */
+#define MPK_HASH_MAP_WINDOW (2u << 20) /* mapped pages count in RSS: 16 threads add 32 MiB */
+mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, bool mapped, const char *path,
                                const char *tensor, mpk_hash128 *out, mpk_error *err);
 
 /* Parses an index document (text of len bytes). On success *names, *files (parallel
