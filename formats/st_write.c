@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -158,12 +160,35 @@ mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
     return MPK_OK;
 }
 
+#define MPK_WRITE_PIECE (32u << 10)
+
+/* The most bytes one pwrite writes (MOEPACK_WRITE_PIECE overrides; 0: no limit). The kernel
+ * gives a buffered write page-cache folios as large as the write (ext4 since 6.16); on a VM that
+ * hands free memory back to its host (free page reporting), large folios come from that memory
+ * and every first touch of it faults in the host: the same 3.2 GB written in 4 MiB calls took
+ * 9-30 s, in 32 KiB calls 1.2-2.1 s (bench/RESULTS.md). Small calls keep folios small. */
+static size_t write_piece(void)
+{
+    static _Atomic size_t piece = SIZE_MAX; /* SIZE_MAX: not read yet */
+    size_t v = atomic_load(&piece);
+    if (v == SIZE_MAX) {
+        const char *e = getenv("MOEPACK_WRITE_PIECE");
+        char *end;
+        unsigned long long n = e && *e ? strtoull(e, &end, 10) : MPK_WRITE_PIECE;
+        v = (e && *e && *end) ? MPK_WRITE_PIECE : (n ? (size_t)n : SIZE_MAX - 1);
+        atomic_store(&piece, v);
+    }
+    return v;
+}
+
 mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
                           mpk_error *err)
 {
     const char *p = buf;
+    size_t piece = write_piece();
     while (len) {
-        ssize_t w = mpk_fault_point("pwrite") ? -1 : pwrite(fd, p, len, (off_t)off);
+        size_t n = len < piece ? len : piece;
+        ssize_t w = mpk_fault_point("pwrite") ? -1 : pwrite(fd, p, n, (off_t)off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)

@@ -122,6 +122,21 @@ grep -q "within tolerance" "$tmp/out" && ! grep -q "identical" "$tmp/out" \
 expect 0 "... --json" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01 --json
 json_check "... identical false, within_tolerance true, one inexact tensor" "not d['identical'] and d['within_tolerance'] and d['inexact'] == 1"
 expect 3 "... and beyond the default tolerance it is a difference (exit 3)" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0 --json
+# computed outputs are written in pieces (MOEPACK_WRITE_PIECE, default 32 KiB: small page-cache
+# folios, issue 18): more write calls, the same bytes as one call per unit
+for piece in 0 4096; do
+  MOEPACK_WRITE_PIECE=$piece MOEPACK_FAULT=count "$M" pack -q --dequantize "$tmp/dfp" "$tmp/wp$piece" 2>"$tmp/wp$piece.err" \
+    || { echo "FAIL: pack --dequantize with MOEPACK_WRITE_PIECE=$piece" >&2; fails=$((fails + 1)); }
+done
+n0=$(sed -n 's/.*fault points passed: \([0-9]*\).*/\1/p' "$tmp/wp0.err")
+n4=$(sed -n 's/.*fault points passed: \([0-9]*\).*/\1/p' "$tmp/wp4096.err")
+bytes=$(du -sb "$tmp/wp0" | cut -f1)
+if [ -n "$n0" ] && [ -n "$n4" ] && [ "$n4" -gt $((n0 + bytes / 4096 / 2)) ] && diff -r "$tmp/wp0" "$tmp/wp4096" >/dev/null \
+   && "$M" verify "$tmp/dfp" "$tmp/wp4096" >/dev/null; then
+  echo "ok: 4 KiB write pieces: $n4 write-path calls against $n0 unsplit, identical output that verifies"
+else
+  echo "FAIL: write pieces: calls $n0 / $n4 for $bytes bytes, or the outputs differ" >&2; fails=$((fails + 1))
+fi
 
 # plan from config.json + model.safetensors.index.json alone, shards not downloaded (issue 16):
 # every real pair in the material; a hole in the experts is named
