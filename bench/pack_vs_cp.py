@@ -2,7 +2,7 @@
 """pack / unpack against cp -r of the same bytes, interleaved in one run.
 
 usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]
-                     [--mpi N,...] [--cold] [--dequantize]
+                     [--mpi N,...] [--cold] [--dequantize] [--shard-size SIZE]
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
 order that rotates from round to round, and deletes its output before the next; the page
@@ -11,20 +11,25 @@ CPU time (user + system of the command and its children; the kernel's own writeb
 which do cp + sync's flushing, are not counted), and the median of the per-round ratios against
 the baseline timed in the same round (cp -r for the
 commands without fsync, cp -r + sync for pack with its fsync). --sweep times pack --no-fsync
-with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync of a second
-build (an earlier commit, say), to compare the two in the same rounds. --mpi 1,2 adds pack under
+with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync (with --dequantize when
+given) of a second build (an earlier commit, say, or `env VAR=... MOEPACK`), to compare the two
+in the same rounds. --mpi 1,2 adds pack under
 `mpirun -n 1` and `mpirun -n 2` (durable; ratio against the one-process pack of the same round).
 --cold drops the page cache (as root: sync, then 3 > /proc/sys/vm/drop_caches) before every
 timed command instead of warming it, and adds pack without its read-ahead hints
 (MOEPACK_PREFETCH=0), to measure them. --dequantize (WORKDIR/src an FP8 checkpoint) times
 `pack --dequantize` (durable, and --no-fsync) against cp -r (+ sync) of its BF16 result, made
-once before the rounds: the bytes the command writes.
+once before the rounds: the bytes the command writes. --shard-size 1GB adds pack and pack
+--no-fsync with --max-shard-size 1GB: several output shards, written by the threads in parallel
+(a release of 100 GB and more has several at the default 50 GB; this source makes one).
 
-Right before each timed command, memory as large as the output is touched and freed (skip
-with --no-prefault). On a VM that hands free memory back to its host (virtio-balloon free
-page reporting, as on our development VM), the first write to a returned page costs a host
-fault: a command that follows a sync or a pause ran up to 4x slower than the same command
-run again at once. Prefaulting gives every command the same start.
+Right before each timed command, a file as large as what it writes (twice that with --cold, whose
+reads fill the page cache too) is written into WORKDIR and deleted, untimed (skip with
+--no-prefault). On a VM that hands free memory back to its host (virtio-balloon free page
+reporting, as on our development VM), the first write to a returned page costs a host fault:
+the same `dd` of 3.2 GB into a file took 0.86 s to 26.5 s, and a command run right after such
+a write ran at its steady speed in every round, whatever came before it. (Touching anonymous
+memory instead, as this script first did, did not: page-cache pages kept faulting.)
 """
 import argparse
 import os
@@ -35,9 +40,17 @@ import subprocess
 import time
 
 
-def prefault(nbytes):
-    buf = bytearray(b"\1") * nbytes  # written, then freed on return
-    del buf
+def prefault(nbytes, workdir):
+    """Writes nbytes into a file in workdir and deletes it (its dirty pages are dropped)."""
+    path = os.path.join(workdir, ".prefault")
+    chunk = b"\1" * (16 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for off in range(0, nbytes, len(chunk)):
+            os.write(fd, chunk[:min(len(chunk), nbytes - off)])
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 def timed(cmd, out):
@@ -63,6 +76,7 @@ def main():
     ap.add_argument("--mpi", help="comma-separated rank counts to time pack under mpirun with")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every command")
     ap.add_argument("--dequantize", action="store_true", help="pack --dequantize against cp of its result")
+    ap.add_argument("--shard-size", help="also time pack with this --max-shard-size")
     a = ap.parse_args()
     m, w = a.moepack, a.workdir
     src, out = os.path.join(w, "src"), os.path.join(w, "out")
@@ -99,8 +113,13 @@ def main():
         cmds["pack-dequantize"] = (f"{m} pack -q --dequantize {src} {out}", "cp+sync")
         cmds["pack-dequantize-nofsync"] = (f"{m} pack -q --no-fsync --dequantize {src} {out}", "cp")
     if a.before:
-        cmds["before:pack"] = (f"{a.before} pack -q {src} {out}", "cp+sync")
-        cmds["before:pack-nofsync"] = (f"{a.before} pack -q --no-fsync {src} {out}", "cp")
+        dq, n = ("--dequantize ", "-dequantize") if a.dequantize else ("", "")
+        cmds[f"before:pack{n}"] = (f"{a.before} pack -q {dq}{src} {out}", "cp+sync")
+        cmds[f"before:pack{n}-nofsync"] = (f"{a.before} pack -q --no-fsync {dq}{src} {out}", "cp")
+    if a.shard_size:
+        sz = f"--max-shard-size {a.shard_size}"
+        cmds[f"pack-{a.shard_size}"] = (f"{m} pack -q {sz} {src} {out}", "cp+sync")
+        cmds[f"pack-nofsync-{a.shard_size}"] = (f"{m} pack -q --no-fsync {sz} {src} {out}", "cp")
     if a.cold:
         cmds["pack-noprefetch"] = (f"MOEPACK_PREFETCH=0 {m} pack -q {src} {out}", "cp+sync")
     for n in (a.mpi.split(",") if a.mpi else []):
@@ -118,10 +137,10 @@ def main():
         for n in order:
             if n.startswith("unpack"):  # the pack it reads is made first (and flushed), not timed
                 subprocess.run(f"{m} pack -q --no-fsync {src} {w}/pk && sync", shell=True, check=True)
-            if not a.no_prefault:
-                prefault(size)
             if a.cold:
                 subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+            if not a.no_prefault:
+                prefault(size * (2 if a.cold else 1), w)
             wall, c = timed(cmds[n][0], out)
             times[n].append(wall)
             cpu[n].append(c)
