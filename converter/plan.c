@@ -484,9 +484,7 @@ static const mpk_rule *part_rule(mpk_plan *p, const mpk_rule **parts, int ri, co
             d->n_sources = 1;
         }
         size_t pl = strnlen(d->path, sizeof d->path - 10); /* k < 8 */
-        memcpy(d->path + pl, " (part ", 7);
-        d->path[pl + 7] = (char)('0' + k);
-        memcpy(d->path + pl + 8, ")", 2);
+        snprintf(d->path + pl, sizeof d->path - pl, " (part %c)", '0' + k);
         *slot = d;
     }
     return *slot;

@@ -169,14 +169,16 @@ mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
  * 9-30 s, in 32 KiB calls 1.2-2.1 s (bench/RESULTS.md). Small calls keep folios small. */
 static size_t write_piece(void)
 {
-    static _Atomic size_t piece = SIZE_MAX; /* SIZE_MAX: not read yet */
-    size_t v = atomic_load(&piece);
-    if (v == SIZE_MAX) {
+    static _Atomic size_t cached; /* 0: not read yet; SIZE_MAX: no limit */
+    size_t v = atomic_load(&cached);
+    if (!v) {
         const char *e = getenv("MOEPACK_WRITE_PIECE");
-        char *end;
+        char *end = NULL;
         unsigned long long n = e && *e ? strtoull(e, &end, 10) : MPK_WRITE_PIECE;
-        v = (e && *e && *end) ? MPK_WRITE_PIECE : (n ? (size_t)n : SIZE_MAX - 1);
-        atomic_store(&piece, v);
+        if (end && *end) /* not a number */
+            n = MPK_WRITE_PIECE;
+        v = n ? (size_t)n : SIZE_MAX;
+        atomic_store(&cached, v);
     }
     return v;
 }
