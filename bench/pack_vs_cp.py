@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pack / unpack against cp -r of the same bytes, interleaved in one run.
 
-usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]
+usage: pack_vs_cp.py MOEPACK WORKDIR [--rounds N] [--sweep] [--only NAME,...] [--before MOEPACK2]... 
                      [--mpi N,...] [--cold] [--dequantize] [--shard-size SIZE]
 
 WORKDIR/src must hold a per-expert checkpoint. Each round times every command once, in an
@@ -9,12 +9,12 @@ order that rotates from round to round, and deletes its output before the next; 
 cache is warmed first. Reported per command: median and minimum over the rounds, its median
 CPU time (user + system of the command and its children; the kernel's own writeback threads,
 which do cp + sync's flushing, are not counted), and the median of the per-round ratios against
-the baseline timed in the same round (cp -r for the
-commands without fsync, cp -r + sync for pack with its fsync). --sweep times pack --no-fsync
-with 1, 2, 4, 8 and 16 threads instead. --before adds pack and pack --no-fsync (with --dequantize when
-given) of a second build (an earlier commit, say, or `env VAR=... MOEPACK`), to compare the two
-in the same rounds. --mpi 1,2 adds pack under
-`mpirun -n 1` and `mpirun -n 2` (durable; ratio against the one-process pack of the same round).
+the baseline timed in the same round (cp -r for the commands without fsync, cp -r + sync for
+pack with its fsync). --sweep times pack --no-fsync with 1, 2, 4, 8 and 16 threads instead.
+--before (repeatable) adds pack and pack --no-fsync (with --dequantize when given; unpack and unpack
+--no-fsync without it) of a second build (an earlier commit, say, or `env VAR=... MOEPACK`),
+to compare the two in the same rounds. --mpi 1,2 adds pack under `mpirun -n 1` and
+`mpirun -n 2` (durable; ratio against the one-process pack of the same round).
 --cold drops the page cache (as root: sync, then 3 > /proc/sys/vm/drop_caches) before every
 timed command instead of warming it, and adds pack without its read-ahead hints
 (MOEPACK_PREFETCH=0), to measure them. --dequantize (WORKDIR/src an FP8 checkpoint) times
@@ -72,7 +72,8 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--only", help="comma-separated subset of the command names")
     ap.add_argument("--no-prefault", action="store_true")
-    ap.add_argument("--before", help="a second moepack binary to time alongside")
+    ap.add_argument("--before", action="append", default=[],
+                    help="another moepack binary (or env VAR=... binary) to time alongside; repeatable")
     ap.add_argument("--mpi", help="comma-separated rank counts to time pack under mpirun with")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every command")
     ap.add_argument("--dequantize", action="store_true", help="pack --dequantize against cp of its result")
@@ -112,10 +113,14 @@ def main():
         cmds = {k: v for k, v in cmds.items() if k in ("cp", "cp+sync")}
         cmds["pack-dequantize"] = (f"{m} pack -q --dequantize {src} {out}", "cp+sync")
         cmds["pack-dequantize-nofsync"] = (f"{m} pack -q --no-fsync --dequantize {src} {out}", "cp")
-    if a.before:
+    for k, b in enumerate(a.before):  # named before:, before2:, before3: ...
         dq, n = ("--dequantize ", "-dequantize") if a.dequantize else ("", "")
-        cmds[f"before:pack{n}"] = (f"{a.before} pack -q {dq}{src} {out}", "cp+sync")
-        cmds[f"before:pack{n}-nofsync"] = (f"{a.before} pack -q --no-fsync {dq}{src} {out}", "cp")
+        t = "before" + (str(k + 1) if k else "") + ":"
+        cmds[f"{t}pack{n}"] = (f"{b} pack -q {dq}{src} {out}", "cp+sync")
+        cmds[f"{t}pack{n}-nofsync"] = (f"{b} pack -q --no-fsync {dq}{src} {out}", "cp")
+        if not a.dequantize:
+            cmds[f"{t}unpack"] = (f"{b} unpack -q {w}/pk {out}", "cp+sync")
+            cmds[f"{t}unpack-nofsync"] = (f"{b} unpack -q --no-fsync {w}/pk {out}", "cp")
     if a.shard_size:
         sz = f"--max-shard-size {a.shard_size}"
         cmds[f"pack-{a.shard_size}"] = (f"{m} pack -q {sz} {src} {out}", "cp+sync")
@@ -135,7 +140,7 @@ def main():
     for r in range(a.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            if n.startswith("unpack"):  # the pack it reads is made first (and flushed), not timed
+            if "unpack" in n:  # the pack it reads is made first (and flushed), not timed
                 subprocess.run(f"{m} pack -q --no-fsync {src} {w}/pk && sync", shell=True, check=True)
             if a.cold:
                 subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
