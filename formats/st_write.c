@@ -160,13 +160,15 @@ mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
     return MPK_OK;
 }
 
-#define MPK_WRITE_PIECE (32u << 10)
+#define MPK_WRITE_PIECE (64u << 10)
 
 /* The most bytes one pwrite writes (MOEPACK_WRITE_PIECE overrides; 0: no limit). The kernel
  * gives a buffered write page-cache folios as large as the write (ext4 since 6.16); on a VM that
  * hands free memory back to its host (free page reporting), large folios come from that memory
  * and every first touch of it faults in the host: the same 3.2 GB written in 4 MiB calls took
- * 9-30 s, in 32 KiB calls 1.2-2.1 s (bench/RESULTS.md). Small calls keep folios small. */
+ * 9-30 s, in 32 KiB calls 1.2-2.1 s (bench/RESULTS.md). Small calls keep folios small; 64 KiB,
+ * the size cp's in-kernel copies write in, beat 32 KiB in 5 of 5 rounds of a durable
+ * pack --dequantize (median 2.52 s against 3.16 s). */
 static size_t write_piece(void)
 {
     static _Atomic size_t cached; /* 0: not read yet; SIZE_MAX: no limit */
