@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <xxhash.h>
 
 typedef struct mpk_node mpk_node;
 
@@ -97,14 +98,16 @@ mpk_status ex_phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, u
 /* ---------------------------------------------------------------- run.c */
 
 #define HASH_CHUNK (1u << 20)
+#define SQ_OUTPUT ((size_t)1 << (sizeof(size_t) * 8 - 1)) /* a syncq entry that is an output */
 /* Scheduling. Writes into one file serialize in the kernel (a buffered write holds the
  * inode lock), and threads queued on that lock spin: two writers to one file took twice the
- * CPU of one and longer in wall time. So each output shard has one writer at a time (a mutex
- * held around its write calls), units are queued per shard in file order, a thread prefers a
- * shard nobody is writing, and a thread that finds every shard busy hashes a completed tensor
- * instead (reading it back from the output, which takes no inode lock) or, with nothing to
- * hash, waits for a shard. Computed units (transpose, cast, quantize) are built outside the
- * lock, so only their writes serialize. */
+ * CPU of one and longer in wall time. So units are queued per shard in file order and each
+ * shard's units are written one at a time in that order (its turn: unit u is written once
+ * unit u - 1 is), a thread prefers a shard nobody is writing, and a thread waiting for its
+ * turn hashes a completed tensor meanwhile (reading it back from the output, which takes no
+ * inode lock). Computed units (transpose, cast, quantize) are built before their turn, so only
+ * their writes serialize; written in order, their bytes are hashed as they are written
+ * (mem_hash) instead of read back. */
 typedef struct {
     size_t out;          /* plan output index */
     int shard;           /* its output shard */
@@ -118,11 +121,19 @@ typedef struct {
     size_t lo, hi;       /* its units: units[lo, hi), in file order */
     atomic_size_t next;
     atomic_size_t ahead; /* units up to here have had their source ranges hinted (prefetch) */
+    atomic_size_t turn;  /* the unit whose turn it is to be written */
     atomic_int busy;     /* threads writing or waiting to write (a hint) */
-    pthread_mutex_t lock;
 } shard_q;
 
-#define HASH_CHUNK (1u << 20)
+/* An output hashed from the bytes of its computed units as they are written (in order, under
+ * its shard's write lock), so that it need not be read back: the state and how far it got.
+ * An output with a unit that came another way (an in-kernel copy) or out of order (two threads
+ * computed its units, the later one wrote first) stops here and is read back instead. */
+typedef struct {
+    XXH3_state_t *st;
+    uint64_t to;         /* bytes hashed from its start */
+    bool off;            /* gave up: read it back */
+} mem_hash;
 
 typedef struct {
     const mpk_plan *p;
@@ -144,9 +155,11 @@ typedef struct {
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */
     bool prefetch;       /* hint the source ranges of the units ahead (POSIX_FADV_WILLNEED) */
+    bool writeback;      /* start each complete output's writeback (sync_file_range) when durable */
     /* outputs complete (hashing, early writeback): bytes left to write per output, queue */
     atomic_ullong *left;
     mpk_tensor_hash *hashes;
+    mem_hash *mh;        /* per output, with hashes */
     size_t *hq;
     size_t hq_head, hq_tail;
     pthread_mutex_t lock;
@@ -156,8 +169,9 @@ typedef struct {
      * completion is fsynced and recorded in the stage's journal */
     atomic_size_t *sh_left;
     mpk_stage *stage;
-    /* complete shards waiting for the syncer thread (fsync, then the journal line), so that
-     * no worker blocks in fsync while there is writing to do */
+    /* work for the syncer thread, so that no worker blocks on the disk while there is
+     * writing or computing to do: complete outputs whose writeback to start (SQ_OUTPUT|i),
+     * complete shards to fsync and journal (sh) */
     size_t *syncq;
     size_t sq_head, sq_tail;
     bool sq_end;

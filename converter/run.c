@@ -60,21 +60,62 @@ mpk_status ex_hash_output(run_ctx *c, size_t i, char *buf, mpk_error *err)
                                true, so->path, po->name, &c->hashes[i].hash, err);
 }
 
-/* What happens to output i once all its bytes are written: its XXH3-128, read back from the
- * shard file (o->hash_outputs), and, when the shards will be fsynced, the start of its
- * writeback, so that the disk works while the rest is copied and the final fsync waits for
- * little more than the last tensors. */
+static void sync_enqueue(run_ctx *c, size_t item)
+{
+    pthread_mutex_lock(&c->lock);
+    c->syncq[c->sq_tail++] = item;
+    pthread_cond_signal(&c->sq_cv);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Hashes a computed unit's bytes, just written from buf (under its shard's write lock). */
+static void mem_hash_unit(run_ctx *c, const unit *w, const void *buf)
+{
+    mem_hash *m = &c->mh[w->out];
+    if (m->off)
+        return;
+    if (w->off != m->to || (c->split && c->split[w->out]) || (!m->st && !(m->st = XXH3_createState()))) {
+        m->off = true;
+        return;
+    }
+    if (w->off == 0)
+        XXH3_128bits_reset(m->st);
+    XXH3_128bits_update(m->st, buf, (size_t)w->len);
+    m->to += w->len;
+}
+
+/* What happens to output i once all its bytes are written: its XXH3-128 (o->hash_outputs),
+ * from its units' bytes as they were written or else read back from the shard file, and, when the shards will be fsynced, the start of its
+ * writeback, so that the disk works while the rest is written and the final fsync waits for
+ * little more than the last tensors. The writeback is started by the syncer thread: started
+ * here, it held a worker while the kernel allocated blocks and queued the I/O (durable
+ * pack --dequantize, whose workers compute, ran 1.37x faster without it; bench/RESULTS.md). */
 static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *err)
+{
+    mpk_status s = MPK_OK;
+    mem_hash *m = c->mh ? &c->mh[i] : NULL;
+    if (m && m->st && !m->off && m->to == c->p->outs[i].nbytes) {
+        XXH128_hash_t h = XXH3_128bits_digest(m->st);
+        c->hashes[i].hash = (mpk_hash128){h.high64, h.low64};
+    } else if (c->hashes && !(c->split && c->split[i])) { /* a split output is hashed once all ranks wrote it */
+        s = ex_hash_output(c, i, buf, err);
+    }
+    if (m) {
+        XXH3_freeState(m->st);
+        m->st = NULL;
+    }
+    if (s == MPK_OK && c->writeback && c->syncq && !c->o->no_fsync && c->p->outs[i].nbytes)
+        sync_enqueue(c, SQ_OUTPUT | i);
+    return s;
+}
+
+/* Starts output i's writeback (a hint: its failure shows in the fsync). */
+static void output_writeback(run_ctx *c, size_t i)
 {
     const mpk_plan_out *po = &c->p->outs[i];
     const mpk_st_out *so = c->shards[po->shard];
     uint64_t base = so->data_start + so->tensors[c->slot[i]].begin;
-    mpk_status s = MPK_OK;
-    if (c->hashes && !(c->split && c->split[i])) /* a split output is hashed once all ranks wrote it */
-        s = ex_hash_output(c, i, buf, err);
-    if (s == MPK_OK && !c->o->no_fsync && po->nbytes) /* (length 0 would mean to the end) */
-        sync_file_range(so->fd, (off64_t)base, (off64_t)po->nbytes, SYNC_FILE_RANGE_WRITE); /* a hint */
-    return s;
+    sync_file_range(so->fd, (off64_t)base, (off64_t)po->nbytes, SYNC_FILE_RANGE_WRITE);
 }
 
 /* A shard's digest, what its journal line records: XXH3-64 over its outputs' names and
@@ -107,14 +148,6 @@ static mpk_status shard_durable(run_ctx *c, size_t sh, mpk_error *err)
     return mpk_stage_journal_add(c->stage, name, ex_shard_digest(c->p, sh, c->hashes), err);
 }
 
-static void shard_complete(run_ctx *c, size_t sh)
-{
-    pthread_mutex_lock(&c->lock);
-    c->syncq[c->sq_tail++] = sh;
-    pthread_cond_signal(&c->sq_cv);
-    pthread_mutex_unlock(&c->lock);
-}
-
 /* Lets the ex_syncer finish what is queued, then joins it. */
 void ex_stop_syncer(run_ctx *c, bool running, pthread_t th)
 {
@@ -137,9 +170,11 @@ void *ex_syncer(void *arg)
             pthread_cond_wait(&c->sq_cv, &c->lock);
         if (c->sq_head == c->sq_tail)
             break;
-        size_t sh = c->syncq[c->sq_head++];
+        size_t item = c->syncq[c->sq_head++];
         pthread_mutex_unlock(&c->lock);
-        if (!atomic_load(&c->failed) && shard_durable(c, sh, &err) != MPK_OK)
+        if (!atomic_load(&c->failed) && (item & SQ_OUTPUT))
+            output_writeback(c, item & ~SQ_OUTPUT);
+        else if (!atomic_load(&c->failed) && shard_durable(c, item, &err) != MPK_OK)
             ex_run_fail(c, &err);
         pthread_mutex_lock(&c->lock);
     }
@@ -169,31 +204,46 @@ static int finish_one(run_ctx *c, char **buf, mpk_error *err)
     }
     int sh = c->p->outs[i].shard;
     if (c->sh_left && atomic_fetch_sub(&c->sh_left[sh], 1) == 1)
-        shard_complete(c, (size_t)sh);
+        sync_enqueue(c, (size_t)sh);
     return 1;
 }
 
-/* Takes a shard's write lock; while another thread holds it, handles complete outputs. */
-static mpk_status lock_shard(run_ctx *c, shard_q *q, char **hbuf, mpk_error *err)
+/* Waits for unit u's turn to write into its shard (each shard's units are written one at a
+ * time, in file order), handling complete outputs meanwhile. Fails once another thread has. */
+static mpk_status take_turn(run_ctx *c, shard_q *q, size_t u, char **hbuf, mpk_error *err)
 {
     atomic_fetch_add(&q->busy, 1);
-    while (pthread_mutex_trylock(&q->lock) != 0) {
+    while (atomic_load(&q->turn) != u) {
         int h = finish_one(c, hbuf, err);
-        if (h < 0) {
+        if (h > 0)
+            continue;
+        bool failed = h < 0;
+        if (!failed) {
+            pthread_mutex_lock(&c->lock);
+            while (atomic_load(&q->turn) != u && !atomic_load(&c->failed) && c->hq_head == c->hq_tail)
+                pthread_cond_wait(&c->cv, &c->lock);
+            failed = atomic_load(&c->failed);
+            pthread_mutex_unlock(&c->lock);
+            if (failed) /* (the first failure is the one reported) */
+                mpk_error_set(err, MPK_E_IO, 0, "exec", "stopped after another thread failed");
+        }
+        if (failed) {
             atomic_fetch_sub(&q->busy, 1);
             return err->code;
-        }
-        if (h == 0) {
-            pthread_mutex_lock(&q->lock);
-            break;
         }
     }
     return MPK_OK;
 }
 
-static void unlock_shard(shard_q *q)
+/* Ends a turn; `wrote`: the unit is written, so the next unit's turn begins. */
+static void end_turn(run_ctx *c, shard_q *q, bool wrote)
 {
-    pthread_mutex_unlock(&q->lock);
+    if (wrote) {
+        pthread_mutex_lock(&c->lock);
+        atomic_fetch_add(&q->turn, 1);
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->lock);
+    }
     atomic_fetch_sub(&q->busy, 1);
 }
 
@@ -332,9 +382,9 @@ void *ex_worker(void *arg)
         mpk_status s = MPK_OK;
         bool done = false;
         if (c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
-            if ((s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
+            if ((s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
                 s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, po->name, w->at, &err);
-                unlock_shard(q);
+                end_turn(c, q, s == MPK_OK);
                 if (s == MPK_OK) {
                     done = true;
                     atomic_fetch_add(&c->read_bytes, w->len);
@@ -353,9 +403,11 @@ void *ex_worker(void *arg)
                 s = ex_node_read(c->nodes[w->out], w->off, w->len, buf, &r);
                 if (s == MPK_OK)
                     s = ex_rd_flush(&r);
-                if (s == MPK_OK && (s = lock_shard(c, q, &hbuf, &err)) == MPK_OK) {
+                if (s == MPK_OK && (s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
                     s = mpk_st_out_write(so, c->slot[w->out], w->off, buf, w->len, &err);
-                    unlock_shard(q);
+                    if (s == MPK_OK && c->mh)
+                        mem_hash_unit(c, w, buf);
+                    end_turn(c, q, s == MPK_OK);
                 }
             }
         }
