@@ -85,11 +85,12 @@ static void mem_hash_unit(run_ctx *c, const unit *w, const void *buf)
 }
 
 /* What happens to output i once all its bytes are written: its XXH3-128 (o->hash_outputs),
- * from its units' bytes as they were written or else read back from the shard file, and, when the shards will be fsynced, the start of its
- * writeback, so that the disk works while the rest is written and the final fsync waits for
- * little more than the last tensors. The writeback is started by the syncer thread: started
- * here, it held a worker while the kernel allocated blocks and queued the I/O (durable
- * pack --dequantize, whose workers compute, ran 1.37x faster without it; bench/RESULTS.md). */
+ * from its units' bytes as they were written or else read back from the shard file, and,
+ * when the shards will be fsynced, the start of its writeback, so that the disk works while
+ * the rest is written and the final fsync waits for little more than the last tensors. The
+ * syncer thread starts it, so that no worker waits while the kernel allocates blocks and
+ * queues the I/O (without the starts, a durable pack --dequantize ran 1.15x slower in the
+ * median round, one earlier run had it faster; bench/RESULTS.md). */
 static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *err)
 {
     mpk_status s = MPK_OK;
