@@ -185,8 +185,8 @@ typedef struct {
 
 /* Relabels an error raised deep in an op or the I/O engine with the file (and tensor). */
 void ex_err_locate(mpk_error *err, const char *path, const char *tensor);
-/* XXH3-128 of output i as its shard holds it (mapped from the page cache; through buf,
- * HASH_CHUNK bytes, where a window cannot be mapped) into c->hashes[i]. */
+/* XXH3-128 of output i as its shard holds it (read back through buf, HASH_CHUNK bytes) into
+ * c->hashes[i]. */
 mpk_status ex_hash_output(run_ctx *c, size_t i, char *buf, mpk_error *err);
 /* Records the first failure; every thread stops soon after. */
 void ex_run_fail(run_ctx *c, const mpk_error *e);

@@ -51,13 +51,16 @@ void ex_run_fail(run_ctx *c, const mpk_error *e)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Output i is read back where the page cache holds it (mapped: the shard file is ours). */
+/* Output i is read back with pread through buf (HASH_CHUNK bytes). Hashing it through mapped
+ * windows instead measured 1.4x cheaper on 2026-12-02 and 3.2x dearer on 2026-12-03, on the same
+ * VM (bench/hash_readback; bench/RESULTS.md): the copy costs what it costs everywhere, a new
+ * mapping costs what the host's page-table handling makes it. */
 mpk_status ex_hash_output(run_ctx *c, size_t i, char *buf, mpk_error *err)
 {
     const mpk_plan_out *po = &c->p->outs[i];
     const mpk_st_out *so = c->shards[po->shard];
     return mpk_hash_file_range(so->fd, so->data_start + so->tensors[c->slot[i]].begin, po->nbytes, buf, HASH_CHUNK,
-                               true, so->path, po->name, &c->hashes[i].hash, err);
+                               false, so->path, po->name, &c->hashes[i].hash, err);
 }
 
 static void sync_enqueue(run_ctx *c, size_t item)

@@ -245,7 +245,8 @@ typedef struct mpk_hash128 {
  * bytes) with mpk_pread_all; mapped: hashed where the page cache holds them instead, through
  * mapped windows of MPK_HASH_MAP_WINDOW bytes (no copy; reads the rest when a window cannot
  * be mapped). Only for the caller's own files: a file truncated under a mapping raises
- * SIGBUS instead of a read error. */
+ * SIGBUS instead of a read error. pack reads back with pread (mapped was 3.2x dearer on
+ * 2026-12-03); bench/hash_readback measures both ways on a given machine. */
 #define MPK_HASH_MAP_WINDOW (2u << 20) /* mapped pages count in RSS: 16 threads add 32 MiB */
 mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, bool mapped, const char *path,
                                const char *tensor, mpk_hash128 *out, mpk_error *err);
