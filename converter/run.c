@@ -213,18 +213,21 @@ static int finish_one(run_ctx *c, char **buf, mpk_error *err)
 }
 
 /* Waits for unit u's turn to write into its shard (each shard's units are written one at a
- * time, in file order), handling complete outputs meanwhile. Fails once another thread has. */
+ * time, in file order), handling complete outputs meanwhile unless u is next: a thread hashing
+ * a large output while its unit's turn came would hold up the shard's writes. Fails once
+ * another thread has. */
 static mpk_status take_turn(run_ctx *c, shard_q *q, size_t u, char **hbuf, mpk_error *err)
 {
     atomic_fetch_add(&q->busy, 1);
     while (atomic_load(&q->turn) != u) {
-        int h = finish_one(c, hbuf, err);
+        int h = atomic_load(&q->turn) + 1 == u ? 0 : finish_one(c, hbuf, err);
         if (h > 0)
             continue;
         bool failed = h < 0;
         if (!failed) {
             pthread_mutex_lock(&c->lock);
-            while (atomic_load(&q->turn) != u && !atomic_load(&c->failed) && c->hq_head == c->hq_tail)
+            while (atomic_load(&q->turn) != u && !atomic_load(&c->failed) &&
+                   (atomic_load(&q->turn) + 1 == u || c->hq_head == c->hq_tail))
                 pthread_cond_wait(&c->cv, &c->lock);
             failed = atomic_load(&c->failed);
             pthread_mutex_unlock(&c->lock);
