@@ -499,6 +499,7 @@ static mpk_status run_threads(job *j, double t0)
         ex_stop_syncer(c, syncing, sync_th);
         return s;
     }
+    double next = ex_now_s();
     while ((o->progress || o->cancel) && atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed)) {
         if (o->cancel && *o->cancel) {
             mpk_error ce = {0};
@@ -506,9 +507,22 @@ static mpk_status run_threads(job *j, double t0)
             ex_run_fail(c, &ce);
             break;
         }
-        progress(c, o, t0);
-        struct timespec ts = {0, 200 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        double now = ex_now_s();
+        if (now >= next) {
+            progress(c, o, t0);
+            next = now + 0.2;
+        }
+        /* until the next report, or until the last unit is written (c->cv: a sleep here held
+         * up the end of every run by up to its length) */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long ns = ts.tv_nsec + (long)((next - now > 0 ? next - now : 0) * 1e9);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_mutex_lock(&c->lock);
+        if (atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed))
+            pthread_cond_timedwait(&c->cv, &c->lock, &ts);
+        pthread_mutex_unlock(&c->lock);
     }
     for (int i = 0; i < j->started; i++)
         pthread_join(th[i], NULL);

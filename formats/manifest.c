@@ -241,12 +241,12 @@ char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest
 }
 
 static mpk_status write_manifest(const char *dir, const mpk_tensor_hash *t, size_t n, mpk_hash128 d,
-                                 const cJSON *prov, mpk_error *err)
+                                 const cJSON *prov, bool sync, mpk_error *err)
 {
-    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d, prov), true, err);
+    return mpk_write_text_in(dir, MPK_MANIFEST_NAME, mpk_manifest_format(t, n, d, prov), sync, err);
 }
 
-mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, mpk_error *err)
+mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, bool sync, mpk_error *err)
 {
     mpk_ckpt *c;
     MPK_TRY(mpk_ckpt_open(dir, &c, err));
@@ -254,7 +254,7 @@ mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, mpk_error *err
     mpk_hash128 d;
     mpk_status s = mpk_hash_ckpt(c, &t, &d, NULL, err);
     if (s == MPK_OK) {
-        s = write_manifest(c->is_dir ? c->dir : dir, t, c->n_tensors, d, prov, err);
+        s = write_manifest(c->is_dir ? c->dir : dir, t, c->n_tensors, d, prov, sync, err);
         free(t);
     }
     mpk_ckpt_close(c);
@@ -267,10 +267,10 @@ static int natural_order(const void *a, const void *b)
 }
 
 mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, const cJSON *prov,
-                                     mpk_error *err)
+                                     bool sync, mpk_error *err)
 {
     qsort(t, n, sizeof *t, natural_order);
-    return write_manifest(dir, t, n, mpk_manifest_digest(t, n), prov, err);
+    return write_manifest(dir, t, n, mpk_manifest_digest(t, n), prov, sync, err);
 }
 
 bool mpk_hash_parse_hex(const char *s, mpk_hash128 *h)

@@ -319,12 +319,13 @@ bool mpk_hash_parse_hex(const char *s, mpk_hash128 *h);
  * "provenance". */
 char *mpk_manifest_format(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov);
 cJSON *mpk_manifest_json(const mpk_tensor_hash *t, size_t n, mpk_hash128 digest, const cJSON *prov);
-/* Hashes the checkpoint in dir and writes dir/moepack.manifest.json. */
-mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, mpk_error *err);
+/* Hashes the checkpoint in dir and writes dir/moepack.manifest.json (sync: fsynced, and its
+ * directory, before it replaces any earlier one). */
+mpk_status mpk_manifest_write(const char *dir, const cJSON *prov, bool sync, mpk_error *err);
 /* Writes dir/moepack.manifest.json from hashes already computed (any order; t is sorted in
  * place into natural name order), e.g. the executor's, taken as it wrote each tensor. */
 mpk_status mpk_manifest_write_hashes(const char *dir, mpk_tensor_hash *t, size_t n, const cJSON *prov,
-                                     mpk_error *err);
+                                     bool sync, mpk_error *err);
 /* Reads and checks dir/moepack.manifest.json (format, a "tensors" object, a 32-hex-digit
  * digest): *root (free with cJSON_Delete) owns *tensors; MPK_E_MANIFEST naming the file. */
 mpk_status mpk_manifest_load(const char *dir, cJSON **root, const cJSON **tensors, mpk_hash128 *digest,

@@ -311,7 +311,7 @@ mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *
         if (mpk_manifest_load(c->dir, &old, &ts, &od, &ig) != MPK_OK)
             old = NULL;
         const cJSON *prov = cJSON_GetObjectItemCaseSensitive(old, "provenance");
-        s = mpk_manifest_write_hashes(c->dir, t, c->n_tensors, cJSON_IsObject(prov) ? prov : NULL, err);
+        s = mpk_manifest_write_hashes(c->dir, t, c->n_tensors, cJSON_IsObject(prov) ? prov : NULL, true, err);
         cJSON_Delete(old);
     }
     if (hashed)

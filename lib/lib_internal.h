@@ -36,9 +36,9 @@ mpk_status mpk_report_end_text(mpk_report *r, FILE *f, char **buf, mpk_error *er
 /* Hands a finished report to the caller (out may be NULL: it is freed). */
 mpk_status mpk_report_give(mpk_report *r, mpk_report **out);
 
-/* The tensor-hash manifest hook of mpk_exec_opts.finish. */
+/* The tensor-hash manifest hook of mpk_exec_opts.finish (sync: unless --no-fsync). */
 mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size_t n, const cJSON *prov,
-                                  mpk_error *err);
+                                  bool sync, mpk_error *err);
 /* Loads a spec (mpk_spec_load) against an already loaded config. */
 mpk_status mpk_lib_spec_load(const char *what, const mpk_model_config *cfg, bool reverse, mpk_spec **out,
                              mpk_error *err);
