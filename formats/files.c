@@ -16,13 +16,14 @@
 
 /* ---------------------------------------------------------------- fault points */
 
-long mpk_fault_countdown = 0, mpk_fault_passed = 0;
+long mpk_fault_countdown = 0, mpk_fault_passed = 0, mpk_fault_fsyncs = 0;
 int mpk_fault_errno = 0;
 
 int mpk_fault_point(const char *op)
 {
-    (void)op;
     __atomic_fetch_add(&mpk_fault_passed, 1, __ATOMIC_RELAXED);
+    if (strcmp(op, "fsync") == 0)
+        __atomic_fetch_add(&mpk_fault_fsyncs, 1, __ATOMIC_RELAXED);
     if (__atomic_load_n(&mpk_fault_countdown, __ATOMIC_RELAXED) <= 0 ||
         __atomic_fetch_sub(&mpk_fault_countdown, 1, __ATOMIC_RELAXED) != 1)
         return 0;

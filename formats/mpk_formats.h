@@ -394,6 +394,7 @@ void mpk_io_free(mpk_io *io);
  * goes on once continued (a test changes something meanwhile). mpk_fault_passed counts the points passed.
  * libmoepack sets them from MOEPACK_FAULT (lib/hooks.c). */
 extern long mpk_fault_countdown, mpk_fault_passed; /* updated with __atomic builtins */
+extern long mpk_fault_fsyncs; /* of the points passed, the fsyncs (a test of --no-fsync) */
 extern int mpk_fault_errno;
 /* 0, or the errno the caller is to fail with (and set errno to it). op names the call. */
 int mpk_fault_point(const char *op);
