@@ -125,14 +125,13 @@ typedef struct {
     atomic_int busy;     /* threads writing or waiting to write (a hint) */
 } shard_q;
 
-/* An output hashed from the bytes of its computed units as they are written (in order, under
- * its shard's write lock), so that it need not be read back: the state and how far it got.
- * An output with a unit that came another way (an in-kernel copy) or out of order (two threads
- * computed its units, the later one wrote first) stops here and is read back instead. */
+/* An output hashed from the bytes of its computed units as they are written (in order, in
+ * their turns), so that it need not be read back: the state and how far it got. A unit that
+ * came another way (an in-kernel copy) leaves `to` behind for good, and the output is read
+ * back instead. */
 typedef struct {
     XXH3_state_t *st;
     uint64_t to;         /* bytes hashed from its start */
-    bool off;            /* gave up: read it back */
 } mem_hash;
 
 typedef struct {

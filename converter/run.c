@@ -71,18 +71,14 @@ static void sync_enqueue(run_ctx *c, size_t item)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Hashes a computed unit's bytes, just written from buf (under its shard's write lock). */
+/* Hashes a computed unit's bytes, just written from buf in its turn. */
 static void mem_hash_unit(run_ctx *c, const unit *w, const void *buf)
 {
     mem_hash *m = &c->mh[w->out];
-    if (m->off)
+    if (w->off != m->to || (c->split && c->split[w->out]))
         return;
-    if (w->off != m->to || (c->split && c->split[w->out]) || (!m->st && !(m->st = XXH3_createState()))) {
-        m->off = true;
-        return;
-    }
-    if (w->off == 0)
-        XXH3_128bits_reset(m->st);
+    if (w->off == 0 && ((!m->st && !(m->st = XXH3_createState())) || XXH3_128bits_reset(m->st) != XXH_OK))
+        return; /* (read back instead) */
     XXH3_128bits_update(m->st, buf, (size_t)w->len);
     m->to += w->len;
 }
@@ -98,7 +94,7 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
 {
     mpk_status s = MPK_OK;
     mem_hash *m = c->mh ? &c->mh[i] : NULL;
-    if (m && m->st && !m->off && m->to == c->p->outs[i].nbytes) {
+    if (m && m->st && m->to == c->p->outs[i].nbytes) {
         XXH128_hash_t h = XXH3_128bits_digest(m->st);
         c->hashes[i].hash = (mpk_hash128){h.high64, h.low64};
     } else if (c->hashes && !(c->split && c->split[i])) { /* a split output is hashed once all ranks wrote it */

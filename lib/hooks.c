@@ -5,8 +5,9 @@
  * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
  * fail, or the process die there (tests of crash safety); N:stop stops it there until SIGCONT;
  * N:ENOMEM makes the Nth allocation fail (cJSON's included); MOEPACK_FAULT=count prints how
- * many of each there were at exit (and how many of the write-path calls were fsyncs). Under mpirun/srun, MOEPACK_FAULT_RANK=R arms it in rank R
- * only (read from the launcher's variables: this runs before MPI starts). */
+ * many of each there were at exit (and how many of the write-path calls were fsyncs). Under
+ * mpirun/srun, MOEPACK_FAULT_RANK=R arms it in rank R only (read from the launcher's
+ * variables: this runs before MPI starts). */
 #define _GNU_SOURCE
 #include "lib_internal.h"
 

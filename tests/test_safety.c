@@ -509,7 +509,7 @@ static void test_stale_temporaries(void **state)
 
 /* --no-fsync syncs nothing, the manifest and the source record included (one fsync of the
  * record took 1.04 s of a 2.7 s pack on ext4: its journal commit waited on the output); a
- * durable pack and unpack sync every shard, and what finish writes. */
+ * durable pack syncs its shards and what finish writes. */
 static void test_no_fsync_syncs_nothing(void **state)
 {
     (void)state;
