@@ -618,7 +618,7 @@ static void job_free(job *j)
     free(c->syncq);
     free(c->hashes);
     for (size_t i = 0; c->mh && i < p->n_outs; i++)
-        XXH3_freeState(c->mh[i].st);
+        mpk_xxh_free(c->mh[i].st);
     free(c->mh);
     free(c->hq);
     free(c->split);

@@ -130,7 +130,7 @@ typedef struct {
  * came another way (an in-kernel copy) leaves `to` behind for good, and the output is read
  * back instead. */
 typedef struct {
-    XXH3_state_t *st;
+    mpk_xxh *st;
     uint64_t to;         /* bytes hashed from its start */
 } mem_hash;
 

@@ -77,9 +77,9 @@ static void mem_hash_unit(run_ctx *c, const unit *w, const void *buf)
     mem_hash *m = &c->mh[w->out];
     if (w->off != m->to || (c->split && c->split[w->out]))
         return;
-    if (w->off == 0 && ((!m->st && !(m->st = XXH3_createState())) || XXH3_128bits_reset(m->st) != XXH_OK))
+    if (w->off == 0 && !m->st && !(m->st = mpk_xxh_new()))
         return; /* (read back instead) */
-    XXH3_128bits_update(m->st, buf, (size_t)w->len);
+    mpk_xxh_update(m->st, buf, (size_t)w->len);
     m->to += w->len;
 }
 
@@ -95,13 +95,12 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
     mpk_status s = MPK_OK;
     mem_hash *m = c->mh ? &c->mh[i] : NULL;
     if (m && m->st && m->to == c->p->outs[i].nbytes) {
-        XXH128_hash_t h = XXH3_128bits_digest(m->st);
-        c->hashes[i].hash = (mpk_hash128){h.high64, h.low64};
+        c->hashes[i].hash = mpk_xxh_digest(m->st);
     } else if (c->hashes && !(c->split && c->split[i])) { /* a split output is hashed once all ranks wrote it */
         s = ex_hash_output(c, i, buf, err);
     }
     if (m) {
-        XXH3_freeState(m->st);
+        mpk_xxh_free(m->st);
         m->st = NULL;
     }
     if (s == MPK_OK && c->writeback && c->syncq && !c->o->no_fsync && c->p->outs[i].nbytes)

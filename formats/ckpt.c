@@ -589,10 +589,9 @@ mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t o
 mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, bool mapped, const char *path,
                                const char *tensor, mpk_hash128 *out, mpk_error *err)
 {
-    XXH3_state_t *st = XXH3_createState();
+    mpk_xxh *st = mpk_xxh_new();
     if (!st)
         MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
-    XXH3_128bits_reset(st);
     const uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
     mpk_status s = MPK_OK;
     for (uint64_t at = 0; at < len && s == MPK_OK;) {
@@ -601,7 +600,7 @@ mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, si
             uint64_t start = (off + at) & ~(pg - 1), lead = off + at - start;
             void *m = mmap(NULL, (size_t)(lead + n), PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)start);
             if (m != MAP_FAILED) {
-                XXH3_128bits_update(st, (const char *)m + lead, (size_t)n);
+                mpk_xxh_update(st, (const char *)m + lead, (size_t)n);
                 munmap(m, (size_t)(lead + n));
                 at += n;
                 continue;
@@ -610,12 +609,11 @@ mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, si
         }
         size_t n = len - at < cap ? (size_t)(len - at) : cap;
         if ((s = mpk_pread_all(fd, buf, n, off + at, path, tensor, err)) == MPK_OK)
-            XXH3_128bits_update(st, buf, n);
+            mpk_xxh_update(st, buf, n);
         at += n;
     }
-    XXH128_hash_t h = XXH3_128bits_digest(st);
-    XXH3_freeState(st);
-    *out = (mpk_hash128){h.high64, h.low64};
+    *out = mpk_xxh_digest(st);
+    mpk_xxh_free(st);
     return s;
 }
 

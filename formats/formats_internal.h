@@ -16,4 +16,11 @@ mpk_status mpk_st_read_header_fd(int fd, const char *path, mpk_st_header **out,
 mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
                           mpk_error *err);
 
+/* xxh_avx2.c: XXH3 with AVX2 kernels (only on a CPU with AVX2; hash.c decides). */
+void *mpk_xxh_avx2_new(void);
+void mpk_xxh_avx2_update(void *s, const void *p, size_t n);
+mpk_hash128 mpk_xxh_avx2_digest(const void *s);
+void mpk_xxh_avx2_free(void *s);
+uint64_t mpk_xxh_avx2_64(const void *p, size_t n);
+
 #endif

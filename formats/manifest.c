@@ -28,19 +28,17 @@ mpk_status mpk_hash_tensor(const mpk_ckpt *c, const mpk_ckpt_tensor *t, char *bu
     if (!sh->z)
         return mpk_hash_file_range(sh->fd, t->file_offset, t->nbytes, buf, CHUNK, false, sh->path, t->info->name, out,
                                    err);
-    XXH3_state_t *st = XXH3_createState(); /* a compressed shard: through its chunks */
+    mpk_xxh *st = mpk_xxh_new(); /* a compressed shard: through its chunks */
     if (!st)
         MPK_FAIL(err, MPK_E_NOMEM, sh->path, "out of memory");
-    XXH3_128bits_reset(st);
     mpk_status s = MPK_OK;
     for (uint64_t at = 0; at < t->nbytes && s == MPK_OK; at += CHUNK) {
         size_t n = t->nbytes - at < CHUNK ? (size_t)(t->nbytes - at) : CHUNK;
         if ((s = mpk_ckpt_read(c, t, at, n, buf, err)) == MPK_OK)
-            XXH3_128bits_update(st, buf, n);
+            mpk_xxh_update(st, buf, n);
     }
-    XXH128_hash_t h = XXH3_128bits_digest(st);
-    XXH3_freeState(st);
-    *out = (mpk_hash128){h.high64, h.low64};
+    *out = mpk_xxh_digest(st);
+    mpk_xxh_free(st);
     return s;
 }
 

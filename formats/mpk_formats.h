@@ -241,6 +241,21 @@ typedef struct mpk_hash128 {
     uint64_t hi, lo;
 } mpk_hash128;
 
+/* Streaming XXH3-128 of large buffers (tensor bytes), and one-shot XXH3-64. libxxhash's
+ * shared library is built for baseline x86-64 (SSE2: 15 GB/s on this project's dev VM); on a
+ * CPU with AVX2 the same library's header, inlined with AVX2 kernels, runs instead (43 GB/s
+ * there), with the same results. MOEPACK_XXH=generic in the environment keeps the library's.
+ * mpk_xxh_new returns a reset state, NULL when out of memory; owned by the caller, free with
+ * mpk_xxh_free (NULL-safe). A state is not thread-safe; the functions are. */
+typedef struct mpk_xxh mpk_xxh;
+mpk_xxh *mpk_xxh_new(void);
+void mpk_xxh_update(mpk_xxh *h, const void *p, size_t n);
+mpk_hash128 mpk_xxh_digest(const mpk_xxh *h);
+void mpk_xxh_free(mpk_xxh *h);
+uint64_t mpk_xxh64(const void *p, size_t n);
+/* Which code runs: "avx2" or "libxxhash". */
+const char *mpk_xxh_impl(void);
+
 /* XXH3-128 of the len bytes at file offset off (a tensor's bytes), read through buf (cap
  * bytes) with mpk_pread_all; mapped: hashed where the page cache holds them instead, through
  * mapped windows of MPK_HASH_MAP_WINDOW bytes (no copy; reads the rest when a window cannot

@@ -197,7 +197,7 @@ static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD
 {
     chunk *c = &r->c[i];
     MPK_TRY(mpk_pread_all(r->in_fd, orig, c->len, r->h->data_start + c->data_off, r->path, "(chunk)", e));
-    c->hash = XXH3_64bits(orig, c->len);
+    c->hash = mpk_xxh64(orig, c->len);
     size_t pl = c->len / c->width, cap = ZSTD_compressBound(pl), at = 0;
     char *z = mpk_alloc(cap * c->width + 1);
     if (!z)
@@ -263,7 +263,7 @@ static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h,
     MPK_TRY(s);
     if (!what && !direct)
         join(planes, orig, pl, c->width, c->xform);
-    if (!what && XXH3_64bits(orig, c->len) != c->hash)
+    if (!what && mpk_xxh64(orig, c->len) != c->hash)
         what = "its bytes do not match their XXH3-64 (corrupt)";
     if (what)
         return mpk_error_set(e, MPK_E_CONTAINER, 0, path, "tensor '%s': chunk %zu: %s", h->tensors[c->tensor].name, i,

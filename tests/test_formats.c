@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include <fcntl.h>
+#include <xxhash.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -645,6 +646,54 @@ static void test_index_format(void **state)
     assert_string_equal(buf, "model.safetensors");
 }
 
+/* mpk_xxh (AVX2 where the CPU has it) against the shared library's one-shot XXH3 (the reference),
+ * fed in uneven pieces, over lengths around XXH3's internal boundaries (16, 128, 240 bytes,
+ * stripes of 64, blocks of 1024, the 256-byte internal buffer). */
+static void test_xxh_matches_library(void **state)
+{
+    (void)state;
+    const char *e = getenv("MOEPACK_XXH");
+    bool generic = e && strcmp(e, "generic") == 0;
+#if defined(__x86_64__)
+    assert_string_equal(mpk_xxh_impl(), !generic && __builtin_cpu_supports("avx2") ? "avx2" : "libxxhash");
+#else
+    assert_string_equal(mpk_xxh_impl(), "libxxhash");
+#endif
+    mpk_xxh *h = mpk_xxh_new();
+    assert_non_null(h);
+    mpk_hash128 d = mpk_xxh_digest(h); /* XXH3-128 of no bytes, from xxHash's test vectors */
+    assert_true(d.hi == 0x99aa06d3014798d8ull && d.lo == 0x6001c324468d497full);
+    mpk_xxh_free(h);
+    mpk_xxh_free(NULL);
+    assert_true(mpk_xxh64("", 0) == 0x2d06800538d394c2ull);
+    const size_t max = (3u << 20) + 77;
+    unsigned char *b = malloc(max + 32); /* (read from b + k, k < 32) */
+    assert_non_null(b);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < max + 32; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        b[i] = (unsigned char)x;
+    }
+    const size_t lens[] = {1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 255, 256, 257, 1023, 1024, 1025,
+                           4096 + 5, 65536, (1u << 20) + 3, max};
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        size_t n = lens[k];
+        XXH128_hash_t ref = XXH3_128bits(b + k, n - (k ? 1 : 0));
+        n -= k ? 1 : 0; /* and at an odd address */
+        assert_non_null(h = mpk_xxh_new());
+        for (size_t at = 0, step = 1; at < n; step = step * 7 % 4093 + 1) {
+            size_t m = n - at < step * 37 ? n - at : step * 37;
+            mpk_xxh_update(h, b + k + at, m);
+            at += m;
+        }
+        d = mpk_xxh_digest(h);
+        assert_true(d.hi == ref.high64 && d.lo == ref.low64);
+        mpk_xxh_free(h);
+        assert_true(mpk_xxh64(b + k, n) == XXH3_64bits(b + k, n));
+    }
+    free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -659,6 +708,7 @@ int main(void)
         cmocka_unit_test(test_ckpt_sharded),
         cmocka_unit_test(test_ckpt_single_and_missing),
         cmocka_unit_test(test_index_format),
+        cmocka_unit_test(test_xxh_matches_library),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

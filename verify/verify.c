@@ -60,7 +60,7 @@ typedef struct {
     mpk_tmeta meta;
     bool approx, values, differs;
     uint64_t first_diff;
-    XXH3_state_t *hw, *hg;
+    mpk_xxh *hw, *hg;
     uint64_t n, bad;
     double max_abs, max_rel, sum_sq, dot, nw, ng;
 } tcmp;
@@ -104,12 +104,10 @@ static mpk_status tc_begin(vctx *v, tcmp *t, const char *name, const mpk_tmeta *
     t->dt = d;
     t->active = true;
     t->values = float_dtype(m->dtype) && (approx || v->co->values);
-    t->hw = XXH3_createState();
-    t->hg = XXH3_createState();
+    t->hw = mpk_xxh_new();
+    t->hg = mpk_xxh_new();
     if (!t->hw || !t->hg)
         MPK_FAIL(v->err, MPK_E_NOMEM, "verify", "out of memory");
-    XXH3_128bits_reset(t->hw);
-    XXH3_128bits_reset(t->hg);
     return MPK_OK;
 }
 
@@ -122,8 +120,8 @@ static mpk_status tc_feed(vctx *v, tcmp *t, uint64_t off, const char *want, uint
     for (uint64_t o = 0; o < len; o += CHUNK) {
         uint64_t n = len - o < CHUNK ? len - o : CHUNK;
         MPK_TRY(mpk_ckpt_read(v->dst, t->dt, off + o, n, v->gbuf, v->err));
-        XXH3_128bits_update(t->hw, want + o, n);
-        XXH3_128bits_update(t->hg, v->gbuf, n);
+        mpk_xxh_update(t->hw, want + o, n);
+        mpk_xxh_update(t->hg, v->gbuf, n);
         v->r->bytes += n;
         mpk_meter_add(v->co->meter, n);
         if (!t->values) {
@@ -174,12 +172,13 @@ static mpk_status tc_end(vctx *v, tcmp *t)
 {
     if (!t->active)
         return MPK_OK;
-    XXH128_hash_t a = XXH3_128bits_digest(t->hw), b = XXH3_128bits_digest(t->hg);
-    XXH3_freeState(t->hw);
-    XXH3_freeState(t->hg);
+    mpk_hash128 a = mpk_xxh_digest(t->hw), b = mpk_xxh_digest(t->hg);
+    mpk_xxh_free(t->hw);
+    mpk_xxh_free(t->hg);
+    t->hw = t->hg = NULL;
     t->active = false;
     v->r->n_compared++;
-    bool differs = t->differs, same_bytes = a.high64 == b.high64 && a.low64 == b.low64;
+    bool differs = t->differs, same_bytes = a.hi == b.hi && a.lo == b.lo;
     if (!t->values && !same_bytes)
         differs = true;
     if (!differs && !same_bytes)
@@ -189,8 +188,8 @@ static mpk_status tc_end(vctx *v, tcmp *t)
         MPK_FAIL(v->err, MPK_E_NOMEM, "verify", "out of memory");
     x->approx = t->values;
     x->dtype = t->meta.dtype;
-    x->want_hash = (mpk_hash128){a.high64, a.low64};
-    x->got_hash = (mpk_hash128){b.high64, b.low64};
+    x->want_hash = a;
+    x->got_hash = b;
     x->n = t->n;
     x->max_abs = t->max_abs;
     x->max_rel = t->max_rel;
