@@ -1,5 +1,6 @@
 /* hash.c — XXH3 over tensor bytes: libxxhash's shared library, or its header's AVX2 build
- * (xxh_avx2.c) where the CPU has AVX2. */
+ * (xxh_avx2.c) where the CPU has AVX2. The code is chosen once per process, so a state is
+ * always used by the code that made it; an mpk_xxh is that code's XXH3_state_t. */
 #include "formats_internal.h"
 
 #include <stdatomic.h>
@@ -7,12 +8,46 @@
 #include <string.h>
 #include <xxhash.h>
 
-struct mpk_xxh {
-    void *st; /* an XXH3_state_t of the code chosen when it was made */
-    bool avx2;
-};
+typedef struct {
+    void *(*make)(void);
+    void (*update)(void *s, const void *p, size_t n);
+    mpk_hash128 (*digest)(const void *s);
+    void (*drop)(void *s);
+    uint64_t (*h64)(const void *p, size_t n);
+    const char *name;
+} xxh_code;
 
-static bool use_avx2(void)
+static void *lib_make(void)
+{
+    XXH3_state_t *s = XXH3_createState();
+    if (s)
+        XXH3_128bits_reset(s);
+    return s;
+}
+
+static void lib_update(void *s, const void *p, size_t n)
+{
+    XXH3_128bits_update(s, p, n);
+}
+
+static mpk_hash128 lib_digest(const void *s)
+{
+    XXH128_hash_t d = XXH3_128bits_digest(s);
+    return (mpk_hash128){d.high64, d.low64};
+}
+
+static void lib_drop(void *s)
+{
+    XXH3_freeState(s);
+}
+
+static const xxh_code library = {lib_make, lib_update, lib_digest, lib_drop, XXH3_64bits, "libxxhash"};
+#ifdef MPK_HAVE_XXH_AVX2
+static const xxh_code avx2 = {mpk_xxh_avx2_new, mpk_xxh_avx2_update, mpk_xxh_avx2_digest, mpk_xxh_avx2_free,
+                              mpk_xxh_avx2_64, "avx2"};
+#endif
+
+static const xxh_code *code(void)
 {
 #ifdef MPK_HAVE_XXH_AVX2
     static atomic_int chosen = -1;
@@ -22,78 +57,39 @@ static bool use_avx2(void)
         c = __builtin_cpu_supports("avx2") && !(e && strcmp(e, "generic") == 0);
         atomic_store_explicit(&chosen, c, memory_order_relaxed);
     }
-    return c;
-#else
-    return false;
+    if (c)
+        return &avx2;
 #endif
+    return &library;
 }
 
 const char *mpk_xxh_impl(void)
 {
-    return use_avx2() ? "avx2" : "libxxhash";
+    return code()->name;
 }
 
 mpk_xxh *mpk_xxh_new(void)
 {
-    mpk_xxh *h = malloc(sizeof *h);
-    if (!h)
-        return NULL;
-    h->avx2 = use_avx2();
-#ifdef MPK_HAVE_XXH_AVX2
-    if (h->avx2) {
-        if (!(h->st = mpk_xxh_avx2_new()))
-            goto fail;
-        return h;
-    }
-#endif
-    if (!(h->st = XXH3_createState()))
-        goto fail;
-    XXH3_128bits_reset(h->st);
-    return h;
-fail:
-    free(h);
-    return NULL;
+    return code()->make();
 }
 
 void mpk_xxh_update(mpk_xxh *h, const void *p, size_t n)
 {
-#ifdef MPK_HAVE_XXH_AVX2
-    if (h->avx2) {
-        mpk_xxh_avx2_update(h->st, p, n);
-        return;
-    }
-#endif
-    XXH3_128bits_update(h->st, p, n);
+    code()->update(h, p, n);
 }
 
 mpk_hash128 mpk_xxh_digest(const mpk_xxh *h)
 {
-#ifdef MPK_HAVE_XXH_AVX2
-    if (h->avx2)
-        return mpk_xxh_avx2_digest(h->st);
-#endif
-    XXH128_hash_t d = XXH3_128bits_digest(h->st);
-    return (mpk_hash128){d.high64, d.low64};
+    return code()->digest(h);
 }
 
 void mpk_xxh_free(mpk_xxh *h)
 {
-    if (!h)
-        return;
-#ifdef MPK_HAVE_XXH_AVX2
-    if (h->avx2)
-        mpk_xxh_avx2_free(h->st);
-    else
-#endif
-        XXH3_freeState(h->st);
-    free(h);
+    if (h)
+        code()->drop(h);
 }
 
 uint64_t mpk_xxh64(const void *p, size_t n)
 {
-#ifdef MPK_HAVE_XXH_AVX2
-    if (use_avx2())
-        return mpk_xxh_avx2_64(p, n);
-#endif
-    return XXH3_64bits(p, n);
+    return code()->h64(p, n);
 }
