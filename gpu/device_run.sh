@@ -6,7 +6,9 @@
 # per shape), e2e (gpucheck --reference on a packed synth checkpoint; pack vs cp -r on this
 # machine), parity[:arch,...] (tests/parity/transformers_parity.py), loadtime (from_pretrained
 # of a per-expert Qwen3-MoE checkpoint against its pack: gpu/load_time.py), fp8 (gpucheck of
-# DeepSeek-V3-shaped FP8 packed experts against their per-expert source); default: all of them.
+# DeepSeek-V3-shaped FP8 packed experts against their per-expert source), bench (issue 18 on this
+# machine: pack and unpack against cp -r (+ sync), warm, ROUNDS rounds, then from a cold cache
+# where drop_caches can be written); default: all of them but bench.
 # Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
 # peer_torch JSON, the transformers parity results.
 set -u
@@ -35,7 +37,11 @@ shape() { # name E H I k tokens
 
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity loadtime fp8)
+save() { # after every step, so that a run stopped at its limit still returns what it finished
+    if [ -n "${OUT:-}" ]; then tar czf "$OUT/results.tgz" -C "$RES" .; else rm -rf gpu-out && cp -r "$RES" gpu-out; fi
+}
 for step in "${steps[@]}"; do
+    echo "== step $step at $(date +%T)"
     case $step in
     test)
         echo "== test_gpu --device"
@@ -48,7 +54,7 @@ for step in "${steps[@]}"; do
         $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 32000 \
             --shards 4 $W/pe >/dev/null
         $M pack -q $W/pe $W/pk
-        timeout 500 python3 gpu/load_time.py $W/pe $W/pk --rounds 5 --device cuda --json "$RES/load-time.json" 2>&1 \
+        timeout 240 python3 gpu/load_time.py $W/pe $W/pk --rounds "${LT_ROUNDS:-5}" --device cuda --json "$RES/load-time.json" 2>&1 \
             | tee "$RES/load-time.txt"
         echo "load_time rc=${PIPESTATUS[0]}" | tee -a "$RES/load-time.txt"
         rm -rf $W ;;
@@ -78,14 +84,24 @@ for step in "${steps[@]}"; do
         archs=${step#parity}; archs=${archs#:}
         echo "== parity ${archs:-all}"
         timeout 300 python3 tests/parity/transformers_parity.py --moepack $M --work /tmp/parity \
-            ${archs:+--arch $archs} --json "$RES/parity.json" > "$RES/parity.txt" 2>&1
-        echo "parity rc=$?"; tail -14 "$RES/parity.txt" ;;
+            ${archs:+--arch $archs} --json "$RES/parity${archs:+-$archs}.json" > "$RES/parity${archs:+-$archs}.txt" 2>&1
+        echo "parity rc=$?"; tail -14 "$RES/parity${archs:+-$archs}.txt" ;;
+    bench) # issue 18: pack and unpack against cp -r (+ sync) of the same bytes on this machine
+        W=/tmp/bench; rm -rf $W
+        { echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, kernel $(uname -r)"
+          df -hT /tmp | tail -1; } | tee "$RES/bench-machine.txt"
+        $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 \
+            --shards 4 $W/src >/dev/null
+        timeout 200 python3 bench/pack_vs_cp.py $M $W --rounds "${ROUNDS:-3}" \
+            --only pack,pack-nofsync,pack-nofsync-nomanifest,unpack,unpack-nofsync 2>&1 | tee "$RES/bench-warm.txt"
+        save
+        if sync && echo 3 2>/dev/null > /proc/sys/vm/drop_caches; then
+            timeout 120 python3 bench/pack_vs_cp.py $M $W --rounds 2 --cold --only pack 2>&1 | tee "$RES/bench-cold.txt"
+        else
+            echo "drop_caches cannot be written here: no cold runs" | tee "$RES/bench-cold.txt"
+        fi
+        rm -rf $W ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac
+    save
 done
-
-if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/results.tgz" -C "$RES" .
-else
-    rm -rf gpu-out && cp -r "$RES" gpu-out
-fi
