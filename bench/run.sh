@@ -61,6 +61,9 @@ build/bench/io_read "$W/blob" io_uring 3
 build/bench/io_read "$W/blob" pread 3
 # 4b. CPU of hashing a cached file for the manifest: pread copies against mapped windows
 build/bench/hash_readback "$W/blob" 10
+# 4c. CPU of the in-kernel copy when source and output offsets differ within a page:
+# copy_file_range against splice rounds (what pack does for such slices)
+build/bench/copy_phase "$W/blob" 7
 
 # 5. FP8 block / MXFP4 dequantize throughput vs memcpy (1 GiB of BF16 output)
 build/bench/quant_bench 1

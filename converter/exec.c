@@ -939,6 +939,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
         stats->bytes_out = p->total_bytes;
         stats->threads = j.started;
         stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok);
+        stats->spliced_bytes = atomic_load(&j.c.spliced_bytes);
     }
     uint64_t read = atomic_load(&j.c.read_bytes), wrote = atomic_load(&j.c.done_bytes);
     job_free(&j);

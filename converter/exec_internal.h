@@ -89,9 +89,20 @@ typedef mpk_status (*range_fn)(const mpk_node *src, uint64_t file_off, uint64_t 
 /* Calls fn for every source file range behind bytes [off, off+len) of a pure node, at is where
  * they land in the output file. */
 mpk_status ex_each_source_range(const mpk_node *n, uint64_t off, uint64_t len, uint64_t at, range_fn fn, void *ctx);
-/* Moves bytes [off, off+len) of a pure node into out at file offset at (copy_file_range). */
-mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out, const char *tensor,
-                        uint64_t at, mpk_error *err);
+/* A worker's pipe for the in-kernel moves of source ranges that sit at another offset within a
+ * page than where they land (fd[0] < 0: none, copy_file_range moves everything). */
+typedef struct {
+    int fd[2];
+    uint64_t bytes; /* moved through it */
+} ex_pipe;
+/* Opens it where the kernel lets it hold a round (else leaves it closed); off with MOEPACK_SPLICE=0. */
+void ex_pipe_open(ex_pipe *pp);
+void ex_pipe_close(ex_pipe *pp);
+/* Moves bytes [off, off+len) of a pure node into out at file offset at: copy_file_range, or
+ * through pp (when open) for a range whose offset within a page differs between its source and
+ * the output. */
+mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out, uint64_t at,
+                        ex_pipe *pp, mpk_error *err);
 /* A range_fn counting bytes per page phase (votes[4096 / 8]). */
 mpk_status ex_phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *votes);
 
@@ -153,6 +164,7 @@ typedef struct {
     atomic_size_t units_done;
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */
+    atomic_ullong spliced_bytes; /* of those moved in the kernel, the bytes moved through pipes */
     bool prefetch;       /* hint the source ranges of the units ahead (POSIX_FADV_WILLNEED) */
     bool writeback;      /* start each complete output's writeback (sync_file_range) when durable */
     /* outputs complete (hashing, early writeback): bytes left to write per output, queue */

@@ -305,6 +305,8 @@ typedef struct mpk_exec_stats {
     long peak_rss_kib;
     int threads;
     bool used_copy_range;
+    uint64_t spliced_bytes;             /* of the bytes moved in the kernel, those moved through a pipe
+                                           (source and output at other offsets within a page) */
     mpk_side_stats side;
     bool resumed;                       /* a dead run's temporary directory was continued */
     size_t shards_kept;                 /* of its shards, how many checked out and were kept */

@@ -348,12 +348,16 @@ void *ex_worker(void *arg)
     mpk_error err = {0};
     reader r = {.cap = 256, .err = &err};
     char *buf = NULL, *hbuf = NULL;
+    ex_pipe pp = {{-1, -1}, 0};
+    if (c->o->use_copy_range)
+        ex_pipe_open(&pp);
     r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
     if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
         if (!r.reqs)
             mpk_error_set(&err, MPK_E_NOMEM, 0, "exec", "out of memory");
         ex_run_fail(c, &err);
         free(r.reqs);
+        ex_pipe_close(&pp);
         return NULL;
     }
     while (!atomic_load(&c->failed)) {
@@ -385,7 +389,7 @@ void *ex_worker(void *arg)
         bool done = false;
         if (c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             if ((s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
-                s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, po->name, w->at, &err);
+                s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, w->at, &pp, &err);
                 end_turn(c, q, s == MPK_OK);
                 if (s == MPK_OK) {
                     done = true;
@@ -421,6 +425,8 @@ void *ex_worker(void *arg)
         written(c, w);
     }
     atomic_fetch_add(&c->read_bytes, r.bytes);
+    atomic_fetch_add(&c->spliced_bytes, pp.bytes);
+    ex_pipe_close(&pp);
     free(buf);
     free(hbuf);
     free(r.reqs);

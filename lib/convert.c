@@ -592,6 +592,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)st->peak_rss_kib * 1024);
     cJSON_AddNumberToObject(o, "threads", st->threads);
     cJSON_AddBoolToObject(o, "copy_file_range", st->used_copy_range);
+    cJSON_AddNumberToObject(o, "spliced_bytes", (double)st->spliced_bytes);
     cJSON *side = cJSON_AddObjectToObject(o, "other_files");
     cJSON_AddNumberToObject(side, "files", (double)st->side.files);
     cJSON_AddNumberToObject(side, "directories", (double)st->side.dirs);

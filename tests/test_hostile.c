@@ -222,6 +222,24 @@ static void test_source_changed_detected(void **state)
     tu_rmrf(dst);
 }
 
+/* A source cut short while its expert slices go through the pipe (ranges at another offset
+ * within a page than in the output, issue 18): the error names the shard, the offset and the
+ * tensor being written; nothing is left behind. */
+static void test_source_cut_short_while_spliced(void **state)
+{
+    (void)state;
+    const char *s = tu_fmt("%s/spl", root), *dst = tu_fmt("%s/o", root);
+    assert_int_equal(tu_sh("%s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 --intermediate 384 "
+                           "--vocab 64 --shards 3 %s >/dev/null", tu_moepack(), s), 0);
+    const char *shard = tu_fmt("%s/model-00002-of-00003.safetensors", s);
+    assert_int_equal(run_changing(tu_fmt("pack --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard)), 1);
+    assert_true(err_has(tu_fmt("%s: splice from offset 3000000", shard)));
+    assert_true(err_has("the source ended early (writing tensor 'model.layers.1.mlp.experts.gate_up_proj'"));
+    assert_false(exists(dst));
+    assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
+    tu_rmrf(s);
+}
+
 /* ---------------------------------------------------------------- allocation failures */
 
 /* Allocation calls a run makes (MOEPACK_FAULT=count). */
@@ -304,6 +322,7 @@ int main(void)
         cmocka_unit_test(test_expert_count_costs_nothing),
         cmocka_unit_test(test_plan_refuses_overflow),
         cmocka_unit_test(test_source_changed_detected),
+        cmocka_unit_test(test_source_cut_short_while_spliced),
         cmocka_unit_test(test_allocation_failure_sweep),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
