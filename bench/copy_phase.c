@@ -12,30 +12,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
-static long SIZE; /* the bytes copied: the file's size less 8 KiB (the offsets), at most 1 GiB */
+#include "bench_util.h"
+
+static long copy_bytes; /* the bytes copied: the file's size less 8 KiB (the offsets), at most 1 GiB */
 #define ROUND (256L << 10)
-
-static double cpu_s(void)
-{
-    struct rusage r;
-    getrusage(RUSAGE_SELF, &r);
-    return (double)(r.ru_utime.tv_sec + r.ru_stime.tv_sec) + (double)(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void prefault(const char *path)
 {
     static char zero[1 << 20];
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    for (long i = 0; fd >= 0 && i < SIZE / (long)sizeof zero; i++)
+    for (long i = 0; fd >= 0 && i < copy_bytes / (long)sizeof zero; i++)
         if (write(fd, zero, sizeof zero) != (ssize_t)sizeof zero)
             break;
     if (fd >= 0)
@@ -43,17 +31,17 @@ static void prefault(const char *path)
     unlink(path);
 }
 
-/* Copies SIZE bytes from src at soff to a new file at doff; CPU seconds, or -1. */
+/* Copies copy_bytes bytes from src at soff to a new file at doff; CPU seconds, or -1. */
 static double copy(int src, const char *out, long soff, long doff, int spliced, const int *p)
 {
     int d = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (d < 0)
         return -1;
     double c0 = cpu_s();
-    for (long done = 0; done < SIZE;) {
+    for (long done = 0; done < copy_bytes;) {
         loff_t a = soff + done, b = doff + done;
         long n = spliced ? ROUND - (doff + done) % ROUND : 3L << 20;
-        n = n < SIZE - done ? n : SIZE - done;
+        n = n < copy_bytes - done ? n : copy_bytes - done;
         if (!spliced) {
             ssize_t k = copy_file_range(src, &a, d, &b, (size_t)n, 0);
             if (k <= 0)
@@ -90,8 +78,8 @@ int main(int argc, char **argv)
     int rounds = argc > 2 ? atoi(argv[2]) : 7, p[2];
     int src = open(argv[1], O_RDONLY);
     long fsize = src < 0 ? -1 : (long)lseek(src, 0, SEEK_END);
-    SIZE = fsize - 8192 < 1L << 30 ? (fsize - 8192) & ~4095L : 1L << 30;
-    if (src < 0 || SIZE < 64L << 20 || pipe(p) != 0 || fcntl(p[1], F_SETPIPE_SZ, 512 << 10) < (512 << 10)) {
+    copy_bytes = fsize - 8192 < 1L << 30 ? (fsize - 8192) & ~4095L : 1L << 30;
+    if (src < 0 || copy_bytes < 64L << 20 || pipe(p) != 0 || fcntl(p[1], F_SETPIPE_SZ, 512 << 10) < (512 << 10)) {
         fprintf(stderr, "copy_phase: %s: need a file of 64 MiB or more (and a 512 KiB pipe)\n", argv[1]);
         return 2;
     }
@@ -123,7 +111,7 @@ int main(int argc, char **argv)
                 perror("copy_phase: copy");
                 return 1;
             }
-            t[c * rounds + r] = cs * (double)(1L << 30) / (double)SIZE;
+            t[c * rounds + r] = cs * (double)(1L << 30) / (double)copy_bytes;
         }
     printf("CPU seconds per GiB copied, %d interleaved rounds (median, min-max; ratio to the first row's median)\n",
            rounds);
