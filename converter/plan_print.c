@@ -37,6 +37,8 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
         fprintf(f, "\n     ops:");
         for (int k = 0; k < r->n_ops; k++)
             fprintf(f, " %s", mpk_op_str(&r->ops[k], ob, sizeof ob));
+        if (r->n_ops == 0)
+            fprintf(f, " none (renamed, bytes unchanged)");
         fprintf(f, "\n     ->");
         for (int tg = 0; tg < g->out_meta.n_groups; tg++) {
             const mpk_tmeta *m = &g->out_meta.t[tg * g->out_meta.n_items];
