@@ -73,20 +73,36 @@ ARCHS = {
                        linear_value_head_dim=16, full_attention_interval=2),
     # presets of issue 16 (--arch new), not yet run against transformers: configs from its
     # configuration classes, every layer sparse
-    "lfm2_moe": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, num_dense_layers=0),
+    "lfm2_moe": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, num_dense_layers=0,
+                     layer_types=["full_attention", "conv"]),
     "exaone_moe": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, head_dim=16,
                        first_k_dense_replace=1, num_shared_experts=1),
     "hy_v3": dict(num_experts=4, moe_intermediate_size=32, intermediate_size=48, head_dim=16),
     "laguna": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32,
                    intermediate_size=48, head_dim=16),
-    "llama4_text": dict(num_local_experts=4, intermediate_size=32, intermediate_size_mlp=48, head_dim=16,
+    # 2I != H, so that a gate_up_proj transposed the wrong way cannot pass as the right shape
+    "llama4_text": dict(num_local_experts=4, intermediate_size=24, intermediate_size_mlp=48, head_dim=16,
                         interleave_moe_layer_step=1),
     "granitemoe": dict(num_local_experts=4, intermediate_size=32),
 }
+# model types found in transformers 5.17's conversion mapping (tests/parity/dump_mapping.py on the
+# GPU machine) whose mapping is a preset's: configs from the library's defaults, shrunk where an
+# attribute of that name exists (--arch mapped)
+GENERIC = ["cohere2_moe", "mellum", "deepseek_v32", "mimo_v2_flash", "axk1"]
+SHRINK = dict(intermediate_size=48, moe_intermediate_size=32, num_experts=4, n_routed_experts=4,
+              num_local_experts=4, n_shared_experts=1, num_shared_experts=1, first_k_dense_replace=1,
+              n_group=1, topk_group=1, head_dim=16, q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8,
+              qk_nope_head_dim=8, v_head_dim=16, shared_expert_intermediate_size=32, index_n_heads=2,
+              index_head_dim=16, index_topk=8, sliding_window=16, swa_head_dim=16, swa_v_head_dim=16,
+              v_head_dim_swa=16, num_nextn_predict_layers=0)
 EXTRA = ["phimoe", "minimax_m2", "ernie4_5_moe", "deepseek_v2", "hunyuan_v1_moe", "dots1", "flex_olmo", "qwen3_next"]
 NEW = ["lfm2_moe", "exaone_moe", "hy_v3", "laguna", "llama4_text", "granitemoe"]
 # transformers saves these in its runtime (packed) layout: there is no per-expert form to pack.
-PACKED_ON_DISK = {"gpt_oss", "granitemoe"}
+PACKED_ON_DISK = {"gpt_oss"}
+# published fused but transposed, [E,H,2I] / [E,I,H], and kept so by transformers at run time:
+# moepack's pack transposes them to the kernels' [E,2I,H] / [E,H,I], which transformers does not
+# load; the state check transposes them back, the load check loads our unpack of the pack.
+TRANSPOSED = {"llama4_text": ("feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj")}
 # FP8 needs dimensions that are multiples of the 128 block in the expert weights.
 FP8_ARCH = dict(hidden_size=256, n_routed_experts=4, moe_intermediate_size=128, intermediate_size=256,
                 n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=128,
@@ -169,9 +185,29 @@ def randomize(model, seed):
             p.copy_(r.to(p.dtype))
 
 
+def generic_config(arch):
+    """The library's default config of arch, every known size attribute shrunk, per-layer lists
+    cut to their first entry and their last num_hidden_layers - 1 (DeepSeek-style models start
+    dense: a sparse layer has to be among those kept)."""
+    from transformers import AutoConfig
+    cfg = AutoConfig.for_model(arch)
+    layers = getattr(cfg, "num_hidden_layers", None)
+    for k, v in {**COMMON, **SHRINK}.items():
+        if hasattr(cfg, k) and getattr(cfg, k) is not None:
+            setattr(cfg, k, v)
+    if getattr(cfg, "kv_lora_rank", None):  # latent attention: rope on qk_rope_head_dim, kv heads = heads
+        cfg.head_dim = cfg.qk_rope_head_dim
+        cfg.num_key_value_heads = cfg.num_attention_heads
+    for k, v in list(vars(cfg).items()):
+        if isinstance(v, list) and layers and len(v) == layers:
+            # the first entry and the last ones: a dense first layer and a sparse later one
+            setattr(cfg, k, v[:1] + v[len(v) - cfg.num_hidden_layers + 1:])
+    return cfg
+
+
 def tiny_model(arch, kw, dtype=torch.bfloat16):
     from transformers import AutoConfig, AutoModelForCausalLM
-    cfg = AutoConfig.for_model(arch, **{**COMMON, **kw})
+    cfg = generic_config(arch) if arch in GENERIC else AutoConfig.for_model(arch, **{**COMMON, **kw})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     randomize(model, 1234)
@@ -200,7 +236,8 @@ def check_arch(exe, arch, work):
     row = {"arch": arch}
     src, packed, unpacked = (os.path.join(work, arch, d) for d in ("src", "packed", "unpacked"))
     shutil.rmtree(os.path.join(work, arch), ignore_errors=True)
-    model = tiny_model(arch, ARCHS[arch])
+    model = tiny_model(arch, ARCHS.get(arch, {}))
+    row["class"] = type(model).__name__
     model.save_pretrained(src)
     on_disk = load_dir(src)
     row["saved_tensors"] = len(on_disk)
@@ -217,14 +254,24 @@ def check_arch(exe, arch, work):
         return row
     moepack(exe, "pack", "-q", src, packed)
     ours = load_dir(packed)
+    row["converted"] = set(ours) != set(on_disk) or any(v.shape != on_disk[k].shape for k, v in ours.items())
     ref, info = load(src, dtype=torch.bfloat16)
     row["load_src_info"] = info
+    loadable = packed
+    if arch in TRANSPOSED:
+        shapes = {k: list(v.shape) for k, v in ours.items() if k.endswith(TRANSPOSED[arch])}
+        ours = {k: v.transpose(1, 2).contiguous() if k in shapes else v for k, v in ours.items()}
+        row["transposed"] = {"packed_shapes": shapes, "note": "packed experts in moepack's [E,2I,H]/[E,H,I]; "
+                             "transformers keeps [E,H,2I]/[E,I,H]: compared transposed back, load checked on unpack"}
+        moepack(exe, "unpack", "-q", packed, unpacked)
+        loadable = unpacked
     prob, n, common = compare(state(ref), ours)
     row["state"] = {"ok": n == 0, "tensors": common, "problems": prob}
-    mine, info = load(packed, dtype=torch.bfloat16)
+    mine, info = load(loadable, dtype=torch.bfloat16)
     same = torch.equal(logits(ref, ref.config.vocab_size), logits(mine, ref.config.vocab_size))
     row["load"] = {"ok": not info and same, "loading_info": info, "same_logits": same}
-    moepack(exe, "unpack", "-q", packed, unpacked)
+    if loadable == packed:
+        moepack(exe, "unpack", "-q", packed, unpacked)
     prob, n, common = compare(on_disk, load_dir(unpacked))
     row["unpack"] = {"ok": n == 0, "tensors": common, "problems": prob}
     return row
@@ -366,7 +413,8 @@ def main():
     ap.add_argument("--moepack", default="build/moepack")
     ap.add_argument("--work", default="/tmp/moepack-parity")
     ap.add_argument("--arch", default=",".join([*(a for a in ARCHS if a not in EXTRA + NEW), "fp8", "mxfp4"]),
-                    help="comma list; 'extra' = the presets with unusual renames, 'new' = issue 16's")
+                    help="comma list; 'extra' = the presets with unusual renames, 'new' = issue 16's, "
+                         "'mapped' = model types of transformers 5.17's mapping run from its default configs")
     ap.add_argument("--json")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args()
@@ -378,7 +426,8 @@ def main():
                 "moepack": subprocess.run([a.moepack, "version"], capture_output=True, text=True).stdout.strip()}
     log(json.dumps(versions))
     rows = []
-    archs = EXTRA if a.arch == "extra" else NEW if a.arch == "new" else a.arch.split(",")
+    groups = {"extra": EXTRA, "new": NEW, "mapped": GENERIC}
+    archs = [x for g in a.arch.split(",") for x in groups.get(g, [g])]
     for arch in archs:
         try:
             row = (check_fp8(a.moepack, a.work) if arch == "fp8" else
@@ -387,6 +436,8 @@ def main():
             row = {"arch": arch, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
         checks = [row[c]["ok"] for c in ("state", "load", "unpack") if c in row]
         row["ok"] = bool(checks) and all(checks) and "error" not in row
+        if row.get("converted") is False:
+            row["ok"], row["error"] = False, "pack changed no tensor name or shape: the tiny model has no experts to convert"
         log(json.dumps(row, indent=1))
         rows.append(row)
     log("| arch | state_dict == packed | loads packed, same logits | unpack == save_pretrained |")
