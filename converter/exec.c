@@ -388,6 +388,8 @@ static mpk_status make_units(job *j)
                                             c->nodes[i]->kind == N_QUANT && c->nodes[i]->which == 1};
     }
     qsort(c->units, c->n_units, sizeof *c->units, file_order);
+    for (size_t u = 0; u < c->n_units; u++)
+        c->max_unit = c->units[u].len > c->max_unit ? c->units[u].len : c->max_unit;
     if (!(c->q = mpk_calloc(p->n_shards, sizeof *c->q)))
         return nomem(j);
     for (size_t u = 0, sh = 0; sh < p->n_shards; sh++) {
@@ -570,6 +572,10 @@ static mpk_status close_shards(job *j)
     mpk_status s = MPK_OK;
     for (size_t sh = 0; sh < j->p->n_shards; sh++) {
         mpk_st_out *so = j->c.shards[sh];
+        if (j->c.dio) { /* every block in (its carry empty), then the page cache's part fsynced */
+            mpk_status d = ex_direct_close(&j->c.dio[sh], so->path, s == MPK_OK ? j->err : NULL);
+            s = s == MPK_OK ? d : s;
+        }
         j->c.shards[sh] = NULL;
         bool wrote = !j->c.touched || j->c.touched[sh] || !j->stage.attached;
         mpk_status c = mpk_st_out_close(so, !j->o->no_fsync && wrote, s == MPK_OK ? j->err : NULL);
@@ -601,6 +607,9 @@ static void job_free(job *j)
 {
     const mpk_plan *p = j->p;
     run_ctx *c = &j->c;
+    for (size_t sh = 0; c->dio && sh < p->n_shards; sh++)
+        ex_direct_close(&c->dio[sh], NULL, NULL);
+    free(c->dio);
     if (c->shards)
         for (size_t sh = 0; sh < p->n_shards; sh++)
             mpk_st_out_close(c->shards[sh], false, NULL);
@@ -649,6 +658,42 @@ static mpk_status prepare_nodes(job *j)
     return size_units(j);
 }
 
+/* Durable, one process, an output larger than memory (or MOEPACK_DIRECT=1), units in file
+ * order (no FP8 scale grid queued late) and large on average, not resumed from a kept file:
+ * the shard's data is written with O_DIRECT where its file system allows (direct.c). */
+static mpk_status open_direct(job *j)
+{
+    run_ctx *c = &j->c;
+    int mode = ex_direct_mode();
+    if (j->o->no_fsync || j->o->no_direct || mpk_dist_size() > 1 || mode < 0)
+        return MPK_OK;
+    /* by itself only for an output larger than this machine's memory: the page cache cannot
+     * hold it anyway, and every page written through it must first be reclaimed (where the
+     * page cache keeps up, direct writes cost less CPU but were not faster; bench/RESULTS.md) */
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : UINT64_MAX;
+    const char *as = getenv("MOEPACK_DIRECT_RAM"); /* the memory size to compare with instead */
+    if (as && *as)
+        ram = strtoull(as, NULL, 10);
+    if (mode == 0 && j->p->total_bytes <= ram)
+        return MPK_OK;
+    if (!(c->dio = mpk_calloc(j->p->n_shards + 1, sizeof *c->dio)))
+        return nomem(j);
+    for (size_t sh = 0; sh < j->p->n_shards; sh++) {
+        c->dio[sh].fd = -1;
+        bool late = false;
+        double bytes = 0, sq = 0; /* the size of the unit an average byte is in: sum len^2 / sum len */
+        for (size_t u = c->q[sh].lo; u < c->q[sh].hi; u++) {
+            late |= c->units[u].late;
+            bytes += (double)c->units[u].len;
+            sq += (double)c->units[u].len * (double)c->units[u].len;
+        }
+        if (!late && !j->reopened[sh] && bytes > 0 && (mode > 0 || sq / bytes >= EX_DIO_MIN_UNIT))
+            ex_direct_open(&c->dio[sh], c->shards[sh], mode > 0);
+    }
+    return MPK_OK;
+}
+
 /* ... then opens every shard, makes the units, resumes. */
 static mpk_status prepare(job *j, mpk_exec_stats *stats)
 {
@@ -656,7 +701,8 @@ static mpk_status prepare(job *j, mpk_exec_stats *stats)
     for (size_t sh = 0; sh < j->p->n_shards; sh++)
         MPK_TRY(open_shard(j, sh));
     MPK_TRY(make_units(j));
-    return resume_shards(j, stats);
+    MPK_TRY(resume_shards(j, stats));
+    return open_direct(j);
 }
 
 /* ---------------------------------------------------------------- MPI ranks
@@ -938,8 +984,13 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
         stats->tensors_out = p->n_outs;
         stats->bytes_out = p->total_bytes;
         stats->threads = j.started;
-        stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok);
+        bool all_direct = j.c.dio != NULL;
+        for (size_t sh = 0; j.c.dio && sh < p->n_shards; sh++)
+            all_direct &= j.c.dio[sh].on && !atomic_load(&j.c.dio[sh].buffered);
+        stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok) && !all_direct;
         stats->spliced_bytes = atomic_load(&j.c.spliced_bytes);
+        for (size_t sh = 0; j.c.dio && sh < p->n_shards; sh++)
+            stats->direct_bytes += atomic_load(&j.c.dio[sh].bytes);
     }
     uint64_t read = atomic_load(&j.c.read_bytes), wrote = atomic_load(&j.c.done_bytes);
     job_free(&j);

@@ -136,6 +136,43 @@ typedef struct {
     atomic_int busy;     /* threads writing or waiting to write (a hint) */
 } shard_q;
 
+/* A durable run's direct writes into one output shard (direct.c): the whole 4 KiB blocks of
+ * its data section [a0, a1) go out with O_DIRECT, the partial block between two units waits
+ * in carry until both sides are in. fd < 0: the shard is written through the page cache. */
+#define EX_DIO_ALIGN 4096u
+typedef struct {
+    int fd;
+    uint64_t a0, a1;
+    char *carry, *carry_raw;
+    uint64_t carry_blk;  /* the block carry holds the start of (UINT64_MAX: none) */
+    unsigned carry_fill; /* its bytes in, from the block's start */
+    atomic_int buffered; /* a direct write was refused (EINVAL): the page cache from then on */
+    atomic_ullong bytes; /* written directly */
+    bool on;             /* opened for direct writes (stays set once closed) */
+} ex_direct;
+
+/* Shards whose bytes sit in units of less than this on average stay with the page cache: a worker waits for
+ * its unit's direct writes, so small units keep too few requests in flight (unpack, whose
+ * units are single experts: 1.43x cp -r + sync directly against 1.78x through the page cache
+ * on the 16-core machine, 0.74x against 0.92x here; pack: 1.54x and 1.56x; bench/RESULTS.md). */
+#define EX_DIO_MIN_UNIT (4u << 20)
+/* MOEPACK_DIRECT: unset, for an output larger than memory, by unit size (above); 0 never;
+ * anything else, every shard it can. */
+int ex_direct_mode(void);
+/* Opens so's file for direct writes where its file system allows them and its data section
+ * has at least 1 MiB of whole blocks (any_size: one); false: it stays with the page cache
+ * (d->fd < 0). */
+bool ex_direct_open(ex_direct *d, const mpk_st_out *so, bool any_size);
+/* Closes it; with err, fails if a block was left incomplete (bytes never written). */
+mpk_status ex_direct_close(ex_direct *d, const char *path, mpk_error *err);
+/* A unit's bytes p[0, len), landing at file offset at, with p at the same offset within a
+ * 4 KiB block as at: its whole blocks (any time, any thread), ... */
+mpk_status ex_direct_inner(ex_direct *d, const mpk_st_out *so, mpk_io *io, uint64_t at, const char *p,
+                           uint64_t len, mpk_error *err);
+/* ... and the rest (in its turn, units in file order). */
+mpk_status ex_direct_edges(ex_direct *d, const mpk_st_out *so, uint64_t at, const char *p, uint64_t len,
+                           mpk_error *err);
+
 /* An output hashed from the bytes of its computed units as they are written (in order, in
  * their turns), so that it need not be read back: the state and how far it got. A unit that
  * came another way (an in-kernel copy) leaves `to` behind for good, and the output is read
@@ -155,6 +192,7 @@ typedef struct {
     unit *units;
     size_t n_units;
     uint64_t unit_bytes;
+    uint64_t max_unit;   /* the largest unit (what a worker's buffer must hold) */
     uint64_t total;      /* the bytes this process writes (of every output, or its MPI share) */
     atomic_ullong done_bytes;
     atomic_ullong read_bytes; /* source bytes read (or moved in the kernel) */
@@ -165,6 +203,7 @@ typedef struct {
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */
     atomic_ullong spliced_bytes; /* of those moved in the kernel, the bytes moved through pipes */
+    ex_direct *dio;      /* per shard, durable single-process runs (else NULL) */
     bool prefetch;       /* hint the source ranges of the units ahead (POSIX_FADV_WILLNEED) */
     bool writeback;      /* start each complete output's writeback (sync_file_range) when durable */
     /* outputs complete (hashing, early writeback): bytes left to write per output, queue */

@@ -268,6 +268,8 @@ typedef struct mpk_exec_opts {
     const volatile int *cancel;         /* non-NULL and set: stop with MPK_E_CANCELLED */
     bool use_copy_range;                /* copy_file_range for pure byte copies */
     bool no_fsync;                      /* skip the fsyncs before the rename (cp's durability) */
+    bool no_direct;                     /* durable, but through the page cache (the output is read
+                                           again at once: compressed); else O_DIRECT where it can */
     mpk_io_backend io;
     const mpk_kv *metadata;             /* __metadata__ of every output shard */
     size_t n_metadata;
@@ -307,6 +309,7 @@ typedef struct mpk_exec_stats {
     bool used_copy_range;
     uint64_t spliced_bytes;             /* of the bytes moved in the kernel, those moved through a pipe
                                            (source and output at other offsets within a page) */
+    uint64_t direct_bytes;              /* written with O_DIRECT (durable runs, converter/direct.c) */
     mpk_side_stats side;
     bool resumed;                       /* a dead run's temporary directory was continued */
     size_t shards_kept;                 /* of its shards, how many checked out and were kept */

@@ -96,6 +96,9 @@ static mpk_status output_complete(run_ctx *c, size_t i, char *buf, mpk_error *er
     mem_hash *m = c->mh ? &c->mh[i] : NULL;
     if (m && m->st && m->to == c->p->outs[i].nbytes) {
         c->hashes[i].hash = mpk_xxh_digest(m->st);
+    } else if (c->hashes && c->dio && c->dio[c->p->outs[i].shard].fd >= 0 && c->p->outs[i].nbytes) {
+        /* its last bytes may still wait in the carry block: the file cannot tell yet */
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory for a hash state");
     } else if (c->hashes && !(c->split && c->split[i])) { /* a split output is hashed once all ranks wrote it */
         s = ex_hash_output(c, i, buf, err);
     }
@@ -347,7 +350,7 @@ void *ex_worker(void *arg)
     size_t home = ((worker_arg *)arg)->home;
     mpk_error err = {0};
     reader r = {.cap = 256, .err = &err};
-    char *buf = NULL, *hbuf = NULL;
+    char *buf = NULL, *buf_raw = NULL, *hbuf = NULL; /* buf: buf_raw aligned to EX_DIO_ALIGN */
     ex_pipe pp = {{-1, -1}, 0};
     if (c->o->use_copy_range)
         ex_pipe_open(&pp);
@@ -387,7 +390,8 @@ void *ex_worker(void *arg)
         shard_q *q = &c->q[w->shard];
         mpk_status s = MPK_OK;
         bool done = false;
-        if (c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
+        ex_direct *dio = c->dio && c->dio[w->shard].fd >= 0 ? &c->dio[w->shard] : NULL;
+        if (!dio && c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             if ((s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
                 s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, w->at, &pp, &err);
                 end_turn(c, q, s == MPK_OK);
@@ -402,17 +406,24 @@ void *ex_worker(void *arg)
             }
         }
         if (!done && s == MPK_OK) {
-            if (!buf && !(buf = mpk_alloc(c->unit_bytes))) {
+            if (!buf && (buf_raw = mpk_alloc(c->max_unit + 2 * EX_DIO_ALIGN)))
+                buf = (char *)(((uintptr_t)buf_raw + EX_DIO_ALIGN - 1) & ~(uintptr_t)(EX_DIO_ALIGN - 1));
+            if (!buf) {
                 s = mpk_error_set(&err, MPK_E_NOMEM, 0, so->path, "tensor '%s': out of memory for a "
-                                  "%llu-byte buffer", po->name, (unsigned long long)c->unit_bytes);
+                                  "%llu-byte buffer", po->name, (unsigned long long)c->max_unit);
             } else {
-                s = ex_node_read(c->nodes[w->out], w->off, w->len, buf, &r);
+                /* written directly, the unit sits where its whole blocks are aligned in memory */
+                char *ub = buf + (dio ? w->at % EX_DIO_ALIGN : 0);
+                s = ex_node_read(c->nodes[w->out], w->off, w->len, ub, &r);
                 if (s == MPK_OK)
                     s = ex_rd_flush(&r);
+                if (s == MPK_OK && dio)
+                    s = ex_direct_inner(dio, so, r.io, w->at, ub, w->len, &err);
                 if (s == MPK_OK && (s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
-                    s = mpk_st_out_write(so, c->slot[w->out], w->off, buf, w->len, &err);
+                    s = dio ? ex_direct_edges(dio, so, w->at, ub, w->len, &err)
+                            : mpk_st_out_write(so, c->slot[w->out], w->off, ub, w->len, &err);
                     if (s == MPK_OK && c->mh)
-                        mem_hash_unit(c, w, buf);
+                        mem_hash_unit(c, w, ub);
                     end_turn(c, q, s == MPK_OK);
                 }
             }
@@ -427,7 +438,7 @@ void *ex_worker(void *arg)
     atomic_fetch_add(&c->read_bytes, r.bytes);
     atomic_fetch_add(&c->spliced_bytes, pp.bytes);
     ex_pipe_close(&pp);
-    free(buf);
+    free(buf_raw);
     free(hbuf);
     free(r.reqs);
     mpk_io_free(r.io);

@@ -12,9 +12,6 @@ bool mpk_utf8_valid(const unsigned char *s, size_t n, size_t *bad_at);
 mpk_status mpk_st_read_header_fd(int fd, const char *path, mpk_st_header **out,
                                  uint64_t *file_size_out, mpk_error *err);
 
-/* pwrite() until done; MPK_E_IO naming where on failure. Thread-safe. */
-mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
-                          mpk_error *err);
 
 /* xxh_avx2.c: XXH3 with AVX2 kernels (only on a CPU with AVX2; hash.c decides). */
 void *mpk_xxh_avx2_new(void);

@@ -413,6 +413,10 @@ extern long mpk_fault_fsyncs; /* of the points passed, the fsyncs (a test of --n
 extern int mpk_fault_errno;
 /* 0, or the errno the caller is to fail with (and set errno to it). op names the call. */
 int mpk_fault_point(const char *op);
+/* pwrite() until done (in calls of at most MOEPACK_WRITE_PIECE bytes); MPK_E_IO naming where
+ * on failure. Thread-safe. */
+mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
+                          mpk_error *err);
 /* The process umask, read without changing it (threads may be creating files). */
 unsigned mpk_umask(void);
 /* fsync(fd); MPK_E_IO naming path on failure. */

@@ -538,6 +538,7 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         .cancel = r->cancel,
         .use_copy_range = !(r->flags & MPK_CONVERT_NO_COPY_RANGE),
         .no_fsync = r->flags & MPK_CONVERT_NO_FSYNC,
+        .no_direct = j->compress_level > 0, /* compressed from the page cache right after */
         .io = r->io,
         .metadata = meta,
         .n_metadata = 2,
@@ -593,6 +594,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON_AddNumberToObject(o, "threads", st->threads);
     cJSON_AddBoolToObject(o, "copy_file_range", st->used_copy_range);
     cJSON_AddNumberToObject(o, "spliced_bytes", (double)st->spliced_bytes);
+    cJSON_AddNumberToObject(o, "direct_bytes", (double)st->direct_bytes);
     cJSON *side = cJSON_AddObjectToObject(o, "other_files");
     cJSON_AddNumberToObject(side, "files", (double)st->side.files);
     cJSON_AddNumberToObject(side, "directories", (double)st->side.dirs);

@@ -143,9 +143,10 @@ expect 0 "... --json" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01 --json
 json_check "... identical false, within_tolerance true, one inexact tensor" "not d['identical'] and d['within_tolerance'] and d['inexact'] == 1"
 expect 3 "... and beyond the default tolerance it is a difference (exit 3)" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0 --json
 # computed outputs are written in pieces (MOEPACK_WRITE_PIECE, default 32 KiB: small page-cache
-# folios, issue 18): more write calls, the same bytes as one call per unit
+# folios, issue 18): more write calls, the same bytes as one call per unit (without fsync: a
+# durable run writes its shards directly, not through the page cache)
 for piece in 0 4096; do
-  MOEPACK_WRITE_PIECE=$piece MOEPACK_FAULT=count "$M" pack -q --dequantize "$tmp/dfp" "$tmp/wp$piece" 2>"$tmp/wp$piece.err" \
+  MOEPACK_WRITE_PIECE=$piece MOEPACK_FAULT=count "$M" pack -q --no-fsync --dequantize "$tmp/dfp" "$tmp/wp$piece" 2>"$tmp/wp$piece.err" \
     || { echo "FAIL: pack --dequantize with MOEPACK_WRITE_PIECE=$piece" >&2; fails=$((fails + 1)); }
 done
 n0=$(sed -n 's/.*fault points passed: \([0-9]*\).*/\1/p' "$tmp/wp0.err")
@@ -164,17 +165,52 @@ fi
 # ways, and unpack gives back the source's files
 "$M" synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 --intermediate 384 --vocab 64 --shards 3 \
   "$tmp/spl" >/dev/null
-expect 0 "pack of misaligned 384 KiB expert slices" -- "$M" pack --json "$tmp/spl" "$tmp/spl-p"
-json_check "... moved some through the pipe (spliced_bytes > 0)" "d['copy_file_range'] and d['spliced_bytes'] > 0"
-expect 0 "... with MOEPACK_SPLICE=0" -- env MOEPACK_SPLICE=0 "$M" pack --json "$tmp/spl" "$tmp/spl-p0"
+# (durable runs write directly, so these run without fsync; MOEPACK_DIRECT=0 as well below)
+expect 0 "pack of misaligned 384 KiB expert slices" -- "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p"
+json_check "... moved some through the pipe (spliced_bytes > 0)" "d['copy_file_range'] and d['spliced_bytes'] > 0 and d['direct_bytes'] == 0"
+expect 0 "... with MOEPACK_SPLICE=0" -- env MOEPACK_SPLICE=0 "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p0"
 json_check "... none through the pipe" "d['copy_file_range'] and d['spliced_bytes'] == 0"
-expect 0 "unpack of it (spliced too)" -- "$M" unpack --json "$tmp/spl-p" "$tmp/spl-u"
+expect 0 "unpack of it (spliced too)" -- "$M" unpack --no-fsync --json "$tmp/spl-p" "$tmp/spl-u"
 json_check "... spliced_bytes > 0" "d['spliced_bytes'] > 0"
+expect 0 "durable pack with MOEPACK_DIRECT=0 (page cache: spliced as well)" -- env MOEPACK_DIRECT=0 "$M" pack --json "$tmp/spl" "$tmp/spl-pd0"
+json_check "... through the page cache" "d['spliced_bytes'] > 0 and d['direct_bytes'] == 0"
 if diff -r "$tmp/spl-p" "$tmp/spl-p0" >/dev/null && "$M" verify "$tmp/spl" "$tmp/spl-p" >/dev/null \
    && (for f in "$tmp"/spl/*.safetensors; do cmp -s "$f" "$tmp/spl-u/${f##*/}" || exit 1; done); then
   echo "ok: spliced pack identical to copy_file_range's and verifies; its unpack gives back the source shards"
 else
   echo "FAIL: spliced pack or unpack differs" >&2; fails=$((fails + 1))
+fi
+
+# durable runs write each shard's data with O_DIRECT (issue 18) when the output is larger than
+# memory (MOEPACK_DIRECT_RAM stands in for it here) and the shard's bytes are in large units (4 MiB
+# on average; MOEPACK_DIRECT=1: always), units put together block by block where they meet: the
+# same bytes as through the page cache, with the pread engine too, verified, and unpack gives back
+# the source's files; not when the output is compressed next
+expect 0 "durable pack of an output smaller than memory: through the page cache" -- "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
+json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
+rm -rf "$tmp/dio-auto"
+expect 0 "... larger than memory, 3 MiB units: through the page cache" -- env MOEPACK_DIRECT_RAM=1000000 "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
+json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
+expect 0 "durable pack writes directly (MOEPACK_DIRECT=1)" -- env MOEPACK_DIRECT=1 "$M" pack --json "$tmp/spl" "$tmp/dio-p"
+json_check "... direct_bytes > 0, no in-kernel copies" "d['direct_bytes'] > 0 and not d['copy_file_range']"
+expect 0 "... with the pread engine" -- env MOEPACK_DIRECT=1 MOEPACK_IO=pread "$M" pack --json "$tmp/spl" "$tmp/dio-pr"
+json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
+expect 0 "durable unpack writes directly" -- env MOEPACK_DIRECT=1 "$M" unpack --json "$tmp/dio-p" "$tmp/dio-u"
+json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
+expect 0 "pack --compress does not (compressed from the page cache next)" -- env MOEPACK_DIRECT=1 "$M" pack --json --compress "$tmp/spl" "$tmp/dio-z"
+json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
+"$M" synth --arch qwen3_moe --layers 2 --experts 8 --hidden 1024 --intermediate 512 --vocab 64 "$tmp/big" >/dev/null
+expect 0 "durable pack of 16 MiB tensors larger than memory writes directly by itself" -- env MOEPACK_DIRECT_RAM=1000000 "$M" pack --json "$tmp/big" "$tmp/big-p"
+json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
+"$M" verify "$tmp/big" "$tmp/big-p" >/dev/null && echo "ok: ... and verifies" \
+  || { echo "FAIL: the direct pack of 16 MiB tensors does not verify" >&2; fails=$((fails + 1)); }
+rm -rf "$tmp/big" "$tmp/big-p"
+if diff -r "$tmp/dio-p" "$tmp/spl-pd0" >/dev/null && diff -r "$tmp/dio-pr" "$tmp/spl-p0" >/dev/null \
+   && "$M" verify "$tmp/spl" "$tmp/dio-p" >/dev/null && "$M" verify "$tmp/dio-p" >/dev/null \
+   && (for f in "$tmp"/spl/*.safetensors; do cmp -s "$f" "$tmp/dio-u/${f##*/}" || exit 1; done); then
+  echo "ok: direct writes give the page cache's bytes, verify, and unpack gives back the source shards"
+else
+  echo "FAIL: direct writes differ" >&2; fails=$((fails + 1))
 fi
 
 # plan from config.json + model.safetensors.index.json alone, shards not downloaded (issue 16):
