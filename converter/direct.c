@@ -28,7 +28,7 @@
 int ex_direct_mode(void)
 {
     const char *e = getenv("MOEPACK_DIRECT");
-    return !e || !*e ? 0 : strcmp(e, "0") == 0 ? -1 : 1;
+    return !e || !*e || strcmp(e, "0") == 0 ? -1 : strcmp(e, "all") == 0 ? 2 : 1;
 }
 
 bool ex_direct_open(ex_direct *d, const mpk_st_out *so, bool any_size)

@@ -658,24 +658,14 @@ static mpk_status prepare_nodes(job *j)
     return size_units(j);
 }
 
-/* Durable, one process, an output larger than memory (or MOEPACK_DIRECT=1), units in file
- * order (no FP8 scale grid queued late) and large on average, not resumed from a kept file:
- * the shard's data is written with O_DIRECT where its file system allows (direct.c). */
+/* MOEPACK_DIRECT=1 (all: whatever the units), durable, one process, units in file order (no
+ * FP8 scale grid queued late) and large on average, not resumed from a kept file: the shard's
+ * data is written with O_DIRECT where its file system allows (direct.c). */
 static mpk_status open_direct(job *j)
 {
     run_ctx *c = &j->c;
     int mode = ex_direct_mode();
     if (j->o->no_fsync || j->o->no_direct || mpk_dist_size() > 1 || mode < 0)
-        return MPK_OK;
-    /* by itself only for an output larger than this machine's memory: the page cache cannot
-     * hold it anyway, and every page written through it must first be reclaimed (where the
-     * page cache keeps up, direct writes cost less CPU but were not faster; bench/RESULTS.md) */
-    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : UINT64_MAX;
-    const char *as = getenv("MOEPACK_DIRECT_RAM"); /* the memory size to compare with instead */
-    if (as && *as)
-        ram = strtoull(as, NULL, 10);
-    if (mode == 0 && j->p->total_bytes <= ram)
         return MPK_OK;
     if (!(c->dio = mpk_calloc(j->p->n_shards + 1, sizeof *c->dio)))
         return nomem(j);
@@ -688,8 +678,8 @@ static mpk_status open_direct(job *j)
             bytes += (double)c->units[u].len;
             sq += (double)c->units[u].len * (double)c->units[u].len;
         }
-        if (!late && !j->reopened[sh] && bytes > 0 && (mode > 0 || sq / bytes >= EX_DIO_MIN_UNIT))
-            ex_direct_open(&c->dio[sh], c->shards[sh], mode > 0);
+        if (!late && !j->reopened[sh] && bytes > 0 && (mode > 1 || sq / bytes >= EX_DIO_MIN_UNIT))
+            ex_direct_open(&c->dio[sh], c->shards[sh], mode > 1);
     }
     return MPK_OK;
 }

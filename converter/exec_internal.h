@@ -156,8 +156,8 @@ typedef struct {
  * units are single experts: 1.43x cp -r + sync directly against 1.78x through the page cache
  * on the 16-core machine, 0.74x against 0.92x here; pack: 1.54x and 1.56x; bench/RESULTS.md). */
 #define EX_DIO_MIN_UNIT (4u << 20)
-/* MOEPACK_DIRECT: unset, for an output larger than memory, by unit size (above); 0 never;
- * anything else, every shard it can. */
+/* MOEPACK_DIRECT: unset or 0, never (the default: direct writes cost less CPU but were not
+ * faster, bench/RESULTS.md); 1, by unit size (above); all, every shard it can. */
 int ex_direct_mode(void);
 /* Opens so's file for direct writes where its file system allows them and its data section
  * has at least 1 MiB of whole blocks (any_size: one); false: it stays with the page cache

@@ -143,8 +143,8 @@ expect 0 "... --json" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01 --json
 json_check "... identical false, within_tolerance true, one inexact tensor" "not d['identical'] and d['within_tolerance'] and d['inexact'] == 1"
 expect 3 "... and beyond the default tolerance it is a difference (exit 3)" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0 --json
 # computed outputs are written in pieces (MOEPACK_WRITE_PIECE, default 32 KiB: small page-cache
-# folios, issue 18): more write calls, the same bytes as one call per unit (without fsync: a
-# durable run writes its shards directly, not through the page cache)
+# folios, issue 18): more write calls, the same bytes as one call per unit (without fsync: the
+# page cache's path whatever MOEPACK_DIRECT says)
 for piece in 0 4096; do
   MOEPACK_WRITE_PIECE=$piece MOEPACK_FAULT=count "$M" pack -q --no-fsync --dequantize "$tmp/dfp" "$tmp/wp$piece" 2>"$tmp/wp$piece.err" \
     || { echo "FAIL: pack --dequantize with MOEPACK_WRITE_PIECE=$piece" >&2; fails=$((fails + 1)); }
@@ -165,7 +165,7 @@ fi
 # ways, and unpack gives back the source's files
 "$M" synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 --intermediate 384 --vocab 64 --shards 3 \
   "$tmp/spl" >/dev/null
-# (durable runs write directly, so these run without fsync; MOEPACK_DIRECT=0 as well below)
+# (without fsync: they test the in-kernel path whatever MOEPACK_DIRECT says; durable as well below)
 expect 0 "pack of misaligned 384 KiB expert slices" -- "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p"
 json_check "... moved some through the pipe (spliced_bytes > 0)" "d['copy_file_range'] and d['spliced_bytes'] > 0 and d['direct_bytes'] == 0"
 expect 0 "... with MOEPACK_SPLICE=0" -- env MOEPACK_SPLICE=0 "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p0"
@@ -181,26 +181,25 @@ else
   echo "FAIL: spliced pack or unpack differs" >&2; fails=$((fails + 1))
 fi
 
-# durable runs write each shard's data with O_DIRECT (issue 18) when the output is larger than
-# memory (MOEPACK_DIRECT_RAM stands in for it here) and the shard's bytes are in large units (4 MiB
-# on average; MOEPACK_DIRECT=1: always), units put together block by block where they meet: the
-# same bytes as through the page cache, with the pread engine too, verified, and unpack gives back
-# the source's files; not when the output is compressed next
-expect 0 "durable pack of an output smaller than memory: through the page cache" -- "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
+# with MOEPACK_DIRECT=1 durable runs write each shard's data with O_DIRECT (issue 18) when its
+# bytes are in large units (4 MiB on average; MOEPACK_DIRECT=all: always), units put together block
+# by block where they meet: the same bytes as through the page cache, with the pread engine too,
+# verified, and unpack gives back the source's files; not when the output is compressed next
+expect 0 "durable pack by default: through the page cache" -- "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
 json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
 rm -rf "$tmp/dio-auto"
-expect 0 "... larger than memory, 3 MiB units: through the page cache" -- env MOEPACK_DIRECT_RAM=1000000 "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
+expect 0 "... MOEPACK_DIRECT=1, 3 MiB units: through the page cache" -- env MOEPACK_DIRECT=1 "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
 json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
-expect 0 "durable pack writes directly (MOEPACK_DIRECT=1)" -- env MOEPACK_DIRECT=1 "$M" pack --json "$tmp/spl" "$tmp/dio-p"
+expect 0 "durable pack writes directly (MOEPACK_DIRECT=all)" -- env MOEPACK_DIRECT=all "$M" pack --json "$tmp/spl" "$tmp/dio-p"
 json_check "... direct_bytes > 0, no in-kernel copies" "d['direct_bytes'] > 0 and not d['copy_file_range']"
-expect 0 "... with the pread engine" -- env MOEPACK_DIRECT=1 MOEPACK_IO=pread "$M" pack --json "$tmp/spl" "$tmp/dio-pr"
+expect 0 "... with the pread engine" -- env MOEPACK_DIRECT=all MOEPACK_IO=pread "$M" pack --json "$tmp/spl" "$tmp/dio-pr"
 json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
-expect 0 "durable unpack writes directly" -- env MOEPACK_DIRECT=1 "$M" unpack --json "$tmp/dio-p" "$tmp/dio-u"
+expect 0 "durable unpack writes directly" -- env MOEPACK_DIRECT=all "$M" unpack --json "$tmp/dio-p" "$tmp/dio-u"
 json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
-expect 0 "pack --compress does not (compressed from the page cache next)" -- env MOEPACK_DIRECT=1 "$M" pack --json --compress "$tmp/spl" "$tmp/dio-z"
+expect 0 "pack --compress does not (compressed from the page cache next)" -- env MOEPACK_DIRECT=all "$M" pack --json --compress "$tmp/spl" "$tmp/dio-z"
 json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
 "$M" synth --arch qwen3_moe --layers 2 --experts 8 --hidden 1024 --intermediate 512 --vocab 64 "$tmp/big" >/dev/null
-expect 0 "durable pack of 16 MiB tensors larger than memory writes directly by itself" -- env MOEPACK_DIRECT_RAM=1000000 "$M" pack --json "$tmp/big" "$tmp/big-p"
+expect 0 "MOEPACK_DIRECT=1, durable pack of 16 MiB tensors writes directly" -- env MOEPACK_DIRECT=1 "$M" pack --json "$tmp/big" "$tmp/big-p"
 json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
 "$M" verify "$tmp/big" "$tmp/big-p" >/dev/null && echo "ok: ... and verifies" \
   || { echo "FAIL: the direct pack of 16 MiB tensors does not verify" >&2; fails=$((fails + 1)); }
