@@ -47,9 +47,8 @@ bool ex_direct_open(ex_direct *d, const mpk_st_out *so, bool any_size)
     d->a1 = end / EX_DIO_ALIGN * EX_DIO_ALIGN;
     if (d->a1 <= d->a0 || (!any_size && d->a1 < d->a0 + DIO_MIN_BYTES))
         return false;
-    if (!(d->carry_raw = mpk_alloc(2 * EX_DIO_ALIGN)))
+    if (!(d->carry = ex_dio_aligned(d->carry_raw = mpk_alloc(2 * EX_DIO_ALIGN))))
         return false;
-    d->carry = (char *)(((uintptr_t)d->carry_raw + EX_DIO_ALIGN - 1) & ~(uintptr_t)(EX_DIO_ALIGN - 1));
     if ((d->fd = open(so->path, O_WRONLY | O_DIRECT | O_CLOEXEC)) < 0) {
         free(d->carry_raw);
         d->carry_raw = d->carry = NULL;

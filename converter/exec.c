@@ -975,12 +975,12 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
         stats->bytes_out = p->total_bytes;
         stats->threads = j.started;
         bool all_direct = j.c.dio != NULL;
-        for (size_t sh = 0; j.c.dio && sh < p->n_shards; sh++)
+        for (size_t sh = 0; j.c.dio && sh < p->n_shards; sh++) {
             all_direct &= j.c.dio[sh].on && !atomic_load(&j.c.dio[sh].buffered);
+            stats->direct_bytes += atomic_load(&j.c.dio[sh].bytes);
+        }
         stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok) && !all_direct;
         stats->spliced_bytes = atomic_load(&j.c.spliced_bytes);
-        for (size_t sh = 0; j.c.dio && sh < p->n_shards; sh++)
-            stats->direct_bytes += atomic_load(&j.c.dio[sh].bytes);
     }
     uint64_t read = atomic_load(&j.c.read_bytes), wrote = atomic_load(&j.c.done_bytes);
     job_free(&j);

@@ -140,6 +140,11 @@ typedef struct {
  * its data section [a0, a1) go out with O_DIRECT, the partial block between two units waits
  * in carry until both sides are in. fd < 0: the shard is written through the page cache. */
 #define EX_DIO_ALIGN 4096u
+/* raw rounded up to the next EX_DIO_ALIGN boundary (raw allocated EX_DIO_ALIGN bytes larger). */
+static inline char *ex_dio_aligned(char *raw)
+{
+    return raw ? (char *)(((uintptr_t)raw + EX_DIO_ALIGN - 1) & ~(uintptr_t)(EX_DIO_ALIGN - 1)) : NULL;
+}
 typedef struct {
     int fd;
     uint64_t a0, a1;

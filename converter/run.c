@@ -406,8 +406,8 @@ void *ex_worker(void *arg)
             }
         }
         if (!done && s == MPK_OK) {
-            if (!buf && (buf_raw = mpk_alloc(c->max_unit + 2 * EX_DIO_ALIGN)))
-                buf = (char *)(((uintptr_t)buf_raw + EX_DIO_ALIGN - 1) & ~(uintptr_t)(EX_DIO_ALIGN - 1));
+            if (!buf)
+                buf = ex_dio_aligned(buf_raw = mpk_alloc(c->max_unit + 2 * EX_DIO_ALIGN));
             if (!buf) {
                 s = mpk_error_set(&err, MPK_E_NOMEM, 0, so->path, "tensor '%s': out of memory for a "
                                   "%llu-byte buffer", po->name, (unsigned long long)c->max_unit);
