@@ -22,6 +22,9 @@ timed command instead of warming it, and adds pack without its read-ahead hints
 once before the rounds: the bytes the command writes. --shard-size 1GB adds pack and pack
 --no-fsync with --max-shard-size 1GB: several output shards, written by the threads in parallel
 (a release of 100 GB and more has several at the default 50 GB; this source makes one).
+--disk adds, per command, what the block device under WORKDIR did meanwhile (/proc/diskstats,
+sampled every 50 ms): GB written to it, seconds it was busy (io_ticks), and seconds during which
+writes were in flight but none completed (stalls: on a VM, the host's storage holding them).
 
 Right before each timed command, a file as large as what it writes (twice that with --cold, whose
 reads fill the page cache too) is written into WORKDIR and deleted, untimed (skip with
@@ -32,7 +35,9 @@ such a write took 1.45-2.65 s in 5 of 5 rounds (it narrows the spread, it does n
 (Touching anonymous memory instead, as this script first did, did not spare page-cache writes.)
 """
 import argparse
+import contextlib
 import os
+import threading
 import resource
 import shutil
 import statistics
@@ -53,15 +58,70 @@ def prefault(nbytes, workdir):
         os.unlink(path)
 
 
-def timed(cmd, out):
-    """(wall seconds, user + system CPU seconds of the command and its children)."""
+def disk_of(path):
+    """The /proc/diskstats name of the whole device holding path (None when not found)."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:  # a partition's parent: /sys/dev/block/M:m/.. is the disk
+        real = os.path.realpath(f"/sys/dev/block/{dev}")
+        if os.path.exists(os.path.join(real, "partition")):
+            real = os.path.dirname(real)
+        return os.path.basename(real)
+    except OSError:
+        return None
+
+
+def diskstat(name):
+    """(sectors written, I/Os in progress, ms busy) of a device, from /proc/diskstats."""
+    with open("/proc/diskstats") as f:
+        for line in f:
+            v = line.split()
+            if v[2] == name:
+                return int(v[9]), int(v[11]), int(v[12])
+    return 0, 0, 0
+
+
+class DiskWatch:
+    """Samples a device every 50 ms while a command runs: bytes written, busy seconds, and the
+    seconds in which writes were in flight at both ends of a sample but none completed."""
+
+    def __init__(self, name):
+        self.name, self.stop, self.stall = name, threading.Event(), 0.0
+
+    def __enter__(self):
+        self.s0 = diskstat(self.name)
+        self.th = threading.Thread(target=self.run)
+        self.th.start()
+        return self
+
+    def run(self):
+        prev, pt = diskstat(self.name), time.perf_counter()
+        while not self.stop.wait(0.05):
+            cur, ct = diskstat(self.name), time.perf_counter()
+            if cur[0] == prev[0] and prev[1] > 0 and cur[1] > 0:
+                self.stall += ct - pt
+            prev, pt = cur, ct
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.th.join()
+        s1 = diskstat(self.name)
+        self.gb = (s1[0] - self.s0[0]) * 512 / 1e9
+        self.busy = (s1[2] - self.s0[2]) / 1e3
+
+
+def timed(cmd, out, disk=None):
+    """(wall seconds, user + system CPU seconds of the command and its children, and with disk
+    a DiskWatch of that device over the command)."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    watch = DiskWatch(disk) if disk else None
     t = time.perf_counter()
-    subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
+    with watch or contextlib.nullcontext():
+        subprocess.run(cmd, shell=True, check=True, stdout=subprocess.DEVNULL)
     dt = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(out, ignore_errors=True)
-    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), watch
 
 
 def main():
@@ -78,6 +138,7 @@ def main():
     ap.add_argument("--cold", action="store_true", help="drop the page cache before every command")
     ap.add_argument("--dequantize", action="store_true", help="pack --dequantize against cp of its result")
     ap.add_argument("--shard-size", help="also time pack with this --max-shard-size")
+    ap.add_argument("--disk", action="store_true", help="report the block device's writes, busy time and stalls")
     a = ap.parse_args()
     m, w = a.moepack, a.workdir
     src, out = os.path.join(w, "src"), os.path.join(w, "out")
@@ -137,6 +198,10 @@ def main():
     names = list(cmds)
     times = {n: [] for n in names}
     cpu = {n: [] for n in names}
+    disk = disk_of(w) if a.disk else None
+    if a.disk and not disk:
+        ap.error(f"--disk: no block device found for {w}")
+    dw = {n: [] for n in names}
     for r in range(a.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
@@ -146,7 +211,8 @@ def main():
                 subprocess.run("sync && echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
             if not a.no_prefault:
                 prefault(size * (2 if a.cold else 1), w)
-            wall, c = timed(cmds[n][0], out)
+            wall, c, watch = timed(cmds[n][0], out, disk)
+            dw[n].append(watch)
             times[n].append(wall)
             cpu[n].append(c)
             shutil.rmtree(f"{w}/pk", ignore_errors=True)
@@ -164,6 +230,23 @@ def main():
                 ratio += f", CPU {statistics.median(cs):.2f}x {base}'s ({min(cs):.2f}-{max(cs):.2f}x)"
         print(f"{n:26} {statistics.median(times[n]):7.2f}s {min(times[n]):7.2f}s {statistics.median(cpu[n]):6.2f}s  "
               f"{ratio}")
+    if disk:
+        print(f"\nthe disk ({disk}) over each command, medians over the rounds: GB written to it, seconds "
+              "busy, seconds stalled (writes in flight, none completing); the ratio of wall time less "
+              "stalls against the baseline's")
+        for n in names:
+            g = statistics.median(x.gb for x in dw[n])
+            busy = statistics.median(x.busy for x in dw[n])
+            st = statistics.median(x.stall for x in dw[n])
+            line = f"{n:26} {g:6.2f} GB  busy {busy:6.2f}s  stalled {st:6.2f}s (rounds " \
+                   f"{min(x.stall for x in dw[n]):.2f}-{max(x.stall for x in dw[n]):.2f}s)"
+            base = cmds[n][1]
+            if base:
+                rs = [(tb - b.stall) / (t - x.stall) for tb, b, t, x in
+                      zip(times[base], dw[base], times[n], dw[n]) if t > x.stall]
+                if rs:
+                    line += f"  less stalls {statistics.median(rs):.2f}x {base} ({min(rs):.2f}-{max(rs):.2f}x)"
+            print(line)
 
 
 if __name__ == "__main__":
