@@ -23,7 +23,7 @@ once before the rounds: the bytes the command writes. --shard-size 1GB adds pack
 --no-fsync with --max-shard-size 1GB: several output shards, written by the threads in parallel
 (a release of 100 GB and more has several at the default 50 GB; this source makes one).
 --disk adds, per command, what the block device under WORKDIR did meanwhile (/proc/diskstats,
-sampled every 50 ms): GB written to it, seconds it was busy (io_ticks), and seconds during which
+sampled every 50 ms): GB written to it (and read, with --cold), seconds it was busy (io_ticks), and seconds during which
 writes were in flight but none completed (stalls: on a VM, the host's storage holding them).
 
 Right before each timed command, a file as large as what it writes (twice that with --cold, whose
@@ -72,13 +72,13 @@ def disk_of(path):
 
 
 def diskstat(name):
-    """(sectors written, I/Os in progress, ms busy) of a device, from /proc/diskstats."""
+    """(sectors written, I/Os in progress, ms busy, sectors read) of a device, from /proc/diskstats."""
     with open("/proc/diskstats") as f:
         for line in f:
             v = line.split()
             if v[2] == name:
-                return int(v[9]), int(v[11]), int(v[12])
-    return 0, 0, 0
+                return int(v[9]), int(v[11]), int(v[12]), int(v[5])
+    return 0, 0, 0, 0
 
 
 class DiskWatch:
@@ -107,6 +107,7 @@ class DiskWatch:
         self.th.join()
         s1 = diskstat(self.name)
         self.gb = (s1[0] - self.s0[0]) * 512 / 1e9
+        self.rgb = (s1[3] - self.s0[3]) * 512 / 1e9
         self.busy = (s1[2] - self.s0[2]) / 1e3
 
 
@@ -231,14 +232,15 @@ def main():
         print(f"{n:26} {statistics.median(times[n]):7.2f}s {min(times[n]):7.2f}s {statistics.median(cpu[n]):6.2f}s  "
               f"{ratio}")
     if disk:
-        print(f"\nthe disk ({disk}) over each command, medians over the rounds: GB written to it, seconds "
+        print(f"\nthe disk ({disk}) over each command, medians over the rounds: GB written to it (read, with --cold), seconds "
               "busy, seconds stalled (writes in flight, none completing); the ratio of wall time less "
               "stalls against the baseline's")
         for n in names:
             g = statistics.median(x.gb for x in dw[n])
+            rg = statistics.median(x.rgb for x in dw[n])
             busy = statistics.median(x.busy for x in dw[n])
             st = statistics.median(x.stall for x in dw[n])
-            line = f"{n:26} {g:6.2f} GB  busy {busy:6.2f}s  stalled {st:6.2f}s (rounds " \
+            line = f"{n:26} {g:6.2f} GB{f' (read {rg:.2f})' if a.cold else ''}  busy {busy:6.2f}s  stalled {st:6.2f}s (rounds " \
                    f"{min(x.stall for x in dw[n]):.2f}-{max(x.stall for x in dw[n]):.2f}s)"
             base = cmds[n][1]
             if base:
