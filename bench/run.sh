@@ -17,7 +17,7 @@ $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 
 du -sb "$W/src" | awk '{printf "== source: %.2f GiB\n", $1/2^30}'
 # pack, pack --no-fsync, unpack against cp -r (+ sync), interleaved rounds, medians; pack again
 # with 1 GB output shards (5 of them, written in parallel; a 100+ GB release has several at 50 GB)
-python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}" --shard-size 1GB
+python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}" --shard-size 1GB --disk
 cp_s=$(t cp -r "$W/src" "$W/cp"); rm -rf "$W/cp"
 $M pack --json --no-fsync "$W/src" "$W/p2" --mem 256MiB > "$W/pack.json"; rm -rf "$W/p2"
 rss=$(python3 -c "import json;print(round(json.load(open('$W/pack.json'))['peak_rss_bytes']/2**20,1))")
@@ -37,7 +37,7 @@ rm -rf "$W/p1"
 # and without pack's read-ahead hints; then pack --dequantize of a DeepSeek-V3-style FP8
 # checkpoint against cp -r (+ sync) of its BF16 result. (Larger than RAM: bench/big_pack.sh, slow.)
 if [ "$(id -u)" = 0 ]; then
-  python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}" --cold --only pack,pack-noprefetch
+  python3 bench/pack_vs_cp.py "$M" "$W" --rounds "${ROUNDS:-5}" --cold --disk --only pack,pack-noprefetch,unpack
 fi
 $M synth --arch deepseek_v3 --layers 4 --experts 64 --hidden 2048 --intermediate 1024 --vocab 4096 \
    --quant fp8 --shards 4 "$W/dq/src" >/dev/null
