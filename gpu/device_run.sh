@@ -92,11 +92,11 @@ for step in "${steps[@]}"; do
           df -hT /tmp | tail -1; } | tee "$RES/bench-machine.txt"
         $M synth --arch qwen3_moe --layers 4 --experts 128 --hidden 2048 --intermediate 768 --vocab 2048 \
             --shards 4 $W/src >/dev/null
-        timeout 200 python3 bench/pack_vs_cp.py $M $W --rounds "${ROUNDS:-3}" \
-            --only pack,pack-nofsync,pack-nofsync-nomanifest,unpack,unpack-nofsync 2>&1 | tee "$RES/bench-warm.txt"
+        timeout 200 python3 bench/pack_vs_cp.py $M $W --rounds "${ROUNDS:-3}" --disk --shard-size 1GB \
+            --only pack,pack-nofsync,pack-nofsync-nomanifest,unpack,unpack-nofsync,pack-nofsync-1GB 2>&1 | tee "$RES/bench-warm.txt"
         save
         if sync && echo 3 2>/dev/null > /proc/sys/vm/drop_caches; then
-            timeout 120 python3 bench/pack_vs_cp.py $M $W --rounds 2 --cold --only pack 2>&1 | tee "$RES/bench-cold.txt"
+            timeout 120 python3 bench/pack_vs_cp.py $M $W --rounds 2 --cold --disk --only pack,unpack 2>&1 | tee "$RES/bench-cold.txt"
         else
             echo "drop_caches cannot be written here: no cold runs" | tee "$RES/bench-cold.txt"
         fi
