@@ -35,6 +35,7 @@ such a write took 1.45-2.65 s in 5 of 5 rounds (it narrows the spread, it does n
 (Touching anonymous memory instead, as this script first did, did not spare page-cache writes.)
 """
 import argparse
+import collections
 import contextlib
 import os
 import resource
@@ -65,43 +66,43 @@ def disk_of(path):
     dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     if not os.path.exists(f"/sys/dev/block/{dev}"):  # tmpfs, overlay: no block device
         return None
-    try:  # a partition's parent: /sys/dev/block/M:m/.. is the disk
-        real = os.path.realpath(f"/sys/dev/block/{dev}")
-        if os.path.exists(os.path.join(real, "partition")):
-            real = os.path.dirname(real)
-        return os.path.basename(real)
-    except OSError:
-        return None
+    real = os.path.realpath(f"/sys/dev/block/{dev}")
+    if os.path.exists(os.path.join(real, "partition")):  # a partition's parent is the disk
+        real = os.path.dirname(real)
+    return os.path.basename(real)
+
+
+DiskStat = collections.namedtuple("DiskStat", "read written in_flight busy_ms")  # sectors, sectors, I/Os, ms
 
 
 def diskstat(name):
-    """(sectors written, I/Os in progress, ms busy, sectors read) of a device, from /proc/diskstats."""
+    """A device's counters from /proc/diskstats (zeros when it is not listed)."""
     with open("/proc/diskstats") as f:
         for line in f:
             v = line.split()
             if v[2] == name:
-                return int(v[9]), int(v[11]), int(v[12]), int(v[5])
-    return 0, 0, 0, 0
+                return DiskStat(int(v[5]), int(v[9]), int(v[11]), int(v[12]))
+    return DiskStat(0, 0, 0, 0)
 
 
 class DiskWatch:
-    """Samples a device every 50 ms while a command runs: bytes written, busy seconds, and the
-    seconds in which writes were in flight at both ends of a sample but none completed."""
+    """Samples a device every 50 ms while a command runs: GB written and read, busy seconds, and
+    the seconds in which writes were in flight at both ends of a sample but none completed."""
 
     def __init__(self, name):
         self.name, self.stop, self.stall = name, threading.Event(), 0.0
 
     def __enter__(self):
-        self.s0 = diskstat(self.name)
+        self.s0, self.t0 = diskstat(self.name), time.perf_counter()
         self.th = threading.Thread(target=self.run)
         self.th.start()
         return self
 
     def run(self):
-        prev, pt = diskstat(self.name), time.perf_counter()
+        prev, pt = self.s0, self.t0
         while not self.stop.wait(0.05):
             cur, ct = diskstat(self.name), time.perf_counter()
-            if cur[0] == prev[0] and prev[1] > 0 and cur[1] > 0:
+            if cur.written == prev.written and prev.in_flight > 0 and cur.in_flight > 0:
                 self.stall += ct - pt
             prev, pt = cur, ct
 
@@ -109,9 +110,9 @@ class DiskWatch:
         self.stop.set()
         self.th.join()
         s1 = diskstat(self.name)
-        self.gb = (s1[0] - self.s0[0]) * 512 / 1e9
-        self.rgb = (s1[3] - self.s0[3]) * 512 / 1e9
-        self.busy = (s1[2] - self.s0[2]) / 1e3
+        self.gb = (s1.written - self.s0.written) * 512 / 1e9
+        self.rgb = (s1.read - self.s0.read) * 512 / 1e9
+        self.busy = (s1.busy_ms - self.s0.busy_ms) / 1e3
 
 
 def timed(cmd, out, disk=None):
@@ -242,9 +243,9 @@ def main():
             g = statistics.median(x.gb for x in dw[n])
             rg = statistics.median(x.rgb for x in dw[n])
             busy = statistics.median(x.busy for x in dw[n])
-            st = statistics.median(x.stall for x in dw[n])
-            line = f"{n:26} {g:6.2f} GB{f' (read {rg:.2f})' if a.cold else ''}  busy {busy:6.2f}s  stalled {st:6.2f}s (rounds " \
-                   f"{min(x.stall for x in dw[n]):.2f}-{max(x.stall for x in dw[n]):.2f}s)"
+            st = [x.stall for x in dw[n]]
+            line = f"{n:26} {g:6.2f} GB{f' (read {rg:.2f})' if a.cold else ''}  busy {busy:6.2f}s  " \
+                   f"stalled {statistics.median(st):6.2f}s (rounds {min(st):.2f}-{max(st):.2f}s)"
             base = cmds[n][1]
             if base:
                 rs = [(tb - b.stall) / (t - x.stall) for tb, b, t, x in
