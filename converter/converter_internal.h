@@ -15,9 +15,15 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
  *   DIR/.BASE.moepack-tmp.HOST.PID.START.XXXXXX
  * HOST (sanitized to [A-Za-z0-9_-]), PID and START (the process start time in clock ticks
  * since boot, /proc/self/stat field 22) name its owner, so a later run can tell whether
- * the owner is gone; inside it, moepack.run holds the plan digest and boot id and
- * moepack.journal one line per complete, fsynced output shard ("shard NAME DIGEST"). Both
- * are removed before the directory is renamed to dst. */
+ * the owner is gone. Inside it, empty marker files whose names carry what they record:
+ *   moepack.run.DIGEST.BOOT    the plan digest (16 hex digits) and the boot id
+ *   moepack.shard.DIGEST.NAME  output shard NAME is complete and fsynced, its digest
+ * Removing an empty file frees no data blocks, so the markers' removal before the directory is
+ * renamed to dst never waits on the device (on ext4 without a journal, mounted with discard,
+ * freeing a file's blocks issues a synchronous discard that queues behind the run's own
+ * writeback: up to 1.2 s at the end of a --no-fsync pack, bench/RESULTS.md). Older builds wrote
+ * text files instead (moepack.run, moepack.journal: "shard NAME DIGEST" lines); they are still
+ * read when a run is adopted, and removed. */
 typedef struct mpk_stage {
     const mpk_exec_opts *o;
     char *dst, *parent, *base, *tmp;
@@ -25,18 +31,22 @@ typedef struct mpk_stage {
     bool adopted;                /* tmp is a dead run's directory, continued (--resume) */
     bool committed;
     bool attached;               /* another process's (MPI rank 0's): never removed here */
-    int journal_fd;
-    char *journal;               /* the adopted run's journal text, NUL-terminated */
+    char *journal;               /* the adopted run's shards, "shard NAME DIGEST" lines */
     size_t stale_removed;
 } mpk_stage;
 
-#define MPK_RUN_FILE "moepack.run"
-#define MPK_JOURNAL_FILE "moepack.journal"
+#define MPK_RUN_FILE "moepack.run"         /* older builds' run file */
+#define MPK_JOURNAL_FILE "moepack.journal" /* older builds' journal */
+#define MPK_RUN_MARK "moepack.run."
+#define MPK_SHARD_MARK "moepack.shard."
+
+/* Whether name (an entry of the staging directory) is one of its markers or older files. */
+bool mpk_stage_is_marker(const char *name);
 
 /* Scans dst's directory for temporary directories of earlier runs into dst: removes those
  * whose owner is gone on this host (telling o->warn), adopts the first with the same digest
  * when o->resume (renamed to a name owned by this process), else creates a fresh one.
- * Writes the run file and opens the journal. */
+ * Creates the run marker. */
 mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const mpk_exec_opts *o,
                           mpk_error *err);
 /* Joins the staging directory tmp that another process (MPI rank 0) opened for dst: files
@@ -51,7 +61,7 @@ mpk_status mpk_stage_open_shared(mpk_stage *st, const char *dst, uint64_t digest
 bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest);
 /* Records shard file name (complete and fsynced) with its digest. Thread-safe. */
 mpk_status mpk_stage_journal_add(mpk_stage *st, const char *name, uint64_t digest, mpk_error *err);
-/* Removes the run file and journal, fsyncs tmp, gives it mode 0777 & ~umask and renames it to
+/* Removes the markers, fsyncs tmp, gives it mode 0777 & ~umask and renames it to
  * dst (see mpk_exec for the order); with force an existing dst is exchanged and removed. */
 mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err);
 /* Frees st; removes tmp unless committed or keep. */

@@ -161,8 +161,8 @@ static void clean_adopted(const mpk_stage *stage)
     uint64_t dg;
     while (d && (e = readdir(d))) {
         const char *n = e->d_name;
-        if ((n[0] == '.' && (!n[1] || (n[1] == '.' && !n[2]))) || strcmp(n, MPK_RUN_FILE) == 0 ||
-            strcmp(n, MPK_JOURNAL_FILE) == 0 || mpk_stage_journal_find(stage, n, &dg))
+        if ((n[0] == '.' && (!n[1] || (n[1] == '.' && !n[2]))) || mpk_stage_is_marker(n) ||
+            mpk_stage_journal_find(stage, n, &dg))
             continue;
         char *path = mpk_path_join(stage->tmp, n);
         if (path)

@@ -3,9 +3,10 @@
  * Overlap: a destination that is, holds or lies inside the source is refused before
  * anything is written (device and inode along real paths).
  * Staging: output goes to a temporary directory beside dst whose name records its owner
- * (host, pid, process start time); its run file records the plan digest, its journal the
- * output shards already complete and fsynced. A later run removes the directories of dead
- * owners, or, with resume, continues one with the same plan digest.
+ * (host, pid, process start time); its run marker records the plan digest, its shard markers
+ * the output shards already complete and fsynced (empty files whose names carry the record:
+ * converter_internal.h). A later run removes the directories of dead owners, or, with resume,
+ * continues one with the same plan digest.
  * Landing: renameat2(RENAME_NOREPLACE), or RENAME_EXCHANGE under force, so that at every
  * moment dst is the old directory (or none) or the complete new one.
  * (SRC's other files: tree.c.)
@@ -17,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -248,24 +250,139 @@ static char *run_field(const char *text, const char *key)
     return NULL;
 }
 
+bool mpk_stage_is_marker(const char *name)
+{
+    return strncmp(name, MPK_RUN_MARK, strlen(MPK_RUN_MARK)) == 0 ||
+           strncmp(name, MPK_SHARD_MARK, strlen(MPK_SHARD_MARK)) == 0 || strcmp(name, MPK_RUN_FILE) == 0 ||
+           strcmp(name, MPK_JOURNAL_FILE) == 0;
+}
+
+/* "DIGEST.REST" (what follows a marker's prefix): the digest, and *rest the text after its dot. */
+static bool parse_mark(const char *s, uint64_t *digest, const char **rest)
+{
+    if (strspn(s, "0123456789abcdef") != 16 || s[16] != '.')
+        return false;
+    *digest = strtoull(s, NULL, 16);
+    *rest = s + 17;
+    return true;
+}
+
+/* The plan digest and boot id a run directory records: its run marker, else an older build's
+ * run file. False when it records neither. */
+static bool run_record(const char *path, uint64_t *digest, char *boot, size_t cap)
+{
+    bool found = false;
+    DIR *d = opendir(path);
+    struct dirent *e;
+    const char *rest;
+    while (d && !found && (e = readdir(d)))
+        if (strncmp(e->d_name, MPK_RUN_MARK, strlen(MPK_RUN_MARK)) == 0 &&
+            parse_mark(e->d_name + strlen(MPK_RUN_MARK), digest, &rest)) {
+            snprintf(boot, cap, "%s", rest);
+            found = true;
+        }
+    if (d)
+        closedir(d);
+    char *rp = found ? NULL : mpk_path_join(path, MPK_RUN_FILE), *text = NULL;
+    mpk_error ig;
+    if (rp && mpk_read_file(rp, &text, NULL, &ig) == MPK_OK) {
+        char *dg = run_field(text, "digest"), *b = run_field(text, "boot");
+        if ((found = dg != NULL)) {
+            *digest = strtoull(dg, NULL, 16);
+            snprintf(boot, cap, "%s", b ? b : "");
+        }
+        free(dg);
+        free(b);
+    }
+    free(rp);
+    free(text);
+    return found;
+}
+
+/* An empty file name in dir, the directory fsynced after when sync. */
+static mpk_status create_mark(const char *dir, const char *name, bool sync, mpk_error *err)
+{
+    char *path = mpk_path_join(dir, name);
+    if (!path)
+        MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
+    int fd = mpk_fault_point("create") ? -1 : open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    mpk_status s = fd < 0 ? mpk_error_set(err, MPK_E_IO, errno, path, "cannot create: %s", strerror(errno)) : MPK_OK;
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return s == MPK_OK && sync ? mpk_fsync_dir(dir, err) : s;
+}
+
+/* Removes dir's markers (and an older build's run file and journal); with only_runs, its run
+ * markers alone. */
+static void remove_marks(const char *dir, bool only_runs)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        bool run = strncmp(e->d_name, MPK_RUN_MARK, strlen(MPK_RUN_MARK)) == 0 || strcmp(e->d_name, MPK_RUN_FILE) == 0;
+        if (only_runs ? !run : !mpk_stage_is_marker(e->d_name))
+            continue;
+        char *p = mpk_path_join(dir, e->d_name);
+        if (p)
+            unlink(p);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+}
+
+/* The shards an adopted directory records as complete, as "shard NAME DIGEST" lines: an older
+ * build's journal first, then the markers (the last line for a name counts). */
+static mpk_status load_journal(mpk_stage *st, mpk_error *err)
+{
+    char *jp = mpk_path_join(st->tmp, MPK_JOURNAL_FILE), *old = NULL;
+    mpk_error ig;
+    if (!jp || mpk_read_file(jp, &old, NULL, &ig) != MPK_OK)
+        old = NULL;
+    free(jp);
+    size_t len = old ? strlen(old) : 0, cap = len + 256;
+    char *text = mpk_alloc(cap);
+    DIR *d = text ? opendir(st->tmp) : NULL;
+    if (text)
+        memcpy(text, old ? old : "", len + 1);
+    free(old);
+    if (len && text[len - 1] != '\n') /* a line cut by the crash */
+        text[len = (size_t)(strrchr(text, '\n') ? strrchr(text, '\n') - text + 1 : 0)] = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        uint64_t dg;
+        const char *name;
+        if (strncmp(e->d_name, MPK_SHARD_MARK, strlen(MPK_SHARD_MARK)) != 0 ||
+            !parse_mark(e->d_name + strlen(MPK_SHARD_MARK), &dg, &name) || !*name)
+            continue;
+        size_t need = len + strlen(name) + 32;
+        char *t = need > cap ? realloc(text, cap = 2 * need) : text;
+        if (!t) {
+            free(text);
+            text = NULL;
+            break;
+        }
+        text = t;
+        len += (size_t)sprintf(text + len, "shard %s %016llx\n", name, (unsigned long long)dg);
+    }
+    if (d)
+        closedir(d);
+    if (!text)
+        MPK_FAIL(err, MPK_E_NOMEM, st->tmp, "out of memory");
+    st->journal = text;
+    return MPK_OK;
+}
+
 /* Whether the run that owns directory name (after the prefix) is gone; *why says who it was. */
 static bool owner_gone(const char *path, const owner *self, const owner *o, const char *my_boot)
 {
     if (strcmp(o->host, self->host) != 0)
         return false; /* another machine's: we cannot tell */
-    char *rp = mpk_path_join(path, MPK_RUN_FILE), *text = NULL;
-    mpk_error e;
-    if (rp && mpk_read_file(rp, &text, NULL, &e) == MPK_OK) {
-        char *b = run_field(text, "boot");
-        bool rebooted = b && *my_boot && strcmp(b, my_boot) != 0;
-        free(b);
-        free(text);
-        if (rebooted) {
-            free(rp);
-            return true;
-        }
-    }
-    free(rp);
+    uint64_t dg;
+    char b[64];
+    if (run_record(path, &dg, b, sizeof b) && *b && *my_boot && strcmp(b, my_boot) != 0)
+        return true;
     return proc_start(o->pid) != o->start;
 }
 
@@ -300,13 +417,9 @@ static mpk_status stage_scan(mpk_stage *st, const char *prefix, const owner *sel
         }
         bool adopt = false;
         if (st->o->resume && !st->adopted) {
-            char *rp = mpk_path_join(path, MPK_RUN_FILE), *text = NULL, *dg = NULL;
-            mpk_error ig;
-            if (rp && mpk_read_file(rp, &text, NULL, &ig) == MPK_OK && (dg = run_field(text, "digest")))
-                adopt = strtoull(dg, NULL, 16) == st->digest;
-            free(rp);
-            free(text);
-            free(dg);
+            uint64_t dg;
+            char b[64];
+            adopt = run_record(path, &dg, b, sizeof b) && dg == st->digest;
         }
         /* adopting renames it over our fresh (empty) directory: of two runs, one gets it */
         if (adopt && (mpk_fault_point("rename") == 0 && rename(path, st->tmp) == 0)) {
@@ -331,7 +444,6 @@ mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const
     memset(st, 0, sizeof *st);
     st->o = o;
     st->digest = digest;
-    st->journal_fd = -1;
     size_t l = strlen(dst);
     while (l > 1 && dst[l - 1] == '/')
         l--;
@@ -357,28 +469,16 @@ mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const
     mpk_status s = stage_scan(st, prefix, &self, err);
     free(prefix);
     MPK_TRY(s);
-    char *jp = mpk_path_join(st->tmp, MPK_JOURNAL_FILE);
-    if (!jp)
-        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
-    if (st->adopted) {
-        mpk_error ig;
-        if (mpk_read_file(jp, &st->journal, NULL, &ig) != MPK_OK)
-            st->journal = NULL;
-    }
-    char boot[64], *run = mpk_alloc(strlen(st->dst) + 512);
+    if (st->adopted)
+        MPK_TRY(load_journal(st, err));
+    /* the dead run's record goes first: between the two, the directory's name alone says
+     * its owner (this process) is alive */
+    remove_marks(st->tmp, true);
+    char boot[64], name[128];
     boot_id(boot, sizeof boot);
-    if (run)
-        sprintf(run, "moepack-run 1\nhost %s\npid %ld\nstart %llu\nboot %s\ndigest %016llx\ndst %s\n", self.host,
-                self.pid, self.start, boot, (unsigned long long)digest, st->dst);
-    s = run ? mpk_write_text_in(st->tmp, MPK_RUN_FILE, run, !o->no_fsync, err)
-            : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
-    if (s == MPK_OK) {
-        st->journal_fd = open(jp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (st->journal_fd < 0)
-            s = mpk_error_set(err, MPK_E_IO, errno, jp, "cannot create: %s", strerror(errno));
-    }
-    free(jp);
-    return s;
+    boot[strspn(boot, "0123456789abcdef-")] = 0; /* a file name's characters only */
+    snprintf(name, sizeof name, MPK_RUN_MARK "%016llx.%s", (unsigned long long)digest, boot);
+    return create_mark(st->tmp, name, !o->no_fsync, err);
 }
 
 mpk_status mpk_stage_attach(mpk_stage *st, const char *dst, const char *tmp, const mpk_exec_opts *o,
@@ -386,7 +486,6 @@ mpk_status mpk_stage_attach(mpk_stage *st, const char *dst, const char *tmp, con
 {
     memset(st, 0, sizeof *st);
     st->o = o;
-    st->journal_fd = -1;
     st->attached = true;
     st->dst = mpk_strndup(dst, strlen(dst));
     st->tmp = mpk_strndup(tmp, strlen(tmp));
@@ -403,7 +502,6 @@ mpk_status mpk_stage_open_shared(mpk_stage *st, const char *dst, uint64_t digest
     bool root = mpk_dist_rank() == 0;
     char tmp[8192] = "";
     memset(st, 0, sizeof *st);
-    st->journal_fd = -1;
     mpk_status s = root ? mpk_stage_open(st, dst, digest, o, err) : MPK_OK;
     if (root && s == MPK_OK && (size_t)snprintf(tmp, sizeof tmp, "%s", st->tmp) >= sizeof tmp)
         s = mpk_error_set(err, MPK_E_USAGE, 0, dst, "the destination's path is too long");
@@ -432,14 +530,19 @@ bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *dig
 
 mpk_status mpk_stage_journal_add(mpk_stage *st, const char *name, uint64_t digest, mpk_error *err)
 {
-    char line[256];
-    int n = snprintf(line, sizeof line, "shard %s %016llx\n", name, (unsigned long long)digest);
-    /* O_APPEND: one write per line, so lines from different threads never interleave */
-    if (mpk_fault_point("write") || write(st->journal_fd, line, (size_t)n) != n)
-        return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot write the journal: %s", strerror(errno));
-    if (!st->o->no_fsync && (mpk_fault_point("fsync") || fdatasync(st->journal_fd) != 0))
-        return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot fsync the journal: %s", strerror(errno));
-    return MPK_OK;
+    char mark[NAME_MAX + 1];
+    uint64_t old;
+    /* a shard the adopted run recorded with another digest is redone: its marker goes */
+    if (mpk_stage_journal_find(st, name, &old) && old != digest &&
+        snprintf(mark, sizeof mark, MPK_SHARD_MARK "%016llx.%s", (unsigned long long)old, name) < (int)sizeof mark) {
+        char *p = mpk_path_join(st->tmp, mark);
+        if (p)
+            unlink(p);
+        free(p);
+    }
+    if (snprintf(mark, sizeof mark, MPK_SHARD_MARK "%016llx.%s", (unsigned long long)digest, name) >= (int)sizeof mark)
+        return MPK_OK; /* a name this long is not recorded: a resume redoes it */
+    return create_mark(st->tmp, mark, !st->o->no_fsync, err);
 }
 
 static mpk_status rename_into_place(mpk_stage *st, bool force, bool *exchanged, mpk_error *err)
@@ -493,16 +596,7 @@ static mpk_status rename_into_place(mpk_stage *st, bool force, bool *exchanged, 
 mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err)
 {
     bool sync = !st->o->no_fsync;
-    if (st->journal_fd >= 0)
-        close(st->journal_fd);
-    st->journal_fd = -1;
-    char *rp = mpk_path_join(st->tmp, MPK_RUN_FILE), *jp = mpk_path_join(st->tmp, MPK_JOURNAL_FILE);
-    if (rp)
-        unlink(rp);
-    if (jp)
-        unlink(jp);
-    free(rp);
-    free(jp);
+    remove_marks(st->tmp, false);
     if (chmod(st->tmp, 0777 & ~mpk_umask()) != 0)
         return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot set the mode: %s", strerror(errno));
     if (sync)
@@ -519,8 +613,6 @@ mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err)
 
 void mpk_stage_close(mpk_stage *st, bool keep)
 {
-    if (st->journal_fd >= 0)
-        close(st->journal_fd);
     if (st->tmp && st->tmp[0] && !st->committed && !keep && !st->attached)
         mpk_rmrf(st->tmp);
     free(st->dst);
@@ -529,6 +621,5 @@ void mpk_stage_close(mpk_stage *st, bool keep)
     free(st->tmp);
     free(st->journal);
     memset(st, 0, sizeof *st);
-    st->journal_fd = -1;
 }
 

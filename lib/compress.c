@@ -64,7 +64,8 @@ static void free_names(char **v, size_t n)
     free(v);
 }
 
-/* The names of the files at dir's top level ending in suffix (not hidden), sorted: a list taken
+/* The names of the files at dir's top level ending in suffix (not hidden, not a staging
+ * directory's marker such as moepack.shard.DIGEST.model.safetensors), sorted: a list taken
  * before anything is written beside them. */
 static mpk_status list_files(const char *dir, const char *suffix, char ***out, size_t *n, mpk_error *err)
 {
@@ -77,7 +78,7 @@ static mpk_status list_files(const char *dir, const char *suffix, char ***out, s
     size_t cap = 0;
     mpk_status s = MPK_OK;
     for (struct dirent *e; s == MPK_OK && (e = readdir(d));) {
-        if (!ends_with(e->d_name, suffix) || e->d_name[0] == '.')
+        if (!ends_with(e->d_name, suffix) || e->d_name[0] == '.' || mpk_stage_is_marker(e->d_name))
             continue;
         char **g = mpk_grow(v, *n, &cap, sizeof *v, 16);
         char *name = g ? mpk_strndup(e->d_name, strlen(e->d_name)) : NULL;

@@ -463,20 +463,21 @@ static void test_force_replacement_crash_safe(void **state)
     tu_rmrf(d);
 }
 
-/* Stale directories: a dead owner's removed (and said), a live one's and an unknown
- * older moepack's left alone; --resume with different options does not adopt. */
-static void test_stale_temporaries(void **state)
+/* This host's name as a staging directory's name records it. */
+static void owner_host(char host[64])
 {
-    (void)state;
-    char *d = path("%s/stale", root), host[256] = "";
-    gethostname(host, sizeof host - 1);
-    for (char *c = host; *c; c++)
+    char h[256] = "";
+    gethostname(h, sizeof h - 1);
+    for (char *c = h; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '_'))
             *c = '-';
-    host[47] = 0;
-    char *dead = path("%s/.stale.moepack-tmp.%s.999999999.1.abcdef", root, host);
-    char *alive = path("%s/.stale.moepack-tmp.%s.1.%s.ghijkl", root, host, "X");
-    /* pid 1's real start time: a live owner */
+    h[47] = 0;
+    snprintf(host, 64, "%s", h);
+}
+
+/* pid 1's start time (clock ticks since boot): with pid 1, the owner of a live run. */
+static unsigned long long pid1_start(void)
+{
     char stat_line[1024] = "";
     FILE *f = fopen("/proc/1/stat", "r");
     assert_non_null(f);
@@ -485,7 +486,18 @@ static void test_stale_temporaries(void **state)
     char *p = strrchr(stat_line, ')');
     for (int i = 3; i <= 22; i++)
         p = strchr(p + 1, ' ');
-    alive = path("%s/.stale.moepack-tmp.%s.1.%llu.ghijkl", root, host, strtoull(p + 1, NULL, 10));
+    return strtoull(p + 1, NULL, 10);
+}
+
+/* Stale directories: a dead owner's removed (and said), a live one's and an unknown
+ * older moepack's left alone; --resume with different options does not adopt. */
+static void test_stale_temporaries(void **state)
+{
+    (void)state;
+    char *d = path("%s/stale", root), host[64];
+    owner_host(host);
+    char *dead = path("%s/.stale.moepack-tmp.%s.999999999.1.abcdef", root, host);
+    char *alive = path("%s/.stale.moepack-tmp.%s.1.%llu.ghijkl", root, host, pid1_start());
     char *legacy = path("%s/.stale.moepack-tmp-mnopqr", root);
     assert_int_equal(tu_sh("mkdir -p %s %s %s && echo x > %s/f", dead, alive, legacy, dead), 0);
     assert_int_equal(run("", path("pack %s %s " PACK_ARGS, src, d)), 0);
@@ -542,7 +554,7 @@ static void test_resume_rechecks_kept_shards(void **state)
     tu_rmrf(d);
     assert_int_equal(run(path("MOEPACK_FAULT=%ld:kill", n - 5), args), 137);
     /* flip a byte near the end of the first journaled shard */
-    assert_int_equal(tu_sh("cd %s/.recheck.moepack-tmp.* && f=$(awk 'NR==1{print $2}' moepack.journal) && test -n \"$f\" && "
+    assert_int_equal(tu_sh("cd %s/.recheck.moepack-tmp.* && f=$(ls moepack.shard.* | head -1 | cut -d. -f4-) && test -n \"$f\" && "
                            "printf '\\377\\377\\377\\377' | dd of=$f bs=1 seek=$(($(stat -c %%s $f) - 8)) conv=notrunc status=none",
                            root),
                      0);
@@ -557,6 +569,60 @@ static void test_resume_rechecks_kept_shards(void **state)
     int journaled = tu_sh("exit $(ls %s/*.safetensors | wc -l)", d); /* (all shards, to bound it) */
     assert_true(kept >= 0 && kept < journaled);
     free(o);
+    tu_rmrf(d);
+}
+
+/* The staging directory's markers are empty files named with what they record (the plan digest
+ * and boot id; each complete shard and its digest), so removing them before the landing frees
+ * no blocks and never waits on the device. A run marker with another boot id marks its owner
+ * gone although a process with its pid and start time lives; an older build's text files
+ * (moepack.run, moepack.journal) are still read by --resume. */
+static void test_markers_hold_no_data(void **state)
+{
+    (void)state;
+    char *d = path("%s/marks", root), args[800], host[64];
+    snprintf(args, sizeof args, "pack %s %s " PACK_ARGS, src, d);
+    long n = fault_points(args);
+    tu_rmrf(d);
+    assert_int_equal(run(path("MOEPACK_FAULT=%ld:kill", n - 5), args), 137);
+    assert_int_equal(tu_sh("cd %s/.marks.moepack-tmp.* && b=$(cat /proc/sys/kernel/random/boot_id) && "
+                           "test $(ls | grep -c '^moepack\\.run\\.') = 1 && "
+                           "ls | grep -qE \"^moepack\\.run\\.[0-9a-f]{16}\\.$b\\$\" && "
+                           "test $(ls | grep -cE '^moepack\\.shard\\.[0-9a-f]{16}\\.model-') -ge 1 && "
+                           "test -z \"$(find . -maxdepth 1 '(' -name 'moepack.run*' -o -name 'moepack.shard.*' ')' -size +0c)\" && "
+                           "test ! -e moepack.run && test ! -e moepack.journal",
+                           root),
+                     0);
+    /* an older build's files in place of the markers: resumed, shards kept */
+    assert_int_equal(tu_sh("cd %s/.marks.moepack-tmp.* && r=$(ls moepack.run.*) && "
+                           "printf 'moepack-run 1\\nboot %%s\\ndigest %%s\\n' $(echo $r | cut -d. -f4-) "
+                           "$(echo $r | cut -d. -f3) > moepack.run && rm $r && for m in moepack.shard.*; do "
+                           "printf 'shard %%s %%s\\n' $(echo $m | cut -d. -f4-) $(echo $m | cut -d. -f3) >> moepack.journal; "
+                           "rm $m; done",
+                           root),
+                     0);
+    assert_int_equal(run("", path("%s --resume --json", args)), 0);
+    char *o = slurp(path("%s/out", root)), *k = o ? strstr(o, "\"shards_kept\":") : NULL;
+    assert_non_null(k);
+    assert_non_null(strstr(o, "\"resumed\": true"));
+    assert_true(atoi(k + strlen("\"shards_kept\":")) > 0);
+    free(o);
+    assert_true(same_tree(d, ref));
+    assert_false(litter(root));
+    tu_rmrf(d);
+    /* a live pid and start time, but another boot's run marker: gone, removed */
+    assert_int_equal(run(path("MOEPACK_FAULT=%ld:kill", n - 5), args), 137);
+    owner_host(host);
+    char *alive = path("%s/.marks.moepack-tmp.%s.1.%llu.ghijkl", root, host, pid1_start());
+    assert_int_equal(tu_sh("mv %s/.marks.moepack-tmp.* %s && cd %s && r=$(ls moepack.run.*) && "
+                           "mv $r moepack.run.$(echo $r | cut -d. -f3).00000000-0000-0000-0000-000000000000",
+                           root, alive, alive),
+                     0);
+    assert_int_equal(run("", args), 0);
+    assert_true(err_has("left by a run that is gone (pid 1 on"));
+    assert_false(exists(alive));
+    assert_true(same_tree(d, ref));
+    assert_false(litter(root));
     tu_rmrf(d);
 }
 
@@ -593,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_stale_temporaries),
         cmocka_unit_test(test_no_fsync_syncs_nothing),
         cmocka_unit_test(test_resume_rechecks_kept_shards),
+        cmocka_unit_test(test_markers_hold_no_data),
         cmocka_unit_test(test_read_file_refuses_special_files),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
