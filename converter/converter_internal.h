@@ -42,6 +42,9 @@ typedef struct mpk_stage {
 
 /* Whether name (an entry of the staging directory) is one of its markers or older files. */
 bool mpk_stage_is_marker(const char *name);
+/* Whether name, at the top of source directory dir, has a marker's name: such a file is not
+ * copied (the landing would remove it), o->warn is told and st->skipped counted. */
+bool mpk_stage_skip_marker(const char *dir, const char *name, const mpk_exec_opts *o, mpk_side_stats *st);
 
 /* Scans dst's directory for temporary directories of earlier runs into dst: removes those
  * whose owner is gone on this host (telling o->warn), adopts the first with the same digest

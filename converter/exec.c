@@ -67,6 +67,8 @@ static bool side_skip(const char *n, void *ctx)
     for (const char *const *k = sc->o->skip_names; k && *k; k++)
         if (strcmp(n, *k) == 0)
             return true;
+    if (mpk_stage_skip_marker(sc->p->src->dir, n, sc->o, sc->st))
+        return true;
     if ((l > 12 && strcmp(n + l - 12, ".safetensors") == 0) || strcmp(n, ".git") == 0) {
         mpk_exec_warn(sc->o, "skipped %s/%s: %s", sc->p->src->dir, n,
                       n[0] == '.' ? "a git repository's metadata (the output is not a clone)"

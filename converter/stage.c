@@ -257,6 +257,15 @@ bool mpk_stage_is_marker(const char *name)
            strcmp(name, MPK_JOURNAL_FILE) == 0;
 }
 
+bool mpk_stage_skip_marker(const char *dir, const char *name, const mpk_exec_opts *o, mpk_side_stats *st)
+{
+    if (!mpk_stage_is_marker(name))
+        return false;
+    mpk_exec_warn(o, "skipped %s/%s: moepack's staging directory uses this name for its own records", dir, name);
+    st->skipped++;
+    return true;
+}
+
 /* "DIGEST.REST" (what follows a marker's prefix): the digest, and *rest the text after its dot. */
 static bool parse_mark(const char *s, uint64_t *digest, const char **rest)
 {

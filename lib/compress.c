@@ -36,13 +36,17 @@ static bool ends_with(const char *s, const char *suf)
 
 typedef struct {
     bool compress;
+    const char *src;
+    const mpk_exec_opts *o;
+    mpk_side_stats *side;
 } skip_ctx;
 
-/* The files that get converted are not copied. */
+/* The files that get converted are not copied, nor files with a staging marker's name. */
 static bool skip_converted(const char *name, void *ctx)
 {
     const skip_ctx *k = ctx;
-    return ends_with(name, k->compress ? ".safetensors" : ".safetensors" EXT) || strcmp(name, ".git") == 0;
+    return mpk_stage_skip_marker(k->src, name, k->o, k->side) ||
+           ends_with(name, k->compress ? ".safetensors" : ".safetensors" EXT) || strcmp(name, ".git") == 0;
 }
 
 static double now(void)
@@ -64,9 +68,9 @@ static void free_names(char **v, size_t n)
     free(v);
 }
 
-/* The names of the files at dir's top level ending in suffix (not hidden, not a staging
- * directory's marker such as moepack.shard.DIGEST.model.safetensors), sorted: a list taken
- * before anything is written beside them. */
+/* The names of the files at dir's top level ending in suffix (not hidden, not named as a staging
+ * marker such as moepack.shard.DIGEST.model.safetensors: skip_converted tells), sorted: a list
+ * taken before anything is written beside them. */
 static mpk_status list_files(const char *dir, const char *suffix, char ***out, size_t *n, mpk_error *err)
 {
     *out = NULL;
@@ -212,7 +216,7 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     uint64_t in_b = 0, out_b = 0;
     size_t files = 0;
     mpk_side_stats side = {0};
-    skip_ctx k = {compress};
+    skip_ctx k = {compress, r->src, &eo, &side};
     if (s == MPK_OK)
         s = convert_files(r, compress, stage.tmp, &in_b, &out_b, &files, err); /* agreed */
     mpk_rank_stats *ranks = NULL;

@@ -79,6 +79,21 @@ ls "$tmp/z" | grep -q '\.safetensors\.mpkz$' && ! ls "$tmp/z" | grep -q '\.safet
   || { echo "FAIL: pack --compress wrote: $(ls "$tmp/z")" >&2; fails=$((fails + 1)); }
 expect 0 "verify reads the compressed output" -- "$M" verify "$tmp/lfm" "$tmp/z"
 
+# files of SRC named as the staging directory's records (moepack.run, moepack.shard.DIGEST.NAME)
+# would be removed at the landing: they are skipped with a warning, never dropped unsaid
+mkdir "$tmp/mk" && cp -r "$tmp/lfm"/. "$tmp/mk"/ && echo x > "$tmp/mk/moepack.run"
+f=$(cd "$tmp/lfm" && ls *.safetensors | head -1)
+cp "$tmp/lfm/$f" "$tmp/mk/moepack.shard.0123456789abcdef.$f"
+for c in compress pack; do
+  expect 0 "$c: SRC files with the staging records' names" -- "$M" $c "$tmp/mk" "$tmp/mk-$c" -q
+  [ "$(grep -c "skipped $tmp/mk/moepack\.[a-z0-9.-]*: moepack's staging directory uses this name" "$tmp/err")" = 2 ] \
+    && ! ls "$tmp/mk-$c" | grep -q '^moepack\.\(run\|shard\)' \
+    && echo "ok: ... $c skipped both and said so" \
+    || { echo "FAIL: $c of SRC with marker names: $(ls "$tmp/mk-$c"; cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+done
+[ -e "$tmp/mk-compress/$f.mpkz" ] && echo "ok: ... the checkpoint's own files compressed" \
+  || { echo "FAIL: compress skipped $f" >&2; fails=$((fails + 1)); }
+
 # --quantize fp8-block128's quantization_config names every linear left unquantized, in the
 # fields transformers (modules_to_not_convert) and vLLM (ignored_layers) read; config.json is
 # written as Hugging Face tools write it (json.dumps indent=2) (issues 16, 17)
