@@ -250,11 +250,20 @@ static char *run_field(const char *text, const char *key)
     return NULL;
 }
 
+static bool has_prefix(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* A run marker, or an older build's run file. */
+static bool is_run_entry(const char *name)
+{
+    return has_prefix(name, MPK_RUN_MARK) || strcmp(name, MPK_RUN_FILE) == 0;
+}
+
 bool mpk_stage_is_marker(const char *name)
 {
-    return strncmp(name, MPK_RUN_MARK, strlen(MPK_RUN_MARK)) == 0 ||
-           strncmp(name, MPK_SHARD_MARK, strlen(MPK_SHARD_MARK)) == 0 || strcmp(name, MPK_RUN_FILE) == 0 ||
-           strcmp(name, MPK_JOURNAL_FILE) == 0;
+    return is_run_entry(name) || has_prefix(name, MPK_SHARD_MARK) || strcmp(name, MPK_JOURNAL_FILE) == 0;
 }
 
 bool mpk_stage_skip_marker(const char *dir, const char *name, const mpk_exec_opts *o, mpk_side_stats *st)
@@ -266,9 +275,18 @@ bool mpk_stage_skip_marker(const char *dir, const char *name, const mpk_exec_opt
     return true;
 }
 
-/* "DIGEST.REST" (what follows a marker's prefix): the digest, and *rest the text after its dot. */
-static bool parse_mark(const char *s, uint64_t *digest, const char **rest)
+/* Marker name PREFIX.DIGEST.REST into buf (NAME_MAX + 1 bytes); false when it would not fit. */
+static bool format_mark(char *buf, const char *prefix, uint64_t digest, const char *rest)
 {
+    return snprintf(buf, NAME_MAX + 1, "%s%016llx.%s", prefix, (unsigned long long)digest, rest) <= NAME_MAX;
+}
+
+/* Whether name is PREFIX.DIGEST.REST: the digest, and *rest the text after its dot. */
+static bool parse_mark(const char *name, const char *prefix, uint64_t *digest, const char **rest)
+{
+    if (!has_prefix(name, prefix))
+        return false;
+    const char *s = name + strlen(prefix);
     if (strspn(s, "0123456789abcdef") != 16 || s[16] != '.')
         return false;
     *digest = strtoull(s, NULL, 16);
@@ -285,8 +303,7 @@ static bool run_record(const char *path, uint64_t *digest, char *boot, size_t ca
     struct dirent *e;
     const char *rest;
     while (d && !found && (e = readdir(d)))
-        if (strncmp(e->d_name, MPK_RUN_MARK, strlen(MPK_RUN_MARK)) == 0 &&
-            parse_mark(e->d_name + strlen(MPK_RUN_MARK), digest, &rest)) {
+        if (parse_mark(e->d_name, MPK_RUN_MARK, digest, &rest)) {
             snprintf(boot, cap, "%s", rest);
             found = true;
         }
@@ -329,8 +346,7 @@ static void remove_marks(const char *dir, bool only_runs)
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        bool run = strncmp(e->d_name, MPK_RUN_MARK, strlen(MPK_RUN_MARK)) == 0 || strcmp(e->d_name, MPK_RUN_FILE) == 0;
-        if (only_runs ? !run : !mpk_stage_is_marker(e->d_name))
+        if (only_runs ? !is_run_entry(e->d_name) : !mpk_stage_is_marker(e->d_name))
             continue;
         char *p = mpk_path_join(dir, e->d_name);
         if (p)
@@ -362,8 +378,7 @@ static mpk_status load_journal(mpk_stage *st, mpk_error *err)
     while (d && (e = readdir(d))) {
         uint64_t dg;
         const char *name;
-        if (strncmp(e->d_name, MPK_SHARD_MARK, strlen(MPK_SHARD_MARK)) != 0 ||
-            !parse_mark(e->d_name + strlen(MPK_SHARD_MARK), &dg, &name) || !*name)
+        if (!parse_mark(e->d_name, MPK_SHARD_MARK, &dg, &name) || !*name)
             continue;
         size_t need = len + strlen(name) + 32;
         char *t = need > cap ? realloc(text, cap = 2 * need) : text;
@@ -483,10 +498,10 @@ mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const
     /* the dead run's record goes first: between the two, the directory's name alone says
      * its owner (this process) is alive */
     remove_marks(st->tmp, true);
-    char boot[64], name[128];
+    char boot[64], name[NAME_MAX + 1];
     boot_id(boot, sizeof boot);
     boot[strspn(boot, "0123456789abcdef-")] = 0; /* a file name's characters only */
-    snprintf(name, sizeof name, MPK_RUN_MARK "%016llx.%s", (unsigned long long)digest, boot);
+    format_mark(name, MPK_RUN_MARK, digest, boot); /* (fits: 13 + 17 + 63 bytes at most) */
     return create_mark(st->tmp, name, !o->no_fsync, err);
 }
 
@@ -542,14 +557,13 @@ mpk_status mpk_stage_journal_add(mpk_stage *st, const char *name, uint64_t diges
     char mark[NAME_MAX + 1];
     uint64_t old;
     /* a shard the adopted run recorded with another digest is redone: its marker goes */
-    if (mpk_stage_journal_find(st, name, &old) && old != digest &&
-        snprintf(mark, sizeof mark, MPK_SHARD_MARK "%016llx.%s", (unsigned long long)old, name) < (int)sizeof mark) {
+    if (mpk_stage_journal_find(st, name, &old) && old != digest && format_mark(mark, MPK_SHARD_MARK, old, name)) {
         char *p = mpk_path_join(st->tmp, mark);
         if (p)
             unlink(p);
         free(p);
     }
-    if (snprintf(mark, sizeof mark, MPK_SHARD_MARK "%016llx.%s", (unsigned long long)digest, name) >= (int)sizeof mark)
+    if (!format_mark(mark, MPK_SHARD_MARK, digest, name))
         return MPK_OK; /* a name this long is not recorded: a resume redoes it */
     return create_mark(st->tmp, mark, !st->o->no_fsync, err);
 }
