@@ -26,6 +26,39 @@ void mpk_plan_shard_name(const mpk_plan *p, size_t sh, char *buf, size_t cap)
         mpk_shard_name(sh + 1, p->n_shards, buf, cap);
 }
 
+const char *mpk_layout_name_taken(const char *name, const char *index_name)
+{
+    if (name[0] == '.')
+        return "a hidden name (the staging directory's temporaries are)";
+    if (strncmp(name, "moepack.", 8) == 0)
+        return "moepack's own files (manifest, source record, staging records) are named so";
+    if (strcmp(name, "config.json") == 0)
+        return "config.json is written beside the shards";
+    if (index_name && strcmp(name, index_name) == 0)
+        return "the index is written under that name";
+    return NULL;
+}
+
+mpk_status mpk_layout_check_names(const mpk_layout *l, mpk_status code, const char *where, mpk_error *err)
+{
+    const char *why;
+    if (l->index_name && (why = mpk_layout_name_taken(l->index_name, NULL)))
+        MPK_FAIL(err, code, where, "index file name '%s' cannot be written: %s", l->index_name, why);
+    mpk_strmap seen;
+    if (mpk_strmap_init(&seen, l->n_files + 1) != MPK_OK)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    mpk_status s = MPK_OK;
+    for (size_t f = 0; f < l->n_files && s == MPK_OK; f++) {
+        const char *n = l->files[f];
+        if ((why = mpk_layout_name_taken(n, l->index_name)))
+            s = mpk_error_set(err, code, 0, where, "file name '%s' cannot be written: %s", n, why);
+        else if (mpk_strmap_put(&seen, n, strlen(n), f, NULL))
+            s = mpk_error_set(err, code, 0, where, "file name '%s' is given to two files", n);
+    }
+    mpk_strmap_free(&seen);
+    return s;
+}
+
 static bool meta_is(const mpk_tensor_info *t, const mpk_tmeta *m)
 {
     return t->dtype == m->dtype && t->ndim == m->ndim &&

@@ -211,6 +211,15 @@ typedef struct mpk_layout {
 } mpk_layout;
 /* NULL-safe; frees l itself. */
 void mpk_layout_free(mpk_layout *l);
+/* The names l would write, checked against each other and against the files the run writes or
+ * removes beside them: each file distinct, none hidden, named as config.json, as the index, or
+ * with moepack's own prefix ("moepack.": the manifest, the source record, the staging records).
+ * Such a name would have one of those writes replace a shard's bytes, or the landing remove the
+ * shard, with the run reporting success. code (with where: the record or the index read) when
+ * one is. */
+mpk_status mpk_layout_check_names(const mpk_layout *l, mpk_status code, const char *where, mpk_error *err);
+/* Why a file of a layout (or its index, index_name NULL) may not be named name, NULL when it may. */
+const char *mpk_layout_name_taken(const char *name, const char *index_name);
 
 typedef struct mpk_plan {
     const mpk_ckpt *src;

@@ -68,8 +68,14 @@ static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
     }
     mpk_status s = MPK_OK;
-    for (size_t i = 0; i < c->n_shards && s == MPK_OK; i++)
-        s = add_file(files, &c->shards[i], err);
+    for (size_t i = 0; i < c->n_shards && s == MPK_OK; i++) {
+        const char *why = mpk_layout_name_taken(c->shards[i].name, c->has_index ? "model.safetensors.index.json" : NULL);
+        if (why)
+            s = mpk_error_set(err, MPK_E_INDEX, 0, c->shards[i].path, "a shard named '%s' could not be written back by "
+                              "unpack: %s", c->shards[i].name, why);
+        else
+            s = add_file(files, &c->shards[i], err);
+    }
     char *index = NULL;
     size_t ilen = 0;
     if (s == MPK_OK && c->has_index) {
@@ -205,6 +211,35 @@ static mpk_status record_file(mpk_layout *l, size_t f, const cJSON *e, const cha
     return MPK_OK;
 }
 
+/* The recorded index text, parsed: every tensor in the file whose recorded header holds it,
+ * and every recorded tensor listed (else unpack would write a release whose index does not
+ * match its files). */
+static mpk_status record_index_agrees(const mpk_layout *l, const char *path, mpk_error *err)
+{
+    char where[600];
+    snprintf(where, sizeof where, "%s: recorded index %s", path, l->index_name);
+    mpk_arena *a;
+    const char **names, **files;
+    size_t n, recorded = 0;
+    uint64_t total;
+    MPK_TRY(mpk_index_parse(l->index_text, l->index_len, where, &a, &names, &files, &n, &total, err));
+    for (size_t f = 0; f < l->n_files; f++)
+        recorded += l->parsed[f]->n_tensors;
+    mpk_status s = MPK_OK;
+    for (size_t i = 0; i < n && s == MPK_OK; i++) {
+        size_t f;
+        if (!mpk_strmap_get(&l->file_of, names[i], strlen(names[i]), &f))
+            s = mpk_error_set(err, MPK_E_MANIFEST, 0, where, "lists tensor '%s', which no recorded file holds", names[i]);
+        else if (strcmp(files[i], l->files[f]) != 0)
+            s = mpk_error_set(err, MPK_E_MANIFEST, 0, where, "puts tensor '%s' in %s, its recorded file is %s", names[i],
+                              files[i], l->files[f]);
+    }
+    if (s == MPK_OK && n != recorded)
+        s = mpk_error_set(err, MPK_E_MANIFEST, 0, where, "lists %zu tensors, the recorded files hold %zu", n, recorded);
+    mpk_arena_free(a);
+    return s;
+}
+
 static mpk_status record_layout(const cJSON *root, const char *path, mpk_layout **out, mpk_error *err)
 {
     const cJSON *fm = cJSON_GetObjectItemCaseSensitive(root, "format");
@@ -235,6 +270,10 @@ static mpk_status record_layout(const cJSON *root, const char *path, mpk_layout 
         s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "\"config\" must be the text of config.json");
     else if (s == MPK_OK && cf && !(l->config_text = mpk_arena_strndup(l->arena, cf->valuestring, strlen(cf->valuestring))))
         s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+    if (s == MPK_OK)
+        s = mpk_layout_check_names(l, MPK_E_MANIFEST, path, err);
+    if (s == MPK_OK && l->index_text)
+        s = record_index_agrees(l, path, err);
     if (s != MPK_OK) {
         mpk_layout_free(l);
         return s;
@@ -301,9 +340,13 @@ mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *
     l->index_name = "model.safetensors.index.json";
     mpk_strmap_free(&idx);
     mpk_arena_free(a);
-    if (s != MPK_OK || !nf) {
+    if (s == MPK_OK && !nf)
+        s = mpk_error_set(err, MPK_E_INDEX, 0, path, "the index lists no tensors");
+    if (s == MPK_OK)
+        s = mpk_layout_check_names(l, MPK_E_INDEX, path, err);
+    if (s != MPK_OK) {
         mpk_layout_free(l);
-        return s != MPK_OK ? s : mpk_error_set(err, MPK_E_INDEX, 0, path, "the index lists no tensors");
+        return s;
     }
     *out = l;
     return MPK_OK;

@@ -15,6 +15,7 @@
 #include "mpk_formats.h"
 #include "testutil.h"
 
+#include <cjson/cJSON.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zstd.h>
 
 static char root[] = "/tmp/mpk_hostile_XXXXXX";
 static char src[300], packed[300], fp8[300];
@@ -222,6 +224,121 @@ static void test_source_changed_detected(void **state)
     tu_rmrf(dst);
 }
 
+/* ---------------------------------------------------------------- names a layout gives */
+
+/* The source record of packed directory dir rewritten, with files[f] (f < 0: the index) given
+ * value under key (NULL: rewritten unchanged). */
+static void set_in_record(const char *dir, int f, const char *key, const char *value)
+{
+    const char *path = tu_fmt("%s/moepack.source.zst", dir);
+    char *z;
+    size_t zl;
+    mpk_error e;
+    assert_int_equal(mpk_read_file(path, &z, &zl, &e), MPK_OK);
+    unsigned long long n = ZSTD_getFrameContentSize(z, zl);
+    assert_true(n < (1u << 30));
+    char *t = malloc(n + 1);
+    assert_non_null(t);
+    assert_int_equal(ZSTD_decompress(t, n, z, zl), n);
+    t[n] = 0;
+    cJSON *j = cJSON_Parse(t);
+    assert_non_null(j);
+    cJSON *o = f < 0 ? cJSON_GetObjectItem(j, "index") : cJSON_GetArrayItem(cJSON_GetObjectItem(j, "files"), f);
+    assert_true(cJSON_IsObject(o) && cJSON_IsString(cJSON_GetObjectItem(o, "file")));
+    if (key)
+        assert_true(cJSON_ReplaceItemInObject(o, key, cJSON_CreateString(value)));
+    char *text = cJSON_PrintUnformatted(j);
+    size_t cap = ZSTD_compressBound(strlen(text));
+    char *out = malloc(cap);
+    size_t zn = ZSTD_compress(out, cap, text, strlen(text), 3);
+    assert_false(ZSTD_isError(zn));
+    assert_int_equal(mpk_write_file(path, out, zn, false, &e), MPK_OK);
+    free(out);
+    free(text);
+    cJSON_Delete(j);
+    free(t);
+    free(z);
+}
+
+/* Before: a packed directory's record naming a shard config.json, moepack.manifest.json, a
+ * staging record's name or the index's name had unpack exit 0 with that shard gone (replaced
+ * by the file of that name, or removed with the staging records); the same for an index given
+ * to --layout-like that names a shard moepack.manifest.json. Two files of one name failed as
+ * "cannot create: File exists" in the staging directory. Now each is refused up front, the
+ * record or index named with the rule; pack refuses a source whose shard names its record could
+ * not give back. */
+static void test_layout_files_checked_before_writing(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    const struct {
+        int f;
+        const char *name, *why;
+    } bad[] = {
+        {1, "model-00001-of-00002.safetensors", "file name 'model-00001-of-00002.safetensors' is given to two files"},
+        {0, "config.json", "file name 'config.json' cannot be written: config.json is written beside the shards"},
+        {0, "moepack.manifest.json", "file name 'moepack.manifest.json' cannot be written: moepack's own files"},
+        {1, "moepack.shard.0123456789abcdef.x.safetensors", "file name 'moepack.shard.0123456789abcdef.x.safetensors' "
+                                                            "cannot be written: moepack's own files"},
+        {0, ".x.safetensors", "file name '.x.safetensors' cannot be written: a hidden name"},
+        {0, "model.safetensors.index.json", "file name 'model.safetensors.index.json' cannot be written: the index "
+                                            "is written under that name"},
+        {-1, "config.json", "index file name 'config.json' cannot be written: config.json is written"},
+        {-1, "moepack.source.zst", "index file name 'moepack.source.zst' cannot be written: moepack's own files"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *p = copy_of(packed, "named");
+        set_in_record(p, bad[i].f, "file", bad[i].name);
+        assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 1);
+        assert_true(err_has(tu_fmt("%s/moepack.source.zst: %s", p, bad[i].why)));
+        assert_false(exists(dst));
+        assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
+    }
+    /* Before: a recorded index that does not match the recorded files was written as it is (exit
+     * 0, a release whose index names a file that is not there, or not JSON) */
+    char *ix = tu_slurp(tu_fmt("%s/model.safetensors.index.json", src)), *at = strstr(ix, "model-00002-of-00002");
+    assert_non_null(at);
+    memcpy(at, "model-00001-of-00002", 20);
+    const char *index_bad[][2] = {
+        {ix, "in model-00001-of-00002.safetensors, its recorded file is model-00002-of-00002.safetensors"},
+        {"{\"weight_map\": {}}", "lists 0 tensors, the recorded files hold"},
+        {"not json", "the index is not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof index_bad / sizeof index_bad[0]; i++) {
+        char *p = copy_of(packed, "named");
+        set_in_record(p, -1, "text", index_bad[i][0]);
+        assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 1);
+        assert_true(err_has(tu_fmt("%s/moepack.source.zst: recorded index model.safetensors.index.json", p)));
+        assert_true(err_has(index_bad[i][1]));
+        assert_false(exists(dst));
+    }
+    free(ix);
+    /* the record rewritten unchanged: unpack gives the release back */
+    char *p = copy_of(packed, "named");
+    set_in_record(p, 0, NULL, NULL);
+    assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 0);
+    for (int k = 1; k <= 2; k++)
+        assert_int_equal(tu_sh("cmp -s %s/model-0000%d-of-00002.safetensors %s/model-0000%d-of-00002.safetensors",
+                               src, k, dst, k), 0);
+    tu_rmrf(dst);
+    /* an index to follow (--layout-like) naming a shard as the manifest */
+    const char *like = tu_fmt("%s/like.json", root);
+    assert_int_equal(tu_sh("sed 's/model-00001-of-00002.safetensors/moepack.manifest.json/' %s/model.safetensors.index.json > %s",
+                           src, like), 0);
+    assert_int_equal(run("", tu_fmt("unpack %s %s --layout-like %s", packed, dst, like)), 1);
+    assert_true(err_has(tu_fmt("%s: file name 'moepack.manifest.json' cannot be written: moepack's own files", like)));
+    assert_false(exists(dst));
+    /* a source whose shard has such a name: pack says so before writing anything */
+    char *c = copy_of(src, "named_src");
+    assert_int_equal(tu_sh("cd %s && mv model-00002-of-00002.safetensors moepack.b.safetensors && "
+                           "sed -i 's/model-00002-of-00002.safetensors/moepack.b.safetensors/' model.safetensors.index.json", c), 0);
+    assert_int_equal(run("", tu_fmt("pack %s %s", c, dst)), 1);
+    assert_true(err_has(tu_fmt("%s/moepack.b.safetensors: a shard named 'moepack.b.safetensors' could not be written "
+                               "back by unpack: moepack's own files", c)));
+    assert_false(exists(dst));
+    assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
+}
+
 /* A source cut short while its expert slices go through the pipe (ranges at another offset
  * within a page than in the output, issue 18): the error names the shard, the offset and the
  * tensor being written; nothing is left behind. */
@@ -347,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_plan_refuses_overflow),
         cmocka_unit_test(test_source_changed_detected),
         cmocka_unit_test(test_source_cut_short_while_spliced),
+        cmocka_unit_test(test_layout_files_checked_before_writing),
         cmocka_unit_test(test_allocation_failure_sweep),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
