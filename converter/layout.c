@@ -29,7 +29,7 @@ void mpk_plan_shard_name(const mpk_plan *p, size_t sh, char *buf, size_t cap)
 const char *mpk_layout_name_taken(const char *name, const char *index_name)
 {
     if (name[0] == '.')
-        return "a hidden name (the staging directory's temporaries are)";
+        return "a hidden name (moepack's temporary files are hidden)";
     if (strncmp(name, "moepack.", 8) == 0)
         return "moepack's own files (manifest, source record, staging records) are named so";
     if (strcmp(name, "config.json") == 0)
