@@ -116,6 +116,23 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
     char **names;
     size_t n;
     MPK_TRY(list_files(r->src, compress ? ".safetensors" : ".safetensors" EXT, &names, &n, err));
+    /* NAME.safetensors and NAME.safetensors.mpkz both in SRC: the one converted would land on the
+     * one copied (before: "cannot create: File exists" in the staging directory) */
+    for (size_t i = 0; i < n; i++) {
+        char twin[4096], *p;
+        snprintf(twin, sizeof twin, "%.*s%s", (int)(strlen(names[i]) - (compress ? 0 : strlen(EXT))), names[i],
+                 compress ? EXT : "");
+        struct stat ts;
+        bool both = (p = mpk_path_join(r->src, twin)) && lstat(p, &ts) == 0;
+        free(p);
+        if (both) {
+            mpk_status c = mpk_error_set(err, MPK_E_CONFLICT, 0, r->src, "holds both %s and %s, which %s the "
+                                         "first would write: move one of them away", names[i], twin,
+                                         compress ? "compressing" : "decompressing");
+            free_names(names, n);
+            return c;
+        }
+    }
     /* under MPI each rank converts its share of the files (each to the least loaded rank, in
      * list order: the same on every rank) */
     char **paths = mpk_calloc(n + 1, sizeof *paths);

@@ -308,6 +308,23 @@ class Compressed(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.root, "pz-level")))
         self.assertFalse(os.path.exists(os.path.join(self.root, "pz-resume")))
 
+    def test_both_forms_of_a_shard_refused(self):
+        # Before: "cannot create: File exists", naming a file of the staging directory
+        for cmd, name in ((moepack.decompress, "z-both"), (moepack.compress, "src-both")):
+            d = os.path.join(self.root, name)
+            shutil.copytree(self.z if cmd is moepack.decompress else self.src, d)
+            plain = sorted(f for f in os.listdir(self.src) if f.endswith(".safetensors"))[0]
+            if cmd is moepack.decompress:
+                shutil.copy(os.path.join(self.src, plain), d)
+            else:
+                shutil.copy(os.path.join(self.z, plain + ".mpkz"), d)
+            with self.assertRaises(moepack.Error) as cm:
+                cmd(d, d + "-out")
+            self.assertEqual(cm.exception.status, "target-conflict")
+            self.assertIn(f"holds both {plain}", cm.exception.message)
+            self.assertIn(f"{plain}.mpkz", cm.exception.message)
+            self.assertFalse(os.path.exists(d + "-out"))
+
     def broken(self, name, edit):
         bad = os.path.join(self.root, name)
         shutil.copytree(self.z, bad)

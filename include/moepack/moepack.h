@@ -419,7 +419,8 @@ typedef struct mpk_compress_req {
 } mpk_compress_req;
 MPK_API void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst);
 /* Errors: MPK_E_USAGE, MPK_E_NOT_FOUND (no directory, or nothing to convert), MPK_E_DST_EXISTS,
- * any header error of a shard, MPK_E_IO, MPK_E_NOMEM. Output staged and renamed into place. */
+ * MPK_E_CONFLICT (SRC holds both NAME.safetensors and NAME.safetensors.mpkz), any header error
+ * of a shard, MPK_E_IO, MPK_E_NOMEM. Output staged and renamed into place. */
 MPK_API mpk_status mpk_compress(const mpk_compress_req *r, mpk_report **out, mpk_error *err);
 /* Errors: as mpk_compress's, and MPK_E_CONTAINER (naming the file, tensor and chunk). */
 MPK_API mpk_status mpk_decompress(const mpk_compress_req *r, mpk_report **out, mpk_error *err);
