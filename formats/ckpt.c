@@ -15,7 +15,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define INDEX_NAME "model.safetensors.index.json"
+#define INDEX_NAME MPK_INDEX_NAME
 #define SINGLE_NAME "model.safetensors"
 
 static void file_id(const struct stat *st, mpk_file_id *id);

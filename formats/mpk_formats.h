@@ -266,6 +266,9 @@ const char *mpk_xxh_impl(void);
 mpk_status mpk_hash_file_range(int fd, uint64_t off, uint64_t len, char *buf, size_t cap, bool mapped, const char *path,
                                const char *tensor, mpk_hash128 *out, mpk_error *err);
 
+/* The index file of a sharded checkpoint (transformers' name). */
+#define MPK_INDEX_NAME "model.safetensors.index.json"
+
 /* Parses an index document (text of len bytes). On success *names, *files (parallel
  * arrays of n entries, in document order) live in *arena (caller frees it); *total_size
  * gets metadata.total_size (0 if absent). Shard names are checked for safety. */

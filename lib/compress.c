@@ -104,6 +104,12 @@ static mpk_status list_files(const char *dir, const char *suffix, char ***out, s
     return MPK_OK;
 }
 
+/* What converting file name gives: NAME.safetensors.mpkz for NAME.safetensors (compress), and back. */
+static void converted_name(const char *name, bool compress, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%.*s%s", (int)(strlen(name) - (compress ? 0 : strlen(EXT))), name, compress ? EXT : "");
+}
+
 static int cpu_threads(int want)
 {
     return want > 0 ? want : mpk_default_threads();
@@ -119,9 +125,8 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
     /* NAME.safetensors and NAME.safetensors.mpkz both in SRC: the one converted would land on the
      * one copied (before: "cannot create: File exists" in the staging directory) */
     for (size_t i = 0; i < n; i++) {
-        char twin[4096], *p;
-        snprintf(twin, sizeof twin, "%.*s%s", (int)(strlen(names[i]) - (compress ? 0 : strlen(EXT))), names[i],
-                 compress ? EXT : "");
+        char twin[NAME_MAX + 8], *p;
+        converted_name(names[i], compress, twin, sizeof twin);
         struct stat ts;
         bool both = (p = mpk_path_join(r->src, twin)) && lstat(p, &ts) == 0;
         free(p);
@@ -156,9 +161,12 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
         const char *nm = names[i];
         if (!take[i])
             continue;
-        char out[4096];
-        snprintf(out, sizeof out, "%s/%.*s%s", tmp, (int)(strlen(nm) - (compress ? 0 : strlen(EXT))), nm,
-                 compress ? EXT : "");
+        char conv[NAME_MAX + 8], *out;
+        converted_name(nm, compress, conv, sizeof conv);
+        if (!(out = mpk_path_join(tmp, conv))) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, r->src, "out of memory");
+            break;
+        }
         uint64_t osz = 0;
         if (compress)
             s = mpk_mpkz_compress(paths[i], out, r->level, threads, r->chunk_size, &osz, &meter, err);
@@ -168,6 +176,7 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
             *in_bytes += (uint64_t)st.st_size;
         *out_bytes += osz;
         *files += s == MPK_OK;
+        free(out);
     }
     free(load);
     free(take);

@@ -69,7 +69,7 @@ static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
     }
     mpk_status s = MPK_OK;
     for (size_t i = 0; i < c->n_shards && s == MPK_OK; i++) {
-        const char *why = mpk_layout_name_taken(c->shards[i].name, c->has_index ? "model.safetensors.index.json" : NULL);
+        const char *why = mpk_layout_name_taken(c->shards[i].name, c->has_index ? MPK_INDEX_NAME : NULL);
         if (why)
             s = mpk_error_set(err, MPK_E_INDEX, 0, c->shards[i].path, "a shard named '%s' could not be written back by "
                               "unpack: %s", c->shards[i].name, why);
@@ -79,11 +79,11 @@ static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
     char *index = NULL;
     size_t ilen = 0;
     if (s == MPK_OK && c->has_index) {
-        char *p = mpk_path_join(c->dir, "model.safetensors.index.json");
+        char *p = mpk_path_join(c->dir, MPK_INDEX_NAME);
         s = p ? mpk_read_file(p, &index, &ilen, err) : mpk_error_set(err, MPK_E_NOMEM, 0, c->dir, "out of memory");
         free(p);
         cJSON *ix = s == MPK_OK ? cJSON_AddObjectToObject(root, "index") : NULL;
-        if (s == MPK_OK && (!ix || !cJSON_AddStringToObject(ix, "file", "model.safetensors.index.json") ||
+        if (s == MPK_OK && (!ix || !cJSON_AddStringToObject(ix, "file", MPK_INDEX_NAME) ||
                             !cJSON_AddStringToObject(ix, "text", index)))
             s = mpk_error_set(err, MPK_E_NOMEM, 0, c->dir, "out of memory");
     } else if (s == MPK_OK) {
@@ -220,11 +220,9 @@ static mpk_status record_index_agrees(const mpk_layout *l, const char *path, mpk
     snprintf(where, sizeof where, "%s: recorded index %s", path, l->index_name);
     mpk_arena *a;
     const char **names, **files;
-    size_t n, recorded = 0;
+    size_t n, recorded = l->file_of.count; /* (each recorded tensor once: record_file checks) */
     uint64_t total;
     MPK_TRY(mpk_index_parse(l->index_text, l->index_len, where, &a, &names, &files, &n, &total, err));
-    for (size_t f = 0; f < l->n_files; f++)
-        recorded += l->parsed[f]->n_tensors;
     mpk_status s = MPK_OK;
     for (size_t i = 0; i < n && s == MPK_OK; i++) {
         size_t f;
@@ -337,7 +335,7 @@ mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *
             mpk_strmap_put(&l->file_of, t, strlen(t), f, NULL);
     }
     l->n_files = nf;
-    l->index_name = "model.safetensors.index.json";
+    l->index_name = MPK_INDEX_NAME;
     mpk_strmap_free(&idx);
     mpk_arena_free(a);
     if (s == MPK_OK && !nf)
