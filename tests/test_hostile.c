@@ -302,6 +302,8 @@ static void test_layout_files_checked_before_writing(void **state)
     const char *index_bad[][2] = {
         {ix, "in model-00001-of-00002.safetensors, its recorded file is model-00002-of-00002.safetensors"},
         {"{\"weight_map\": {}}", "lists 0 tensors, the recorded files hold"},
+        {"{\"weight_map\": {\"no.such.tensor\": \"model-00001-of-00002.safetensors\"}}",
+         "lists tensor 'no.such.tensor', which no recorded file holds"},
         {"not json", "the index is not valid JSON"},
     };
     for (size_t i = 0; i < sizeof index_bad / sizeof index_bad[0]; i++) {
