@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
+#include <linux/magic.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -686,6 +688,38 @@ static mpk_status open_direct(job *j)
     return MPK_OK;
 }
 
+/* Whether pure ranges go through a worker's buffer, hashed on the way (bounce copies), instead
+ * of moved in the kernel and read back for the manifest: it costs 0.29 s of CPU per GiB against
+ * 0.31-0.41 s (bench/RESULTS.md), but puts the hash in the writer's turn, so it pays only where
+ * every thread has a shard of its own to write (else the idle ones hash alongside the writers),
+ * where outputs are too large to be read back from the CPU's cache right after their writes
+ * (an average byte in a tensor of EX_BOUNCE_MIN_OUT or more: a packed checkpoint, not unpack's
+ * per-expert tensors, which measured no better), and only where copy_file_range copies bytes
+ * (ext2/3/4, tmpfs; elsewhere it may share extents or copy on the server).
+ * MOEPACK_BOUNCE=0: never; =1: wherever outputs are hashed. */
+static bool bounce_wanted(const job *j)
+{
+    const run_ctx *c = &j->c;
+    const char *e = getenv("MOEPACK_BOUNCE");
+    if (!c->mh || !j->o->use_copy_range || !c->shards || (e && strcmp(e, "0") == 0))
+        return false;
+    if (e && strcmp(e, "1") == 0)
+        return true;
+    double bytes = 0, sq = 0; /* the size of the output an average byte is in: sum n^2 / sum n */
+    for (size_t i = 0; i < j->p->n_outs; i++) {
+        bytes += (double)j->p->outs[i].nbytes;
+        sq += (double)j->p->outs[i].nbytes * (double)j->p->outs[i].nbytes;
+    }
+    if (bytes <= 0 || sq / bytes < EX_BOUNCE_MIN_OUT)
+        return false;
+    struct statfs sf;
+    for (size_t sh = 0; sh < j->p->n_shards; sh++)
+        if (c->shards[sh] && c->shards[sh]->fd >= 0)
+            return j->p->n_shards >= (size_t)j->threads && fstatfs(c->shards[sh]->fd, &sf) == 0 &&
+                   (sf.f_type == EXT4_SUPER_MAGIC || sf.f_type == TMPFS_MAGIC);
+    return false;
+}
+
 /* ... then opens every shard, makes the units, resumes. */
 static mpk_status prepare(job *j, mpk_exec_stats *stats)
 {
@@ -694,6 +728,7 @@ static mpk_status prepare(job *j, mpk_exec_stats *stats)
         MPK_TRY(open_shard(j, sh));
     MPK_TRY(make_units(j));
     MPK_TRY(resume_shards(j, stats));
+    j->c.bounce = bounce_wanted(j);
     return open_direct(j);
 }
 
@@ -983,6 +1018,7 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
         }
         stats->used_copy_range = o->use_copy_range && atomic_load(&j.c.cfr_ok) && !all_direct;
         stats->spliced_bytes = atomic_load(&j.c.spliced_bytes);
+        stats->bounced_bytes = atomic_load(&j.c.bounced_bytes);
     }
     uint64_t read = atomic_load(&j.c.read_bytes), wrote = atomic_load(&j.c.done_bytes);
     job_free(&j);

@@ -94,15 +94,23 @@ mpk_status ex_each_source_range(const mpk_node *n, uint64_t off, uint64_t len, u
 typedef struct {
     int fd[2];
     uint64_t bytes; /* moved through it */
+    char *bounce;   /* non-NULL: ranges of an output hashed on the way go through it (EX_BOUNCE_PIECE) */
+    uint64_t bounced; /* copied through it */
 } ex_pipe;
 /* Opens it where the kernel lets it hold a round (else leaves it closed); off with MOEPACK_SPLICE=0. */
 void ex_pipe_open(ex_pipe *pp);
 void ex_pipe_close(ex_pipe *pp);
 /* Moves bytes [off, off+len) of a pure node into out at file offset at: copy_file_range, or
  * through pp (when open) for a range whose offset within a page differs between its source and
- * the output. */
+ * the output; or, given hash (and pp->bounce), read into pp->bounce, hashed into hash and written
+ * from there, EX_BOUNCE_PIECE bytes at a time. */
 mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out, uint64_t at,
-                        ex_pipe *pp, mpk_error *err);
+                        ex_pipe *pp, mpk_xxh *hash, mpk_error *err);
+/* The buffer of bounce copies: small enough to stay in the CPU's cache between its read, its
+ * hash and its write; the pieces end on its multiples of the output offset (page-cache folios
+ * of that size, which this VM fills without host faults, bench/RESULTS.md). */
+#define EX_BOUNCE_PIECE (256u << 10)
+#define EX_BOUNCE_MIN_OUT (64.0 * 1024 * 1024) /* see bounce_wanted (exec.c) */
 /* A range_fn counting bytes per page phase (votes[4096 / 8]). */
 mpk_status ex_phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *votes);
 
@@ -208,6 +216,8 @@ typedef struct {
     atomic_int failed;
     atomic_int cfr_ok;   /* copy_file_range still usable */
     atomic_ullong spliced_bytes; /* of those moved in the kernel, the bytes moved through pipes */
+    atomic_ullong bounced_bytes; /* pure bytes copied through a worker's buffer, hashed on the way */
+    bool bounce;         /* copy pure ranges through a buffer, hashing them on the way (exec.c) */
     ex_direct *dio;      /* per shard, durable single-process runs (else NULL) */
     bool prefetch;       /* hint the source ranges of the units ahead (POSIX_FADV_WILLNEED) */
     bool writeback;      /* start each complete output's writeback (sync_file_range) when durable */

@@ -319,6 +319,7 @@ typedef struct mpk_exec_stats {
     uint64_t spliced_bytes;             /* of the bytes moved in the kernel, those moved through a pipe
                                            (source and output at other offsets within a page) */
     uint64_t direct_bytes;              /* written with O_DIRECT (durable runs, converter/direct.c) */
+    uint64_t bounced_bytes;             /* pure bytes copied through a buffer, hashed on the way */
     mpk_side_stats side;
     bool resumed;                       /* a dead run's temporary directory was continued */
     size_t shards_kept;                 /* of its shards, how many checked out and were kept */

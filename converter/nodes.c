@@ -240,6 +240,7 @@ typedef struct {
     int out_fd;
     const char *out_path;
     ex_pipe *pp;
+    mpk_xxh *hash;
     mpk_error *err;
 } copy_ctx;
 
@@ -254,7 +255,7 @@ typedef struct {
 
 void ex_pipe_open(ex_pipe *pp)
 {
-    *pp = (ex_pipe){{-1, -1}, 0};
+    *pp = (ex_pipe){.fd = {-1, -1}};
     const char *e = getenv("MOEPACK_SPLICE"); /* =0: copy_file_range for every range (to measure) */
     if ((e && strcmp(e, "0") == 0) || pipe2(pp->fd, O_CLOEXEC) != 0) {
         pp->fd[0] = pp->fd[1] = -1;
@@ -331,10 +332,36 @@ static mpk_status splice_range(const mpk_node *src, loff_t in_o, uint64_t len, l
     return s;
 }
 
+/* Through pp->bounce: read, hash, write (the hash sees the bytes in output order: the ranges of
+ * a unit come in order, and the worker hands a hash only for a unit next in its output's). */
+static mpk_status bounce_range(const mpk_node *src, uint64_t in_o, uint64_t len, uint64_t out_o, const copy_ctx *cc)
+{
+    while (len) {
+        uint64_t n = EX_BOUNCE_PIECE - out_o % EX_BOUNCE_PIECE;
+        n = n < len ? n : len;
+        ssize_t k = pread(src->fd, cc->pp->bounce, n, (off_t)in_o);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return copy_failed(cc, src, "pread", true, (loff_t)in_o, (loff_t)out_o, k);
+        mpk_xxh_update(cc->hash, cc->pp->bounce, (size_t)k);
+        mpk_status s = mpk_pwrite_all(cc->out_fd, cc->pp->bounce, (size_t)k, out_o, cc->out_path, cc->err);
+        if (s != MPK_OK)
+            return s;
+        in_o += (uint64_t)k;
+        out_o += (uint64_t)k;
+        len -= (uint64_t)k;
+        cc->pp->bounced += (uint64_t)k;
+    }
+    return MPK_OK;
+}
+
 static mpk_status copy_range(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *ctx)
 {
     const copy_ctx *cc = ctx;
     loff_t in_o = (loff_t)file_off, out_o = (loff_t)at;
+    if (cc->hash && cc->pp->bounce)
+        return bounce_range(src, file_off, len, at, cc);
     if (cc->pp && cc->pp->fd[0] >= 0 && len >= SPLICE_MIN && (file_off - at) % 4096 != 0)
         return splice_range(src, in_o, len, out_o, cc);
     while (len) {
@@ -350,9 +377,9 @@ static mpk_status copy_range(const mpk_node *src, uint64_t file_off, uint64_t le
 
 /* Moves bytes [off, off + len) of a pure node in the kernel to out_off in out_fd. */
 mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk_st_out *out, uint64_t out_off,
-                        ex_pipe *pp, mpk_error *err)
+                        ex_pipe *pp, mpk_xxh *hash, mpk_error *err)
 {
-    copy_ctx cc = {out->fd, out->path, pp, err};
+    copy_ctx cc = {out->fd, out->path, pp, hash, err};
     return ex_each_source_range(n, off, len, out_off, copy_range, &cc);
 }
 

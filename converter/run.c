@@ -351,9 +351,12 @@ void *ex_worker(void *arg)
     mpk_error err = {0};
     reader r = {.cap = 256, .err = &err};
     char *buf = NULL, *buf_raw = NULL, *hbuf = NULL; /* buf: buf_raw aligned to EX_DIO_ALIGN */
-    ex_pipe pp = {{-1, -1}, 0};
+    ex_pipe pp = {.fd = {-1, -1}};
     if (c->o->use_copy_range)
         ex_pipe_open(&pp);
+    char *bounce_raw = NULL; /* (without it, the outputs are read back to be hashed) */
+    if (c->bounce)
+        pp.bounce = ex_dio_aligned(bounce_raw = mpk_alloc(EX_BOUNCE_PIECE + 2 * EX_DIO_ALIGN));
     r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
     if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
         if (!r.reqs)
@@ -393,7 +396,17 @@ void *ex_worker(void *arg)
         ex_direct *dio = c->dio && c->dio[w->shard].fd >= 0 ? &c->dio[w->shard] : NULL;
         if (!dio && c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             if ((s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
-                s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, w->at, &pp, &err);
+                /* hashed on the way when next in its output (else that output is read back) */
+                mem_hash *m = c->mh && pp.bounce ? &c->mh[w->out] : NULL;
+                mpk_xxh *hs = NULL;
+                if (m && w->off == m->to && !(c->split && c->split[w->out])) {
+                    if (w->off == 0 && !m->st)
+                        m->st = mpk_xxh_new();
+                    hs = m->st;
+                }
+                s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, w->at, &pp, hs, &err);
+                if (hs) /* a failed copy may have hashed part of the unit: read back instead */
+                    m->to = s == MPK_OK ? m->to + w->len : UINT64_MAX;
                 end_turn(c, q, s == MPK_OK);
                 if (s == MPK_OK) {
                     done = true;
@@ -437,7 +450,9 @@ void *ex_worker(void *arg)
     }
     atomic_fetch_add(&c->read_bytes, r.bytes);
     atomic_fetch_add(&c->spliced_bytes, pp.bytes);
+    atomic_fetch_add(&c->bounced_bytes, pp.bounced);
     ex_pipe_close(&pp);
+    free(bounce_raw);
     free(buf_raw);
     free(hbuf);
     free(r.reqs);

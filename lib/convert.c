@@ -594,6 +594,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON_AddNumberToObject(o, "threads", st->threads);
     cJSON_AddBoolToObject(o, "copy_file_range", st->used_copy_range);
     cJSON_AddNumberToObject(o, "spliced_bytes", (double)st->spliced_bytes);
+    cJSON_AddNumberToObject(o, "bounced_bytes", (double)st->bounced_bytes);
     cJSON_AddNumberToObject(o, "direct_bytes", (double)st->direct_bytes);
     cJSON *side = cJSON_AddObjectToObject(o, "other_files");
     cJSON_AddNumberToObject(side, "files", (double)st->side.files);

@@ -180,20 +180,57 @@ fi
 # ways, and unpack gives back the source's files
 "$M" synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 --intermediate 384 --vocab 64 --shards 3 \
   "$tmp/spl" >/dev/null
-# (without fsync: they test the in-kernel path whatever MOEPACK_DIRECT says; durable as well below)
+# (without fsync: they test the in-kernel path whatever MOEPACK_DIRECT says; durable as well below;
+# MOEPACK_BOUNCE=0: no copies through a buffer, which may take these moves, below)
+export MOEPACK_BOUNCE=0
 expect 0 "pack of misaligned 384 KiB expert slices" -- "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p"
-json_check "... moved some through the pipe (spliced_bytes > 0)" "d['copy_file_range'] and d['spliced_bytes'] > 0 and d['direct_bytes'] == 0"
+json_check "... moved some through the pipe (spliced_bytes > 0)" "d['copy_file_range'] and d['spliced_bytes'] > 0 and d['direct_bytes'] == 0 and d['bounced_bytes'] == 0"
 expect 0 "... with MOEPACK_SPLICE=0" -- env MOEPACK_SPLICE=0 "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p0"
 json_check "... none through the pipe" "d['copy_file_range'] and d['spliced_bytes'] == 0"
 expect 0 "unpack of it (spliced too)" -- "$M" unpack --no-fsync --json "$tmp/spl-p" "$tmp/spl-u"
 json_check "... spliced_bytes > 0" "d['spliced_bytes'] > 0"
 expect 0 "durable pack with MOEPACK_DIRECT=0 (page cache: spliced as well)" -- env MOEPACK_DIRECT=0 "$M" pack --json "$tmp/spl" "$tmp/spl-pd0"
 json_check "... through the page cache" "d['spliced_bytes'] > 0 and d['direct_bytes'] == 0"
+unset MOEPACK_BOUNCE
 if diff -r "$tmp/spl-p" "$tmp/spl-p0" >/dev/null && "$M" verify "$tmp/spl" "$tmp/spl-p" >/dev/null \
    && (for f in "$tmp"/spl/*.safetensors; do cmp -s "$f" "$tmp/spl-u/${f##*/}" || exit 1; done); then
   echo "ok: spliced pack identical to copy_file_range's and verifies; its unpack gives back the source shards"
 else
   echo "FAIL: spliced pack or unpack differs" >&2; fails=$((fails + 1))
+fi
+
+# bounce copies (issue 18): pure ranges read into a 256 KiB buffer, hashed there for the manifest
+# and written from it, instead of moved in the kernel and read back; the same files and manifest
+expect 0 "pack with MOEPACK_BOUNCE=1 (every pure byte through the buffer)" -- \
+  env MOEPACK_BOUNCE=1 "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-b"
+json_check "... bounced_bytes is every byte of the expert tensors, none spliced" \
+  "d['bounced_bytes'] >= 3 * 4 * 3 * 384 * 512 * 2 and d['spliced_bytes'] == 0"
+expect 0 "... --no-manifest: nothing to hash, nothing through the buffer" -- \
+  env MOEPACK_BOUNCE=1 "$M" pack --no-fsync --no-manifest --json "$tmp/spl" "$tmp/spl-bn"
+json_check "... bounced_bytes 0" "d['bounced_bytes'] == 0 and d['spliced_bytes'] > 0"
+expect 0 "unpack, small per-expert outputs (auto: read back from the cache instead)" -- \
+  "$M" unpack --no-fsync --threads 2 --json "$tmp/spl-b" "$tmp/spl-bu"
+json_check "... bounced_bytes 0" "d['bounced_bytes'] == 0"
+expect 0 "unpack with MOEPACK_BOUNCE=1" -- env MOEPACK_BOUNCE=1 "$M" unpack --no-fsync --threads 2 --json "$tmp/spl-b" "$tmp/spl-bu1"
+json_check "... bounced_bytes > 0" "d['bounced_bytes'] > 0"
+# auto: packed tensors of 128 and 64 MiB (too large to read back from the CPU's cache), every
+# thread with an output shard of its own (4 shards, 2 threads), where copy_file_range copies
+# bytes (ext2/3/4, tmpfs); with more threads than shards the others hash read-backs
+"$M" synth --arch qwen3_moe --layers 1 --experts 64 --hidden 1024 --intermediate 512 --vocab 64 --shards 2 \
+  "$tmp/bnc" >/dev/null
+case $(stat -f -c %T "$tmp") in ext2/ext3|tmpfs) auto="> 0" ;; *) auto="== 0" ;; esac
+expect 0 "pack of 192 MiB into 4 shards, --threads 2 ($(stat -f -c %T "$tmp"): bounced_bytes $auto)" -- \
+  "$M" pack --no-fsync --threads 2 --max-shard-size 50MB --json "$tmp/bnc" "$tmp/bnc-2"
+json_check "... bounced_bytes $auto" "d['bounced_bytes'] $auto and d['shards'] >= 4"
+expect 0 "... --threads 8" -- "$M" pack --no-fsync --threads 8 --max-shard-size 50MB --json "$tmp/bnc" "$tmp/bnc-8"
+json_check "... bounced_bytes 0 (idle threads hash)" "d['bounced_bytes'] == 0"
+if diff -r "$tmp/spl-p" "$tmp/spl-b" >/dev/null && "$M" verify "$tmp/spl" "$tmp/spl-b" >/dev/null \
+   && diff -r "$tmp/spl-bu" "$tmp/spl-bu1" >/dev/null && "$M" verify "$tmp/spl-bu1" >/dev/null \
+   && (for f in "$tmp"/spl/*.safetensors; do cmp -s "$f" "$tmp/spl-bu1/${f##*/}" || exit 1; done) \
+   && diff -r "$tmp/bnc-2" "$tmp/bnc-8" >/dev/null && "$M" verify "$tmp/bnc" "$tmp/bnc-2" >/dev/null; then
+  echo "ok: bounce copies write the same files and manifest as the kernel's moves; unpack gives the source back"
+else
+  echo "FAIL: bounce copies differ from the kernel's moves" >&2; fails=$((fails + 1))
 fi
 
 # with MOEPACK_DIRECT=1 durable runs write each shard's data with O_DIRECT (issue 18) when its

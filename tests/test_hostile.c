@@ -351,10 +351,24 @@ static void test_source_cut_short_while_spliced(void **state)
     assert_int_equal(tu_sh("%s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 --intermediate 384 "
                            "--vocab 64 --shards 3 %s >/dev/null", tu_moepack(), s), 0);
     const char *shard = tu_fmt("%s/model-00002-of-00003.safetensors", s);
-    /* (without fsync: the in-kernel path whatever MOEPACK_DIRECT says; direct writes below) */
-    assert_int_equal(run_changing(tu_fmt("pack --no-fsync --threads 1 %s %s", s, dst),
-                                  tu_fmt("truncate -s 3000000 %s", shard)), 1);
+    /* (without fsync: the in-kernel path whatever MOEPACK_DIRECT says; direct writes below;
+     * one thread, one output shard: bounce copies where the file system is ext4 or tmpfs) */
+    setenv("MOEPACK_BOUNCE", "0", 1);
+    int rc = run_changing(tu_fmt("pack --no-fsync --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
+    unsetenv("MOEPACK_BOUNCE");
+    assert_int_equal(rc, 1);
     assert_true(err_has(tu_fmt("%s: splice from offset 3000000", shard)));
+    assert_true(err_has("the source ended early (writing tensor 'model.layers.1.mlp.experts.gate_up_proj'"));
+    assert_false(exists(dst));
+    assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
+    /* the same cut while the slices are copied through a buffer and hashed on the way */
+    assert_int_equal(tu_sh("rm -rf %s && %s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 "
+                           "--intermediate 384 --vocab 64 --shards 3 %s >/dev/null", s, tu_moepack(), s), 0);
+    setenv("MOEPACK_BOUNCE", "1", 1);
+    rc = run_changing(tu_fmt("pack --no-fsync --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
+    unsetenv("MOEPACK_BOUNCE");
+    assert_int_equal(rc, 1);
+    assert_true(err_has(tu_fmt("%s: pread from offset 3000000", shard)));
     assert_true(err_has("the source ended early (writing tensor 'model.layers.1.mlp.experts.gate_up_proj'"));
     assert_false(exists(dst));
     assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
@@ -362,7 +376,7 @@ static void test_source_cut_short_while_spliced(void **state)
     assert_int_equal(tu_sh("rm -rf %s && %s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 "
                            "--intermediate 384 --vocab 64 --shards 3 %s >/dev/null", s, tu_moepack(), s), 0);
     setenv("MOEPACK_DIRECT", "all", 1); /* (its units are below the size that goes direct with 1) */
-    int rc = run_changing(tu_fmt("pack --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
+    rc = run_changing(tu_fmt("pack --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
     unsetenv("MOEPACK_DIRECT");
     assert_int_equal(rc, 1);
     assert_true(err_has(tu_fmt("%s: read at offset", shard)));
@@ -450,6 +464,15 @@ static void test_allocation_failure_sweep(void **state)
     unsetenv("MOEPACK_DIRECT");
     assert_true(direct_pack > 200 && direct_unpack > 200);
     assert_int_equal(tu_sh("grep -q '\"direct_bytes\": [1-9]' %s/out", root), 0);
+    tu_rmrf(dst);
+    /* pure ranges through each worker's buffer, hashed on the way (its buffer, the hash states;
+     * a failed allocation of either leaves the output to be read back instead) */
+    setenv("MOEPACK_BOUNCE", "1", 1);
+    long bounce_pack = sweep(tu_fmt("pack %s %s -q --no-fsync --threads 2", src, dst), dst);
+    assert_int_equal(run("", tu_fmt("pack --json %s %s", src, dst)), 0);
+    unsetenv("MOEPACK_BOUNCE");
+    assert_true(bounce_pack > 200);
+    assert_int_equal(tu_sh("grep -q '\"bounced_bytes\": [1-9]' %s/out", root), 0);
     tu_rmrf(dst);
     char *h = copy_of(packed, "hashed");
     assert_true(sweep(tu_fmt("hash %s --write", h), NULL) > 200);
