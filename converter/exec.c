@@ -710,13 +710,12 @@ static bool bounce_wanted(const job *j)
         bytes += (double)j->p->outs[i].nbytes;
         sq += (double)j->p->outs[i].nbytes * (double)j->p->outs[i].nbytes;
     }
-    if (bytes <= 0 || sq / bytes < EX_BOUNCE_MIN_OUT)
+    if (bytes <= 0 || sq / bytes < EX_BOUNCE_MIN_OUT || j->p->n_shards < (size_t)j->threads)
         return false;
-    struct statfs sf;
+    struct statfs sf; /* (the shards share DST's staging directory: one file system) */
     for (size_t sh = 0; sh < j->p->n_shards; sh++)
         if (c->shards[sh] && c->shards[sh]->fd >= 0)
-            return j->p->n_shards >= (size_t)j->threads && fstatfs(c->shards[sh]->fd, &sf) == 0 &&
-                   (sf.f_type == EXT4_SUPER_MAGIC || sf.f_type == TMPFS_MAGIC);
+            return fstatfs(c->shards[sh]->fd, &sf) == 0 && (sf.f_type == EXT4_SUPER_MAGIC || sf.f_type == TMPFS_MAGIC);
     return false;
 }
 

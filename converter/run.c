@@ -71,16 +71,26 @@ static void sync_enqueue(run_ctx *c, size_t item)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* Hashes a computed unit's bytes, just written from buf in its turn. */
-static void mem_hash_unit(run_ctx *c, const unit *w, const void *buf)
+/* The hash state unit w's bytes go into, in its turn: its output's, when w is next in it (else
+ * NULL, and that output is read back instead). */
+static mpk_xxh *mem_hash_next(run_ctx *c, const unit *w)
 {
     mem_hash *m = &c->mh[w->out];
     if (w->off != m->to || (c->split && c->split[w->out]))
+        return NULL;
+    if (w->off == 0 && !m->st)
+        m->st = mpk_xxh_new();
+    return m->st;
+}
+
+/* Hashes a computed unit's bytes, just written from buf in its turn. */
+static void mem_hash_unit(run_ctx *c, const unit *w, const void *buf)
+{
+    mpk_xxh *h = mem_hash_next(c, w);
+    if (!h)
         return;
-    if (w->off == 0 && !m->st && !(m->st = mpk_xxh_new()))
-        return; /* (read back instead) */
-    mpk_xxh_update(m->st, buf, (size_t)w->len);
-    m->to += w->len;
+    mpk_xxh_update(h, buf, (size_t)w->len);
+    c->mh[w->out].to += w->len;
 }
 
 /* What happens to output i once all its bytes are written: its XXH3-128 (o->hash_outputs),
@@ -354,9 +364,8 @@ void *ex_worker(void *arg)
     ex_pipe pp = {.fd = {-1, -1}};
     if (c->o->use_copy_range)
         ex_pipe_open(&pp);
-    char *bounce_raw = NULL; /* (without it, the outputs are read back to be hashed) */
-    if (c->bounce)
-        pp.bounce = ex_dio_aligned(bounce_raw = mpk_alloc(EX_BOUNCE_PIECE + 2 * EX_DIO_ALIGN));
+    if (c->bounce) /* (without it, the outputs are read back to be hashed) */
+        pp.bounce = mpk_alloc(EX_BOUNCE_PIECE);
     r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
     if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
         if (!r.reqs)
@@ -396,17 +405,10 @@ void *ex_worker(void *arg)
         ex_direct *dio = c->dio && c->dio[w->shard].fd >= 0 ? &c->dio[w->shard] : NULL;
         if (!dio && c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
             if ((s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
-                /* hashed on the way when next in its output (else that output is read back) */
-                mem_hash *m = c->mh && pp.bounce ? &c->mh[w->out] : NULL;
-                mpk_xxh *hs = NULL;
-                if (m && w->off == m->to && !(c->split && c->split[w->out])) {
-                    if (w->off == 0 && !m->st)
-                        m->st = mpk_xxh_new();
-                    hs = m->st;
-                }
+                mpk_xxh *hs = c->mh && pp.bounce ? mem_hash_next(c, w) : NULL; /* hashed on the way */
                 s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, w->at, &pp, hs, &err);
                 if (hs) /* a failed copy may have hashed part of the unit: read back instead */
-                    m->to = s == MPK_OK ? m->to + w->len : UINT64_MAX;
+                    c->mh[w->out].to = s == MPK_OK ? c->mh[w->out].to + w->len : UINT64_MAX;
                 end_turn(c, q, s == MPK_OK);
                 if (s == MPK_OK) {
                     done = true;
@@ -452,7 +454,7 @@ void *ex_worker(void *arg)
     atomic_fetch_add(&c->spliced_bytes, pp.bytes);
     atomic_fetch_add(&c->bounced_bytes, pp.bounced);
     ex_pipe_close(&pp);
-    free(bounce_raw);
+    free(pp.bounce);
     free(buf_raw);
     free(hbuf);
     free(r.reqs);
