@@ -23,8 +23,9 @@ once before the rounds: the bytes the command writes. --shard-size 1GB adds pack
 --no-fsync with --max-shard-size 1GB: several output shards, written by the threads in parallel
 (a release of 100 GB and more has several at the default 50 GB; this source makes one).
 --disk adds, per command, what the block device under WORKDIR did meanwhile (/proc/diskstats,
-sampled every 50 ms): GB written to it (and read, with --cold), seconds it was busy (io_ticks), and seconds during which
-writes were in flight but none completed (stalls: on a VM, the host's storage holding them).
+sampled every 50 ms): GB written to it (and read, with --cold), seconds it was busy (io_ticks), seconds during which
+writes were in flight but none completed (stalls: on a VM, the host's storage holding them), and
+the cache flushes it completed (each fsync of a file, and sync, sends one) with their summed time.
 
 Right before each timed command, a file as large as what it writes (twice that with --cold, whose
 reads fill the page cache too) is written into WORKDIR and deleted, untimed (skip with
@@ -72,7 +73,7 @@ def disk_of(path):
     return os.path.basename(real)
 
 
-DiskStat = collections.namedtuple("DiskStat", "read written in_flight busy_ms")  # sectors, sectors, I/Os, ms
+DiskStat = collections.namedtuple("DiskStat", "read written in_flight busy_ms flushes flush_ms")  # sectors, sectors, I/Os, ms, -, ms
 
 
 def diskstat(name):
@@ -81,8 +82,9 @@ def diskstat(name):
         for line in f:
             v = line.split()
             if v[2] == name:
-                return DiskStat(int(v[5]), int(v[9]), int(v[11]), int(v[12]))
-    return DiskStat(0, 0, 0, 0)
+                fl = (int(v[18]), int(v[19])) if len(v) > 19 else (0, 0)  # (kernels before 5.5: none)
+                return DiskStat(int(v[5]), int(v[9]), int(v[11]), int(v[12]), *fl)
+    return DiskStat(0, 0, 0, 0, 0, 0)
 
 
 class DiskWatch:
@@ -113,6 +115,7 @@ class DiskWatch:
         self.gb = (s1.written - self.s0.written) * 512 / 1e9
         self.rgb = (s1.read - self.s0.read) * 512 / 1e9
         self.busy = (s1.busy_ms - self.s0.busy_ms) / 1e3
+        self.flushes, self.flush_s = s1.flushes - self.s0.flushes, (s1.flush_ms - self.s0.flush_ms) / 1e3
 
 
 def timed(cmd, out, disk=None):
@@ -237,15 +240,17 @@ def main():
               f"{ratio}")
     if disk:
         print(f"\nthe disk ({disk}) over each command, medians over the rounds: GB written to it (read, with --cold), seconds "
-              "busy, seconds stalled (writes in flight, none completing); the ratio of wall time less "
-              "stalls against the baseline's")
+              "busy, seconds stalled (writes in flight, none completing), cache flushes the device completed "
+              "(fsync, sync) and their summed time; the ratio of wall time less stalls against the baseline's")
         for n in names:
             g = statistics.median(x.gb for x in dw[n])
             rg = statistics.median(x.rgb for x in dw[n])
             busy = statistics.median(x.busy for x in dw[n])
             st = [x.stall for x in dw[n]]
+            fl, fs = statistics.median(x.flushes for x in dw[n]), statistics.median(x.flush_s for x in dw[n])
             line = f"{n:26} {g:6.2f} GB{f' (read {rg:.2f})' if a.cold else ''}  busy {busy:6.2f}s  " \
-                   f"stalled {statistics.median(st):6.2f}s (rounds {min(st):.2f}-{max(st):.2f}s)"
+                   f"stalled {statistics.median(st):6.2f}s (rounds {min(st):.2f}-{max(st):.2f}s)  " \
+                   f"flushes {fl:3.0f} ({fs:.2f}s)"
             base = cmds[n][1]
             if base:
                 rs = [(tb - b.stall) / (t - x.stall) for tb, b, t, x in
