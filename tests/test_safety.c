@@ -519,6 +519,25 @@ static void test_stale_temporaries(void **state)
     tu_rmrf(d);
 }
 
+/* The safety-bounce run (MOEPACK_BOUNCE=1, tests/meson.build) moves the pure bytes of these
+ * packs through a worker's buffer, so the write failures, kills and resumes above go through
+ * that path: a pack here says so in its report. Skipped in the other runs. */
+static void test_bounce_run_bounces(void **state)
+{
+    (void)state;
+    const char *e = getenv("MOEPACK_BOUNCE");
+    if (!e || strcmp(e, "1") != 0)
+        skip();
+    char *d = path("%s/bounce", root);
+    assert_int_equal(run("", path("pack %s %s " PACK_ARGS " --json", src, d)), 0);
+    char *t = slurp(path("%s/out", root)), *b = t ? strstr(t, "\"bounced_bytes\": ") : NULL;
+    assert_non_null(b);
+    assert_true(strtoull(b + 17, NULL, 10) > 0);
+    free(t);
+    assert_true(same_tree(d, ref));
+    tu_rmrf(d);
+}
+
 /* --no-fsync syncs nothing, the manifest and the source record included (one fsync of the
  * record took 1.04 s of a 2.7 s pack on ext4: its journal commit waited on the output); a
  * durable pack syncs its shards and what finish writes. */
@@ -653,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_landing_never_replaces_unless_forced),
         cmocka_unit_test(test_hash_write_atomic),
         cmocka_unit_test(test_every_write_failure_reported_and_cleaned),
+        cmocka_unit_test(test_bounce_run_bounces),
         cmocka_unit_test(test_real_efbig_and_enospc),
         cmocka_unit_test(test_kill_anywhere_then_rerun_or_resume),
         cmocka_unit_test(test_force_replacement_crash_safe),
