@@ -700,10 +700,9 @@ static mpk_status open_direct(job *j)
 static bool bounce_wanted(const job *j)
 {
     const run_ctx *c = &j->c;
-    const char *e = getenv("MOEPACK_BOUNCE");
-    if (!c->mh || !j->o->use_copy_range || !c->shards || (e && strcmp(e, "0") == 0))
+    if (!c->mh || !j->o->use_copy_range || !c->shards || ex_env_is("MOEPACK_BOUNCE", "0"))
         return false;
-    if (e && strcmp(e, "1") == 0)
+    if (ex_env_is("MOEPACK_BOUNCE", "1"))
         return true;
     double bytes = 0, sq = 0; /* the size of the output an average byte is in: sum n^2 / sum n */
     for (size_t i = 0; i < j->p->n_outs; i++) {
@@ -992,10 +991,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     pthread_cond_init(&j.c.cv, NULL);
     pthread_cond_init(&j.c.sq_cv, NULL);
     atomic_store(&j.c.cfr_ok, 1);
-    const char *pf = getenv("MOEPACK_PREFETCH"); /* =0: no read-ahead hints (to measure them) */
-    j.c.prefetch = !(pf && strcmp(pf, "0") == 0);
-    const char *wb = getenv("MOEPACK_WRITEBACK"); /* =0: no per-output writeback starts (to measure them) */
-    j.c.writeback = !(wb && strcmp(wb, "0") == 0);
+    j.c.prefetch = !ex_env_is("MOEPACK_PREFETCH", "0");   /* =0: no read-ahead hints (to measure them) */
+    j.c.writeback = !ex_env_is("MOEPACK_WRITEBACK", "0"); /* =0: no per-output writeback starts (likewise) */
     if (dist) {
         watch w;
         watch_start(&w, &j);

@@ -8,7 +8,17 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <xxhash.h>
+
+/* Whether environment variable name is set to exactly v: the switches that turn a mechanism off
+ * (=0) or on (=1) to measure it (MOEPACK_SPLICE, _PREFETCH, _WRITEBACK, _BOUNCE). */
+static inline bool ex_env_is(const char *name, const char *v)
+{
+    const char *e = getenv(name);
+    return e && strcmp(e, v) == 0;
+}
 
 typedef struct mpk_node mpk_node;
 
