@@ -155,8 +155,10 @@ static int cmd_completion(int argc, char **argv);
     "                         decimal, KiB/MiB/GiB binary)\n"\
     "  --threads N            worker threads (default: CPUs)\n"\
     "  --mem SIZE             budget for in-flight buffers (default 1GiB)\n"\
-    "  --force                replace an existing DST (the new one is complete and on disk\n"\
-    "                         before the old one is swapped out; never one that holds SRC)\n"\
+    "  --force                replace an existing DST that is a checkpoint or empty (the new\n"\
+    "                         one is complete and on disk before the old one is swapped out;\n"\
+    "                         never one that holds SRC; a file or a folder with no .safetensors\n"\
+    "                         file, index or manifest at its top is refused and left alone)\n"\
     "  --resume               continue an interrupted run into DST (same SRC, options and\n"\
     "                         version): its complete shards are kept once their hashes check\n"\
     "                         out; a run with --resume that fails keeps its partial output\n"\
@@ -427,7 +429,7 @@ const mpk_command mpk_commands[] = {
      "  --level N          zstd level 1..19 (default 1)\n"
      "  --threads N        worker threads (default: CPUs)\n"
      "  --chunk-size SIZE  original bytes per chunk (default 4MiB)\n"
-     "  --force            replace an existing DST\n"
+     "  --force            replace an existing DST that is a checkpoint or empty\n"
      "  --json             the report as JSON on stdout\n"
      "  -q, --quiet        no progress, no summary\n\n"
      "example: moepack compress ./model ./model-z --level 3\n", mpk_cmd_compress},
@@ -437,7 +439,7 @@ const mpk_command mpk_commands[] = {
      "chunk checked against its XXH3-64), and copies the other files. A corrupt, truncated or\n"
      "inconsistent container is an error naming the file, the tensor and the chunk (exit 1).\n\n"
      "  --threads N        worker threads (default: CPUs)\n"
-     "  --force            replace an existing DST\n"
+     "  --force            replace an existing DST that is a checkpoint or empty\n"
      "  --json             the report as JSON on stdout\n"
      "  -q, --quiet        no progress, no summary\n\n"
      "example: moepack decompress ./model-z ./model\n",

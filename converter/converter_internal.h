@@ -10,6 +10,11 @@
  * the real paths, so symlinks, bind mounts and different spellings do not hide an overlap.
  * src_path is the path the user gave (the checkpoint directory or file). */
 mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const char *dst, mpk_error *err);
+/* What force may replace: nothing, a symlink (only the link goes), an empty directory, or a
+ * directory whose top level holds a checkpoint's file (*.safetensors, *.safetensors.mpkz, an
+ * index, moepack.manifest.json). Anything else (a file, a folder of other things: a mistyped
+ * DST such as the folder of all one's models) is MPK_E_DST_FOREIGN and left as it is. */
+mpk_status mpk_force_check(const char *dst, mpk_error *err);
 
 /* The temporary directory a run writes, beside dst:
  *   DIR/.BASE.moepack-tmp.HOST.PID.START.XXXXXX

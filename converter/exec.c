@@ -954,6 +954,8 @@ static mpk_status exec_checks(const mpk_plan *p, const char *src_path, const cha
     struct stat st;
     if (lstat(dst, &st) == 0 && !o->force)
         MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
+    if (o->force)
+        MPK_TRY(mpk_force_check(dst, err));
     if (o->cancel && *o->cancel)
         MPK_FAIL(err, MPK_E_CANCELLED, dst, "cancelled before anything was written");
     if (o->resume && mpk_dist_size() > 1)

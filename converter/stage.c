@@ -8,7 +8,8 @@
  * converter_internal.h). A later run removes the directories of dead owners, or, with resume,
  * continues one with the same plan digest.
  * Landing: renameat2(RENAME_NOREPLACE), or RENAME_EXCHANGE under force, so that at every
- * moment dst is the old directory (or none) or the complete new one.
+ * moment dst is the old directory (or none) or the complete new one. Force replaces only a
+ * checkpoint directory or an empty one (mpk_force_check, at the start and again at landing).
  * (SRC's other files: tree.c.)
  */
 #define _GNU_SOURCE
@@ -151,6 +152,52 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
                      dst, src_path, i == 0 ? "" : ": its file ", i == 0 ? "" : p);
     }
     return MPK_OK;
+}
+
+/* ---------------------------------------------------------------- what force replaces */
+
+static bool ends_with(const char *s, const char *end)
+{
+    size_t n = strlen(s), k = strlen(end);
+    return n >= k && strcmp(s + n - k, end) == 0;
+}
+
+static bool ckpt_file_name(const char *name)
+{
+    return ends_with(name, ".safetensors") || ends_with(name, ".safetensors.mpkz") ||
+           ends_with(name, ".safetensors.index.json") || strcmp(name, "moepack.manifest.json") == 0;
+}
+
+mpk_status mpk_force_check(const char *dst, mpk_error *err)
+{
+    struct stat sb;
+    if (lstat(dst, &sb) != 0 || S_ISLNK(sb.st_mode))
+        return MPK_OK;
+    if (!S_ISDIR(sb.st_mode))
+        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
+                 "not a directory; --force replaces a checkpoint directory, not a file: it was left as it "
+                 "is (remove it yourself, or write elsewhere)");
+    DIR *d = opendir(dst);
+    if (!d)
+        return mpk_error_set(err, MPK_E_IO, errno, dst, "cannot list it to see what --force would replace: %s",
+                             strerror(errno));
+    char first[256] = "";
+    size_t n = 0;
+    bool ckpt = false;
+    for (struct dirent *e; !ckpt && (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (!n++)
+            snprintf(first, sizeof first, "%s", e->d_name);
+        ckpt = ckpt_file_name(e->d_name);
+    }
+    closedir(d);
+    if (ckpt || n == 0)
+        return MPK_OK;
+    MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
+             "not a checkpoint: its top level holds no *.safetensors file, index or moepack.manifest.json "
+             "('%s'%s), and --force replaces only a checkpoint directory or an empty one: it was left as it "
+             "is (remove it yourself, or write elsewhere)", first, n > 1 ? " and more" : "");
 }
 
 /* ---------------------------------------------------------------- owners */
@@ -574,6 +621,8 @@ static mpk_status rename_into_place(mpk_stage *st, bool force, bool *exchanged, 
     if (mpk_fault_point("rename"))
         return mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot rename %s into place: %s", st->tmp,
                              strerror(errno));
+    if (force) /* again: what is there now (a folder may have appeared since the run began) */
+        MPK_TRY(mpk_force_check(st->dst, err));
     if (force && renameat2(AT_FDCWD, st->tmp, AT_FDCWD, st->dst, RENAME_EXCHANGE) == 0) {
         *exchanged = true;
         return MPK_OK;

@@ -235,6 +235,8 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
         inside = strcmp(sreal, dfull) == 0 || (strncmp(sreal, dfull, strlen(dfull)) == 0 && sreal[strlen(dfull)] == '/');
     if (inside)
         MPK_FAIL(err, MPK_E_OVERLAP, r->dst, "the destination is, holds or lies inside the source %s", r->src);
+    if (r->flags & MPK_CONVERT_FORCE)
+        MPK_TRY(mpk_force_check(r->dst, err));
     double t0 = now();
     mpk_exec_opts eo = {.warn = r->warn, .warn_ctx = r->ctx, .force = r->flags & MPK_CONVERT_FORCE};
     mpk_stage stage;

@@ -54,6 +54,16 @@ class Binding(unittest.TestCase):
             moepack.inspect(self.path("absent"))
         self.assertEqual(cm.exception.status, "not-found")
         self.assertFalse(os.path.exists(self.path("x")))
+        # force replaces a checkpoint, never a folder of other things
+        mine = self.path("mine")
+        os.makedirs(os.path.join(mine, "photos"))
+        with open(os.path.join(mine, "photos", "a.jpg"), "w") as f:
+            f.write("x")
+        with self.assertRaises(moepack.Error) as cm:
+            moepack.pack(self.src, mine, force=True)
+        self.assertEqual(cm.exception.status, "destination-not-checkpoint")
+        self.assertEqual(os.listdir(mine), ["photos"])
+        shutil.rmtree(mine)
 
     def test_diff_sees_a_changed_value(self):
         copy = self.path("copy")

@@ -140,6 +140,61 @@ static void test_overlap_refused(void **state)
     tu_rmrf(s);
 }
 
+/* ---------------------------------------------------------------- 1b. what --force replaces */
+
+static void test_force_replaces_only_checkpoints(void **state)
+{
+    (void)state;
+    /* reproducer: `moepack pack SRC ~/models --force` (the subfolder's name forgotten)
+     * exited 0 and ~/models, every other model in it, was gone; likewise a file */
+    char *home = path("%s/fh", root), *file = path("%s/fh.txt", root), *h1 = path("%s/fh.sum", root),
+         *h2 = path("%s/fh.sum2", root);
+    assert_int_equal(tu_sh("mkdir -p %s/other-model && echo w > %s/other-model/model.safetensors && "
+                           "echo notes > %s/notes.md && echo data > %s", home, home, home, file), 0);
+    assert_int_equal(tu_sh("(cd %s && find . | sort && cat $(find . -type f | sort)) > %s && cat %s >> %s",
+                           home, h1, file, h1), 0);
+    const char *cmds[] = {"pack %s %s " PACK_ARGS " --force", "unpack %s %s -q --force", "compress %s %s -q --force"};
+    for (size_t i = 0; i < 3; i++) {
+        const char *from = i == 1 ? ref : src;
+        assert_int_equal(run("", path(cmds[i], from, home)), 1);
+        assert_true(err_has("not a checkpoint"));
+        assert_true(err_has(home)); /* names the destination */
+        assert_true(err_has("left as it is"));
+        assert_int_equal(run("", path(cmds[i], from, file)), 1);
+        assert_true(err_has("not a directory"));
+    }
+    /* the API says which rule: its own status */
+    mpk_error err = {0};
+    assert_int_equal(mpk_force_check(home, &err), MPK_E_DST_FOREIGN);
+    assert_string_equal(mpk_status_str(err.code), "destination-not-checkpoint");
+    assert_int_equal(mpk_force_check(file, &err), MPK_E_DST_FOREIGN);
+    assert_int_equal(mpk_force_check(path("%s/none", root), &err), MPK_OK);
+    /* nothing changed, nothing written beside them */
+    assert_int_equal(tu_sh("(cd %s && find . | sort && cat $(find . -type f | sort)) > %s && cat %s >> %s && cmp -s %s %s",
+                           home, h2, file, h2, h1, h2), 0);
+    assert_false(litter(root));
+    /* what it does replace: an empty folder, a checkpoint (one with a shard, one with only an
+     * index, a compressed one), and a symlink, whose target stays as it was */
+    char *d = path("%s/fe", root);
+    const char *olds[] = {"", "echo x > model-00001-of-00002.safetensors && echo y > README.md",
+                          "echo {} > model.safetensors.index.json", "echo x > model.safetensors.mpkz"};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(tu_sh("mkdir %s && cd %s && true %s %s", d, d, *olds[i] ? "&&" : "", olds[i]), 0);
+        assert_int_equal(run("", path("pack %s %s " PACK_ARGS " --force", src, d)), 0);
+        assert_true(same_tree(d, ref));
+        tu_rmrf(d);
+    }
+    assert_int_equal(tu_sh("ln -s %s %s", home, d), 0);
+    assert_int_equal(run("", path("pack %s %s " PACK_ARGS " --force", src, d)), 0);
+    assert_true(same_tree(d, ref));
+    assert_int_equal(tu_sh("(cd %s && find . | sort && cat $(find . -type f | sort)) > %s && cat %s >> %s && cmp -s %s %s",
+                           home, h2, file, h2, h1, h2), 0);
+    assert_false(litter(root));
+    tu_rmrf(d);
+    tu_rmrf(home);
+    unlink(file);
+}
+
 /* ---------------------------------------------------------------- 3. permissions */
 
 static void test_output_follows_umask(void **state)
@@ -267,8 +322,21 @@ static void test_landing_never_replaces_unless_forced(void **state)
     free(t);
     assert_false(exists(path("%s/model-00001-of-00003.safetensors", race_dst)));
     assert_false(litter(root));
-    /* with force the new output replaces it: exchanged, then the old one removed */
+    /* with force, a folder that is no checkpoint is refused: before the run, and when it
+     * appears while the run writes (at landing) */
     eo.force = true;
+    eo.finish = NULL;
+    assert_int_equal(mpk_exec(p, race_dst, &eo, &st, &err), MPK_E_DST_FOREIGN);
+    tu_rmrf(race_dst);
+    eo.finish = someone_creates_dst;
+    assert_int_equal(mpk_exec(p, race_dst, &eo, &st, &err), MPK_E_DST_FOREIGN);
+    assert_non_null(strstr(err.msg, "not a checkpoint"));
+    t = slurp(path("%s/precious.txt", race_dst));
+    assert_string_equal(t, "x");
+    free(t);
+    assert_false(litter(root));
+    /* a checkpoint there: the new output replaces it, exchanged, then the old one removed */
+    tu_write(path("%s/model.safetensors", race_dst), "old");
     eo.finish = NULL;
     assert_int_equal(mpk_exec(p, race_dst, &eo, &st, &err), MPK_OK);
     assert_false(exists(path("%s/precious.txt", race_dst)));
@@ -446,14 +514,15 @@ static void test_force_replacement_crash_safe(void **state)
     /* --force: at every moment DST is the old directory or the complete new one */
     char *d = path("%s/forced", root), args[800];
     snprintf(args, sizeof args, "pack %s %s " PACK_ARGS " --force", src, d);
-    assert_int_equal(tu_sh("mkdir -p %s && echo old > %s/old.txt", d, d), 0);
+    const char *mk_old = "mkdir -p %s && echo old > %s/old.txt && echo old > %s/model.safetensors"; /* a checkpoint */
+    assert_int_equal(tu_sh(mk_old, d, d, d), 0);
     long n = fault_points(args);
     assert_true(n > 20);
     for (long k = 1; k <= n; k++) {
         tu_rmrf(d);
-        assert_int_equal(tu_sh("mkdir -p %s && echo old > %s/old.txt", d, d), 0);
+        assert_int_equal(tu_sh(mk_old, d, d, d), 0);
         assert_int_equal(run(path("MOEPACK_FAULT=%ld:kill", k), args), 137);
-        bool old = exists(path("%s/old.txt", d)) && tu_sh("test $(ls -A %s | wc -l) = 1", d) == 0;
+        bool old = exists(path("%s/old.txt", d)) && tu_sh("test $(ls -A %s | wc -l) = 2", d) == 0;
         if (!old && !same_tree(d, ref))
             fail_msg("kill at call %ld of %ld: DST is neither the old nor the new output", k, n);
         assert_int_equal(run("", args), 0); /* the rerun cleans up and lands */
@@ -667,6 +736,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_overlap_refused),
+        cmocka_unit_test(test_force_replaces_only_checkpoints),
         cmocka_unit_test(test_output_follows_umask),
         cmocka_unit_test(test_side_files_recursive_no_escape),
         cmocka_unit_test(test_landing_never_replaces_unless_forced),

@@ -97,6 +97,9 @@ typedef enum mpk_status {
     MPK_E_CANCELLED = 45,         /* the caller's cancel flag was raised */
     MPK_E_CONTAINER = 46,         /* a compressed shard (.mpkz) is corrupt, truncated, of an unknown
                                      version, or declares sizes that disagree with its header */
+    MPK_E_DST_FOREIGN = 47,       /* MPK_CONVERT_FORCE would replace a destination that is not a
+                                     checkpoint directory (a file, or a folder with no
+                                     *.safetensors file, index or manifest): left as it is */
     MPK_STATUS_COUNT
 } mpk_status;
 
@@ -278,7 +281,8 @@ typedef enum mpk_io_backend {
 } mpk_io_backend;
 
 enum {
-    MPK_CONVERT_FORCE = 1u << 0,         /* replace an existing dst (never one holding src) */
+    MPK_CONVERT_FORCE = 1u << 0,         /* replace an existing dst that is a checkpoint directory
+                                            or empty (never one holding src) */
     MPK_CONVERT_RESUME = 1u << 1,        /* continue an interrupted run's temporary directory */
     MPK_CONVERT_COPY_LINKS = 1u << 2,    /* copy what symlinks pointing out of src point at */
     MPK_CONVERT_NO_FSYNC = 1u << 3,      /* rename into place without flushing first (cp's way) */
@@ -331,7 +335,8 @@ MPK_API void mpk_convert_req_init(mpk_convert_req *r, const char *src, const cha
  * records the source release (moepack.source.zst: file names, header bytes, index) so that
  * unpacking gives every file back byte for byte. Errors:
  * any of mpk_ckpt_open's and mpk_spec_load's, MPK_E_USAGE (a bad request), MPK_E_DST_EXISTS,
- * MPK_E_OVERLAP (dst is, holds or lies in src), MPK_E_EXPERT_MISSING, MPK_E_SHAPE,
+ * MPK_E_DST_FOREIGN (forced over a dst that is not a checkpoint), MPK_E_OVERLAP (dst is, holds or
+ * lies in src), MPK_E_EXPERT_MISSING, MPK_E_SHAPE,
  * MPK_E_DTYPE_MISMATCH, MPK_E_CONFLICT, MPK_E_QUANT, MPK_E_MEMORY_BUDGET, MPK_E_CHANGED,
  * MPK_E_IO, MPK_E_CANCELLED, MPK_E_MANIFEST (a malformed source record), MPK_E_INDEX /
  * MPK_E_CONFLICT (a layout_like index that does not place every output). On success *report (report may be NULL) is owned by the caller;
@@ -419,7 +424,7 @@ typedef struct mpk_compress_req {
 } mpk_compress_req;
 MPK_API void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst);
 /* Errors: MPK_E_USAGE, MPK_E_NOT_FOUND (no directory, or nothing to convert), MPK_E_DST_EXISTS,
- * MPK_E_CONFLICT (SRC holds both NAME.safetensors and NAME.safetensors.mpkz), any header error
+ * MPK_E_DST_FOREIGN, MPK_E_CONFLICT (SRC holds both NAME.safetensors and NAME.safetensors.mpkz), any header error
  * of a shard, MPK_E_IO, MPK_E_NOMEM. Output staged and renamed into place. */
 MPK_API mpk_status mpk_compress(const mpk_compress_req *r, mpk_report **out, mpk_error *err);
 /* Errors: as mpk_compress's, and MPK_E_CONTAINER (naming the file, tensor and chunk). */
