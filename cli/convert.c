@@ -244,7 +244,8 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
     mpk_report *rep;
     if (mpk_convert(&req, &rep, &err) != MPK_OK) {
         mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
-        return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL; /* an overlap is a usage error */
+        /* an overlap, or a destination that names no directory, is a usage error */
+        return err.code == MPK_E_OVERLAP || err.code == MPK_E_USAGE ? MPK_EXIT_USAGE : MPK_EXIT_FAIL;
     }
     if (rep && (a.json || !a.quiet))
         mpk_cli_print_report(cmd, rep, a.json, true);

@@ -602,6 +602,9 @@ static int run(int argc, char **argv)
         return cmd_help(1, argv);
     if (strcmp(name, "--version") == 0)
         return cmd_version(1, argv);
+    for (int i = 2; i < argc; i++) /* `moepack pack "$SRC" "$OUT"` with OUT unset: say so, write nothing */
+        if (!argv[i][0])
+            return mpk_cli_usage(name, "argument %d is empty (an unset shell variable?)", i - 1);
     for (size_t i = 0; i < mpk_n_commands; i++) {
         const mpk_command *c = &mpk_commands[i];
         if (strcmp(c->name, name) == 0) {

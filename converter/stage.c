@@ -522,6 +522,10 @@ mpk_status mpk_stage_open(mpk_stage *st, const char *dst, uint64_t digest, const
     char *slash = st->dst ? strrchr(st->dst, '/') : NULL;
     st->parent = !st->dst ? NULL : !slash ? mpk_strndup(".", 1) : mpk_strndup(st->dst, slash == st->dst ? 1 : (size_t)(slash - st->dst));
     st->base = st->dst ? mpk_strndup(slash ? slash + 1 : st->dst, strlen(slash ? slash + 1 : st->dst)) : NULL;
+    if (st->base && (!st->base[0] || strcmp(st->base, ".") == 0 || strcmp(st->base, "..") == 0))
+        /* "", "/", "DIR/.", "..": no name to rename a new directory to */
+        MPK_FAIL(err, MPK_E_USAGE, dst, "the destination must end in the name of the directory to create "
+                 "(not '', '/', '.' or '..'): write DIR/NAME");
     char *prefix = st->base ? tmp_prefix(st->base) : NULL;
     if (!prefix || !st->parent || !(st->tmp = mpk_alloc(strlen(st->parent) + strlen(prefix) + 160))) {
         free(prefix);

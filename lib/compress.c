@@ -216,8 +216,8 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
 {
     if (out)
         *out = NULL;
-    if (!r || !r->src || !r->dst)
-        MPK_FAIL(err, MPK_E_USAGE, "request", "needs a source and a destination");
+    if (!r || !r->src || !r->dst || !r->src[0] || !r->dst[0])
+        MPK_FAIL(err, MPK_E_USAGE, "request", "needs a source and a destination (not NULL, not empty)");
     if (r->level < 1 || r->level > 19 || r->chunk_size < 8 || r->chunk_size > (64u << 20) || r->chunk_size % 8)
         MPK_FAIL(err, MPK_E_USAGE, "request", "level 1..19, chunk size a multiple of 8 up to 64 MiB");
     struct stat st;

@@ -152,10 +152,10 @@ static void job_free(void *p)
 
 static mpk_status check_req(const mpk_convert_req *r, bool writes, mpk_error *err)
 {
-    if (!r || !r->src)
-        MPK_FAIL(err, MPK_E_USAGE, "request", "no source checkpoint");
-    if (writes && !r->dst)
-        MPK_FAIL(err, MPK_E_USAGE, "request", "no destination");
+    if (!r || !r->src || !r->src[0])
+        MPK_FAIL(err, MPK_E_USAGE, "request", "no source checkpoint (NULL or an empty path)");
+    if (writes && (!r->dst || !r->dst[0]))
+        MPK_FAIL(err, MPK_E_USAGE, "request", "no destination (NULL or an empty path)");
     if ((unsigned)r->direction >= MPK_DIRECTION_COUNT || (unsigned)r->quant >= MPK_QUANT_COUNT ||
         (unsigned)r->io >= MPK_IO_BACKEND_COUNT)
         MPK_FAIL(err, MPK_E_USAGE, "request", "direction, quant or io out of range");

@@ -401,6 +401,19 @@ json_check "... expert_layout packed" "d['expert_layout'] == 'packed'"
 expect 1 "pack into an existing DST" -- "$M" pack "$tmp/lfm" "$tmp/lfm-c"
 grep -q -- "--force" "$tmp/err" && ! grep -q "^hint:" "$tmp/err" && echo "ok: ... says --force once" \
   || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+# an empty argument (`moepack pack "$SRC" "$OUT"` with OUT unset) and a DST ending in '.' or '..'
+# are usage errors, nothing written (they used to stage ./..moepack-tmp.* and fail at the rename)
+expect 2 "an empty DST" -- "$M" pack "$tmp/lfm" "" -q
+grep -q "argument 2 is empty" "$tmp/err" && echo "ok: ... names the empty argument" \
+  || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
+expect 2 "an empty SRC" -- "$M" hash ""
+"$M" pack "$tmp/lfm" "$tmp/dot" -q
+sum_before=$(cd "$tmp/dot" && ls -A | sort | md5sum)
+expect 2 "--force into '.'" -- sh -c "cd '$tmp/dot' && exec '$M' pack '$tmp/lfm' . --force -q"
+sum_after=$(cd "$tmp/dot" && ls -A | sort | md5sum)
+grep -q "must end in the name of the directory" "$tmp/err" && [ "$sum_after" = "$sum_before" ] \
+  && echo "ok: ... says why, DST untouched (no staging directory in it either)" \
+  || { echo "FAIL: $(cat "$tmp/err"); $(ls -A "$tmp/dot")" >&2; fails=$((fails + 1)); }
 expect 1 "pack with an unknown preset" -- "$M" pack "$tmp/lfm" "$tmp/x" --preset bogus
 [ "$(grep -c "moepack presets" "$tmp/err")" = 1 ] && echo "ok: ... names 'moepack presets' once" \
   || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }

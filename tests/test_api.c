@@ -233,6 +233,16 @@ static void test_request_errors(void **state)
         if (cases[i].want != MPK_E_DST_EXISTS)
             assert_false(exists(dst));
     }
+    /* an empty path, and a destination that names no directory to create */
+    mpk_convert_req_init(&r, path("src"), "");
+    assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);
+    assert_non_null(strstr(err.msg, "empty path"));
+    mpk_convert_req_init(&r, "", path("x6"));
+    assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);
+    assert_false(exists(path("x6")));
+    mpk_convert_req_init(&r, path("src"), path("x7/.."));
+    assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);
+    assert_non_null(strstr(err.msg, "name of the directory to create"));
     /* a malformed spec file: the JSON path of the problem */
     FILE *f = fopen(path("bad.json"), "w");
     fputs("{\"name\": \"bad\", \"converters\": [{\"sources\": 3}]}", f);
