@@ -151,8 +151,8 @@ static int cmd_completion(int argc, char **argv);
     "  --preset NAME          preset (default auto: from config.json's model_type; see\n"\
     "                         'moepack presets')\n"
 #define CONV_OPTS \
-    "  --max-shard-size SIZE  output shard size (default 50GB, transformers v5's; KB/MB/GB\n"\
-    "                         decimal, KiB/MiB/GiB binary)\n"\
+    "  --max-shard-size SIZE  output shard size (default 50GB, transformers v5's; 0: one\n"\
+    "                         shard; KB/MB/GB decimal, KiB/MiB/GiB binary)\n"\
     "  --threads N            worker threads (default: CPUs)\n"\
     "  --mem SIZE             budget for in-flight buffers (default 1GiB)\n"\
     "  --force                replace an existing DST that is a checkpoint or empty (the new\n"\
