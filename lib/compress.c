@@ -8,7 +8,6 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,16 +224,9 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
         MPK_FAIL(err, MPK_E_NOT_FOUND, r->src, "not a checkpoint directory");
     if (lstat(r->dst, &st) == 0 && !(r->flags & MPK_CONVERT_FORCE))
         MPK_FAIL(err, MPK_E_DST_EXISTS, r->dst, "destination exists (use --force to replace it)");
-    /* DST may not be SRC or lie inside it (the staging directory would be read as a source) */
-    char *dcopy = mpk_strndup(r->dst, strlen(r->dst)), sreal[PATH_MAX], dreal[PATH_MAX];
-    bool inside = dcopy && realpath(r->src, sreal) && realpath(dirname(dcopy), dreal) &&
-                  (strcmp(sreal, dreal) == 0 || (strncmp(sreal, dreal, strlen(sreal)) == 0 && dreal[strlen(sreal)] == '/'));
-    free(dcopy);
-    char dfull[PATH_MAX];
-    if (!inside && realpath(r->src, sreal) && realpath(r->dst, dfull)) /* an existing DST: not SRC, nor holding it */
-        inside = strcmp(sreal, dfull) == 0 || (strncmp(sreal, dfull, strlen(dfull)) == 0 && sreal[strlen(dfull)] == '/');
-    if (inside)
-        MPK_FAIL(err, MPK_E_OVERLAP, r->dst, "the destination is, holds or lies inside the source %s", r->src);
+    /* DST may not be SRC, lie inside it (the staging directory would be read as a source) or
+     * hold it: by device and inode, as pack's (a bind mount or symlink does not hide it) */
+    MPK_TRY(mpk_overlap_check(r->src, NULL, r->dst, err));
     if (r->flags & MPK_CONVERT_FORCE)
         MPK_TRY(mpk_force_check(r->dst, err));
     double t0 = now();

@@ -122,6 +122,13 @@ static void test_overlap_refused(void **state)
         assert_int_equal(run("", path("pack %s %s/sub", s, bind)), 2);
         assert_true(err_has("lies inside the source"));
         assert_int_equal(run("", path("pack %s %s --force", bind, s)), 2);
+        /* reproducer: `compress BIND SRC --force` replaced the source (compress compared
+         * real path strings, which a bind mount does not share) */
+        assert_int_equal(run("", path("compress %s %s --force -q", bind, s)), 2);
+        assert_true(err_has("is the source"));
+        assert_int_equal(run("", path("decompress %s %s --force", bind, s)), 2);
+        assert_int_equal(run("", path("compress %s %s/sub -q", s, bind)), 2);
+        assert_true(err_has("lies inside the source"));
         umount(bind);
     } else {
         print_message("bind mount not permitted here (%s): that case skipped\n", strerror(errno));
