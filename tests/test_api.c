@@ -240,6 +240,10 @@ static void test_request_errors(void **state)
     mpk_convert_req_init(&r, "", path("x6"));
     assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);
     assert_false(exists(path("x6")));
+    mpk_compress_req cr;
+    mpk_compress_req_init(&cr, path("src"), "");
+    assert_int_equal(mpk_compress(&cr, NULL, &err), MPK_E_USAGE);
+    assert_non_null(strstr(err.msg, "not empty"));
     mpk_convert_req_init(&r, path("src"), path("x7/.."));
     assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);
     assert_non_null(strstr(err.msg, "name of the directory to create"));

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -176,6 +177,20 @@ static void test_force_replaces_only_checkpoints(void **state)
     assert_string_equal(mpk_status_str(err.code), "destination-not-checkpoint");
     assert_int_equal(mpk_force_check(file, &err), MPK_E_DST_FOREIGN);
     assert_int_equal(mpk_force_check(path("%s/none", root), &err), MPK_OK);
+    /* a folder it cannot list is not replaced either: no descriptor left for opendir (EMFILE) */
+    struct rlimit was;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &was), 0);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &(struct rlimit){64, was.rlim_max}), 0);
+    int fds[64], nf = 0;
+    while (nf < 64 && (fds[nf] = dup(0)) >= 0)
+        nf++;
+    mpk_status cs = mpk_force_check(home, &err);
+    while (nf > 0)
+        close(fds[--nf]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &was), 0);
+    assert_int_equal(cs, MPK_E_IO);
+    assert_int_equal(err.sys_errno, EMFILE);
+    assert_non_null(strstr(err.msg, "cannot list it"));
     /* nothing changed, nothing written beside them */
     assert_int_equal(tu_sh("(cd %s && find . | sort && cat $(find . -type f | sort)) > %s && cat %s >> %s && cmp -s %s %s",
                            home, h2, file, h2, h1, h2), 0);
