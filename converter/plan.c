@@ -223,12 +223,6 @@ static bool is_fp8(mpk_dtype d)
     return d == MPK_DTYPE_F8_E4M3 || d == MPK_DTYPE_F8_E5M2;
 }
 
-static bool ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
 const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *t)
 {
     if (!p->n_views || (const void *)t < (const void *)p->views ||
@@ -255,7 +249,7 @@ static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_
     for (size_t i = 0; i < src->n_tensors; i++) {
         const mpk_ckpt_tensor *t = &src->tensors[i];
         const char *name = t->info->name;
-        if (opts->dequantize && ends_with(name, "_scale_inv")) {
+        if (opts->dequantize && mpk_str_ends(name, "_scale_inv")) {
             char *w = mpk_arena_strndup(p->arena, name, strlen(name) - 10);
             const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(src, w) : NULL;
             if (wt && is_fp8(wt->info->dtype))
@@ -671,7 +665,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
     /* already converted? nothing matched a source, but something looks like a target */
     if (n_accs == 0 && spec->n_rules > 0) {
         for (size_t ti = 0; ti < src->n_tensors; ti++)
-            if (ends_with(src->tensors[ti].info->name, "_blocks") && !spec->dequantizes) {
+            if (mpk_str_ends(src->tensors[ti].info->name, "_blocks") && !spec->dequantizes) {
                 st = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, where,
                                    "tensor '%s' is MXFP4 experts, already packed (preset '%s' has "
                                    "nothing to do); use --preset gpt_oss to dequantize them",

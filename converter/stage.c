@@ -156,16 +156,10 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
 
 /* ---------------------------------------------------------------- what force replaces */
 
-static bool ends_with(const char *s, const char *end)
-{
-    size_t n = strlen(s), k = strlen(end);
-    return n >= k && strcmp(s + n - k, end) == 0;
-}
-
 static bool ckpt_file_name(const char *name)
 {
-    return ends_with(name, ".safetensors") || ends_with(name, ".safetensors.mpkz") ||
-           ends_with(name, ".safetensors.index.json") || strcmp(name, "moepack.manifest.json") == 0;
+    return mpk_str_ends(name, ".safetensors") || mpk_str_ends(name, ".safetensors.mpkz") ||
+           mpk_str_ends(name, ".safetensors.index.json") || strcmp(name, "moepack.manifest.json") == 0;
 }
 
 mpk_status mpk_force_check(const char *dst, mpk_error *err)

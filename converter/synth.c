@@ -51,12 +51,6 @@ static char *subst(mpk_arena *a, const char *pat, const char *key, long v)
     return mpk_arena_printf(a, "%.*s%ld%s", (int)(hit - pat), pat, v, hit + strlen(key));
 }
 
-static bool ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
 /* Fills a tensor: floats in [-0.05, 0.05) (FP8 scale grids: positive, about 1e-4), MXFP4
  * scales E8M0 codes 118..125 (2^-9 .. 2^-2), FP8 codes without NaN, other bytes random. */
 static void fill(void *buf, const char *name, const mpk_tmeta *m, uint64_t n_el, uint64_t nbytes,
@@ -66,7 +60,7 @@ static void fill(void *buf, const char *name, const mpk_tmeta *m, uint64_t n_el,
     if (m->dtype == MPK_DTYPE_F32 || m->dtype == MPK_DTYPE_F16 || m->dtype == MPK_DTYPE_BF16) {
         float tmp[1024];
         size_t el = mpk_dtype_size(m->dtype);
-        bool scale = ends_with(name, "_scale_inv");
+        bool scale = mpk_str_ends(name, "_scale_inv");
         for (uint64_t i = 0; i < n_el; i += 1024) {
             size_t k = n_el - i < 1024 ? (size_t)(n_el - i) : 1024;
             for (size_t j = 0; j < k; j++) {
@@ -75,7 +69,7 @@ static void fill(void *buf, const char *name, const mpk_tmeta *m, uint64_t n_el,
             }
             mpk_cast(MPK_DTYPE_F32, tmp, m->dtype, (char *)buf + i * el, k);
         }
-    } else if (m->dtype == MPK_DTYPE_U8 && ends_with(name, "_scales")) {
+    } else if (m->dtype == MPK_DTYPE_U8 && mpk_str_ends(name, "_scales")) {
         for (uint64_t i = 0; i < nbytes; i++)
             b[i] = (unsigned char)(118 + (mpk_rand(seed) >> 61));
     } else {
@@ -90,8 +84,8 @@ static void fill(void *buf, const char *name, const mpk_tmeta *m, uint64_t n_el,
 /* DeepSeek-V3's FP8 checkpoints quantize every linear layer's weight except the router. */
 static bool fp8_quantized(const char *pat, const mpk_tmeta *m)
 {
-    return m->ndim == 2 && ends_with(pat, ".weight") && !strstr(pat, "norm") && !strstr(pat, "embed") &&
-           !strstr(pat, "lm_head") && !ends_with(pat, "mlp.gate.weight") && !strstr(pat, "router");
+    return m->ndim == 2 && mpk_str_ends(pat, ".weight") && !strstr(pat, "norm") && !strstr(pat, "embed") &&
+           !strstr(pat, "lm_head") && !mpk_str_ends(pat, "mlp.gate.weight") && !strstr(pat, "router");
 }
 
 static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, const char *dir,

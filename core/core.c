@@ -161,6 +161,12 @@ char *mpk_strndup(const char *s, size_t n)
     return d;
 }
 
+bool mpk_str_ends(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
 /* ---------------------------------------------------------------- dtypes */
 
 /* The one dtype table: name, bits per element, and what the kernels can do with it (F: a float

@@ -46,6 +46,8 @@ void *mpk_realloc(void *p, size_t n);
  * NULL on allocation failure (items and *cap unchanged, still owned by the caller). */
 void *mpk_grow(void *items, size_t n, size_t *cap, size_t elem, size_t first_cap);
 char *mpk_strndup(const char *s, size_t n);
+/* Whether s ends with suffix. */
+bool mpk_str_ends(const char *s, const char *suffix);
 /* How many allocations through the wrappers above failed on this thread so far (a parser
  * that cannot tell why it failed compares this before and after). */
 unsigned long mpk_alloc_failures(void);

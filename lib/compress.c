@@ -27,12 +27,6 @@ void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst
     r->chunk_size = 4u << 20;
 }
 
-static bool ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
 typedef struct {
     bool compress;
     const char *src;
@@ -45,7 +39,7 @@ static bool skip_converted(const char *name, void *ctx)
 {
     const skip_ctx *k = ctx;
     return mpk_stage_skip_marker(k->src, name, k->o, k->side) ||
-           ends_with(name, k->compress ? ".safetensors" : ".safetensors" EXT) || strcmp(name, ".git") == 0;
+           mpk_str_ends(name, k->compress ? ".safetensors" : ".safetensors" EXT) || strcmp(name, ".git") == 0;
 }
 
 static double now(void)
@@ -81,7 +75,7 @@ static mpk_status list_files(const char *dir, const char *suffix, char ***out, s
     size_t cap = 0;
     mpk_status s = MPK_OK;
     for (struct dirent *e; s == MPK_OK && (e = readdir(d));) {
-        if (!ends_with(e->d_name, suffix) || e->d_name[0] == '.' || mpk_stage_is_marker(e->d_name))
+        if (!mpk_str_ends(e->d_name, suffix) || e->d_name[0] == '.' || mpk_stage_is_marker(e->d_name))
             continue;
         char **g = mpk_grow(v, *n, &cap, sizeof *v, 16);
         char *name = g ? mpk_strndup(e->d_name, strlen(e->d_name)) : NULL;
