@@ -97,10 +97,13 @@ static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const mpk_
     return mpk_copy_tree(p->src->dir, tmp, side_skip, &sc, o, st, err);
 }
 
-/* What determines the output bytes: a resumed run continues only a run with the same. */
-/* What identifies a run (the staging directory's digest): moepack, the spec, the source files
- * (with ids: device, inode and mtime too, which differ between the hosts of an MPI job), the
- * outputs and their layout, the metadata and config written. */
+/* What identifies a run (the staging directory's digest): a resumed run continues only a run
+ * with the same. moepack, the spec, the source files (with ids: device, inode, mtime and ctime
+ * too, which differ between the hosts of an MPI job), the outputs and their layout, the
+ * metadata and config written. The ctime is there for an edit in place that puts the size and
+ * mtime back (rsync --inplace -t, a restore with utimensat): no call can set it, so a source
+ * written since the dead run makes another plan, whose staging directory is removed as not
+ * resumable and the run starts afresh. */
 static uint64_t plan_digest(const mpk_plan *p, const mpk_exec_opts *o, bool ids)
 {
     XXH3_state_t *x = XXH3_createState();
@@ -118,8 +121,10 @@ static uint64_t plan_digest(const mpk_plan *p, const mpk_exec_opts *o, bool ids)
     for (size_t i = 0; i < p->src->n_shards; i++) {
         struct stat st = {0};
         fstat(p->src->shards[i].fd, &st);
-        uint64_t v[5] = {ids ? (uint64_t)st.st_dev : 0, ids ? (uint64_t)st.st_ino : 0, (uint64_t)st.st_size,
-                         ids ? (uint64_t)st.st_mtim.tv_sec : 0, ids ? (uint64_t)st.st_mtim.tv_nsec : 0};
+        uint64_t v[7] = {ids ? (uint64_t)st.st_dev : 0,           ids ? (uint64_t)st.st_ino : 0,
+                         (uint64_t)st.st_size,                     ids ? (uint64_t)st.st_mtim.tv_sec : 0,
+                         ids ? (uint64_t)st.st_mtim.tv_nsec : 0,   ids ? (uint64_t)st.st_ctim.tv_sec : 0,
+                         ids ? (uint64_t)st.st_ctim.tv_nsec : 0};
         ADDS(p->src->shards[i].path);
         ADD(v, sizeof v);
     }

@@ -15,6 +15,7 @@
 #define exists cu_exists
 #define assert_same_ckpt cu_assert_same_ckpt
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -620,6 +621,91 @@ static void test_conflict_and_config_shape(void **state)
     tu_rmrf(dir);
 }
 
+/* ---------------------------------------------------------------- resume after an in-place edit */
+
+/* Reproducer (issue 45, item 6): a pack killed midway, a source shard then rewritten in place
+ * with other bytes of the same size and its mtime put back (what `rsync --inplace -t` leaves),
+ * and `--resume` said "4 of 4 shard(s) kept": the plan digest covered device, inode, size and
+ * mtime, not the ctime no call can set back. The resumed run must not adopt the dead run's
+ * shards (its staging directory is removed as a different plan, and it says so) and its output
+ * is byte for byte a fresh pack of the edited source. */
+static long fault_points_of(const char *dir, const char *args)
+{
+    assert_int_equal(tu_run(dir, "MOEPACK_FAULT=count", args), 0);
+    char *t = tu_slurp(tu_fmt("%s/err", dir));
+    assert_non_null(t);
+    char *at = strstr(t, "fault points passed: ");
+    assert_non_null(at);
+    long n = strtol(at + strlen("fault points passed: "), NULL, 10);
+    free(t);
+    return n;
+}
+
+/* Every byte of the data section of the safetensors file at path inverted, in place (the same
+ * inode and size), its atime and mtime put back to the nanosecond. */
+static void edit_in_place_keep_mtime(const char *path)
+{
+    struct stat before, after;
+    assert_int_equal(stat(path, &before), 0);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    unsigned char pre[8];
+    assert_int_equal(pread(fd, pre, 8, 0), 8);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | pre[i];
+    size_t len = (size_t)before.st_size - 8 - (size_t)n;
+    unsigned char *b = malloc(len + 1);
+    assert_non_null(b);
+    assert_int_equal(pread(fd, b, len, (off_t)(8 + n)), (ssize_t)len);
+    for (size_t i = 0; i < len; i++)
+        b[i] ^= 0xA5;
+    assert_int_equal(pwrite(fd, b, len, (off_t)(8 + n)), (ssize_t)len);
+    free(b);
+    assert_int_equal(fsync(fd), 0);
+    close(fd);
+    struct timespec ts[2] = {before.st_atim, before.st_mtim};
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+    assert_int_equal(stat(path, &after), 0);
+    assert_true(after.st_ino == before.st_ino && after.st_size == before.st_size);
+    assert_true(after.st_mtim.tv_sec == before.st_mtim.tv_sec && after.st_mtim.tv_nsec == before.st_mtim.tv_nsec);
+}
+
+static void test_resume_after_inplace_edit(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_inplace_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *src = tu_fmt("%s/src", dir), *d = tu_fmt("%s/packed", dir), *fresh = tu_fmt("%s/fresh", dir);
+    assert_int_equal(tu_sh("%s synth --layers 3 --hidden 128 --intermediate 64 --shards 3 %s >/dev/null", moepack(),
+                           src), 0);
+    const char *opts = "-q --threads 1 --max-shard-size 200KB";
+    char *args = tu_fmt("pack %s %s %s", src, d, opts);
+    long n = fault_points_of(dir, args);
+    tu_rmrf(d);
+    /* killed late: most output shards are journaled complete */
+    assert_int_equal(tu_run(dir, tu_fmt("MOEPACK_FAULT=%ld:kill", n - 5), args), 137);
+    assert_false(exists(d));
+    assert_int_equal(tu_sh("ls -d %s/.packed.moepack-tmp.* >/dev/null 2>&1", dir), 0);
+    for (int k = 1; k <= 3; k++)
+        edit_in_place_keep_mtime(tu_fmt("%s/model-0000%d-of-00003.safetensors", src, k));
+    assert_int_equal(tu_run(dir, "", tu_fmt("%s --resume --json", args)), 0);
+    assert_true(tu_err_has(dir, "a different plan: not resumable"));
+    char *o = tu_slurp(tu_fmt("%s/out", dir));
+    assert_non_null(o);
+    assert_non_null(strstr(o, "\"resumed\": false"));
+    assert_non_null(strstr(o, "\"shards_kept\": 0"));
+    free(o);
+    /* the output is a fresh pack of the edited source, byte for byte */
+    assert_int_equal(tu_run(dir, "", tu_fmt("pack %s %s %s", src, fresh, opts)), 0);
+    assert_int_equal(tu_sh("cd %s && ls *.safetensors > %s/l1 && cd %s && ls *.safetensors > %s/l2 && cmp -s %s/l1 %s/l2 "
+                           "&& for f in $(cat %s/l1); do cmp -s %s/$f %s/$f || exit 1; done",
+                           d, dir, fresh, dir, dir, dir, dir, d, fresh),
+                     0);
+    assert_same_ckpt(d, fresh);
+    tu_rmrf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -632,6 +718,7 @@ int main(void)
         cmocka_unit_test(test_cli_errors),
         cmocka_unit_test(test_memory_budget),
         cmocka_unit_test(test_conflict_and_config_shape),
+        cmocka_unit_test(test_resume_after_inplace_edit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
