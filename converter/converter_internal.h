@@ -12,8 +12,11 @@
 mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const char *dst, mpk_error *err);
 /* What force may replace: nothing, a symlink (only the link goes), an empty directory, or a
  * directory whose top level holds a checkpoint's file (*.safetensors, *.safetensors.mpkz, an
- * index, moepack.manifest.json). Anything else (a file, a folder of other things: a mistyped
- * DST such as the folder of all one's models) is MPK_E_DST_FOREIGN and left as it is. */
+ * index, moepack.manifest.json) and that holds no mount point, no .git, no checkpoint file or
+ * config.json below its top level and no top-level file of a kind no checkpoint has (the last
+ * two rules waived for moepack's own output: a moepack.* file on top). Anything else (a file,
+ * a folder of other things: a mistyped DST such as the folder of all one's models) is
+ * MPK_E_DST_FOREIGN and left as it is. */
 mpk_status mpk_force_check(const char *dst, mpk_error *err);
 
 /* The temporary directory a run writes, beside dst:
@@ -81,8 +84,16 @@ void mpk_stage_close(mpk_stage *st, bool keep);
 mpk_status mpk_copy_tree(const char *src_dir, const char *dst_dir, bool (*skip)(const char *name, void *ctx),
                          void *skip_ctx, const mpk_exec_opts *o, mpk_side_stats *stats, mpk_error *err);
 
-/* Removes path and everything under it, never following symlinks. */
+/* Removes path and everything under it (guard.c): relative to directory descriptors, never
+ * following a symlink, never entering a mount point or another file system, skipping a
+ * directory swapped between the look and the descent. What it cannot remove it leaves. */
 void mpk_rmrf(const char *path);
+/* Test hook: called by mpk_rmrf between its look at a directory entry and its descent into it
+ * (a test swaps the entry there). NULL outside tests. */
+extern void (*mpk_rmrf_between)(int dirfd, const char *name);
+/* Whether path is a directory (not a link to one) owned by the effective user: the only
+ * staging directories a run removes or adopts. */
+bool mpk_stage_dir_ours(const char *path);
 /* Formats a notice and hands it to o->warn (if set). */
 void mpk_exec_warn(const mpk_exec_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

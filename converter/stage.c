@@ -1,7 +1,6 @@
 /* stage.c — where a conversion's output is staged and how it lands, without ever losing data.
  *
- * Overlap: a destination that is, holds or lies inside the source is refused before
- * anything is written (device and inode along real paths).
+ * (Overlap, what force replaces and how trees are removed: guard.c.)
  * Staging: output goes to a temporary directory beside dst whose name records its owner
  * (host, pid, process start time); its run marker records the plan digest, its shard markers
  * the output shards already complete and fsynced (empty files whose names carry the record:
@@ -18,7 +17,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,160 +36,6 @@ void mpk_exec_warn(const mpk_exec_opts *o, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     o->warn(o->warn_ctx, msg);
-}
-
-static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-void mpk_rmrf(const char *path)
-{
-    nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* ---------------------------------------------------------------- overlap */
-
-typedef struct {
-    dev_t dev;
-    ino_t ino;
-} file_id;
-
-static bool id_of(const char *path, file_id *id)
-{
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return false;
-    *id = (file_id){st.st_dev, st.st_ino};
-    return true;
-}
-
-/* Cuts the last component off an absolute path in place; false at "/". */
-static bool up(char *p)
-{
-    char *s = strrchr(p, '/');
-    if (!s || (s == p && !p[1]))
-        return false;
-    if (s == p)
-        p[1] = 0;
-    else
-        *s = 0;
-    return true;
-}
-
-/* The real path of the longest existing prefix of path (malloc'd), NULL if none. */
-static char *real_prefix(const char *path)
-{
-    char *cur = mpk_strndup(path, strlen(path));
-    while (cur) {
-        char *r = realpath(cur, NULL);
-        if (r) {
-            free(cur);
-            return r;
-        }
-        char *s = strrchr(cur, '/');
-        if (!s) { /* a relative name with no directory part: its parent is "." */
-            free(cur);
-            return realpath(".", NULL);
-        }
-        if (s == cur) {
-            free(cur);
-            return realpath("/", NULL);
-        }
-        *s = 0;
-    }
-    return NULL;
-}
-
-/* 0 when no directory on the absolute path real (itself included) is id; 1 when real itself
- * is; 2 when an ancestor is. */
-static int on_path(const char *real, file_id id)
-{
-    char *c = mpk_strndup(real, strlen(real));
-    int level = 0, hit = 0;
-    while (c && !hit) {
-        file_id g;
-        if (id_of(c, &g) && g.dev == id.dev && g.ino == id.ino)
-            hit = level ? 2 : 1;
-        if (!up(c))
-            break;
-        level++;
-    }
-    free(c);
-    return hit;
-}
-
-mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const char *dst, mpk_error *err)
-{
-    file_id sid, did;
-    if (!id_of(src_path, &sid))
-        return MPK_OK; /* the source is gone: opening it reported that already */
-    bool dst_exists = id_of(dst, &did);
-    char *dreal = real_prefix(dst);
-    if (!dreal)
-        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
-    int h = on_path(dreal, sid);
-    free(dreal);
-    if (h)
-        MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' %s the source '%s'; write elsewhere", dst,
-                 h == 1 && dst_exists ? "is" : "lies inside", src_path);
-    if (!dst_exists)
-        return MPK_OK; /* nothing at dst: it holds nothing */
-    size_t n = src && src->is_dir ? src->n_shards : 0;
-    for (size_t i = 0; i <= n; i++) { /* the source itself, then each file it is read from */
-        const char *p = i == 0 ? src_path : src->shards[i - 1].path;
-        char *r = realpath(p, NULL);
-        int k = r ? on_path(r, did) : 0;
-        free(r);
-        if (k)
-            MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s'%s%s; --force would delete it",
-                     dst, src_path, i == 0 ? "" : ": its file ", i == 0 ? "" : p);
-    }
-    return MPK_OK;
-}
-
-/* ---------------------------------------------------------------- what force replaces */
-
-static bool ckpt_file_name(const char *name)
-{
-    return mpk_str_ends(name, ".safetensors") || mpk_str_ends(name, ".safetensors.mpkz") ||
-           mpk_str_ends(name, ".safetensors.index.json") || strcmp(name, "moepack.manifest.json") == 0;
-}
-
-mpk_status mpk_force_check(const char *dst, mpk_error *err)
-{
-    struct stat sb;
-    if (lstat(dst, &sb) != 0 || S_ISLNK(sb.st_mode))
-        return MPK_OK;
-    if (!S_ISDIR(sb.st_mode))
-        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
-                 "not a directory; --force replaces a checkpoint directory, not a file: it was left as it "
-                 "is (remove it yourself, or write elsewhere)");
-    DIR *d = opendir(dst);
-    if (!d)
-        return mpk_error_set(err, MPK_E_IO, errno, dst, "cannot list it to see what --force would replace: %s",
-                             strerror(errno));
-    char first[256] = "";
-    size_t n = 0;
-    bool ckpt = false;
-    for (struct dirent *e; !ckpt && (e = readdir(d));) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        if (!n++)
-            snprintf(first, sizeof first, "%s", e->d_name);
-        ckpt = ckpt_file_name(e->d_name);
-    }
-    closedir(d);
-    if (ckpt || n == 0)
-        return MPK_OK;
-    MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
-             "not a checkpoint: its top level holds no *.safetensors file, index or moepack.manifest.json "
-             "('%s'%s), and --force replaces only a checkpoint directory or an empty one: it was left as it "
-             "is (remove it yourself, or write elsewhere)", first, n > 1 ? " and more" : "");
 }
 
 /* ---------------------------------------------------------------- owners */
@@ -473,6 +317,12 @@ static mpk_status stage_scan(mpk_stage *st, const char *prefix, const owner *sel
         }
         if (!parse_owner(e->d_name + pl, &o) || !(path = mpk_path_join(st->parent, e->d_name)))
             continue;
+        if (strcmp(path, st->tmp) != 0 && !mpk_stage_dir_ours(path)) {
+            /* in a shared directory, another user's (or a link): never removed nor adopted */
+            mpk_exec_warn(st->o, "%s is not a directory of this user's; left alone", path);
+            free(path);
+            continue;
+        }
         if (strcmp(path, st->tmp) == 0 || !owner_gone(path, self, &o, my_boot)) {
             if (strcmp(path, st->tmp) != 0)
                 mpk_exec_warn(st->o, "%s belongs to a run that may still be going (pid %ld on %s); left alone",
