@@ -72,9 +72,11 @@ mpk_status mpk_stage_open_shared(mpk_stage *st, const char *dst, uint64_t digest
 bool mpk_stage_journal_find(const mpk_stage *st, const char *name, uint64_t *digest);
 /* Records shard file name (complete and fsynced) with its digest. Thread-safe. */
 mpk_status mpk_stage_journal_add(mpk_stage *st, const char *name, uint64_t digest, mpk_error *err);
-/* Removes the markers, fsyncs tmp, gives it mode 0777 & ~umask and renames it to
- * dst (see mpk_exec for the order); with force an existing dst is exchanged and removed. */
-mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err);
+/* Removes the markers, gives the top-level files the permission bits of the source files
+ * they come from and tmp those of src's folder (src: the path the user gave, NULL: 0777 &
+ * ~umask, as for synth), fsyncs tmp and renames it to dst (see mpk_exec for the order); with
+ * force an existing dst is exchanged and removed. */
+mpk_status mpk_stage_commit(mpk_stage *st, const char *src, bool force, mpk_error *err);
 /* Frees st; removes tmp unless committed or keep. */
 void mpk_stage_close(mpk_stage *st, bool keep);
 

@@ -609,7 +609,7 @@ static mpk_status land(job *j, const char *src_path, mpk_exec_stats *stats)
         MPK_TRY(j->o->finish(j->o->finish_ctx, j->stage.tmp, j->c.hashes, j->c.hashes ? p->n_outs : 0, j->err));
     MPK_TRY(mpk_ckpt_check_unchanged(p->src, j->err));
     MPK_TRY(mpk_overlap_check(src_path, p->src, j->dst, j->err));
-    return mpk_stage_commit(&j->stage, j->o->force, j->err);
+    return mpk_stage_commit(&j->stage, src_path, j->o->force, j->err);
 }
 
 static void job_free(job *j)

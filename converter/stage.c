@@ -513,12 +513,148 @@ static mpk_status rename_into_place(mpk_stage *st, bool force, bool *exchanged, 
     return mpk_error_set(err, MPK_E_IO, errno, st->dst, "cannot rename %s into place: %s", st->tmp, strerror(errno));
 }
 
-mpk_status mpk_stage_commit(mpk_stage *st, bool force, mpk_error *err)
+/* ---------------------------------------------------------------- privacy */
+
+typedef struct {
+    char **names;
+    mode_t *modes;
+    size_t n;
+    mode_t shards, all;          /* intersections: SRC's checkpoint files, every file of SRC */
+} src_modes;
+
+static bool weights_name(const char *name)
+{
+    return mpk_str_ends(name, ".safetensors") || mpk_str_ends(name, ".safetensors.mpkz") ||
+           mpk_str_ends(name, ".safetensors.index.json");
+}
+
+/* The permission bits of SRC's top-level files (links followed: a Hub cache's blobs). */
+static bool read_modes(const char *dir, const char *only, src_modes *m)
+{
+    m->shards = m->all = 0777;
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        struct stat sb;
+        char *p = mpk_path_join(dir, e->d_name);
+        bool reg = p && (!only || strcmp(e->d_name, only) == 0 || strcmp(e->d_name, "config.json") == 0) &&
+                   stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+        free(p);
+        if (!reg)
+            continue;
+        char **nn = realloc(m->names, (m->n + 1) * sizeof *nn);
+        mode_t *nm = nn ? realloc(m->modes, (m->n + 1) * sizeof *nm) : NULL;
+        if (nn)
+            m->names = nn;
+        if (!nm || !(nn[m->n] = mpk_strndup(e->d_name, strlen(e->d_name)))) {
+            closedir(d);
+            return false;
+        }
+        m->modes = nm;
+        m->modes[m->n++] = sb.st_mode & 0777;
+        m->all &= sb.st_mode;
+        if (weights_name(e->d_name))
+            m->shards &= sb.st_mode;
+    }
+    if (d)
+        closedir(d);
+    return d != NULL;
+}
+
+static bool mode_of(const src_modes *m, const char *name, size_t cut, const char *add, mode_t *mode)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        size_t l = strlen(m->names[i]);
+        if (add ? l == strlen(name) + strlen(add) && strncmp(m->names[i], name, strlen(name)) == 0 &&
+                      strcmp(m->names[i] + strlen(name), add) == 0
+                : l + cut == strlen(name) && strncmp(m->names[i], name, l) == 0) {
+            *mode = m->modes[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* What an output file of this name may show: a container or file decompressed takes its
+ * counterpart's bits; a shard or index the intersection of SRC's shards'; a file SRC also has
+ * (copied, or rewritten like config.json) that file's; moepack's records, which embed SRC's
+ * config and names, the intersection of all SRC's files. */
+static mode_t cap_for(const src_modes *m, const char *name)
+{
+    mode_t c;
+    if (mpk_str_ends(name, ".mpkz") && mode_of(m, name, 5, NULL, &c))
+        return c;
+    if (mode_of(m, name, 0, ".mpkz", &c))
+        return c;
+    if (weights_name(name))
+        return m->shards;
+    if (strncmp(name, "moepack.", 8) == 0)
+        return m->all;
+    return mode_of(m, name, 0, NULL, &c) ? c : m->shards;
+}
+
+/* Output files take the permission bits of the source files they are built from (never more
+ * than the umask allows; the owner keeps read and write), DST's folder those of SRC's (the
+ * owner keeps full access), as cp -r keeps a 0600 file 0600. Side files (tree.c) already
+ * carry their own. */
+static mpk_status protect(mpk_stage *st, const char *src, mpk_error *err)
+{
+    unsigned um = mpk_umask();
+    mode_t dir_mode = 0777 & ~um;
+    struct stat sb;
+    if (!src || stat(src, &sb) != 0)
+        return chmod(st->tmp, dir_mode) == 0 ? MPK_OK
+                                             : mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot set the mode: %s",
+                                                             strerror(errno));
+    src_modes m = {0};
+    char *dir = NULL;
+    const char *only = NULL;
+    if (S_ISDIR(sb.st_mode)) {
+        dir = mpk_strndup(src, strlen(src));
+    } else { /* a single file: it and the config.json beside it */
+        const char *slash = strrchr(src, '/');
+        dir = slash ? mpk_strndup(src, slash == src ? 1 : (size_t)(slash - src)) : mpk_strndup(".", 1);
+        only = slash ? slash + 1 : src;
+    }
+    struct stat db;
+    mpk_status s = MPK_OK;
+    if (!dir || !read_modes(dir, only, &m))
+        s = mpk_error_set(err, errno == ENOMEM ? MPK_E_NOMEM : MPK_E_IO, errno, src,
+                          "cannot read the permissions of its files: %s", strerror(errno));
+    if (s == MPK_OK && stat(dir, &db) == 0)
+        dir_mode = ((db.st_mode & 0777) | 0700) & ~um;
+    int fd = s == MPK_OK ? open(st->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (s == MPK_OK && !d)
+        s = mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot list: %s", strerror(errno));
+    for (struct dirent *e; s == MPK_OK && (e = readdir(d));) {
+        struct stat fb;
+        if (fstatat(fd, e->d_name, &fb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(fb.st_mode))
+            continue;
+        mode_t want = (fb.st_mode & 0777 & cap_for(&m, e->d_name)) | (fb.st_mode & 0600);
+        if (want != (fb.st_mode & 0777) && fchmodat(fd, e->d_name, want, 0) != 0)
+            s = mpk_error_set(err, MPK_E_IO, errno, e->d_name, "cannot set the mode: %s", strerror(errno));
+    }
+    if (d)
+        closedir(d);
+    else if (fd >= 0)
+        close(fd);
+    for (size_t i = 0; i < m.n; i++)
+        free(m.names[i]);
+    free(m.names);
+    free(m.modes);
+    free(dir);
+    if (s == MPK_OK && chmod(st->tmp, dir_mode) != 0)
+        s = mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot set the mode: %s", strerror(errno));
+    return s;
+}
+
+/* ---------------------------------------------------------------- landing */
+
+mpk_status mpk_stage_commit(mpk_stage *st, const char *src, bool force, mpk_error *err)
 {
     bool sync = !st->o->no_fsync;
     remove_marks(st->tmp, false);
-    if (chmod(st->tmp, 0777 & ~mpk_umask()) != 0)
-        return mpk_error_set(err, MPK_E_IO, errno, st->tmp, "cannot set the mode: %s", strerror(errno));
+    MPK_TRY(protect(st, src, err));
     if (sync)
         MPK_TRY(mpk_fsync_dir(st->tmp, err));
     bool exchanged;

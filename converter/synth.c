@@ -300,7 +300,7 @@ mpk_status mpk_synth(const mpk_synth_opts *o, const char *out_dir, mpk_error *er
         if (s == MPK_OK)
             s = synth_per_expert(o, spec, stage.tmp, err);
         if (s == MPK_OK)
-            s = mpk_stage_commit(&stage, false, err);
+            s = mpk_stage_commit(&stage, NULL, false, err);
         mpk_stage_close(&stage, false);
     } else {
         /* per-expert into a temporary directory beside out_dir, then pack it */

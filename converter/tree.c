@@ -7,6 +7,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,8 @@ typedef struct {
     void *skip_ctx;
     unsigned umask;
     char *buf;                   /* read/write fallback buffer */
+    int root;                    /* SRC's directory, open */
+    const char *root_path;       /* as given */
 } tree;
 
 enum { TREE_MAX_DEPTH = 64, COPY_BUF = 1 << 20 };
@@ -122,6 +126,33 @@ static bool link_inside(const char *target, int depth)
     return true;
 }
 
+/* Whether the link at path rel (below SRC) resolves beneath SRC when every link on the way is
+ * followed as the kernel does (a link to "." makes "b/../x" leave SRC, which the text alone
+ * does not show). A dangling link counts as beneath as far as it resolves; link_inside judges
+ * the text. */
+static bool link_resolves_inside(const tree *t, const char *rel)
+{
+    struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+    long fd = syscall(SYS_openat2, t->root, rel, &how, sizeof how);
+    if (fd >= 0) {
+        close((int)fd);
+        return true;
+    }
+    if (errno == ENOENT || errno == ENOTDIR)
+        return true; /* resolved beneath SRC up to a name that does not exist */
+    if (errno != ENOSYS && errno != EPERM)
+        return false; /* EXDEV: it leaves SRC; ELOOP: a loop */
+    /* no openat2 (before Linux 5.6, or filtered): the real path of what it points at */
+    char *full = mpk_path_join(t->root_path, rel), *r = full ? realpath(full, NULL) : NULL,
+         *top = realpath(t->root_path, NULL);
+    bool inside = full && (!r ? errno == ENOENT || errno == ENOTDIR
+                              : top && strncmp(r, top, strlen(top)) == 0 && (r[strlen(top)] == '/' || !r[strlen(top)]));
+    free(full);
+    free(r);
+    free(top);
+    return inside;
+}
+
 static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, const char *to_dir, int depth,
                            mpk_error *err)
 {
@@ -177,7 +208,8 @@ static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, co
             struct stat tb;
             if (n < 0) {
                 s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot read the link: %s", strerror(errno));
-            } else if ((target[n] = 0, link_inside(target, depth))) {
+            } else if ((target[n] = 0, link_inside(target, depth)) &&
+                       link_resolves_inside(t, from + strlen(t->root_path) + !mpk_str_ends(t->root_path, "/"))) {
                 if (mpk_fault_point("symlink") || symlinkat(target, ddir, name) != 0)
                     s = mpk_error_set(err, MPK_E_IO, errno, to, "cannot create the link: %s", strerror(errno));
                 t->st->links++;
@@ -203,8 +235,9 @@ static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, co
 mpk_status mpk_copy_tree(const char *src_dir, const char *dst_dir, bool (*skip)(const char *name, void *ctx),
                          void *skip_ctx, const mpk_exec_opts *o, mpk_side_stats *stats, mpk_error *err)
 {
-    tree t = {o, stats, skip, skip_ctx, mpk_umask(), NULL};
+    tree t = {o, stats, skip, skip_ctx, mpk_umask(), NULL, -1, src_dir};
     int sd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    t.root = sd;
     if (sd < 0)
         return mpk_error_set(err, MPK_E_IO, errno, src_dir, "cannot open: %s", strerror(errno));
     int dd = open(dst_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

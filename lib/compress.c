@@ -248,7 +248,7 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     if (s == MPK_OK && mpk_dist_rank() == 0)
         s = mpk_copy_tree(r->src, stage.tmp, skip_converted, &k, &eo, &side, err);
     if (s == MPK_OK && mpk_dist_rank() == 0)
-        s = mpk_stage_commit(&stage, r->flags & MPK_CONVERT_FORCE, err);
+        s = mpk_stage_commit(&stage, r->src, r->flags & MPK_CONVERT_FORCE, err);
     if (agreed)
         s = mpk_dist_agree(s, err);
     mpk_stage_close(&stage, false);

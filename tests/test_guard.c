@@ -157,6 +157,73 @@ static void test_force_refuses_what_is_not_only_a_checkpoint(void **state)
     tu_rmrf(d);
 }
 
+static void test_private_weights_stay_private(void **state)
+{
+    (void)state;
+    /* reproducer: 0600 shards and a 0700 folder gave 0644 / 0755 output, and the 0644
+     * moepack.source.zst embedded the 0600 config.json's text */
+    char *s = path("%s/priv", root), *d = path("%s/priv-pk", root), *u = path("%s/priv-up", root),
+         *z = path("%s/priv-z", root), *x = path("%s/priv-x", root);
+    assert_int_equal(tu_sh("%s synth --layers 1 %s >/dev/null && echo hi > %s/README.md && chmod 600 %s/*.safetensors "
+                           "%s/config.json && chmod 700 %s", tu_moepack(), s, s, s, s, s), 0);
+    const char *runs[][2] = {{"pack %s %s -q", NULL}, {"unpack %s %s -q", NULL}, {"compress %s %s -q", NULL},
+                             {"decompress %s %s", NULL}};
+    const char *from[] = {s, d, s, z}, *to[] = {d, u, z, x};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(tu_run(root, "umask 022;", path(runs[i][0], from[i], to[i])), 0);
+        /* every weight file, index, config and record 0600; the folder 0700; README stays 0644 */
+        assert_int_equal(tu_sh("cd %s && test $(stat -c %%a .) = 700 && for f in *.safetensors* *.json moepack.*; do "
+                               "[ -e \"$f\" ] || continue; test $(stat -c %%a \"$f\") = 600 || { echo \"$f\" "
+                               "$(stat -c %%a \"$f\") >&2; exit 1; }; done && test $(stat -c %%a README.md) = 644",
+                               to[i]), 0);
+    }
+    /* a mixed source: the records take the most private file's bits, a container its own file's */
+    assert_int_equal(tu_sh("chmod 644 %s/*.safetensors && chmod 640 %s/config.json && chmod 755 %s", s, s, s), 0);
+    tu_rmrf(d);
+    tu_rmrf(z);
+    assert_int_equal(tu_run(root, "umask 022;", path("pack %s %s -q", s, d)), 0);
+    assert_int_equal(tu_sh("cd %s && test $(stat -c %%a .) = 755 && test $(stat -c %%a config.json) = 640 && "
+                           "test $(stat -c %%a moepack.source.zst) = 640 && test $(stat -c %%a model.safetensors) = 644",
+                           d), 0);
+    assert_int_equal(tu_run(root, "umask 022;", path("compress %s %s -q", s, z)), 0);
+    assert_int_equal(tu_sh("cd %s && test $(stat -c %%a config.json.mpkz 2>/dev/null || stat -c %%a config.json) = 640 && "
+                           "for f in *.safetensors.mpkz; do test $(stat -c %%a $f) = 644 || exit 1; done", z), 0);
+    tu_rmrf(s);
+    tu_rmrf(d);
+    tu_rmrf(u);
+    tu_rmrf(z);
+    tu_rmrf(x);
+}
+
+static void test_links_resolved_not_read(void **state)
+{
+    (void)state;
+    /* reproducer: `ln -s . SRC/b; ln -s b/../secret SRC/tok.json` was copied as a link that
+     * resolves outside DST (its text looks inside: b/.. read as SRC) */
+    char *s = path("%s/lk", root), *d = path("%s/lk-pk", root), *secret = path("%s/secret", root);
+    assert_int_equal(tu_sh("%s synth --layers 1 %s >/dev/null && echo TOPSECRET > %s && cd %s && ln -s . b && "
+                           "ln -s b/../secret tok.json && ln -s b/config.json cfg-link && ln -s b/../nothing dangling",
+                           tu_moepack(), s, secret, s), 0);
+    assert_int_equal(tu_run(root, "", path("pack %s %s -q", s, d)), 0);
+    assert_true(tu_err_has(root, "tok.json -> b/../secret: the link points outside the source"));
+    assert_true(tu_err_has(root, "dangling -> b/../nothing: the link points outside the source"));
+    struct stat sb;
+    assert_int_equal(lstat(path("%s/tok.json", d), &sb), -1); /* not copied */
+    assert_int_equal(lstat(path("%s/b", d), &sb), 0);         /* the links inside are */
+    assert_true(S_ISLNK(sb.st_mode));
+    assert_int_equal(lstat(path("%s/cfg-link", d), &sb), 0);
+    assert_true(S_ISLNK(sb.st_mode));
+    assert_int_equal(tu_sh("cmp -s %s/cfg-link %s/config.json", d, d), 0);
+    /* with --copy-links the user asked for what it points at: a regular file */
+    tu_rmrf(d);
+    assert_int_equal(tu_run(root, "", path("pack %s %s -q --copy-links", s, d)), 0);
+    assert_int_equal(lstat(path("%s/tok.json", d), &sb), 0);
+    assert_true(S_ISREG(sb.st_mode));
+    tu_rmrf(d);
+    tu_rmrf(s);
+    unlink(secret);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -176,6 +243,8 @@ int main(void)
         cmocka_unit_test(test_rmrf_never_follows_a_link_swapped_in),
         cmocka_unit_test(test_stale_cleanup_touches_only_our_directories),
         cmocka_unit_test(test_force_refuses_what_is_not_only_a_checkpoint),
+        cmocka_unit_test(test_private_weights_stay_private),
+        cmocka_unit_test(test_links_resolved_not_read),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

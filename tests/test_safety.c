@@ -255,7 +255,10 @@ static void test_side_files_recursive_no_escape(void **state)
     assert_int_equal(tu_sh("cp -a %s %s && echo TOPSECRET > %s && chmod 600 %s && ln -s %s %s/s && "
                            "ln -s ../../secret %s/original/up && ln -s /etc/passwd %s/original/abs && "
                            "mkfifo %s/fifo && mkdir -p %s/.git/lfs && echo x > %s/.git/HEAD && "
-                           "cp %s/model-00001-of-00003.safetensors %s/consolidated.safetensors && "
+                           "test -d %s && python3 -c \"import json, struct, sys; h = json.dumps({'layers.0.attention.wq.weight': "
+                           "{'dtype': 'F32', 'shape': [1], 'data_offsets': [0, 4]}}).encode(); "
+                           "open(sys.argv[1], 'wb').write(struct.pack('<Q', len(h)) + h + bytes(4))\" "
+                           "%s/consolidated.safetensors && " /* Mistral's own format beside the shards */
                            "ln -s original/metal %s/metal-link && "
                            "dd if=/dev/urandom of=%s/original/big.pth bs=1M count=48 status=none",
                            src, s, secret, secret, secret, s, s, s, s, s, s, s, s, s, s),
