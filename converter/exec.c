@@ -893,8 +893,124 @@ static mpk_status assign_units(job *j)
     return MPK_OK;
 }
 
+/* What the source a rank reads holds, to compare with rank 0's: per source file its size, its
+ * leading bytes (the safetensors header, 8 + N bytes; a compressed shard's first 64 KiB) and
+ * CONTENT_SAMPLES blocks of 4 KiB spread evenly over the rest; then config.json's bytes. The
+ * plan digest alone holds names, dtypes, shapes and sizes: ranks started in other directories
+ * (mpirun --wdir, a node-local copy on each host) whose SRC held other weights under the same
+ * names planned the same and each wrote its share from its own source, a mix. Not every byte
+ * (that would read the checkpoint once more): two releases of a model differ in the samples,
+ * an edit of a few bytes between them is for `moepack verify` to find. */
+#define CONTENT_SAMPLES 64
+#define CONTENT_BLOCK 4096
+enum { CD_SIZE, CD_HEAD, CD_DATA, CD_N }; /* per file: dg[CD_N * f + ...] */
+
+static mpk_status hash_range(XXH3_state_t *x, int fd, const char *path, uint64_t off, uint64_t len, char *buf,
+                             size_t cap, mpk_error *err)
+{
+    while (len > 0) {
+        size_t n = len < cap ? (size_t)len : cap;
+        ssize_t r = pread(fd, buf, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return mpk_error_set(err, MPK_E_IO, r < 0 ? errno : 0, path, "cannot read at %llu: %s",
+                                 (unsigned long long)off, r < 0 ? strerror(errno) : "file shrank");
+        XXH3_64bits_update(x, buf, (size_t)r);
+        off += (uint64_t)r;
+        len -= (uint64_t)r;
+    }
+    return MPK_OK;
+}
+
+static mpk_status file_content(const mpk_shard *sh, uint64_t *dg, char *buf, size_t cap, XXH3_state_t *x,
+                               mpk_error *err)
+{
+    struct stat st;
+    if (fstat(sh->fd, &st) != 0)
+        return mpk_error_set(err, MPK_E_IO, errno, sh->path, "cannot stat: %s", strerror(errno));
+    uint64_t size = (uint64_t)st.st_size, head = sh->z ? 65536 : 8 + sh->header->header_len;
+    head = head < size ? head : size;
+    dg[CD_SIZE] = size;
+    XXH3_64bits_reset(x);
+    MPK_TRY(hash_range(x, sh->fd, sh->path, 0, head, buf, cap, err));
+    dg[CD_HEAD] = XXH3_64bits_digest(x);
+    XXH3_64bits_reset(x);
+    uint64_t rest = size - head;
+    if (rest <= (uint64_t)CONTENT_SAMPLES * CONTENT_BLOCK) {
+        MPK_TRY(hash_range(x, sh->fd, sh->path, head, rest, buf, cap, err));
+    } else { /* block k at head + k * (rest - block) / (samples - 1): the first and last included */
+        for (uint64_t k = 0; k < CONTENT_SAMPLES; k++)
+            MPK_TRY(hash_range(x, sh->fd, sh->path, head + k * (rest - CONTENT_BLOCK) / (CONTENT_SAMPLES - 1),
+                               CONTENT_BLOCK, buf, cap, err));
+    }
+    dg[CD_DATA] = XXH3_64bits_digest(x);
+    return MPK_OK;
+}
+
+/* dg[CD_N * (n_shards + 1)]: each source file's, then config.json's (all zero when SRC has none). */
+static mpk_status content_digests(const mpk_ckpt *src, uint64_t *dg, mpk_error *err)
+{
+    size_t cap = 1u << 20;
+    char *buf = mpk_alloc(cap);
+    XXH3_state_t *x = XXH3_createState();
+    mpk_status s = buf && x ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, src->dir, "out of memory");
+    for (size_t f = 0; s == MPK_OK && f < src->n_shards; f++)
+        s = file_content(&src->shards[f], dg + CD_N * f, buf, cap, x, err);
+    char *cfg = src->is_dir ? mpk_path_join(src->dir, "config.json") : NULL, *text = NULL;
+    size_t len = 0;
+    mpk_error ig;
+    if (s == MPK_OK && cfg && mpk_read_file(cfg, &text, &len, &ig) == MPK_OK) {
+        uint64_t *c = dg + CD_N * src->n_shards;
+        c[CD_SIZE] = len;
+        c[CD_HEAD] = XXH3_64bits(text, len) | 1; /* (nonzero: present) */
+    }
+    free(text);
+    free(cfg);
+    XXH3_freeState(x);
+    free(buf);
+    return s;
+}
+
+/* The ranks see the same sources: this rank's content digests against rank 0's (collective). */
+static mpk_status same_sources(job *j)
+{
+    const mpk_ckpt *src = j->p->src;
+    size_t n = CD_N * (src->n_shards + 1);
+    uint64_t *mine = mpk_calloc(n, sizeof *mine), *r0 = mpk_calloc(n, sizeof *r0);
+    mpk_status s = mine && r0 ? content_digests(src, mine, j->err) : nomem(j);
+    s = dist_agree(j, s);
+    if (s == MPK_OK) {
+        memcpy(r0, mine, n * sizeof *r0);
+        mpk_dist_bcast(r0, n * sizeof *r0, 0);
+        for (size_t k = 0; k < n && s == MPK_OK; k++) {
+            if (mine[k] == r0[k])
+                continue;
+            size_t f = k / CD_N;
+            bool cfg = f == src->n_shards;
+            static const char *const what[CD_N] = {"its size", "its header (tensor names, dtypes, shapes, offsets "
+                                                   "or metadata)", "its tensor bytes"};
+            char *cpath = cfg ? mpk_path_join(src->dir, "config.json") : NULL;
+            s = mpk_error_set(j->err, MPK_E_CHANGED, 0, cfg ? (cpath ? cpath : "config.json") : src->shards[f].path,
+                              "the MPI ranks see different sources: %s on rank %d differs from rank 0's (%s); every "
+                              "rank must read the same checkpoint (the same SRC on a shared file system, or "
+                              "identical copies)",
+                              cfg ? "config.json" : src->shards[f].name, mpk_dist_rank(),
+                              cfg ? (r0[k - k % CD_N + CD_HEAD] && mine[k - k % CD_N + CD_HEAD]
+                                         ? "its bytes"
+                                         : "present on one of them only")
+                                  : what[k % CD_N]);
+            free(cpath);
+        }
+    }
+    free(mine);
+    free(r0);
+    return dist_agree(j, s);
+}
+
 /* The nodes and the unit size, agreed; the plan checked the same on every rank (the same
- * sources, sizes and outputs); the shards created by rank 0, then opened by the others. */
+ * sources, sizes and outputs) and so the sources' content; the shards created by rank 0, then
+ * opened by the others. */
 static mpk_status dist_prepare(job *j)
 {
     int me = mpk_dist_rank();
@@ -907,6 +1023,7 @@ static mpk_status dist_prepare(job *j)
                           "this rank planned a different conversion than rank 0 (the source differs between "
                           "the hosts, or changed while the ranks read it)");
     MPK_TRY(dist_agree(j, s));
+    MPK_TRY(same_sources(j));
     j->c.unit_bytes = ub;
     for (size_t sh = 0; me == 0 && sh < j->p->n_shards && s == MPK_OK; sh++)
         s = open_shard(j, sh);

@@ -5,7 +5,8 @@
 # decompress), the same hashes, reports and verdicts (hash, hash --write, verify DST, verify SRC
 # DST, diff), a "ranks" report in which every rank did its part, a rank killed mid-run
 # (non-zero exit, nothing at DST, no staging directory left behind by a dead rank other than 0;
-# a dead rank 0's is removed by the next run), --resume refused, and a command that does not
+# a dead rank 0's is removed by the next run), ranks reading other sources at the same path
+# (mpirun --wdir) refused before writing, --resume refused, and a command that does not
 # split its work (synth) run by rank 0 alone. Exit 77 (skipped) without mpirun
 # or without MPI built in.
 set -u
@@ -152,6 +153,34 @@ rc=$?
 [ $rc = 1 ] && ok || bad "ranks planning differently: exit $rc, not 1"
 check "... the error says so" grep -q "planned a different conversion than rank 0" differ.out
 check "... nothing at DST, no staging directory" test ! -e differ -a "$(ls -A | grep -c '^\.differ\.moepack-tmp')" = 0
+
+# ranks started in other directories whose SRC has the same path, names and shapes but other
+# bytes (mpirun --wdir A ... : --wdir B ...; a node-local copy per host): the plan is the same,
+# the content not. Reproducer: the job wrote a mix of A's and B's tensors and exited 0. They fail
+# before writing (MPK_E_CHANGED: exit 1), saying the ranks see different sources
+mkdir -p wdA wdB wdC
+"$M" synth --arch qwen3_moe --layers 2 --experts 8 --hidden 128 --intermediate 64 --shards 2 --seed 1 wdA/src >/dev/null
+"$M" synth --arch qwen3_moe --layers 2 --experts 8 --hidden 128 --intermediate 64 --shards 2 --seed 2 wdB/src >/dev/null
+cmp -s wdA/src/model.safetensors.index.json wdB/src/model.safetensors.index.json || bad "wdir: the two sources should differ in bytes only"
+"${MPR[@]}" -n 1 --wdir "$tmp/wdA" "$M" pack src "$tmp/wdout" : -n 1 --wdir "$tmp/wdB" "$M" pack src "$tmp/wdout" > wd.out 2>&1
+rc=$?
+[ $rc = 1 ] && ok || bad "ranks seeing other bytes at the same SRC: exit $rc, not 1"
+check "... the error says the ranks see different sources" grep -q "the MPI ranks see different sources: model-00001-of-00002.safetensors on rank 1 differs from rank 0's (its tensor bytes)" wd.out
+check "... nothing at DST, no staging directory" test ! -e wdout -a "$(ls -A | grep -c '^\.wdout\.moepack-tmp')" = 0
+# the same tensors, another config.json
+cp -r wdA/src wdC/src
+python3 -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['rope_theta']=12345.0; json.dump(d, open(p,'w'))" wdC/src/config.json
+"${MPR[@]}" -n 1 --wdir "$tmp/wdA" "$M" pack src "$tmp/wdout" : -n 1 --wdir "$tmp/wdC" "$M" pack src "$tmp/wdout" > wd.out 2>&1
+rc=$?
+[ $rc = 1 ] && ok || bad "ranks seeing another config.json: exit $rc, not 1"
+check "... the error names config.json" grep -q "the MPI ranks see different sources: config.json on rank 1" wd.out
+check "... nothing at DST, no staging directory" test ! -e wdout -a "$(ls -A | grep -c '^\.wdout\.moepack-tmp')" = 0
+# identical copies (other inodes and times) are the same sources: one process's files
+rm -rf wdout wdC/src && cp -r wdA/src wdC/src && touch wdC/src/*
+(cd wdA && "$M" pack src "$tmp/wdref" -q) || bad "wdir: reference pack"
+"${MPR[@]}" -n 1 --wdir "$tmp/wdA" "$M" pack src "$tmp/wdout" -q : -n 1 --wdir "$tmp/wdC" "$M" pack src "$tmp/wdout" -q > wd.out 2>&1 \
+    || bad "ranks reading identical copies failed: $(tail -3 wd.out)"
+check "... and wrote one process's files" diff -r wdref wdout
 
 # --resume is refused under MPI (usage: exit 2), nothing written
 "${MPR[@]}" -n 2 "$M" pack src resumed --resume -q >/dev/null 2>&1
