@@ -169,10 +169,12 @@ static mpk_status plan_chunks(const mpk_st_header *h, uint64_t csize, chunk **ou
 
 typedef struct zrun {
     int in_fd, out_fd;
-    const char *path;            /* the container (for messages) */
+    const char *in_path;         /* the file read (for messages): the shard, or the container */
+    const char *out_path;        /* the file written: the container, or the shard */
     const mpk_st_header *h;
     chunk *c;
     size_t lo, hi;               /* the batch */
+    size_t buf_len;              /* its longest chunk: what a worker's two buffers hold */
     atomic_size_t next;
     int level;
     bool compress;
@@ -196,12 +198,13 @@ static void zfail(zrun *r, const mpk_error *e)
 static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_CCtx *cc, mpk_error *e)
 {
     chunk *c = &r->c[i];
-    MPK_TRY(mpk_pread_all(r->in_fd, orig, c->len, r->h->data_start + c->data_off, r->path, "(chunk)", e));
+    MPK_TRY(mpk_pread_all(r->in_fd, orig, c->len, r->h->data_start + c->data_off, r->in_path,
+                          r->h->tensors[c->tensor].name, e));
     c->hash = mpk_xxh64(orig, c->len);
     size_t pl = c->len / c->width, cap = ZSTD_compressBound(pl), at = 0;
     char *z = mpk_alloc(cap * c->width + 1);
     if (!z)
-        MPK_FAIL(e, MPK_E_NOMEM, r->path, "out of memory");
+        MPK_FAIL(e, MPK_E_NOMEM, r->out_path, "out of memory");
     if (c->width == 1 && !c->xform)
         planes = orig; /* one plane: the bytes as they are */
     else
@@ -274,19 +277,19 @@ static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h,
 static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_DCtx *dc, mpk_error *e)
 {
     const chunk *c = &r->c[i];
-    MPK_TRY(decode_chunk(r->in_fd, r->path, r->h, c, i, orig, planes, dc, e));
-    return mpk_pwrite_all(r->out_fd, orig, c->len, r->h->data_start + c->data_off, r->path, e);
+    MPK_TRY(decode_chunk(r->in_fd, r->in_path, r->h, c, i, orig, planes, dc, e));
+    return mpk_pwrite_all(r->out_fd, orig, c->len, r->h->data_start + c->data_off, r->out_path, e);
 }
 
 static void *zworker(void *arg)
 {
     zrun *r = arg;
     mpk_error e = {0};
-    char *orig = mpk_alloc(MAX_CHUNK), *planes = mpk_alloc(MAX_CHUNK);
+    char *orig = mpk_alloc(r->buf_len + 1), *planes = mpk_alloc(r->buf_len + 1);
     ZSTD_CCtx *cc = r->compress ? ZSTD_createCCtx() : NULL;
     ZSTD_DCtx *dc = r->compress ? NULL : ZSTD_createDCtx();
     if (!orig || !planes || (!cc && !dc)) {
-        mpk_error_set(&e, MPK_E_NOMEM, 0, r->path, "out of memory");
+        mpk_error_set(&e, MPK_E_NOMEM, 0, r->out_path, "out of memory");
         zfail(r, &e);
     }
     for (size_t i; !atomic_load(&r->failed) && (i = atomic_fetch_add(&r->next, 1)) < r->hi;) {
@@ -312,6 +315,11 @@ static mpk_status run_batch(zrun *r, size_t lo, size_t hi, int threads, mpk_erro
 {
     r->lo = lo;
     r->hi = hi;
+    /* (not the 64 MiB a chunk may hold: 4 KiB chunks made every batch allocate and release
+     * 128 MiB a thread, which MALLOC_PERTURB_ then wrote twice: seconds a file) */
+    r->buf_len = 0;
+    for (size_t i = lo; i < hi; i++)
+        r->buf_len = r->c[i].len > r->buf_len ? r->c[i].len : r->buf_len;
     atomic_store(&r->next, lo);
     pthread_t th[64];
     int started = 0;
@@ -328,18 +336,41 @@ static mpk_status run_batch(zrun *r, size_t lo, size_t hi, int threads, mpk_erro
 }
 
 /* Closes both files: out fsynced when all went well (s), else removed. Returns s or the
- * fsync's failure. */
+ * fsync's or close's failure (naming dst). */
 static mpk_status close_both(int in, int out, const char *dst, mpk_status s, mpk_error *err)
 {
     if (out >= 0) {
         if (s == MPK_OK)
             s = mpk_fsync_fd(out, dst, err);
-        close(out);
+        if (close(out) != 0 && s == MPK_OK) /* (NFS reports a failed write back here) */
+            s = mpk_error_set(err, MPK_E_IO, errno, dst, "close failed: %s", strerror(errno));
         if (s != MPK_OK)
             unlink(dst);
     }
     if (in >= 0)
         close(in);
+    return s;
+}
+
+/* The file read (path, open as fd, st its fstat when opened) is still that file, with the
+ * size and times it had: pack's check (mpk_ckpt_check_unchanged) over a one-shard checkpoint.
+ * Called after the last read. A failure s that names path (a read that met the file cut short,
+ * a chunk that no longer matches its hash) gives way to MPK_E_CHANGED when the file changed:
+ * that is what happened. Returns s, or MPK_E_CHANGED naming path and what differs. */
+static mpk_status check_unchanged(const char *path, int fd, const struct stat *st, mpk_status s, mpk_error *err)
+{
+    if (fd < 0 || (s != MPK_OK && (!err || strcmp(err->where, path) != 0)))
+        return s;
+    mpk_shard sh = {.path = (char *)path, .fd = fd,
+                    .id = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
+                           (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+                           (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec}};
+    mpk_ckpt one = {.shards = &sh, .n_shards = 1};
+    mpk_error e = {0};
+    if (mpk_ckpt_check_unchanged(&one, &e) == MPK_E_CHANGED) {
+        *err = e;
+        return MPK_E_CHANGED;
+    }
     return s;
 }
 
@@ -349,15 +380,16 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
                              uint64_t *out_size, mpk_meter *meter, mpk_error *err)
 {
     int in = -1, out = -1;
+    struct stat st;
     mpk_st_header *h = NULL;
     chunk *c = NULL;
     size_t n = 0;
     unsigned char *head = NULL;
     threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
-    zrun r = {.path = dst, .level = level, .compress = true, .meter = meter};
+    zrun r = {.in_path = src, .out_path = dst, .level = level, .compress = true, .meter = meter};
     pthread_mutex_init(&r.lock, NULL);
     r.zbuf = mpk_calloc((size_t)threads * 4, sizeof *r.zbuf);
-    mpk_status s = r.zbuf ? mpk_open_regular(src, &in, NULL, err) : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
+    mpk_status s = r.zbuf ? mpk_open_regular(src, &in, &st, err) : mpk_error_set(err, MPK_E_NOMEM, 0, dst, "out of memory");
     if (s == MPK_OK && (s = mpk_st_read_header_fd(in, src, &h, NULL, err)) == MPK_OK)
         s = plan_chunks(h, chunk_size, &c, &n, src, err);
     uint64_t H = h ? h->data_start : 0, table = FIXED + H, at = table + (uint64_t)ENTRY * n;
@@ -388,6 +420,9 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
             r.zbuf[i - lo] = NULL;
         }
     }
+    /* the shard edited in place meanwhile: the chunks read before and after would make a
+     * container of neither version (every chunk's hash is of the bytes as they were read) */
+    s = check_unchanged(src, in, &st, s, err);
     if (s == MPK_OK) {
         memcpy(head, "MPKZ", 4);
         head[4] = 1, head[5] = head[6] = head[7] = 0;
@@ -503,7 +538,7 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     char *hdr = NULL;
     uint64_t csize = 0, n = 0;
     threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
-    zrun r = {.path = path, .meter = meter};
+    zrun r = {.in_path = path, .out_path = dst, .meter = meter};
     pthread_mutex_init(&r.lock, NULL);
     mpk_status s = mpk_open_regular(path, &in, &st, err);
     if (s == MPK_OK && (s = read_head(in, path, (uint64_t)st.st_size, &h, &csize, &n, &hdr, err)) == MPK_OK)
@@ -524,6 +559,9 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     size_t batch = (size_t)threads * 4;
     for (size_t lo = 0; s == MPK_OK && lo < n; lo += batch)
         s = run_batch(&r, lo, lo + batch < n ? lo + batch : (size_t)n, threads, err);
+    /* the container written meanwhile: a chunk read after it is caught by its hash, but as
+     * "corrupt"; say what happened */
+    s = check_unchanged(path, in, &st, s, err);
     s = close_both(in, out, dst, s, err);
     free(hdr);
     free(c);
