@@ -397,8 +397,12 @@ static mpk_status make_units(job *j)
                                             c->nodes[i]->kind == N_QUANT && c->nodes[i]->which == 1};
     }
     qsort(c->units, c->n_units, sizeof *c->units, file_order);
-    for (size_t u = 0; u < c->n_units; u++)
+    if (!(c->units_upto = mpk_calloc(c->n_units + 1, sizeof *c->units_upto)))
+        return nomem(j);
+    for (size_t u = 0; u < c->n_units; u++) {
         c->max_unit = c->units[u].len > c->max_unit ? c->units[u].len : c->max_unit;
+        c->units_upto[u + 1] = c->units_upto[u] + c->units[u].len;
+    }
     if (!(c->q = mpk_calloc(p->n_shards, sizeof *c->q)))
         return nomem(j);
     for (size_t u = 0, sh = 0; sh < p->n_shards; sh++) {
@@ -630,6 +634,7 @@ static void job_free(job *j)
     free(c->shards);
     free(c->slot);
     free(c->units);
+    free(c->units_upto);
     free(c->q);
     free(c->left);
     free(c->sh_left);

@@ -214,6 +214,7 @@ typedef struct {
     size_t *slot;        /* plan output -> tensor index in its shard's file */
     unit *units;
     size_t n_units;
+    uint64_t *units_upto; /* [n_units + 1]: the bytes of units[0..u), for prefetch's reach */
     uint64_t unit_bytes;
     uint64_t max_unit;   /* the largest unit (what a worker's buffer must hold) */
     uint64_t total;      /* the bytes this process writes (of every output, or its MPI share) */

@@ -94,6 +94,8 @@ typedef struct mpk_st_header {
     uint64_t data_start;         /* 8 + N: where the data section starts in the file */
     uint64_t data_size;          /* bytes of the data section */
     mpk_arena *arena;
+    mpk_strmap by_name;          /* tensor name -> index in tensors, built by the parser (a header
+                                    built by hand leaves it empty: mpk_st_header_find scans) */
 } mpk_st_header;
 
 #define MPK_ST_MAX_HEADER 100000000ull
@@ -114,7 +116,8 @@ mpk_status mpk_st_read_header(const char *path, mpk_st_header **out, mpk_error *
 /* NULL-safe. */
 void mpk_st_header_free(mpk_st_header *h);
 
-/* Index of the tensor called name in h, or -1. Linear; for many lookups use mpk_ckpt. */
+/* Index of the tensor called name in h, or -1. O(1) through h->by_name in a parsed header
+ * (a linear scan in one built by hand). Thread-safe (reads only). */
 long mpk_st_header_find(const mpk_st_header *h, const char *name);
 
 /* Lays out tensors[0..n) the way the reference writer does: sorts them (dtype rank

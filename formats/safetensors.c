@@ -270,6 +270,11 @@ mpk_status mpk_st_parse_header(const char *hdr, uint64_t hdr_len, uint64_t file_
         h->n_tensors++;
     }
     s = validate_layout(h, where, err);
+    /* the names again, now in the arena and in their final (offset) order: what lookups use */
+    if (s == MPK_OK && mpk_strmap_init(&h->by_name, h->n_tensors) != MPK_OK)
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+    for (size_t i = 0; s == MPK_OK && i < h->n_tensors; i++)
+        mpk_strmap_put(&h->by_name, h->tensors[i].name, strlen(h->tensors[i].name), i, NULL);
 done:
     mpk_strmap_free(&names);
     mpk_json_free(j);
@@ -372,12 +377,16 @@ void mpk_st_header_free(mpk_st_header *h)
 {
     if (!h)
         return;
+    mpk_strmap_free(&h->by_name);
     mpk_arena_free(h->arena);
     free(h);
 }
 
 long mpk_st_header_find(const mpk_st_header *h, const char *name)
 {
+    size_t at;
+    if (h->by_name.cap)
+        return mpk_strmap_get(&h->by_name, name, strlen(name), &at) ? (long)at : -1;
     for (size_t i = 0; i < h->n_tensors; i++)
         if (strcmp(h->tensors[i].name, name) == 0)
             return (long)i;

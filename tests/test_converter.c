@@ -706,6 +706,89 @@ static void test_resume_after_inplace_edit(void **state)
     tu_rmrf(dir);
 }
 
+/* ---------------------------------------------------------------- header lookups */
+
+/* Issue 45, item 10: unpack of one file of 60,004 tensors took 21 s (pack 0.75 s), at 600k
+ * over 10 minutes: mpk_plan_use_layout and the exact-layout shard opening looked each output up
+ * with a linear scan of the recorded header, and each claimed unit walked every unit after it
+ * for read-ahead. A parsed header now keeps a name map (mpk_st_header.by_name); here it finds
+ * what the scan finds, for every tensor, in the header's (offset) order, and nothing for names
+ * it does not hold; a header built by hand (no map) still scans. The timings are in
+ * bench/RESULTS.md. */
+static long scan_find(const mpk_st_header *h, const char *name)
+{
+    for (size_t i = 0; i < h->n_tensors; i++)
+        if (strcmp(h->tensors[i].name, name) == 0)
+            return (long)i;
+    return -1;
+}
+
+static void test_header_name_map(void **state)
+{
+    (void)state;
+    enum { N = 6000 };
+    mpk_tensor_info *t = calloc(N, sizeof *t);
+    char(*names)[64] = calloc(N, 64);
+    assert_non_null(t);
+    assert_non_null(names);
+    for (int i = 0; i < N; i++) { /* mixed dtypes and sizes: the layout order is not the name order */
+        snprintf(names[i], 64, "model.layers.%d.mlp.experts.%d.%s.weight", i / 300, i % 300 / 3,
+                 i % 3 == 0 ? "gate_proj" : i % 3 == 1 ? "up_proj" : "down_proj");
+        t[i].name = names[i];
+        t[i].dtype = i % 2 ? MPK_DTYPE_BF16 : MPK_DTYPE_F32;
+        t[i].ndim = 1;
+        t[i].shape[0] = 1 + i % 5;
+    }
+    char *hdr;
+    size_t hlen;
+    uint64_t dsize;
+    mpk_error err = {0};
+    assert_int_equal(mpk_st_layout(t, N, NULL, 0, &hdr, &hlen, &dsize, &err), MPK_OK);
+    char *file = calloc(1, hlen + dsize);
+    assert_non_null(file);
+    memcpy(file, hdr, hlen);
+    mpk_st_header *h;
+    assert_int_equal(mpk_st_parse(file, hlen + dsize, "map", &h, &err), MPK_OK);
+    assert_int_equal(h->n_tensors, N);
+    assert_int_equal(h->by_name.count, N); /* every name once */
+    for (int i = 0; i < N; i++) {
+        long k = mpk_st_header_find(h, names[i]);
+        assert_true(k >= 0);
+        assert_int_equal(k, scan_find(h, names[i]));
+        assert_string_equal(h->tensors[k].name, names[i]);
+    }
+    for (size_t k = 0; k < h->n_tensors; k++) /* each entry maps to itself (offset order) */
+        assert_int_equal(mpk_st_header_find(h, h->tensors[k].name), (long)k);
+    const char *absent[] = {"", "model", "model.layers.0.mlp.experts.0.gate_proj", "model.layers.0.mlp.experts.0.gate_proj.weightx",
+                            "__metadata__"};
+    for (size_t a = 0; a < sizeof absent / sizeof *absent; a++) {
+        assert_int_equal(mpk_st_header_find(h, absent[a]), -1);
+        assert_int_equal(scan_find(h, absent[a]), -1);
+    }
+    /* a header built by hand (no map): the same answers by scanning */
+    mpk_st_header hand = *h;
+    memset(&hand.by_name, 0, sizeof hand.by_name);
+    for (int i = 0; i < N; i += 97)
+        assert_int_equal(mpk_st_header_find(&hand, names[i]), mpk_st_header_find(h, names[i]));
+    assert_int_equal(mpk_st_header_find(&hand, "nope"), -1);
+    mpk_st_header_free(h);
+    /* a duplicate name is refused by the parser, map or not */
+    const char *dup = "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                      "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}";
+    size_t dl = strlen(dup);
+    char *buf = calloc(1, 8 + dl + 2);
+    assert_non_null(buf);
+    for (int b = 0; b < 8; b++)
+        buf[b] = (char)((uint64_t)dl >> (8 * b));
+    memcpy(buf + 8, dup, dl);
+    assert_int_equal(mpk_st_parse(buf, 8 + dl + 2, "dup", &h, &err), MPK_E_DUPLICATE_NAME);
+    free(buf);
+    free(file);
+    free(hdr);
+    free(names);
+    free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +802,7 @@ int main(void)
         cmocka_unit_test(test_memory_budget),
         cmocka_unit_test(test_conflict_and_config_shape),
         cmocka_unit_test(test_resume_after_inplace_edit),
+        cmocka_unit_test(test_header_name_map),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
