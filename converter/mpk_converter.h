@@ -206,7 +206,10 @@ typedef struct mpk_layout {
     const char *index_name;             /* the index file to write, NULL for none */
     const char *index_text;             /* its bytes verbatim, or NULL: formatted */
     size_t index_len;
-    const char *config_text;            /* the release's config.json verbatim, or NULL */
+    const char *config_text;            /* the config.json to write (the release's verbatim, or
+                                           the packed one as edited since pack), or NULL */
+    const char *config_note;            /* why config_text is not simply the recorded one (a
+                                           warning to give when the layout is followed), or NULL */
     mpk_arena *arena;
 } mpk_layout;
 /* NULL-safe; frees l itself. */

@@ -161,6 +161,40 @@ static mpk_status scan(const char *t, size_t len, mpk_status code, const char *w
     return MPK_OK;
 }
 
+size_t mpk_json_count_tokens(const char *t, size_t len, int *max_depth)
+{
+    size_t n = 0;
+    int depth = 0, deepest = 0;
+    for (size_t i = 0; i < len;) {
+        char c = t[i];
+        if (c == '"') { /* a string (key or value): one token, its bytes skipped */
+            n++;
+            for (i++; i < len && t[i] != '"'; i++)
+                if (t[i] == '\\')
+                    i++;
+            i++;
+        } else if (c == '[' || c == '{') {
+            n++;
+            if (++depth > deepest)
+                deepest = depth;
+            i++;
+        } else if (c == ']' || c == '}') {
+            depth--;
+            i++;
+        } else if (c == '-' || is_digit(c) || c == 't' || c == 'f' || c == 'n') {
+            n++; /* a number or a literal: to its end */
+            while (i < len && t[i] != ',' && t[i] != ']' && t[i] != '}' && t[i] != ' ' && t[i] != '\n' &&
+                   t[i] != '\t' && t[i] != '\r' && t[i] != '"' && t[i] != '[' && t[i] != '{')
+                i++;
+        } else {
+            i++;
+        }
+    }
+    if (max_depth)
+        *max_depth = deepest;
+    return n;
+}
+
 mpk_status mpk_json_parse(const char *text, size_t len, mpk_status code, const char *where,
                           const char *what, mpk_json **out, mpk_error *err)
 {

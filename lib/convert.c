@@ -192,6 +192,9 @@ static bool has_record(const mpk_ckpt *c)
     return yes;
 }
 
+static mpk_status requant_config(const mpk_convert_req *r, const job *j, const mpk_plan *p, char **out,
+                                 mpk_error *err);
+
 /* The files of the output: an index to follow (layout_like), or, unpacking, the source release
  * src recorded (when the conversion makes exactly its tensors: else said, and moepack's own
  * layout). Packing keeps a record: src's own, or the one src carries. */
@@ -205,18 +208,25 @@ static mpk_status follow_files(const mpk_convert_req *r, job *j, mpk_plan *p, mp
     if (j->spec->reversed && recorded) {
         MPK_TRY(mpk_source_load(j->src->dir, &j->files, err));
         mpk_error why;
-        if (mpk_plan_use_layout(p, j->files, &why) != MPK_OK && r->warn) {
+        if (mpk_plan_use_layout(p, j->files, &why) != MPK_OK) {
             char msg[1400];
             snprintf(msg, sizeof msg, "the source release recorded in %s/%s does not fit this conversion (%s): "
                      "the files are written moepack's way", j->src->dir, MPK_SOURCE_NAME, why.msg);
-            r->warn(r->ctx, msg);
+            if (r->warn)
+                r->warn(r->ctx, msg);
+        } else if (j->files->config_note && r->warn) { /* config.json edited since pack */
+            r->warn(r->ctx, j->files->config_note);
         }
         return MPK_OK;
     }
     if (j->spec->reversed)
         return MPK_OK;
-    if (!recorded) {
-        MPK_TRY(mpk_source_record(j->src, &j->record, &j->record_len, &j->src_digest, err));
+    if (!recorded) { /* the record keeps the digest of the config.json this conversion writes */
+        char *cfg = NULL;
+        MPK_TRY(requant_config(r, j, p, &cfg, err));
+        mpk_status s = mpk_source_record(j->src, cfg, &j->record, &j->record_len, &j->src_digest, err);
+        free(cfg);
+        MPK_TRY(s);
         j->have_digest = true;
         return MPK_OK;
     }

@@ -51,12 +51,17 @@ void mpk_lib_ranks_text(FILE *f, const mpk_rank_stats *r, int n);
 
 /* The source record pack keeps in a packed checkpoint (lib/source.c has its format). */
 #define MPK_SOURCE_NAME "moepack.source.zst"
-/* c's source record (zstd-compressed, malloc'd into *out). */
-mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *len, mpk_hash128 *digest, mpk_error *err);
+/* c's source record (zstd-compressed, malloc'd into *out). packed_config: the config.json text
+ * the conversion writes beside its shards instead of c's (a quantization change), NULL when it
+ * copies c's: its digest is recorded, so that unpack tells an edit made since from pack's own. */
+mpk_status mpk_source_record(const mpk_ckpt *c, const char *packed_config, char **out, size_t *len,
+                             mpk_hash128 *digest, mpk_error *err);
 /* XXH3-128 of c's file names, header bytes, index and config.json (the record's content): what
  * identifies a release's files, not their data bytes (verify SRC DST proves those). */
 mpk_status mpk_source_digest(const mpk_ckpt *c, mpk_hash128 *out, mpk_error *err);
-/* dir's record as a layout to follow; MPK_E_MANIFEST naming it when malformed. */
+/* dir's record as a layout to follow; MPK_E_MANIFEST naming it when malformed or larger than a
+ * record of dir's checkpoint can need. Its config_text is the config.json to write (the
+ * recorded one, or dir's as edited since pack: config_note says so). */
 mpk_status mpk_source_load(const char *dir, mpk_layout **out, mpk_error *err);
 /* An index file's names and tensor-to-file assignment as a layout (--layout-like). */
 mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *err);

@@ -7,12 +7,27 @@
  *   {"format": "moepack.source/1",
  *    "index": {"file": NAME, "text": TEXT} | null,
  *    "files": [{"file": NAME, "size": BYTES, "header": TEXT}, ...],
- *    "config": TEXT (config.json, when the release has one)}
+ *    "config": TEXT (config.json, when the release has one),
+ *    "packed_config": {"xxh3_128": HEX, "rewritten": BOOL} (with "config": the XXH3-128 of the
+ *                     config.json pack wrote beside the packed shards, and whether pack rewrote
+ *                     it (a quantization change: quantization_config) or copied it)}
  * where a file's header TEXT is the N bytes after its 8-byte length prefix (UTF-8 JSON with
  * its padding, as the strict parser accepted it) and the index TEXT is the index file whole.
  * unpack of a checkpoint holding a record writes those files with those names and headers,
  * every tensor at its recorded offset (when the conversion makes exactly the recorded
  * tensors; else moepack's own layout, said as a warning). convert carries the record along.
+ *
+ * config.json: unpack writes the recorded one back only when the packed config.json is the
+ * one pack wrote (its digest matches "packed_config"); one edited since is written as edited,
+ * pack's rewrite of quantization_config undone, and said (config_note). A record without
+ * "packed_config" (older moepack) keeps the recorded one, said when the packed config.json
+ * differs from it beyond quantization_config.
+ *
+ * A record is read under limits, so that a small hostile file cannot take the memory: its
+ * decompressed size (declared in the frame, checked before anything is allocated) at most what
+ * a record of the checkpoint's files can need (record_limit), its JSON at most
+ * RECORD_MAX_FILES file entries and 3 levels deep before cJSON builds a tree of it, its index
+ * text at most the tokens of one entry per recorded tensor.
  *
  * --layout-like INDEX follows an index (names and tensor-to-file assignment) without headers:
  * the files are written the way the reference writer writes them. */
@@ -20,15 +35,28 @@
 #include "lib_internal.h"
 
 #include <cjson/cJSON.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 #include <zstd.h>
 
 #define SOURCE_FORMAT "moepack.source/1"
-#define MAX_RECORD (1ull << 30) /* decompressed; checked before allocating */
+/* Decompressed size: far above the largest release's record (a 91k-tensor per-expert release
+ * records ~25 MB of headers and index), checked before allocating. */
+#define MAX_RECORD (256ull << 20)
+/* What a record may need per byte of the packed checkpoint's headers, index and config.json
+ * (its per-expert tensors are up to 2E entries per packed one), over a base for small ones. */
+#define RECORD_PER_BYTE 4096ull
+#define RECORD_BASE (16ull << 20)
+/* File entries of a record (releases have hundreds of shards), and so its JSON tokens. */
+#define RECORD_MAX_FILES 65536
+#define RECORD_MAX_TOKENS (64 + 8 * (size_t)RECORD_MAX_FILES)
+#define RECORD_MAX_DEPTH 3
 
 /* ---------------------------------------------------------------- writing the record */
 
@@ -56,10 +84,13 @@ static mpk_status add_file(cJSON *files, const mpk_shard *sh, mpk_error *err)
     return MPK_OK;
 }
 
-/* The record's JSON text (malloc'd into *out). */
-static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
+/* The record's JSON text (malloc'd into *out), without "packed_config"; config (when not NULL):
+ * the source's config.json text (malloc'd) or NULL when it has none. */
+static mpk_status source_json(const mpk_ckpt *c, char **out, char **config, mpk_error *err)
 {
     *out = NULL;
+    if (config)
+        *config = NULL;
     cJSON *root = cJSON_CreateObject(), *files = cJSON_CreateArray();
     if (!root || !files || !cJSON_AddStringToObject(root, "format", SOURCE_FORMAT) ||
         !cJSON_AddItemToObject(root, "files", files)) { /* a record without its files: none at all */
@@ -98,13 +129,18 @@ static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
         s = strlen(ctext) != clen ? mpk_error_set(err, MPK_E_CONFIG, 0, cpath, "holds a NUL byte")
                                   : mpk_error_set(err, MPK_E_NOMEM, 0, cpath, "out of memory");
     free(cpath);
-    free(ctext);
     char *json = s == MPK_OK ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
-    if (s != MPK_OK)
-        return s;
-    if (!json)
+    if (s != MPK_OK || !json) {
+        free(ctext);
+        if (s != MPK_OK)
+            return s;
         MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    }
+    if (config)
+        *config = ctext;
+    else
+        free(ctext);
     *out = json;
     return MPK_OK;
 }
@@ -112,20 +148,53 @@ static mpk_status source_json(const mpk_ckpt *c, char **out, mpk_error *err)
 mpk_status mpk_source_digest(const mpk_ckpt *c, mpk_hash128 *out, mpk_error *err)
 {
     char *json;
-    MPK_TRY(source_json(c, &json, err));
+    MPK_TRY(source_json(c, &json, NULL, err));
     XXH128_hash_t h = XXH3_128bits(json, strlen(json));
     free(json);
     *out = (mpk_hash128){h.high64, h.low64};
     return MPK_OK;
 }
 
-mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk_hash128 *digest, mpk_error *err)
+/* json with "packed_config" added (the digest of the config.json pack writes: packed_config,
+ * or config, the source's, when pack copies it), in *out; nothing when there is no config. */
+static mpk_status add_packed_config(const mpk_ckpt *c, char *json, const char *config, const char *packed_config,
+                                    char **out, mpk_error *err)
+{
+    *out = json;
+    if (!config)
+        return MPK_OK;
+    const char *text = packed_config ? packed_config : config;
+    XXH128_hash_t h = XXH3_128bits(text, strlen(text));
+    char hx[33], tail[128];
+    int tl = snprintf(tail, sizeof tail, ",\"packed_config\":{\"xxh3_128\":\"%s\",\"rewritten\":%s}}",
+                      mpk_hash_hex((mpk_hash128){h.high64, h.low64}, hx),
+                      packed_config && strcmp(packed_config, config) ? "true" : "false");
+    size_t jl = strlen(json); /* ends in the root object's '}' */
+    char *with = mpk_alloc(jl + (size_t)tl);
+    if (!with)
+        MPK_FAIL(err, MPK_E_NOMEM, c->dir, "out of memory");
+    memcpy(with, json, jl - 1);
+    memcpy(with + jl - 1, tail, (size_t)tl + 1);
+    free(json);
+    *out = with;
+    return MPK_OK;
+}
+
+mpk_status mpk_source_record(const mpk_ckpt *c, const char *packed_config, char **out, size_t *out_len,
+                             mpk_hash128 *digest, mpk_error *err)
 {
     char *json;
     *out = NULL;
-    MPK_TRY(source_json(c, &json, err));
+    char *config;
+    MPK_TRY(source_json(c, &json, &config, err));
     XXH128_hash_t h = XXH3_128bits(json, strlen(json)); /* mpk_source_digest's, from the same text */
     *digest = (mpk_hash128){h.high64, h.low64};
+    mpk_status s = add_packed_config(c, json, config, packed_config, &json, err);
+    free(config);
+    if (s != MPK_OK) {
+        free(json);
+        return s;
+    }
     size_t jl = strlen(json), cap = ZSTD_compressBound(jl);
     char *z = mpk_alloc(cap);
     size_t zl = z ? ZSTD_compress(z, cap, json, jl, 3) : 0;
@@ -143,17 +212,75 @@ mpk_status mpk_source_record(const mpk_ckpt *c, char **out, size_t *out_len, mpk
 
 #define BAD(...) return mpk_error_set(err, MPK_E_MANIFEST, 0, path, __VA_ARGS__)
 
-static mpk_status decompress(const char *path, const char *z, size_t zl, char **out, size_t *len, mpk_error *err)
+/* Bytes of the checkpoint in dir a record of its source can need: RECORD_BASE + RECORD_PER_BYTE
+ * per byte of its shards' headers (each NAME.safetensors's 8-byte length prefix; a compressed
+ * shard's is not read: MAX_RECORD then), its index and its config.json, at most MAX_RECORD. */
+static uint64_t record_limit(const char *dir)
 {
-    unsigned long long n = ZSTD_getFrameContentSize(z, zl);
-    if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN)
-        BAD("not a zstd frame with its content size");
-    if (n > MAX_RECORD)
-        BAD("declares %llu bytes, more than a source record holds (%llu)", n, MAX_RECORD);
+    DIR *d = opendir(dir);
+    if (!d)
+        return MAX_RECORD;
+    uint64_t bytes = 0;
+    bool whole = false;
+    for (struct dirent *e; !whole && (e = readdir(d));) {
+        size_t l = strlen(e->d_name);
+        bool st_file = l > 12 && strcmp(e->d_name + l - 12, ".safetensors") == 0;
+        whole = l > 17 && strcmp(e->d_name + l - 17, ".safetensors.mpkz") == 0;
+        if (!st_file && strcmp(e->d_name, MPK_INDEX_NAME) != 0 && strcmp(e->d_name, "config.json") != 0)
+            continue;
+        char *p = mpk_path_join(dir, e->d_name);
+        struct stat st;
+        int fd = p ? open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC) : -1;
+        free(p);
+        if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            whole = true; /* cannot tell: the absolute cap */
+        } else if (!st_file) {
+            bytes += (uint64_t)st.st_size;
+        } else {
+            unsigned char b[8];
+            uint64_t n = 0;
+            if (pread(fd, b, 8, 0) == 8)
+                for (int i = 0; i < 8; i++)
+                    n |= (uint64_t)b[i] << (8 * i);
+            bytes += n < (uint64_t)st.st_size ? n : (uint64_t)st.st_size;
+        }
+        if (fd >= 0)
+            close(fd);
+        whole |= bytes > MAX_RECORD / RECORD_PER_BYTE;
+    }
+    closedir(d);
+    return whole ? MAX_RECORD : RECORD_BASE + RECORD_PER_BYTE * bytes < MAX_RECORD ? RECORD_BASE + RECORD_PER_BYTE * bytes
+                                                                                   : MAX_RECORD;
+}
+
+/* The frame(s) decompressed, every frame's content size declared and their sum at most limit,
+ * checked before allocating: the output buffer is that size, so zstd cannot write more. */
+static mpk_status decompress(const char *path, const char *z, size_t zl, uint64_t limit, char **out, size_t *len,
+                             mpk_error *err)
+{
+    unsigned long long n = 0;
+    for (size_t at = 0; (at < zl || at == 0) && n <= limit;) { /* every frame's declared size, summed */
+        unsigned long long f = ZSTD_getFrameContentSize(z + at, zl - at);
+        size_t fl = ZSTD_findFrameCompressedSize(z + at, zl - at);
+        if (f == ZSTD_CONTENTSIZE_ERROR || f == ZSTD_CONTENTSIZE_UNKNOWN || ZSTD_isError(fl))
+            BAD("not a zstd frame with its content size");
+        n += f < limit ? f : limit + 1; /* (no overflow: each term at most limit + 1) */
+        at += fl;
+    }
+    if (n > limit)
+        BAD("declares %llu bytes decompressed, more than a source record of this checkpoint can need (limit %llu "
+            "bytes, from the size of its headers, index and config.json; at most %llu): refused unread",
+            n, (unsigned long long)limit, MAX_RECORD);
     char *t = mpk_alloc((size_t)n + 1);
     if (!t)
         MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
-    size_t got = ZSTD_decompress(t, (size_t)n, z, zl);
+    ZSTD_DCtx *dc = ZSTD_createDCtx();
+    size_t got = dc ? ZSTD_decompressDCtx(dc, t, (size_t)n, z, zl) : 0;
+    ZSTD_freeDCtx(dc);
+    if (!dc) {
+        free(t);
+        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
+    }
     if (ZSTD_isError(got) || got != n) {
         free(t);
         BAD("corrupt zstd frame (%s)", ZSTD_isError(got) ? ZSTD_getErrorName(got) : "short");
@@ -222,6 +349,11 @@ static mpk_status record_index_agrees(const mpk_layout *l, const char *path, mpk
     const char **names, **files;
     size_t n, recorded = l->file_of.count; /* (each recorded tensor once: record_file checks) */
     uint64_t total;
+    /* its tree bounded before cJSON builds it: a key and a value per recorded tensor, and metadata */
+    size_t tokens = mpk_json_count_tokens(l->index_text, l->index_len, NULL), most = 2 * recorded + 1024;
+    if (tokens > most)
+        return mpk_error_set(err, MPK_E_MANIFEST, 0, where, "holds %zu JSON values, more than an index of the %zu "
+                             "recorded tensors holds (limit %zu): refused before parsing", tokens, recorded, most);
     MPK_TRY(mpk_index_parse(l->index_text, l->index_len, where, &a, &names, &files, &n, &total, err));
     mpk_status s = MPK_OK;
     for (size_t i = 0; i < n && s == MPK_OK; i++) {
@@ -280,6 +412,111 @@ static mpk_status record_layout(const cJSON *root, const char *path, mpk_layout 
     return MPK_OK;
 }
 
+/* text parsed as JSON object (code and what name it in messages), its tree in *out. */
+static mpk_status parse_object(const char *text, size_t len, mpk_status code, const char *where, const char *what,
+                               cJSON **out, mpk_error *err)
+{
+    mpk_json *j;
+    MPK_TRY(mpk_json_parse(text, len, code, where, what, &j, err));
+    if (!cJSON_IsObject(j->root)) {
+        mpk_json_free(j);
+        return mpk_error_set(err, code, 0, where, "%s is not a JSON object", what);
+    }
+    *out = mpk_json_take(j);
+    return MPK_OK;
+}
+
+/* The recorded config.json and the packed one (cpath's text), parsed, quantization_config kept
+ * in *rec_qc (a copy, or NULL) and removed from both. */
+static mpk_status both_configs(const mpk_layout *l, const char *text, size_t len, const char *cpath, const char *path,
+                               cJSON **rec, cJSON **packed, cJSON **rec_qc, mpk_error *err)
+{
+    *rec = *packed = *rec_qc = NULL;
+    size_t rl = strlen(l->config_text), pt = mpk_json_count_tokens(text, len, NULL);
+    size_t rt = mpk_json_count_tokens(l->config_text, rl, NULL), most = 2 * pt + 1024;
+    if (rt > most) /* pack's rewrite changes quantization_config alone */
+        BAD("the recorded config.json holds %zu JSON tokens, more than pack could have made of %s's %zu (limit %zu)",
+            rt, cpath, pt, most);
+    MPK_TRY(parse_object(text, len, MPK_E_CONFIG, cpath, "config.json", packed, err));
+    char where[600];
+    snprintf(where, sizeof where, "%s: recorded config.json", path);
+    mpk_status s = parse_object(l->config_text, rl, MPK_E_MANIFEST, where, "the recorded config.json", rec, err);
+    const cJSON *qc = s == MPK_OK ? cJSON_GetObjectItemCaseSensitive(*rec, "quantization_config") : NULL;
+    if (qc && !(*rec_qc = cJSON_Duplicate(qc, 1)))
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
+    if (s != MPK_OK) {
+        cJSON_Delete(*packed);
+        cJSON_Delete(*rec);
+        *packed = *rec = NULL;
+        return s;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(*rec, "quantization_config");
+    cJSON_DeleteItemFromObjectCaseSensitive(*packed, "quantization_config");
+    return MPK_OK;
+}
+
+#define NOTE(...) (snprintf(note, sizeof note, __VA_ARGS__), l->config_note = mpk_arena_strndup(l->arena, note, strlen(note)))
+
+/* Which config.json unpack writes (the module comment says): l->config_text, l->config_note. */
+static mpk_status config_choice(const char *dir, const cJSON *root, mpk_layout *l, const char *path, mpk_error *err)
+{
+    if (!l->config_text)
+        return MPK_OK;
+    const cJSON *pc = cJSON_GetObjectItemCaseSensitive(root, "packed_config");
+    const cJSON *hx = cJSON_GetObjectItemCaseSensitive(pc, "xxh3_128"), *rw = cJSON_GetObjectItemCaseSensitive(pc, "rewritten");
+    if (pc && (!cJSON_IsString(hx) || strlen(hx->valuestring) != 32 || !cJSON_IsBool(rw)))
+        BAD("\"packed_config\" needs an \"xxh3_128\" (32 hex digits) and \"rewritten\" (true or false)");
+    char *cpath = mpk_path_join(dir, "config.json"), *text = NULL, note[1400];
+    size_t len = 0;
+    if (!cpath)
+        MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
+    mpk_status s = MPK_OK;
+    cJSON *rec = NULL, *packed = NULL, *rec_qc = NULL;
+    char *edited = NULL;
+    if (access(cpath, F_OK) != 0) {
+        NOTE("%s is not there: the config.json recorded in %s is written", cpath, path);
+    } else if ((s = mpk_read_file(cpath, &text, &len, err)) != MPK_OK) {
+        /* said */
+    } else if (pc) {
+        char now[33];
+        XXH128_hash_t h = XXH3_128bits(text, len);
+        mpk_hash_hex((mpk_hash128){h.high64, h.low64}, now);
+        if (strcmp(now, hx->valuestring) == 0) {
+            /* the one pack wrote: the recorded one goes back */
+        } else if (!cJSON_IsTrue(rw)) { /* pack copied it: the edit is the file */
+            if (strlen(text) != len)
+                s = mpk_error_set(err, MPK_E_CONFIG, 0, cpath, "holds a NUL byte");
+            else
+                edited = text, text = NULL;
+        } else if ((s = both_configs(l, text, len, cpath, path, &rec, &packed, &rec_qc, err)) == MPK_OK) {
+            if (rec_qc) /* pack rewrote quantization_config: the source's goes back */
+                cJSON_AddItemToObject(packed, "quantization_config", rec_qc), rec_qc = NULL;
+            if (!(edited = mpk_json_print(packed, true)))
+                s = mpk_error_set(err, MPK_E_NOMEM, 0, cpath, "out of memory");
+        }
+        if (s == MPK_OK && edited) {
+            if (!(l->config_text = mpk_arena_strndup(l->arena, edited, strlen(edited))))
+                s = mpk_error_set(err, MPK_E_NOMEM, 0, cpath, "out of memory");
+            else
+                NOTE("%s changed since pack (its XXH3-128 is not the one recorded in %s): it is written as edited%s, "
+                     "not the recorded one", cpath, path,
+                     cJSON_IsTrue(rw) ? ", with pack's own change to quantization_config undone" : "");
+        }
+    } else if ((s = both_configs(l, text, len, cpath, path, &rec, &packed, &rec_qc, err)) == MPK_OK &&
+               !cJSON_Compare(rec, packed, true)) {
+        NOTE("%s differs from the config.json recorded in %s, which an older moepack wrote without the digest that "
+             "tells an edit from pack's own rewrite: the recorded one is written; to keep the edit, copy %s over "
+             "DST's config.json", cpath, path, cpath);
+    }
+    cJSON_Delete(rec);
+    cJSON_Delete(packed);
+    cJSON_Delete(rec_qc);
+    free(edited);
+    free(text);
+    free(cpath);
+    return s;
+}
+
 mpk_status mpk_source_load(const char *dir, mpk_layout **out, mpk_error *err)
 {
     *out = NULL;
@@ -289,12 +526,31 @@ mpk_status mpk_source_load(const char *dir, mpk_layout **out, mpk_error *err)
         MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
     mpk_json *j = NULL;
     mpk_status s = mpk_read_file(path, &z, &zl, err);
-    if (s == MPK_OK && (s = decompress(path, z, zl, &text, &tl, err)) == MPK_OK &&
-        (s = mpk_json_parse(text, tl, MPK_E_MANIFEST, path, "the source record", &j, err)) == MPK_OK)
+    if (s == MPK_OK)
+        s = decompress(path, z, zl, record_limit(dir), &text, &tl, err);
+    free(z);
+    if (s == MPK_OK) { /* cJSON makes ~40 bytes of tiny elements' each byte: its shape first */
+        int depth;
+        size_t tokens = mpk_json_count_tokens(text, tl, &depth);
+        if (depth > RECORD_MAX_DEPTH)
+            s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "nests arrays and objects %d deep, a source record %d: "
+                              "refused before parsing", depth, RECORD_MAX_DEPTH);
+        else if (tokens > RECORD_MAX_TOKENS)
+            s = mpk_error_set(err, MPK_E_MANIFEST, 0, path, "holds %zu JSON values, more than a source record of at "
+                              "most %d files holds (limit %zu): refused before parsing", tokens, RECORD_MAX_FILES,
+                              RECORD_MAX_TOKENS);
+    }
+    if (s == MPK_OK && (s = mpk_json_parse(text, tl, MPK_E_MANIFEST, path, "the source record", &j, err)) == MPK_OK) {
+        free(text); /* the tree holds its strings */
+        text = NULL;
         s = record_layout(j->root, path, out, err);
+        if (s == MPK_OK && (s = config_choice(dir, j->root, *out, path, err)) != MPK_OK) {
+            mpk_layout_free(*out);
+            *out = NULL;
+        }
+    }
     mpk_json_free(j);
     free(text);
-    free(z);
     free(path);
     return s;
 }

@@ -428,6 +428,239 @@ static long sweep(const char *args, const char *dst)
     return walked;
 }
 
+/* ---------------------------------------------------------------- the source record read */
+
+/* dir's source record, parsed (cJSON_Delete it). */
+static cJSON *record_of(const char *dir)
+{
+    char *z;
+    size_t zl;
+    mpk_error e;
+    assert_int_equal(mpk_read_file(tu_fmt("%s/moepack.source.zst", dir), &z, &zl, &e), MPK_OK);
+    unsigned long long n = ZSTD_getFrameContentSize(z, zl);
+    assert_true(n < (1u << 30));
+    char *t = malloc(n + 1);
+    assert_non_null(t);
+    assert_int_equal(ZSTD_decompress(t, n, z, zl), n);
+    t[n] = 0;
+    cJSON *j = cJSON_Parse(t);
+    assert_non_null(j);
+    free(t);
+    free(z);
+    return j;
+}
+
+/* dir's source record replaced by head, then chunk times times, then tail, in one zstd frame
+ * that declares its content size (streamed: the whole text is never in memory here). */
+static void write_record(const char *dir, const char *head, const char *chunk, size_t times, const char *tail)
+{
+    size_t hl = strlen(head), cl = strlen(chunk), tl = strlen(tail);
+    ZSTD_CCtx *cc = ZSTD_createCCtx();
+    assert_non_null(cc);
+    assert_false(ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cc, hl + cl * times + tl)));
+    FILE *f = fopen(tu_fmt("%s/moepack.source.zst", dir), "wb");
+    assert_non_null(f);
+    size_t cap = ZSTD_CStreamOutSize();
+    char *out = malloc(cap), *block = malloc(1 << 20);
+    assert_true(out && block);
+    size_t per = (1 << 20) / cl; /* whole chunks per block */
+    for (size_t i = 0; i < per; i++)
+        memcpy(block + i * cl, chunk, cl);
+    for (int part = 0; part < 3; part++) {
+        for (size_t done = 0, n = part == 1 ? times : 1; done < n;) {
+            size_t k = part == 1 ? (n - done < per ? n - done : per) : 1;
+            ZSTD_inBuffer in = {part == 0 ? head : part == 1 ? block : tail, part == 0 ? hl : part == 1 ? k * cl : tl, 0};
+            ZSTD_EndDirective end = part == 2 ? ZSTD_e_end : ZSTD_e_continue;
+            size_t left;
+            do {
+                ZSTD_outBuffer o = {out, cap, 0};
+                left = ZSTD_compressStream2(cc, &o, &in, end);
+                assert_false(ZSTD_isError(left));
+                assert_int_equal(fwrite(out, 1, o.pos, f), o.pos);
+            } while (end == ZSTD_e_end ? left != 0 : in.pos < in.size);
+            done += k;
+        }
+    }
+    assert_int_equal(fclose(f), 0);
+    ZSTD_freeCCtx(cc);
+    free(out);
+    free(block);
+}
+
+/* dir's source record replaced by root's text. */
+static void record_put(const char *dir, cJSON *rec)
+{
+    char *text = cJSON_PrintUnformatted(rec);
+    assert_non_null(text);
+    write_record(dir, text, " ", 0, "");
+    free(text);
+}
+
+/* Before: a 4.7 KB moepack.source.zst (zstd of a padded JSON array declaring up to 1 GiB) made
+ * unpack allocate its declared size and cJSON build a node per tiny element: 1.6-1.9 GiB, and
+ * 90 KB of it ~30 GB. Now the declared size is held to what a record of the checkpoint's files
+ * can need before anything is allocated, and the text's shape (values, nesting; the recorded
+ * index's and config's too) before cJSON parses it: each refused under an address-space limit,
+ * the record and the limit named, nothing at DST. */
+static void test_source_record_bomb(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    const struct {
+        const char *head, *chunk, *tail;
+        size_t times;
+        const char *why;
+    } bomb[] = {
+        /* 768 MiB of a padded array: above this checkpoint's limit (tens of MiB) */
+        {"[", "0,", "0]", 384u << 20, "more than a source record of this checkpoint can need (limit "},
+        /* 12 MiB (under any checkpoint's limit) of tiny elements: 6M cJSON nodes */
+        {"[", "0,", "0]", 6u << 20, "JSON values, more than a source record of at most 65536 files holds (limit "},
+        {"", "[", "", 100, "nests arrays and objects 100 deep, a source record 3"},
+    };
+    for (size_t i = 0; i < sizeof bomb / sizeof bomb[0]; i++) {
+        char *p = copy_of(packed, "bomb");
+        write_record(p, bomb[i].head, bomb[i].chunk, bomb[i].times, bomb[i].tail);
+        struct stat st;
+        assert_int_equal(stat(tu_fmt("%s/moepack.source.zst", p), &st), 0);
+        assert_true(st.st_size < 100000);
+        assert_int_equal(run(limit_as(1048576), tu_fmt("unpack %s %s", p, dst)), 1);
+        assert_true(err_has(tu_fmt("%s/moepack.source.zst: ", p)));
+        assert_true(err_has(bomb[i].why));
+        assert_false(exists(dst));
+    }
+    /* a recorded index or config of tiny elements, the record itself small */
+    cJSON *j = record_of(packed);
+    char *big = malloc(2u << 20);
+    assert_non_null(big);
+    size_t o = (size_t)sprintf(big, "{\"weight_map\": {");
+    for (int k = 0; k < 100000; k++)
+        o += (size_t)sprintf(big + o, "%s\"%x\":\"a\"", k ? "," : "", k);
+    sprintf(big + o, "}}");
+    cJSON *ix = cJSON_GetObjectItem(j, "index");
+    assert_true(cJSON_ReplaceItemInObject(ix, "text", cJSON_CreateString(big)));
+    char *p = copy_of(packed, "bomb");
+    record_put(p, j);
+    assert_int_equal(run(limit_as(1048576), tu_fmt("unpack %s %s", p, dst)), 1);
+    assert_true(err_has(tu_fmt("%s/moepack.source.zst: recorded index model.safetensors.index.json: holds 200003 "
+                               "JSON values, more than an index of the 65 recorded tensors holds (limit 1154)", p)));
+    assert_false(exists(dst));
+    cJSON_Delete(j);
+    j = record_of(packed);
+    o = (size_t)sprintf(big, "{\"a\": [");
+    for (int k = 0; k < 100000; k++)
+        o += (size_t)sprintf(big + o, "%s0", k ? "," : "");
+    sprintf(big + o, "]}");
+    assert_true(cJSON_ReplaceItemInObject(j, "config", cJSON_CreateString(big)));
+    cJSON_DeleteItemFromObject(j, "packed_config"); /* an older record: compared with config.json */
+    p = copy_of(packed, "bomb");
+    record_put(p, j);
+    assert_int_equal(run(limit_as(1048576), tu_fmt("unpack %s %s", p, dst)), 1);
+    assert_true(err_has(tu_fmt("%s/moepack.source.zst: the recorded config.json holds 100003 JSON tokens, more than "
+                               "pack could have made of %s/config.json's 28 (limit 1080)", p, p)));
+    assert_false(exists(dst));
+    cJSON_Delete(j);
+    free(big);
+    /* the record rewritten as it was: unpack gives the release back */
+    j = record_of(packed);
+    p = copy_of(packed, "bomb");
+    record_put(p, j);
+    cJSON_Delete(j);
+    assert_int_equal(run(limit_as(1048576), tu_fmt("unpack %s %s", p, dst)), 0);
+    assert_int_equal(tu_sh("cmp -s %s/model-00001-of-00002.safetensors %s/model-00001-of-00002.safetensors", src, dst), 0);
+    tu_rmrf(dst);
+}
+
+/* Before: pack, edit the packed config.json (rope_theta, max_position_embeddings), unpack: the
+ * config.json recorded at pack time was written back, the edit lost without a word. Now the
+ * record keeps the digest of the config.json pack wrote; an edited one is written as edited
+ * (pack's own rewrite of quantization_config undone) with a warning naming it; an unedited one
+ * gives the recorded one back; an older record without the digest keeps the recorded one and
+ * says that the packed one differs. */
+static void test_unpack_keeps_config_edits(void **state)
+{
+    (void)state;
+    const char *dst = tu_fmt("%s/o", root);
+    const char *edit = "sed -i 's/\"max_position_embeddings\": 4096/\"max_position_embeddings\": 32768,\\n"
+                       "  \"rope_theta\": 500000.0/' %s/config.json";
+    /* unedited: the recorded one, byte for byte, nothing said */
+    assert_int_equal(run("", tu_fmt("unpack %s %s", packed, dst)), 0);
+    assert_int_equal(tu_sh("cmp -s %s/config.json %s/config.json", src, dst), 0);
+    assert_int_equal(tu_sh("grep -q config.json %s/err", root), 1);
+    tu_rmrf(dst);
+    /* edited: written as edited, said */
+    char *p = copy_of(packed, "edited");
+    assert_int_equal(tu_sh(edit, p), 0);
+    assert_int_equal(tu_sh("grep -q '\"rope_theta\": 500000.0' %s/config.json", p), 0);
+    assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 0);
+    assert_int_equal(tu_sh("cmp -s %s/config.json %s/config.json", p, dst), 0);
+    assert_true(err_has(tu_fmt("warning: %s/config.json changed since pack (its XXH3-128 is not the one recorded in "
+                               "%s/moepack.source.zst): it is written as edited, not the recorded one", p, p)));
+    for (int k = 1; k <= 2; k++) /* the shards are still the release's */
+        assert_int_equal(tu_sh("cmp -s %s/model-0000%d-of-00002.safetensors %s/model-0000%d-of-00002.safetensors",
+                               src, k, dst, k), 0);
+    tu_rmrf(dst);
+    /* pack rewrote it (a quantization change): the edit kept, pack's quantization_config undone */
+    cJSON *j = record_of(packed);
+    cJSON *rec = cJSON_Parse(cJSON_GetObjectItem(j, "config")->valuestring);
+    cJSON_AddItemToObject(rec, "quantization_config", cJSON_Parse("{\"quant_method\": \"fp8\"}"));
+    char *rec_text = cJSON_Print(rec);
+    assert_true(cJSON_ReplaceItemInObject(j, "config", cJSON_CreateString(rec_text)));
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(j, "packed_config"), "rewritten", cJSON_CreateTrue());
+    p = copy_of(packed, "edited");
+    record_put(p, j);
+    assert_int_equal(tu_sh(edit, p), 0);
+    assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 0);
+    assert_true(err_has("it is written as edited, with pack's own change to quantization_config undone"));
+    char *got = tu_slurp(tu_fmt("%s/config.json", dst));
+    cJSON *g = cJSON_Parse(got);
+    assert_non_null(g);
+    assert_int_equal(cJSON_GetObjectItem(g, "max_position_embeddings")->valueint, 32768);
+    assert_true(cJSON_GetObjectItem(g, "rope_theta")->valuedouble == 500000.0);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(g, "quantization_config"), "quant_method")->valuestring,
+                        "fp8");
+    cJSON_Delete(g);
+    free(got);
+    /* unedited, the same record: the recorded one */
+    p = copy_of(packed, "edited");
+    record_put(p, j);
+    tu_rmrf(dst);
+    assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 0);
+    got = tu_slurp(tu_fmt("%s/config.json", dst));
+    assert_string_equal(got, rec_text);
+    assert_int_equal(tu_sh("grep -q config.json %s/err", root), 1);
+    free(got);
+    free(rec_text);
+    cJSON_Delete(rec);
+    cJSON_Delete(j);
+    tu_rmrf(dst);
+    /* an older record (no digest): the recorded one, the difference said */
+    j = record_of(packed);
+    cJSON_DeleteItemFromObject(j, "packed_config");
+    p = copy_of(packed, "edited");
+    record_put(p, j);
+    assert_int_equal(tu_sh(edit, p), 0);
+    assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 0);
+    assert_int_equal(tu_sh("cmp -s %s/config.json %s/config.json", src, dst), 0);
+    assert_true(err_has(tu_fmt("warning: %s/config.json differs from the config.json recorded in %s/moepack.source.zst, "
+                               "which an older moepack wrote without the digest", p, p)));
+    tu_rmrf(dst);
+    /* ... and unedited: nothing said */
+    p = copy_of(packed, "edited");
+    record_put(p, j);
+    cJSON_AddItemToObject(j, "packed_config", cJSON_Parse("{\"xxh3_128\": \"00\", \"rewritten\": false}"));
+    char *bad = copy_of(packed, "bad_digest");
+    record_put(bad, j); /* a malformed digest: refused, named */
+    cJSON_Delete(j);
+    assert_int_equal(run("", tu_fmt("unpack %s %s", bad, dst)), 1);
+    assert_true(err_has(tu_fmt("%s/moepack.source.zst: \"packed_config\" needs an \"xxh3_128\" (32 hex digits) and "
+                               "\"rewritten\" (true or false)", bad)));
+    assert_false(exists(dst));
+    assert_int_equal(run("", tu_fmt("unpack %s %s", p, dst)), 0);
+    assert_int_equal(tu_sh("cmp -s %s/config.json %s/config.json", src, dst), 0);
+    assert_int_equal(tu_sh("grep -q config.json %s/err", root), 1);
+    tu_rmrf(dst);
+}
+
 /* Before: an allocation failure while padding a header looped for ever (pack, unpack and
  * --dequantize hung at 100% CPU for a band of points), and unchecked spec allocations were
  * dereferenced. */
@@ -484,7 +717,11 @@ int main(void)
         cmocka_unit_test(test_source_changed_detected),
         cmocka_unit_test(test_source_cut_short_while_spliced),
         cmocka_unit_test(test_layout_files_checked_before_writing),
+        cmocka_unit_test(test_source_record_bomb),
+        cmocka_unit_test(test_unpack_keeps_config_edits),
         cmocka_unit_test(test_allocation_failure_sweep),
     };
+    if (getenv("MPK_TEST_FILTER")) /* one test by name (a pattern: test_source_*) */
+        cmocka_set_test_filter(getenv("MPK_TEST_FILTER"));
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
