@@ -65,6 +65,88 @@ class Binding(unittest.TestCase):
         self.assertEqual(os.listdir(mine), ["photos"])
         shutil.rmtree(mine)
 
+    def test_arguments_checked_before_c(self):
+        """Every path argument as the os functions take it: str, bytes or os.PathLike; TypeError
+        for another type (None included), ValueError for an embedded NUL; ints, names and
+        callbacks checked too, nothing passed on to the library (issue 45, item 11: synth(None)
+        crashed the interpreter, pack(src, 'out\\0/x') wrote 'out', inspect(None) said
+        'io: Bad address')."""
+        import pathlib
+        before = sorted(os.listdir(self.root))
+        out = self.path("out")
+        calls = {  # name -> a call with the bad value as its path argument(s)
+            "pack dst": lambda v: moepack.pack(self.src, v),
+            "pack src": lambda v: moepack.pack(v, out),
+            "unpack dst": lambda v: moepack.unpack(self.src, v),
+            "convert dst": lambda v: moepack.convert(self.src, v),
+            "convert spec file": lambda v: moepack.convert(self.src, out, v),
+            "pack layout_like": lambda v: moepack.unpack(self.src, out, layout_like=v),
+            "compress dst": lambda v: moepack.compress(self.src, v),
+            "compress src": lambda v: moepack.compress(v, out),
+            "decompress dst": lambda v: moepack.decompress(self.src, v),
+            "inspect": lambda v: moepack.inspect(v),
+            "hash": lambda v: moepack.hash(v),
+            "hash write": lambda v: moepack.hash(v, write=True),
+            "verify one": lambda v: moepack.verify(v),
+            "verify src": lambda v: moepack.verify(v, self.src),
+            "verify dst": lambda v: moepack.verify(self.src, v),
+            "verify spec": lambda v: moepack.verify(self.src, self.src, v),
+            "diff a": lambda v: moepack.diff(v, self.src),
+            "diff b": lambda v: moepack.diff(self.src, v),
+            "synth": lambda v: moepack.synth(v),
+        }
+        for what, call in calls.items():
+            optional = what in ("convert spec file", "pack layout_like", "verify spec", "verify dst")  # None: a default
+            for bad in ([] if optional else [None]) + [42, 1.5, ["a"], object()]:
+                with self.subTest(what=what, value=bad), self.assertRaises(TypeError):
+                    call(bad)
+            for bad in (out + "\0/x", os.fsencode(out) + b"\0/x", pathlib.Path(out + "\0/x")):
+                with self.subTest(what=what, value=bad), self.assertRaises(ValueError):
+                    call(bad)
+        self.assertEqual(sorted(os.listdir(self.root)), before)  # 'out' not written
+        # what the os module says for the same values
+        with self.assertRaises(TypeError):
+            os.stat(None)
+        with self.assertRaises(ValueError):
+            os.stat(out + "\0/x")
+        # the three forms of a good path
+        self.assertEqual(moepack.inspect(pathlib.Path(self.src))["tensor_count"],
+                         moepack.inspect(os.fsencode(self.src))["tensor_count"])
+        moepack.synth(pathlib.Path(self.path("synth-pathlike")), experts=2, layers=1)
+        self.assertTrue(moepack.verify(pathlib.Path(self.path("synth-pathlike")), self.path("synth-pathlike"))["identical"])
+        shutil.rmtree(self.path("synth-pathlike"))
+        # ints: TypeError for another type, OverflowError past the C field (no silent wrap:
+        # threads 2**32 + 1 was 1)
+        for kw in ({"threads": 2**32 + 1}, {"mem": -1}, {"max_shard_size": 2**64}, {"level": 2**31}):
+            with self.subTest(kw=kw), self.assertRaises(OverflowError):
+                moepack.pack(self.src, out, **kw)
+        for kw in ({"threads": "2"}, {"threads": 2.0}, {"mem": None}, {"threads": True}, {"io": 1},
+                   {"quantize": 8}, {"progress": 5}, {"warn": "w"}):
+            with self.subTest(kw=kw), self.assertRaises(TypeError):
+                moepack.pack(self.src, out, **kw)
+        for kw in ({"io": "mmap"}, {"quantize": "int4"}, {"io": "auto\0"}):
+            with self.subTest(kw=kw), self.assertRaises(ValueError):
+                moepack.pack(self.src, out, **kw)
+        for kw in ({"level": None}, {"chunk_size": "4M"}):
+            with self.subTest(kw=kw), self.assertRaises(TypeError):
+                moepack.compress(self.src, out, **kw)
+        with self.assertRaises(OverflowError):
+            moepack.compress(self.src, out, chunk_size=-8)
+        for kw in ({"layers": None}, {"experts": "4"}, {"arch": None}, {"arch": 3}, {"dtype": None},
+                   {"seed": 1.0}):
+            with self.subTest(kw=kw), self.assertRaises(TypeError):
+                moepack.synth(out, **kw)
+        for kw in ({"dtype": "F8"}, {"arch": "mixtral\0x"}):
+            with self.subTest(kw=kw), self.assertRaises(ValueError):
+                moepack.synth(out, **kw)
+        for kw in ({"hidden": 2**31}, {"seed": -1}, {"seed": 2**64 - 1}):
+            with self.subTest(kw=kw), self.assertRaises(OverflowError):
+                moepack.synth(out, **kw)
+        for kw in ({"atol": None}, {"atol": "0"}, {"rtol": "1e-3"}, {"quantize": 1}):
+            with self.subTest(kw=kw), self.assertRaises(TypeError):
+                moepack.verify(self.src, self.src, **kw)
+        self.assertEqual(sorted(os.listdir(self.root)), before)
+
     def test_diff_sees_a_changed_value(self):
         copy = self.path("copy")
         shutil.copytree(self.src, copy)

@@ -15,6 +15,8 @@ raise moepack.Error, which carries the status name (e.g. "destination-exists"), 
 import ctypes
 import ctypes.util
 import json
+import numbers
+import operator
 import os
 
 __all__ = ["Error", "pack", "unpack", "convert", "compress", "decompress", "inspect", "hash", "verify", "diff", "synth", "presets",
@@ -113,8 +115,71 @@ class Error(Exception):
         super().__init__(f"{self.status}: {self.message}")
 
 
-def _b(s):
-    return None if s is None else os.fsencode(s)
+# Every argument is checked here, before it reaches C: ctypes would pass None as NULL, cut a
+# path at an embedded NUL, and wrap an int that does not fit its C field.
+def _path(value, func, name, optional=False):
+    """A path argument as the os functions take it (os.fspath: str, bytes or os.PathLike) in the
+    file system's encoding; TypeError for any other type (None too, unless optional: then None
+    stays NULL), ValueError for an embedded NUL."""
+    if value is None and optional:
+        return None
+    try:
+        p = os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} should be string, bytes or os.PathLike, not "
+                        f"{type(value).__name__}") from None
+    b = os.fsencode(p)
+    if b"\0" in b:
+        raise ValueError(f"{func}: embedded null character in {name}")
+    return b
+
+
+def _str(value, func, name):
+    """A name argument (preset, dtype...): a str without NUL."""
+    if not isinstance(value, str):
+        raise TypeError(f"{func}: {name} should be str, not {type(value).__name__}")
+    if "\0" in value:
+        raise ValueError(f"{func}: embedded null character in {name}")
+    return value
+
+
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_UINT64 = (0, (1 << 64) - 1)
+
+
+def _int(value, func, name, limits):
+    """An integer argument (int or anything with __index__, not bool) within its C field's range:
+    TypeError for another type, OverflowError outside (the library checks what it accepts)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{func}: {name} should be int, not bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{func}: {name} should be int, not {type(value).__name__}") from None
+    if not limits[0] <= v <= limits[1]:
+        raise OverflowError(f"{func}: {name} {v} is out of range ({limits[0]}..{limits[1]})")
+    return v
+
+
+def _float(value, func, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{func}: {name} should be a real number, not {type(value).__name__}")
+    return float(value)
+
+
+def _choice(value, func, name, table):
+    """One of table's keys (a str, or None where the table has it)."""
+    if value is not None or None not in table:
+        _str(value, func, name)
+    if value not in table:
+        raise ValueError(f"{func}: {name} takes " + ", ".join(repr(k) for k in table) + f", not {value!r}")
+    return table[value]
+
+
+def _callback(value, func, name):
+    if value is not None and not callable(value):
+        raise TypeError(f"{func}: {name} should be callable or None, not {type(value).__name__}")
+    return value
 
 
 def _call(fn, *args):
@@ -132,27 +197,35 @@ def _call(fn, *args):
 def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=50_000_000_000, mem=1 << 30, threads=0,
             force=False, resume=False, copy_links=False, fsync=True, manifest=True, copy_range=True,
             quantize=None, dequantize=False, io="auto", layout_like=None, progress=None, warn=None,
-            compress=False, level=0):
+            compress=False, level=0, _func="convert"):
     """Converts checkpoint src into the new directory dst with spec (a preset name, "auto" for
     the one matching src's config.json, or a spec JSON file); reverse undoes the spec.
     Unpacking gives back the source release pack recorded, byte for byte; layout_like (an
     index file) makes the output follow that index's files instead. compress lands every shard
     as a NAME.safetensors.mpkz container (zstd level `level`, 0: the default).
-    progress(done_bytes, total_bytes, seconds) and warn(message) are called as it runs."""
-    if quantize not in (None, "fp8-block128"):
-        raise ValueError("quantize takes None or 'fp8-block128'")
-    if quantize and dequantize:
-        raise ValueError("quantize and dequantize cannot be combined")
+    progress(done_bytes, total_bytes, seconds) and warn(message) are called as it runs.
+    Paths (src, dst, spec, layout_like) are str, bytes or os.PathLike."""
+    f = _func
     req = _ConvertReq()
     _lib.mpk_convert_req_init(ctypes.byref(req), None, None)
-    req.src, req.dst, req.spec = _b(src), _b(dst), _b(spec)  # fields set here keep their bytes alive
+    # fields set here keep their bytes alive
+    req.src, req.dst = _path(src, f, "src"), _path(dst, f, "dst")
+    req.spec = _path(spec, f, "spec" if f == "convert" else "preset", optional=True)
+    quant = _choice(quantize, f, "quantize", {None: 0, "fp8-block128": 2})
+    if quant and dequantize:
+        raise ValueError(f"{f}: quantize and dequantize cannot be combined")
     req.direction = _DIRECTION["unpack" if reverse else "pack"]
-    req.quant = _QUANT["dequantize" if dequantize else quantize]
-    req.flags = ((force and 1) | (resume and 2) | (copy_links and 4) | ((not fsync) and 8)
-                 | ((not copy_range) and 16) | ((not manifest) and 32) | (compress and 64))
-    req.max_shard_size, req.mem, req.threads, req.io = max_shard_size, mem, threads, _IO[io]
-    req.layout_like = _b(layout_like)
-    req.compress_level = level
+    req.quant = _QUANT["dequantize"] if dequantize else quant
+    req.flags = ((bool(force) and 1) | (bool(resume) and 2) | (bool(copy_links) and 4) | ((not fsync) and 8)
+                 | ((not copy_range) and 16) | ((not manifest) and 32) | (bool(compress) and 64))
+    req.max_shard_size = _int(max_shard_size, f, "max_shard_size", _UINT64)
+    req.mem = _int(mem, f, "mem", _UINT64)
+    req.threads = _int(threads, f, "threads", _INT32)
+    req.io = _choice(io, f, "io", _IO)
+    req.layout_like = _path(layout_like, f, "layout_like", optional=True)
+    req.compress_level = _int(level, f, "level", _INT32)
+    _callback(progress, f, "progress")
+    _callback(warn, f, "warn")
     # the callbacks must outlive the call: keep them in locals
     pcb = _PROGRESS(lambda ctx, done, total, s: progress(done, total, s)) if progress else _PROGRESS()
     wcb = _WARN(lambda ctx, msg: warn(msg.decode(errors="replace"))) if warn else _WARN()
@@ -162,47 +235,54 @@ def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=50_000_000_0
 
 def pack(src, dst, preset="auto", **options):
     """Per-expert -> packed ([E, 2I, H] gate_up_proj, [E, H, I] down_proj per layer)."""
-    return convert(src, dst, preset, False, **options)
+    return convert(src, dst, preset, False, _func="pack", **options)
 
 
 def unpack(src, dst, preset="auto", **options):
     """Packed -> per-expert (the preset reversed)."""
-    return convert(src, dst, preset, True, **options)
+    return convert(src, dst, preset, True, _func="unpack", **options)
 
 
-def _compressing(fn, src, dst, level, threads, chunk_size, force):
-    req = _CompressReq(_b(src), _b(dst), level, threads, chunk_size, 1 if force else 0, _WARN(), None)
+def _compressing(fn, f, src, dst, level, threads, chunk_size, force):
+    req = _CompressReq(_path(src, f, "src"), _path(dst, f, "dst"), _int(level, f, "level", _INT32),
+                       _int(threads, f, "threads", _INT32), _int(chunk_size, f, "chunk_size", _UINT64),
+                       1 if force else 0, _WARN(), None)
     return _call(fn, ctypes.byref(req))
 
 
 def compress(src, dst, *, level=1, threads=0, chunk_size=4 << 20, force=False):
     """Every NAME.safetensors of src as dst/NAME.safetensors.mpkz (formats/MPKZ.md)."""
-    return _compressing(_lib.mpk_compress, src, dst, level, threads, chunk_size, force)
+    return _compressing(_lib.mpk_compress, "compress", src, dst, level, threads, chunk_size, force)
 
 
 def decompress(src, dst, *, threads=0, force=False):
     """The .mpkz containers of src back into their .safetensors files, byte for byte."""
-    return _compressing(_lib.mpk_decompress, src, dst, 3, threads, 4 << 20, force)
+    return _compressing(_lib.mpk_decompress, "decompress", src, dst, 3, threads, 4 << 20, force)
 
 
 def inspect(path):
     """Shards, tensors, dtypes, config.json facts and expert layout of a checkpoint."""
-    return _call(_lib.mpk_inspect, _b(path))
+    return _call(_lib.mpk_inspect, _path(path, "inspect", "path"))
 
 
 def hash(path, write=False):
     """XXH3-128 of every tensor and the sharding-independent digest (the manifest document);
     write=True stores it as path/moepack.manifest.json."""
-    return _call(_lib.mpk_hash, _b(path), 1 if write else 0)
+    return _call(_lib.mpk_hash, _path(path, "hash", "path"), 1 if write else 0)
 
 
-def _compare(fn, src, dst, spec, quantize, dequantize, atol, rtol):
+def _compare(fn, f, src, dst, spec, quantize, dequantize, atol, rtol):
     req = _CompareReq()
     _lib.mpk_compare_req_init(ctypes.byref(req), None, None)
-    req.src, req.dst, req.spec = _b(src), _b(dst), _b(spec)
-    req.quant = _QUANT["dequantize" if dequantize else quantize]
-    req.atol = atol
-    req.rtol = -1.0 if rtol is None else rtol
+    req.src = _path(src, f, "src", optional=True)
+    req.dst = _path(dst, f, "dst")
+    req.spec = _path(spec, f, "spec", optional=True)
+    quant = _choice(quantize, f, "quantize", {None: 0, "fp8-block128": 2})
+    if quant and dequantize:
+        raise ValueError(f"{f}: quantize and dequantize cannot be combined")
+    req.quant = _QUANT["dequantize"] if dequantize else quant
+    req.atol = _float(atol, f, "atol")
+    req.rtol = -1.0 if rtol is None else _float(rtol, f, "rtol")
     return _call(fn, ctypes.byref(req))
 
 
@@ -210,26 +290,36 @@ def verify(src, dst=None, spec=None, *, quantize=None, dequantize=False, atol=0.
     """Proves dst is the conversion of src (recomputed with the reference ops); with one path,
     checks it against its manifest. The dict's "identical" says the verdict."""
     if dst is None:
-        src, dst = None, src
-    return _compare(_lib.mpk_verify, src, dst, spec, quantize, dequantize, atol, rtol)
+        return _compare(_lib.mpk_verify, "verify", None, _path(src, "verify", "src"), spec, quantize, dequantize,
+                        atol, rtol)
+    return _compare(_lib.mpk_verify, "verify", _path(src, "verify", "src"), dst, spec, quantize, dequantize,
+                    atol, rtol)
 
 
 def diff(a, b, spec=None, *, quantize=None, dequantize=False, atol=0.0, rtol=None):
     """Every float tensor compared by value: max abs/rel error, RMSE, cosine."""
-    return _compare(_lib.mpk_diff, a, b, spec, quantize, dequantize, atol, rtol)
+    return _compare(_lib.mpk_diff, "diff", _path(a, "diff", "a"), _path(b, "diff", "b"), spec, quantize,
+                    dequantize, atol, rtol)
 
 
 def synth(dst, arch="mixtral", *, layers=2, experts=8, hidden=64, intermediate=32, vocab=128, dtype="BF16",
           shards=2, seed=0, packed=False, fp8=False):
     """Writes a small random checkpoint with the preset's real tensor names (seed as the CLI's
     --seed: the same seed gives the same bytes)."""
+    f = "synth"
+    out = _path(dst, f, "dst")
     o = _SynthOpts()
     _lib.mpk_synth_opts_init(ctypes.byref(o))
-    o.arch = _b(arch)
-    o.layers, o.experts, o.hidden, o.intermediate, o.vocab = layers, experts, hidden, intermediate, vocab
-    o.dtype, o.shards, o.seed, o.packed, o.fp8 = _DTYPES[dtype], shards, seed + 1, packed, fp8
+    o.arch = _str(arch, f, "arch").encode()
+    o.layers, o.experts, o.hidden, o.intermediate, o.vocab = (
+        _int(v, f, n, _INT32) for v, n in ((layers, "layers"), (experts, "experts"), (hidden, "hidden"),
+                                           (intermediate, "intermediate"), (vocab, "vocab")))
+    o.dtype = _choice(dtype, f, "dtype", _DTYPES)
+    o.shards = _int(shards, f, "shards", _INT32)
+    o.seed = _int(seed, f, "seed", (0, _UINT64[1] - 1)) + 1
+    o.packed, o.fp8 = bool(packed), bool(fp8)
     err = _Error()
-    if _lib.mpk_synth(ctypes.byref(o), _b(dst), ctypes.byref(err)) != 0:
+    if _lib.mpk_synth(ctypes.byref(o), out, ctypes.byref(err)) != 0:
         raise Error(err)
 
 
