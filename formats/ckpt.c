@@ -3,6 +3,8 @@
 #include "formats_internal.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -60,6 +62,10 @@ mpk_status mpk_index_parse(const char *text, size_t len, const char *where, mpk_
         }
     }
     size_t n = (size_t)cJSON_GetArraySize(wm);
+    if (n == 0) { /* a checkpoint of no tensors: every shard beside it would be dropped */
+        s = mpk_error_set(err, MPK_E_INDEX, 0, where, "\"weight_map\" is empty: the index lists no tensors");
+        goto done;
+    }
     a = mpk_arena_new();
     const char **names = a ? mpk_arena_alloc(a, (n + 1) * sizeof *names) : NULL;
     const char **files = a ? mpk_arena_alloc(a, (n + 1) * sizeof *files) : NULL;
@@ -243,11 +249,14 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
     mpk_shard *sh = &c->shards[c->n_shards - 1];
     /* the shard must resolve inside the directory (no symlink escapes) */
     char rdir[PATH_MAX], rfile[PATH_MAX];
-    if (c->is_dir && realpath(c->dir, rdir) && realpath(sh->path, rfile)) {
-        size_t l = strlen(rdir);
-        if (strncmp(rdir, rfile, l) != 0 || (rfile[l] != '/' && l > 1))
-            MPK_FAIL(err, MPK_E_INDEX_PATH, sh->path, "shard resolves outside the checkpoint "
-                                                     "directory (to %s)", rfile);
+    if (c->is_dir && realpath(c->dir, rdir) && realpath(sh->path, rfile) && !mpk_path_under(rfile, rdir)) {
+        /* a Hugging Face cache snapshot's links into its own repo's blobs/ are part of it */
+        char *blobs = mpk_hub_blobs_of(rdir);
+        bool ok = blobs && mpk_path_under(rfile, blobs);
+        free(blobs);
+        if (!ok)
+            MPK_FAIL(err, MPK_E_INDEX_PATH, sh->path, "shard resolves outside the checkpoint directory (to %s)%s",
+                     rfile, strstr(rdir, "/snapshots/") ? ", and not into its Hugging Face cache repo's blobs/" : "");
     }
     /* NAME.safetensors missing, NAME.safetensors.mpkz there: read the compressed shard in place */
     struct stat st;
@@ -352,6 +361,96 @@ static mpk_status collect_tensors(mpk_ckpt *c, mpk_error *err)
     return MPK_OK;
 }
 
+/* The series of a shard name PREFIX-NNNNN-of-MMMMM.safetensors: PREFIX-*-of-MMMMM in buf
+ * (false for a name of another form). */
+static bool shard_series(const char *name, char *buf, size_t cap)
+{
+    const char *of = strstr(name, "-of-"), *d = of;
+    if (!of || strcmp(of + 4 + strspn(of + 4, "0123456789"), ".safetensors") != 0 || !isdigit((unsigned char)of[4]))
+        return false;
+    while (d > name && isdigit((unsigned char)d[-1]))
+        d--;
+    if (d == of || d == name || d[-1] != '-')
+        return false;
+    snprintf(buf, cap, "%.*s*%s", (int)(d - name), name, of);
+    return true;
+}
+
+/* The first dotted component of a tensor name ("model" of "model.layers.0..."), its length. */
+static size_t name_root(const char *t)
+{
+    const char *dot = strchr(t, '.');
+    return dot ? (size_t)(dot - t) : strlen(t);
+}
+
+/* A NAME.safetensors (or NAME.safetensors.mpkz) at the top of the folder that the index does
+ * not name, but that is a shard of this checkpoint: of a listed shard's series
+ * (model-00003-of-00003 beside model-00001/2-of-00003), or holding tensors named under the listed
+ * tensors' first components ("model.", "lm_head."). Before, such a file's tensors were left out
+ * of every conversion (exit 0, the file "skipped"). Other files (a consolidated copy in another
+ * naming: Mistral's consolidated.safetensors; moepack.* staging records) stay beside the
+ * checkpoint. MPK_E_INDEX_EXTRA naming the index and the file. */
+static mpk_status omitted_shards(const mpk_ckpt *c, const char *index_path, const mpk_strmap *listed, mpk_error *err)
+{
+    DIR *d = opendir(c->dir);
+    if (!d)
+        return MPK_OK; /* nothing more to see than the index showed */
+    mpk_strmap roots = {0}; /* (a put that cannot grow the map under OOM leaves a root out) */
+    mpk_status s = MPK_OK;
+    if (mpk_strmap_init(&roots, 16) != MPK_OK)
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, index_path, "out of memory");
+    for (size_t i = 0; i < c->n_tensors && s == MPK_OK; i++)
+        mpk_strmap_put(&roots, c->tensors[i].info->name, name_root(c->tensors[i].info->name), i, NULL);
+    char buf[600], other[600];
+    for (struct dirent *e; s == MPK_OK && (e = readdir(d));) {
+        size_t l = strlen(e->d_name), li = l > 5 && strcmp(e->d_name + l - 5, ".mpkz") == 0 ? l - 5 : l;
+        size_t at;
+        if (li <= 12 || strncmp(e->d_name + li - 12, ".safetensors", 12) != 0 || li >= sizeof buf ||
+            strncmp(e->d_name, "moepack.", 8) == 0) /* moepack's staging records: their own rules */
+            continue;
+        char logical[600];
+        snprintf(logical, sizeof logical, "%.*s", (int)li, e->d_name);
+        if (mpk_strmap_get(listed, logical, li, &at))
+            continue;
+        const char *why = NULL, *tensor = NULL;
+        size_t n_tensors = 0;
+        if (shard_series(logical, buf, sizeof buf))
+            for (size_t i = 0; i < c->n_shards && !why; i++)
+                if (shard_series(c->shards[i].name, other, sizeof other) && strcmp(buf, other) == 0)
+                    why = "a shard of the same series";
+        /* else its tensors' names: a file that cannot be read as safetensors is none of ours */
+        char *path = mpk_path_join(c->dir, e->d_name);
+        int fd = -1;
+        struct stat st;
+        mpk_st_header *h = NULL;
+        mpk_mpkz *z = NULL;
+        mpk_error ig;
+        if (path && mpk_open_regular(path, &fd, &st, &ig) == MPK_OK &&
+            (li == l ? mpk_st_read_header_fd(fd, path, &h, &(uint64_t){0}, &ig)
+                     : mpk_mpkz_open(fd, path, (uint64_t)st.st_size, &z, &h, &ig)) == MPK_OK) {
+            n_tensors = h->n_tensors;
+            for (size_t k = 0; k < h->n_tensors && !tensor; k++)
+                if (mpk_strmap_get(&roots, h->tensors[k].name, name_root(h->tensors[k].name), &at) || why)
+                    tensor = h->tensors[k].name;
+            if (tensor && !why)
+                why = "its tensors are named like the listed ones";
+        }
+        if (why)
+            s = mpk_error_set(err, MPK_E_INDEX_EXTRA, 0, index_path, "does not name %s, which is in the checkpoint's "
+                              "folder and is one of its shards (%s): its %zu tensor(s)%s%s%s would be left out of "
+                              "every conversion; list them in \"weight_map\", or move the file out of the folder",
+                              e->d_name, why, n_tensors, tensor ? " ('" : "", tensor ? tensor : "", tensor ? "', ...)" : "");
+        mpk_mpkz_close(z);
+        mpk_st_header_free(h);
+        if (fd >= 0)
+            close(fd);
+        free(path);
+    }
+    closedir(d);
+    mpk_strmap_free(&roots);
+    return s;
+}
+
 static mpk_status open_indexed(mpk_ckpt *c, const char *index_path, mpk_error *err)
 {
     char *text;
@@ -413,6 +512,9 @@ static mpk_status open_indexed(mpk_ckpt *c, const char *index_path, mpk_error *e
         }
         mpk_strmap_free(&listed);
     }
+    /* and no shard of it is left out of the index */
+    if (s == MPK_OK)
+        s = omitted_shards(c, index_path, &shard_ix, err);
 done:
     mpk_strmap_free(&shard_ix);
     mpk_arena_free(a);

@@ -577,6 +577,72 @@ static void test_ckpt_sharded(void **state)
     tu_rmrf(dir);
 }
 
+/* Before: an index with an empty weight_map, or one that never names a shard lying in the
+ * folder (model-00003-of-00003.safetensors beside an index of 00001 and 00002), opened as a
+ * checkpoint without those tensors: pack and convert exited 0 with them dropped ("skipped").
+ * Now both are MPK_E_INDEX / MPK_E_INDEX_EXTRA naming the index and the file; a .safetensors
+ * file that is not a shard of the checkpoint (another naming: a consolidated copy) stays
+ * allowed beside it. */
+static void test_ckpt_index_omits_shard(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_test_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *s1[] = {"model.a.weight"}, *s2[] = {"model.b.weight"}, *s3[] = {"lm_head.weight"};
+    const char *other[] = {"layers.0.attention.wq.weight", "output.weight"};
+    write_shard(dir, "model-00001-of-00003.safetensors", s1, 1);
+    write_shard(dir, "model-00002-of-00003.safetensors", s2, 1);
+    mpk_ckpt *c;
+    mpk_error err = {0};
+    const char *ix = tu_fmt("%s/model.safetensors.index.json", dir);
+    const char *two = "{\"weight_map\":{\"model.a.weight\":\"model-00001-of-00003.safetensors\","
+                      "\"model.b.weight\":\"model-00002-of-00003.safetensors\"}}";
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_OK);
+    mpk_ckpt_close(c);
+    /* an empty weight_map */
+    assert_int_equal(open_with_index(dir, "{\"metadata\":{\"total_size\":0},\"weight_map\":{}}", &c, &err),
+                     MPK_E_INDEX);
+    assert_string_equal(err.where, ix);
+    assert_string_equal(err.msg, tu_fmt("%s: \"weight_map\" is empty: the index lists no tensors", ix));
+    /* a shard of the series the index never names */
+    write_shard(dir, "model-00003-of-00003.safetensors", s3, 1);
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_E_INDEX_EXTRA);
+    assert_string_equal(err.where, ix);
+    assert_non_null(strstr(err.msg, "does not name model-00003-of-00003.safetensors, which is in the checkpoint's "
+                                    "folder and is one of its shards (a shard of the same series): its 1 tensor(s) "
+                                    "('lm_head.weight', ...) would be left out of every conversion"));
+    /* compressed (NAME.safetensors.mpkz), the same */
+    const char *s3p = tu_fmt("%s/model-00003-of-00003.safetensors", dir);
+    assert_int_equal(mpk_mpkz_compress(s3p, tu_fmt("%s.mpkz", s3p), 1, 1, 1 << 20, NULL, NULL, &err), MPK_OK);
+    tu_rmrf(s3p);
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_E_INDEX_EXTRA);
+    assert_non_null(strstr(err.msg, "does not name model-00003-of-00003.safetensors.mpkz, which is in the checkpoint's "
+                                    "folder and is one of its shards (a shard of the same series): its 1 tensor(s) "
+                                    "('lm_head.weight', ...)"));
+    tu_rmrf(tu_fmt("%s.mpkz", s3p));
+    /* another name, tensors under no listed root: not a shard of it */
+    write_shard(dir, "extra.safetensors", s3, 1);
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_OK);
+    mpk_ckpt_close(c);
+    /* another name, its tensors named like the listed ones */
+    const char *s4[] = {"model.c.weight"};
+    write_shard(dir, "extra.safetensors", s4, 1);
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_E_INDEX_EXTRA);
+    assert_non_null(strstr(err.msg, "does not name extra.safetensors, which is in the checkpoint's folder and is one "
+                                    "of its shards (its tensors are named like the listed ones): its 1 tensor(s) "
+                                    "('model.c.weight', ...)"));
+    tu_rmrf(tu_fmt("%s/extra.safetensors", dir));
+    /* a staging record's name (moepack.*), holding the same tensors: its own rules, not a shard */
+    write_shard(dir, "moepack.shard.0123456789abcdef.model-00001-of-00003.safetensors", s1, 1);
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_OK);
+    mpk_ckpt_close(c);
+    /* a consolidated copy in another naming stays allowed */
+    write_shard(dir, "consolidated.safetensors", other, 2);
+    assert_int_equal(open_with_index(dir, two, &c, &err), MPK_OK);
+    mpk_ckpt_close(c);
+    tu_rmrf(dir);
+}
+
 static void test_ckpt_single_and_missing(void **state)
 {
     (void)state;
@@ -706,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_streaming_writer_data_phase),
         cmocka_unit_test(test_nomem_and_usage),
         cmocka_unit_test(test_ckpt_sharded),
+        cmocka_unit_test(test_ckpt_index_omits_shard),
         cmocka_unit_test(test_ckpt_single_and_missing),
         cmocka_unit_test(test_index_format),
         cmocka_unit_test(test_xxh_matches_library),

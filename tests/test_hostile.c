@@ -301,7 +301,7 @@ static void test_layout_files_checked_before_writing(void **state)
     memcpy(at, "model-00001-of-00002", 20);
     const char *index_bad[][2] = {
         {ix, "in model-00001-of-00002.safetensors, its recorded file is model-00002-of-00002.safetensors"},
-        {"{\"weight_map\": {}}", "lists 0 tensors, the recorded files hold"},
+        {"{\"weight_map\": {}}", "\"weight_map\" is empty: the index lists no tensors"},
         {"{\"weight_map\": {\"no.such.tensor\": \"model-00001-of-00002.safetensors\"}}",
          "lists tensor 'no.such.tensor', which no recorded file holds"},
         {"not json", "the index is not valid JSON"},
