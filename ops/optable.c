@@ -129,8 +129,15 @@ static mpk_status parse_cast(PARSE_ARGS)
     if (!has_to)
         SPEC_FAIL(path, "\"dtype\" must name a dtype (F32, F16, BF16)", path);
     MPK_TRY(get_dtype(j, "from", &op->from, &op->has_from, "name a dtype", is_any, where, path, err));
-    if (!mpk_cast_supported(op->has_from ? op->from : MPK_DTYPE_F32, op->dtype))
-        SPEC_FAIL(path, "cast to %s is not supported", path, mpk_dtype_name(op->dtype));
+    /* FP8 without scales: values beyond its range saturate and the rest keep 3 (E4M3) or 2 (E5M2)
+     * mantissa bits, a lossy result no loader reads as the weights (verify of it compared FP8
+     * output as a quantization with block scales, and refused). The reverse of a cast from FP8
+     * (exact: the values came from FP8) is an inverse, not parsed here. */
+    if (!mpk_dtype_is_float(op->dtype) || (op->has_from && !mpk_cast_supported(op->from, op->dtype)))
+        SPEC_FAIL(path, "cast to %s%s%s is not supported: cast converts to F32, F16 or BF16 (from those, or from "
+                  "F8_E4M3, F8_E5M2, F8_E8M0 given as \"from\"); FP8 needs scales: use the quant_fp8_block op "
+                  "(or --quantize fp8-block128)", path, mpk_dtype_name(op->dtype), op->has_from ? " from " : "",
+                  op->has_from ? mpk_dtype_name(op->from) : "");
     return MPK_OK;
 }
 

@@ -322,6 +322,48 @@ static void test_unpack_round_trip_verifies(void **state)
     free(out);
 }
 
+/* Before: a spec casting to FP8 ({"op": "cast", "dtype": "F8_E4M3"}, no scales) converted,
+ * exit 0, and verify refused what it made (FP8 in DST read as a block-scaled quantization). A
+ * cast to FP8 without scales is lossy (saturated, 3 mantissa bits) and no loader reads it as the
+ * weights: the spec is refused when parsed, by convert, plan and verify alike, the message
+ * naming the op and what cast supports; a cast to F16 converts and verifies. */
+static void test_cast_spec_convert_and_verify_agree(void **state)
+{
+    (void)state;
+    char spec[256], out_dir[256], *out;
+    snprintf(spec, sizeof spec, "%s/cast.json", dir);
+    snprintf(out_dir, sizeof out_dir, "%s/cast_out", dir);
+    const char *fmt = "{\"name\": \"c\", \"converters\": [{\"sources\": "
+                      "[\"model.layers.{layer}.mlp.experts.{expert}.down_proj.weight\"], "
+                      "\"target\": \"model.layers.{layer}.mlp.experts.down_proj\", \"ops\": "
+                      "[{\"op\": \"merge\", \"dim\": 0}, {\"op\": \"cast\", \"dtype\": \"%s\"%s}]}]}";
+    const char *bad[][2] = {{"F8_E4M3", ""}, {"F8_E5M2", ""}, {"F8_E4M3", ", \"from\": \"BF16\""}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tu_write(spec, tu_fmt(fmt, bad[i][0], bad[i][1]));
+        const char *cmds[] = {"convert -q %s %s --spec %s", "verify %s %s --spec %s", "plan %s --spec %s%s"};
+        for (int k = 0; k < 3; k++) {
+            tu_rmrf(out_dir);
+            assert_int_equal(run(&out, "%s %s", moepack(),
+                                 k < 2 ? tu_fmt(cmds[k], src, k ? packed : out_dir, spec) : tu_fmt(cmds[k], src, spec, "")), 1);
+            assert_non_null(strstr(out, tu_fmt("$.converters[0].ops[1]: cast to %s%s is not supported: cast converts "
+                                               "to F32, F16 or BF16", bad[i][0], *bad[i][1] ? " from BF16" : "")));
+            assert_non_null(strstr(out, "use the quant_fp8_block op (or --quantize fp8-block128)"));
+            free(out);
+            struct stat st;
+            assert_int_not_equal(stat(out_dir, &st), 0);
+        }
+    }
+    /* a cast to F16: converts, and verify accepts what convert made */
+    tu_write(spec, tu_fmt(fmt, "F16", ""));
+    tu_rmrf(out_dir);
+    assert_int_equal(run(&out, "%s convert -q %s %s --spec %s", moepack(), src, out_dir, spec), 0);
+    free(out);
+    assert_int_equal(run(&out, "%s verify %s %s --spec %s", moepack(), src, out_dir, spec), 0);
+    assert_non_null(strstr(out, "identical"));
+    free(out);
+    tu_rmrf(out_dir);
+}
+
 static void test_quantized_verify(void **state)
 {
     (void)state;
@@ -446,8 +488,11 @@ int main(void)
         cmocka_unit_test(test_manifest_strict),
         cmocka_unit_test(test_unpack_round_trip_verifies),
         cmocka_unit_test(test_quantized_verify),
+        cmocka_unit_test(test_cast_spec_convert_and_verify_agree),
         cmocka_unit_test(test_manifest_hashed_while_writing),
         cmocka_unit_test(test_diff_figures),
     };
+    if (getenv("MPK_TEST_FILTER")) /* one test by name */
+        cmocka_set_test_filter(getenv("MPK_TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup, teardown);
 }
