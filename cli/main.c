@@ -230,7 +230,9 @@ static const char exit_table[] =
     "  1   runtime failure (invalid input, I/O error); the message names file, tensor, rule\n"
     "  2   usage error (bad command line)\n"
     "  3   verify/diff found differences\n"
-    "  77  precondition missing (gpucheck without a usable GPU)\n";
+    "  77  precondition missing (gpucheck without a usable GPU)\n"
+    "  A terminating signal (SIGINT, SIGTERM, SIGHUP, SIGPIPE, ...) while a command writes DST\n"
+    "  removes what it staged, then ends moepack by that signal (a shell shows 128+N).\n";
 
 /* s as roff text: backslashes doubled, a leading dot or quote escaped. */
 static void roff(const char *s)

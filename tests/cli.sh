@@ -542,6 +542,100 @@ expect 1 "unpack: text and vision parts of different expert counts" -- "$M" unpa
 grep -q "vision_moe.experts.gate_up_proj' makes 3 expert tensors but .*text_moe.experts.gate_up_proj' makes 4" "$tmp/err" \
   && [ ! -e "$tmp/x" ] && echo "ok: ... says which part differs, nothing written" || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
 
+# a terminating signal while a command writes DST (issue 45, item 12): whatever the signal, what
+# the command staged (DIR/.NAME.moepack-tmp.*, synth's NAME.synth-src-*) is removed and the
+# process ends by that signal (the shell sees 128+N); nothing at DST. Each command is stopped at
+# its 2nd write-path call (MOEPACK_FAULT=2:stop: its staging directory made, before any worker
+# starts, so that pack's cancel flag is seen before the last unit is written whatever the
+# machine's speed), signalled, continued; compress also deep inside its run. A script's background job
+# starts with SIGINT and SIGQUIT ignored (and moepack leaves ignored signals ignored): env
+# --default-signal gives them back their default where env can
+sg=$tmp/sig
+mkdir "$sg"
+"$M" synth --layers 4 --experts 16 --hidden 512 --intermediate 256 "$sg/src" >/dev/null \
+  && "$M" pack -q "$sg/src" "$sg/pk" && "$M" compress -q "$sg/src" "$sg/z" && "$M" presets mixtral > "$sg/spec.json" \
+  || { echo "FAIL: the signal tests' checkpoints" >&2; fails=$((fails + 1)); }
+dflt=
+env --default-signal=INT true 2>/dev/null && dflt="env --default-signal=INT,QUIT"
+# signalled SIG COMMAND...: runs COMMAND stopped at its ${at}th write-path call, sends it SIG,
+# continues it; "ok" when it ended by SIG and left no staging directory and nothing at $sg/out
+at=2
+signalled() {
+  sig=$1
+  shift
+  MOEPACK_FAULT=$at:stop $dflt "$M" "$@" >"$tmp/out" 2>"$tmp/err" &
+  pid=$!
+  i=0
+  while kill -0 $pid 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != T ] && [ $i -lt 2000 ]; do
+    sleep 0.01
+    i=$((i + 1))
+  done
+  kill -s "$sig" $pid 2>/dev/null
+  kill -s CONT $pid 2>/dev/null
+  { wait $pid; } 2>/dev/null
+  rc=$?
+  left=$(ls -A "$sg" | grep -e 'moepack-tmp' -e 'synth-src' | tr '\n' ' ')
+  if [ "$rc" -gt 128 ] && [ "$(kill -l $rc)" = "$sig" ] && [ -z "$left" ] && [ ! -e "$sg/out" ]; then
+    echo "ok: $1 (stopped at write $at) ended by SIG$sig, staging removed, nothing at DST"
+  else
+    echo "FAIL: $* sent SIG$sig: exit $rc ($(kill -l $rc 2>/dev/null)), left: '$left'$([ -e "$sg/out" ] && echo ', DST written'); $(head -c 300 "$tmp/err")" >&2
+    fails=$((fails + 1))
+  fi
+  rm -rf "$sg/out" "$sg"/.out.moepack-tmp.* "$sg"/out.synth-src-*
+}
+every="HUP TERM PIPE ALRM USR1 USR2 XCPU VTALRM PROF IO PWR RTMIN+6 $([ -n "$dflt" ] && echo INT QUIT)"
+# pack stops through the library's cancel flag, compress through the handler itself. (The
+# library sees the flag while units are left to write: one thread and a 57 MB source leave it
+# time enough after the continue; it lands a run whose units are all written.)
+for sig in $every; do
+  signalled $sig pack -q --threads 1 "$sg/src" "$sg/out"
+  signalled $sig compress -q "$sg/src" "$sg/out"
+done
+for sig in HUP PIPE XCPU; do
+  signalled $sig unpack -q --threads 1 "$sg/pk" "$sg/out"
+  signalled $sig convert -q --threads 1 "$sg/src" "$sg/out" --spec "$sg/spec.json"
+  signalled $sig decompress -q "$sg/z" "$sg/out"
+  signalled $sig synth --layers 2 --experts 8 --hidden 256 --intermediate 128 "$sg/out"
+  signalled $sig synth --layers 2 --experts 8 --hidden 256 --intermediate 128 --layout packed "$sg/out"
+done
+for at in 30 60; do
+  signalled TERM compress -q "$sg/src" "$sg/out"
+  signalled HUP synth --layers 2 --experts 8 --hidden 256 --intermediate 128 --layout packed "$sg/out"
+done
+# SIGXFSZ stays ignored (a write past the size limit fails with EFBIG, reported, cleaned up)
+MOEPACK_FAULT=2:stop "$M" pack -q "$sg/src" "$sg/out" &
+pid=$!
+i=0
+while kill -0 $pid 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != T ] && [ $i -lt 2000 ]; do
+  sleep 0.01
+  i=$((i + 1))
+done
+kill -s XFSZ $pid
+kill -s CONT $pid
+wait $pid && "$M" verify -q "$sg/src" "$sg/out" >/dev/null && echo "ok: SIGXFSZ is ignored: pack completes" \
+  || { echo "FAIL: pack sent SIGXFSZ" >&2; fails=$((fails + 1)); }
+rm -rf "$sg/out"
+# a real SIGPIPE: stdout and stderr a pipe nobody reads, the warnings of a SRC holding a file named
+# as a staging record written to it: the process ends by SIGPIPE with no staging left (it used
+# to die there, inside the run, its staging directory left)
+cp -r "$sg/src" "$sg/mk" && echo x > "$sg/mk/moepack.run"
+for c in pack compress; do
+  rc=$(python3 -c "
+import os, subprocess, sys
+r, w = os.pipe()
+os.close(r)
+print(subprocess.run(sys.argv[1:], stdout=w, stderr=w).returncode)" "$M" $c "$sg/mk" "$sg/out")
+  left=$(ls -A "$sg" | grep -e 'moepack-tmp' | tr '\n' ' ')
+  # (pack warns while it lands, past its last cancel point: DST may be complete)
+  if [ "$rc" = -13 ] && [ -z "$left" ] && { [ ! -e "$sg/out" ] || "$M" verify -q "$sg/mk" "$sg/out" >/dev/null 2>&1; }; then
+    echo "ok: $c into a closed pipe: ended by SIGPIPE, no staging left"
+  else
+    echo "FAIL: $c into a closed pipe: exit $rc, left '$left'" >&2
+    fails=$((fails + 1))
+  fi
+  rm -rf "$sg/out" "$sg"/.out.moepack-tmp.*
+done
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed" >&2
   exit 1
