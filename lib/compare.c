@@ -23,10 +23,18 @@ void mpk_compare_req_init(mpk_compare_req *r, const char *src, const char *dst)
 static cJSON *cmp_json(const mpk_cmp_report *r, bool stats)
 {
     cJSON *o = cJSON_CreateObject(), *d = cJSON_CreateArray(), *all = stats ? cJSON_CreateArray() : NULL;
-    /* identical: every byte; within_tolerance: what passes (values compared within atol/rtol) */
-    cJSON_AddBoolToObject(o, "identical", r->n_differ == 0 && r->n_inexact == 0);
+    /* identical: every byte; identical_in_value: every decoded value (block-scaled pairs that
+     * differ only in encoding, listed in encoding_only); within_tolerance: what passes (values
+     * compared within atol/rtol) */
+    cJSON *enc = cJSON_CreateArray();
+    cJSON_AddBoolToObject(o, "identical", r->n_differ == 0 && r->n_inexact == 0 && r->n_encoding == 0);
+    cJSON_AddBoolToObject(o, "identical_in_value", r->n_differ == 0 && r->n_inexact == 0);
     cJSON_AddBoolToObject(o, "within_tolerance", r->n_differ == 0);
     cJSON_AddNumberToObject(o, "inexact", (double)r->n_inexact);
+    for (size_t i = 0; i < r->n; i++)
+        if (r->t[i].encoding_only)
+            cJSON_AddItemToArray(enc, cJSON_CreateString(r->t[i].name));
+    cJSON_AddItemToObject(o, "encoding_only", enc);
     cJSON_AddNumberToObject(o, "compared", (double)r->n_compared);
     cJSON_AddNumberToObject(o, "bytes", (double)r->bytes);
     cJSON_AddNumberToObject(o, "atol", r->atol);
@@ -47,9 +55,11 @@ static cJSON *cmp_json(const mpk_cmp_report *r, bool stats)
             cJSON_AddNumberToObject(e, "cosine", t->cosine);
             cJSON_AddNumberToObject(e, "out_of_tolerance", (double)t->n_out_of_tol);
         }
+        if (stats && t->encoding_only)
+            cJSON_AddBoolToObject(e, "encoding_only", true);
         if (t->differs)
             cJSON_AddItemToArray(d, e);
-        else if (all && t->n)
+        else if (all && (t->n || t->encoding_only))
             cJSON_AddItemToArray(all, e);
         else
             cJSON_Delete(e);
@@ -80,11 +90,16 @@ static void cmp_text(FILE *f, const mpk_cmp_report *r, bool stats)
                     mpk_hash_hex(t->want_hash, hx), mpk_hash_hex(t->got_hash, gx));
         else if (t->differs)
             fprintf(f, "DIFF %-11s %s: %s\n", kind_names[t->kind], t->name, t->detail);
+        else if (t->encoding_only)
+            fprintf(f, "SAME %-11s %s: bytes differ, every decoded value is equal\n", "value", t->name);
     }
     fprintf(f, "%s: %zu tensors compared (%s), %zu difference(s)", stats ? "diff" : "verify", r->n_compared,
             mpk_human_bytes(r->bytes, hb, sizeof hb), r->n_differ);
-    if (!r->n_differ && !r->n_inexact)
+    if (!r->n_differ && !r->n_inexact && !r->n_encoding)
         fputs(": identical\n", f);
+    else if (!r->n_differ && !r->n_inexact)
+        fprintf(f, ": identical in value (%zu tensor(s) differ only in encoding: block-scaled pairs whose decoded "
+                "values are equal)\n", r->n_encoding);
     else if (!r->n_differ)
         fprintf(f, ": within tolerance (%zu tensor(s) differ in bytes, every value within atol %g + rtol %g)\n",
                 r->n_inexact, r->atol, r->rtol);
@@ -110,8 +125,9 @@ static void prov_text(FILE *f, const cJSON *p)
         fprintf(f, "options: %s\n", t ? t : "?");
         free(t);
     }
-    fprintf(f, "source: %s (files xxh3-128 %s)\n", cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source")),
-            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source_xxh3_128")));
+    const char *src = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source"));
+    fprintf(f, "source: %s%sfiles xxh3-128 %s%s\n", src && *src ? src : "", src && *src ? " (" : "",
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "source_xxh3_128")), src && *src ? ")" : "");
 }
 
 static mpk_status make_report(const mpk_cmp_report *c, bool stats, const cJSON *prov, const mpk_rank_stats *ranks,

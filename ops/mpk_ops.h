@@ -20,7 +20,8 @@
  *                    2 groups (U8 blocks [.., R, C/32, 16], U8 E8M0 scales [.., R, C/32])
  *                    -> 1 group [.., R, C]: E2M1 nibbles (low first) x 2^(scale - 127)
  *   quant_mxfp4      1 group [.., R, C] -> 2 groups (blocks, scales): per 32 values the shared
- *                    exponent floor(log2(amax)) - 2 (OCP MX), values RNE to E2M1, saturated
+ *                    exponent ceil(log2(amax / 6)) (the reference quantizer's: see
+ *                    mpk_quant_mxfp4), values RNE to E2M1
  * merge/split/concat/chunk/reshape move bytes without computing: the converter plans them
  * as ranged copies. transpose and cast compute, in bounded blocks.
  */
@@ -195,9 +196,46 @@ void mpk_quant_fp8_band(mpk_dtype in_dt, const void *in, int64_t C, int block, i
 void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_blocks,
                        mpk_dtype out_dt, void *out);
 /* Quantizes n_blocks * 32 values of in_dt into blocks (may be NULL) and scales (may be
- * NULL). Thread-safe. */
+ * NULL). Thread-safe.
+ *
+ * The scale is the one the reference quantizer picks (triton_kernels' downcast_to_mxfp,
+ * default DequantScaleRoundingMode.ROUND_UP, which transformers' and gpt-oss's
+ * quantize_to_mxfp4 call): 2^e with e = ceil(log2(amax / 6)), amax / 6 computed in F32, i.e.
+ * the smallest power of two at which the block's largest magnitude fits under 6 (so nothing
+ * saturates); an all-zero block gets code 0; values are x / 2^e rounded to nearest even E2M1,
+ * the sign kept (a negative value that rounds to zero is code 8, -0). moepack's own choices
+ * where the reference has none worth keeping: a block with a NaN gets scale 0xFF and zero
+ * codes; a block with an infinity gets scale 2^127 (code 254) and the infinity saturates to
+ * +-6; a block whose amax / 6 is an F32 subnormal gets code 0 when amax <= 6 * 2^-127
+ * (the reference: code 1 always).
+ *
+ * Round trip (dequantize to F32/BF16, quantize again): every value comes back exactly and a
+ * block comes back byte for byte when its source scale was the smallest that fits, i.e. the
+ * block holds a code of magnitude 4 or 6 (nibble & 7 >= 6) under any scale but 0xFF, 254
+ * and 253. The bytes (not the values) differ exactly where
+ *   - the block's largest code is below 4 (or it is all zeros): the smaller scale 2^e chosen
+ *     represents the block too, with larger codes (an all-zero block: scale code 0);
+ *   - the scale is 0xFF (NaN): the block comes back as NaN with zero codes.
+ * (Zeros keep their sign: code 8, -0, comes back as code 8.)
+ * The values (so the bytes too) differ only where the dequantized value is not finite in the
+ * intermediate dtype: scale codes 253/254 with codes whose value reaches 2^128 (BF16/F32
+ * overflow to infinity, which saturates to 6 x 2^127 on the way back). verify and diff treat
+ * two encodings of the same values as identical in value (mpk_mxfp4_value_diff). */
 void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks,
                      uint8_t *scales);
+
+/* Compares two MXFP4 encodings of n_blocks blocks by decoded value (E2M1 code x 2^(scale -
+ * 127), exact; a 0xFF scale makes the whole block NaN): two values are the same when they are
+ * equal numbers (+0 and -0 are) or both NaN. Returns the index of the first value that differs,
+ * n_blocks * 32 when none does. Thread-safe. */
+uint64_t mpk_mxfp4_value_diff(const uint8_t *blocks_a, const uint8_t *scales_a, const uint8_t *blocks_b,
+                              const uint8_t *scales_b, size_t n_blocks);
+/* The same for two FP8 block-scaled encodings (F8_E4M3 or F8_E5M2 codes, F32 scale_inv grid,
+ * the layout of mpk_dequant_fp8_rows) of rows x C values, the rows starting at a band edge:
+ * each value is code x its block's scale, exact. Returns the index of the first value that
+ * differs (row-major), rows * C when none does. Thread-safe. */
+uint64_t mpk_fp8_block_value_diff(mpk_dtype w_dt, const uint8_t *w_a, const float *scale_a, const uint8_t *w_b,
+                                  const float *scale_b, int64_t C, int block, int64_t rows);
 
 /* Swaps dims a < b of a tensor of the given shape (elements of el bytes): in and out do not
  * overlap. Thread-safe. */

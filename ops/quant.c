@@ -410,6 +410,24 @@ void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_bl
     }
 }
 
+/* The shared exponent of a block whose largest magnitude is amax (finite, > 0): the one the
+ * reference quantizer picks (triton_kernels' downcast_to_mxfp with its default
+ * DequantScaleRoundingMode.ROUND_UP, which transformers' and gpt-oss's quantize_to_mxfp4 call):
+ * d = amax / 6 in F32, rounded up to a power of two by its bits (an exact power stays), so
+ * 2^e is the smallest power of two with amax <= 6 * 2^e and nothing saturates. The one place
+ * moepack parts from it: where d is an F32 subnormal (amax < 6 * 2^-126) the reference's bit
+ * trick gives 2^-126 always; moepack gives 2^-127 (code 0) when amax <= 6 * 2^-127 fits there,
+ * so that a block stored with scale code 0 comes back exactly. */
+static int mxfp4_exponent(float amax)
+{
+    float d = amax / 6.0f;
+    uint32_t u = ops_f2u(d);
+    if (u < 0x00800000u)
+        return amax <= 0x1.8p-125f ? -127 : -126;
+    int e = (int)(((u + 0x007FFFFFu) & 0x7F800000u) >> 23) - 127;
+    return e > 127 ? 127 : e;
+}
+
 void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks,
                      uint8_t *scales)
 {
@@ -422,20 +440,13 @@ void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *
             if (fabsf(v[k]) > amax)
                 amax = fabsf(v[k]);
         }
-        int e = -127;
-        if (nan) {
+        int e = -127; /* an all-zero block: scale code 0, as the reference writes it */
+        if (nan)
             e = 128; /* scale code 0xFF: the whole block is NaN */
-        } else if (amax > 0 && !isinf(amax)) {
-            int x;
-            frexpf(amax, &x);
-            e = x - 1 - 2; /* floor(log2(amax)) - 2 */
-            if (e < -127)
-                e = -127;
-            if (e > 127)
-                e = 127;
-        } else if (isinf(amax)) {
-            e = 127;
-        }
+        else if (isinf(amax))
+            e = 127; /* moepack saturates (the reference would write a NaN scale) */
+        else if (amax > 0)
+            e = mxfp4_exponent(amax);
         if (scales)
             scales[b] = (uint8_t)(e + 127);
         if (!blocks)
@@ -449,4 +460,62 @@ void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *
             blocks[b * 16 + (size_t)k] = (uint8_t)(lo | (hi << 4));
         }
     }
+}
+
+/* ---------------------------------------------------------------- values of two encodings */
+
+/* Two decoded values are the same value: equal as numbers (+0 == -0) or both NaN. */
+static inline bool same_value(double a, double b)
+{
+    return a == b || (isnan(a) && isnan(b));
+}
+
+/* E2M1 code x 2^(scale - 127), exact in double; a NaN scale makes the value NaN. */
+static inline double mxfp4_value(uint8_t nib, uint8_t sc)
+{
+    if (sc == 0xFF)
+        return NAN;
+    return ldexp((double)E2M1_LUT[nib & 0xF], (int)sc - 127);
+}
+
+uint64_t mpk_mxfp4_value_diff(const uint8_t *blocks_a, const uint8_t *scales_a, const uint8_t *blocks_b,
+                              const uint8_t *scales_b, size_t n_blocks)
+{
+    for (size_t b = 0; b < n_blocks; b++) {
+        if (scales_a[b] == scales_b[b] && memcmp(blocks_a + b * 16, blocks_b + b * 16, 16) == 0)
+            continue; /* the same bytes */
+        for (int k = 0; k < 32; k++) {
+            uint8_t xa = blocks_a[b * 16 + (size_t)k / 2], xb = blocks_b[b * 16 + (size_t)k / 2];
+            uint8_t na = k % 2 ? xa >> 4 : xa & 0xF, nb = k % 2 ? xb >> 4 : xb & 0xF;
+            if (!same_value(mxfp4_value(na, scales_a[b]), mxfp4_value(nb, scales_b[b])))
+                return b * 32 + (uint64_t)k;
+        }
+    }
+    return (uint64_t)n_blocks * 32;
+}
+
+/* An FP8 code's value (NaN codes NaN, E5M2 infinities infinite) times its F32 scale, exact in
+ * double (4 significant bits times 24). */
+static inline double fp8_value(mpk_dtype dt, uint8_t x, float s)
+{
+    double w = dt == MPK_DTYPE_F8_E4M3 ? (double)mpk_e4m3_to_f32(x) : (double)mpk_e5m2_to_f32(x);
+    return w * (double)s;
+}
+
+uint64_t mpk_fp8_block_value_diff(mpk_dtype w_dt, const uint8_t *w_a, const float *scale_a, const uint8_t *w_b,
+                                  const float *scale_b, int64_t C, int block, int64_t rows)
+{
+    int64_t sc = (C + block - 1) / block;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *sa = scale_a + (size_t)(r / block) * (size_t)sc, *sb = scale_b + (size_t)(r / block) * (size_t)sc;
+        const uint8_t *ra = w_a + (size_t)r * (size_t)C, *rb = w_b + (size_t)r * (size_t)C;
+        for (int64_t c = 0; c < C; c++) {
+            float a = sa[c / block], b = sb[c / block];
+            if (ra[c] == rb[c] && memcmp(&a, &b, sizeof a) == 0)
+                continue;
+            if (!same_value(fp8_value(w_dt, ra[c], a), fp8_value(w_dt, rb[c], b)))
+                return (uint64_t)(r * C + c);
+        }
+    }
+    return (uint64_t)(rows * C);
 }

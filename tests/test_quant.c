@@ -388,6 +388,16 @@ static void test_fp8_block_quantizer(void **state)
     free(q2);
 }
 
+/* The smallest e with amax <= 6 * 2^e (the reference quantizer's scale, found by search
+ * in exact arithmetic here, not by its bit trick). */
+static int smallest_fitting_exponent(double amax)
+{
+    int e = -127;
+    while (amax > ldexp(6, e))
+        e++;
+    return e;
+}
+
 static void test_mxfp4_quantizer(void **state)
 {
     (void)state;
@@ -396,6 +406,48 @@ static void test_mxfp4_quantizer(void **state)
     float out[32];
     mpk_dequant_mxfp4(blk, &sc, 1, MPK_DTYPE_F32, out);
     assert_true(out[0] == 1.0f && out[1] == 2.0f && out[2] == 0.0f);
+    /* hand scales: the shared exponent is ceil(log2(amax / 6)), so nothing saturates */
+    static const struct {
+        float amax;
+        uint8_t scale, code; /* scale code; the amax value's E2M1 code (positive) */
+    } hand[] = {
+        {6.0f, 127, 0x7},              /* 6 = 6 x 2^0 */
+        {4.0f, 127, 0x6},              /* 4 x 2^0 */
+        {5.0f, 127, 0x6},              /* 5 -> 4 or 6 at 2^0: a tie, to even (4, code 6) */
+        {6.5f, 128, 0x5},              /* 6.5 / 2 = 3.25 -> 3 (the OCP floor rule: 2^0, 6.5 saturated) */
+        {7.5f, 128, 0x6},              /* 3.75 -> 4 */
+        {3.0f, 126, 0x7},              /* 3 = 6 x 2^-1 */
+        {2.0f, 126, 0x6},              /* 4 x 2^-1 */
+        {1.0f, 125, 0x6},              /* 4 x 2^-2 */
+        {0.5f, 124, 0x6},              /* 4 x 2^-3 */
+        {0x1p-128f, 0, 0x1},           /* 0.5 x 2^-127: scale code 0 (subnormal F32 amax/6) */
+        {0x1.8p-125f, 0, 0x7},         /* 6 x 2^-127 still fits code 0 */
+        {0x1p-124f, 1, 0x6},           /* 4 x 2^-126 */
+    };
+    for (size_t i = 0; i < sizeof hand / sizeof hand[0]; i++) {
+        float v[32] = {0};
+        v[3] = hand[i].amax;
+        v[4] = -hand[i].amax;
+        uint8_t b[16], s1;
+        mpk_quant_mxfp4(MPK_DTYPE_F32, v, 1, b, &s1);
+        if (s1 != hand[i].scale || (b[1] >> 4) != hand[i].code || (b[2] & 0xF) != (hand[i].code | 8))
+            fail_msg("amax %a: scale %u code 0x%x, want %u 0x%x", (double)hand[i].amax, s1, b[1] >> 4,
+                     hand[i].scale, hand[i].code);
+    }
+    {
+        float v[32] = {0};
+        v[7] = -0.0f;
+        uint8_t b[16], s1;
+        mpk_quant_mxfp4(MPK_DTYPE_F32, v, 1, b, &s1); /* all zero: code 0, -0 stays code 8 */
+        assert_int_equal(s1, 0);
+        assert_int_equal(b[3], 0x80);
+        v[9] = INFINITY;
+        v[10] = 3.0f;
+        mpk_quant_mxfp4(MPK_DTYPE_F32, v, 1, b, &s1); /* inf: 2^127, saturated to 6 */
+        assert_int_equal(s1, 254);
+        assert_int_equal(b[4] >> 4, 0x7);
+        assert_int_equal(b[5] & 0xF, 0x0); /* 3 / 2^127 rounds to 0 */
+    }
     enum { NB = 4096 };
     float *v = malloc(sizeof(float) * NB * 32), *d = malloc(sizeof(float) * NB * 32);
     uint8_t *b = malloc(NB * 16), *s = malloc(NB), *b2 = malloc(NB * 16), *s2 = malloc(NB);
@@ -406,18 +458,16 @@ static void test_mxfp4_quantizer(void **state)
         v[k] = 0; /* an all-zero block */
     mpk_quant_mxfp4(MPK_DTYPE_F32, v, NB, b, s);
     mpk_dequant_mxfp4(b, s, NB, MPK_DTYPE_F32, d);
+    assert_int_equal(s[0], 0);
     for (int k = 1; k < NB; k++) {
         float amax = 0;
         for (int j = 0; j < 32; j++)
             amax = fmaxf(amax, fabsf(v[k * 32 + j]));
-        int e = (int)floor(log2((double)amax)) - 2; /* the OCP MX rule */
+        int e = smallest_fitting_exponent(amax);
         assert_int_equal(s[k], e + 127);
         for (int j = 0; j < 32; j++) {
             double x = v[k * 32 + j], y = d[k * 32 + j], u = fabs(x) / ldexp(1, e);
-            if (u > 6) { /* saturated */
-                assert_true(fabs(y) == ldexp(6, e));
-                continue;
-            }
+            assert_true(u <= 6);
             double ulp = u < 2 ? 0.5 : u < 4 ? 1 : 2;
             if (fabs(x - y) > ldexp(ulp / 2, e))
                 fail_msg("block %d value %d: %g -> %g", k, j, x, y);
@@ -425,26 +475,89 @@ static void test_mxfp4_quantizer(void **state)
     }
     for (int j = 0; j < 32; j++)
         assert_true(d[j] == 0);
-    /* dequantize -> quantize of representable data: values exact (bytes may differ where the
-     * block's largest code is below 4: a smaller scale represents it too) */
+    /* dequantize -> quantize of representable data: values exact; a block comes back byte for
+     * byte when its scale was the smallest that fits (it holds a code of magnitude 4 or 6,
+     * nibble & 7 >= 6), else with the smaller scale and larger codes */
     for (int i = 0; i < NB * 16; i++)
         b[i] = (uint8_t)(mpk_rand(&seed) >> 56);
     for (int k = 0; k < NB; k++)
-        s[k] = (uint8_t)(100 + k % 50);
+        s[k] = (uint8_t)(k % 253); /* every finite scale that does not overflow F32 */
+    for (int k = 0; k < NB; k += 3)
+        for (int j = 0; j < 16; j++)
+            b[k * 16 + j] &= 0x55; /* largest magnitude at most 1.5 (codes 0..5 & 0x5) */
     mpk_dequant_mxfp4(b, s, NB, MPK_DTYPE_F32, d);
     mpk_quant_mxfp4(MPK_DTYPE_F32, d, NB, b2, s2);
     mpk_dequant_mxfp4(b2, s2, NB, MPK_DTYPE_F32, v);
     assert_memory_equal(d, v, sizeof(float) * NB * 32);
+    int same = 0, other = 0;
+    for (int k = 0; k < NB; k++) {
+        int top = 0;
+        for (int j = 0; j < 32; j++) {
+            int nib = (b[k * 16 + j / 2] >> (j % 2 * 4)) & 7;
+            top = nib > top ? nib : top;
+        }
+        bool fits = top >= 6;
+        bool identical = s2[k] == s[k] && memcmp(b + k * 16, b2 + k * 16, 16) == 0;
+        if (fits && !identical)
+            fail_msg("block %d (scale %u, top code %d): bytes changed", k, s[k], top);
+        if (!fits && top > 0 && s[k] > 3) /* a smaller scale: 2^-1 (codes 4, 5), -2 (2, 3), -3 (1) */
+            assert_int_equal(s2[k], s[k] - (top >= 4 ? 1 : top >= 2 ? 2 : 3));
+        same += identical;
+        other += !identical;
+    }
+    assert_true(same > NB / 2 && other > NB / 4); /* both kinds met */
+    /* the same round trip through BF16 (what pack writes): the same bytes */
+    uint16_t *h = malloc(sizeof(uint16_t) * NB * 32);
+    uint8_t *b3 = malloc(NB * 16), *s3 = malloc(NB);
+    mpk_dequant_mxfp4(b, s, NB, MPK_DTYPE_BF16, h);
+    mpk_quant_mxfp4(MPK_DTYPE_BF16, h, NB, b3, s3);
+    assert_memory_equal(b2, b3, NB * 16);
+    assert_memory_equal(s2, s3, NB);
+    /* both encodings hold the same values, a changed code does not */
+    assert_int_equal(mpk_mxfp4_value_diff(b, s, b2, s2, NB), (uint64_t)NB * 32);
+    b2[100 * 16 + 5] ^= 0x10; /* value 11 of block 100 */
+    assert_int_equal(mpk_mxfp4_value_diff(b, s, b2, s2, NB), 100 * 32 + 11);
     /* NaN marks its block through the scale */
     d[5] = NAN;
     mpk_quant_mxfp4(MPK_DTYPE_F32, d, 1, b2, s2);
     assert_int_equal(s2[0], 0xFF);
+    free(h);
+    free(b3);
+    free(s3);
     free(v);
     free(d);
     free(b);
     free(s);
     free(b2);
     free(s2);
+}
+
+/* Hand-made encodings of the same values, compared by decoded value. */
+static void test_value_diff_by_hand(void **state)
+{
+    (void)state;
+    /* MXFP4: 3 blocks */
+    uint8_t ba[48] = {0}, bb[48] = {0}, sa[3], sb[3];
+    sa[0] = 100, sb[0] = 130;                     /* all zeros under two scales: the same */
+    sa[1] = 128, sb[1] = 127;                     /* 0x21 = (0.5, 1.0) x 2 == 0x42 = (1, 2) x 1 */
+    memset(ba + 16, 0x21, 16);
+    memset(bb + 16, 0x42, 16);
+    sa[2] = 0xFF, sb[2] = 0xFF;                   /* NaN blocks: NaN whatever the codes */
+    memset(ba + 32, 0x37, 16);
+    ba[0] = 0x08;                                 /* -0 against +0 */
+    assert_int_equal(mpk_mxfp4_value_diff(ba, sa, bb, sb, 3), 96);
+    bb[16 + 7] = 0x43;                            /* value 14: 1.5 x 1 against 0.5 x 2 */
+    assert_int_equal(mpk_mxfp4_value_diff(ba, sa, bb, sb, 3), 32 + 14);
+    bb[16 + 7] = 0x42;
+    sb[2] = 0x7F;                                 /* NaN against zeros */
+    assert_int_equal(mpk_mxfp4_value_diff(ba, sa, bb, sb, 3), 64);
+    /* FP8 E4M3, 2 x 3 values in 2 x 2 blocks (a [1, 2] grid): 0x38 = 1.0, 0x40 = 2.0, 0x30 = 0.5 */
+    uint8_t wa[6] = {0x38, 0x38, 0x40, 0x30, 0x38, 0x00}, wb[6] = {0x40, 0x40, 0x38, 0x38, 0x40, 0x80};
+    float ga[2] = {2.0f, 1.0f}, gb[2] = {1.0f, 2.0f};
+    /* row 0: 1x2 == 2x1, 1x2 == 2x1 | 2x1 == 1x2; row 1: 0.5x2 == 1x1, 1x2 == 2x1 | 0x1 == -0x2 */
+    assert_int_equal(mpk_fp8_block_value_diff(MPK_DTYPE_F8_E4M3, wa, ga, wb, gb, 3, 2, 2), 6);
+    wb[4] = 0x38; /* 1 x 0.5 against 1 x 1 */
+    assert_int_equal(mpk_fp8_block_value_diff(MPK_DTYPE_F8_E4M3, wa, ga, wb, gb, 3, 2, 2), 4);
 }
 
 /* ---------------------------------------------------------------- checkpoints */
@@ -714,6 +827,100 @@ static void test_gpt_oss_mxfp4(void **state)
     tu_rmrf(dir);
 }
 
+/* Writes dir/model.safetensors by hand: 4 tensors, an MXFP4 pair m.w_blocks U8 [1, 2, 16]
+ * and m.w_scales U8 [1, 2], an FP8 pair f.weight F8_E4M3 [2, 3] and f.weight_scale_inv F32
+ * [1, 1] (one 128 x 128 block), and config.json. */
+static void write_pairs(const char *dir, const uint8_t blocks[32], const uint8_t scales[2], const uint8_t w[6],
+                        float grid)
+{
+    assert_int_equal(mkdir(dir, 0755), 0);
+    char *cfg = tu_join(dir, "config.json");
+    tu_write(cfg, "{\"model_type\": \"pairs\"}\n");
+    free(cfg);
+    const char *hdr = "{\"f.weight_scale_inv\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]},"
+                      "\"f.weight\":{\"dtype\":\"F8_E4M3\",\"shape\":[2,3],\"data_offsets\":[4,10]},"
+                      "\"m.w_blocks\":{\"dtype\":\"U8\",\"shape\":[1,2,16],\"data_offsets\":[10,42]},"
+                      "\"m.w_scales\":{\"dtype\":\"U8\",\"shape\":[1,2],\"data_offsets\":[42,44]}}";
+    size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;
+    char *path = tu_join(dir, "model.safetensors");
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint64_t n = padded;
+    fwrite(&n, 8, 1, f);
+    fwrite(hdr, 1, hl, f);
+    for (size_t i = hl; i < padded; i++)
+        fputc(' ', f);
+    fwrite(&grid, 4, 1, f);
+    fwrite(w, 1, 6, f);
+    fwrite(blocks, 1, 32, f);
+    fwrite(scales, 1, 2, f);
+    assert_int_equal(fclose(f), 0);
+    free(path);
+}
+
+/* verify/diff compare block-scaled pairs by decoded value: the issue's reproducer (gpt_oss
+ * synth -> pack -> unpack, where requantizing picks smaller scales for blocks whose largest
+ * code is below 4) is identical in value, and so are hand-made pairs encoding the same values
+ * with other bytes; a pair that differs in one value is still a difference. */
+static void test_verify_by_value(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_vv_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *s = tu_join(dir, "s"), *p = tu_join(dir, "p"), *u = tu_join(dir, "u"), *js = tu_join(dir, "v.json");
+    assert_int_equal(tu_sh("%s synth --arch gpt_oss --hidden 256 --intermediate 128 %s >/dev/null", moepack(), s), 0);
+    assert_int_equal(tu_sh("%s pack -q %s %s", moepack(), s, p), 0);
+    assert_int_equal(tu_sh("%s unpack -q %s %s", moepack(), p, u), 0);
+    assert_int_equal(tu_sh("%s verify --json %s %s >%s", moepack(), s, u, js), 0);
+    assert_true(file_has(js, "\"identical_in_value\": true"));
+    assert_true(file_has(js, "\"differences\": []"));
+    /* packing the unpacked copy again gives the first pack's bytes */
+    char *p2 = tu_join(dir, "p2");
+    assert_int_equal(tu_sh("%s pack -q %s %s", moepack(), u, p2), 0);
+    assert_same_ckpt(p, p2);
+
+    /* hand-made: A; B the same values in other bytes; C one value off */
+    uint8_t ba[32] = {0}, bb[32] = {0}, sa[2] = {120, 128}, sb[2] = {130, 127}; /* block 0: zeros */
+    memset(ba + 16, 0x21, 16); /* (0.5, 1.0) x 2 */
+    memset(bb + 16, 0x42, 16); /* (1.0, 2.0) x 1 */
+    const uint8_t wa[6] = {0x38, 0x40, 0x30, 0x38, 0x38, 0x00}; /* 1, 2, 0.5, 1, 1, 0 (x 2) */
+    const uint8_t wb[6] = {0x40, 0x48, 0x38, 0x40, 0x40, 0x80}; /* 2, 4, 1, 2, 2, -0 (x 1) */
+    char *a = tu_join(dir, "a"), *b = tu_join(dir, "b"), *c = tu_join(dir, "c");
+    write_pairs(a, ba, sa, wa, 2.0f);
+    write_pairs(b, bb, sb, wb, 1.0f);
+    bb[16 + 3] = 0x43; /* value 6 of block 1: 1.5 instead of 1.0 */
+    write_pairs(c, bb, sb, wb, 1.0f);
+    assert_int_equal(tu_sh("%s verify --json %s %s >%s", moepack(), a, b, js), 0);
+    assert_true(file_has(js, "\"identical\": false"));
+    assert_true(file_has(js, "\"identical_in_value\": true"));
+    char *j = tu_slurp(js);
+    const char *enc = strstr(j, "\"encoding_only\"");
+    assert_non_null(enc);
+    const char *end = strchr(enc, ']');
+    for (size_t k = 0; k < 4; k++) { /* every tensor of both pairs differs in its bytes */
+        static const char *names[] = {"\"m.w_blocks\"", "\"m.w_scales\"", "\"f.weight\"", "\"f.weight_scale_inv\""};
+        const char *at = strstr(enc, names[k]);
+        assert_true(at && at < end);
+    }
+    free(j);
+    assert_int_equal(tu_sh("%s diff -q %s %s >/dev/null", moepack(), a, b), 0);
+    assert_int_equal(tu_sh("%s verify --json %s %s >%s", moepack(), a, c, js), 3);
+    assert_true(file_has(js, "\"identical_in_value\": false"));
+    assert_true(file_has(js, "MXFP4 values differ too (first at value 38)")); /* block 1, value 6 */
+    j = tu_slurp(js);
+    enc = strstr(j, "\"encoding_only\"");
+    assert_non_null(enc);
+    end = strchr(enc, ']');
+    const char *fw = strstr(enc, "\"f.weight\"");
+    assert_true(fw && fw < end);     /* the FP8 pair is still the same in value */
+    const char *mb = strstr(enc, "\"m.w_blocks\"");
+    assert_true(!mb || mb > end);    /* the MXFP4 pair is not */
+    free(j);
+    assert_int_equal(tu_sh("%s diff -q %s %s >/dev/null", moepack(), a, c), 3);
+    free(a), free(b), free(c), free(s), free(p), free(u), free(p2), free(js);
+    tu_rmrf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -725,9 +932,11 @@ int main(void)
         cmocka_unit_test(test_fp8_dequant_tiles_every_code),
         cmocka_unit_test(test_mxfp4_dequant_every_code),
         cmocka_unit_test(test_mxfp4_quantizer),
+        cmocka_unit_test(test_value_diff_by_hand),
         cmocka_unit_test(test_fp8_pack_unpack),
         cmocka_unit_test(test_quantize_fp8_block128),
         cmocka_unit_test(test_gpt_oss_mxfp4),
+        cmocka_unit_test(test_verify_by_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
