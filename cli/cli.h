@@ -30,6 +30,10 @@ extern const size_t mpk_n_commands;
 
 /* "moepack: CMD: msg" (+ "hint: ..." when hint is non-NULL) on stderr; returns 1. */
 int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint);
+/* --revision REV: *src (a repo id or a cache folder models--ORG--NAME) replaced by the local
+ * snapshot of REV (malloc'd into *owned, which the caller frees). -1 to go on (also when rev is
+ * NULL: the library looks ids up itself, at main), else the exit status after the message. */
+int mpk_cli_source(const char *cmd, const char *rev, const char **src, char **owned);
 /* One usage line on stderr plus a pointer to --help; returns 2. */
 int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True when argv has --help/-h; prints usage. */

@@ -21,7 +21,7 @@
 typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 
 typedef struct {
-    const char *preset, *spec_file, *src, *dst, *io, *layout_like;
+    const char *preset, *spec_file, *src, *dst, *io, *layout_like, *revision;
     bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync,
         resume, copy_links, compress;
     uint64_t max_shard, mem;
@@ -42,7 +42,7 @@ static bool parse_int_opt(const char *s, int lo, int hi, int *out)
 static bool takes(conv_mode mode, const char *name)
 {
     static const char *const plan_opts[] = {"preset", "spec", "reverse", "json", "verbose", "dequantize", "quantize",
-                                            NULL};
+                                            "revision", NULL};
     const char *const *p = plan_opts;
     if (mode == MODE_PLAN) {
         while (*p && strcmp(*p, name))
@@ -64,7 +64,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
            O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS, O_LIKE,
-           O_COMPRESS, O_LEVEL };
+           O_COMPRESS, O_LEVEL, O_REVISION };
     static const struct option all[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -76,7 +76,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"no-manifest", no_argument, NULL, O_NOMAN}, {"no-fsync", no_argument, NULL, O_NOSYNC},
         {"resume", no_argument, NULL, O_RESUME}, {"copy-links", no_argument, NULL, O_COPYLINKS},
         {"layout-like", required_argument, NULL, O_LIKE}, {"compress", no_argument, NULL, O_COMPRESS},
-        {"level", required_argument, NULL, O_LEVEL},
+        {"level", required_argument, NULL, O_LEVEL}, {"revision", required_argument, NULL, O_REVISION},
         {0}};
     /* each command's own options: what it does not take is an unknown option (exit 2) */
     static struct option opts[sizeof all / sizeof all[0]];
@@ -124,6 +124,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_RESUME: a->resume = true; break;
         case O_COPYLINKS: a->copy_links = true; break;
         case O_LIKE: a->layout_like = optarg; break;
+        case O_REVISION: a->revision = optarg; break;
         case O_COMPRESS: a->compress = true; break;
         case O_LEVEL:
             if (!parse_int_opt(optarg, 1, 19, &a->level))
@@ -470,12 +471,25 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     r->cancel = &cancelled;
 }
 
+static int run_resolved(const char *cmd, conv_mode mode, conv_args *ap);
+
 static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv)
 {
     conv_args a;
     int r = parse_conv_args(cmd, mode, argc, argv, &a);
     if (r >= 0)
         return r;
+    char *resolved;
+    if ((r = mpk_cli_source(cmd, a.revision, &a.src, &resolved)) >= 0)
+        return r;
+    int rc = run_resolved(cmd, mode, &a);
+    free(resolved);
+    return rc;
+}
+
+static int run_resolved(const char *cmd, conv_mode mode, conv_args *ap)
+{
+    conv_args a = *ap;
     mpk_convert_req req;
     fill_req(&a, mode, cmd, &req);
     mpk_error err = {0};
@@ -760,8 +774,9 @@ int mpk_cmd_demo(int argc, char **argv)
 int mpk_cmd_compress(int argc, char **argv)
 {
     const char *cmd = argv[0];
-    enum { O_LEVEL = 1000, O_THREADS, O_FORCE, O_JSON, O_CHUNK };
+    enum { O_LEVEL = 1000, O_THREADS, O_FORCE, O_JSON, O_CHUNK, O_REVISION };
     static const struct option opts[] = {{"level", required_argument, NULL, O_LEVEL},
+                                         {"revision", required_argument, NULL, O_REVISION},
                                          {"threads", required_argument, NULL, O_THREADS},
                                          {"force", no_argument, NULL, O_FORCE}, {"json", no_argument, NULL, O_JSON},
                                          {"chunk-size", required_argument, NULL, O_CHUNK},
@@ -772,10 +787,12 @@ int mpk_cmd_compress(int argc, char **argv)
     mpk_compress_req req;
     mpk_compress_req_init(&req, NULL, NULL);
     bool json = false, quiet = false;
+    const char *rev = NULL;
     int ch;
     while ((ch = mpk_cli_next_opt(argc, argv, "q", strcmp(cmd, "compress") == 0 ? opts : dopts, NULL)) != -1) {
         switch (ch) {
         case 'q': quiet = true; break;
+        case O_REVISION: rev = optarg; break;
         case O_LEVEL:
             if (!parse_int_opt(optarg, 1, 19, &req.level))
                 return mpk_cli_usage(cmd, "--level takes 1..19");
@@ -797,6 +814,10 @@ int mpk_cmd_compress(int argc, char **argv)
         return mpk_cli_usage(cmd, "expected SRC DST, got %d argument(s)", argc - optind);
     req.src = argv[optind];
     req.dst = argv[optind + 1];
+    char *resolved;
+    int rc = mpk_cli_source(cmd, rev, &req.src, &resolved);
+    if (rc >= 0)
+        return rc;
     req.warn = warn_cb;
     req.ctx = (void *)cmd;
     req.progress = !quiet && !json && isatty(2) ? mpk_cli_progress : NULL;
@@ -806,6 +827,7 @@ int mpk_cmd_compress(int argc, char **argv)
     guard_begin(req.dst, true, false);
     mpk_status st = (c ? mpk_compress : mpk_decompress)(&req, &rep, &err);
     guard_end();
+    free(resolved);
     if (st != MPK_OK) {
         if (err.code == MPK_E_USAGE)
             return mpk_cli_usage(cmd, "%s", mpk_error_what(&err));

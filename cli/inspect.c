@@ -11,14 +11,18 @@
 
 /* Parses [--json] [--write] PATH for inspect and hash; -1 to go on, else the exit status. */
 static int path_args(const char *cmd, bool allow_write, int argc, char **argv, bool *json, bool *write,
-                     bool *quiet)
+                     bool *quiet, const char **rev)
 {
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'}, {"write", no_argument, NULL, 'w'},
-                                         {"quiet", no_argument, NULL, 'q'}, {0}};
-    static const struct option inspect_opts[] = {{"json", no_argument, NULL, 'j'}, {0}};
+                                         {"quiet", no_argument, NULL, 'q'}, {"revision", required_argument, NULL, 'r'},
+                                         {0}};
+    static const struct option inspect_opts[] = {{"json", no_argument, NULL, 'j'},
+                                                 {"revision", required_argument, NULL, 'r'}, {0}};
     int ch;
     while ((ch = mpk_cli_next_opt(argc, argv, allow_write ? "q" : "", allow_write ? opts : inspect_opts, NULL)) != -1) {
-        if (ch == 'j')
+        if (ch == 'r')
+            *rev = optarg;
+        else if (ch == 'j')
             *json = true;
         else if (ch == 'q' && allow_write)
             *quiet = true;
@@ -37,15 +41,18 @@ int mpk_cmd_inspect(int argc, char **argv)
 {
     const char *cmd = argv[0];
     bool json = false, write = false, quiet = false, hash = strcmp(cmd, "hash") == 0;
-    int rc = path_args(cmd, hash, argc, argv, &json, &write, &quiet);
-    if (rc >= 0)
+    const char *rev = NULL, *path;
+    char *resolved = NULL;
+    int rc = path_args(cmd, hash, argc, argv, &json, &write, &quiet, &rev);
+    if (rc >= 0 || (path = argv[optind], rc = mpk_cli_source(cmd, rev, &path, &resolved)) >= 0)
         return rc;
     mpk_error err = {0};
     mpk_report *r;
     bool bar = hash && !quiet && !json && isatty(2);
-    mpk_status s = hash ? mpk_hash_ex(argv[optind], write ? MPK_HASH_WRITE : 0, bar ? mpk_cli_progress : NULL,
+    mpk_status s = hash ? mpk_hash_ex(path, write ? MPK_HASH_WRITE : 0, bar ? mpk_cli_progress : NULL,
                                       (void *)cmd, &r, &err)
-                        : mpk_inspect(argv[optind], &r, &err);
+                        : mpk_inspect(path, &r, &err);
+    free(resolved);
     if (s == MPK_E_USAGE)
         return mpk_cli_usage(cmd, "--write: %s", err.msg);
     if (s != MPK_OK)
@@ -57,19 +64,21 @@ int mpk_cmd_inspect(int argc, char **argv)
 
 typedef struct {
     mpk_compare_req q;
-    const char *preset, *spec_file;
+    const char *preset, *spec_file, *revision;
     bool json, quiet;
     int n_paths;
+    char *resolved;              /* SRC at --revision */
 } vargs;
 
 static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
 {
-    enum { O_PRESET = 1000, O_SPEC, O_JSON, O_DEQ, O_Q, O_ATOL, O_RTOL };
+    enum { O_PRESET = 1000, O_SPEC, O_JSON, O_DEQ, O_Q, O_ATOL, O_RTOL, O_REVISION };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"json", no_argument, NULL, O_JSON}, {"dequantize", no_argument, NULL, O_DEQ},
         {"quantize", required_argument, NULL, O_Q}, {"atol", required_argument, NULL, O_ATOL},
-        {"rtol", required_argument, NULL, O_RTOL}, {"quiet", no_argument, NULL, 'q'}, {0}};
+        {"rtol", required_argument, NULL, O_RTOL}, {"quiet", no_argument, NULL, 'q'},
+        {"revision", required_argument, NULL, O_REVISION}, {0}};
     mpk_compare_req_init(&v->q, NULL, NULL);
     int ch;
     while ((ch = mpk_cli_next_opt(argc, argv, "q", opts, NULL)) != -1) {
@@ -78,6 +87,7 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
         case 'q': v->quiet = true; break;
         case O_PRESET: v->preset = optarg; break;
         case O_SPEC: v->spec_file = optarg; break;
+        case O_REVISION: v->revision = optarg; break;
         case O_JSON: v->json = true; break;
         case O_DEQ: v->q.quant = MPK_QUANT_DEQUANTIZE; break;
         case O_Q:
@@ -103,7 +113,9 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
     v->q.src = v->n_paths == 2 ? argv[optind] : NULL;
     v->q.dst = argv[optind + v->n_paths - 1];
     v->q.spec = v->spec_file ? v->spec_file : v->preset;
-    return -1;
+    if (v->revision && v->n_paths != 2)
+        return mpk_cli_usage(cmd, "--revision applies to SRC (a repo id or a cache folder): give SRC DST");
+    return mpk_cli_source(cmd, v->revision, &v->q.src, &v->resolved);
 }
 
 /* verify and diff: the command name (argv[0]) says which. */
@@ -123,6 +135,7 @@ int mpk_cmd_verify(int argc, char **argv)
     }
     if ((diff ? mpk_diff : mpk_verify)(&v.q, &r, &err) != MPK_OK)
         return mpk_cli_fail(cmd, &err, err.code == MPK_E_MANIFEST ? "run 'moepack hash --write DST' to create one" : NULL);
+    free(v.resolved);
     mpk_cli_print_report(cmd, r, v.json, false);
     rc = mpk_report_differences(r) ? MPK_EXIT_DIFF : MPK_EXIT_OK;
     mpk_report_free(r);

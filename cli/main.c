@@ -30,6 +30,21 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
     return MPK_EXIT_FAIL;
 }
 
+int mpk_cli_source(const char *cmd, const char *rev, const char **src, char **owned)
+{
+    *owned = NULL;
+    if (!rev || !*src)
+        return -1;
+    mpk_error err = {0};
+    mpk_status s = mpk_resolve_source(*src, rev, owned, &err);
+    if (s == MPK_E_USAGE)
+        return mpk_cli_usage(cmd, "--revision: %s", err.msg);
+    if (s != MPK_OK)
+        return mpk_cli_fail(cmd, &err, NULL);
+    *src = *owned;
+    return -1;
+}
+
 void mpk_cli_progress(void *ctx, uint64_t done, uint64_t total, double seconds)
 {
     double rate = seconds > 0 ? (double)done / seconds : 0;
@@ -150,7 +165,12 @@ static int cmd_completion(int argc, char **argv);
 #define PRESET_OPT \
     "  --preset NAME          preset (default auto: from config.json's model_type; see\n"\
     "                         'moepack presets')\n"
+#define REVISION_OPT \
+    "  --revision REV         SRC a repo id (ORG/NAME, looked up in the Hugging Face cache) or a\n"\
+    "                         cache folder models--ORG--NAME: its snapshot of REV (a branch,\n"\
+    "                         tag or commit; default main). Nothing is downloaded\n"
 #define CONV_OPTS \
+    REVISION_OPT \
     "  --max-shard-size SIZE  output shard size (default 50GB, transformers v5's; 0: one\n"\
     "                         shard; KB/MB/GB decimal, KiB/MiB/GiB binary)\n"\
     "  --threads N            worker threads (default: CPUs)\n"\
@@ -360,13 +380,16 @@ const mpk_command mpk_commands[] = {
      "  --json   {\"schema\": \"moepack.version/1\", \"version\", \"features\": [...]}\n\n"
      "example: moepack version\n", cmd_version},
     {"inspect", "list a checkpoint's shards, tensors, dtypes and expert layout",
-     "usage: moepack inspect PATH [--json]\n\n"
+     "usage: moepack inspect PATH [--revision REV] [--json]\n\n"
      "PATH is a .safetensors file or a checkpoint directory (model.safetensors or\n"
      "model.safetensors.index.json; compressed .mpkz shards are read in place). Validates every\n"
      "shard strictly and prints shards, tensor count, total bytes, a dtype histogram,\n"
      "config.json facts (model_type, number of experts, per-expert or packed experts) and every\n"
-     "tensor.\n\n"
-     "  --json   one JSON document on stdout (schema in README.md)\n\n"
+     "tensor. PATH may also be a Hugging Face cache snapshot, a cache folder models--ORG--NAME or a\n"
+     "repo id ORG/NAME found in the cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub),\n"
+     "as for every command that reads a checkpoint.\n\n"
+     "  --json   one JSON document on stdout (schema in README.md)\n"
+     "  --revision REV  PATH a repo id or cache folder: its snapshot of REV (default main)\n\n"
      "example: moepack inspect ./Qwen3-30B-A3B --json\n",
      mpk_cmd_inspect},
     {"presets", "list the embedded architecture presets, or print one's JSON spec",
@@ -389,6 +412,7 @@ const mpk_command mpk_commands[] = {
      "  --dequantize           plan with FP8 weights dequantized to BF16\n"
      "  --quantize fp8-block128  plan with the packed experts quantized to FP8\n"
      "  --verbose              every group and pass-through tensor, not the first few\n"
+     REVISION_OPT
      "  --json                 the plan as JSON on stdout (schema in README.md)\n\n"
      "example: moepack plan ./Mixtral-8x22B --verbose\n", mpk_cmd_convert},
     {"pack", "per-expert -> packed ([E,2I,H] gate_up_proj, [E,H,I] down_proj)",
@@ -421,7 +445,8 @@ const mpk_command mpk_commands[] = {
      LAYOUT_LIKE_OPT CONV_OPTS "\n"
      "example: moepack convert ./model ./model-converted --spec my_spec.json\n", mpk_cmd_convert},
     {"compress", "every shard into a compressed container (.mpkz: byte planes, zstd, chunks)",
-     "usage: moepack compress SRC DST [--level N] [--threads N] [--chunk-size SIZE] [--force] [--json] [-q]\n\n"
+     "usage: moepack compress SRC DST [--level N] [--threads N] [--chunk-size SIZE] [--revision REV] [--force]\n"
+     "                        [--json] [-q]\n\n"
      "Writes every NAME.safetensors of the checkpoint directory SRC as DST/NAME.safetensors.mpkz\n"
      "(formats/MPKZ.md: the header verbatim, each tensor in chunks of --chunk-size (default 4MiB)\n"
      "original bytes, each chunk's bytes split into planes by element width, each plane a zstd\n"
@@ -431,6 +456,7 @@ const mpk_command mpk_commands[] = {
      "  --level N          zstd level 1..19 (default 1)\n"
      "  --threads N        worker threads (default: CPUs)\n"
      "  --chunk-size SIZE  original bytes per chunk (default 4MiB)\n"
+     "  --revision REV     SRC a repo id or cache folder: its snapshot of REV (default main)\n"
      "  --force            replace an existing DST that is a checkpoint or empty\n"
      "  --json             the report as JSON on stdout\n"
      "  -q, --quiet        no progress, no summary\n\n"
@@ -469,11 +495,12 @@ const mpk_command mpk_commands[] = {
      "  --json             what was written as JSON (schema moepack.synth/1)\n\n"
      "example: moepack synth --arch qwen3_moe --experts 16 /tmp/tiny-qwen3\n", mpk_cmd_synth},
     {"hash", "XXH3-128 per tensor and a sharding-independent checkpoint digest",
-     "usage: moepack hash PATH [--json] [--write]\n\n"
+     "usage: moepack hash PATH [--json] [--write] [--revision REV]\n\n"
      "Prints 'HASH DTYPE SHAPE NAME' per tensor and the whole-checkpoint digest (independent of\n"
      "sharding and file order).\n\n"
      "  --json    the manifest document on stdout\n"
      "  --write   store it as PATH/moepack.manifest.json (atomically)\n"
+     "  --revision REV  PATH a repo id or cache folder: its snapshot of REV (default main)\n"
      "  -q, --quiet  no progress bar\n\n"
      "example: moepack hash ./model --write\n", mpk_cmd_inspect},
     {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
@@ -494,6 +521,7 @@ const mpk_command mpk_commands[] = {
      "  --quantize fp8-block128  DST's packed experts were quantized (found out when not given)\n"
      "  --atol X           absolute tolerance (default 0)\n"
      "  --rtol Y           relative tolerance (default 2^-8)\n"
+     "  --revision REV     SRC a repo id or cache folder: its snapshot of REV (default main)\n"
      "  --json             the report as JSON on stdout (schema in README.md)\n"
      "  -q, --quiet        no progress bar\n\n"
      "Exit 0 identical or within tolerance, 3 differences (listed), 1 could not run.\n\n"
@@ -512,6 +540,7 @@ const mpk_command mpk_commands[] = {
      "  --spec FILE        a spec instead of a preset\n"
      "  --dequantize       A's FP8 weights were dequantized in B (found out when not given)\n"
      "  --quantize fp8-block128  B's packed experts are A's quantized (found out when not given)\n"
+     "  --revision REV     A a repo id or cache folder: its snapshot of REV (default main)\n"
      "  --json             the report as JSON on stdout (schema in README.md)\n"
      "  -q, --quiet        no progress bar\n\n"
      "Exit 0 all within tolerance, 3 otherwise.\n\n"

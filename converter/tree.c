@@ -27,6 +27,7 @@ typedef struct {
     char *buf;                   /* read/write fallback buffer */
     int root;                    /* SRC's directory, open */
     const char *root_path;       /* as given */
+    char *blobs;                 /* SRC a Hugging Face cache snapshot: its repo's blobs/ */
 } tree;
 
 enum { TREE_MAX_DEPTH = 64, COPY_BUF = 1 << 20 };
@@ -153,6 +154,15 @@ static bool link_resolves_inside(const tree *t, const char *rel)
     return inside;
 }
 
+/* Whether the link at from resolves into SRC's cache repo's blobs/. */
+static bool into_blobs(const tree *t, const char *from)
+{
+    char *r = realpath(from, NULL);
+    bool in = r && mpk_path_under(r, t->blobs);
+    free(r);
+    return in;
+}
+
 static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, const char *to_dir, int depth,
                            mpk_error *err)
 {
@@ -208,7 +218,10 @@ static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, co
             struct stat tb;
             if (n < 0) {
                 s = mpk_error_set(err, MPK_E_IO, errno, from, "cannot read the link: %s", strerror(errno));
-            } else if ((target[n] = 0, link_inside(target, depth)) &&
+            } else if ((target[n] = 0, t->blobs) && into_blobs(t, from) && fstatat(sdir, name, &tb, 0) == 0 &&
+                       S_ISREG(tb.st_mode)) {
+                s = copy_reg(t, sdir, ddir, name, true, from, to, err); /* the file, not a link into a cache */
+            } else if (link_inside(target, depth) &&
                        link_resolves_inside(t, from + strlen(t->root_path) + !mpk_str_ends(t->root_path, "/"))) {
                 if (mpk_fault_point("symlink") || symlinkat(target, ddir, name) != 0)
                     s = mpk_error_set(err, MPK_E_IO, errno, to, "cannot create the link: %s", strerror(errno));
@@ -235,7 +248,7 @@ static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, co
 mpk_status mpk_copy_tree(const char *src_dir, const char *dst_dir, bool (*skip)(const char *name, void *ctx),
                          void *skip_ctx, const mpk_exec_opts *o, mpk_side_stats *stats, mpk_error *err)
 {
-    tree t = {o, stats, skip, skip_ctx, mpk_umask(), NULL, -1, src_dir};
+    tree t = {o, stats, skip, skip_ctx, mpk_umask(), NULL, -1, src_dir, NULL};
     int sd = open(src_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     t.root = sd;
     if (sd < 0)
@@ -245,9 +258,11 @@ mpk_status mpk_copy_tree(const char *src_dir, const char *dst_dir, bool (*skip)(
         close(sd);
         return mpk_error_set(err, MPK_E_IO, errno, dst_dir, "cannot open: %s", strerror(errno));
     }
+    t.blobs = mpk_hub_blobs_of(src_dir);
     mpk_status s = copy_dir(&t, sd, dd, src_dir, dst_dir, 0, err);
     close(sd);
     close(dd);
     free(t.buf);
+    free(t.blobs);
     return s;
 }

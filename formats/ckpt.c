@@ -529,7 +529,35 @@ static bool has_compressed(const char *path)
     return yes;
 }
 
+static mpk_status ckpt_open_at(const char *path, mpk_ckpt **out, mpk_error *err);
+
+/* A Hugging Face cache repo folder, or a repo id that is no local path: its snapshot of main. */
+static mpk_status via_hub(const char *path, char **real, mpk_error *err)
+{
+    *real = NULL;
+    struct stat st;
+    size_t l = strlen(path);
+    while (l > 1 && path[l - 1] == '/')
+        l--;
+    const char *base = path + l;
+    while (base > path && base[-1] != '/')
+        base--;
+    if (stat(path, &st) == 0 && !(S_ISDIR(st.st_mode) && strncmp(base, "models--", 8) == 0))
+        return MPK_OK;
+    return mpk_hub_resolve(path, NULL, real, err);
+}
+
 mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
+{
+    char *real;
+    *out = NULL;
+    MPK_TRY(via_hub(path, &real, err));
+    mpk_status s = ckpt_open_at(real ? real : path, out, err);
+    free(real);
+    return s;
+}
+
+static mpk_status ckpt_open_at(const char *path, mpk_ckpt **out, mpk_error *err)
 {
     *out = NULL;
     struct stat st;
@@ -586,7 +614,19 @@ mpk_status mpk_ckpt_open(const char *path, mpk_ckpt **out, mpk_error *err)
     return MPK_OK;
 }
 
+static mpk_status ckpt_open_names_at(const char *dir, mpk_ckpt **out, mpk_error *err);
+
 mpk_status mpk_ckpt_open_names(const char *dir, mpk_ckpt **out, mpk_error *err)
+{
+    char *real;
+    *out = NULL;
+    MPK_TRY(via_hub(dir, &real, err));
+    mpk_status s = ckpt_open_names_at(real ? real : dir, out, err);
+    free(real);
+    return s;
+}
+
+static mpk_status ckpt_open_names_at(const char *dir, mpk_ckpt **out, mpk_error *err)
 {
     *out = NULL;
     char *ix = mpk_path_join(dir, INDEX_NAME), *text = NULL;

@@ -456,6 +456,25 @@ char *mpk_strcat_ext(const char *a, const char *b);
 /* Joins a and b with '/', into a malloc'd string (NULL on failure). */
 char *mpk_path_join(const char *a, const char *b);
 
+/* ---------------------------------------------------------------- the Hugging Face cache (hub.c) */
+
+/* What src names as a local path (malloc'd into *out): a file or directory as it is; a cache
+ * repo folder models--ORG--NAME its snapshot of revision (a ref such as a branch, or a commit
+ * hash; NULL: main); a repo id ORG/NAME that is no local path, that snapshot in the cache
+ * (mpk_hub_cache_dir). MPK_E_NOT_FOUND naming the id and the cache when it is not there
+ * (nothing is downloaded), MPK_E_USAGE for a revision with a local checkpoint. Reads the
+ * environment (HF_HUB_CACHE, HF_HOME, HOME) only for a repo id. */
+mpk_status mpk_hub_resolve(const char *src, const char *revision, char **out, mpk_error *err);
+/* $HF_HUB_CACHE, else $HF_HOME/hub, else $HOME/.cache/huggingface/hub (malloc'd; NULL when
+ * none is set). */
+char *mpk_hub_cache_dir(void);
+/* When directory dir is a cache snapshot (its real path .../models--ORG--NAME/snapshots/REV),
+ * the real path of that repo's blobs folder (malloc'd), else NULL: the files a snapshot's
+ * links may point at. */
+char *mpk_hub_blobs_of(const char *dir);
+/* Whether the real path real is dir or lies under it (both real paths). */
+bool mpk_path_under(const char *real, const char *dir);
+
 #ifdef __cplusplus
 }
 #endif

@@ -288,12 +288,28 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     return mpk_report_give(rep, out);
 }
 
+/* SRC as a Hugging Face cache repo folder or repo id: its snapshot (of main). */
+static mpk_status run_resolved(const mpk_compress_req *r, bool compress, mpk_report **out, mpk_error *err)
+{
+    if (!r || !r->src || !r->src[0])
+        return run(r, compress, out, err);
+    char *src;
+    if (out)
+        *out = NULL;
+    MPK_TRY(mpk_hub_resolve(r->src, NULL, &src, err));
+    mpk_compress_req q = *r;
+    q.src = src;
+    mpk_status s = run(&q, compress, out, err);
+    free(src);
+    return s;
+}
+
 mpk_status mpk_compress(const mpk_compress_req *r, mpk_report **out, mpk_error *err)
 {
-    return run(r, true, out, err);
+    return run_resolved(r, true, out, err);
 }
 
 mpk_status mpk_decompress(const mpk_compress_req *r, mpk_report **out, mpk_error *err)
 {
-    return run(r, false, out, err);
+    return run_resolved(r, false, out, err);
 }

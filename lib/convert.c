@@ -449,6 +449,32 @@ mpk_status mpk_lib_write_manifest(const char *dir, mpk_tensor_hash *hashes, size
 
 /* How the output was made, kept in its manifest: moepack's version, the command, the preset
  * and a digest of its spec, the options that change bytes, the source and its digest. */
+/* What the manifest says the source was, without a local path (the same conversion from two
+ * folders gives the same manifest): a Hugging Face cache snapshot as "ORG/NAME@REVISION", else
+ * "" (the source's digest, source_xxh3_128, identifies it). */
+static const char *hub_name(const char *dir, char *buf, size_t cap)
+{
+    char *blobs = mpk_hub_blobs_of(dir), *real = blobs ? realpath(dir, NULL) : NULL;
+    buf[0] = 0;
+    const char *snap = real ? strstr(real, "/snapshots/") : NULL;
+    if (snap) {
+        const char *repo = snap;
+        while (repo > real && repo[-1] != '/')
+            repo--;
+        if (strncmp(repo, "models--", 8) == 0) {
+            snprintf(buf, cap, "%.*s@%s", (int)(snap - repo - 8), repo + 8, snap + 11);
+            char *dd = strstr(buf, "--");
+            if (dd) {
+                *dd = '/';
+                memmove(dd + 1, dd + 2, strlen(dd + 2) + 1);
+            }
+        }
+    }
+    free(blobs);
+    free(real);
+    return buf;
+}
+
 static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
 {
     mpk_hash128 sd = j->src_digest; /* read once: the record was made from the same headers */
@@ -477,9 +503,12 @@ static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
               cJSON_AddNumberToObject(opts, "max_shard_size", (double)r->max_shard_size) &&
               cJSON_AddBoolToObject(opts, "compress", j->compress_level > 0) &&
               cJSON_AddNumberToObject(opts, "compress_level", j->compress_level) &&
-              cJSON_AddStringToObject(opts, "layout_like", r->layout_like ? r->layout_like : "");
+              cJSON_AddStringToObject(opts, "layout_like", !r->layout_like ? ""
+                                                           : strrchr(r->layout_like, '/') ? strrchr(r->layout_like, '/') + 1
+                                                                                          : r->layout_like);
     bool attached = ok && cJSON_AddItemToObject(o, "options", opts); /* then o owns opts */
-    ok = attached && cJSON_AddStringToObject(o, "source", r->src) &&
+    char hub[512];
+    ok = attached && cJSON_AddStringToObject(o, "source", hub_name(j->src->dir, hub, sizeof hub)) &&
          cJSON_AddStringToObject(o, "source_xxh3_128", mpk_hash_hex(sd, hx));
     if (!ok) {
         if (!attached)

@@ -441,11 +441,18 @@ m = json.load(open(sys.argv[1]))
 p = m["provenance"]
 assert m["schema"] == "moepack.manifest/1"
 assert p["command"] == "pack" and p["preset"] == "lfm2_moe" and len(p["spec_xxh3_128"]) == 32
-assert p["source"] == sys.argv[2] and len(p["source_xxh3_128"]) == 32 and p["moepack_version"]
+assert p["source"] == "" and len(p["source_xxh3_128"]) == 32 and p["moepack_version"]  # no local path
 assert p["options"]["quantize"] == "keep" and p["options"]["compress"] is False
 PY
+# (issue 46) the same conversion from two folders gives the same manifest: no local path in it
+cp -r "$tmp/lfm" "$tmp/lfm-elsewhere"
+"$M" pack -q "$tmp/lfm-elsewhere" "$tmp/lfm-p2b"
+cmp -s "$tmp/lfm-p/moepack.manifest.json" "$tmp/lfm-p2b/moepack.manifest.json" \
+  && echo "ok: the same manifest from another folder" || { echo "FAIL: the manifests of two folders differ" >&2; fails=$((fails + 1)); }
+grep -q "$tmp" "$tmp/lfm-p2b/moepack.manifest.json" && { echo "FAIL: a local path in the manifest" >&2; fails=$((fails + 1)); } \
+  || echo "ok: ... and no local path in it"
 expect 0 "verify DST prints the provenance" -- "$M" verify "$tmp/lfm-p"
-grep -q "made by: moepack .*, pack, preset lfm2_moe" "$tmp/out" && grep -q "^source: $tmp/lfm " "$tmp/out" \
+grep -q "made by: moepack .*, pack, preset lfm2_moe" "$tmp/out" && grep -q "^source: files xxh3-128 " "$tmp/out" \
   && echo "ok: ... it does" || { echo "FAIL: verify DST: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
 
 # diff and verify across dtypes and layouts: a packed BF16 checkpoint against its FP8 twin,

@@ -180,6 +180,19 @@ typedef struct mpk_tensor_desc {
     const char *file;             /* the shard file holding it (name inside the directory) */
 } mpk_tensor_desc;
 
+/* Where a source may be: every call that takes a source checkpoint (mpk_ckpt_open, the
+ * requests' src) accepts a directory or .safetensors file, a Hugging Face cache snapshot folder
+ * (its files links into the repo's blobs/, which are read and copied as files), a cache repo
+ * folder models--ORG--NAME (its snapshot of refs/main) or a repo id ORG/NAME that is no local
+ * path, looked up in the cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+ * $HOME/.cache/huggingface/hub: the only environment variables the library reads for it).
+ * Nothing is downloaded. mpk_resolve_source gives the local path src names for revision (a
+ * branch or tag of refs/, or a commit hash; NULL: main); *out owned by the caller, free with
+ * free(). Errors: MPK_E_NOT_FOUND (the id or revision is not in the cache: the message names
+ * the cache folder and the huggingface-cli command that fetches it), MPK_E_USAGE (a revision
+ * given with a local checkpoint), MPK_E_IO, MPK_E_NOMEM. */
+MPK_API mpk_status mpk_resolve_source(const char *src, const char *revision, char **out, mpk_error *err);
+
 /* Opens and validates a checkpoint strictly: every shard's header, the index (names and
  * shards agree, shard names are safe). Errors: MPK_E_NOT_FOUND, MPK_E_IO, any format error
  * (MPK_E_HEADER_* ... MPK_E_DUPLICATE_TENSOR), MPK_E_NOMEM. *out owned by the caller, free
