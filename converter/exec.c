@@ -613,6 +613,10 @@ static mpk_status land(job *j, const char *src_path, mpk_exec_stats *stats)
         MPK_TRY(j->o->finish(j->o->finish_ctx, j->stage.tmp, j->c.hashes, j->c.hashes ? p->n_outs : 0, j->err));
     MPK_TRY(mpk_ckpt_check_unchanged(p->src, j->err));
     MPK_TRY(mpk_overlap_check(src_path, p->src, j->dst, j->err));
+    /* a cancel (Ctrl-C, a signal) that came after the last unit is still one: DST stays as it was */
+    if (j->o->cancel && *j->o->cancel)
+        MPK_FAIL(j->err, MPK_E_CANCELLED, j->dst, "cancelled before the output was moved into place; nothing was "
+                 "written there");
     return mpk_stage_commit(&j->stage, src_path, j->o->force, j->err);
 }
 

@@ -224,6 +224,26 @@ static void test_links_resolved_not_read(void **state)
     unlink(secret);
 }
 
+static void test_cancel_after_the_last_unit_lands_nothing(void **state)
+{
+    (void)state;
+    /* reproducer: SIGTERM (the cancel flag) after the last unit was written, while the run
+     * wrote its manifest and side files: the library landed a complete DST anyway (the flag
+     * was read only while units remained). Stopped at each of the last write-path points
+     * before the landing's own (MOEPACK_FAULT=N:stop), signalled, continued. */
+    char *s = path("%s/cs", root), *d = path("%s/cs-out", root);
+    assert_int_equal(tu_sh("%s synth --layers 1 %s >/dev/null", tu_moepack(), s), 0);
+    assert_int_equal(tu_sh("M=%s; P=$(MOEPACK_FAULT=count $M pack -q --threads 1 %s %s 2>&1 | sed -n "
+                           "'s/.*fault points passed: //p'); rm -rf %s; test -n \"$P\" || exit 9; "
+                           "for k in 3 4 5 6; do MOEPACK_FAULT=$((P - k)):stop $M pack -q --threads 1 %s %s 2>/dev/null & "
+                           "pid=$!; n=0; until grep -q '^State:.*T' /proc/$pid/status 2>/dev/null; do "
+                           "n=$((n + 1)); [ $n -lt 600 ] || exit 8; sleep 0.05; done; kill -TERM $pid; kill -CONT $pid; "
+                           "wait $pid; rc=$?; [ $rc = 143 ] || exit 7; [ ! -e %s ] || exit $k; done",
+                           tu_moepack(), s, d, d, s, d, d), 0);
+    assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
+    tu_rmrf(s);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -245,6 +265,7 @@ int main(void)
         cmocka_unit_test(test_force_refuses_what_is_not_only_a_checkpoint),
         cmocka_unit_test(test_private_weights_stay_private),
         cmocka_unit_test(test_links_resolved_not_read),
+        cmocka_unit_test(test_cancel_after_the_last_unit_lands_nothing),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
