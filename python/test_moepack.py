@@ -147,6 +147,47 @@ class Binding(unittest.TestCase):
                 moepack.verify(self.src, self.src, **kw)
         self.assertEqual(sorted(os.listdir(self.root)), before)
 
+    def test_hub_cache(self):
+        # huggingface_hub's layout: blobs named by sha256, a snapshot of relative links, refs/main
+        import hashlib
+        cache = self.path("hub-cache")
+        repo = os.path.join(cache, "models--acme--py-moe")
+        rev = "f" * 40
+        snap = os.path.join(repo, "snapshots", rev)
+        os.makedirs(os.path.join(repo, "blobs"))
+        os.makedirs(snap)
+        os.makedirs(os.path.join(repo, "refs"))
+        for name in os.listdir(self.src):
+            data = open(os.path.join(self.src, name), "rb").read()
+            blob = hashlib.sha256(data).hexdigest()
+            open(os.path.join(repo, "blobs", blob), "wb").write(data)
+            os.symlink(os.path.join("..", "..", "blobs", blob), os.path.join(snap, name))
+        open(os.path.join(repo, "refs", "main"), "w").write(rev)
+        old = os.environ.get("HF_HUB_CACHE")
+        os.environ["HF_HUB_CACHE"] = cache
+        try:
+            self.assertEqual(moepack.resolve("acme/py-moe"), snap)
+            self.assertEqual(moepack.resolve(repo, revision=rev), snap)
+            self.assertEqual(moepack.resolve(self.src), self.src)
+            out = self.path("hub-packed")
+            moepack.pack("acme/py-moe", out)
+            self.assertTrue(moepack.verify(self.src, out)["identical"])
+            self.assertFalse(any(os.path.islink(os.path.join(out, f)) for f in os.listdir(out)))
+            with self.assertRaises(moepack.Error) as e:
+                moepack.resolve("acme/absent-moe")
+            self.assertEqual(e.exception.status, "not-found")
+            self.assertIn("huggingface-cli download acme/absent-moe", e.exception.message)
+            with self.assertRaises(moepack.Error) as e:
+                moepack.resolve(self.src, revision="main")
+            self.assertEqual(e.exception.status, "usage")
+            with self.assertRaises(TypeError):
+                moepack.resolve(None)
+        finally:
+            if old is None:
+                del os.environ["HF_HUB_CACHE"]
+            else:
+                os.environ["HF_HUB_CACHE"] = old
+
     def test_diff_sees_a_changed_value(self):
         copy = self.path("copy")
         shutil.copytree(self.src, copy)

@@ -20,7 +20,7 @@ import operator
 import os
 
 __all__ = ["Error", "pack", "unpack", "convert", "compress", "decompress", "inspect", "hash", "verify", "diff", "synth", "presets",
-           "version", "features"]
+           "version", "features", "resolve"]
 
 
 def _load():
@@ -91,7 +91,8 @@ for name, res, args in [
         ("mpk_spec_free", None, [_P]),
         ("mpk_spec_description", ctypes.c_char_p, [_P]),
         ("mpk_spec_model_type_count", ctypes.c_size_t, [_P]),
-        ("mpk_spec_model_type", ctypes.c_char_p, [_P, ctypes.c_size_t])]:
+        ("mpk_spec_model_type", ctypes.c_char_p, [_P, ctypes.c_size_t]),
+        ("mpk_resolve_source", ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), _ERR])]:
     fn = getattr(_lib, name)
     fn.restype, fn.argtypes = res, args
 
@@ -258,6 +259,30 @@ def compress(src, dst, *, level=1, threads=0, chunk_size=4 << 20, force=False):
 def decompress(src, dst, *, threads=0, force=False):
     """The .mpkz containers of src back into their .safetensors files, byte for byte."""
     return _compressing(_lib.mpk_decompress, "decompress", src, dst, 3, threads, 4 << 20, force)
+
+
+_libc = ctypes.CDLL(None)
+_libc.free.argtypes = [ctypes.c_void_p]
+_libc.free.restype = None
+
+
+def resolve(src, revision=None):
+    """The local path src names: a directory or file as it is; a Hugging Face cache folder
+    models--ORG--NAME or a repo id "ORG/NAME" (looked up in $HF_HUB_CACHE, else $HF_HOME/hub,
+    else ~/.cache/huggingface/hub) its snapshot of revision (a branch, tag or commit; None:
+    main). Nothing is downloaded: an id not in the cache raises Error ("not-found") naming the
+    huggingface-cli command that fetches it. Every function taking a source accepts these forms
+    directly (at main)."""
+    s = _path(src, "resolve", "src")
+    r = None if revision is None else _str(revision, "resolve", "revision").encode()
+    out = ctypes.c_void_p()
+    err = _Error()
+    if _lib.mpk_resolve_source(s, r, ctypes.byref(out), ctypes.byref(err)) != 0:
+        raise Error(err)
+    try:
+        return os.fsdecode(ctypes.string_at(out.value))
+    finally:
+        _libc.free(out)
 
 
 def inspect(path):
