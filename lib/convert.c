@@ -260,6 +260,60 @@ static mpk_status open_names_instead(const char *src, mpk_status why, mpk_ckpt *
     return MPK_OK;
 }
 
+/* SRC as a conversion's source. A .safetensors file that an index beside it names among several
+ * shards is refused (converting it alone would give a fraction of the model): MPK_E_NOT_FOUND
+ * naming the directory to give. A file with config.json beside it, and no index or one naming
+ * only it, is converted as its directory: config.json and the other files go with it (the
+ * report says so). Else (a lone file) opened as a file, as mpk_ckpt_open does. */
+static mpk_status open_src(const char *src, mpk_ckpt **out, mpk_error *err)
+{
+    struct stat st;
+    const char *slash = strrchr(src, '/');
+    if (stat(src, &st) != 0 || !S_ISREG(st.st_mode))
+        return mpk_ckpt_open(src, out, err);
+    char *dir = slash ? mpk_strndup(src, (size_t)(slash - src + (slash == src))) : mpk_strndup(".", 1);
+    const char *base = slash ? slash + 1 : src;
+    size_t bl = strlen(base), n = 0, n_files = 0, named = 0;
+    if (bl > 5 && strcmp(base + bl - 5, ".mpkz") == 0) /* NAME.safetensors.mpkz is NAME.safetensors */
+        bl -= 5;
+    char *ix = dir ? mpk_path_join(dir, MPK_INDEX_NAME) : NULL, *cfg = dir ? mpk_path_join(dir, "config.json") : NULL;
+    char *text = NULL;
+    size_t len;
+    mpk_arena *a = NULL;
+    const char **names, **files;
+    uint64_t total;
+    mpk_error ig;
+    mpk_status s = MPK_OK;
+    bool has_index = ix && access(ix, F_OK) == 0;
+    if (!ix || !cfg)
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, src, "out of memory");
+    else if (has_index && mpk_read_file(ix, &text, &len, &ig) == MPK_OK &&
+             mpk_index_parse(text, len, ix, &a, &names, &files, &n, &total, &ig) == MPK_OK) {
+        for (size_t i = 0; i < n; i++) {
+            bool seen = false; /* shards in order of first appearance */
+            for (size_t k = 0; k < i && !seen; k++)
+                seen = strcmp(files[k], files[i]) == 0;
+            n_files += !seen;
+            named += !seen && strlen(files[i]) == bl && strncmp(files[i], base, bl) == 0;
+        }
+    }
+    if (s == MPK_OK && named && n_files > 1) {
+        s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, NULL, "%s is one shard of the checkpoint in %s (its index names "
+                          "%zu shards): give the directory %s", src, dir, n_files, dir);
+        if (err) /* the message names the file first itself */
+            snprintf(err->where, sizeof err->where, "%s", src);
+    } else if (s == MPK_OK && named) /* the index names this file alone: that directory */
+        s = mpk_ckpt_open(dir, out, err);
+    else if (s == MPK_OK && (s = mpk_ckpt_open(src, out, err)) == MPK_OK && !has_index && access(cfg, F_OK) == 0)
+        (*out)->is_dir = true; /* a single-file checkpoint: its directory's files go with it */
+    mpk_arena_free(a);
+    free(text);
+    free(ix);
+    free(cfg);
+    free(dir);
+    return s;
+}
+
 /* Opens, loads the spec, refuses a source already converted, plans. names_ok: a release
  * without its shards is planned from its index's names (plan only). */
 static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, mpk_plan **pout, mpk_error *err)
@@ -269,7 +323,7 @@ static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, 
         MPK_FAIL(err, MPK_E_NOMEM, r->src, "out of memory");
     mpk_status s;
     bool unpack = r->direction == MPK_DIRECTION_UNPACK;
-    if ((s = mpk_ckpt_open(r->src, &j->src, err)) != MPK_OK && names_ok)
+    if ((s = open_src(r->src, &j->src, err)) != MPK_OK && names_ok)
         s = open_names_instead(r->src, s, &j->src, err);
     if (s != MPK_OK || (s = mpk_config_load(j->src->dir, &j->cfg, err)) != MPK_OK ||
         (s = mpk_lib_spec_load(r->spec, &j->cfg, unpack, &j->spec, err)) != MPK_OK)
@@ -618,6 +672,10 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "source", r->src);
     cJSON_AddStringToObject(o, "destination", r->dst);
+    struct stat sst; /* a single-file checkpoint converted as its directory (open_src) */
+    const char *src_dir = p->src->is_dir && stat(r->src, &sst) == 0 && S_ISREG(sst.st_mode) ? p->src->dir : NULL;
+    if (src_dir)
+        cJSON_AddStringToObject(o, "source_directory", src_dir);
     cJSON_AddStringToObject(o, "preset", p->spec->name);
     cJSON_AddStringToObject(o, "direction", p->spec->reversed ? "unpack" : "pack");
     cJSON_AddBoolToObject(o, "reversed", p->spec->reversed);
@@ -655,6 +713,8 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
                 r->src, r->dst, p->spec->name, p->spec->reversed ? ", reversed" : "", st->tensors_in,
                 st->tensors_out, p->n_outs - p->n_pass, p->n_pass, mpk_human_bytes(st->bytes_out, hb, sizeof hb),
                 p->n_shards, st->seconds, gbs, mpk_human_bytes((uint64_t)st->peak_rss_kib * 1024, hr, sizeof hr));
+        if (src_dir)
+            fprintf(f, "SRC is a file: converted its directory %s\n", src_dir);
         fprintf(f, "other files of SRC: %zu file(s) (%s), %zu director%s, %zu symlink(s) copied, %zu skipped\n",
                 st->side.files, mpk_human_bytes(st->side.bytes, hb, sizeof hb), st->side.dirs,
                 st->side.dirs == 1 ? "y" : "ies", st->side.links, st->side.skipped);

@@ -1,0 +1,71 @@
+#!/bin/sh
+# files.sh MOEPACK — what users give moepack that is not quite a checkpoint directory (issue 46,
+# items 4, 5 and 6): a .safetensors file as SRC (one shard of an indexed checkpoint is refused, a
+# single-file checkpoint converts its directory), files that are no safetensors, typos, errors as
+# JSON documents under --json, JUnit reports of verify and diff.
+set -u
+M=$1
+tmp=$(mktemp -d /tmp/mpk-files-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+ok() { echo "ok: $1"; }
+bad() { echo "FAIL: $1" >&2; sed 's/^/  stderr: /' "$tmp/err" | head -5 >&2; fails=$((fails + 1)); }
+expect() {
+  want=$1 what=$2
+  shift 3
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  [ "$got" = "$want" ] && ok "$what" || bad "$what: '$*' exited $got, expected $want"
+}
+has() { grep -q -- "$2" "$tmp/$1" && ok "... $1 says '$2'" || bad "$1 does not say '$2'"; }
+
+"$M" synth --shards 3 "$tmp/three" >/dev/null || exit 1
+"$M" synth --shards 1 "$tmp/one" >/dev/null || exit 1
+echo '{"bos": 1}' > "$tmp/one/tokenizer_config.json"
+
+# ---- item 4: a .safetensors file as SRC
+shard=$tmp/three/model-00001-of-00003.safetensors
+for cmd in pack plan; do
+  dst=$tmp/dst-pack
+  [ $cmd = plan ] && dst=
+  expect 1 "$cmd of one shard of an indexed checkpoint is refused" -- "$M" $cmd "$shard" $dst
+  has err "$shard is one shard of the checkpoint in $tmp/three (its index names 3 shards): give the directory $tmp/three"
+done
+[ ! -e "$tmp/dst-pack" ] && ok "... nothing at DST" || bad "pack of a shard left $tmp/dst-pack"
+expect 0 "inspect of one shard still inspects the file" -- "$M" inspect "$shard"
+expect 0 "hash of one shard still hashes the file" -- "$M" hash "$shard"
+
+expect 0 "pack of a single-file checkpoint's model.safetensors" -- "$M" pack "$tmp/one/model.safetensors" "$tmp/p1"
+has out "SRC is a file: converted its directory $tmp/one"
+[ -f "$tmp/p1/config.json" ] && cmp -s "$tmp/one/tokenizer_config.json" "$tmp/p1/tokenizer_config.json" &&
+  ok "... config.json and the other files copied" || bad "config.json or tokenizer_config.json missing from $tmp/p1"
+"$M" pack -q "$tmp/one" "$tmp/p1dir" || exit 1
+for f in "$tmp/p1dir"/*; do
+  [ "${f##*/}" = moepack.manifest.json ] || cmp -s "$f" "$tmp/p1/${f##*/}" || bad "${f##*/} differs from packing the directory"
+done
+[ "$(ls "$tmp/p1")" = "$(ls "$tmp/p1dir")" ] && ok "... the same files as packing the directory" || bad "file lists differ"
+expect 0 "pack --json of a file names its directory" -- "$M" pack --json "$tmp/one/model.safetensors" "$tmp/p1j"
+has out "\"source_directory\": \"$tmp/one\""
+
+# an index beside it naming only this file: that directory too
+mkdir "$tmp/idx1" && cp "$tmp/one/config.json" "$tmp/one/model.safetensors" "$tmp/idx1/"
+python3 - "$tmp/idx1" <<'PY' || exit 1
+import json, struct, sys
+d = sys.argv[1]
+raw = open(d + "/model.safetensors", "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+names = [k for k in json.loads(raw[8:8 + n]) if k != "__metadata__"]
+json.dump({"metadata": {}, "weight_map": {k: "model.safetensors" for k in names}},
+          open(d + "/model.safetensors.index.json", "w"))
+PY
+expect 0 "pack of the one shard an index names" -- "$M" pack "$tmp/idx1/model.safetensors" "$tmp/p2"
+has out "SRC is a file: converted its directory $tmp/idx1"
+[ -f "$tmp/p2/config.json" ] && ok "... config.json copied" || bad "no config.json in $tmp/p2"
+
+# a lone file, no config.json beside: as before (a file; the preset named)
+mkdir "$tmp/lone" && cp "$tmp/one/model.safetensors" "$tmp/lone/x.safetensors"
+expect 1 "pack of a lone file without config.json wants a preset" -- "$M" pack "$tmp/lone/x.safetensors" "$tmp/p3"
+expect 0 "pack --preset of a lone file" -- "$M" pack --preset mixtral "$tmp/lone/x.safetensors" "$tmp/p3"
+grep -q "SRC is a file" "$tmp/out" && bad "a lone file said to be converted as a directory" || ok "... converted as a file"
+
+[ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
