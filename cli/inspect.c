@@ -2,11 +2,14 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Parses [--json] [--write] PATH for inspect and hash; -1 to go on, else the exit status. */
@@ -64,7 +67,7 @@ int mpk_cmd_inspect(int argc, char **argv)
 
 typedef struct {
     mpk_compare_req q;
-    const char *preset, *spec_file, *revision;
+    const char *preset, *spec_file, *revision, *junit;
     bool json, quiet;
     int n_paths;
     char *resolved;              /* SRC at --revision */
@@ -72,13 +75,13 @@ typedef struct {
 
 static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
 {
-    enum { O_PRESET = 1000, O_SPEC, O_JSON, O_DEQ, O_Q, O_ATOL, O_RTOL, O_REVISION };
+    enum { O_PRESET = 1000, O_SPEC, O_JSON, O_DEQ, O_Q, O_ATOL, O_RTOL, O_REVISION, O_JUNIT };
     static const struct option opts[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"json", no_argument, NULL, O_JSON}, {"dequantize", no_argument, NULL, O_DEQ},
         {"quantize", required_argument, NULL, O_Q}, {"atol", required_argument, NULL, O_ATOL},
         {"rtol", required_argument, NULL, O_RTOL}, {"quiet", no_argument, NULL, 'q'},
-        {"revision", required_argument, NULL, O_REVISION}, {0}};
+        {"revision", required_argument, NULL, O_REVISION}, {"junit", required_argument, NULL, O_JUNIT}, {0}};
     mpk_compare_req_init(&v->q, NULL, NULL);
     int ch;
     while ((ch = mpk_cli_next_opt(argc, argv, "q", opts, NULL)) != -1) {
@@ -88,6 +91,7 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
         case O_PRESET: v->preset = optarg; break;
         case O_SPEC: v->spec_file = optarg; break;
         case O_REVISION: v->revision = optarg; break;
+        case O_JUNIT: v->junit = optarg; break;
         case O_JSON: v->json = true; break;
         case O_DEQ: v->q.quant = MPK_QUANT_DEQUANTIZE; break;
         case O_Q:
@@ -118,6 +122,119 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
     return mpk_cli_source(cmd, v->revision, &v->q.src, &v->resolved);
 }
 
+/* s XML-escaped into f (attribute or text): the five entities, and '?' for the control
+ * characters XML 1.0 does not allow even as references. */
+static void xml_put(FILE *f, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; p && *p; p++) {
+        switch (*p) {
+        case '&': fputs("&amp;", f); break;
+        case '<': fputs("&lt;", f); break;
+        case '>': fputs("&gt;", f); break;
+        case '"': fputs("&quot;", f); break;
+        case '\'': fputs("&apos;", f); break;
+        case '\n': fputs("&#10;", f); break;
+        case '\t': fputs("&#9;", f); break;
+        case '\r': fputs("&#13;", f); break;
+        default: fputc(*p < 0x20 ? '?' : *p, f);
+        }
+    }
+}
+
+/* The comparison as JUnit XML (what GitHub Actions, GitLab and Jenkins show): one testcase per
+ * tensor that differs, its <failure> carrying the kind and detail, and one for the tensors that
+ * matched, all of classname CMD. Written to a temporary name beside path, flushed and renamed
+ * into place. false (errno set) when it could not be written. */
+static bool write_junit(const char *path, const char *cmd, const vargs *v, const mpk_report *r)
+{
+    size_t n = mpk_report_count(r), compared = 0;
+    cJSON *doc = cJSON_Parse(mpk_report_json(r));
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(doc, "compared");
+    if (cJSON_IsNumber(c) && c->valuedouble > 0)
+        compared = (size_t)c->valuedouble;
+    cJSON_Delete(doc);
+    size_t differ = mpk_report_differences(r), same = compared > differ ? compared - differ : 0;
+    size_t tests = n + (same || !n), failures = 0;
+    mpk_report_item it;
+    for (size_t i = 0; i < n; i++)
+        failures += mpk_report_item_at(r, i, &it) && it.kind;
+    size_t pl = strlen(path);
+    char *tmp = malloc(pl + 16);
+    if (!tmp)
+        return false;
+    snprintf(tmp, pl + 16, "%s.tmp-XXXXXX", path);
+    int fd = mkstemp(tmp);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
+        free(tmp);
+        errno = e;
+        return false;
+    }
+    fchmod(fd, 0644); /* a report, not a secret: mkstemp's 0600 would hide it from CI's uploader */
+    char suite[64];
+    snprintf(suite, sizeof suite, "moepack %s", cmd);
+    fputs("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"", f);
+    xml_put(f, suite);
+    fprintf(f, "\" tests=\"%zu\" failures=\"%zu\" errors=\"0\">\n  <testsuite name=\"", tests, failures);
+    xml_put(f, suite);
+    fputs(" ", f);
+    if (v->q.src) {
+        xml_put(f, v->q.src);
+        fputs(" ", f);
+    }
+    xml_put(f, v->q.dst);
+    fprintf(f, "\" tests=\"%zu\" failures=\"%zu\" errors=\"0\" skipped=\"0\">\n", tests, failures);
+    for (size_t i = 0; i < n; i++) {
+        if (!mpk_report_item_at(r, i, &it))
+            continue;
+        fputs("    <testcase classname=\"", f);
+        xml_put(f, cmd);
+        fputs("\" name=\"", f);
+        xml_put(f, it.name);
+        if (!it.kind) {
+            fputs("\"/>\n", f);
+            continue;
+        }
+        fputs("\">\n      <failure type=\"", f);
+        xml_put(f, it.kind);
+        fputs("\" message=\"", f);
+        xml_put(f, it.kind);
+        fputs(": ", f);
+        xml_put(f, it.detail);
+        fputs("\">", f);
+        xml_put(f, it.name);
+        fputs(": ", f);
+        xml_put(f, it.detail);
+        if (it.hash && *it.hash) {
+            fputs(" (xxh3-128 of DST's tensor: ", f);
+            xml_put(f, it.hash);
+            fputs(")", f);
+        }
+        fputs("</failure>\n    </testcase>\n", f);
+    }
+    if (same || !n)
+        fprintf(f, "    <testcase classname=\"%s\" name=\"%zu tensor(s) %s\"/>\n", cmd, same,
+                n ? "that matched" : "compared, no difference");
+    fputs("  </testsuite>\n</testsuites>\n", f);
+    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fd) == 0;
+    int e = errno;
+    ok &= fclose(f) == 0;
+    if (ok && rename(tmp, path) != 0) {
+        e = errno;
+        ok = false;
+    }
+    if (!ok)
+        unlink(tmp);
+    free(tmp);
+    errno = e;
+    return ok;
+}
+
 /* verify and diff: the command name (argv[0]) says which. */
 int mpk_cmd_verify(int argc, char **argv)
 {
@@ -135,9 +252,15 @@ int mpk_cmd_verify(int argc, char **argv)
     }
     if ((diff ? mpk_diff : mpk_verify)(&v.q, &r, &err) != MPK_OK)
         return mpk_cli_fail(cmd, &err, err.code == MPK_E_MANIFEST ? "run 'moepack hash --write DST' to create one" : NULL);
-    free(v.resolved);
     mpk_cli_print_report(cmd, r, v.json, false);
     rc = mpk_report_differences(r) ? MPK_EXIT_DIFF : MPK_EXIT_OK;
+    if (v.junit && !write_junit(v.junit, cmd, &v, r)) {
+        mpk_error e = {.code = MPK_E_IO, .sys_errno = errno};
+        snprintf(e.where, sizeof e.where, "%s", v.junit);
+        snprintf(e.msg, sizeof e.msg, "--junit %s: cannot write: %s", v.junit, strerror(errno));
+        rc = mpk_cli_fail(cmd, &e, NULL);
+    }
+    free(v.resolved); /* (v.q.src, named in the JUnit report) */
     mpk_report_free(r);
     return rc;
 }

@@ -505,8 +505,8 @@ const mpk_command mpk_commands[] = {
      "example: moepack hash ./model --write\n", mpk_cmd_inspect},
     {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
      "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize fp8-block128]\n"
-     "                      [--atol X] [--rtol Y] [--json]\n"
-     "       moepack verify DST [--json]\n\n"
+     "                      [--atol X] [--rtol Y] [--json] [--junit FILE]\n"
+     "       moepack verify DST [--json] [--junit FILE]\n\n"
      "Recomputes every DST tensor from SRC with the reference CPU ops (one target, or one expert\n"
      "of it, at a time) and compares: missing and extra tensors, dtype/shape, content. The\n"
      "direction is taken from the layouts (per-expert -> packed, packed -> per-expert, or the\n"
@@ -523,13 +523,15 @@ const mpk_command mpk_commands[] = {
      "  --rtol Y           relative tolerance (default 2^-8)\n"
      "  --revision REV     SRC a repo id or cache folder: its snapshot of REV (default main)\n"
      "  --json             the report as JSON on stdout (schema in README.md)\n"
+     "  --junit FILE       also a JUnit XML report (one testcase per differing tensor and one\n"
+     "                     for those that matched) for CI; docs/ci.md\n"
      "  -q, --quiet        no progress bar\n\n"
      "Exit 0 identical or within tolerance, 3 differences (listed), 1 could not run.\n\n"
      "example: moepack verify ./model ./model-packed --json > verify.json\n",
      mpk_cmd_verify},
     {"diff", "numeric comparison per tensor (max abs/rel error, RMSE, cosine)",
      "usage: moepack diff A B [--atol X] [--rtol Y] [--preset P | --spec FILE]\n"
-     "                    [--dequantize | --quantize fp8-block128] [--json]\n\n"
+     "                    [--dequantize | --quantize fp8-block128] [--json] [--junit FILE]\n\n"
      "For every float tensor (F32, F16, BF16, F8_E4M3, F8_E5M2): max abs error, max relative\n"
      "error, RMSE, cosine similarity and the count beyond atol + rtol*|a| (defaults 0 and 0).\n"
      "A and B may be in different layouts or quantizations of the same model (per-expert vs\n"
@@ -542,6 +544,7 @@ const mpk_command mpk_commands[] = {
      "  --quantize fp8-block128  B's packed experts are A's quantized (found out when not given)\n"
      "  --revision REV     A a repo id or cache folder: its snapshot of REV (default main)\n"
      "  --json             the report as JSON on stdout (schema in README.md)\n"
+     "  --junit FILE       also a JUnit XML report for CI (docs/ci.md)\n"
      "  -q, --quiet        no progress bar\n\n"
      "Exit 0 all within tolerance, 3 otherwise.\n\n"
      "example: moepack diff ./model-bf16 ./model-fp8 --rtol 0.07\n", mpk_cmd_verify},

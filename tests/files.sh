@@ -68,4 +68,69 @@ expect 1 "pack of a lone file without config.json wants a preset" -- "$M" pack "
 expect 0 "pack --preset of a lone file" -- "$M" pack --preset mixtral "$tmp/lone/x.safetensors" "$tmp/p3"
 grep -q "SRC is a file" "$tmp/out" && bad "a lone file said to be converted as a directory" || ok "... converted as a file"
 
+# ---- item 6: JUnit reports of verify and diff
+# st FILE NAME VALUES...: a safetensors file of one F32 tensor
+st() {
+  python3 - "$@" <<'PY'
+import json, struct, sys
+path, name, vals = sys.argv[1], sys.argv[2], [float(v) for v in sys.argv[3:]]
+data = struct.pack("<%df" % len(vals), *vals)
+hdr = json.dumps({name: {"dtype": "F32", "shape": [len(vals)], "data_offsets": [0, len(data)]}}).encode()
+hdr += b" " * (-len(hdr) % 8)
+open(path, "wb").write(struct.pack("<Q", len(hdr)) + hdr + data)
+PY
+}
+# junit FILE TESTS FAILURES [NAME KIND]: FILE parses, counts as said, the failure on NAME
+junit() {
+  python3 - "$@" <<'PY'
+import sys, xml.etree.ElementTree as ET
+path, tests, failures = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root = ET.parse(path).getroot()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+assert len(suites) == 1, suites
+s = suites[0]
+cases = s.findall("testcase")
+assert int(s.get("tests")) == len(cases) == tests, (s.get("tests"), len(cases), tests)
+failed = [c for c in cases if c.find("failure") is not None]
+assert int(s.get("failures")) == len(failed) == failures, (s.get("failures"), len(failed))
+assert all(c.get("classname") in ("verify", "diff") for c in cases)
+if len(sys.argv) > 4:
+    name, kind = sys.argv[4], sys.argv[5]
+    f = [c for c in failed if c.get("name") == name]
+    assert f, [c.get("name") for c in failed]
+    fl = f[0].find("failure")
+    assert fl.get("message").startswith(kind + ":"), fl.get("message")
+    assert name in fl.text, fl.text
+PY
+}
+mkdir "$tmp/ja" "$tmp/jb"
+odd='model.w<&"'"'"'>'
+st "$tmp/ja/model.safetensors" "$odd" 1 2 3 4
+st "$tmp/jb/model.safetensors" "$odd" 1 2 3 5
+expect 3 "verify with a difference and --junit: exit 3 as without" -- "$M" verify --junit "$tmp/v.xml" "$tmp/ja" "$tmp/jb"
+junit "$tmp/v.xml" 1 1 "$odd" content && ok "... JUnit parses, the failure on the right tensor, its name escaped" || bad "JUnit of a failing verify"
+ls "$tmp" | grep -q 'v.xml.tmp' && bad "a temporary JUnit file left behind" || ok "... no temporary file left"
+expect 3 "diff with a difference and --junit" -- "$M" diff --junit "$tmp/d.xml" "$tmp/ja" "$tmp/jb"
+junit "$tmp/d.xml" 1 1 "$odd" content && ok "... diff's JUnit too" || bad "JUnit of a failing diff"
+expect 0 "a clean verify with --junit" -- "$M" verify --junit "$tmp/v0.xml" "$tmp/one" "$tmp/p1"
+junit "$tmp/v0.xml" 1 0 && ok "... zero failures" || bad "JUnit of a clean verify"
+expect 0 "a clean verify of DST against its manifest, --junit and --json" -- "$M" verify --json --junit "$tmp/v1.xml" "$tmp/p1"
+junit "$tmp/v1.xml" 1 0 && ok "... zero failures" || bad "JUnit of a clean manifest verify"
+cp -r "$tmp/p1" "$tmp/pm"
+last=$(python3 - "$tmp/pm/model.safetensors" <<'PY'
+import json, struct, sys
+raw = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n]); h.pop("__metadata__", None)
+name = max(h, key=lambda k: h[k]["data_offsets"][1])
+raw[8 + n + h[name]["data_offsets"][1] - 1] ^= 0x40
+open(sys.argv[1], "wb").write(raw)
+print(name)
+PY
+)
+expect 3 "verify of a changed DST against its manifest, --junit" -- "$M" verify --junit "$tmp/vm.xml" "$tmp/pm"
+junit "$tmp/vm.xml" 2 1 "$last" content && ok "... one failure on $last, one case for the tensors that matched" || bad "JUnit of a changed DST"
+expect 1 "--junit into a folder that is not there: exit 1" -- "$M" verify --junit "$tmp/no/such/v.xml" "$tmp/p1"
+has err "junit"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
