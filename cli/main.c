@@ -14,6 +14,60 @@
 #include <math.h>
 #include <string.h>
 
+/* The edit distance of a and b (insertions, deletions, substitutions and swaps of two
+ * neighbours, each 1: "pakc" is 1 from "pack"); words longer than 63 bytes are far from all. */
+static size_t edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return 64;
+    size_t d[64][64];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[la][lb];
+}
+
+/* What the user probably meant by word among names[0..n) (n of them, each at stride bytes from
+ * the last: a table's name field): the one name word begins, else the one nearest by edit
+ * distance within 1 (words of up to 4 characters) or 2; NULL when none, or two, fit. */
+static const char *nearest(const char *word, const char *const *names, size_t n, size_t stride)
+{
+    const char *pick = NULL, *by_prefix = NULL;
+    size_t best = strlen(word) <= 4 ? 2 : 3, n_best = 0, n_prefix = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = *(const char *const *)((const char *)names + i * stride);
+        if (!name)
+            break;
+        if (*word && strncmp(name, word, strlen(word)) == 0)
+            by_prefix = name, n_prefix++;
+        size_t d = edit_distance(word, name);
+        if (d < best)
+            best = d, pick = name, n_best = 1;
+        else if (d == best && pick)
+            n_best++;
+    }
+    if (n_prefix == 1)
+        return by_prefix;
+    return n_best == 1 ? pick : NULL;
+}
+
+/* The option the last unknown one was probably meant to be ("--force" for "--forse"): set by
+ * mpk_cli_next_opt, said by mpk_cli_usage after "unknown option ..." */
+static char opt_guess[80];
+
 int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
 {
     const char *msg = err->msg[0] ? err->msg : mpk_status_str(err->code);
@@ -77,6 +131,9 @@ int mpk_cli_usage(const char *cmd, const char *fmt, ...)
     fprintf(stderr, "moepack: %s: ", cmd);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
+    if (opt_guess[0] && strncmp(fmt, "unknown option", 14) == 0)
+        fprintf(stderr, " (did you mean '%s'?)", opt_guess);
+    opt_guess[0] = 0;
     fprintf(stderr, "\nTry 'moepack %s --help'.\n", cmd);
     return MPK_EXIT_USAGE;
 }
@@ -155,6 +212,18 @@ int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct opt
         opterr = 0;
     }
     int ch = getopt_long(argc, argv, shorts, opts, longindex);
+    opt_guess[0] = 0;
+    const char *bad = ch == '?' && optopt == 0 && optind > 0 && optind <= argc ? argv[optind - 1] : NULL;
+    if (bad && strncmp(bad, "--", 2) == 0 && bad[2] && opts) {
+        char word[64];
+        snprintf(word, sizeof word, "%.*s", (int)strcspn(bad + 2, "="), bad + 2);
+        size_t n = 0;
+        while (opts[n].name)
+            n++;
+        const char *g = nearest(word, &opts[0].name, n, sizeof *opts);
+        if (g)
+            snprintf(opt_guess, sizeof opt_guess, "--%s", g);
+    }
     if (ch == -1)
         parsing = NULL; /* done: optind is where the operands start */
     return ch;
@@ -349,7 +418,9 @@ static int cmd_help(int argc, char **argv)
                 fputs(mpk_commands[i].usage, stdout);
                 return MPK_EXIT_OK;
             }
-        return mpk_cli_usage("help", "unknown command '%s'", argv[1]);
+        const char *g = nearest(argv[1], &mpk_commands[0].name, mpk_n_commands, sizeof mpk_commands[0]);
+        return mpk_cli_usage("help", "unknown command '%s'%s%s%s", argv[1], g ? " (did you mean '" : "", g ? g : "",
+                             g ? "'?)" : "");
     }
     printf("usage: moepack <command> [options] ARGS\n\n"
            "Converts Mixture-of-Experts safetensors checkpoints between the per-expert layout\n"
@@ -647,6 +718,10 @@ static int run(int argc, char **argv)
             return c->run(argc - 1, argv + 1);
         }
     }
-    fprintf(stderr, "moepack: unknown command '%s'\nTry 'moepack help'.\n", name);
+    const char *g = nearest(name, &mpk_commands[0].name, mpk_n_commands, sizeof mpk_commands[0]);
+    fprintf(stderr, "moepack: unknown command '%s'", name);
+    if (g)
+        fprintf(stderr, " (did you mean '%s'?)", g);
+    fprintf(stderr, "\nTry 'moepack help'.\n");
     return MPK_EXIT_USAGE;
 }

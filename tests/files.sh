@@ -133,4 +133,21 @@ junit "$tmp/vm.xml" 2 1 "$last" content && ok "... one failure on $last, one cas
 expect 1 "--junit into a folder that is not there: exit 1" -- "$M" verify --junit "$tmp/no/such/v.xml" "$tmp/p1"
 has err "junit"
 
+# ---- item 5: typos get "did you mean" (exit 2)
+expect 2 "a mistyped command" -- "$M" pakc "$tmp/one" "$tmp/x"
+has err "unknown command 'pakc' (did you mean 'pack'?)"
+expect 2 "help of a mistyped command" -- "$M" help inspetc
+has err "did you mean 'inspect'?"
+expect 2 "the start of a command" -- "$M" insp "$tmp/one"
+has err "did you mean 'inspect'?"
+expect 2 "a word near no command" -- "$M" xyzzy
+grep -q "did you mean" "$tmp/err" && bad "a guess for xyzzy" || ok "... no guess"
+expect 2 "a mistyped option of pack" -- "$M" pack --forse "$tmp/one" "$tmp/x"
+has err "unknown option '--forse' (did you mean '--force'?)"
+expect 2 "a mistyped option of verify" -- "$M" verify --jsno "$tmp/p1"
+has err "did you mean '--json'?"
+expect 2 "a mistyped option of hash" -- "$M" hash --wirte "$tmp/p1"
+has err "did you mean '--write'?"
+[ ! -e "$tmp/x" ] && ok "... nothing written" || bad "a mistyped command wrote $tmp/x"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
