@@ -243,6 +243,37 @@ static mpk_status shard_entry(mpk_ckpt *c, const char *name, mpk_error *err)
     return MPK_OK;
 }
 
+/* A file whose header could not be read (status s): when it does not begin as a safetensors
+ * file does (an 8-byte length, then the header's '{'), the error says so, and what the file
+ * seems to be, instead of complaining about a header length that was never one; s is kept. */
+static mpk_status not_safetensors(int fd, const char *path, mpk_status s, mpk_error *err)
+{
+    unsigned char b[16] = {0};
+    ssize_t n = pread(fd, b, sizeof b, 0);
+    if (s == MPK_E_IO || s == MPK_E_NOMEM || n < 0 || (n >= 9 && b[8] == '{'))
+        return s;
+    const char *what = NULL;
+    if (n == 0)
+        what = "it is empty";
+    else if (n >= 4 && memcmp(b, "PK\x03\x04", 4) == 0)
+        what = "a zip archive: a PyTorch .bin/.pt checkpoint (pickle) is one; convert it to safetensors first";
+    else if (b[0] == 0x80 && n >= 2 && b[1] >= 2 && b[1] <= 5)
+        what = "a Python pickle (a PyTorch .bin checkpoint?); convert it to safetensors first";
+    else if (n >= 4 && memcmp(b, "GGUF", 4) == 0)
+        what = "a GGUF file";
+    else if (n >= 4 && memcmp(b, "\x28\xb5\x2f\xfd", 4) == 0)
+        what = "zstd-compressed data";
+    else if (n >= 7 && memcmp(b, "version", 7) == 0)
+        what = "a Git LFS pointer: the file itself was not downloaded (git lfs pull)";
+    else {
+        bool text = true;
+        for (ssize_t i = 0; i < n && text; i++)
+            text = b[i] >= 0x20 || b[i] == '\n' || b[i] == '\r' || b[i] == '\t';
+        what = text ? "it begins as text" : "it does not begin with an 8-byte header length and '{'";
+    }
+    return mpk_error_set(err, s, 0, path, "not a safetensors file (%s)", what);
+}
+
 static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
 {
     MPK_TRY(shard_entry(c, name, err));
@@ -270,8 +301,10 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
     }
     MPK_TRY(mpk_open_regular(sh->path, &sh->fd, &st, err));
     file_id(&st, &sh->id);
-    if (!zpath)
-        return mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
+    if (!zpath) {
+        mpk_status s = mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
+        return s == MPK_OK ? s : not_safetensors(sh->fd, sh->path, s, err);
+    }
     MPK_TRY(mpk_mpkz_open(sh->fd, sh->path, (uint64_t)st.st_size, &sh->z, &sh->header, err));
     sh->file_size = sh->header->data_start + sh->header->data_size; /* the original file's */
     return MPK_OK;

@@ -103,6 +103,15 @@ static const mpk_shard **shards_in_order(const mpk_ckpt *c)
     return v;
 }
 
+/* How many of c's shards are compressed containers (.mpkz) read in place. */
+static size_t compressed_shards(const mpk_ckpt *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_shards; i++)
+        n += c->shards[i].z != NULL;
+    return n;
+}
+
 static cJSON *inspect_json(const char *path, const mpk_ckpt *c, const dtype_stat *ds,
                            const mpk_model_config *cfg, mpk_expert_layout layout)
 {
@@ -119,9 +128,17 @@ static cJSON *inspect_json(const char *path, const mpk_ckpt *c, const dtype_stat
         cJSON_AddNumberToObject(j, "bytes", (double)s->header->data_size);
         cJSON_AddNumberToObject(j, "file_size", (double)s->file_size);
         cJSON_AddNumberToObject(j, "header_length", (double)s->header->header_len);
+        /* a NAME.safetensors.mpkz read in place: the file on disk and its size */
+        cJSON_AddBoolToObject(j, "compressed", s->z != NULL);
+        if (s->z) {
+            const char *base = strrchr(s->path, '/');
+            cJSON_AddStringToObject(j, "stored_as", base ? base + 1 : s->path);
+            cJSON_AddNumberToObject(j, "stored_size", (double)s->id.size);
+        }
         cJSON_AddItemToArray(shards, j);
     }
     free(order);
+    cJSON_AddNumberToObject(o, "compressed_shards", (double)compressed_shards(c));
     cJSON_AddNumberToObject(o, "tensor_count", (double)c->n_tensors);
     cJSON_AddNumberToObject(o, "total_bytes", (double)c->total_bytes);
     if (c->has_index)
@@ -167,10 +184,18 @@ static void inspect_text(FILE *f, const char *path, const mpk_ckpt *c, const dty
             c->has_index ? "sharded, model.safetensors.index.json" : "single file", c->n_shards,
             c->n_shards == 1 ? "" : "s");
     const mpk_shard **order = shards_in_order(c);
-    for (size_t i = 0; order && i < c->n_shards; i++)
-        fprintf(f, "  %-40s %6zu tensors  %s\n", order[i]->name, order[i]->header->n_tensors,
+    for (size_t i = 0; order && i < c->n_shards; i++) {
+        fprintf(f, "  %-40s %6zu tensors  %s", order[i]->name, order[i]->header->n_tensors,
                 mpk_human_bytes(order[i]->header->data_size, hb, sizeof hb));
+        if (order[i]->z)
+            fprintf(f, "  compressed: .mpkz, %s on disk", mpk_human_bytes(order[i]->id.size, hb, sizeof hb));
+        fputc('\n', f);
+    }
     free(order);
+    size_t nz = compressed_shards(c);
+    if (nz)
+        fprintf(f, "compressed: %zu of %zu shard(s) are .mpkz containers, read in place ('moepack decompress' "
+                "gives the .safetensors files back)\n", nz, c->n_shards);
     fprintf(f, "tensors: %zu\ntotal bytes: %llu (%s)\ndtypes:", c->n_tensors, (unsigned long long)c->total_bytes,
             mpk_human_bytes(c->total_bytes, hb, sizeof hb));
     for (int d = 0; d < MPK_DTYPE_COUNT; d++)

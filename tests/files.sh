@@ -150,4 +150,23 @@ expect 2 "a mistyped option of hash" -- "$M" hash --wirte "$tmp/p1"
 has err "did you mean '--write'?"
 [ ! -e "$tmp/x" ] && ok "... nothing written" || bad "a mistyped command wrote $tmp/x"
 
+# ---- item 5: inspect of what is no safetensors file; compressed shards said
+echo "just some notes" > "$tmp/notes.txt"
+printf 'PK\003\004\024\000\000\000\010\000' > "$tmp/pytorch_model.bin"
+expect 1 "inspect of a text file" -- "$M" inspect "$tmp/notes.txt"
+has err "$tmp/notes.txt: not a safetensors file"
+grep -q "header" "$tmp/err" && bad "inspect of a text file talks of a header" || ok "... no header-length complaint"
+expect 1 "inspect of a PyTorch .bin (a zip)" -- "$M" inspect "$tmp/pytorch_model.bin"
+has err "$tmp/pytorch_model.bin: not a safetensors file (a zip archive"
+"$M" compress -q "$tmp/three" "$tmp/threez" || exit 1
+expect 0 "inspect of a compressed checkpoint" -- "$M" inspect "$tmp/threez"
+has out "model-00001-of-00003.safetensors .*compressed: .mpkz"
+has out "compressed: 3 of 3 shard(s) are .mpkz containers, read in place"
+expect 0 "inspect --json of a compressed checkpoint" -- "$M" inspect --json "$tmp/threez"
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['compressed_shards'] == 3 and all(s['compressed'] and s['stored_as'] == s['file'] + '.mpkz' and 0 < s['stored_size'] for s in d['shards']), d['shards']" "$tmp/out" &&
+  ok "... each shard compressed, stored_as NAME.mpkz, in --json" || bad "inspect --json of .mpkz shards"
+expect 0 "inspect --json of a plain checkpoint" -- "$M" inspect --json "$tmp/three"
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['compressed_shards'] == 0 and not any(s['compressed'] for s in d['shards'])" "$tmp/out" &&
+  ok "... no shard compressed" || bad "inspect --json of plain shards"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }

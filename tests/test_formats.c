@@ -675,6 +675,59 @@ static void test_ckpt_single_and_missing(void **state)
     tu_rmrf(dir);
 }
 
+/* Files that are no safetensors, opened as a checkpoint: the error names the file and says so
+ * (not "header length ... past the end"), keeping the header status; a real file cut short
+ * inside its header keeps the header-length message. */
+static void test_not_safetensors(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk_test_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const struct {
+        const char *name, *bytes;
+        size_t len;
+        const char *says;
+    } cases[] = {
+        {"notes.txt", "hello, this is text\n", 20, "begins as text"},
+        {"pytorch_model.bin", "PK\x03\x04\x14\x00\x00\x00\x08\x00", 10, "zip archive"},
+        {"old.bin", "\x80\x02}q\x00(X\x05\x00\x00\x00", 12, "pickle"},
+        {"empty.safetensors", "", 0, "empty"},
+        {"lfs.safetensors", "version https://git-lfs.github.com/spec/v1\n", 43, "Git LFS pointer"},
+        {"tiny.safetensors", "\x01\x02", 2, "not a safetensors file"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *path = tu_join(dir, cases[i].name);
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(cases[i].bytes, 1, cases[i].len, f), cases[i].len);
+        fclose(f);
+        mpk_ckpt *c = NULL;
+        mpk_error err = {0};
+        assert_int_not_equal(mpk_ckpt_open(path, &c, &err), MPK_OK);
+        assert_null(c);
+        assert_non_null(strstr(err.msg, "not a safetensors file"));
+        assert_non_null(strstr(err.msg, cases[i].says));
+        assert_non_null(strstr(err.msg, path));
+        assert_string_equal(err.where, path);
+        free(path);
+    }
+    /* a safetensors file cut inside its header: still its own error, not "not a safetensors" */
+    size_t len;
+    unsigned char *b = mk_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, &len);
+    char *path = tu_join(dir, "cut.safetensors");
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, 20, f), 20);
+    fclose(f);
+    mpk_ckpt *c = NULL;
+    mpk_error err = {0};
+    assert_int_equal(mpk_ckpt_open(path, &c, &err), MPK_E_HEADER_LENGTH);
+    assert_null(strstr(err.msg, "not a safetensors file"));
+    free(b);
+    free(path);
+    tu_rmrf(dir);
+}
+
 static void test_index_format(void **state)
 {
     (void)state;
@@ -774,6 +827,7 @@ int main(void)
         cmocka_unit_test(test_ckpt_sharded),
         cmocka_unit_test(test_ckpt_index_omits_shard),
         cmocka_unit_test(test_ckpt_single_and_missing),
+        cmocka_unit_test(test_not_safetensors),
         cmocka_unit_test(test_index_format),
         cmocka_unit_test(test_xxh_matches_library),
     };
