@@ -28,7 +28,11 @@ typedef struct mpk_command {
 extern const mpk_command mpk_commands[];
 extern const size_t mpk_n_commands;
 
-/* "moepack: CMD: msg" (+ "hint: ..." when hint is non-NULL) on stderr; returns 1. */
+/* Set when the command takes --json and was given it: mpk_cli_fail and mpk_cli_usage then also
+ * print the error as a JSON document on stdout (schema moepack.error/1). */
+extern bool mpk_cli_json_errors;
+/* "moepack: CMD: msg" (+ "hint: ..." when hint is non-NULL) on stderr, and under --json the
+ * error document on stdout; returns 1. */
 int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint);
 /* --revision REV: *src (a repo id or a cache folder models--ORG--NAME) replaced by the local
  * snapshot of REV (malloc'd into *owned, which the caller frees). -1 to go on (also when rev is

@@ -5,6 +5,7 @@
 
 
 
+#include <cjson/cJSON.h>
 #include <ctype.h>
 #include <getopt.h>
 #include <errno.h>
@@ -68,6 +69,45 @@ static const char *nearest(const char *word, const char *const *names, size_t n,
  * mpk_cli_next_opt, said by mpk_cli_usage after "unknown option ..." */
 static char opt_guess[80];
 
+bool mpk_cli_json_errors;
+
+/* Under --json, an error as a document on stdout too (schema moepack.error/1): status, message,
+ * the file and tensor it is about (null when none), errno and the hint when there are. */
+static void json_error(const char *cmd, mpk_status code, int sys_errno, const char *where, const char *msg,
+                       const char *hint)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "schema", "moepack.error/1");
+    cJSON_AddStringToObject(o, "command", cmd);
+    cJSON_AddStringToObject(o, "status", mpk_status_str(code));
+    cJSON_AddStringToObject(o, "message", msg);
+    if (where && *where)
+        cJSON_AddStringToObject(o, "file", where);
+    else
+        cJSON_AddNullToObject(o, "file");
+    /* the tensor as the library names it in messages: "tensor 'NAME'" */
+    const char *t = strstr(msg, "tensor '"), *end = t ? strchr(t + 8, '\'') : NULL;
+    char tensor[512];
+    if (end && (size_t)(end - t - 8) < sizeof tensor) {
+        snprintf(tensor, sizeof tensor, "%.*s", (int)(end - t - 8), t + 8);
+        cJSON_AddStringToObject(o, "tensor", tensor);
+    } else {
+        cJSON_AddNullToObject(o, "tensor");
+    }
+    if (sys_errno)
+        cJSON_AddNumberToObject(o, "errno", sys_errno);
+    if (hint)
+        cJSON_AddStringToObject(o, "hint", hint);
+    char *text = cJSON_Print(o);
+    if (text)
+        puts(text);
+    else /* out of memory: the document still says what failed */
+        printf("{\"schema\": \"moepack.error/1\", \"status\": \"%s\"}\n", mpk_status_str(code));
+    fflush(stdout);
+    free(text);
+    cJSON_Delete(o);
+}
+
 int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
 {
     const char *msg = err->msg[0] ? err->msg : mpk_status_str(err->code);
@@ -81,6 +121,10 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
             hint = NULL;
     if (hint && !strstr(msg, hint))
         fprintf(stderr, "hint: %s\n", hint);
+    else
+        hint = NULL;
+    if (mpk_cli_json_errors)
+        json_error(cmd, err->code, err->sys_errno, err->where, msg, hint);
     return MPK_EXIT_FAIL;
 }
 
@@ -127,13 +171,17 @@ void mpk_cli_progress(void *ctx, uint64_t done, uint64_t total, double seconds)
 int mpk_cli_usage(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
+    char msg[1024];
     va_start(ap, fmt);
-    fprintf(stderr, "moepack: %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    size_t l = strlen(msg);
     if (opt_guess[0] && strncmp(fmt, "unknown option", 14) == 0)
-        fprintf(stderr, " (did you mean '%s'?)", opt_guess);
+        snprintf(msg + l, sizeof msg - l, " (did you mean '%s'?)", opt_guess);
     opt_guess[0] = 0;
+    fprintf(stderr, "moepack: %s: %s", cmd, msg);
+    if (mpk_cli_json_errors)
+        json_error(cmd, MPK_E_USAGE, 0, NULL, msg, NULL);
     fprintf(stderr, "\nTry 'moepack %s --help'.\n", cmd);
     return MPK_EXIT_USAGE;
 }
@@ -716,6 +764,9 @@ static int run(int argc, char **argv)
             if (c->run != cmd_help && mpk_cli_wants_help(c, argc - 1, argv + 1))
                 return MPK_EXIT_OK;
             return c->run(argc - 1, argv + 1);
+            /* a command that takes --json, given it: its errors as documents too */
+            for (int k = 2; k < argc && strcmp(argv[k], "--") != 0 && strstr(c->usage, "--json"); k++)
+                mpk_cli_json_errors |= strcmp(argv[k], "--json") == 0;
         }
     }
     const char *g = nearest(name, &mpk_commands[0].name, mpk_n_commands, sizeof mpk_commands[0]);

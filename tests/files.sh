@@ -169,4 +169,46 @@ expect 0 "inspect --json of a plain checkpoint" -- "$M" inspect --json "$tmp/thr
 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['compressed_shards'] == 0 and not any(s['compressed'] for s in d['shards'])" "$tmp/out" &&
   ok "... no shard compressed" || bad "inspect --json of plain shards"
 
+# ---- item 5: under --json an error is a JSON document on stdout too (and text on stderr)
+# jerr STATUS [FILE [TENSOR]]: stdout is one moepack.error/1 document saying so
+jerr() {
+  python3 - "$tmp/out" "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = sys.argv[2:]
+assert d["schema"] == "moepack.error/1", d
+assert d["status"] == want[0], (d["status"], want[0])
+assert d["message"] and set(d) >= {"file", "tensor"}, d
+if len(want) > 1:
+    assert d["file"] == want[1], (d["file"], want[1])
+if len(want) > 2:
+    assert d["tensor"] == want[2], (d["tensor"], want[2])
+PY
+}
+python3 - "$tmp/bad.safetensors" <<'PY'
+import json, struct, sys
+hdr = json.dumps({"model.embed.weight": {"dtype": "F32", "shape": [1]}}).encode()
+hdr += b" " * (-len(hdr) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(hdr)) + hdr)
+PY
+expect 1 "inspect --json of a header missing a field" -- "$M" inspect --json "$tmp/bad.safetensors"
+jerr missing-field "$tmp/bad.safetensors" model.embed.weight && ok "... an error document naming file and tensor" || bad "inspect --json error document"
+[ -s "$tmp/err" ] && ok "... and the message on stderr" || bad "no message on stderr"
+expect 1 "hash --json of a text file" -- "$M" hash --json "$tmp/notes.txt"
+jerr header-too-large "$tmp/notes.txt" && ok "... an error document" || bad "hash --json error document"
+expect 1 "pack --json of one shard" -- "$M" pack --json "$shard" "$tmp/j1"
+jerr not-found "$shard" && ok "... an error document" || bad "pack --json error document"
+expect 1 "plan --json of a missing SRC" -- "$M" plan --json "$tmp/nothing"
+jerr not-found && ok "... an error document" || bad "plan --json error document"
+expect 1 "verify --json of a missing DST" -- "$M" verify --json "$tmp/nothing"
+jerr not-found && ok "... an error document" || bad "verify --json error document"
+expect 1 "compress --json into an existing DST" -- "$M" compress --json "$tmp/three" "$tmp/threez"
+jerr destination-exists && ok "... an error document" || bad "compress --json error document"
+expect 1 "synth --json of an unknown arch" -- "$M" synth --json --arch nosuch "$tmp/j2"
+jerr preset && ok "... an error document" || bad "synth --json error document"
+expect 2 "diff --json with a mistyped option" -- "$M" diff --json --atoll 1 "$tmp/ja" "$tmp/jb"
+jerr usage && ok "... usage errors too" || bad "diff --json usage error document"
+expect 1 "inspect without --json: nothing on stdout" -- "$M" inspect "$tmp/bad.safetensors"
+[ ! -s "$tmp/out" ] && ok "... stdout empty" || bad "stdout not empty without --json"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
