@@ -23,7 +23,7 @@ typedef enum { MODE_PACK, MODE_UNPACK, MODE_CONVERT, MODE_PLAN } conv_mode;
 typedef struct {
     const char *preset, *spec_file, *src, *dst, *io, *layout_like, *revision;
     bool reverse, force, json, quiet, verbose, no_copy_range, dequantize, quantize, no_manifest, no_fsync,
-        resume, copy_links, compress;
+        resume, copy_links, compress, pass_unknown;
     uint64_t max_shard, mem;
     int threads, level;
 } conv_args;
@@ -42,7 +42,7 @@ static bool parse_int_opt(const char *s, int lo, int hi, int *out)
 static bool takes(conv_mode mode, const char *name)
 {
     static const char *const plan_opts[] = {"preset", "spec", "reverse", "json", "verbose", "dequantize", "quantize",
-                                            "revision", NULL};
+                                            "revision", "pass-unknown", NULL};
     const char *const *p = plan_opts;
     if (mode == MODE_PLAN) {
         while (*p && strcmp(*p, name))
@@ -64,7 +64,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
            O_IO, O_NOCFR, O_VERBOSE, O_DEQUANT, O_QUANT, O_NOMAN, O_NOSYNC, O_RESUME, O_COPYLINKS, O_LIKE,
-           O_COMPRESS, O_LEVEL, O_REVISION };
+           O_COMPRESS, O_LEVEL, O_REVISION, O_PASSUNK };
     static const struct option all[] = {
         {"preset", required_argument, NULL, O_PRESET}, {"spec", required_argument, NULL, O_SPEC},
         {"reverse", no_argument, NULL, O_REVERSE}, {"max-shard-size", required_argument, NULL, O_MAXSHARD},
@@ -77,7 +77,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         {"resume", no_argument, NULL, O_RESUME}, {"copy-links", no_argument, NULL, O_COPYLINKS},
         {"layout-like", required_argument, NULL, O_LIKE}, {"compress", no_argument, NULL, O_COMPRESS},
         {"level", required_argument, NULL, O_LEVEL}, {"revision", required_argument, NULL, O_REVISION},
-        {0}};
+        {"pass-unknown", no_argument, NULL, O_PASSUNK}, {0}};
     /* each command's own options: what it does not take is an unknown option (exit 2) */
     static struct option opts[sizeof all / sizeof all[0]];
     size_t k = 0;
@@ -127,6 +127,7 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_REVISION: a->revision = optarg; break;
         case O_COMPRESS: a->compress = true; break;
         case O_LEVEL:
+        case O_PASSUNK: a->pass_unknown = true; break;
             if (!parse_int_opt(optarg, 1, 19, &a->level))
                 return mpk_cli_usage(cmd, "--level takes 1..19, got '%s'", optarg);
             break;
@@ -439,6 +440,17 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
     switch (err->code) {
     case MPK_E_PRESET: return "list presets with 'moepack presets'; name one with --preset NAME";
     case MPK_E_ALREADY_CONVERTED:
+    case MPK_E_NOT_UNDERSTOOD: {
+        size_t n = strlen(err->where);
+        if (strcmp(err->where, "preset") == 0)
+            return "write a spec for this model ('moepack presets NAME' prints one to start from) and run "
+                   "'moepack convert --spec FILE'";
+        if (n > 5 && strcmp(err->where + n - 5, ".json") == 0)
+            return "moepack does not convert this quantization (--pass-unknown does not cover it): convert a "
+                   "dequantized copy, or one in a quantization it implements";
+        return "--pass-unknown copies these tensors as they are (the summary lists them), if you know they "
+               "need no conversion; or cover them with a spec (--spec)";
+    }
         return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
     case MPK_E_QUANT: return "--dequantize writes BF16 experts, which pack at any size";
     case MPK_E_DST_EXISTS: return err->sys_errno ? NULL : "pass --force to replace it";
@@ -458,7 +470,7 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     r->flags = (a->force ? MPK_CONVERT_FORCE : 0) | (a->resume ? MPK_CONVERT_RESUME : 0) |
                (a->copy_links ? MPK_CONVERT_COPY_LINKS : 0) | (a->no_fsync ? MPK_CONVERT_NO_FSYNC : 0) |
                (a->no_copy_range ? MPK_CONVERT_NO_COPY_RANGE : 0) | (a->no_manifest ? MPK_CONVERT_NO_MANIFEST : 0) |
-               (a->compress ? MPK_CONVERT_COMPRESS : 0);
+               (a->compress ? MPK_CONVERT_COMPRESS : 0) | (a->pass_unknown ? MPK_CONVERT_PASS_UNKNOWN : 0);
     r->compress_level = a->level;
     r->max_shard_size = a->max_shard;
     r->mem = a->mem;

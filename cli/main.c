@@ -308,6 +308,8 @@ static int cmd_completion(int argc, char **argv);
     "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
     "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
     "  --no-manifest          do not write moepack.manifest.json into DST\n"\
+    "  --pass-unknown         copy tensors the preset does not understand (per-expert leftovers,\n"\
+    "                         scales it does not move) as they are instead of refusing\n"\
     "  --compress             write every shard as NAME.safetensors.mpkz (zstd containers,\n"\
     "                         formats/MPKZ.md); not with --resume\n"\
     "  --level N              zstd level of --compress, 1..19 (default 1)\n"\
@@ -530,6 +532,7 @@ const mpk_command mpk_commands[] = {
      "  --reverse              the spec undone (packed -> per-expert)\n"
      "  --dequantize           plan with FP8 weights dequantized to BF16\n"
      "  --quantize fp8-block128  plan with the packed experts quantized to FP8\n"
+     "  --pass-unknown         plan with what the preset does not understand passed through\n"
      "  --verbose              every group and pass-through tensor, not the first few\n"
      REVISION_OPT
      "  --json                 the plan as JSON on stdout (schema in README.md)\n\n"

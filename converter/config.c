@@ -44,6 +44,46 @@ static void config_init(mpk_model_config *cfg)
     cfg->num_experts = cfg->hidden_size = cfg->intermediate_size = cfg->num_layers = -1;
 }
 
+/* A quantization declared at key of o: its quant_method (ModelOpt's "modelopt" with its
+ * quant_algo), "?" when it names none. */
+static void quant_of(mpk_model_config *cfg, const char *key, const cJSON *o)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "quant_method");
+    const cJSON *algo = cJSON_GetObjectItemCaseSensitive(o, "quant_algo");
+    if (!cJSON_IsString(algo)) /* hf_quant_config.json: {"quantization": {"quant_algo": ...}} */
+        algo = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "quantization"),
+                                                "quant_algo");
+    snprintf(cfg->quant_key, sizeof cfg->quant_key, "%s", key);
+    snprintf(cfg->quant_method, sizeof cfg->quant_method, "%s%s%s",
+             cJSON_IsString(m) ? m->valuestring : cJSON_IsString(algo) ? "modelopt" : "?",
+             cJSON_IsString(algo) ? " " : "", cJSON_IsString(algo) ? algo->valuestring : "");
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "weight_block_size");
+    char *t = b ? cJSON_PrintUnformatted(b) : NULL;
+    snprintf(cfg->quant_block, sizeof cfg->quant_block, "%s", t ? t : "");
+    free(t);
+}
+
+/* NVIDIA ModelOpt's hf_quant_config.json beside config.json declares its quantization. */
+static mpk_status hf_quant_config(const char *dir, mpk_model_config *cfg, mpk_error *err)
+{
+    char *path = mpk_path_join(dir, "hf_quant_config.json");
+    if (!path)
+        MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
+    char *text = NULL;
+    size_t len = 0;
+    if (access(path, F_OK) != 0) {
+        free(path);
+        return MPK_OK;
+    }
+    mpk_error ig; /* one that cannot be read or parsed declares a quantization all the same */
+    cJSON *o = mpk_read_file(path, &text, &len, &ig) == MPK_OK ? cJSON_ParseWithLength(text, len) : NULL;
+    quant_of(cfg, "hf_quant_config.json", o);
+    cJSON_Delete(o);
+    free(text);
+    free(path);
+    return MPK_OK;
+}
+
 mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *err)
 {
     config_init(cfg);
@@ -52,7 +92,7 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
         MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
     if (access(path, F_OK) != 0) {
         free(path);
-        return MPK_OK; /* no config: found stays false */
+        return hf_quant_config(dir, cfg, err); /* no config: found stays false */
     }
     char *text;
     size_t len;
@@ -62,6 +102,8 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
         free(text);
     }
     free(path);
+    if (s == MPK_OK)
+        s = hf_quant_config(dir, cfg, err);
     return s;
 }
 
@@ -92,6 +134,12 @@ mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_
     static const char *const k_inter[] = {"moe_intermediate_size", "intermediate_size", "ffn_hidden_size", "d_ff",
                                           "encoder_ffn_dim", NULL};
     static const char *const k_layers[] = {"num_hidden_layers", "n_layers", "num_layers", "encoder_layers", NULL};
+    static const char *const k_quant[] = {"quantization_config", "compression_config", NULL};
+    for (int i = 0; k_quant[i] && !cfg->quant_key[0]; i++) {
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, k_quant[i]);
+        if (q && !cJSON_IsNull(q))
+            quant_of(cfg, k_quant[i], q);
+    }
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, k_type[0]);
     if (cJSON_IsString(mt))
         snprintf(cfg->model_type, sizeof cfg->model_type, "%s", mt->valuestring);
@@ -115,6 +163,42 @@ mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_
     if (s != MPK_OK)
         mpk_config_free(cfg);
     return s;
+}
+
+const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf, size_t cap)
+{
+    if (!cfg || !cfg->quant_key[0])
+        return NULL;
+    bool file = strcmp(cfg->quant_key, "hf_quant_config.json") == 0;
+    if (!file && strcmp(cfg->quant_key, "quantization_config") == 0) {
+        if (strcmp(cfg->quant_method, "mxfp4") == 0)
+            return NULL;
+        if (strcmp(cfg->quant_method, "fp8") == 0) {
+            char b[64];
+            size_t o = 0;
+            for (const char *p = cfg->quant_block; *p && o + 1 < sizeof b; p++)
+                if (*p != ' ')
+                    b[o++] = *p;
+            b[o] = 0;
+            if (!b[0] || strcmp(b, "[128,128]") == 0)
+                return NULL;
+            snprintf(buf, cap, "config.json's quantization_config is fp8 with weight_block_size %s: moepack "
+                     "moves and decodes 128x128 blocks only", cfg->quant_block);
+            return buf;
+        }
+    }
+    snprintf(buf, cap, "%s%s declares quantization '%s', which moepack does not implement (it "
+             "implements fp8 with 128x128 blocks, DeepSeek style, and mxfp4, gpt-oss): its weights and "
+             "scales would be moved as if they were plain tensors", file ? "" : "config.json's ",
+             cfg->quant_key, cfg->quant_method);
+    return buf;
+}
+
+const char *mpk_config_architecture(const mpk_model_config *cfg, int i)
+{
+    const cJSON *a = cfg && cfg->json ? cJSON_GetObjectItemCaseSensitive(cfg->json, "architectures") : NULL;
+    const cJSON *e = cJSON_IsArray(a) && i >= 0 ? cJSON_GetArrayItem(a, i) : NULL;
+    return cJSON_IsString(e) ? e->valuestring : NULL;
 }
 
 void mpk_config_free(mpk_model_config *cfg)

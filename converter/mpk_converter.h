@@ -28,7 +28,19 @@ typedef struct mpk_model_config {
     long intermediate_size;      /* moe_intermediate_size when present */
     long num_layers;
     void *json;                  /* the parsed cJSON document (owned) */
+    char quant_key[32];          /* where a quantization is declared: "quantization_config",
+                                    "compression_config", "hf_quant_config.json"; "" for none */
+    char quant_method[64];       /* its quant_method (ModelOpt: "modelopt QUANT_ALGO"), "?" when
+                                    it names none */
+    char quant_block[64];        /* quantization_config.weight_block_size as JSON, "" when absent */
 } mpk_model_config;
+
+/* Why cfg's declared quantization is one moepack does not implement (a sentence naming the
+ * key and the method), or NULL when it has none or one moepack handles: "fp8" with 128x128
+ * blocks (DeepSeek style) and "mxfp4" (gpt-oss). Static or cfg-owned storage, written to buf. */
+const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf, size_t cap);
+/* The architectures[] of config.json (i < count), NULL past the end. Borrowed from cfg. */
+const char *mpk_config_architecture(const mpk_model_config *cfg, int i);
 
 /* Loads DIR/config.json; a missing file is MPK_OK with cfg->found false. Free with
  * mpk_config_free. */
@@ -105,6 +117,12 @@ typedef struct mpk_spec {
     mpk_rule *rules;
     int n_rules;
     bool reversed;
+    mpk_pattern *pass;          /* "pass": tensors the spec declares pass-throughs (checked by
+                                   no refusal: JetMoE's attention experts) */
+    int n_pass;
+    const char **architectures; /* "architectures": when set and config.json lists some, one of
+                                   them must be here for --preset auto to pick the spec */
+    int n_architectures;
     bool dequantizes;           /* the spec itself dequantizes (gpt_oss): config.json loses its
                                    quantization_config (reversed: gets quant_config back) */
     void *json;                 /* the parsed document (cJSON, owned), synth section included */
@@ -133,7 +151,9 @@ typedef struct mpk_preset_src {
 extern const mpk_preset_src mpk_presets[];
 extern const size_t mpk_n_presets;
 /* Loads preset by name, or "auto": the preset whose model_types list cfg's model_type
- * (or text model_type). MPK_E_PRESET when there is none. */
+ * (or text model_type) and, when it lists architectures, one of config.json's. MPK_E_PRESET
+ * when no preset has the model type; MPK_E_NOT_UNDERSTOOD when presets have it but none the
+ * architecture (a model type shared by different models: DeepSeek-OCR-2's deepseek_vl_v2). */
 mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_spec **out,
                            mpk_error *err);
 
@@ -189,7 +209,14 @@ typedef struct mpk_plan_opts {
     bool dequantize;                    /* FP8 weight + weight_scale_inv -> BF16, scales dropped */
     int quantize_block;                 /* > 0: rule outputs become FP8 (E4M3) with b x b scale
                                            grids; norms, router, embeddings pass through */
+    bool pass_unknown;                  /* copy what the spec does not understand (below) */
 } mpk_plan_opts;
+
+/* A tensor the spec does not understand, and the rule of "nothing half-converted" it breaks. */
+typedef struct mpk_plan_unknown {
+    const char *name;
+    const char *why;
+} mpk_plan_unknown;
 
 /* Where the outputs go when the output follows a given file layout instead of moepack's own
  * (model-0000i-of-0000n.safetensors, tensors in name order, reference headers): a source
@@ -238,6 +265,9 @@ typedef struct mpk_plan {
     mpk_plan_view *views;               /* --dequantize views (sources point into this) */
     size_t n_views;
     int fp8_block;                      /* block edge of FP8 scale grids (128) */
+    mpk_plan_unknown *unknown;          /* tensors passed through under opts->pass_unknown that
+                                           would else refuse the plan, in source order */
+    size_t n_unknown;
     mpk_arena *arena;
     const mpk_layout *layout;           /* the file layout outputs follow (mpk_plan_use_layout),
                                            or NULL: moepack's own */
@@ -255,7 +285,11 @@ bool mpk_fp8_grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, in
 /* Matches every tensor of src against spec, groups and checks them, infers every output and
  * lays out the shards. Errors: MPK_E_EXPERT_MISSING, MPK_E_SHAPE, MPK_E_DTYPE_MISMATCH,
  * MPK_E_CONFLICT, MPK_E_ALREADY_CONVERTED, MPK_E_SPEC, MPK_E_QUANT (an FP8 scale grid that
- * does not match its weight, or blocks that would straddle a concat: I % 128 != 0). Owned by the caller (mpk_plan_free). */
+ * does not match its weight, or blocks that would straddle a concat: I % 128 != 0),
+ * MPK_E_NOT_UNDERSTOOD (opts->cfg declares a quantization moepack does not implement; or,
+ * without opts->pass_unknown, a per-expert tensor no rule consumes or a quantization companion
+ * left behind by the weight a rule moves: the message names them, the first few and a count).
+ * Owned by the caller (mpk_plan_free). */
 mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
                           mpk_plan **out, mpk_error *err);
 void mpk_plan_free(mpk_plan *p);

@@ -563,6 +563,126 @@ static mpk_status split_parts(mpk_plan *p, group_acc **accs, size_t *n_accs, siz
     return MPK_OK;
 }
 
+/* Quantization companions: a tensor beside a weight that the weight means nothing without.
+ * As the last name segment (GPTQ/AWQ, ModelOpt, compressed-tensors, bitsandbytes, FP8)... */
+static const char *const companion_segs[] = {
+    "weight_scale", "weight_scale_2", "input_scale", "weight_scale_inv", "output_scale", "k_scale",
+    "v_scale", "qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_shape",
+    "weight_zero_point", "weight_global_scale", "input_global_scale", "weight_g_idx", "SCB",
+    "weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map", NULL};
+/* ...or appended to the weight's own name (packed FP8 grids, MXFP4 pairs). */
+static const char *const companion_tails[] = {"_scale_inv", "_scale", "_scale_2", "_blocks", "_scales",
+                                              "_zero_point", "_qzeros", "_input_scale", "_weight_scale",
+                                              NULL};
+
+static bool is_companion_seg(const char *name)
+{
+    const char *last = strrchr(name, '.');
+    last = last ? last + 1 : name;
+    for (int i = 0; companion_segs[i]; i++)
+        if (strcmp(last, companion_segs[i]) == 0)
+            return true;
+    return false;
+}
+
+enum { UNK_PER_EXPERT, UNK_COMPANION, UNK_COUNT };
+static const char *const unk_why[UNK_COUNT] = {
+    "a per-expert tensor that no rule consumes",
+    "a quantization companion (scale, zero point, ...) of an expert linear, not moved with it",
+};
+
+/* The tensors a conversion would leave half-converted, among the pass-throughs: any
+ * per-expert name (experts.N.) and any quantization companion of a tensor a rule consumes,
+ * unless the spec declares it a pass-through ("pass"). Each goes into p->unknown; without
+ * opts->pass_unknown, any at all is MPK_E_NOT_UNDERSTOOD naming the first few of each kind. */
+static mpk_status check_unknown(mpk_plan *p, const mpk_ckpt_tensor *const *pass, size_t n_pass,
+                                const mpk_ckpt_tensor *const *list, size_t n_list, const bool *used,
+                                const mpk_plan_opts *opts, mpk_error *err)
+{
+    const mpk_spec *spec = p->spec;
+    const char *where = p->src->dir;
+    mpk_strmap consumed = {0}, modules = {0};
+    int *kind = mpk_calloc(n_pass + 1, sizeof *kind);
+    mpk_status st = MPK_OK;
+    if (!kind || mpk_strmap_init(&consumed, n_list + 1) != MPK_OK ||
+        mpk_strmap_init(&modules, n_list + 1) != MPK_OK) {
+        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_list; i++) {
+        if (!used[i])
+            continue;
+        const char *n = list[i]->info->name, *dot = strrchr(n, '.');
+        mpk_strmap_put(&consumed, n, strlen(n), i, NULL);
+        if (dot)
+            mpk_strmap_put(&modules, n, (size_t)(dot - n), i, NULL);
+    }
+    size_t count[UNK_COUNT] = {0};
+    p->unknown = mpk_arena_alloc(p->arena, sizeof *p->unknown * (n_pass + 1));
+    if (!p->unknown) {
+        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_pass; i++) {
+        const char *n = pass[i]->info->name;
+        size_t len = strlen(n), got;
+        bool declared = false;
+        for (int k = 0; k < spec->n_pass && !declared; k++) {
+            mpk_capture caps[8];
+            int nc;
+            size_t a, b;
+            declared = mpk_pattern_match(&spec->pass[k], n, caps, &nc, &a, &b);
+        }
+        if (declared)
+            continue;
+        int kd = -1;
+        const char *dot = strrchr(n, '.');
+        if (mpk_per_expert_name(n))
+            kd = is_companion_seg(n) ? UNK_COMPANION : UNK_PER_EXPERT;
+        else if (dot && is_companion_seg(n) && mpk_strmap_get(&modules, n, (size_t)(dot - n), &got))
+            kd = UNK_COMPANION;
+        for (int k = 0; kd < 0 && companion_tails[k]; k++) {
+            size_t tl = strlen(companion_tails[k]);
+            if (len > tl && strcmp(n + len - tl, companion_tails[k]) == 0 &&
+                mpk_strmap_get(&consumed, n, len - tl, &got))
+                kd = UNK_COMPANION;
+        }
+        if (kd < 0)
+            continue;
+        p->unknown[p->n_unknown++] = (mpk_plan_unknown){n, unk_why[kd]};
+        kind[i] = kd + 1;
+        count[kd]++;
+    }
+    if (!p->n_unknown || opts->pass_unknown)
+        goto out;
+    char msg[900];
+    size_t o = (size_t)snprintf(msg, sizeof msg, "%zu tensor(s) that %s '%s'%s does not understand would be "
+                                "left half-converted:", p->n_unknown, "spec",
+                                spec->name, spec->reversed ? " (reversed)" : "");
+    for (int kd = 0; kd < UNK_COUNT; kd++) {
+        if (!count[kd])
+            continue;
+        o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, " %s%s:", count[kd] > 1 ? "each " : "",
+                              unk_why[kd]);
+        size_t shown = 0;
+        for (size_t i = 0; i < n_pass && shown < 3; i++)
+            if (kind[i] == kd + 1)
+                o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, "%s '%s'", shown++ ? "," : "",
+                                      pass[i]->info->name);
+        if (count[kd] > shown)
+            o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, " and %zu more", count[kd] - shown);
+        o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, ";");
+    }
+    if (o < sizeof msg)
+        msg[o - 1] = 0; /* the last ';' */
+    st = mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, where, "%s", msg);
+out:
+    free(kind);
+    mpk_strmap_free(&consumed);
+    mpk_strmap_free(&modules);
+    return st;
+}
+
 mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_plan_opts *opts,
                           mpk_plan **out, mpk_error *err)
 {
@@ -581,8 +701,20 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
     mpk_strmap keys = {0}, names = {0};
     const mpk_ckpt_tensor **pass = mpk_calloc(src->n_tensors + 1, sizeof *pass);
     const mpk_ckpt_tensor **list = NULL;
-    if (!pass || mpk_strmap_init(&keys, 256) != MPK_OK) {
+    bool *used = mpk_calloc(src->n_tensors + 1, sizeof *used);
+    if (!pass || !used || mpk_strmap_init(&keys, 256) != MPK_OK) {
         st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+        goto done;
+    }
+    /* a quantization moepack does not implement: its weights would be moved as plain tensors,
+     * its scales left behind, config.json's declaration kept or dropped wrongly */
+    char qbuf[512];
+    const char *qwhy = opts->cfg ? mpk_config_quant_unsupported(opts->cfg, qbuf, sizeof qbuf) : NULL;
+    if (qwhy) {
+        char *qp = mpk_path_join(where, strcmp(opts->cfg->quant_key, "hf_quant_config.json") == 0
+                                            ? "hf_quant_config.json" : "config.json");
+        st = mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, qp ? qp : where, "%s", qwhy);
+        free(qp);
         goto done;
     }
     p->fp8_block = opts->quantize_block > 0 ? opts->quantize_block : 128;
@@ -656,7 +788,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
             }
         }
         if (consumed)
-            p->n_consumed++;
+            p->n_consumed++, used[ti] = true;
         else
             pass[p->n_pass++] = t;
     }
@@ -730,6 +862,11 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         g->item_base = (long)accs[i].part * g->out_meta.n_items;
     }
     p->n_groups = n_accs;
+    /* nothing half-converted: every per-expert tensor and every companion of a converted one
+     * is understood, or declared a pass-through (or the caller said to pass it); after the
+     * groups, so that what is wrong with the conversion itself is said first */
+    if ((st = check_unknown(p, pass, p->n_pass, list, n_list, used, opts, err)) != MPK_OK)
+        goto done;
     /* 3. outputs (--quantize adds a scale grid per rule output) */
     if (opts->quantize_block > 0)
         n_out = 2 * n_out;
@@ -816,6 +953,7 @@ done:
         free(accs[i].e);
     free(accs);
     free(pass);
+    free(used);
     mpk_strmap_free(&keys);
     mpk_strmap_free(&names);
     if (st != MPK_OK) {

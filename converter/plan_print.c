@@ -67,6 +67,13 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
     }
     if (!verbose && p->n_pass > shown)
         fprintf(f, "  ... %zu more pass-through tensor(s)\n", p->n_pass - shown);
+    if (p->n_unknown)
+        fprintf(f, "NOT understood, passed through unconverted (--pass-unknown): %zu tensor(s)\n",
+                p->n_unknown);
+    for (size_t i = 0; i < p->n_unknown && (verbose || i < 6); i++)
+        fprintf(f, "  unknown %s: %s\n", p->unknown[i].name, p->unknown[i].why);
+    if (!verbose && p->n_unknown > 6)
+        fprintf(f, "  ... %zu more (use --verbose)\n", p->n_unknown - 6);
     if (p->src->names_only)
         fprintf(f, "output: %zu tensors (bytes and shards need the shards' headers)\n", p->n_outs);
     else

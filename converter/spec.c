@@ -321,6 +321,40 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
             s->model_types[s->n_model_types++] = e->valuestring;
         }
     }
+    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    if (ar) {
+        if (!cJSON_IsArray(ar))
+            BAIL("$.architectures: must be an array of strings");
+        s->architectures = mpk_arena_alloc(s->arena, sizeof(char *) * (size_t)(cJSON_GetArraySize(ar) + 1));
+        if (!s->architectures) {
+            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+            goto done;
+        }
+        for (const cJSON *e = ar->child; e; e = e->next) {
+            if (!cJSON_IsString(e))
+                BAIL("$.architectures[%d]: must be a string", s->n_architectures);
+            s->architectures[s->n_architectures++] = e->valuestring;
+        }
+    }
+    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(root, "pass");
+    if (ps) {
+        if (!cJSON_IsArray(ps))
+            BAIL("$.pass: must be an array of name patterns");
+        s->pass = mpk_arena_alloc(s->arena, sizeof(mpk_pattern) * (size_t)(cJSON_GetArraySize(ps) + 1));
+        if (!s->pass) {
+            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+            goto done;
+        }
+        for (const cJSON *e = ps->child; e; e = e->next) {
+            char path[48];
+            snprintf(path, sizeof path, "$.pass[%d]", s->n_pass);
+            if (!cJSON_IsString(e))
+                BAIL("%s: must be a string", path);
+            if ((st = parse_pattern(e->valuestring, &s->pass[s->n_pass], where, path, err)) != MPK_OK)
+                goto done;
+            s->n_pass++;
+        }
+    }
     const cJSON *rn = cJSON_GetObjectItemCaseSensitive(root, "renames");
     if (rn) {
         if (!cJSON_IsArray(rn))
@@ -382,6 +416,10 @@ mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err)
     r->n_model_types = s->n_model_types;
     r->reversed = !s->reversed;
     r->dequantizes = s->dequantizes;
+    r->pass = s->pass;
+    r->n_pass = s->n_pass;
+    r->architectures = s->architectures;
+    r->n_architectures = s->n_architectures;
     r->renames = mpk_arena_alloc(r->arena, sizeof(mpk_rename) * (size_t)(s->n_renames + 1));
     r->rules = mpk_arena_alloc(r->arena, sizeof(mpk_rule) * (size_t)(s->n_rules + 1));
     if (!r->renames || !r->rules) {
@@ -438,6 +476,29 @@ static bool spec_has_type(const mpk_spec *s, const char *t)
     return false;
 }
 
+/* A spec with an "architectures" list fits a config.json listing architectures only when one
+ * of them is in it; without either list the model type decides alone. */
+static bool spec_has_arch(const mpk_spec *s, const mpk_model_config *cfg)
+{
+    if (!s->n_architectures || !mpk_config_architecture(cfg, 0))
+        return true;
+    for (int k = 0; mpk_config_architecture(cfg, k); k++)
+        for (int i = 0; i < s->n_architectures; i++)
+            if (strcmp(s->architectures[i], mpk_config_architecture(cfg, k)) == 0)
+                return true;
+    return false;
+}
+
+/* The embedded presets' names, comma-separated, in buf. */
+static const char *preset_list(char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < mpk_n_presets && o + 40 < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "", mpk_presets[i].name);
+    return buf;
+}
+
 mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_spec **out,
                            mpk_error *err)
 {
@@ -447,18 +508,36 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
         MPK_FAIL(err, MPK_E_PRESET, "preset",
                  "--preset auto needs a config.json with \"model_type\"; name a preset "
                  "(see 'moepack presets')");
+    char typed[512] = ""; /* presets that have the model type but not the architecture */
     for (size_t i = 0; i < mpk_n_presets; i++) {
         if (!is_auto && strcmp(mpk_presets[i].name, name) != 0)
             continue;
         mpk_spec *s;
         MPK_TRY(mpk_spec_parse(mpk_presets[i].json, strlen(mpk_presets[i].json), mpk_presets[i].name,
                                &s, err));
-        if (!is_auto || spec_has_type(s, cfg->model_type) ||
-            (cfg->text_model_type[0] && spec_has_type(s, cfg->text_model_type))) {
+        bool typed_ok = is_auto && (spec_has_type(s, cfg->model_type) ||
+                                    (cfg->text_model_type[0] && spec_has_type(s, cfg->text_model_type)));
+        if (!is_auto || (typed_ok && spec_has_arch(s, cfg))) {
             *out = s;
             return MPK_OK;
         }
+        if (typed_ok)
+            snprintf(typed + strlen(typed), sizeof typed - strlen(typed), "%s'%s'", typed[0] ? ", " : "",
+                     s->name);
         mpk_spec_free(s);
+    }
+    if (is_auto && typed[0]) {
+        char archs[256] = "", names[1024];
+        for (int i = 0; mpk_config_architecture(cfg, i) && strlen(archs) + 2 < sizeof archs; i++)
+            snprintf(archs + strlen(archs), sizeof archs - strlen(archs), "%s%s", i ? ", " : "",
+                     mpk_config_architecture(cfg, i));
+        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "preset",
+                 "model_type '%s' is served by preset %s, but not architecture %s (a model type "
+                 "shared by different models: converting it as the other would merge what it "
+                 "understands and copy the rest unconverted); presets: %s. Write a spec for it "
+                 "and use 'moepack convert --spec', or name a preset with --preset if you know "
+                 "it fits",
+                 cfg->model_type, typed, archs, preset_list(names, sizeof names));
     }
     if (is_auto)
         MPK_FAIL(err, MPK_E_PRESET, "preset",

@@ -337,7 +337,8 @@ static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, 
     }
     mpk_plan_opts po = {.max_shard_size = r->max_shard_size, .cfg = &j->cfg,
                         .dequantize = r->quant == MPK_QUANT_DEQUANTIZE,
-                        .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
+                        .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0,
+                        .pass_unknown = r->flags & MPK_CONVERT_PASS_UNKNOWN};
     if ((s = mpk_plan_build(j->src, j->spec, &po, pout, err)) != MPK_OK ||
         (s = follow_files(r, j, *pout, err)) != MPK_OK) {
         mpk_plan_free(*pout);
@@ -379,6 +380,21 @@ char *mpk_plan_describe(const mpk_plan *p, bool verbose)
     return buf;
 }
 
+/* "passed_unknown": what MPK_CONVERT_PASS_UNKNOWN let through unconverted, [{name, why}]. */
+static void unknown_json(cJSON *o, const mpk_plan *p)
+{
+    cJSON *a = cJSON_AddArrayToObject(o, "passed_unknown");
+    for (size_t i = 0; a && i < p->n_unknown; i++) {
+        cJSON *e = cJSON_CreateObject();
+        if (!e || !cJSON_AddItemToArray(a, e)) {
+            cJSON_Delete(e);
+            return;
+        }
+        cJSON_AddStringToObject(e, "name", p->unknown[i].name);
+        cJSON_AddStringToObject(e, "why", p->unknown[i].why);
+    }
+}
+
 char *mpk_plan_describe_json(const mpk_plan *p)
 {
     cJSON *o = cJSON_CreateObject(), *outs = cJSON_CreateArray();
@@ -398,6 +414,7 @@ char *mpk_plan_describe_json(const mpk_plan *p)
     cJSON_AddNumberToObject(o, "sources_consumed", (double)p->n_consumed);
     cJSON_AddNumberToObject(o, "passed_through", (double)p->n_pass);
     cJSON_AddNumberToObject(o, "tensors", (double)p->n_outs);
+    unknown_json(o, p);
     if (!names) {
         cJSON_AddNumberToObject(o, "bytes", (double)p->total_bytes);
         cJSON_AddNumberToObject(o, "shards", (double)p->n_shards);
@@ -683,6 +700,7 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
     cJSON_AddNumberToObject(o, "tensors_out", (double)st->tensors_out);
     cJSON_AddNumberToObject(o, "targets_built", (double)(p->n_outs - p->n_pass));
     cJSON_AddNumberToObject(o, "passed_through", (double)p->n_pass);
+    unknown_json(o, p);
     cJSON_AddNumberToObject(o, "bytes", (double)st->bytes_out);
     cJSON_AddNumberToObject(o, "shards", (double)p->n_shards);
     cJSON_AddNumberToObject(o, "seconds", st->seconds);
@@ -718,6 +736,13 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
         fprintf(f, "other files of SRC: %zu file(s) (%s), %zu director%s, %zu symlink(s) copied, %zu skipped\n",
                 st->side.files, mpk_human_bytes(st->side.bytes, hb, sizeof hb), st->side.dirs,
                 st->side.dirs == 1 ? "y" : "ies", st->side.links, st->side.skipped);
+        if (p->n_unknown)
+            fprintf(f, "passed through unconverted (--pass-unknown), not understood by the spec: %zu tensor(s)\n",
+                    p->n_unknown);
+        for (size_t i = 0; i < p->n_unknown && i < 20; i++)
+            fprintf(f, "  %s: %s\n", p->unknown[i].name, p->unknown[i].why);
+        if (p->n_unknown > 20)
+            fprintf(f, "  ... %zu more (--json lists them all)\n", p->n_unknown - 20);
         if (st->resumed)
             fprintf(f, "resumed an interrupted run: %zu of %zu shard(s) kept after their hashes checked out\n",
                     st->shards_kept, p->n_shards);

@@ -598,7 +598,8 @@ static void test_conflict_and_config_shape(void **state)
     mpk_spec *s;
     assert_int_equal(mpk_spec_parse(spec, strlen(spec), "c", &s, &err), MPK_OK);
     mpk_plan *p;
-    mpk_plan_opts po = {0};
+    /* these specs merge gate_proj alone: the up/down leftovers are passed on purpose */
+    mpk_plan_opts po = {.pass_unknown = true};
     assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_E_CONFLICT);
     mpk_spec_free(s);
     /* a source shape that config.json contradicts */
@@ -617,6 +618,103 @@ static void test_conflict_and_config_shape(void **state)
     assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_E_EXPERT_MISSING);
     assert_non_null(strstr(err.msg, "expert 2 is missing"));
     mpk_spec_free(s);
+    mpk_ckpt_close(c);
+    tu_rmrf(dir);
+}
+
+/* ---------------------------------------------------------------- nothing half-converted */
+
+/* Issue 46, item 2: a spec that leaves per-expert tensors or their quantization companions
+ * behind, or a quantization moepack does not implement, is MPK_E_NOT_UNDERSTOOD naming them
+ * (was: a plan with them as plain pass-throughs). pass_unknown plans them, listed in the plan. */
+static void test_not_understood(void **state)
+{
+    (void)state;
+    assert_string_equal(mpk_status_str(MPK_E_NOT_UNDERSTOOD), "not-understood");
+    char dir[] = "/tmp/mpk_unk_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char src[256];
+    snprintf(src, sizeof src, "%s/src", dir);
+    write_small(src, 2, NULL, MPK_DTYPE_BF16, 4);
+    mpk_ckpt *c;
+    mpk_error err = {0};
+    assert_int_equal(mpk_ckpt_open(src, &c, &err), MPK_OK);
+    /* gate and up merged, down_proj consumed by no rule */
+    const char *gu = "{\"name\":\"gu\",\"converters\":[{\"sources\":[\"experts.{expert}.gate_proj.weight\","
+                     "\"experts.{expert}.up_proj.weight\"],\"target\":\"experts.gate_up_proj\","
+                     "\"ops\":[{\"op\":\"merge\",\"dim\":0},{\"op\":\"concat\",\"dim\":1}]}]}";
+    mpk_spec *s;
+    assert_int_equal(mpk_spec_parse(gu, strlen(gu), "gu", &s, &err), MPK_OK);
+    mpk_plan *p;
+    mpk_plan_opts po = {0};
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_E_NOT_UNDERSTOOD);
+    assert_null(p);
+    assert_non_null(strstr(err.msg, "2 tensor(s)"));
+    assert_non_null(strstr(err.msg, "'model.layers.7.mlp.experts.0.down_proj.weight'"));
+    assert_non_null(strstr(err.msg, "'model.layers.7.mlp.experts.1.down_proj.weight'"));
+    assert_non_null(strstr(err.msg, "no rule consumes"));
+    po.pass_unknown = true;
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_OK);
+    assert_int_equal(p->n_unknown, 2);
+    assert_string_equal(p->unknown[0].name, "model.layers.7.mlp.experts.0.down_proj.weight");
+    assert_int_equal(p->n_pass, 2);
+    mpk_plan_free(p);
+    mpk_spec_free(s);
+    /* the same declared a pass-through by the spec: planned, nothing unknown */
+    const char *decl = "{\"name\":\"gu\",\"pass\":[\"experts.{expert}.down_proj.weight\"],\"converters\":[{"
+                       "\"sources\":[\"experts.{expert}.gate_proj.weight\",\"experts.{expert}.up_proj.weight\"],"
+                       "\"target\":\"experts.gate_up_proj\",\"ops\":[{\"op\":\"merge\",\"dim\":0},"
+                       "{\"op\":\"concat\",\"dim\":1}]}]}";
+    assert_int_equal(mpk_spec_parse(decl, strlen(decl), "decl", &s, &err), MPK_OK);
+    po.pass_unknown = false;
+    assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), MPK_OK);
+    assert_int_equal(p->n_unknown, 0);
+    mpk_plan_free(p);
+    mpk_spec_free(s);
+    /* a quantization moepack does not implement: refused whatever pass_unknown says */
+    assert_int_equal(mpk_preset_load("qwen3_moe", NULL, &s, &err), MPK_OK);
+    static const struct {
+        const char *cfg, *says;
+        mpk_status want;
+    } q[] = {
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"modelopt\",\"quant_algo\":\"NVFP4\"}}",
+         "'modelopt NVFP4'", MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"awq\"}}", "'awq'",
+         MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"fp8\",\"weight_block_size\":[1,128]}}",
+         "[1,128]", MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"compression_config\":{\"format\":\"pack-quantized\"}}", "compression_config",
+         MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"fp8\",\"weight_block_size\":[128, 128]}}",
+         NULL, MPK_OK},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"fp8\"}}", NULL, MPK_OK},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"mxfp4\"}}", NULL, MPK_OK},
+    };
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+        mpk_model_config cfg;
+        assert_int_equal(mpk_config_parse(q[i].cfg, strlen(q[i].cfg), "config.json", &cfg, &err), MPK_OK);
+        po = (mpk_plan_opts){.cfg = &cfg, .pass_unknown = true};
+        assert_int_equal(mpk_plan_build(c, s, &po, &p, &err), q[i].want);
+        if (q[i].says)
+            assert_non_null(strstr(err.msg, q[i].says));
+        mpk_plan_free(p);
+        mpk_config_free(&cfg);
+    }
+    mpk_spec_free(s);
+    /* a model type served by a preset whose architectures do not list the model's */
+    const char *ocr = "{\"model_type\":\"deepseek_vl_v2\",\"architectures\":[\"DeepseekOCR2ForCausalLM\"]}";
+    mpk_model_config cfg;
+    assert_int_equal(mpk_config_parse(ocr, strlen(ocr), "config.json", &cfg, &err), MPK_OK);
+    assert_int_equal(mpk_preset_load("auto", &cfg, &s, &err), MPK_E_NOT_UNDERSTOOD);
+    assert_non_null(strstr(err.msg, "DeepseekOCR2ForCausalLM"));
+    assert_non_null(strstr(err.msg, "mixtral")); /* the presets are listed */
+    mpk_config_free(&cfg);
+    const char *vl2 = "{\"model_type\":\"deepseek_vl_v2\",\"architectures\":[\"DeepseekVLV2ForCausalLM\"]}";
+    assert_int_equal(mpk_config_parse(vl2, strlen(vl2), "config.json", &cfg, &err), MPK_OK);
+    assert_int_equal(mpk_preset_load("auto", &cfg, &s, &err), MPK_OK);
+    assert_string_equal(s->name, "deepseek_v2");
+    mpk_spec_free(s);
+    mpk_config_free(&cfg);
     mpk_ckpt_close(c);
     tu_rmrf(dir);
 }
@@ -801,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_cli_errors),
         cmocka_unit_test(test_memory_budget),
         cmocka_unit_test(test_conflict_and_config_shape),
+        cmocka_unit_test(test_not_understood),
         cmocka_unit_test(test_resume_after_inplace_edit),
         cmocka_unit_test(test_header_name_map),
     };

@@ -100,6 +100,11 @@ typedef enum mpk_status {
     MPK_E_DST_FOREIGN = 47,       /* MPK_CONVERT_FORCE would replace a destination that is not a
                                      checkpoint directory (a file, or a folder with no
                                      *.safetensors file, index or manifest): left as it is */
+    MPK_E_NOT_UNDERSTOOD = 48,    /* the conversion would leave something half-converted: a
+                                     per-expert tensor no rule consumes, a quantization companion
+                                     (scale, zero point) the spec does not move with its weight, a
+                                     quantization method moepack does not implement, or a model
+                                     no preset fits; the message names them */
     MPK_STATUS_COUNT
 } mpk_status;
 
@@ -303,6 +308,10 @@ enum {
     MPK_CONVERT_NO_MANIFEST = 1u << 5,   /* no moepack.manifest.json in dst */
     MPK_CONVERT_COMPRESS = 1u << 6,      /* every output shard as NAME.safetensors.mpkz (formats/MPKZ.md);
                                             not with MPK_CONVERT_RESUME */
+    MPK_CONVERT_PASS_UNKNOWN = 1u << 7,  /* copy the tensors the spec does not understand (per-expert
+                                            leftovers, unmoved quantization companions) as they are
+                                            instead of refusing (MPK_E_NOT_UNDERSTOOD); the report
+                                            lists them. An unknown quantization method stays refused */
 };
 
 /* A conversion. Fill it with mpk_convert_req_init(), then set what differs. */
@@ -352,7 +361,9 @@ MPK_API void mpk_convert_req_init(mpk_convert_req *r, const char *src, const cha
  * lies in src), MPK_E_EXPERT_MISSING, MPK_E_SHAPE,
  * MPK_E_DTYPE_MISMATCH, MPK_E_CONFLICT, MPK_E_QUANT, MPK_E_MEMORY_BUDGET, MPK_E_CHANGED,
  * MPK_E_IO, MPK_E_CANCELLED, MPK_E_MANIFEST (a malformed source record), MPK_E_INDEX /
- * MPK_E_CONFLICT (a layout_like index that does not place every output). On success *report (report may be NULL) is owned by the caller;
+ * MPK_E_CONFLICT (a layout_like index that does not place every output), MPK_E_NOT_UNDERSTOOD
+ * (a tensor, quantization or model the spec does not understand: refused before anything is
+ * written, unless MPK_CONVERT_PASS_UNKNOWN covers it). On success *report (report may be NULL) is owned by the caller;
  * it is NULL when memory ran out describing a conversion that did land. */
 MPK_API mpk_status mpk_convert(const mpk_convert_req *req, mpk_report **report, mpk_error *err);
 

@@ -198,14 +198,16 @@ def _call(fn, *args):
 def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=50_000_000_000, mem=1 << 30, threads=0,
             force=False, resume=False, copy_links=False, fsync=True, manifest=True, copy_range=True,
             quantize=None, dequantize=False, io="auto", layout_like=None, progress=None, warn=None,
-            compress=False, level=0, _func="convert"):
+            compress=False, level=0, pass_unknown=False, _func="convert"):
     """Converts checkpoint src into the new directory dst with spec (a preset name, "auto" for
     the one matching src's config.json, or a spec JSON file); reverse undoes the spec.
     Unpacking gives back the source release pack recorded, byte for byte; layout_like (an
     index file) makes the output follow that index's files instead. compress lands every shard
     as a NAME.safetensors.mpkz container (zstd level `level`, 0: the default).
     progress(done_bytes, total_bytes, seconds) and warn(message) are called as it runs.
-    Paths (src, dst, spec, layout_like) are str, bytes or os.PathLike."""
+    A tensor the spec does not understand (a per-expert leftover, a scale it does not move) is
+    moepack.Error with status "not-understood"; pass_unknown copies such tensors as they are (the report's
+    passed_unknown lists them). Paths (src, dst, spec, layout_like) are str, bytes or os.PathLike."""
     f = _func
     req = _ConvertReq()
     _lib.mpk_convert_req_init(ctypes.byref(req), None, None)
@@ -218,7 +220,8 @@ def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=50_000_000_0
     req.direction = _DIRECTION["unpack" if reverse else "pack"]
     req.quant = _QUANT["dequantize"] if dequantize else quant
     req.flags = ((bool(force) and 1) | (bool(resume) and 2) | (bool(copy_links) and 4) | ((not fsync) and 8)
-                 | ((not copy_range) and 16) | ((not manifest) and 32) | (bool(compress) and 64))
+                 | ((not copy_range) and 16) | ((not manifest) and 32) | (bool(compress) and 64)
+                 | (bool(pass_unknown) and 128))
     req.max_shard_size = _int(max_shard_size, f, "max_shard_size", _UINT64)
     req.mem = _int(mem, f, "mem", _UINT64)
     req.threads = _int(threads, f, "threads", _INT32)
