@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
@@ -727,6 +728,9 @@ int mpk_cmd_synth(int argc, char **argv)
     return MPK_EXIT_OK;
 }
 
+static int demo_steps(const char *dir);
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw);
+
 int mpk_cmd_demo(int argc, char **argv)
 {
     static const struct option none[] = {{0}};
@@ -749,10 +753,32 @@ int mpk_cmd_demo(int argc, char **argv)
             return mpk_cli_usage("demo", "cannot create '%s': %s", base, strerror(errno));
         }
     } else {
-        snprintf(dir, sizeof dir, "/tmp/moepack-demo-XXXXXX");
+        const char *td = getenv("TMPDIR"); /* as mktemp(1) */
+        snprintf(dir, sizeof dir, "%s/moepack-demo-XXXXXX", td && *td ? td : "/tmp");
         if (!mkdtemp(dir))
-            return mpk_cli_usage("demo", "cannot create a temporary directory");
+            return mpk_cli_usage("demo", "cannot create a temporary directory in %s: %s", td && *td ? td : "/tmp",
+                                 strerror(errno));
     }
+    int rc = demo_steps(dir);
+    if (rc && !base)
+        fprintf(stderr, "demo: its files are kept in %s for a look (rm -rf %s when done)\n", dir, dir);
+    else if (!base && nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0)
+        printf("demo: removed its temporary directory %s ('moepack demo DIR' keeps the files)\n", dir);
+    else if (!base)
+        fprintf(stderr, "demo: could not remove all of its temporary directory %s: %s\n", dir, strerror(errno));
+    return rc;
+}
+
+/* nftw's callback removing a demo's own temporary directory, deepest first. */
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* synth -> pack -> unpack -> verify twice, in dir; the exit status. */
+static int demo_steps(const char *dir)
+{
     char src[4200], packed[4200], unpacked[4200];
     snprintf(src, sizeof src, "%s/per-expert", dir);
     snprintf(packed, sizeof packed, "%s/packed", dir);

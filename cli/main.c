@@ -701,7 +701,8 @@ const mpk_command mpk_commands[] = {
      "example: moepack gpucheck ./model-packed --layer 3 --tokens 1,64,4096\n", mpk_cmd_gpucheck},
     {"demo", "synth -> pack -> unpack -> verify on an embedded default",
      "usage: moepack demo [DIR]\n\nWrites a small Mixtral-style checkpoint, packs it, unpacks it\n"
-     "and checks every tensor comes back byte-identical. DIR defaults to a new /tmp directory;\n"
+     "and checks every tensor comes back byte-identical. DIR defaults to a new directory in\n"
+     "$TMPDIR (else /tmp), removed when the demo passes and kept, and named, when it fails;\n"
      "a DIR that exists is left as it is and the demo works in a new directory inside it.\n\n"
      "example: moepack demo /tmp/moepack-demo\n",
      mpk_cmd_demo},
@@ -764,12 +765,12 @@ static int run(int argc, char **argv)
     for (size_t i = 0; i < mpk_n_commands; i++) {
         const mpk_command *c = &mpk_commands[i];
         if (strcmp(c->name, name) == 0) {
-            if (c->run != cmd_help && mpk_cli_wants_help(c, argc - 1, argv + 1))
-                return MPK_EXIT_OK;
-            return c->run(argc - 1, argv + 1);
             /* a command that takes --json, given it: its errors as documents too */
             for (int k = 2; k < argc && strcmp(argv[k], "--") != 0 && strstr(c->usage, "--json"); k++)
                 mpk_cli_json_errors |= strcmp(argv[k], "--json") == 0;
+            if (c->run != cmd_help && mpk_cli_wants_help(c, argc - 1, argv + 1))
+                return MPK_EXIT_OK;
+            return c->run(argc - 1, argv + 1);
         }
     }
     const char *g = nearest(name, &mpk_commands[0].name, mpk_n_commands, sizeof mpk_commands[0]);

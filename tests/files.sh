@@ -211,4 +211,14 @@ jerr usage && ok "... usage errors too" || bad "diff --json usage error document
 expect 1 "inspect without --json: nothing on stdout" -- "$M" inspect "$tmp/bad.safetensors"
 [ ! -s "$tmp/out" ] && ok "... stdout empty" || bad "stdout not empty without --json"
 
+# ---- item 5: the demo without DIR removes its temporary folder, or says where it is
+mkdir "$tmp/td"
+expect 0 "demo without DIR" -- env TMPDIR="$tmp/td" "$M" demo
+[ -z "$(ls -A "$tmp/td")" ] && ok "... its temporary folder removed" || bad "demo left $(ls "$tmp/td")"
+has out "demo: removed its temporary directory $tmp/td/moepack-demo-"
+expect 1 "demo without DIR that fails" -- env TMPDIR="$tmp/td" MOEPACK_FAULT=40:ENOSPC "$M" demo
+kept=$(ls "$tmp/td")
+[ -n "$kept" ] && ok "... its folder kept" || bad "a failed demo removed its files"
+has err "demo: its files are kept in $tmp/td/$kept"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
