@@ -239,8 +239,10 @@ static mpk_status compare_two(const mpk_compare_req *q, mpk_quant quant, const m
     mpk_model_config cfg = {0};
     mpk_spec *spec = NULL;
     MPK_TRY(mpk_config_load(a->dir, &cfg, err));
+    /* (pass_unknown: verify compares what a conversion with --pass-unknown passed through as it
+     * compares any pass-through; an unknown quantization method is still refused) */
     mpk_plan_opts po = {.cfg = &cfg, .dequantize = quant == MPK_QUANT_DEQUANTIZE,
-                        .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0};
+                        .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0, .pass_unknown = true};
     mpk_status s;
     /* the same names are a round trip, unless one side is marked packed and the other is not
      * (a preset whose targets keep their sources' names, e.g. qwen3_vl_moe's transposes) */

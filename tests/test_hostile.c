@@ -673,7 +673,9 @@ static void test_allocation_failure_sweep(void **state)
                    "[\"model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight\", "
                    "\"model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight\"], "
                    "\"target\": \"model.layers.{layer}.mlp.experts.gate_up_proj\", \"ops\": "
-                   "[{\"op\": \"merge\", \"dim\": 0}, {\"op\": \"concat\", \"dim\": 1}]}]}");
+                   "[{\"op\": \"merge\", \"dim\": 0}, {\"op\": \"concat\", \"dim\": 1}]}, {\"sources\": "
+                   "[\"model.layers.{layer}.block_sparse_moe.experts.{expert}.w2.weight\"], "
+                   "\"target\": \"model.layers.{layer}.mlp.experts.down_proj\", \"ops\": [{\"op\": \"merge\", \"dim\": 0}]}]}");
     assert_true(sweep(tu_fmt("pack %s %s -q --threads 2", src, dst), dst) > 200);
     assert_true(sweep(tu_fmt("unpack %s %s -q --threads 1", packed, dst), dst) > 200);
     assert_true(sweep(tu_fmt("convert %s %s --spec %s -q --threads 1", src, dst, spec), dst) > 200);
