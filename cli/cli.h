@@ -38,6 +38,8 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint);
  * snapshot of REV (malloc'd into *owned, which the caller frees). -1 to go on (also when rev is
  * NULL: the library looks ids up itself, at main), else the exit status after the message. */
 int mpk_cli_source(const char *cmd, const char *rev, const char **src, char **owned);
+/* The embedded preset name is probably meant to be ("mixtral" for "mixtrl"), NULL if none stands out. */
+const char *mpk_cli_nearest_preset(const char *name);
 /* One usage line on stderr plus a pointer to --help; returns 2. */
 int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True when argv has --help/-h; prints usage. */

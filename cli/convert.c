@@ -127,8 +127,8 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         case O_LIKE: a->layout_like = optarg; break;
         case O_REVISION: a->revision = optarg; break;
         case O_COMPRESS: a->compress = true; break;
-        case O_LEVEL:
         case O_PASSUNK: a->pass_unknown = true; break;
+        case O_LEVEL:
             if (!parse_int_opt(optarg, 1, 19, &a->level))
                 return mpk_cli_usage(cmd, "--level takes 1..19, got '%s'", optarg);
             break;
@@ -440,7 +440,6 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
 {
     switch (err->code) {
     case MPK_E_PRESET: return "list presets with 'moepack presets'; name one with --preset NAME";
-    case MPK_E_ALREADY_CONVERTED:
     case MPK_E_NOT_UNDERSTOOD: {
         size_t n = strlen(err->where);
         if (strcmp(err->where, "preset") == 0)
@@ -452,9 +451,14 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
         return "--pass-unknown copies these tensors as they are (the summary lists them), if you know they "
                "need no conversion; or cover them with a spec (--spec)";
     }
+    case MPK_E_ALREADY_CONVERTED:
         return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
-    case MPK_E_QUANT: return "--dequantize writes BF16 experts, which pack at any size";
-    case MPK_E_DST_EXISTS: return err->sys_errno ? NULL : "pass --force to replace it";
+    case MPK_E_QUANT:
+        return a->quantize ? "--quantize fp8-block128 needs whole 128x128 blocks in each gate and up half (the "
+                             "sizes named a multiple of 128): pack this checkpoint without --quantize (BF16 experts)"
+                           : "--dequantize writes BF16 experts, which pack at any size";
+    case MPK_E_DST_EXISTS:
+        return !err->sys_errno && strstr(err->msg, "which a forced run replaces") ? "pass --force to replace it" : NULL;
     case MPK_E_IO:
         return a->resume ? "the partial output was kept: run the same command with --resume again to continue it"
                          : NULL;
@@ -500,6 +504,17 @@ static int run_conversion(const char *cmd, conv_mode mode, int argc, char **argv
     return rc;
 }
 
+/* An unknown preset is a usage error (exit 2), with the name it was probably meant to be. */
+static int conv_fail(const char *cmd, const mpk_error *err, const conv_args *a, bool unpack)
+{
+    if (err->code == MPK_E_PRESET && strstr(err->msg, "unknown preset")) {
+        const char *g = mpk_cli_nearest_preset(a->preset);
+        return mpk_cli_usage(cmd, "unknown preset '%s'%s%s%s (list them with 'moepack presets')", a->preset,
+                             g ? " (did you mean '" : "", g ? g : "", g ? "'?)" : "");
+    }
+    return mpk_cli_fail(cmd, err, hint_for(err, a, unpack));
+}
+
 static int run_resolved(const char *cmd, conv_mode mode, conv_args *ap)
 {
     conv_args a = *ap;
@@ -509,7 +524,7 @@ static int run_resolved(const char *cmd, conv_mode mode, conv_args *ap)
     if (mode == MODE_PLAN) {
         mpk_plan *plan;
         if (mpk_plan_create(&req, &plan, &err) != MPK_OK)
-            return mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
+            return conv_fail(cmd, &err, &a, req.direction == MPK_DIRECTION_UNPACK);
         char *text = a.json ? mpk_plan_describe_json(plan) : mpk_plan_describe(plan, a.verbose);
         mpk_plan_free(plan);
         if (!text)
@@ -521,10 +536,10 @@ static int run_resolved(const char *cmd, conv_mode mode, conv_args *ap)
     guard_begin(a.dst, false, false);
     mpk_report *rep;
     if (mpk_convert(&req, &rep, &err) != MPK_OK) {
-        mpk_cli_fail(cmd, &err, hint_for(&err, &a, req.direction == MPK_DIRECTION_UNPACK));
+        int rc = conv_fail(cmd, &err, &a, req.direction == MPK_DIRECTION_UNPACK);
         guard_end(); /* (a signal caught: the process ends by it here) */
         /* an overlap, or a destination that names no directory, is a usage error */
-        return err.code == MPK_E_OVERLAP || err.code == MPK_E_USAGE ? MPK_EXIT_USAGE : MPK_EXIT_FAIL;
+        return err.code == MPK_E_OVERLAP || err.code == MPK_E_USAGE ? MPK_EXIT_USAGE : rc;
     }
     guard_end();
     if (rep && (a.json || !a.quiet))
@@ -869,7 +884,8 @@ int mpk_cmd_compress(int argc, char **argv)
     if (st != MPK_OK) {
         if (err.code == MPK_E_USAGE)
             return mpk_cli_usage(cmd, "%s", mpk_error_what(&err));
-        mpk_cli_fail(cmd, &err, err.code == MPK_E_DST_EXISTS && !err.sys_errno ? "pass --force to replace it" : NULL);
+        mpk_cli_fail(cmd, &err, err.code == MPK_E_DST_EXISTS && !err.sys_errno && strstr(err.msg, "which a forced run replaces")
+                                    ? "pass --force to replace it" : NULL);
         return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL;
     }
     if (rep && (json || !quiet))

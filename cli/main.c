@@ -65,6 +65,15 @@ static const char *nearest(const char *word, const char *const *names, size_t n,
     return n_best == 1 ? pick : NULL;
 }
 
+const char *mpk_cli_nearest_preset(const char *name)
+{
+    const char *names[256];
+    size_t n = 0;
+    while (n < sizeof names / sizeof *names && (names[n] = mpk_preset_name(n)))
+        n++;
+    return nearest(name, names, n, sizeof *names);
+}
+
 /* The option the last unknown one was probably meant to be ("--force" for "--forse"): set by
  * mpk_cli_next_opt, said by mpk_cli_usage after "unknown option ..." */
 static char opt_guess[80];

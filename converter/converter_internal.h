@@ -18,6 +18,9 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
  * a folder of other things: a mistyped DST such as the folder of all one's models) is
  * MPK_E_DST_FOREIGN and left as it is. */
 mpk_status mpk_force_check(const char *dst, mpk_error *err);
+/* MPK_E_DST_EXISTS for an existing dst, the message saying whether a forced run would replace
+ * it (mpk_force_check) or not, and why. */
+mpk_status mpk_dst_exists(const char *dst, mpk_error *err);
 
 /* The temporary directory a run writes, beside dst:
  *   DIR/.BASE.moepack-tmp.HOST.PID.START.XXXXXX

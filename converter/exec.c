@@ -1084,7 +1084,7 @@ static mpk_status exec_checks(const mpk_plan *p, const char *src_path, const cha
     MPK_TRY(mpk_overlap_check(src_path, p->src, dst, err));
     struct stat st;
     if (lstat(dst, &st) == 0 && !o->force)
-        MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists (use --force to replace it)");
+        return mpk_dst_exists(dst, err);
     if (o->force)
         MPK_TRY(mpk_force_check(dst, err));
     if (o->cancel && *o->cancel)

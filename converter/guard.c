@@ -393,6 +393,22 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
 
 /* ---------------------------------------------------------------- what force replaces */
 
+mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
+{
+    mpk_error why = {0};
+    if (mpk_force_check(dst, &why) == MPK_OK)
+        MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists; it is a checkpoint, which a forced run replaces");
+    /* the reason alone: "not a directory", "not a checkpoint: ... ('a.jpg')", "not only ..." */
+    char r[sizeof why.msg];
+    snprintf(r, sizeof r, "%s", strstr(why.msg, "not ") ? strstr(why.msg, "not ") : why.msg);
+    r[strcspn(r, ";")] = 0;
+    char *cut = strstr(r, ", and --force");
+    if (cut)
+        *cut = 0;
+    MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists and a forced run would not replace it either (%s); "
+             "write elsewhere", r);
+}
+
 static bool ckpt_file_name(const char *name)
 {
     return mpk_str_ends(name, ".safetensors") || mpk_str_ends(name, ".safetensors.mpkz") ||

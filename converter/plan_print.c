@@ -6,6 +6,32 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The output named prefix+text+suffix, NULL when none (a group of several items each). */
+static const mpk_plan_out *out_named(const mpk_plan *p, const mpk_plan_group *g, const char *text, const char *tail)
+{
+    size_t lp = strlen(g->prefix), lt = strlen(text), ls = strlen(g->suffix), lx = strlen(tail);
+    for (size_t i = 0; i < p->n_outs; i++) {
+        const char *n = p->outs[i].name;
+        if (strlen(n) == lp + lt + ls + lx && strncmp(n, g->prefix, lp) == 0 && strncmp(n + lp, text, lt) == 0 &&
+            strncmp(n + lp + lt, g->suffix, ls) == 0 && strcmp(n + lp + lt + ls, tail) == 0)
+            return &p->outs[i];
+    }
+    return NULL;
+}
+
+/* What the target is written as: the rule's dtype, or FP8 where --quantize makes it so (the
+ * JSON's outputs say the same). */
+static mpk_dtype written_dtype(const mpk_plan *p, const mpk_plan_group *g, const char *text, mpk_dtype d)
+{
+    const mpk_plan_out *o = out_named(p, g, text, "");
+    return o ? o->meta.dtype : d;
+}
+
+static bool with_scales(const mpk_plan *p, const mpk_plan_group *g, const char *text)
+{
+    return out_named(p, g, text, "_scale_inv") != NULL;
+}
+
 void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
 {
     FILE *f = file;
@@ -46,9 +72,11 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
                 fprintf(f, " %s%s%s%s", g->prefix, r->targets[tg].text, g->suffix,
                         g->out_meta.n_items > 1 ? " (each)" : "");
             else
-                fprintf(f, " %s%s%s %s %s%s", g->prefix, r->targets[tg].text, g->suffix,
-                        mpk_dtype_name(m->dtype), mpk_shape_str(m->shape, m->ndim, sh, sizeof sh),
-                        g->out_meta.n_items > 1 ? " (each)" : "");
+                fprintf(f, " %s%s%s %s %s%s%s", g->prefix, r->targets[tg].text, g->suffix,
+                        mpk_dtype_name(written_dtype(p, g, r->targets[tg].text, m->dtype)),
+                        mpk_shape_str(m->shape, m->ndim, sh, sizeof sh), g->out_meta.n_items > 1 ? " (each)" : "",
+                        written_dtype(p, g, r->targets[tg].text, m->dtype) != m->dtype && with_scales(p, g, r->targets[tg].text)
+                            ? " + _scale_inv F32 (128x128 blocks)" : "");
         }
         fprintf(f, "\n");
     }

@@ -217,7 +217,7 @@ static mpk_status run(const mpk_compress_req *r, bool compress, mpk_report **out
     if (stat(r->src, &st) != 0 || !S_ISDIR(st.st_mode))
         MPK_FAIL(err, MPK_E_NOT_FOUND, r->src, "not a checkpoint directory");
     if (lstat(r->dst, &st) == 0 && !(r->flags & MPK_CONVERT_FORCE))
-        MPK_FAIL(err, MPK_E_DST_EXISTS, r->dst, "destination exists (use --force to replace it)");
+        return mpk_dst_exists(r->dst, err);
     /* DST may not be SRC, lie inside it (the staging directory would be read as a source) or
      * hold it: by device and inode, as pack's (a bind mount or symlink does not hide it) */
     MPK_TRY(mpk_overlap_check(r->src, NULL, r->dst, err));

@@ -420,7 +420,7 @@ sum_after=$(cd "$tmp/dot" && ls -A | sort | md5sum)
 grep -q "must end in the name of the directory" "$tmp/err" && [ "$sum_after" = "$sum_before" ] \
   && echo "ok: ... says why, DST untouched (no staging directory in it either)" \
   || { echo "FAIL: $(cat "$tmp/err"); $(ls -A "$tmp/dot")" >&2; fails=$((fails + 1)); }
-expect 1 "pack with an unknown preset" -- "$M" pack "$tmp/lfm" "$tmp/x" --preset bogus
+expect 2 "pack with an unknown preset (a usage error)" -- "$M" pack "$tmp/lfm" "$tmp/x" --preset bogus
 [ "$(grep -c "moepack presets" "$tmp/err")" = 1 ] && echo "ok: ... names 'moepack presets' once" \
   || { echo "FAIL: $(cat "$tmp/err")" >&2; fails=$((fails + 1)); }
 expect 1 "pack with a preset that matches none of the experts" -- "$M" pack "$tmp/ds" "$tmp/x" --preset mixtral

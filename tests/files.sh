@@ -221,4 +221,32 @@ kept=$(ls "$tmp/td")
 [ -n "$kept" ] && ok "... its folder kept" || bad "a failed demo removed its files"
 has err "demo: its files are kept in $tmp/td/$kept"
 
+# ---- item 5: small things users hit
+expect 2 "an unknown preset is a usage error" -- "$M" pack "$tmp/one" "$tmp/x" --preset mixtrl
+has err "unknown preset 'mixtrl' (did you mean 'mixtral'?)"
+[ ! -e "$tmp/x" ] && ok "... nothing at DST" || bad "DST written"
+expect 2 "plan with an unknown preset too" -- "$M" plan "$tmp/one" --preset qwen3moe
+has err "did you mean 'qwen3_moe'?"
+# the --force hint only where --force would work
+mkdir -p "$tmp/photos" && echo p > "$tmp/photos/a.jpg"
+expect 1 "pack into a folder that is no checkpoint" -- "$M" pack "$tmp/one" "$tmp/photos"
+has err "a forced run would not replace it either (not a checkpoint"
+grep -q -- "--force" "$tmp/err" && bad "a --force hint where --force would not work" || ok "... no --force hint"
+"$M" pack -q "$tmp/one" "$tmp/pk-once"
+expect 1 "pack into an existing checkpoint" -- "$M" pack "$tmp/one" "$tmp/pk-once"
+has err "hint: pass --force to replace it"
+expect 1 "compress into a folder that is no checkpoint" -- "$M" compress "$tmp/one" "$tmp/photos"
+grep -q -- "--force" "$tmp/err" && bad "a --force hint where --force would not work" || ok "... no --force hint"
+# --quantize on BF16 experts whose sizes are not multiples of 128: what to do
+expect 1 "pack --quantize of BF16 experts of I=32" -- "$M" pack "$tmp/one" "$tmp/x" --quantize fp8-block128
+has err "hint: --quantize fp8-block128 needs whole 128x128 blocks"
+grep -q -- "--dequantize" "$tmp/err" && bad "the hint speaks of --dequantize on a BF16 source" || ok "... not of --dequantize"
+# plan --quantize shows the FP8 dtype its JSON shows
+"$M" synth --hidden 128 --intermediate 128 --layers 1 "$tmp/q128" >/dev/null
+expect 0 "plan --quantize" -- "$M" plan "$tmp/q128" --quantize fp8-block128
+has out "gate_up_proj F8_E4M3 \[8, 256, 128\] + _scale_inv F32"
+expect 0 "plan --quantize --json" -- "$M" plan "$tmp/q128" --quantize fp8-block128 --json
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); sys.exit(not any(o['name'].endswith('gate_up_proj') and o['dtype'] == 'F8_E4M3' for o in d['outputs']))" "$tmp/out" \
+  && ok "... the JSON says F8_E4M3 too" || bad "plan --quantize JSON dtype"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
