@@ -90,6 +90,8 @@ static mpk_status copy_side_files(const mpk_plan *p, const char *tmp, const mpk_
                           : mpk_error_set(err, MPK_E_NOMEM, 0, "exec", "out of memory");
         free(to);
         MPK_TRY(s);
+        st->files++; /* counted as the copy it replaces is: the same count for pack, unpack, --dequantize */
+        st->bytes += strlen(o->config_json);
     }
     if (!p->src->is_dir)
         return MPK_OK;

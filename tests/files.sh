@@ -249,4 +249,12 @@ expect 0 "plan --quantize --json" -- "$M" plan "$tmp/q128" --quantize fp8-block1
 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); sys.exit(not any(o['name'].endswith('gate_up_proj') and o['dtype'] == 'F8_E4M3' for o in d['outputs']))" "$tmp/out" \
   && ok "... the JSON says F8_E4M3 too" || bad "plan --quantize JSON dtype"
 
+# the "other files" count is the same for pack, unpack and --dequantize (config.json counted
+# whether copied, written back or rewritten)
+"$M" synth --quant fp8 --hidden 128 --intermediate 128 --layers 1 "$tmp/f8" >/dev/null && echo t > "$tmp/f8/tokenizer.json"
+"$M" pack --json "$tmp/f8" "$tmp/f8-p" > "$tmp/c1" && "$M" pack --json --dequantize "$tmp/f8" "$tmp/f8-d" > "$tmp/c2" &&
+  "$M" unpack --json "$tmp/f8-p" "$tmp/f8-u" > "$tmp/c3"
+python3 -c "import json, sys; n = [json.load(open(f))['other_files']['files'] for f in sys.argv[1:]]; print(n); sys.exit(n != [2, 2, 2])" \
+  "$tmp/c1" "$tmp/c2" "$tmp/c3" && ok "other files: 2 for pack, --dequantize and unpack" || bad "other files counts differ"
+
 [ $fails = 0 ] || { echo "$fails failure(s)" >&2; exit 1; }
