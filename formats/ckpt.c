@@ -20,8 +20,6 @@
 #define INDEX_NAME MPK_INDEX_NAME
 #define SINGLE_NAME "model.safetensors"
 
-static void file_id(const struct stat *st, mpk_file_id *id);
-
 bool mpk_shard_name_safe(const char *s)
 {
     if (!*s || s[0] == '/' || strchr(s, '/') || strchr(s, '\\'))
@@ -300,7 +298,7 @@ static mpk_status add_shard(mpk_ckpt *c, const char *name, mpk_error *err)
         zpath = NULL;
     }
     MPK_TRY(mpk_open_regular(sh->path, &sh->fd, &st, err));
-    file_id(&st, &sh->id);
+    mpk_file_id_of(&st, &sh->id);
     if (!zpath) {
         mpk_status s = mpk_st_read_header_fd(sh->fd, sh->path, &sh->header, &sh->file_size, err);
         return s == MPK_OK ? s : not_safetensors(sh->fd, sh->path, s, err);
@@ -319,42 +317,6 @@ char *mpk_strcat_ext(const char *a, const char *b)
         memcpy(p + la, b, lb + 1);
     }
     return p;
-}
-
-static void file_id(const struct stat *st, mpk_file_id *id)
-{
-    id->dev = (uint64_t)st->st_dev;
-    id->ino = (uint64_t)st->st_ino;
-    id->size = (uint64_t)st->st_size;
-    id->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
-    id->ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
-}
-
-mpk_status mpk_ckpt_check_unchanged(const mpk_ckpt *c, mpk_error *err)
-{
-    for (size_t i = 0; i < c->n_shards; i++) {
-        const mpk_shard *sh = &c->shards[i];
-        struct stat now;
-        mpk_file_id a;
-        const char *what = NULL;
-        if (stat(sh->path, &now) != 0)
-            what = "its name (removed or renamed)";
-        else if (file_id(&now, &a), a.dev != sh->id.dev || a.ino != sh->id.ino)
-            what = "the file at its name (replaced by another)";
-        else if (fstat(sh->fd, &now) != 0)
-            return mpk_error_set(err, MPK_E_IO, errno, sh->path, "cannot stat: %s", strerror(errno));
-        else if (file_id(&now, &a), a.size != sh->id.size)
-            what = "its size";
-        else if (a.mtime_ns != sh->id.mtime_ns)
-            what = "its modification time";
-        else if (a.ctime_ns != sh->id.ctime_ns)
-            what = "its status-change time";
-        if (what)
-            MPK_FAIL(err, MPK_E_CHANGED, sh->path, "the source changed while it was read (%s "
-                     "differs from when it was opened): what was read cannot be trusted; run again "
-                     "when it is stable", what);
-    }
-    return MPK_OK;
 }
 
 static mpk_status collect_tensors(mpk_ckpt *c, mpk_error *err)
@@ -732,24 +694,6 @@ const mpk_ckpt_tensor *mpk_ckpt_find(const mpk_ckpt *c, const char *name)
     if (!mpk_strmap_get(&c->by_name, name, strlen(name), &i))
         return NULL;
     return &c->tensors[i];
-}
-
-mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const char *path, const char *tensor,
-                         mpk_error *err)
-{
-    char *p = buf;
-    while (len) {
-        ssize_t k = pread(fd, p, len, (off_t)off);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return mpk_error_set(err, MPK_E_IO, k < 0 ? errno : 0, path, "reading tensor '%s' at %llu: %s",
-                                 tensor, (unsigned long long)off, k < 0 ? strerror(errno) : "file ends early");
-        p += k;
-        off += (uint64_t)k;
-        len -= (uint64_t)k;
-    }
-    return MPK_OK;
 }
 
 mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,

@@ -241,10 +241,6 @@ mpk_status mpk_ckpt_check_unchanged(const mpk_ckpt *c, mpk_error *err);
  * shard, the tensor and the offset otherwise. Thread-safe (pread). */
 mpk_status mpk_ckpt_read(const mpk_ckpt *c, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len, void *buf,
                          mpk_error *err);
-/* pread() of len bytes at file offset off until done (EINTR and short reads retried);
- * MPK_E_IO naming path, tensor and offset otherwise. */
-mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const char *path, const char *tensor,
-                         mpk_error *err);
 
 typedef struct mpk_hash128 {
     uint64_t hi, lo;
@@ -425,6 +421,10 @@ extern long mpk_fault_fsyncs; /* of the points passed, the fsyncs (a test of --n
 extern int mpk_fault_errno;
 /* 0, or the errno the caller is to fail with (and set errno to it). op names the call. */
 int mpk_fault_point(const char *op);
+/* pread() of len bytes at file offset off until done (EINTR and short reads retried);
+ * MPK_E_IO naming path, tensor and offset otherwise. */
+mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const char *path, const char *tensor,
+                         mpk_error *err);
 /* pwrite() until done (in calls of at most MOEPACK_WRITE_PIECE bytes); MPK_E_IO naming where
  * on failure. Thread-safe. */
 mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,

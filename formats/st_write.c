@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,51 +156,6 @@ mpk_status mpk_st_layout(mpk_tensor_info *tensors, size_t n, const mpk_kv *meta,
     *hdr_len = b.len;
     if (data_size)
         *data_size = off;
-    return MPK_OK;
-}
-
-#define MPK_WRITE_PIECE (64u << 10)
-
-/* The most bytes one pwrite writes (MOEPACK_WRITE_PIECE overrides; 0: no limit). The kernel
- * gives a buffered write page-cache folios as large as the write (ext4 since 6.16); on a VM that
- * hands free memory back to its host (free page reporting), large folios come from that memory
- * and every first touch of it faults in the host: the same 3.2 GB written in 4 MiB calls took
- * 9-30 s, in 32 KiB calls 1.2-2.1 s (bench/RESULTS.md). Small calls keep folios small; 64 KiB,
- * the size cp's in-kernel copies write in, beat 32 KiB in 5 of 5 rounds of a durable
- * pack --dequantize (median 2.52 s against 3.16 s). */
-static size_t write_piece(void)
-{
-    static _Atomic size_t cached; /* 0: not read yet; SIZE_MAX: no limit */
-    size_t v = atomic_load(&cached);
-    if (!v) {
-        const char *e = getenv("MOEPACK_WRITE_PIECE");
-        char *end = NULL;
-        unsigned long long n = e && *e ? strtoull(e, &end, 10) : MPK_WRITE_PIECE;
-        if (end && *end) /* not a number */
-            n = MPK_WRITE_PIECE;
-        v = n ? (size_t)n : SIZE_MAX;
-        atomic_store(&cached, v);
-    }
-    return v;
-}
-
-mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
-                          mpk_error *err)
-{
-    const char *p = buf;
-    size_t piece = write_piece();
-    while (len) {
-        size_t n = len < piece ? len : piece;
-        ssize_t w = mpk_fault_point("pwrite") ? -1 : pwrite(fd, p, n, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return mpk_error_set(err, MPK_E_IO, errno, where, "write of %zu bytes at %llu failed: %s",
-                                 len, (unsigned long long)off, strerror(errno));
-        p += w;
-        len -= (size_t)w;
-        off += (uint64_t)w;
-    }
     return MPK_OK;
 }
 
