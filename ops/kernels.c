@@ -1,5 +1,6 @@
-/* kernels.c — the CPU kernels: number formats (BF16, F16; FP8 and FP4 in quant.c), cast,
- * transpose, and the reference apply of a whole op (the oracle verify and the tests use). */
+/* kernels.c — the CPU kernels: cast, transpose, and the reference apply of a whole op (the
+ * oracle verify and the tests use). The number formats are in numfmt.c, the block quantizers
+ * in quant.c. */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
 #include "ops_internal.h"
@@ -14,78 +15,7 @@ static int64_t cdiv(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
-/* ---------------------------------------------------------------- number conversions */
-
-
-
-
-float mpk_bf16_to_f32(uint16_t h)
-{
-    return ops_u2f((uint32_t)h << 16);
-}
-
-uint16_t mpk_f32_to_bf16(float f)
-{
-    return ops_f32_to_bf16(f);
-}
-
-float mpk_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-    if (exp == 0x1F)
-        return ops_u2f(sign | 0x7F800000u | (mant << 13));
-    if (exp == 0) {
-        if (mant == 0)
-            return ops_u2f(sign);
-        float v = ldexpf((float)mant, -24);
-        return sign ? -v : v;
-    }
-    return ops_u2f(sign | ((exp + 112) << 23) | (mant << 13));
-}
-
-uint16_t mpk_f32_to_f16(float f)
-{
-    uint32_t x = ops_f2u(f);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t exp = (x >> 23) & 0xFF, mant = x & 0x7FFFFF;
-    if (exp == 0xFF)
-        return (uint16_t)(sign | 0x7C00 | (mant ? 0x200 | (mant >> 13) : 0));
-    int e = (int)exp - 127 + 15;
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7C00);
-    if (e <= 0) {
-        if (e < -10)
-            return sign;
-        mant |= 0x800000;
-        int shift = 14 - e;
-        uint32_t r = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (r & 1)))
-            r++;
-        return (uint16_t)(sign | r);
-    }
-    uint32_t r = ((uint32_t)e << 10) | (mant >> 13), rem = mant & 0x1FFF;
-    if (rem > 0x1000 || (rem == 0x1000 && (r & 1)))
-        r++;
-    return (uint16_t)(sign | r);
-}
-
-bool mpk_cast_supported(mpk_dtype from, mpk_dtype to)
-{
-    return (mpk_dtype_is_float(from) || mpk_dtype_is_fp8(from) || from == MPK_DTYPE_F8_E8M0) && (mpk_dtype_is_float(to) || mpk_dtype_is_fp8(to));
-}
-
-float ops_load_f32(mpk_dtype d, const void *src, size_t i)
-{
-    switch (d) {
-    case MPK_DTYPE_F32: return ((const float *)src)[i];
-    case MPK_DTYPE_BF16: return mpk_bf16_to_f32(((const uint16_t *)src)[i]);
-    case MPK_DTYPE_F16: return mpk_f16_to_f32(((const uint16_t *)src)[i]);
-    case MPK_DTYPE_F8_E4M3: return mpk_e4m3_to_f32(((const uint8_t *)src)[i]);
-    case MPK_DTYPE_F8_E5M2: return mpk_e5m2_to_f32(((const uint8_t *)src)[i]);
-    default: return mpk_e8m0_to_f32(((const uint8_t *)src)[i]);
-    }
-}
+/* ---------------------------------------------------------------- cast */
 
 void mpk_cast(mpk_dtype from, const void *src, mpk_dtype to, void *dst, size_t n)
 {

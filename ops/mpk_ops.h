@@ -151,17 +151,11 @@ const char *mpk_op_str(const mpk_op *op, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------- CPU kernels */
 
-/* True when cast between a and b is implemented. */
-bool mpk_cast_supported(mpk_dtype from, mpk_dtype to);
 /* Converts n elements; round to nearest even, NaN keeps its sign, overflow to +-inf.
  * Thread-safe. */
 void mpk_cast(mpk_dtype from, const void *src, mpk_dtype to, void *dst, size_t n);
-float mpk_bf16_to_f32(uint16_t h);
-uint16_t mpk_f32_to_bf16(float f);
-float mpk_f16_to_f32(uint16_t h);
-uint16_t mpk_f32_to_f16(float f);
 
-/* ---------------------------------------------------------------- number formats (quant.c)
+/* ---------------------------------------------------------------- number formats (numfmt.c)
  *
  * F8_E4M3 is the "fn" variant: bias 7, no infinities, max +-448, NaN = S.1111.111; encoding
  * saturates finite overflow and +-inf to +-448. F8_E5M2: bias 15, IEEE-like (inf, NaN);
@@ -170,15 +164,24 @@ uint16_t mpk_f32_to_f16(float f);
  * NaN block through its scale). All encoders round to nearest even; NaN keeps its sign. */
 float mpk_e4m3_to_f32(uint8_t x);
 uint8_t mpk_f32_to_e4m3(float f);
-/* The same codes, by bit operations (what the quantizers use); tests compare the two. */
+/* The same codes, by bit operations (what the quantizers use; in quant.c beside them); tests
+ * compare the two. */
 uint8_t mpk_f32_to_e4m3_fast(float f);
 float mpk_e5m2_to_f32(uint8_t x);
 uint8_t mpk_f32_to_e5m2(float f);
 float mpk_e8m0_to_f32(uint8_t x);
 float mpk_e2m1_to_f32(uint8_t nibble);
 uint8_t mpk_f32_to_e2m1(float f);
+float mpk_bf16_to_f32(uint16_t h);
+uint16_t mpk_f32_to_bf16(float f);
+float mpk_f16_to_f32(uint16_t h);
+uint16_t mpk_f32_to_f16(float f);
+/* True when cast between a and b is implemented. */
+bool mpk_cast_supported(mpk_dtype from, mpk_dtype to);
 
 #define MPK_FP8_E4M3_MAX 448.0f
+
+/* ---------------------------------------------------------------- block quantizers (quant.c) */
 
 /* Dequantizes rows [r0, r1) of one FP8 block-scaled matrix of C columns: w holds those rows
  * (row r0 first), scale the grid's rows from r0 / block on (ceil(C/b) F32 each); out gets (r1 - r0) * C

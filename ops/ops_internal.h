@@ -46,7 +46,7 @@ OPS_INFER(quant_mxfp4);
 mpk_status ops_inverse_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
 mpk_status ops_inverse_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
 
-/* Element i of src (F32, F16, BF16, F8_E4M3, F8_E5M2 or F8_E8M0) as an F32. */
+/* Element i of src (F32, F16, BF16, F8_E4M3, F8_E5M2 or F8_E8M0) as an F32 (numfmt.c). */
 float ops_load_f32(mpk_dtype d, const void *src, size_t i);
 
 #endif

@@ -1,7 +1,6 @@
-/* quant.c — small float formats (FP8 E4M3/E5M2/E8M0, FP4 E2M1) and the block quantizers.
- *
- * Decoding is exact (every code of these formats is an F32 value). Encoding rounds to nearest
- * even in double precision, where every F32 input is exact, so there is one rounding only.
+/* quant.c — the block quantizers (FP8 block-scaled, MXFP4), their fast paths, and value
+ * comparison of two encodings. The scalar formats they build on (FP8 E4M3/E5M2/E8M0, FP4
+ * E2M1, BF16, F16) are in numfmt.c.
  */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
@@ -12,98 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---------------------------------------------------------------- generic minifloat */
-
-typedef struct {
-    int mbits, bias;
-    double max;       /* largest finite magnitude */
-    bool has_inf;     /* E5M2: overflow -> inf */
-    uint8_t nan;      /* code of +NaN (without sign) */
-    int sign_shift;   /* 7 for 8-bit codes, 3 for E2M1 */
-} minifloat;
-
-static const minifloat F_E4M3 = {3, 7, 448.0, false, 0x7F, 7};
-static const minifloat F_E5M2 = {2, 15, 57344.0, true, 0x7F, 7};
-static const minifloat F_E2M1 = {1, 1, 6.0, false, 0, 3};
-
-static uint8_t mf_encode(const minifloat *f, float x)
-{
-    uint8_t sign = signbit(x) ? (uint8_t)(1u << f->sign_shift) : 0;
-    if (isnan(x))
-        return (uint8_t)(sign | f->nan); /* E2M1 has no NaN: callers handle it */
-    double a = fabs((double)x);
-    if (isinf(x) && !f->has_inf)
-        a = f->max;
-    if (a == 0)
-        return sign;
-    int e;
-    frexp(a, &e);
-    e -= 1; /* a in [2^e, 2^(e+1)) */
-    int emin = 1 - f->bias;
-    if (e < emin)
-        e = emin; /* subnormal: the quantum of the smallest binade */
-    double q = ldexp(1.0, e - f->mbits);
-    double v = rint(a / q) * q; /* round to nearest even (default rounding mode) */
-    if (v > f->max) {
-        if (f->has_inf)
-            return (uint8_t)(sign | (0x1F << 2)); /* E5M2 inf */
-        v = f->max;
-    }
-    if (v == 0)
-        return sign;
-    frexp(v, &e);
-    e -= 1;
-    unsigned code;
-    if (e < emin) {
-        code = (unsigned)(v / ldexp(1.0, emin - f->mbits)); /* exponent field 0 */
-    } else {
-        unsigned m = (unsigned)(v / ldexp(1.0, e - f->mbits)) - (1u << f->mbits);
-        code = ((unsigned)(e + f->bias) << f->mbits) | m;
-    }
-    return (uint8_t)(sign | code);
-}
-
-static float mf_decode(const minifloat *f, uint8_t x)
-{
-    int ebits = f->sign_shift - f->mbits;
-    unsigned mag = x & ((1u << f->sign_shift) - 1);
-    bool neg = (x >> f->sign_shift) & 1;
-    unsigned ef = mag >> f->mbits, m = mag & ((1u << f->mbits) - 1);
-    float v;
-    if (f->nan && mag == f->nan && !f->has_inf)
-        v = NAN;
-    else if (f->has_inf && ef == (1u << ebits) - 1)
-        v = m ? NAN : INFINITY;
-    else if (ef == 0)
-        v = (float)ldexp((double)m, 1 - f->bias - f->mbits);
-    else
-        v = (float)ldexp(1.0 + (double)m / (double)(1u << f->mbits), (int)ef - f->bias);
-    return neg ? -v : v;
-}
-
-float mpk_e4m3_to_f32(uint8_t x) { return mf_decode(&F_E4M3, x); }
-uint8_t mpk_f32_to_e4m3(float f) { return mf_encode(&F_E4M3, f); }
-float mpk_e5m2_to_f32(uint8_t x) { return mf_decode(&F_E5M2, x); }
-uint8_t mpk_f32_to_e5m2(float f) { return mf_encode(&F_E5M2, f); }
-float mpk_e2m1_to_f32(uint8_t n) { return mf_decode(&F_E2M1, n & 0xF); }
-
-uint8_t mpk_f32_to_e2m1(float f)
-{
-    if (isnan(f))
-        return signbit(f) ? 0x8 : 0; /* no NaN code: a zero of that sign */
-    return mf_encode(&F_E2M1, f);
-}
-
-float mpk_e8m0_to_f32(uint8_t x)
-{
-    if (x == 0xFF)
-        return NAN;
-    return (float)ldexp(1.0, (int)x - 127);
-}
-
 /* ---------------------------------------------------------------- fast paths */
-
-
 
 /* E4M3 -> F32 with bit operations (vectorizes): the magnitude bits placed in an F32's
  * exponent/mantissa field read 2^-120 too small, normals and subnormals alike. */
@@ -116,7 +24,7 @@ static inline float e4m3_fast(uint8_t x)
     return ops_u2f(u);
 }
 
-/* F32 -> E4M3 with bit operations, the same code mf_encode gives for every F32 (round to nearest
+/* F32 -> E4M3 with bit operations, the same code mf_encode (numfmt.c) gives for every F32 (round to nearest
  * even, saturating at 448, NaN to 0x7F): normals by rounding the F32 mantissa to 3 bits in
  * place (a carry moves into the exponent, as it should) and rebasing the exponent by 120;
  * below 2^-6 by counting quanta of 2^-9 (exact: the product is a power-of-two scaling). */
