@@ -1,4 +1,4 @@
-/* cli.c — `moepack` entry point: command table, help, version, shared helpers. */
+/* main.c — `moepack` entry point: command table, help, version, shared helpers. */
 #define _GNU_SOURCE
 #include "cli.h"
 

@@ -1,4 +1,4 @@
-/* compare.c — verify and diff of the public API: which direction a comparison runs in (the
+/* compare.c — the public API's front: verify and diff: which direction a comparison runs in (the
  * identity for a round trip, the preset for per-expert -> packed, reversed when the source
  * turns out to be packed), and their reports. */
 #define _GNU_SOURCE

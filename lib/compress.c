@@ -1,6 +1,6 @@
-/* compress.c — mpk_compress and mpk_decompress: every shard of a checkpoint into a compressed
- * container (NAME.safetensors.mpkz, formats/MPKZ.md) and back, the other files copied, the
- * result staged beside DST and renamed into place like every output. */
+/* compress.c — the public API's front: mpk_compress and mpk_decompress: every shard of a checkpoint
+ * into a compressed container (NAME.safetensors.mpkz, formats/MPKZ.md) and back, the other files
+ * copied, the result staged beside DST and renamed into place like every output. */
 #define _GNU_SOURCE
 #include "converter_internal.h"
 #include "lib_internal.h"

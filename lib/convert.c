@@ -1,4 +1,4 @@
-/* convert.c — specs, presets, plans and conversions of the public API: the policy of a
+/* convert.c — the public API's front: specs, presets, plans and conversions: the policy of a
  * conversion (direction, the layout marker in every output shard, config.json's
  * quantization_config, the manifest) lives here, not in any program calling it. */
 #define _GNU_SOURCE

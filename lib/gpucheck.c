@@ -1,7 +1,7 @@
-/* gpucheck.c — mpk_gpucheck: packed experts through the CPU reference, the CPU backends and
- * (when built with CUDA and a device answers) the GPU backends; timings, crossover, SVG plot.
- * Loads the layer (and a per-expert reference) from checkpoints, so that a GPU check proves
- * the packing: gate rows first, experts in order. */
+/* gpucheck.c — the public API's front: mpk_gpucheck: packed experts through the CPU reference, the
+ * CPU backends and (when built with CUDA and a device answers) the GPU backends; timings,
+ * crossover, SVG plot. Loads the layer (and a per-expert reference) from checkpoints, so that a GPU
+ * check proves the packing: gate rows first, experts in order. */
 #define _GNU_SOURCE
 #include "lib_internal.h"
 #include "mpk_gpu.h"

@@ -1,6 +1,6 @@
-/* hooks.c — the failure-injection test hooks, armed from the environment when the library is
- * loaded, so that every program over the library (the CLI, the examples, Python) can be driven
- * through its failure paths without a test-only API.
+/* hooks.c — the public API's front: the failure-injection test hooks, armed from the environment
+ * when the library is loaded, so that every program over the library (the CLI, the examples,
+ * Python) can be driven through its failure paths without a test-only API.
  *
  * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
  * fail, or the process die there (tests of crash safety); N:stop stops it there until SIGCONT;

@@ -1,4 +1,4 @@
-/* inspect.c — checkpoints, inspect and hash of the public API, and the library's identity. */
+/* inspect.c — the public API's front: checkpoints, inspect and hash, and the library's identity. */
 #define _GNU_SOURCE
 #include "lib_internal.h"
 #include "mpk_config.h"

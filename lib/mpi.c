@@ -1,4 +1,4 @@
-/* mpi.c — the public face of core/dist.c: joining an mpirun/srun job. */
+/* mpi.c — the public API's front: the public face of core/dist.c: joining an mpirun/srun job. */
 #include "lib_internal.h"
 
 int mpk_mpi_begin(int *argc, char ***argv)

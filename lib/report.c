@@ -1,5 +1,5 @@
-/* report.c — the report handle: the structured result every public call returns (JSON
- * document, human text, tensor lines). */
+/* report.c — the public API's front: the report handle: the structured result every public call
+ * returns (JSON document, human text, tensor lines). */
 #define _GNU_SOURCE
 #include "lib_internal.h"
 

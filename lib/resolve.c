@@ -1,4 +1,5 @@
-/* resolve.c — the public face of the Hugging Face cache lookup (formats/hub.c). */
+/* resolve.c — the public API's front: the public face of the Hugging Face cache lookup
+ * (formats/hub.c). */
 #include "lib_internal.h"
 
 #include <stdlib.h>

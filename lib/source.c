@@ -1,4 +1,4 @@
-/* source.c — the source release, kept so that sharing is exact.
+/* source.c — the public API's front: the source release, kept so that sharing is exact.
  *
  * pack records, in the packed checkpoint, what it needs to write the source files back byte
  * for byte: every source shard's file name, size and header bytes, and the index file's bytes.

@@ -1,4 +1,4 @@
-/* manifest.c — checking a checkpoint against its manifest (formats/manifest.c reads it). */
+/* verify_manifest.c — checking a checkpoint against its manifest (formats/manifest.c reads it). */
 #define _GNU_SOURCE
 #include "mpk_verify.h"
 #include "verify_internal.h"

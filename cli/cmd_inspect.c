@@ -1,4 +1,4 @@
-/* inspect.c — inspect, hash, verify, diff: arguments to a call, its report on stdout. */
+/* cmd_inspect.c — inspect, hash, verify, diff: arguments to a call, its report on stdout. */
 #define _GNU_SOURCE
 #include "cli.h"
 

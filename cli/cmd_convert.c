@@ -1,4 +1,4 @@
-/* convert.c — presets, plan, pack, unpack, convert, synth, demo: arguments to a request,
+/* cmd_convert.c — presets, plan, pack, unpack, convert, synth, demo: arguments to a request,
  * progress on stderr, the report on stdout. */
 #define _GNU_SOURCE
 #include "cli.h"

@@ -1,4 +1,4 @@
-/* gpucheck.c — moepack gpucheck: arguments to an mpk_gpucheck request, its lines as they come. */
+/* cmd_gpucheck.c — moepack gpucheck: arguments to an mpk_gpucheck request, its lines as they come. */
 #define _GNU_SOURCE
 #include "cli.h"
 
