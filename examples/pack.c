@@ -1,6 +1,7 @@
 /* pack.c — a complete program over libmoepack: pack SRC DST.
  *
  *   cc pack.c $(pkg-config --cflags --libs moepack) -o pack
+ *   cc pack.c $(pkg-config --static --cflags --libs moepack | sed "s/-lmoepack/-l:libmoepack.a/") -o pack
  *   ./pack model-per-expert/ model-packed/
  *
  * Packs a per-expert checkpoint (preset from its config.json), with a progress line, Ctrl-C

@@ -1,7 +1,8 @@
 #!/bin/sh
 # install.sh BUILD SRCROOT — what a user of the library does: meson install (into a scratch
-# DESTDIR), build examples/pack.c against the installed copy through pkg-config, run it, and
-# run the Python binding against the installed shared library.
+# DESTDIR), build examples/pack.c against the installed copy through pkg-config, run it, link it
+# again statically (pkg-config --static, libmoepack.a) and run that, and run the Python binding
+# against the installed shared library.
 set -eu
 build=$1
 srcroot=$2
@@ -23,5 +24,46 @@ moepack=$(find "$root" -path '*bin/moepack' | head -1)
 LD_LIBRARY_PATH=$so "$tmp/pack" "$tmp/src" "$tmp/packed" >"$tmp/out" 2>/dev/null
 grep -q "0 difference(s): identical" "$tmp/out" || { cat "$tmp/out" >&2; exit 1; }
 cat "$tmp/out"
+# examples/pack.c again, linked statically against the installed libmoepack.a with
+# `pkg-config --static --libs` (the libraries it needs stay shared where only those are there).
+# The .pc must not name a file by this machine's path: the CUDA runtime comes through
+# -L${cuda_libdir}, which a machine with the toolkit elsewhere redefines; here it is pointed at a
+# copy of libcudart_static.a elsewhere, as such a machine would.
+pcfile=$pc/moepack.pc
+if grep -E '^Libs' "$pcfile" | grep -qE '/[^ ]*\.(a|so)( |$)|-L/[^ ]*cuda'; then
+  echo "install.sh: moepack.pc names a library by its path:" >&2; grep -E '^Libs' "$pcfile" >&2; exit 1
+fi
+define=
+cudalib=$(PKG_CONFIG_PATH=$pc pkg-config --variable=cuda_libdir moepack)
+if [ -n "$cudalib" ]; then
+  mkdir "$tmp/cuda-elsewhere"
+  if [ -f "$cudalib/libcudart_static.a" ]; then
+    ln -s "$cudalib/libcudart_static.a" "$tmp/cuda-elsewhere/"
+  fi
+  define="--define-variable=cuda_libdir=$tmp/cuda-elsewhere"
+fi
+# (no PKG_CONFIG_SYSROOT_DIR here: it would move the other packages' folders under $root too; a
+# copy of the .pc with its prefix moved under $root instead)
+mkdir "$tmp/pc"
+sed "s|^prefix=|prefix=$root|" "$pcfile" >"$tmp/pc/moepack.pc"
+static=$(PKG_CONFIG_PATH=$tmp/pc pkg-config $define --static --cflags --libs moepack)
+echo "pkg-config --static --cflags --libs moepack: $static"
+# -l:libmoepack.a: the archive, though libmoepack.so lies beside it
+static=$(echo "$static" | sed 's/-lmoepack\( \|$\)/-l:libmoepack.a\1/')
+if ${CC:-cc} -std=c11 -Wall -Wextra -Werror "$srcroot/examples/pack.c" $static -o "$tmp/pack-static" \
+    2>"$tmp/static-err"; then
+  if readelf -d "$tmp/pack-static" | grep -q 'NEEDED.*libmoepack'; then
+    echo "install.sh: the static link of examples/pack.c still needs libmoepack.so" >&2; exit 1
+  fi
+  rm -rf "$tmp/packed"
+  "$tmp/pack-static" "$tmp/src" "$tmp/packed" >"$tmp/out" 2>/dev/null
+  grep -q "0 difference(s): identical" "$tmp/out" || { cat "$tmp/out" >&2; exit 1; }
+  echo "examples/pack.c linked statically against libmoepack.a: 0 differences"
+elif missing=$(grep -o 'cannot find -l[^ :]*' "$tmp/static-err"); then
+  # a library the flags name is not on this machine (e.g. no libcudart_static.a): not our fault
+  echo "install.sh: SKIPPED the static link of examples/pack.c, a library it needs is not here: $(echo $missing)"
+else
+  cat "$tmp/static-err" >&2; exit 1
+fi
 # the binding, over the installed library
 MOEPACK_LIB=$so/libmoepack.so python3 "$srcroot/python/test_moepack.py" Binding 2>&1 | tail -3
