@@ -1,4 +1,4 @@
-/* verify_internal.h — helpers shared by verify.c and manifest.c. */
+/* verify_internal.h — helpers shared by verify.c and verify_manifest.c. */
 #ifndef MPK_VERIFY_INTERNAL_H
 #define MPK_VERIFY_INTERNAL_H
 
