@@ -1,7 +1,7 @@
 /* fuzz_config.c — config.json text: the facts moepack takes from it are in range, and the
  * rewrite pack does (quantization_config removed or replaced) works on whatever was accepted. */
 #include "fuzz.h"
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #include <stdlib.h>
 

@@ -1,7 +1,7 @@
 /* fuzz_spec.c — a conversion spec: parsed, and, when accepted, reversed (the ops' inverses)
  * and reversed back, which gives the same number of rules. */
 #include "fuzz.h"
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -2,7 +2,7 @@
  * into a compressed container (NAME.safetensors.mpkz, formats/MPKZ.md) and back, the other files
  * copied, the result staged beside DST and renamed into place like every output. */
 #define _GNU_SOURCE
-#include "converter_internal.h"
+#include "exec_internal.h"
 #include "lib_internal.h"
 
 #include <cjson/cJSON.h>

@@ -4,7 +4,7 @@
 #define MPK_LIB_INTERNAL_H
 
 #include "moepack/moepack.h"
-#include "mpk_converter.h"
+#include "mpk_exec.h"
 #include "mpk_verify.h"
 
 #include <stdio.h>

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "converter_internal.h"
+#include "exec_internal.h"
 #include "testutil.h"
 
 #include <errno.h>

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "mpk_converter.h"
+#include "mpk_exec.h"
 #include "testutil.h"
 #include "ckptutil.h"
 

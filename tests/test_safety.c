@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "converter_internal.h"
+#include "exec_internal.h"
 #include "testutil.h"
 
 #include <errno.h>

@@ -11,7 +11,7 @@
 #ifndef MPK_VERIFY_H
 #define MPK_VERIFY_H
 
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #ifdef __cplusplus
 extern "C" {

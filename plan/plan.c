@@ -1,6 +1,6 @@
 /* plan.c — match a checkpoint against a spec, group, check, infer, lay out shards. */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #include <ctype.h>
 #include <stdio.h>

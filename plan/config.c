@@ -1,6 +1,6 @@
 /* config.c — the few config.json facts moepack needs, and expert-layout detection. */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

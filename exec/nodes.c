@@ -2,7 +2,7 @@
  * kernels (transpose, cast, dequantize, quantize) in bounded blocks, and the source ranges
  * behind a pure node (for copy_file_range and the page-phase vote). */
 #define _GNU_SOURCE
-#include "exec_internal.h"
+#include "engine_internal.h"
 #include "mpk_config.h"
 
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* layout.c — outputs placed in a given file layout (a recorded source release, or an index). */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #include <stdio.h>
 #include <stdlib.h>

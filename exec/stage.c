@@ -4,7 +4,7 @@
  * Staging: output goes to a temporary directory beside dst whose name records its owner
  * (host, pid, process start time); its run marker records the plan digest, its shard markers
  * the output shards already complete and fsynced (empty files whose names carry the record:
- * converter_internal.h). A later run removes the directories of dead owners, or, with resume,
+ * exec_internal.h). A later run removes the directories of dead owners, or, with resume,
  * continues one with the same plan digest.
  * Landing: renameat2(RENAME_NOREPLACE), or RENAME_EXCHANGE under force, so that at every
  * moment dst is the old directory (or none) or the complete new one. Force replaces only a
@@ -12,7 +12,7 @@
  * (SRC's other files: tree.c.)
  */
 #define _GNU_SOURCE
-#include "converter_internal.h"
+#include "exec_internal.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* synth.c — small realistic checkpoints from a preset's "synth" section. */
 #define _GNU_SOURCE
-#include "converter_internal.h"
+#include "exec_internal.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

@@ -1,10 +1,10 @@
-/* exec_internal.h — what the files of the executor share: the node graph (graph.c), reading
+/* engine_internal.h — what the files of the executor share: the node graph (graph.c), reading
  * and computing nodes (nodes.c), the run: units, per-shard writers, hashing and syncing
  * (run.c), and the top (exec.c: staging, shard files, resume, commit). Included only by them. */
-#ifndef MPK_EXEC_INTERNAL_H
-#define MPK_EXEC_INTERNAL_H
+#ifndef MPK_ENGINE_INTERNAL_H
+#define MPK_ENGINE_INTERNAL_H
 
-#include "converter_internal.h"
+#include "exec_internal.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -5,7 +5,7 @@
  * built, so a pure permutation reads straight from the source files. The nodes belong to the
  * executor; the plan is only read. */
 #define _GNU_SOURCE
-#include "exec_internal.h"
+#include "engine_internal.h"
 #include "mpk_config.h"
 
 #include <errno.h>

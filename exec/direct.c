@@ -14,7 +14,7 @@
  * Only for shards whose file system states its direct-I/O alignment (statx STATX_DIOALIGN) and
  * accepts 4 KiB; a direct write refused with EINVAL turns the shard back to page-cache writes. */
 #define _GNU_SOURCE
-#include "exec_internal.h"
+#include "engine_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

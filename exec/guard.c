@@ -14,7 +14,7 @@
  *    sticky directory) cannot point the removal elsewhere.
  */
 #define _GNU_SOURCE
-#include "converter_internal.h"
+#include "exec_internal.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,15 +1,14 @@
-/* mpk_converter.h — the conversion graph: specs, presets, planning, streaming execution.
+/* mpk_plan.h — what a conversion does, decided before a byte moves: config.json, specs,
+ * presets, expert layouts, planning. (Executing a plan: exec/mpk_exec.h.)
  *
  * A conversion spec (JSON, documented in README.md) says how source tensor names map to
  * target tensor names: renames (substring replacements) and converters (source patterns
  * with {captures} -> one target pattern, through a chain of ops from mpk_ops.h). The
  * planner matches every source tensor of a checkpoint, groups the ones that build the same
  * target, checks the groups are complete and consistent, and lays out the output shards.
- * The executor streams: byte-permutation ops become ranged reads written at their final
- * offsets; compute ops (transpose, cast) run in bounded blocks.
  */
-#ifndef MPK_CONVERTER_H
-#define MPK_CONVERTER_H
+#ifndef MPK_PLAN_H
+#define MPK_PLAN_H
 
 #include "mpk_formats.h"
 
@@ -49,6 +48,9 @@ mpk_status mpk_config_load(const char *dir, mpk_model_config *cfg, mpk_error *er
 mpk_status mpk_config_parse(const char *text, size_t len, const char *path, mpk_model_config *cfg,
                             mpk_error *err);
 void mpk_config_free(mpk_model_config *cfg);
+/* config.json text for a quantization change: quantization_config removed (remove = true)
+ * or set to qc (a cJSON object, duplicated). NULL without a source config. Free with free(). */
+char *mpk_config_requant(const mpk_model_config *cfg, bool remove, const void *qc);
 
 typedef enum mpk_expert_layout {
     MPK_LAYOUT_NONE,       /* no expert tensors */
@@ -301,91 +303,6 @@ mpk_status mpk_plan_use_layout(mpk_plan *p, const mpk_layout *l, mpk_error *err)
 void mpk_plan_shard_name(const mpk_plan *p, size_t sh, char *buf, size_t cap);
 /* Prints the plan (targets with sources and ops, pass-throughs, bytes, shards). */
 void mpk_plan_print(const mpk_plan *p, void *file, bool verbose);
-
-/* ---------------------------------------------------------------- execution */
-
-typedef struct mpk_exec_opts {
-    int threads;                        /* 0: number of CPUs */
-    uint64_t mem;                       /* in-flight buffer budget, bytes */
-    bool force;                         /* replace an existing DST */
-    /* non-NULL: called about 5 times a second from the calling thread, and once at the end */
-    void (*progress)(void *ctx, uint64_t done, uint64_t total, double seconds);
-    void *progress_ctx;
-    const volatile int *cancel;         /* non-NULL and set: stop with MPK_E_CANCELLED */
-    bool use_copy_range;                /* copy_file_range for pure byte copies */
-    bool no_fsync;                      /* skip the fsyncs before the rename (cp's durability) */
-    bool no_direct;                     /* durable, but through the page cache (the output is read
-                                           again at once: compressed); else O_DIRECT where it can */
-    mpk_io_backend io;
-    const mpk_kv *metadata;             /* __metadata__ of every output shard */
-    size_t n_metadata;
-    const char *config_json;            /* non-NULL: written as DST/config.json instead of a
-                                           copy of the source's (quantization changes it) */
-    bool hash_outputs;                  /* XXH3-128 of every output tensor, read back from the
-                                           output file as soon as the tensor is complete, on
-                                           threads not busy writing; passed to finish */
-    /* non-NULL: called on the complete temporary directory before it is renamed into place
-     * (the CLI writes moepack.manifest.json there), with the output hashes in plan output
-     * order when hash_outputs (else NULL, n = 0); a failure aborts the conversion */
-    mpk_status (*finish)(void *ctx, const char *tmp_dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err);
-    void *finish_ctx;
-    bool resume;                        /* continue a dead run's temporary directory with the
-                                           same plan digest; on failure keep ours for a later
-                                           resume instead of removing it */
-    const char *const *skip_names;      /* more names of SRC's top level not to copy (NULL-ended) */
-    bool copy_links;                    /* copy the content of symlinks in SRC that point
-                                           outside it (regular files only) instead of skipping */
-    /* non-NULL: told each notice (a stale temporary directory removed, a file skipped) */
-    void (*warn)(void *ctx, const char *msg);
-    void *warn_ctx;
-} mpk_exec_opts;
-
-/* What besides the tensors went into DST: SRC's other files, copied recursively. */
-typedef struct mpk_side_stats {
-    size_t files, dirs, links, skipped;
-    uint64_t bytes;
-} mpk_side_stats;
-
-typedef struct mpk_exec_stats {
-    size_t tensors_in, tensors_out;
-    uint64_t bytes_out;
-    double seconds;
-    long peak_rss_kib;
-    int threads;
-    bool used_copy_range;
-    uint64_t spliced_bytes;             /* of the bytes moved in the kernel, those moved through a pipe
-                                           (source and output at other offsets within a page) */
-    uint64_t direct_bytes;              /* written with O_DIRECT (durable runs, converter/direct.c) */
-    uint64_t bounced_bytes;             /* pure bytes copied through a buffer, hashed on the way */
-    mpk_side_stats side;
-    bool resumed;                       /* a dead run's temporary directory was continued */
-    size_t shards_kept;                 /* of its shards, how many checked out and were kept */
-    size_t stale_removed;               /* dead runs' temporary directories removed */
-    mpk_rank_stats *ranks;              /* MPI (rank 0): what each rank did, n_ranks of them;
-                                           the caller frees it */
-    int n_ranks;
-} mpk_exec_stats;
-
-/* Executes plan into dst (a directory). The order, which leaves at every moment either the
- * old DST (or none) or the complete new one:
- *  1. refuse (MPK_E_OVERLAP) a dst that is, holds or lies inside the source (by device and
- *     inode), and (MPK_E_DST_EXISTS) an existing dst without opts->force;
- *  2. remove temporary directories of dead runs into dst (or adopt one, opts->resume);
- *  3. write shards, index, config and SRC's other files into DIR/.BASE.moepack-tmp.OWNER.XXXXXX
- *     (mode 0700 while written), fsync each file and directory;
- *  4. give it mode 0777 & ~umask, rename it to dst with RENAME_NOREPLACE (a dst that appeared
- *     meanwhile: MPK_E_DST_EXISTS) or, with force, RENAME_EXCHANGE, fsync the parent;
- *  5. with force, remove the old dst (now at the temporary name).
- * On failure nothing is left at dst. */
-mpk_status mpk_exec(const mpk_plan *plan, const char *dst, const mpk_exec_opts *opts,
-                    mpk_exec_stats *stats, mpk_error *err);
-
-/* ---------------------------------------------------------------- synthetic checkpoints */
-
-/* config.json text for a quantization change: quantization_config removed (remove = true)
- * or set to qc (a cJSON object, duplicated). NULL without a source config. Free with free(). */
-char *mpk_config_requant(const mpk_model_config *cfg, bool remove, const void *qc);
-
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
  * time, complete tensors hashed as they finish, complete shards fsynced and journalled by the
  * syncer thread. */
 #define _GNU_SOURCE
-#include "exec_internal.h"
+#include "engine_internal.h"
 #include "mpk_config.h"
 
 #include <errno.h>

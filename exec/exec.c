@@ -8,7 +8,7 @@
  * writer per shard at a time (run.c).
  */
 #define _GNU_SOURCE
-#include "exec_internal.h"
+#include "engine_internal.h"
 #include "mpk_config.h"
 
 #include <cjson/cJSON.h>

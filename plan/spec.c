@@ -1,6 +1,6 @@
 /* spec.c — conversion specs: parsing with JSON-path errors, patterns, reversal, presets. */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>

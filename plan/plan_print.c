@@ -1,7 +1,7 @@
 /* plan_print.c — a plan as text: targets with their sources and ops, pass-throughs, bytes,
  * shards. */
 #define _GNU_SOURCE
-#include "mpk_converter.h"
+#include "mpk_plan.h"
 
 #include <stdio.h>
 #include <string.h>

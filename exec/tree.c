@@ -2,7 +2,7 @@
  * recursively and streamed, reproducing symlinks inside SRC, never following one out of it
  * (unless asked) nor opening special files. */
 #define _GNU_SOURCE
-#include "converter_internal.h"
+#include "exec_internal.h"
 
 #include <dirent.h>
 #include <errno.h>

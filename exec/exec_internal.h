@@ -1,8 +1,9 @@
-/* converter_internal.h — what exec.c and stage.c share (and tests may use). */
-#ifndef MPK_CONVERTER_INTERNAL_H
-#define MPK_CONVERTER_INTERNAL_H
+/* exec_internal.h — what the executor's files share beyond the engine: the guards (guard.c),
+ * staging and landing (stage.c), the tree copy (tree.c); lib/compress.c and tests use it too. */
+#ifndef MPK_EXEC_INTERNAL_H
+#define MPK_EXEC_INTERNAL_H
 
-#include "mpk_converter.h"
+#include "mpk_exec.h"
 
 /* Refuses (MPK_E_OVERLAP, naming both paths) a dst that is src, lies inside src, or holds
  * src or one of its shard files (src->shards[].path, the files actually read: in a Hugging
