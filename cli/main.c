@@ -312,7 +312,7 @@ static int cmd_completion(int argc, char **argv);
     "                         Hugging Face cache snapshot) instead of skipping them\n"\
     "  --io auto|io_uring|pread  read back end for buffered copies\n"\
     "  --no-copy-range        never use copy_file_range (always read + write)\n"\
-    "  --json                 print the report as JSON on stdout (schema in README.md)\n"\
+    "  --json                 print the report as JSON on stdout (schema in docs/json.md)\n"\
     "  -q, --quiet            no progress, no summary\n"\
     "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
     "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
@@ -518,7 +518,7 @@ const mpk_command mpk_commands[] = {
      "tensor. PATH may also be a Hugging Face cache snapshot, a cache folder models--ORG--NAME or a\n"
      "repo id ORG/NAME found in the cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub),\n"
      "as for every command that reads a checkpoint.\n\n"
-     "  --json   one JSON document on stdout (schema in README.md)\n"
+     "  --json   one JSON document on stdout (schema in docs/json.md)\n"
      "  --revision REV  PATH a repo id or cache folder: its snapshot of REV (default main)\n\n"
      "example: moepack inspect ./Qwen3-30B-A3B --json\n",
      mpk_cmd_inspect},
@@ -537,14 +537,14 @@ const mpk_command mpk_commands[] = {
      "config.json and model.safetensors.index.json alone the plan shows what each target is\n"
      "built from, expert holes and unmatched tensors, and says that shapes were not checked.\n\n"
      PRESET_OPT
-     "  --spec FILE            a conversion spec instead of a preset (see README)\n"
+     "  --spec FILE            a conversion spec instead of a preset (docs/spec.md)\n"
      "  --reverse              the spec undone (packed -> per-expert)\n"
      "  --dequantize           plan with FP8 weights dequantized to BF16\n"
      "  --quantize fp8-block128  plan with the packed experts quantized to FP8\n"
      "  --pass-unknown         plan with what the preset does not understand passed through\n"
      "  --verbose              every group and pass-through tensor, not the first few\n"
      REVISION_OPT
-     "  --json                 the plan as JSON on stdout (schema in README.md)\n\n"
+     "  --json                 the plan as JSON on stdout (schema in docs/json.md)\n\n"
      "example: moepack plan ./Mixtral-8x22B --verbose\n", mpk_cmd_convert},
     {"pack", "per-expert -> packed ([E,2I,H] gate_up_proj, [E,H,I] down_proj)",
      "usage: moepack pack SRC DST [options]\n\n"
@@ -566,12 +566,12 @@ const mpk_command mpk_commands[] = {
      "byte (sha256-equal). Without one, --layout-like INDEX follows a release's index.\n\n"
      PRESET_OPT LAYOUT_LIKE_OPT CONV_OPTS "\n"
      "example: moepack unpack ./Qwen3-30B-A3B-packed ./Qwen3-30B-A3B-again\n", mpk_cmd_convert},
-    {"convert", "convert with a JSON spec file (see README)",
+    {"convert", "convert with a JSON spec file (docs/spec.md)",
      "usage: moepack convert SRC DST --spec FILE [--reverse] [options]\n\n"
      "Runs any conversion a spec describes (patterns with captures -> targets through op\n"
      "chains; 'moepack presets NAME' prints a preset's spec to start from), with the same\n"
      "streaming, staging and verification as pack. --reverse runs the spec undone.\n\n"
-     "  --spec FILE            the conversion spec (JSON; README, section Spec format)\n"
+     "  --spec FILE            the conversion spec (JSON; docs/spec.md)\n"
      "  --reverse              the spec undone\n"
      LAYOUT_LIKE_OPT CONV_OPTS "\n"
      "example: moepack convert ./model ./model-converted --spec my_spec.json\n", mpk_cmd_convert},
@@ -653,7 +653,7 @@ const mpk_command mpk_commands[] = {
      "  --atol X           absolute tolerance (default 0)\n"
      "  --rtol Y           relative tolerance (default 2^-8)\n"
      "  --revision REV     SRC a repo id or cache folder: its snapshot of REV (default main)\n"
-     "  --json             the report as JSON on stdout (schema in README.md)\n"
+     "  --json             the report as JSON on stdout (schema in docs/json.md)\n"
      "  --junit FILE       also a JUnit XML report (one testcase per differing tensor and one\n"
      "                     for those that matched) for CI; docs/ci.md\n"
      "  -q, --quiet        no progress bar\n\n"
@@ -674,7 +674,7 @@ const mpk_command mpk_commands[] = {
      "  --dequantize       A's FP8 weights were dequantized in B (found out when not given)\n"
      "  --quantize fp8-block128  B's packed experts are A's quantized (found out when not given)\n"
      "  --revision REV     A a repo id or cache folder: its snapshot of REV (default main)\n"
-     "  --json             the report as JSON on stdout (schema in README.md)\n"
+     "  --json             the report as JSON on stdout (schema in docs/json.md)\n"
      "  --junit FILE       also a JUnit XML report for CI (docs/ci.md)\n"
      "  -q, --quiet        no progress bar\n\n"
      "Exit 0 all within tolerance, 3 otherwise.\n\n"

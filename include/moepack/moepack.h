@@ -260,7 +260,7 @@ typedef struct mpk_report_item {
     const char *hash;             /* XXH3-128 as 32 hex digits (hash; verify's got hash), or "" */
 } mpk_report_item;
 
-/* The whole result as one JSON document (the one `moepack CMD --json` prints; README gives
+/* The whole result as one JSON document (the one `moepack CMD --json` prints; docs/json.md gives
  * each schema). Borrowed. */
 MPK_API const char *mpk_report_json(const mpk_report *r);
 /* The human-readable rendering (what `moepack CMD` prints). Borrowed. */
@@ -374,7 +374,7 @@ MPK_API mpk_status mpk_plan_create(const mpk_convert_req *req, mpk_plan **out, m
 /* The plan as text (targets with their sources and ops, pass-throughs, bytes, shards;
  * verbose: every tensor). Owned by the caller: free(). NULL when out of memory. */
 MPK_API char *mpk_plan_describe(const mpk_plan *p, bool verbose);
-/* The plan as a JSON document (schema "moepack.plan/1", README): every output tensor with its
+/* The plan as a JSON document (schema "moepack.plan/1", docs/json.md): every output tensor with its
  * dtype, shape, shard file and, for a built one, its sources and ops. malloc'd; NULL when out of
  * memory. */
 MPK_API char *mpk_plan_describe_json(const mpk_plan *p);
