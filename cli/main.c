@@ -734,6 +734,9 @@ static int run(int argc, char **argv);
 
 int main(int argc, char **argv)
 {
+    /* the tests' failure injection (libmoepack's test hooks): armed by the program, never by the
+     * library for every program that links it */
+    mpk_test_hooks_arm(getenv("MOEPACK_FAULT"), getenv("MOEPACK_FAULT_RANK"));
     /* a write past RLIMIT_FSIZE fails with EFBIG (reported, cleaned up) instead of killing us */
     signal(SIGXFSZ, SIG_IGN);
     if (mpk_mpi_begin(&argc, &argv) == 1 && mpk_mpi_rank() != 0) {

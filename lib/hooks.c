@@ -1,6 +1,7 @@
-/* hooks.c — the public API's front: the failure-injection test hooks, armed from the environment
- * when the library is loaded, so that every program over the library (the CLI, the examples,
- * Python) can be driven through its failure paths without a test-only API.
+/* hooks.c — the public API's front: the failure-injection test hooks, armed by an explicit call
+ * (mpk_test_hooks_arm: the moepack program makes it with its MOEPACK_FAULT and
+ * MOEPACK_FAULT_RANK variables, so the tests drive it through its failure paths); a program that
+ * does not call it is never affected, whatever its environment.
  *
  * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
  * fail, or the process die there (tests of crash safety); N:stop stops it there until SIGCONT;
@@ -34,9 +35,8 @@ static void route_cjson(void)
     cJSON_InitHooks(&h);
 }
 
-__attribute__((constructor)) static void fault_from_env(void)
+void mpk_test_hooks_arm(const char *f, const char *only)
 {
-    const char *f = getenv("MOEPACK_FAULT"), *only = getenv("MOEPACK_FAULT_RANK");
     if (!f || !*f)
         return;
     if (only) {

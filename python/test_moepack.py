@@ -147,6 +147,20 @@ class Binding(unittest.TestCase):
                 moepack.verify(self.src, self.src, **kw)
         self.assertEqual(sorted(os.listdir(self.root)), before)
 
+    def test_library_is_not_armed_by_the_environment(self):
+        # the failure hooks are armed by the moepack program's explicit call only: a program
+        # over the library is never affected by MOEPACK_FAULT in its environment
+        import subprocess
+        import sys
+        code = ("import moepack, sys; moepack.synth(sys.argv[1], layers=1); moepack.pack(sys.argv[1], sys.argv[2]); "
+                "print('ok')")
+        env = dict(os.environ, MOEPACK_FAULT="1:ENOSPC", PYTHONPATH=os.path.dirname(os.path.dirname(
+            os.path.abspath(moepack.__file__))))
+        r = subprocess.run([sys.executable, "-c", code, self.path("env-src"), self.path("env-pk")], env=env,
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), "ok")
+
     def test_hub_cache(self):
         # huggingface_hub's layout: blobs named by sha256, a snapshot of relative links, refs/main
         import hashlib

@@ -171,6 +171,15 @@ MPK_API int mpk_mpi_size(void);
 MPK_API void mpk_mpi_solo(void);
 MPK_API void mpk_mpi_end(void);
 
+/* Test hooks: arms the failure injection the crash-safety tests use. fault is "N:ERRNO"
+ * (ENOSPC, EIO, EFBIG, EDQUOT: the Nth write-path call fails), "N:kill" (the process dies
+ * there), "N:stop" (it stops there until SIGCONT), "N:ENOMEM" (the Nth allocation fails) or
+ * "count" (how many there were, printed at exit); NULL or "" arms nothing. With only_rank set,
+ * only the MPI rank of that number (read from the launcher's variables) is armed. Call it once,
+ * first thing in main, before any other call; the library never arms it by itself. The moepack
+ * program calls it with $MOEPACK_FAULT and $MOEPACK_FAULT_RANK. Not thread-safe. */
+MPK_API void mpk_test_hooks_arm(const char *fault, const char *only_rank);
+
 /* ---------------------------------------------------------------- checkpoints */
 
 typedef struct mpk_ckpt mpk_ckpt;
