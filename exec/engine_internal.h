@@ -1,6 +1,7 @@
 /* engine_internal.h — what the files of the executor share: the node graph (graph.c), reading
  * and computing nodes (nodes.c), the run: units, per-shard writers, hashing and syncing
- * (run.c), and the top (exec.c: staging, shard files, resume, commit). Included only by them. */
+ * (run.c), direct writes (direct.c), and the top: the entry (exec.c), the units (units.c), the
+ * shard files, resuming and landing (land.c), the MPI share (share.c). Included only by them. */
 #ifndef MPK_ENGINE_INTERNAL_H
 #define MPK_ENGINE_INTERNAL_H
 
@@ -120,7 +121,7 @@ mpk_status ex_node_copy(const mpk_node *n, uint64_t off, uint64_t len, const mpk
  * hash and its write; the pieces end on its multiples of the output offset (page-cache folios
  * of that size, which this VM fills without host faults, bench/RESULTS.md). */
 #define EX_BOUNCE_PIECE (256u << 10)
-#define EX_BOUNCE_MIN_OUT (64.0 * 1024 * 1024) /* see bounce_wanted (exec.c) */
+#define EX_BOUNCE_MIN_OUT (64.0 * 1024 * 1024) /* see bounce_wanted (units.c) */
 /* A range_fn counting bytes per page phase (votes[4096 / 8]). */
 mpk_status ex_phase_vote(const mpk_node *src, uint64_t file_off, uint64_t len, uint64_t at, void *votes);
 
@@ -228,7 +229,7 @@ typedef struct {
     atomic_int cfr_ok;   /* copy_file_range still usable */
     atomic_ullong spliced_bytes; /* of those moved in the kernel, the bytes moved through pipes */
     atomic_ullong bounced_bytes; /* pure bytes copied through a worker's buffer, hashed on the way */
-    bool bounce;         /* copy pure ranges through a buffer, hashing them on the way (exec.c) */
+    bool bounce;         /* copy pure ranges through a buffer, hashing them on the way (units.c) */
     ex_direct *dio;      /* per shard, durable single-process runs (else NULL) */
     bool prefetch;       /* hint the source ranges of the units ahead (POSIX_FADV_WILLNEED) */
     bool writeback;      /* start each complete output's writeback (sync_file_range) when durable */
@@ -275,5 +276,74 @@ void ex_stop_syncer(run_ctx *c, bool running, pthread_t th);
 void *ex_worker(void *arg);
 /* Monotonic seconds. */
 double ex_now_s(void);
+
+/* ---------------------------------------------------------------- exec.c, units.c, land.c, share.c */
+
+/* What one mpk_exec holds while it runs, phase by phase. */
+typedef struct job {
+    const mpk_plan *p;
+    const mpk_exec_opts *o;
+    const char *dst;
+    mpk_error *err;
+    mpk_stage stage;
+    bool *reopened;               /* per shard: a dead run's file taken over (resume) */
+    builder b;
+    mpk_arena *arena;
+    run_ctx c;
+    mpk_tensor_info **infos;      /* per shard: its tensors, laid out */
+    int threads, started;
+    struct watch *watch;          /* MPI: the cancel watch (below) */
+} job;
+
+static inline mpk_status ex_nomem(job *j)
+{
+    return mpk_error_set(j->err, MPK_E_NOMEM, 0, j->dst, "out of memory");
+}
+
+/* The watch on the cancel flag while the ranks work. When a rank dies, mpirun sends the others
+ * SIGTERM (the caller's cancel flag) and, once any of them exits, SIGKILL to the rest: whichever
+ * rank sees the flag first removes the staging directory at once (its watcher thread, or the
+ * rank itself when the flag ends its wait in a collective), unless landing may have begun:
+ * rank 0 from its own landing on, the others from their entering the last phase before it. */
+typedef struct watch {
+    job *j;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    bool stop, removed, landing, running;
+    pthread_t th;
+} watch;
+
+/* units.c: builds the nodes and sizes the work. */
+mpk_status ex_prepare_nodes(job *j);
+/* units.c: the units of every output, queued per shard in file order, and what tracks each
+ * output's completion. */
+mpk_status ex_make_units(job *j);
+/* units.c: one process: the nodes, every shard opened, the units made, a dead run's shards
+ * resumed, bounce copies and direct writes chosen. */
+mpk_status ex_prepare(job *j, mpk_exec_stats *stats);
+
+/* land.c: the digest that identifies a run (ids: with the source files' device, inode and times). */
+uint64_t ex_plan_digest(const mpk_plan *p, const mpk_exec_opts *o, bool ids);
+/* land.c: an adopted staging directory keeps only what its journal says is complete. */
+void ex_clean_adopted(const mpk_stage *stage);
+/* land.c: output shard sh laid out and its file created (or taken over, resuming). */
+mpk_status ex_open_shard(job *j, size_t sh);
+/* land.c: a dead run's shards kept where they check out, the others started again. */
+mpk_status ex_resume_shards(job *j, mpk_exec_stats *stats);
+/* land.c: the shard files closed (fsynced where this process wrote). */
+mpk_status ex_close_shards(job *j);
+/* land.c: the shards closed, the index and other files written, the directory committed. */
+mpk_status ex_land(job *j, const char *src_path, mpk_exec_stats *stats);
+
+/* share.c: the cancel watch started and stopped around an MPI run. */
+void ex_watch_start(watch *w, job *j);
+void ex_watch_stop(watch *w);
+/* share.c: the nodes and unit size agreed, the sources compared, the shards opened, this
+ * rank's units assigned (collective). */
+mpk_status ex_dist_prepare(job *j);
+/* share.c: after the run (s: this rank's outcome), hashes shared, shards closed, rank 0 lands
+ * (collective). */
+mpk_status ex_dist_finish(job *j, mpk_status s, const char *src_path, mpk_exec_stats *stats);
+
 
 #endif

@@ -529,35 +529,42 @@ static bool weights_name(const char *name)
 }
 
 /* The permission bits of SRC's top-level files (links followed: a Hub cache's blobs). */
-static bool read_modes(const char *dir, const char *only, src_modes *m)
+static mpk_status read_modes(const char *dir, const char *only, src_modes *m, mpk_error *err)
 {
     m->shards = m->all = 0777;
     DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));) {
+    if (!d)
+        return mpk_error_set(err, MPK_E_IO, errno, dir, "cannot list it to read its files' permissions: %s",
+                             strerror(errno));
+    mpk_status s = MPK_OK;
+    for (struct dirent *e; s == MPK_OK && (e = readdir(d));) {
         struct stat sb;
-        char *p = mpk_path_join(dir, e->d_name);
-        bool reg = p && (!only || strcmp(e->d_name, only) == 0 || strcmp(e->d_name, "config.json") == 0) &&
-                   stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
-        free(p);
-        if (!reg)
+        if (only && strcmp(e->d_name, only) != 0 && strcmp(e->d_name, "config.json") != 0)
             continue;
-        char **nn = realloc(m->names, (m->n + 1) * sizeof *nn);
-        mode_t *nm = nn ? realloc(m->modes, (m->n + 1) * sizeof *nm) : NULL;
-        if (nn)
-            m->names = nn;
-        if (!nm || !(nn[m->n] = mpk_strndup(e->d_name, strlen(e->d_name)))) {
-            closedir(d);
-            return false;
+        char *p = mpk_path_join(dir, e->d_name);
+        bool nomem = !p, reg = p && stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+        free(p);
+        if (nomem) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        } else if (reg) {
+            char **nn = realloc(m->names, (m->n + 1) * sizeof *nn);
+            mode_t *nm = nn ? realloc(m->modes, (m->n + 1) * sizeof *nm) : NULL;
+            if (nn)
+                m->names = nn;
+            if (nm)
+                m->modes = nm;
+            if (!nm || !(nn[m->n] = mpk_strndup(e->d_name, strlen(e->d_name)))) {
+                s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+            } else {
+                m->modes[m->n++] = sb.st_mode & 0777;
+                m->all &= sb.st_mode;
+                if (weights_name(e->d_name))
+                    m->shards &= sb.st_mode;
+            }
         }
-        m->modes = nm;
-        m->modes[m->n++] = sb.st_mode & 0777;
-        m->all &= sb.st_mode;
-        if (weights_name(e->d_name))
-            m->shards &= sb.st_mode;
     }
-    if (d)
-        closedir(d);
-    return d != NULL;
+    closedir(d);
+    return s;
 }
 
 static bool mode_of(const src_modes *m, const char *name, size_t cut, const char *add, mode_t *mode)
@@ -616,10 +623,7 @@ static mpk_status protect(mpk_stage *st, const char *src, mpk_error *err)
         only = slash ? slash + 1 : src;
     }
     struct stat db;
-    mpk_status s = MPK_OK;
-    if (!dir || !read_modes(dir, only, &m))
-        s = mpk_error_set(err, errno == ENOMEM ? MPK_E_NOMEM : MPK_E_IO, errno, src,
-                          "cannot read the permissions of its files: %s", strerror(errno));
+    mpk_status s = !dir ? mpk_error_set(err, MPK_E_NOMEM, 0, src, "out of memory") : read_modes(dir, only, &m, err);
     if (s == MPK_OK && stat(dir, &db) == 0)
         dir_mode = ((db.st_mode & 0777) | 0700) & ~um;
     int fd = s == MPK_OK ? open(st->tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
