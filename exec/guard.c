@@ -219,7 +219,8 @@ static int walk(const char *root, int (*fn)(void *, const walk_ent *), void *ctx
     if (fd < 0)
         return 0;
     walk_ent *w = mpk_alloc(sizeof *w);
-    int r = w && fstat(fd, &sb) == 0 ? (w->rel[0] = 0, w->depth = 0, walk_in(fd, sb.st_dev, w, 0, fn, ctx)) : 0;
+    int r = !w ? -1 /* out of memory: the caller may not take that for "nothing found" */
+               : fstat(fd, &sb) == 0 ? (w->rel[0] = 0, w->depth = 0, walk_in(fd, sb.st_dev, w, 0, fn, ctx)) : 0;
     free(w);
     close(fd);
     return r;
@@ -304,20 +305,24 @@ typedef struct {
     bool hit_dir;
 } src_ids;
 
-static void add_id(src_ids *s, const char *path)
+/* false when out of memory */
+static bool add_id(src_ids *s, const char *path)
 {
     file_id id;
+    if (!path)
+        return false;
     if (!id_of(path, &id))
-        return;
+        return true;
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 64;
         file_id *f = realloc(s->files, cap * sizeof *f);
         if (!f)
-            return; /* (fewer ids: the ancestor check above still ran) */
+            return false;
         s->files = f;
         s->cap = cap;
     }
     s->files[s->n++] = id;
+    return true;
 }
 
 static int find_src(void *ctx, const walk_ent *w)
@@ -339,19 +344,23 @@ static mpk_status find_src_under(const char *src_path, const mpk_ckpt *src, cons
 {
     src_ids s = {.dir = sid};
     size_t n = src && src->is_dir ? src->n_shards : 0;
-    for (size_t i = 0; i < n; i++)
-        add_id(&s, src->shards[i].path);
+    bool ok = true;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = add_id(&s, src->shards[i].path);
     DIR *d = opendir(src_path);
-    for (struct dirent *e; d && (e = readdir(d));) {
-        char *p = dot_or_dotdot(e->d_name) ? NULL : mpk_path_join(src_path, e->d_name);
-        if (p)
-            add_id(&s, p);
+    for (struct dirent *e; ok && d && (e = readdir(d));) {
+        if (dot_or_dotdot(e->d_name))
+            continue;
+        char *p = mpk_path_join(src_path, e->d_name);
+        ok = add_id(&s, p);
         free(p);
     }
     if (d)
         closedir(d);
-    int found = walk(dst, find_src, &s);
+    int found = ok ? walk(dst, find_src, &s) : -1;
     free(s.files);
+    if (found < 0)
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
     if (found)
         MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s' (%s '%s/%s', the same %s "
                  "by device and inode: a bind mount or hard link); --force would delete it", dst, src_path,
@@ -396,7 +405,12 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
 mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
 {
     mpk_error why = {0};
-    if (mpk_force_check(dst, &why) == MPK_OK)
+    mpk_status fc = mpk_force_check(dst, &why);
+    if (fc == MPK_E_NOMEM) {
+        *err = why;
+        return fc;
+    }
+    if (fc == MPK_OK)
         MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists; it is a checkpoint, which a forced run replaces");
     /* the reason alone: "not a directory", "not a checkpoint: ... ('a.jpg')", "not only ..." */
     char r[sizeof why.msg];
@@ -495,7 +509,10 @@ mpk_status mpk_force_check(const char *dst, mpk_error *err)
     if (mount_root)
         MPK_FAIL(err, MPK_E_DST_FOREIGN, dst, "the root of a mounted file system: --force does not replace a "
                  "mount point; it was left as it is (write elsewhere)");
-    if (walk(dst, find_foreign, &f))
+    int foreign_found = walk(dst, find_foreign, &f);
+    if (foreign_found < 0)
+        MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
+    if (foreign_found)
         MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
                  "not only a checkpoint: it %s ('%s'), and --force replaces only a checkpoint directory or an "
                  "empty one: it was left as it is (remove it yourself, or write elsewhere)", f.why, f.what);
