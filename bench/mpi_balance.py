@@ -8,7 +8,7 @@ For each release (a real model.safetensors.index.json + config.json from MATERIA
 checkpoint with the index's names and shards and the shapes config.json gives, as sparse files
 (headers only: no data blocks), runs `moepack plan --json` on it (the plan pack would run: its
 output tensors, their dtypes, shapes and output shards), then cuts the outputs into units and
-shares them between N ranks the way converter/exec.c does (assign_units): units of
+shares them between N ranks the way exec/share.c does (assign_units): units of
 min(64 MiB, --mem / threads / 3, max(1 MiB, total / (16 N))) bytes of one output tensor, queued
 per output shard in file order (dtype, then name: the safetensors writer's order), each unit the
 rank's in whose byte share (total / N + 1) its middle byte falls. Prints per N the bytes of the

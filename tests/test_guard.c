@@ -1,4 +1,4 @@
-/* test_guard.c — what a run may delete (converter/guard.c), issue 45 items 1 and 4: removal that
+/* test_guard.c — what a run may delete (exec/guard.c), issue 45 items 1 and 4: removal that
  * never follows a link swapped in, never leaves the file system, touches only the running
  * user's staging directories; what --force calls a checkpoint. The mount cases, which need a
  * private mount namespace, are in guard.sh. */

@@ -684,7 +684,7 @@ static void test_allocation_failure_sweep(void **state)
     assert_true(sweep(tu_fmt("verify %s", packed), NULL) > 200);
     assert_true(sweep(tu_fmt("verify %s %s", src, packed), NULL) > 200);
     assert_true(sweep(tu_fmt("hash %s", src), NULL) > 100);
-    /* durable runs writing every shard with O_DIRECT (converter/direct.c: the carry block, the
+    /* durable runs writing every shard with O_DIRECT (exec/direct.c: the carry block, the
      * worker's aligned buffer, the hashes taken from it; --json shows them used on this source) */
     setenv("MOEPACK_DIRECT", "all", 1);
     long direct_pack = sweep(tu_fmt("pack %s %s -q --threads 2", src, dst), dst);
