@@ -190,8 +190,9 @@ bool plan_quantizes(const mpk_rule *r, const mpk_bundle *out)
     return r->scale_of < 0 && (r->list_capture || (out->n_groups * out->n_items > 0 && out->t[0].ndim >= 3));
 }
 
-mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts,
-                               mpk_error *err)
+/* The items of the group (n: experts or list entries) and its source slots, filled; a hole is
+ * MPK_E_MISSING naming it. */
+static mpk_status group_slots(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts, long *n_out, mpk_error *err)
 {
     mpk_plan_group *g = &acc->g;
     const mpk_rule *r = g->rule;
@@ -206,7 +207,6 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
         if (opts->cfg && opts->cfg->num_experts > n && strcmp(r->list_capture, "expert") == 0)
             n = opts->cfg->num_experts;
     }
-    char cbuf[256];
     /* every source needs items 0..n-1: fewer entries means a hole (found without
      * allocating for n, which a config or a tensor name may make huge) */
     if ((size_t)r->n_sources * (size_t)n > acc->n)
@@ -221,50 +221,62 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
     for (long k = 0; k < r->n_sources * n; k++)
         if (!g->src[k]) /* as many entries as slots, but some repeat (experts.1 and experts.01) */
             return report_missing(p, acc, n, where, err);
-    if (p->src->names_only) { /* names from an index alone: no shapes to infer or check */
-        int items = r->list_capture && !r->list_in_sources && opts->cfg && opts->cfg->num_experts > 0
-                        ? (int)opts->cfg->num_experts : 1;
-        g->out_meta.n_groups = r->n_targets;
-        g->out_meta.n_items = items;
-        g->out_meta.t = mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_targets * items));
-        if (!g->out_meta.t)
-            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        for (int k = 0; k < r->n_targets * items; k++)
-            g->out_meta.t[k] = (mpk_tmeta){.dtype = g->src[0]->info->dtype, .ndim = 0};
+    *n_out = n;
+    return MPK_OK;
+}
+
+/* Names from an index alone: no shapes to infer or check, the targets' dtype their sources'. */
+static mpk_status names_only_meta(mpk_plan *p, mpk_plan_group *g, const mpk_plan_opts *opts, mpk_error *err)
+{
+    const mpk_rule *r = g->rule;
+    int items = r->list_capture && !r->list_in_sources && opts->cfg && opts->cfg->num_experts > 0
+                    ? (int)opts->cfg->num_experts : 1;
+    g->out_meta.n_groups = r->n_targets;
+    g->out_meta.n_items = items;
+    g->out_meta.t = mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_targets * items));
+    if (!g->out_meta.t)
+        MPK_FAIL(err, MPK_E_NOMEM, p->src->dir, "out of memory");
+    for (int k = 0; k < r->n_targets * items; k++)
+        g->out_meta.t[k] = (mpk_tmeta){.dtype = g->src[0]->info->dtype, .ndim = 0};
+    return MPK_OK;
+}
+
+/* Each source's shape against the one the rule's source_shape and config.json imply. */
+static mpk_status check_source_shapes(const mpk_plan *p, const mpk_plan_group *g, long n, const mpk_plan_opts *opts,
+                                      mpk_error *err)
+{
+    const mpk_rule *r = g->rule;
+    if (!r->source_shape_ndim || !opts->cfg || !opts->cfg->found)
         return MPK_OK;
-    }
-    /* input metadata, then the chain */
-    mpk_bundle in = {r->n_sources, (int)n, mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n))};
-    if (!in.t)
-        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
     for (long k = 0; k < r->n_sources * n; k++) {
         const mpk_tensor_info *t = g->src[k]->info;
-        in.t[k].dtype = t->dtype;
-        in.t[k].ndim = t->ndim;
-        memcpy(in.t[k].shape, t->shape, sizeof t->shape);
-    }
-    if (r->source_shape_ndim && opts->cfg && opts->cfg->found) {
-        for (long k = 0; k < r->n_sources * n; k++) {
-            const mpk_tensor_info *t = g->src[k]->info;
-            bool ok = t->ndim == r->source_shape_ndim;
-            for (int d = 0; ok && d < t->ndim; d++) {
-                long want = size_expr(r->source_shape[d], opts->cfg);
-                ok = want < 0 || want == t->shape[d];
-            }
-            if (!ok) {
-                char sh[128], want[128] = "[";
-                for (int d = 0; d < r->source_shape_ndim; d++)
-                    snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s=%ld", d ? ", " : "",
-                             r->source_shape[d], size_expr(r->source_shape[d], opts->cfg));
-                strcat(want, "]");
-                MPK_FAIL(err, MPK_E_SHAPE, where,
-                         "tensor '%s' has shape %s but config.json implies %s (%s)", t->name,
-                         mpk_shape_str(t->shape, t->ndim, sh, sizeof sh), want, r->path);
-            }
+        bool ok = t->ndim == r->source_shape_ndim;
+        for (int d = 0; ok && d < t->ndim; d++) {
+            long want = size_expr(r->source_shape[d], opts->cfg);
+            ok = want < 0 || want == t->shape[d];
+        }
+        if (!ok) {
+            char sh[128], want[128] = "[";
+            for (int d = 0; d < r->source_shape_ndim; d++)
+                snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s=%ld", d ? ", " : "",
+                         r->source_shape[d], size_expr(r->source_shape[d], opts->cfg));
+            strcat(want, "]");
+            MPK_FAIL(err, MPK_E_SHAPE, p->src->dir, "tensor '%s' has shape %s but config.json implies %s (%s)",
+                     t->name, mpk_shape_str(t->shape, t->ndim, sh, sizeof sh), want, r->path);
         }
     }
+    return MPK_OK;
+}
+
+/* The targets' metadata through the op chain: whole bytes, no overflow, as many as the rule's
+ * targets. */
+static mpk_status infer_targets(mpk_plan *p, mpk_plan_group *g, const mpk_bundle *in, mpk_error *err)
+{
+    const mpk_rule *r = g->rule;
+    const char *where = p->src->dir;
+    char cbuf[256];
     mpk_error e2 = {0};
-    if (mpk_ops_infer_chain(r->ops, r->n_ops, &in, &g->out_meta, p->arena, &e2) != MPK_OK)
+    if (mpk_ops_infer_chain(r->ops, r->n_ops, in, &g->out_meta, p->arena, &e2) != MPK_OK)
         MPK_FAIL(err, e2.code, where, "%s (%s): %s", caps_str(g, cbuf, sizeof cbuf), r->path,
                  mpk_error_what(&e2));
     for (int k = 0; k < g->out_meta.n_groups * g->out_meta.n_items; k++) {
@@ -286,9 +298,17 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
                  "target(s)%s",
                  r->path, g->out_meta.n_groups, g->out_meta.n_items, r->n_targets,
                  r->list_capture && !r->list_in_sources ? " (per list index)" : " of one tensor");
-    /* FP8 scale grids move with their weights only when no block straddles a concat */
+    return MPK_OK;
+}
+
+/* FP8 scale grids move with their weights only when no block straddles a concat. */
+static mpk_status check_fp8_blocks(mpk_plan *p, const mpk_plan_group *g, long n, const mpk_bundle *in,
+                                   const mpk_plan_opts *opts, mpk_error *err)
+{
+    const mpk_rule *r = g->rule;
+    const char *where = p->src->dir;
     const mpk_bundle *w = NULL;
-    mpk_bundle wb = in;
+    mpk_bundle wb = *in;
     if (r->scale_of >= 0) {
         wb.t = mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n));
         if (!wb.t)
@@ -313,7 +333,7 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
             memcpy(wb.t[k].shape, wt->info->shape, sizeof wt->info->shape);
         }
     } else if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta)) {
-        w = &in;
+        w = in;
     }
     int dim = 0;
     int64_t bad = w ? block_straddle(r, w, p->fp8_block, p->arena, &dim) : 0;
@@ -324,6 +344,30 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
                  strchr(g->key, '|') + 1, r->path, p->fp8_block, p->fp8_block, dim,
                  (long long)bad, p->fp8_block, p->fp8_block);
     return MPK_OK;
+}
+
+mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts,
+                               mpk_error *err)
+{
+    mpk_plan_group *g = &acc->g;
+    const mpk_rule *r = g->rule;
+    long n = 0;
+    MPK_TRY(group_slots(p, acc, opts, &n, err));
+    if (p->src->names_only)
+        return names_only_meta(p, g, opts, err);
+    /* input metadata, then the chain */
+    mpk_bundle in = {r->n_sources, (int)n, mpk_arena_alloc(p->arena, sizeof(mpk_tmeta) * (size_t)(r->n_sources * n))};
+    if (!in.t)
+        MPK_FAIL(err, MPK_E_NOMEM, p->src->dir, "out of memory");
+    for (long k = 0; k < r->n_sources * n; k++) {
+        const mpk_tensor_info *t = g->src[k]->info;
+        in.t[k].dtype = t->dtype;
+        in.t[k].ndim = t->ndim;
+        memcpy(in.t[k].shape, t->shape, sizeof t->shape);
+    }
+    MPK_TRY(check_source_shapes(p, g, n, opts, err));
+    MPK_TRY(infer_targets(p, g, &in, err));
+    return check_fp8_blocks(p, g, n, &in, opts, err);
 }
 
 /* Part k of partitioned rule r as a rule of its own: forward, every source and target k alone;
