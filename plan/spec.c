@@ -278,6 +278,109 @@ static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error
     return MPK_OK;
 }
 
+/* $.KEY, an optional array of strings, into *list (NULL-terminated, in the spec's arena). */
+static mpk_status parse_strings(const cJSON *root, const char *key, mpk_spec *s, const char ***list, int *n,
+                                const char *where, mpk_error *err)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!a)
+        return MPK_OK;
+    if (!cJSON_IsArray(a))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.%s: must be an array of strings", key);
+    *list = mpk_arena_alloc(s->arena, sizeof(char *) * (size_t)(cJSON_GetArraySize(a) + 1));
+    if (!*list)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    for (const cJSON *e = a->child; e; e = e->next) {
+        if (!cJSON_IsString(e))
+            MPK_FAIL(err, MPK_E_SPEC, where, "$.%s[%d]: must be a string", key, *n);
+        (*list)[(*n)++] = e->valuestring;
+    }
+    return MPK_OK;
+}
+
+/* $.pass: the name patterns of tensors the preset declares pass-throughs. */
+static mpk_status parse_pass(const cJSON *root, mpk_spec *s, const char *where, mpk_error *err)
+{
+    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(root, "pass");
+    if (!ps)
+        return MPK_OK;
+    if (!cJSON_IsArray(ps))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.pass: must be an array of name patterns");
+    s->pass = mpk_arena_alloc(s->arena, sizeof(mpk_pattern) * (size_t)(cJSON_GetArraySize(ps) + 1));
+    if (!s->pass)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    for (const cJSON *e = ps->child; e; e = e->next) {
+        char path[48];
+        snprintf(path, sizeof path, "$.pass[%d]", s->n_pass);
+        if (!cJSON_IsString(e))
+            MPK_FAIL(err, MPK_E_SPEC, where, "%s: must be a string", path);
+        MPK_TRY(parse_pattern(e->valuestring, &s->pass[s->n_pass], where, path, err));
+        s->n_pass++;
+    }
+    return MPK_OK;
+}
+
+static mpk_status parse_renames(const cJSON *root, mpk_spec *s, const char *where, mpk_error *err)
+{
+    const cJSON *rn = cJSON_GetObjectItemCaseSensitive(root, "renames");
+    if (!rn)
+        return MPK_OK;
+    if (!cJSON_IsArray(rn))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.renames: must be an array of {\"from\", \"to\"}");
+    s->renames = mpk_arena_alloc(s->arena, sizeof(mpk_rename) * (size_t)(cJSON_GetArraySize(rn) + 1));
+    if (!s->renames)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    for (const cJSON *e = rn->child; e; e = e->next) {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(e, "from");
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "to");
+        if (!cJSON_IsString(f) || !cJSON_IsString(t) || !*f->valuestring)
+            MPK_FAIL(err, MPK_E_SPEC, where, "$.renames[%d]: needs non-empty string \"from\" and string \"to\"",
+                     s->n_renames);
+        s->renames[s->n_renames++] = (mpk_rename){f->valuestring, t->valuestring};
+    }
+    return MPK_OK;
+}
+
+static mpk_status parse_converters(const cJSON *root, mpk_spec *s, const char *where, mpk_error *err)
+{
+    const cJSON *cv = cJSON_GetObjectItemCaseSensitive(root, "converters");
+    if (!cJSON_IsArray(cv))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.converters: missing or not an array");
+    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(2 * cJSON_GetArraySize(cv) + 1));
+    if (!s->rules)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    for (const cJSON *e = cv->child; e; e = e->next) {
+        mpk_rule *r = &s->rules[s->n_rules];
+        snprintf(r->path, sizeof r->path, "$.converters[%d]", s->n_rules);
+        r->scale_of = -1;
+        MPK_TRY(parse_rule(e, r, s->arena, where, err));
+        s->n_rules++;
+    }
+    return MPK_OK;
+}
+
+/* The spec's fields in order, into s (its arena). */
+static mpk_status parse_spec_fields(const cJSON *root, mpk_spec *s, const char *where, mpk_error *err)
+{
+    if (!cJSON_IsObject(root))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$: a spec must be a JSON object");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
+    if (!cJSON_IsString(name))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.name: missing or not a string");
+    s->name = name->valuestring;
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
+    s->description = cJSON_IsString(desc) ? desc->valuestring : "";
+    MPK_TRY(parse_strings(root, "model_types", s, &s->model_types, &s->n_model_types, where, err));
+    MPK_TRY(parse_strings(root, "architectures", s, &s->architectures, &s->n_architectures, where, err));
+    MPK_TRY(parse_pass(root, s, where, err));
+    MPK_TRY(parse_renames(root, s, where, err));
+    MPK_TRY(parse_converters(root, s, where, err));
+    s->dequantizes = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "dequantizes"));
+    if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions")))
+        MPK_TRY(add_scale_companions(s, where, err));
+    return MPK_OK;
+}
+
 mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_spec **out,
                           mpk_error *err)
 {
@@ -292,108 +395,7 @@ mpk_status mpk_spec_parse(const char *text, size_t len, const char *where, mpk_s
         MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
     }
     s->json = root;
-    mpk_status st = MPK_OK;
-#define BAIL(...)                                                           \
-    do {                                                                    \
-        st = mpk_error_set(err, MPK_E_SPEC, 0, where, __VA_ARGS__);         \
-        goto done;                                                          \
-    } while (0)
-    if (!cJSON_IsObject(root))
-        BAIL("$: a spec must be a JSON object");
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "name");
-    if (!cJSON_IsString(name))
-        BAIL("$.name: missing or not a string");
-    s->name = name->valuestring;
-    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
-    s->description = cJSON_IsString(desc) ? desc->valuestring : "";
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_types");
-    if (mt) {
-        if (!cJSON_IsArray(mt))
-            BAIL("$.model_types: must be an array of strings");
-        s->model_types = mpk_arena_alloc(s->arena, sizeof(char *) * (size_t)(cJSON_GetArraySize(mt) + 1));
-        if (!s->model_types) {
-            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-            goto done;
-        }
-        for (const cJSON *e = mt->child; e; e = e->next) {
-            if (!cJSON_IsString(e))
-                BAIL("$.model_types[%d]: must be a string", s->n_model_types);
-            s->model_types[s->n_model_types++] = e->valuestring;
-        }
-    }
-    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(root, "architectures");
-    if (ar) {
-        if (!cJSON_IsArray(ar))
-            BAIL("$.architectures: must be an array of strings");
-        s->architectures = mpk_arena_alloc(s->arena, sizeof(char *) * (size_t)(cJSON_GetArraySize(ar) + 1));
-        if (!s->architectures) {
-            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-            goto done;
-        }
-        for (const cJSON *e = ar->child; e; e = e->next) {
-            if (!cJSON_IsString(e))
-                BAIL("$.architectures[%d]: must be a string", s->n_architectures);
-            s->architectures[s->n_architectures++] = e->valuestring;
-        }
-    }
-    const cJSON *ps = cJSON_GetObjectItemCaseSensitive(root, "pass");
-    if (ps) {
-        if (!cJSON_IsArray(ps))
-            BAIL("$.pass: must be an array of name patterns");
-        s->pass = mpk_arena_alloc(s->arena, sizeof(mpk_pattern) * (size_t)(cJSON_GetArraySize(ps) + 1));
-        if (!s->pass) {
-            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-            goto done;
-        }
-        for (const cJSON *e = ps->child; e; e = e->next) {
-            char path[48];
-            snprintf(path, sizeof path, "$.pass[%d]", s->n_pass);
-            if (!cJSON_IsString(e))
-                BAIL("%s: must be a string", path);
-            if ((st = parse_pattern(e->valuestring, &s->pass[s->n_pass], where, path, err)) != MPK_OK)
-                goto done;
-            s->n_pass++;
-        }
-    }
-    const cJSON *rn = cJSON_GetObjectItemCaseSensitive(root, "renames");
-    if (rn) {
-        if (!cJSON_IsArray(rn))
-            BAIL("$.renames: must be an array of {\"from\", \"to\"}");
-        s->renames = mpk_arena_alloc(s->arena, sizeof(mpk_rename) * (size_t)(cJSON_GetArraySize(rn) + 1));
-        if (!s->renames) {
-            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-            goto done;
-        }
-        for (const cJSON *e = rn->child; e; e = e->next) {
-            const cJSON *f = cJSON_GetObjectItemCaseSensitive(e, "from");
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(e, "to");
-            if (!cJSON_IsString(f) || !cJSON_IsString(t) || !*f->valuestring)
-                BAIL("$.renames[%d]: needs non-empty string \"from\" and string \"to\"", s->n_renames);
-            s->renames[s->n_renames++] = (mpk_rename){f->valuestring, t->valuestring};
-        }
-    }
-    const cJSON *cv = cJSON_GetObjectItemCaseSensitive(root, "converters");
-    if (!cJSON_IsArray(cv))
-        BAIL("$.converters: missing or not an array");
-    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(2 * cJSON_GetArraySize(cv) + 1));
-    if (!s->rules) {
-        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-        goto done;
-    }
-    for (const cJSON *e = cv->child; e; e = e->next) {
-        mpk_rule *r = &s->rules[s->n_rules];
-        snprintf(r->path, sizeof r->path, "$.converters[%d]", s->n_rules);
-        r->scale_of = -1;
-        if ((st = parse_rule(e, r, s->arena, where, err)) != MPK_OK)
-            goto done;
-        s->n_rules++;
-    }
-    s->dequantizes = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "dequantizes"));
-    if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions")) &&
-        (st = add_scale_companions(s, where, err)) != MPK_OK)
-        goto done;
-#undef BAIL
-done:
+    mpk_status st = parse_spec_fields(root, s, where, err);
     if (st != MPK_OK) {
         mpk_spec_free(s);
         return st;
