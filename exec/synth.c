@@ -142,21 +142,30 @@ static mpk_status write_config(const cJSON *synth, const mpk_synth_opts *o, cons
     return s;
 }
 
-static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec, const char *dir,
-                                   mpk_error *err)
+typedef struct {
+    synth_tensor *ts;
+    size_t n, cap;
+} synth_list;
+
+static mpk_status list_add(synth_list *L, synth_tensor t, const char *dir, mpk_error *err)
 {
-    const cJSON *synth = cJSON_GetObjectItemCaseSensitive(spec->json, "synth");
-    const cJSON *list = cJSON_GetObjectItemCaseSensitive(synth, "tensors");
-    if (!cJSON_IsArray(list))
-        MPK_FAIL(err, MPK_E_PRESET, spec->name, "preset has no synth section");
-    mpk_arena *a = mpk_arena_new();
-    size_t cap = 1024, n = 0;
-    synth_tensor *ts = mpk_calloc(cap, sizeof *ts);
-    mpk_status s = MPK_OK;
-    if (!a || !ts) {
-        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-        goto done;
+    if (L->n == L->cap) {
+        size_t cap = L->cap ? 2 * L->cap : 1024;
+        synth_tensor *nt = mpk_realloc(L->ts, cap * sizeof *nt);
+        if (!nt)
+            MPK_FAIL(err, MPK_E_NOMEM, dir, "out of memory");
+        L->ts = nt;
+        L->cap = cap;
     }
+    L->ts[L->n++] = t;
+    return MPK_OK;
+}
+
+/* The tensors the preset's synth list names, for every layer and expert (and, FP8, their
+ * _scale_inv grids), in list order. */
+static mpk_status synth_tensors(const mpk_synth_opts *o, const cJSON *list, mpk_arena *a, synth_list *L,
+                                const char *dir, mpk_error *err)
+{
     for (const cJSON *e = list->child; e; e = e->next) {
         const char *pat = cJSON_GetArrayItem(e, 0)->valuestring;
         mpk_tmeta m = {o->dtype, 0, {0}};
@@ -178,102 +187,117 @@ static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec
             sm.shape[1] = (m.shape[1] + 127) / 128;
         }
         for (int pass = 0; pass < (q ? 2 : 1); pass++)
-        for (long l = 0; l < (per_layer ? o->layers : 1); l++)
-            for (long x = 0; x < (per_expert ? o->experts : 1); x++) {
-                if (n == cap) {
-                    cap *= 2;
-                    synth_tensor *nt = mpk_realloc(ts, cap * sizeof *nt);
-                    if (!nt) {
-                        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-                        goto done;
-                    }
-                    ts = nt;
+            for (long l = 0; l < (per_layer ? o->layers : 1); l++)
+                for (long x = 0; x < (per_expert ? o->experts : 1); x++) {
+                    /* "{expert+E}": the second run of a partitioned list (ERNIE-4.5-VL's vision
+                     * experts follow its text experts) */
+                    char *name = subst(a, subst(a, subst(a, pat, "{layer}", l), "{expert}", x), "{expert+E}",
+                                       x + o->experts);
+                    if (pass)
+                        name = mpk_arena_printf(a, "%s_scale_inv", name);
+                    synth_tensor t = {name, pass ? sm : m, 0, 0};
+                    mpk_tensor_nbytes(t.meta.dtype, t.meta.shape, t.meta.ndim, &t.nbytes);
+                    MPK_TRY(list_add(L, t, dir, err));
                 }
-                /* "{expert+E}": the second run of a partitioned list (ERNIE-4.5-VL's vision
-                 * experts follow its text experts) */
-                char *name = subst(a, subst(a, subst(a, pat, "{layer}", l), "{expert}", x), "{expert+E}",
-                                   x + o->experts);
-                if (pass)
-                    name = mpk_arena_printf(a, "%s_scale_inv", name);
-                ts[n] = (synth_tensor){name, pass ? sm : m, 0, 0};
-                mpk_tensor_nbytes(ts[n].meta.dtype, ts[n].meta.shape, ts[n].meta.ndim, &ts[n].nbytes);
-                n++;
-            }
     }
-    /* shards: contiguous runs of about equal bytes, in list order */
-    uint64_t total = 0;
+    return MPK_OK;
+}
+
+/* Shards: contiguous runs of about equal bytes, in list order. The shard count; *total the bytes. */
+static int assign_shards(synth_tensor *ts, size_t n, int want, uint64_t *total)
+{
+    *total = 0;
     for (size_t i = 0; i < n; i++)
-        total += ts[i].nbytes;
-    int shards = o->shards > 0 ? o->shards : 1;
+        *total += ts[i].nbytes;
+    int shards = want > 0 ? want : 1;
     if ((size_t)shards > n)
         shards = (int)n;
     uint64_t acc = 0;
     for (size_t i = 0; i < n; i++) {
-        ts[i].shard = (int)(acc * (uint64_t)shards / (total ? total : 1));
+        ts[i].shard = (int)(acc * (uint64_t)shards / (*total ? *total : 1));
         if (ts[i].shard >= shards)
             ts[i].shard = shards - 1;
         acc += ts[i].nbytes;
     }
-    uint64_t seed = o->seed ? o->seed : 1;
-    const char **inames = mpk_calloc(n + 1, sizeof *inames), **ifiles = mpk_calloc(n + 1, sizeof *ifiles);
-    if (!inames || !ifiles) {
-        free(inames);
-        free(ifiles);
+    return shards;
+}
+
+/* Shard sh of shards, random values from *seed; inames/ifiles get its tensors' names and file. */
+static mpk_status write_synth_shard(const synth_tensor *ts, size_t n, int sh, int shards, const char *dir,
+                                    mpk_arena *a, const char **inames, const char **ifiles, uint64_t *seed,
+                                    mpk_error *err)
+{
+    size_t cnt = 0;
+    for (size_t i = 0; i < n; i++)
+        cnt += ts[i].shard == sh;
+    mpk_tensor_info *infos = mpk_calloc(cnt + 1, sizeof *infos);
+    char fname[64];
+    mpk_shard_name((size_t)sh + 1, (size_t)shards, fname, sizeof fname);
+    char *path = mpk_path_join(dir, fname);
+    mpk_st_out *out = NULL;
+    mpk_status s = MPK_OK;
+    if (!infos || !path) {
         s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-        goto done;
-    }
-    for (int sh = 0; sh < shards && s == MPK_OK; sh++) {
-        size_t cnt = 0;
+    } else {
+        cnt = 0;
         for (size_t i = 0; i < n; i++)
-            cnt += ts[i].shard == sh;
-        mpk_tensor_info *infos = mpk_calloc(cnt + 1, sizeof *infos);
-        char fname[64];
-        mpk_shard_name((size_t)sh + 1, (size_t)shards, fname, sizeof fname);
-        char *path = mpk_path_join(dir, fname);
-        mpk_st_out *out = NULL;
-        if (!infos || !path) {
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
-        } else {
-            cnt = 0;
-            for (size_t i = 0; i < n; i++)
-                if (ts[i].shard == sh) {
-                    infos[cnt] = (mpk_tensor_info){.name = ts[i].name, .dtype = ts[i].meta.dtype,
-                                                   .ndim = ts[i].meta.ndim};
-                    memcpy(infos[cnt].shape, ts[i].meta.shape, sizeof infos[cnt].shape);
-                    inames[i] = ts[i].name;
-                    ifiles[i] = mpk_arena_strndup(a, fname, strlen(fname));
-                    cnt++;
-                }
-            mpk_kv meta = {"format", "pt"};
-            s = mpk_st_out_create(path, infos, cnt, &meta, 1, -1, &out, err);
-        }
-        for (size_t k = 0; s == MPK_OK && k < cnt; k++) {
-            const mpk_tensor_info *t = &out->tensors[k];
-            uint64_t nb = t->end - t->begin;
-            void *buf = mpk_alloc(nb ? nb : 1);
-            if (!buf) {
-                s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory (%llu bytes)", (unsigned long long)nb);
-                break;
+            if (ts[i].shard == sh) {
+                infos[cnt] = (mpk_tensor_info){.name = ts[i].name, .dtype = ts[i].meta.dtype,
+                                               .ndim = ts[i].meta.ndim};
+                memcpy(infos[cnt].shape, ts[i].meta.shape, sizeof infos[cnt].shape);
+                inames[i] = ts[i].name;
+                ifiles[i] = mpk_arena_strndup(a, fname, strlen(fname));
+                cnt++;
             }
-            mpk_tmeta m = {t->dtype, t->ndim, {0}};
-            fill(buf, t->name, &m, mpk_numel(t->shape, t->ndim), nb, &seed);
-            s = mpk_st_out_write(out, k, 0, buf, nb, err);
-            free(buf);
-        }
-        mpk_status c = mpk_st_out_close(out, false, s == MPK_OK ? err : NULL);
-        if (s == MPK_OK)
-            s = c;
-        free(infos);
-        free(path);
+        mpk_kv meta = {"format", "pt"};
+        s = mpk_st_out_create(path, infos, cnt, &meta, 1, -1, &out, err);
     }
+    for (size_t k = 0; s == MPK_OK && k < cnt; k++) {
+        const mpk_tensor_info *t = &out->tensors[k];
+        uint64_t nb = t->end - t->begin;
+        void *buf = mpk_alloc(nb ? nb : 1);
+        if (!buf) {
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory (%llu bytes)", (unsigned long long)nb);
+            break;
+        }
+        mpk_tmeta m = {t->dtype, t->ndim, {0}};
+        fill(buf, t->name, &m, mpk_numel(t->shape, t->ndim), nb, seed);
+        s = mpk_st_out_write(out, k, 0, buf, nb, err);
+        free(buf);
+    }
+    mpk_status c = mpk_st_out_close(out, false, s == MPK_OK ? err : NULL);
+    if (s == MPK_OK)
+        s = c;
+    free(infos);
+    free(path);
+    return s;
+}
+
+static mpk_status synth_per_expert(const mpk_synth_opts *o, const mpk_spec *spec, const char *dir,
+                                   mpk_error *err)
+{
+    const cJSON *synth = cJSON_GetObjectItemCaseSensitive(spec->json, "synth");
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(synth, "tensors");
+    if (!cJSON_IsArray(list))
+        MPK_FAIL(err, MPK_E_PRESET, spec->name, "preset has no synth section");
+    mpk_arena *a = mpk_arena_new();
+    synth_list L = {0};
+    const char **inames = NULL, **ifiles = NULL;
+    mpk_status s = a ? synth_tensors(o, list, a, &L, dir, err) : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    uint64_t total = 0;
+    int shards = s == MPK_OK ? assign_shards(L.ts, L.n, o->shards, &total) : 0;
+    if (s == MPK_OK && (!(inames = mpk_calloc(L.n + 1, sizeof *inames)) || !(ifiles = mpk_calloc(L.n + 1, sizeof *ifiles))))
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+    uint64_t seed = o->seed ? o->seed : 1;
+    for (int sh = 0; sh < shards && s == MPK_OK; sh++)
+        s = write_synth_shard(L.ts, L.n, sh, shards, dir, a, inames, ifiles, &seed, err);
     if (s == MPK_OK && shards > 1)
-        s = mpk_index_write(dir, inames, ifiles, n, total, true, err);
-    free(inames);
-    free(ifiles);
+        s = mpk_index_write(dir, inames, ifiles, L.n, total, true, err);
     if (s == MPK_OK)
         s = write_config(synth, o, dir, err);
-done:
-    free(ts);
+    free(inames);
+    free(ifiles);
+    free(L.ts);
     mpk_arena_free(a);
     return s;
 }
