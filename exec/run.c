@@ -372,111 +372,138 @@ static size_t claim(run_ctx *c, size_t home, char **hbuf, mpk_error *err)
 }
 
 
+/* A worker's own state: its reader, buffers and pipe. */
+typedef struct {
+    mpk_error err;
+    reader r;
+    char *buf, *buf_raw, *hbuf; /* buf: buf_raw aligned to EX_DIO_ALIGN */
+    ex_pipe pp;
+} worker;
+
+/* Nothing left to claim: handles what others complete, then waits for more of that or the end.
+ * True when the worker is to stop. */
+static bool drain(run_ctx *c, worker *k)
+{
+    int h;
+    while ((h = finish_one(c, &k->hbuf, &k->err)) > 0)
+        ;
+    if (h < 0)
+        ex_run_fail(c, &k->err);
+    if (h < 0 || !c->hq)
+        return true;
+    pthread_mutex_lock(&c->lock);
+    while (c->hq_head == c->hq_tail && atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed))
+        pthread_cond_wait(&c->cv, &c->lock);
+    bool finished = c->hq_head == c->hq_tail;
+    pthread_mutex_unlock(&c->lock);
+    return finished;
+}
+
+/* Unit u moved by copy_file_range/splice in its shard's turn; *done when it was (a file system
+ * that cannot is remembered, and the unit read instead). */
+static mpk_status copy_unit(run_ctx *c, worker *k, size_t u, bool *done)
+{
+    const unit *w = &c->units[u];
+    mpk_status s = take_turn(c, &c->q[w->shard], u, &k->hbuf, &k->err);
+    if (s != MPK_OK)
+        return s;
+    mpk_xxh *hs = c->mh && k->pp.bounce ? mem_hash_next(c, w) : NULL; /* hashed on the way */
+    s = ex_node_copy(c->nodes[w->out], w->off, w->len, c->shards[w->shard], w->at, &k->pp, hs, &k->err);
+    if (hs) /* a failed copy may have hashed part of the unit: read back instead */
+        c->mh[w->out].to = s == MPK_OK ? c->mh[w->out].to + w->len : UINT64_MAX;
+    end_turn(c, &c->q[w->shard], s == MPK_OK);
+    if (s == MPK_OK) {
+        *done = true;
+        atomic_fetch_add(&c->read_bytes, w->len);
+    } else if (k->err.sys_errno == EXDEV || k->err.sys_errno == EINVAL || k->err.sys_errno == ENOSYS ||
+               k->err.sys_errno == EOPNOTSUPP) {
+        atomic_store(&c->cfr_ok, 0); /* fall back to reading */
+        s = MPK_OK;
+    }
+    return s;
+}
+
+/* Unit u read (or computed) into the worker's buffer and written in its shard's turn, directly
+ * (O_DIRECT) when dio. */
+static mpk_status read_write_unit(run_ctx *c, worker *k, size_t u, ex_direct *dio)
+{
+    const unit *w = &c->units[u];
+    mpk_st_out *so = c->shards[w->shard];
+    if (!k->buf)
+        k->buf = ex_dio_aligned(k->buf_raw = mpk_alloc(c->max_unit + 2 * EX_DIO_ALIGN));
+    if (!k->buf)
+        return mpk_error_set(&k->err, MPK_E_NOMEM, 0, so->path, "tensor '%s': out of memory for a "
+                             "%llu-byte buffer", c->p->outs[w->out].name, (unsigned long long)c->max_unit);
+    /* written directly, the unit sits where its whole blocks are aligned in memory */
+    char *ub = k->buf + (dio ? w->at % EX_DIO_ALIGN : 0);
+    mpk_status s = ex_node_read(c->nodes[w->out], w->off, w->len, ub, &k->r);
+    if (s == MPK_OK)
+        s = ex_rd_flush(&k->r);
+    if (s == MPK_OK && dio)
+        s = ex_direct_inner(dio, so, k->r.io, w->at, ub, w->len, &k->err);
+    if (s == MPK_OK && (s = take_turn(c, &c->q[w->shard], u, &k->hbuf, &k->err)) == MPK_OK) {
+        s = dio ? ex_direct_edges(dio, so, w->at, ub, w->len, &k->err)
+                : mpk_st_out_write(so, c->slot[w->out], w->off, ub, w->len, &k->err);
+        if (s == MPK_OK && c->mh)
+            mem_hash_unit(c, w, ub);
+        end_turn(c, &c->q[w->shard], s == MPK_OK);
+    }
+    return s;
+}
+
 void *ex_worker(void *arg)
 {
     run_ctx *c = ((worker_arg *)arg)->c;
     size_t home = ((worker_arg *)arg)->home;
-    mpk_error err = {0};
-    reader r = {.cap = 256, .err = &err};
-    char *buf = NULL, *buf_raw = NULL, *hbuf = NULL; /* buf: buf_raw aligned to EX_DIO_ALIGN */
-    ex_pipe pp = {.fd = {-1, -1}};
+    worker k = {.r = {.cap = 256}, .pp = {.fd = {-1, -1}}};
+    k.r.err = &k.err;
     if (c->o->use_copy_range)
-        ex_pipe_open(&pp);
+        ex_pipe_open(&k.pp);
     if (c->bounce) /* (without it, the outputs are read back to be hashed) */
-        pp.bounce = mpk_alloc(EX_BOUNCE_PIECE);
-    r.reqs = mpk_calloc(r.cap, sizeof *r.reqs);
-    if (!r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &r.io, &err) != MPK_OK) {
-        if (!r.reqs)
-            mpk_error_set(&err, MPK_E_NOMEM, 0, "exec", "out of memory");
-        ex_run_fail(c, &err);
-        free(r.reqs);
-        ex_pipe_close(&pp);
+        k.pp.bounce = mpk_alloc(EX_BOUNCE_PIECE);
+    k.r.reqs = mpk_calloc(k.r.cap, sizeof *k.r.reqs);
+    if (!k.r.reqs || mpk_io_create(c->o->io, 32, 4u << 20, &k.r.io, &k.err) != MPK_OK) {
+        if (!k.r.reqs)
+            mpk_error_set(&k.err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        ex_run_fail(c, &k.err);
+        free(k.r.reqs);
+        ex_pipe_close(&k.pp);
+        free(k.pp.bounce);
         return NULL;
     }
     while (!atomic_load(&c->failed)) {
-        size_t u = claim(c, home, &hbuf, &err);
+        size_t u = claim(c, home, &k.hbuf, &k.err);
         if (u == SIZE_MAX - 1)
             continue;
         if (u == SIZE_MAX) { /* nothing left to claim: handle what others complete, then stop */
-            int h;
-            while ((h = finish_one(c, &hbuf, &err)) > 0)
-                ;
-            if (h < 0)
-                ex_run_fail(c, &err);
-            if (h < 0 || !c->hq)
-                break;
-            pthread_mutex_lock(&c->lock);
-            while (c->hq_head == c->hq_tail && atomic_load(&c->units_done) < c->n_units && !atomic_load(&c->failed))
-                pthread_cond_wait(&c->cv, &c->lock);
-            bool finished = c->hq_head == c->hq_tail;
-            pthread_mutex_unlock(&c->lock);
-            if (finished)
+            if (drain(c, &k))
                 break;
             continue;
         }
         const unit *w = &c->units[u];
-        const mpk_plan_out *po = &c->p->outs[w->out];
-        mpk_st_out *so = c->shards[w->shard];
-        shard_q *q = &c->q[w->shard];
         mpk_status s = MPK_OK;
         bool done = false;
         ex_direct *dio = c->dio && c->dio[w->shard].fd >= 0 ? &c->dio[w->shard] : NULL;
-        if (!dio && c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok)) {
-            if ((s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
-                mpk_xxh *hs = c->mh && pp.bounce ? mem_hash_next(c, w) : NULL; /* hashed on the way */
-                s = ex_node_copy(c->nodes[w->out], w->off, w->len, so, w->at, &pp, hs, &err);
-                if (hs) /* a failed copy may have hashed part of the unit: read back instead */
-                    c->mh[w->out].to = s == MPK_OK ? c->mh[w->out].to + w->len : UINT64_MAX;
-                end_turn(c, q, s == MPK_OK);
-                if (s == MPK_OK) {
-                    done = true;
-                    atomic_fetch_add(&c->read_bytes, w->len);
-                } else if (err.sys_errno == EXDEV || err.sys_errno == EINVAL || err.sys_errno == ENOSYS ||
-                           err.sys_errno == EOPNOTSUPP) {
-                    atomic_store(&c->cfr_ok, 0); /* fall back to reading */
-                    s = MPK_OK;
-                }
-            }
-        }
-        if (!done && s == MPK_OK) {
-            if (!buf)
-                buf = ex_dio_aligned(buf_raw = mpk_alloc(c->max_unit + 2 * EX_DIO_ALIGN));
-            if (!buf) {
-                s = mpk_error_set(&err, MPK_E_NOMEM, 0, so->path, "tensor '%s': out of memory for a "
-                                  "%llu-byte buffer", po->name, (unsigned long long)c->max_unit);
-            } else {
-                /* written directly, the unit sits where its whole blocks are aligned in memory */
-                char *ub = buf + (dio ? w->at % EX_DIO_ALIGN : 0);
-                s = ex_node_read(c->nodes[w->out], w->off, w->len, ub, &r);
-                if (s == MPK_OK)
-                    s = ex_rd_flush(&r);
-                if (s == MPK_OK && dio)
-                    s = ex_direct_inner(dio, so, r.io, w->at, ub, w->len, &err);
-                if (s == MPK_OK && (s = take_turn(c, q, u, &hbuf, &err)) == MPK_OK) {
-                    s = dio ? ex_direct_edges(dio, so, w->at, ub, w->len, &err)
-                            : mpk_st_out_write(so, c->slot[w->out], w->off, ub, w->len, &err);
-                    if (s == MPK_OK && c->mh)
-                        mem_hash_unit(c, w, ub);
-                    end_turn(c, q, s == MPK_OK);
-                }
-            }
-        }
+        if (!dio && c->nodes[w->out]->pure && c->o->use_copy_range && atomic_load(&c->cfr_ok))
+            s = copy_unit(c, &k, u, &done);
+        if (!done && s == MPK_OK)
+            s = read_write_unit(c, &k, u, dio);
         if (s != MPK_OK) {
-            ex_err_locate(&err, so->path, po->name);
-            ex_run_fail(c, &err);
+            ex_err_locate(&k.err, c->shards[w->shard]->path, c->p->outs[w->out].name);
+            ex_run_fail(c, &k.err);
             break;
         }
         written(c, w);
     }
-    atomic_fetch_add(&c->read_bytes, r.bytes);
-    atomic_fetch_add(&c->spliced_bytes, pp.bytes);
-    atomic_fetch_add(&c->bounced_bytes, pp.bounced);
-    ex_pipe_close(&pp);
-    free(pp.bounce);
-    free(buf_raw);
-    free(hbuf);
-    free(r.reqs);
-    mpk_io_free(r.io);
+    atomic_fetch_add(&c->read_bytes, k.r.bytes);
+    atomic_fetch_add(&c->spliced_bytes, k.pp.bytes);
+    atomic_fetch_add(&c->bounced_bytes, k.pp.bounced);
+    ex_pipe_close(&k.pp);
+    free(k.pp.bounce);
+    free(k.buf_raw);
+    free(k.hbuf);
+    free(k.r.reqs);
+    mpk_io_free(k.r.io);
     return NULL;
 }
 
