@@ -311,6 +311,67 @@ static mpk_status emit(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmeta
     return s;
 }
 
+/* Begins the comparisons of an output slot (its weight, and its scale grid if any). */
+static mpk_status slot_begin(vctx *v, const mpk_plan *p, slot_out *x, bool approx)
+{
+    bool qa = approx || x->scale >= 0;
+    mpk_status s = MPK_OK;
+    if (x->weight >= 0)
+        s = tc_begin(v, &x->tw, p->outs[x->weight].name, &p->outs[x->weight].meta, qa);
+    if (s == MPK_OK && x->scale >= 0)
+        s = tc_begin(v, &x->ts, p->outs[x->scale].name, &p->outs[x->scale].meta, qa);
+    return s;
+}
+
+static mpk_status slot_end(vctx *v, slot_out *x)
+{
+    mpk_status s = tc_end(v, &x->tw);
+    return s == MPK_OK ? tc_end(v, &x->ts) : s;
+}
+
+/* The source tensors of step k into cur (with their metadata in m): item k of each source
+ * (fwd), slice k along dim 0 of each (rev), or all of them. */
+static mpk_status read_step(const mpk_plan *p, const mpk_plan_group *g, int k, bool fwd, bool rev, int items,
+                            mpk_tmeta *m, void **cur, mpk_error *err)
+{
+    int S = g->rule->n_sources, N = g->n_items;
+    mpk_status s = MPK_OK;
+    for (int sg = 0; sg < S && s == MPK_OK; sg++)
+        for (int it = 0; it < items && s == MPK_OK; it++) {
+            const mpk_ckpt_tensor *t = g->src[sg * N + (fwd ? k : it)];
+            mpk_tmeta *tm = &m[sg * items + it];
+            *tm = (mpk_tmeta){t->info->dtype, t->info->ndim, {0}};
+            memcpy(tm->shape, t->info->shape, sizeof tm->shape);
+            uint64_t off = 0, len = t->nbytes;
+            if (rev) { /* slice k along dim 0 */
+                len = t->nbytes / (uint64_t)tm->shape[0];
+                off = (uint64_t)k * len;
+                tm->shape[0] = 1;
+            }
+            s = read_source(p, t, off, len, (char **)&cur[sg * items + it], err);
+        }
+    return s;
+}
+
+/* The chain's outputs of step k compared with their slots (rev: each slot whole, begun and
+ * ended here; else the slice k of a slot begun before the steps). */
+static mpk_status emit_step(vctx *v, const mpk_plan *p, slot_out *so, const mpk_bundle *b, void **cur, int k,
+                            int NO, bool fwd, bool rev, bool approx)
+{
+    mpk_status s = MPK_OK;
+    for (int tg = 0; tg < b->n_groups && s == MPK_OK; tg++)
+        for (int it = 0; it < b->n_items && s == MPK_OK; it++) {
+            slot_out *x = &so[rev ? tg * NO + k : tg * NO + it];
+            if (rev)
+                s = slot_begin(v, p, x, approx);
+            if (s == MPK_OK)
+                s = emit(v, p, x, &b->t[tg * b->n_items + it], cur[tg * b->n_items + it], fwd ? (uint64_t)k : 0);
+            if (rev && s == MPK_OK)
+                s = slot_end(v, x);
+        }
+    return s;
+}
+
 static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t *outs, size_t n_outs)
 {
     mpk_error *err = v->err;
@@ -343,14 +404,8 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
     int NO = g->out_meta.n_items; /* outputs per target pattern (rev: the list) */
     mpk_status s = MPK_OK;
     /* begin every slice-streamed comparison: forward slices build each output in order */
-    if (!rev)
-        for (int i = 0; i < NS && s == MPK_OK; i++) {
-            bool qa = approx || so[i].scale >= 0;
-            if (so[i].weight >= 0)
-                s = tc_begin(v, &so[i].tw, p->outs[so[i].weight].name, &p->outs[so[i].weight].meta, qa);
-            if (s == MPK_OK && so[i].scale >= 0)
-                s = tc_begin(v, &so[i].ts, p->outs[so[i].scale].name, &p->outs[so[i].scale].meta, qa);
-        }
+    for (int i = 0; !rev && i < NS && s == MPK_OK; i++)
+        s = slot_begin(v, p, &so[i], approx);
     int steps = fwd ? N : rev ? (int)g->src[0]->info->shape[0] : 1;
     mpk_arena *a = mpk_arena_new();
     mpk_tmeta *m = mpk_calloc((size_t)(S * N) + 1, sizeof *m);
@@ -365,52 +420,17 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
             s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
             break;
         }
-        for (int sg = 0; sg < S && s == MPK_OK; sg++)
-            for (int it = 0; it < items && s == MPK_OK; it++) {
-                const mpk_ckpt_tensor *t = g->src[sg * N + (fwd ? k : it)];
-                mpk_tmeta *tm = &m[sg * items + it];
-                *tm = (mpk_tmeta){t->info->dtype, t->info->ndim, {0}};
-                memcpy(tm->shape, t->info->shape, sizeof tm->shape);
-                uint64_t off = 0, len = t->nbytes;
-                if (rev) { /* slice k along dim 0 */
-                    len = t->nbytes / (uint64_t)tm->shape[0];
-                    off = (uint64_t)k * len;
-                    tm->shape[0] = 1;
-                }
-                s = read_source(p, t, off, len, (char **)&cur[sg * items + it], err);
-            }
+        s = read_step(p, g, k, fwd, rev, items, m, cur, err);
         if (s == MPK_OK)
             s = apply_chain(r, &b, &cur, a, err);
-        if (s == MPK_OK) {
-            for (int tg = 0; tg < b.n_groups && s == MPK_OK; tg++)
-                for (int it = 0; it < b.n_items && s == MPK_OK; it++) {
-                    int slot = rev ? tg * NO + k : tg * NO + it;
-                    slot_out *x = &so[slot];
-                    const mpk_tmeta *om = &b.t[tg * b.n_items + it];
-                    if (rev) {
-                        bool qa = approx || x->scale >= 0;
-                        if (x->weight >= 0)
-                            s = tc_begin(v, &x->tw, p->outs[x->weight].name, &p->outs[x->weight].meta, qa);
-                        if (s == MPK_OK && x->scale >= 0)
-                            s = tc_begin(v, &x->ts, p->outs[x->scale].name, &p->outs[x->scale].meta, qa);
-                    }
-                    if (s == MPK_OK)
-                        s = emit(v, p, x, om, cur[tg * b.n_items + it], fwd ? (uint64_t)k : 0);
-                    if (rev && s == MPK_OK)
-                        s = tc_end(v, &x->tw);
-                    if (rev && s == MPK_OK)
-                        s = tc_end(v, &x->ts);
-                }
-        }
+        if (s == MPK_OK)
+            s = emit_step(v, p, so, &b, cur, k, NO, fwd, rev, approx);
         for (int i = 0; i < b.n_groups * b.n_items; i++)
             free(cur[i]);
         free(cur);
     }
-    for (int i = 0; !rev && i < NS && s == MPK_OK; i++) {
-        s = tc_end(v, &so[i].tw);
-        if (s == MPK_OK)
-            s = tc_end(v, &so[i].ts);
-    }
+    for (int i = 0; !rev && i < NS && s == MPK_OK; i++)
+        s = slot_end(v, &so[i]);
     free(m);
     free(so);
     mpk_arena_free(a);
