@@ -61,6 +61,8 @@ static bool takes(conv_mode mode, const char *name)
     return true;
 }
 
+static int check_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a);
+
 static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
 {
     enum { O_PRESET = 1000, O_SPEC, O_REVERSE, O_MAXSHARD, O_THREADS, O_MEM, O_FORCE, O_JSON,
@@ -147,6 +149,12 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
         }
         }
     }
+    return check_conv_args(cmd, mode, argc, argv, a);
+}
+
+/* The options together, and the operands (SRC, and DST but for plan). */
+static int check_conv_args(const char *cmd, conv_mode mode, int argc, char **argv, conv_args *a)
+{
     if (a->dequantize && a->quantize)
         return mpk_cli_usage(cmd, "--dequantize and --quantize cannot be combined");
     if (mode == MODE_CONVERT && !a->spec_file)
