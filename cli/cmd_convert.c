@@ -176,10 +176,31 @@ static int check_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
 }
 
 
+/* The library words what a request field does; the command line names its option. */
+static const char *const cli_words[][2] = {
+    {"copying links' targets copies", "--copy-links copies"},
+    {"a resumed run would have continued it", "--resume would have continued it"},
+};
+
 static void warn_cb(void *ctx, const char *msg)
 {
     /* said even with -q: it is about the user's data */
-    fprintf(stderr, "moepack: %s: warning: %s\n", (const char *)ctx, msg);
+    fprintf(stderr, "moepack: %s: warning: ", (const char *)ctx);
+    for (const char *m = msg; *m;) {
+        size_t best = strlen(m), k = 0, w = 0;
+        for (size_t i = 0; i < sizeof cli_words / sizeof *cli_words; i++) {
+            const char *f = strstr(m, cli_words[i][0]);
+            if (f && (size_t)(f - m) < best)
+                best = (size_t)(f - m), k = i, w = 1;
+        }
+        fwrite(m, 1, best, stderr);
+        m += best;
+        if (w) {
+            fputs(cli_words[k][1], stderr);
+            m += strlen(cli_words[k][0]);
+        }
+    }
+    fputc('\n', stderr);
 }
 
 /* ---------------------------------------------------------------- terminating signals
@@ -192,8 +213,9 @@ static void warn_cb(void *ctx, const char *msg)
  *  - pack, unpack and convert hand the library a cancel flag: the handler raises it, the library
  *    stops, removes its staging directory and returns, the command says "cancelled" and raises
  *    the signal again (with --resume it keeps the staging directory for the next run, as on any
- *    failure; a flag raised once every unit is written is too late: DST lands complete, then the
- *    signal ends the process). A second signal of the same kind (Ctrl-C twice) ends the process
+ *    failure; the library reads the flag once more just before the landing: only a flag raised
+ *    during the rename itself is too late, DST lands complete and the signal then ends the
+ *    process). A second signal of the same kind (Ctrl-C twice) ends the process
  *    at once; not SIGPIPE or SIGXCPU, which the kernel repeats on its own.
  *  - compress, decompress and synth take no cancel flag: the handler itself removes this
  *    process's staging directories beside DST (the library's owner-recorded names,
@@ -461,6 +483,7 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
     }
     case MPK_E_ALREADY_CONVERTED:
         return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
+    case MPK_E_MEMORY_BUDGET: return "raise --mem or lower --threads";
     case MPK_E_QUANT:
         return a->quantize ? "--quantize fp8-block128 needs whole 128x128 blocks in each gate and up half (the "
                              "sizes named a multiple of 128): pack this checkpoint without --quantize (BF16 experts)"

@@ -363,7 +363,7 @@ static mpk_status find_src_under(const char *src_path, const mpk_ckpt *src, cons
         MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
     if (found)
         MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s' (%s '%s/%s', the same %s "
-                 "by device and inode: a bind mount or hard link); --force would delete it", dst, src_path,
+                 "by device and inode: a bind mount or hard link); a forced run would delete it", dst, src_path,
                  s.hit_dir ? "as" : "its file as", dst, s.hit, s.hit_dir ? "directory" : "file");
     return MPK_OK;
 }
@@ -391,7 +391,7 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
         int k = r ? on_path(r, did) : 0;
         free(r);
         if (k)
-            MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s'%s%s; --force would delete it",
+            MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s'%s%s; a forced run would delete it",
                      dst, src_path, i == 0 ? "" : ": its file ", i == 0 ? "" : p);
     }
     struct stat db;
@@ -416,7 +416,7 @@ mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
     char r[sizeof why.msg];
     snprintf(r, sizeof r, "%s", strstr(why.msg, "not ") ? strstr(why.msg, "not ") : why.msg);
     r[strcspn(r, ";")] = 0;
-    char *cut = strstr(r, ", and --force");
+    char *cut = strstr(r, ", and a forced run");
     if (cut)
         *cut = 0;
     MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists and a forced run would not replace it either (%s); "
@@ -457,7 +457,7 @@ static int find_foreign(void *ctx, const walk_ent *w)
     foreign *f = ctx;
     const char *base = strrchr(w->rel, '/') ? strrchr(w->rel, '/') + 1 : w->rel;
     if (w->mount)
-        f->why = "holds a mount point (another file system, or a bind mount), which --force never deletes";
+        f->why = "holds a mount point (another file system, or a bind mount), which a forced run never deletes";
     else if (strcmp(base, ".git") == 0)
         f->why = "holds a git repository (.git)";
     else if (w->depth > 0 && !f->moepack && (ckpt_file_name(base) || strcmp(base, "config.json") == 0))
@@ -476,11 +476,11 @@ mpk_status mpk_force_check(const char *dst, mpk_error *err)
         return MPK_OK;
     if (!S_ISDIR(sb.st_mode))
         MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
-                 "not a directory; --force replaces a checkpoint directory, not a file: it was left as it "
+                 "not a directory; a forced run replaces a checkpoint directory, not a file: it was left as it "
                  "is (remove it yourself, or write elsewhere)");
     DIR *d = opendir(dst);
     if (!d)
-        return mpk_error_set(err, MPK_E_IO, errno, dst, "cannot list it to see what --force would replace: %s",
+        return mpk_error_set(err, MPK_E_IO, errno, dst, "cannot list it to see what a forced run would replace: %s",
                              strerror(errno));
     char first[256] = "";
     size_t n = 0;
@@ -500,21 +500,21 @@ mpk_status mpk_force_check(const char *dst, mpk_error *err)
     if (!ckpt)
         MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
                  "not a checkpoint: its top level holds no *.safetensors file, index or moepack.manifest.json "
-                 "('%s'%s), and --force replaces only a checkpoint directory or an empty one: it was left as it "
+                 "('%s'%s), and a forced run replaces only a checkpoint directory or an empty one: it was left as it "
                  "is (remove it yourself, or write elsewhere)", first, n > 1 ? " and more" : "");
     struct stat parent;
     char *pp = mpk_path_join(dst, "..");
     bool mount_root = pp && stat(pp, &parent) == 0 && parent.st_dev != sb.st_dev;
     free(pp);
     if (mount_root)
-        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst, "the root of a mounted file system: --force does not replace a "
+        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst, "the root of a mounted file system: a forced run does not replace a "
                  "mount point; it was left as it is (write elsewhere)");
     int foreign_found = walk(dst, find_foreign, &f);
     if (foreign_found < 0)
         MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
     if (foreign_found)
         MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
-                 "not only a checkpoint: it %s ('%s'), and --force replaces only a checkpoint directory or an "
+                 "not only a checkpoint: it %s ('%s'), and a forced run replaces only a checkpoint directory or an "
                  "empty one: it was left as it is (remove it yourself, or write elsewhere)", f.why, f.what);
     return MPK_OK;
 }

@@ -345,7 +345,7 @@ static mpk_status stage_scan(mpk_stage *st, const char *prefix, const owner *sel
             st->stale_removed++;
             mpk_exec_warn(st->o, "removed %s, left by a run that is gone (pid %ld on %s)%s", path, o.pid, o.host,
                           st->o->resume ? " (a different plan: not resumable)"
-                                        : "; --resume would have continued it");
+                                        : "; a resumed run would have continued it");
         }
         free(path);
     }

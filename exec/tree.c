@@ -230,7 +230,7 @@ static mpk_status copy_dir(tree *t, int sdir, int ddir, const char *from_dir, co
                 s = copy_reg(t, sdir, ddir, name, true, from, to, err);
             } else {
                 mpk_exec_warn(t->o, "skipped %s -> %s: the link points outside the source%s", from, target,
-                              t->o->copy_links ? " and not at a regular file" : " (--copy-links copies what it points at)");
+                              t->o->copy_links ? " and not at a regular file" : " (copying links' targets copies what it points at)");
                 t->st->skipped++;
             }
         } else {

@@ -296,7 +296,7 @@ mpk_status mpk_manifest_load(const char *dir, cJSON **root_out, const cJSON **te
     mpk_status s = mpk_read_file(path, &text, &len, err);
     if (s != MPK_OK) {
         mpk_error_set(err, MPK_E_MANIFEST, err->sys_errno, path, "no manifest to check against (%s); "
-                      "write one with 'moepack hash --write'", err->msg);
+                      "hashing the checkpoint with its manifest written makes one", err->msg);
         free(path);
         return MPK_E_MANIFEST;
     }

@@ -737,12 +737,12 @@ static mpk_status convert_report(const mpk_convert_req *r, const mpk_plan *p, co
                 st->side.files, mpk_human_bytes(st->side.bytes, hb, sizeof hb), st->side.dirs,
                 st->side.dirs == 1 ? "y" : "ies", st->side.links, st->side.skipped);
         if (p->n_unknown)
-            fprintf(f, "passed through unconverted (--pass-unknown), not understood by the spec: %zu tensor(s)\n",
+            fprintf(f, "passed through unconverted (as asked: pass unknown), not understood by the spec: %zu tensor(s)\n",
                     p->n_unknown);
         for (size_t i = 0; i < p->n_unknown && i < 20; i++)
             fprintf(f, "  %s: %s\n", p->unknown[i].name, p->unknown[i].why);
         if (p->n_unknown > 20)
-            fprintf(f, "  ... %zu more (--json lists them all)\n", p->n_unknown - 20);
+            fprintf(f, "  ... %zu more (the JSON report lists them all)\n", p->n_unknown - 20);
         if (st->resumed)
             fprintf(f, "resumed an interrupted run: %zu of %zu shard(s) kept after their hashes checked out\n",
                     st->shards_kept, p->n_shards);

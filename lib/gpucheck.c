@@ -130,7 +130,7 @@ static mpk_status load_reference(const char *path, int layer, int E, int H, int 
             int64_t rows = proj == 2 ? H : I, cols = proj == 2 ? I : H;
             if (!t) {
                 s = mpk_error_set(err, MPK_E_NOT_FOUND, 0, path,
-                                  "no per-expert %s weight for layer %d, expert %d (a --reference checkpoint holds "
+                                  "no per-expert %s weight for layer %d, expert %d (a reference checkpoint holds "
                                   "'...layers.%d...experts.%d.{gate_proj,up_proj,down_proj}.weight' or w1/w3/w2)",
                                   proj == 0 ? "gate" : proj == 1 ? "up" : "down", layer, e, layer, e);
             } else if ((t->info->dtype != MPK_DTYPE_BF16 && t->info->dtype != MPK_DTYPE_F8_E4M3) ||
@@ -572,7 +572,7 @@ mpk_status mpk_gpucheck(const mpk_gpucheck_req *o, mpk_report **out, mpk_error *
         if (o->peer && !g.peer)
             say(&g, "%s: not readable as peer JSON; no peer ratios\n", o->peer);
         say(&g, "%s: E=%d H=%d I=%d topk=%d%s\n", o->path ? o->path : "synthetic", g.w.E, g.w.H, g.w.I, o->topk,
-            o->reference ? " (reference from --reference)" : "");
+            o->reference ? " (reference from the reference checkpoint)" : "");
         for (size_t ti = 0; ti < o->n_tokens && s == MPK_OK; ti++)
             s = run_case(&g, (int)ti, err);
         if (s == MPK_OK)

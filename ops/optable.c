@@ -136,7 +136,7 @@ static mpk_status parse_cast(PARSE_ARGS)
     if (!mpk_dtype_is_float(op->dtype) || (op->has_from && !mpk_cast_supported(op->from, op->dtype)))
         SPEC_FAIL(path, "cast to %s%s%s is not supported: cast converts to F32, F16 or BF16 (from those, or from "
                   "F8_E4M3, F8_E5M2, F8_E8M0 given as \"from\"); FP8 needs scales: use the quant_fp8_block op "
-                  "(or --quantize fp8-block128)", path, mpk_dtype_name(op->dtype), op->has_from ? " from " : "",
+                  "(or a conversion's fp8-block128 quantization)", path, mpk_dtype_name(op->dtype), op->has_from ? " from " : "",
                   op->has_from ? mpk_dtype_name(op->from) : "");
     return MPK_OK;
 }

@@ -371,7 +371,7 @@ static mpk_status build_refuse_unmatched(build *bd)
             if (mpk_str_ends(src->tensors[ti].info->name, "_blocks") && !spec->dequantizes) {
                 st = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, where,
                                    "tensor '%s' is MXFP4 experts, already packed (preset '%s' has "
-                                   "nothing to do); use --preset gpt_oss to dequantize them",
+                                   "nothing to do); the gpt_oss preset dequantizes them",
                                    src->tensors[ti].info->name, spec->name);
                 return st;
             }
@@ -400,7 +400,7 @@ static mpk_status build_refuse_unmatched(build *bd)
             if (mpk_per_expert_name(n)) {
                 st = mpk_error_set(err, MPK_E_PRESET, 0, where,
                                    "preset '%s'%s matches none of the expert tensors (e.g. '%s'): the "
-                                   "wrong preset for this model? ('--preset auto' picks it from "
+                                   "wrong preset for this model? (the preset 'auto' picks it from "
                                    "config.json's model_type; 'moepack presets' lists them)",
                                    spec->name, spec->reversed ? " (reversed)" : "", n);
                 return st;

@@ -49,7 +49,7 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
         const mpk_plan_group *g = &p->groups[gi];
         const mpk_rule *r = g->rule;
         if (!verbose && gi >= 6) {
-            fprintf(f, "  ... %zu more group(s) (use --verbose)\n", p->n_groups - gi);
+            fprintf(f, "  ... %zu more group(s) (a verbose plan lists them all)\n", p->n_groups - gi);
             break;
         }
         fprintf(f, "  [%s]", r->path);
@@ -96,12 +96,12 @@ void mpk_plan_print(const mpk_plan *p, void *file, bool verbose)
     if (!verbose && p->n_pass > shown)
         fprintf(f, "  ... %zu more pass-through tensor(s)\n", p->n_pass - shown);
     if (p->n_unknown)
-        fprintf(f, "NOT understood, passed through unconverted (--pass-unknown): %zu tensor(s)\n",
+        fprintf(f, "NOT understood, passed through unconverted (as asked: pass unknown): %zu tensor(s)\n",
                 p->n_unknown);
     for (size_t i = 0; i < p->n_unknown && (verbose || i < 6); i++)
         fprintf(f, "  unknown %s: %s\n", p->unknown[i].name, p->unknown[i].why);
     if (!verbose && p->n_unknown > 6)
-        fprintf(f, "  ... %zu more (use --verbose)\n", p->n_unknown - 6);
+        fprintf(f, "  ... %zu more (a verbose plan lists them all)\n", p->n_unknown - 6);
     if (p->src->names_only)
         fprintf(f, "output: %zu tensors (bytes and shards need the shards' headers)\n", p->n_outs);
     else

@@ -508,8 +508,8 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
     bool is_auto = !name || strcmp(name, "auto") == 0;
     if (is_auto && (!cfg || !cfg->found || !cfg->model_type[0]))
         MPK_FAIL(err, MPK_E_PRESET, "preset",
-                 "--preset auto needs a config.json with \"model_type\"; name a preset "
-                 "(see 'moepack presets')");
+                 "the preset 'auto' needs a config.json with \"model_type\"; name a preset "
+                 "(the presets are listed by mpk_preset_name, 'moepack presets')");
     char typed[512] = ""; /* presets that have the model type but not the architecture */
     for (size_t i = 0; i < mpk_n_presets; i++) {
         if (!is_auto && strcmp(mpk_presets[i].name, name) != 0)
@@ -537,14 +537,13 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
                  "model_type '%s' is served by preset %s, but not architecture %s (a model type "
                  "shared by different models: converting it as the other would merge what it "
                  "understands and copy the rest unconverted); presets: %s. Write a spec for it "
-                 "and use 'moepack convert --spec', or name a preset with --preset if you know "
-                 "it fits",
+                 "and convert with that spec, or name a preset if you know it fits",
                  cfg->model_type, typed, archs, preset_list(names, sizeof names));
     }
     if (is_auto)
         MPK_FAIL(err, MPK_E_PRESET, "preset",
                  "no preset covers model_type '%s' (see 'moepack presets', or write a spec and "
-                 "use 'moepack convert --spec')",
+                 "convert with it)",
                  cfg->model_type);
     MPK_FAIL(err, MPK_E_PRESET, "preset", "unknown preset '%s' (see 'moepack presets')", name);
 }

@@ -347,7 +347,7 @@ static void test_cast_spec_convert_and_verify_agree(void **state)
                                  k < 2 ? tu_fmt(cmds[k], src, k ? packed : out_dir, spec) : tu_fmt(cmds[k], src, spec, "")), 1);
             assert_non_null(strstr(out, tu_fmt("$.converters[0].ops[1]: cast to %s%s is not supported: cast converts "
                                                "to F32, F16 or BF16", bad[i][0], *bad[i][1] ? " from BF16" : "")));
-            assert_non_null(strstr(out, "use the quant_fp8_block op (or --quantize fp8-block128)"));
+            assert_non_null(strstr(out, "use the quant_fp8_block op (or a conversion's fp8-block128 quantization)"));
             free(out);
             struct stat st;
             assert_int_not_equal(stat(out_dir, &st), 0);
