@@ -7,16 +7,7 @@ set -u
 M=$1
 tmp=$(mktemp -d /tmp/mpk-files-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-ok() { echo "ok: $1"; }
-bad() { echo "FAIL: $1" >&2; sed 's/^/  stderr: /' "$tmp/err" | head -5 >&2; fails=$((fails + 1)); }
-expect() {
-  want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  [ "$got" = "$want" ] && ok "$what" || bad "$what: '$*' exited $got, expected $want"
-}
+. "$(dirname "$0")/shlib.sh"
 has() { grep -q -- "$2" "$tmp/$1" && ok "... $1 says '$2'" || bad "$1 does not say '$2'"; }
 
 "$M" synth --shards 3 "$tmp/three" >/dev/null || exit 1

@@ -17,17 +17,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-fails=0
-ok() { echo "ok: $1"; }
-bad() { echo "FAIL: $1" >&2; sed 's/^/  stderr: /' "$tmp/err" | head -5 >&2; fails=$((fails + 1)); }
-# expect CODE DESCRIPTION -- COMMAND...
-expect() {
-  want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  [ "$got" = "$want" ] && ok "$what" || bad "$what: '$*' exited $got, expected $want"
-}
+. "$(dirname "$0")/shlib.sh"
 sums() { (cd "$1" && find . | sort && find . -type f | sort | xargs cat | md5sum); }
 
 "$M" synth --layers 2 "$tmp/src" >/dev/null || exit 1

@@ -6,16 +6,7 @@ set -u
 M=$1
 tmp=$(mktemp -d /tmp/mpk-hub-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-ok() { echo "ok: $1"; }
-bad() { echo "FAIL: $1" >&2; sed 's/^/  stderr: /' "$tmp/err" | head -5 >&2; fails=$((fails + 1)); }
-expect() {
-  want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  [ "$got" = "$want" ] && ok "$what" || bad "$what: '$*' exited $got, expected $want"
-}
+. "$(dirname "$0")/shlib.sh"
 # the same files, byte for byte, but the manifest (whose provenance names the repo and revision)
 same() {
   for f in "$1"/*; do [ "${f##*/}" = moepack.manifest.json ] || cmp -s "$f" "$2/${f##*/}" || return 1; done

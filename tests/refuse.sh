@@ -8,16 +8,7 @@ set -u
 M=$1
 tmp=$(mktemp -d /tmp/mpk-refuse-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-fails=0
-ok() { echo "ok: $1"; }
-bad() { echo "FAIL: $1" >&2; sed 's/^/  stderr: /' "$tmp/err" | head -5 >&2; fails=$((fails + 1)); }
-expect() {
-  want=$1 what=$2
-  shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  [ "$got" = "$want" ] && ok "$what" || bad "$what: '$*' exited $got, expected $want"
-}
+. "$(dirname "$0")/shlib.sh"
 says() { grep -qF -- "$1" "$tmp/err" && ok "... says '$1'" || bad "message lacks '$1'"; }
 outsays() { grep -qF -- "$1" "$tmp/out" && ok "... output says '$1'" || bad "output lacks '$1'"; }
 nodst() { [ ! -e "$1" ] && ok "... nothing at DST" || bad "DST $1 written"; }
