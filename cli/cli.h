@@ -40,6 +40,18 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint);
 int mpk_cli_source(const char *cmd, const char *rev, const char **src, char **owned);
 /* The embedded preset name is probably meant to be ("mixtral" for "mixtrl"), NULL if none stands out. */
 const char *mpk_cli_nearest_preset(const char *name);
+/* The word of names (n entries, each a const char * at stride bytes from the last) word is
+ * probably meant to be: a single prefix match, else the one nearest by edit distance, NULL if
+ * none stands out. */
+const char *mpk_cli_nearest(const char *word, const char *const *names, size_t n, size_t stride);
+
+/* signals.c: the cancel flag the conversion requests carry; mpk_cli_guard_begin(dst, clean, synth)
+ * before a command writes dst (clean: the handler itself removes this process's staging
+ * directories beside dst, for requests without a cancel flag; synth: synth's NAME.synth-src-*
+ * too) and mpk_cli_guard_end() after it, which ends the process by a signal caught meanwhile. */
+extern volatile int mpk_cli_cancelled;
+void mpk_cli_guard_begin(const char *dst, bool clean, bool synth);
+void mpk_cli_guard_end(void);
 /* One usage line on stderr plus a pointer to --help; returns 2. */
 int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True when argv has --help/-h; prints usage. */
