@@ -68,5 +68,9 @@ mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *
 /* Every NAME.safetensors in dir replaced by its container NAME.safetensors.mpkz (lib/compress.c);
  * threads 0: the CPUs. */
 mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_error *err);
+/* convert_report.c: "passed_unknown" ([{name, why}]) into o; the report of a conversion. */
+void mpk_lib_unknown_json(cJSON *o, const mpk_plan *p);
+mpk_status mpk_lib_convert_report(const mpk_convert_req *r, const mpk_plan *p, const mpk_exec_stats *st,
+                                  mpk_report **out, mpk_error *err);
 
 #endif
