@@ -110,26 +110,6 @@ static int first_fault_with(const char *args, const char *dst, const char *what)
     return 0;
 }
 
-/* Runs "moepack ARGS" stopped at its kth write-path call (MOEPACK_FAULT=k:stop), runs change
- * (a shell command) while it is stopped, continues it; its exit status. */
-static int run_changing(int k, const char *args, const char *change)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("MOEPACK_FAULT", tu_fmt("%d:stop", k), 1);
-        execl("/bin/sh", "sh", "-c", tu_fmt("exec %s %s >%s/out 2>%s/err", tu_moepack(), args, root, root),
-              (char *)NULL);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
-    assert_true(WIFSTOPPED(st));
-    assert_int_equal(tu_sh("%s", change), 0);
-    kill(pid, SIGCONT);
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
@@ -163,25 +143,25 @@ static void test_compress_source_changed(void **state)
     /* paused where the first chunk is written: chunks 0..3 were read, the rest were not */
     int k = first_fault_with(args, dst, SHARD ".mpkz: write of");
     /* edited in place, same size: a byte of the first chunk (read) and of the last (not yet) */
-    assert_int_equal(run_changing(k, args, tu_fmt("%s && %s", flip(shard, data_start(shard) + 1),
+    assert_int_equal(tu_run_changing(root, k, args, tu_fmt("%s && %s", flip(shard, data_start(shard) + 1),
                                                   flip(shard, (long)size_of(shard) - 1))), 1);
     assert_true(err_has(tu_fmt("compress: %s: the source changed while it was read (its modification time", shard)));
     assert_false(exists(dst));
     assert_true(no_staging());
     /* cut short: what the read meets is the change, not "file ends early" naming the output */
     c = copy_of(src, "changing");
-    assert_int_equal(run_changing(k, args, tu_fmt("truncate -s 10000 %s", shard)), 1);
+    assert_int_equal(tu_run_changing(root, k, args, tu_fmt("truncate -s 10000 %s", shard)), 1);
     assert_true(err_has(tu_fmt("%s: the source changed while it was read (its size", shard)));
     assert_false(exists(dst));
     assert_true(no_staging());
     /* replaced under its name */
     c = copy_of(src, "changing");
-    assert_int_equal(run_changing(k, args, tu_fmt("cp %s %s.new && mv %s.new %s", shard, shard, shard, shard)), 1);
+    assert_int_equal(tu_run_changing(root, k, args, tu_fmt("cp %s %s.new && mv %s.new %s", shard, shard, shard, shard)), 1);
     assert_true(err_has(tu_fmt("%s: the source changed while it was read (the file at its name (replaced", shard)));
     assert_false(exists(dst));
     /* unchanged: the same paused run succeeds and gives the files back byte for byte */
     c = copy_of(src, "changing");
-    assert_int_equal(run_changing(k, args, "true"), 0);
+    assert_int_equal(tu_run_changing(root, k, args, "true"), 0);
     assert_int_equal(run("", tu_fmt("decompress %s %s/back", dst, root)), 0);
     assert_int_equal(tu_sh("cmp -s %s/" SHARD " %s/back/" SHARD, src, root), 0);
     tu_rmrf(dst);
@@ -198,13 +178,13 @@ static void test_decompress_container_changed(void **state)
     const char *z = tu_fmt("%s/" SHARD ".mpkz", c);
     /* paused at the first chunk's write: the last chunk's frames are not read yet */
     int k = first_fault_with(args, dst, "write of 4096 bytes at");
-    assert_int_equal(run_changing(k, args, flip(z, (long)size_of(z) - 10)), 1);
+    assert_int_equal(tu_run_changing(root, k, args, flip(z, (long)size_of(z) - 10)), 1);
     assert_true(err_has(tu_fmt("decompress: %s: the source changed while it was read (its modification time", z)));
     assert_false(exists(dst));
     assert_true(no_staging());
     /* unchanged: the paused run succeeds */
     c = copy_of(zsrc, "zchanging");
-    assert_int_equal(run_changing(k, args, "true"), 0);
+    assert_int_equal(tu_run_changing(root, k, args, "true"), 0);
     assert_int_equal(tu_sh("cmp -s %s/" SHARD " %s/" SHARD, src, dst), 0);
     tu_rmrf(dst);
 }

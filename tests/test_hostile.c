@@ -177,26 +177,6 @@ static void test_plan_refuses_overflow(void **state)
 
 /* ---------------------------------------------------------------- a source changed meanwhile */
 
-/* Runs "moepack ARGS" stopped at its 3rd write-path call (MOEPACK_FAULT=3:stop), runs change
- * (a shell command) while it is stopped, continues it; its exit status. */
-static int run_changing(const char *args, const char *change)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("MOEPACK_FAULT", "3:stop", 1);
-        execl("/bin/sh", "sh", "-c", tu_fmt("exec %s %s >%s/out 2>%s/err", tu_moepack(), args, root, root),
-              (char *)NULL);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
-    assert_true(WIFSTOPPED(st));
-    assert_int_equal(tu_sh("%s", change), 0);
-    kill(pid, SIGCONT);
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 /* Before: a shard overwritten in place during a pack gave exit 0 and output matching neither
  * the old nor the new source. */
 static void test_source_changed_detected(void **state)
@@ -206,20 +186,20 @@ static void test_source_changed_detected(void **state)
     char *c = copy_of(src, "changing");
     const char *shard = tu_fmt("%s/model-00002-of-00002.safetensors", c);
     /* written in place, same size */
-    assert_int_equal(run_changing(tu_fmt("pack %s %s", c, dst),
+    assert_int_equal(tu_run_changing(root, 3, tu_fmt("pack %s %s", c, dst),
                                   tu_fmt("printf x | dd of=%s bs=1 seek=4000 conv=notrunc 2>/dev/null", shard)), 1);
     assert_true(err_has(tu_fmt("%s: the source changed while it was read", shard)));
     assert_false(exists(dst));
     assert_int_equal(tu_sh("ls -A %s | grep -q moepack-tmp", root), 1);
     /* replaced by another file under its name */
     c = copy_of(src, "changing");
-    assert_int_equal(run_changing(tu_fmt("pack %s %s", c, dst),
+    assert_int_equal(tu_run_changing(root, 3, tu_fmt("pack %s %s", c, dst),
                                   tu_fmt("cp %s %s.new && mv %s.new %s", shard, shard, shard, shard)), 1);
     assert_true(err_has("replaced by another"));
     assert_false(exists(dst));
     /* unchanged: the same run succeeds */
     c = copy_of(src, "changing");
-    assert_int_equal(run_changing(tu_fmt("pack %s %s", c, dst), "true"), 0);
+    assert_int_equal(tu_run_changing(root, 3, tu_fmt("pack %s %s", c, dst), "true"), 0);
     assert_true(exists(dst));
     tu_rmrf(dst);
 }
@@ -358,7 +338,7 @@ static void test_source_cut_short_while_spliced(void **state)
         assert_int_equal(tu_sh("rm -rf %s && %s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 "
                                "--intermediate 384 --vocab 64 --shards 3 %s >/dev/null", s, tu_moepack(), s), 0);
         setenv("MOEPACK_BOUNCE", ways[k][0], 1);
-        rc = run_changing(tu_fmt("pack --no-fsync --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
+        rc = tu_run_changing(root, 3, tu_fmt("pack --no-fsync --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
         unsetenv("MOEPACK_BOUNCE");
         assert_int_equal(rc, 1);
         assert_true(err_has(tu_fmt("%s: %s from offset 3000000", shard, ways[k][1])));
@@ -370,7 +350,7 @@ static void test_source_cut_short_while_spliced(void **state)
     assert_int_equal(tu_sh("rm -rf %s && %s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 "
                            "--intermediate 384 --vocab 64 --shards 3 %s >/dev/null", s, tu_moepack(), s), 0);
     setenv("MOEPACK_DIRECT", "all", 1); /* (its units are below the size that goes direct with 1) */
-    rc = run_changing(tu_fmt("pack --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
+    rc = tu_run_changing(root, 3, tu_fmt("pack --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
     unsetenv("MOEPACK_DIRECT");
     assert_int_equal(rc, 1);
     assert_true(err_has(tu_fmt("%s: read at offset", shard)));

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <setjmp.h>
 #include <cmocka.h>
@@ -130,4 +132,22 @@ bool tu_err_has(const char *dir, const char *s)
         print_message("stderr was: %s\n(looking for '%s')\n", t ? t : "(none)", s);
     free(t);
     return ok;
+}
+
+int tu_run_changing(const char *dir, int k, const char *args, const char *change)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("MOEPACK_FAULT", tu_fmt("%d:stop", k), 1);
+        execl("/bin/sh", "sh", "-c", tu_fmt("exec %s %s >%s/out 2>%s/err", tu_moepack(), args, dir, dir),
+              (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+    assert_true(WIFSTOPPED(st));
+    assert_int_equal(tu_sh("%s", change), 0);
+    kill(pid, SIGCONT);
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }

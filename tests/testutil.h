@@ -26,6 +26,10 @@ char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Runs "ENV moepack ARGS" with stdout in dir/out and stderr in dir/err; the exit status, or
  * 128 + the signal that killed it. */
 int tu_run(const char *dir, const char *env, const char *args);
+/* Runs "moepack ARGS" (stdout in dir/out, stderr in dir/err) stopped at its kth write-path
+ * call (MOEPACK_FAULT=k:stop), runs change (a shell command) while it is stopped, continues it;
+ * its exit status, or 128 + the signal that ended it. */
+int tu_run_changing(const char *dir, int k, const char *args, const char *change);
 /* A file's text (malloc'd), NULL when it cannot be read. */
 char *tu_slurp(const char *path);
 /* dir/err holds s (else prints what it holds and returns false). */
