@@ -451,9 +451,7 @@ static mpk_status build_groups(build *bd)
     /* nothing half-converted: every per-expert tensor and every companion of a converted one
      * is understood, or declared a pass-through (or the caller said to pass it); after the
      * groups, so that what is wrong with the conversion itself is said first */
-    if ((st = check_unknown(p, pass, p->n_pass, list, n_list, used, opts, err)) != MPK_OK)
-        return st;
-    return MPK_OK;
+    return check_unknown(p, pass, p->n_pass, list, n_list, used, opts, err);
 }
 
 /* Step 3 of mpk_plan_build. */

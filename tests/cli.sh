@@ -573,16 +573,20 @@ env --default-signal=INT true 2>/dev/null && dflt="env --default-signal=INT,QUIT
 # signalled SIG COMMAND...: runs COMMAND stopped at its ${at}th write-path call, sends it SIG,
 # continues it; "ok" when it ended by SIG and left no staging directory and nothing at $sg/out
 at=2
+# wait_stopped PID: until the process is stopped (MOEPACK_FAULT=N:stop) or gone, 20 s at most
+wait_stopped() {
+  i=0
+  while kill -0 "$1" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != T ] && [ $i -lt 2000 ]; do
+    sleep 0.01
+    i=$((i + 1))
+  done
+}
 signalled() {
   sig=$1
   shift
   MOEPACK_FAULT=$at:stop $dflt "$M" "$@" >"$tmp/out" 2>"$tmp/err" &
   pid=$!
-  i=0
-  while kill -0 $pid 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != T ] && [ $i -lt 2000 ]; do
-    sleep 0.01
-    i=$((i + 1))
-  done
+  wait_stopped $pid
   kill -s "$sig" $pid 2>/dev/null
   kill -s CONT $pid 2>/dev/null
   { wait $pid; } 2>/dev/null
@@ -618,11 +622,7 @@ done
 # SIGXFSZ stays ignored (a write past the size limit fails with EFBIG, reported, cleaned up)
 MOEPACK_FAULT=2:stop "$M" pack -q "$sg/src" "$sg/out" &
 pid=$!
-i=0
-while kill -0 $pid 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != T ] && [ $i -lt 2000 ]; do
-  sleep 0.01
-  i=$((i + 1))
-done
+wait_stopped $pid
 kill -s XFSZ $pid
 kill -s CONT $pid
 wait $pid && "$M" verify -q "$sg/src" "$sg/out" >/dev/null && echo "ok: SIGXFSZ is ignored: pack completes" \
