@@ -22,8 +22,25 @@
  *   quant_mxfp4      1 group [.., R, C] -> 2 groups (blocks, scales): per 32 values the shared
  *                    exponent ceil(log2(amax / 6)) (the reference quantizer's: see
  *                    mpk_quant_mxfp4), values RNE to E2M1
- * merge/split/concat/chunk/reshape move bytes without computing: the converter plans them
- * as ranged copies. transpose and cast compute, in bounded blocks.
+ *   interleave(dim, inverse)
+ *                    every item's n = shape[dim] slices (n even) reordered: slice 2j + p goes to
+ *                    p * n/2 + j (alternating rows -> two contiguous halves: transformers'
+ *                    Interleave, view [n/2, 2] transposed); inverse: the other way
+ *   permute_for_rope(heads, inverse, groups)
+ *                    every item's rows (dim 0, a multiple of 2 * heads) reordered within each
+ *                    head of hd = rows / heads rows: row 2j + p of a head goes to p * hd/2 + j
+ *                    (transformers' PermuteForRope, view [heads, hd/2, 2, ..] transposed);
+ *                    inverse: the other way. groups (a bit mask, 0: all) limits it to some
+ *                    groups (permute_layer_names: q and k of a chunked qkv, not v); heads may be
+ *                    named by config.json keys (bound like reshape's sizes)
+ *   concat_list(dim) each group's N items (equal shapes) joined along an existing dim -> N = 1
+ *                    (transformers' Concatenate of a list pattern: ngram_embedding.shard_*)
+ *   chunk_list(dim, items)
+ *                    inverse of concat_list: each group's single item cut into items equal
+ *                    items along dim (items from config.json, e.g. split_ngram_parts)
+ * merge/split/concat/chunk/reshape/interleave/permute_for_rope/concat_list/chunk_list move
+ * bytes without computing: the converter plans them as ranged copies. transpose and cast
+ * compute, in bounded blocks.
  */
 #ifndef MPK_OPS_H
 #define MPK_OPS_H
@@ -46,6 +63,10 @@ typedef enum mpk_op_kind {
     MPK_OP_QUANT_FP8,
     MPK_OP_DEQUANT_MXFP4,
     MPK_OP_QUANT_MXFP4,
+    MPK_OP_INTERLEAVE,
+    MPK_OP_PERMUTE_ROPE,
+    MPK_OP_CONCAT_LIST,
+    MPK_OP_CHUNK_LIST,
     MPK_OP_COUNT
 } mpk_op_kind;
 
@@ -66,6 +87,13 @@ typedef struct mpk_op {
     mpk_dtype dtype;                 /* cast, dequant_*: target dtype */
     mpk_dtype from;                  /* cast: original dtype for the inverse */
     bool has_from;
+    bool inverse;                    /* interleave, permute_for_rope: the reverse permutation */
+    int heads;                       /* permute_for_rope: heads (0: not known yet, see cfg_key) */
+    uint32_t groups;                 /* permute_for_rope: bit g set = group g permuted; 0 = all */
+    /* permute_for_rope: config.json keys giving heads; concat_list/chunk_list: the item count
+     * (chunks). Comma-separated dotted paths, the first present wins, each also looked up under
+     * text_config; "" for none. Bound by mpk_op_bind_config. */
+    char cfg_key[128];
 } mpk_op;
 
 typedef struct mpk_tmeta {
@@ -136,6 +164,15 @@ mpk_status mpk_op_parse(const cJSON *j, mpk_op *op, const char *where, const cha
 /* The ranges of a byte-permutation op (its row's ranges; MPK_E_OP for a computed op). */
 mpk_status mpk_op_ranges(const mpk_op *op, const mpk_bundle *in, const mpk_bundle *out, mpk_range_fn fn, void *ctx,
                          mpk_error *err);
+/* The first of the op's cfg_key paths ("vision_config.num_attention_heads,...") present in
+ * config (a cJSON object, may be NULL) as a positive integer, also tried under text_config;
+ * -1 when none is. */
+long mpk_op_config_value(const mpk_op *op, const cJSON *config);
+/* Fills what op takes from config.json (permute_for_rope's heads, concat_list/chunk_list's
+ * item count) from its cfg_key; left unknown (0) when config does not give it, which
+ * inference then reports. */
+void mpk_op_bind_config(mpk_op *op, const cJSON *config);
+
 /* True when the op leaves dim 0 of every tensor alone (so the items stacked along it can be
  * computed one at a time). */
 bool mpk_op_keeps_dim0(const mpk_op *op);

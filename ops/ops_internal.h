@@ -43,8 +43,35 @@ OPS_INFER(dequant_fp8);
 OPS_INFER(quant_fp8);
 OPS_INFER(dequant_mxfp4);
 OPS_INFER(quant_mxfp4);
+OPS_INFER(interleave);
+OPS_INFER(permute_rope);
+OPS_INFER(concat_list);
+OPS_INFER(chunk_list);
 mpk_status ops_inverse_simple(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
 mpk_status ops_inverse_quant(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
+
+mpk_status ops_inverse_reorder(const mpk_op *op, const mpk_bundle *in, mpk_op *inv, mpk_error *err);
+
+/* Spec parsing (optable.c): "key": integer in [lo, hi] into *out; MPK_E_SPEC naming path. */
+mpk_status ops_get_int(const cJSON *o, const char *key, int lo, int hi, int *out, bool required, const char *where,
+                       const char *path, mpk_error *err);
+#define OPS_PARSE(name) \
+    mpk_status ops_parse_##name(const cJSON *j, mpk_op *op, const char *where, const char *path, mpk_error *err)
+OPS_PARSE(interleave);
+OPS_PARSE(permute_rope);
+OPS_PARSE(concat_list);
+OPS_PARSE(chunk_list);
+int ops_format_reorder(const mpk_op *op, char *buf, size_t cap);
+
+/* Byte ranges (optable.c's and reorder.c's rows). */
+mpk_status ops_inner_bytes(const mpk_tmeta *m, int from, uint64_t *out, const char *opname, mpk_error *err);
+#define OPS_RANGES(name)                                                                                          \
+    mpk_status ops_ranges_##name(const mpk_op *op, const mpk_bundle *in, const mpk_bundle *out, mpk_range_fn fn, \
+                                 void *ctx, mpk_error *err)
+OPS_RANGES(interleave);
+OPS_RANGES(permute_rope);
+OPS_RANGES(concat_list);
+OPS_RANGES(chunk_list);
 
 /* Element i of src (F32, F16, BF16, F8_E4M3, F8_E5M2 or F8_E8M0) as an F32 (numfmt.c). */
 float ops_load_f32(mpk_dtype d, const void *src, size_t i);

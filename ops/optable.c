@@ -18,8 +18,8 @@
 
 #define SPEC_FAIL(path, ...) return mpk_error_set(err, MPK_E_SPEC, 0, where, "%s: " __VA_ARGS__)
 
-static mpk_status get_int(const cJSON *o, const char *key, int lo, int hi, int *out, bool required,
-                          const char *where, const char *path, mpk_error *err)
+mpk_status ops_get_int(const cJSON *o, const char *key, int lo, int hi, int *out, bool required, const char *where,
+                       const char *path, mpk_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v) {
@@ -88,19 +88,19 @@ static mpk_status get_dtype(const cJSON *o, const char *key, mpk_dtype *out, boo
 
 static mpk_status parse_dim(PARSE_ARGS)
 {
-    return get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err);
+    return ops_get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err);
 }
 
 static mpk_status parse_chunk(PARSE_ARGS)
 {
     MPK_TRY(parse_dim(j, op, where, path, err));
-    return get_int(j, "chunks", 1, 1 << 20, &op->chunks, false, where, path, err);
+    return ops_get_int(j, "chunks", 1, 1 << 20, &op->chunks, false, where, path, err);
 }
 
 static mpk_status parse_transpose(PARSE_ARGS)
 {
-    MPK_TRY(get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err));
-    MPK_TRY(get_int(j, "dim2", 0, MPK_MAX_DIMS - 1, &op->dim2, true, where, path, err));
+    MPK_TRY(ops_get_int(j, "dim", 0, MPK_MAX_DIMS - 1, &op->dim, true, where, path, err));
+    MPK_TRY(ops_get_int(j, "dim2", 0, MPK_MAX_DIMS - 1, &op->dim2, true, where, path, err));
     if (op->dim == op->dim2)
         SPEC_FAIL(path, "transpose needs two different dims", path);
     if (op->dim > op->dim2) {
@@ -146,7 +146,7 @@ static mpk_status parse_quant(PARSE_ARGS)
     bool fp8 = op->kind == MPK_OP_DEQUANT_FP8 || op->kind == MPK_OP_QUANT_FP8;
     op->block = fp8 ? 128 : 32;
     if (fp8)
-        MPK_TRY(get_int(j, "block", 1, 1 << 16, &op->block, false, where, path, err));
+        MPK_TRY(ops_get_int(j, "block", 1, 1 << 16, &op->block, false, where, path, err));
     op->dtype = MPK_DTYPE_BF16;
     return get_dtype(j, "dtype", &op->dtype, NULL, "be BF16, F16 or F32", mpk_dtype_is_float, where, path, err);
 }
@@ -162,7 +162,7 @@ mpk_status mpk_op_parse(const cJSON *j, mpk_op *op, const char *where, const cha
         SPEC_FAIL(path, "missing \"op\" name", path);
     const mpk_op_desc *d = mpk_op_find(name->valuestring);
     if (!d) {
-        char list[256] = "";
+        char list[512] = "";
         for (int i = 0; i < MPK_OP_COUNT; i++)
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", mpk_op_descs[i].name);
         SPEC_FAIL(path, "unknown op '%s' (known: %s)", path, name->valuestring, list);
@@ -220,7 +220,7 @@ const char *mpk_op_str(const mpk_op *op, char *buf, size_t cap)
 /* ---------------------------------------------------------------- byte ranges */
 
 /* Bytes of dims [from, ndim) of one tensor; MPK_E_SUBBYTE when not whole bytes. */
-static mpk_status inner_bytes(const mpk_tmeta *m, int from, uint64_t *out, const char *opname, mpk_error *err)
+mpk_status ops_inner_bytes(const mpk_tmeta *m, int from, uint64_t *out, const char *opname, mpk_error *err)
 {
     uint64_t bits = mpk_prod(m->shape, from, m->ndim) * (uint64_t)mpk_dtype_bits(m->dtype);
     if (bits % 8)
@@ -244,7 +244,7 @@ static mpk_status ranges_merge(RANGE_ARGS)
     const int N = in->n_items;
     for (int g = 0; g < in->n_groups; g++) {
         uint64_t inner = 0, dst = 0, outer = mpk_prod(in->t[g * N].shape, 0, op->dim);
-        MPK_TRY(inner_bytes(&in->t[g * N], op->dim, &inner, "merge", err));
+        MPK_TRY(ops_inner_bytes(&in->t[g * N], op->dim, &inner, "merge", err));
         for (uint64_t o = 0; o < outer; o++)
             for (int i = 0; i < N; i++, dst += inner)
                 EMIT(.src = g * N + i, .src_off = o * inner, .dst = g, .dst_off = dst, .len = inner);
@@ -258,7 +258,7 @@ static mpk_status ranges_split(RANGE_ARGS)
     for (int g = 0; g < in->n_groups; g++) {
         const mpk_tmeta *t = &in->t[g];
         uint64_t inner = 0, n = (uint64_t)t->shape[op->dim], outer = mpk_prod(t->shape, 0, op->dim);
-        MPK_TRY(inner_bytes(t, op->dim + 1, &inner, "split", err));
+        MPK_TRY(ops_inner_bytes(t, op->dim + 1, &inner, "split", err));
         for (uint64_t j = 0; j < n; j++)
             for (uint64_t o = 0; o < outer; o++)
                 EMIT(.src = g, .src_off = (o * n + j) * inner, .dst = (int)((uint64_t)g * n + j), .dst_off = o * inner,
@@ -273,7 +273,7 @@ static mpk_status ranges_concat(RANGE_ARGS)
     const int G = in->n_groups, N = in->n_items;
     for (int i = 0; i < N; i++) {
         uint64_t inner = 0, dst = 0, outer = mpk_prod(in->t[i].shape, 0, op->dim);
-        MPK_TRY(inner_bytes(&in->t[i], op->dim, &inner, "concat", err));
+        MPK_TRY(ops_inner_bytes(&in->t[i], op->dim, &inner, "concat", err));
         for (uint64_t o = 0; o < outer; o++)
             for (int g = 0; g < G; g++, dst += inner)
                 EMIT(.src = g * N + i, .src_off = o * inner, .dst = i, .dst_off = dst, .len = inner);
@@ -289,7 +289,7 @@ static mpk_status ranges_chunk(RANGE_ARGS)
     for (int i = 0; i < N; i++) {
         const mpk_tmeta *piece = &out->t[i];
         uint64_t inner = 0, outer = mpk_prod(piece->shape, 0, op->dim);
-        MPK_TRY(inner_bytes(piece, op->dim, &inner, "chunk", err));
+        MPK_TRY(ops_inner_bytes(piece, op->dim, &inner, "chunk", err));
         for (uint64_t pc = 0; pc < c; pc++)
             for (uint64_t o = 0; o < outer; o++)
                 EMIT(.src = i, .src_off = (o * c + pc) * inner, .dst = (int)(pc * (uint64_t)N + (uint64_t)i),
@@ -353,6 +353,11 @@ static uint64_t granule_quant(const mpk_op *op, const mpk_tmeta *in, const mpk_t
 #define COMP(k, n, p, cls, parse, fmt, infer, inv, gran) \
     [k] = {k, n, p, false, cls, parse, fmt, infer, inv, NULL, gran}
 
+/* the reorderings of reorder.c: byte permutations with their own inverse */
+#define REORDER(k, n, p, f)                                                                                      \
+    [k] = {k, n, p, true, MPK_COMPUTE_NONE, ops_parse_##f, ops_format_reorder, ops_infer_##f, ops_inverse_reorder, \
+           ops_ranges_##f, NULL}
+
 const mpk_op_desc mpk_op_descs[MPK_OP_COUNT] = {
     PERM(MPK_OP_MERGE, "merge", "dim", parse_dim, fmt_dim, ops_infer_merge, ranges_merge),
     PERM(MPK_OP_SPLIT, "split", "dim", parse_dim, fmt_dim, ops_infer_split, ranges_split),
@@ -372,6 +377,11 @@ const mpk_op_desc mpk_op_descs[MPK_OP_COUNT] = {
          ops_infer_dequant_mxfp4, ops_inverse_quant, granule_dequant),
     COMP(MPK_OP_QUANT_MXFP4, "quant_mxfp4", "", MPK_COMPUTE_QUANT, parse_quant, fmt_none, ops_infer_quant_mxfp4,
          ops_inverse_quant, granule_quant),
+    REORDER(MPK_OP_INTERLEAVE, "interleave", "dim, inverse=false", interleave),
+    REORDER(MPK_OP_PERMUTE_ROPE, "permute_for_rope", "heads (integer or config.json keys), inverse=false, groups?",
+            permute_rope),
+    REORDER(MPK_OP_CONCAT_LIST, "concat_list", "dim, items? (integer or config.json keys)", concat_list),
+    REORDER(MPK_OP_CHUNK_LIST, "chunk_list", "dim, items (integer or config.json keys)", chunk_list),
 };
 _Static_assert(sizeof mpk_op_descs / sizeof mpk_op_descs[0] == MPK_OP_COUNT, "op table");
 

@@ -254,8 +254,11 @@ static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error
     for (int i = 0; i < n; i++) {
         const mpk_rule *f = &s->rules[i];
         bool movable = true;
-        for (int k = 0; k < f->n_ops; k++)
-            movable &= mpk_op_descs[f->ops[k].kind].byte_permutation || f->ops[k].kind == MPK_OP_TRANSPOSE;
+        for (int k = 0; k < f->n_ops; k++) {
+            mpk_op_kind o = f->ops[k].kind; /* not the row reorderings: a b x b grid cannot follow them */
+            movable &= (mpk_op_descs[o].byte_permutation || o == MPK_OP_TRANSPOSE) && o != MPK_OP_INTERLEAVE &&
+                       o != MPK_OP_PERMUTE_ROPE && o != MPK_OP_CONCAT_LIST && o != MPK_OP_CHUNK_LIST;
+        }
         if (!movable)
             continue;
         mpk_rule *c = &s->rules[s->n_rules];
@@ -567,6 +570,7 @@ void mpk_spec_bind_sizes(mpk_spec *s, const mpk_model_config *cfg)
     for (int r = 0; r < s->n_rules; r++)
         for (int k = 0; k < s->rules[r].n_ops; k++) {
             mpk_op *op = &s->rules[r].ops[k];
+            mpk_op_bind_config(op, cfg ? cfg->json : NULL); /* heads, item counts */
             if (op->kind != MPK_OP_RESHAPE)
                 continue;
             for (int d = 0; d < op->ndim; d++)
