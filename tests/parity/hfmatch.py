@@ -243,18 +243,26 @@ def run_converter(conv, renamed, collected, shapes):
     for k, lst in items.items():
         name = k if hit is None else full.partition(hit)[0] + k + full.partition(hit)[2]
         t = lst[0]
-        out[name] = {"shape": t["shape"], "ops": t["ops"], "sources": t["sources"]}
+        out[name] = {"shape": t["shape"], "ops": t["ops"], "sources": t["sources"],
+                     "target_index": conv.targets.index(k) if k in conv.targets else None}
     return out
 
 
-def norm_op(text):
-    """moepack's op text ('merge(dim=0)', 'chunk(dim=0, chunks=2)', 'transpose(1, 2)') as the
-    tuples this module produces."""
+def norm_op(text, target_index=None):
+    """moepack's op text ('merge(dim=0)', 'chunk(dim=0, chunks=2)', 'transpose(1, 2)',
+    'interleave(dim=1, inverse)', 'concat_list(dim=0, items=4)', 'permute_for_rope(heads=2,
+    groups=0,1)') as the tuples this module produces; None for a permute_for_rope whose groups
+    leave out the converter's target number target_index (it does not touch that output)."""
     m = re.match(r"\s*([A-Za-z_0-9]+)\s*(?:\((.*)\))?", text)
-    name = m.group(1).lower()
+    name, args = m.group(1).lower(), m.group(2) or ""
     name = {"permuteforrope": "permute_for_rope", "permute_rope": "permute_for_rope",
-            "rope_permute": "permute_for_rope"}.get(name, name)
-    ints = tuple(int(x) for x in re.findall(r"-?\d+", m.group(2) or ""))
+            "rope_permute": "permute_for_rope", "concat_list": "concat"}.get(name, name)
     if name == "permute_for_rope":
+        g = re.search(r"groups=([\d,]+)", args)
+        if g and target_index is not None and str(target_index) not in g.group(1).split(","):
+            return None
         return (name,)
-    return (name,) + ints
+    if name == "interleave" and re.search(r"inverse(?!=false)", args):
+        name = "deinterleave"
+    ints = tuple(int(x) for x in re.findall(r"-?\d+", args))
+    return (name,) + (ints[:1] if name == "concat" else ints)

@@ -163,6 +163,13 @@ class Ops(unittest.TestCase):
         self.assertEqual(hfmatch.norm_op("merge(dim=0)"), ("merge", 0))
         self.assertEqual(hfmatch.norm_op("chunk(dim=0, chunks=2)"), ("chunk", 0, 2))
         self.assertEqual(hfmatch.norm_op("transpose(1, 2)"), ("transpose", 1, 2))
+        self.assertEqual(hfmatch.norm_op("concat_list(dim=0, items=4)"), ("concat", 0))
+        self.assertEqual(hfmatch.norm_op("interleave(dim=1)"), ("interleave", 1))
+        self.assertEqual(hfmatch.norm_op("interleave(dim=1, inverse)"), ("deinterleave", 1))
+        rope = "permute_for_rope(heads=2, groups=0,1)"
+        self.assertEqual(hfmatch.norm_op(rope, 1), ("permute_for_rope",))
+        self.assertIsNone(hfmatch.norm_op(rope, 2))
+        self.assertEqual(hfmatch.norm_op("permute_for_rope(heads=num_heads)", 2), ("permute_for_rope",))
 
 
 if __name__ == "__main__":
