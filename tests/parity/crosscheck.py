@@ -11,7 +11,13 @@ expert conversions (a pattern naming `experts`; pi0's `paligemma_with_expert` do
    config.json with the model_type and the sizes moepack reads;
 2. derives the names, shapes, sources and op chains transformers would produce with hfmatch.py
    (an independent re-implementation of core_model_loading.py's matching and ops);
-3. runs `moepack plan DIR --json` (the preset auto) and compares.
+3. runs `moepack plan DIR --json` (the preset auto) and compares target names, shapes, source
+   tensors in order and op chains, and that transformers loading the packed output (the mapping
+   applied again, with its fall-back to the name as it is) gets the same names;
+4. for a model type moepack has a preset for, does the same on the names `moepack synth --arch
+   PRESET` writes (the family's published names: shared experts, routers, norms);
+5. with --material DIR (default $MPK_MATERIAL): real releases' config.json + index planned from
+   the index alone, compared by names and sources.
 
 One line per model type: OK, MISMATCH (first differences), KNOWN (listed in KNOWN_DIFFERENCES
 below, with the reason: still reported, and an error once it passes so the list shrinks) or
@@ -289,8 +295,43 @@ def plan(moepack, folder):
     return doc, None
 
 
-def check_type(moepack, mt, entries, legacy, tmp):
-    """(expected, diffs or None when moepack's plan failed, error text)."""
+def read_shapes(folder):
+    """{name: shape} from the safetensors headers in folder."""
+    shapes = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(folder, f), "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(n))
+            shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def synth_pass(moepack, preset, mt, entries, legacy, tmp):
+    """The same comparison on the names `moepack synth` writes for the preset's family (its
+    published names: shared experts, routers, norms), config.json's model_type set to mt."""
+    folder = os.path.join(tmp, mt + "-synth")
+    r = subprocess.run([moepack, "synth", "--arch", preset, "--experts", str(E), "--hidden", str(H),
+                        "--intermediate", str(I), "--layers", str(L), "--vocab", str(V), "--shards", "1", folder],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        return None, f"synth --arch {preset}: exit {r.returncode}: {r.stderr.strip()[:200]}"
+    cfg_path = os.path.join(folder, "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["model_type"] = mt
+    cfg.pop("architectures", None)
+    json.dump(cfg, open(cfg_path, "w"))
+    shapes = read_shapes(folder)
+    expected = hfmatch.Mapping(entries, legacy).convert(shapes)
+    doc, err = plan(moepack, folder)
+    if doc is None:
+        return None, "synth names: " + err
+    diffs = compare(expected, doc["outputs"]) + reload_diffs(entries, legacy, expected, doc["outputs"])
+    return ["synth names: " + d for d in diffs], len(expected)
+
+
+def check_type(moepack, mt, entries, legacy, tmp, preset=None):
+    """(expected, diffs or None when moepack's plan failed, error text, tensors compared)."""
     shapes = instantiate(mt, entries)
     expected = hfmatch.Mapping(entries, legacy).convert(shapes)
     folder = os.path.join(tmp, mt)
@@ -298,14 +339,50 @@ def check_type(moepack, mt, entries, legacy, tmp):
     write_checkpoint(folder, shapes, config_for(mt))
     doc, err = plan(moepack, folder)
     if doc is None:
-        return expected, None, err
+        return expected, None, err, 0
     diffs = compare(expected, doc["outputs"]) + reload_diffs(entries, legacy, expected, doc["outputs"])
-    return expected, diffs, None
+    n = len(expected)
+    if preset is not None:
+        more, got = synth_pass(moepack, preset, mt, entries, legacy, tmp)
+        if more is None:
+            return expected, None, got, n
+        diffs += more
+        n += got
+    return expected, diffs, None, n
+
+
+def material_pass(moepack, material, mapping, claimed, tmp):
+    """Real releases' config.json + index (../shared/safetensors-material): planned from the
+    index alone (names, not shapes); each of a claimed model type with expert conversions is
+    compared by target names and sources. Returns (lines, failures)."""
+    lines, failed = [], 0
+    for d in sorted(os.listdir(material)) if material and os.path.isdir(material) else []:
+        src = os.path.join(material, d)
+        if not os.path.exists(os.path.join(src, "model.safetensors.index.json")):
+            continue
+        mt = json.load(open(os.path.join(src, "config.json"))).get("model_type")
+        if mt not in claimed or mt not in mapping or mt not in expert_types({mt: mapping[mt]}):
+            lines.append(f"material {d}: {mt}: not compared (no preset, or no expert conversion in the mapping)")
+            continue
+        names = json.load(open(os.path.join(src, "model.safetensors.index.json")))["weight_map"]
+        expected = hfmatch.Mapping(mapping[mt], mapping.get("legacy", [])).convert({n: [4, 4, 4] for n in names})
+        doc, err = plan(moepack, src)
+        got = {} if doc is None else {o["name"]: o["sources"] for o in doc["outputs"]}
+        diffs = [err] if err else []
+        diffs += [f"missing {n}" for n in expected if n not in got and not err]
+        diffs += [f"unexpected {n}" for n in got if n not in expected]
+        diffs += [f"{n}: sources differ" for n in expected if n in got and got[n] != expected[n]["sources"]]
+        word = "KNOWN" if diffs and mt in KNOWN_DIFFERENCES else "MISMATCH" if diffs else "OK"
+        failed += word == "MISMATCH" or (not diffs and mt in KNOWN_DIFFERENCES)
+        lines.append(f"material {d}: {mt}: {word}: {len(expected)} tensors"
+                     + (f"; {len(diffs)} differences, first: {diffs[0]}" if diffs else ""))
+    return lines, failed
 
 
 def claimed_types(moepack):
+    """{model type: preset name} from `moepack presets --json`."""
     r = subprocess.run([moepack, "presets", "--json"], capture_output=True, text=True, check=True)
-    return {mt for p in json.loads(r.stdout) for mt in p["model_types"]}
+    return {mt: p["name"] for p in json.loads(r.stdout) for mt in p["model_types"]}
 
 
 def verdict(mt, claimed, diffs, err, require_all):
@@ -318,6 +395,23 @@ def verdict(mt, claimed, diffs, err, require_all):
     return ("MISMATCH" if bad else "OK"), bad
 
 
+def report(mt, word, expected, diffs, err, n, a):
+    """One line per model type; with --verbose every difference, with --expected the derivation."""
+    detail = err or ("; ".join(diffs[:3]) + (f"; ... {len(diffs) - 3} more" if len(diffs) > 3 else "")
+                     if diffs else f"{n} tensors")
+    if mt in KNOWN_DIFFERENCES and diffs is not None and not err:
+        detail = f"{KNOWN_DIFFERENCES[mt]} | {detail}"
+    print(f"{mt:24s} {word}: {detail}")
+    if a.verbose and diffs:
+        for d in diffs:
+            print("    " + d)
+    if a.expected:
+        for name in sorted(expected, key=hfmatch.dot_natural_key):
+            x = expected[name]
+            more = " ..." if len(x["sources"]) > 1 else ""
+            print(f"    {name} {x['shape']} {x['ops']} <- {x['sources'][0]}{more}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moepack", required=True)
@@ -327,35 +421,31 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--expected", action="store_true", help="print transformers' derivation per type")
+    ap.add_argument("--material", default=os.environ.get("MPK_MATERIAL", ""),
+                    help="folder of real config.json + index pairs (default $MPK_MATERIAL)")
     a = ap.parse_args()
     dump = json.load(open(a.mapping))
     mapping = dump["mapping"]
     types = expert_types(mapping)
     print(f"transformers {dump['transformers']}: {len(types)} model types with expert conversions: {' '.join(types)}")
     claimed = claimed_types(a.moepack)
-    outside = sorted(claimed - set(types))
+    outside = sorted(set(claimed) - set(types))
     if a.only:
         types = [t for t in types if t in a.only.split(",")]
     print(f"moepack's presets also cover, outside that list (not checked here): {' '.join(outside)}")
     counts, failed = {}, 0
     with tempfile.TemporaryDirectory(prefix="mpk-crosscheck-") as tmp:
         for mt in types:
-            expected, diffs, err = check_type(a.moepack, mt, mapping[mt], mapping.get("legacy", []), tmp)
+            expected, diffs, err, n = check_type(a.moepack, mt, mapping[mt], mapping.get("legacy", []), tmp,
+                                                 claimed.get(mt))
             word, bad = verdict(mt, claimed, diffs, err, a.require_all)
             failed += bad
             counts[word.split(" (")[0]] = counts.get(word.split(" (")[0], 0) + 1
-            detail = err or ("; ".join(diffs[:3]) + (f"; ... {len(diffs) - 3} more" if len(diffs) > 3 else "")
-                             if diffs else f"{len(expected)} tensors")
-            if mt in KNOWN_DIFFERENCES and diffs is not None and not err:
-                detail = f"{KNOWN_DIFFERENCES[mt]} | {detail}"
-            print(f"{mt:24s} {word}: {detail}")
-            if a.verbose and diffs:
-                for d in diffs:
-                    print("    " + d)
-            if a.expected:
-                for name in sorted(expected, key=hfmatch.dot_natural_key):
-                    x = expected[name]
-                    print(f"    {name} {x['shape']} {x['ops']} <- {x['sources'][0]}{' ...' if len(x['sources']) > 1 else ''}")
+            report(mt, word, expected, diffs, err, n, a)
+        lines, bad = material_pass(a.moepack, a.material, mapping, claimed, tmp)
+        for line in lines:
+            print(line)
+        failed += bad
     summary = ", ".join(f"{n} {w}" for w, n in sorted(counts.items()))
     print(f"summary: {len(types)} model types: {summary}; {failed} failing"
           f"{'' if a.require_all else ' (NO PRESET tolerated: lenient mode, --require-all to fail on them)'}")
