@@ -4,7 +4,9 @@
 #   run(carry=[".carry"]): bash gpu/device_run.sh [STEP...]
 # Steps: test (test_gpu --device), qwen3, mixtral, deepseek (gpucheck + peer_torch.py + table
 # per shape), e2e (gpucheck --reference on a packed synth checkpoint; pack vs cp -r on this
-# machine), parity[:arch,...] (tests/parity/transformers_parity.py), loadtime (from_pretrained
+# machine), parity[:arch,...] (tests/parity/transformers_parity.py), hfmatch (the installed
+# transformers' own key renaming against tests/parity/hfmatch.py, crosscheck's re-implementation:
+# tests/parity/validate_hfmatch.py, CPU only), loadtime (from_pretrained
 # of a per-expert Qwen3-MoE checkpoint against its pack: gpu/load_time.py), fp8 (gpucheck of
 # DeepSeek-V3-shaped FP8 packed experts against their per-expert source), bench (issue 18 on this
 # machine: pack and unpack against cp -r (+ sync), warm, ROUNDS rounds, then from a cold cache
@@ -36,7 +38,7 @@ shape() { # name E H I k tokens
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity loadtime fp8)
+[ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity hfmatch loadtime fp8)
 save() { # after every step, so that a run stopped at its limit still returns what it finished
     if [ -n "${OUT:-}" ]; then tar czf "$OUT/results.tgz" -C "$RES" .; else rm -rf gpu-out && cp -r "$RES" gpu-out; fi
 }
@@ -86,6 +88,10 @@ for step in "${steps[@]}"; do
         timeout 300 python3 tests/parity/transformers_parity.py --moepack $M --work /tmp/parity \
             ${archs:+--arch $archs} --json "$RES/parity${archs:+-$archs}.json" > "$RES/parity${archs:+-$archs}.txt" 2>&1
         echo "parity rc=$?"; tail -14 "$RES/parity${archs:+-$archs}.txt" ;;
+    hfmatch)
+        echo "== hfmatch"
+        timeout 120 python3 tests/parity/validate_hfmatch.py --json "$RES/hfmatch.json" > "$RES/hfmatch.txt" 2>&1
+        echo "hfmatch rc=$?"; tail -3 "$RES/hfmatch.txt" ;;
     bench) # issue 18: pack and unpack against cp -r (+ sync) of the same bytes on this machine
         W=/tmp/bench; rm -rf $W
         { echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, kernel $(uname -r)"
