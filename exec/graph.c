@@ -198,6 +198,14 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
     mpk_node *n = node_new(b, N_DEQUANT, m);
     if (!n || !(n->in = source_node(b, p, v->weight, &wm)) || !(n->in2 = source_node(b, p, v->scale, &sm)))
         return NULL;
+    if (v->scale2) { /* NVFP4: blocks of 16 values, whole within a row */
+        mpk_tmeta gm = {MPK_DTYPE_F32, v->scale2->info->ndim, {0}};
+        memcpy(gm.shape, v->scale2->info->shape, sizeof gm.shape);
+        if (!(n->in3 = source_node(b, p, v->scale2, &gm)))
+            return NULL;
+        n->granule = 16 * mpk_dtype_size(m->dtype);
+        return n;
+    }
     n->block = p->fp8_block;
     mpk_op op = {.kind = MPK_OP_DEQUANT_FP8, .block = p->fp8_block, .dtype = m->dtype};
     n->granule = mpk_op_descs[op.kind].granule(&op, &wm, m, 0);

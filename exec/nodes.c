@@ -103,12 +103,40 @@ static int64_t cdiv(int64_t a, int64_t b)
     return (a + b - 1) / b;
 }
 
+/* NVFP4 codes (8 bytes a block of 16 values), their E4M3 block scales and the F32 global
+ * scale, read and decoded block by block. */
+static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    uint64_t g = 16 * mpk_dtype_size(n->meta.dtype), k0 = off / g, nb = len / g;
+    if (off % g || len % g)
+        MPK_FAIL(r->err, MPK_E_OP, "exec", "internal: unaligned NVFP4 read");
+    uint8_t *t = mpk_alloc(nb * 9 + 4);
+    if (!t)
+        MPK_FAIL(r->err, MPK_E_NOMEM, "exec", "out of memory");
+    mpk_status s = ex_node_read(n->in, k0 * 8, nb * 8, (char *)t, r);
+    if (s == MPK_OK)
+        s = ex_node_read(n->in2, k0, nb, (char *)t + nb * 8, r);
+    if (s == MPK_OK)
+        s = ex_node_read(n->in3, 0, 4, (char *)t + nb * 9, r);
+    if (s == MPK_OK)
+        s = ex_rd_flush(r);
+    if (s == MPK_OK) {
+        float s2;
+        memcpy(&s2, t + nb * 9, 4);
+        mpk_dequant_nvfp4(t, t + nb * 8, (size_t)nb, s2, n->meta.dtype, buf);
+    }
+    free(t);
+    return s;
+}
+
 static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
 {
     mpk_error *err = r->err;
     const mpk_tmeta *m = &n->meta;
     size_t oel = mpk_dtype_size(m->dtype);
     mpk_status s = MPK_OK;
+    if (n->in3)
+        return read_dequant_nvfp4(n, off, len, buf, r);
     if (n->mx) {
         uint64_t g = 32 * oel, k0 = off / g, nb = len / g;
         if (off % g || len % g)

@@ -208,7 +208,7 @@ static mpk_status identity_spec(const mpk_spec *s, bool packed, mpk_spec **out, 
     cJSON_AddItemToObject(root, "renames", cJSON_CreateArray());
     for (int i = 0; i < s->n_rules; i++) {
         const mpk_rule *r = &s->rules[i];
-        if (r->scale_of >= 0) /* a companion: the parser makes those again */
+        if (r->scale_of >= 0 || r->companion_of >= 0) /* a companion: the parser makes those again */
             continue;
         const mpk_pattern *ps = packed ? r->targets : r->sources;
         for (int k = 0; k < (packed ? r->n_targets : r->n_sources); k++) {

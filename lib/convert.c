@@ -621,7 +621,10 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
     if ((s = mpk_dist_agree(s, err)) != MPK_OK)
         goto out;
     mpk_kv meta[2] = {{"format", "pt"}, {"moepack_layout", j->layout}};
-    static const char *const skip[] = {MPK_SOURCE_NAME, NULL}; /* written (or not) by finish */
+    /* MPK_SOURCE_NAME: written (or not) by finish; ModelOpt's hf_quant_config.json declares a
+     * quantization --dequantize removes */
+    static const char *const skip[] = {MPK_SOURCE_NAME, NULL}, *const skip_dq[] = {MPK_SOURCE_NAME,
+                                                                                   "hf_quant_config.json", NULL};
     mpk_exec_opts eo = {
         .threads = r->threads,
         .mem = r->mem,
@@ -639,7 +642,7 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         .hash_outputs = manifest,
         .finish = finish,
         .finish_ctx = j,
-        .skip_names = skip,
+        .skip_names = r->quant == MPK_QUANT_DEQUANTIZE ? skip_dq : skip,
         .resume = r->flags & MPK_CONVERT_RESUME,
         .copy_links = r->flags & MPK_CONVERT_COPY_LINKS,
         .warn = r->warn,

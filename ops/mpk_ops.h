@@ -277,6 +277,27 @@ uint64_t mpk_mxfp4_value_diff(const uint8_t *blocks_a, const uint8_t *scales_a, 
 uint64_t mpk_fp8_block_value_diff(mpk_dtype w_dt, const uint8_t *w_a, const float *scale_a, const uint8_t *w_b,
                                   const float *scale_b, int64_t C, int block, int64_t rows);
 
+/* ---------------------------------------------------------------- NVFP4 (nvfp4.c)
+ *
+ * NVIDIA ModelOpt's NVFP4: per linear, codes U8 [.., R, C/2] (two E2M1 a byte, element 2k in
+ * the low nibble of byte k), block scales F8_E4M3 [.., R, C/16] (one per 16 values along a
+ * row), one F32 global scale (weight_scale_2). A block of 16 values is 8 bytes of codes and one
+ * scale byte. Value = e2m1 x s rounded to F32, s = f32(e4m3) x weight_scale_2 rounded to F32
+ * (ModelOpt's NVFP4QTensor.dequantize, in that order). */
+
+/* The F32 scale of a block: f32(e4m3) x scale2, rounded to F32. */
+float mpk_nvfp4_block_scale(uint8_t e4m3, float scale2);
+/* Decodes n_blocks blocks (codes: 8 bytes each, scales: one E4M3 byte each, one global scale2)
+ * into n_blocks * 16 values of out_dt (F32, F16 or BF16), rounded once from the F32 value to
+ * nearest even. Thread-safe. */
+void mpk_dequant_nvfp4(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float scale2, mpk_dtype out_dt,
+                       void *out);
+/* Compares two NVFP4 encodings of n_blocks blocks by their F32 values (as mpk_dequant_nvfp4
+ * computes them; +0 equals -0, NaN equals NaN). Returns the index of the first value that
+ * differs, n_blocks * 16 when none does. Thread-safe. */
+uint64_t mpk_nvfp4_value_diff(const uint8_t *codes_a, const uint8_t *scales_a, float scale2_a,
+                              const uint8_t *codes_b, const uint8_t *scales_b, float scale2_b, size_t n_blocks);
+
 /* Swaps dims a < b of a tensor of the given shape (elements of el bytes): in and out do not
  * overlap. Thread-safe. */
 void mpk_transpose(const void *in, void *out, size_t el, const int64_t *shape, int ndim, int a,

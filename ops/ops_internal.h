@@ -30,6 +30,17 @@ static inline uint16_t ops_f32_to_bf16(float f)
     return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
 
+/* Element i of out (F32, BF16 or F16) set to v, rounded to nearest even. */
+static inline void ops_store(mpk_dtype dt, void *out, size_t i, float v)
+{
+    if (dt == MPK_DTYPE_F32)
+        ((float *)out)[i] = v;
+    else if (dt == MPK_DTYPE_BF16)
+        ((uint16_t *)out)[i] = ops_f32_to_bf16(v);
+    else
+        ((uint16_t *)out)[i] = mpk_f32_to_f16(v);
+}
+
 #define OPS_INFER(name) \
     mpk_status ops_infer_##name(const mpk_op *op, const mpk_bundle *in, mpk_bundle *out, mpk_arena *arena, mpk_error *err)
 OPS_INFER(merge);
@@ -72,6 +83,14 @@ OPS_RANGES(interleave);
 OPS_RANGES(permute_rope);
 OPS_RANGES(concat_list);
 OPS_RANGES(chunk_list);
+
+/* Whether the SIMD paths may run (quant.c): where the CPU has them and the tests did not turn
+ * them off. */
+bool ops_simd_allowed(void);
+
+/* The BF16 values of the 16 E2M1 codes times s (each product rounded to F32, then to BF16),
+ * their low and high bytes apart: the tables of the MXFP4 and NVFP4 byte shuffles (quant.c). */
+void ops_e2m1_bf16_table(float s, uint8_t lo[16], uint8_t hi[16]);
 
 /* Element i of src (F32, F16, BF16, F8_E4M3, F8_E5M2 or F8_E8M0) as an F32 (numfmt.c). */
 float ops_load_f32(mpk_dtype d, const void *src, size_t i);

@@ -47,15 +47,6 @@ uint8_t mpk_f32_to_e4m3_fast(float f)
     return e4m3_from_f32(f);
 }
 
-static void store(mpk_dtype dt, void *out, size_t i, float v)
-{
-    if (dt == MPK_DTYPE_F32)
-        ((float *)out)[i] = v;
-    else if (dt == MPK_DTYPE_BF16)
-        ((uint16_t *)out)[i] = ops_f32_to_bf16(v);
-    else
-        ((uint16_t *)out)[i] = mpk_f32_to_f16(v);
-}
 
 
 /* ---------------------------------------------------------------- FP8 block */
@@ -71,6 +62,11 @@ static bool simd_allowed(void)
         atomic_store(&cached, v);
     }
     return v;
+}
+
+bool ops_simd_allowed(void)
+{
+    return simd_allowed();
 }
 
 /* E4M3 codes times a scale, rounded once to BF16, written branch-free so the compiler turns
@@ -173,7 +169,7 @@ void mpk_dequant_fp8_rows(mpk_dtype w_dt, const uint8_t *w, const float *scale, 
             {
                 for (int64_t c = c0; c < c1; c++) {
                     float v = w_dt == MPK_DTYPE_F8_E4M3 ? e4m3_fast(row[c]) : mpk_e5m2_to_f32(row[c]);
-                    store(out_dt, out, base + (size_t)c, v * s);
+                    ops_store(out_dt, out, base + (size_t)c, v * s);
                 }
             }
         }
@@ -236,17 +232,21 @@ typedef struct mxfp4_tab {
     uint8_t lo[16], hi[16];
 } mxfp4_tab;
 
+void ops_e2m1_bf16_table(float s, uint8_t lo[16], uint8_t hi[16])
+{
+    for (int k = 0; k < 16; k++) {
+        uint16_t v = ops_f32_to_bf16(E2M1_LUT[k] * s);
+        lo[k] = (uint8_t)v;
+        hi[k] = (uint8_t)(v >> 8);
+    }
+}
+
 /* The table of scale code sc, built the first time it is asked for (have[sc]). */
 static const mxfp4_tab *mxfp4_table(uint8_t sc, mxfp4_tab *tabs, uint8_t *have)
 {
     mxfp4_tab *t = &tabs[sc];
     if (!have[sc]) {
-        float s = e8m0_fast(sc);
-        for (int k = 0; k < 16; k++) {
-            uint16_t v = ops_f32_to_bf16(E2M1_LUT[k] * s);
-            t->lo[k] = (uint8_t)v;
-            t->hi[k] = (uint8_t)(v >> 8);
-        }
+        ops_e2m1_bf16_table(e8m0_fast(sc), t->lo, t->hi);
         have[sc] = 1;
     }
     return t;
@@ -312,8 +312,8 @@ void mpk_dequant_mxfp4(const uint8_t *blocks, const uint8_t *scales, size_t n_bl
         float s = e8m0_fast(scales[b]);
         for (int k = 0; k < 16; k++) {
             uint8_t v = blocks[b * 16 + (size_t)k];
-            store(out_dt, out, b * 32 + 2 * (size_t)k, E2M1_LUT[v & 0xF] * s);
-            store(out_dt, out, b * 32 + 2 * (size_t)k + 1, E2M1_LUT[v >> 4] * s);
+            ops_store(out_dt, out, b * 32 + 2 * (size_t)k, E2M1_LUT[v & 0xF] * s);
+            ops_store(out_dt, out, b * 32 + 2 * (size_t)k + 1, E2M1_LUT[v >> 4] * s);
         }
     }
 }

@@ -57,6 +57,14 @@ static void quant_of(mpk_model_config *cfg, const char *key, const cJSON *o)
     snprintf(cfg->quant_method, sizeof cfg->quant_method, "%s%s%s",
              cJSON_IsString(m) ? m->valuestring : cJSON_IsString(algo) ? "modelopt" : "?",
              cJSON_IsString(algo) ? " " : "", cJSON_IsString(algo) ? algo->valuestring : "");
+    /* the values per block scale: ModelOpt's group_size (hf_quant_config.json's quantization, or
+     * the first config group's weights in config.json) */
+    const cJSON *qd = cJSON_GetObjectItemCaseSensitive(o, "quantization");
+    const cJSON *cg = cJSON_GetObjectItemCaseSensitive(o, "config_groups");
+    const cJSON *gs = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(qd) ? qd : o, "group_size");
+    if (!gs && cJSON_IsObject(cg) && cg->child)
+        gs = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(cg->child, "weights"), "group_size");
+    cfg->quant_group = cJSON_IsNumber(gs) ? (long)gs->valuedouble : gs ? -2 : -1;
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "weight_block_size");
     char *t = b ? cJSON_PrintUnformatted(b) : NULL;
     snprintf(cfg->quant_block, sizeof cfg->quant_block, "%s", t ? t : "");
@@ -187,8 +195,15 @@ const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf,
             return buf;
         }
     }
+    if (strcmp(cfg->quant_method, "modelopt NVFP4") == 0) {
+        if (cfg->quant_group == -1 || cfg->quant_group == 16)
+            return NULL;
+        snprintf(buf, cap, "%s%s declares NVFP4 with group_size %ld: moepack moves and decodes ModelOpt's "
+                 "16 values per block scale only", file ? "" : "config.json's ", cfg->quant_key, cfg->quant_group);
+        return buf;
+    }
     snprintf(buf, cap, "%s%s declares quantization '%s', which moepack does not implement (it "
-             "implements fp8 with 128x128 blocks, DeepSeek style, and mxfp4, gpt-oss): its weights and "
+             "implements fp8 with 128x128 blocks, DeepSeek style, mxfp4, gpt-oss, and modelopt NVFP4): its weights and "
              "scales would be moved as if they were plain tensors", file ? "" : "config.json's ",
              cfg->quant_key, cfg->quant_method);
     return buf;

@@ -32,6 +32,8 @@ typedef struct mpk_model_config {
     char quant_method[64];       /* its quant_method (ModelOpt: "modelopt QUANT_ALGO"), "?" when
                                     it names none */
     char quant_block[64];        /* quantization_config.weight_block_size as JSON, "" when absent */
+    long quant_group;            /* values per block scale (ModelOpt's group_size): -1 absent, -2
+                                    not a number */
 } mpk_model_config;
 
 /* Why cfg's declared quantization is one moepack does not implement (a sentence naming the
@@ -103,6 +105,8 @@ typedef struct mpk_rule {
                                    side without it has patterns; run k goes through the ops
                                    alone and builds target k (reversed: source k makes run k).
                                    ERNIE-4.5-VL: experts 0..E-1 text, E..2E-1 vision */
+    int companion_of;           /* >= 0: a companion that moves rule companion_of's NVFP4 scales
+                                   (weight_scale, weight_scale_2, input_scale); -1 otherwise */
 } mpk_rule;
 
 typedef struct mpk_rename {
@@ -184,11 +188,13 @@ typedef struct mpk_plan_out {
                                            grid (named target + "_scale_inv"); 0 otherwise */
 } mpk_plan_out;
 
-/* --dequantize: an FP8 weight with its scale grid, seen by the planner as one BF16 tensor. */
+/* --dequantize: an FP8 weight with its scale grid, or NVFP4 codes with their block scales and
+ * global scale, seen by the planner as one BF16 tensor. */
 typedef struct mpk_plan_view {
     mpk_ckpt_tensor t;                  /* first: plans point at it like at any source tensor */
     mpk_tensor_info info;
     const mpk_ckpt_tensor *weight, *scale;
+    const mpk_ckpt_tensor *scale2;      /* NVFP4: weight_scale_2 (one F32); NULL for FP8 */
 } mpk_plan_view;
 
 typedef struct mpk_plan_group {

@@ -44,8 +44,71 @@ const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *
     return (const mpk_plan_view *)t;
 }
 
+/* v: the BF16 view of weight t (its last dim last values long) with its scales. */
+static void view_init(mpk_plan_view *v, const mpk_ckpt_tensor *t, int64_t last, const mpk_ckpt_tensor *scale,
+                      const mpk_ckpt_tensor *scale2)
+{
+    v->info = *t->info;
+    v->info.dtype = MPK_DTYPE_BF16;
+    v->info.shape[v->info.ndim - 1] = last;
+    v->t = *t;
+    v->t.info = &v->info;
+    mpk_tensor_nbytes(MPK_DTYPE_BF16, v->info.shape, v->info.ndim, &v->t.nbytes);
+    v->weight = t;
+    v->scale = scale;
+    v->scale2 = scale2;
+}
+
+/* ModelOpt NVFP4: a U8 X.weight with an F8_E4M3 X.weight_scale; name is any of the linear's
+ * tensors (X.weight, X.weight_scale, X.weight_scale_2, X.input_scale). The codes' tensor, or
+ * NULL; *base gets X. */
+static const mpk_ckpt_tensor *nvfp4_codes(mpk_plan *p, const char *name, const char **base)
+{
+    static const char *const tails[] = {".weight_scale_2", ".weight_scale", ".input_scale", ".weight", NULL};
+    for (int k = 0; tails[k]; k++) {
+        if (!mpk_str_ends(name, tails[k]))
+            continue;
+        char *b = mpk_arena_strndup(p->arena, name, strlen(name) - strlen(tails[k]));
+        char *w = b ? mpk_arena_printf(p->arena, "%s.weight", b) : NULL;
+        char *sc = b ? mpk_arena_printf(p->arena, "%s.weight_scale", b) : NULL;
+        const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(p->src, w) : NULL, *st = sc ? mpk_ckpt_find(p->src, sc) : NULL;
+        *base = b;
+        return wt && st && wt->info->dtype == MPK_DTYPE_U8 && st->info->dtype == MPK_DTYPE_F8_E4M3 ? wt : NULL;
+    }
+    return NULL;
+}
+
+/* --dequantize: the BF16 view of NVFP4 codes t (base X), with its scales checked: codes U8
+ * [.., R, C/2], X.weight_scale F8_E4M3 [.., R, C/16], X.weight_scale_2 one F32. */
+static mpk_status nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *base, mpk_plan_view *v,
+                             mpk_error *err)
+{
+    const mpk_ckpt *src = p->src;
+    const mpk_tensor_info *w = t->info;
+    char *sn = mpk_arena_printf(p->arena, "%s.weight_scale", base), *s2n = mpk_arena_printf(p->arena, "%s.weight_scale_2", base);
+    const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(src, sn) : NULL, *s2 = s2n ? mpk_ckpt_find(src, s2n) : NULL;
+    if (!st || !s2n) /* st: found by nvfp4_codes */
+        MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
+    const mpk_tensor_info *si = st->info;
+    bool ok = w->ndim >= 1 && si->ndim == w->ndim && (w->shape[w->ndim - 1] * 2) % 16 == 0 &&
+              si->shape[w->ndim - 1] == w->shape[w->ndim - 1] / 8;
+    for (int d = 0; ok && d < w->ndim - 1; d++)
+        ok = si->shape[d] == w->shape[d];
+    char a[128], b[128];
+    if (!ok)
+        MPK_FAIL(err, MPK_E_QUANT, src->dir, "NVFP4 tensor '%s' U8 %s: its block scales '%s' are %s, not F8_E4M3 "
+                 "with one scale per 16 values of each row", w->name, mpk_shape_str(w->shape, w->ndim, a, sizeof a),
+                 sn, mpk_shape_str(si->shape, si->ndim, b, sizeof b));
+    if (!s2 || s2->info->dtype != MPK_DTYPE_F32 || s2->nbytes != 4)
+        MPK_FAIL(err, MPK_E_QUANT, src->dir, "NVFP4 tensor '%s': its global scale '%s' is %s, not one F32 value",
+                 w->name, s2n, s2 ? mpk_shape_str(s2->info->shape, s2->info->ndim, b, sizeof b) : "missing");
+    view_init(v, t, w->shape[w->ndim - 1] * 2, st, s2);
+    return MPK_OK;
+}
+
 /* The tensors the planner sees: the checkpoint's, or with --dequantize every FP8 weight that
- * has a weight_scale_inv grid replaced by a BF16 view and the grid dropped. */
+ * has a weight_scale_inv grid and every NVFP4 weight replaced by a BF16 view, their scales
+ * dropped. */
 static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ckpt_tensor ***out,
                               size_t *n_out, mpk_error *err)
 {
@@ -62,6 +125,16 @@ static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_
     for (size_t i = 0; i < src->n_tensors; i++) {
         const mpk_ckpt_tensor *t = &src->tensors[i];
         const char *name = t->info->name;
+        const char *nb = NULL;
+        const mpk_ckpt_tensor *codes = opts->dequantize ? nvfp4_codes(p, name, &nb) : NULL;
+        if (codes && codes != t)
+            continue; /* a scale of NVFP4 codes: folded into their view */
+        if (codes) {
+            mpk_plan_view *v = &p->views[nv++];
+            MPK_TRY(nvfp4_view(p, t, nb, v, err));
+            list[n++] = &v->t;
+            continue;
+        }
         if (opts->dequantize && mpk_str_ends(name, "_scale_inv")) {
             char *w = mpk_arena_strndup(p->arena, name, strlen(name) - 10);
             const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(src, w) : NULL;
@@ -83,13 +156,7 @@ static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_
                              mpk_shape_str(st->info->shape, st->info->ndim, b, sizeof b), p->fp8_block,
                              p->fp8_block);
                 mpk_plan_view *v = &p->views[nv++];
-                v->info = *t->info;
-                v->info.dtype = MPK_DTYPE_BF16;
-                v->t = *t;
-                v->t.info = &v->info;
-                mpk_tensor_nbytes(MPK_DTYPE_BF16, v->info.shape, v->info.ndim, &v->t.nbytes);
-                v->weight = t;
-                v->scale = st;
+                view_init(v, t, t->info->shape[t->info->ndim - 1], st, NULL);
                 list[n++] = &v->t;
                 continue;
             }

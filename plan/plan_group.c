@@ -187,7 +187,7 @@ static int64_t block_straddle(const mpk_rule *r, const mpk_bundle *w, int b, mpk
  * biases a preset moves (ERNIE-4.5-VL's transposed gates) stay as they are. */
 bool plan_quantizes(const mpk_rule *r, const mpk_bundle *out)
 {
-    return r->scale_of < 0 && (r->list_capture || (out->n_groups * out->n_items > 0 && out->t[0].ndim >= 3));
+    return r->scale_of < 0 && r->companion_of < 0 && (r->list_capture || (out->n_groups * out->n_items > 0 && out->t[0].ndim >= 3));
 }
 
 /* The items of the group (n: experts or list entries) and its source slots, filled; a hole is

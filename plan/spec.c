@@ -281,6 +281,76 @@ static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error
     return MPK_OK;
 }
 
+/* ---------------------------------------------------------------- NVFP4 companions
+ *
+ * ModelOpt's NVFP4 linear X.weight (U8 codes) has X.weight_scale (F8_E4M3, one per 16 values),
+ * X.weight_scale_2 and X.input_scale (F32 scalars). Packed, they take the names transformers'
+ * NVFP4 quantizer reads in its fused layout (the one vLLM's ModelOpt loader keeps in memory):
+ * gate_up_proj_weight_scale [E, 2I, H/16] moved exactly like the codes, and the scalars stacked
+ * per expert, one column per fused projection: gate_up_proj_weight_scale_2 and
+ * gate_up_proj_input_scale [E, 2] (gate first), down_proj_weight_scale_2 [E]. Gate and up keep
+ * their own global scales: nothing is requantized. */
+typedef enum { NV_SCALE, NV_SCALE_2, NV_INPUT, NV_COUNT } nv_kind;
+
+static char *nv_name(mpk_arena *a, const char *text, nv_kind k)
+{
+    static const char *const seg[NV_COUNT] = {".weight_scale", ".weight_scale_2", ".input_scale"};
+    size_t n = strlen(text);
+    if (n > 7 && strcmp(text + n - 7, ".weight") == 0)
+        return mpk_arena_printf(a, "%.*s%s", (int)(n - 7), text, seg[k]);
+    return mpk_arena_printf(a, "%s_%s", text, seg[k] + 1);
+}
+
+/* The ops that move rule f's per-expert scalars as its ops move the weights, in c (false: f is
+ * not a merge, or a merge and one concat of several sources, so its scalars stay unmoved and
+ * the planner refuses them as companions it does not understand). */
+static bool nv_scalar_ops(const mpk_rule *f, mpk_rule *c)
+{
+    const mpk_op *o = f->ops;
+    if (!f->list_in_sources || f->n_ops < 1 || o[0].kind != MPK_OP_MERGE || o[0].dim != 0)
+        return false;
+    if (f->n_ops == 1 && f->n_sources == 1)
+        return true; /* [E] */
+    if (f->n_ops != 2 || o[1].kind != MPK_OP_CONCAT || f->n_sources < 2)
+        return false;
+    c->n_ops = 3; /* [E] -> [E, 1] -> [E, sources] */
+    c->ops[1] = (mpk_op){.kind = MPK_OP_RESHAPE, .ndim = 2, .shape = {-1, 1}, .inv_ndim = 1, .inv_shape = {-1}};
+    c->ops[2] = (mpk_op){.kind = MPK_OP_CONCAT, .dim = 1};
+    return true;
+}
+
+static mpk_status add_nvfp4_companions(mpk_spec *s, const char *where, mpk_error *err)
+{
+    int n = s->n_rules;
+    for (int i = 0; i < n; i++) {
+        const mpk_rule *f = &s->rules[i];
+        bool moves = f->scale_of < 0 && f->n_ops > 0;
+        for (int k = 0; k < f->n_ops; k++)
+            moves &= f->ops[k].kind == MPK_OP_MERGE || f->ops[k].kind == MPK_OP_CONCAT;
+        for (nv_kind kind = 0; moves && kind < NV_COUNT; kind++) {
+            mpk_rule *c = &s->rules[s->n_rules];
+            *c = *f;
+            c->companion_of = i;
+            c->source_shape_ndim = 0;
+            if (kind != NV_SCALE && !nv_scalar_ops(f, c))
+                continue;
+            size_t pl = strnlen(f->path, sizeof c->path - 20);
+            snprintf(c->path + pl, sizeof c->path - pl, " (%s)", kind == NV_SCALE ? "weight_scale" :
+                     kind == NV_SCALE_2 ? "weight_scale_2" : "input_scale");
+            for (int k = 0; k < f->n_sources + f->n_targets; k++) {
+                const mpk_pattern *from = k < f->n_sources ? &f->sources[k] : &f->targets[k - f->n_sources];
+                mpk_pattern *to = k < f->n_sources ? &c->sources[k] : &c->targets[k - f->n_sources];
+                char *t = nv_name(s->arena, from->text, kind);
+                if (!t)
+                    MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+                MPK_TRY(parse_pattern(t, to, where, c->path, err));
+            }
+            s->n_rules++;
+        }
+    }
+    return MPK_OK;
+}
+
 /* $.KEY, an optional array of strings, into *list (NULL-terminated, in the spec's arena). */
 static mpk_status parse_strings(const cJSON *root, const char *key, mpk_spec *s, const char ***list, int *n,
                                 const char *where, mpk_error *err)
@@ -349,13 +419,15 @@ static mpk_status parse_converters(const cJSON *root, mpk_spec *s, const char *w
     const cJSON *cv = cJSON_GetObjectItemCaseSensitive(root, "converters");
     if (!cJSON_IsArray(cv))
         MPK_FAIL(err, MPK_E_SPEC, where, "$.converters: missing or not an array");
-    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(2 * cJSON_GetArraySize(cv) + 1));
+    /* room for the companions: FP8 grids, and NVFP4's three scales */
+    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(5 * cJSON_GetArraySize(cv) + 1));
     if (!s->rules)
         MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
     for (const cJSON *e = cv->child; e; e = e->next) {
         mpk_rule *r = &s->rules[s->n_rules];
         snprintf(r->path, sizeof r->path, "$.converters[%d]", s->n_rules);
         r->scale_of = -1;
+        r->companion_of = -1;
         MPK_TRY(parse_rule(e, r, s->arena, where, err));
         s->n_rules++;
     }
@@ -379,8 +451,10 @@ static mpk_status parse_spec_fields(const cJSON *root, mpk_spec *s, const char *
     MPK_TRY(parse_renames(root, s, where, err));
     MPK_TRY(parse_converters(root, s, where, err));
     s->dequantizes = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "dequantizes"));
-    if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions")))
+    if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions"))) {
         MPK_TRY(add_scale_companions(s, where, err));
+        MPK_TRY(add_nvfp4_companions(s, where, err));
+    }
     return MPK_OK;
 }
 

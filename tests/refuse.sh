@@ -72,12 +72,12 @@ says "5 tensor(s)"
 says "model.layers.1.block_sparse_moe.experts.0.w4.weight"
 says "and 2 more"
 
-# 3. NVFP4 as NVIDIA ModelOpt publishes it: U8 weights, F8_E4M3 weight_scale, F32 weight_scale_2
-#    and input_scale per expert linear, quantization_config modelopt/NVFP4. Was: --dequantize
-#    merged the nibbles as weights, left every scale per expert, dropped the config's quantization
-python3 - "$tmp/s" "$tmp/nv" <<'EOF'
+# 3. ModelOpt checkpoints: NVFP4 is read, packed and dequantized (tests/nvfp4.py); any other
+#    quant_algo is refused, and so are companions no rule moves (was: NVFP4 itself refused, its
+#    U8 nibbles packed as if they were weights and the scales left behind)
+nvgen() { python3 - "$tmp/s" "$@" <<'EOF'
 import glob, json, os, struct, sys
-src, dst = sys.argv[1:3]
+src, dst, algo, zp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "zp"
 os.makedirs(dst)
 out, blobs = {}, []
 off = 0
@@ -100,6 +100,8 @@ for path in sorted(glob.glob(os.path.join(src, "*.safetensors"))):
             put(base + ".weight_scale", "F8_E4M3", [o, i // 16], bytes(o * i // 16))
             put(base + ".weight_scale_2", "F32", [], bytes(4))
             put(base + ".input_scale", "F32", [], bytes(4))
+            if zp:
+                put(base + ".weight_zero_point", "I8", [o, i // 16], bytes(o * i // 16))
         else:
             put(name, t["dtype"], t["shape"], b[8 + hl + a:8 + hl + z])
 t = json.dumps(out, separators=(",", ":")).encode()
@@ -107,28 +109,27 @@ t += b" " * (-len(t) % 8)
 with open(os.path.join(dst, "model.safetensors"), "wb") as f:
     f.write(struct.pack("<Q", len(t)) + t + b"".join(blobs))
 cfg = json.load(open(os.path.join(src, "config.json")))
-cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "NVFP4"}
+cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": algo}
 json.dump(cfg, open(os.path.join(dst, "config.json"), "w"), indent=2)
 EOF
-expect 1 "pack --dequantize refuses a ModelOpt NVFP4 checkpoint" -- "$M" pack -q --dequantize "$tmp/nv" "$tmp/d3"
-says "modelopt NVFP4"
+}
+nvgen "$tmp/nv" W4A8_AWQ -
+expect 1 "pack refuses a ModelOpt quantization other than NVFP4" -- "$M" pack -q "$tmp/nv" "$tmp/d3"
+says "modelopt W4A8_AWQ"
 nodst "$tmp/d3"
 expect 1 "... --pass-unknown does not cover an unknown quantization" -- "$M" pack -q --pass-unknown "$tmp/nv" "$tmp/d3"
 nodst "$tmp/d3"
 expect 1 "plan refuses it too" -- "$M" plan "$tmp/nv"
-says "modelopt NVFP4"
-# its scales alone (config.json without quantization_config) are refused as companions
-cp -r "$tmp/nv" "$tmp/nvs"
-python3 -c "
-import json, sys
-c = json.load(open(sys.argv[1])); del c['quantization_config']; json.dump(c, open(sys.argv[1], 'w'))" "$tmp/nvs/config.json"
-expect 1 "pack refuses scales the preset does not move with their weights" -- "$M" pack -q "$tmp/nvs" "$tmp/d3"
+says "modelopt W4A8_AWQ"
+# NVFP4 with one more companion per expert linear that no rule moves: refused, named
+nvgen "$tmp/nvz" NVFP4 zp
+expect 1 "pack refuses NVFP4 companions the preset does not move with their weights" -- "$M" pack -q "$tmp/nvz" "$tmp/d3"
 says "quantization companion"
-says "model.layers.0.block_sparse_moe.experts.0.w1.input_scale"
-says "and 141 more"
+says "model.layers.0.block_sparse_moe.experts.0.w1.weight_zero_point"
 nodst "$tmp/d3"
-# the same declared by ModelOpt's hf_quant_config.json beside config.json
-echo '{"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "NVFP4"}}' > "$tmp/nvs/hf_quant_config.json"
+# an algorithm declared by ModelOpt's hf_quant_config.json beside config.json
+cp -r "$tmp/nvz" "$tmp/nvs"
+echo '{"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "W4A8_AWQ"}}' > "$tmp/nvs/hf_quant_config.json"
 expect 1 "pack refuses a quantization declared in hf_quant_config.json" -- "$M" pack -q "$tmp/nvs" "$tmp/d3"
 says "hf_quant_config.json"
 nodst "$tmp/d3"

@@ -677,8 +677,14 @@ static void test_not_understood(void **state)
         const char *cfg, *says;
         mpk_status want;
     } q[] = {
-        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"modelopt\",\"quant_algo\":\"NVFP4\"}}",
-         "'modelopt NVFP4'", MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"modelopt\",\"quant_algo\":\"W4A8_AWQ\"}}",
+         "'modelopt W4A8_AWQ'", MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"modelopt\",\"quant_algo\":\"NVFP4\","
+         "\"config_groups\":{\"group_0\":{\"weights\":{\"group_size\":32}}}}}",
+         "group_size 32", MPK_E_NOT_UNDERSTOOD},
+        {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"modelopt\",\"quant_algo\":\"NVFP4\","
+         "\"config_groups\":{\"group_0\":{\"weights\":{\"group_size\":16}}}}}",
+         NULL, MPK_OK},
         {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"awq\"}}", "'awq'",
          MPK_E_NOT_UNDERSTOOD},
         {"{\"model_type\":\"qwen3_moe\",\"quantization_config\":{\"quant_method\":\"fp8\",\"weight_block_size\":[1,128]}}",
