@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""compress_bench.py BUILD [ROUNDS] — moepack compress/decompress against plain `zstd -3` (one
-frame per file) of the same shard, interleaved rounds (A B A B ...), warm page cache.
+"""compress_bench.py BUILD [ROUNDS] [KINDS] — moepack compress/decompress against plain `zstd -3`
+(one frame per file) and `zstd -d` of the same shard, interleaved rounds (moepack, zstd, moepack,
+...), warm page cache, one thread each (--threads 1, zstd's default), each ending in sync (moepack
+fsyncs its output; zstd's is synced by `sync FILE`).
 
-Shards: normal_weights' BF16 N(0, 0.02) and FP8 E4M3 (scaled to 448) tensors, 8 x [2048, 2048].
-Reports per shard type the size ratio (output / input) of each, and for each tool the
-throughput per core: bytes of the uncompressed side / CPU seconds (user + sys of the child),
-with the wall time; the median over rounds and the spread (min..max). Single-threaded runs
-(--threads 1, zstd's default) so that per-core numbers compare."""
+Shards (normal_weights, 8 x [2048, 2048]): BF16 drawn from N(0, 0.02) ("bf16"); the same with
+each row scaled by its own 2^u, u uniform in [-1, 1] ("bf16-rows": near-normal weights with
+per-row scales); FP8 E4M3 scaled so that each tensor's largest maps to 448 ("fp8"). KINDS: a
+comma-separated subset (default all three).
+
+Per shard: the size ratio (output / input) of each, and per round the ratio of moepack's speed
+to zstd's (zstd's CPU seconds / moepack's, user + sys of the child; and the same of wall time);
+printed: the median of the per-round ratios and their spread (min..max), and each tool's median
+throughput per core (bytes of the uncompressed side / CPU seconds)."""
 import os
 import shutil
 import statistics
@@ -18,43 +24,55 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from verify_scaling import timed as run  # noqa: E402  (wall seconds, child CPU seconds)
 
+KINDS = {"bf16": ["--bf16"], "bf16-rows": ["--bf16", "8", "2048", "2048", "0.02", "1", "1"], "fp8": ["--fp8"]}
+
+
+def spread(v):
+    return f"{statistics.median(v):.2f}x ({min(v):.2f}..{max(v):.2f})"
+
+
+def one_round(moepack, shard, src, root, rows, sizes):
+    z, back = os.path.join(root, "z"), os.path.join(root, "back")
+    shutil.rmtree(z, True), shutil.rmtree(back, True)
+    f, out = os.path.join(root, "f.zst"), os.path.join(root, "f.out")
+    rows["mpk_c"].append(run([moepack, "compress", "-q", "--threads", "1", src, z]))
+    rows["zstd_c"].append(run(["sh", "-c", 'zstd -3 -q -f "$0" -o "$1" && sync "$1"', shard, f]))
+    rows["mpk_d"].append(run([moepack, "decompress", "-q", "--threads", "1", z, back]))
+    rows["zstd_d"].append(run(["sh", "-c", 'zstd -d -q -f "$0" -o "$1" && sync "$1"', f, out]))
+    sizes["mpk"] = os.path.getsize(os.path.join(z, "model.safetensors.mpkz"))
+    sizes["zstd"] = os.path.getsize(f)
+    with open(os.path.join(back, "model.safetensors"), "rb") as a, open(shard, "rb") as b:
+        assert a.read() == b.read()
+    os.unlink(out)
+
 
 def main():
     build = sys.argv[1] if len(sys.argv) > 1 else "build"
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else list(KINDS)
     moepack = os.path.join(build, "moepack")
     gen = os.path.join(build, "bench", "normal_weights")
     root = tempfile.mkdtemp(prefix="mpk-zbench-")
     try:
-        for kind in ("bf16", "fp8"):
+        for kind in kinds:
             src = os.path.join(root, kind)
-            subprocess.run([gen, "--" + kind, src], check=True)
+            args = KINDS[kind]
+            subprocess.run([gen, args[0], src] + args[1:], check=True)
             shard = os.path.join(src, "model.safetensors")
             size = os.path.getsize(shard)
             rows = {k: [] for k in ("mpk_c", "mpk_d", "zstd_c", "zstd_d")}
             sizes = {}
             for _ in range(rounds):
-                for tool in ("mpk", "zstd"):
-                    if tool == "mpk":
-                        z, back = os.path.join(root, "z"), os.path.join(root, "back")
-                        shutil.rmtree(z, True), shutil.rmtree(back, True)
-                        rows["mpk_c"].append(run([moepack, "compress", "--threads", "1", src, z]))
-                        rows["mpk_d"].append(run([moepack, "decompress", "--threads", "1", z, back]))
-                        sizes["mpk"] = os.path.getsize(os.path.join(z, "model.safetensors.mpkz"))
-                        assert open(os.path.join(back, "model.safetensors"), "rb").read() == open(shard, "rb").read()
-                    else:
-                        z = os.path.join(root, "f.zst")
-                        rows["zstd_c"].append(run(["zstd", "-3", "-q", "-f", shard, "-o", z]))
-                        rows["zstd_d"].append(run(["zstd", "-d", "-q", "-f", z, "-o", os.path.join(root, "f.out")]))
-                        sizes["zstd"] = os.path.getsize(z)
-            print(f"## {kind.upper()} shard, {size / 2**20:.1f} MiB, {rounds} rounds")
-            print(f"size ratio: moepack {sizes['mpk'] / size:.3f}, zstd -3 {sizes['zstd'] / size:.3f}")
-            for k, label in (("mpk_c", "moepack compress"), ("zstd_c", "zstd -3"), ("mpk_d", "moepack decompress"),
-                             ("zstd_d", "zstd -d")):
-                per_core = [size / cpu / 1e9 for _, cpu in rows[k]]
-                wall = [size / w / 1e9 for w, _ in rows[k]]
-                print(f"{label:20s} per core {statistics.median(per_core):.2f} GB/s "
-                      f"({min(per_core):.2f}..{max(per_core):.2f}), wall {statistics.median(wall):.2f} GB/s")
+                one_round(moepack, shard, src, root, rows, sizes)
+            print(f"## {kind} shard, {size / 2**20:.1f} MiB, {rounds} rounds")
+            print(f"size ratio: moepack {sizes['mpk'] / size:.4f}, zstd -3 {sizes['zstd'] / size:.4f}")
+            for side, m, zs, label in (("compress", "mpk_c", "zstd_c", "zstd -3"), ("decompress", "mpk_d", "zstd_d",
+                                                                                   "zstd -d")):
+                cpu = [z[1] / a[1] for a, z in zip(rows[m], rows[zs])]
+                wall = [z[0] / a[0] for a, z in zip(rows[m], rows[zs])]
+                print(f"moepack {side} / {label}: speed per core {spread(cpu)}, wall {spread(wall)}; "
+                      f"per core: moepack {statistics.median([size / c / 1e9 for _, c in rows[m]]):.2f} GB/s, "
+                      f"{label} {statistics.median([size / c / 1e9 for _, c in rows[zs]]):.2f} GB/s")
             print()
     finally:
         shutil.rmtree(root)

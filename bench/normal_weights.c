@@ -1,7 +1,9 @@
 /* normal_weights.c — DIR/model.safetensors of N tensors [R, C] drawn from N(0, sigma) (real
  * weights are close to it), as BF16 (--bf16) or as FP8 E4M3 scaled so that each tensor's largest
  * magnitude maps to 448 (--fp8), for the compression benchmark (bench/compress_bench.py).
- *   normal_weights --bf16|--fp8 DIR [N R C sigma seed] */
+ * With ROWSCALE r > 0 each row is multiplied by its own scale 2^u, u uniform in [-r, r] (real
+ * weights' rows differ in scale: "near-normal weights with per-row scales", issue 51).
+ *   normal_weights --bf16|--fp8 DIR [N R C sigma seed ROWSCALE] */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
 
@@ -20,7 +22,7 @@ static double gauss(uint64_t *s)
 int main(int argc, char **argv)
 {
     if (argc < 3 || (strcmp(argv[1], "--bf16") && strcmp(argv[1], "--fp8"))) {
-        fprintf(stderr, "usage: normal_weights --bf16|--fp8 DIR [N R C sigma seed]\n");
+        fprintf(stderr, "usage: normal_weights --bf16|--fp8 DIR [N R C sigma seed ROWSCALE]\n");
         return 2;
     }
     bool fp8 = strcmp(argv[1], "--fp8") == 0;
@@ -28,6 +30,7 @@ int main(int argc, char **argv)
     int64_t R = argc > 4 ? atoll(argv[4]) : 2048, C = argc > 5 ? atoll(argv[5]) : 2048;
     double sigma = argc > 6 ? atof(argv[6]) : 0.02;
     uint64_t seed = argc > 7 ? strtoull(argv[7], NULL, 10) : 1;
+    double rowscale = argc > 8 ? atof(argv[8]) : 0, row = 1;
     mkdir(argv[2], 0755);
     mpk_tensor_info *t = calloc((size_t)n, sizeof *t);
     void **data = calloc((size_t)n, sizeof *data);
@@ -37,7 +40,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         double amax = 0;
         for (size_t k = 0; k < numel; k++) {
-            f[k] = (float)(gauss(&seed) * sigma);
+            if (rowscale > 0 && k % (size_t)C == 0)
+                row = exp2(rowscale * (2.0 * (double)(mpk_rand(&seed) >> 11) / 9007199254740992.0 - 1));
+            f[k] = (float)(gauss(&seed) * sigma * row);
             amax = fmax(amax, fabs(f[k]));
         }
         snprintf(names[i], 64, "model.layers.%d.mlp.experts.gate_up_proj", i);

@@ -18,6 +18,39 @@ void mpk_file_id_of(const struct stat *st, mpk_file_id *id);
 mpk_status mpk_st_read_header_fd(int fd, const char *path, mpk_st_header **out,
                                  uint64_t *file_size_out, mpk_error *err);
 
+/* huff.c: the byte-plane Huffman coder of .mpkz (coding 2; stream layout at the top of huff.c).
+ * mpk_huff_plan counts src[0..n) (n at most 4 GiB - 1) and builds the code, returning the
+ * exact size of its encoding (0 when n is 0 or too large); h->top is the commonest byte's count.
+ * mpk_huff_encode writes it to dst, returning that size, or 0 when cap is short of it + 8 (the
+ * coder writes 8 bytes at a time). mpk_huff_decode decodes exactly n bytes into dst from
+ * src[0..zn), reading nothing outside src and writing nothing outside dst[0..n); false when the
+ * stream is not one the encoder could have written for n bytes (bad lengths, an incomplete code,
+ * streams that do not end where their sizes say). All thread-safe. */
+#define MPK_HUFF_MAXLEN 11
+#define MPK_HUFF_HEAD 140
+typedef struct mpk_huff {
+    uint64_t count[4][256]; /* per quarter */
+    uint64_t top, bytes[4];
+    uint32_t q;             /* bytes a quarter: ceil(n / 4) */
+    uint8_t len[256];
+    uint16_t code[256];
+} mpk_huff;
+size_t mpk_huff_plan(const uint8_t *src, size_t n, mpk_huff *h);
+size_t mpk_huff_encode(const mpk_huff *h, const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
+bool mpk_huff_decode(const uint8_t *src, size_t zn, uint8_t *dst, size_t n);
+
+/* planes.c: a chunk's elements (n of w bytes, w 1, 2, 4 or 8) cut into byte planes
+ * (planes[k n + i] = byte k of element i, after rotating each element left by one bit when rot)
+ * and joined back. AVX2 code where the CPU has it, chosen once; the _scalar forms are the
+ * reference the tests hold it to. */
+void mpk_planes_split(const void *orig, void *planes, size_t n, int w, bool rot);
+void mpk_planes_join(const void *planes, void *orig, size_t n, int w, bool rot);
+/* The same from planes wherever they lie (planes[k]: plane k's n bytes). */
+void mpk_planes_join_at(const void *const *planes, void *orig, size_t n, int w, bool rot);
+void mpk_planes_split_scalar(const void *orig, void *planes, size_t n, int w, bool rot);
+void mpk_planes_join_scalar(const void *planes, void *orig, size_t n, int w, bool rot);
+/* Which code mpk_planes_split/join run: "avx2" or "scalar". */
+const char *mpk_planes_impl(void);
 
 /* xxh_avx2.c: XXH3 with AVX2 kernels (only on a CPU with AVX2; hash.c decides). */
 void *mpk_xxh_avx2_new(void);

@@ -25,6 +25,7 @@ typedef struct chunk {
     uint64_t data_off, file_off, hash;
     uint32_t len, zlen[8];
     uint8_t width, raw, xform;   /* xform 1: each element rotated left by one bit first */
+    uint8_t huff;                /* bit k: plane k Huffman-coded (huff.c; version 2) */
     size_t tensor;
 } chunk;
 
@@ -50,7 +51,7 @@ static void put_entry(unsigned char *e, const chunk *c)
     e[12] = c->width;
     e[13] = c->raw;
     e[14] = c->xform;
-    e[15] = 0;
+    e[15] = c->huff;
     put64(e + 16, c->file_off);
     for (int k = 0; k < 8; k++)
         for (int b = 0; b < 4; b++)
@@ -65,6 +66,7 @@ static void get_entry(const unsigned char *e, chunk *c)
     c->width = e[12];
     c->raw = e[13];
     c->xform = e[14];
+    c->huff = e[15];
     c->file_off = get64(e + 16);
     for (int k = 0; k < 8; k++)
         c->zlen[k] = (uint32_t)e[24 + 4 * k] | (uint32_t)e[25 + 4 * k] << 8 | (uint32_t)e[26 + 4 * k] << 16 |
@@ -85,59 +87,6 @@ static uint8_t plane_width(mpk_dtype d)
 static uint8_t rotates(mpk_dtype d)
 {
     return d == MPK_DTYPE_BF16 || d == MPK_DTYPE_F16 || d == MPK_DTYPE_F32 || d == MPK_DTYPE_F64;
-}
-
-/* Element x of width w (little-endian) rotated left (dir 1) or right (dir -1) by one bit. */
-static uint64_t rot(uint64_t x, int w, int dir)
-{
-    int bits = 8 * w;
-    uint64_t mask = bits == 64 ? ~0ull : (1ull << bits) - 1;
-    x &= mask;
-    return (dir > 0 ? (x << 1 | x >> (bits - 1)) : (x >> 1 | x << (bits - 1))) & mask;
-}
-
-/* Splits orig's elements into planes (planes[k * n + i]: byte k of element i), rotated first
- * when xform; join is the inverse. */
-static void split(const char *orig, char *planes, size_t n, int w, bool xform)
-{
-    if (w == 2 && xform) {
-        for (size_t i = 0; i < n; i++) {
-            uint16_t v = (uint16_t)((unsigned char)orig[2 * i] | (unsigned char)orig[2 * i + 1] << 8);
-            v = (uint16_t)(v << 1 | v >> 15);
-            planes[i] = (char)(v & 0xFF);
-            planes[n + i] = (char)(v >> 8);
-        }
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t v = 0;
-        memcpy(&v, orig + i * (size_t)w, (size_t)w);
-        if (xform)
-            v = rot(v, w, 1);
-        for (int k = 0; k < w; k++)
-            planes[(size_t)k * n + i] = (char)(v >> (8 * k));
-    }
-}
-
-static void join(const char *planes, char *orig, size_t n, int w, bool xform)
-{
-    if (w == 2 && xform) {
-        for (size_t i = 0; i < n; i++) {
-            uint16_t v = (uint16_t)((unsigned char)planes[i] | (unsigned char)planes[n + i] << 8);
-            v = (uint16_t)(v >> 1 | v << 15);
-            orig[2 * i] = (char)(v & 0xFF);
-            orig[2 * i + 1] = (char)(v >> 8);
-        }
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t v = 0;
-        for (int k = 0; k < w; k++)
-            v |= (uint64_t)(unsigned char)planes[(size_t)k * n + i] << (8 * k);
-        if (xform)
-            v = rot(v, w, -1);
-        memcpy(orig + i * (size_t)w, &v, (size_t)w);
-    }
 }
 
 /* The chunks of h's data section: each tensor cut into pieces of csize bytes. */
@@ -167,6 +116,26 @@ static mpk_status plan_chunks(const mpk_st_header *h, uint64_t csize, chunk **ou
 
 /* ---------------------------------------------------------------- one chunk, either way */
 
+/* A buffer kept from chunk to chunk, grown when a chunk needs more: allocating (and faulting
+ * in) megabytes a chunk took more CPU than coding them (issue 51; before, 4 KiB chunks made
+ * every batch allocate and release 128 MiB a thread, which MALLOC_PERTURB_ then wrote twice). */
+typedef struct gbuf {
+    char *p;
+    size_t cap;
+} gbuf;
+
+static char *gbuf_get(gbuf *b, size_t n)
+{
+    if (n > b->cap) { /* with room to spare: chunks' frames differ in size by a little */
+        free(b->p);
+        b->cap = 0;
+        if (!(b->p = mpk_alloc(n + n / 8)))
+            return NULL;
+        b->cap = n + n / 8;
+    }
+    return b->p;
+}
+
 typedef struct zrun {
     int in_fd, out_fd;
     const char *in_path;         /* the file read (for messages): the shard, or the container */
@@ -174,11 +143,12 @@ typedef struct zrun {
     const mpk_st_header *h;
     chunk *c;
     size_t lo, hi;               /* the batch */
-    size_t buf_len;              /* its longest chunk: what a worker's two buffers hold */
     atomic_size_t next;
+    atomic_int workers;          /* workers started in the batch: the next one's index */
+    gbuf work[64][3];            /* per worker index: the chunk, its planes, its frames read */
     int level;
     bool compress;
-    char **zbuf;                 /* compress: per batch slot, the planes written one after another */
+    gbuf *zbuf;                  /* compress: per batch slot, the planes written one after another */
     mpk_meter *meter;            /* input bytes done, or NULL */
     atomic_int failed;
     mpk_error err;
@@ -194,6 +164,42 @@ static void zfail(zrun *r, const mpk_error *e)
 }
 
 #define SAMPLE ((size_t)64 << 10)
+#define HUFF_MIN ((size_t)4 << 10) /* smaller planes (norms, biases) go to zstd: Huffman's table is 140 bytes */
+
+/* Plane k of chunk c (pl bytes) coded into z (room for cap bytes): returns its stored bytes and
+ * marks it in c->raw or c->huff. The planes of floats (c->xform: the exponents, the mantissa
+ * bits) go to the Huffman coder (huff.c) when a sample of SAMPLE bytes shrinks by 3% there and
+ * is not nearly all one byte value (zstd codes runs of one value in far less than Huffman's one
+ * bit a byte: all-zero or all-one tensors), else they are stored: zstd on them spends its time
+ * looking for matches that are not there (bench/results/2026-12-07-planes.md). Every other plane
+ * goes to zstd as in version 1, stored when a sample does not shrink by 3% there. */
+static size_t code_plane(chunk *c, int k, const char *plane, size_t pl, char *z, size_t cap, ZSTD_CCtx *cc, int level)
+{
+    const uint8_t *p = (const uint8_t *)plane;
+    size_t sn = pl < SAMPLE ? pl : SAMPLE, zl;
+    mpk_huff h;
+    if (c->xform && pl >= HUFF_MIN && (zl = mpk_huff_plan(p, sn, &h)) && h.top <= sn - sn / 8) {
+        if (zl < sn - sn / 32 && (sn == pl || (zl = mpk_huff_plan(p, pl, &h)) < pl) && zl < pl &&
+            mpk_huff_encode(&h, p, pl, (uint8_t *)z, cap) == zl) {
+            c->huff |= (uint8_t)(1u << k);
+            return zl;
+        }
+        zl = pl;
+    } else {
+        /* (4 samples' worth or less: compressed whole) */
+        zl = pl > 4 * SAMPLE ? ZSTD_compressCCtx(cc, z, cap, plane, SAMPLE, level) : 0;
+        if (!ZSTD_isError(zl) && zl < SAMPLE - SAMPLE / 32)
+            zl = ZSTD_compressCCtx(cc, z, cap, plane, pl, level);
+        else if (!ZSTD_isError(zl))
+            zl = pl;
+    }
+    if (ZSTD_isError(zl) || zl >= pl) { /* stored */
+        memcpy(z, plane, pl);
+        zl = pl;
+        c->raw |= (uint8_t)(1u << k);
+    }
+    return zl;
+}
 
 static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_CCtx *cc, mpk_error *e)
 {
@@ -202,46 +208,31 @@ static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD
                           r->h->tensors[c->tensor].name, e));
     c->hash = mpk_xxh64(orig, c->len);
     size_t pl = c->len / c->width, cap = ZSTD_compressBound(pl), at = 0;
-    char *z = mpk_alloc(cap * c->width + 1);
+    char *z = gbuf_get(&r->zbuf[i - r->lo], cap * c->width + 1);
     if (!z)
         MPK_FAIL(e, MPK_E_NOMEM, r->out_path, "out of memory");
     if (c->width == 1 && !c->xform)
         planes = orig; /* one plane: the bytes as they are */
     else
-        split(orig, planes, pl, c->width, c->xform);
+        mpk_planes_split(orig, planes, pl, c->width, c->xform);
     for (int k = 0; k < c->width; k++) {
-        const char *plane = planes + (size_t)k * pl;
-        /* a plane whose first SAMPLE bytes do not shrink by 3% (the mantissa bits of floats) is
-         * stored without compressing the rest: zstd's time on it would be wasted */
-        size_t zl = pl > 4 * SAMPLE ? ZSTD_compressCCtx(cc, z + at, cap, plane, SAMPLE, r->level) : 0;
-        if (!ZSTD_isError(zl) && zl < SAMPLE - SAMPLE / 32)
-            zl = ZSTD_compressCCtx(cc, z + at, cap, plane, pl, r->level);
-        else if (!ZSTD_isError(zl))
-            zl = pl;
-        if (ZSTD_isError(zl) || zl >= pl) { /* stored */
-            memcpy(z + at, planes + (size_t)k * pl, pl);
-            zl = pl;
-            c->raw |= (uint8_t)(1u << k);
-        }
-        c->zlen[k] = (uint32_t)zl;
-        at += zl;
+        c->zlen[k] = (uint32_t)code_plane(c, k, planes + (size_t)k * pl, pl, z + at, cap, cc, r->level);
+        at += c->zlen[k];
     }
-    r->zbuf[i - r->lo] = z;
     return MPK_OK;
 }
 
 /* Chunk i (c) of the container at fd back into orig (c->len bytes), through planes (as large),
- * checked against its XXH3-64; dc may be NULL (one is made). */
+ * its frames read into zin, checked against its XXH3-64; dc may be NULL (one is made). */
 static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h, const chunk *c, size_t i, char *orig,
-                               char *planes, ZSTD_DCtx *dc, mpk_error *e)
+                               char *planes, gbuf *zin, ZSTD_DCtx *dc, mpk_error *e)
 {
     size_t pl = c->len / c->width, zl = 0;
     for (int k = 0; k < c->width; k++)
         zl += c->zlen[k];
-    char *z = mpk_alloc(zl + 1);
+    char *z = gbuf_get(zin, zl + 1);
     ZSTD_DCtx *own = dc ? NULL : ZSTD_createDCtx();
     if (!z || (!dc && !own)) {
-        free(z);
         ZSTD_freeDCtx(own);
         MPK_FAIL(e, MPK_E_NOMEM, path, "out of memory");
     }
@@ -249,11 +240,20 @@ static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h,
     if (direct)
         planes = orig;
     const char *what = NULL;
+    const void *at_k[8]; /* where plane k is: a stored one is joined from where it was read */
     mpk_status s = mpk_pread_all(fd, z, zl, c->file_off, path, "(chunk)", e);
     for (int k = 0, at = 0; k < c->width && s == MPK_OK && !what; at += (int)c->zlen[k], k++) {
         char *dst = planes + (size_t)k * pl;
+        at_k[k] = dst;
         if (c->raw & (1u << k)) {
-            memcpy(dst, z + at, pl);
+            if (direct)
+                memcpy(dst, z + at, pl);
+            at_k[k] = z + at;
+            continue;
+        }
+        if (c->huff & (1u << k)) {
+            if (!mpk_huff_decode((const uint8_t *)z + at, c->zlen[k], (uint8_t *)dst, pl))
+                what = "a plane's Huffman stream is corrupt";
             continue;
         }
         if (ZSTD_getFrameContentSize(z + at, c->zlen[k]) != pl)
@@ -261,11 +261,10 @@ static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h,
         else if (ZSTD_decompressDCtx(dc ? dc : own, dst, pl, z + at, c->zlen[k]) != pl)
             what = "a plane's zstd frame is corrupt";
     }
-    free(z);
     ZSTD_freeDCtx(own);
     MPK_TRY(s);
     if (!what && !direct)
-        join(planes, orig, pl, c->width, c->xform);
+        mpk_planes_join_at(at_k, orig, pl, c->width, c->xform);
     if (!what && mpk_xxh64(orig, c->len) != c->hash)
         what = "its bytes do not match their XXH3-64 (corrupt)";
     if (what)
@@ -274,10 +273,10 @@ static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h,
     return MPK_OK;
 }
 
-static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD_DCtx *dc, mpk_error *e)
+static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, gbuf *zin, ZSTD_DCtx *dc, mpk_error *e)
 {
     const chunk *c = &r->c[i];
-    MPK_TRY(decode_chunk(r->in_fd, r->in_path, r->h, c, i, orig, planes, dc, e));
+    MPK_TRY(decode_chunk(r->in_fd, r->in_path, r->h, c, i, orig, planes, zin, dc, e));
     return mpk_pwrite_all(r->out_fd, orig, c->len, r->h->data_start + c->data_off, r->out_path, e);
 }
 
@@ -285,7 +284,11 @@ static void *zworker(void *arg)
 {
     zrun *r = arg;
     mpk_error e = {0};
-    char *orig = mpk_alloc(r->buf_len + 1), *planes = mpk_alloc(r->buf_len + 1);
+    gbuf *w = r->work[atomic_fetch_add(&r->workers, 1)];
+    size_t most = 0; /* the batch's longest chunk */
+    for (size_t i = r->lo; i < r->hi; i++)
+        most = r->c[i].len > most ? r->c[i].len : most;
+    char *orig = gbuf_get(&w[0], most + 1), *planes = gbuf_get(&w[1], most + 1);
     ZSTD_CCtx *cc = r->compress ? ZSTD_createCCtx() : NULL;
     ZSTD_DCtx *dc = r->compress ? NULL : ZSTD_createDCtx();
     if (!orig || !planes || (!cc && !dc)) {
@@ -293,7 +296,8 @@ static void *zworker(void *arg)
         zfail(r, &e);
     }
     for (size_t i; !atomic_load(&r->failed) && (i = atomic_fetch_add(&r->next, 1)) < r->hi;) {
-        mpk_status s = r->compress ? compress_one(r, i, orig, planes, cc, &e) : decompress_one(r, i, orig, planes, dc, &e);
+        mpk_status s = r->compress ? compress_one(r, i, orig, planes, cc, &e)
+                                   : decompress_one(r, i, orig, planes, &w[2], dc, &e);
         if (s != MPK_OK) {
             zfail(r, &e);
         } else if (r->meter) {
@@ -303,11 +307,20 @@ static void *zworker(void *arg)
             mpk_meter_add(r->meter, r->compress ? r->c[i].len : in);
         }
     }
-    free(orig);
-    free(planes);
     ZSTD_freeCCtx(cc);
     ZSTD_freeDCtx(dc);
     return NULL;
+}
+
+/* Frees the buffers of r's workers and its slots of compressed planes (slots of them). */
+static void zrun_free(zrun *r, size_t slots)
+{
+    for (int w = 0; w < 64; w++)
+        for (int k = 0; k < 3; k++)
+            free(r->work[w][k].p);
+    for (size_t i = 0; r->zbuf && i < slots; i++)
+        free(r->zbuf[i].p);
+    free(r->zbuf);
 }
 
 /* Runs chunks [lo, hi) on up to threads threads (the calling one included). */
@@ -315,12 +328,8 @@ static mpk_status run_batch(zrun *r, size_t lo, size_t hi, int threads, mpk_erro
 {
     r->lo = lo;
     r->hi = hi;
-    /* (not the 64 MiB a chunk may hold: 4 KiB chunks made every batch allocate and release
-     * 128 MiB a thread, which MALLOC_PERTURB_ then wrote twice: seconds a file) */
-    r->buf_len = 0;
-    for (size_t i = lo; i < hi; i++)
-        r->buf_len = r->c[i].len > r->buf_len ? r->c[i].len : r->buf_len;
     atomic_store(&r->next, lo);
+    atomic_store(&r->workers, 0);
     pthread_t th[64];
     int started = 0;
     while (started < threads - 1 && (size_t)started + 1 < hi - lo && pthread_create(&th[started], NULL, zworker, r) == 0)
@@ -414,10 +423,8 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
                 zl += c[i].zlen[k];
             c[i].file_off = at;
             if (s == MPK_OK)
-                s = mpk_pwrite_all(out, r.zbuf[i - lo], zl, at, dst, err);
+                s = mpk_pwrite_all(out, r.zbuf[i - lo].p, zl, at, dst, err);
             at += zl;
-            free(r.zbuf[i - lo]);
-            r.zbuf[i - lo] = NULL;
         }
     }
     /* the shard edited in place meanwhile: the chunks read before and after would make a
@@ -425,7 +432,10 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
     s = check_unchanged(src, in, &st, s, err);
     if (s == MPK_OK) {
         memcpy(head, "MPKZ", 4);
-        head[4] = 1, head[5] = head[6] = head[7] = 0;
+        uint8_t huff = 0; /* version 1 unless a plane is Huffman-coded: older readers read it */
+        for (size_t i = 0; i < n; i++)
+            huff |= c[i].huff;
+        head[4] = huff ? 2 : 1, head[5] = head[6] = head[7] = 0;
         put64(head + 8, H);
         put64(head + 16, h->data_size);
         put64(head + 24, chunk_size);
@@ -438,7 +448,7 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
         *out_size = at;
     s = close_both(in, out, dst, s, err);
     free(head);
-    free(r.zbuf);
+    zrun_free(&r, (size_t)threads * 4);
     free(c);
     mpk_st_header_free(h);
     pthread_mutex_destroy(&r.lock);
@@ -451,7 +461,7 @@ mpk_status mpk_mpkz_compress(const char *src, const char *dst, int level, int th
 
 /* The fixed fields and the original header: checked against each other and the file size. */
 static mpk_status read_head(int fd, const char *path, uint64_t fsize, mpk_st_header **h, uint64_t *csize,
-                            uint64_t *nchunks, char **hdr, mpk_error *err)
+                            uint64_t *nchunks, uint8_t *ver, char **hdr, mpk_error *err)
 {
     unsigned char f[FIXED];
     if (fsize < FIXED)
@@ -460,8 +470,9 @@ static mpk_status read_head(int fd, const char *path, uint64_t fsize, mpk_st_hea
     if (memcmp(f, "MPKZ", 4) != 0)
         BAD("not a moepack container (no MPKZ magic)");
     uint32_t version = (uint32_t)(get64(f + 4) & 0xFFFFFFFFu);
-    if (version != 1)
-        BAD("container version %u is not one this version reads (1)", version);
+    if (version != 1 && version != 2)
+        BAD("container version %u is not one this version reads (1, 2)", version);
+    *ver = (uint8_t)version;
     uint64_t H = get64(f + 8), D = get64(f + 16);
     *csize = get64(f + 24);
     *nchunks = get64(f + 32);
@@ -488,7 +499,7 @@ static mpk_status read_head(int fd, const char *path, uint64_t fsize, mpk_st_hea
 
 /* The table: every chunk where the header's tensors say, its planes inside the file. */
 static mpk_status read_table(int fd, const char *path, uint64_t fsize, const mpk_st_header *h, uint64_t csize,
-                             uint64_t n, chunk **out, mpk_error *err)
+                             uint64_t n, uint8_t ver, chunk **out, mpk_error *err)
 {
     chunk *want;
     size_t nw;
@@ -507,9 +518,11 @@ static mpk_status read_table(int fd, const char *path, uint64_t fsize, const mpk
         get_entry(t + i * ENTRY, &c);
         uint64_t zl = 0;
         bool ok = c.data_off == want[i].data_off && c.len == want[i].len && c.width == want[i].width &&
-                  !(c.raw >> c.width) && c.xform == want[i].xform;
+                  !(c.raw >> c.width) && c.xform == want[i].xform && !(c.huff >> c.width) && !(c.huff & c.raw) &&
+                  (ver == 2 || !c.huff);
         for (int k = 0; k < 8; k++) {
             ok &= k < c.width ? (c.raw >> k & 1 ? c.zlen[k] == c.len / c.width : c.zlen[k] > 0) : c.zlen[k] == 0;
+            ok &= !(c.huff >> k & 1) || c.zlen[k] >= MPK_HUFF_HEAD;
             zl += c.zlen[k];
         }
         if (!ok || c.file_off > fsize || zl > fsize - c.file_off)
@@ -537,12 +550,13 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     chunk *c = NULL;
     char *hdr = NULL;
     uint64_t csize = 0, n = 0;
+    uint8_t ver = 0;
     threads = threads < 1 ? 1 : threads > 64 ? 64 : threads;
     zrun r = {.in_path = path, .out_path = dst, .meter = meter};
     pthread_mutex_init(&r.lock, NULL);
     mpk_status s = mpk_open_regular(path, &in, &st, err);
-    if (s == MPK_OK && (s = read_head(in, path, (uint64_t)st.st_size, &h, &csize, &n, &hdr, err)) == MPK_OK)
-        s = read_table(in, path, (uint64_t)st.st_size, h, csize, n, &c, err);
+    if (s == MPK_OK && (s = read_head(in, path, (uint64_t)st.st_size, &h, &csize, &n, &ver, &hdr, err)) == MPK_OK)
+        s = read_table(in, path, (uint64_t)st.st_size, h, csize, n, ver, &c, err);
     if (s == MPK_OK) {
         out = mpk_fault_point("create") ? -1 : open(dst, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (out < 0)
@@ -566,6 +580,7 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     free(hdr);
     free(c);
     mpk_st_header_free(h);
+    zrun_free(&r, 0);
     pthread_mutex_destroy(&r.lock);
     return s;
 }
@@ -587,15 +602,16 @@ mpk_status mpk_mpkz_open(int fd, const char *path, uint64_t fsize, mpk_mpkz **ou
     *out = NULL;
     *h = NULL;
     uint64_t csize, n;
+    uint8_t ver = 0;
     mpk_mpkz *z = mpk_calloc(1, sizeof *z);
     if (!z || !(z->path = mpk_strndup(path, strlen(path)))) {
         free(z);
         MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
     }
     z->fd = fd;
-    mpk_status s = read_head(fd, path, fsize, h, &csize, &n, &z->hdr, err);
+    mpk_status s = read_head(fd, path, fsize, h, &csize, &n, &ver, &z->hdr, err);
     if (s == MPK_OK)
-        s = read_table(fd, path, fsize, *h, csize, n, &z->c, err);
+        s = read_table(fd, path, fsize, *h, csize, n, ver, &z->c, err);
     if (s != MPK_OK) {
         mpk_st_header_free(*h);
         *h = NULL;
@@ -628,6 +644,7 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
     const chunk *first = z->n ? bsearch(&off, z->c, z->n, sizeof *z->c, chunk_holding) : NULL;
     size_t lo = first ? (size_t)(first - z->c) : z->n;
     char *orig = NULL, *planes = NULL;
+    gbuf zin = {0};
     ZSTD_DCtx *dc = NULL;
     mpk_status s = MPK_OK;
     for (size_t i = lo; len && s == MPK_OK; i++) {
@@ -644,7 +661,7 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
             s = mpk_error_set(err, MPK_E_NOMEM, 0, z->path, "out of memory");
             break;
         }
-        if ((s = decode_chunk(z->fd, z->path, z->h, c, i, whole ? buf : orig, planes, dc, err)) != MPK_OK)
+        if ((s = decode_chunk(z->fd, z->path, z->h, c, i, whole ? buf : orig, planes, &zin, dc, err)) != MPK_OK)
             break;
         if (!whole)
             memcpy(buf, orig + a, k);
@@ -653,6 +670,7 @@ mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *bu
         len -= k;
     }
     ZSTD_freeDCtx(dc);
+    free(zin.p);
     free(orig);
     free(planes);
     return s;
