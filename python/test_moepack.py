@@ -502,10 +502,10 @@ class Compressed(unittest.TestCase):
         self.assertIn("truncated", self.broken("truncated", lambda f: f.truncate(f.seek(0, os.SEEK_END) - 1000)))
 
     def test_unknown_version(self):
-        def v2(f):
+        def v3(f):  # (version 2 is the one with Huffman-coded planes, issue 51)
             f.seek(4)
-            f.write(struct.pack("<I", 2))
-        self.assertIn("version 2", self.broken("version", v2))
+            f.write(struct.pack("<I", 3))
+        self.assertIn("version 3", self.broken("version", v3))
 
     def test_sizes_that_disagree(self):
         def grow(f):
