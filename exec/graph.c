@@ -206,6 +206,11 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
         n->granule = 16 * mpk_dtype_size(m->dtype);
         return n;
     }
+    if (wm.dtype == MPK_DTYPE_U8 || wm.dtype == MPK_DTYPE_I8) { /* MXFP4 codes, one E8M0 per 32 along rows */
+        n->mx = true;
+        n->granule = 32 * mpk_dtype_size(m->dtype);
+        return n;
+    }
     n->block = p->fp8_block;
     mpk_op op = {.kind = MPK_OP_DEQUANT_FP8, .block = p->fp8_block, .dtype = m->dtype};
     n->granule = mpk_op_descs[op.kind].granule(&op, &wm, m, 0);

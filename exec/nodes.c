@@ -156,7 +156,7 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
     }
     int64_t R = m->shape[m->ndim - 2], C = m->shape[m->ndim - 1], b = n->block;
     int64_t SR = cdiv(R, b), SC = cdiv(C, b);
-    uint64_t row = (uint64_t)C * oel;
+    uint64_t row = (uint64_t)C * oel, ses = mpk_dtype_size(n->in2->meta.dtype); /* F32, or E8M0 (1) */
     if (off % row || len % row)
         MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned dequantize read");
     uint64_t g0 = off / row, g1 = (off + len) / row;
@@ -173,10 +173,12 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
         uint64_t sb0 = r0 / (uint64_t)b, sb1 = (r1 - 1) / (uint64_t)b;
         s = ex_node_read(n->in, (mat * (uint64_t)R + r0) * (uint64_t)C, (r1 - r0) * (uint64_t)C, (char *)tw, r);
         if (s == MPK_OK)
-            s = ex_node_read(n->in2, (mat * (uint64_t)SR + sb0) * (uint64_t)SC * 4, (sb1 - sb0 + 1) * (uint64_t)SC * 4,
+            s = ex_node_read(n->in2, (mat * (uint64_t)SR + sb0) * (uint64_t)SC * ses, (sb1 - sb0 + 1) * (uint64_t)SC * ses,
                           (char *)ts, r);
         if (s == MPK_OK)
             s = ex_rd_flush(r);
+        for (uint64_t k = (sb1 - sb0 + 1) * (uint64_t)SC; s == MPK_OK && ses == 1 && k-- > 0;)
+            ts[k] = mpk_e8m0_to_f32(((const uint8_t *)ts)[k]); /* in place, from the end */
         if (s == MPK_OK)
             mpk_dequant_fp8_rows(n->in->meta.dtype, tw, ts, C, (int)b, (int64_t)r0, (int64_t)r1, m->dtype,
                                  buf + (g - g0) * row);

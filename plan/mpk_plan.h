@@ -134,6 +134,8 @@ typedef struct mpk_spec {
     void *json;                 /* the parsed document (cJSON, owned), synth section included */
     mpk_arena *arena;
     struct mpk_spec *base;      /* a reversed spec owns the spec it reverses (its strings) */
+    bool scale_dot;             /* "scale_name": "scale": block scales are X.scale beside X.weight
+                                   (DeepSeek-V4), not X.weight_scale_inv */
 } mpk_spec;
 
 /* Parses a spec document; where names it in messages. Malformed specs fail with
@@ -289,6 +291,10 @@ const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *
 /* s is an FP8 weight w's scale grid with b x b blocks: F32, w's leading dims, then
  * ceil(rows / b) x ceil(cols / b). */
 bool mpk_fp8_grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, int b);
+/* s holds w's block scales in a layout moepack moves with it: an FP8 grid (above, or F8_E8M0
+ * b x b), or MXFP4's (w U8/I8 codes [.., R, C/2], s F8_E8M0 [.., R, C/32]: *rows set, blocks
+ * along rows only, so no concat can straddle one). */
+bool mpk_block_scales_match(const mpk_tensor_info *w, const mpk_tensor_info *s, int b, bool *rows);
 
 /* Matches every tensor of src against spec, groups and checks them, infers every output and
  * lays out the shards. Errors: MPK_E_EXPERT_MISSING, MPK_E_SHAPE, MPK_E_DTYPE_MISMATCH,

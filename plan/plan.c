@@ -31,6 +31,23 @@ bool mpk_fp8_grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, in
     return true;
 }
 
+bool mpk_block_scales_match(const mpk_tensor_info *w, const mpk_tensor_info *s, int b, bool *rows)
+{
+    *rows = false;
+    if (mpk_fp8_grid_matches(w, s, b))
+        return true;
+    bool ok = s->dtype == MPK_DTYPE_F8_E8M0 && w->ndim >= 2 && s->ndim == w->ndim;
+    if (ok && (w->dtype == MPK_DTYPE_U8 || w->dtype == MPK_DTYPE_I8)) { /* MXFP4: 32 values a scale */
+        *rows = true;
+        for (int d = 0; ok && d < w->ndim; d++)
+            ok = s->shape[d] == (d < w->ndim - 1 ? w->shape[d] : w->shape[d] / 16) && w->shape[w->ndim - 1] % 16 == 0;
+        return ok;
+    }
+    for (int d = 0; ok && d < w->ndim; d++) /* FP8 with E8M0 (power of two) b x b scales */
+        ok = s->shape[d] == (d < w->ndim - 2 ? w->shape[d] : (w->shape[d] + b - 1) / b);
+    return ok && (w->dtype == MPK_DTYPE_F8_E4M3 || w->dtype == MPK_DTYPE_F8_E5M2);
+}
+
 static bool is_fp8(mpk_dtype d)
 {
     return d == MPK_DTYPE_F8_E4M3 || d == MPK_DTYPE_F8_E5M2;
@@ -57,6 +74,54 @@ static void view_init(mpk_plan_view *v, const mpk_ckpt_tensor *t, int64_t last, 
     v->weight = t;
     v->scale = scale;
     v->scale2 = scale2;
+}
+
+/* Weights --dequantize decodes with one block-scale tensor: FP8, and MXFP4 codes (U8/I8). */
+static bool blockable(mpk_dtype d)
+{
+    return is_fp8(d) || d == MPK_DTYPE_U8 || d == MPK_DTYPE_I8;
+}
+
+/* The block scales of the weight named name: name_scale_inv, or for X.weight X.scale
+ * (DeepSeek-V4); NULL when it has none. */
+static const mpk_ckpt_tensor *block_scale_of(mpk_plan *p, const char *name)
+{
+    char *sn = mpk_arena_printf(p->arena, "%s_scale_inv", name);
+    const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(p->src, sn) : NULL;
+    size_t l = strlen(name);
+    if (!st && mpk_str_ends(name, ".weight") && (sn = mpk_arena_printf(p->arena, "%.*s.scale", (int)(l - 7), name)))
+        st = mpk_ckpt_find(p->src, sn);
+    return st;
+}
+
+/* t is the block scales of a weight that --dequantize decodes (so it is folded into the view). */
+static bool scales_a_view(mpk_plan *p, const mpk_ckpt_tensor *t)
+{
+    const char *name = t->info->name;
+    size_t l = strlen(name);
+    char *w = mpk_str_ends(name, "_scale_inv") ? mpk_arena_strndup(p->arena, name, l - 10)
+              : mpk_str_ends(name, ".scale")   ? mpk_arena_printf(p->arena, "%.*s.weight", (int)(l - 6), name)
+                                               : NULL;
+    const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(p->src, w) : NULL;
+    return wt && blockable(wt->info->dtype) && block_scale_of(p, w) == t;
+}
+
+/* --dequantize: the BF16 view of weight t with its block scales st, checked: FP8 with a b x b
+ * grid (F32, or F8_E8M0 powers of two), or MXFP4 codes with one F8_E8M0 per 32 values. */
+static mpk_status block_view(mpk_plan *p, const mpk_ckpt_tensor *t, const mpk_ckpt_tensor *st, mpk_plan_view *v,
+                             mpk_error *err)
+{
+    const mpk_tensor_info *w = t->info;
+    bool rows = false;
+    char a[128], b[128];
+    if (!mpk_block_scales_match(w, st->info, p->fp8_block, &rows) || rows == is_fp8(w->dtype))
+        MPK_FAIL(err, MPK_E_QUANT, p->src->dir,
+                 "tensor '%s' %s %s: its scales '%s' are %s %s, not F32 or F8_E8M0 with %dx%d blocks (FP8) nor "
+                 "F8_E8M0 one per 32 values of a row (MXFP4 codes)", w->name, mpk_dtype_name(w->dtype),
+                 mpk_shape_str(w->shape, w->ndim, a, sizeof a), st->info->name, mpk_dtype_name(st->info->dtype),
+                 mpk_shape_str(st->info->shape, st->info->ndim, b, sizeof b), p->fp8_block, p->fp8_block);
+    view_init(v, t, w->shape[w->ndim - 1] * (rows ? 2 : 1), st, NULL);
+    return MPK_OK;
 }
 
 /* ModelOpt NVFP4: a U8 X.weight with an F8_E4M3 X.weight_scale; name is any of the linear's
@@ -135,31 +200,14 @@ static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_
             list[n++] = &v->t;
             continue;
         }
-        if (opts->dequantize && mpk_str_ends(name, "_scale_inv")) {
-            char *w = mpk_arena_strndup(p->arena, name, strlen(name) - 10);
-            const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(src, w) : NULL;
-            if (wt && is_fp8(wt->info->dtype))
-                continue; /* folded into its weight's view */
-        }
-        if (opts->dequantize && is_fp8(t->info->dtype)) {
-            char *sn = mpk_arena_printf(p->arena, "%s_scale_inv", name);
-            const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(src, sn) : NULL;
-            if (st) {
-                char a[128], b[128];
-                if (!mpk_fp8_grid_matches(t->info, st->info, p->fp8_block))
-                    MPK_FAIL(err, MPK_E_QUANT, src->dir,
-                             "tensor '%s' %s %s: its scale grid '%s' is %s %s, not F32 with %dx%d "
-                             "blocks",
-                             name, mpk_dtype_name(t->info->dtype),
-                             mpk_shape_str(t->info->shape, t->info->ndim, a, sizeof a), sn,
-                             mpk_dtype_name(st->info->dtype),
-                             mpk_shape_str(st->info->shape, st->info->ndim, b, sizeof b), p->fp8_block,
-                             p->fp8_block);
-                mpk_plan_view *v = &p->views[nv++];
-                view_init(v, t, t->info->shape[t->info->ndim - 1], st, NULL);
-                list[n++] = &v->t;
-                continue;
-            }
+        if (opts->dequantize && scales_a_view(p, t))
+            continue; /* folded into its weight's view */
+        const mpk_ckpt_tensor *st = opts->dequantize && blockable(t->info->dtype) ? block_scale_of(p, name) : NULL;
+        if (st) {
+            mpk_plan_view *v = &p->views[nv++];
+            MPK_TRY(block_view(p, t, st, v, err));
+            list[n++] = &v->t;
+            continue;
         }
         list[n++] = t;
     }

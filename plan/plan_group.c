@@ -314,24 +314,31 @@ static mpk_status check_fp8_blocks(mpk_plan *p, const mpk_plan_group *g, long n,
         if (!wb.t)
             MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
         w = &wb;
+        bool rows = false;
         for (long k = 0; k < r->n_sources * n && w; k++) {
             const mpk_tensor_info *si = g->src[k]->info;
-            char *wn = mpk_arena_strndup(p->arena, si->name, strlen(si->name) - 10);
+            size_t sl = strlen(si->name);
+            bool dot = mpk_str_ends(si->name, ".scale"); /* DeepSeek-V4's X.scale beside X.weight */
+            char *wn = dot ? mpk_arena_printf(p->arena, "%.*s.weight", (int)(sl - 6), si->name)
+                           : mpk_arena_strndup(p->arena, si->name, sl - 10);
             const mpk_ckpt_tensor *wt = wn ? mpk_ckpt_find(p->src, wn) : NULL;
             if (!wt) {
                 w = NULL; /* a lone *_scale_inv tensor: moved like any other */
                 break;
             }
             char a[128], b[128];
-            if (!mpk_fp8_grid_matches(wt->info, si, p->fp8_block))
+            if (!mpk_block_scales_match(wt->info, si, p->fp8_block, &rows))
                 MPK_FAIL(err, MPK_E_QUANT, where,
-                         "scale grid '%s' is %s %s but its weight '%s' %s needs F32 %dx%d blocks",
+                         "scale grid '%s' is %s %s but its weight '%s' %s %s needs F32 or F8_E8M0 %dx%d blocks "
+                         "(FP8), or F8_E8M0 one per 32 values of a row (MXFP4 codes)",
                          si->name, mpk_dtype_name(si->dtype), mpk_shape_str(si->shape, si->ndim, a, sizeof a),
-                         wn, mpk_shape_str(wt->info->shape, wt->info->ndim, b, sizeof b), p->fp8_block,
-                         p->fp8_block);
+                         wn, mpk_dtype_name(wt->info->dtype), mpk_shape_str(wt->info->shape, wt->info->ndim, b, sizeof b),
+                         p->fp8_block, p->fp8_block);
             wb.t[k] = (mpk_tmeta){wt->info->dtype, wt->info->ndim, {0}};
             memcpy(wb.t[k].shape, wt->info->shape, sizeof wt->info->shape);
         }
+        if (rows)
+            w = NULL; /* MXFP4's blocks lie along rows: every concat keeps them whole */
     } else if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta)) {
         w = in;
     }

@@ -247,7 +247,10 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const ch
 /* Every rule that only moves bytes (merge/split/concat/chunk/transpose/reshape) gets a
  * companion for FP8 block scale grids: each pattern + "_scale_inv", the same ops. Packing an
  * FP8 checkpoint then moves `...gate_proj.weight_scale_inv` into `...gate_up_proj_scale_inv`
- * exactly like the weights (the names transformers v5's FP8 experts expect). */
+ * exactly like the weights (the names transformers v5's FP8 experts expect). A spec with
+ * "scale_name": "scale" (DeepSeek-V4: `w1.weight` + `w1.scale`, E8M0) names the per-expert side
+ * X.scale instead of X.weight_scale_inv; transformers renames `.scale` to `.weight_scale_inv`
+ * before it merges, so the packed side is the same `_scale_inv`. */
 static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error *err)
 {
     int n = s->n_rules;
@@ -271,7 +274,10 @@ static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error
         for (int k = 0; k < f->n_sources + f->n_targets; k++) {
             const mpk_pattern *from = k < f->n_sources ? &f->sources[k] : &f->targets[k - f->n_sources];
             mpk_pattern *to = k < f->n_sources ? &c->sources[k] : &c->targets[k - f->n_sources];
-            char *t = mpk_arena_printf(s->arena, "%s_scale_inv", from->text);
+            size_t tl = strlen(from->text);
+            bool dot_scale = s->scale_dot && k < f->n_sources && tl > 7 && strcmp(from->text + tl - 7, ".weight") == 0;
+            char *t = dot_scale ? mpk_arena_printf(s->arena, "%.*s.scale", (int)(tl - 7), from->text)
+                                : mpk_arena_printf(s->arena, "%s_scale_inv", from->text);
             if (!t)
                 MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
             MPK_TRY(parse_pattern(t, to, where, c->path, err));
@@ -451,6 +457,11 @@ static mpk_status parse_spec_fields(const cJSON *root, mpk_spec *s, const char *
     MPK_TRY(parse_renames(root, s, where, err));
     MPK_TRY(parse_converters(root, s, where, err));
     s->dequantizes = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "dequantizes"));
+    const cJSON *sn = cJSON_GetObjectItemCaseSensitive(root, "scale_name");
+    if (sn && (!cJSON_IsString(sn) || (strcmp(sn->valuestring, "scale") && strcmp(sn->valuestring, "weight_scale_inv"))))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.scale_name: must be \"weight_scale_inv\" (X.weight_scale_inv, the "
+                 "default) or \"scale\" (X.scale, DeepSeek-V4)");
+    s->scale_dot = sn && strcmp(sn->valuestring, "scale") == 0;
     if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions"))) {
         MPK_TRY(add_scale_companions(s, where, err));
         MPK_TRY(add_nvfp4_companions(s, where, err));
@@ -495,6 +506,7 @@ mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err)
     r->n_model_types = s->n_model_types;
     r->reversed = !s->reversed;
     r->dequantizes = s->dequantizes;
+    r->scale_dot = s->scale_dot;
     r->pass = s->pass;
     r->n_pass = s->n_pass;
     r->architectures = s->architectures;

@@ -17,51 +17,18 @@ import os
 import random
 import shutil
 import struct
-import subprocess
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qformats as q  # noqa: E402
+from qformats import bf16_bits, check, e2m1, e4m3, f32, read_dir, write_st  # noqa: E402
 
 M = sys.argv[1]
 E, H, I, L, V = 4, 64, 32, 2, 48
-failures = 0
 
 
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures += 1
-
-
-# ------------------------------------------------------------------ number formats from their bits
-
-def e2m1(code):
-    """E2M1: sign bit 3, exponent bits 2-1 (bias 1), mantissa bit 0; exponent 0 is subnormal."""
-    s, e, m = code >> 3 & 1, code >> 1 & 3, code & 1
-    v = m * 0.5 if e == 0 else (1 + m / 2) * 2.0 ** (e - 1)
-    return -v if s else v
-
-
-def e4m3(code):
-    """E4M3 (fn): sign bit 7, exponent bits 6-3 (bias 7), mantissa bits 2-0; S.1111.111 is NaN."""
-    s, e, m = code >> 7 & 1, code >> 3 & 15, code & 7
-    if e == 15 and m == 7:
-        return float("nan")
-    v = m / 8 * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7)
-    return -v if s else v
-
-
-def f32(x):
-    """Rounded to the nearest F32 (ties to even), as Python's struct does."""
-    return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def bf16_bits(x):
-    """The F32 value x rounded to BF16, nearest even, as bits."""
-    u = struct.unpack("<I", struct.pack("<f", x))[0]
-    if (u & 0x7F800000) == 0x7F800000 and u & 0x7FFFFF:
-        return (u >> 16) | 0x40
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+def run(*args):
+    return q.run(M, *args)
 
 
 def dequant(codes, scales, scale2, rows, cols):
@@ -75,35 +42,6 @@ def dequant(codes, scales, scale2, rows, cols):
             s = f32(e4m3(scales[r * cols // 16 + c // 16]) * scale2)
             out += struct.pack("<H", bf16_bits(f32(e2m1(nib) * s)))
     return bytes(out)
-
-
-# ------------------------------------------------------------------ safetensors
-
-def write_st(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name, (dt, shape, data) in tensors.items():
-        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    t = json.dumps(header, separators=(",", ":")).encode()
-    t += b" " * (-len(t) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(t)) + t + b"".join(blobs))
-
-
-def read_dir(d):
-    out = {}
-    for fn in sorted(os.listdir(d)):
-        if not fn.endswith(".safetensors"):
-            continue
-        b = open(os.path.join(d, fn), "rb").read()
-        hl = struct.unpack("<Q", b[:8])[0]
-        h = json.loads(b[8:8 + hl])
-        h.pop("__metadata__", None)
-        for name, t in h.items():
-            a, z = t["data_offsets"]
-            out[name] = (t["dtype"], t["shape"], b[8 + hl + a:8 + hl + z])
-    return out
 
 
 # ------------------------------------------------------------------ the generator
@@ -176,11 +114,6 @@ def make_source(d):
     return t, ref
 
 
-def run(*args):
-    r = subprocess.run([M, *args], capture_output=True, text=True)
-    return r.returncode, r.stdout + r.stderr
-
-
 # ------------------------------------------------------------------ the checks
 
 def packed_expectation(src):
@@ -204,96 +137,80 @@ def packed_expectation(src):
     return want
 
 
-def main():
-    tmp = tempfile.mkdtemp(prefix="mpk-nvfp4-")
-    try:
-        src_dir, packed, back, deq = (os.path.join(tmp, n) for n in ("src", "packed", "back", "deq"))
-        src, ref = make_source(src_dir)
-        # gate and up of an expert keep different global scales (no requantization)
-        g2 = src["model.layers.0.mlp.experts.0.gate_proj.weight_scale_2"][2]
-        u2 = src["model.layers.0.mlp.experts.0.up_proj.weight_scale_2"][2]
-        check(g2 != u2, "the generator gives gate and up different weight_scale_2")
+def body(tmp):
+    src_dir, packed, back, deq = (os.path.join(tmp, n) for n in ("src", "packed", "back", "deq"))
+    src, ref = make_source(src_dir)
+    # gate and up of an expert keep different global scales (no requantization)
+    g2 = src["model.layers.0.mlp.experts.0.gate_proj.weight_scale_2"][2]
+    u2 = src["model.layers.0.mlp.experts.0.up_proj.weight_scale_2"][2]
+    check(g2 != u2, "the generator gives gate and up different weight_scale_2")
 
-        rc, out = run("pack", "-q", src_dir, packed)
-        check(rc == 0, "pack an NVFP4 per-expert checkpoint" + ("" if rc == 0 else ": " + out))
-        got = read_dir(packed)
-        want = packed_expectation(src)
-        for name, w in want.items():
-            check(got.get(name) == w, f"packed {name} {w[0]} {w[1]} byte for byte")
-        left = [n for n in got if ".experts." in n and n not in want]
-        check(not left, "no per-expert tensor or scale left behind: " + ", ".join(left[:3]))
-        same_rest = all(got.get(n) == v for n, v in src.items() if ".experts." not in n)
-        check(same_rest, "every non-expert tensor (attention NVFP4 with its scales) passes through")
-        cfg = json.load(open(os.path.join(packed, "config.json")))
-        check(cfg.get("quantization_config", {}).get("quant_algo") == "NVFP4", "config.json keeps quantization_config")
-        check(os.path.exists(os.path.join(packed, "hf_quant_config.json")), "hf_quant_config.json copied")
+    rc, out = run("pack", "-q", src_dir, packed)
+    check(rc == 0, "pack an NVFP4 per-expert checkpoint" + ("" if rc == 0 else ": " + out))
+    got = read_dir(packed)
+    want = packed_expectation(src)
+    for name, w in want.items():
+        check(got.get(name) == w, f"packed {name} {w[0]} {w[1]} byte for byte")
+    left = [n for n in got if ".experts." in n and n not in want]
+    check(not left, "no per-expert tensor or scale left behind: " + ", ".join(left[:3]))
+    same_rest = all(got.get(n) == v for n, v in src.items() if ".experts." not in n)
+    check(same_rest, "every non-expert tensor (attention NVFP4 with its scales) passes through")
+    cfg = json.load(open(os.path.join(packed, "config.json")))
+    check(cfg.get("quantization_config", {}).get("quant_algo") == "NVFP4", "config.json keeps quantization_config")
+    check(os.path.exists(os.path.join(packed, "hf_quant_config.json")), "hf_quant_config.json copied")
 
-        rc, out = run("verify", "-q", src_dir, packed)
-        check(rc == 0, "verify SRC PACKED" + ("" if rc == 0 else ": " + out))
+    rc, out = run("verify", "-q", src_dir, packed)
+    check(rc == 0, "verify SRC PACKED" + ("" if rc == 0 else ": " + out))
 
-        rc, out = run("unpack", "-q", packed, back)
-        check(rc == 0, "unpack" + ("" if rc == 0 else ": " + out))
-        got = read_dir(back)
-        check(set(got) == set(src), "unpack gives back every tensor name")
-        check(all(got.get(n) == v for n, v in src.items()), "unpack gives back every tensor byte for byte")
+    rc, out = run("unpack", "-q", packed, back)
+    check(rc == 0, "unpack" + ("" if rc == 0 else ": " + out))
+    got = read_dir(back)
+    check(set(got) == set(src), "unpack gives back every tensor name")
+    check(all(got.get(n) == v for n, v in src.items()), "unpack gives back every tensor byte for byte")
 
-        # one flipped block-scale byte in the packed checkpoint: verify finds it (exit 3)
-        bad = os.path.join(tmp, "bad")
-        shutil.copytree(packed, bad)
-        name = "model.layers.0.mlp.experts.gate_up_proj_weight_scale"
-        for fn in os.listdir(bad):
-            if fn.endswith(".safetensors"):
-                p = os.path.join(bad, fn)
-                b = bytearray(open(p, "rb").read())
-                hl = struct.unpack("<Q", b[:8])[0]
-                h = json.loads(b[8:8 + hl])
-                if name in h:
-                    b[8 + hl + h[name]["data_offsets"][0] + 5] ^= 0x08
-                    open(p, "wb").write(bytes(b))
-        rc, out = run("verify", "-q", src_dir, bad)
-        check(rc == 3 and name in out, "verify exits 3 on a flipped block-scale byte, naming the tensor")
+    # one flipped block-scale byte in the packed checkpoint: verify finds it (exit 3)
+    bad = os.path.join(tmp, "bad")
+    shutil.copytree(packed, bad)
+    name = "model.layers.0.mlp.experts.gate_up_proj_weight_scale"
+    q.flip(bad, name, 5, 0x08)
+    rc, out = run("verify", "-q", src_dir, bad)
+    check(rc == 3 and name in out, "verify exits 3 on a flipped block-scale byte, naming the tensor")
 
-        rc, out = run("pack", "-q", "--dequantize", src_dir, deq)
-        check(rc == 0, "pack --dequantize" + ("" if rc == 0 else ": " + out))
-        got = read_dir(deq)
-        for l in range(L):
-            p = f"model.layers.{l}."
-            for a in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                codes, scales, s2, o, i = ref[p + "self_attn." + a]
-                check(got.get(p + "self_attn." + a + ".weight") == ("BF16", [o, i], dequant(codes, scales, s2, o, i)),
-                      f"{p}self_attn.{a}.weight dequantized to the reference BF16")
-            gu, dn = b"", b""
-            for e in range(E):
-                for proj in ("gate_proj", "up_proj"):
-                    codes, scales, s2, o, i = ref[f"{p}mlp.experts.{e}.{proj}"]
-                    gu += dequant(codes, scales, s2, o, i)
-                codes, scales, s2, o, i = ref[f"{p}mlp.experts.{e}.down_proj"]
-                dn += dequant(codes, scales, s2, o, i)
-            check(got.get(p + "mlp.experts.gate_up_proj") == ("BF16", [E, 2 * I, H], gu),
-                  f"{p}mlp.experts.gate_up_proj dequantized to the reference BF16")
-            check(got.get(p + "mlp.experts.down_proj") == ("BF16", [E, H, I], dn),
-                  f"{p}mlp.experts.down_proj dequantized to the reference BF16")
-        scales = [n for n in got if "scale" in n]
-        check(not scales, "no scale tensor left after --dequantize: " + ", ".join(scales[:3]))
-        cfg = json.load(open(os.path.join(deq, "config.json")))
-        check("quantization_config" not in cfg, "--dequantize drops quantization_config")
-        check(not os.path.exists(os.path.join(deq, "hf_quant_config.json")), "--dequantize leaves hf_quant_config.json out")
-        rc, out = run("verify", "-q", src_dir, deq)
-        check(rc == 0, "verify SRC DEQUANTIZED" + ("" if rc == 0 else ": " + out))
+    rc, out = run("pack", "-q", "--dequantize", src_dir, deq)
+    check(rc == 0, "pack --dequantize" + ("" if rc == 0 else ": " + out))
+    got = read_dir(deq)
+    for l in range(L):
+        p = f"model.layers.{l}."
+        for a in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            codes, scales, s2, o, i = ref[p + "self_attn." + a]
+            check(got.get(p + "self_attn." + a + ".weight") == ("BF16", [o, i], dequant(codes, scales, s2, o, i)),
+                  f"{p}self_attn.{a}.weight dequantized to the reference BF16")
+        gu, dn = b"", b""
+        for e in range(E):
+            for proj in ("gate_proj", "up_proj"):
+                codes, scales, s2, o, i = ref[f"{p}mlp.experts.{e}.{proj}"]
+                gu += dequant(codes, scales, s2, o, i)
+            codes, scales, s2, o, i = ref[f"{p}mlp.experts.{e}.down_proj"]
+            dn += dequant(codes, scales, s2, o, i)
+        check(got.get(p + "mlp.experts.gate_up_proj") == ("BF16", [E, 2 * I, H], gu),
+              f"{p}mlp.experts.gate_up_proj dequantized to the reference BF16")
+        check(got.get(p + "mlp.experts.down_proj") == ("BF16", [E, H, I], dn),
+              f"{p}mlp.experts.down_proj dequantized to the reference BF16")
+    scales = [n for n in got if "scale" in n]
+    check(not scales, "no scale tensor left after --dequantize: " + ", ".join(scales[:3]))
+    cfg = json.load(open(os.path.join(deq, "config.json")))
+    check("quantization_config" not in cfg, "--dequantize drops quantization_config")
+    check(not os.path.exists(os.path.join(deq, "hf_quant_config.json")), "--dequantize leaves hf_quant_config.json out")
+    rc, out = run("verify", "-q", src_dir, deq)
+    check(rc == 0, "verify SRC DEQUANTIZED" + ("" if rc == 0 else ": " + out))
 
-        # a group size other than 16 is not NVFP4 as moepack reads it: refused, naming it
-        odd = os.path.join(tmp, "odd")
-        shutil.copytree(src_dir, odd)
-        hq = json.load(open(os.path.join(odd, "hf_quant_config.json")))
-        hq["quantization"]["group_size"] = 32
-        json.dump(hq, open(os.path.join(odd, "hf_quant_config.json"), "w"))
-        rc, out = run("pack", "-q", odd, os.path.join(tmp, "odd-out"))
-        check(rc == 1 and "group_size 32" in out and not os.path.exists(os.path.join(tmp, "odd-out")),
-              "group_size 32 is refused (exit 1, nothing written)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{failures} failure(s)")
-    return 1 if failures else 0
-
-
-sys.exit(main())
+    # a group size other than 16 is not NVFP4 as moepack reads it: refused, naming it
+    odd = os.path.join(tmp, "odd")
+    shutil.copytree(src_dir, odd)
+    hq = json.load(open(os.path.join(odd, "hf_quant_config.json")))
+    hq["quantization"]["group_size"] = 32
+    json.dump(hq, open(os.path.join(odd, "hf_quant_config.json"), "w"))
+    rc, out = run("pack", "-q", odd, os.path.join(tmp, "odd-out"))
+    check(rc == 1 and "group_size 32" in out and not os.path.exists(os.path.join(tmp, "odd-out")),
+          "group_size 32 is refused (exit 1, nothing written)")
+q.main("mpk-nvfp4-", body)

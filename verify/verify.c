@@ -197,40 +197,6 @@ static mpk_status tc_end(vctx *v, tcmp *t)
 
 /* ---------------------------------------------------------------- expected values */
 
-/* Bytes [off, +len) of an NVFP4 --dequantize view: the F32 values (the kernel's portable
- * path), each rounded to BF16 by the scalar conversion. */
-static mpk_status read_nvfp4_view(const mpk_plan *p, const mpk_plan_view *vw, uint64_t off, uint64_t len, char **out,
-                                  mpk_error *err)
-{
-    uint64_t b0 = off / 32, b1 = (off + len + 31) / 32, nb = b1 - b0;
-    uint8_t *q = mpk_alloc(nb * 9 + 4);
-    float *f = mpk_alloc(nb * 16 * sizeof *f);
-    char *b = mpk_alloc(len + 1);
-    mpk_status s = q && f && b ? MPK_OK : mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
-    if (s == MPK_OK)
-        s = mpk_ckpt_read(p->src, vw->weight, b0 * 8, nb * 8, q, err);
-    if (s == MPK_OK)
-        s = mpk_ckpt_read(p->src, vw->scale, b0, nb, q + nb * 8, err);
-    if (s == MPK_OK)
-        s = mpk_ckpt_read(p->src, vw->scale2, 0, 4, q + nb * 9, err);
-    if (s == MPK_OK) {
-        float s2;
-        memcpy(&s2, q + nb * 9, 4);
-        mpk_dequant_nvfp4(q, q + nb * 8, (size_t)nb, s2, MPK_DTYPE_F32, f);
-        for (uint64_t i = 0; i < len / 2; i++) {
-            uint16_t h = mpk_f32_to_bf16(f[(off - b0 * 32) / 2 + i]);
-            memcpy(b + 2 * i, &h, 2);
-        }
-    }
-    free(q);
-    free(f);
-    if (s != MPK_OK)
-        free(b);
-    else
-        *out = b;
-    return s;
-}
-
 /* Reads a source tensor whole (a --dequantize view is dequantized with the reference op). */
 static mpk_status read_source(const mpk_plan *p, const mpk_ckpt_tensor *t, uint64_t off, uint64_t len,
                               char **out, mpk_error *err)
@@ -248,8 +214,9 @@ static mpk_status read_source(const mpk_plan *p, const mpk_ckpt_tensor *t, uint6
         *out = b;
         return MPK_OK;
     }
-    if (vw->scale2)
-        return read_nvfp4_view(p, vw, off, len, out, err);
+    mpk_dtype wdt = vw->weight->info->dtype;
+    if (vw->scale2 || wdt == MPK_DTYPE_U8 || wdt == MPK_DTYPE_I8 || vw->scale->info->dtype == MPK_DTYPE_F8_E8M0)
+        return vfy_read_view(p, vw, off, len, out, err); /* NVFP4, MXFP4, FP8 with E8M0 scales */
     char *w = NULL, *sc = NULL;
     MPK_TRY(read_source(p, vw->weight, 0, vw->weight->nbytes, &w, err));
     mpk_status s = read_source(p, vw->scale, 0, vw->scale->nbytes, &sc, err);
