@@ -208,26 +208,23 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
 {
     switch (err->code) {
     case MPK_E_PRESET: return "list presets with 'moepack presets'; name one with --preset NAME";
-    case MPK_E_NOT_UNDERSTOOD: {
-        size_t n = strlen(err->where);
-        if (strcmp(err->where, "preset") == 0)
+    case MPK_E_NOT_UNDERSTOOD: /* the library says which request field is the way out */
+        if (err->field == MPK_FIELD_SPEC)
             return "write a spec for this model ('moepack presets NAME' prints one to start from) and run "
                    "'moepack convert --spec FILE'";
-        if (n > 5 && strcmp(err->where + n - 5, ".json") == 0)
-            return "moepack does not convert this quantization (--pass-unknown does not cover it): convert a "
-                   "dequantized copy, or one in a quantization it implements";
-        return "--pass-unknown copies these tensors as they are (the summary lists them), if you know they "
-               "need no conversion; or cover them with a spec (--spec)";
-    }
+        if (err->field == MPK_FIELD_PASS_UNKNOWN)
+            return "--pass-unknown copies these tensors as they are (the summary lists them), if you know they "
+                   "need no conversion; or cover them with a spec (--spec)";
+        return "moepack does not convert this quantization (--pass-unknown does not cover it): convert a "
+               "dequantized copy, or one in a quantization it implements";
     case MPK_E_ALREADY_CONVERTED:
         return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
-    case MPK_E_MEMORY_BUDGET: return "raise --mem or lower --threads";
+    case MPK_E_MEMORY_BUDGET: return err->field == MPK_FIELD_MEM ? "raise --mem or lower --threads" : NULL;
     case MPK_E_QUANT:
         return a->quantize ? "--quantize fp8-block128 needs whole 128x128 blocks in each gate and up half (the "
                              "sizes named a multiple of 128): pack this checkpoint without --quantize (BF16 experts)"
                            : "--dequantize writes BF16 experts, which pack at any size";
-    case MPK_E_DST_EXISTS:
-        return !err->sys_errno && strstr(err->msg, "which a forced run replaces") ? "pass --force to replace it" : NULL;
+    case MPK_E_DST_EXISTS: return err->field == MPK_FIELD_FORCE ? "pass --force to replace it" : NULL;
     case MPK_E_IO:
         return a->resume ? "the partial output was kept: run the same command with --resume again to continue it"
                          : NULL;
@@ -653,8 +650,7 @@ int mpk_cmd_compress(int argc, char **argv)
     if (st != MPK_OK) {
         if (err.code == MPK_E_USAGE)
             return mpk_cli_usage(cmd, "%s", mpk_error_what(&err));
-        mpk_cli_fail(cmd, &err, err.code == MPK_E_DST_EXISTS && !err.sys_errno && strstr(err.msg, "which a forced run replaces")
-                                    ? "pass --force to replace it" : NULL);
+        mpk_cli_fail(cmd, &err, err.field == MPK_FIELD_FORCE ? "pass --force to replace it" : NULL);
         return err.code == MPK_E_OVERLAP ? MPK_EXIT_USAGE : MPK_EXIT_FAIL;
     }
     if (rep && (json || !quiet))

@@ -80,6 +80,7 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
         return code;
     err->code = code;
     err->sys_errno = sys_errno;
+    err->field = MPK_FIELD_NONE;
     snprintf(err->where, sizeof err->where, "%s", where ? where : "");
     char what[768];
     va_list ap;
@@ -91,6 +92,34 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
     else
         snprintf(err->msg, sizeof err->msg, "%s", what);
     return code;
+}
+
+mpk_status mpk_error_about(mpk_error *err, mpk_field field, mpk_status code)
+{
+    if (err)
+        err->field = field;
+    return code;
+}
+
+static const char *const field_names[] = {
+    [MPK_FIELD_NONE] = "",
+    [MPK_FIELD_FORCE] = "force",
+    [MPK_FIELD_RESUME] = "resume",
+    [MPK_FIELD_COPY_LINKS] = "copy_links",
+    [MPK_FIELD_PASS_UNKNOWN] = "pass_unknown",
+    [MPK_FIELD_MEM] = "mem",
+    [MPK_FIELD_THREADS] = "threads",
+    [MPK_FIELD_SPEC] = "spec",
+    [MPK_FIELD_QUANT] = "quant",
+    [MPK_FIELD_REVISION] = "revision",
+    [MPK_FIELD_DST] = "dst",
+    [MPK_FIELD_COMPRESS_LEVEL] = "compress_level",
+};
+_Static_assert(sizeof field_names / sizeof field_names[0] == MPK_FIELD_COUNT, "one name per mpk_field");
+
+const char *mpk_field_name(mpk_field f)
+{
+    return (unsigned)f < MPK_FIELD_COUNT ? field_names[f] : NULL;
 }
 
 const char *mpk_error_what(const mpk_error *err)

@@ -143,7 +143,7 @@ mpk_status mpk_dist_agree_watch(mpk_status s, mpk_error *err, const volatile int
     char what[sizeof e.msg];
     snprintf(what, sizeof what, "%s", mpk_error_what(&e));
     mpk_error_set(err, e.code, e.sys_errno, e.where, "%s (MPI rank %d of %d, on %s)", what, first, g_size, host);
-    return err->code;
+    return mpk_error_about(err, e.field, err->code);
 #else
     (void)err;
     return s;

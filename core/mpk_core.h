@@ -26,6 +26,12 @@ mpk_status mpk_error_set(mpk_error *err, mpk_status code, int sys_errno, const c
 
 /* Fail with a formatted message. */
 #define MPK_FAIL(err, code, where, ...) return mpk_error_set((err), (code), 0, (where), __VA_ARGS__)
+/* Records in err (NULL-safe) the request field its hint is about; returns code:
+ * `return mpk_error_about(err, MPK_FIELD_FORCE, mpk_error_set(err, ...))`. */
+mpk_status mpk_error_about(mpk_error *err, mpk_field field, mpk_status code);
+/* Fail with a formatted message whose way out is request field `field`. */
+#define MPK_FAIL_ABOUT(err, field, code, where, ...) \
+    return mpk_error_about((err), (field), mpk_error_set((err), (code), 0, (where), __VA_ARGS__))
 /* Forward a failing status. */
 #define MPK_TRY(expr)                       \
     do {                                    \

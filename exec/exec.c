@@ -155,9 +155,10 @@ static mpk_status exec_checks(const mpk_plan *p, const char *src_path, const cha
     if (o->cancel && *o->cancel)
         MPK_FAIL(err, MPK_E_CANCELLED, dst, "cancelled before anything was written");
     if (o->resume && mpk_dist_size() > 1)
-        return mpk_error_set(err, MPK_E_USAGE, 0, dst,
-                             "resuming is for one process; under MPI (%d ranks) an interrupted run is "
-                             "started again", mpk_dist_size());
+        return mpk_error_about(err, MPK_FIELD_RESUME,
+                               mpk_error_set(err, MPK_E_USAGE, 0, dst,
+                                             "resuming is for one process; under MPI (%d ranks) an interrupted "
+                                             "run is started again", mpk_dist_size()));
     return MPK_OK;
 }
 

@@ -362,7 +362,7 @@ static mpk_status find_src_under(const char *src_path, const mpk_ckpt *src, cons
     if (found < 0)
         MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
     if (found)
-        MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s' (%s '%s/%s', the same %s "
+        MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s' (%s '%s/%s', the same %s "
                  "by device and inode: a bind mount or hard link); a forced run would delete it", dst, src_path,
                  s.hit_dir ? "as" : "its file as", dst, s.hit, s.hit_dir ? "directory" : "file");
     return MPK_OK;
@@ -380,7 +380,7 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
     int h = on_path(dreal, sid);
     free(dreal);
     if (h)
-        MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' %s the source '%s'; write elsewhere", dst,
+        MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_OVERLAP, NULL, "the destination '%s' %s the source '%s'; write elsewhere", dst,
                  h == 1 && dst_exists ? "is" : "lies inside", src_path);
     if (!dst_exists)
         return MPK_OK; /* nothing at dst: it holds nothing */
@@ -391,7 +391,7 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
         int k = r ? on_path(r, did) : 0;
         free(r);
         if (k)
-            MPK_FAIL(err, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s'%s%s; a forced run would delete it",
+            MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_OVERLAP, NULL, "the destination '%s' holds the source '%s'%s%s; a forced run would delete it",
                      dst, src_path, i == 0 ? "" : ": its file ", i == 0 ? "" : p);
     }
     struct stat db;
@@ -411,7 +411,7 @@ mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
         return fc;
     }
     if (fc == MPK_OK)
-        MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists; it is a checkpoint, which a forced run replaces");
+        MPK_FAIL_ABOUT(err, MPK_FIELD_FORCE, MPK_E_DST_EXISTS, dst, "destination exists; it is a checkpoint, which a forced run replaces");
     /* the reason alone: "not a directory", "not a checkpoint: ... ('a.jpg')", "not only ..." */
     char r[sizeof why.msg];
     snprintf(r, sizeof r, "%s", strstr(why.msg, "not ") ? strstr(why.msg, "not ") : why.msg);
@@ -419,7 +419,7 @@ mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
     char *cut = strstr(r, ", and a forced run");
     if (cut)
         *cut = 0;
-    MPK_FAIL(err, MPK_E_DST_EXISTS, dst, "destination exists and a forced run would not replace it either (%s); "
+    MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_DST_EXISTS, dst, "destination exists and a forced run would not replace it either (%s); "
              "write elsewhere", r);
 }
 
@@ -475,7 +475,7 @@ mpk_status mpk_force_check(const char *dst, mpk_error *err)
     if (lstat(dst, &sb) != 0 || S_ISLNK(sb.st_mode))
         return MPK_OK;
     if (!S_ISDIR(sb.st_mode))
-        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
+        MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_DST_FOREIGN, dst,
                  "not a directory; a forced run replaces a checkpoint directory, not a file: it was left as it "
                  "is (remove it yourself, or write elsewhere)");
     DIR *d = opendir(dst);
@@ -498,7 +498,7 @@ mpk_status mpk_force_check(const char *dst, mpk_error *err)
     if (n == 0)
         return MPK_OK;
     if (!ckpt)
-        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
+        MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_DST_FOREIGN, dst,
                  "not a checkpoint: its top level holds no *.safetensors file, index or moepack.manifest.json "
                  "('%s'%s), and a forced run replaces only a checkpoint directory or an empty one: it was left as it "
                  "is (remove it yourself, or write elsewhere)", first, n > 1 ? " and more" : "");
@@ -507,13 +507,13 @@ mpk_status mpk_force_check(const char *dst, mpk_error *err)
     bool mount_root = pp && stat(pp, &parent) == 0 && parent.st_dev != sb.st_dev;
     free(pp);
     if (mount_root)
-        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst, "the root of a mounted file system: a forced run does not replace a "
+        MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_DST_FOREIGN, dst, "the root of a mounted file system: a forced run does not replace a "
                  "mount point; it was left as it is (write elsewhere)");
     int foreign_found = walk(dst, find_foreign, &f);
     if (foreign_found < 0)
         MPK_FAIL(err, MPK_E_NOMEM, dst, "out of memory");
     if (foreign_found)
-        MPK_FAIL(err, MPK_E_DST_FOREIGN, dst,
+        MPK_FAIL_ABOUT(err, MPK_FIELD_DST, MPK_E_DST_FOREIGN, dst,
                  "not only a checkpoint: it %s ('%s'), and a forced run replaces only a checkpoint directory or an "
                  "empty one: it was left as it is (remove it yourself, or write elsewhere)", f.why, f.what);
     return MPK_OK;

@@ -29,6 +29,7 @@ void ex_err_locate(mpk_error *err, const char *path, const char *tensor)
     if (bare && !tensor && !path)
         return;
     char w[sizeof err->where], m[768];
+    mpk_field field = err->field; /* kept: the same failure, located */
     snprintf(w, sizeof w, "%s", bare ? path : err->where);
     snprintf(m, sizeof m, "%s", mpk_error_what(err));
     if (!tensor)
@@ -38,6 +39,7 @@ void ex_err_locate(mpk_error *err, const char *path, const char *tensor)
     else
         mpk_error_set(err, err->code, err->sys_errno, w, "%s (writing tensor '%s' to %s)", m, tensor,
                       path ? path : "the output");
+    err->field = field;
 }
 
 void ex_run_fail(run_ctx *c, const mpk_error *e)

@@ -64,11 +64,12 @@ static mpk_status size_units(job *j)
         unit_bytes = 4096;
     if (slab && 3 * slab > per_thread) {
         char h1[32], h2[32], h3[32];
-        return mpk_error_set(j->err, MPK_E_MEMORY_BUDGET, 0, j->dst,
-                             "a transpose block needs %s per thread (3 x %s) but the memory budget gives %s "
-                             "per thread: a larger budget or fewer threads",
-                             mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
-                             mpk_human_bytes(per_thread, h3, sizeof h3));
+        mpk_error_set(j->err, MPK_E_MEMORY_BUDGET, 0, j->dst,
+                      "a transpose block needs %s per thread (3 x %s) but the memory budget gives %s "
+                      "per thread: a larger budget or fewer threads",
+                      mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
+                      mpk_human_bytes(per_thread, h3, sizeof h3));
+        return mpk_error_about(j->err, MPK_FIELD_MEM, MPK_E_MEMORY_BUDGET);
     }
     for (size_t i = 0; i < p->n_outs; i++) {
         uint64_t g = ex_node_granule(j->c.nodes[i]);

@@ -122,7 +122,7 @@ mpk_status mpk_hub_resolve(const char *src, const char *revision, char **out, mp
         free(snaps);
         if (revision) {
             free(p);
-            MPK_FAIL(err, MPK_E_USAGE, src, "a revision applies to a repo id (ORG/NAME) or a Hugging Face cache "
+            MPK_FAIL_ABOUT(err, MPK_FIELD_REVISION, MPK_E_USAGE, src, "a revision applies to a repo id (ORG/NAME) or a Hugging Face cache "
                      "folder models--ORG--NAME, not to a local checkpoint");
         }
         *out = p;

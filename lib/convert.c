@@ -160,14 +160,14 @@ static mpk_status check_req(const mpk_convert_req *r, bool writes, mpk_error *er
         (unsigned)r->io >= MPK_IO_BACKEND_COUNT)
         MPK_FAIL(err, MPK_E_USAGE, "request", "direction, quant or io out of range");
     if (writes && r->mem < (1u << 20))
-        MPK_FAIL(err, MPK_E_USAGE, "request", "memory budget %llu bytes is below 1 MiB",
+        MPK_FAIL_ABOUT(err, MPK_FIELD_MEM, MPK_E_USAGE, "request", "memory budget %llu bytes is below 1 MiB",
                  (unsigned long long)r->mem);
     if (r->threads < 0 || r->threads > 64)
-        MPK_FAIL(err, MPK_E_USAGE, "request", "threads %d out of 0..64", r->threads);
+        MPK_FAIL_ABOUT(err, MPK_FIELD_THREADS, MPK_E_USAGE, "request", "threads %d out of 0..64", r->threads);
     if (r->compress_level < 0 || r->compress_level > 19)
-        MPK_FAIL(err, MPK_E_USAGE, "request", "compress level %d out of 1..19", r->compress_level);
+        MPK_FAIL_ABOUT(err, MPK_FIELD_COMPRESS_LEVEL, MPK_E_USAGE, "request", "compress level %d out of 1..19", r->compress_level);
     if ((r->flags & MPK_CONVERT_COMPRESS) && (r->flags & MPK_CONVERT_RESUME))
-        MPK_FAIL(err, MPK_E_USAGE, "request", "a compressed output cannot be resumed (leave out one of the two)");
+        MPK_FAIL_ABOUT(err, MPK_FIELD_RESUME, MPK_E_USAGE, "request", "a compressed output cannot be resumed (leave out one of the two)");
     return MPK_OK;
 }
 

@@ -12,6 +12,6 @@ mpk_status mpk_resolve_source(const char *src, const char *revision, char **out,
     if (!src || !src[0])
         MPK_FAIL(err, MPK_E_USAGE, "request", "no source (NULL or an empty path)");
     if (revision && !revision[0])
-        MPK_FAIL(err, MPK_E_USAGE, "request", "an empty revision");
+        MPK_FAIL_ABOUT(err, MPK_FIELD_REVISION, MPK_E_USAGE, "request", "an empty revision");
     return mpk_hub_resolve(src, revision, out, err);
 }

@@ -133,11 +133,13 @@ static mpk_status parse_cast(PARSE_ARGS)
      * mantissa bits, a lossy result no loader reads as the weights (verify of it compared FP8
      * output as a quantization with block scales, and refused). The reverse of a cast from FP8
      * (exact: the values came from FP8) is an inverse, not parsed here. */
-    if (!mpk_dtype_is_float(op->dtype) || (op->has_from && !mpk_cast_supported(op->from, op->dtype)))
-        SPEC_FAIL(path, "cast to %s%s%s is not supported: cast converts to F32, F16 or BF16 (from those, or from "
-                  "F8_E4M3, F8_E5M2, F8_E8M0 given as \"from\"); FP8 needs scales: use the quant_fp8_block op "
-                  "(or a conversion's fp8-block128 quantization)", path, mpk_dtype_name(op->dtype), op->has_from ? " from " : "",
-                  op->has_from ? mpk_dtype_name(op->from) : "");
+    if (!mpk_dtype_is_float(op->dtype) || (op->has_from && !mpk_cast_supported(op->from, op->dtype))) {
+        mpk_error_set(err, MPK_E_SPEC, 0, where, "%s: cast to %s%s%s is not supported: cast converts to F32, F16 "
+                      "or BF16 (from those, or from F8_E4M3, F8_E5M2, F8_E8M0 given as \"from\"); FP8 needs "
+                      "scales: use the quant_fp8_block op (or a conversion's fp8-block128 quantization)", path,
+                      mpk_dtype_name(op->dtype), op->has_from ? " from " : "", op->has_from ? mpk_dtype_name(op->from) : "");
+        return mpk_error_about(err, MPK_FIELD_QUANT, MPK_E_SPEC);
+    }
     return MPK_OK;
 }
 

@@ -355,7 +355,7 @@ static mpk_status check_unknown(mpk_plan *p, const mpk_ckpt_tensor *const *pass,
     }
     if (o < sizeof msg)
         msg[o - 1] = 0; /* the last ';' */
-    st = mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, where, "%s", msg);
+    st = mpk_error_about(err, MPK_FIELD_PASS_UNKNOWN, mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, where, "%s", msg));
 out:
     free(kind);
     mpk_strmap_free(&consumed);
@@ -488,7 +488,7 @@ static mpk_status build_refuse_unmatched(build *bd)
                                    "tensor '%s' is MXFP4 experts, already packed (preset '%s' has "
                                    "nothing to do); the gpt_oss preset dequantizes them",
                                    src->tensors[ti].info->name, spec->name);
-                return st;
+                return mpk_error_about(err, MPK_FIELD_SPEC, st);
             }
         for (size_t ti = 0; ti < src->n_tensors; ti++)
             for (int ri = 0; ri < spec->n_rules; ri++)
@@ -518,7 +518,7 @@ static mpk_status build_refuse_unmatched(build *bd)
                                    "wrong preset for this model? (the preset 'auto' picks it from "
                                    "config.json's model_type; 'moepack presets' lists them)",
                                    spec->name, spec->reversed ? " (reversed)" : "", n);
-                return st;
+                return mpk_error_about(err, MPK_FIELD_SPEC, st);
             }
         }
     }

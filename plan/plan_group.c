@@ -345,7 +345,7 @@ static mpk_status check_fp8_blocks(mpk_plan *p, const mpk_plan_group *g, long n,
     int dim = 0;
     int64_t bad = w ? block_straddle(r, w, p->fp8_block, p->arena, &dim) : 0;
     if (bad)
-        MPK_FAIL(err, MPK_E_QUANT, where,
+        MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
                  "%s (%s): FP8 %dx%d blocks cannot follow a concat/chunk along dim %d of size %lld "
                  "(not a multiple of %d: I %% %d != 0 would put gate and up rows in one block)",
                  strchr(g->key, '|') + 1, r->path, p->fp8_block, p->fp8_block, dim,

@@ -596,7 +596,7 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
     *out = NULL;
     bool is_auto = !name || strcmp(name, "auto") == 0;
     if (is_auto && (!cfg || !cfg->found || !cfg->model_type[0]))
-        MPK_FAIL(err, MPK_E_PRESET, "preset",
+        MPK_FAIL_ABOUT(err, MPK_FIELD_SPEC, MPK_E_PRESET, "preset",
                  "the preset 'auto' needs a config.json with \"model_type\"; name a preset "
                  "(the presets are listed by mpk_preset_name, 'moepack presets')");
     char typed[512] = ""; /* presets that have the model type but not the architecture */
@@ -622,7 +622,7 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
         for (int i = 0; mpk_config_architecture(cfg, i) && strlen(archs) + 2 < sizeof archs; i++)
             snprintf(archs + strlen(archs), sizeof archs - strlen(archs), "%s%s", i ? ", " : "",
                      mpk_config_architecture(cfg, i));
-        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "preset",
+        MPK_FAIL_ABOUT(err, MPK_FIELD_SPEC, MPK_E_NOT_UNDERSTOOD, "preset",
                  "model_type '%s' is served by preset %s, but not architecture %s (a model type "
                  "shared by different models: converting it as the other would merge what it "
                  "understands and copy the rest unconverted); presets: %s. Write a spec for it "
@@ -630,11 +630,11 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
                  cfg->model_type, typed, archs, preset_list(names, sizeof names));
     }
     if (is_auto)
-        MPK_FAIL(err, MPK_E_PRESET, "preset",
+        MPK_FAIL_ABOUT(err, MPK_FIELD_SPEC, MPK_E_PRESET, "preset",
                  "no preset covers model_type '%s' (see 'moepack presets', or write a spec and "
                  "convert with it)",
                  cfg->model_type);
-    MPK_FAIL(err, MPK_E_PRESET, "preset", "unknown preset '%s' (see 'moepack presets')", name);
+    MPK_FAIL_ABOUT(err, MPK_FIELD_SPEC, MPK_E_PRESET, "preset", "unknown preset '%s' (see 'moepack presets')", name);
 }
 
 /* A named size's value under cfg, or the code itself when cfg does not give it. */

@@ -42,6 +42,30 @@ class Binding(unittest.TestCase):
         self.assertEqual(a["digest"], b["digest"])
         self.assertEqual(len(a["tensors"]), moepack.inspect(self.src)["tensor_count"])
 
+    def test_hint_names_the_keyword(self):
+        """The library says which request field a refusal is about; the binding words the hint with
+        its keyword (force=True), never the command line's option (--force)."""
+        dst = self.path("twice")
+        moepack.pack(self.src, dst)
+        with self.assertRaises(moepack.Error) as cm:
+            moepack.pack(self.src, dst)
+        e = cm.exception
+        self.assertEqual((e.status, e.field), ("destination-exists", "force"))
+        self.assertEqual(e.hint, "pass force=True to replace it")
+        self.assertIn("force=True", str(e))
+        self.assertNotIn("--", str(e))
+        moepack.pack(self.src, dst, force=True)  # the way the hint names
+        with self.assertRaises(moepack.Error) as cm:  # the same for compress
+            moepack.compress(dst, dst + "-z")
+            moepack.compress(dst, dst + "-z")
+        self.assertIn("force=True", str(cm.exception))
+        with self.assertRaises(moepack.Error) as cm:  # a request field of another kind
+            moepack.pack(self.src, self.path("small"), mem=1000)
+        self.assertEqual((cm.exception.status, cm.exception.field), ("usage", "mem"))
+        with self.assertRaises(moepack.Error) as cm:  # no field: no hint
+            moepack.inspect(self.path("absent"))
+        self.assertEqual((cm.exception.field, cm.exception.hint), (None, None))
+
     def test_errors_carry_status_and_message(self):
         with self.assertRaises(moepack.Error) as cm:
             moepack.pack(self.src, self.src + "/inside")
@@ -62,6 +86,7 @@ class Binding(unittest.TestCase):
         with self.assertRaises(moepack.Error) as cm:
             moepack.pack(self.src, mine, force=True)
         self.assertEqual(cm.exception.status, "destination-not-checkpoint")
+        self.assertEqual(cm.exception.field, "dst")
         self.assertEqual(os.listdir(mine), ["photos"])
         shutil.rmtree(mine)
 

@@ -228,6 +228,15 @@ expect 1 "pack into an existing checkpoint" -- "$M" pack "$tmp/one" "$tmp/pk-onc
 has err "hint: pass --force to replace it"
 expect 1 "compress into a folder that is no checkpoint" -- "$M" compress "$tmp/one" "$tmp/photos"
 grep -q -- "--force" "$tmp/err" && bad "a --force hint where --force would not work" || ok "... no --force hint"
+"$M" compress -q "$tmp/pk-once" "$tmp/pkz-once"
+expect 1 "compress into an existing checkpoint" -- "$M" compress "$tmp/pk-once" "$tmp/pkz-once"
+has err "hint: pass --force to replace it"
+# the memory budget: the library names the request field (mem), the command line its options
+"$M" synth --arch qwen3_vl_moe --layers 1 --experts 4 --hidden 512 --intermediate 256 --vocab 32 --dtype F32 \
+  "$tmp/vl" >/dev/null
+expect 1 "pack with a budget below a transpose block" -- "$M" pack -q --mem 2MiB --threads 1 "$tmp/vl" "$tmp/x"
+has err "the memory budget gives 2.00 MiB per thread"
+has err "hint: raise --mem or lower --threads"
 # --quantize on BF16 experts whose sizes are not multiples of 128: what to do
 expect 1 "pack --quantize of BF16 experts of I=32" -- "$M" pack "$tmp/one" "$tmp/x" --quantize fp8-block128
 has err "hint: --quantize fp8-block128 needs whole 128x128 blocks"

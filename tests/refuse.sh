@@ -48,7 +48,7 @@ addt "$tmp/bias" model.layers.0.block_sparse_moe.experts.0.w1.bias BF16 32
 expect 1 "pack refuses a per-expert tensor no rule consumes" -- "$M" pack -q "$tmp/bias" "$tmp/d1"
 says "model.layers.0.block_sparse_moe.experts.0.w1.bias"
 says "a per-expert tensor that no rule consumes"
-says "--pass-unknown"
+says "hint: --pass-unknown copies these tensors as they are"
 nodst "$tmp/d1"
 expect 1 "plan refuses it the same" -- "$M" plan "$tmp/bias"
 says "model.layers.0.block_sparse_moe.experts.0.w1.bias"
@@ -116,6 +116,7 @@ EOF
 nvgen "$tmp/nv" W4A8_AWQ -
 expect 1 "pack refuses a ModelOpt quantization other than NVFP4" -- "$M" pack -q "$tmp/nv" "$tmp/d3"
 says "modelopt W4A8_AWQ"
+says "hint: moepack does not convert this quantization (--pass-unknown does not cover it)"
 nodst "$tmp/d3"
 expect 1 "... --pass-unknown does not cover an unknown quantization" -- "$M" pack -q --pass-unknown "$tmp/nv" "$tmp/d3"
 nodst "$tmp/d3"
@@ -179,6 +180,7 @@ c = json.load(open(sys.argv[1])); c['model_type'] = 'deepseek_vl_v2'; c['archite
 json.dump(c, open(sys.argv[1], 'w'))" "$tmp/ds/config.json"
 expect 1 "pack refuses a model type whose architecture no preset lists" -- "$M" pack -q "$tmp/ds" "$tmp/d6"
 says "not architecture DeepseekOCR2ForCausalLM"
+says "hint: write a spec for this model"
 nodst "$tmp/d6"
 expect 0 "... --preset deepseek_v2 names the preset that fits" -- "$M" pack -q --preset deepseek_v2 "$tmp/ds" "$tmp/d6"
 

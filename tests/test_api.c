@@ -197,7 +197,8 @@ static void test_progress_and_cancel(void **state)
     assert_false(exists(path("p3")));
 }
 
-/* Each error a request can meet: the status, and a message naming what it is about. */
+/* Each error a request can meet: the status, a message naming what it is about, and the
+ * request field its way out is about (a checkpoint at dst: MPK_CONVERT_FORCE). */
 static void test_request_errors(void **state)
 {
     mpk_error err;
@@ -208,14 +209,15 @@ static void test_request_errors(void **state)
         uint64_t mem;
         mpk_status want;
         const char *names;
+        mpk_field field;
     } cases[] = {
-        {"src", "packed", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_DST_EXISTS, "packed"},
-        {"packed", "x1", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_ALREADY_CONVERTED, "packed"},
-        {"src", "x2", "no-such-preset", MPK_DIRECTION_PACK, 1u << 30, MPK_E_PRESET, "no-such-preset"},
-        {"nothing-here", "x3", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_NOT_FOUND, "nothing-here"},
-        {"src", "x4", "auto", MPK_DIRECTION_PACK, 1000, MPK_E_USAGE, "1 MiB"},
-        {"src", "src/inner", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_OVERLAP, "inner"},
-        {"src", "x5", "auto", MPK_DIRECTION_COUNT, 1u << 30, MPK_E_USAGE, "direction"},
+        {"src", "packed", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_DST_EXISTS, "packed", MPK_FIELD_FORCE},
+        {"packed", "x1", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_ALREADY_CONVERTED, "packed", MPK_FIELD_NONE},
+        {"src", "x2", "no-such-preset", MPK_DIRECTION_PACK, 1u << 30, MPK_E_PRESET, "no-such-preset", MPK_FIELD_SPEC},
+        {"nothing-here", "x3", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_NOT_FOUND, "nothing-here", MPK_FIELD_NONE},
+        {"src", "x4", "auto", MPK_DIRECTION_PACK, 1000, MPK_E_USAGE, "1 MiB", MPK_FIELD_MEM},
+        {"src", "src/inner", "auto", MPK_DIRECTION_PACK, 1u << 30, MPK_E_OVERLAP, "inner", MPK_FIELD_DST},
+        {"src", "x5", "auto", MPK_DIRECTION_COUNT, 1u << 30, MPK_E_USAGE, "direction", MPK_FIELD_NONE},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char src[512], dst[512];
@@ -225,11 +227,14 @@ static void test_request_errors(void **state)
         r.spec = cases[i].spec;
         r.direction = cases[i].dir;
         r.mem = cases[i].mem;
-        memset(&err, 0, sizeof err);
+        memset(&err, 0xff, sizeof err); /* a stale field is not left behind */
         mpk_status s = mpk_convert(&r, NULL, &err);
-        if (s != cases[i].want || !strstr(err.msg, cases[i].names))
-            fail_msg("case %zu: %s (%s), want %s naming '%s'", i, mpk_status_str(s), err.msg,
-                     mpk_status_str(cases[i].want), cases[i].names);
+        if (s != cases[i].want || !strstr(err.msg, cases[i].names) || err.field != cases[i].field)
+            fail_msg("case %zu: %s (%s) about '%s', want %s naming '%s' about '%s'", i, mpk_status_str(s), err.msg,
+                     mpk_field_name(err.field), mpk_status_str(cases[i].want), cases[i].names,
+                     mpk_field_name(cases[i].field));
+        /* the library words the fact, not a command line's option */
+        assert_null(strstr(err.msg, "--"));
         if (cases[i].want != MPK_E_DST_EXISTS)
             assert_false(exists(dst));
     }
@@ -318,6 +323,13 @@ static void test_presets_and_status(void **state)
     assert_int_equal(mpk_spec_load("auto", NULL, false, &s, &err), MPK_E_PRESET);
     assert_string_equal(mpk_status_str(MPK_OK), "ok");
     assert_string_equal(mpk_status_str(MPK_STATUS_COUNT), "unknown-status");
+    /* the field names are the request's own words, stable (python/moepack maps them to keywords) */
+    static const char *const fields[] = {"", "force", "resume", "copy_links", "pass_unknown", "mem", "threads",
+                                         "spec", "quant", "revision", "dst", "compress_level"};
+    assert_int_equal(sizeof fields / sizeof fields[0], MPK_FIELD_COUNT);
+    for (int i = 0; i < MPK_FIELD_COUNT; i++)
+        assert_string_equal(mpk_field_name((mpk_field)i), fields[i]);
+    assert_null(mpk_field_name(MPK_FIELD_COUNT));
     assert_string_equal(mpk_dtype_name(MPK_DTYPE_BF16), "BF16");
     assert_non_null(strstr(mpk_features(), "io_uring="));
     assert_int_equal(mpk_version()[0], '0');

@@ -574,6 +574,7 @@ static void test_memory_budget(void **state)
     /* one transposed expert slab is 512 x 512 x 4 = 1 MiB: 2 MiB per thread is not enough */
     mpk_exec_opts eo = {.threads = 1, .mem = 2u << 20, .use_copy_range = true};
     assert_int_equal(convert(src, dst, "qwen3_vl_moe", false, &eo, 0, &err), MPK_E_MEMORY_BUDGET);
+    assert_int_equal(err.field, MPK_FIELD_MEM); /* the CLI says --mem, Python mem= */
     assert_false(exists(dst));
     eo.mem = 4u << 20;
     assert_int_equal(convert(src, dst, "qwen3_vl_moe", false, &eo, 0, &err), MPK_OK);

@@ -108,12 +108,37 @@ typedef enum mpk_status {
     MPK_STATUS_COUNT
 } mpk_status;
 
-/* A failure, filled by the function that failed. Caller-owned (a plain struct). */
+/* The request field an error's way out is about: the one to set, change or leave out to get
+ * past the failure (MPK_FIELD_FORCE: set MPK_CONVERT_FORCE to replace the checkpoint at dst).
+ * The library states it; a front end words it in its own terms (the moepack program as
+ * `--force`, python/moepack as `force=True`), so library messages name no command-line option.
+ * Pinned values: a shipped value is never renumbered; new ones go before MPK_FIELD_COUNT. */
+typedef enum mpk_field {
+    MPK_FIELD_NONE = 0,           /* no request field helps (or the failure is not about one) */
+    MPK_FIELD_FORCE = 1,          /* MPK_CONVERT_FORCE: replace the checkpoint at dst */
+    MPK_FIELD_RESUME = 2,         /* MPK_CONVERT_RESUME: leave it out (MPI, compressed output) */
+    MPK_FIELD_COPY_LINKS = 3,     /* MPK_CONVERT_COPY_LINKS */
+    MPK_FIELD_PASS_UNKNOWN = 4,   /* MPK_CONVERT_PASS_UNKNOWN: copy what the spec does not understand */
+    MPK_FIELD_MEM = 5,            /* mem: a larger budget (or fewer threads: the budget is per thread) */
+    MPK_FIELD_THREADS = 6,        /* threads */
+    MPK_FIELD_SPEC = 7,           /* spec: another preset, or a spec file written for the model */
+    MPK_FIELD_QUANT = 8,          /* quant: another quantization change (e.g. MPK_QUANT_DEQUANTIZE) */
+    MPK_FIELD_REVISION = 9,       /* mpk_resolve_source's revision */
+    MPK_FIELD_DST = 10,           /* dst: write elsewhere (the one there is not replaceable) */
+    MPK_FIELD_COMPRESS_LEVEL = 11,/* compress_level (mpk_compress_req: level) */
+    MPK_FIELD_COUNT
+} mpk_field;
+
+/* A failure, filled by the function that failed. Caller-owned (a plain struct).
+ * ABI: fields are only ever added at the end. The library fills the whole record it was built
+ * with, so a program compiled against an older moepack.h (a smaller record: before `field`)
+ * must be rebuilt; libmoepack is at soname 0 (before 1.0), where the record may still grow. */
 typedef struct mpk_error {
     mpk_status code;
     int sys_errno;     /* errno for MPK_E_IO, else 0 */
     char where[512];   /* file (and tensor) the failure is about, may be empty */
-    char msg[1024];    /* full message: "<where>: <what>" */
+    char msg[1024];    /* full message: "<where>: <what>"; it names no command-line option */
+    mpk_field field;   /* the request field the hint is about (MPK_FIELD_NONE: none) */
 } mpk_error;
 
 /* Name of a status ("header-too-large", "ok"); "unknown-status" out of range; never NULL,
@@ -121,6 +146,10 @@ typedef struct mpk_error {
 MPK_API const char *mpk_status_str(mpk_status s);
 /* err's message without its "<where>: " prefix (borrowed from err). */
 MPK_API const char *mpk_error_what(const mpk_error *err);
+/* The field's name as a stable identifier, the request struct's own word ("force", "resume",
+ * "copy_links", "pass_unknown", "mem", "threads", "spec", "quant", "revision", "dst",
+ * "compress_level"); "" for MPK_FIELD_NONE, NULL out of range. Static storage, thread-safe. */
+MPK_API const char *mpk_field_name(mpk_field f);
 
 /* ---------------------------------------------------------------- dtypes */
 

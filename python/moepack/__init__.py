@@ -33,7 +33,7 @@ _lib = _load()
 
 class _Error(ctypes.Structure):
     _fields_ = [("code", ctypes.c_int), ("sys_errno", ctypes.c_int), ("where", ctypes.c_char * 512),
-                ("msg", ctypes.c_char * 1024)]
+                ("msg", ctypes.c_char * 1024), ("field", ctypes.c_int)]
 
 
 _PROGRESS = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_double)
@@ -71,6 +71,7 @@ _P = ctypes.c_void_p
 _ERR = ctypes.POINTER(_Error)
 for name, res, args in [
         ("mpk_status_str", ctypes.c_char_p, [ctypes.c_int]),
+        ("mpk_field_name", ctypes.c_char_p, [ctypes.c_int]),
         ("mpk_version", ctypes.c_char_p, []),
         ("mpk_features", ctypes.c_char_p, []),
         ("mpk_convert_req_init", None, [ctypes.POINTER(_ConvertReq), ctypes.c_char_p, ctypes.c_char_p]),
@@ -104,8 +105,46 @@ _FLAGS = {"force": 1, "resume": 2, "copy_links": 4}
 _DTYPES = {"F16": 13, "BF16": 14, "F32": 17}
 
 
+# What to do about a failure, by the request field the library says it is about (mpk_field_name:
+# the C request's word) and the status: worded with this module's keywords (the moepack program
+# words the same facts with its options, --force). A field missing here gives no hint.
+_HINTS = {
+    ("force", "destination-exists"): "pass force=True to replace it",
+    ("mem", "memory-budget"): "raise mem= or lower threads=",
+    ("pass_unknown", "not-understood"): "pass_unknown=True copies these tensors as they are (the report's "
+                                        "passed_unknown lists them), if you know they need no conversion; "
+                                        "or cover them with a spec (spec=FILE)",
+    ("spec", "not-understood"): "write a spec for this model (a preset's JSON is a start) and convert with "
+                                "spec=FILE",
+    ("spec", "preset"): "moepack.presets() lists them; name one with preset=NAME (spec=NAME for convert)",
+    ("spec", "already-converted"): "name the preset that converts it (preset=NAME)",
+    ("resume", "usage"): "leave out resume=True",
+    ("dst", "overlap"): "write to another dst, outside src",
+    ("dst", "destination-exists"): "write to another dst (force=True would not replace this one)",
+    ("dst", "destination-not-checkpoint"): "write to another dst (force=True replaces only a checkpoint "
+                                           "directory or an empty one)",
+    ("quant", "quant-layout"): "dequantize=True writes BF16 experts, which pack at any size; or leave out "
+                               "quantize=",
+}
+_KEYWORDS = {"force": "force=True", "resume": "resume=True", "copy_links": "copy_links=True",
+             "pass_unknown": "pass_unknown=True", "mem": "mem=", "threads": "threads=", "spec": "spec=",
+             "quant": "quantize=/dequantize=", "revision": "revision=", "dst": "dst",
+             "compress_level": "level="}
+
+
+def _hint(field, status):
+    """The hint for a failure about request field `field` (mpk_field_name's word, "" for none)
+    with status `status`, in this module's keywords; None when there is none."""
+    if not field:
+        return None
+    return _HINTS.get((field, status), f"see the {_KEYWORDS.get(field, field)} argument")
+
+
 class Error(Exception):
-    """A libmoepack failure: status (its name), code, message, where and errno."""
+    """A libmoepack failure: status (its name), code, message, where, errno, field (the request
+    field the way out is about, as the C request names it: "force", "mem", ... or None) and hint
+    (what to do, in this module's keywords: "pass force=True to replace it", or None). str() is
+    "status: message", then "(hint: ...)" when there is one."""
 
     def __init__(self, err):
         self.code = err.code
@@ -113,7 +152,10 @@ class Error(Exception):
         self.message = err.msg.decode(errors="replace")
         self.where = err.where.decode(errors="replace")
         self.errno = err.sys_errno
-        super().__init__(f"{self.status}: {self.message}")
+        name = _lib.mpk_field_name(err.field)
+        self.field = name.decode() if name else None
+        self.hint = _hint(self.field, self.status)
+        super().__init__(f"{self.status}: {self.message}" + (f" (hint: {self.hint})" if self.hint else ""))
 
 
 # Every argument is checked here, before it reaches C: ctypes would pass None as NULL, cut a
