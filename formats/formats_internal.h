@@ -18,6 +18,30 @@ void mpk_file_id_of(const struct stat *st, mpk_file_id *id);
 mpk_status mpk_st_read_header_fd(int fd, const char *path, mpk_st_header **out,
                                  uint64_t *file_size_out, mpk_error *err);
 
+/* mpkz.c, for mpkz_read.c: a chunk's table entry (formats/MPKZ.md), a buffer kept from chunk
+ * to chunk (mpk_gbuf_get: p grown to hold n bytes when it holds fewer, with room to spare; NULL
+ * when out of memory), the container's header and table read and checked (mpk_mpkz_load: *h,
+ * *hdr and *c owned by the caller), and chunk i decoded into orig through planes (both its
+ * length), its frames read into zin, checked against its XXH3-64 (mpk_mpkz_decode; dc NULL:
+ * one is made). */
+typedef struct mpk_zchunk {
+    uint64_t data_off, file_off, hash;
+    uint32_t len, zlen[8];
+    uint8_t width, raw, xform;   /* xform 1: each element rotated left by one bit first */
+    uint8_t huff;                /* bit k: plane k Huffman-coded (huff.c; version 2) */
+    size_t tensor;
+} mpk_zchunk;
+typedef struct mpk_gbuf {
+    char *p;
+    size_t cap;
+} mpk_gbuf;
+char *mpk_gbuf_get(mpk_gbuf *b, size_t n);
+mpk_status mpk_mpkz_load(int fd, const char *path, uint64_t fsize, mpk_st_header **h, char **hdr, mpk_zchunk **c,
+                         size_t *n, mpk_error *err);
+struct ZSTD_DCtx_s;
+mpk_status mpk_mpkz_decode(int fd, const char *path, const mpk_st_header *h, const mpk_zchunk *c, size_t i, char *orig,
+                           char *planes, mpk_gbuf *zin, struct ZSTD_DCtx_s *dc, mpk_error *e);
+
 /* huff.c: the byte-plane Huffman coder of .mpkz (coding 2; stream layout at the top of huff.c).
  * mpk_huff_plan counts src[0..n) (n at most 4 GiB - 1) and builds the code, returning the
  * exact size of its encoding (0 when n is 0 or too large); h->top is the commonest byte's count.

@@ -21,13 +21,8 @@
 #define ENTRY 64
 #define MAX_CHUNK (64u << 20)
 
-typedef struct chunk {
-    uint64_t data_off, file_off, hash;
-    uint32_t len, zlen[8];
-    uint8_t width, raw, xform;   /* xform 1: each element rotated left by one bit first */
-    uint8_t huff;                /* bit k: plane k Huffman-coded (huff.c; version 2) */
-    size_t tensor;
-} chunk;
+typedef mpk_zchunk chunk;
+typedef mpk_gbuf gbuf;
 
 static void put64(unsigned char *p, uint64_t v)
 {
@@ -116,15 +111,10 @@ static mpk_status plan_chunks(const mpk_st_header *h, uint64_t csize, chunk **ou
 
 /* ---------------------------------------------------------------- one chunk, either way */
 
-/* A buffer kept from chunk to chunk, grown when a chunk needs more: allocating (and faulting
- * in) megabytes a chunk took more CPU than coding them (issue 51; before, 4 KiB chunks made
- * every batch allocate and release 128 MiB a thread, which MALLOC_PERTURB_ then wrote twice). */
-typedef struct gbuf {
-    char *p;
-    size_t cap;
-} gbuf;
-
-static char *gbuf_get(gbuf *b, size_t n)
+/* (Buffers kept from chunk to chunk: allocating and faulting in megabytes a chunk took more CPU
+ * than coding them, issue 51; before, 4 KiB chunks made every batch allocate and release
+ * 128 MiB a thread, which MALLOC_PERTURB_ then wrote twice.) */
+char *mpk_gbuf_get(mpk_gbuf *b, size_t n)
 {
     if (n > b->cap) { /* with room to spare: chunks' frames differ in size by a little */
         free(b->p);
@@ -208,7 +198,7 @@ static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD
                           r->h->tensors[c->tensor].name, e));
     c->hash = mpk_xxh64(orig, c->len);
     size_t pl = c->len / c->width, cap = ZSTD_compressBound(pl), at = 0;
-    char *z = gbuf_get(&r->zbuf[i - r->lo], cap * c->width + 1);
+    char *z = mpk_gbuf_get(&r->zbuf[i - r->lo], cap * c->width + 1);
     if (!z)
         MPK_FAIL(e, MPK_E_NOMEM, r->out_path, "out of memory");
     if (c->width == 1 && !c->xform)
@@ -224,13 +214,13 @@ static mpk_status compress_one(zrun *r, size_t i, char *orig, char *planes, ZSTD
 
 /* Chunk i (c) of the container at fd back into orig (c->len bytes), through planes (as large),
  * its frames read into zin, checked against its XXH3-64; dc may be NULL (one is made). */
-static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h, const chunk *c, size_t i, char *orig,
-                               char *planes, gbuf *zin, ZSTD_DCtx *dc, mpk_error *e)
+mpk_status mpk_mpkz_decode(int fd, const char *path, const mpk_st_header *h, const chunk *c, size_t i, char *orig,
+                           char *planes, gbuf *zin, ZSTD_DCtx *dc, mpk_error *e)
 {
     size_t pl = c->len / c->width, zl = 0;
     for (int k = 0; k < c->width; k++)
         zl += c->zlen[k];
-    char *z = gbuf_get(zin, zl + 1);
+    char *z = mpk_gbuf_get(zin, zl + 1);
     ZSTD_DCtx *own = dc ? NULL : ZSTD_createDCtx();
     if (!z || (!dc && !own)) {
         ZSTD_freeDCtx(own);
@@ -276,7 +266,7 @@ static mpk_status decode_chunk(int fd, const char *path, const mpk_st_header *h,
 static mpk_status decompress_one(zrun *r, size_t i, char *orig, char *planes, gbuf *zin, ZSTD_DCtx *dc, mpk_error *e)
 {
     const chunk *c = &r->c[i];
-    MPK_TRY(decode_chunk(r->in_fd, r->in_path, r->h, c, i, orig, planes, zin, dc, e));
+    MPK_TRY(mpk_mpkz_decode(r->in_fd, r->in_path, r->h, c, i, orig, planes, zin, dc, e));
     return mpk_pwrite_all(r->out_fd, orig, c->len, r->h->data_start + c->data_off, r->out_path, e);
 }
 
@@ -288,7 +278,7 @@ static void *zworker(void *arg)
     size_t most = 0; /* the batch's longest chunk */
     for (size_t i = r->lo; i < r->hi; i++)
         most = r->c[i].len > most ? r->c[i].len : most;
-    char *orig = gbuf_get(&w[0], most + 1), *planes = gbuf_get(&w[1], most + 1);
+    char *orig = mpk_gbuf_get(&w[0], most + 1), *planes = mpk_gbuf_get(&w[1], most + 1);
     ZSTD_CCtx *cc = r->compress ? ZSTD_createCCtx() : NULL;
     ZSTD_DCtx *dc = r->compress ? NULL : ZSTD_createDCtx();
     if (!orig || !planes || (!cc && !dc)) {
@@ -585,99 +575,23 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
     return s;
 }
 
-/* ---------------------------------------------------------------- random access */
+/* ---------------------------------------------------------------- for random access */
 
-struct mpk_mpkz {
-    int fd;                      /* borrowed */
-    char *path;
-    char *hdr;                   /* the original first H bytes */
-    const mpk_st_header *h;      /* the parsed header (the caller's) */
-    chunk *c;
-    size_t n;
-    uint32_t max_len;            /* the longest chunk: what a read's buffers hold */
-};
-
-mpk_status mpk_mpkz_open(int fd, const char *path, uint64_t fsize, mpk_mpkz **out, mpk_st_header **h, mpk_error *err)
+mpk_status mpk_mpkz_load(int fd, const char *path, uint64_t fsize, mpk_st_header **h, char **hdr, mpk_zchunk **c,
+                         size_t *n, mpk_error *err)
 {
-    *out = NULL;
-    *h = NULL;
-    uint64_t csize, n;
+    uint64_t csize, k;
     uint8_t ver = 0;
-    mpk_mpkz *z = mpk_calloc(1, sizeof *z);
-    if (!z || !(z->path = mpk_strndup(path, strlen(path)))) {
-        free(z);
-        MPK_FAIL(err, MPK_E_NOMEM, path, "out of memory");
-    }
-    z->fd = fd;
-    mpk_status s = read_head(fd, path, fsize, h, &csize, &n, &ver, &z->hdr, err);
+    *h = NULL, *hdr = NULL, *c = NULL;
+    mpk_status s = read_head(fd, path, fsize, h, &csize, &k, &ver, hdr, err);
     if (s == MPK_OK)
-        s = read_table(fd, path, fsize, *h, csize, n, ver, &z->c, err);
+        s = read_table(fd, path, fsize, *h, csize, k, ver, c, err);
     if (s != MPK_OK) {
         mpk_st_header_free(*h);
-        *h = NULL;
-        mpk_mpkz_close(z);
+        free(*hdr);
+        *h = NULL, *hdr = NULL;
         return s;
     }
-    z->n = (size_t)n;
-    z->h = *h;
-    for (size_t i = 0; i < z->n; i++)
-        z->max_len = z->c[i].len > z->max_len ? z->c[i].len : z->max_len;
-    *out = z;
+    *n = (size_t)k;
     return MPK_OK;
-}
-
-const char *mpk_mpkz_header_bytes(const mpk_mpkz *z)
-{
-    return z->hdr;
-}
-
-/* bsearch: the chunk holding data byte *key (chunks tile the data section in order). */
-static int chunk_holding(const void *key, const void *elem)
-{
-    uint64_t off = *(const uint64_t *)key;
-    const chunk *c = elem;
-    return off < c->data_off ? -1 : off >= c->data_off + c->len ? 1 : 0;
-}
-
-mpk_status mpk_mpkz_read(const mpk_mpkz *z, uint64_t off, uint64_t len, void *buf, mpk_error *err)
-{
-    const chunk *first = z->n ? bsearch(&off, z->c, z->n, sizeof *z->c, chunk_holding) : NULL;
-    size_t lo = first ? (size_t)(first - z->c) : z->n;
-    char *orig = NULL, *planes = NULL;
-    gbuf zin = {0};
-    ZSTD_DCtx *dc = NULL;
-    mpk_status s = MPK_OK;
-    for (size_t i = lo; len && s == MPK_OK; i++) {
-        if (i >= z->n || z->c[i].data_off > off) {
-            s = mpk_error_set(err, MPK_E_CONTAINER, 0, z->path, "no chunk holds data byte %llu",
-                              (unsigned long long)off);
-            break;
-        }
-        const chunk *c = &z->c[i];
-        uint64_t a = off - c->data_off, k = c->len - a < len ? c->len - a : len;
-        bool whole = a == 0 && k == c->len; /* decoded straight into buf */
-        if ((!dc && !(dc = ZSTD_createDCtx())) || (!planes && !(planes = mpk_alloc(z->max_len))) ||
-            (!whole && !orig && !(orig = mpk_alloc(z->max_len)))) {
-            s = mpk_error_set(err, MPK_E_NOMEM, 0, z->path, "out of memory");
-            break;
-        }
-        if ((s = decode_chunk(z->fd, z->path, z->h, c, i, whole ? buf : orig, planes, &zin, dc, err)) != MPK_OK)
-            break;
-        if (!whole)
-            memcpy(buf, orig + a, k);
-        buf = (char *)buf + k;
-        off += k;
-        len -= k;
-    }
-    ZSTD_freeDCtx(dc);
-    free(zin.p);
-    free(orig);
-    free(planes);
-    return s;
-}
-
-void mpk_mpkz_close(mpk_mpkz *z)
-{
-    if (z) /* the fd is the caller's */
-        free(z->path), free(z->hdr), free(z->c), free(z);
 }

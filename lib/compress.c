@@ -24,7 +24,7 @@ void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst
     r->src = src;
     r->dst = dst;
     r->level = 1;
-    r->chunk_size = 4u << 20;
+    r->chunk_size = 1u << 20;
 }
 
 typedef struct {

@@ -237,11 +237,10 @@ static const struct {
     {"bf16.tiny", MPK_DTYPE_BF16, 0, 3},    /* 16 elements: zstd or stored */
 };
 
-static void write_cases(const char *path)
+static void write_cases(const char *path, uint64_t seed)
 {
     mpk_tensor_info t[NT];
     const void *data[NT];
-    uint64_t seed = 9;
     for (int i = 0; i < NT; i++) {
         int64_t n = i == 6 ? 16 : EL;
         size_t es = mpk_dtype_size(cases[i].dt);
@@ -286,7 +285,7 @@ static void every_coding(void **state)
     assert_non_null(mkdtemp(dir));
     const char *src = tu_fmt("%s/m.safetensors", dir), *z = tu_fmt("%s/m.safetensors.mpkz", dir),
                *back = tu_fmt("%s/back.safetensors", dir);
-    write_cases(src);
+    write_cases(src, 9);
     mpk_error err = {0};
     assert_int_equal(mpk_mpkz_compress(src, z, 1, 2, 32 << 10, NULL, NULL, &err), MPK_OK);
     mpk_st_header *h = NULL;
@@ -364,7 +363,7 @@ static void corrupt_codings(void **state)
     char dir[] = "/tmp/mpk-test-mpkz-XXXXXX";
     assert_non_null(mkdtemp(dir));
     const char *src = tu_fmt("%s/m.safetensors", dir), *z = tu_fmt("%s/m.safetensors.mpkz", dir);
-    write_cases(src);
+    write_cases(src, 9);
     mpk_error err = {0};
     assert_int_equal(mpk_mpkz_compress(src, z, 1, 1, 32 << 10, NULL, NULL, &err), MPK_OK);
     unsigned char *c = (unsigned char *)tu_slurp(z);
@@ -390,6 +389,42 @@ static void corrupt_codings(void **state)
     tu_rmrf(dir);
 }
 
+/* Reads of part of a chunk keep the chunk decoded for the thread's next read: a read of another
+ * container (opened after the first was closed, perhaps at the same address) must not get it. */
+static void read_cache_keyed(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/mpk-test-mpkz-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *src = tu_fmt("%s/m.safetensors", dir), *z = tu_fmt("%s/m.safetensors.mpkz", dir);
+    for (uint64_t seed = 1; seed <= 2; seed++) {
+        unlink(src), unlink(z);
+        write_cases(src, seed);
+        mpk_error err = {0};
+        assert_int_equal(mpk_mpkz_compress(src, z, 1, 1, 32 << 10, NULL, NULL, &err), MPK_OK);
+        unsigned char *orig = (unsigned char *)tu_slurp(src), got[3000];
+        FILE *f = fopen(z, "rb");
+        fseek(f, 0, SEEK_END);
+        mpk_mpkz *mz = NULL;
+        mpk_st_header *h = NULL;
+        assert_int_equal(mpk_mpkz_open(fileno(f), z, (uint64_t)ftell(f), &mz, &h, &err), MPK_OK);
+        /* in part, again, across two chunks, a whole one, in part (kept for the next container) */
+        static const uint64_t at[] = {100, 1000, 100, 32768 - 1500, 0, 200};
+        for (size_t k = 0; k < sizeof at / sizeof *at; k++) {
+            size_t n = k == 4 ? 32768 : sizeof got;
+            unsigned char *b = malloc(n);
+            assert_int_equal(mpk_mpkz_read(mz, at[k], n, b, &err), MPK_OK);
+            assert_memory_equal(b, orig + h->data_start + at[k], n);
+            free(b);
+        }
+        mpk_mpkz_close(mz);
+        mpk_st_header_free(h);
+        fclose(f);
+        free(orig);
+    }
+    tu_rmrf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +432,7 @@ int main(void)
         cmocka_unit_test(huff_by_hand),        cmocka_unit_test(huff_round_trips),
         cmocka_unit_test(huff_corrupt),        cmocka_unit_test(reads_version_1),
         cmocka_unit_test(every_coding),        cmocka_unit_test(corrupt_codings),
+        cmocka_unit_test(read_cache_keyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

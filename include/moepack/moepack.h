@@ -477,7 +477,7 @@ typedef struct mpk_compress_req {
     int level;                    /* zstd level 1..19 (default 1: on byte planes it compresses as well
                                      as 3, faster; see bench/RESULTS.md) */
     int threads;                  /* 0: the CPUs */
-    uint64_t chunk_size;          /* original bytes per chunk (default 4 MiB) */
+    uint64_t chunk_size;          /* original bytes per chunk (default 1 MiB) */
     unsigned flags;               /* MPK_CONVERT_FORCE */
     void (*warn)(void *ctx, const char *msg);
     void *ctx;

@@ -296,7 +296,7 @@ def _compressing(fn, f, src, dst, level, threads, chunk_size, force):
     return _call(fn, ctypes.byref(req))
 
 
-def compress(src, dst, *, level=1, threads=0, chunk_size=4 << 20, force=False):
+def compress(src, dst, *, level=1, threads=0, chunk_size=1 << 20, force=False):
     """Every NAME.safetensors of src as dst/NAME.safetensors.mpkz (formats/MPKZ.md)."""
     return _compressing(_lib.mpk_compress, "compress", src, dst, level, threads, chunk_size, force)
 
