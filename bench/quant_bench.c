@@ -1,6 +1,9 @@
-/* quant_bench.c — FP8 block and MXFP4 dequantize throughput (output GB/s) on >= 1 GiB of BF16
- * output, 1 thread and all threads, against memcpy of the same output size in the same run.
- * Usage: quant_bench [GiB] */
+/* quant_bench.c — dequantize (FP8 block, MXFP4, NVFP4) and quantize (MXFP4) throughput against
+ * memcpy of the same bytes, in interleaved rounds (memcpy, then each kernel, round after round),
+ * 1 thread and all threads. For each kernel: the median of the per-round ratios (memcpy time /
+ * kernel time: >= 1.0 is as fast as memcpy), their min and max, and CPU seconds per round.
+ * Dequantizers are measured on their BF16 output bytes; the quantizer on its BF16 input bytes.
+ * Usage: quant_bench [GiB of BF16 (default 1)] [rounds (default 7)] */
 #define _GNU_SOURCE
 #include "mpk_ops.h"
 
@@ -12,77 +15,97 @@
 #include <unistd.h>
 
 enum { C = 7168, B = 128 }; /* DeepSeek-V3 hidden size: rows of 7168 values */
+enum { K_MEMCPY, K_FP8, K_MXFP4, K_NVFP4, K_QMXFP4, K_COUNT };
+static const char *const names[K_COUNT] = {"memcpy", "fp8-block dequant", "mxfp4 dequant", "nvfp4 dequant",
+                                           "mxfp4 quantize"};
 
 typedef struct {
-    int kind; /* 0 memcpy, 1 fp8, 2 mxfp4 */
+    int kind;
     size_t r0, r1;
-    const uint8_t *in, *in2;
-    char *out;
-    const char *src;
+    const uint8_t *fp8, *blocks, *scales, *nv_scales;
+    const float *grid;
+    char *out, *src;
+    uint8_t *qscales; /* the quantizer's scales (its codes go to out) */
 } job;
 
 static void *run(void *arg)
 {
     job *j = arg;
-    size_t row = (size_t)C * 2;
-    if (j->kind == 0) {
-        memcpy(j->out + j->r0 * row, j->src + j->r0 * row, (j->r1 - j->r0) * row);
-    } else if (j->kind == 1) {
-        /* rows are bands of one tall matrix: the scale grid is indexed from r0 / B */
+    size_t row = (size_t)C * 2, n = j->r1 - j->r0;
+    switch (j->kind) {
+    case K_MEMCPY:
+        memcpy(j->out + j->r0 * row, j->src + j->r0 * row, n * row);
+        break;
+    case K_FP8: /* rows are bands of one tall matrix: the scale grid is indexed from r0 / B */
         for (size_t r = j->r0; r < j->r1; r += B) {
-            size_t n = j->r1 - r < B ? j->r1 - r : B;
-            mpk_dequant_fp8_rows(MPK_DTYPE_F8_E4M3, j->in + r * C, (const float *)j->in2 + (r / B) * (C / B), C, B,
-                                 0, (int64_t)n, MPK_DTYPE_BF16, j->out + r * row);
+            size_t k = j->r1 - r < B ? j->r1 - r : B;
+            mpk_dequant_fp8_rows(MPK_DTYPE_F8_E4M3, j->fp8 + r * C, j->grid + (r / B) * (C / B), C, B, 0, (int64_t)k,
+                                 MPK_DTYPE_BF16, j->out + r * row);
         }
-    } else {
-        size_t blocks_per_row = C / 32;
-        mpk_dequant_mxfp4(j->in + j->r0 * blocks_per_row * 16, j->in2 + j->r0 * blocks_per_row,
-                          (j->r1 - j->r0) * blocks_per_row, MPK_DTYPE_BF16, j->out + j->r0 * row);
+        break;
+    case K_MXFP4:
+        mpk_dequant_mxfp4(j->blocks + j->r0 * C / 2, j->scales + j->r0 * C / 32, n * C / 32, MPK_DTYPE_BF16,
+                          j->out + j->r0 * row);
+        break;
+    case K_NVFP4:
+        mpk_dequant_nvfp4(j->blocks + j->r0 * C / 2, j->nv_scales + j->r0 * C / 16, n * C / 16, 0.00123f,
+                          MPK_DTYPE_BF16, j->out + j->r0 * row);
+        break;
+    case K_QMXFP4: /* BF16 in src -> codes and scales (into out's bytes) */
+        mpk_quant_mxfp4(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 32, (uint8_t *)j->out + j->r0 * C / 2,
+                        j->qscales + j->r0 * C / 32);
+        break;
     }
     return NULL;
 }
 
-static double now(void)
+static double clk(clockid_t id)
 {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(id, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static double timed(int kind, int threads, size_t rows, const uint8_t *in, const uint8_t *in2, char *out,
-                    const char *src)
+/* One timed run of kind over rows on threads threads: wall seconds; *cpu the process CPU seconds. */
+static double timed(job proto, int threads, size_t rows, double *cpu)
 {
     pthread_t th[64];
     job jobs[64];
-    double best = 1e30;
-    for (int rep = 0; rep < 3; rep++) {
-        double t0 = now();
-        for (int i = 0; i < threads; i++) {
-            size_t per = (rows / (size_t)threads + B - 1) / B * B;
-            size_t r0 = per * (size_t)i, r1 = r0 + per < rows ? r0 + per : rows;
-            jobs[i] = (job){kind, r0 < rows ? r0 : rows, r1, in, in2, out, src};
-            pthread_create(&th[i], NULL, run, &jobs[i]);
-        }
-        for (int i = 0; i < threads; i++)
-            pthread_join(th[i], NULL);
-        double t = now() - t0;
-        if (t < best)
-            best = t;
+    double c0 = clk(CLOCK_PROCESS_CPUTIME_ID), t0 = clk(CLOCK_MONOTONIC);
+    size_t per = (rows / (size_t)threads + B - 1) / B * B;
+    for (int i = 0; i < threads; i++) {
+        jobs[i] = proto;
+        jobs[i].r0 = per * (size_t)i < rows ? per * (size_t)i : rows;
+        jobs[i].r1 = jobs[i].r0 + per < rows ? jobs[i].r0 + per : rows;
+        pthread_create(&th[i], NULL, run, &jobs[i]);
     }
-    return best;
+    for (int i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    double t = clk(CLOCK_MONOTONIC) - t0;
+    *cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    return t;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
 }
 
 int main(int argc, char **argv)
 {
     double gib = argc > 1 ? atof(argv[1]) : 1.0;
-    size_t rows = (size_t)(gib * (1u << 30) / (C * 2)) / B * B, out_bytes = rows * C * 2;
+    int rounds = argc > 2 ? atoi(argv[2]) : 7;
+    if (rounds < 1 || rounds > 99)
+        rounds = 7;
+    size_t rows = (size_t)(gib * (1u << 30) / (C * 2)) / B * B, bytes = rows * C * 2;
     int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu > 64)
-        ncpu = 64;
+    ncpu = ncpu > 64 ? 64 : ncpu;
     uint8_t *fp8 = malloc(rows * C), *blocks = malloc(rows * C / 2), *scales = malloc(rows * C / 32);
+    uint8_t *nv = malloc(rows * C / 16), *qs = malloc(rows * C / 32);
     float *grid = malloc(sizeof(float) * (rows / B) * (C / B));
-    char *out = malloc(out_bytes), *src = malloc(out_bytes);
-    if (!fp8 || !blocks || !scales || !grid || !out || !src) {
+    char *out = malloc(bytes), *src = malloc(bytes);
+    if (!fp8 || !blocks || !scales || !nv || !qs || !grid || !out || !src) {
         fprintf(stderr, "quant_bench: out of memory\n");
         return 1;
     }
@@ -94,22 +117,33 @@ int main(int argc, char **argv)
             blocks[i / 2] = (uint8_t)(x >> 8);
         if (i % 32 == 0)
             scales[i / 32] = (uint8_t)(118 + (x >> 40) % 8);
+        if (i % 16 == 0) /* E4M3 block scales as ModelOpt writes them: positive, up to 448 */
+            nv[i / 16] = (uint8_t)(0x20 + (x >> 24) % 0x5E);
+        ((uint16_t *)src)[i] = (uint16_t)(0x3C00 + (x >> 48) % 0x800) ^ (uint16_t)((x >> 20 & 1) << 15); /* BF16 */
     }
     for (size_t i = 0; i < (rows / B) * (C / B); i++)
         grid[i] = 1e-4f * (float)(1 + i % 7);
-    memset(src, 1, out_bytes);
-    memset(out, 0, out_bytes);
-    printf("output %.2f GiB BF16 (%zu rows x %d), %d threads available\n", (double)out_bytes / (1u << 30), rows, C,
-           ncpu);
+    memset(out, 0, bytes);
+    printf("%.2f GiB of BF16 (%zu rows x %d values), %d rounds interleaved, %d CPUs online\n",
+           (double)bytes / (1u << 30), rows, C, rounds, ncpu);
     int ths[2] = {1, ncpu};
-    for (int k = 0; k < 2; k++) {
-        int t = ths[k];
-        double m = timed(0, t, rows, NULL, NULL, out, src);
-        double f = timed(1, t, rows, fp8, (const uint8_t *)grid, out, NULL);
-        double q = timed(2, t, rows, blocks, scales, out, NULL);
-        printf("threads=%d  memcpy %.2f GB/s | fp8 block dequant %.2f GB/s (%.2fx memcpy) | mxfp4 dequant "
-               "%.2f GB/s (%.2fx memcpy)\n",
-               t, out_bytes / m / 1e9, out_bytes / f / 1e9, m / f, out_bytes / q / 1e9, m / q);
+    for (int k = 0; k < (ncpu > 1 ? 2 : 1); k++) {
+        static double tim[K_COUNT][99], ratio[K_COUNT][99], cpu[K_COUNT][99];
+        for (int r = 0; r < rounds; r++)
+            for (int kind = 0; kind < K_COUNT; kind++) {
+                job proto = {kind, 0, 0, fp8, blocks, scales, nv, grid, out, src, qs};
+                tim[kind][r] = timed(proto, ths[k], rows, &cpu[kind][r]);
+                ratio[kind][r] = tim[K_MEMCPY][r] / tim[kind][r];
+            }
+        printf("threads=%d\n", ths[k]);
+        for (int kind = 0; kind < K_COUNT; kind++) {
+            qsort(ratio[kind], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(tim[kind], (size_t)rounds, sizeof(double), cmp_d);
+            qsort(cpu[kind], (size_t)rounds, sizeof(double), cmp_d);
+            printf("  %-18s %.2fx memcpy (min %.2f, max %.2f)  %.2f GB/s  cpu %.3f s of %.3f s wall\n", names[kind],
+                   ratio[kind][rounds / 2], ratio[kind][0], ratio[kind][rounds - 1],
+                   (double)bytes / tim[kind][rounds / 2] / 1e9, cpu[kind][rounds / 2], tim[kind][rounds / 2]);
+        }
     }
     return 0;
 }

@@ -336,36 +336,83 @@ static int mxfp4_exponent(float amax)
     return e > 127 ? 127 : e;
 }
 
+/* The E2M1 code of x (already divided by the block's scale), what mpk_f32_to_e2m1 gives for
+ * every non-NaN x, without libm: the magnitude is the count of the rounding boundaries below it,
+ * a tie going to the even code (0.25 -> 0, 0.75 -> 1.0, 1.25 -> 1.0, 1.75 -> 2, 2.5 -> 2,
+ * 3.5 -> 4, 5 -> 4), 6 and above saturating; the sign bit kept (-0 and a negative that rounds to
+ * zero are code 8). */
+static inline uint8_t e2m1_code(float x)
+{
+    float a = fabsf(x);
+    unsigned m = (unsigned)(a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
+                 (a > 5.0f);
+    return (uint8_t)(m | (signbit(x) ? 8u : 0u));
+}
+
+/* The scale exponent of a block from its magnitudes (nan: one is NaN): what the generic loop
+ * below decides. */
+static inline int mxfp4_block_exponent(float amax, bool nan)
+{
+    if (nan)
+        return 128; /* scale code 0xFF: the whole block is NaN */
+    if (isinf(amax))
+        return 127; /* moepack saturates (the reference would write a NaN scale) */
+    return amax > 0 ? mxfp4_exponent(amax) : -127; /* all zeros: scale code 0, as the reference */
+}
+
+/* BF16 blocks, the same codes as the loop below, written so that the compiler vectorizes the 32
+ * values of a block (the largest magnitude by integer max of the bits, the codes by compares). */
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+static void mxfp4_bf16(const uint16_t *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales)
+{
+    for (size_t b = 0; b < n_blocks; b++) {
+        const uint16_t *p = in + b * 32;
+        uint32_t mag = 0;
+        for (int k = 0; k < 32; k++)
+            mag = (uint32_t)(p[k] & 0x7FFF) > mag ? (uint32_t)(p[k] & 0x7FFF) : mag;
+        bool nan = mag > 0x7F80;
+        int e = mxfp4_block_exponent(ops_u2f(mag << 16), nan);
+        scales[b] = (uint8_t)(e + 127);
+        float inv = e == 127 ? 0x1p-127f : e == -127 ? 0x1p127f : ops_u2f((uint32_t)(127 - e) << 23);
+        uint8_t keep = nan ? 0 : 0xFF;
+        for (int k = 0; k < 16; k++) {
+            uint32_t x = p[2 * k], y = p[2 * k + 1];
+            float a = fabsf(ops_u2f(x << 16) * inv), c = fabsf(ops_u2f(y << 16) * inv);
+            uint32_t lo = (uint32_t)(a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
+                          (a > 5.0f) + ((x >> 15) << 3);
+            uint32_t hi = (uint32_t)(c > 0.25f) + (c >= 0.75f) + (c > 1.25f) + (c >= 1.75f) + (c > 2.5f) + (c >= 3.5f) +
+                          (c > 5.0f) + ((y >> 15) << 3);
+            blocks[b * 16 + (size_t)k] = (uint8_t)((lo | (hi << 4)) & keep);
+        }
+    }
+}
+
 void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks,
                      uint8_t *scales)
 {
+    if (in_dt == MPK_DTYPE_BF16 && blocks && scales) {
+        mxfp4_bf16(in, n_blocks, blocks, scales);
+        return;
+    }
     for (size_t b = 0; b < n_blocks; b++) {
         float v[32], amax = 0;
         bool nan = false;
         for (int k = 0; k < 32; k++) {
-            v[k] = ops_load_f32(in_dt, in, b * 32 + (size_t)k);
+            v[k] = load_in(in_dt, in, b * 32 + (size_t)k);
             nan |= isnan(v[k]);
-            if (fabsf(v[k]) > amax)
-                amax = fabsf(v[k]);
+            amax = fabsf(v[k]) > amax ? fabsf(v[k]) : amax;
         }
-        int e = -127; /* an all-zero block: scale code 0, as the reference writes it */
-        if (nan)
-            e = 128; /* scale code 0xFF: the whole block is NaN */
-        else if (isinf(amax))
-            e = 127; /* moepack saturates (the reference would write a NaN scale) */
-        else if (amax > 0)
-            e = mxfp4_exponent(amax);
+        int e = mxfp4_block_exponent(amax, nan);
         if (scales)
             scales[b] = (uint8_t)(e + 127);
         if (!blocks)
             continue;
+        /* x / 2^e as x * 2^-e in F32: exact wherever the result is >= 2^-126, and below that it
+         * rounds to zero either way (code 0 or 8) */
+        float inv = nan ? 0.0f : ldexpf(1.0f, -e);
         for (int k = 0; k < 16; k++) {
-            uint8_t lo = 0, hi = 0;
-            if (!nan) {
-                lo = mpk_f32_to_e2m1((float)ldexp((double)v[2 * k], -e));
-                hi = mpk_f32_to_e2m1((float)ldexp((double)v[2 * k + 1], -e));
-            }
-            blocks[b * 16 + (size_t)k] = (uint8_t)(lo | (hi << 4));
+            uint8_t lo = e2m1_code(v[2 * k] * inv), hi = e2m1_code(v[2 * k + 1] * inv);
+            blocks[b * 16 + (size_t)k] = nan ? 0 : (uint8_t)(lo | (hi << 4));
         }
     }
 }

@@ -1,7 +1,7 @@
-/* test_nvfp4.c — the NVFP4 kernels (ops/nvfp4.c) on every code: all 16 E2M1 codes under all 256
+/* test_nvfp4.c — the 4-bit kernels: NVFP4's (ops/nvfp4.c) on every code: all 16 E2M1 codes under all 256
  * E4M3 block-scale codes and several global scales (overflowing and NaN ones included), into
  * F32, BF16 and F16, against values computed here from the bit fields; and the comparison of two
- * encodings by value. Run twice: with the SIMD paths and without (MOEPACK_NO_SIMD). */
+ * encodings by value; the MXFP4 quantizer's rounding against the reference encoder. Run twice: with the SIMD paths and without (MOEPACK_NO_SIMD). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -110,11 +110,72 @@ static void test_value_diff(void **state)
     assert_int_equal(mpk_nvfp4_value_diff(ca, &n, 1.0f, cb, &n, 1.0f, 1), 16);
 }
 
+/* The MXFP4 quantizer's E2M1 codes (its own branch-free rounding) against the reference encoder
+ * mpk_f32_to_e2m1 (double-precision rint): blocks whose first value is 6 (so the scale is 2^0
+ * and the values are encoded as they are) holding every 97th F32 bit pattern of magnitude up to 6
+ * (both signs, zeros and subnormals), and every tie and boundary by hand. */
+static void test_mxfp4_codes_match_encoder(void **state)
+{
+    (void)state;
+    float v[32];
+    uint8_t blk[16], sc;
+    size_t n = 1;
+    v[0] = 6.0f;
+    static const float edges[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 0.0f, 6.0f, 0.5f, 1.0f, 3.0f};
+    for (uint64_t u = 0;; u += 97) {
+        uint32_t bits = (uint32_t)(u < 0x40C00000u ? u : u - 0x40C00000u + 0x80000000u);
+        bool last = u >= 0x40C00000u * 2;
+        float x;
+        memcpy(&x, &bits, 4);
+        if (!last)
+            v[n++] = x;
+        for (size_t k = 0; k < sizeof edges / sizeof edges[0] && n == 1 && u == 0; k++)
+            v[n++] = edges[k], v[n++] = -edges[k];
+        if (n == 32 || last) {
+            while (n < 32)
+                v[n++] = 0.0f;
+            mpk_quant_mxfp4(MPK_DTYPE_F32, v, 1, blk, &sc);
+            assert_int_equal(sc, 127);
+            for (int k = 1; k < 32; k++) {
+                uint8_t got = k % 2 ? blk[k / 2] >> 4 : blk[k / 2] & 0xF;
+                if (got != mpk_f32_to_e2m1(v[k]))
+                    fail_msg("%a: code %u, the encoder says %u", (double)v[k], got, mpk_f32_to_e2m1(v[k]));
+            }
+            n = 1;
+        }
+        if (last)
+            break;
+    }
+}
+
+/* The quantizer's BF16 path (vectorized) against its generic path on the same values as F32:
+ * every BF16 bit pattern, in blocks of consecutive patterns and again in a scattered order (so
+ * that blocks mix magnitudes, zeros, subnormals, infinities and NaNs). */
+static void test_mxfp4_bf16_path(void **state)
+{
+    (void)state;
+    static uint16_t h[65536];
+    static float f[65536];
+    static uint8_t b1[65536 / 2], b2[65536 / 2], s1[2048], s2[2048];
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < 65536; i++) {
+            h[i] = (uint16_t)(pass ? i * 40503u : i);
+            f[i] = mpk_bf16_to_f32(h[i]);
+        }
+        mpk_quant_mxfp4(MPK_DTYPE_BF16, h, 2048, b1, s1);
+        mpk_quant_mxfp4(MPK_DTYPE_F32, f, 2048, b2, s2);
+        assert_memory_equal(s1, s2, sizeof s1);
+        assert_memory_equal(b1, b2, sizeof b1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_code),
         cmocka_unit_test(test_value_diff),
+        cmocka_unit_test(test_mxfp4_codes_match_encoder),
+        cmocka_unit_test(test_mxfp4_bf16_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
