@@ -188,8 +188,9 @@ size_t mpk_huff_encode(const mpk_huff *h, const uint8_t *src, size_t n, uint8_t 
 
 /* The decoding tables of a stored length header. one[i]: the symbol the L-bit window i starts
  * with, | its length << 8. multi[i]: up to 4 whole codes in window i (as many as fit in its L
- * bits): their symbols in bytes 0-3, their bits in byte 4, their number in byte 5. Returns false
- * when a length is over L or the code is not complete. */
+ * bits): their bits in byte 0 (lowest, so that a shift by the entry itself consumes them: the
+ * decoder's critical path is a load and a shift), their number in byte 1, their symbols in bytes
+ * 2-5. Returns false when a length is over L or the code is not complete. */
 static bool build_tables(const uint8_t *head, uint16_t *one, uint64_t *multi)
 {
     uint8_t len[256];
@@ -217,10 +218,10 @@ static bool build_tables(const uint8_t *head, uint16_t *one, uint64_t *multi)
             uint16_t o = one[(i >> used) & (TABLE - 1)];
             if (used + (o >> 8) > L)
                 break;
-            e |= (uint64_t)(o & 0xFF) << (8 * k);
+            e |= (uint64_t)(o & 0xFF) << (16 + 8 * k);
             used += o >> 8;
         }
-        multi[i] = e | (uint64_t)used << 32 | (uint64_t)k << 40;
+        multi[i] = e | used | (uint64_t)k << 8;
     }
     return true;
 }
@@ -238,7 +239,15 @@ static uint64_t rd64_safe(const uint8_t *src, size_t zn, size_t p)
 
 /* One step of stream S: a refill, 4 look-ups (44 bits at most), up to 16 symbols. Locals, not
  * arrays: byte stores may alias anything the compiler cannot see is a register. */
-#define LOOKUP(S)                                                                                      do {                                                                                                   uint64_t e_ = multi[v##S & (TABLE - 1)];                                                           uint32_t b_ = (uint32_t)e_;                                                                        memcpy(o##S, &b_, 4);                                                                              o##S += (e_ >> 40) & 0xFF;                                                                         v##S >>= (e_ >> 32) & 0xFF;                                                                        p##S += (e_ >> 32) & 0xFF;                                                                     } while (0)
+#define LOOKUP(S)                                                                                  \
+    do {                                                                                           \
+        uint64_t e_ = multi[v##S & (TABLE - 1)];                                                   \
+        uint32_t b_ = (uint32_t)(e_ >> 16);                                                        \
+        v##S >>= e_ & 63;                                                                          \
+        p##S += e_ & 63;                                                                           \
+        memcpy(o##S, &b_, 4);                                                                      \
+        o##S += (e_ >> 8) & 0xFF;                                                                  \
+    } while (0)
 #define REFILL(S) v##S = rd64(src + (p##S >> 3)) >> (p##S & 7)
 #define ROOM(S) (e##S - o##S >= 20 && (p##S >> 3) + 8 <= zn)
 
