@@ -62,6 +62,7 @@ static const char *const status_names[] = {
     [MPK_E_CONTAINER] = "bad-container",
     [MPK_E_DST_FOREIGN] = "destination-not-checkpoint",
     [MPK_E_NOT_UNDERSTOOD] = "not-understood",
+    [MPK_E_NOT_INVERTIBLE] = "not-invertible",
 };
 _Static_assert(sizeof status_names / sizeof status_names[0] == MPK_STATUS_COUNT,
                "status_names must cover every mpk_status");

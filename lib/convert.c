@@ -206,7 +206,8 @@ static mpk_status follow_files(const mpk_convert_req *r, job *j, mpk_plan *p, mp
         return mpk_plan_use_layout(p, j->files, err);
     }
     if (j->spec->reversed && recorded) {
-        MPK_TRY(mpk_source_load(j->src->dir, &j->files, err));
+        if (!j->files)
+            MPK_TRY(mpk_source_load(j->src->dir, &j->files, err));
         mpk_error why;
         if (mpk_plan_use_layout(p, j->files, &why) != MPK_OK) {
             char msg[1400];
@@ -339,6 +340,13 @@ static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, 
                         .dequantize = r->quant == MPK_QUANT_DEQUANTIZE,
                         .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0,
                         .pass_unknown = r->flags & MPK_CONVERT_PASS_UNKNOWN};
+    /* a transformers spec's renames undone: the record's names pick among the names a packed
+     * name could have had (plan/rename_undo.c) */
+    if (j->spec->reversed && j->spec->transformers && !r->layout_like && has_record(j->src)) {
+        if ((s = mpk_source_load(j->src->dir, &j->files, err)) != MPK_OK)
+            goto fail;
+        po.known_names = &j->files->file_of;
+    }
     if ((s = mpk_plan_build(j->src, j->spec, &po, pout, err)) != MPK_OK ||
         (s = follow_files(r, j, *pout, err)) != MPK_OK) {
         mpk_plan_free(*pout);

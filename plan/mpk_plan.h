@@ -76,7 +76,12 @@ const char *mpk_layout_name(mpk_expert_layout l);
 #define MPK_PATTERN_MAX_PARTS 32
 #define MPK_SPEC_MAX_OPS 16
 
-/* A name pattern: literal text with {capture}s; a capture matches one dot-free segment. */
+struct mpk_regex; /* a compiled pattern (plan/rename.c) */
+
+/* A name pattern: literal text with {capture}s; a capture matches one dot-free segment. In a
+ * "semantics": "transformers" spec, a pattern of transformers' mapping instead: rx searches
+ * names with it (a source: the mapping's regex, its `.*.` the list index; a target: its literal
+ * text), and parts spell it out as text with the list index as a capture, for writing names. */
 typedef struct mpk_pattern {
     const char *text;
     int n_parts;
@@ -85,6 +90,10 @@ typedef struct mpk_pattern {
         const char *s; /* literal text or capture name */
         size_t len;
     } parts[MPK_PATTERN_MAX_PARTS];
+    const struct mpk_regex *rx; /* transformers semantics: NULL otherwise */
+    int star;                   /* transformers: the regex group of the list index (0: none) */
+    bool literal;               /* transformers: parts spell out every name rx matches (the
+                                   pattern is literal text but for `.` and the list index) */
 } mpk_pattern;
 
 typedef struct mpk_rule {
@@ -109,8 +118,23 @@ typedef struct mpk_rule {
                                    (weight_scale, weight_scale_2, input_scale); -1 otherwise */
 } mpk_rule;
 
+/* A rename. Old specs: a literal substring replaced (first occurrence) in the names no rule
+ * consumes and in the targets. "semantics": "transformers": one of transformers' renamings,
+ * applied to every name before the converters match (plan/rename.c). */
+enum { MPK_RENAME_LITERAL, MPK_RENAME_REGEX, MPK_RENAME_PREFIX_ADD, MPK_RENAME_PREFIX_REMOVE };
 typedef struct mpk_rename {
-    const char *from, *to;
+    const char *from, *to;      /* literal: substring and replacement; regex: the pattern (Python
+                                   syntax) and its replacement (\1...); prefix: the prefix */
+    int kind;                   /* MPK_RENAME_* */
+    int group;                  /* transformers: the index of its transform's first member (a
+                                   GroupWeightRename's members are one transform) */
+    int n_members;              /* on a transform's first member: its members (1 alone) */
+    const char *model_prefix;   /* a prefix change's model prefix ("" for none) */
+    const struct mpk_regex *rx, *inv_rx; /* the pattern, and the inverse's (NULL: none) */
+    const char *inv_from, *inv_to;       /* the derived inverse: pattern and replacement */
+    const char *inv_why;        /* why it has no inverse, NULL when it has */
+    int inv_rank;               /* undone, its place in its group (members sorted by "to") */
+    char path[40];              /* "$.renames[3]" or "$.renames[3].group[1]" */
 } mpk_rename;
 
 typedef struct mpk_spec {
@@ -133,6 +157,9 @@ typedef struct mpk_spec {
                                    quantization_config (reversed: gets quant_config back) */
     void *json;                 /* the parsed document (cJSON, owned), synth section included */
     mpk_arena *arena;
+    bool transformers;          /* "semantics": "transformers": transformers' loader's rules
+                                   (regex patterns; renames first, on every name; docs/spec.md) */
+    struct mpk_regex *regexes;  /* the compiled patterns (owned; a reversed spec borrows) */
     struct mpk_spec *base;      /* a reversed spec owns the spec it reverses (its strings) */
     bool scale_dot;             /* "scale_name": "scale": block scales are X.scale beside X.weight
                                    (DeepSeek-V4), not X.weight_scale_inv */
@@ -220,6 +247,9 @@ typedef struct mpk_plan_opts {
     int quantize_block;                 /* > 0: rule outputs become FP8 (E4M3) with b x b scale
                                            grids; norms, router, embeddings pass through */
     bool pass_unknown;                  /* copy what the spec does not understand (below) */
+    const mpk_strmap *known_names;      /* unpacking with a "semantics": "transformers" spec: the
+                                           names the output should have (a source record's), to
+                                           pick among names the renames could undo to; or NULL */
 } mpk_plan_opts;
 
 /* A tensor the spec does not understand, and the rule of "nothing half-converted" it breaks. */

@@ -230,137 +230,10 @@ static char *apply_renames(mpk_arena *a, const mpk_spec *s, const char *name)
         const char *hit = strstr(cur, f);
         if (!hit)
             continue;
-        size_t fl = strlen(f), tl = strlen(t);
-        char *n = mpk_arena_alloc(a, strlen(cur) - fl + tl + 1);
-        if (!n)
+        if (!(cur = plan_splice(a, cur, (size_t)(hit - cur), strlen(f), t, strlen(t))))
             return NULL;
-        size_t pre = (size_t)(hit - cur);
-        memcpy(n, cur, pre);
-        memcpy(n + pre, t, tl);
-        strcpy(n + pre + tl, hit + fl);
-        cur = n;
     }
     return cur;
-}
-
-/* Quantization companions: a tensor beside a weight that the weight means nothing without.
- * As the last name segment (GPTQ/AWQ, ModelOpt, compressed-tensors, bitsandbytes, FP8)... */
-static const char *const companion_segs[] = {
-    "weight_scale", "weight_scale_2", "input_scale", "weight_scale_inv", "output_scale", "k_scale",
-    "v_scale", "qweight", "qzeros", "scales", "g_idx", "weight_packed", "weight_shape",
-    "weight_zero_point", "weight_global_scale", "input_global_scale", "weight_g_idx", "SCB",
-    "weight_format", "absmax", "quant_map", "nested_absmax", "nested_quant_map", NULL};
-/* ...or appended to the weight's own name (packed FP8 grids, MXFP4 pairs). */
-static const char *const companion_tails[] = {"_scale_inv", "_scale", "_scale_2", "_blocks", "_scales",
-                                              "_zero_point", "_qzeros", "_input_scale", "_weight_scale",
-                                              NULL};
-
-static bool is_companion_seg(const char *name)
-{
-    const char *last = strrchr(name, '.');
-    last = last ? last + 1 : name;
-    for (int i = 0; companion_segs[i]; i++)
-        if (strcmp(last, companion_segs[i]) == 0)
-            return true;
-    return false;
-}
-
-enum { UNK_PER_EXPERT, UNK_COMPANION, UNK_COUNT };
-static const char *const unk_why[UNK_COUNT] = {
-    "a per-expert tensor that no rule consumes",
-    "a quantization companion (scale, zero point, ...) of an expert linear, not moved with it",
-};
-
-/* The tensors a conversion would leave half-converted, among the pass-throughs: any
- * per-expert name (experts.N.) and any quantization companion of a tensor a rule consumes,
- * unless the spec declares it a pass-through ("pass"). Each goes into p->unknown; without
- * opts->pass_unknown, any at all is MPK_E_NOT_UNDERSTOOD naming the first few of each kind. */
-static mpk_status check_unknown(mpk_plan *p, const mpk_ckpt_tensor *const *pass, size_t n_pass,
-                                const mpk_ckpt_tensor *const *list, size_t n_list, const bool *used,
-                                const mpk_plan_opts *opts, mpk_error *err)
-{
-    const mpk_spec *spec = p->spec;
-    const char *where = p->src->dir;
-    mpk_strmap consumed = {0}, modules = {0};
-    int *kind = mpk_calloc(n_pass + 1, sizeof *kind);
-    mpk_status st = MPK_OK;
-    if (!kind || mpk_strmap_init(&consumed, n_list + 1) != MPK_OK ||
-        mpk_strmap_init(&modules, n_list + 1) != MPK_OK) {
-        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n_list; i++) {
-        if (!used[i])
-            continue;
-        const char *n = list[i]->info->name, *dot = strrchr(n, '.');
-        mpk_strmap_put(&consumed, n, strlen(n), i, NULL);
-        if (dot)
-            mpk_strmap_put(&modules, n, (size_t)(dot - n), i, NULL);
-    }
-    size_t count[UNK_COUNT] = {0};
-    p->unknown = mpk_arena_alloc(p->arena, sizeof *p->unknown * (n_pass + 1));
-    if (!p->unknown) {
-        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n_pass; i++) {
-        const char *n = pass[i]->info->name;
-        size_t len = strlen(n), got;
-        bool declared = false;
-        for (int k = 0; k < spec->n_pass && !declared; k++) {
-            mpk_capture caps[8];
-            int nc;
-            size_t a, b;
-            declared = mpk_pattern_match(&spec->pass[k], n, caps, &nc, &a, &b);
-        }
-        if (declared)
-            continue;
-        int kd = -1;
-        const char *dot = strrchr(n, '.');
-        if (mpk_per_expert_name(n))
-            kd = is_companion_seg(n) ? UNK_COMPANION : UNK_PER_EXPERT;
-        else if (dot && is_companion_seg(n) && mpk_strmap_get(&modules, n, (size_t)(dot - n), &got))
-            kd = UNK_COMPANION;
-        for (int k = 0; kd < 0 && companion_tails[k]; k++) {
-            size_t tl = strlen(companion_tails[k]);
-            if (len > tl && strcmp(n + len - tl, companion_tails[k]) == 0 &&
-                mpk_strmap_get(&consumed, n, len - tl, &got))
-                kd = UNK_COMPANION;
-        }
-        if (kd < 0)
-            continue;
-        p->unknown[p->n_unknown++] = (mpk_plan_unknown){n, unk_why[kd]};
-        kind[i] = kd + 1;
-        count[kd]++;
-    }
-    if (!p->n_unknown || opts->pass_unknown)
-        goto out;
-    char msg[900];
-    size_t o = (size_t)snprintf(msg, sizeof msg, "%zu tensor(s) that %s '%s'%s does not understand would be "
-                                "left half-converted:", p->n_unknown, "spec",
-                                spec->name, spec->reversed ? " (reversed)" : "");
-    for (int kd = 0; kd < UNK_COUNT; kd++) {
-        if (!count[kd])
-            continue;
-        o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, " %s%s:", count[kd] > 1 ? "each " : "",
-                              unk_why[kd]);
-        size_t shown = 0;
-        for (size_t i = 0; i < n_pass && shown < 3; i++)
-            if (kind[i] == kd + 1)
-                o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, "%s '%s'", shown++ ? "," : "",
-                                      pass[i]->info->name);
-        if (count[kd] > shown)
-            o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, " and %zu more", count[kd] - shown);
-        o += (size_t)snprintf(msg + o, o < sizeof msg ? sizeof msg - o : 0, ";");
-    }
-    if (o < sizeof msg)
-        msg[o - 1] = 0; /* the last ';' */
-    st = mpk_error_about(err, MPK_FIELD_PASS_UNKNOWN, mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, where, "%s", msg));
-out:
-    free(kind);
-    mpk_strmap_free(&consumed);
-    mpk_strmap_free(&modules);
-    return st;
 }
 
 /* What mpk_plan_build holds from step to step. */
@@ -377,92 +250,171 @@ typedef struct build {
     const mpk_ckpt_tensor **list;       /* the tensors to match (source_list) */
     size_t n_list;
     bool *used;                         /* per list entry: a rule consumed it */
+    const char **mnames;                /* transformers: per list entry the name matched (renamed) */
+    const char **pass_names;            /* transformers: per pass-through its name so far */
     size_t n_out;                       /* outputs (step 2 counts, step 3 makes) */
 } build;
 
+/* The group of rule ri with key full_key (made when new), and the tensor added to it. */
+static mpk_status add_to_group(build *bd, int ri, int si, long item, const mpk_ckpt_tensor *t, char *prefix,
+                               char *suffix, char *full_key, const mpk_capture *keep, int nk)
+{
+    mpk_plan *p = bd->p;
+    size_t gi;
+    if (!prefix || !suffix || !full_key)
+        return mpk_error_set(bd->err, MPK_E_NOMEM, 0, bd->where, "out of memory");
+    if (!mpk_strmap_get(&bd->keys, full_key, strlen(full_key), &gi)) {
+        group_acc *na = mpk_grow(bd->accs, bd->n_accs, &bd->cap_accs, sizeof *na, 64);
+        if (!na)
+            return mpk_error_set(bd->err, MPK_E_NOMEM, 0, bd->where, "out of memory");
+        bd->accs = na;
+        gi = bd->n_accs++;
+        memset(&bd->accs[gi], 0, sizeof bd->accs[gi]);
+        bd->accs[gi].g.rule = &bd->spec->rules[ri];
+        bd->accs[gi].g.key = full_key;
+        bd->accs[gi].g.prefix = prefix;
+        bd->accs[gi].g.suffix = suffix;
+        for (int k = 0; k < nk; k++) {
+            bd->accs[gi].g.caps[k] = keep[k];
+            /* keep the capture value alive with the plan */
+            bd->accs[gi].g.caps[k].val = mpk_arena_strndup(p->arena, keep[k].val, keep[k].len);
+        }
+        bd->accs[gi].g.n_caps = nk;
+        mpk_strmap_put(&bd->keys, full_key, strlen(full_key), gi, NULL);
+    }
+    return plan_add_entry(&bd->accs[gi], (entry){si, item, t}, bd->where, bd->err);
+}
+
+/* A tensor against a {capture} spec's rules: true when one consumed it. */
+static mpk_status match_captures(build *bd, const mpk_ckpt_tensor *t, bool *consumed)
+{
+    mpk_plan *p = bd->p;
+    const mpk_spec *spec = bd->spec;
+    const char *name = t->info->name;
+    for (int ri = 0; ri < spec->n_rules; ri++) {
+        const mpk_rule *r = &spec->rules[ri];
+        for (int si = 0; si < r->n_sources; si++) {
+            mpk_capture caps[8], keep[8];
+            int nc, nk = 0;
+            size_t start, end;
+            long item = 0;
+            if (!mpk_pattern_match(&r->sources[si], name, caps, &nc, &start, &end))
+                continue;
+            *consumed = true;
+            for (int c = 0; c < nc; c++) {
+                if (r->list_in_sources && strlen(r->list_capture) == caps[c].name_len &&
+                    memcmp(r->list_capture, caps[c].name, caps[c].name_len) == 0) {
+                    if (!parse_index(caps[c].val, caps[c].len, &item))
+                        return mpk_error_set(bd->err, MPK_E_SPEC, 0, bd->where,
+                                             "tensor '%s': {%s} matched '%.*s', not an index (%s)", name,
+                                             r->list_capture, (int)caps[c].len, caps[c].val, r->path);
+                } else {
+                    keep[nk++] = caps[c];
+                }
+            }
+            char *prefix = mpk_arena_strndup(p->arena, name, start);
+            char *suffix = mpk_arena_strndup(p->arena, name + end, strlen(name + end));
+            char *key = prefix && suffix ? plan_expand(p->arena, &r->sources[0], prefix, suffix, keep, nk,
+                                                       r->list_capture, "*") : NULL;
+            char *full_key = key ? mpk_arena_printf(p->arena, "%d|%s", ri, key) : NULL;
+            return add_to_group(bd, ri, si, item, t, prefix, suffix, full_key, keep, nk);
+        }
+    }
+    return MPK_OK;
+}
+
+/* The first rule (companions first) whose source regex matches name, the leftmost match of its
+ * sources (ties to the first): transformers' first converter whose alternation matches. */
+static bool tf_first_match(const mpk_spec *spec, const char *name, int *rule, int *src, regoff_t *so,
+                           regoff_t *eo, const char **item, size_t *item_len)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (int ri = 0; ri < spec->n_rules; ri++) {
+            const mpk_rule *r = &spec->rules[ri];
+            if ((r->scale_of >= 0 || r->companion_of >= 0) != (pass == 0))
+                continue; /* companions first: their names extend the weights' */
+            *src = -1;
+            for (int si = 0; si < r->n_sources; si++) {
+                regoff_t s0, e0;
+                const char *g[2];
+                size_t gl[2];
+                if (!plan_regex_search(r->sources[si].rx, name, &s0, &e0, g, gl, r->sources[si].star) ||
+                    (*src >= 0 && s0 >= *so))
+                    continue;
+                *src = si, *so = s0, *eo = e0;
+                *item = r->sources[si].star ? g[1] : NULL;
+                *item_len = r->sources[si].star ? gl[1] : 0;
+            }
+            if (*src >= 0) {
+                *rule = ri;
+                return true;
+            }
+        }
+    return false;
+}
+
+/* A tensor (named mname after the renames) against a transformers spec's converters. */
+static mpk_status match_tf(build *bd, const mpk_ckpt_tensor *t, const char *mname, bool *consumed)
+{
+    mpk_plan *p = bd->p;
+    const mpk_spec *spec = bd->spec;
+    int ri, si;
+    regoff_t so, eo;
+    const char *iv = NULL;
+    size_t il = 0;
+    if (!tf_first_match(spec, mname, &ri, &si, &so, &eo, &iv, &il))
+        return MPK_OK;
+    const mpk_rule *r = &spec->rules[ri];
+    const mpk_pattern *sp = &r->sources[si];
+    long item = 0;
+    *consumed = true;
+    if (iv && !parse_index(iv, il, &item))
+        return mpk_error_set(bd->err, MPK_E_SPEC, 0, bd->where, "tensor '%s' (as '%s'): the list index of "
+                             "'%s' matched '%.*s', not an index (%s)", t->info->name, mname, sp->text, (int)il,
+                             iv, r->path);
+    /* transformers replaces the first occurrence of the matched text */
+    size_t ml = (size_t)(eo - so), pre = (size_t)((const char *)memmem(mname, strlen(mname), mname + so, ml) - mname);
+    char ibuf[24];
+    snprintf(ibuf, sizeof ibuf, "%ld", item);
+    char *back = sp->literal ? plan_expand(p->arena, sp, "", "", NULL, 0, r->list_capture, ibuf) : NULL;
+    if (!back || strlen(back) != ml || memcmp(back, mname + so, ml) != 0)
+        return mpk_error_set(bd->err, MPK_E_NOT_INVERTIBLE, 0, bd->where, "spec '%s'%s: tensor '%s': %s source "
+                             "'%s' matched '%.*s', which undone would be written '%s': the conversion could "
+                             "not be undone byte for byte", spec->name, spec->reversed ? " (reversed)" : "",
+                             t->info->name, r->path, sp->text, (int)ml, mname + so,
+                             back ? back : "(not literal text)");
+    char *prefix = mpk_arena_strndup(p->arena, mname, pre);
+    char *suffix = mpk_arena_strndup(p->arena, mname + pre + ml, strlen(mname + pre + ml));
+    char *full_key = prefix && suffix ? mpk_arena_printf(p->arena, "%d|%s\x1f%s", ri, prefix, suffix) : NULL;
+    return add_to_group(bd, ri, si, item, t, prefix, suffix, full_key, NULL, 0);
+}
+
 /* Step 1 of mpk_plan_build: every tensor of the list matched against the rules, gathered into groups by key;
- * the others pass through. */
+ * the others pass through. A transformers spec matches the names its renames make (packing). */
 static mpk_status build_match(build *bd)
 {
     mpk_plan *p = bd->p;
     const mpk_spec *spec = bd->spec;
-    const char *where = bd->where;
-    mpk_error *err = bd->err;
-    const mpk_ckpt_tensor **pass = bd->pass;
-    const mpk_ckpt_tensor **list = bd->list;
-    size_t n_list = bd->n_list;
-    bool *used = bd->used;
-    mpk_status st = MPK_OK;
-    /* 1. match */
-    for (size_t ti = 0; ti < n_list; ti++) {
-        const mpk_ckpt_tensor *t = list[ti];
-        const char *name = t->info->name;
+    if (spec->transformers) {
+        const char **names = mpk_arena_alloc(p->arena, sizeof *names * (bd->n_list + 1));
+        bd->mnames = mpk_arena_alloc(p->arena, sizeof *bd->mnames * (bd->n_list + 1));
+        if (!names || !bd->mnames)
+            return mpk_error_set(bd->err, MPK_E_NOMEM, 0, bd->where, "out of memory");
+        for (size_t i = 0; i < bd->n_list; i++)
+            names[i] = bd->mnames[i] = bd->list[i]->info->name;
+        if (!spec->reversed && spec->n_renames)
+            MPK_TRY(plan_renames_checked(p->arena, spec, false, names, bd->n_list, NULL, bd->mnames, bd->err));
+    }
+    for (size_t ti = 0; ti < bd->n_list; ti++) {
+        const mpk_ckpt_tensor *t = bd->list[ti];
         bool consumed = false;
-        for (int ri = 0; ri < spec->n_rules && !consumed; ri++) {
-            const mpk_rule *r = &spec->rules[ri];
-            for (int si = 0; si < r->n_sources && !consumed; si++) {
-                mpk_capture caps[8];
-                int nc;
-                size_t start, end;
-                if (!mpk_pattern_match(&r->sources[si], name, caps, &nc, &start, &end))
-                    continue;
-                consumed = true;
-                long item = 0;
-                mpk_capture keep[8];
-                int nk = 0;
-                for (int c = 0; c < nc; c++) {
-                    if (r->list_in_sources && strlen(r->list_capture) == caps[c].name_len &&
-                        memcmp(r->list_capture, caps[c].name, caps[c].name_len) == 0) {
-                        if (!parse_index(caps[c].val, caps[c].len, &item)) {
-                            st = mpk_error_set(err, MPK_E_SPEC, 0, where,
-                                               "tensor '%s': {%s} matched '%.*s', not an index (%s)",
-                                               name, r->list_capture, (int)caps[c].len, caps[c].val,
-                                               r->path);
-                            return st;
-                        }
-                    } else {
-                        keep[nk++] = caps[c];
-                    }
-                }
-                char *prefix = mpk_arena_strndup(p->arena, name, start);
-                char *suffix = mpk_arena_strndup(p->arena, name + end, strlen(name + end));
-                char *key = plan_expand(p->arena, &r->sources[0], prefix, suffix, keep, nk,
-                                   r->list_capture, "*");
-                char *full_key = key ? mpk_arena_printf(p->arena, "%d|%s", ri, key) : NULL;
-                if (!full_key) {
-                    st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-                    return st;
-                }
-                size_t gi;
-                if (!mpk_strmap_get(&bd->keys, full_key, strlen(full_key), &gi)) {
-                    group_acc *na = mpk_grow(bd->accs, bd->n_accs, &bd->cap_accs, sizeof *na, 64);
-                    if (!na) {
-                        st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-                        return st;
-                    }
-                    bd->accs = na;
-                    gi = bd->n_accs++;
-                    memset(&bd->accs[gi], 0, sizeof bd->accs[gi]);
-                    bd->accs[gi].g.rule = r;
-                    bd->accs[gi].g.key = full_key;
-                    bd->accs[gi].g.prefix = prefix;
-                    bd->accs[gi].g.suffix = suffix;
-                    for (int k = 0; k < nk; k++) {
-                        bd->accs[gi].g.caps[k] = keep[k];
-                        /* keep the capture value alive with the plan */
-                        bd->accs[gi].g.caps[k].val = mpk_arena_strndup(p->arena, keep[k].val, keep[k].len);
-                    }
-                    bd->accs[gi].g.n_caps = nk;
-                    mpk_strmap_put(&bd->keys, full_key, strlen(full_key), gi, NULL);
-                }
-                if ((st = plan_add_entry(&bd->accs[gi], (entry){si, item, t}, where, err)) != MPK_OK)
-                    return st;
-            }
+        MPK_TRY(spec->transformers ? match_tf(bd, t, bd->mnames[ti], &consumed) : match_captures(bd, t, &consumed));
+        if (consumed) {
+            p->n_consumed++, bd->used[ti] = true;
+        } else {
+            bd->pass_names[p->n_pass] = spec->transformers ? bd->mnames[ti] : NULL;
+            bd->pass[p->n_pass++] = t;
         }
-        if (consumed)
-            p->n_consumed++, used[ti] = true;
-        else
-            pass[p->n_pass++] = t;
     }
     return MPK_OK;
 }
@@ -496,8 +448,11 @@ static mpk_status build_refuse_unmatched(build *bd)
                     mpk_capture caps[8];
                     int nc;
                     size_t a, b;
-                    if (mpk_pattern_match(&spec->rules[ri].targets[k], src->tensors[ti].info->name,
-                                          caps, &nc, &a, &b)) {
+                    regoff_t so, eo;
+                    const mpk_pattern *tp = &spec->rules[ri].targets[k];
+                    const char *nm = src->tensors[ti].info->name;
+                    if (tp->rx ? plan_regex_search(tp->rx, nm, &so, &eo, NULL, NULL, 0)
+                               : mpk_pattern_match(tp, nm, caps, &nc, &a, &b)) {
                         st = mpk_error_set(err, MPK_E_ALREADY_CONVERTED, 0, where,
                                            "already in the %s layout of preset '%s' (tensor '%s' "
                                            "is a target and no tensor is a source)",
@@ -566,7 +521,23 @@ static mpk_status build_groups(build *bd)
     /* nothing half-converted: every per-expert tensor and every companion of a converted one
      * is understood, or declared a pass-through (or the caller said to pass it); after the
      * groups, so that what is wrong with the conversion itself is said first */
-    return check_unknown(p, pass, p->n_pass, list, n_list, used, opts, err);
+    return plan_check_unknown(p, pass, p->n_pass, list, n_list, used, opts, err);
+}
+
+/* A reversed transformers spec: every output name with the renames undone (checked: redone,
+ * each gives its name back). */
+static mpk_status undo_renames(mpk_plan *p, const mpk_spec *spec, const mpk_plan_opts *opts, mpk_error *err)
+{
+    const char **names = mpk_arena_alloc(p->arena, sizeof *names * (p->n_outs + 1));
+    const char **out = mpk_arena_alloc(p->arena, sizeof *out * (p->n_outs + 1));
+    if (!names || !out)
+        return mpk_error_set(err, MPK_E_NOMEM, 0, p->src->dir, "out of memory");
+    for (size_t i = 0; i < p->n_outs; i++)
+        names[i] = p->outs[i].name;
+    MPK_TRY(plan_renames_checked(p->arena, spec, true, names, p->n_outs, opts->known_names, out, err));
+    for (size_t i = 0; i < p->n_outs; i++)
+        p->outs[i].name = out[i];
+    return MPK_OK;
 }
 
 /* Step 3 of mpk_plan_build. */
@@ -589,7 +560,7 @@ static mpk_status build_outputs(build *bd)
     }
     for (size_t i = 0; i < p->n_pass; i++) {
         mpk_plan_out *o = &p->outs[p->n_outs++];
-        o->name = apply_renames(p->arena, spec, pass[i]->info->name);
+        o->name = spec->transformers ? bd->pass_names[i] : apply_renames(p->arena, spec, pass[i]->info->name);
         o->meta.dtype = pass[i]->info->dtype;
         o->meta.ndim = pass[i]->info->ndim;
         memcpy(o->meta.shape, pass[i]->info->shape, sizeof o->meta.shape);
@@ -606,7 +577,7 @@ static mpk_status build_outputs(build *bd)
                 mpk_plan_out *o = &p->outs[p->n_outs++];
                 o->name = plan_expand(p->arena, &r->targets[tg], g->prefix, g->suffix, g->caps, g->n_caps,
                                  r->list_capture, ibuf);
-                if (o->name) /* renames reach the targets' prefixes too (backbone. -> model.) */
+                if (o->name && !spec->transformers) /* renames reach the targets' prefixes too */
                     o->name = apply_renames(p->arena, spec, o->name);
                 o->slot = tg * g->out_meta.n_items + it;
                 o->meta = g->out_meta.t[o->slot];
@@ -627,12 +598,13 @@ static mpk_status build_outputs(build *bd)
                 }
             }
     }
+    for (size_t i = 0; i < p->n_outs; i++)
+        if (!p->outs[i].name)
+            return mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
+    if (spec->transformers && spec->reversed && spec->n_renames) /* unpacking: the renames undone last */
+        MPK_TRY(undo_renames(p, spec, opts, err));
     for (size_t i = 0; i < p->n_outs; i++) {
         mpk_plan_out *o = &p->outs[i];
-        if (!o->name) {
-            st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-            return st;
-        }
         if (mpk_tensor_nbytes(o->meta.dtype, o->meta.shape, o->meta.ndim, &o->nbytes) != MPK_OK ||
             __builtin_add_overflow(p->total_bytes, o->nbytes, &p->total_bytes)) {
             st = mpk_error_set(err, MPK_E_SIZE_OVERFLOW, 0, where, "tensor '%s': its size, or the "
@@ -687,7 +659,8 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
     build bs = {.p = p, .spec = spec, .opts = opts, .where = where, .err = err}, *bd = &bs;
     bd->pass = mpk_calloc(src->n_tensors + 1, sizeof *bd->pass);
     bd->used = mpk_calloc(src->n_tensors + 1, sizeof *bd->used);
-    if (!bd->pass || !bd->used || mpk_strmap_init(&bd->keys, 256) != MPK_OK) {
+    bd->pass_names = mpk_calloc(src->n_tensors + 1, sizeof *bd->pass_names);
+    if (!bd->pass || !bd->used || !bd->pass_names || mpk_strmap_init(&bd->keys, 256) != MPK_OK) {
         st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
         goto done;
     }
@@ -713,6 +686,7 @@ done:
     free(bd->accs);
     free(bd->pass);
     free(bd->used);
+    free(bd->pass_names);
     mpk_strmap_free(&bd->keys);
     mpk_strmap_free(&bd->names);
     if (st != MPK_OK) {

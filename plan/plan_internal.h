@@ -34,4 +34,56 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
 mpk_status plan_split_parts(mpk_plan *p, group_acc **accs, size_t *n_accs, size_t *cap,
                             const mpk_plan_opts *opts, mpk_error *err);
 
+/* The pass-throughs that would be left half-converted (plan_unknown.c): into p->unknown, and
+ * without opts->pass_unknown MPK_E_NOT_UNDERSTOOD naming the first few of each kind. */
+mpk_status plan_check_unknown(mpk_plan *p, const mpk_ckpt_tensor *const *pass, size_t n_pass,
+                              const mpk_ckpt_tensor *const *list, size_t n_list, const bool *used,
+                              const mpk_plan_opts *opts, mpk_error *err);
+
+/* ---- plan/spec_tf.c: the parts of a "semantics": "transformers" spec */
+/* A converter pattern of transformers' mapping (source: its regex; target: literal text) into p. */
+mpk_status spec_tf_pattern(mpk_spec *s, const char *text, bool source, mpk_pattern *p, const char *where,
+                           const char *path, mpk_error *err);
+/* The list capture of a transformers rule (its `.*.`). */
+mpk_status spec_tf_list(mpk_rule *r, const char *where, mpk_error *err);
+/* $.renames of a transformers spec. */
+struct cJSON;
+mpk_status spec_tf_renames(const struct cJSON *root, mpk_spec *s, const char *where, mpk_error *err);
+
+/* ---- plan/rename.c: transformers semantics */
+#include <regex.h>
+/* Compiles a Python-syntax pattern (translated to POSIX ERE: \d \w \s, (?:...), (?P<n>...);
+ * lookarounds and lazy quantifiers refused with MPK_E_SPEC naming path) into s's list. */
+mpk_status plan_regex_compile(mpk_spec *s, const char *py, const char *path, const struct mpk_regex **out,
+                              mpk_error *err);
+void plan_regex_free(struct mpk_regex *rx);
+/* Searches name (leftmost match); Python groups 1..n_grp into grp/grp_len (NULL: took no part). */
+bool plan_regex_search(const struct mpk_regex *rx, const char *name, regoff_t *so, regoff_t *eo,
+                       const char **grp, size_t *grp_len, int n_grp);
+/* The capture groups of the Python pattern. */
+int plan_regex_groups(const struct mpk_regex *rx);
+/* The inverse of the regex rename from -> to; NULL, or why there is none. In arena a. */
+const char *plan_rename_inverse(mpk_arena *a, const char *from, const char *to, const char **inv_from,
+                                const char **inv_to);
+/* name with cut bytes at offset at replaced by ins (ins_len bytes), in a; NULL out of memory. */
+char *plan_splice(mpk_arena *a, const char *name, size_t at, size_t cut, const char *ins, size_t ins_len);
+/* One member m's rename (or its inverse) on name; NULL when it does not apply (*why set when its
+ * replacement names a group that took no part). */
+char *plan_rename_member(mpk_arena *a, const mpk_spec *s, int m, bool inverse, const char *name, const char **why);
+/* The transform whose first member is renames[i] (a group: members tried together, the guard
+ * *active) on name: *out (name when none applies), *fired the member that did or -1. */
+mpk_status plan_rename_transform(mpk_arena *a, const mpk_spec *s, int i, bool inverse, bool *active,
+                                 const char *name, const char **out, int *fired, mpk_error *err);
+/* Every rename of s applied to names[0..n) in transformers' order (names in dot_natural_key
+ * order, renames in spec order) into out; fired[i] (optional) the first rename that changed name
+ * i (-1: none); check: each step undone by the rename's inverse gives the name back, else
+ * MPK_E_NOT_INVERTIBLE. */
+mpk_status plan_rename_all(mpk_arena *a, const mpk_spec *s, const char *const *names, size_t n, const char **out,
+                           int *fired, bool check, mpk_error *err);
+/* Packing (!inverse): plan_rename_all checked, and no two names become one. Unpacking: each name
+ * traced back through the renames to the one name that renames to it (among several, the one
+ * known holds: a source record's names). MPK_E_NOT_INVERTIBLE naming the tensors, spec, pattern. */
+mpk_status plan_renames_checked(mpk_arena *a, const mpk_spec *s, bool inverse, const char *const *names, size_t n,
+                                const mpk_strmap *known, const char **out, mpk_error *err);
+
 #endif

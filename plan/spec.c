@@ -1,6 +1,6 @@
 /* spec.c — conversion specs: parsing with JSON-path errors, patterns, reversal, presets. */
 #define _GNU_SOURCE
-#include "mpk_plan.h"
+#include "plan_internal.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -158,9 +158,11 @@ static mpk_status resolve_list_capture(mpk_rule *r, mpk_arena *a, const char *wh
 
 /* "sources": ["a", "b"] or "source": "a" (same for targets). */
 static mpk_status parse_patterns(const cJSON *rule, const char *plural, const char *single,
-                                 mpk_pattern *out, int *n, mpk_arena *a, const char *where,
+                                 mpk_pattern *out, int *n, mpk_spec *s, const char *where,
                                  const char *path, mpk_error *err)
 {
+    mpk_arena *a = s->arena;
+    bool source = strcmp(single, "source") == 0;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(rule, plural);
     if (!v)
         v = cJSON_GetObjectItemCaseSensitive(rule, single);
@@ -173,7 +175,8 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         char *t = mpk_arena_strndup(a, v->valuestring, strlen(v->valuestring));
         if (!t)
             MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        MPK_TRY(parse_pattern(t, &out[0], where, sub, err));
+        MPK_TRY(s->transformers ? spec_tf_pattern(s, t, source, &out[0], where, sub, err)
+                                : parse_pattern(t, &out[0], where, sub, err));
         *n = 1;
         return MPK_OK;
     }
@@ -187,20 +190,22 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         char *t = mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring));
         if (!t)
             MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        MPK_TRY(parse_pattern(t, &out[*n], where, el, err));
+        MPK_TRY(s->transformers ? spec_tf_pattern(s, t, source, &out[*n], where, el, err)
+                                : parse_pattern(t, &out[*n], where, el, err));
         (*n)++;
     }
     return MPK_OK;
 }
 
-static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const char *where,
+static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_spec *s, const char *where,
                              mpk_error *err)
 {
+    mpk_arena *a = s->arena;
     const char *path = r->path;
     if (!cJSON_IsObject(j))
         SPEC_FAIL(path, "a converter must be an object", path);
-    MPK_TRY(parse_patterns(j, "sources", "source", r->sources, &r->n_sources, a, where, path, err));
-    MPK_TRY(parse_patterns(j, "targets", "target", r->targets, &r->n_targets, a, where, path, err));
+    MPK_TRY(parse_patterns(j, "sources", "source", r->sources, &r->n_sources, s, where, path, err));
+    MPK_TRY(parse_patterns(j, "targets", "target", r->targets, &r->n_targets, s, where, path, err));
     const cJSON *ops = cJSON_GetObjectItemCaseSensitive(j, "ops");
     char sub[256];
     snprintf(sub, sizeof sub, "%s.ops", path);
@@ -226,7 +231,7 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_arena *a, const ch
             r->source_shape[r->source_shape_ndim++] = t;
         }
     }
-    MPK_TRY(resolve_list_capture(r, a, where, err));
+    MPK_TRY(s->transformers ? spec_tf_list(r, where, err) : resolve_list_capture(r, a, where, err));
     for (int k = 0; k < r->n_ops; k++) /* a chunk of unstated size: one piece per target */
         if (r->ops[k].kind == MPK_OP_CHUNK && r->ops[k].chunks == 0)
             r->ops[k].chunks = r->n_targets;
@@ -276,11 +281,14 @@ static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error
             mpk_pattern *to = k < f->n_sources ? &c->sources[k] : &c->targets[k - f->n_sources];
             size_t tl = strlen(from->text);
             bool dot_scale = s->scale_dot && k < f->n_sources && tl > 7 && strcmp(from->text + tl - 7, ".weight") == 0;
+            bool dollar = s->transformers && tl && from->text[tl - 1] == '$'; /* before a trailing $ */
             char *t = dot_scale ? mpk_arena_printf(s->arena, "%.*s.scale", (int)(tl - 7), from->text)
-                                : mpk_arena_printf(s->arena, "%s_scale_inv", from->text);
+                                : mpk_arena_printf(s->arena, "%.*s_scale_inv%s", (int)(tl - dollar), from->text,
+                                                   dollar ? "$" : "");
             if (!t)
                 MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-            MPK_TRY(parse_pattern(t, to, where, c->path, err));
+            MPK_TRY(s->transformers ? spec_tf_pattern(s, t, k < f->n_sources, to, where, c->path, err)
+                                    : parse_pattern(t, to, where, c->path, err));
         }
         s->n_rules++;
     }
@@ -349,7 +357,8 @@ static mpk_status add_nvfp4_companions(mpk_spec *s, const char *where, mpk_error
                 char *t = nv_name(s->arena, from->text, kind);
                 if (!t)
                     MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-                MPK_TRY(parse_pattern(t, to, where, c->path, err));
+                MPK_TRY(s->transformers ? spec_tf_pattern(s, t, k < f->n_sources, to, where, c->path, err)
+                                        : parse_pattern(t, to, where, c->path, err));
             }
             s->n_rules++;
         }
@@ -401,6 +410,8 @@ static mpk_status parse_pass(const cJSON *root, mpk_spec *s, const char *where, 
 
 static mpk_status parse_renames(const cJSON *root, mpk_spec *s, const char *where, mpk_error *err)
 {
+    if (s->transformers)
+        return spec_tf_renames(root, s, where, err);
     const cJSON *rn = cJSON_GetObjectItemCaseSensitive(root, "renames");
     if (!rn)
         return MPK_OK;
@@ -415,7 +426,11 @@ static mpk_status parse_renames(const cJSON *root, mpk_spec *s, const char *wher
         if (!cJSON_IsString(f) || !cJSON_IsString(t) || !*f->valuestring)
             MPK_FAIL(err, MPK_E_SPEC, where, "$.renames[%d]: needs non-empty string \"from\" and string \"to\"",
                      s->n_renames);
-        s->renames[s->n_renames++] = (mpk_rename){f->valuestring, t->valuestring};
+        mpk_rename *r = &s->renames[s->n_renames];
+        r->from = f->valuestring;
+        r->to = t->valuestring;
+        r->group = s->n_renames++;
+        r->n_members = 1;
     }
     return MPK_OK;
 }
@@ -434,7 +449,7 @@ static mpk_status parse_converters(const cJSON *root, mpk_spec *s, const char *w
         snprintf(r->path, sizeof r->path, "$.converters[%d]", s->n_rules);
         r->scale_of = -1;
         r->companion_of = -1;
-        MPK_TRY(parse_rule(e, r, s->arena, where, err));
+        MPK_TRY(parse_rule(e, r, s, where, err));
         s->n_rules++;
     }
     return MPK_OK;
@@ -453,6 +468,11 @@ static mpk_status parse_spec_fields(const cJSON *root, mpk_spec *s, const char *
     s->description = cJSON_IsString(desc) ? desc->valuestring : "";
     MPK_TRY(parse_strings(root, "model_types", s, &s->model_types, &s->n_model_types, where, err));
     MPK_TRY(parse_strings(root, "architectures", s, &s->architectures, &s->n_architectures, where, err));
+    const cJSON *sem = cJSON_GetObjectItemCaseSensitive(root, "semantics");
+    if (sem && (!cJSON_IsString(sem) || strcmp(sem->valuestring, "transformers") != 0))
+        MPK_FAIL(err, MPK_E_SPEC, where, "$.semantics: the only one is \"transformers\" (leave it out "
+                 "for moepack's own {capture} patterns)");
+    s->transformers = sem != NULL;
     MPK_TRY(parse_pass(root, s, where, err));
     MPK_TRY(parse_renames(root, s, where, err));
     MPK_TRY(parse_converters(root, s, where, err));
@@ -517,8 +537,12 @@ mpk_status mpk_spec_reverse(mpk_spec *s, mpk_spec **out, mpk_error *err)
         mpk_spec_free(r);
         MPK_FAIL(err, MPK_E_NOMEM, s->name, "out of memory");
     }
-    for (int i = 0; i < s->n_renames; i++)
-        r->renames[i] = (mpk_rename){s->renames[i].to, s->renames[i].from};
+    r->transformers = s->transformers;
+    for (int i = 0; i < s->n_renames; i++) { /* transformers: undone by the plan, kept as they are */
+        r->renames[i] = s->renames[i];
+        if (!s->transformers)
+            r->renames[i].from = s->renames[i].to, r->renames[i].to = s->renames[i].from;
+    }
     r->n_renames = s->n_renames;
     for (int i = 0; i < s->n_rules; i++) {
         const mpk_rule *f = &s->rules[i];
@@ -551,10 +575,12 @@ void mpk_spec_free(mpk_spec *s)
 {
     if (!s)
         return;
-    if (s->base)
+    if (s->base) {
         mpk_spec_free(s->base);
-    else
+    } else {
         cJSON_Delete(s->json);
+        plan_regex_free(s->regexes);
+    }
     mpk_arena_free(s->arena);
     free(s);
 }

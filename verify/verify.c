@@ -562,6 +562,8 @@ mpk_status mpk_verify_compare(const mpk_ckpt *src, const mpk_ckpt *dst, const mp
     } else {
         mpk_plan_opts o = *po;
         o.max_shard_size = 0;
+        if (spec->reversed && spec->transformers && !o.known_names)
+            o.known_names = &dst->by_name; /* which of the names a rename could undo to is dst's */
         if (s == MPK_OK)
             s = mpk_plan_build(src, spec, &o, &p, err);
         for (size_t i = 0; p && i < p->n_outs && s == MPK_OK; i++) {

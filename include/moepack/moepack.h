@@ -105,6 +105,9 @@ typedef enum mpk_status {
                                      (scale, zero point) the spec does not move with its weight, a
                                      quantization method moepack does not implement, or a model
                                      no preset fits; the message names them */
+    MPK_E_NOT_INVERTIBLE = 49,    /* a spec's renames are not undone exactly on this checkpoint's
+                                     names (two names become one, or the inverse gives another
+                                     name): unpack could not give the checkpoint back */
     MPK_STATUS_COUNT
 } mpk_status;
 
