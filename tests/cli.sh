@@ -274,13 +274,12 @@ if [ -d "$MATERIAL" ]; then
     mkdir -p "$rel"
     cp "$d/config.json" "$rel/"
     for f in "$d"/model.safetensors.index.json*; do cp "$f" "$rel/model.safetensors.index.json"; done
-    if [ "$name" = deepseek-ocr-2-deepseek_v2_moe ]; then  # deepseek_vl_v2 of another architecture (issue 46)
-      expect 1 "plan of $name refused: its architecture is no preset's" -- "$M" plan "$rel"
-      grep -q "DeepseekOCR2ForCausalLM" "$tmp/err" && grep -q -- "--spec" "$tmp/err" \
-        && echo "ok: ... names the architecture and --spec" || { echo "FAIL: OCR-2 refusal message" >&2; fails=$((fails + 1)); }
-      continue
-    fi
     expect 0 "plan of $name from its index alone" -- "$M" plan "$rel"
+    if [ "$name" = deepseek-ocr-2-deepseek_v2_moe ]; then  # deepseek_vl_v2, DeepseekOCR2ForCausalLM (issue 48)
+      grep -q "^preset: deepseek_ocr2" "$tmp/out" && grep -q -- "-> model.language_model.layers.1.mlp.experts.gate_up_proj$" "$tmp/out" \
+        && echo "ok: ... DeepSeek-OCR-2 planned with deepseek_ocr2 onto transformers' names" \
+        || { echo "FAIL: DeepSeek-OCR-2 not planned with deepseek_ocr2" >&2; fails=$((fails + 1)); }
+    fi
     if [ "$name" = granite-3.1-1b-a400m-granitemoe ]; then  # published fused: renamed as transformers v5 does
       grep -q "input_linear.weight$" "$tmp/out" && grep -q -- "-> model.layers.0.block_sparse_moe.experts.down_proj$" "$tmp/out" \
         && grep -q "router.layer.weight -> model.layers.0.block_sparse_moe.router.weight$" "$tmp/out" \

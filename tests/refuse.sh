@@ -2,8 +2,7 @@
 # refuse.sh MOEPACK — nothing half-converted, ever (issue 46, item 2): a tensor, a quantization
 # or a model the spec does not understand refuses plan/pack/unpack (exit 1, not-understood, every
 # offender named, nothing at DST) instead of passing through with exit 0; --pass-unknown copies
-# such tensors as they are and the summary lists them. The DeepSeek-OCR-2 case reads the shared
-# material (config.json + index) and is skipped, saying so, without /work/shared.
+# such tensors as they are and the summary lists them.
 set -u
 M=$1
 tmp=$(mktemp -d /tmp/mpk-refuse-XXXXXX)
@@ -162,24 +161,16 @@ says "model.layers.0.mlp.experts.3.w1.bias"
 nodst "$tmp/d5"
 expect 0 "unpack --pass-unknown passes it" -- "$M" unpack -q --pass-unknown "$tmp/p" "$tmp/d5"
 
-# 6. a model type shared by different models: DeepSeek-OCR-2 is deepseek_vl_v2 too
-ocr=/work/shared/safetensors-material/deepseek-ocr-2-deepseek_v2_moe
-if [ -f "$ocr/config.json" ] && [ -f "$ocr/model.safetensors.index.json" ]; then
-  expect 1 "plan refuses DeepSeek-OCR-2 (deepseek_vl_v2, DeepseekOCR2ForCausalLM)" -- "$M" plan "$ocr"
-  says "DeepseekOCR2ForCausalLM"
-  says "--spec"
-  says "deepseek_v2"
-else
-  echo "SKIP: DeepSeek-OCR-2 case: no $ocr (the shared material is not on this machine)"
-fi
+# 6. a model type shared by different models: DeepSeek-OCR-2 is deepseek_vl_v2 too, and has its
+# own preset (deepseek_ocr2, issue 48); an architecture no preset lists is refused
 # a synthetic DeepSeek-VL2-typed model with an architecture deepseek_v2 does not list
 "$M" synth --arch deepseek_v2 "$tmp/ds" >/dev/null || exit 1
 python3 -c "
 import json, sys
-c = json.load(open(sys.argv[1])); c['model_type'] = 'deepseek_vl_v2'; c['architectures'] = ['DeepseekOCR2ForCausalLM']
+c = json.load(open(sys.argv[1])); c['model_type'] = 'deepseek_vl_v2'; c['architectures'] = ['DeepseekVL9ForCausalLM']
 json.dump(c, open(sys.argv[1], 'w'))" "$tmp/ds/config.json"
 expect 1 "pack refuses a model type whose architecture no preset lists" -- "$M" pack -q "$tmp/ds" "$tmp/d6"
-says "not architecture DeepseekOCR2ForCausalLM"
+says "not architecture DeepseekVL9ForCausalLM"
 says "hint: write a spec for this model"
 nodst "$tmp/d6"
 expect 0 "... --preset deepseek_v2 names the preset that fits" -- "$M" pack -q --preset deepseek_v2 "$tmp/ds" "$tmp/d6"
