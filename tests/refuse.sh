@@ -175,5 +175,16 @@ says "hint: write a spec for this model"
 nodst "$tmp/d6"
 expect 0 "... --preset deepseek_v2 names the preset that fits" -- "$M" pack -q --preset deepseek_v2 "$tmp/ds" "$tmp/d6"
 
+# 7. a transformers-semantics preset whose renames several names undo to (issue 48): unpack picks
+# the one the source record holds; without the record it refuses, naming the candidates
+"$M" synth --arch deepseek_ocr2 "$tmp/o" >/dev/null || exit 1
+"$M" pack -q "$tmp/o" "$tmp/op" || exit 1
+rm "$tmp/op/moepack.source.zst"
+expect 1 "unpack without the source record refuses names its renames cannot tell apart" -- "$M" unpack -q "$tmp/op" "$tmp/d7"
+says "could have been named any of"
+says "'model.projector.layers.bias'"
+says "moepack.source.zst"
+nodst "$tmp/d7"
+
 echo "$fails failed"
 [ "$fails" = 0 ]
