@@ -323,36 +323,6 @@ static mpk_status match_captures(build *bd, const mpk_ckpt_tensor *t, bool *cons
     return MPK_OK;
 }
 
-/* The first rule (companions first) whose source regex matches name, the leftmost match of its
- * sources (ties to the first): transformers' first converter whose alternation matches. */
-static bool tf_first_match(const mpk_spec *spec, const char *name, int *rule, int *src, regoff_t *so,
-                           regoff_t *eo, const char **item, size_t *item_len)
-{
-    for (int pass = 0; pass < 2; pass++)
-        for (int ri = 0; ri < spec->n_rules; ri++) {
-            const mpk_rule *r = &spec->rules[ri];
-            if ((r->scale_of >= 0 || r->companion_of >= 0) != (pass == 0))
-                continue; /* companions first: their names extend the weights' */
-            *src = -1;
-            for (int si = 0; si < r->n_sources; si++) {
-                regoff_t s0, e0;
-                const char *g[2];
-                size_t gl[2];
-                if (!plan_regex_search(r->sources[si].rx, name, &s0, &e0, g, gl, r->sources[si].star) ||
-                    (*src >= 0 && s0 >= *so))
-                    continue;
-                *src = si, *so = s0, *eo = e0;
-                *item = r->sources[si].star ? g[1] : NULL;
-                *item_len = r->sources[si].star ? gl[1] : 0;
-            }
-            if (*src >= 0) {
-                *rule = ri;
-                return true;
-            }
-        }
-    return false;
-}
-
 /* A tensor (named mname after the renames) against a transformers spec's converters. */
 static mpk_status match_tf(build *bd, const mpk_ckpt_tensor *t, const char *mname, bool *consumed)
 {
@@ -362,7 +332,7 @@ static mpk_status match_tf(build *bd, const mpk_ckpt_tensor *t, const char *mnam
     regoff_t so, eo;
     const char *iv = NULL;
     size_t il = 0;
-    if (!tf_first_match(spec, mname, &ri, &si, &so, &eo, &iv, &il))
+    if (!plan_tf_first_match(spec, mname, &ri, &si, &so, &eo, &iv, &il))
         return MPK_OK;
     const mpk_rule *r = &spec->rules[ri];
     const mpk_pattern *sp = &r->sources[si];

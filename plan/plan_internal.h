@@ -67,6 +67,11 @@ const char *plan_rename_inverse(mpk_arena *a, const char *from, const char *to, 
                                 const char **inv_to);
 /* name with cut bytes at offset at replaced by ins (ins_len bytes), in a; NULL out of memory. */
 char *plan_splice(mpk_arena *a, const char *name, size_t at, size_t cut, const char *ins, size_t ins_len);
+/* The first rule of a transformers spec (companions first) whose source regex matches name,
+ * the leftmost match among its sources (ties to the first): transformers' first converter whose
+ * alternation matches. *rule, *src, the match [*so, *eo) and the list index's text (NULL: none). */
+bool plan_tf_first_match(const mpk_spec *spec, const char *name, int *rule, int *src, regoff_t *so,
+                         regoff_t *eo, const char **item, size_t *item_len);
 /* One member m's rename (or its inverse) on name; NULL when it does not apply (*why set when its
  * replacement names a group that took no part). */
 char *plan_rename_member(mpk_arena *a, const mpk_spec *s, int m, bool inverse, const char *name, const char **why);
