@@ -718,18 +718,16 @@ static void test_not_understood(void **state)
     assert_non_null(strstr(err.msg, "'deepseek_ocr2'")); /* both presets that have the type */
     assert_non_null(strstr(err.msg, "mixtral"));         /* the presets are listed */
     mpk_config_free(&cfg);
-    const char *ocr2 = "{\"model_type\":\"deepseek_vl_v2\",\"architectures\":[\"DeepseekOCR2ForCausalLM\"]}";
-    assert_int_equal(mpk_config_parse(ocr2, strlen(ocr2), "config.json", &cfg, &err), MPK_OK);
-    assert_int_equal(mpk_preset_load("auto", &cfg, &s, &err), MPK_OK);
-    assert_string_equal(s->name, "deepseek_ocr2");
-    mpk_spec_free(s);
-    mpk_config_free(&cfg);
-    const char *vl2 = "{\"model_type\":\"deepseek_vl_v2\",\"architectures\":[\"DeepseekVLV2ForCausalLM\"]}";
-    assert_int_equal(mpk_config_parse(vl2, strlen(vl2), "config.json", &cfg, &err), MPK_OK);
-    assert_int_equal(mpk_preset_load("auto", &cfg, &s, &err), MPK_OK);
-    assert_string_equal(s->name, "deepseek_v2");
-    mpk_spec_free(s);
-    mpk_config_free(&cfg);
+    static const char *const fits[][2] = { /* architecture, the preset auto picks */
+        {"DeepseekOCR2ForCausalLM", "deepseek_ocr2"}, {"DeepseekVLV2ForCausalLM", "deepseek_v2"}};
+    for (size_t i = 0; i < 2; i++) {
+        const char *js = tu_fmt("{\"model_type\":\"deepseek_vl_v2\",\"architectures\":[\"%s\"]}", fits[i][0]);
+        assert_int_equal(mpk_config_parse(js, strlen(js), "config.json", &cfg, &err), MPK_OK);
+        assert_int_equal(mpk_preset_load("auto", &cfg, &s, &err), MPK_OK);
+        assert_string_equal(s->name, fits[i][1]);
+        mpk_spec_free(s);
+        mpk_config_free(&cfg);
+    }
     mpk_ckpt_close(c);
     tu_rmrf(dir);
 }
