@@ -355,13 +355,56 @@ static void test_refusals(void **state)
     assert_string_equal(mpk_status_str(MPK_E_NOT_INVERTIBLE), "not-invertible");
 }
 
+/* Step 3.7's fused FP8 experts: the weights and their _scale_inv grids both reach transformers'
+ * names (the grids of gate/up through the companion rule, tried before the rule it follows, whose
+ * pattern also matches them; down's through the mapping's own rename). */
+static void test_step3p7_fp8_names(void **state)
+{
+    (void)state;
+    const char *names[] = {"model.layers.0.moe.gate_proj.weight", "model.layers.0.moe.up_proj.weight",
+                           "model.layers.0.moe.down_proj.weight", "model.layers.0.moe.gate_proj.weight_scale_inv",
+                           "model.layers.0.moe.up_proj.weight_scale_inv", "model.layers.0.moe.down_proj.weight_scale_inv",
+                           "model.layers.0.moe.router_bias", "vit_large_projector.weight", NULL};
+    const char *want[] = {"model.language_model.layers.0.mlp.experts.gate_up_proj",
+                          "model.language_model.layers.0.mlp.experts.down_proj",
+                          "model.language_model.layers.0.mlp.experts.gate_up_proj_scale_inv",
+                          "model.language_model.layers.0.mlp.experts.down_proj_scale_inv",
+                          "model.language_model.layers.0.mlp.gate.e_score_correction_bias",
+                          "model.multi_modal_projector.weight", NULL};
+    size_t i = 0;
+    while (strcmp(mpk_presets[i].name, "step3p7") != 0)
+        i++;
+    expect_names(mpk_presets[i].json, false, NULL, names, want);
+    expect_names(mpk_presets[i].json, true, NULL, want, names);
+}
+
+/* Every embedded transformers preset's renames can be undone (unpack could not work otherwise). */
+static void test_presets_invertible(void **state)
+{
+    (void)state;
+    int n_tf = 0;
+    for (size_t i = 0; i < mpk_n_presets; i++) {
+        mpk_spec *s = NULL;
+        mpk_error err = {0};
+        assert_int_equal(mpk_spec_parse(mpk_presets[i].json, strlen(mpk_presets[i].json), mpk_presets[i].name, &s,
+                                        &err), MPK_OK);
+        n_tf += s->transformers;
+        for (int k = 0; k < s->n_renames; k++)
+            if (s->transformers && s->renames[k].kind == MPK_RENAME_REGEX && s->renames[k].inv_why)
+                fail_msg("%s %s ('%s'): %s", s->name, s->renames[k].path, s->renames[k].from, s->renames[k].inv_why);
+        mpk_spec_free(s);
+    }
+    assert_true(n_tf >= 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_regex_translation),  cmocka_unit_test(test_inverse_derivation),
         cmocka_unit_test(test_group_renames_do_not_chain), cmocka_unit_test(test_regex_renames),
         cmocka_unit_test(test_first_converter_wins), cmocka_unit_test(test_prefix_change),
-        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_refusals), cmocka_unit_test(test_step3p7_fp8_names),
+        cmocka_unit_test(test_presets_invertible),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
