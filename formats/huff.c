@@ -249,7 +249,16 @@ static uint64_t rd64_safe(const uint8_t *src, size_t zn, size_t p)
         o##S += (e_ >> 8) & 0xFF;                                                                  \
     } while (0)
 #define REFILL(S) v##S = rd64(src + (p##S >> 3)) >> (p##S & 7)
-#define ROOM(S) (e##S - o##S >= 20 && (p##S >> 3) + 8 <= zn)
+/* The fewer of k and the steps stream S has room for: 16 symbols out (and 4 bytes written past
+ * them) and 6 bytes read on (44 bits, from any bit of a byte) from 8 readable bytes. */
+#define STEPS(S, k) steps(e##S - o##S, p##S, zn, k)
+
+static size_t steps(ptrdiff_t room, size_t p, size_t zn, size_t k)
+{
+    size_t out = room >= 20 ? (size_t)(room - 20) / 16 + 1 : 0, in = (p >> 3) + 8 <= zn ? (zn - 8 - (p >> 3)) / 6 + 1 : 0;
+    out = out < in ? out : in;
+    return out < k ? out : k;
+}
 
 /* The fast loop: while every stream has room for a step's 16 symbols (+ 4 written past them) and
  * 8 bytes to read (a stream may read on into the next one's bytes; where it should not have, its
@@ -261,15 +270,16 @@ static void decode_fast(const uint8_t *src, size_t zn, const uint64_t *multi, si
     uint8_t *o0 = out[0], *o1 = out[1], *o2 = out[2], *o3 = out[3];
     uint8_t *const e0 = end[0], *const e1 = end[1], *const e2 = end[2], *const e3 = end[3];
     uint64_t v0, v1, v2, v3;
-    while (ROOM(0) && ROOM(1) && ROOM(2) && ROOM(3)) {
-        REFILL(0), REFILL(1), REFILL(2), REFILL(3);
-        for (int j = 0; j < 4; j++) {
-            LOOKUP(0);
-            LOOKUP(1);
-            LOOKUP(2);
-            LOOKUP(3);
+    for (size_t k; (k = STEPS(0, SIZE_MAX), k = STEPS(1, k), k = STEPS(2, k), k = STEPS(3, k)) > 0;)
+        for (; k; k--) { /* k steps every stream can take unchecked */
+            REFILL(0), REFILL(1), REFILL(2), REFILL(3);
+            for (int j = 0; j < 4; j++) {
+                LOOKUP(0);
+                LOOKUP(1);
+                LOOKUP(2);
+                LOOKUP(3);
+            }
         }
-    }
     pos[0] = p0, pos[1] = p1, pos[2] = p2, pos[3] = p3;
     out[0] = o0, out[1] = o1, out[2] = o2, out[3] = o3;
 }
