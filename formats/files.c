@@ -94,7 +94,8 @@ mpk_status mpk_open_regular(const char *path, int *fd_out, struct stat *st_out, 
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return mpk_error_set(err, MPK_E_IO, 0, path, "not a regular file (a %s)",
+        /* a directory is EISDIR (what read(2) would say); a FIFO, socket or device none */
+        return mpk_error_set(err, MPK_E_IO, S_ISDIR(st.st_mode) ? EISDIR : 0, path, "not a regular file (a %s)",
                              S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO"
                              : S_ISSOCK(st.st_mode) ? "socket" : "device");
     }

@@ -38,7 +38,7 @@ class Binding(unittest.TestCase):
         moepack.unpack(self.path("packed"), self.path("back"))
         self.assertTrue(moepack.verify(self.src, self.path("packed"))["identical"])
         self.assertTrue(moepack.verify(self.path("packed"))["identical"])  # its manifest
-        a, b = moepack.hash(self.src), moepack.hash(self.path("back"))
+        a, b = moepack.hash_file(self.src), moepack.hash_file(self.path("back"))
         self.assertEqual(a["digest"], b["digest"])
         self.assertEqual(len(a["tensors"]), moepack.inspect(self.src)["tensor_count"])
 
@@ -110,8 +110,8 @@ class Binding(unittest.TestCase):
             "compress src": lambda v: moepack.compress(v, out),
             "decompress dst": lambda v: moepack.decompress(self.src, v),
             "inspect": lambda v: moepack.inspect(v),
-            "hash": lambda v: moepack.hash(v),
-            "hash write": lambda v: moepack.hash(v, write=True),
+            "hash": lambda v: moepack.hash_file(v),
+            "hash write": lambda v: moepack.hash_file(v, write=True),
             "verify one": lambda v: moepack.verify(v),
             "verify src": lambda v: moepack.verify(v, self.src),
             "verify dst": lambda v: moepack.verify(self.src, v),
@@ -152,8 +152,11 @@ class Binding(unittest.TestCase):
         for kw in ({"io": "mmap"}, {"quantize": "int4"}, {"io": "auto\0"}):
             with self.subTest(kw=kw), self.assertRaises(ValueError):
                 moepack.pack(self.src, out, **kw)
-        for kw in ({"level": None}, {"chunk_size": "4M"}):
+        for kw in ({"level": None}, {"chunk_size": [4]}, {"chunk_size": None}):
             with self.subTest(kw=kw), self.assertRaises(TypeError):
+                moepack.compress(self.src, out, **kw)
+        for kw in ({"chunk_size": "4 parsecs"}, {"chunk_size": "4mib"}, {"chunk_size": "M"}):
+            with self.subTest(kw=kw), self.assertRaises(ValueError):
                 moepack.compress(self.src, out, **kw)
         with self.assertRaises(OverflowError):
             moepack.compress(self.src, out, chunk_size=-8)
@@ -442,7 +445,7 @@ class Compressed(unittest.TestCase):
             self.assertEqual(sha(os.path.join(back, f)), sha(os.path.join(self.src, f)), f)
 
     def test_commands_read_compressed_checkpoints(self):
-        self.assertEqual(moepack.hash(self.z)["digest"], moepack.hash(self.src)["digest"])
+        self.assertEqual(moepack.hash_file(self.z)["digest"], moepack.hash_file(self.src)["digest"])
         self.assertEqual(moepack.inspect(self.z)["tensor_count"], moepack.inspect(self.src)["tensor_count"])
         self.assertTrue(moepack.diff(self.src, self.z)["identical"])
         packed = os.path.join(self.root, "packed-from-z")
@@ -520,7 +523,7 @@ class Compressed(unittest.TestCase):
         msg = self.broken("corrupt", flip)
         self.assertRegex(msg, r"tensor '.*': chunk \d+")
         with self.assertRaises(moepack.Error) as cm:  # read in place, the same error
-            moepack.hash(os.path.join(self.root, "corrupt"))
+            moepack.hash_file(os.path.join(self.root, "corrupt"))
         self.assertEqual(cm.exception.status, "bad-container")
 
     def test_truncated(self):

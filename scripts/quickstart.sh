@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
 
-pkgs="build-essential meson ninja-build pkg-config libzstd-dev libcjson-dev libxxhash-dev liburing-dev libcmocka-dev openmpi-bin libopenmpi-dev"
+pkgs="build-essential meson ninja-build pkg-config libzstd-dev libcjson-dev libxxhash-dev liburing-dev libcmocka-dev openmpi-bin libopenmpi-dev python3-numpy python3-setuptools python3-pip"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

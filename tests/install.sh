@@ -67,3 +67,50 @@ else
 fi
 # the binding, over the installed library
 MOEPACK_LIB=$so/libmoepack.so python3 "$srcroot/python/test_moepack.py" Binding 2>&1 | tail -3
+# The Python package as `meson install` put it (issue 50, item 1): a process with nothing set
+# but PYTHONPATH naming that site folder imports it, loads the installed library by the path
+# the install recorded (found again under DESTDIR relative to the package) and packs.
+py=${PYTHON:-python3}
+lp=$(find "$root" -path '*/moepack/_libpath.py' | head -1)
+[ -n "$lp" ] || { echo "install.sh: the moepack Python package was not installed" >&2; exit 1; }
+site=$(dirname "$(dirname "$lp")")
+check='import moepack, sys
+lib = moepack._native.lib._name
+assert lib.startswith(sys.argv[1]), "loaded " + lib + ", not the library under " + sys.argv[1]
+moepack.synth(sys.argv[2], "qwen3_moe", experts=4, hidden=32, intermediate=16)
+moepack.pack(sys.argv[2], sys.argv[3])
+assert moepack.verify(sys.argv[2], sys.argv[3])["identical"]
+print("python: import moepack", moepack.version(), "from", moepack.__file__, "over", lib, "packs")'
+(cd "$tmp" && env -i PATH=/usr/bin:/bin PYTHONPATH="$site" "$py" -c "$check" "$root" "$tmp/py-src" "$tmp/py-packed")
+# no library to be found: an ImportError saying what to do (not a raw OSError)
+if ldconfig -p 2>/dev/null | grep -q 'libmoepack\.so\.0'; then
+  echo "install.sh: SKIPPED the ImportError check: libmoepack.so.0 is installed system-wide here"
+else
+  if (cd "$tmp" && env -i PATH=/usr/bin:/bin PYTHONPATH="$srcroot/python" "$py" -c 'import moepack' 2>"$tmp/imp"); then
+    echo "install.sh: import moepack worked with no library" >&2; exit 1
+  fi
+  grep -q '^ImportError: moepack: cannot load the libmoepack shared library.*MOEPACK_LIB' "$tmp/imp" ||
+    { echo "install.sh: import moepack without a library:" >&2; cat "$tmp/imp" >&2; exit 1; }
+  echo "python: import moepack without a library: $(tail -1 "$tmp/imp" | cut -c1-100)..."
+fi
+# pip install ./python, offline (no build isolation: Debian's setuptools), into a target folder,
+# the library found once by pkg-config (the installed moepack.pc, moved under $root) and once by
+# MOEPACK_LIB; then imported with nothing set
+if ! "$py" -m pip --version >/dev/null 2>&1 || ! "$py" -c 'import setuptools' 2>/dev/null; then
+  echo "install.sh: SKIPPED pip install ./python: $py has no pip or no setuptools (Debian: python3-pip, python3-setuptools)"
+  exit 0
+fi
+for how in pkg-config MOEPACK_LIB; do
+  rm -rf "$tmp/pysrc" "$tmp/pip-$how"
+  cp -r "$srcroot/python" "$tmp/pysrc" # (pip builds in the tree it is given)
+  if [ $how = pkg-config ]; then
+    env -u MOEPACK_LIB PKG_CONFIG_PATH="$tmp/pc" "$py" -m pip install -q --no-build-isolation --no-deps --no-index \
+      --disable-pip-version-check --target "$tmp/pip-$how" "$tmp/pysrc" >"$tmp/pip.log" 2>&1
+  else
+    MOEPACK_LIB=$so/libmoepack.so.0 PKG_CONFIG_PATH=/nonexistent "$py" -m pip install -q --no-build-isolation \
+      --no-deps --no-index --disable-pip-version-check --target "$tmp/pip-$how" "$tmp/pysrc" >"$tmp/pip.log" 2>&1
+  fi || { echo "install.sh: pip install ./python ($how) failed:" >&2; cat "$tmp/pip.log" >&2; exit 1; }
+  rm -rf "$tmp/py-packed"
+  (cd "$tmp" && env -i PATH=/usr/bin:/bin PYTHONPATH="$tmp/pip-$how" "$py" -c "$check" "$root" "$tmp/py-src2-$how" \
+    "$tmp/py-packed") | sed "s/^python:/pip install ($how):/"
+done
