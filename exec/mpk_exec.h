@@ -91,6 +91,23 @@ typedef struct mpk_exec_stats {
 mpk_status mpk_exec(const mpk_plan *plan, const char *dst, const mpk_exec_opts *opts,
                     mpk_exec_stats *stats, mpk_error *err);
 
+/* ---------------------------------------------------------------- reading outputs in place */
+
+/* A plan's outputs read without writing them (exec/view.c): each computed from its sources,
+ * as mpk_exec would write it, into the caller's buffer. The plan (and its source checkpoint)
+ * must outlive the reader. */
+typedef struct mpk_exec_reader mpk_exec_reader;
+/* Errors: MPK_E_NOMEM, MPK_E_IO (no I/O engine). Owned by the caller: mpk_exec_reader_close. */
+mpk_status mpk_exec_reader_open(const mpk_plan *p, mpk_io_backend io, mpk_exec_reader **out, mpk_error *err);
+/* Bytes [off, off + len) of output i (p->outs[i]) into buf. Memory beyond buf: the kernels'
+ * blocks for that range (a transposed slab, a dequantized row), and one block of the range when
+ * it does not start and end on a kernel's granule. Errors: MPK_E_USAGE (past its end), MPK_E_IO,
+ * MPK_E_CONTAINER, MPK_E_NOMEM. Thread-safe (one read at a time). */
+mpk_status mpk_exec_reader_read(mpk_exec_reader *r, size_t i, uint64_t off, uint64_t len, void *buf,
+                                mpk_error *err);
+/* NULL-safe. */
+void mpk_exec_reader_close(mpk_exec_reader *r);
+
 #ifdef __cplusplus
 }
 #endif

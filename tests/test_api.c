@@ -141,6 +141,77 @@ static void test_packed_layout_read_back(void **state)
     mpk_ckpt_close(packed);
 }
 
+/* Each tensor of view v equals the one of checkpoint c (names, dtype, shape, bytes), read whole
+ * and in two unaligned pieces. */
+static void view_equals(const mpk_view *v, const mpk_ckpt *c)
+{
+    mpk_error err = {0};
+    assert_int_equal(mpk_view_tensor_count(v), mpk_ckpt_tensor_count(c));
+    for (size_t i = 0; i < mpk_view_tensor_count(v); i++) {
+        mpk_tensor_desc d, w;
+        assert_true(mpk_view_tensor_at(v, i, &d));
+        assert_true(mpk_ckpt_find_tensor(c, d.name, &w));
+        assert_int_equal(d.dtype, w.dtype);
+        assert_int_equal(d.ndim, w.ndim);
+        assert_memory_equal(d.shape, w.shape, sizeof d.shape);
+        char *a = malloc(d.nbytes + 1), *b = malloc(d.nbytes + 1);
+        assert_int_equal(mpk_ckpt_read_tensor(c, d.name, 0, w.nbytes, a, &err), MPK_OK);
+        assert_int_equal(mpk_view_read(v, d.name, 0, d.nbytes, b, &err), MPK_OK);
+        assert_memory_equal(a, b, d.nbytes);
+        uint64_t cut = d.nbytes / 3 + 1; /* (odd: inside an element) */
+        memset(b, 0, d.nbytes);
+        assert_int_equal(mpk_view_read(v, d.name, cut, d.nbytes - cut, b + cut, &err), MPK_OK);
+        assert_int_equal(mpk_view_read(v, d.name, 0, cut, b, &err), MPK_OK);
+        assert_memory_equal(a, b, d.nbytes);
+        free(a);
+        free(b);
+    }
+}
+
+/* mpk_view_open: the packed view of the per-expert source is what mpk_convert wrote, the
+ * per-expert view of that is the source again, a view in the layout a checkpoint has is it. */
+static void test_views(void **state)
+{
+    mpk_error err = {0};
+    mpk_ckpt *src, *packed;
+    mpk_view *v;
+    assert_int_equal(mpk_ckpt_open(path("src"), &src, &err), MPK_OK);
+    assert_int_equal(mpk_ckpt_open(path("packed"), &packed, &err), MPK_OK);
+    assert_int_equal(mpk_view_open(path("src"), "packed", NULL, &v, &err), MPK_OK);
+    assert_string_equal(mpk_view_layout(v), "packed");
+    view_equals(v, packed);
+    mpk_tensor_desc d;
+    assert_true(mpk_view_find_tensor(v, "model.layers.1.mlp.experts.gate_up_proj", &d));
+    assert_null(d.file); /* computed, in no file */
+    assert_false(mpk_view_find_tensor(v, "model.layers.1.block_sparse_moe.experts.0.w1.weight", &d));
+    char b[4];
+    assert_int_equal(mpk_view_read(v, "no.such.tensor", 0, 1, b, &err), MPK_E_NOT_FOUND);
+    assert_int_equal(mpk_view_read(v, "model.layers.1.mlp.experts.gate_up_proj", 4 * 32 * 32 * 2 - 1, 2, b, &err),
+                     MPK_E_USAGE);
+    const char *k, *val;
+    assert_int_equal(mpk_view_metadata_count(v), 2);
+    assert_true(mpk_view_metadata_at(v, 1, &k, &val));
+    assert_string_equal(k, "moepack_layout");
+    assert_string_equal(val, "packed");
+    assert_false(mpk_view_metadata_at(v, 2, &k, &val));
+    mpk_view_close(v);
+    assert_int_equal(mpk_view_open(path("packed"), "per-expert", NULL, &v, &err), MPK_OK);
+    view_equals(v, src);
+    mpk_view_close(v);
+    assert_int_equal(mpk_view_open(path("packed"), "packed", NULL, &v, &err), MPK_OK); /* as stored */
+    view_equals(v, packed);
+    assert_true(mpk_view_find_tensor(v, "model.layers.1.mlp.experts.gate_up_proj", &d));
+    assert_non_null(d.file);
+    mpk_view_close(v);
+    assert_int_equal(mpk_view_open(path("src"), "stacked", NULL, &v, &err), MPK_E_USAGE);
+    assert_null(v);
+    assert_int_equal(mpk_view_open(path("absent"), "packed", NULL, &v, &err), MPK_E_NOT_FOUND);
+    assert_int_equal(mpk_view_open(path("src"), "packed", "no-such-preset", &v, &err), MPK_E_PRESET);
+    mpk_view_close(NULL);
+    mpk_ckpt_close(src);
+    mpk_ckpt_close(packed);
+}
+
 static void test_inspect_and_plan(void **state)
 {
     mpk_error err = {0};
@@ -358,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_inspect_and_plan),      cmocka_unit_test(test_progress_and_cancel),
         cmocka_unit_test(test_request_errors),        cmocka_unit_test(test_diff_finds_a_change),
         cmocka_unit_test(test_presets_and_status),    cmocka_unit_test(test_only_the_api_is_exported),
+        cmocka_unit_test(test_views),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -258,6 +258,39 @@ MPK_API bool mpk_ckpt_find_tensor(const mpk_ckpt *c, const char *name, mpk_tenso
 MPK_API mpk_status mpk_ckpt_read_tensor(const mpk_ckpt *c, const char *name, uint64_t off, uint64_t len,
                                         void *buf, mpk_error *err);
 
+/* A checkpoint read tensor by tensor in the expert layout a loader wants, whichever it is stored
+ * in, with nothing written: layout "packed" of a per-expert checkpoint lists and reads the
+ * tensors mpk_convert would write packing it (gate_up_proj built on the fly), "per-expert" of a
+ * packed one those unpacking writes (experts.3.up_proj.weight computed from the packed ones
+ * through the preset's reversed ops); names, dtypes, shapes and bytes equal to those files'.
+ * A checkpoint already in that layout (or with no experts), or layout NULL or "": as stored,
+ * as mpk_ckpt_open reads it (.mpkz containers in place). spec: as mpk_convert_req's (NULL: the
+ * preset of config.json). Memory: a read holds the range asked for, plus the kernels' blocks of
+ * it (a transposed or dequantized slab); a checkpoint's plan, never its data. Errors: MPK_E_USAGE
+ * (another layout word), mpk_ckpt_open's, mpk_plan_create's (MPK_E_PRESET, MPK_E_NOT_UNDERSTOOD,
+ * ...), MPK_E_NOMEM. *out owned by the caller: mpk_view_close(). Thread-safe on a const view. */
+typedef struct mpk_view mpk_view;
+MPK_API mpk_status mpk_view_open(const char *path, const char *layout, const char *spec, mpk_view **out,
+                                 mpk_error *err);
+/* NULL-safe. */
+MPK_API void mpk_view_close(mpk_view *v);
+/* The view's expert layout: "packed", "per-expert", or "none" (no experts, or a mixed checkpoint
+ * read as stored). Static storage. */
+MPK_API const char *mpk_view_layout(const mpk_view *v);
+/* Its tensors, in natural name order (file: the shard holding it; NULL for a computed one). */
+MPK_API size_t mpk_view_tensor_count(const mpk_view *v);
+MPK_API bool mpk_view_tensor_at(const mpk_view *v, size_t i, mpk_tensor_desc *out);
+MPK_API bool mpk_view_find_tensor(const mpk_view *v, const char *name, mpk_tensor_desc *out);
+/* Reads len bytes at byte offset off of the named tensor into buf, computing them when the view
+ * does. Errors: MPK_E_NOT_FOUND (no such tensor), MPK_E_USAGE (range past its end), MPK_E_IO,
+ * MPK_E_CONTAINER, MPK_E_NOMEM. */
+MPK_API mpk_status mpk_view_read(const mpk_view *v, const char *name, uint64_t off, uint64_t len, void *buf,
+                                 mpk_error *err);
+/* The __metadata__ of its first shard (a computed view: the one mpk_convert writes), pair i:
+ * false when i is out of range. Borrowed from the view. */
+MPK_API size_t mpk_view_metadata_count(const mpk_view *v);
+MPK_API bool mpk_view_metadata_at(const mpk_view *v, size_t i, const char **key, const char **value);
+
 /* ---------------------------------------------------------------- specs and presets */
 
 typedef struct mpk_spec mpk_spec;

@@ -26,11 +26,12 @@ from ._native import (CompareReq as _CompareReq, CompressReq as _CompressReq, Co
                       lib as _lib, libc as _libc)
 from .errors import (DestinationExists, Error, IOFailure, IsADirectory, NotFound, OutOfMemory, PermissionDenied,
                      UsageError, VerificationFailed, from_c as _from_c)
+from .tensors import CheckpointReader, TensorSlice, open  # noqa: A004 (not in __all__: the built-in open stays)
 
 # no name here shadows a built-in (from moepack import * leaves hash and open alone): hash_file,
 # and moepack.open, reached by its module's name
 __all__ = ["Error", "NotFound", "DestinationExists", "PermissionDenied", "IsADirectory", "UsageError",
-           "OutOfMemory", "IOFailure", "VerificationFailed",
+           "OutOfMemory", "IOFailure", "VerificationFailed", "CheckpointReader", "TensorSlice",
            "pack", "unpack", "convert", "compress", "decompress", "inspect", "hash_file", "verify", "diff", "synth",
            "presets", "version", "features", "resolve"]
 

@@ -134,6 +134,6 @@ _VIEW_PROTOS = [  # lib/view.c: checkpoints read tensor by tensor, in either lay
     ("mpk_view_metadata_count", _SZ, [P]),
     ("mpk_view_metadata_at", ctypes.c_bool, [P, _SZ, ctypes.POINTER(_STR), ctypes.POINTER(_STR)]),
 ]
-for _name, _res, _args in _PROTOS:
+for _name, _res, _args in _PROTOS + _VIEW_PROTOS:
     _fn = getattr(lib, _name)
     _fn.restype, _fn.argtypes = _res, _args

@@ -34,11 +34,35 @@ class Errors(Scratch):
             self.assertIsInstance(e, moepack.DestinationExists)
             self.assertEqual(e.status, "destination-exists")
             self.assertEqual(e.file, dst)
-            # the hint in keyword-argument terms, never the command line's
-            self.assertNotIn("--force", str(e))
-            self.assertIn("force=True", str(e))
+            self.assertNotIn("--force", str(e))  # never the command line's terms
         finally:
             os.rmdir(dst)
+
+    @unittest.skipUnless(hasattr(moepack._native.lib, "mpk_field_name"),
+                         "this libmoepack does not say which request field a hint is about (issue 47)")
+    def test_hint_names_the_keyword_argument(self):
+        dst = self.path("exists-hint")
+        os.mkdir(dst)
+        try:
+            with self.assertRaises(moepack.DestinationExists) as cm:
+                moepack.pack(self.src, dst)
+            self.assertEqual(cm.exception.hint, "pass force=True to replace the checkpoint there")
+            self.assertIn("force=True", str(cm.exception))
+            with self.assertRaises(moepack.Error) as cm:  # a tensor the spec does not understand
+                moepack.pack(self.stray(), self.path("never"))
+            self.assertEqual(cm.exception.status, "not-understood")
+            self.assertIn("pass_unknown=True", str(cm.exception))
+            self.assertNotIn("--pass-unknown", str(cm.exception))
+        finally:
+            os.rmdir(dst)
+
+    def stray(self):
+        """src with one per-expert tensor no rule of the preset takes."""
+        src = self.path("stray")
+        if not os.path.exists(src):
+            moepack.synth(src, "qwen3_moe", experts=2, hidden=32, intermediate=16, layers=1, shards=1)
+            rename_first_expert_tensor(os.path.join(src, "model.safetensors"))
+        return src
 
     def test_permission_denied_is_permission_error(self):
         """A shard the caller may not read. Root reads every file: as root, the check runs in a
@@ -115,6 +139,16 @@ class Errors(Scratch):
         self.assertEqual(e.status, "unknown-dtype")
         self.assertEqual(e.file, shard)
         self.assertEqual(e.tensor, broken)
+
+
+def rename_first_expert_tensor(shard):
+    """Gives layer 0's q_proj (in place, a name of the same length) a per-expert name no rule of
+    the preset takes."""
+    old, new = b"model.layers.0.self_attn.q_proj.weight", b"model.layers.0.mlp.experts.0.zq.weight"
+    with open(shard, "r+b") as f:
+        head = f.read(int.from_bytes(f.read(8), "little"))
+        f.seek(8 + head.index(old))
+        f.write(new)
 
 
 class Arguments(Scratch):
