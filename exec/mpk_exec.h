@@ -93,7 +93,7 @@ mpk_status mpk_exec(const mpk_plan *plan, const char *dst, const mpk_exec_opts *
 
 /* ---------------------------------------------------------------- reading outputs in place */
 
-/* A plan's outputs read without writing them (exec/view.c): each computed from its sources,
+/* A plan's outputs read without writing them (exec/readout.c): each computed from its sources,
  * as mpk_exec would write it, into the caller's buffer. The plan (and its source checkpoint)
  * must outlive the reader. */
 typedef struct mpk_exec_reader mpk_exec_reader;

@@ -1,6 +1,6 @@
 /* view.c — a checkpoint read tensor by tensor, as stored or in the other expert layout
  * (mpk_view_open, moepack.h): the other layout is the plan mpk_convert would execute (pack for
- * "packed", unpack for "per-expert"), its outputs computed when read (exec/view.c), nothing
+ * "packed", unpack for "per-expert"), its outputs computed when read (exec/readout.c), nothing
  * written. A loader can so read either layout from either. */
 #include "lib_internal.h"
 

@@ -38,15 +38,13 @@ class Errors(Scratch):
         finally:
             os.rmdir(dst)
 
-    @unittest.skipUnless(hasattr(moepack._native.lib, "mpk_field_name"),
-                         "this libmoepack does not say which request field a hint is about (issue 47)")
     def test_hint_names_the_keyword_argument(self):
         dst = self.path("exists-hint")
         os.mkdir(dst)
         try:
             with self.assertRaises(moepack.DestinationExists) as cm:
                 moepack.pack(self.src, dst)
-            self.assertEqual(cm.exception.hint, "pass force=True to replace the checkpoint there")
+            self.assertEqual((cm.exception.field, cm.exception.hint), ("force", "pass force=True to replace it"))
             self.assertIn("force=True", str(cm.exception))
             with self.assertRaises(moepack.Error) as cm:  # a tensor the spec does not understand
                 moepack.pack(self.stray(), self.path("never"))

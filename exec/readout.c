@@ -1,4 +1,4 @@
-/* view.c — a plan's outputs read without writing them (lib/view.c: moepack.open(..., layout=)):
+/* readout.c — a plan's outputs read without writing them (lib/view.c: moepack.open(..., layout=)):
  * the node graph mpk_exec builds (graph.c), each output read through it (nodes.c) into the
  * caller's buffer: byte-permutation ops as ranged reads of the sources, computed nodes through
  * their kernels. Nothing is staged, nothing is written. */
