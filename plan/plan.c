@@ -332,7 +332,7 @@ static mpk_status match_tf(build *bd, const mpk_ckpt_tensor *t, const char *mnam
     regoff_t so, eo;
     const char *iv = NULL;
     size_t il = 0;
-    if (!plan_tf_first_match(spec, mname, &ri, &si, &so, &eo, &iv, &il))
+    if (!plan_tf_first_match(spec, false, mname, &ri, &si, &so, &eo, &iv, &il))
         return MPK_OK;
     const mpk_rule *r = &spec->rules[ri];
     const mpk_pattern *sp = &r->sources[si];
@@ -504,6 +504,7 @@ static mpk_status undo_renames(mpk_plan *p, const mpk_spec *spec, const mpk_plan
         return mpk_error_set(err, MPK_E_NOMEM, 0, p->src->dir, "out of memory");
     for (size_t i = 0; i < p->n_outs; i++)
         names[i] = p->outs[i].name;
+    MPK_TRY(plan_tf_check_round(p, spec, names, err));
     MPK_TRY(plan_renames_checked(p->arena, spec, true, names, p->n_outs, opts->known_names, out, err));
     for (size_t i = 0; i < p->n_outs; i++)
         p->outs[i].name = out[i];
@@ -571,8 +572,14 @@ static mpk_status build_outputs(build *bd)
     for (size_t i = 0; i < p->n_outs; i++)
         if (!p->outs[i].name)
             return mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
-    if (spec->transformers && spec->reversed && spec->n_renames) /* unpacking: the renames undone last */
+    if (spec->transformers && spec->reversed) /* unpacking: checked, then the renames undone last */
         MPK_TRY(undo_renames(p, spec, opts, err));
+    else if (spec->transformers) { /* packing: what unpack will do with every name, checked */
+        const char **names = mpk_arena_alloc(p->arena, sizeof *names * (p->n_outs + 1));
+        for (size_t i = 0; names && i < p->n_outs; i++)
+            names[i] = p->outs[i].name;
+        MPK_TRY(names ? plan_tf_check_round(p, spec, names, err) : mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory"));
+    }
     for (size_t i = 0; i < p->n_outs; i++) {
         mpk_plan_out *o = &p->outs[i];
         if (mpk_tensor_nbytes(o->meta.dtype, o->meta.shape, o->meta.ndim, &o->nbytes) != MPK_OK ||

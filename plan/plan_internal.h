@@ -67,11 +67,16 @@ const char *plan_rename_inverse(mpk_arena *a, const char *from, const char *to, 
                                 const char **inv_to);
 /* name with cut bytes at offset at replaced by ins (ins_len bytes), in a; NULL out of memory. */
 char *plan_splice(mpk_arena *a, const char *name, size_t at, size_t cut, const char *ins, size_t ins_len);
-/* The first rule of a transformers spec (companions first) whose source regex matches name,
+/* The first rule of a transformers spec (companions first) whose source (targets: target) regex matches name,
  * the leftmost match among its sources (ties to the first): transformers' first converter whose
  * alternation matches. *rule, *src, the match [*so, *eo) and the list index's text (NULL: none). */
-bool plan_tf_first_match(const mpk_spec *spec, const char *name, int *rule, int *src, regoff_t *so,
+bool plan_tf_first_match(const mpk_spec *spec, bool targets, const char *name, int *rule, int *src, regoff_t *so,
                          regoff_t *eo, const char **item, size_t *item_len);
+/* The outputs of a transformers plan (names: a reversed spec's before its renames are undone)
+ * converted back: packing, unpack must take each group output for the rule and target that
+ * made it and no pass-through for any; unpacking, packing again must take each for the rule and
+ * source it came from. Else MPK_E_NOT_INVERTIBLE naming the tensor and both rules. */
+mpk_status plan_tf_check_round(const mpk_plan *p, const mpk_spec *spec, const char *const *names, mpk_error *err);
 /* One member m's rename (or its inverse) on name; NULL when it does not apply (*why set when its
  * replacement names a group that took no part). */
 char *plan_rename_member(mpk_arena *a, const mpk_spec *s, int m, bool inverse, const char *name, const char **why);

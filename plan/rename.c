@@ -378,8 +378,8 @@ mpk_status plan_rename_all(mpk_arena *a, const mpk_spec *s, const char *const *n
 
 /* The first rule (companions first) whose source regex matches name, the leftmost match of its
  * sources (ties to the first): transformers' first converter whose alternation matches. */
-bool plan_tf_first_match(const mpk_spec *spec, const char *name, int *rule, int *src, regoff_t *so,
-                           regoff_t *eo, const char **item, size_t *item_len)
+bool plan_tf_first_match(const mpk_spec *spec, bool targets, const char *name, int *rule, int *src, regoff_t *so,
+                         regoff_t *eo, const char **item, size_t *item_len)
 {
     for (int pass = 0; pass < 2; pass++)
         for (int ri = 0; ri < spec->n_rules; ri++) {
@@ -387,16 +387,17 @@ bool plan_tf_first_match(const mpk_spec *spec, const char *name, int *rule, int 
             if ((r->scale_of >= 0 || r->companion_of >= 0) != (pass == 0))
                 continue; /* companions first: their names extend the weights' */
             *src = -1;
-            for (int si = 0; si < r->n_sources; si++) {
+            const mpk_pattern *pats = targets ? r->targets : r->sources;
+            for (int si = 0; si < (targets ? r->n_targets : r->n_sources); si++) {
                 regoff_t s0, e0;
                 const char *g[2];
                 size_t gl[2];
-                if (!plan_regex_search(r->sources[si].rx, name, &s0, &e0, g, gl, r->sources[si].star) ||
+                if (!plan_regex_search(pats[si].rx, name, &s0, &e0, g, gl, pats[si].star) ||
                     (*src >= 0 && s0 >= *so))
                     continue;
                 *src = si, *so = s0, *eo = e0;
-                *item = r->sources[si].star ? g[1] : NULL;
-                *item_len = r->sources[si].star ? gl[1] : 0;
+                *item = pats[si].star ? g[1] : NULL;
+                *item_len = pats[si].star ? gl[1] : 0;
             }
             if (*src >= 0) {
                 *rule = ri;

@@ -217,3 +217,41 @@ mpk_status plan_renames_checked(mpk_arena *a, const mpk_spec *s, bool inverse, c
     }
     return MPK_OK;
 }
+
+mpk_status plan_tf_check_round(const mpk_plan *p, const mpk_spec *spec, const char *const *names, mpk_error *err)
+{
+    const mpk_spec *other = spec->reversed ? spec->base : spec; /* whose rules convert back */
+    bool on_targets = !spec->reversed;
+    for (size_t i = 0; other && i < p->n_outs; i++) {
+        const mpk_plan_out *o = &p->outs[i];
+        int ri = -1, si = -1, want_r = -1, want_s = -1;
+        regoff_t so, eo;
+        const char *item;
+        size_t il;
+        if (o->quant)
+            continue;
+        if (o->group >= 0) {
+            const mpk_plan_group *g = &p->groups[o->group];
+            want_r = (int)(g->rule - spec->rules);
+            want_s = g->out_meta.n_items ? o->slot / g->out_meta.n_items : 0;
+            if (want_r < 0 || want_r >= spec->n_rules)
+                continue; /* a part of a partitioned rule: its own copy */
+        }
+        bool hit = plan_tf_first_match(other, on_targets, names[i], &ri, &si, &so, &eo, &item, &il);
+        if (hit ? (ri == want_r && si == want_s) : want_r < 0)
+            continue;
+        const char *side = on_targets ? "target" : "source";
+        char was[160] = "it passes through", now[160] = "none";
+        if (want_r >= 0)
+            snprintf(was, sizeof was, "%s made it (%s '%s')", other->rules[want_r].path, side,
+                     (on_targets ? other->rules[want_r].targets : other->rules[want_r].sources)[want_s].text);
+        if (hit)
+            snprintf(now, sizeof now, "%s %s '%s'", other->rules[ri].path, side,
+                     (on_targets ? other->rules[ri].targets : other->rules[ri].sources)[si].text);
+        MPK_FAIL(err, MPK_E_NOT_INVERTIBLE, spec->name, "spec '%s'%s: '%s' would not be converted back the way it "
+                 "came (%s; %s, the first converter matching it is %s): reorder the converters or anchor their "
+                 "patterns", spec->name, spec->reversed ? " (reversed)" : "", names[i], was,
+                 spec->reversed ? "packing it again" : "unpacking", now);
+    }
+    return MPK_OK;
+}

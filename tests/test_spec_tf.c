@@ -337,6 +337,25 @@ static void test_refusals(void **state)
     const char *odd[] = {"l.mlpXexperts.0.down.weight", NULL};
     const char *has2[] = {"$.converters[0]", "mlpXexperts.0.down.weight", "mlp.experts.0.down.weight", NULL};
     expect_fail(conv, odd, MPK_E_NOT_INVERTIBLE, has2);
+    /* converters unpack would undo by another rule: q -> b first claims a -> ab's "ab.weight" */
+#define ONE(src, tgt) "{\"sources\": [\"" src "\"], \"target\": \"" tgt "\", \"ops\": []}"
+    const char *qa[] = {"m.a.weight", "m.q.weight", NULL};
+    const char *has3[] = {"'m.ab.weight' would not be converted back", "$.converters[1] made it",
+                          "$.converters[0] target 'b.weight'", NULL};
+    expect_fail(SPEC("", ONE("q.weight", "b.weight") "," ONE("a.weight", "ab.weight")), qa, MPK_E_NOT_INVERTIBLE, has3);
+    expect_names(SPEC("", ONE("a.weight", "ab.weight") "," ONE("q.weight", "b.weight")), false, NULL, qa,
+                 (const char *const[]){"m.ab.weight", "m.b.weight", NULL});
+    /* a pass-through that unpack would take for a packed tensor */
+    const char *pt[] = {"m.a.weight", "n.ab.weight", NULL};
+    const char *has4[] = {"'n.ab.weight' would not be converted back", "it passes through", NULL};
+    expect_fail(SPEC("", ONE("a.weight", "ab.weight")), pt, MPK_E_NOT_INVERTIBLE, has4);
+    /* unpacked, 'm.c.weight' becomes 'm.aq.weight', which q -> b would pack first */
+    mpk_error e2 = {0};
+    assert_int_equal(plan_names(SPEC("", ONE("q.weight", "b.weight") "," ONE("aq.weight", "c.weight")), true, NULL,
+                                (const char *const[]){"m.c.weight", NULL}, NULL, &e2, NULL, NULL),
+                     MPK_E_NOT_INVERTIBLE);
+    assert_non_null(strstr(e2.msg, "'m.aq.weight' would not be converted back"));
+    assert_non_null(strstr(e2.msg, "packing it again, the first converter matching it is $.converters[0] source"));
     mpk_spec *s = NULL;
     mpk_error err = {0};
     const char *bad[][2] = {
