@@ -53,6 +53,7 @@ struct mpk_node {
     mpk_node *in2;       /* DEQUANT: scale grid (FP8) or E8M0 scales (MXFP4) */
     bool mx;             /* DEQUANT/QUANT: MXFP4 rather than FP8 block */
     mpk_node *in3;       /* DEQUANT of NVFP4 (in: codes, in2: E4M3 block scales): the F32 global scale */
+    int vkind;           /* DEQUANT of a --dequantize view: its mpk_view_kind */
     int block;           /* FP8 block edge */
     int which;           /* QUANT: 0 the quantized values, 1 the scales */
     quant_cache *qc;     /* QUANT (FP8): shared with the sibling node of the other output */

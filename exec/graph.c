@@ -198,6 +198,11 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
     mpk_node *n = node_new(b, N_DEQUANT, m);
     if (!n || !(n->in = source_node(b, p, v->weight, &wm)) || !(n->in2 = source_node(b, p, v->scale, &sm)))
         return NULL;
+    n->vkind = (int)v->kind;
+    if (v->kind == MPK_VIEW_FP8_ROW || v->kind == MPK_VIEW_FP8_TENSOR) { /* one row at a time */
+        n->granule = (uint64_t)m->shape[m->ndim - 1] * mpk_dtype_size(m->dtype);
+        return n;
+    }
     if (v->scale2) { /* NVFP4: blocks of 16 values, whole within a row */
         mpk_tmeta gm = {MPK_DTYPE_F32, v->scale2->info->ndim, {0}};
         memcpy(gm.shape, v->scale2->info->shape, sizeof gm.shape);

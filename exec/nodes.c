@@ -123,9 +123,36 @@ static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, ch
     if (s == MPK_OK) {
         float s2;
         memcpy(&s2, t + nb * 9, 4);
-        mpk_dequant_nvfp4(t, t + nb * 8, (size_t)nb, s2, n->meta.dtype, buf);
+        if (n->vkind == MPK_VIEW_NVFP4_CT)
+            mpk_dequant_nvfp4_ct(t, t + nb * 8, (size_t)nb, s2, n->meta.dtype, buf);
+        else
+            mpk_dequant_nvfp4(t, t + nb * 8, (size_t)nb, s2, n->meta.dtype, buf);
     }
     free(t);
+    return s;
+}
+
+/* FP8 rows with one F32 scale per row, or one for the tensor (compressed-tensors' float-quantized). */
+static mpk_status read_dequant_fp8_scaled(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    int64_t C = n->meta.shape[n->meta.ndim - 1];
+    uint64_t row = (uint64_t)C * mpk_dtype_size(n->meta.dtype), r0 = off / row, rows = len / row;
+    bool per_row = n->vkind == MPK_VIEW_FP8_ROW;
+    if (off % row || len % row)
+        MPK_FAIL(r->err, MPK_E_OP, "exec", "internal: unaligned FP8 read");
+    uint8_t *w = mpk_alloc(rows * (uint64_t)C + 1);
+    float *sc = mpk_alloc((per_row ? rows : 1) * sizeof *sc);
+    mpk_status s = w && sc ? MPK_OK : mpk_error_set(r->err, MPK_E_NOMEM, 0, "exec", "out of memory");
+    if (s == MPK_OK)
+        s = ex_node_read(n->in, r0 * (uint64_t)C, rows * (uint64_t)C, (char *)w, r);
+    if (s == MPK_OK)
+        s = ex_node_read(n->in2, per_row ? r0 * 4 : 0, per_row ? rows * 4 : 4, (char *)sc, r);
+    if (s == MPK_OK)
+        s = ex_rd_flush(r);
+    if (s == MPK_OK)
+        mpk_dequant_fp8_scaled(n->in->meta.dtype, w, sc, per_row, (int64_t)rows, C, n->meta.dtype, buf);
+    free(w);
+    free(sc);
     return s;
 }
 
@@ -137,6 +164,8 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
     mpk_status s = MPK_OK;
     if (n->in3)
         return read_dequant_nvfp4(n, off, len, buf, r);
+    if (n->vkind == MPK_VIEW_FP8_ROW || n->vkind == MPK_VIEW_FP8_TENSOR)
+        return read_dequant_fp8_scaled(n, off, len, buf, r);
     if (n->mx) {
         uint64_t g = 32 * oel, k0 = off / g, nb = len / g;
         if (off % g || len % g)

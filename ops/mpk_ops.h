@@ -292,6 +292,16 @@ float mpk_nvfp4_block_scale(uint8_t e4m3, float scale2);
  * nearest even. Thread-safe. */
 void mpk_dequant_nvfp4(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float scale2, mpk_dtype out_dt,
                        void *out);
+/* The same for compressed-tensors' nvfp4-pack-quantized (the same codes and block scales), whose
+ * weight_global_scale is stored as the reciprocal: s = f32(e4m3) / global_scale rounded to F32
+ * (compressed-tensors' _dequantize), value = e2m1 x s rounded to F32, then out_dt. */
+void mpk_dequant_nvfp4_ct(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float global_scale,
+                          mpk_dtype out_dt, void *out);
+/* FP8 (E4M3/E5M2) rows x C with one F32 scale per row (per_row) or one for all: f32(w) x scale
+ * rounded to F32, then to out_dt (compressed-tensors' float-quantized channel and tensor
+ * strategies, as transformers decompresses them). Thread-safe. */
+void mpk_dequant_fp8_scaled(mpk_dtype w_dt, const uint8_t *w, const float *scale, bool per_row, int64_t rows,
+                            int64_t C, mpk_dtype out_dt, void *out);
 /* Compares two NVFP4 encodings of n_blocks blocks by their F32 values (as mpk_dequant_nvfp4
  * computes them; +0 equals -0, NaN equals NaN). Returns the index of the first value that
  * differs, n_blocks * 16 when none does. Thread-safe. */

@@ -18,9 +18,16 @@
 static const float E2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                                -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
+/* A block's F32 scale: the global scale a multiplier (ModelOpt's weight_scale_2) or, div, a
+ * divisor (compressed-tensors' weight_global_scale, stored as the reciprocal). */
+static inline float block_scale(uint8_t e4m3, float g, bool div)
+{
+    return div ? mpk_e4m3_to_f32(e4m3) / g : mpk_e4m3_to_f32(e4m3) * g;
+}
+
 float mpk_nvfp4_block_scale(uint8_t e4m3, float scale2)
 {
-    return mpk_e4m3_to_f32(e4m3) * scale2;
+    return block_scale(e4m3, scale2, false);
 }
 
 /* The 16 BF16 results of one block scale code (low and high bytes apart, the shape a byte
@@ -29,11 +36,11 @@ typedef struct nv_tab {
     uint8_t lo[16], hi[16];
 } nv_tab;
 
-static const nv_tab *nv_table(uint8_t sc, float scale2, nv_tab *tabs, uint8_t *have)
+static const nv_tab *nv_table(uint8_t sc, float g, bool div, nv_tab *tabs, uint8_t *have)
 {
     nv_tab *t = &tabs[sc];
     if (!have[sc]) {
-        ops_e2m1_bf16_table(mpk_nvfp4_block_scale(sc, scale2), t->lo, t->hi);
+        ops_e2m1_bf16_table(block_scale(sc, g, div), t->lo, t->hi);
         have[sc] = 1;
     }
     return t;
@@ -43,12 +50,12 @@ static const nv_tab *nv_table(uint8_t sc, float scale2, nv_tab *tabs, uint8_t *h
 #include <immintrin.h>
 /* 8 bytes of codes -> 16 BF16 by two byte shuffles (low nibble first, as the codes lie). */
 __attribute__((target("ssse3"))) static void nv_bf16_ssse3(const uint8_t *codes, const uint8_t *scales,
-                                                           size_t n_blocks, float scale2, uint16_t *out,
+                                                           size_t n_blocks, float g, bool div, uint16_t *out,
                                                            nv_tab *tabs, uint8_t *have)
 {
     const __m128i m4 = _mm_set1_epi8(0x0F);
     for (size_t b = 0; b < n_blocks; b++) {
-        const nv_tab *t = nv_table(scales[b], scale2, tabs, have);
+        const nv_tab *t = nv_table(scales[b], g, div, tabs, have);
         __m128i tl = _mm_loadu_si128((const __m128i *)t->lo), th = _mm_loadu_si128((const __m128i *)t->hi);
         __m128i p = _mm_loadl_epi64((const __m128i *)(codes + b * 8));
         __m128i idx = _mm_unpacklo_epi8(_mm_and_si128(p, m4), _mm_and_si128(_mm_srli_epi16(p, 4), m4));
@@ -61,11 +68,11 @@ __attribute__((target("ssse3"))) static void nv_bf16_ssse3(const uint8_t *codes,
 #endif
 
 /* Any output dtype, one value at a time. */
-static void nv_scalar(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float scale2, mpk_dtype out_dt,
-                      void *out)
+static void nv_scalar(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float g, bool div,
+                      mpk_dtype out_dt, void *out)
 {
     for (size_t b = 0; b < n_blocks; b++) {
-        float s = mpk_nvfp4_block_scale(scales[b], scale2);
+        float s = block_scale(scales[b], g, div);
         for (size_t k = 0; k < 16; k++) {
             uint8_t x = codes[b * 8 + k / 2];
             ops_store(out_dt, out, b * 16 + k, E2M1[k % 2 ? x >> 4 : x & 0xF] * s);
@@ -73,24 +80,24 @@ static void nv_scalar(const uint8_t *codes, const uint8_t *scales, size_t n_bloc
     }
 }
 
-void mpk_dequant_nvfp4(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float scale2, mpk_dtype out_dt,
-                       void *out)
+static void dequant(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float g, bool div, mpk_dtype out_dt,
+                    void *out)
 {
     nv_tab *tabs = out_dt == MPK_DTYPE_BF16 ? malloc(sizeof(nv_tab) * 256) : NULL;
     if (!tabs) {
-        nv_scalar(codes, scales, n_blocks, scale2, out_dt, out);
+        nv_scalar(codes, scales, n_blocks, g, div, out_dt, out);
         return;
     }
     uint8_t have[256] = {0};
 #if defined(__x86_64__)
     if (ops_simd_allowed() && __builtin_cpu_supports("ssse3")) {
-        nv_bf16_ssse3(codes, scales, n_blocks, scale2, (uint16_t *)out, tabs, have);
+        nv_bf16_ssse3(codes, scales, n_blocks, g, div, (uint16_t *)out, tabs, have);
         free(tabs);
         return;
     }
 #endif
     for (size_t b = 0; b < n_blocks; b++) {
-        const nv_tab *t = nv_table(scales[b], scale2, tabs, have);
+        const nv_tab *t = nv_table(scales[b], g, div, tabs, have);
         uint16_t *o = (uint16_t *)out + b * 16;
         for (int k = 0; k < 8; k++) {
             int lo = codes[b * 8 + (size_t)k] & 0xF, hi = codes[b * 8 + (size_t)k] >> 4;
@@ -99,6 +106,18 @@ void mpk_dequant_nvfp4(const uint8_t *codes, const uint8_t *scales, size_t n_blo
         }
     }
     free(tabs);
+}
+
+void mpk_dequant_nvfp4(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float scale2, mpk_dtype out_dt,
+                       void *out)
+{
+    dequant(codes, scales, n_blocks, scale2, false, out_dt, out);
+}
+
+void mpk_dequant_nvfp4_ct(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float global_scale,
+                          mpk_dtype out_dt, void *out)
+{
+    dequant(codes, scales, n_blocks, global_scale, true, out_dt, out);
 }
 
 /* Two decoded values are the same value: equal numbers (+0 == -0) or both NaN. */
@@ -123,4 +142,17 @@ uint64_t mpk_nvfp4_value_diff(const uint8_t *codes_a, const uint8_t *scales_a, f
         }
     }
     return (uint64_t)n_blocks * 16;
+}
+
+void mpk_dequant_fp8_scaled(mpk_dtype w_dt, const uint8_t *w, const float *scale, bool per_row, int64_t rows,
+                            int64_t C, mpk_dtype out_dt, void *out)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float s = scale[per_row ? r : 0];
+        for (int64_t c = 0; c < C; c++) {
+            uint8_t x = w[r * C + c];
+            float v = w_dt == MPK_DTYPE_F8_E4M3 ? mpk_e4m3_to_f32(x) : mpk_e5m2_to_f32(x);
+            ops_store(out_dt, out, (size_t)(r * C + c), v * s);
+        }
+    }
 }

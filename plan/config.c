@@ -65,6 +65,8 @@ static void quant_of(mpk_model_config *cfg, const char *key, const cJSON *o)
     if (!gs && cJSON_IsObject(cg) && cg->child)
         gs = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(cg->child, "weights"), "group_size");
     cfg->quant_group = cJSON_IsNumber(gs) ? (long)gs->valuedouble : gs ? -2 : -1;
+    const cJSON *fm = cJSON_GetObjectItemCaseSensitive(o, "format");
+    snprintf(cfg->quant_format, sizeof cfg->quant_format, "%s", cJSON_IsString(fm) ? fm->valuestring : "");
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "weight_block_size");
     char *t = b ? cJSON_PrintUnformatted(b) : NULL;
     snprintf(cfg->quant_block, sizeof cfg->quant_block, "%s", t ? t : "");
@@ -207,6 +209,21 @@ const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf,
              "scales would be moved as if they were plain tensors", file ? "" : "config.json's ",
              cfg->quant_key, cfg->quant_method);
     return buf;
+}
+
+const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap)
+{
+    if (cfg && strcmp(cfg->quant_key, "quantization_config") == 0 && strcmp(cfg->quant_method, "compressed-tensors") == 0) {
+        bool known = strcmp(cfg->quant_format, "nvfp4-pack-quantized") == 0 || strcmp(cfg->quant_format, "float-quantized") == 0;
+        if (known && dequantize)
+            return NULL;
+        snprintf(buf, cap, "config.json's quantization_config is compressed-tensors with format '%s': moepack %s",
+                 cfg->quant_format, known ? "dequantizes it (its experts to BF16, then packed); packing it with its "
+                 "scales is not implemented (no engine reads compressed-tensors experts packed)"
+                 : "reads nvfp4-pack-quantized and float-quantized only, and only to dequantize them");
+        return buf;
+    }
+    return mpk_config_quant_unsupported(cfg, buf, cap);
 }
 
 const char *mpk_config_architecture(const mpk_model_config *cfg, int i)

@@ -34,12 +34,17 @@ typedef struct mpk_model_config {
     char quant_block[64];        /* quantization_config.weight_block_size as JSON, "" when absent */
     long quant_group;            /* values per block scale (ModelOpt's group_size): -1 absent, -2
                                     not a number */
+    char quant_format[32];       /* compressed-tensors' "format" ("nvfp4-pack-quantized"), "" absent */
 } mpk_model_config;
 
 /* Why cfg's declared quantization is one moepack does not implement (a sentence naming the
  * key and the method), or NULL when it has none or one moepack handles: "fp8" with 128x128
  * blocks (DeepSeek style) and "mxfp4" (gpt-oss). Static or cfg-owned storage, written to buf. */
 const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf, size_t cap);
+/* The same for a conversion that dequantizes (dequantize) or not: compressed-tensors'
+ * nvfp4-pack-quantized and float-quantized are understood only when dequantized (no engine reads
+ * their experts packed). */
+const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap);
 /* The architectures[] of config.json (i < count), NULL past the end. Borrowed from cfg. */
 const char *mpk_config_architecture(const mpk_model_config *cfg, int i);
 
@@ -217,13 +222,25 @@ typedef struct mpk_plan_out {
                                            grid (named target + "_scale_inv"); 0 otherwise */
 } mpk_plan_out;
 
-/* --dequantize: an FP8 weight with its scale grid, or NVFP4 codes with their block scales and
- * global scale, seen by the planner as one BF16 tensor. */
+/* How a --dequantize view decodes (plan_views.c finds them). */
+typedef enum mpk_view_kind {
+    MPK_VIEW_BLOCK,      /* FP8 with a b x b grid (F32 or F8_E8M0), or MXFP4 codes (U8/I8) with one
+                            F8_E8M0 per 32 values of a row: told apart by the weight's dtype */
+    MPK_VIEW_NVFP4,      /* ModelOpt: e2m1 x f32(e4m3 x weight_scale_2) */
+    MPK_VIEW_NVFP4_CT,   /* compressed-tensors nvfp4-pack-quantized: e2m1 x f32(e4m3 / weight_global_scale) */
+    MPK_VIEW_FP8_ROW,    /* FP8 x one F32 weight_scale per row ([R, 1]) */
+    MPK_VIEW_FP8_TENSOR, /* FP8 x one F32 weight_scale */
+    MPK_VIEW_COUNT
+} mpk_view_kind;
+
+/* --dequantize: a quantized weight with its scales, seen by the planner as one BF16 tensor (named
+ * X.weight: compressed-tensors' X.weight_packed is renamed). */
 typedef struct mpk_plan_view {
     mpk_ckpt_tensor t;                  /* first: plans point at it like at any source tensor */
     mpk_tensor_info info;
     const mpk_ckpt_tensor *weight, *scale;
-    const mpk_ckpt_tensor *scale2;      /* NVFP4: weight_scale_2 (one F32); NULL for FP8 */
+    const mpk_ckpt_tensor *scale2;      /* NVFP4: the global scale (one F32); NULL otherwise */
+    mpk_view_kind kind;
 } mpk_plan_view;
 
 typedef struct mpk_plan_group {

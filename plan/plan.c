@@ -21,202 +21,6 @@ static bool parse_index(const char *v, size_t len, long *out)
     return true;
 }
 
-bool mpk_fp8_grid_matches(const mpk_tensor_info *w, const mpk_tensor_info *s, int b)
-{
-    if (s->dtype != MPK_DTYPE_F32 || w->ndim < 2 || s->ndim != w->ndim)
-        return false;
-    for (int d = 0; d < w->ndim; d++)
-        if (s->shape[d] != (d < w->ndim - 2 ? w->shape[d] : (w->shape[d] + b - 1) / b))
-            return false;
-    return true;
-}
-
-bool mpk_block_scales_match(const mpk_tensor_info *w, const mpk_tensor_info *s, int b, bool *rows)
-{
-    *rows = false;
-    if (mpk_fp8_grid_matches(w, s, b))
-        return true;
-    bool ok = s->dtype == MPK_DTYPE_F8_E8M0 && w->ndim >= 2 && s->ndim == w->ndim;
-    if (ok && (w->dtype == MPK_DTYPE_U8 || w->dtype == MPK_DTYPE_I8)) { /* MXFP4: 32 values a scale */
-        *rows = true;
-        for (int d = 0; ok && d < w->ndim; d++)
-            ok = s->shape[d] == (d < w->ndim - 1 ? w->shape[d] : w->shape[d] / 16) && w->shape[w->ndim - 1] % 16 == 0;
-        return ok;
-    }
-    for (int d = 0; ok && d < w->ndim; d++) /* FP8 with E8M0 (power of two) b x b scales */
-        ok = s->shape[d] == (d < w->ndim - 2 ? w->shape[d] : (w->shape[d] + b - 1) / b);
-    return ok && (w->dtype == MPK_DTYPE_F8_E4M3 || w->dtype == MPK_DTYPE_F8_E5M2);
-}
-
-static bool is_fp8(mpk_dtype d)
-{
-    return d == MPK_DTYPE_F8_E4M3 || d == MPK_DTYPE_F8_E5M2;
-}
-
-const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *t)
-{
-    if (!p->n_views || (const void *)t < (const void *)p->views ||
-        (const void *)t >= (const void *)(p->views + p->n_views))
-        return NULL;
-    return (const mpk_plan_view *)t;
-}
-
-/* v: the BF16 view of weight t (its last dim last values long) with its scales. */
-static void view_init(mpk_plan_view *v, const mpk_ckpt_tensor *t, int64_t last, const mpk_ckpt_tensor *scale,
-                      const mpk_ckpt_tensor *scale2)
-{
-    v->info = *t->info;
-    v->info.dtype = MPK_DTYPE_BF16;
-    v->info.shape[v->info.ndim - 1] = last;
-    v->t = *t;
-    v->t.info = &v->info;
-    mpk_tensor_nbytes(MPK_DTYPE_BF16, v->info.shape, v->info.ndim, &v->t.nbytes);
-    v->weight = t;
-    v->scale = scale;
-    v->scale2 = scale2;
-}
-
-/* Weights --dequantize decodes with one block-scale tensor: FP8, and MXFP4 codes (U8/I8). */
-static bool blockable(mpk_dtype d)
-{
-    return is_fp8(d) || d == MPK_DTYPE_U8 || d == MPK_DTYPE_I8;
-}
-
-/* The block scales of the weight named name: name_scale_inv, or for X.weight X.scale
- * (DeepSeek-V4); NULL when it has none. */
-static const mpk_ckpt_tensor *block_scale_of(mpk_plan *p, const char *name)
-{
-    char *sn = mpk_arena_printf(p->arena, "%s_scale_inv", name);
-    const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(p->src, sn) : NULL;
-    size_t l = strlen(name);
-    if (!st && mpk_str_ends(name, ".weight") && (sn = mpk_arena_printf(p->arena, "%.*s.scale", (int)(l - 7), name)))
-        st = mpk_ckpt_find(p->src, sn);
-    return st;
-}
-
-/* t is the block scales of a weight that --dequantize decodes (so it is folded into the view). */
-static bool scales_a_view(mpk_plan *p, const mpk_ckpt_tensor *t)
-{
-    const char *name = t->info->name;
-    size_t l = strlen(name);
-    char *w = mpk_str_ends(name, "_scale_inv") ? mpk_arena_strndup(p->arena, name, l - 10)
-              : mpk_str_ends(name, ".scale")   ? mpk_arena_printf(p->arena, "%.*s.weight", (int)(l - 6), name)
-                                               : NULL;
-    const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(p->src, w) : NULL;
-    return wt && blockable(wt->info->dtype) && block_scale_of(p, w) == t;
-}
-
-/* --dequantize: the BF16 view of weight t with its block scales st, checked: FP8 with a b x b
- * grid (F32, or F8_E8M0 powers of two), or MXFP4 codes with one F8_E8M0 per 32 values. */
-static mpk_status block_view(mpk_plan *p, const mpk_ckpt_tensor *t, const mpk_ckpt_tensor *st, mpk_plan_view *v,
-                             mpk_error *err)
-{
-    const mpk_tensor_info *w = t->info;
-    bool rows = false;
-    char a[128], b[128];
-    if (!mpk_block_scales_match(w, st->info, p->fp8_block, &rows) || rows == is_fp8(w->dtype))
-        MPK_FAIL(err, MPK_E_QUANT, p->src->dir,
-                 "tensor '%s' %s %s: its scales '%s' are %s %s, not F32 or F8_E8M0 with %dx%d blocks (FP8) nor "
-                 "F8_E8M0 one per 32 values of a row (MXFP4 codes)", w->name, mpk_dtype_name(w->dtype),
-                 mpk_shape_str(w->shape, w->ndim, a, sizeof a), st->info->name, mpk_dtype_name(st->info->dtype),
-                 mpk_shape_str(st->info->shape, st->info->ndim, b, sizeof b), p->fp8_block, p->fp8_block);
-    view_init(v, t, w->shape[w->ndim - 1] * (rows ? 2 : 1), st, NULL);
-    return MPK_OK;
-}
-
-/* ModelOpt NVFP4: a U8 X.weight with an F8_E4M3 X.weight_scale; name is any of the linear's
- * tensors (X.weight, X.weight_scale, X.weight_scale_2, X.input_scale). The codes' tensor, or
- * NULL; *base gets X. */
-static const mpk_ckpt_tensor *nvfp4_codes(mpk_plan *p, const char *name, const char **base)
-{
-    static const char *const tails[] = {".weight_scale_2", ".weight_scale", ".input_scale", ".weight", NULL};
-    for (int k = 0; tails[k]; k++) {
-        if (!mpk_str_ends(name, tails[k]))
-            continue;
-        char *b = mpk_arena_strndup(p->arena, name, strlen(name) - strlen(tails[k]));
-        char *w = b ? mpk_arena_printf(p->arena, "%s.weight", b) : NULL;
-        char *sc = b ? mpk_arena_printf(p->arena, "%s.weight_scale", b) : NULL;
-        const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(p->src, w) : NULL, *st = sc ? mpk_ckpt_find(p->src, sc) : NULL;
-        *base = b;
-        return wt && st && wt->info->dtype == MPK_DTYPE_U8 && st->info->dtype == MPK_DTYPE_F8_E4M3 ? wt : NULL;
-    }
-    return NULL;
-}
-
-/* --dequantize: the BF16 view of NVFP4 codes t (base X), with its scales checked: codes U8
- * [.., R, C/2], X.weight_scale F8_E4M3 [.., R, C/16], X.weight_scale_2 one F32. */
-static mpk_status nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *base, mpk_plan_view *v,
-                             mpk_error *err)
-{
-    const mpk_ckpt *src = p->src;
-    const mpk_tensor_info *w = t->info;
-    char *sn = mpk_arena_printf(p->arena, "%s.weight_scale", base), *s2n = mpk_arena_printf(p->arena, "%s.weight_scale_2", base);
-    const mpk_ckpt_tensor *st = sn ? mpk_ckpt_find(src, sn) : NULL, *s2 = s2n ? mpk_ckpt_find(src, s2n) : NULL;
-    if (!st || !s2n) /* st: found by nvfp4_codes */
-        MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
-    const mpk_tensor_info *si = st->info;
-    bool ok = w->ndim >= 1 && si->ndim == w->ndim && (w->shape[w->ndim - 1] * 2) % 16 == 0 &&
-              si->shape[w->ndim - 1] == w->shape[w->ndim - 1] / 8;
-    for (int d = 0; ok && d < w->ndim - 1; d++)
-        ok = si->shape[d] == w->shape[d];
-    char a[128], b[128];
-    if (!ok)
-        MPK_FAIL(err, MPK_E_QUANT, src->dir, "NVFP4 tensor '%s' U8 %s: its block scales '%s' are %s, not F8_E4M3 "
-                 "with one scale per 16 values of each row", w->name, mpk_shape_str(w->shape, w->ndim, a, sizeof a),
-                 sn, mpk_shape_str(si->shape, si->ndim, b, sizeof b));
-    if (!s2 || s2->info->dtype != MPK_DTYPE_F32 || s2->nbytes != 4)
-        MPK_FAIL(err, MPK_E_QUANT, src->dir, "NVFP4 tensor '%s': its global scale '%s' is %s, not one F32 value",
-                 w->name, s2n, s2 ? mpk_shape_str(s2->info->shape, s2->info->ndim, b, sizeof b) : "missing");
-    view_init(v, t, w->shape[w->ndim - 1] * 2, st, s2);
-    return MPK_OK;
-}
-
-/* The tensors the planner sees: the checkpoint's, or with --dequantize every FP8 weight that
- * has a weight_scale_inv grid and every NVFP4 weight replaced by a BF16 view, their scales
- * dropped. */
-static mpk_status source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ckpt_tensor ***out,
-                              size_t *n_out, mpk_error *err)
-{
-    const mpk_ckpt *src = p->src;
-    const mpk_ckpt_tensor **list = mpk_arena_alloc(p->arena, sizeof *list * (src->n_tensors + 1));
-    if (!list)
-        MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
-    size_t n = 0, nv = 0;
-    if (opts->dequantize) {
-        p->views = mpk_arena_alloc(p->arena, sizeof *p->views * (src->n_tensors + 1));
-        if (!p->views)
-            MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
-    }
-    for (size_t i = 0; i < src->n_tensors; i++) {
-        const mpk_ckpt_tensor *t = &src->tensors[i];
-        const char *name = t->info->name;
-        const char *nb = NULL;
-        const mpk_ckpt_tensor *codes = opts->dequantize ? nvfp4_codes(p, name, &nb) : NULL;
-        if (codes && codes != t)
-            continue; /* a scale of NVFP4 codes: folded into their view */
-        if (codes) {
-            mpk_plan_view *v = &p->views[nv++];
-            MPK_TRY(nvfp4_view(p, t, nb, v, err));
-            list[n++] = &v->t;
-            continue;
-        }
-        if (opts->dequantize && scales_a_view(p, t))
-            continue; /* folded into its weight's view */
-        const mpk_ckpt_tensor *st = opts->dequantize && blockable(t->info->dtype) ? block_scale_of(p, name) : NULL;
-        if (st) {
-            mpk_plan_view *v = &p->views[nv++];
-            MPK_TRY(block_view(p, t, st, v, err));
-            list[n++] = &v->t;
-            continue;
-        }
-        list[n++] = t;
-    }
-    p->n_views = nv;
-    *out = list;
-    *n_out = n;
-    return MPK_OK;
-}
-
 static int cmp_out(const void *a, const void *b)
 {
     return mpk_natural_cmp(((const mpk_plan_out *)a)->name, ((const mpk_plan_out *)b)->name);
@@ -644,7 +448,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
     /* a quantization moepack does not implement: its weights would be moved as plain tensors,
      * its scales left behind, config.json's declaration kept or dropped wrongly */
     char qbuf[512];
-    const char *qwhy = opts->cfg ? mpk_config_quant_unsupported(opts->cfg, qbuf, sizeof qbuf) : NULL;
+    const char *qwhy = opts->cfg ? mpk_config_quant_refused(opts->cfg, opts->dequantize, qbuf, sizeof qbuf) : NULL;
     if (qwhy) {
         char *qp = mpk_path_join(where, strcmp(opts->cfg->quant_key, "hf_quant_config.json") == 0
                                             ? "hf_quant_config.json" : "config.json");
@@ -653,7 +457,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         goto done;
     }
     p->fp8_block = opts->quantize_block > 0 ? opts->quantize_block : 128;
-    if ((st = source_list(p, opts, &bd->list, &bd->n_list, err)) != MPK_OK ||
+    if ((st = plan_source_list(p, opts, &bd->list, &bd->n_list, err)) != MPK_OK ||
         (st = build_match(bd)) != MPK_OK || (st = build_refuse_unmatched(bd)) != MPK_OK ||
         (st = build_groups(bd)) != MPK_OK || (st = build_outputs(bd)) != MPK_OK || (st = build_shards(bd)) != MPK_OK)
         goto done;

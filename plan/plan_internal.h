@@ -96,4 +96,9 @@ mpk_status plan_rename_all(mpk_arena *a, const mpk_spec *s, const char *const *n
 mpk_status plan_renames_checked(mpk_arena *a, const mpk_spec *s, bool inverse, const char *const *names, size_t n,
                                 const mpk_strmap *known, const char **out, mpk_error *err);
 
+/* The tensors the planner sees (plan_views.c): the checkpoint's, with --dequantize each quantized
+ * weight replaced by its BF16 view and its scales left out (p->views, p->n_views). */
+mpk_status plan_source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ckpt_tensor ***out, size_t *n_out,
+                            mpk_error *err);
+
 #endif

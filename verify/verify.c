@@ -215,7 +215,8 @@ static mpk_status read_source(const mpk_plan *p, const mpk_ckpt_tensor *t, uint6
         return MPK_OK;
     }
     mpk_dtype wdt = vw->weight->info->dtype;
-    if (vw->scale2 || wdt == MPK_DTYPE_U8 || wdt == MPK_DTYPE_I8 || vw->scale->info->dtype == MPK_DTYPE_F8_E8M0)
+    if (vw->kind != MPK_VIEW_BLOCK || wdt == MPK_DTYPE_U8 || wdt == MPK_DTYPE_I8 ||
+        vw->scale->info->dtype == MPK_DTYPE_F8_E8M0)
         return vfy_read_view(p, vw, off, len, out, err); /* NVFP4, MXFP4, FP8 with E8M0 scales */
     char *w = NULL, *sc = NULL;
     MPK_TRY(read_source(p, vw->weight, 0, vw->weight->nbytes, &w, err));

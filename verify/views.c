@@ -1,5 +1,6 @@
 /* views.c — the values of --dequantize views verify compares against, decoded whole from the
- * source: NVFP4 (codes, E4M3 block scales, F32 global scale), MXFP4 with E8M0 scales per 32
+ * source: NVFP4 (codes, E4M3 block scales, F32 global scale; ModelOpt's and compressed-tensors'),
+ * FP8 with F32 scales per row or per tensor (compressed-tensors' float-quantized), MXFP4 with E8M0 scales per 32
  * values along rows (DeepSeek-V4's experts), FP8 with an E8M0 b x b grid (its other linears).
  * FP8 with an F32 grid stays with the reference op in verify.c. */
 #include "verify_internal.h"
@@ -26,7 +27,10 @@ static mpk_status read_nvfp4(const mpk_plan *p, const mpk_plan_view *vw, uint64_
     if (s == MPK_OK) {
         float s2;
         memcpy(&s2, q + nb * 9, 4);
-        mpk_dequant_nvfp4(q, q + nb * 8, (size_t)nb, s2, MPK_DTYPE_F32, f);
+        if (vw->kind == MPK_VIEW_NVFP4_CT)
+            mpk_dequant_nvfp4_ct(q, q + nb * 8, (size_t)nb, s2, MPK_DTYPE_F32, f);
+        else
+            mpk_dequant_nvfp4(q, q + nb * 8, (size_t)nb, s2, MPK_DTYPE_F32, f);
         for (uint64_t i = 0; i < len / 2; i++) {
             uint16_t h = mpk_f32_to_bf16(f[(off - b0 * 32) / 2 + i]);
             memcpy(b + 2 * i, &h, 2);
@@ -66,7 +70,11 @@ mpk_status vfy_read_view(const mpk_plan *p, const mpk_plan_view *vw, uint64_t of
     mpk_status s = full && b ? read_all(p, vw->weight, &wb, err) : mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     if (s == MPK_OK)
         s = read_all(p, vw->scale, &sb, err);
-    if (s == MPK_OK && (w->dtype == MPK_DTYPE_U8 || w->dtype == MPK_DTYPE_I8)) {
+    if (s == MPK_OK && (vw->kind == MPK_VIEW_FP8_ROW || vw->kind == MPK_VIEW_FP8_TENSOR)) {
+        int64_t C = w->shape[w->ndim - 1], R = (int64_t)(vw->weight->nbytes / (uint64_t)C);
+        mpk_dequant_fp8_scaled(w->dtype, (const uint8_t *)wb, (const float *)sb, vw->kind == MPK_VIEW_FP8_ROW, R, C,
+                               MPK_DTYPE_BF16, full);
+    } else if (s == MPK_OK && (w->dtype == MPK_DTYPE_U8 || w->dtype == MPK_DTYPE_I8)) {
         mpk_dequant_mxfp4((const uint8_t *)wb, (const uint8_t *)sb, (size_t)vw->scale->nbytes, MPK_DTYPE_BF16, full);
     } else if (s == MPK_OK) { /* FP8 with E8M0 powers of two: the grid as F32, then the rows */
         int64_t R = w->shape[w->ndim - 2], C = w->shape[w->ndim - 1], bl = p->fp8_block, lead = 1;
