@@ -5,7 +5,7 @@ codes a byte, the even element low) with `ffn.experts.E.w1.scale` F8_E8M0 [out, 
 scale code 0-255 used, NaN and the overflowing ones included), and attention linears FP8 with
 F8_E8M0 128x128 `.scale` grids; config.json quantization_config fp8 / ue8m0 / [128, 128] with
 expert_dtype fp4. A spec of this test's own (the deepseek_v4 preset of issue 48 has its names)
-with "scale_name": "scale" converts it:
+with "scale_name": "scale" converts it, and so does the deepseek_v4 preset (which carries it):
   - convert: codes and scales merged and gate/up concatenated byte for byte
     (`ffn.experts.gate_up_proj` + `gate_up_proj_scale_inv`, transformers' names after its
     `.scale` -> `.weight_scale_inv` rename); --reverse gives every tensor back byte for byte;
@@ -152,6 +152,30 @@ def body(tmp):
           "--dequantize drops quantization_config")
     rc, out = run("verify", "-q", "--dequantize", src_dir, deq, "--spec", spec)
     check(rc == 0, "verify SRC DEQUANTIZED" + ("" if rc == 0 else ": " + out))
+
+    # the deepseek_v4 preset (preset auto: model_type deepseek_v4) renames as transformers does
+    # (ffn -> mlp, attn.wq_a -> self_attn.q_a_proj, ...) and moves the scales the same way
+    pk, bk, dq = (os.path.join(tmp, n) for n in ("preset-packed", "preset-back", "preset-deq"))
+    rc, out = run("pack", "-q", src_dir, pk)
+    check(rc == 0, "pack with the deepseek_v4 preset" + ("" if rc == 0 else ": " + out))
+    got = read_dir(pk)
+    p = "layers.0.ffn.experts."
+    x = lambda e, w, k: src[f"{p}{e}.{w}.{k}"][2]
+    check(got.get("layers.0.mlp.experts.gate_up_proj_scale_inv") ==
+          ("F8_E8M0", [E, 2 * I, H // 32], b"".join(x(e, "w1", "scale") + x(e, "w3", "scale") for e in range(E))),
+          "preset: layers.0.mlp.experts.gate_up_proj_scale_inv byte for byte")
+    check(got.get("layers.0.self_attn.q_a_proj.scale") == src["layers.0.attn.wq_a.scale"],
+          "preset: the FP8 linear's .scale renamed with its weight (layers.0.self_attn.q_a_proj.scale)")
+    rc, out = run("unpack", "-q", pk, bk)
+    got = read_dir(bk) if rc == 0 else {}
+    check(rc == 0 and set(got) == set(src) and all(got[n] == v for n, v in src.items()),
+          "preset: unpack gives back every published name and byte" + ("" if rc == 0 else ": " + out))
+    rc, out = run("pack", "-q", "--dequantize", src_dir, dq)
+    got = read_dir(dq) if rc == 0 else {}
+    gu = b"".join(mx_dequant(*ref[f"{p}{e}.w1"]) + mx_dequant(*ref[f"{p}{e}.w3"]) for e in range(E))
+    g = got.get("layers.0.mlp.experts.gate_up_proj", ("", [], b""))
+    check(rc == 0 and g[:2] == ("BF16", [E, 2 * I, H]) and bf16_same(g[2], gu),
+          "preset: pack --dequantize, experts = reference BF16" + ("" if rc == 0 else ": " + out))
 
     plain = dict(SPEC)
     del plain["scale_name"]
