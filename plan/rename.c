@@ -80,7 +80,8 @@ static const char *translate(const char *py, char *out, size_t cap, struct mpk_r
             if (s[1] == ']')
                 put(out, &n, cap, "]"), s++;
         } else if (*s == '(') {
-            rx->n_posix++;
+            if (++rx->n_posix > 2 * RX_GROUPS)
+                return "more than 32 groups";
             if (s[1] == '?' && s[2] == ':') {
                 s += 2;
             } else if (s[1] == '?' && s[2] == 'P' && s[3] == '<' && strchr(s, '>')) {
