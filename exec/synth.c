@@ -37,6 +37,8 @@ static long sym(const mpk_synth_opts *o, const char *e)
         long r = sym(o, e + 2);
         return r > 0 ? base * mul * r : -1;
     }
+    if (e[1] == '+') /* "E+2": Inkling's router has a row per shared expert too */
+        return base * mul + strtol(e + 2, NULL, 10);
     if (e[1] == '/')
         div = strtol(e + 2, NULL, 10);
     long v = div > 0 ? base * mul / div : -1;

@@ -626,14 +626,18 @@ mpk_status mpk_preset_load(const char *name, const mpk_model_config *cfg, mpk_sp
                  "the preset 'auto' needs a config.json with \"model_type\"; name a preset "
                  "(the presets are listed by mpk_preset_name, 'moepack presets')");
     char typed[512] = ""; /* presets that have the model type but not the architecture */
-    for (size_t i = 0; i < mpk_n_presets; i++) {
-        if (!is_auto && strcmp(mpk_presets[i].name, name) != 0)
+    /* auto: config.json's model_type first, then its text_config's (Kimi K2.5, kimi_k25, has a
+     * kimi_k2 text model: the kimi_k25 preset, not deepseek_v3's, converts the whole model) */
+    for (size_t k = 0; k < 2 * mpk_n_presets; k++) {
+        size_t i = k % mpk_n_presets;
+        bool by_text = k >= mpk_n_presets;
+        if ((!is_auto && (by_text || strcmp(mpk_presets[i].name, name) != 0)) ||
+            (by_text && !cfg->text_model_type[0]))
             continue;
         mpk_spec *s;
         MPK_TRY(mpk_spec_parse(mpk_presets[i].json, strlen(mpk_presets[i].json), mpk_presets[i].name,
                                &s, err));
-        bool typed_ok = is_auto && (spec_has_type(s, cfg->model_type) ||
-                                    (cfg->text_model_type[0] && spec_has_type(s, cfg->text_model_type)));
+        bool typed_ok = is_auto && spec_has_type(s, by_text ? cfg->text_model_type : cfg->model_type);
         if (!is_auto || (typed_ok && spec_has_arch(s, cfg))) {
             *out = s;
             return MPK_OK;

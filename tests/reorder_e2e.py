@@ -30,7 +30,7 @@ class T:
         self.shape, self.flat = tuple(shape), array("H", flat)
 
     def __eq__(self, o):
-        return self.shape == o.shape and self.flat == o.flat
+        return isinstance(o, T) and self.shape == o.shape and self.flat == o.flat
 
     def tobytes(self):
         return self.flat.tobytes()
@@ -174,6 +174,61 @@ def expected(src):
     return want
 
 
+def split(t, dim, n):  # torch.chunk(t, n, dim)
+    outer = 1
+    for d in t.shape[:dim]:
+        outer *= d
+    inner = len(t.flat) // outer
+    step = inner // n
+    shape = list(t.shape)
+    shape[dim] //= n
+    return [T(shape, [x for o in range(outer) for x in t.flat[o * inner + k * step:o * inner + (k + 1) * step]])
+            for k in range(n)]
+
+
+def check_presets(tmp):
+    """Each of issue 48's presets: moepack synth, pack (preset from config.json), the converted
+    tensors against transformers' formulas applied to the synth's own tensors; unpack gives the
+    shards back (tests/cli.sh checks every preset's round trip)."""
+    fails = 0
+    checks = {
+        # kimi_k25: vision_config.vt_num_attention_heads = 2 in its synth config
+        "kimi_k25": lambda s, l: {
+            f"model.vision_tower.layers.{l}.attn.{p}_proj.{suf}":
+                (lambda q: permute_for_rope(q, 2) if p != "v" else q)(split0(s[f"vision_tower.encoder.blocks.{l}.wqkv.{suf}"], 3)[i])
+            for i, p in enumerate("qkv") for suf in ("weight", "bias")},
+        "inkling_mm_model": lambda s, l: {
+            f"model.language_model.layers.{l}.mlp.experts.gate_up_proj":
+                interleave(s[f"model.llm.layers.{l}.mlp.experts.w13_weight"], 1),
+            f"model.language_model.layers.{l}.mlp.shared_experts.gate_proj":
+                split(interleave(s[f"model.llm.layers.{l}.mlp.shared_experts.shared_w13_weight"], 1), 1, 2)[0],
+            f"model.language_model.layers.{l}.mlp.shared_experts.up_proj":
+                split(interleave(s[f"model.llm.layers.{l}.mlp.shared_experts.shared_w13_weight"], 1), 1, 2)[1],
+            **({"model.language_model.layers.0.mlp.up_proj.weight":
+                split0(interleave(s["model.llm.layers.0.mlp.w13_dn.weight"], 0), 2)[1]} if l == 0 else {})},
+        "qwen4_exp_text": lambda s, l: {} if l else {
+            "model.layers.0.ple.ple_embedding.ngram_embedding.weight": cat0(
+                [s[f"model.language_model.layers.0.ple.ple_embedding.ngram_embedding.shard_{k}.weight"] for k in range(4)])},
+    }
+    for preset, want_of in checks.items():
+        d = os.path.join(tmp, preset)
+        r = run("synth", "--arch", preset, "--layers", "2", d + "-src")
+        r = r if r.returncode else run("pack", "-q", d + "-src", d + "-pk")
+        if r.returncode:
+            print("FAIL: %s: synth/pack: %s" % (preset, r.stderr))
+            fails += 1
+            continue
+        src, got = read_st(d + "-src"), read_st(d + "-pk")
+        want = {k: v for l in range(2) for k, v in want_of(src, l).items()}
+        bad = [k for k in want if got.get(k) != want[k]]
+        if bad:
+            print("FAIL: %s: %s differ from transformers' formulas" % (preset, bad))
+            fails += 1
+        else:
+            print("ok: %s: %d converted tensors equal transformers' formulas" % (preset, len(want)))
+    return fails
+
+
 def main():
     fails = 0
     tmp = tempfile.mkdtemp(prefix="mpk_reorder_")
@@ -216,6 +271,7 @@ def main():
                 fails += 1
             else:
                 print("ok: config.json without a good %s: exit 1 naming it" % key)
+        fails += check_presets(tmp)
     finally:
         shutil.rmtree(tmp)
     sys.exit(1 if fails else 0)
