@@ -84,6 +84,37 @@ ARCHS = {
     "llama4_text": dict(num_local_experts=4, intermediate_size=24, intermediate_size_mlp=48, head_dim=16,
                         interleave_moe_layer_step=1),
     "granitemoe": dict(num_local_experts=4, intermediate_size=32),
+    # issue 48 (--arch tf48): mappings that convert beyond the experts. Qwen4-Exp's PLE n-gram table
+    # is saved as split_ngram_parts shards and concatenated on load (a small vocabulary: the
+    # default base is 20M rows); QSA indexer sizes are required by its config validation
+    "qwen4_exp_text": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32, head_dim=16,
+                           linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                           linear_value_head_dim=16, full_attention_interval=2, hc_lowrank=8, ple_layer_ids=[2],
+                           ple_embed_dim=16, ngram_size=3, heads_per_ngram=2, ngram_vocab_size_base=64,
+                           make_ngram_vocab_size_divisible_by=8, split_ngram_parts=4, eos_token_id=1,
+                           indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8,
+                           indexer_compress_ratio=4),
+}
+# image-text models (AutoModelForImageTextToText), tiny configs nesting their sub-configs: Kimi K2.5
+# (MoonViT tower: fused wqkv chunked and rope-permuted, DeepSeek-V3 text) and Inkling (interleaved
+# w13 experts, audio and vision towers)
+_DSV3_TEXT = dict(model_type="deepseek_v3", n_routed_experts=4, moe_intermediate_size=32, intermediate_size=48,
+                  n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32,
+                  kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+MULTIMODAL = {
+    "kimi_k25": dict(text_config={**COMMON, **_DSV3_TEXT, "num_key_value_heads": 4},
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                        num_hidden_layers=2, patch_size=14, pos_emb_height=4, pos_emb_width=4,
+                                        merge_kernel_size=[2, 2]),
+                     projection_hidden_size=32, tie_word_embeddings=False),
+    "inkling_mm_model": dict(text_config={**COMMON, "head_dim": 16, "swa_num_attention_heads": 4,
+                                          "swa_num_key_value_heads": 2, "swa_head_dim": 16, "n_routed_experts": 4,
+                                          "moe_intermediate_size": 32, "intermediate_size": 48, "n_shared_experts": 2,
+                                          "dense_mlp_idx": 1, "sliding_window_size": 16, "rel_extent": 16,
+                                          "d_rel": 4},
+                             audio_config=dict(n_mel_bins=4, mel_vocab_size=8),
+                             vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                patch_size=8), tie_word_embeddings=False),
 }
 # model types found in transformers 5.17's conversion mapping (tests/parity/dump_mapping.py on the
 # GPU machine) whose mapping is a preset's: configs from the library's defaults, shrunk where an
@@ -97,6 +128,7 @@ SHRINK = dict(intermediate_size=48, moe_intermediate_size=32, num_experts=4, n_r
               v_head_dim_swa=16, num_nextn_predict_layers=0)
 EXTRA = ["phimoe", "minimax_m2", "ernie4_5_moe", "deepseek_v2", "hunyuan_v1_moe", "dots1", "flex_olmo", "qwen3_next"]
 NEW = ["lfm2_moe", "exaone_moe", "hy_v3", "laguna", "llama4_text", "granitemoe"]
+TF48 = ["kimi_k25", "inkling_mm_model", "qwen4_exp_text"]  # presets of issue 48 (not yet run on the GPU machine)
 # transformers saves these in its runtime (packed) layout: there is no per-expert form to pack.
 PACKED_ON_DISK = {"gpt_oss"}
 # published fused but transposed, [E,H,2I] / [E,I,H], and kept so by transformers at run time:
@@ -205,18 +237,25 @@ def generic_config(arch):
     return cfg
 
 
+def auto_class(arch):
+    import transformers
+    return transformers.AutoModelForImageTextToText if arch in MULTIMODAL else transformers.AutoModelForCausalLM
+
+
 def tiny_model(arch, kw, dtype=torch.bfloat16):
-    from transformers import AutoConfig, AutoModelForCausalLM
-    cfg = generic_config(arch) if arch in GENERIC else AutoConfig.for_model(arch, **{**COMMON, **kw})
+    from transformers import AutoConfig
+    if arch in MULTIMODAL:
+        cfg = AutoConfig.for_model(arch, **MULTIMODAL[arch])
+    else:
+        cfg = generic_config(arch) if arch in GENERIC else AutoConfig.for_model(arch, **{**COMMON, **kw})
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model = auto_class(arch).from_config(cfg, dtype=dtype)
     randomize(model, 1234)
     return model.eval()
 
 
-def load(path, **kw):
-    from transformers import AutoModelForCausalLM
-    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kw)
+def load(path, arch=None, **kw):
+    model, info = auto_class(arch).from_pretrained(path, output_loading_info=True, **kw)
     info = {k: sorted(map(str, v)) for k, v in info.items() if v}
     return model.eval(), info
 
@@ -225,7 +264,8 @@ def state(model):
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def logits(model, vocab):
+def logits(model, vocab=None):
+    vocab = vocab or model.config.get_text_config().vocab_size
     ids = torch.arange(0, 12).remainder(vocab).unsqueeze(0).to(model.device)
     with torch.no_grad():
         return model(input_ids=ids).logits.float().cpu()
@@ -255,7 +295,7 @@ def check_arch(exe, arch, work):
     moepack(exe, "pack", "-q", src, packed)
     ours = load_dir(packed)
     row["converted"] = set(ours) != set(on_disk) or any(v.shape != on_disk[k].shape for k, v in ours.items())
-    ref, info = load(src, dtype=torch.bfloat16)
+    ref, info = load(src, arch, dtype=torch.bfloat16)
     row["load_src_info"] = info
     loadable = packed
     if arch in TRANSPOSED:
@@ -267,8 +307,8 @@ def check_arch(exe, arch, work):
         loadable = unpacked
     prob, n, common = compare(state(ref), ours)
     row["state"] = {"ok": n == 0, "tensors": common, "problems": prob}
-    mine, info = load(loadable, dtype=torch.bfloat16)
-    same = torch.equal(logits(ref, ref.config.vocab_size), logits(mine, ref.config.vocab_size))
+    mine, info = load(loadable, arch, dtype=torch.bfloat16)
+    same = torch.equal(logits(ref), logits(mine))
     row["load"] = {"ok": not info and same, "loading_info": info, "same_logits": same}
     if loadable == packed:
         moepack(exe, "unpack", "-q", packed, unpacked)
@@ -412,8 +452,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moepack", default="build/moepack")
     ap.add_argument("--work", default="/tmp/moepack-parity")
-    ap.add_argument("--arch", default=",".join([*(a for a in ARCHS if a not in EXTRA + NEW), "fp8", "mxfp4"]),
-                    help="comma list; 'extra' = the presets with unusual renames, 'new' = issue 16's, "
+    ap.add_argument("--arch", default=",".join([*(a for a in ARCHS if a not in EXTRA + NEW + TF48), "fp8", "mxfp4"]),
+                    help="comma list; 'extra' = the presets with unusual renames, 'new' = issue 16's, 'tf48' = "
+                         "issue 48's (kimi_k25, inkling_mm_model: image-text classes; qwen4_exp_text), "
                          "'mapped' = model types of transformers 5.17's mapping run from its default configs")
     ap.add_argument("--json")
     ap.add_argument("--dry-run", action="store_true")
@@ -426,7 +467,7 @@ def main():
                 "moepack": subprocess.run([a.moepack, "version"], capture_output=True, text=True).stdout.strip()}
     log(json.dumps(versions))
     rows = []
-    groups = {"extra": EXTRA, "new": NEW, "mapped": GENERIC}
+    groups = {"extra": EXTRA, "new": NEW, "mapped": GENERIC, "tf48": TF48}
     archs = [x for g in a.arch.split(",") for x in groups.get(g, [g])]
     for arch in archs:
         try:
