@@ -199,7 +199,13 @@ static mpk_node *source_node(builder *b, const mpk_plan *p, const mpk_ckpt_tenso
     if (!n || !(n->in = source_node(b, p, v->weight, &wm)) || !(n->in2 = source_node(b, p, v->scale, &sm)))
         return NULL;
     n->vkind = (int)v->kind;
-    if (v->kind == MPK_VIEW_FP8_ROW || v->kind == MPK_VIEW_FP8_TENSOR) { /* one row at a time */
+    if (v->kind == MPK_VIEW_INT4) { /* one row at a time; weight_shape checked when read */
+        mpk_tmeta gm = {v->scale2->info->dtype, v->scale2->info->ndim, {0}};
+        memcpy(gm.shape, v->scale2->info->shape, sizeof gm.shape);
+        if (!(n->in3 = source_node(b, p, v->scale2, &gm)))
+            return NULL;
+    }
+    if (v->kind == MPK_VIEW_FP8_ROW || v->kind == MPK_VIEW_FP8_TENSOR || v->kind == MPK_VIEW_INT4) {
         n->granule = (uint64_t)m->shape[m->ndim - 1] * mpk_dtype_size(m->dtype);
         return n;
     }

@@ -132,6 +132,43 @@ static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, ch
     return s;
 }
 
+/* compressed-tensors' INT4 rows (8 values an I32) with BF16 scales per group; its weight_shape
+ * (in3) must say the view's [rows, C]. */
+static mpk_status read_dequant_int4(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    int64_t C = n->meta.shape[n->meta.ndim - 1], R = n->meta.shape[0], G = n->in2->meta.shape[1];
+    uint64_t row = (uint64_t)C * mpk_dtype_size(n->meta.dtype), r0 = off / row, rows = len / row;
+    if (off % row || len % row)
+        MPK_FAIL(r->err, MPK_E_OP, "exec", "internal: unaligned INT4 read");
+    uint8_t *q = mpk_alloc(rows * (uint64_t)C / 2 + rows * (uint64_t)G * 2 + 16);
+    if (!q)
+        MPK_FAIL(r->err, MPK_E_NOMEM, "exec", "out of memory");
+    uint8_t *sc = q + rows * (uint64_t)C / 2, *sh = sc + rows * (uint64_t)G * 2;
+    mpk_status s = ex_node_read(n->in, r0 * (uint64_t)C / 2, rows * (uint64_t)C / 2, (char *)q, r);
+    if (s == MPK_OK)
+        s = ex_node_read(n->in2, r0 * (uint64_t)G * 2, rows * (uint64_t)G * 2, (char *)sc, r);
+    if (s == MPK_OK)
+        s = ex_node_read(n->in3, 0, n->in3->nbytes, (char *)sh, r);
+    if (s == MPK_OK)
+        s = ex_rd_flush(r);
+    int64_t d[2] = {0, 0};
+    for (int k = 0; s == MPK_OK && k < 2; k++) {
+        int32_t v32;
+        if (n->in3->meta.dtype == MPK_DTYPE_I64)
+            memcpy(&d[k], sh + 8 * k, 8);
+        else
+            memcpy(&v32, sh + 4 * k, 4), d[k] = v32;
+    }
+    if (s == MPK_OK && (d[0] != R || d[1] != C))
+        s = mpk_error_set(r->err, MPK_E_QUANT, 0, n->in3->path, "INT4 weight_shape says [%lld, %lld], its packed codes "
+                          "and scales make [%lld, %lld]: padded or inconsistent, not dequantized", (long long)d[0],
+                          (long long)d[1], (long long)R, (long long)C);
+    if (s == MPK_OK)
+        mpk_dequant_int4_groups(q, (const uint16_t *)sc, (int64_t)rows, C, C / G, n->meta.dtype, buf);
+    free(q);
+    return s;
+}
+
 /* FP8 rows with one F32 scale per row, or one for the tensor (compressed-tensors' float-quantized). */
 static mpk_status read_dequant_fp8_scaled(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
 {
@@ -162,6 +199,8 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
     const mpk_tmeta *m = &n->meta;
     size_t oel = mpk_dtype_size(m->dtype);
     mpk_status s = MPK_OK;
+    if (n->vkind == MPK_VIEW_INT4)
+        return read_dequant_int4(n, off, len, buf, r);
     if (n->in3)
         return read_dequant_nvfp4(n, off, len, buf, r);
     if (n->vkind == MPK_VIEW_FP8_ROW || n->vkind == MPK_VIEW_FP8_TENSOR)

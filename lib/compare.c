@@ -179,17 +179,19 @@ static bool same_names(const mpk_ckpt *a, const mpk_ckpt *b)
     return true;
 }
 
+/* FP8 tensors (weights or E4M3/E8M0 scales), or compressed-tensors' packed codes
+ * (X.weight_packed: its INT4 has no FP8 beside it). */
 static bool has_fp8(const mpk_ckpt *c)
 {
     for (size_t i = 0; i < c->n_tensors; i++)
-        if (mpk_dtype_is_fp8(c->tensors[i].info->dtype))
+        if (mpk_dtype_is_fp8(c->tensors[i].info->dtype) || mpk_str_ends(c->tensors[i].info->name, ".weight_packed"))
             return true;
     return false;
 }
 
 /* What a conversion from a to b did to the quantization, read from their headers when the
  * request leaves it open: FP8 weights in b only were quantized (--quantize fp8-block128),
- * FP8 weights in a only were dequantized (--dequantize). */
+ * FP8 weights (or packed codes) in a only were dequantized (--dequantize). */
 static mpk_quant detect_quant(const mpk_ckpt *a, const mpk_ckpt *b)
 {
     bool fa = has_fp8(a), fb = has_fp8(b);

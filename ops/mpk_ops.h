@@ -302,6 +302,12 @@ void mpk_dequant_nvfp4_ct(const uint8_t *codes, const uint8_t *scales, size_t n_
  * strategies, as transformers decompresses them). Thread-safe. */
 void mpk_dequant_fp8_scaled(mpk_dtype w_dt, const uint8_t *w, const float *scale, bool per_row, int64_t rows,
                             int64_t C, mpk_dtype out_dt, void *out);
+/* compressed-tensors' pack-quantized INT4, symmetric, grouped (Kimi K2.5's experts): rows x C
+ * values, 8 a little-endian int32 (so two a byte, element 2k in the low nibble of byte k), each
+ * stored as q + 8; one BF16 scale per group of group values of a row. Value = q x scale rounded
+ * once to out_dt (exact in F32: compressed-tensors multiplies in BF16). Thread-safe. */
+void mpk_dequant_int4_groups(const uint8_t *packed, const uint16_t *scales, int64_t rows, int64_t C, int64_t group,
+                             mpk_dtype out_dt, void *out);
 /* Compares two NVFP4 encodings of n_blocks blocks by their F32 values (as mpk_dequant_nvfp4
  * computes them; +0 equals -0, NaN equals NaN). Returns the index of the first value that
  * differs, n_blocks * 16 when none does. Thread-safe. */

@@ -1,4 +1,4 @@
-/* nvfp4.c — NVFP4 as NVIDIA ModelOpt writes it: E2M1 codes two a byte (the even element in the
+/* nvfp4.c — the 4-bit weight formats that are not MXFP4: NVFP4 as NVIDIA ModelOpt writes it: E2M1 codes two a byte (the even element in the
  * low nibble), one F8_E4M3 scale per 16 values, one F32 global scale (weight_scale_2) per
  * tensor. Decoding to F32/F16/BF16 and comparing two encodings by value.
  *
@@ -155,4 +155,16 @@ void mpk_dequant_fp8_scaled(mpk_dtype w_dt, const uint8_t *w, const float *scale
             ops_store(out_dt, out, (size_t)(r * C + c), v * s);
         }
     }
+}
+
+void mpk_dequant_int4_groups(const uint8_t *packed, const uint16_t *scales, int64_t rows, int64_t C, int64_t group,
+                             mpk_dtype out_dt, void *out)
+{
+    int64_t ng = C / group;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < C; c++) {
+            uint8_t byte = packed[(r * C + c) / 2];
+            int q = (int)(c % 2 ? byte >> 4 : byte & 0xF) - 8;
+            ops_store(out_dt, out, (size_t)(r * C + c), (float)q * mpk_bf16_to_f32(scales[r * ng + c / group]));
+        }
 }

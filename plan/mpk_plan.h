@@ -42,8 +42,8 @@ typedef struct mpk_model_config {
  * blocks (DeepSeek style) and "mxfp4" (gpt-oss). Static or cfg-owned storage, written to buf. */
 const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf, size_t cap);
 /* The same for a conversion that dequantizes (dequantize) or not: compressed-tensors'
- * nvfp4-pack-quantized and float-quantized are understood only when dequantized (no engine reads
- * their experts packed). */
+ * nvfp4-pack-quantized, float-quantized and pack-quantized (symmetric INT4) are understood only
+ * when dequantized (no engine reads their experts packed). */
 const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap);
 /* The architectures[] of config.json (i < count), NULL past the end. Borrowed from cfg. */
 const char *mpk_config_architecture(const mpk_model_config *cfg, int i);
@@ -230,6 +230,8 @@ typedef enum mpk_view_kind {
     MPK_VIEW_NVFP4_CT,   /* compressed-tensors nvfp4-pack-quantized: e2m1 x f32(e4m3 / weight_global_scale) */
     MPK_VIEW_FP8_ROW,    /* FP8 x one F32 weight_scale per row ([R, 1]) */
     MPK_VIEW_FP8_TENSOR, /* FP8 x one F32 weight_scale */
+    MPK_VIEW_INT4,       /* compressed-tensors pack-quantized INT4: (q - 8) x BF16 scale per group; scale2 is
+                            weight_shape, checked when read */
     MPK_VIEW_COUNT
 } mpk_view_kind;
 

@@ -180,6 +180,55 @@ static mpk_status nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *
     return MPK_OK;
 }
 
+/* compressed-tensors pack-quantized INT4 (Kimi K2.5's experts): X.weight_packed I32, X.weight_scale
+ * BF16, X.weight_shape, when name is one of them: the codes' tensor, *base X. */
+static const mpk_ckpt_tensor *int4_codes(mpk_plan *p, const char *name, const char **base)
+{
+    static const char *const tails[] = {".weight_packed", ".weight_scale", ".weight_shape", NULL};
+    for (int k = 0; tails[k]; k++) {
+        if (!mpk_str_ends(name, tails[k]))
+            continue;
+        char *b = mpk_arena_strndup(p->arena, name, strlen(name) - strlen(tails[k]));
+        char *w = b ? mpk_arena_printf(p->arena, "%s.weight_packed", b) : NULL;
+        char *sc = b ? mpk_arena_printf(p->arena, "%s.weight_scale", b) : NULL;
+        const mpk_ckpt_tensor *wt = w ? mpk_ckpt_find(p->src, w) : NULL, *st = sc ? mpk_ckpt_find(p->src, sc) : NULL;
+        *base = b;
+        return wt && st && wt->info->dtype == MPK_DTYPE_I32 && st->info->dtype == MPK_DTYPE_BF16 ? wt : NULL;
+    }
+    return NULL;
+}
+
+/* --dequantize: the BF16 view X.weight of INT4 codes t: I32 [R, C/8], X.weight_scale BF16
+ * [R, C/g] (g values a group), X.weight_shape two integers (checked against [R, C] when read);
+ * an X.weight_zero_point (asymmetric) is not read: refused. */
+static mpk_status int4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *base, mpk_plan_view *v,
+                            mpk_error *err)
+{
+    const mpk_tensor_info *w = t->info;
+    char *sn = mpk_arena_printf(p->arena, "%s.weight_scale", base), *shn = mpk_arena_printf(p->arena, "%s.weight_shape", base);
+    char *zn = mpk_arena_printf(p->arena, "%s.weight_zero_point", base), *vn = mpk_arena_printf(p->arena, "%s.weight", base);
+    if (!sn || !shn || !zn || !vn)
+        MPK_FAIL(err, MPK_E_NOMEM, p->src->dir, "out of memory");
+    const mpk_ckpt_tensor *st = mpk_ckpt_find(p->src, sn), *sh = mpk_ckpt_find(p->src, shn);
+    const mpk_tensor_info *si = st->info;
+    char a[128], b[128];
+    if (mpk_ckpt_find(p->src, zn))
+        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, p->src->dir, "INT4 tensor '%s' has a zero point '%s' (asymmetric "
+                 "pack-quantized): moepack dequantizes the symmetric kind only", w->name, zn);
+    int64_t C = w->ndim == 2 ? w->shape[1] * 8 : 0;
+    if (w->ndim != 2 || si->ndim != 2 || si->shape[0] != w->shape[0] || si->shape[1] < 1 || C % si->shape[1] ||
+        (C / si->shape[1]) % 2)
+        MPK_FAIL(err, MPK_E_QUANT, p->src->dir, "INT4 tensor '%s' I32 %s: its scales '%s' are %s, not BF16 [rows, "
+                 "groups] with an even number of values a group", w->name, mpk_shape_str(w->shape, w->ndim, a, sizeof a),
+                 sn, mpk_shape_str(si->shape, si->ndim, b, sizeof b));
+    if (!sh || (sh->info->dtype != MPK_DTYPE_I32 && sh->info->dtype != MPK_DTYPE_I64) || sh->nbytes != 2 * mpk_dtype_size(sh->info->dtype))
+        MPK_FAIL(err, MPK_E_QUANT, p->src->dir, "INT4 tensor '%s': its '%s' is %s, not two integers (the unpacked "
+                 "shape)", w->name, shn, sh ? mpk_shape_str(sh->info->shape, sh->info->ndim, b, sizeof b) : "missing");
+    view_init(v, t, C, st, sh, MPK_VIEW_INT4);
+    v->info.name = vn;
+    return MPK_OK;
+}
+
 /* FP8 X.weight with an F32 X.weight_scale per row ([R, 1]) or per tensor (one value): compressed-
  * tensors' float-quantized channel and tensor strategies (ModelOpt's FP8 spells it the same).
  * The scale tensor, or NULL. */
@@ -242,11 +291,16 @@ mpk_status plan_source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ck
         const char *nb = NULL;
         const struct nv_names *lay = NULL;
         const mpk_ckpt_tensor *codes = opts->dequantize ? nvfp4_codes(p, name, &nb, &lay) : NULL, *st = NULL;
-        if ((codes && codes != t) || (opts->dequantize && (scales_a_view(p, t) || fp8_scale_folded(p, t))))
+        const char *ib = NULL;
+        const mpk_ckpt_tensor *i4 = opts->dequantize && !codes ? int4_codes(p, name, &ib) : NULL;
+        if ((codes && codes != t) || (i4 && i4 != t) ||
+            (opts->dequantize && (scales_a_view(p, t) || fp8_scale_folded(p, t))))
             continue; /* a scale: folded into its weight's view */
         mpk_plan_view *v = opts->dequantize ? &p->views[nv] : NULL;
         if (codes)
             MPK_TRY(nvfp4_view(p, t, nb, lay, v, err));
+        else if (i4)
+            MPK_TRY(int4_view(p, t, ib, v, err));
         else if (opts->dequantize && blockable(t->info->dtype) && (st = block_scale_of(p, name)))
             MPK_TRY(block_view(p, t, st, v, err));
         else if (opts->dequantize && (st = fp8_scale_of(p, t)))

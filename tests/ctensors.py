@@ -10,8 +10,11 @@ computed here:
     or per tensor [1] (attention), X.input_scale; value = bf16(f32(e4m3 * scale)).
 pack --dequantize writes the experts packed in BF16 (the views are named X.weight) equal to the
 reference, every attention linear too, no scale left, quantization_config dropped; verify passes.
-Refused, naming the reason, nothing written: packing either without --dequantize, and a format
-moepack does not read (pack-quantized). Usage: ctensors.py MOEPACK"""
+  - pack-quantized INT4 (Kimi K2.5's experts): X.weight_packed I32 [out, in/8] (q + 8, eight a
+    little-endian int32), X.weight_scale BF16 per 32, X.weight_shape; value = bf16(q * scale).
+Refused, naming the reason, nothing written: packing any of them without --dequantize, a format
+moepack does not read (mxfp4-pack-quantized), INT4 whose weight_shape disagrees with its codes,
+and INT4 with a zero point. Usage: ctensors.py MOEPACK"""
 import json
 import os
 import random
@@ -60,6 +63,27 @@ def fp8_linear(t, name, o, i, per_channel):
                     for k in range(o * i))
 
 
+def int4_linear(t, name, o, i, group=32):
+    """pack-quantized INT4, symmetric, grouped: q in [-8, 7] stored as q + 8, eight to a little-endian
+    int32 (element 0 in the lowest bits); BF16 scale per group; value = bf16(q * scale)."""
+    qs = [rng.randrange(-8, 8) for _ in range(o * i)]
+    sc = [bf16_bits(rng.uniform(1e-3, 5e-2)) for _ in range(o * i // group)]
+    words = b"".join(struct.pack("<I", sum((qs[k + j] + 8) << (4 * j) for j in range(8))) for k in range(0, o * i, 8))
+    t[name + ".weight_packed"] = ("I32", [o, i // 8], words)
+    t[name + ".weight_scale"] = ("BF16", [o, i // group], b"".join(struct.pack("<H", x) for x in sc))
+    t[name + ".weight_shape"] = ("I64", [2], struct.pack("<qq", o, i))
+    scf = [struct.unpack("<f", struct.pack("<I", x << 16))[0] for x in sc]
+    return b"".join(struct.pack("<H", bf16_bits(f32(qs[k] * scf[k // group]))) for k in range(o * i))
+
+
+def linear(t, name, o, i, fmt, expert):
+    if fmt == "nvfp4-pack-quantized":
+        return nvfp4_linear(t, name, o, i)
+    if fmt == "pack-quantized":
+        return int4_linear(t, name, o, i)
+    return fp8_linear(t, name, o, i, expert)
+
+
 def make(d, fmt):
     """A checkpoint in format fmt; the reference BF16 of every quantized linear."""
     os.makedirs(d)
@@ -71,14 +95,15 @@ def make(d, fmt):
     t[p + "mlp.gate.weight"] = ("BF16", [E, H], bytes(2 * E * H))
     for a in ("q_proj", "o_proj"):
         n = p + "self_attn." + a
-        ref[n] = nvfp4_linear(t, n, H, H) if fmt == "nvfp4-pack-quantized" else fp8_linear(t, n, H, H, False)
+        ref[n] = linear(t, n, H, H, fmt, False)
     for e in range(E):
         for proj, (o, i) in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
             n = f"{p}mlp.experts.{e}.{proj}"
-            ref[n] = nvfp4_linear(t, n, o, i) if fmt == "nvfp4-pack-quantized" else fp8_linear(t, n, o, i, True)
+            ref[n] = linear(t, n, o, i, fmt, True)
     write_st(os.path.join(d, "model.safetensors"), t)
-    wargs = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16, "symmetric": True} \
-        if fmt == "nvfp4-pack-quantized" else {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True}
+    wargs = {"nvfp4-pack-quantized": {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16},
+             "pack-quantized": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32},
+             "float-quantized": {"num_bits": 8, "type": "float", "strategy": "channel"}}[fmt]
     qc = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
           "config_groups": {"group_0": {"targets": ["Linear"], "weights": wargs}}, "ignore": ["lm_head", "re:.*mlp.gate$"]}
     cfg = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": H, "num_hidden_layers": 1,
@@ -88,7 +113,7 @@ def make(d, fmt):
 
 
 def body(tmp):
-    for fmt in ("nvfp4-pack-quantized", "float-quantized"):
+    for fmt in ("nvfp4-pack-quantized", "float-quantized", "pack-quantized"):
         src, deq = os.path.join(tmp, fmt), os.path.join(tmp, fmt + "-deq")
         ref = make(src, fmt)
         rc, out = run("pack", "-q", src, os.path.join(tmp, "no"))
@@ -117,11 +142,27 @@ def body(tmp):
     # a format moepack does not read, with --dequantize too
     cfgp = os.path.join(tmp, "float-quantized", "config.json")
     cfg = json.load(open(cfgp))
-    cfg["quantization_config"]["format"] = "pack-quantized"
+    cfg["quantization_config"]["format"] = "mxfp4-pack-quantized"
     json.dump(cfg, open(cfgp, "w"))
     rc, out = run("pack", "-q", "--dequantize", os.path.join(tmp, "float-quantized"), os.path.join(tmp, "no"))
-    check(rc == 1 and "pack-quantized" in out and not os.path.exists(os.path.join(tmp, "no")),
-          "pack-quantized (INT4) refused with --dequantize too, named")
+    check(rc == 1 and "mxfp4-pack-quantized" in out and not os.path.exists(os.path.join(tmp, "no")),
+          "mxfp4-pack-quantized refused with --dequantize too, named")
+    # INT4 whose weight_shape disagrees with its packed codes (padding): refused when read, nothing written
+    src = os.path.join(tmp, "pack-quantized")
+    t = read_dir(src)
+    n = "model.layers.0.self_attn.q_proj.weight_shape"
+    t[n] = ("I64", [2], struct.pack("<qq", H, H - 3))
+    write_st(os.path.join(src, "model.safetensors"), t)
+    rc, out = run("pack", "-q", "--dequantize", src, os.path.join(tmp, "no"))
+    check(rc == 1 and "weight_shape" in out and not os.path.exists(os.path.join(tmp, "no")),
+          "INT4 with a weight_shape other than its codes' refused, nothing written")
+    # an asymmetric INT4 (a zero point) is not read
+    t[n] = ("I64", [2], struct.pack("<qq", H, H))
+    t["model.layers.0.self_attn.q_proj.weight_zero_point"] = ("I32", [H // 8, H // 32], bytes(4 * (H // 8) * (H // 32)))
+    write_st(os.path.join(src, "model.safetensors"), t)
+    rc, out = run("pack", "-q", "--dequantize", src, os.path.join(tmp, "no"))
+    check(rc == 1 and "weight_zero_point" in out and not os.path.exists(os.path.join(tmp, "no")),
+          "INT4 with a zero point refused, named")
 
 
 q.main("mpk-ct-", body)

@@ -62,7 +62,7 @@ static mpk_status read_all(const mpk_plan *p, const mpk_ckpt_tensor *t, char **o
 mpk_status vfy_read_view(const mpk_plan *p, const mpk_plan_view *vw, uint64_t off, uint64_t len, char **out,
                          mpk_error *err)
 {
-    if (vw->scale2)
+    if (vw->kind == MPK_VIEW_NVFP4 || vw->kind == MPK_VIEW_NVFP4_CT)
         return read_nvfp4(p, vw, off, len, out, err);
     const mpk_tensor_info *w = vw->weight->info;
     char *wb = NULL, *sb = NULL, *full = mpk_alloc(vw->t.nbytes + 16), *b = mpk_alloc(len + 1);
@@ -70,7 +70,10 @@ mpk_status vfy_read_view(const mpk_plan *p, const mpk_plan_view *vw, uint64_t of
     mpk_status s = full && b ? read_all(p, vw->weight, &wb, err) : mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     if (s == MPK_OK)
         s = read_all(p, vw->scale, &sb, err);
-    if (s == MPK_OK && (vw->kind == MPK_VIEW_FP8_ROW || vw->kind == MPK_VIEW_FP8_TENSOR)) {
+    if (s == MPK_OK && vw->kind == MPK_VIEW_INT4) {
+        int64_t C = vw->info.shape[1], R = vw->info.shape[0], G = vw->scale->info->shape[1];
+        mpk_dequant_int4_groups((const uint8_t *)wb, (const uint16_t *)sb, R, C, C / G, MPK_DTYPE_BF16, full);
+    } else if (s == MPK_OK && (vw->kind == MPK_VIEW_FP8_ROW || vw->kind == MPK_VIEW_FP8_TENSOR)) {
         int64_t C = w->shape[w->ndim - 1], R = (int64_t)(vw->weight->nbytes / (uint64_t)C);
         mpk_dequant_fp8_scaled(w->dtype, (const uint8_t *)wb, (const float *)sb, vw->kind == MPK_VIEW_FP8_ROW, R, C,
                                MPK_DTYPE_BF16, full);
