@@ -139,6 +139,36 @@ def body(tmp):
               f"{fmt}: quantization_config dropped")
         rc, out = run("verify", "-q", src, deq)
         check(rc == 0, f"{fmt}: verify SRC DEQUANTIZED" + ("" if rc == 0 else ": " + out))
+    # Kimi K2.5 as published: the kimi_k25 preset's names (moepack synth --arch kimi_k25), its routed
+    # experts INT4 pack-quantized; pack --dequantize with the preset auto, then verify
+    kimi, kq, kd = (os.path.join(tmp, n) for n in ("kimi", "kimi-int4", "kimi-deq"))
+    rc, out = run("synth", "--arch", "kimi_k25", "--layers", "1", "--experts", str(E), "--hidden", str(H),
+                  "--intermediate", str(I), kimi)
+    check(rc == 0, "synth kimi_k25" + ("" if rc == 0 else ": " + out))
+    t, want = {}, {}
+    for n, v in read_dir(kimi).items():
+        if ".mlp.experts." in n and n.endswith(".weight"):
+            want[n] = int4_linear(t, n[:-7], v[1][0], v[1][1])
+        else:
+            t[n] = v
+    os.makedirs(kq)
+    write_st(os.path.join(kq, "model.safetensors"), t)
+    cfg = json.load(open(os.path.join(kimi, "config.json")))
+    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized",
+                                  "config_groups": {"group_0": {"targets": ["re:.*mlp\\.experts.*"], "weights": {
+                                      "num_bits": 4, "type": "int", "strategy": "group", "group_size": 32}}}}
+    json.dump(cfg, open(os.path.join(kq, "config.json"), "w"))
+    rc, out = run("pack", "-q", "--dequantize", kq, kd)
+    check(rc == 0, "kimi_k25 INT4 experts: pack --dequantize (preset auto)" + ("" if rc == 0 else ": " + out))
+    got = read_dir(kd) if rc == 0 else {}
+    src_p, dst_p = "language_model.model.layers.0.mlp.experts.", "model.language_model.layers.0.mlp.experts."
+    gu = b"".join(want[f"{src_p}{e}.gate_proj.weight"] + want[f"{src_p}{e}.up_proj.weight"] for e in range(E))
+    g = got.get(dst_p + "gate_up_proj", ("", [], b""))
+    check(g[:2] == ("BF16", [E, 2 * I, H]) and bf16_same(g[2], gu),
+          "kimi_k25: " + dst_p + "gate_up_proj = reference BF16")
+    rc, out = run("verify", "-q", kq, kd)
+    check(rc == 0, "kimi_k25: verify SRC DEQUANTIZED" + ("" if rc == 0 else ": " + out))
+
     # a format moepack does not read, with --dequantize too
     cfgp = os.path.join(tmp, "float-quantized", "config.json")
     cfg = json.load(open(cfgp))
