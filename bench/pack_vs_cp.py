@@ -12,12 +12,13 @@ which do cp + sync's flushing, are not counted), and the median of the per-round
 the baseline timed in the same round (cp -r for the commands without fsync, cp -r + sync for
 pack with its fsync). --sweep times pack --no-fsync with 1, 2, 4, 8 and 16 threads instead.
 --before (repeatable) adds pack and pack --no-fsync (with --dequantize when given; unpack and unpack
---no-fsync without it) of a second build (an earlier commit, say, or `env VAR=... MOEPACK`),
+--no-fsync without it) of a second build (an earlier commit, say, or `'MOEPACK --no-splice'`: the
+same build with a measurement option before the command),
 to compare the two in the same rounds. --mpi 1,2 adds pack under `mpirun -n 1` and
 `mpirun -n 2` (durable; ratio against the one-process pack of the same round).
 --cold drops the page cache (as root: sync, then 3 > /proc/sys/vm/drop_caches) before every
 timed command instead of warming it, and adds pack without its read-ahead hints
-(MOEPACK_PREFETCH=0), to measure them. --dequantize (WORKDIR/src an FP8 checkpoint) times
+(moepack --no-prefetch), to measure them. --dequantize (WORKDIR/src an FP8 checkpoint) times
 `pack --dequantize` (durable, and --no-fsync) against cp -r (+ sync) of its BF16 result, made
 once before the rounds: the bytes the command writes. --shard-size 1GB adds pack and pack
 --no-fsync with --max-shard-size 1GB: several output shards, written by the threads in parallel
@@ -195,7 +196,7 @@ def main():
         cmds[f"pack-{a.shard_size}"] = (f"{m} pack -q {sz} {src} {out}", "cp+sync")
         cmds[f"pack-nofsync-{a.shard_size}"] = (f"{m} pack -q --no-fsync {sz} {src} {out}", "cp")
     if a.cold:
-        cmds["pack-noprefetch"] = (f"MOEPACK_PREFETCH=0 {m} pack -q {src} {out}", "cp+sync")
+        cmds["pack-noprefetch"] = (f"{m} --no-prefetch pack -q {src} {out}", "cp+sync")
     for n in (a.mpi.split(",") if a.mpi else []):
         cmds[f"pack-mpi{n}"] = (f"mpirun --allow-run-as-root --oversubscribe --bind-to none -n {n} {m} pack -q {src} {out}", "pack")
     if a.only:

@@ -69,6 +69,16 @@ int mpk_cli_json_opt(const char *cmd, int argc, char **argv, bool *json);
 /* Parses "5GB", "256MiB", "1000" into bytes; false on error. */
 bool mpk_parse_size(const char *s, uint64_t *out);
 
+/* tuning.c: the measurement and tuning options given before the command. mpk_cli_tuning_parse
+ * reads them from argv[1] on, sets *used to how many argv entries they took and calls mpk_tune();
+ * -1 to go on, else the exit status of a usage error. mpk_cli_tuning_apply puts a conversion's
+ * (direct, bounce, no splice/prefetch/writeback) into its request. */
+extern const char mpk_cli_tuning_help[];
+int mpk_cli_tuning_parse(int argc, char **argv, int *used);
+void mpk_cli_tuning_apply(mpk_convert_req *r);
+/* Their names ("--io-engine --xxh ..."), for the completion script. */
+void mpk_cli_tuning_names(FILE *f);
+
 /* The commands (argv[0] is the command's name; one function may serve several). */
 int mpk_cmd_inspect(int argc, char **argv), mpk_cmd_convert(int argc, char **argv),
     mpk_cmd_presets(int argc, char **argv), mpk_cmd_synth(int argc, char **argv), mpk_cmd_demo(int argc, char **argv),

@@ -252,6 +252,7 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     r->warn = warn_cb;
     r->ctx = (void *)cmd;
     r->cancel = &mpk_cli_cancelled;
+    mpk_cli_tuning_apply(r);
 }
 
 static int run_resolved(const char *cmd, conv_mode mode, conv_args *ap);

@@ -148,7 +148,9 @@ static int print_man(void)
         roff(mpk_commands[i].usage);
         puts(".fi");
     }
-    puts(".SH MPI");
+    puts(".SH MEASUREMENT AND TUNING OPTIONS\n.nf");
+    roff(mpk_cli_tuning_help);
+    puts(".fi\n.SH MPI");
     roff(mpi_text);
     puts(".SH EXIT STATUS\n.nf");
     roff(exit_table);
@@ -169,11 +171,19 @@ static int cmd_completion(int argc, char **argv)
     for (size_t i = 0; i < mpk_n_commands; i++)
         printf("%s%s", i ? " " : "", mpk_commands[i].name);
     printf("\"\n"
-           "    if [ \"$COMP_CWORD\" -eq 1 ]; then\n"
-           "        COMPREPLY=($(compgen -W \"$cmds\" -- \"$cur\"))\n"
+           "    local i=1 tuning=\"");
+    mpk_cli_tuning_names(stdout);
+    printf("\"\n"
+           "    while [[ $i -lt $COMP_CWORD && ${COMP_WORDS[i]} == --* ]]; do\n" /* the tuning options */
+           "        case \" $tuning \" in *\" ${COMP_WORDS[i]} \"*) [[ ${COMP_WORDS[i]} == --no-* ]] || i=$((i + 1));; esac\n"
+           "        i=$((i + 1))\n"
+           "    done\n"
+           "    if [ \"$COMP_CWORD\" -eq \"$i\" ]; then\n"
+           "        [[ $cur == -* ]] && COMPREPLY=($(compgen -W \"$tuning\" -- \"$cur\")) \\\n"
+           "            || COMPREPLY=($(compgen -W \"$cmds\" -- \"$cur\"))\n"
            "        return\n"
            "    fi\n"
-           "    local cmd=${COMP_WORDS[1]}\n"
+           "    local cmd=${COMP_WORDS[i]}\n"
            "    case \"$cmd\" in help) COMPREPLY=($(compgen -W \"$cmds\" -- \"$cur\")); return;; esac\n"
            "    if [[ $cur == -* ]]; then\n"
            "        COMPREPLY=($(compgen -W \"$(MOEPACK_LIST_OPTIONS=1 \"${COMP_WORDS[0]}\" \"$cmd\" </dev/null 2>/dev/null)\" -- \"$cur\"))\n"
@@ -213,7 +223,8 @@ static int cmd_help(int argc, char **argv)
            "per layer), streaming, with bounded memory.\n\nCommands:\n");
     for (size_t i = 0; i < mpk_n_commands; i++)
         printf("  %-10s %s\n", mpk_commands[i].name, mpk_commands[i].summary);
-    printf("\n'moepack <command> --help' shows a command's options.\n\n%s\n%s", mpi_text, exit_table);
+    printf("\n'moepack <command> --help' shows a command's options.\n\n%s\n%s\n%s", mpk_cli_tuning_help, mpi_text,
+           exit_table);
     return MPK_EXIT_OK;
 }
 
@@ -466,7 +477,17 @@ int main(int argc, char **argv)
     mpk_test_hooks_arm(getenv("MOEPACK_FAULT"), getenv("MOEPACK_FAULT_RANK"));
     /* a write past RLIMIT_FSIZE fails with EFBIG (reported, cleaned up) instead of killing us */
     signal(SIGXFSZ, SIG_IGN);
-    if (mpk_mpi_begin(&argc, &argv) == 1 && mpk_mpi_rank() != 0) {
+    int mpi = mpk_mpi_begin(&argc, &argv), used = 0;
+    /* the measurement and tuning options before the command (tuning.c) */
+    int bad = mpk_cli_tuning_parse(argc, argv, &used);
+    if (bad >= 0)
+        return bad;
+    if (used) {
+        argv[used] = argv[0];
+        argv += used;
+        argc -= used;
+    }
+    if (mpi == 1 && mpk_mpi_rank() != 0) {
         return MPK_EXIT_OK; /* launched, but without MPI built in: rank 0 works alone */
     } else if (mpk_mpi_size() == 1 && mpk_mpi_rank() == 0 && strstr(mpk_features(), "mpi=no") &&
                (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE"))) {

@@ -123,6 +123,28 @@ const char *mpk_field_name(mpk_field f)
     return (unsigned)f < MPK_FIELD_COUNT ? field_names[f] : NULL;
 }
 
+/* ---------------------------------------------------------------- tuning */
+
+static mpk_tuning tuned; /* all zero: the defaults */
+
+void mpk_tuning_init(mpk_tuning *t)
+{
+    memset(t, 0, sizeof *t);
+}
+
+void mpk_tune(const mpk_tuning *t)
+{
+    if (t)
+        tuned = *t;
+    else
+        mpk_tuning_init(&tuned);
+}
+
+const mpk_tuning *mpk_tuning_now(void)
+{
+    return &tuned;
+}
+
 const char *mpk_error_what(const mpk_error *err)
 {
     size_t wl = strlen(err->where);

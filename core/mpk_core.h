@@ -32,6 +32,9 @@ mpk_status mpk_error_about(mpk_error *err, mpk_field field, mpk_status code);
 /* Fail with a formatted message whose way out is request field `field`. */
 #define MPK_FAIL_ABOUT(err, field, code, where, ...) \
     return mpk_error_about((err), (field), mpk_error_set((err), (code), 0, (where), __VA_ARGS__))
+/* The process-wide measurement switches mpk_tune() set (the defaults until it is called). */
+const mpk_tuning *mpk_tuning_now(void);
+
 /* Forward a failing status. */
 #define MPK_TRY(expr)                       \
     do {                                    \

@@ -25,12 +25,6 @@
 
 #define DIO_MIN_BYTES (1u << 20) /* smaller data sections are not worth a second descriptor */
 
-int ex_direct_mode(void)
-{
-    const char *e = getenv("MOEPACK_DIRECT");
-    return !e || !*e || strcmp(e, "0") == 0 ? -1 : strcmp(e, "all") == 0 ? 2 : 1;
-}
-
 bool ex_direct_open(ex_direct *d, const mpk_st_out *so, bool any_size)
 {
     memset(d, 0, sizeof *d);

@@ -13,14 +13,6 @@
 #include <string.h>
 #include <xxhash.h>
 
-/* Whether environment variable name is set to exactly v: the switches that turn a mechanism off
- * (=0) or on (=1) to measure it (MOEPACK_SPLICE, _PREFETCH, _WRITEBACK, _BOUNCE). */
-static inline bool ex_env_is(const char *name, const char *v)
-{
-    const char *e = getenv(name);
-    return e && strcmp(e, v) == 0;
-}
-
 typedef struct mpk_node mpk_node;
 
 /* --quantize fp8: the scale grid of each matrix, as the codes' node computed it, for its
@@ -110,7 +102,8 @@ typedef struct {
     char *bounce;   /* non-NULL: ranges of an output hashed on the way go through it (EX_BOUNCE_PIECE) */
     uint64_t bounced; /* copied through it */
 } ex_pipe;
-/* Opens it where the kernel lets it hold a round (else leaves it closed); off with MOEPACK_SPLICE=0. */
+/* Opens it where the kernel lets it hold a round (else leaves it closed); not opened with the
+ * request's no_splice (MPK_CONVERT_NO_SPLICE). */
 void ex_pipe_open(ex_pipe *pp);
 void ex_pipe_close(ex_pipe *pp);
 /* Moves bytes [off, off+len) of a pure node into out at file offset at: copy_file_range, or
@@ -182,9 +175,9 @@ typedef struct {
  * units are single experts: 1.43x cp -r + sync directly against 1.78x through the page cache
  * on the 16-core machine, 0.74x against 0.92x here; pack: 1.54x and 1.56x; bench/RESULTS.md). */
 #define EX_DIO_MIN_UNIT (4u << 20)
-/* MOEPACK_DIRECT: unset or 0, never (the default: direct writes cost less CPU but were not
- * faster, bench/RESULTS.md); 1, by unit size (above); all, every shard it can. */
-int ex_direct_mode(void);
+/* The request's direct (mpk_exec_opts): MPK_DIRECT_OFF, the default (direct writes cost less CPU
+ * but were not faster, bench/RESULTS.md); MPK_DIRECT_LARGE, by unit size (above); MPK_DIRECT_ALL,
+ * every shard it can. */
 /* Opens so's file for direct writes where its file system allows them and its data section
  * has at least 1 MiB of whole blocks (any_size: one); false: it stays with the page cache
  * (d->fd < 0). */

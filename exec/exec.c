@@ -190,8 +190,8 @@ mpk_status mpk_exec(const mpk_plan *p, const char *dst, const mpk_exec_opts *o, 
     pthread_cond_init(&j.c.cv, NULL);
     pthread_cond_init(&j.c.sq_cv, NULL);
     atomic_store(&j.c.cfr_ok, 1);
-    j.c.prefetch = !ex_env_is("MOEPACK_PREFETCH", "0");   /* =0: no read-ahead hints (to measure them) */
-    j.c.writeback = !ex_env_is("MOEPACK_WRITEBACK", "0"); /* =0: no per-output writeback starts (likewise) */
+    j.c.prefetch = !o->no_prefetch;   /* (off: to measure the read-ahead hints) */
+    j.c.writeback = !o->no_writeback; /* (off: to measure the per-output writeback starts) */
     if (dist) {
         watch w;
         ex_watch_start(&w, &j);

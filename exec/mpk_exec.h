@@ -49,6 +49,12 @@ typedef struct mpk_exec_opts {
     /* non-NULL: told each notice (a stale temporary directory removed, a file skipped) */
     void (*warn)(void *ctx, const char *msg);
     void *warn_ctx;
+    /* measurement switches (mpk_convert_req's): */
+    mpk_direct direct;                  /* O_DIRECT writes of durable shards (default off) */
+    mpk_switch bounce;                  /* pure bytes through a worker's buffer: the rule, never, always */
+    bool no_splice;                     /* copy_file_range for every range, no pipe */
+    bool no_prefetch;                   /* no read-ahead hints */
+    bool no_writeback;                  /* no per-output writeback starts */
 } mpk_exec_opts;
 
 /* What besides the tensors went into DST: SRC's other files, copied recursively. */

@@ -354,8 +354,7 @@ typedef struct {
 void ex_pipe_open(ex_pipe *pp)
 {
     *pp = (ex_pipe){.fd = {-1, -1}};
-    /* MOEPACK_SPLICE=0: copy_file_range for every range (to measure) */
-    if (ex_env_is("MOEPACK_SPLICE", "0") || pipe2(pp->fd, O_CLOEXEC) != 0) {
+    if (pipe2(pp->fd, O_CLOEXEC) != 0) {
         pp->fd[0] = pp->fd[1] = -1;
         return;
     }

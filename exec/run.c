@@ -459,7 +459,7 @@ void *ex_worker(void *arg)
     size_t home = ((worker_arg *)arg)->home;
     worker k = {.r = {.cap = 256}, .pp = {.fd = {-1, -1}}};
     k.r.err = &k.err;
-    if (c->o->use_copy_range)
+    if (c->o->use_copy_range && !c->o->no_splice) /* (no_splice: copy_file_range for every range) */
         ex_pipe_open(&k.pp);
     if (c->bounce) /* (without it, the outputs are read back to be hashed) */
         k.pp.bounce = mpk_alloc(EX_BOUNCE_PIECE);

@@ -176,14 +176,14 @@ mpk_status ex_prepare_nodes(job *j)
     return size_units(j);
 }
 
-/* MOEPACK_DIRECT=1 (all: whatever the units), durable, one process, units in file order (no
+/* direct MPK_DIRECT_LARGE (MPK_DIRECT_ALL: whatever the units), durable, one process, units in file order (no
  * FP8 scale grid queued late) and large on average, not resumed from a kept file: the shard's
  * data is written with O_DIRECT where its file system allows (direct.c). */
 static mpk_status open_direct(job *j)
 {
     run_ctx *c = &j->c;
-    int mode = ex_direct_mode();
-    if (j->o->no_fsync || j->o->no_direct || mpk_dist_size() > 1 || mode < 0)
+    mpk_direct mode = j->o->direct;
+    if (j->o->no_fsync || j->o->no_direct || mpk_dist_size() > 1 || mode == MPK_DIRECT_OFF)
         return MPK_OK;
     if (!(c->dio = mpk_calloc(j->p->n_shards + 1, sizeof *c->dio)))
         return ex_nomem(j);
@@ -196,8 +196,8 @@ static mpk_status open_direct(job *j)
             bytes += (double)c->units[u].len;
             sq += (double)c->units[u].len * (double)c->units[u].len;
         }
-        if (!late && !j->reopened[sh] && bytes > 0 && (mode > 1 || sq / bytes >= EX_DIO_MIN_UNIT))
-            ex_direct_open(&c->dio[sh], c->shards[sh], mode > 1);
+        if (!late && !j->reopened[sh] && bytes > 0 && (mode == MPK_DIRECT_ALL || sq / bytes >= EX_DIO_MIN_UNIT))
+            ex_direct_open(&c->dio[sh], c->shards[sh], mode == MPK_DIRECT_ALL);
     }
     return MPK_OK;
 }
@@ -210,13 +210,13 @@ static mpk_status open_direct(job *j)
  * (an average byte in a tensor of EX_BOUNCE_MIN_OUT or more: a packed checkpoint, not unpack's
  * per-expert tensors, which measured no better), and only where copy_file_range copies bytes
  * (ext2/3/4, tmpfs; elsewhere it may share extents or copy on the server).
- * MOEPACK_BOUNCE=0: never; =1: wherever outputs are hashed. */
+ * The request's bounce: MPK_SWITCH_NEVER never; MPK_SWITCH_ALWAYS wherever outputs are hashed. */
 static bool bounce_wanted(const job *j)
 {
     const run_ctx *c = &j->c;
-    if (!c->mh || !j->o->use_copy_range || !c->shards || ex_env_is("MOEPACK_BOUNCE", "0"))
+    if (!c->mh || !j->o->use_copy_range || !c->shards || j->o->bounce == MPK_SWITCH_NEVER)
         return false;
-    if (ex_env_is("MOEPACK_BOUNCE", "1"))
+    if (j->o->bounce == MPK_SWITCH_ALWAYS)
         return true;
     double bytes = 0, sq = 0; /* the size of the output an average byte is in: sum n^2 / sum n */
     for (size_t i = 0; i < j->p->n_outs; i++) {

@@ -240,7 +240,7 @@ mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const ch
 
 #define MPK_WRITE_PIECE (64u << 10)
 
-/* The most bytes one pwrite writes (MOEPACK_WRITE_PIECE overrides; 0: no limit). The kernel
+/* The most bytes one pwrite writes (mpk_tune's write_piece overrides; UINT64_MAX: no limit). The kernel
  * gives a buffered write page-cache folios as large as the write (ext4 since 6.16); on a VM that
  * hands free memory back to its host (free page reporting), large folios come from that memory
  * and every first touch of it faults in the host: the same 3.2 GB written in 4 MiB calls took
@@ -249,18 +249,8 @@ mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const ch
  * pack --dequantize (median 2.52 s against 3.16 s). */
 static size_t write_piece(void)
 {
-    static _Atomic size_t cached; /* 0: not read yet; SIZE_MAX: no limit */
-    size_t v = atomic_load(&cached);
-    if (!v) {
-        const char *e = getenv("MOEPACK_WRITE_PIECE");
-        char *end = NULL;
-        unsigned long long n = e && *e ? strtoull(e, &end, 10) : MPK_WRITE_PIECE;
-        if (end && *end) /* not a number */
-            n = MPK_WRITE_PIECE;
-        v = n ? (size_t)n : SIZE_MAX;
-        atomic_store(&cached, v);
-    }
-    return v;
+    uint64_t n = mpk_tuning_now()->write_piece;
+    return !n ? MPK_WRITE_PIECE : n > SIZE_MAX ? SIZE_MAX : (size_t)n;
 }
 
 mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,

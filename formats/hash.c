@@ -50,14 +50,13 @@ static const xxh_code avx2 = {mpk_xxh_avx2_new, mpk_xxh_avx2_update, mpk_xxh_avx
 static const xxh_code *code(void)
 {
 #ifdef MPK_HAVE_XXH_AVX2
-    static atomic_int chosen = -1;
-    int c = atomic_load_explicit(&chosen, memory_order_relaxed);
+    static atomic_int cpu = -1;
+    int c = atomic_load_explicit(&cpu, memory_order_relaxed);
     if (c < 0) {
-        const char *e = getenv("MOEPACK_XXH");
-        c = __builtin_cpu_supports("avx2") && !(e && strcmp(e, "generic") == 0);
-        atomic_store_explicit(&chosen, c, memory_order_relaxed);
+        c = __builtin_cpu_supports("avx2");
+        atomic_store_explicit(&cpu, c, memory_order_relaxed);
     }
-    if (c)
+    if (c && !mpk_tuning_now()->xxh_generic) /* (xxh_generic: libxxhash's, to compare) */
         return &avx2;
 #endif
     return &library;

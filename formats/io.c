@@ -34,11 +34,8 @@ mpk_status mpk_io_create(mpk_io_backend want, unsigned queue_depth, size_t max_r
     *out = NULL;
     if (queue_depth == 0 || queue_depth > 4096 || max_req == 0)
         MPK_FAIL(err, MPK_E_USAGE, "io", "queue depth must be 1..4096 and request size > 0");
-    const char *env = getenv("MOEPACK_IO");
-    if (want == MPK_IO_AUTO && env && strcmp(env, "pread") == 0)
-        want = MPK_IO_PREAD;
-    if (want == MPK_IO_AUTO && env && strcmp(env, "io_uring") == 0)
-        want = MPK_IO_URING;
+    if (want == MPK_IO_AUTO) /* the process's choice (mpk_tune), else auto */
+        want = mpk_tuning_now()->io;
     mpk_io *io = mpk_calloc(1, sizeof *io);
     if (!io)
         MPK_FAIL(err, MPK_E_NOMEM, "io", "out of memory");

@@ -249,7 +249,7 @@ typedef struct mpk_hash128 {
 /* Streaming XXH3-128 of large buffers (tensor bytes), and one-shot XXH3-64. libxxhash's
  * shared library is built for baseline x86-64 (SSE2: 15 GB/s on this project's dev VM); on a
  * CPU with AVX2 the same library's header, inlined with AVX2 kernels, runs instead (43 GB/s
- * there), with the same results. MOEPACK_XXH=generic in the environment keeps the library's.
+ * there), with the same results. mpk_tune's xxh_generic keeps the library's.
  * mpk_xxh_new returns a reset state, NULL when out of memory; owned by the caller, free with
  * mpk_xxh_free (NULL-safe). A state is not thread-safe; the functions are. */
 typedef struct mpk_xxh mpk_xxh;
@@ -425,7 +425,7 @@ int mpk_fault_point(const char *op);
  * MPK_E_IO naming path, tensor and offset otherwise. */
 mpk_status mpk_pread_all(int fd, void *buf, uint64_t len, uint64_t off, const char *path, const char *tensor,
                          mpk_error *err);
-/* pwrite() until done (in calls of at most MOEPACK_WRITE_PIECE bytes); MPK_E_IO naming where
+/* pwrite() until done (in calls of at most mpk_tune's write_piece bytes); MPK_E_IO naming where
  * on failure. Thread-safe. */
 mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *where,
                           mpk_error *err);

@@ -2,7 +2,7 @@
  * element left by one bit first for IEEE floats (the sign to the bottom, so the top byte holds
  * exponent bits only). The scalar code is the reference; AVX2 code for 2- and 4-byte elements
  * (BF16, F16, F32: nearly all weights) runs where the CPU has it, chosen once per process
- * (MOEPACK_NO_SIMD set keeps the scalar code, as ops/quant.c does). */
+ * (mpk_tune's no_simd keeps the scalar code, as ops/quant.c does). */
 #include "formats_internal.h"
 
 #include <stdatomic.h>
@@ -102,13 +102,13 @@ AVX2 static size_t join4(const unsigned char *const *p, unsigned char *o, size_t
 
 static bool use_avx2(void)
 {
-    static atomic_int chosen = -1;
-    int c = atomic_load_explicit(&chosen, memory_order_relaxed);
+    static atomic_int cpu = -1;
+    int c = atomic_load_explicit(&cpu, memory_order_relaxed);
     if (c < 0) {
-        c = __builtin_cpu_supports("avx2") && !getenv("MOEPACK_NO_SIMD");
-        atomic_store_explicit(&chosen, c, memory_order_relaxed);
+        c = __builtin_cpu_supports("avx2");
+        atomic_store_explicit(&cpu, c, memory_order_relaxed);
     }
-    return c;
+    return c && !mpk_tuning_now()->no_simd;
 }
 #else
 static bool use_avx2(void)

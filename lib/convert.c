@@ -157,8 +157,9 @@ static mpk_status check_req(const mpk_convert_req *r, bool writes, mpk_error *er
     if (writes && (!r->dst || !r->dst[0]))
         MPK_FAIL(err, MPK_E_USAGE, "request", "no destination (NULL or an empty path)");
     if ((unsigned)r->direction >= MPK_DIRECTION_COUNT || (unsigned)r->quant >= MPK_QUANT_COUNT ||
-        (unsigned)r->io >= MPK_IO_BACKEND_COUNT)
-        MPK_FAIL(err, MPK_E_USAGE, "request", "direction, quant or io out of range");
+        (unsigned)r->io >= MPK_IO_BACKEND_COUNT || (unsigned)r->direct >= MPK_DIRECT_COUNT ||
+        (unsigned)r->bounce >= MPK_SWITCH_COUNT)
+        MPK_FAIL(err, MPK_E_USAGE, "request", "direction, quant, io, direct or bounce out of range");
     if (writes && r->mem < (1u << 20))
         MPK_FAIL_ABOUT(err, MPK_FIELD_MEM, MPK_E_USAGE, "request", "memory budget %llu bytes is below 1 MiB",
                  (unsigned long long)r->mem);
@@ -655,6 +656,11 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         .copy_links = r->flags & MPK_CONVERT_COPY_LINKS,
         .warn = r->warn,
         .warn_ctx = r->ctx,
+        .direct = r->direct,
+        .bounce = r->bounce,
+        .no_splice = r->flags & MPK_CONVERT_NO_SPLICE,
+        .no_prefetch = r->flags & MPK_CONVERT_NO_PREFETCH,
+        .no_writeback = r->flags & MPK_CONVERT_NO_WRITEBACK,
     };
     mpk_exec_stats st;
     if ((s = mpk_exec(plan, r->dst, &eo, &st, err)) != MPK_OK)

@@ -51,17 +51,11 @@ uint8_t mpk_f32_to_e4m3_fast(float f)
 
 /* ---------------------------------------------------------------- FP8 block */
 
-/* SIMD paths are taken where the CPU has them, unless MOEPACK_NO_SIMD is set (tests use it to
+/* SIMD paths are taken where the CPU has them, unless mpk_tune's no_simd is set (tests use it to
  * run the portable paths too). */
 static bool simd_allowed(void)
 {
-    static _Atomic int cached = -1;
-    int v = atomic_load(&cached);
-    if (v < 0) {
-        v = !getenv("MOEPACK_NO_SIMD");
-        atomic_store(&cached, v);
-    }
-    return v;
+    return !mpk_tuning_now()->no_simd;
 }
 
 bool ops_simd_allowed(void)

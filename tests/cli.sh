@@ -157,12 +157,12 @@ grep -q "within tolerance" "$tmp/out" && ! grep -q "identical" "$tmp/out" \
 expect 0 "... --json" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0.01 --json
 json_check "... identical false, within_tolerance true, one inexact tensor" "not d['identical'] and d['within_tolerance'] and d['inexact'] == 1"
 expect 3 "... and beyond the default tolerance it is a difference (exit 3)" -- "$M" verify "$tmp/dfp" "$tmp/dq" --rtol 0 --json
-# computed outputs are written in pieces (MOEPACK_WRITE_PIECE, default 32 KiB: small page-cache
+# computed outputs are written in pieces (--write-piece, default 64 KiB: small page-cache
 # folios, issue 18): more write calls, the same bytes as one call per unit (without fsync: the
-# page cache's path whatever MOEPACK_DIRECT says)
+# page cache's path whatever --direct says)
 for piece in 0 4096; do
-  MOEPACK_WRITE_PIECE=$piece MOEPACK_FAULT=count "$M" pack -q --no-fsync --dequantize "$tmp/dfp" "$tmp/wp$piece" 2>"$tmp/wp$piece.err" \
-    || { echo "FAIL: pack --dequantize with MOEPACK_WRITE_PIECE=$piece" >&2; fails=$((fails + 1)); }
+  MOEPACK_FAULT=count "$M" --write-piece $piece pack -q --no-fsync --dequantize "$tmp/dfp" "$tmp/wp$piece" 2>"$tmp/wp$piece.err" \
+    || { echo "FAIL: pack --dequantize with --write-piece $piece" >&2; fails=$((fails + 1)); }
 done
 n0=$(sed -n 's/.*fault points passed: \([0-9]*\).*/\1/p' "$tmp/wp0.err")
 n4=$(sed -n 's/.*fault points passed: \([0-9]*\).*/\1/p' "$tmp/wp4096.err")
@@ -176,22 +176,20 @@ fi
 
 # pure ranges at another offset within a page in their source than in the output are moved
 # through a pipe in rounds (issue 18): expert slices of 384 KiB (more than one 256 KiB round),
-# spread over 3 source shards; the same bytes as copy_file_range alone (MOEPACK_SPLICE=0), both
+# spread over 3 source shards; the same bytes as copy_file_range alone (--no-splice), both
 # ways, and unpack gives back the source's files
 "$M" synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 --intermediate 384 --vocab 64 --shards 3 \
   "$tmp/spl" >/dev/null
-# (without fsync: they test the in-kernel path whatever MOEPACK_DIRECT says; durable as well below;
-# MOEPACK_BOUNCE=0: no copies through a buffer, which may take these moves, below)
-export MOEPACK_BOUNCE=0
-expect 0 "pack of misaligned 384 KiB expert slices" -- "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p"
+# (without fsync: they test the in-kernel path whatever --direct says; durable as well below;
+# --bounce never: no copies through a buffer, which may take these moves, below)
+expect 0 "pack of misaligned 384 KiB expert slices" -- "$M" --bounce never pack --no-fsync --json "$tmp/spl" "$tmp/spl-p"
 json_check "... moved some through the pipe (spliced_bytes > 0)" "d['copy_file_range'] and d['spliced_bytes'] > 0 and d['direct_bytes'] == 0 and d['bounced_bytes'] == 0"
-expect 0 "... with MOEPACK_SPLICE=0" -- env MOEPACK_SPLICE=0 "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-p0"
+expect 0 "... with --no-splice" -- "$M" --bounce never --no-splice pack --no-fsync --json "$tmp/spl" "$tmp/spl-p0"
 json_check "... none through the pipe" "d['copy_file_range'] and d['spliced_bytes'] == 0"
-expect 0 "unpack of it (spliced too)" -- "$M" unpack --no-fsync --json "$tmp/spl-p" "$tmp/spl-u"
+expect 0 "unpack of it (spliced too)" -- "$M" --bounce never unpack --no-fsync --json "$tmp/spl-p" "$tmp/spl-u"
 json_check "... spliced_bytes > 0" "d['spliced_bytes'] > 0"
-expect 0 "durable pack with MOEPACK_DIRECT=0 (page cache: spliced as well)" -- env MOEPACK_DIRECT=0 "$M" pack --json "$tmp/spl" "$tmp/spl-pd0"
+expect 0 "durable pack with --direct off (page cache: spliced as well)" -- "$M" --bounce never --direct off pack --json "$tmp/spl" "$tmp/spl-pd0"
 json_check "... through the page cache" "d['spliced_bytes'] > 0 and d['direct_bytes'] == 0"
-unset MOEPACK_BOUNCE
 if diff -r "$tmp/spl-p" "$tmp/spl-p0" >/dev/null && "$M" verify "$tmp/spl" "$tmp/spl-p" >/dev/null \
    && (for f in "$tmp"/spl/*.safetensors; do cmp -s "$f" "$tmp/spl-u/${f##*/}" || exit 1; done); then
   echo "ok: spliced pack identical to copy_file_range's and verifies; its unpack gives back the source shards"
@@ -201,17 +199,17 @@ fi
 
 # bounce copies (issue 18): pure ranges read into a 256 KiB buffer, hashed there for the manifest
 # and written from it, instead of moved in the kernel and read back; the same files and manifest
-expect 0 "pack with MOEPACK_BOUNCE=1 (every pure byte through the buffer)" -- \
-  env MOEPACK_BOUNCE=1 "$M" pack --no-fsync --json "$tmp/spl" "$tmp/spl-b"
+expect 0 "pack with --bounce always (every pure byte through the buffer)" -- \
+  "$M" --bounce always pack --no-fsync --json "$tmp/spl" "$tmp/spl-b"
 json_check "... bounced_bytes is every byte of the expert tensors, none spliced" \
   "d['bounced_bytes'] >= 3 * 4 * 3 * 384 * 512 * 2 and d['spliced_bytes'] == 0"
 expect 0 "... --no-manifest: nothing to hash, nothing through the buffer" -- \
-  env MOEPACK_BOUNCE=1 "$M" pack --no-fsync --no-manifest --json "$tmp/spl" "$tmp/spl-bn"
+  "$M" --bounce always pack --no-fsync --no-manifest --json "$tmp/spl" "$tmp/spl-bn"
 json_check "... bounced_bytes 0" "d['bounced_bytes'] == 0 and d['spliced_bytes'] > 0"
 expect 0 "unpack, small per-expert outputs (auto: read back from the cache instead)" -- \
   "$M" unpack --no-fsync --threads 2 --json "$tmp/spl-b" "$tmp/spl-bu"
 json_check "... bounced_bytes 0" "d['bounced_bytes'] == 0"
-expect 0 "unpack with MOEPACK_BOUNCE=1" -- env MOEPACK_BOUNCE=1 "$M" unpack --no-fsync --threads 2 --json "$tmp/spl-b" "$tmp/spl-bu1"
+expect 0 "unpack with --bounce always" -- "$M" --bounce always unpack --no-fsync --threads 2 --json "$tmp/spl-b" "$tmp/spl-bu1"
 json_check "... bounced_bytes > 0" "d['bounced_bytes'] > 0"
 # auto: packed tensors of 128 and 64 MiB (too large to read back from the CPU's cache), every
 # thread with an output shard of its own (4 shards, 2 threads), where copy_file_range copies
@@ -233,25 +231,25 @@ else
   echo "FAIL: bounce copies differ from the kernel's moves" >&2; fails=$((fails + 1))
 fi
 
-# with MOEPACK_DIRECT=1 durable runs write each shard's data with O_DIRECT (issue 18) when its
-# bytes are in large units (4 MiB on average; MOEPACK_DIRECT=all: always), units put together block
+# with --direct large durable runs write each shard's data with O_DIRECT (issue 18) when its
+# bytes are in large units (4 MiB on average; --direct all: always), units put together block
 # by block where they meet: the same bytes as through the page cache, with the pread engine too,
 # verified, and unpack gives back the source's files; not when the output is compressed next
 expect 0 "durable pack by default: through the page cache" -- "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
 json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
 rm -rf "$tmp/dio-auto"
-expect 0 "... MOEPACK_DIRECT=1, 3 MiB units: through the page cache" -- env MOEPACK_DIRECT=1 "$M" pack --json "$tmp/spl" "$tmp/dio-auto"
+expect 0 "... --direct large, 3 MiB units: through the page cache" -- "$M" --direct large pack --json "$tmp/spl" "$tmp/dio-auto"
 json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
-expect 0 "durable pack writes directly (MOEPACK_DIRECT=all)" -- env MOEPACK_DIRECT=all "$M" pack --json "$tmp/spl" "$tmp/dio-p"
+expect 0 "durable pack writes directly (--direct all)" -- "$M" --direct all pack --json "$tmp/spl" "$tmp/dio-p"
 json_check "... direct_bytes > 0, no in-kernel copies" "d['direct_bytes'] > 0 and not d['copy_file_range']"
-expect 0 "... with the pread engine" -- env MOEPACK_DIRECT=all MOEPACK_IO=pread "$M" pack --json "$tmp/spl" "$tmp/dio-pr"
+expect 0 "... with the pread engine" -- "$M" --direct all --io-engine pread pack --json "$tmp/spl" "$tmp/dio-pr"
 json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
-expect 0 "durable unpack writes directly" -- env MOEPACK_DIRECT=all "$M" unpack --json "$tmp/dio-p" "$tmp/dio-u"
+expect 0 "durable unpack writes directly" -- "$M" --direct all unpack --json "$tmp/dio-p" "$tmp/dio-u"
 json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
-expect 0 "pack --compress does not (compressed from the page cache next)" -- env MOEPACK_DIRECT=all "$M" pack --json --compress "$tmp/spl" "$tmp/dio-z"
+expect 0 "pack --compress does not (compressed from the page cache next)" -- "$M" --direct=all pack --json --compress "$tmp/spl" "$tmp/dio-z"
 json_check "... direct_bytes == 0" "d['direct_bytes'] == 0"
 "$M" synth --arch qwen3_moe --layers 2 --experts 8 --hidden 1024 --intermediate 512 --vocab 64 "$tmp/big" >/dev/null
-expect 0 "MOEPACK_DIRECT=1, durable pack of 16 MiB tensors writes directly" -- env MOEPACK_DIRECT=1 "$M" pack --json "$tmp/big" "$tmp/big-p"
+expect 0 "--direct large, durable pack of 16 MiB tensors writes directly" -- "$M" --direct large pack --json "$tmp/big" "$tmp/big-p"
 json_check "... direct_bytes > 0" "d['direct_bytes'] > 0"
 "$M" verify "$tmp/big" "$tmp/big-p" >/dev/null && echo "ok: ... and verifies" \
   || { echo "FAIL: the direct pack of 16 MiB tensors does not verify" >&2; fails=$((fails + 1)); }
@@ -502,6 +500,25 @@ if command -v bash >/dev/null 2>&1; then
   [ "$(echo $got | tr ' ' '\n' | sort | tr '\n' ' ')" = "--max-shard-size verify version " ] && echo "ok: bash completion completes commands and options" \
     || { echo "FAIL: completion gave: $got" >&2; fails=$((fails + 1)); }
 fi
+# the measurement and tuning options, before the command: completed there, each in 'moepack help'
+# and the man page, a bad value a usage error
+tuning=$(sed -n 's/^ *local i=1 tuning="\(.*\)"$/\1/p' "$tmp/completion.bash")
+[ "$(echo $tuning | wc -w)" -ge 9 ] || { echo "FAIL: the completion lists no tuning options: $tuning" >&2; fails=$((fails + 1)); }
+"$M" help > "$tmp/help"
+for o in $tuning; do
+  grep -q -- "^  $o\b" "$tmp/help" && grep -q -- "$(echo "$o" | sed 's/-/\\\\-/g')" "$tmp/moepack.1" \
+    || { echo "FAIL: help or the man page does not mention $o" >&2; fails=$((fails + 1)); }
+done
+if command -v bash >/dev/null 2>&1; then
+  got=$(PATH=$(dirname "$M"):$PATH bash -c '. "$1"; COMP_WORDS=(moepack --no-s); COMP_CWORD=1; _moepack; echo "${COMPREPLY[*]}"; COMP_WORDS=(moepack --direct all --no-simd ver); COMP_CWORD=4; _moepack; echo "${COMPREPLY[*]}"; COMP_WORDS=(moepack --xxh generic pack --max); COMP_CWORD=4; _moepack; echo "${COMPREPLY[*]}"' _ "$tmp/completion.bash")
+  [ "$(echo $got | tr ' ' '\n' | sort | tr '\n' ' ')" = "--max-shard-size --no-simd --no-splice verify version " ] \
+    && echo "ok: bash completion completes the tuning options, then commands and their options" \
+    || { echo "FAIL: tuning completion gave: $got" >&2; fails=$((fails + 1)); }
+fi
+expect 2 "a tuning option with a bad value" -- "$M" --direct sometimes pack "$tmp/lfm" "$tmp/x"
+grep -q "direct takes off|large|all, not 'sometimes'" "$tmp/err" || { echo "FAIL: --direct's usage error" >&2; fails=$((fails + 1)); }
+expect 2 "a tuning option without its value" -- "$M" --write-piece
+expect 0 "tuning options before a command" -- "$M" --no-simd --xxh=generic --io-engine pread --write-piece 4KiB version
 expect 2 "completion without a shell" -- "$M" completion
 
 expect 0 "version --json" -- "$M" version --json

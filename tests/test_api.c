@@ -309,6 +309,12 @@ static void test_request_errors(void **state)
         if (cases[i].want != MPK_E_DST_EXISTS)
             assert_false(exists(dst));
     }
+    /* a measurement switch out of range */
+    mpk_convert_req_init(&r, path("src"), path("x8"));
+    r.bounce = MPK_SWITCH_COUNT;
+    assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);
+    assert_non_null(strstr(err.msg, "bounce"));
+    assert_false(exists(path("x8")));
     /* an empty path, and a destination that names no directory to create */
     mpk_convert_req_init(&r, path("src"), "");
     assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_USAGE);

@@ -771,8 +771,7 @@ static void test_index_format(void **state)
 static void test_xxh_matches_library(void **state)
 {
     (void)state;
-    const char *e = getenv("MOEPACK_XXH");
-    bool generic = e && strcmp(e, "generic") == 0;
+    bool generic = mpk_tuning_now()->xxh_generic; /* (formats-pread: --xxh=generic) */
 #if defined(__x86_64__)
     assert_string_equal(mpk_xxh_impl(), !generic && __builtin_cpu_supports("avx2") ? "avx2" : "libxxhash");
 #else
@@ -813,8 +812,9 @@ static void test_xxh_matches_library(void **state)
     free(b);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    tu_tuning_args(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_corrupt_table),
         cmocka_unit_test(test_prefix_errors),

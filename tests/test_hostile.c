@@ -330,16 +330,16 @@ static void test_source_cut_short_while_spliced(void **state)
     (void)state;
     const char *s = tu_fmt("%s/spl", root), *dst = tu_fmt("%s/o", root);
     const char *shard = tu_fmt("%s/model-00002-of-00003.safetensors", s);
-    /* (without fsync: the in-kernel path whatever MOEPACK_DIRECT says; direct writes below);
+    /* (without fsync: the in-kernel path whatever --direct says; direct writes below);
      * through the pipe, then copied through a buffer and hashed on the way (bounce copies) */
-    const char *ways[][2] = {{"0", "splice"}, {"1", "pread"}};
+    const char *ways[][2] = {{"--bounce never", "splice"}, {"--bounce always", "pread"}};
     int rc;
     for (int k = 0; k < 2; k++) {
         assert_int_equal(tu_sh("rm -rf %s && %s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 "
                                "--intermediate 384 --vocab 64 --shards 3 %s >/dev/null", s, tu_moepack(), s), 0);
-        setenv("MOEPACK_BOUNCE", ways[k][0], 1);
+        tu_moepack_opts(ways[k][0]);
         rc = tu_run_changing(root, 3, tu_fmt("pack --no-fsync --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
-        unsetenv("MOEPACK_BOUNCE");
+        tu_moepack_opts(NULL);
         assert_int_equal(rc, 1);
         assert_true(err_has(tu_fmt("%s: %s from offset 3000000", shard, ways[k][1])));
         assert_true(err_has("the source ended early (writing tensor 'model.layers.1.mlp.experts.gate_up_proj'"));
@@ -349,9 +349,9 @@ static void test_source_cut_short_while_spliced(void **state)
     /* the same cut while a durable run reads the slices for its direct writes */
     assert_int_equal(tu_sh("rm -rf %s && %s synth --arch qwen3_moe --layers 3 --experts 4 --hidden 512 "
                            "--intermediate 384 --vocab 64 --shards 3 %s >/dev/null", s, tu_moepack(), s), 0);
-    setenv("MOEPACK_DIRECT", "all", 1); /* (its units are below the size that goes direct with 1) */
+    tu_moepack_opts("--direct all"); /* (its units are below the size that goes direct with large) */
     rc = tu_run_changing(root, 3, tu_fmt("pack --threads 1 %s %s", s, dst), tu_fmt("truncate -s 3000000 %s", shard));
-    unsetenv("MOEPACK_DIRECT");
+    tu_moepack_opts(NULL);
     assert_int_equal(rc, 1);
     assert_true(err_has(tu_fmt("%s: read at offset", shard)));
     assert_true(err_has("unexpected end of file"));
@@ -666,20 +666,20 @@ static void test_allocation_failure_sweep(void **state)
     assert_true(sweep(tu_fmt("hash %s", src), NULL) > 100);
     /* durable runs writing every shard with O_DIRECT (exec/direct.c: the carry block, the
      * worker's aligned buffer, the hashes taken from it; --json shows them used on this source) */
-    setenv("MOEPACK_DIRECT", "all", 1);
+    tu_moepack_opts("--direct all");
     long direct_pack = sweep(tu_fmt("pack %s %s -q --threads 2", src, dst), dst);
     long direct_unpack = sweep(tu_fmt("unpack %s %s -q --threads 1", packed, dst), dst);
     assert_int_equal(run("", tu_fmt("pack --json %s %s", src, dst)), 0);
-    unsetenv("MOEPACK_DIRECT");
+    tu_moepack_opts(NULL);
     assert_true(direct_pack > 200 && direct_unpack > 200);
     assert_int_equal(tu_sh("grep -q '\"direct_bytes\": [1-9]' %s/out", root), 0);
     tu_rmrf(dst);
     /* pure ranges through each worker's buffer, hashed on the way (its buffer, the hash states;
      * a failed allocation of either leaves the output to be read back instead) */
-    setenv("MOEPACK_BOUNCE", "1", 1);
+    tu_moepack_opts("--bounce always");
     long bounce_pack = sweep(tu_fmt("pack %s %s -q --no-fsync --threads 2", src, dst), dst);
     assert_int_equal(run("", tu_fmt("pack --json %s %s", src, dst)), 0);
-    unsetenv("MOEPACK_BOUNCE");
+    tu_moepack_opts(NULL);
     assert_true(bounce_pack > 200);
     assert_int_equal(tu_sh("grep -q '\"bounced_bytes\": [1-9]' %s/out", root), 0);
     tu_rmrf(dst);
@@ -689,8 +689,9 @@ static void test_allocation_failure_sweep(void **state)
     assert_int_equal(run("", tu_fmt("verify %s", h)), 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    tu_tuning_args(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fifo_never_waited_on),
         cmocka_unit_test(test_config_numbers_checked),

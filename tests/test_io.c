@@ -1,4 +1,4 @@
-/* test_io.c — the I/O engine under each back end, and the environment override. */
+/* test_io.c — the I/O engine under each back end, and the process-wide choice (mpk_tune). */
 #define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
@@ -103,16 +103,19 @@ static void test_io_uring(void **state)
     run_io_engine(MPK_IO_URING);
 }
 
-static void test_io_env_override(void **state)
+static void test_io_tuned_backend(void **state)
 {
     (void)state;
     mpk_error err = {0};
     mpk_io *io;
-    setenv("MOEPACK_IO", "pread", 1);
+    mpk_tuning t;
+    mpk_tuning_init(&t);
+    t.io = MPK_IO_PREAD; /* the process's choice (moepack --io-engine pread) */
+    mpk_tune(&t);
     assert_int_equal(mpk_io_create(MPK_IO_AUTO, 4, 4096, &io, &err), MPK_OK);
     assert_int_equal(mpk_io_backend_of(io), MPK_IO_PREAD);
     mpk_io_free(io);
-    unsetenv("MOEPACK_IO");
+    mpk_tune(NULL);
 }
 
 int main(void)
@@ -120,7 +123,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_io_pread),
         cmocka_unit_test(test_io_uring),
-        cmocka_unit_test(test_io_env_override),
+        cmocka_unit_test(test_io_tuned_backend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

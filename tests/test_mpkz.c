@@ -425,8 +425,9 @@ static void read_cache_keyed(void **state)
     tu_rmrf(dir);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    tu_tuning_args(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(planes_match_scalar), cmocka_unit_test(planes_by_hand),
         cmocka_unit_test(huff_by_hand),        cmocka_unit_test(huff_round_trips),

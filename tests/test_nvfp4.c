@@ -1,7 +1,7 @@
 /* test_nvfp4.c — the 4-bit kernels: NVFP4's (ops/nvfp4.c) on every code: all 16 E2M1 codes under all 256
  * E4M3 block-scale codes and several global scales (overflowing and NaN ones included), into
  * F32, BF16 and F16, against values computed here from the bit fields; and the comparison of two
- * encodings by value; the MXFP4 quantizer's rounding against the reference encoder. Run twice: with the SIMD paths and without (MOEPACK_NO_SIMD). */
+ * encodings by value; the MXFP4 quantizer's rounding against the reference encoder. Run twice: with the SIMD paths and without (--no-simd: mpk_tune). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "mpk_ops.h"
+#include "testutil.h"
 
 #include <math.h>
 #include <string.h>
@@ -169,8 +170,9 @@ static void test_mxfp4_bf16_path(void **state)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    tu_tuning_args(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_code),
         cmocka_unit_test(test_value_diff),

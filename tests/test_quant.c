@@ -921,8 +921,9 @@ static void test_verify_by_value(void **state)
     tu_rmrf(dir);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    tu_tuning_args(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_code_point),
         cmocka_unit_test(test_encode_round_trip_and_ties),

@@ -613,14 +613,13 @@ static void test_stale_temporaries(void **state)
     tu_rmrf(d);
 }
 
-/* The safety-bounce run (MOEPACK_BOUNCE=1, tests/meson.build) moves the pure bytes of these
+/* The safety-bounce run (--bounce always, tests/meson.build) moves the pure bytes of these
  * packs through a worker's buffer, so the write failures, kills and resumes above go through
  * that path: a pack here says so in its report. Skipped in the other runs. */
 static void test_bounce_run_bounces(void **state)
 {
     (void)state;
-    const char *e = getenv("MOEPACK_BOUNCE");
-    if (!e || strcmp(e, "1") != 0)
+    if (!tu_moepack_has("--bounce always"))
         skip();
     char *d = path("%s/bounce", root);
     assert_int_equal(run("", path("pack %s %s " PACK_ARGS " --json", src, d)), 0);
@@ -757,8 +756,9 @@ static void test_read_file_refuses_special_files(void **state)
     unlink(fifo);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    tu_tuning_args(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_overlap_refused),
         cmocka_unit_test(test_force_replaces_only_checkpoints),

@@ -65,10 +65,57 @@ const char *tu_material(void)
     return NULL;
 }
 
+static char moepack_opts[256];
+
 const char *tu_moepack(void)
 {
+    static char cmd[1024];
     const char *m = getenv("MOEPACK");
-    return m ? m : "build/moepack";
+    snprintf(cmd, sizeof cmd, "%s%s%s", m ? m : "build/moepack", moepack_opts[0] ? " " : "", moepack_opts);
+    return cmd;
+}
+
+void tu_moepack_opts(const char *opts)
+{
+    snprintf(moepack_opts, sizeof moepack_opts, "%s", opts ? opts : "");
+}
+
+bool tu_moepack_has(const char *opt)
+{
+    return strstr(moepack_opts, opt) != NULL;
+}
+
+void tu_tuning_args(int argc, char **argv)
+{
+    mpk_tuning t;
+    mpk_tuning_init(&t);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--no-simd") == 0)
+            t.no_simd = true;
+        else if (strcmp(argv[i], "--xxh=generic") == 0)
+            t.xxh_generic = true;
+        else if (strcmp(argv[i], "--io-engine=pread") == 0)
+            t.io = MPK_IO_PREAD;
+        else if (strncmp(argv[i], "--moepack=", 10) == 0)
+            tu_moepack_opts(argv[i] + 10);
+        else {
+            fprintf(stderr, "%s: unknown argument '%s' (--no-simd, --xxh=generic, --io-engine=pread, "
+                            "--moepack=OPTIONS)\n", argv[0], argv[i]);
+            exit(2);
+        }
+    }
+    mpk_tune(&t);
+    /* the moepack runs of this test use the same process-wide switches */
+    const char *same[] = {t.no_simd ? "--no-simd" : NULL, t.xxh_generic ? "--xxh generic" : NULL,
+                          t.io == MPK_IO_PREAD ? "--io-engine pread" : NULL};
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+        size_t n = strlen(moepack_opts), w = same[i] ? strlen(same[i]) : 0;
+        if (!same[i] || n + 1 + w >= sizeof moepack_opts)
+            continue;
+        if (n)
+            moepack_opts[n++] = ' ';
+        memcpy(moepack_opts + n, same[i], w + 1);
+    }
 }
 
 /* tu_fmt's strings, freed at exit (before LeakSanitizer looks) */

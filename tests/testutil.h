@@ -19,8 +19,17 @@ const char *tu_material(void);
 /* Runs a shell command, returns its exit status. */
 int tu_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* The moepack binary under test ($MOEPACK, else build/moepack). */
+/* The moepack binary under test ($MOEPACK, else build/moepack), followed by the measurement
+ * options set with tu_moepack_opts (they go before the command). */
 const char *tu_moepack(void);
+/* The measurement options every moepack run gets ("--direct all"; NULL or "": none). */
+void tu_moepack_opts(const char *opts);
+/* Whether they hold opt. */
+bool tu_moepack_has(const char *opt);
+/* A test program's arguments (meson's args:): --no-simd, --xxh=generic, --io-engine=pread go to
+ * mpk_tune() for this process and to its moepack runs; --moepack=OPTIONS to its moepack runs
+ * only. Anything else: a message and exit 2. Call it first in main. */
+void tu_tuning_args(int argc, char **argv);
 /* A formatted string, freed at exit (a test's paths and commands). */
 char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Runs "ENV moepack ARGS" with stdout in dir/out and stderr in dir/err; the exit status, or

@@ -366,7 +366,7 @@ typedef enum mpk_quant {
 } mpk_quant;
 
 typedef enum mpk_io_backend {
-    MPK_IO_AUTO = 0,              /* io_uring when it can be set up, else pread; MOEPACK_IO=pread forces */
+    MPK_IO_AUTO = 0,              /* io_uring when it can be set up, else pread (mpk_tune's io decides) */
     MPK_IO_URING = 1,
     MPK_IO_PREAD = 2,
     MPK_IO_BACKEND_COUNT
@@ -386,7 +386,49 @@ enum {
                                             leftovers, unmoved quantization companions) as they are
                                             instead of refusing (MPK_E_NOT_UNDERSTOOD); the report
                                             lists them. An unknown quantization method stays refused */
+    /* measurement switches: a mechanism turned off to measure what it brings (bench/) */
+    MPK_CONVERT_NO_SPLICE = 1u << 8,     /* copy_file_range for every pure byte range, no pipe */
+    MPK_CONVERT_NO_PREFETCH = 1u << 9,   /* no read-ahead hints (posix_fadvise WILLNEED) */
+    MPK_CONVERT_NO_WRITEBACK = 1u << 10, /* no writeback started per finished output */
 };
+
+/* O_DIRECT writes of a durable conversion's shards (mpk_convert_req's direct; measured in
+ * docs/streaming.md: through the page cache is the default). */
+typedef enum mpk_direct {
+    MPK_DIRECT_OFF = 0,           /* through the page cache */
+    MPK_DIRECT_LARGE = 1,         /* a shard whose units average 4 MiB or more, where its file
+                                     system allows */
+    MPK_DIRECT_ALL = 2,           /* every shard's data where its file system allows */
+    MPK_DIRECT_COUNT
+} mpk_direct;
+
+/* A mechanism used by moepack's rule, never, or wherever it can be (mpk_convert_req's bounce). */
+typedef enum mpk_switch {
+    MPK_SWITCH_AUTO = 0,
+    MPK_SWITCH_NEVER = 1,
+    MPK_SWITCH_ALWAYS = 2,
+    MPK_SWITCH_COUNT
+} mpk_switch;
+
+/* Process-wide measurement switches: the machinery under every call (I/O engines, hashing, the
+ * number formats' and byte planes' kernels, write sizes), set by one explicit call; the library
+ * reads no environment variable for them. bench/ and the tests use them to measure a mechanism or
+ * to run the portable code; `moepack --no-simd ...` etc. set them (the measurement options). */
+typedef struct mpk_tuning {
+    mpk_io_backend io;            /* every I/O engine a call creates with MPK_IO_AUTO: AUTO (io_uring
+                                     where it can be set up), MPK_IO_PREAD, MPK_IO_URING */
+    bool xxh_generic;             /* XXH3 from libxxhash only, not moepack's AVX2 build of it */
+    bool no_simd;                 /* the portable (scalar) kernels of the number formats and .mpkz
+                                     byte planes, where SIMD ones exist */
+    uint64_t write_piece;         /* most bytes one pwrite writes: 0 the default (64 KiB, small
+                                     page-cache folios: docs/streaming.md), UINT64_MAX no limit */
+} mpk_tuning;
+
+/* Defaults: everything auto, 64 KiB write pieces. */
+MPK_API void mpk_tuning_init(mpk_tuning *t);
+/* Sets the switches for the whole process (t NULL: the defaults). Call it before the calls it
+ * should affect, not while one runs in another thread. */
+MPK_API void mpk_tune(const mpk_tuning *t);
 
 /* A conversion. Fill it with mpk_convert_req_init(), then set what differs. */
 typedef struct mpk_convert_req {
@@ -417,6 +459,11 @@ typedef struct mpk_convert_req {
      * the conversion stops soon with MPK_E_CANCELLED, leaving nothing at dst */
     const volatile int *cancel;
     int compress_level;           /* zstd level 1..19 with MPK_CONVERT_COMPRESS (0: the default, 1) */
+    /* measurement switches (docs/streaming.md; bench/): */
+    mpk_direct direct;            /* O_DIRECT writes of a durable run's shards (default off) */
+    mpk_switch bounce;            /* pure bytes of hashed outputs copied through a worker's buffer
+                                     (read once, hashed and written): AUTO where outputs are large,
+                                     NEVER, ALWAYS wherever outputs are hashed */
 } mpk_convert_req;
 
 /* Defaults: preset "auto", pack, 50 GB shards, 1 GiB budget, all CPUs, io auto, fsync on,
@@ -556,7 +603,8 @@ MPK_API void mpk_gpucheck_req_init(mpk_gpucheck_req *r);
 /* Backend i's name ("eager", ...), NULL past the last. */
 MPK_API const char *mpk_gpu_backend_name(size_t i);
 /* Runs the check. MPK_OK when it ran: mpk_report_differences() counts backends that disagree
- * with the reference, mpk_report_skipped() says why the GPU part did not run. Errors:
+ * with the reference, mpk_report_skipped() says why the GPU part did not run. The cuBLAS backends
+ * dlopen libcublas.so.13, or the file $MOEPACK_CUBLAS names (a location, read by the GPU harness). Errors:
  * MPK_E_USAGE, mpk_ckpt_open's, MPK_E_NOT_FOUND / MPK_E_SHAPE (no BF16 packed layer), MPK_E_IO,
  * MPK_E_NOMEM. */
 MPK_API mpk_status mpk_gpucheck(const mpk_gpucheck_req *r, mpk_report **out, mpk_error *err);

@@ -60,7 +60,8 @@ class ConvertReq(ctypes.Structure):
                 ("direction", ctypes.c_int), ("quant", ctypes.c_int), ("flags", ctypes.c_uint),
                 ("max_shard_size", ctypes.c_uint64), ("mem", ctypes.c_uint64), ("threads", ctypes.c_int),
                 ("io", ctypes.c_int), ("layout_like", ctypes.c_char_p), ("progress", PROGRESS), ("warn", WARN),
-                ("ctx", ctypes.c_void_p), ("cancel", ctypes.POINTER(ctypes.c_int)), ("compress_level", ctypes.c_int)]
+                ("ctx", ctypes.c_void_p), ("cancel", ctypes.POINTER(ctypes.c_int)), ("compress_level", ctypes.c_int),
+                ("direct", ctypes.c_int), ("bounce", ctypes.c_int)]  # measurement switches (defaults)
 
 
 class CompareReq(ctypes.Structure):
