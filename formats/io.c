@@ -118,103 +118,128 @@ typedef struct {
     size_t off, len;
 } piece;
 
+/* One submit_uring call: the requests, the pieces in flight by slot id, the free ids, the pieces
+ * that came back short (resubmitted from this small queue first) and the cursor over the
+ * not-yet-submitted bytes. */
+typedef struct {
+    mpk_io *io;
+    const mpk_io_req *reqs;
+    size_t n;
+    piece *slots, *retry;
+    unsigned *free_ids;
+    unsigned n_free, n_retry, inflight;
+    size_t next_req, next_off;
+} ring_run;
+
+/* The next piece to submit: a short one again first, else the next bytes of the requests (at
+ * most max_req); false when nothing is left. */
+static bool next_piece(ring_run *q, piece *p)
+{
+    if (q->n_retry > 0) {
+        *p = q->retry[--q->n_retry];
+        return true;
+    }
+    while (q->next_req < q->n && q->next_off >= q->reqs[q->next_req].len) {
+        q->next_req++;
+        q->next_off = 0;
+    }
+    if (q->next_req >= q->n)
+        return false;
+    size_t len = q->reqs[q->next_req].len - q->next_off;
+    if (len > q->io->max_req)
+        len = q->io->max_req;
+    *p = (piece){q->next_req, q->next_off, len};
+    q->next_off += len;
+    return true;
+}
+
+/* Prepares an SQE for each piece while a slot is free (a piece without an SQE waits in retry);
+ * how many it prepared. */
+static unsigned queue_pieces(ring_run *q)
+{
+    unsigned queued = 0;
+    piece p;
+    while (q->n_free > 0 && next_piece(q, &p)) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&q->io->ring);
+        if (!sqe) {
+            q->retry[q->n_retry++] = p;
+            break;
+        }
+        unsigned id = q->free_ids[--q->n_free];
+        q->slots[id] = p;
+        const mpk_io_req *r = &q->reqs[p.req];
+        if (r->write)
+            io_uring_prep_write(sqe, r->fd, (char *)r->buf + p.off, (unsigned)p.len, r->offset + p.off);
+        else
+            io_uring_prep_read(sqe, r->fd, (char *)r->buf + p.off, (unsigned)p.len, r->offset + p.off);
+        io_uring_sqe_set_data64(sqe, id);
+        queued++;
+    }
+    return queued;
+}
+
+/* Waits for one completion and takes it in: an interrupted or short piece goes back to retry, a
+ * failure into *s (after one, completions are only drained). false: the wait itself failed. */
+static bool reap_one(ring_run *q, mpk_status *s, mpk_error *err)
+{
+    struct io_uring_cqe *cqe;
+    int r = io_uring_wait_cqe(&q->io->ring, &cqe);
+    if (r == -EINTR)
+        return true;
+    if (r < 0) {
+        *s = mpk_error_set(err, MPK_E_IO, -r, "io_uring", "wait failed: %s", strerror(-r));
+        return false;
+    }
+    unsigned id = (unsigned)io_uring_cqe_get_data64(cqe);
+    int res = cqe->res;
+    io_uring_cqe_seen(&q->io->ring, cqe);
+    q->inflight--;
+    piece p = q->slots[id];
+    q->free_ids[q->n_free++] = id;
+    if (*s != MPK_OK)
+        return true; /* draining after a failure */
+    if (res == -EAGAIN || res == -EINTR)
+        q->retry[q->n_retry++] = p;
+    else if (res <= 0)
+        *s = io_fail(err, &q->reqs[p.req], q->reqs[p.req].offset + p.off, res < 0 ? -res : 0);
+    else if ((size_t)res < p.len)
+        q->retry[q->n_retry++] = (piece){p.req, p.off + (size_t)res, p.len - (size_t)res};
+    return true;
+}
+
 static mpk_status submit_uring(mpk_io *io, const mpk_io_req *reqs, size_t n, mpk_error *err)
 {
-    piece *slots = mpk_calloc(io->depth, sizeof *slots);
-    unsigned *free_ids = mpk_calloc(io->depth, sizeof *free_ids);
-    if (!slots || !free_ids) {
-        free(slots);
-        free(free_ids);
+    ring_run q = {.io = io, .reqs = reqs, .n = n, .n_free = io->depth};
+    q.slots = mpk_calloc(io->depth, sizeof *q.slots);
+    q.free_ids = mpk_calloc(io->depth, sizeof *q.free_ids);
+    if (!q.slots || !q.free_ids) {
+        free(q.slots);
+        free(q.free_ids);
         MPK_FAIL(err, MPK_E_NOMEM, "io", "out of memory");
     }
-    unsigned n_free = io->depth;
     for (unsigned i = 0; i < io->depth; i++)
-        free_ids[i] = i;
-    size_t next_req = 0, next_off = 0; /* cursor over the not-yet-submitted bytes */
-    unsigned inflight = 0;
+        q.free_ids[i] = i;
     mpk_status s = MPK_OK;
-    /* pieces that came back short are resubmitted from this small queue first */
-    piece *retry = mpk_calloc(io->depth, sizeof *retry);
-    unsigned n_retry = 0;
-    if (!retry) {
-        free(slots);
-        free(free_ids);
+    if (!(q.retry = mpk_calloc(io->depth, sizeof *q.retry))) {
+        free(q.slots);
+        free(q.free_ids);
         MPK_FAIL(err, MPK_E_NOMEM, "io", "out of memory");
     }
     for (;;) {
-        unsigned queued = 0;
-        while (s == MPK_OK && n_free > 0) {
-            piece p;
-            if (n_retry > 0) {
-                p = retry[--n_retry];
-            } else {
-                while (next_req < n && next_off >= reqs[next_req].len) {
-                    next_req++;
-                    next_off = 0;
-                }
-                if (next_req >= n)
-                    break;
-                size_t len = reqs[next_req].len - next_off;
-                if (len > io->max_req)
-                    len = io->max_req;
-                p = (piece){next_req, next_off, len};
-                next_off += len;
-            }
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
-            if (!sqe) {
-                retry[n_retry++] = p;
-                break;
-            }
-            unsigned id = free_ids[--n_free];
-            slots[id] = p;
-            const mpk_io_req *r = &reqs[p.req];
-            if (r->write)
-                io_uring_prep_write(sqe, r->fd, (char *)r->buf + p.off, (unsigned)p.len,
-                                    r->offset + p.off);
-            else
-                io_uring_prep_read(sqe, r->fd, (char *)r->buf + p.off, (unsigned)p.len,
-                                   r->offset + p.off);
-            io_uring_sqe_set_data64(sqe, id);
-            queued++;
-        }
+        unsigned queued = s == MPK_OK ? queue_pieces(&q) : 0;
         if (queued) {
             int r = io_uring_submit(&io->ring);
-            if (r < 0) {
+            if (r < 0) /* nothing was submitted from this batch; fall through to drain */
                 s = mpk_error_set(err, MPK_E_IO, -r, "io_uring", "submit failed: %s", strerror(-r));
-                /* nothing was submitted from this batch; fall through to drain */
-            } else {
-                inflight += (unsigned)r;
-            }
+            else
+                q.inflight += (unsigned)r;
         }
-        if (inflight == 0)
+        if (q.inflight == 0 || !reap_one(&q, &s, err))
             break;
-        struct io_uring_cqe *cqe;
-        int r = io_uring_wait_cqe(&io->ring, &cqe);
-        if (r == -EINTR)
-            continue;
-        if (r < 0) {
-            s = mpk_error_set(err, MPK_E_IO, -r, "io_uring", "wait failed: %s", strerror(-r));
-            break;
-        }
-        unsigned id = (unsigned)io_uring_cqe_get_data64(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&io->ring, cqe);
-        inflight--;
-        piece p = slots[id];
-        free_ids[n_free++] = id;
-        if (s != MPK_OK)
-            continue; /* draining after a failure */
-        if (res == -EAGAIN || res == -EINTR) {
-            retry[n_retry++] = p;
-        } else if (res <= 0) {
-            s = io_fail(err, &reqs[p.req], reqs[p.req].offset + p.off, res < 0 ? -res : 0);
-        } else if ((size_t)res < p.len) {
-            retry[n_retry++] = (piece){p.req, p.off + (size_t)res, p.len - (size_t)res};
-        }
     }
-    free(slots);
-    free(free_ids);
-    free(retry);
+    free(q.slots);
+    free(q.free_ids);
+    free(q.retry);
     return s;
 }
 #endif
