@@ -562,6 +562,14 @@ void mpk_meter_start(mpk_meter *m, void (*fn)(void *, uint64_t, uint64_t, double
     atomic_init(&m->done, 0);
     atomic_init(&m->next_ns, m->t0_ns + 200000000ull);
     atomic_init(&m->busy, 0);
+    m->cancel = NULL;
+}
+
+mpk_status mpk_meter_check(const mpk_meter *m, const char *where, mpk_error *err)
+{
+    if (m && m->cancel && *m->cancel)
+        return mpk_error_set(err, MPK_E_CANCELLED, 0, where, "cancelled");
+    return MPK_OK;
 }
 
 void mpk_meter_add(mpk_meter *m, uint64_t bytes)

@@ -133,11 +133,15 @@ struct mpk_meter {
     _Atomic uint64_t next_ns;    /* no report before this time */
     _Atomic int busy;            /* a report is being made */
     uint64_t t0_ns;
+    const volatile int *cancel;  /* non-NULL and raised: mpk_meter_check says MPK_E_CANCELLED */
 };
 void mpk_meter_start(mpk_meter *m, void (*fn)(void *, uint64_t, uint64_t, double), void *ctx, uint64_t total);
 void mpk_meter_add(mpk_meter *m, uint64_t bytes);
 /* The last report (done == total). */
 void mpk_meter_end(mpk_meter *m);
+/* MPK_E_CANCELLED (err filled, naming where) when m's cancel flag is raised, else MPK_OK: the
+ * long reads call it as they count, so a caller's flag stops them. NULL m: MPK_OK. */
+mpk_status mpk_meter_check(const mpk_meter *m, const char *where, mpk_error *err);
 #endif
 
 

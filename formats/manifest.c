@@ -96,6 +96,8 @@ static void *hash_worker(void *arg)
         if (mpk_hash_tensor(j->c, &j->c->tensors[i], buf, &j->t[i].hash, &e) != MPK_OK)
             goto fail;
         mpk_meter_add(j->meter, j->c->tensors[i].nbytes);
+        if (mpk_meter_check(j->meter, j->c->dir, &e) != MPK_OK)
+            goto fail;
     }
     free(buf);
     return NULL;

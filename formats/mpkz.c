@@ -295,6 +295,8 @@ static void *zworker(void *arg)
             for (int k = 0; k < r->c[i].width; k++)
                 in += r->c[i].zlen[k];
             mpk_meter_add(r->meter, r->compress ? r->c[i].len : in);
+            if (mpk_meter_check(r->meter, r->out_path, &e) != MPK_OK) /* the caller's cancel flag */
+                zfail(r, &e);
         }
     }
     ZSTD_freeCCtx(cc);

@@ -296,6 +296,7 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
             MPK_FAIL(err, MPK_E_USAGE, "request", "diff compares two checkpoints");
         if ((s = mpk_ckpt_open(q->dst, &a, err)) == MPK_OK) {
             mpk_meter_start(&meter, q->progress, q->ctx, a->total_bytes);
+            meter.cancel = q->cancel;
             if ((s = mpk_verify_manifest(a, &meter, &r, err)) == MPK_OK)
                 mpk_meter_end(&meter);
         }
@@ -307,6 +308,7 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
     } else if ((s = mpk_ckpt_open(q->src, &a, err)) == MPK_OK && (s = mpk_ckpt_open(q->dst, &b, err)) == MPK_OK) {
         double rtol = q->rtol >= 0 ? q->rtol : stats ? 0 : 1.0 / 256;
         mpk_meter_start(&meter, q->progress, q->ctx, b->total_bytes);
+        meter.cancel = q->cancel;
         mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats, .meter = &meter};
         mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
         /* diff of A against its FP8 quantization B: B's values dequantized on the fly against A's,

@@ -149,6 +149,7 @@ static mpk_status convert_files(const mpk_compress_req *r, bool compress, const 
     }
     mpk_meter meter;
     mpk_meter_start(&meter, r->progress, r->ctx, total);
+    meter.cancel = r->cancel;
     int threads = cpu_threads(r->threads);
     for (size_t i = 0; s == MPK_OK && i < n; i++) {
         const char *nm = names[i];

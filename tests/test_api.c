@@ -266,6 +266,28 @@ static void test_progress_and_cancel(void **state)
     assert_int_equal(mpk_convert(&r, NULL, &err), MPK_E_CANCELLED);
     assert_string_equal(mpk_status_str(err.code), "cancelled");
     assert_false(exists(path("p3")));
+    /* verify (against src, and against its manifest) and diff stop on the flag too */
+    mpk_compare_req q;
+    mpk_compare_req_init(&q, path("src"), path("packed"));
+    assert_int_equal(mpk_verify(&q, &rep, &err), MPK_OK);
+    mpk_report_free(rep);
+    q.cancel = &cancel;
+    rep = NULL;
+    assert_int_equal(mpk_verify(&q, &rep, &err), MPK_E_CANCELLED);
+    assert_null(rep);
+    q.src = NULL;
+    assert_int_equal(mpk_verify(&q, &rep, &err), MPK_E_CANCELLED);
+    q.src = path("src");
+    q.dst = path("src");
+    assert_int_equal(mpk_diff(&q, &rep, &err), MPK_E_CANCELLED);
+    mpk_compress_req z;
+    mpk_compress_req_init(&z, path("packed"), path("pz"));
+    z.cancel = &cancel;
+    assert_int_equal(mpk_compress(&z, NULL, &err), MPK_E_CANCELLED);
+    assert_false(exists(path("pz")));
+    cancel = 0;
+    assert_int_equal(mpk_diff(&q, &rep, &err), MPK_OK);
+    mpk_report_free(rep);
 }
 
 /* Each error a request can meet: the status, a message naming what it is about, and the

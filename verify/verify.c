@@ -113,6 +113,7 @@ static mpk_status tc_feed(vctx *v, tcmp *t, uint64_t off, const char *want, uint
         mpk_xxh_update(t->hg, v->gbuf, n);
         v->r->bytes += n;
         mpk_meter_add(v->co->meter, n);
+        MPK_TRY(mpk_meter_check(v->co->meter, "verify", v->err));
         if (!t->values) {
             if (!t->differs && memcmp(want + o, v->gbuf, n) != 0) {
                 uint64_t k = 0;

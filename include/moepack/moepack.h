@@ -535,6 +535,9 @@ typedef struct mpk_compare_req {
     /* when non-NULL: bytes compared of the total, about 5 times a second and once at the end */
     void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes, double seconds);
     void *ctx;
+    /* when non-NULL and *cancel becomes non-zero (a signal handler, another thread), the
+     * comparison stops soon with MPK_E_CANCELLED */
+    const volatile int *cancel;
 } mpk_compare_req;
 /* Defaults: no spec (see above), no quantization change, atol 0, rtol the call's default. */
 MPK_API void mpk_compare_req_init(mpk_compare_req *r, const char *src, const char *dst);
@@ -566,6 +569,9 @@ typedef struct mpk_compress_req {
     void *ctx;
     /* when non-NULL: bytes read of the total, about 5 times a second and once at the end */
     void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes, double seconds);
+    /* when non-NULL and *cancel becomes non-zero, the run stops soon with MPK_E_CANCELLED,
+     * leaving nothing at dst */
+    const volatile int *cancel;
 } mpk_compress_req;
 MPK_API void mpk_compress_req_init(mpk_compress_req *r, const char *src, const char *dst);
 /* Errors: MPK_E_USAGE, MPK_E_NOT_FOUND (no directory, or nothing to convert), MPK_E_DST_EXISTS,

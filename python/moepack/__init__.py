@@ -103,7 +103,8 @@ def _compressing(fn, f, src, dst, level, threads, chunk_size, force, progress):
     req = _CompressReq(_c.path(src, f, "src"), _c.path(dst, f, "dst"), _c.integer(level, f, "level", _c.INT32),
                        _c.integer(threads, f, "threads", _c.INT32), _c.size(chunk_size, f, "chunk_size"),
                        1 if force else 0, _WARN(), None,
-                       call.wrap(_PROGRESS, _c.callback(progress, f, "progress"), _PROGRESS_ARGS))
+                       call.wrap(_PROGRESS, _c.callback(progress, f, "progress"), _PROGRESS_ARGS),
+                       ctypes.pointer(call.cancel))
     return _report(call, fn, ctypes.byref(req))
 
 
@@ -154,7 +155,7 @@ def hash(path, write=False):  # noqa: A001
     return hash_file(path, write)
 
 
-def _compare(fn, f, src, dst, spec, quantize, dequantize, atol, rtol):
+def _compare(fn, f, src, dst, spec, quantize, dequantize, atol, rtol, progress):
     req = _CompareReq()
     _lib.mpk_compare_req_init(ctypes.byref(req), None, None)
     req.src = _c.path(src, f, "src", optional=True)
@@ -166,28 +167,33 @@ def _compare(fn, f, src, dst, spec, quantize, dequantize, atol, rtol):
     req.quant = _QUANT["dequantize"] if dequantize else quant
     req.atol = _c.real(atol, f, "atol")
     req.rtol = -1.0 if rtol is None else _c.real(rtol, f, "rtol")
-    return _report(_Call(), fn, ctypes.byref(req))
+    call = _Call()
+    req.progress = call.wrap(_PROGRESS, _c.callback(progress, f, "progress"), _PROGRESS_ARGS)
+    req.cancel = ctypes.pointer(call.cancel)
+    return _report(call, fn, ctypes.byref(req))
 
 
-def verify(src, dst=None, spec=None, *, quantize=None, dequantize=False, atol=0.0, rtol=None, check=False):
+def verify(src, dst=None, spec=None, *, quantize=None, dequantize=False, atol=0.0, rtol=None, check=False,
+           progress=None):
     """Proves dst is the conversion of src (recomputed with the reference ops); with one path,
     checks it against its manifest. The dict's "identical" says the verdict; check=True raises
-    VerificationFailed (its report: the dict) when there are differences."""
+    VerificationFailed (its report: the dict) when there are differences. progress(done_bytes,
+    total_bytes, seconds) as for convert; Ctrl-C or a progress exception stops it."""
     if dst is None:
         rep = _compare(_lib.mpk_verify, "verify", None, _c.path(src, "verify", "src"), spec, quantize, dequantize,
-                       atol, rtol)
+                       atol, rtol, progress)
     else:
         rep = _compare(_lib.mpk_verify, "verify", _c.path(src, "verify", "src"), dst, spec, quantize, dequantize,
-                       atol, rtol)
+                       atol, rtol, progress)
     if check and rep.get("differences"):
         raise VerificationFailed(rep)
     return rep
 
 
-def diff(a, b, spec=None, *, quantize=None, dequantize=False, atol=0.0, rtol=None):
+def diff(a, b, spec=None, *, quantize=None, dequantize=False, atol=0.0, rtol=None, progress=None):
     """Every float tensor compared by value: max abs/rel error, RMSE, cosine."""
     return _compare(_lib.mpk_diff, "diff", _c.path(a, "diff", "a"), _c.path(b, "diff", "b"), spec, quantize,
-                    dequantize, atol, rtol)
+                    dequantize, atol, rtol, progress)
 
 
 def synth(dst, arch="mixtral", *, layers=2, experts=8, hidden=64, intermediate=32, vocab=128, dtype="BF16",

@@ -67,13 +67,13 @@ class ConvertReq(ctypes.Structure):
 class CompareReq(ctypes.Structure):
     _fields_ = [("src", ctypes.c_char_p), ("dst", ctypes.c_char_p), ("spec", ctypes.c_char_p),
                 ("quant", ctypes.c_int), ("atol", ctypes.c_double), ("rtol", ctypes.c_double),
-                ("progress", PROGRESS), ("ctx", ctypes.c_void_p)]
+                ("progress", PROGRESS), ("ctx", ctypes.c_void_p), ("cancel", ctypes.POINTER(ctypes.c_int))]
 
 
 class CompressReq(ctypes.Structure):
     _fields_ = [("src", ctypes.c_char_p), ("dst", ctypes.c_char_p), ("level", ctypes.c_int), ("threads", ctypes.c_int),
                 ("chunk_size", ctypes.c_uint64), ("flags", ctypes.c_uint), ("warn", WARN), ("ctx", ctypes.c_void_p),
-                ("progress", PROGRESS)]
+                ("progress", PROGRESS), ("cancel", ctypes.POINTER(ctypes.c_int))]
 
 
 class SynthOpts(ctypes.Structure):

@@ -79,6 +79,37 @@ class CallbackExceptions(Scratch):
         self.assertEqual(len(seen), 1, "called again after raising")
         self.assertEqual(os.listdir(out_parent), [])
 
+    def test_verify_diff_compress_stop_on_the_flag(self):
+        # the flag raised from the start (as Ctrl-C would): the library's cancelled status, which
+        # the binding turns into the KeyboardInterrupt it raised the flag for
+        packed = self.path("v-packed")
+        moepack.pack(self.src, packed)
+        z = self.path("v-z")
+        moepack.compress(packed, z)
+        for call in (lambda: moepack.verify(self.src, packed), lambda: moepack.verify(packed),
+                     lambda: moepack.diff(self.src, self.src), lambda: moepack.compress(packed, self.path("v-z2")),
+                     lambda: moepack.decompress(z, self.path("v-z3"))):
+            real = moepack._calls.Call.run
+
+            def run(self_, fn, *args):
+                self_.cancel.value = 1
+                return real(self_, fn, *args)
+            moepack._calls.Call.run = run
+            try:
+                with self.assertRaises(moepack.Error) as cm:
+                    call()
+                self.assertEqual(cm.exception.status, "cancelled")
+            finally:
+                moepack._calls.Call.run = real
+        self.assertTrue(moepack.verify(self.src, packed)["identical"])
+        self.assertFalse(os.path.exists(self.path("v-z2")) or os.path.exists(self.path("v-z3")))
+        self.assertEqual([n for n in os.listdir(self.root) if "moepack-tmp" in n], [])  # no staging left
+
+        def progress(done, total, s):
+            raise LookupError("stop verifying")
+        with self.assertRaisesRegex(LookupError, "stop verifying"):
+            moepack.verify(self.src, packed, progress=progress)
+
     def test_warn_exception_propagates(self):
         # a stale staging directory of a dead run is a warning; the warn callback raises on it
         out_parent = self.path("warned")
