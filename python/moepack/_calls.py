@@ -5,12 +5,14 @@ waits on it in short steps, so a KeyboardInterrupt (Python runs signal handlers 
 thread only, between steps of the wait) is seen at once. It then raises the request's cancel
 flag, which the library polls: the conversion stops within a fraction of a second, removes
 its staging directory and returns MPK_E_CANCELLED, leaving nothing at dst; the
-KeyboardInterrupt is raised once the call has returned. An exception raised by a progress or
+KeyboardInterrupt is raised once the call has returned (also when the call had already landed its
+output as the interrupt came: it is a Ctrl-C all the same). An exception raised by a progress or
 warn callback (run in the worker thread, inside the C call, where ctypes could only print it)
 is kept, raises the cancel flag too, and is raised after the call in the same way.
 """
 import ctypes
 import json
+import signal
 import threading
 
 from . import errors
@@ -52,6 +54,11 @@ class Call:
         done = threading.Event()
 
         def worker():
+            # SIGINT blocked here and in the library's threads (they inherit the mask): the kernel
+            # then delivers it to a thread that waits in Python (the main one), which raises the
+            # flag at once instead of at its next step
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 box["value"] = fn(*args)
             finally:

@@ -14,12 +14,13 @@ import moepack  # noqa: E402
 class Scratch(unittest.TestCase):
     """A class with a temporary folder (cls.root) and a small per-expert checkpoint cls.src."""
     arch = "qwen3_moe"
+    size = dict(experts=4, hidden=32, intermediate=16, layers=2)
 
     @classmethod
     def setUpClass(cls):
         cls.root = tempfile.mkdtemp(prefix="mpk-pytest-")
         cls.src = os.path.join(cls.root, "src")
-        moepack.synth(cls.src, cls.arch, experts=4, hidden=32, intermediate=16, layers=2)
+        moepack.synth(cls.src, cls.arch, **cls.size)
 
     @classmethod
     def tearDownClass(cls):

@@ -29,6 +29,9 @@ def state(pid):
 
 
 class CtrlC(Scratch):
+    # (50 MB: what is left to write after the stop takes longer than the interrupt takes to land)
+    size = dict(experts=16, hidden=512, intermediate=256, layers=4)
+
     def interrupt(self, mode):
         out_parent = self.path("out-" + mode)
         os.mkdir(out_parent)
