@@ -8,10 +8,11 @@ computed here:
     X.input_global_scale; value = bf16(f32(e2m1 * f32(e4m3 / global_scale)));
   - float-quantized: X.weight F8_E4M3 with X.weight_scale F32 per channel [out, 1] (experts)
     or per tensor [1] (attention), X.input_scale; value = bf16(f32(e4m3 * scale)).
+  - pack-quantized INT4 (Kimi K2.5's experts, also on the kimi_k25 preset's names): X.weight_packed
+    I32 [out, in/8] (q + 8, eight a little-endian int32), X.weight_scale BF16 per 32,
+    X.weight_shape; value = bf16(q * scale).
 pack --dequantize writes the experts packed in BF16 (the views are named X.weight) equal to the
 reference, every attention linear too, no scale left, quantization_config dropped; verify passes.
-  - pack-quantized INT4 (Kimi K2.5's experts): X.weight_packed I32 [out, in/8] (q + 8, eight a
-    little-endian int32), X.weight_scale BF16 per 32, X.weight_shape; value = bf16(q * scale).
 Refused, naming the reason, nothing written: packing any of them without --dequantize, a format
 moepack does not read (mxfp4-pack-quantized), INT4 whose weight_shape disagrees with its codes,
 and INT4 with a zero point. Usage: ctensors.py MOEPACK"""
