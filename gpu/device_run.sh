@@ -10,7 +10,11 @@
 # of a per-expert Qwen3-MoE checkpoint against its pack: gpu/load_time.py), fp8 (gpucheck of
 # DeepSeek-V3-shaped FP8 packed experts against their per-expert source), bench (issue 18 on this
 # machine: pack and unpack against cp -r (+ sync), warm, ROUNDS rounds, then from a cold cache
-# where drop_caches can be written); default: all of them but bench.
+# where drop_caches can be written), round3 (issue 52, about 5 minutes: test_gpu --device with
+# the decode cases first, then gpucheck's decode, batched and grouped_cublas backends at
+# T = 1,2,4,8,16 on the Mixtral and Qwen3 shapes, checked against the fp64 reference and timed;
+# a table per shape with decode's fraction of HBM bandwidth); default: all of them but bench
+# and round3.
 # Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
 # peer_torch JSON, the transformers parity results.
 set -u
@@ -49,6 +53,23 @@ for step in "${steps[@]}"; do
         echo "== test_gpu --device"
         timeout 120 .carry/test_gpu --device 2>&1 | tee "$RES/test_gpu.txt" ;;
     qwen3) shape qwen3-30b-a3b 128 2048 768 8 1,4,16,64,256,1024,4096,16384 ;;
+    round3)
+        DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+        echo "== test_gpu --device (decode cases included)"
+        timeout 120 .carry/test_gpu --device 2>&1 | tee "$RES/round3-test_gpu.txt"
+        echo "test_gpu rc=${PIPESTATUS[0]}" | tee -a "$RES/round3-test_gpu.txt"
+        save
+        # name E,H,I top-k limit_s; ROUND3_SHAPES (same form, ";"-separated) replaces them for a dry run
+        IFS=";" read -r -a specs <<< "${ROUND3_SHAPES:-mixtral-8x7b 8,4096,14336 2 210;qwen3-30b-a3b 128,2048,768 8 120}"
+        for spec in "${specs[@]}"; do
+            read -r name shp k limit <<< "$spec"
+            echo "== decode $name E,H,I=$shp top-$k"
+            timeout "$limit" $M gpucheck --synthetic "$shp" --topk "$k" --tokens 1,2,4,8,16 --runs 50 \
+                --backends decode,batched,grouped_cublas --json 2>&1 > "$RES/$name-decode.json" | tee "$RES/$name-decode.err"
+            echo "gpucheck rc=${PIPESTATUS[0]}" | tee -a "$RES/$name-decode.err"
+            python3 gpu/results_table.py "$RES/$name-decode.json" --device "$DEV" | tee "$RES/$name-decode.md"
+            save
+        done ;;
     mixtral) shape mixtral-8x7b 8 4096 14336 2 1,2,4,8,16,64,256,1024,4096,16384 ;;
     deepseek) shape deepseek-v3 256 7168 2048 8 1,16,256,1024,4096,16384 ;;
     loadtime) # what packing saves at load time, transformers on the GPU (issue 20)

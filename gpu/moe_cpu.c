@@ -1,6 +1,7 @@
 /* moe_cpu.c — the CPU reference and the CPU eager/batched/grouped backends. */
 #define _GNU_SOURCE
 #include "mpk_gpu.h"
+#include "mpk_decode.h"
 #include "mpk_ops.h"
 
 #include <math.h>
@@ -9,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped", "grouped_cublas"};
+const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped", "grouped_cublas",
+                                                                      "decode"};
 
 static double silu(double v)
 {
@@ -122,6 +124,61 @@ static void expert(const mpk_moe *p, int e, const float *x, int n, float *h, flo
     gemm_bt(a, n, p->w_d + (size_t)e * H * I, H, I, y);
 }
 
+/* y[R] = W x, W [R, C] BF16, the reduction cut at multiples of chunk and the split partial sums
+ * added in split order (as the decode kernels' split-K reduction adds them) */
+static void gemv_split(const uint16_t *W, int R, int C, const float *x, int chunk, float *y)
+{
+    for (int r = 0; r < R; r++) {
+        float total = 0;
+        for (int c0 = 0; c0 < C; c0 += chunk) {
+            float part = 0;
+            for (int c = c0; c < C && c < c0 + chunk; c++)
+                part += mpk_bf16_to_f32(W[(size_t)r * C + c]) * x[c];
+            total += part;
+        }
+        y[r] = total;
+    }
+}
+
+/* The decode backend's algorithm (mpk_decode.h) on the CPU, for any T: pairs grouped by expert
+ * with mpk_decode_group, each active expert's rows over its tokens with the K splits an H100
+ * (132 SMs x 8 blocks) gets; yall [P, H] in pair order. h [P, 2I], a [P, I], ys [P, H] scratch. */
+static mpk_status decode_cpu(const mpk_moe *p, float *h, float *a, float *ys, float *yall, mpk_error *err)
+{
+    enum { CPU_TARGET = 132 * 8 };
+    int T = p->T, H = p->H, I = p->I, E = p->E, k = p->k, P = T * k;
+    int slots = P < E ? P : E;
+    int *count = malloc(sizeof(int) * (size_t)E), *act_e = malloc(sizeof(int) * (size_t)slots);
+    int *act_off = malloc(sizeof(int) * ((size_t)slots + 1)), *sorted = malloc(sizeof(int) * (size_t)P);
+    int *pos = malloc(sizeof(int) * (size_t)P);
+    mpk_status s = MPK_OK;
+    if (!count || !act_e || !act_off || !sorted || !pos) {
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, "moe", "out of memory");
+        goto done;
+    }
+    mpk_decode_dims d;
+    mpk_decode_plan_dims(T, k, E, H, I, CPU_TARGET, &d);
+    int n = mpk_decode_group(p->idx, P, E, count, act_e, act_off, sorted, pos);
+    for (int slot = 0; slot < n; slot++) {
+        int e = act_e[slot];
+        for (int r = act_off[slot]; r < act_off[slot + 1]; r++) { /* the expert's tokens */
+            const float *x = p->x + (size_t)(sorted[r] / k) * H;
+            gemv_split(p->w_gu + (size_t)e * 2 * I * H, 2 * I, H, x, d.chunk1, h + (size_t)r * 2 * I);
+            silu_mul(h + (size_t)r * 2 * I, 1, I, a + (size_t)r * I);
+            gemv_split(p->w_d + (size_t)e * H * I, H, I, a + (size_t)r * I, d.chunk2, ys + (size_t)r * H);
+        }
+    }
+    for (int q = 0; q < P; q++)
+        memcpy(yall + (size_t)q * H, ys + (size_t)pos[q] * H, sizeof(float) * (size_t)H);
+done:
+    free(count);
+    free(act_e);
+    free(act_off);
+    free(sorted);
+    free(pos);
+    return s;
+}
+
 mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_error *err)
 {
     int T = p->T, H = p->H, I = p->I, E = p->E, k = p->k;
@@ -187,6 +244,10 @@ mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_erro
             memcpy(yall + (size_t)perm[r] * H, ys + r * H, sizeof(float) * (size_t)H);
         break;
     }
+    case MPK_MOE_DECODE:
+        if ((s = decode_cpu(p, h, a, ys, yall, err)) != MPK_OK)
+            goto done;
+        break;
     default:
         s = mpk_error_set(err, MPK_E_USAGE, 0, "moe", "unknown backend %d", (int)b);
         goto done;

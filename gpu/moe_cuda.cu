@@ -13,7 +13,9 @@
 //                   weighted un-permute and fixed-order per-token sum (no atomics)
 //   grouped_cublas  the same sort, then cublasGemmGroupedBatchedEx (one group per expert)
 //                   (BF16 outputs: the grouped API takes no fp32 C with BF16 A and B)
+//   decode          1..16 tokens: gpu/moe_decode.cu (GEMV kernels, each expert's weights read once)
 // cuBLAS is loaded with dlopen so the binary has no link-time dependency on it.
+#include "mpk_decode.h"
 #include "mpk_gpu.h"
 #include "mpk_ops.h"
 
@@ -484,6 +486,7 @@ struct bufs {
     float *h, *ys, *o;
     int *counts, *base, *off, *tile_off, *perm, *pos;
     void **ptrs; // batched / grouped pointer arrays (6 * P)
+    mpk_decode_ws *dec;
 };
 
 #ifdef MPK_CUBLAS_H
@@ -506,6 +509,8 @@ static mpk_status run_once(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, bufs
     const int32_t *idx = B.idx[c];
     bool sort = b != MPK_MOE_BATCHED;
     std::vector<int> hoff;
+    if (b == MPK_MOE_DECODE) // its own routing grouping: nothing below
+        return mpk_decode_launch(B.dec, g->gu, g->dn, B.x[c], idx, B.w[c], B.o, err);
     if (sort) {
         k_chunk_count<<<nchunks, 256, sizeof(int) * E>>>(idx, P, E, B.counts);
         k_offsets<<<1, 256, sizeof(int) * E>>>(B.counts, nchunks, E, B.off, B.tile_off, B.base);
@@ -608,7 +613,7 @@ fail:
 extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, int runs, float *out,
                                   mpk_gpu_timing *t, mpk_error *err)
 {
-    if (b != MPK_MOE_GROUPED && !g->have_blas)
+    if (b != MPK_MOE_GROUPED && b != MPK_MOE_DECODE && !g->have_blas)
         MPK_FAIL(err, MPK_E_OP, "gpu", "backend '%s' needs cuBLAS: %s", mpk_moe_backend_names[b], g->blas_why);
     if (p->E != g->E || p->H != g->H || p->I != g->I)
         MPK_FAIL(err, MPK_E_USAGE, "gpu", "problem shape differs from the uploaded weights");
@@ -633,7 +638,7 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
     }
     CK(cudaMalloc(&B.xs, sizeof(bf16) * (size_t)P * H));
     CK(cudaMalloc(&B.a, sizeof(bf16) * (size_t)P * I));
-    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED ? 4 : sizeof(float) * (size_t)P * 2 * I));
+    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE ? 4 : sizeof(float) * (size_t)P * 2 * I));
     CK(cudaMalloc(&B.ys, sizeof(float) * (size_t)P * H));
     CK(cudaMalloc(&B.o, sizeof(float) * (size_t)T * H));
     CK(cudaMalloc(&B.counts, sizeof(int) * (size_t)nchunks * E));
@@ -645,6 +650,8 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
     CK(cudaMalloc(&B.ptrs, sizeof(void *) * 6 * (size_t)std::max(P, E)));
     CK(cudaEventCreate(&ev0));
     CK(cudaEventCreate(&ev1));
+    if (b == MPK_MOE_DECODE && (st = mpk_decode_open(p, &B.dec, err)) != MPK_OK)
+        goto fail;
     // correctness: poisoned output, one run, everything written and finite-or-reported
     CK(cudaMemset(B.o, 0xFF, sizeof(float) * (size_t)T * H)); // NaN everywhere
     if ((st = run_once(g, p, b, B, 0, err)) != MPK_OK)
@@ -684,6 +691,7 @@ fail:
         cudaFree(B.x[c]), cudaFree(B.w[c]), cudaFree(B.idx[c]);
     cudaFree(B.xs), cudaFree(B.a), cudaFree(B.h), cudaFree(B.ys), cudaFree(B.o), cudaFree(B.counts);
     cudaFree(B.base), cudaFree(B.off), cudaFree(B.tile_off), cudaFree(B.perm), cudaFree(B.pos), cudaFree(B.ptrs);
+    mpk_decode_close(B.dec);
     if (ev0)
         cudaEventDestroy(ev0);
     if (ev1)

@@ -34,6 +34,11 @@ typedef enum mpk_moe_backend {
                                   tensor-core kernels, silu*up fused into the first) */
     MPK_MOE_GROUPED_CUBLAS,    /* the grouped algorithm through cublasGemmGroupedBatchedEx (the
                                   CPU version is the grouped one) */
+    MPK_MOE_DECODE,            /* 1..16 tokens: pairs grouped by expert, GEMV kernels reading each
+                                  expert's weights once for all its tokens, split over the
+                                  reduction when the grid is small (gpu/mpk_decode.h; CUDA:
+                                  gpu/moe_decode.cu, MPK_E_OP above 16 tokens or when H or I is
+                                  not a multiple of 8; CPU: any T, same grouping and splits) */
     MPK_MOE_BACKEND_COUNT
 } mpk_moe_backend;
 

@@ -2,10 +2,12 @@
 """Markdown table from `moepack gpucheck --json` and `gpu/peer_torch.py --json` of one shape:
 per token count, each CUDA backend's median time (and TFLOP/s), the peer's times, grouped's
 speed relative to torch._grouped_mm (peer time / our time: > 1 means we are faster), batched's
-weight bandwidth as a fraction of the device's HBM peak, the correctness of every run, and the
-token count where grouped starts to beat batched.
+and decode's weight bandwidth (bytes of the experts that received tokens / time) as a fraction
+of the device's HBM peak, the correctness of every run, and the token count where grouped starts
+to beat batched. The device comes from PEER.json, or --device NAME (nvidia-smi's name) when the
+peer was not run.
 
-usage: results_table.py GPUCHECK.json [PEER.json]
+usage: results_table.py GPUCHECK.json [PEER.json] [--device NAME]
 """
 import json
 import sys
@@ -20,22 +22,37 @@ def peak(device):
     return None
 
 
+def bandwidth(r, hbm):
+    if not r or "weight_gbs" not in r:
+        return "—"
+    return f"{r['weight_gbs']:.0f} ({r['weight_gbs'] / hbm:.2f})" if hbm else f"{r['weight_gbs']:.0f}"
+
+
 def main():
-    ours = json.load(open(sys.argv[1]))
-    peer = json.load(open(sys.argv[2])) if len(sys.argv) > 2 else {"cases": []}
-    hbm = peak(peer.get("device", ""))
+    args = sys.argv[1:]
+    device = None
+    if "--device" in args:
+        i = args.index("--device")
+        device = args[i + 1]
+        del args[i:i + 2]
+    ours = json.load(open(args[0]))
+    peer = json.load(open(args[1])) if len(args) > 1 else {"cases": []}
+    device = peer.get("device") or device or ""
+    hbm = peak(device)
     runs = [r for r in ours["runs"] if r["device"] == "cuda"]
-    backs = [b for b in ("eager", "batched", "grouped", "grouped_cublas") if any(r["backend"] == b for r in runs)]
+    backs = [b for b in ("eager", "batched", "grouped", "grouped_cublas", "decode")
+             if any(r["backend"] == b for r in runs)]
     pnames = [n for n in ("grouped_mm", "bmm", "eager_torch") if any(c["name"] == n for c in peer["cases"])]
     tokens = sorted({r["tokens"] for r in runs})
     print(f"E={ours['E']} H={ours['H']} I={ours['I']} top-{ours['topk']}"
-          + (f", {peer['device']}, torch {peer['torch']}" if peer.get("device") else ""))
+          + (f", {peer['device']}, torch {peer['torch']}" if peer.get("device") else f", {device}" if device else ""))
     print()
     head = ["T"] + [f"{b} ms (TFLOP/s)" for b in backs] + [f"torch {n} ms" for n in pnames]
     if "grouped" in backs and "grouped_mm" in pnames:
         head.append("grouped vs _grouped_mm")
-    if "batched" in backs and hbm:
-        head.append(f"batched GB/s (of {hbm})")
+    of = f" (of {hbm})" if hbm else ""
+    bw = [b for b in ("batched", "decode") if b in backs]
+    head += [f"{b} GB/s{of}" for b in bw]
     head.append("all ok")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -51,9 +68,7 @@ def main():
         if "grouped" in backs and "grouped_mm" in pnames:
             r, p = rs.get("grouped"), ps.get("grouped_mm")
             row.append(f"{p['median_ms'] / r['median_ms']:.2f}x" if r and p and "median_ms" in r else "—")
-        if "batched" in backs and hbm:
-            r = rs.get("batched")
-            row.append(f"{r['weight_gbs']:.0f} ({r['weight_gbs'] / hbm:.2f})" if r and "weight_gbs" in r else "—")
+        row += [bandwidth(rs.get(b), hbm) for b in bw]
         row.append("yes" if all(r["ok"] for r in rs.values()) else "NO")
         print("| " + " | ".join(row) + " |")
     print()
