@@ -18,19 +18,31 @@ static double silu(double v)
     return v / (1.0 + exp(-v));
 }
 
-/* One token's output row, double accumulation; h [2I] and acc [H] scratch. */
-static void reference_row(const mpk_moe *p, int t, double *h, double *acc, float *out)
+/* Element (r, c) of expert e's matrix [R, C]: BF16 (f8 NULL), or the FP8 code times the scale
+ * of its 128 x 128 block (exact in double) */
+static double wval(const uint16_t *bf, const uint8_t *f8, const float *sc, int e, int R, int C, int r, int c)
+{
+    size_t i = ((size_t)e * R + r) * C + c;
+    if (!f8)
+        return mpk_bf16_to_f32(bf[i]);
+    int rb = (R + MPK_MOE_FP8_BLOCK - 1) / MPK_MOE_FP8_BLOCK, cb = (C + MPK_MOE_FP8_BLOCK - 1) / MPK_MOE_FP8_BLOCK;
+    return (double)mpk_e4m3_to_f32(f8[i]) *
+           sc[((size_t)e * rb + r / MPK_MOE_FP8_BLOCK) * cb + c / MPK_MOE_FP8_BLOCK];
+}
+
+/* One token's output row, double accumulation; h [2I] and acc [H] scratch; weights from q when
+ * not NULL. */
+static void reference_row(const mpk_moe *p, const mpk_moe_fp8 *q, int t, double *h, double *acc, float *out)
 {
     int H = p->H, I = p->I;
     for (int c = 0; c < H; c++)
         acc[c] = 0;
     for (int j = 0; j < p->k; j++) {
         int e = p->idx[t * p->k + j];
-        const uint16_t *gu = p->w_gu + (size_t)e * 2 * I * H, *dn = p->w_d + (size_t)e * H * I;
         for (int r = 0; r < 2 * I; r++) {
             double s = 0;
             for (int c = 0; c < H; c++)
-                s += (double)mpk_bf16_to_f32(gu[(size_t)r * H + c]) * p->x[(size_t)t * H + c];
+                s += wval(p->w_gu, q ? q->gu : NULL, q ? q->gu_scale : NULL, e, 2 * I, H, r, c) * p->x[(size_t)t * H + c];
             h[r] = s;
         }
         for (int r = 0; r < I; r++)
@@ -38,7 +50,7 @@ static void reference_row(const mpk_moe *p, int t, double *h, double *acc, float
         for (int c = 0; c < H; c++) {
             double s = 0;
             for (int r = 0; r < I; r++)
-                s += (double)mpk_bf16_to_f32(dn[(size_t)c * I + r]) * h[r];
+                s += wval(p->w_d, q ? q->dn : NULL, q ? q->dn_scale : NULL, e, H, I, c, r) * h[r];
             acc[c] += (double)p->w[t * p->k + j] * s;
         }
     }
@@ -48,6 +60,7 @@ static void reference_row(const mpk_moe *p, int t, double *h, double *acc, float
 
 typedef struct ref_job {
     const mpk_moe *p;
+    const mpk_moe_fp8 *q;
     const int *rows;
     int n, stride, first;
     float *out;
@@ -58,13 +71,14 @@ static void *ref_worker(void *arg)
     ref_job *j = arg;
     double *h = malloc(sizeof(double) * 2 * (size_t)j->p->I), *acc = malloc(sizeof(double) * (size_t)j->p->H);
     for (int i = j->first; h && acc && i < j->n; i += j->stride)
-        reference_row(j->p, j->rows ? j->rows[i] : i, h, acc, j->out + (size_t)i * j->p->H);
+        reference_row(j->p, j->q, j->rows ? j->rows[i] : i, h, acc, j->out + (size_t)i * j->p->H);
     free(h);
     free(acc);
     return NULL;
 }
 
-void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int threads, float *out)
+void mpk_moe_fp8_reference_rows(const mpk_moe *p, const mpk_moe_fp8 *q, const int *rows, int n, int threads,
+                                float *out)
 {
     enum { MAX_THREADS = 64 };
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
@@ -74,7 +88,7 @@ void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int thread
     pthread_t tid[MAX_THREADS];
     bool started[MAX_THREADS] = {0};
     for (int i = 0; i < threads; i++) {
-        jobs[i] = (ref_job){p, rows, n, threads, i, out};
+        jobs[i] = (ref_job){p, q, rows, n, threads, i, out};
         if (i > 0)
             started[i] = pthread_create(&tid[i], NULL, ref_worker, &jobs[i]) == 0;
     }
@@ -84,6 +98,11 @@ void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int thread
     for (int i = 1; i < threads; i++)
         if (started[i])
             pthread_join(tid[i], NULL);
+}
+
+void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int threads, float *out)
+{
+    mpk_moe_fp8_reference_rows(p, NULL, rows, n, threads, out);
 }
 
 void mpk_moe_reference(const mpk_moe *p, float *out)
@@ -179,6 +198,18 @@ done:
     return s;
 }
 
+void mpk_moe_combine(const mpk_moe *p, const float *yall, float *out)
+{
+    int T = p->T, H = p->H, k = p->k;
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < H; c++) {
+            float acc = 0;
+            for (int j = 0; j < k; j++)
+                acc += p->w[t * k + j] * yall[((size_t)t * k + (size_t)j) * H + c];
+            out[(size_t)t * H + c] = acc;
+        }
+}
+
 mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_error *err)
 {
     int T = p->T, H = p->H, I = p->I, E = p->E, k = p->k;
@@ -252,14 +283,7 @@ mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_erro
         s = mpk_error_set(err, MPK_E_USAGE, 0, "moe", "unknown backend %d", (int)b);
         goto done;
     }
-    /* weighted per-token sum in slot order */
-    for (int t = 0; t < T; t++)
-        for (int c = 0; c < H; c++) {
-            float acc = 0;
-            for (int j = 0; j < k; j++)
-                acc += p->w[t * k + j] * yall[((size_t)t * k + (size_t)j) * H + c];
-            out[(size_t)t * H + c] = acc;
-        }
+    mpk_moe_combine(p, yall, out);
 done:
     free(yall);
     free(xs);

@@ -51,6 +51,10 @@ void mpk_moe_reference_rows(const mpk_moe *p, const int *rows, int n, int thread
 /* A CPU backend (float accumulation); out [T, H]. MPK_E_NOMEM on allocation failure. */
 mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_error *err);
 
+/* The last step of every CPU backend: out[t] = sum over slots j in order of w[t, j] * yall[t k + j]
+ * (yall [T k, H], out [T, H]). */
+void mpk_moe_combine(const mpk_moe *p, const float *yall, float *out);
+
 /* Deterministic random problem: x ~ U(-1, 1) rounded to BF16-representable values (hidden
  * states are BF16 in a model, and the GPU backends take them so), weights ~ U(-0.05, 0.05) as BF16 (unless the
  * caller supplies weights), routing = softmax top-k of random logits (distinct experts per
@@ -68,6 +72,34 @@ typedef struct mpk_moe_check {
 
 /* Compares got with ref (n values). */
 void mpk_moe_compare(const float *ref, const float *got, size_t n, double atol, double rtol, mpk_moe_check *c);
+
+/* ---------------------------------------------------------------- FP8 block-scaled experts */
+
+/* FP8 E4M3 experts with 128 x 128 block scales, as pack writes DeepSeek-V3's gate_up_proj /
+ * down_proj and their _scale_inv: weight = f32(code) x the scale of its block. */
+enum { MPK_MOE_FP8_BLOCK = 128 };
+typedef struct mpk_moe_fp8 {
+    const uint8_t *gu;         /* [E, 2I, H] */
+    const float *gu_scale;     /* [E, ceil(2I/128), ceil(H/128)] */
+    const uint8_t *dn;         /* [E, H, I] */
+    const float *dn_scale;     /* [E, ceil(H/128), ceil(I/128)] */
+} mpk_moe_fp8;
+
+/* The fp64 reference with q's weights (p's BF16 weights unused): code x scale exact, the
+ * activations not quantized. Rows as mpk_moe_reference_rows. Thread-safe. */
+void mpk_moe_fp8_reference_rows(const mpk_moe *p, const mpk_moe_fp8 *q, const int *rows, int n, int threads,
+                                float *out);
+/* The block-scaled grouped algorithm on the CPU (DeepGEMM's recipe, what an FP8 grouped GEMM
+ * computes): pairs grouped by expert (mpk_decode_group); each pair's input quantized per 128
+ * columns (1 x 128 blocks: scale = amax / 448, mpk_quant_fp8_band); per 128-wide K block the
+ * code products summed in fp32, times the input block's scale and the weight block's scale,
+ * blocks added in order; silu*up in fp32, quantized the same way as down_proj's input; routing
+ * weights after down_proj in slot order. out [T, H]. MPK_E_NOMEM. */
+mpk_status mpk_moe_fp8_grouped_cpu(const mpk_moe *p, const mpk_moe_fp8 *q, float *out, mpk_error *err);
+/* q from p's BF16 weights, each 128 x 128 block quantized (mpk_quant_fp8_band); buffers
+ * malloc'd, free with mpk_moe_fp8_free (NULL-safe fields). MPK_E_NOMEM. */
+mpk_status mpk_moe_fp8_from_bf16(const mpk_moe *p, mpk_moe_fp8 *q, mpk_error *err);
+void mpk_moe_fp8_free(mpk_moe_fp8 *q);
 
 /* ---------------------------------------------------------------- CUDA (gpu/moe_cuda.cu) */
 
