@@ -19,8 +19,14 @@ fi
 
 werror=false
 [ "${CI:-}" = "true" ] && werror=true
+# the Python tests need numpy: python3-numpy is Debian's, so when the python3 first on PATH
+# (pyenv, a venv) lacks it, the binding is built and tested with Debian's interpreter
+py=python3
+if ! python3 -c 'import numpy' 2>/dev/null && /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+  py=/usr/bin/python3
+fi
 if [ ! -f build/build.ninja ]; then
-  meson setup build -Dwerror=$werror
+  meson setup build -Dwerror=$werror -Dpython=$py
 fi
 ninja -C build
 
