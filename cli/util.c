@@ -78,9 +78,10 @@ static char opt_guess[80];
 bool mpk_cli_json_errors;
 
 /* Under --json, an error as a document on stdout too (schema moepack.error/1): status, message,
- * the file and tensor it is about (null when none), errno and the hint when there are. */
+ * the file and tensor it is about (null when none), errno, the request field the way out is
+ * about (the library's word for it, mpk_field_name) and the hint when there are. */
 static void json_error(const char *cmd, mpk_status code, int sys_errno, const char *where, const char *msg,
-                       const char *hint)
+                       mpk_field field, const char *hint)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "schema", "moepack.error/1");
@@ -102,6 +103,8 @@ static void json_error(const char *cmd, mpk_status code, int sys_errno, const ch
     }
     if (sys_errno)
         cJSON_AddNumberToObject(o, "errno", sys_errno);
+    if (field != MPK_FIELD_NONE && mpk_field_name(field))
+        cJSON_AddStringToObject(o, "field", mpk_field_name(field));
     if (hint)
         cJSON_AddStringToObject(o, "hint", hint);
     char *text = cJSON_Print(o);
@@ -130,7 +133,7 @@ int mpk_cli_fail(const char *cmd, const mpk_error *err, const char *hint)
     else
         hint = NULL;
     if (mpk_cli_json_errors)
-        json_error(cmd, err->code, err->sys_errno, err->where, msg, hint);
+        json_error(cmd, err->code, err->sys_errno, err->where, msg, err->field, hint);
     return MPK_EXIT_FAIL;
 }
 
@@ -187,7 +190,7 @@ int mpk_cli_usage(const char *cmd, const char *fmt, ...)
     opt_guess[0] = 0;
     fprintf(stderr, "moepack: %s: %s", cmd, msg);
     if (mpk_cli_json_errors)
-        json_error(cmd, MPK_E_USAGE, 0, NULL, msg, NULL);
+        json_error(cmd, MPK_E_USAGE, 0, NULL, msg, MPK_FIELD_NONE, NULL);
     fprintf(stderr, "\nTry 'moepack %s --help'.\n", cmd);
     return MPK_EXIT_USAGE;
 }

@@ -402,6 +402,20 @@ mpk_status mpk_overlap_check(const char *src_path, const mpk_ckpt *src, const ch
 
 /* ---------------------------------------------------------------- what force replaces */
 
+/* dst is a directory with nothing in it (what mpk_force_check lets a forced run replace besides
+ * a checkpoint) */
+static bool empty_dir(const char *dst)
+{
+    DIR *d = opendir(dst);
+    if (!d)
+        return false;
+    bool empty = true;
+    for (struct dirent *e; empty && (e = readdir(d));)
+        empty = dot_or_dotdot(e->d_name);
+    closedir(d);
+    return empty;
+}
+
 mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
 {
     mpk_error why = {0};
@@ -411,7 +425,8 @@ mpk_status mpk_dst_exists(const char *dst, mpk_error *err)
         return fc;
     }
     if (fc == MPK_OK)
-        MPK_FAIL_ABOUT(err, MPK_FIELD_FORCE, MPK_E_DST_EXISTS, dst, "destination exists; it is a checkpoint, which a forced run replaces");
+        MPK_FAIL_ABOUT(err, MPK_FIELD_FORCE, MPK_E_DST_EXISTS, dst, "destination exists; it is %s, which a forced run replaces",
+                       empty_dir(dst) ? "an empty directory" : "a checkpoint");
     /* the reason alone: "not a directory", "not a checkpoint: ... ('a.jpg')", "not only ..." */
     char r[sizeof why.msg];
     snprintf(r, sizeof r, "%s", strstr(why.msg, "not ") ? strstr(why.msg, "not ") : why.msg);

@@ -195,10 +195,14 @@ expect 1 "verify --json of a missing DST" -- "$M" verify --json "$tmp/nothing"
 jerr not-found && ok "... an error document" || bad "verify --json error document"
 expect 1 "compress --json into an existing DST" -- "$M" compress --json "$tmp/three" "$tmp/threez"
 jerr destination-exists && ok "... an error document" || bad "compress --json error document"
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert d['field'] == 'force' and d['hint'] == 'pass --force to replace it', d" "$tmp/out" &&
+  ok "... naming the request field the way out is about (force) beside the hint" || bad "compress --json error document: field"
 expect 1 "synth --json of an unknown arch" -- "$M" synth --json --arch nosuch "$tmp/j2"
 jerr preset && ok "... an error document" || bad "synth --json error document"
 expect 2 "diff --json with a mistyped option" -- "$M" diff --json --atoll 1 "$tmp/ja" "$tmp/jb"
 jerr usage && ok "... usage errors too" || bad "diff --json usage error document"
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); assert 'field' not in d, d" "$tmp/out" &&
+  ok "... with no field where none helps" || bad "diff --json usage error document: a field"
 expect 1 "inspect without --json: nothing on stdout" -- "$M" inspect "$tmp/bad.safetensors"
 [ ! -s "$tmp/out" ] && ok "... stdout empty" || bad "stdout not empty without --json"
 
