@@ -298,6 +298,24 @@ mpk_status mpk_hash(const char *path, unsigned flags, mpk_report **out, mpk_erro
 mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *, uint64_t, uint64_t, double),
                        void *ctx, mpk_report **out, mpk_error *err)
 {
+    mpk_hash_req r;
+    mpk_hash_req_init(&r, path);
+    r.flags = flags;
+    r.progress = progress;
+    r.ctx = ctx;
+    return mpk_hash_run(&r, out, err);
+}
+
+void mpk_hash_req_init(mpk_hash_req *r, const char *path)
+{
+    memset(r, 0, sizeof *r);
+    r->path = path;
+}
+
+mpk_status mpk_hash_run(const mpk_hash_req *q, mpk_report **out, mpk_error *err)
+{
+    const char *path = q->path;
+    unsigned flags = q->flags;
     mpk_ckpt *c;
     *out = NULL;
     MPK_TRY(mpk_ckpt_open(path, &c, err));
@@ -310,15 +328,19 @@ mpk_status mpk_hash_ex(const char *path, unsigned flags, void (*progress)(void *
     mpk_hash128 d;
     mpk_report *r = NULL;
     mpk_meter meter;
-    mpk_meter_start(&meter, progress, ctx, c->total_bytes);
+    mpk_meter_start(&meter, q->progress, q->ctx, c->total_bytes);
+    meter.cancel = q->cancel;
     mpk_status s = mpk_hash_ckpt(c, &t, &d, &meter, err); /* collective under MPI: agreed */
+    bool hashed = s == MPK_OK;
     mpk_rank_stats *ranks = NULL;
     int n_ranks = 0;
     if (s == MPK_OK) {
         mpk_meter_end(&meter);
-        ranks = mpk_dist_stats_meter(&meter, &n_ranks);
+        /* stopped by the last progress call (a Python callback that raised): no manifest */
+        s = mpk_meter_check(&meter, path, err);
     }
-    bool hashed = s == MPK_OK;
+    if (s == MPK_OK)
+        ranks = mpk_dist_stats_meter(&meter, &n_ranks);
     if (s == MPK_OK && !(r = mpk_report_new()))
         s = mpk_error_set(err, MPK_E_NOMEM, 0, path, "out of memory");
     if (s == MPK_OK)

@@ -285,7 +285,22 @@ static void test_progress_and_cancel(void **state)
     z.cancel = &cancel;
     assert_int_equal(mpk_compress(&z, NULL, &err), MPK_E_CANCELLED);
     assert_false(exists(path("pz")));
+    /* hash: stopped, and no manifest written; the same request with the flag down hashes */
+    mpk_hash_req h;
+    mpk_hash_req_init(&h, path("src"));
+    h.flags = MPK_HASH_WRITE;
+    h.cancel = &cancel;
+    assert_int_equal(mpk_hash_run(&h, &rep, &err), MPK_E_CANCELLED);
+    assert_false(exists(path("src/moepack.manifest.json")));
     cancel = 0;
+    h.flags = 0;
+    h.progress = on_progress;
+    h.ctx = &pr;
+    pr = (prog){0};
+    assert_int_equal(mpk_hash_run(&h, &rep, &err), MPK_OK);
+    assert_true(pr.calls >= 1);
+    assert_int_equal(pr.last_done, pr.last_total);
+    mpk_report_free(rep);
     assert_int_equal(mpk_diff(&q, &rep, &err), MPK_OK);
     mpk_report_free(rep);
 }

@@ -519,6 +519,20 @@ MPK_API mpk_status mpk_hash_ex(const char *path, unsigned flags,
                                void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes,
                                                 double seconds),
                                void *ctx, mpk_report **out, mpk_error *err);
+/* mpk_hash as a request that can also be stopped. Fill with mpk_hash_req_init(). */
+typedef struct mpk_hash_req {
+    const char *path;
+    unsigned flags;               /* MPK_HASH_WRITE */
+    /* when non-NULL: bytes hashed of the total, as mpk_hash_ex's */
+    void (*progress)(void *ctx, uint64_t done_bytes, uint64_t total_bytes, double seconds);
+    void *ctx;
+    /* when non-NULL and *cancel becomes non-zero, hashing stops soon with MPK_E_CANCELLED and no
+     * manifest is written */
+    const volatile int *cancel;
+} mpk_hash_req;
+MPK_API void mpk_hash_req_init(mpk_hash_req *r, const char *path);
+/* Errors: mpk_hash's, MPK_E_CANCELLED. */
+MPK_API mpk_status mpk_hash_run(const mpk_hash_req *r, mpk_report **out, mpk_error *err);
 
 /* A comparison of dst with what src becomes (verify), or of two checkpoints value by value
  * (diff). Fill with mpk_compare_req_init(). */

@@ -22,7 +22,7 @@ import os
 from . import _checks as _c
 from ._calls import Call as _Call, report as _report
 from ._native import (CompareReq as _CompareReq, CompressReq as _CompressReq, ConvertReq as _ConvertReq,
-                      PROGRESS as _PROGRESS, SynthOpts as _SynthOpts, WARN as _WARN, _Error, P as _P,
+                      HashReq as _HashReq, PROGRESS as _PROGRESS, SynthOpts as _SynthOpts, WARN as _WARN, _Error, P as _P,
                       lib as _lib, libc as _libc)
 from .errors import (DestinationExists, Error, IOFailure, IsADirectory, NotFound, OutOfMemory, PermissionDenied,
                      UsageError, VerificationFailed, from_c as _from_c)
@@ -142,10 +142,19 @@ def inspect(path):
     return _report(_Call(), _lib.mpk_inspect, _c.path(path, "inspect", "path"))
 
 
-def hash_file(path, write=False):
+def hash_file(path, write=False, *, progress=None):
     """XXH3-128 of every tensor and the sharding-independent digest (the manifest document);
-    write=True stores it as path/moepack.manifest.json."""
-    return _report(_Call(), _lib.mpk_hash, _c.path(path, "hash_file", "path"), 1 if write else 0)
+    write=True stores it as path/moepack.manifest.json. progress(done_bytes, total_bytes,
+    seconds) as for convert; Ctrl-C or a progress exception stops it (no manifest written)."""
+    f = "hash_file"
+    req = _HashReq()
+    p = _c.path(path, f, "path")
+    _lib.mpk_hash_req_init(ctypes.byref(req), p)
+    req.flags = 1 if write else 0
+    call = _Call()
+    req.progress = call.wrap(_PROGRESS, _c.callback(progress, f, "progress"), _PROGRESS_ARGS)
+    req.cancel = ctypes.pointer(call.cancel)
+    return _report(call, _lib.mpk_hash_run, ctypes.byref(req))
 
 
 def hash(path, write=False):  # noqa: A001

@@ -76,6 +76,11 @@ class CompressReq(ctypes.Structure):
                 ("progress", PROGRESS), ("cancel", ctypes.POINTER(ctypes.c_int))]
 
 
+class HashReq(ctypes.Structure):
+    _fields_ = [("path", ctypes.c_char_p), ("flags", ctypes.c_uint), ("progress", PROGRESS), ("ctx", ctypes.c_void_p),
+                ("cancel", ctypes.POINTER(ctypes.c_int))]
+
+
 class SynthOpts(ctypes.Structure):
     _fields_ = [("arch", ctypes.c_char_p), ("layers", ctypes.c_int), ("experts", ctypes.c_int),
                 ("hidden", ctypes.c_int), ("intermediate", ctypes.c_int), ("vocab", ctypes.c_int),
@@ -110,6 +115,8 @@ _PROTOS = [
     ("mpk_diff", ctypes.c_int, [ctypes.POINTER(CompareReq), _PP, ERR]),
     ("mpk_inspect", ctypes.c_int, [_STR, _PP, ERR]),
     ("mpk_hash", ctypes.c_int, [_STR, ctypes.c_uint, _PP, ERR]),
+    ("mpk_hash_req_init", None, [ctypes.POINTER(HashReq), _STR]),
+    ("mpk_hash_run", ctypes.c_int, [ctypes.POINTER(HashReq), _PP, ERR]),
     ("mpk_compress", ctypes.c_int, [ctypes.c_void_p, _PP, ERR]),
     ("mpk_decompress", ctypes.c_int, [ctypes.c_void_p, _PP, ERR]),
     ("mpk_synth_opts_init", None, [ctypes.POINTER(SynthOpts)]),

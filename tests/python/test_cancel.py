@@ -3,6 +3,7 @@ packs with its library stopped (the test hook N:stop: SIGSTOP at the Nth write-p
 staging directory begun), gets SIGINT while stopped, is continued; it must end by
 KeyboardInterrupt within 0.5 s, with nothing at DST and no staging directory left beside it.
 With and without a progress callback (a callback used to swallow the interrupt)."""
+import json
 import os
 import signal
 import subprocess
@@ -91,7 +92,7 @@ class CallbackExceptions(Scratch):
         moepack.compress(packed, z)
         for call in (lambda: moepack.verify(self.src, packed), lambda: moepack.verify(packed),
                      lambda: moepack.diff(self.src, self.src), lambda: moepack.compress(packed, self.path("v-z2")),
-                     lambda: moepack.decompress(z, self.path("v-z3"))):
+                     lambda: moepack.decompress(z, self.path("v-z3")), lambda: moepack.hash_file(packed, write=True)):
             real = moepack._calls.Call.run
 
             def run(self_, fn, *args):
@@ -112,6 +113,22 @@ class CallbackExceptions(Scratch):
             raise LookupError("stop verifying")
         with self.assertRaisesRegex(LookupError, "stop verifying"):
             moepack.verify(self.src, packed, progress=progress)
+        # hash_file: stopped with no manifest written; let through, the digest pack recorded
+        manifest = os.path.join(packed, "moepack.manifest.json")
+        with open(manifest) as fh:
+            before = json.load(fh)["digest"]
+        os.unlink(manifest)
+
+        def progress_hash(done, total, s):
+            raise LookupError("stop hashing")
+        with self.assertRaisesRegex(LookupError, "stop hashing"):
+            moepack.hash_file(packed, write=True, progress=progress_hash)
+        self.assertFalse(os.path.exists(manifest), "a stopped hash wrote its manifest")
+        seen = []
+        moepack.hash_file(packed, write=True, progress=lambda d, t, s: seen.append((d, t)))
+        self.assertEqual(seen[-1][0], seen[-1][1])
+        with open(manifest) as fh:
+            self.assertEqual(json.load(fh)["digest"], before)
 
     def test_warn_exception_propagates(self):
         # a stale staging directory of a dead run is a warning; the warn callback raises on it
