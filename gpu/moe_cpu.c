@@ -11,7 +11,7 @@
 #include <string.h>
 
 const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped", "grouped_cublas",
-                                                                      "decode"};
+                                                                      "decode", "fp8"};
 
 static double silu(double v)
 {
@@ -212,6 +212,13 @@ void mpk_moe_combine(const mpk_moe *p, const float *yall, float *out)
 
 mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_error *err)
 {
+    if (b == MPK_MOE_FP8) { /* its own buffers: the FP8 weights, then the block-scaled algorithm */
+        mpk_moe_fp8 q;
+        MPK_TRY(mpk_moe_fp8_from_bf16(p, &q, err));
+        mpk_status s = mpk_moe_fp8_grouped_cpu(p, &q, out, err);
+        mpk_moe_fp8_free(&q);
+        return s;
+    }
     int T = p->T, H = p->H, I = p->I, E = p->E, k = p->k;
     size_t P = (size_t)T * (size_t)k;
     float *yall = malloc(sizeof(float) * P * (size_t)H); /* y of each (token, slot) pair */

@@ -14,8 +14,11 @@
 //   grouped_cublas  the same sort, then cublasGemmGroupedBatchedEx (one group per expert)
 //                   (BF16 outputs: the grouped API takes no fp32 C with BF16 A and B)
 //   decode          1..16 tokens: gpu/moe_decode.cu (GEMV kernels, each expert's weights read once)
+//   fp8             the same sort, then gpu/moe_fp8.cu (FP8 weights quantized on the device the
+//                   first time, cuBLASLt block-scaled FP8 GEMMs per expert; offsets read back)
 // cuBLAS is loaded with dlopen so the binary has no link-time dependency on it.
 #include "mpk_decode.h"
+#include "mpk_fp8.h"
 #include "mpk_gpu.h"
 #include "mpk_ops.h"
 
@@ -121,7 +124,43 @@ struct mpk_gpu {
 #endif
     bool have_blas;
     char blas_why[256];
+    mpk_fp8_dev *fp8; // opened on the fp8 backend's first run
+    mpk_status fp8_st;
+    char fp8_why[256];
 };
+
+// the FP8 weights, quantized on the device once; a refusal (MPK_E_OP) is remembered with its reason
+static mpk_status fp8_ready(mpk_gpu *g, mpk_error *err)
+{
+    if (g->fp8)
+        return MPK_OK;
+    if (g->fp8_st == MPK_E_OP)
+        MPK_FAIL(err, MPK_E_OP, "gpu", "%s", g->fp8_why);
+    mpk_status st = mpk_fp8_dev_open(g->gu, g->dn, g->E, g->H, g->I, &g->fp8, err);
+    if (st == MPK_E_OP) {
+        g->fp8_st = st;
+        snprintf(g->fp8_why, sizeof g->fp8_why, "%s", err->msg);
+    }
+    return st;
+}
+
+extern "C" mpk_status mpk_gpu_fp8_weights(mpk_gpu *g, mpk_moe_fp8 *q, mpk_error *err)
+{
+    memset(q, 0, sizeof *q);
+    MPK_TRY(fp8_ready(g, err));
+    size_t hb = (size_t)g->H / MPK_FP8_BLK, ib = (size_t)g->I / MPK_FP8_BLK;
+    uint8_t *gu = (uint8_t *)malloc((size_t)g->E * 2 * g->I * g->H), *dn = (uint8_t *)malloc((size_t)g->E * g->H * g->I);
+    float *gs = (float *)malloc(sizeof(float) * g->E * 2 * ib * hb), *ds = (float *)malloc(sizeof(float) * g->E * hb * ib);
+    q->gu = gu, q->gu_scale = gs, q->dn = dn, q->dn_scale = ds;
+    if (!gu || !dn || !gs || !ds) {
+        mpk_moe_fp8_free(q);
+        MPK_FAIL(err, MPK_E_NOMEM, "gpu", "out of memory for the FP8 weights");
+    }
+    mpk_status st = mpk_fp8_dev_download(g->fp8, gu, gs, dn, ds, err);
+    if (st != MPK_OK)
+        mpk_moe_fp8_free(q);
+    return st;
+}
 
 extern "C" mpk_status mpk_gpu_open(const mpk_moe *p, mpk_gpu **out, mpk_error *err)
 {
@@ -155,6 +194,7 @@ extern "C" void mpk_gpu_close(mpk_gpu *g)
         return;
     cudaFree(g->gu);
     cudaFree(g->dn);
+    mpk_fp8_dev_close(g->fp8);
 #ifdef MPK_CUBLAS_H
     if (g->blas.h)
         g->blas.destroy(g->blas.h);
@@ -518,6 +558,11 @@ static mpk_status run_once(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, bufs
         size_t nthr = H % 8 == 0 ? (size_t)P * H / 8 : (size_t)P * H;
         k_gather<<<(unsigned)((nthr + 255) / 256), 256>>>(B.x[c], B.perm, P, k, H, B.xs);
     }
+    if (b == MPK_MOE_FP8) { // the per-expert cuBLASLt calls need the offsets on the host
+        hoff.resize((size_t)E + 1);
+        CK(cudaMemcpy(hoff.data(), B.off, sizeof(int) * (E + 1), cudaMemcpyDeviceToHost));
+        return mpk_fp8_launch(g->fp8, T, k, B.xs, B.off, hoff.data(), B.pos, idx, B.w[c], B.o, err);
+    }
     if (b == MPK_MOE_GROUPED) {
         int max_tiles = (P + BM - 1) / BM + E; // bound on the tiles: no host sync needed
         k_grouped_gemm<true><<<dim3((I + 63) / 64, max_tiles), 256, GEMM_SMEM>>>(B.xs, g->gu, B.off, B.tile_off, E, 2 * I, H,
@@ -613,7 +658,9 @@ fail:
 extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, int runs, float *out,
                                   mpk_gpu_timing *t, mpk_error *err)
 {
-    if (b != MPK_MOE_GROUPED && b != MPK_MOE_DECODE && !g->have_blas)
+    if (b == MPK_MOE_FP8)
+        MPK_TRY(fp8_ready(g, err));
+    else if (b != MPK_MOE_GROUPED && b != MPK_MOE_DECODE && !g->have_blas)
         MPK_FAIL(err, MPK_E_OP, "gpu", "backend '%s' needs cuBLAS: %s", mpk_moe_backend_names[b], g->blas_why);
     if (p->E != g->E || p->H != g->H || p->I != g->I)
         MPK_FAIL(err, MPK_E_USAGE, "gpu", "problem shape differs from the uploaded weights");
@@ -638,7 +685,7 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
     }
     CK(cudaMalloc(&B.xs, sizeof(bf16) * (size_t)P * H));
     CK(cudaMalloc(&B.a, sizeof(bf16) * (size_t)P * I));
-    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE ? 4 : sizeof(float) * (size_t)P * 2 * I));
+    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE || b == MPK_MOE_FP8 ? 4 : sizeof(float) * (size_t)P * 2 * I));
     CK(cudaMalloc(&B.ys, sizeof(float) * (size_t)P * H));
     CK(cudaMalloc(&B.o, sizeof(float) * (size_t)T * H));
     CK(cudaMalloc(&B.counts, sizeof(int) * (size_t)nchunks * E));

@@ -39,6 +39,12 @@ typedef enum mpk_moe_backend {
                                   reduction when the grid is small (gpu/mpk_decode.h; CUDA:
                                   gpu/moe_decode.cu, MPK_E_OP above 16 tokens or when H or I is
                                   not a multiple of 8; CPU: any T, same grouping and splits) */
+    MPK_MOE_FP8,               /* the BF16 weights quantized to FP8 E4M3 with 128 x 128 block scales
+                                  (as pack writes DeepSeek-V3's), then the block-scaled grouped
+                                  algorithm (mpk_moe_fp8_grouped_cpu; CUDA: gpu/moe_fp8.cu,
+                                  cuBLASLt block-scaled FP8 per expert, H and I multiples of 128).
+                                  Not the BF16 answer: about 0.06 relative error against the BF16
+                                  reference from quantizing weights and inputs */
     MPK_MOE_BACKEND_COUNT
 } mpk_moe_backend;
 
@@ -125,6 +131,12 @@ void mpk_gpu_close(mpk_gpu *g);
  * available (message says why). */
 mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, int runs, float *out, mpk_gpu_timing *t,
                        mpk_error *err);
+
+/* The FP8 weights the fp8 backend runs on (quantized on the device from the uploaded BF16
+ * ones the first time it is asked for), copied to the host in pack's layout: buffers malloc'd
+ * into *q, free with mpk_moe_fp8_free. MPK_E_OP when the backend is not available (why in
+ * err), MPK_E_NOMEM, MPK_E_IO on a CUDA error. */
+mpk_status mpk_gpu_fp8_weights(mpk_gpu *g, mpk_moe_fp8 *q, mpk_error *err);
 
 #ifdef __cplusplus
 }

@@ -310,7 +310,7 @@ void mpk_gpucheck_req_init(mpk_gpucheck_req *r)
     r->check_rows = 32;
     r->tokens = default_tokens;
     r->n_tokens = sizeof default_tokens / sizeof default_tokens[0];
-    r->backends = (1u << MPK_MOE_BACKEND_COUNT) - 1;
+    r->backends = ((1u << MPK_MOE_BACKEND_COUNT) - 1) & ~(1u << MPK_MOE_FP8); /* fp8: asked for by name */
 }
 
 const char *mpk_gpu_backend_name(size_t i)
@@ -399,11 +399,14 @@ static void run_backend(gc_run *g, int ti, mpk_moe *p, int b, int on_gpu, const 
     if (ok) {
         /* CPU: fp32 everywhere; GPU: BF16 inputs and silu*up (as a model runs), fp32
          * accumulation: a few BF16 ulps of relative error are expected, not more */
-        if (on_gpu)
+        if (b == MPK_MOE_FP8) /* weights and inputs quantized to E4M3: ~0.06 from the BF16 answer
+                                 (test_gpu pins the algorithm itself tightly) */
+            check_rows(ref, got, g->rows, nr, H, 0.5 * ref_rms, 0.5, &c);
+        else if (on_gpu)
             check_rows(ref, got, g->rows, nr, H, 0.05 * ref_rms, 5e-2, &c);
         else
             check_rows(ref, got, g->rows, nr, H, 1e-4, 1e-2, &c);
-        ok = c.n_bad == 0 && c.rel_err < (on_gpu ? 1e-2 : 1e-3);
+        ok = c.n_bad == 0 && c.rel_err < (b == MPK_MOE_FP8 ? 0.1 : on_gpu ? 1e-2 : 1e-3);
     }
     cJSON *jr = cJSON_CreateObject();
     cJSON_AddStringToObject(jr, "device", on_gpu ? "cuda" : "cpu");

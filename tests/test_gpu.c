@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "mpk_decode.h"
+#include "mpk_fp8.h"
 #include "mpk_gpu.h"
 #include "mpk_ops.h"
 
@@ -31,6 +32,8 @@ static void check_case(int T, int H, int I, int E, int k, int seed, int force_ex
     float *ref = malloc(sizeof(float) * (size_t)T * H), *got = malloc(sizeof(float) * (size_t)T * H);
     mpk_moe_reference(&p, ref);
     for (int b = 0; b < MPK_MOE_BACKEND_COUNT; b++) {
+        if (b == MPK_MOE_FP8) /* another answer: test_fp8_* */
+            continue;
         memset(got, 0xFF, sizeof(float) * (size_t)T * H); /* poison */
         assert_int_equal(mpk_moe_cpu(&p, (mpk_moe_backend)b, got, &err), MPK_OK);
         mpk_moe_check c;
@@ -180,7 +183,7 @@ static void test_hand_case(void **state)
     float ref[2], got[2];
     mpk_moe_reference(&p, ref);
     assert_true(fabs(ref[0] - 0.5 * a) < 1e-6 && fabs(ref[1] + 0.25 * a) < 1e-6);
-    for (int b = 0; b < MPK_MOE_BACKEND_COUNT; b++) {
+    for (int b = 0; b < MPK_MOE_FP8; b++) {
         mpk_error err = {0};
         assert_int_equal(mpk_moe_cpu(&p, (mpk_moe_backend)b, got, &err), MPK_OK);
         assert_true(fabs(got[0] - 0.5 * a) < 1e-5 && fabs(got[1] + 0.25 * a) < 1e-5);
@@ -261,6 +264,11 @@ static void test_fp8_grouped(void **state)
     mpk_moe_fp8_reference_rows(&p, &q, NULL, T, 2, ref);
     assert_int_equal(mpk_moe_fp8_grouped_cpu(&p, &q, got, &err), MPK_OK);
     mpk_moe_check c;
+    /* the fp8 backend of mpk_moe_cpu is this algorithm on these weights */
+    float *viab = malloc(sizeof(float) * (size_t)T * H);
+    assert_int_equal(mpk_moe_cpu(&p, MPK_MOE_FP8, viab, &err), MPK_OK);
+    assert_memory_equal(viab, got, sizeof(float) * (size_t)T * H);
+    free(viab);
     mpk_moe_compare(ref, got, (size_t)T * H, 1e-2, 0.5, &c);
     printf("  fp8 grouped vs fp64 reference: rel_err %.4f, max_abs %.3g\n", c.rel_err, c.max_abs);
     assert_true(c.rel_err < 0.06 && c.rel_err > 0.01); /* inputs are quantized: not exact */
@@ -274,6 +282,83 @@ static void test_fp8_grouped(void **state)
     free(got);
     mpk_moe_fp8_free(&q);
     mpk_moe_free(&p, true);
+}
+
+/* The FP8 backend's index maths (mpk_fp8.h) by hand. 5 experts with 5, 0, 4, 1, 0 pairs: sorted
+ * offsets 0, 5, 5, 9, 10, 10; groups padded to 4 rows: 8, 0, 4, 4, 0 -> padded offsets 0, 8, 8,
+ * 12, 16, 16. K = 300: 3 K blocks (the last 44 columns wide), weight scale rows padded to 4. */
+static void test_fp8_index(void **state)
+{
+    (void)state;
+    assert_int_equal(mpk_fp8_kblocks(300), 3);
+    assert_int_equal(mpk_fp8_kblocks(128), 1);
+    assert_int_equal(mpk_fp8_kblocks(7168), 56);
+    assert_int_equal(mpk_fp8_kblock_end(0, 300), 128);
+    assert_int_equal(mpk_fp8_kblock_end(1, 300), 256);
+    assert_int_equal(mpk_fp8_kblock_end(2, 300), 300);
+    assert_int_equal(mpk_fp8_kblock_end(0, 128), 128);
+    assert_int_equal(mpk_fp8_wscale_ld(300), 4);   /* 3 blocks -> 4 */
+    assert_int_equal(mpk_fp8_wscale_ld(640), 8);   /* 5 -> 8 */
+    assert_int_equal(mpk_fp8_wscale_ld(7168), 56); /* DeepSeek-V3 H: already a multiple of 4 */
+    assert_int_equal(mpk_fp8_wscale_ld(2048), 16); /* ... and I */
+    int off[6] = {0, 5, 5, 9, 10, 10}, poff[6], want[6] = {0, 8, 8, 12, 16, 16};
+    assert_int_equal(mpk_fp8_pad_offsets(off, 5, poff), 16);
+    assert_memory_equal(poff, want, sizeof want);
+    assert_int_equal(mpk_fp8_max_rows(10, 5), 25);
+    assert_int_equal(mpk_fp8_max_rows(2, 256), 8);
+    int group[16] = {0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 3, 3, 3, 3};
+    for (int pr = 0; pr < 16; pr++)
+        assert_int_equal(mpk_fp8_group_of(poff, 5, pr), group[pr]);
+    assert_int_equal(mpk_fp8_padded_row(off, poff, 0, 4), 4);
+    assert_int_equal(mpk_fp8_padded_row(off, poff, 2, 6), 9); /* second row of expert 2 */
+    assert_int_equal(mpk_fp8_padded_row(off, poff, 3, 9), 12);
+    /* input scales: group 2 starts at 8 rows x 3 blocks = 24, its rows contiguous per block */
+    assert_int_equal(mpk_fp8_xscale_index(poff, 2, 3, 1, 2), 8 * 3 + 2 * 4 + 1);
+    assert_int_equal(mpk_fp8_xscale_index(poff, 0, 3, 4, 1), 1 * 8 + 4);
+    assert_int_equal(mpk_fp8_xscale_index(poff, 3, 3, 0, 0), 36);
+    /* weight scales: R = 256 (2 row blocks), K = 300 (ld 4): expert 1, row 130, column 290 */
+    assert_int_equal(mpk_fp8_wscale_index(256, 300, 1, 130, 290), (1 * 2 + 1) * 4 + 2);
+    assert_int_equal(mpk_fp8_wscale_index(256, 300, 0, 127, 127), 0);
+    assert_int_equal(mpk_fp8_wscale_index(256, 300, 0, 128, 128), 5);
+    /* DeepSeek-V3 gate_up [256, 4096, 7168]: the last scale is the grid's last, as pack writes it */
+    assert_int_equal(mpk_fp8_wscale_index(4096, 7168, 255, 4095, 7167), 256 * 32 * 56 - 1);
+    for (int e = 0; e < 256; e += 37)
+        for (int r = 0; r < 4096; r += 511)
+            for (int c = 0; c < 7168; c += 1023)
+                assert_int_equal(mpk_fp8_wscale_index(4096, 7168, e, r, c), ((size_t)e * 32 + r / 128) * 56 + c / 128);
+    /* every layout over random routings: sorted rows land on distinct padded rows of their
+     * group, padding rows are the rest, input scale indices cover [0, rows * KB) once each */
+    uint64_t seed = 5;
+    for (int trial = 0; trial < 50; trial++) {
+        int E = 1 + (int)(mpk_rand(&seed) % 9), P = (int)(mpk_rand(&seed) % 40), KB = 1 + (int)(mpk_rand(&seed) % 4);
+        int cnt[10] = {0}, o[11] = {0}, po[11];
+        for (int q = 0; q < P; q++)
+            cnt[mpk_rand(&seed) % (uint64_t)E]++;
+        for (int e = 0; e < E; e++)
+            o[e + 1] = o[e] + cnt[e];
+        int rows = mpk_fp8_pad_offsets(o, E, po);
+        assert_true(rows <= mpk_fp8_max_rows(P, E) && rows % 4 == 0);
+        char *seen = calloc((size_t)rows + 1, 1), *sseen = calloc((size_t)rows * KB + 1, 1);
+        for (int e = 0; e < E; e++)
+            for (int r = o[e]; r < o[e + 1]; r++) {
+                int pr = mpk_fp8_padded_row(o, po, e, r);
+                assert_true(pr >= po[e] && pr < po[e + 1] && !seen[pr]);
+                assert_int_equal(mpk_fp8_group_of(po, E, pr), e);
+                seen[pr] = 1;
+            }
+        for (int pr = 0; pr < rows; pr++) {
+            int e = mpk_fp8_group_of(po, E, pr), j = pr - po[e];
+            assert_true(po[e] <= pr && pr < po[e + 1]);
+            assert_int_equal(seen[pr], j < cnt[e]); /* the padding rows are the group's last */
+            for (int kb = 0; kb < KB; kb++) {
+                size_t si = mpk_fp8_xscale_index(po, e, KB, j, kb);
+                assert_true(si < (size_t)rows * KB && !sseen[si]);
+                sseen[si] = 1;
+            }
+        }
+        free(seen);
+        free(sseen);
+    }
 }
 
 /* gpucheck's exit codes: usage 2, a checkpoint without packed experts 1, CPU checks passing
@@ -378,6 +463,8 @@ static int device_case(int T, int H, int I, int E, int k, int force_expert)
     mpk_gpu *g = NULL;
     int bad = mpk_gpu_open(&p, &g, &err) != MPK_OK;
     for (int b = 0; !bad && b < MPK_MOE_BACKEND_COUNT; b++) {
+        if (b == MPK_MOE_FP8) /* another answer: fp8_device_case */
+            continue;
         mpk_gpu_timing t;
         mpk_status s = mpk_gpu_run(g, &p, (mpk_moe_backend)b, 2, got, &t, &err);
         if (s == MPK_E_OP && (strstr(err.msg, "cuBLAS") || strstr(err.msg, "decode backend takes"))) {
@@ -395,6 +482,70 @@ static int device_case(int T, int H, int I, int E, int k, int force_expert)
     mpk_gpu_close(g);
     free(ref);
     free(got);
+    mpk_moe_free(&p, true);
+    return bad;
+}
+
+/* The fp8 backend on the GPU: its device-quantized weights against mpk_moe_fp8_from_bf16's (codes
+ * and scales exactly), its output against mpk_moe_fp8_grouped_cpu on those weights (the same
+ * algorithm: fp32 summation order and an input code at a rounding boundary differ, no more:
+ * rel_err < 1e-2) and against the fp64 reference on the FP8 weights (< 0.06, test_fp8_grouped's
+ * bound). A shape the backend refuses must be refused with the reason. */
+static int fp8_device_case(int T, int H, int I, int E, int k, int force_expert)
+{
+    mpk_moe p;
+    mpk_error err = {0};
+    if (mpk_moe_random(T, H, I, E, k, 13, true, &p, &err) != MPK_OK)
+        return 1;
+    if (force_expert >= 0)
+        for (int t = 0; t < T; t++)
+            ((int32_t *)p.idx)[t * k] = force_expert;
+    size_t n = (size_t)T * H;
+    float *ref = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n), *cpu = malloc(sizeof(float) * n);
+    mpk_moe_fp8 qd = {0}, qc = {0};
+    mpk_gpu *g = NULL;
+    int bad = mpk_gpu_open(&p, &g, &err) != MPK_OK;
+    mpk_status s = bad ? MPK_E_IO : mpk_gpu_fp8_weights(g, &qd, &err);
+    if (s == MPK_E_OP && (H % 128 || I % 128)) {
+        bad = !strstr(err.msg, "multiples of 128");
+        printf("  T=%-5d H=%-4d I=%-4d E=%-3d k=%d fp8            %s refused: %s\n", T, H, I, E, k, bad ? "FAIL" : "ok  ",
+               err.msg);
+        goto done;
+    }
+    if (s != MPK_OK || mpk_moe_fp8_from_bf16(&p, &qc, &err) != MPK_OK) {
+        printf("  T=%-5d H=%-4d I=%-4d E=%-3d k=%d fp8            FAIL %s\n", T, H, I, E, k, err.msg);
+        bad = 1;
+        goto done;
+    }
+    size_t ngu = (size_t)E * 2 * I * H, ndn = (size_t)E * H * I, code_diff = 0, scale_diff = 0;
+    for (size_t i = 0; i < ngu; i++)
+        code_diff += qd.gu[i] != qc.gu[i];
+    for (size_t i = 0; i < ndn; i++)
+        code_diff += qd.dn[i] != qc.dn[i];
+    for (size_t i = 0; i < (size_t)E * (2 * I / 128) * (H / 128); i++)
+        scale_diff += qd.gu_scale[i] != qc.gu_scale[i];
+    for (size_t i = 0; i < (size_t)E * (H / 128) * (I / 128); i++)
+        scale_diff += qd.dn_scale[i] != qc.dn_scale[i];
+    mpk_gpu_timing t;
+    mpk_moe_check c = {0}, cr = {0};
+    s = mpk_gpu_run(g, &p, MPK_MOE_FP8, 2, got, &t, &err);
+    if (s == MPK_OK && mpk_moe_fp8_grouped_cpu(&p, &qd, cpu, &err) == MPK_OK) {
+        mpk_moe_fp8_reference_rows(&p, &qd, NULL, T, 8, ref);
+        mpk_moe_compare(cpu, got, n, 1e-2, 0.5, &c);
+        mpk_moe_compare(ref, got, n, 1e-2, 0.5, &cr);
+    }
+    int ok = s == MPK_OK && !code_diff && !scale_diff && c.rel_err < 1e-2 && cr.rel_err < 0.06 && isfinite(c.rel_err);
+    printf("  T=%-5d H=%-4d I=%-4d E=%-3d k=%d fp8            %s vs CPU algorithm rel_err %.3g, vs fp64 %.3g; "
+           "weights: %zu codes, %zu scales differ%s%s\n", T, H, I, E, k, ok ? "ok  " : "FAIL", c.rel_err, cr.rel_err,
+           code_diff, scale_diff, s == MPK_OK ? "" : " ", s == MPK_OK ? "" : err.msg);
+    bad += !ok;
+done:
+    mpk_gpu_close(g);
+    mpk_moe_fp8_free(&qd);
+    mpk_moe_fp8_free(&qc);
+    free(ref);
+    free(got);
+    free(cpu);
     mpk_moe_free(&p, true);
     return bad;
 }
@@ -418,6 +569,12 @@ static int device_main(void)
     bad += device_case(2, 4096, 1024, 8, 2, -1);    /* small grid: both GEMVs split over K */
     bad += device_case(16, 512, 256, 8, 2, 3);      /* expert 3 in slot 0 and maybe 1: over 16 pairs */
     bad += device_case(3, 2048, 768, 128, 8, -1);   /* Qwen3-shaped, fine-grained */
+    /* fp8: block-scaled cuBLASLt GEMMs per expert, group padding, K-block scales */
+    bad += fp8_device_case(64, 256, 128, 8, 2, -1);
+    bad += fp8_device_case(5, 128, 128, 64, 2, -1);   /* most experts empty; groups of 1 padded to 4 */
+    bad += fp8_device_case(300, 384, 256, 16, 4, 3);  /* one expert with over 300 rows, 3 x 2 blocks */
+    bad += fp8_device_case(33, 256, 384, 8, 8, -1);   /* k = 8 = E */
+    bad += fp8_device_case(4, 96, 128, 4, 2, -1);     /* H not a multiple of 128: refused */
     return bad ? 1 : 0;
 }
 
@@ -433,6 +590,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_decode_rows_and_dims),
         cmocka_unit_test(test_fp8_hand),
         cmocka_unit_test(test_fp8_grouped),
+        cmocka_unit_test(test_fp8_index),
         cmocka_unit_test(test_gpucheck_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
