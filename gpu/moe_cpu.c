@@ -11,7 +11,7 @@
 #include <string.h>
 
 const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped", "grouped_cublas",
-                                                                      "decode", "fp8"};
+                                                                      "decode", "fp8", "grouped_wgmma"};
 
 static double silu(double v)
 {
@@ -251,6 +251,7 @@ mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_erro
             expert(p, p->idx[q], p->x + (q / (size_t)k) * H, 1, h, a, yall + q * H);
         break;
     case MPK_MOE_GROUPED:
+    case MPK_MOE_GROUPED_WGMMA:
     case MPK_MOE_GROUPED_CUBLAS: { /* the same algorithm; the library is the GPU's business */
         /* histogram, exclusive prefix sum, stable scatter of pairs into expert order */
         for (size_t q = 0; q < P; q++)

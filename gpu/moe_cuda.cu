@@ -14,12 +14,14 @@
 //   grouped_cublas  the same sort, then cublasGemmGroupedBatchedEx (one group per expert)
 //                   (BF16 outputs: the grouped API takes no fp32 C with BF16 A and B)
 //   decode          1..16 tokens: gpu/moe_decode.cu (GEMV kernels, each expert's weights read once)
+//   grouped_wgmma   the same sort, then gpu/moe_wgmma.cu (persistent wgmma kernels, sm_90)
 //   fp8             the same sort, then gpu/moe_fp8.cu (FP8 weights quantized on the device the
 //                   first time, cuBLASLt block-scaled FP8 GEMMs per expert; offsets read back)
 // cuBLAS is loaded with dlopen so the binary has no link-time dependency on it.
 #include "mpk_decode.h"
 #include "mpk_fp8.h"
 #include "mpk_gpu.h"
+#include "mpk_sched.h"
 #include "mpk_ops.h"
 
 #include <cuda_bf16.h>
@@ -43,6 +45,7 @@ using bf16 = __nv_bfloat16;
 
 // grouped-GEMM tiling (see k_grouped_gemm)
 constexpr int BM = 128, BN = 128, BK = 64, LDS = BK + 8, STAGES = 3;
+static_assert(BM == MPK_SCHED_BM, "k_offsets' tile_off is the wgmma scheduler's too");
 constexpr int GEMM_SMEM = STAGES * (BM + BN) * LDS * (int)sizeof(bf16); // dynamic: over the 48 KiB static cap
 template <bool FUSED>
 __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 *W, const int *off,
@@ -563,6 +566,11 @@ static mpk_status run_once(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, bufs
         CK(cudaMemcpy(hoff.data(), B.off, sizeof(int) * (E + 1), cudaMemcpyDeviceToHost));
         return mpk_fp8_launch(g->fp8, T, k, B.xs, B.off, hoff.data(), B.pos, idx, B.w[c], B.o, err);
     }
+    if (b == MPK_MOE_GROUPED_WGMMA) {
+        MPK_TRY(mpk_wgmma_launch(B.xs, g->gu, g->dn, B.off, B.tile_off, P, E, H, I, B.a, B.ys, err));
+        k_unpermute_sum<<<(unsigned)(((size_t)T * H + 255) / 256), 256>>>(B.ys, B.pos, B.w[c], T, k, H, B.o);
+        return MPK_OK;
+    }
     if (b == MPK_MOE_GROUPED) {
         int max_tiles = (P + BM - 1) / BM + E; // bound on the tiles: no host sync needed
         k_grouped_gemm<true><<<dim3((I + 63) / 64, max_tiles), 256, GEMM_SMEM>>>(B.xs, g->gu, B.off, B.tile_off, E, 2 * I, H,
@@ -660,6 +668,8 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
 {
     if (b == MPK_MOE_FP8)
         MPK_TRY(fp8_ready(g, err));
+    else if (b == MPK_MOE_GROUPED_WGMMA)
+        MPK_TRY(mpk_wgmma_prepare(err));
     else if (b != MPK_MOE_GROUPED && b != MPK_MOE_DECODE && !g->have_blas)
         MPK_FAIL(err, MPK_E_OP, "gpu", "backend '%s' needs cuBLAS: %s", mpk_moe_backend_names[b], g->blas_why);
     if (p->E != g->E || p->H != g->H || p->I != g->I)
@@ -685,7 +695,7 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
     }
     CK(cudaMalloc(&B.xs, sizeof(bf16) * (size_t)P * H));
     CK(cudaMalloc(&B.a, sizeof(bf16) * (size_t)P * I));
-    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE || b == MPK_MOE_FP8 ? 4 : sizeof(float) * (size_t)P * 2 * I));
+    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE || b == MPK_MOE_FP8 || b == MPK_MOE_GROUPED_WGMMA ? 4 : sizeof(float) * (size_t)P * 2 * I));
     CK(cudaMalloc(&B.ys, sizeof(float) * (size_t)P * H));
     CK(cudaMalloc(&B.o, sizeof(float) * (size_t)T * H));
     CK(cudaMalloc(&B.counts, sizeof(int) * (size_t)nchunks * E));

@@ -45,6 +45,10 @@ typedef enum mpk_moe_backend {
                                   cuBLASLt block-scaled FP8 per expert, H and I multiples of 128).
                                   Not the BF16 answer: about 0.06 relative error against the BF16
                                   reference from quantizing weights and inputs */
+    MPK_MOE_GROUPED_WGMMA,     /* the grouped algorithm through our Hopper kernel: a persistent
+                                  scheduler over the expert tiles (gpu/mpk_sched.h), wgmma
+                                  m64n128k16, silu*up fused (CUDA: gpu/moe_wgmma.cu, sm_90 only;
+                                  CPU: the grouped one) */
     MPK_MOE_BACKEND_COUNT
 } mpk_moe_backend;
 
