@@ -111,7 +111,7 @@ __device__ __forceinline__ float to_float(bf16 v)
     return __bfloat162float(v);
 }
 
-// One warp per (padded row, K block of 128 columns), 8 warps a block along K.
+// One warp per (padded row, K block of 128 columns), 8 warps a block along K (grid: rows x K/1024).
 // SILU false: the row's values are xs[sorted row] (BF16, K = H); padding rows are zero.
 // SILU true: a[c] = silu(h[c]) * h[K + c] from gate_up's output h [rows, 2K] (TH: float or BF16).
 // Writes codes [rows, K] and the scales in layout 2.
@@ -119,8 +119,8 @@ template <bool SILU, typename TH>
 __global__ void __launch_bounds__(256) k_fp8_quant_rows(const bf16 *xs, const TH *h, const int *off, const int *poff,
                                                         int E, int K, uint8_t *codes, float *scales)
 {
-    int pr = blockIdx.y, lane = threadIdx.x % 32;
-    int kb = blockIdx.x * 8 + threadIdx.x / 32, KB = mpk_fp8_kblocks(K);
+    int pr = blockIdx.x, lane = threadIdx.x % 32; // rows along x: over 65535 of them at 16384 tokens
+    int kb = blockIdx.y * 8 + threadIdx.x / 32, KB = mpk_fp8_kblocks(K);
     if (pr >= poff[E] || kb >= KB)
         return;
     int e = mpk_fp8_group_of(poff, E, pr), j = pr - poff[e];
@@ -438,7 +438,7 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
     }
     mpk_fp8_pad_offsets(hoff, E, hpoff.data());
     k_fp8_pad_offsets<<<1, 32>>>(off, E, d->poff);
-    k_fp8_quant_rows<false, float><<<dim3((KBH + 7) / 8, rows), 256>>>((const bf16 *)xs, nullptr, off, d->poff, E, H,
+    k_fp8_quant_rows<false, float><<<dim3(rows, (KBH + 7) / 8), 256>>>((const bf16 *)xs, nullptr, off, d->poff, E, H,
                                                                        d->xq, d->xsc);
     for (int e = 0; e < E; e++) {
         int n4 = hpoff[e + 1] - hpoff[e];
@@ -449,10 +449,10 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
                              (char *)d->h + el * (size_t)hpoff[e] * 2 * I, err));
     }
     if (d->out_bf16)
-        k_fp8_quant_rows<true, bf16><<<dim3((KBI + 7) / 8, rows), 256>>>(nullptr, (const bf16 *)d->h, off, d->poff, E,
+        k_fp8_quant_rows<true, bf16><<<dim3(rows, (KBI + 7) / 8), 256>>>(nullptr, (const bf16 *)d->h, off, d->poff, E,
                                                                          I, d->aq, d->asc);
     else
-        k_fp8_quant_rows<true, float><<<dim3((KBI + 7) / 8, rows), 256>>>(nullptr, (const float *)d->h, off, d->poff,
+        k_fp8_quant_rows<true, float><<<dim3(rows, (KBI + 7) / 8), 256>>>(nullptr, (const float *)d->h, off, d->poff,
                                                                           E, I, d->aq, d->asc);
     for (int e = 0; e < E; e++) {
         int n4 = hpoff[e + 1] - hpoff[e];
