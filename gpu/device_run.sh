@@ -10,11 +10,12 @@
 # of a per-expert Qwen3-MoE checkpoint against its pack: gpu/load_time.py), fp8 (gpucheck of
 # DeepSeek-V3-shaped FP8 packed experts against their per-expert source), bench (issue 18 on this
 # machine: pack and unpack against cp -r (+ sync), warm, ROUNDS rounds, then from a cold cache
-# where drop_caches can be written), round3 (issue 52, about 5 minutes: test_gpu --device with
-# the decode cases first, then gpucheck's decode, batched and grouped_cublas backends at
-# T = 1,2,4,8,16 on the Mixtral and Qwen3 shapes, checked against the fp64 reference and timed;
-# a table per shape with decode's fraction of HBM bandwidth); default: all of them but bench
-# and round3.
+# where drop_caches can be written), round3 (issue 52, under 8 minutes, see round3 below:
+# correctness first, test_gpu --device with the decode, fp8 and grouped_wgmma cases, then
+# timings: decode at T = 1..16 on Mixtral and Qwen3, our grouped kernels against
+# torch._grouped_mm at 4096 and 16384 tokens on Qwen3, fp8 against our BF16 grouped path on
+# DeepSeek-V3; a table per step as it goes, all of them in DATE-DEVICE.md for gpu/results/);
+# default: all of them but bench and round3.
 # Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
 # peer_torch JSON, the transformers parity results.
 set -u
@@ -24,8 +25,84 @@ rm -rf "$RES" && mkdir -p "$RES"
 SITE=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 export LD_LIBRARY_PATH=$PWD/.carry/lib:$SITE/nvidia/cu13/lib
 M=.carry/moepack
+if [ "${ROUND3_DRY:-}" != 1 ]; then
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$RES/device.txt"
+fi
+
+# round3: issue 52's whole answer in one run. ROUND3_BUDGET seconds in all (default 470: under
+# 8 minutes with the tables); every step's timeout is its own limit cut to what the budget has
+# left, so a slow step costs the later ones, never the 8 minutes. Correctness first: test_gpu
+# --device (every backend's cases against the CPU: decode, fp8 with the device-quantized weights
+# compared exactly, grouped_wgmma). Then one gpucheck per timing step (checked against the fp64
+# reference before it times anything), its table printed at once, the torch peer where the step
+# asks for it. ROUND3_SHAPES replaces the timing steps, ";"-separated:
+#   name E,H,I top-k tokens backends peer(0/1) limit_s
+# ROUND3_DRY=1 prints the plan (each command with its limit) and runs nothing.
+# Writes $RES/DATE-DEVICE.md (DEVICE from nvidia-smi's name: "NVIDIA H100 80GB HBM3" -> h100-80gb),
+# to be committed as gpu/results/DATE-DEVICE.md; without $OUT it is copied there directly.
+ROUND3_DEFAULT="mixtral-8x7b 8,4096,14336 2 1,2,4,8,16 decode,batched,grouped_cublas 0 100;\
+qwen3-30b-a3b 128,2048,768 8 1,2,4,8,16,4096,16384 decode,batched,grouped,grouped_cublas,grouped_wgmma 1 100;\
+deepseek-v3 256,7168,2048 8 1024,4096 grouped,grouped_cublas,grouped_wgmma,fp8 1 160"
+r3_left() { # seconds a step may take: its limit, cut to the budget left (0: no time left)
+    local left=$((R3_END - SECONDS))
+    [ "$left" -lt "$1" ] && echo $((left > 0 ? left : 0)) || echo "$1"
+}
+r3_run() { # LIMIT OUTFILE ERRFILE CMD...: the command under its limit, or its plan in a dry run
+    local lim out err; lim=$(r3_left "$1"); out=$2; err=$3; shift 3
+    if [ "${ROUND3_DRY:-}" = 1 ]; then echo "  [${lim}s] $* > ${out##*/} 2> ${err##*/}"; return 0; fi
+    if [ "$lim" -lt 5 ]; then echo "  skipped (budget spent): $*" | tee -a "$err"; return 124; fi
+    timeout "$lim" "$@" > "$out" 2> "$err"
+}
+r3_slug() { # nvidia-smi's name -> the results file's device part
+    echo "$1" | tr 'A-Z' 'a-z' | sed 's/^nvidia //; s/ hbm[0-9a-z]*//; s/[^a-z0-9]\{1,\}/-/g; s/^-//; s/-$//'
+}
+round3() {
+    R3_END=$((SECONDS + ${ROUND3_BUDGET:-470}))
+    local DEV md name shp k tokens backs peer limit E H I rc
+    if [ -n "${ROUND3_DEVICE:-}" ]; then DEV=$ROUND3_DEVICE # a dry run, or a plumbing test without a GPU
+    elif [ "${ROUND3_DRY:-}" = 1 ]; then DEV="NVIDIA H100 80GB HBM3"
+    else DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); fi
+    md="$RES/$(date +%F)-$(r3_slug "$DEV").md"
+    echo "== round3 on $DEV, ${ROUND3_BUDGET:-470} s budget; results: ${md##*/}"
+    { echo "# GPU round 3 (issue 52): $DEV, $(date +%F)"; echo
+      echo "\`bash gpu/device_run.sh round3\` at $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(cat "$RES/device.txt" 2>/dev/null | tr '\n' ' ')"
+      echo; } > "$md"
+    echo "== correctness: test_gpu --device"
+    r3_run 90 "$RES/round3-test_gpu.txt" "$RES/round3-test_gpu.err" .carry/test_gpu --device; rc=$?
+    [ "${ROUND3_DRY:-}" = 1 ] || { cat "$RES/round3-test_gpu.txt" "$RES/round3-test_gpu.err"; echo "test_gpu rc=$rc"; }
+    { echo "## Correctness: test_gpu --device (rc=$rc)"; echo; echo '```'
+      cat "$RES/round3-test_gpu.txt" 2>/dev/null | grep -E '^  T=|skipped|refused'; echo '```'; echo; } >> "$md"
+    save
+    IFS=";" read -r -a specs <<< "${ROUND3_SHAPES:-$ROUND3_DEFAULT}"
+    for spec in "${specs[@]}"; do
+        read -r name shp k tokens backs peer limit <<< "$spec"
+        [ -n "$name" ] || continue
+        IFS=, read -r E H I <<< "$shp"
+        echo "== $name E,H,I=$shp top-$k T=$tokens: $backs"
+        local save_in=()
+        [ "$peer" = 1 ] && save_in=(--save-inputs "/tmp/in-$name")
+        rm -rf "/tmp/in-$name"; mkdir -p "/tmp/in-$name"
+        r3_run "$limit" "$RES/$name-r3.json" "$RES/$name-r3.err" $M gpucheck --synthetic "$shp" --topk "$k" \
+            --tokens "$tokens" --runs 20 --backends "$backs" --json "${save_in[@]}"; rc=$?
+        [ "${ROUND3_DRY:-}" = 1 ] || { grep -E '^cuda|skipped' "$RES/$name-r3.err"; echo "gpucheck rc=$rc"; }
+        local pj=""
+        if [ "$peer" = 1 ]; then
+            r3_run 60 "$RES/$name-r3-peer.txt" "$RES/$name-r3-peer.err" python3 gpu/peer_torch.py --E "$E" --H "$H" \
+                --I "$I" --topk "$k" --tokens "$tokens" --inputs "/tmp/in-$name" --json "$RES/$name-r3-peer.json"
+            [ -s "$RES/$name-r3-peer.json" ] && pj="$RES/$name-r3-peer.json"
+        fi
+        rm -rf "/tmp/in-$name"
+        [ "${ROUND3_DRY:-}" = 1 ] && continue
+        { echo "## $name (gpucheck rc=$rc)"; echo
+          if [ -s "$RES/$name-r3.json" ]; then python3 gpu/results_table.py "$RES/$name-r3.json" $pj --device "$DEV"
+          else echo "no gpucheck JSON: $(tail -2 "$RES/$name-r3.err" | tr '\n' ' ')"; fi; echo; } | tee -a "$md"
+        save
+    done
+    if [ "${ROUND3_DRY:-}" = 1 ]; then rm -f "$md"
+    elif [ -z "${OUT:-}" ]; then mkdir -p gpu/results && cp "$md" gpu/results/; fi
+    echo "== round3 done in $SECONDS s"
+}
 
 shape() { # name E H I k tokens
     local name=$1 E=$2 H=$3 I=$4 k=$5 tokens=$6
@@ -44,6 +121,7 @@ shape() { # name E H I k tokens
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(test qwen3 mixtral deepseek e2e parity hfmatch loadtime fp8)
 save() { # after every step, so that a run stopped at its limit still returns what it finished
+    [ "${ROUND3_DRY:-}" = 1 ] && return 0
     if [ -n "${OUT:-}" ]; then tar czf "$OUT/results.tgz" -C "$RES" .; else rm -rf gpu-out && cp -r "$RES" gpu-out; fi
 }
 for step in "${steps[@]}"; do
@@ -53,23 +131,8 @@ for step in "${steps[@]}"; do
         echo "== test_gpu --device"
         timeout 120 .carry/test_gpu --device 2>&1 | tee "$RES/test_gpu.txt" ;;
     qwen3) shape qwen3-30b-a3b 128 2048 768 8 1,4,16,64,256,1024,4096,16384 ;;
-    round3)
-        DEV=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-        echo "== test_gpu --device (decode cases included)"
-        timeout 120 .carry/test_gpu --device 2>&1 | tee "$RES/round3-test_gpu.txt"
-        echo "test_gpu rc=${PIPESTATUS[0]}" | tee -a "$RES/round3-test_gpu.txt"
-        save
-        # name E,H,I top-k limit_s; ROUND3_SHAPES (same form, ";"-separated) replaces them for a dry run
-        IFS=";" read -r -a specs <<< "${ROUND3_SHAPES:-mixtral-8x7b 8,4096,14336 2 210;qwen3-30b-a3b 128,2048,768 8 120}"
-        for spec in "${specs[@]}"; do
-            read -r name shp k limit <<< "$spec"
-            echo "== decode $name E,H,I=$shp top-$k"
-            timeout "$limit" $M gpucheck --synthetic "$shp" --topk "$k" --tokens 1,2,4,8,16 --runs 50 \
-                --backends decode,batched,grouped_cublas --json 2>&1 > "$RES/$name-decode.json" | tee "$RES/$name-decode.err"
-            echo "gpucheck rc=${PIPESTATUS[0]}" | tee -a "$RES/$name-decode.err"
-            python3 gpu/results_table.py "$RES/$name-decode.json" --device "$DEV" | tee "$RES/$name-decode.md"
-            save
-        done ;;
+    round3) # issue 52 in one run of under 8 minutes; see round3_plan above
+        round3 ;;
     mixtral) shape mixtral-8x7b 8 4096 14336 2 1,2,4,8,16,64,256,1024,4096,16384 ;;
     deepseek) shape deepseek-v3 256 7168 2048 8 1,16,256,1024,4096,16384 ;;
     loadtime) # what packing saves at load time, transformers on the GPU (issue 20)

@@ -4,7 +4,8 @@ per token count, each CUDA backend's median time (and TFLOP/s), the peer's times
 speed relative to torch._grouped_mm (peer time / our time: > 1 means we are faster), batched's
 and decode's weight bandwidth (bytes of the experts that received tokens / time) as a fraction
 of the device's HBM peak, the correctness of every run, and the token count where grouped starts
-to beat batched. The device comes from PEER.json, or --device NAME (nvidia-smi's name) when the
+to beat batched, our wgmma kernel against torch._grouped_mm, and the FP8 backend's speed relative
+to our BF16 grouped kernel (grouped time / fp8 time: the issue 52 goal is >= 1.5). The device comes from PEER.json, or --device NAME (nvidia-smi's name) when the
 peer was not run.
 
 usage: results_table.py GPUCHECK.json [PEER.json] [--device NAME]
@@ -40,7 +41,7 @@ def main():
     device = peer.get("device") or device or ""
     hbm = peak(device)
     runs = [r for r in ours["runs"] if r["device"] == "cuda"]
-    backs = [b for b in ("eager", "batched", "grouped", "grouped_cublas", "decode")
+    backs = [b for b in ("eager", "batched", "grouped", "grouped_cublas", "grouped_wgmma", "decode", "fp8")
              if any(r["backend"] == b for r in runs)]
     pnames = [n for n in ("grouped_mm", "bmm", "eager_torch") if any(c["name"] == n for c in peer["cases"])]
     tokens = sorted({r["tokens"] for r in runs})
@@ -48,8 +49,11 @@ def main():
           + (f", {peer['device']}, torch {peer['torch']}" if peer.get("device") else f", {device}" if device else ""))
     print()
     head = ["T"] + [f"{b} ms (TFLOP/s)" for b in backs] + [f"torch {n} ms" for n in pnames]
-    if "grouped" in backs and "grouped_mm" in pnames:
-        head.append("grouped vs _grouped_mm")
+    ratios = [(a, "grouped_mm", f"{a} vs _grouped_mm") for a in ("grouped", "grouped_wgmma")
+              if a in backs and "grouped_mm" in pnames]
+    head += [r[2] for r in ratios]
+    if "fp8" in backs and "grouped" in backs:
+        head.append("fp8 vs grouped")
     of = f" (of {hbm})" if hbm else ""
     bw = [b for b in ("batched", "decode") if b in backs]
     head += [f"{b} GB/s{of}" for b in bw]
@@ -65,9 +69,13 @@ def main():
             row.append(f"{r['median_ms']:.4f} ({r['tflops']:.1f})" if r and "median_ms" in r else "—")
         for n in pnames:
             row.append(f"{ps[n]['median_ms']:.4f}" if n in ps else "—")
-        if "grouped" in backs and "grouped_mm" in pnames:
-            r, p = rs.get("grouped"), ps.get("grouped_mm")
+        for a, n, _ in ratios:
+            r, p = rs.get(a), ps.get(n)
             row.append(f"{p['median_ms'] / r['median_ms']:.2f}x" if r and p and "median_ms" in r else "—")
+        if "fp8" in backs and "grouped" in backs:
+            r, g = rs.get("fp8"), rs.get("grouped")
+            row.append(f"{g['median_ms'] / r['median_ms']:.2f}x" if r and g and "median_ms" in r and "median_ms" in g
+                       else "—")
         row += [bandwidth(rs.get(b), hbm) for b in bw]
         row.append("yes" if all(r["ok"] for r in rs.values()) else "NO")
         print("| " + " | ".join(row) + " |")
