@@ -38,8 +38,13 @@ static int backend_set(const char *s, unsigned *out)
         size_t b = 0;
         while (mpk_gpu_backend_name(b) && strcmp(mpk_gpu_backend_name(b), tok))
             b++;
-        if (!mpk_gpu_backend_name(b))
-            return mpk_cli_usage("gpucheck", "unknown backend '%s' (eager, batched, grouped, grouped_cublas)", tok);
+        if (!mpk_gpu_backend_name(b)) {
+            char names[256] = "";
+            for (size_t i = 0; mpk_gpu_backend_name(i); i++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                         mpk_gpu_backend_name(i));
+            return mpk_cli_usage("gpucheck", "unknown backend '%s' (%s)", tok, names);
+        }
         *out |= 1u << b;
     }
     return -1;

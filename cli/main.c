@@ -431,7 +431,10 @@ const mpk_command mpk_commands[] = {
      "  --layer L              packed layer to load (default 0)\n"
      "  --tokens LIST          token counts (default 1,4,16,64,256,1024,4096)\n"
      "  --topk K               experts per token (default 2)\n"
-     "  --backends LIST        eager,batched,grouped,grouped_cublas (default all)\n"
+     "  --backends LIST        eager,batched,grouped,grouped_cublas,decode,grouped_wgmma,fp8\n"
+     "                         (default all but fp8; fp8 quantizes the weights to E4M3 with\n"
+     "                         128x128 scales: checked at relative error < 0.1, each element\n"
+     "                         within 0.5 rms(ref) + 0.5|ref|)\n"
      "  --reference SRC        compute the reference from SRC's per-expert weights (the\n"
      "                         checkpoint PATH was packed from): proves gate-first and expert order\n"
      "  --plot FILE.svg        tokens (log) vs time per GPU backend (needs GPU timings)\n"
@@ -443,7 +446,8 @@ const mpk_command mpk_commands[] = {
      "  --seed N               inputs and routing seed (default 1)\n"
      "  --json                 one JSON document on stdout\n\n"
      "The cuBLAS backends (eager, batched, grouped_cublas) load libcublas.so.13 at run time\n"
-     "(LD_LIBRARY_PATH, or MOEPACK_CUBLAS=/path/libcublas.so.13). Exit 0 all correct, 3 a\n"
+     "(LD_LIBRARY_PATH, or MOEPACK_CUBLAS=/path/libcublas.so.13), fp8 libcublasLt.so.13\n"
+     "(or MOEPACK_CUBLASLT=PATH). Exit 0 all correct, 3 a\n"
      "backend disagrees, 77 no usable GPU (after the CPU checks pass; not with --cpu).\n\n"
      "example: moepack gpucheck ./model-packed --layer 3 --tokens 1,64,4096\n", mpk_cmd_gpucheck},
     {"demo", "synth -> pack -> unpack -> verify on an embedded default",

@@ -38,19 +38,23 @@ fi
 # reference before it times anything), its table printed at once, the torch peer where the step
 # asks for it. ROUND3_SHAPES replaces the timing steps, ";"-separated:
 #   name E,H,I top-k tokens backends peer(0/1) limit_s
-# ROUND3_DRY=1 prints the plan (each command with its limit) and runs nothing.
+# ROUND3_DRY=1 prints the plan (each command with its limit if every step before it ran to its
+# own) and runs nothing.
 # Writes $RES/DATE-DEVICE.md (DEVICE from nvidia-smi's name: "NVIDIA H100 80GB HBM3" -> h100-80gb),
 # to be committed as gpu/results/DATE-DEVICE.md; without $OUT it is copied there directly.
 ROUND3_DEFAULT="mixtral-8x7b 8,4096,14336 2 1,2,4,8,16 decode,batched,grouped_cublas 0 100;\
 qwen3-30b-a3b 128,2048,768 8 1,2,4,8,16,4096,16384 decode,batched,grouped,grouped_cublas,grouped_wgmma 1 100;\
 deepseek-v3 256,7168,2048 8 1024,4096 grouped,grouped_cublas,grouped_wgmma,fp8 1 160"
-r3_left() { # seconds a step may take: its limit, cut to the budget left (0: no time left)
-    local left=$((R3_END - SECONDS))
+r3_left() { # seconds a step may take: its limit, cut to the budget left (0: no time left); a dry
+    # run charges every step its whole limit (the worst case), so its plan does not depend on time
+    local left=$((R3_END - ${R3_DRY_USED:-SECONDS}))
     [ "$left" -lt "$1" ] && echo $((left > 0 ? left : 0)) || echo "$1"
 }
 r3_run() { # LIMIT OUTFILE ERRFILE CMD...: the command under its limit, or its plan in a dry run
     local lim out err; lim=$(r3_left "$1"); out=$2; err=$3; shift 3
-    if [ "${ROUND3_DRY:-}" = 1 ]; then echo "  [${lim}s] $* > ${out##*/} 2> ${err##*/}"; return 0; fi
+    if [ "${ROUND3_DRY:-}" = 1 ]; then
+        echo "  [${lim}s] $* > ${out##*/} 2> ${err##*/}"; R3_DRY_USED=$((R3_DRY_USED + lim)); return 0
+    fi
     if [ "$lim" -lt 5 ]; then echo "  skipped (budget spent): $*" | tee -a "$err"; return 124; fi
     timeout "$lim" "$@" > "$out" 2> "$err"
 }
@@ -59,6 +63,7 @@ r3_slug() { # nvidia-smi's name -> the results file's device part
 }
 round3() {
     R3_END=$((SECONDS + ${ROUND3_BUDGET:-470}))
+    [ "${ROUND3_DRY:-}" = 1 ] && R3_DRY_USED=$SECONDS
     local DEV md name shp k tokens backs peer limit E H I rc
     if [ -n "${ROUND3_DEVICE:-}" ]; then DEV=$ROUND3_DEVICE # a dry run, or a plumbing test without a GPU
     elif [ "${ROUND3_DRY:-}" = 1 ]; then DEV="NVIDIA H100 80GB HBM3"

@@ -13,7 +13,11 @@
 //   k_fp8_quant_rows    <false> sorted BF16 rows -> E4M3 codes + 1 x 128 scales, padded rows
 //                       zero; <true> silu(gate) * up from gate_up's output, quantized the same way.
 //                       One warp per (row, K block): 4 values a lane, warp-shuffle amax
-//   cublasLtMatmul x 2 per expert with tokens (FP32 output, BF16 when no FP32 algorithm exists)
+//   cublasLtMatmul x 2 per expert with tokens (FP32 output, BF16 when no FP32 algorithm exists),
+//                       spread over FP8_STREAMS streams (a workspace each) forked from and joined
+//                       back to the default stream with events: one expert's ~128 rows fill a
+//                       fraction of the SMs, several experts at once fill them
+
 //   k_fp8_unpermute     out[t] = sum over slots in order of w * ys[padded row of the pair]
 #include "mpk_fp8.h"
 #include "mpk_gpu.h"
@@ -226,6 +230,7 @@ struct lt_gemm {
 #endif
 
 constexpr size_t LT_WORKSPACE = 32u << 20;
+constexpr int FP8_STREAMS = 4;
 
 struct mpk_fp8_dev {
     int E, H, I;
@@ -237,7 +242,9 @@ struct mpk_fp8_dev {
     void *h, *ys;         // [rows, 2I], [rows, H]: float, or BF16 when out_bf16
     int rows_cap;
     bool out_bf16;
-    void *ws;             // cuBLASLt workspace
+    void *ws[FP8_STREAMS]; // cuBLASLt workspace of each stream
+    cudaStream_t st[FP8_STREAMS];
+    cudaEvent_t fork, join[FP8_STREAMS];
 #ifdef MPK_CUBLASLT_H
     lt_api lt;
     cublasLtHandle_t handle;
@@ -270,8 +277,8 @@ static mpk_status gemm_init(mpk_fp8_dev *d, lt_gemm *g, int N, int K, mpk_error 
     LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb));
     LK(L.layout_create(&g->a, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, K));
     // placeholders until gemm_run sets each expert's: the heuristic sees non-null scales
-    LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &d->ws, sizeof d->ws));
-    LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &d->ws, sizeof d->ws));
+    LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &d->ws[0], sizeof d->ws[0]));
+    LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &d->ws[0], sizeof d->ws[0]));
 fail:
     return st;
 }
@@ -315,7 +322,7 @@ static void gemm_free(mpk_fp8_dev *d, lt_gemm *g)
 }
 
 static mpk_status gemm_run(mpk_fp8_dev *d, lt_gemm *g, int n4, const uint8_t *W, const float *ws, const uint8_t *X,
-                           const float *xsc, void *D, mpk_error *err)
+                           const float *xsc, void *D, int s, mpk_error *err)
 {
     mpk_status st = MPK_OK;
     lt_api &L = d->lt;
@@ -323,8 +330,8 @@ static mpk_status gemm_run(mpk_fp8_dev *d, lt_gemm *g, int n4, const uint8_t *W,
     MPK_TRY(gemm_prepare(d, g, n4, err));
     LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof ws));
     LK(L.desc_set(g->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xsc, sizeof xsc));
-    LK(L.matmul(d->handle, g->desc, &one, W, g->a, X, g->b[n4], &zero, D, g->d[n4], D, g->d[n4], &g->algo[n4], d->ws,
-                LT_WORKSPACE, 0));
+    LK(L.matmul(d->handle, g->desc, &one, W, g->a, X, g->b[n4], &zero, D, g->d[n4], D, g->d[n4], &g->algo[n4],
+                d->ws[s], LT_WORKSPACE, d->st[s]));
 fail:
     return st;
 }
@@ -358,7 +365,12 @@ mpk_status mpk_fp8_dev_open(const void *gu_bf16, const void *dn_bf16, int E, int
     FK(cudaMalloc(&d->gus, sizeof(float) * sgu));
     FK(cudaMalloc(&d->dns, sizeof(float) * sdn));
     FK(cudaMalloc(&d->poff, sizeof(int) * ((size_t)E + 1)));
-    FK(cudaMalloc(&d->ws, LT_WORKSPACE));
+    for (int i = 0; i < FP8_STREAMS; i++) {
+        FK(cudaMalloc(&d->ws[i], LT_WORKSPACE));
+        FK(cudaStreamCreateWithFlags(&d->st[i], cudaStreamNonBlocking));
+        FK(cudaEventCreateWithFlags(&d->join[i], cudaEventDisableTiming));
+    }
+    FK(cudaEventCreateWithFlags(&d->fork, cudaEventDisableTiming));
     k_fp8_quant_w<<<dim3(H / MPK_FP8_BLK, 2 * I / MPK_FP8_BLK, E), 256>>>((const bf16 *)gu_bf16, 2 * I, H, d->gu,
                                                                          d->gus);
     k_fp8_quant_w<<<dim3(I / MPK_FP8_BLK, H / MPK_FP8_BLK, E), 256>>>((const bf16 *)dn_bf16, H, I, d->dn, d->dns);
@@ -389,6 +401,25 @@ fail:
 #endif
 }
 
+// the GEMM streams start after everything queued on the default stream so far ...
+static cudaError_t fork(mpk_fp8_dev *d)
+{
+    cudaError_t e = cudaEventRecord(d->fork, 0);
+    for (int i = 0; e == cudaSuccess && i < FP8_STREAMS; i++)
+        e = cudaStreamWaitEvent(d->st[i], d->fork, 0);
+    return e;
+}
+
+// ... and the default stream goes on once they are all done
+static cudaError_t join(mpk_fp8_dev *d)
+{
+    cudaError_t e = cudaSuccess;
+    for (int i = 0; e == cudaSuccess && i < FP8_STREAMS; i++)
+        if ((e = cudaEventRecord(d->join[i], d->st[i])) == cudaSuccess)
+            e = cudaStreamWaitEvent(0, d->join[i], 0);
+    return e;
+}
+
 static void free_rows(mpk_fp8_dev *d)
 {
     cudaFree(d->xq), cudaFree(d->aq), cudaFree(d->xsc), cudaFree(d->asc), cudaFree(d->h), cudaFree(d->ys);
@@ -400,7 +431,16 @@ void mpk_fp8_dev_close(mpk_fp8_dev *d)
 {
     if (!d)
         return;
-    cudaFree(d->gu), cudaFree(d->dn), cudaFree(d->gus), cudaFree(d->dns), cudaFree(d->poff), cudaFree(d->ws);
+    cudaFree(d->gu), cudaFree(d->dn), cudaFree(d->gus), cudaFree(d->dns), cudaFree(d->poff);
+    for (int i = 0; i < FP8_STREAMS; i++) {
+        cudaFree(d->ws[i]);
+        if (d->st[i])
+            cudaStreamDestroy(d->st[i]);
+        if (d->join[i])
+            cudaEventDestroy(d->join[i]);
+    }
+    if (d->fork)
+        cudaEventDestroy(d->fork);
     free_rows(d);
 #ifdef MPK_CUBLASLT_H
     if (d->lt.lib) {
@@ -440,28 +480,32 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
     k_fp8_pad_offsets<<<1, 32>>>(off, E, d->poff);
     k_fp8_quant_rows<false, float><<<dim3(rows, (KBH + 7) / 8), 256>>>((const bf16 *)xs, nullptr, off, d->poff, E, H,
                                                                        d->xq, d->xsc);
-    for (int e = 0; e < E; e++) {
+    FK(fork(d));
+    for (int e = 0, s = 0; e < E; e++) {
         int n4 = hpoff[e + 1] - hpoff[e];
         if (n4)
             MPK_TRY(gemm_run(d, &d->g1, n4, d->gu + (size_t)e * 2 * I * H,
                              d->gus + (size_t)e * (2 * I / MPK_FP8_BLK) * mpk_fp8_wscale_ld(H),
                              d->xq + (size_t)hpoff[e] * H, d->xsc + (size_t)hpoff[e] * KBH,
-                             (char *)d->h + el * (size_t)hpoff[e] * 2 * I, err));
+                             (char *)d->h + el * (size_t)hpoff[e] * 2 * I, s++ % FP8_STREAMS, err));
     }
+    FK(join(d));
     if (d->out_bf16)
         k_fp8_quant_rows<true, bf16><<<dim3(rows, (KBI + 7) / 8), 256>>>(nullptr, (const bf16 *)d->h, off, d->poff, E,
                                                                          I, d->aq, d->asc);
     else
         k_fp8_quant_rows<true, float><<<dim3(rows, (KBI + 7) / 8), 256>>>(nullptr, (const float *)d->h, off, d->poff,
                                                                           E, I, d->aq, d->asc);
-    for (int e = 0; e < E; e++) {
+    FK(fork(d));
+    for (int e = 0, s = 0; e < E; e++) {
         int n4 = hpoff[e + 1] - hpoff[e];
         if (n4)
             MPK_TRY(gemm_run(d, &d->g2, n4, d->dn + (size_t)e * H * I,
                              d->dns + (size_t)e * (H / MPK_FP8_BLK) * mpk_fp8_wscale_ld(I),
                              d->aq + (size_t)hpoff[e] * I, d->asc + (size_t)hpoff[e] * KBI,
-                             (char *)d->ys + el * (size_t)hpoff[e] * H, err));
+                             (char *)d->ys + el * (size_t)hpoff[e] * H, s++ % FP8_STREAMS, err));
     }
+    FK(join(d));
     {
         unsigned nb = (unsigned)(((size_t)T * H + 255) / 256);
         if (d->out_bf16)
