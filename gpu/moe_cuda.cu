@@ -142,7 +142,8 @@ static mpk_status fp8_ready(mpk_gpu *g, mpk_error *err)
     mpk_status st = mpk_fp8_dev_open(g->gu, g->dn, g->E, g->H, g->I, &g->fp8, err);
     if (st == MPK_E_OP) {
         g->fp8_st = st;
-        snprintf(g->fp8_why, sizeof g->fp8_why, "%s", err->msg);
+        snprintf(g->fp8_why, sizeof g->fp8_why, "%.*s", (int)sizeof g->fp8_why - 1,
+                 err ? err->msg : "fp8 backend not available");
     }
     return st;
 }
