@@ -70,13 +70,19 @@ __global__ void __launch_bounds__(THREADS, 1) k_wgmma_grouped(const bf16 *A, con
         const bf16 *We = W + (size_t)x.e * N * K;
         auto load = [&](int stage, int k0) {
             bf16 *as = As + stage * TILE_A, *bs = Bs + stage * TILE_B;
-            for (int v = tid; v < BM * BK / 8; v += THREADS) { // 16-byte chunks
-                int r = v / (BK / 8), kc = (v % (BK / 8)) * 8, row = x.r0 + r;
+            // 16-byte chunks, two per row side by side (a full 32-byte sector of global memory),
+            // then the next row: a quarter-warp writes 4 rows x 2 chunks, 2-way bank conflicts in
+            // the core-matrix layout (8-way when a thread's neighbours take the same row)
+            for (int v = tid; v < BM * BK / 8; v += THREADS) {
+                int r, kc;
+                mpk_sched_chunk(v, BM, &r, &kc);
+                int row = x.r0 + r;
                 bool ok = row < x.r1 && k0 + kc < K;
                 cp16(as + mpk_sched_smem_off(r, kc, BK), A + (ok ? (size_t)row * K + k0 + kc : 0), ok);
             }
             for (int v = tid; v < BN * BK / 8; v += THREADS) {
-                int i = v / (BK / 8), kc = (v % (BK / 8)) * 8;
+                int i, kc;
+                mpk_sched_chunk(v, BN, &i, &kc);
                 int wr = FUSED ? mpk_sched_fused_row(x.nt, i, N / 2) : (x.nt * BN + i < N ? x.nt * BN + i : -1);
                 bool ok = wr >= 0 && k0 + kc < K;
                 cp16(bs + mpk_sched_smem_off(i, kc, BK), We + (ok ? (size_t)wr * K + k0 + kc : 0), ok);

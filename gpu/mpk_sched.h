@@ -103,6 +103,15 @@ MPK_HD int mpk_sched_smem_off(int r, int k, int BK)
     return ((r / 8) * (BK / 8) + k / 8) * 64 + (r % 8) * 8 + k % 8;
 }
 
+/* The 16-byte chunk v (0 .. rows * BK/8 - 1) a loader thread copies into a [rows, BK] tile:
+ * two chunks of a row side by side (one 32-byte sector of global memory), then the next row;
+ * after all rows, the next pair of chunks. Row *r, first column *k. */
+MPK_HD void mpk_sched_chunk(int v, int rows, int *r, int *k)
+{
+    *r = (v / 2) % rows;
+    *k = ((v / 2) / rows * 2 + v % 2) * 8;
+}
+
 #ifdef __CUDACC__
 /* gpu/moe_wgmma.cu. Sets the kernels' shared-memory limit; MPK_E_OP off sm_90. */
 #include "mpk_gpu.h"
