@@ -417,20 +417,20 @@ static void test_sched(void **state)
     assert_int_equal(mpk_sched_smem_off(9, 13, 64), 512 + 64 + 8 + 5);
     /* loader chunks: 0, 1 -> row 0 columns 0, 8; 2 -> row 1; 256 -> row 0 column 16; 1023 -> row
      * 127 column 56; and every (row, 8-column chunk) of a 128 x 64 tile exactly once */
-    int r, k;
-    mpk_sched_chunk(1, 128, &r, &k);
-    assert_int_equal(r, 0), assert_int_equal(k, 8);
-    mpk_sched_chunk(2, 128, &r, &k);
-    assert_int_equal(r, 1), assert_int_equal(k, 0);
-    mpk_sched_chunk(256, 128, &r, &k);
-    assert_int_equal(r, 0), assert_int_equal(k, 16);
-    mpk_sched_chunk(1023, 128, &r, &k);
-    assert_int_equal(r, 127), assert_int_equal(k, 56);
+    int cr, ck;
+    mpk_sched_chunk(1, 128, &cr, &ck);
+    assert_int_equal(cr, 0), assert_int_equal(ck, 8);
+    mpk_sched_chunk(2, 128, &cr, &ck);
+    assert_int_equal(cr, 1), assert_int_equal(ck, 0);
+    mpk_sched_chunk(256, 128, &cr, &ck);
+    assert_int_equal(cr, 0), assert_int_equal(ck, 16);
+    mpk_sched_chunk(1023, 128, &cr, &ck);
+    assert_int_equal(cr, 127), assert_int_equal(ck, 56);
     char chunk_seen[128 * 8] = {0};
     for (int v = 0; v < 128 * 64 / 8; v++) {
-        mpk_sched_chunk(v, 128, &r, &k);
-        assert_true(r >= 0 && r < 128 && k >= 0 && k < 64 && k % 8 == 0);
-        assert_int_equal(chunk_seen[r * 8 + k / 8]++, 0);
+        mpk_sched_chunk(v, 128, &cr, &ck);
+        assert_true(cr >= 0 && cr < 128 && ck >= 0 && ck < 64 && ck % 8 == 0);
+        assert_int_equal(chunk_seen[cr * 8 + ck / 8]++, 0);
     }
     /* random routings: every (row, output column) is covered by exactly one tile over any grid */
     uint64_t seed = 3;
