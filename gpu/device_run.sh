@@ -43,8 +43,8 @@ fi
 # Writes $RES/DATE-DEVICE.md (DEVICE from nvidia-smi's name: "NVIDIA H100 80GB HBM3" -> h100-80gb),
 # to be committed as gpu/results/DATE-DEVICE.md; without $OUT it is copied there directly.
 ROUND3_DEFAULT="mixtral-8x7b 8,4096,14336 2 1,2,4,8,16 decode,batched,grouped_cublas 0 100;\
-qwen3-30b-a3b 128,2048,768 8 1,2,4,8,16,4096,16384 decode,batched,grouped,grouped_cublas,grouped_wgmma 1 100;\
-deepseek-v3 256,7168,2048 8 1024,4096 grouped,grouped_cublas,grouped_wgmma,fp8 1 160"
+qwen3-30b-a3b 128,2048,768 8 1,2,4,8,16,4096,16384 decode,batched,grouped,grouped_cublas,grouped_wgmma,grouped_tma 1 100;\
+deepseek-v3 256,7168,2048 8 1024,4096 grouped,grouped_cublas,grouped_wgmma,grouped_tma,fp8 1 160"
 r3_left() { # seconds a step may take: its limit, cut to the budget left (0: no time left); a dry
     # run charges every step its whole limit (the worst case), so its plan does not depend on time
     local left=$((R3_END - ${R3_DRY_USED:-SECONDS}))

@@ -11,7 +11,8 @@
 #include <string.h>
 
 const char *const mpk_moe_backend_names[MPK_MOE_BACKEND_COUNT] = {"eager", "batched", "grouped", "grouped_cublas",
-                                                                      "decode", "fp8", "grouped_wgmma"};
+                                                                      "decode", "fp8", "grouped_wgmma",
+                                                                      "grouped_tma"};
 
 static double silu(double v)
 {
@@ -252,6 +253,7 @@ mpk_status mpk_moe_cpu(const mpk_moe *p, mpk_moe_backend b, float *out, mpk_erro
         break;
     case MPK_MOE_GROUPED:
     case MPK_MOE_GROUPED_WGMMA:
+    case MPK_MOE_GROUPED_TMA:
     case MPK_MOE_GROUPED_CUBLAS: { /* the same algorithm; the library is the GPU's business */
         /* histogram, exclusive prefix sum, stable scatter of pairs into expert order */
         for (size_t q = 0; q < P; q++)

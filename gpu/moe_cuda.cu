@@ -15,6 +15,7 @@
 //                   (BF16 outputs: the grouped API takes no fp32 C with BF16 A and B)
 //   decode          1..16 tokens: gpu/moe_decode.cu (GEMV kernels, each expert's weights read once)
 //   grouped_wgmma   the same sort, then gpu/moe_wgmma.cu (persistent wgmma kernels, sm_90)
+//   grouped_tma     the same with TMA loads into 128B-swizzled shared memory
 //   fp8             the same sort, then gpu/moe_fp8.cu (FP8 weights quantized on the device the
 //                   first time, cuBLASLt block-scaled FP8 GEMMs per expert; offsets read back)
 // cuBLAS is loaded with dlopen so the binary has no link-time dependency on it.
@@ -567,8 +568,9 @@ static mpk_status run_once(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, bufs
         CK(cudaMemcpy(hoff.data(), B.off, sizeof(int) * (E + 1), cudaMemcpyDeviceToHost));
         return mpk_fp8_launch(g->fp8, T, k, B.xs, B.off, hoff.data(), B.pos, idx, B.w[c], B.o, err);
     }
-    if (b == MPK_MOE_GROUPED_WGMMA) {
-        MPK_TRY(mpk_wgmma_launch(B.xs, g->gu, g->dn, B.off, B.tile_off, P, E, H, I, B.a, B.ys, err));
+    if (b == MPK_MOE_GROUPED_WGMMA || b == MPK_MOE_GROUPED_TMA) {
+        MPK_TRY(mpk_wgmma_launch(B.xs, g->gu, g->dn, B.off, B.tile_off, P, E, H, I, B.a, B.ys,
+                                 b == MPK_MOE_GROUPED_TMA, err));
         k_unpermute_sum<<<(unsigned)(((size_t)T * H + 255) / 256), 256>>>(B.ys, B.pos, B.w[c], T, k, H, B.o);
         return MPK_OK;
     }
@@ -669,7 +671,7 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
 {
     if (b == MPK_MOE_FP8)
         MPK_TRY(fp8_ready(g, err));
-    else if (b == MPK_MOE_GROUPED_WGMMA)
+    else if (b == MPK_MOE_GROUPED_WGMMA || b == MPK_MOE_GROUPED_TMA)
         MPK_TRY(mpk_wgmma_prepare(err));
     else if (b != MPK_MOE_GROUPED && b != MPK_MOE_DECODE && !g->have_blas)
         MPK_FAIL(err, MPK_E_OP, "gpu", "backend '%s' needs cuBLAS: %s", mpk_moe_backend_names[b], g->blas_why);
@@ -696,7 +698,8 @@ extern "C" mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend 
     }
     CK(cudaMalloc(&B.xs, sizeof(bf16) * (size_t)P * H));
     CK(cudaMalloc(&B.a, sizeof(bf16) * (size_t)P * I));
-    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE || b == MPK_MOE_FP8 || b == MPK_MOE_GROUPED_WGMMA ? 4 : sizeof(float) * (size_t)P * 2 * I));
+    CK(cudaMalloc(&B.h, b == MPK_MOE_GROUPED || b == MPK_MOE_DECODE || b == MPK_MOE_FP8 || b == MPK_MOE_GROUPED_WGMMA ||
+                                 b == MPK_MOE_GROUPED_TMA ? 4 : sizeof(float) * (size_t)P * 2 * I));
     CK(cudaMalloc(&B.ys, sizeof(float) * (size_t)P * H));
     CK(cudaMalloc(&B.o, sizeof(float) * (size_t)T * H));
     CK(cudaMalloc(&B.counts, sizeof(int) * (size_t)nchunks * E));

@@ -49,6 +49,8 @@ typedef enum mpk_moe_backend {
                                   scheduler over the expert tiles (gpu/mpk_sched.h), wgmma
                                   m64n128k16, silu*up fused (CUDA: gpu/moe_wgmma.cu, sm_90 only;
                                   CPU: the grouped one) */
+    MPK_MOE_GROUPED_TMA,       /* grouped_wgmma with its tiles loaded by TMA into 128B-swizzled
+                                  shared memory, an mbarrier per stage (sm_90 only) */
     MPK_MOE_BACKEND_COUNT
 } mpk_moe_backend;
 

@@ -118,9 +118,10 @@ MPK_HD void mpk_sched_chunk(int v, int rows, int *r, int *k)
 mpk_status mpk_wgmma_prepare(mpk_error *err);
 /* Both grouped GEMMs: xs [P, H] BF16 rows sorted by expert (off, tile_off [E + 1] from the
  * routing sort, m-tiles of MPK_SCHED_BM), gu [E, 2I, H], dn [E, H, I]; a [P, I] BF16 gets
- * silu(gate) * up, ys [P, H] fp32 the down projection. MPK_E_OP when H or I % 8. */
+ * silu(gate) * up, ys [P, H] fp32 the down projection. tma: tiles loaded by TMA into 128B-swizzled
+ * shared memory (else cp.async, no swizzle). MPK_E_OP when H or I % 8. */
 mpk_status mpk_wgmma_launch(const void *xs, const void *gu, const void *dn, const int *off, const int *tile_off,
-                            int P, int E, int H, int I, void *a, float *ys, mpk_error *err);
+                            int P, int E, int H, int I, void *a, float *ys, bool tma, mpk_error *err);
 #endif
 
 #endif

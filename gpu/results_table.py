@@ -41,7 +41,8 @@ def main():
     device = peer.get("device") or device or ""
     hbm = peak(device)
     runs = [r for r in ours["runs"] if r["device"] == "cuda"]
-    backs = [b for b in ("eager", "batched", "grouped", "grouped_cublas", "grouped_wgmma", "decode", "fp8")
+    backs = [b for b in ("eager", "batched", "grouped", "grouped_cublas", "grouped_wgmma", "grouped_tma", "decode",
+                                 "fp8")
              if any(r["backend"] == b for r in runs)]
     pnames = [n for n in ("grouped_mm", "bmm", "eager_torch") if any(c["name"] == n for c in peer["cases"])]
     tokens = sorted({r["tokens"] for r in runs})
@@ -49,7 +50,7 @@ def main():
           + (f", {peer['device']}, torch {peer['torch']}" if peer.get("device") else f", {device}" if device else ""))
     print()
     head = ["T"] + [f"{b} ms (TFLOP/s)" for b in backs] + [f"torch {n} ms" for n in pnames]
-    ratios = [(a, "grouped_mm", f"{a} vs _grouped_mm") for a in ("grouped", "grouped_wgmma")
+    ratios = [(a, "grouped_mm", f"{a} vs _grouped_mm") for a in ("grouped", "grouped_wgmma", "grouped_tma")
               if a in backs and "grouped_mm" in pnames]
     head += [r[2] for r in ratios]
     if "fp8" in backs and "grouped" in backs:

@@ -470,7 +470,8 @@ static mpk_status run_case(gc_run *g, int ti, mpk_error *err)
             if (!(o->backends & (1u << b)))
                 continue;
             for (int on_gpu = 0; on_gpu < 1 + g->gpu; on_gpu++) {
-                if (!on_gpu && (!run_cpu || b == MPK_MOE_GROUPED_CUBLAS || b == MPK_MOE_GROUPED_WGMMA))
+                if (!on_gpu && (!run_cpu || b == MPK_MOE_GROUPED_CUBLAS || b == MPK_MOE_GROUPED_WGMMA ||
+                                  b == MPK_MOE_GROUPED_TMA))
                     continue;
                 if (on_gpu && b == MPK_MOE_BATCHED && T * k > 4096) {
                     say(g, "cuda %-14s T=%-6d skipped: one GEMV per (token, slot) pair is a decode backend "
