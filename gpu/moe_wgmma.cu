@@ -35,9 +35,7 @@ __device__ __forceinline__ void cp16(void *smem, const void *gmem, bool pred)
 // wgmma shared-memory descriptor: no swizzle, K-major (mpk_sched_smem_off's layout)
 __device__ __forceinline__ unsigned long long desc(const bf16 *p)
 {
-    unsigned long long a = (unsigned long long)__cvta_generic_to_shared(p);
-    const unsigned long long lbo = 128, sbo = BK * 16;
-    return ((a & 0x3FFFF) >> 4) | ((lbo >> 4) << 16) | ((sbo >> 4) << 32); // layout type 0 (bits 62-63)
+    return mpk_sched_desc((unsigned)__cvta_generic_to_shared(p), 128, BK * 16, 0);
 }
 
 __device__ __forceinline__ void mma(float (&d)[64], unsigned long long da, unsigned long long db, int accumulate)
@@ -165,8 +163,7 @@ __device__ __forceinline__ unsigned saddr(const void *p)
 // A K step of 16 elements inside the atom advances the start address by 32 bytes.
 __device__ __forceinline__ unsigned long long desc_sw128(const bf16 *p)
 {
-    unsigned long long a = saddr(p);
-    return ((a & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
+    return mpk_sched_desc(saddr(p), 16, 1024, 1);
 }
 
 __device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count)

@@ -112,6 +112,17 @@ MPK_HD void mpk_sched_chunk(int v, int rows, int *r, int *k)
     *k = ((v / 2) / rows * 2 + v % 2) * 8;
 }
 
+/* A wgmma shared-memory matrix descriptor (sm_90): bits 0-13 the start address / 16 (of its
+ * 18-bit shared address), 16-29 the leading byte offset / 16, 32-45 the stride byte offset / 16,
+ * 62-63 the layout (0: no swizzle, 1: 128-byte swizzle). No swizzle, K-major: leading = bytes
+ * between K-adjacent core matrices, stride = between 8-row groups; 128B swizzle, K-major:
+ * leading unused (1), stride = 1024 (an 8-row atom). */
+MPK_HD unsigned long long mpk_sched_desc(unsigned addr, unsigned lbo, unsigned sbo, int swizzle128)
+{
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16 |
+           (unsigned long long)((sbo & 0x3FFFF) >> 4) << 32 | (swizzle128 ? 1ull << 62 : 0ull);
+}
+
 #ifdef __CUDACC__
 /* gpu/moe_wgmma.cu. Sets the kernels' shared-memory limit; MPK_E_OP off sm_90. */
 #include "mpk_gpu.h"

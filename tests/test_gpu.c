@@ -415,6 +415,11 @@ static void test_sched(void **state)
     assert_int_equal(mpk_sched_smem_off(1, 0, 64), 8);
     assert_int_equal(mpk_sched_smem_off(8, 0, 64), 512);
     assert_int_equal(mpk_sched_smem_off(9, 13, 64), 512 + 64 + 8 + 5);
+    /* wgmma descriptors: no swizzle at 0x400 (leading 128, stride 1024 = BK 64 x 16) and 128B
+     * swizzle at 0x2020 (a K step of 16 BF16 = 32 bytes into an atom at 0x2000) */
+    assert_true(mpk_sched_desc(0x400, 128, 1024, 0) == 0x0000004000080040ull);
+    assert_true(mpk_sched_desc(0x2020, 16, 1024, 1) == 0x4000004000010202ull);
+    assert_true(mpk_sched_desc(0x3FFF0, 16, 1024, 1) == 0x4000004000013FFFull);
     /* loader chunks: 0, 1 -> row 0 columns 0, 8; 2 -> row 1; 256 -> row 0 column 16; 1023 -> row
      * 127 column 56; and every (row, 8-column chunk) of a 128 x 64 tile exactly once */
     int cr, ck;
