@@ -420,4 +420,10 @@ mpk_status mpk_gpu_run(mpk_gpu *g, const mpk_moe *p, mpk_moe_backend b, int runs
     (void)g, (void)p, (void)b, (void)runs, (void)out, (void)t;
     MPK_FAIL(err, MPK_E_OP, "gpu", "built without CUDA");
 }
+
+mpk_status mpk_gpu_fp8_weights(mpk_gpu *g, mpk_moe_fp8 *q, mpk_error *err)
+{
+    (void)g, (void)q;
+    MPK_FAIL(err, MPK_E_OP, "gpu", "built without CUDA");
+}
 #endif
