@@ -21,6 +21,7 @@
 // cuBLAS is loaded with dlopen so the binary has no link-time dependency on it.
 #include "mpk_decode.h"
 #include "mpk_fp8.h"
+#include "cuda_check.h"
 #include "mpk_gpu.h"
 #include "mpk_sched.h"
 #include "mpk_ops.h"
@@ -51,15 +52,6 @@ constexpr int GEMM_SMEM = STAGES * (BM + BN) * LDS * (int)sizeof(bf16); // dynam
 template <bool FUSED>
 __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 *W, const int *off,
                                                       const int *tile_off, int E, int N, int K, float *C, bf16 *Aout);
-
-#define CK(call)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess) {                                                                  \
-            st = mpk_error_set(err, MPK_E_IO, 0, "gpu", "%s: %s", #call, cudaGetErrorString(e_)); \
-            goto fail;                                                                            \
-        }                                                                                         \
-    } while (0)
 
 extern "C" int mpk_gpu_available(char *why, size_t cap)
 {

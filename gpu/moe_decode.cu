@@ -12,6 +12,7 @@
 //   k_decode_act     (gate_up split over K only) partials summed in split order, silu*up
 //   k_decode_combine out[t] = sum over slots in order of w * (sum over down splits in order)
 #include "mpk_decode.h"
+#include "cuda_check.h"
 #include "mpk_gpu.h"
 
 #include <cub/block/block_scan.cuh>
@@ -251,15 +252,6 @@ static int device_target(int sms)
     return sms * per;
 }
 
-#define DK(call)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess) {                                                                  \
-            st = mpk_error_set(err, MPK_E_IO, 0, "gpu", "%s: %s", #call, cudaGetErrorString(e_)); \
-            goto fail;                                                                            \
-        }                                                                                         \
-    } while (0)
-
 mpk_status mpk_decode_open(const mpk_moe *p, mpk_decode_ws **out, mpk_error *err)
 {
     *out = nullptr;
@@ -272,8 +264,8 @@ mpk_status mpk_decode_open(const mpk_moe *p, mpk_decode_ws **out, mpk_error *err
         MPK_FAIL(err, MPK_E_NOMEM, "gpu", "out of memory");
     int sms = 0, dev = 0, target = 0;
     ws->T = p->T, ws->k = p->k, ws->E = p->E, ws->H = p->H, ws->I = p->I, ws->P = p->T * p->k;
-    DK(cudaGetDevice(&dev));
-    DK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     mpk_decode_plan_dims(p->T, p->k, p->E, p->H, p->I, 1, &ws->d); // for nt
     switch (ws->d.nt) {
     case 1: target = device_target<1>(sms); break;
@@ -283,11 +275,11 @@ mpk_status mpk_decode_open(const mpk_moe *p, mpk_decode_ws **out, mpk_error *err
     default: target = device_target<16>(sms); break;
     }
     mpk_decode_plan_dims(p->T, p->k, p->E, p->H, p->I, target, &ws->d);
-    DK(cudaMalloc(&ws->ints, sizeof(int) * (1 + (size_t)p->E + 2 * (size_t)ws->d.slots + 1 + 2 * (size_t)ws->P)));
-    DK(cudaMalloc(&ws->a, sizeof(bf16) * (size_t)ws->P * p->I));
+    CK(cudaMalloc(&ws->ints, sizeof(int) * (1 + (size_t)p->E + 2 * (size_t)ws->d.slots + 1 + 2 * (size_t)ws->P)));
+    CK(cudaMalloc(&ws->a, sizeof(bf16) * (size_t)ws->P * p->I));
     if (ws->d.splits1 > 1)
-        DK(cudaMalloc(&ws->part1, sizeof(float) * (size_t)ws->d.splits1 * ws->P * 2 * p->I));
-    DK(cudaMalloc(&ws->part2, sizeof(float) * (size_t)ws->d.splits2 * ws->P * p->H));
+        CK(cudaMalloc(&ws->part1, sizeof(float) * (size_t)ws->d.splits1 * ws->P * 2 * p->I));
+    CK(cudaMalloc(&ws->part2, sizeof(float) * (size_t)ws->d.splits2 * ws->P * p->H));
     *out = ws;
     return MPK_OK;
 fail:

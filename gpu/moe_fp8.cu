@@ -20,6 +20,7 @@
 
 //   k_fp8_unpermute     out[t] = sum over slots in order of w * ys[padded row of the pair]
 #include "mpk_fp8.h"
+#include "cuda_check.h"
 #include "mpk_gpu.h"
 
 #include <cuda_bf16.h>
@@ -40,15 +41,6 @@
 #endif
 
 using bf16 = __nv_bfloat16;
-
-#define FK(call)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess) {                                                                  \
-            st = mpk_error_set(err, MPK_E_IO, 0, "gpu", "%s: %s", #call, cudaGetErrorString(e_)); \
-            goto fail;                                                                            \
-        }                                                                                         \
-    } while (0)
 
 // ------------------------------------------------------------------------------ kernels
 __device__ __forceinline__ uint8_t e4m3(float v)
@@ -360,21 +352,21 @@ mpk_status mpk_fp8_dev_open(const void *gu_bf16, const void *dn_bf16, int E, int
         st = mpk_error_set(err, MPK_E_OP, 0, "gpu", "fp8: %s", why);
         goto fail;
     }
-    FK(cudaMalloc(&d->gu, ngu));
-    FK(cudaMalloc(&d->dn, ndn));
-    FK(cudaMalloc(&d->gus, sizeof(float) * sgu));
-    FK(cudaMalloc(&d->dns, sizeof(float) * sdn));
-    FK(cudaMalloc(&d->poff, sizeof(int) * ((size_t)E + 1)));
+    CK(cudaMalloc(&d->gu, ngu));
+    CK(cudaMalloc(&d->dn, ndn));
+    CK(cudaMalloc(&d->gus, sizeof(float) * sgu));
+    CK(cudaMalloc(&d->dns, sizeof(float) * sdn));
+    CK(cudaMalloc(&d->poff, sizeof(int) * ((size_t)E + 1)));
     for (int i = 0; i < FP8_STREAMS; i++) {
-        FK(cudaMalloc(&d->ws[i], LT_WORKSPACE));
-        FK(cudaStreamCreateWithFlags(&d->st[i], cudaStreamNonBlocking));
-        FK(cudaEventCreateWithFlags(&d->join[i], cudaEventDisableTiming));
+        CK(cudaMalloc(&d->ws[i], LT_WORKSPACE));
+        CK(cudaStreamCreateWithFlags(&d->st[i], cudaStreamNonBlocking));
+        CK(cudaEventCreateWithFlags(&d->join[i], cudaEventDisableTiming));
     }
-    FK(cudaEventCreateWithFlags(&d->fork, cudaEventDisableTiming));
+    CK(cudaEventCreateWithFlags(&d->fork, cudaEventDisableTiming));
     k_fp8_quant_w<<<dim3(H / MPK_FP8_BLK, 2 * I / MPK_FP8_BLK, E), 256>>>((const bf16 *)gu_bf16, 2 * I, H, d->gu,
                                                                          d->gus);
     k_fp8_quant_w<<<dim3(I / MPK_FP8_BLK, H / MPK_FP8_BLK, E), 256>>>((const bf16 *)dn_bf16, H, I, d->dn, d->dns);
-    FK(cudaGetLastError());
+    CK(cudaGetLastError());
     LK(d->lt.create(&d->handle));
     LK(d->lt.pref_create(&d->pref));
     {
@@ -392,7 +384,7 @@ mpk_status mpk_fp8_dev_open(const void *gu_bf16, const void *dn_bf16, int E, int
         if ((st = gemm_prepare(d, &d->g1, 128, err)) != MPK_OK || (st = gemm_prepare(d, &d->g2, 128, err)) != MPK_OK)
             goto fail;
     }
-    FK(cudaDeviceSynchronize());
+    CK(cudaDeviceSynchronize());
     *out = d;
     return MPK_OK;
 fail:
@@ -468,19 +460,19 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
     std::vector<int> hpoff((size_t)E + 1);
     if (rows > d->rows_cap) { // outside the timed runs: the correctness run comes first
         free_rows(d);
-        FK(cudaMalloc(&d->xq, (size_t)rows * H));
-        FK(cudaMalloc(&d->aq, (size_t)rows * I));
-        FK(cudaMalloc(&d->xsc, sizeof(float) * (size_t)rows * KBH));
-        FK(cudaMalloc(&d->asc, sizeof(float) * (size_t)rows * KBI));
-        FK(cudaMalloc(&d->h, el * (size_t)rows * 2 * I));
-        FK(cudaMalloc(&d->ys, el * (size_t)rows * H));
+        CK(cudaMalloc(&d->xq, (size_t)rows * H));
+        CK(cudaMalloc(&d->aq, (size_t)rows * I));
+        CK(cudaMalloc(&d->xsc, sizeof(float) * (size_t)rows * KBH));
+        CK(cudaMalloc(&d->asc, sizeof(float) * (size_t)rows * KBI));
+        CK(cudaMalloc(&d->h, el * (size_t)rows * 2 * I));
+        CK(cudaMalloc(&d->ys, el * (size_t)rows * H));
         d->rows_cap = rows;
     }
     mpk_fp8_pad_offsets(hoff, E, hpoff.data());
     k_fp8_pad_offsets<<<1, 32>>>(off, E, d->poff);
     k_fp8_quant_rows<false, float><<<dim3(rows, (KBH + 7) / 8), 256>>>((const bf16 *)xs, nullptr, off, d->poff, E, H,
                                                                        d->xq, d->xsc);
-    FK(fork(d));
+    CK(fork(d));
     for (int e = 0, s = 0; e < E; e++) {
         int n4 = hpoff[e + 1] - hpoff[e];
         if (n4)
@@ -489,14 +481,14 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
                              d->xq + (size_t)hpoff[e] * H, d->xsc + (size_t)hpoff[e] * KBH,
                              (char *)d->h + el * (size_t)hpoff[e] * 2 * I, s++ % FP8_STREAMS, err));
     }
-    FK(join(d));
+    CK(join(d));
     if (d->out_bf16)
         k_fp8_quant_rows<true, bf16><<<dim3(rows, (KBI + 7) / 8), 256>>>(nullptr, (const bf16 *)d->h, off, d->poff, E,
                                                                          I, d->aq, d->asc);
     else
         k_fp8_quant_rows<true, float><<<dim3(rows, (KBI + 7) / 8), 256>>>(nullptr, (const float *)d->h, off, d->poff,
                                                                           E, I, d->aq, d->asc);
-    FK(fork(d));
+    CK(fork(d));
     for (int e = 0, s = 0; e < E; e++) {
         int n4 = hpoff[e + 1] - hpoff[e];
         if (n4)
@@ -505,7 +497,7 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
                              d->aq + (size_t)hpoff[e] * I, d->asc + (size_t)hpoff[e] * KBI,
                              (char *)d->ys + el * (size_t)hpoff[e] * H, s++ % FP8_STREAMS, err));
     }
-    FK(join(d));
+    CK(join(d));
     {
         unsigned nb = (unsigned)(((size_t)T * H + 255) / 256);
         if (d->out_bf16)
@@ -513,7 +505,7 @@ mpk_status mpk_fp8_launch(mpk_fp8_dev *d, int T, int k, const void *xs, const in
         else
             k_fp8_unpermute<<<nb, 256>>>((const float *)d->ys, pos, idx, off, d->poff, w, T, k, H, out);
     }
-    FK(cudaGetLastError());
+    CK(cudaGetLastError());
     return MPK_OK;
 fail:
     return st;
@@ -527,10 +519,10 @@ mpk_status mpk_fp8_dev_download(const mpk_fp8_dev *d, uint8_t *gu, float *gu_sca
     int E = d->E, H = d->H, I = d->I;
     std::vector<float> s1((size_t)E * (2 * I / MPK_FP8_BLK) * mpk_fp8_wscale_ld(H));
     std::vector<float> s2((size_t)E * (H / MPK_FP8_BLK) * mpk_fp8_wscale_ld(I));
-    FK(cudaMemcpy(gu, d->gu, (size_t)E * 2 * I * H, cudaMemcpyDeviceToHost));
-    FK(cudaMemcpy(dn, d->dn, (size_t)E * H * I, cudaMemcpyDeviceToHost));
-    FK(cudaMemcpy(s1.data(), d->gus, sizeof(float) * s1.size(), cudaMemcpyDeviceToHost));
-    FK(cudaMemcpy(s2.data(), d->dns, sizeof(float) * s2.size(), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(gu, d->gu, (size_t)E * 2 * I * H, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(dn, d->dn, (size_t)E * H * I, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(s1.data(), d->gus, sizeof(float) * s1.size(), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(s2.data(), d->dns, sizeof(float) * s2.size(), cudaMemcpyDeviceToHost));
     // layout 3 -> pack's [E, RB, KB]
     for (int e = 0; e < E; e++) {
         for (int r = 0; r < 2 * I; r += MPK_FP8_BLK)
