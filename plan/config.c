@@ -213,15 +213,15 @@ const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf,
 
 const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap)
 {
+    (void)dequantize; /* every format moepack reads it also packs with its scales */
     if (cfg && strcmp(cfg->quant_key, "quantization_config") == 0 && strcmp(cfg->quant_method, "compressed-tensors") == 0) {
         bool known = strcmp(cfg->quant_format, "nvfp4-pack-quantized") == 0 || strcmp(cfg->quant_format, "float-quantized") == 0 ||
                      strcmp(cfg->quant_format, "pack-quantized") == 0;
-        if (known && dequantize)
+        if (known)
             return NULL;
-        snprintf(buf, cap, "config.json's quantization_config is compressed-tensors with format '%s': moepack %s",
-                 cfg->quant_format, known ? "dequantizes it (its experts to BF16, then packed); packing it with its "
-                 "scales is not implemented (no engine reads compressed-tensors experts packed)"
-                 : "reads nvfp4-pack-quantized, float-quantized and pack-quantized (INT4) only, and only to dequantize them");
+        snprintf(buf, cap, "config.json's quantization_config is compressed-tensors with format '%s': moepack reads, "
+                 "packs and dequantizes nvfp4-pack-quantized, float-quantized and pack-quantized (INT4) only",
+                 cfg->quant_format);
         return buf;
     }
     return mpk_config_quant_unsupported(cfg, buf, cap);

@@ -41,9 +41,10 @@ typedef struct mpk_model_config {
  * key and the method), or NULL when it has none or one moepack handles: "fp8" with 128x128
  * blocks (DeepSeek style) and "mxfp4" (gpt-oss). Static or cfg-owned storage, written to buf. */
 const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf, size_t cap);
-/* The same for a conversion that dequantizes (dequantize) or not: compressed-tensors'
- * nvfp4-pack-quantized, float-quantized and pack-quantized (symmetric INT4) are understood only
- * when dequantized (no engine reads their experts packed). */
+/* The same, compressed-tensors included: its nvfp4-pack-quantized, float-quantized and
+ * pack-quantized (INT4) are understood (packed with their companions, or dequantized), any other
+ * format is refused naming it. dequantize: whether the conversion dequantizes (today every
+ * understood format is understood both ways). */
 const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap);
 /* The architectures[] of config.json (i < count), NULL past the end. Borrowed from cfg. */
 const char *mpk_config_architecture(const mpk_model_config *cfg, int i);
@@ -119,8 +120,11 @@ typedef struct mpk_rule {
                                    side without it has patterns; run k goes through the ops
                                    alone and builds target k (reversed: source k makes run k).
                                    ERNIE-4.5-VL: experts 0..E-1 text, E..2E-1 vision */
-    int companion_of;           /* >= 0: a companion that moves rule companion_of's NVFP4 scales
-                                   (weight_scale, weight_scale_2, input_scale); -1 otherwise */
+    int companion_of;           /* >= 0: a companion that moves a tensor beside rule companion_of's
+                                   quantized weights (ModelOpt: weight_scale, weight_scale_2,
+                                   input_scale; compressed-tensors: weight_packed, weight_scale,
+                                   weight_global_scale, ...); -1 otherwise */
+    int companion_kind;         /* which of them (plan/spec_companions.c) */
 } mpk_rule;
 
 /* A rename. Old specs: a literal substring replaced (first occurrence) in the names no rule

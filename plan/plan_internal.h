@@ -40,6 +40,21 @@ mpk_status plan_check_unknown(mpk_plan *p, const mpk_ckpt_tensor *const *pass, s
                               const mpk_ckpt_tensor *const *list, size_t n_list, const bool *used,
                               const mpk_plan_opts *opts, mpk_error *err);
 
+/* ---- plan/spec.c, plan/spec_companions.c */
+/* One {capture} pattern into p (MPK_E_SPEC naming path). */
+mpk_status spec_parse_pattern(const char *text, mpk_pattern *p, const char *where, const char *path,
+                              mpk_error *err);
+/* The companions every weight-moving rule gets: FP8 grids (_scale_inv), and the quantized
+ * linears' tensors (ModelOpt NVFP4, compressed-tensors), SPEC_QUANT_COMPANIONS a rule at most. */
+#define SPEC_QUANT_COMPANIONS 8
+mpk_status spec_add_scale_companions(mpk_spec *s, const char *where, mpk_error *err);
+mpk_status spec_add_quant_companions(mpk_spec *s, const char *where, mpk_error *err);
+/* A quantized linear's companion rule: the name segment it moves ("weight_global_scale"); NULL
+ * for any other rule. */
+const char *spec_companion_seg(const mpk_rule *r);
+/* The chains that depend on config.json's quantization method (a [1] input_scale). */
+void spec_bind_companions(mpk_spec *s, const mpk_model_config *cfg);
+
 /* ---- plan/spec_tf.c: the parts of a "semantics": "transformers" spec */
 /* A converter pattern of transformers' mapping (source: its regex; target: literal text) into p. */
 mpk_status spec_tf_pattern(mpk_spec *s, const char *text, bool source, mpk_pattern *p, const char *where,

@@ -11,8 +11,8 @@
 
 #define SPEC_FAIL(path, ...) return mpk_error_set(err, MPK_E_SPEC, 0, where, "%s: " __VA_ARGS__)
 
-static mpk_status parse_pattern(const char *text, mpk_pattern *p, const char *where,
-                                const char *path, mpk_error *err)
+mpk_status spec_parse_pattern(const char *text, mpk_pattern *p, const char *where,
+                              const char *path, mpk_error *err)
 {
     memset(p, 0, sizeof *p);
     p->text = text;
@@ -176,7 +176,7 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         if (!t)
             MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
         MPK_TRY(s->transformers ? spec_tf_pattern(s, t, source, &out[0], where, sub, err)
-                                : parse_pattern(t, &out[0], where, sub, err));
+                                : spec_parse_pattern(t, &out[0], where, sub, err));
         *n = 1;
         return MPK_OK;
     }
@@ -191,7 +191,7 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         if (!t)
             MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
         MPK_TRY(s->transformers ? spec_tf_pattern(s, t, source, &out[*n], where, el, err)
-                                : parse_pattern(t, &out[*n], where, el, err));
+                                : spec_parse_pattern(t, &out[*n], where, el, err));
         (*n)++;
     }
     return MPK_OK;
@@ -249,123 +249,6 @@ static mpk_status parse_rule(const cJSON *j, mpk_rule *r, mpk_spec *s, const cha
     return MPK_OK;
 }
 
-/* Every rule that only moves bytes (merge/split/concat/chunk/transpose/reshape) gets a
- * companion for FP8 block scale grids: each pattern + "_scale_inv", the same ops. Packing an
- * FP8 checkpoint then moves `...gate_proj.weight_scale_inv` into `...gate_up_proj_scale_inv`
- * exactly like the weights (the names transformers v5's FP8 experts expect). A spec with
- * "scale_name": "scale" (DeepSeek-V4: `w1.weight` + `w1.scale`, E8M0) names the per-expert side
- * X.scale instead of X.weight_scale_inv; transformers renames `.scale` to `.weight_scale_inv`
- * before it merges, so the packed side is the same `_scale_inv`. */
-static mpk_status add_scale_companions(mpk_spec *s, const char *where, mpk_error *err)
-{
-    int n = s->n_rules;
-    for (int i = 0; i < n; i++) {
-        const mpk_rule *f = &s->rules[i];
-        bool movable = true;
-        for (int k = 0; k < f->n_ops; k++) {
-            mpk_op_kind o = f->ops[k].kind; /* not the row reorderings: a b x b grid cannot follow them */
-            movable &= (mpk_op_descs[o].byte_permutation || o == MPK_OP_TRANSPOSE) && o != MPK_OP_INTERLEAVE &&
-                       o != MPK_OP_PERMUTE_ROPE && o != MPK_OP_CONCAT_LIST && o != MPK_OP_CHUNK_LIST;
-        }
-        if (!movable)
-            continue;
-        mpk_rule *c = &s->rules[s->n_rules];
-        *c = *f;
-        c->scale_of = i;
-        c->source_shape_ndim = 0;
-        size_t pl = strnlen(f->path, sizeof c->path - 13);
-        memmove(c->path, f->path, pl);
-        memcpy(c->path + pl, " (scale_inv)", 13);
-        for (int k = 0; k < f->n_sources + f->n_targets; k++) {
-            const mpk_pattern *from = k < f->n_sources ? &f->sources[k] : &f->targets[k - f->n_sources];
-            mpk_pattern *to = k < f->n_sources ? &c->sources[k] : &c->targets[k - f->n_sources];
-            size_t tl = strlen(from->text);
-            bool dot_scale = s->scale_dot && k < f->n_sources && tl > 7 && strcmp(from->text + tl - 7, ".weight") == 0;
-            bool dollar = s->transformers && tl && from->text[tl - 1] == '$'; /* before a trailing $ */
-            char *t = dot_scale ? mpk_arena_printf(s->arena, "%.*s.scale", (int)(tl - 7), from->text)
-                                : mpk_arena_printf(s->arena, "%.*s_scale_inv%s", (int)(tl - dollar), from->text,
-                                                   dollar ? "$" : "");
-            if (!t)
-                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-            MPK_TRY(s->transformers ? spec_tf_pattern(s, t, k < f->n_sources, to, where, c->path, err)
-                                    : parse_pattern(t, to, where, c->path, err));
-        }
-        s->n_rules++;
-    }
-    return MPK_OK;
-}
-
-/* ---------------------------------------------------------------- NVFP4 companions
- *
- * ModelOpt's NVFP4 linear X.weight (U8 codes) has X.weight_scale (F8_E4M3, one per 16 values),
- * X.weight_scale_2 and X.input_scale (F32 scalars). Packed, they take the names transformers'
- * NVFP4 quantizer reads in its fused layout (the one vLLM's ModelOpt loader keeps in memory):
- * gate_up_proj_weight_scale [E, 2I, H/16] moved exactly like the codes, and the scalars stacked
- * per expert, one column per fused projection: gate_up_proj_weight_scale_2 and
- * gate_up_proj_input_scale [E, 2] (gate first), down_proj_weight_scale_2 [E]. Gate and up keep
- * their own global scales: nothing is requantized. */
-typedef enum { NV_SCALE, NV_SCALE_2, NV_INPUT, NV_COUNT } nv_kind;
-
-static char *nv_name(mpk_arena *a, const char *text, nv_kind k)
-{
-    static const char *const seg[NV_COUNT] = {".weight_scale", ".weight_scale_2", ".input_scale"};
-    size_t n = strlen(text);
-    if (n > 7 && strcmp(text + n - 7, ".weight") == 0)
-        return mpk_arena_printf(a, "%.*s%s", (int)(n - 7), text, seg[k]);
-    return mpk_arena_printf(a, "%s_%s", text, seg[k] + 1);
-}
-
-/* The ops that move rule f's per-expert scalars as its ops move the weights, in c (false: f is
- * not a merge, or a merge and one concat of several sources, so its scalars stay unmoved and
- * the planner refuses them as companions it does not understand). */
-static bool nv_scalar_ops(const mpk_rule *f, mpk_rule *c)
-{
-    const mpk_op *o = f->ops;
-    if (!f->list_in_sources || f->n_ops < 1 || o[0].kind != MPK_OP_MERGE || o[0].dim != 0)
-        return false;
-    if (f->n_ops == 1 && f->n_sources == 1)
-        return true; /* [E] */
-    if (f->n_ops != 2 || o[1].kind != MPK_OP_CONCAT || f->n_sources < 2)
-        return false;
-    c->n_ops = 3; /* [E] -> [E, 1] -> [E, sources] */
-    c->ops[1] = (mpk_op){.kind = MPK_OP_RESHAPE, .ndim = 2, .shape = {-1, 1}, .inv_ndim = 1, .inv_shape = {-1}};
-    c->ops[2] = (mpk_op){.kind = MPK_OP_CONCAT, .dim = 1};
-    return true;
-}
-
-static mpk_status add_nvfp4_companions(mpk_spec *s, const char *where, mpk_error *err)
-{
-    int n = s->n_rules;
-    for (int i = 0; i < n; i++) {
-        const mpk_rule *f = &s->rules[i];
-        bool moves = f->scale_of < 0 && f->n_ops > 0;
-        for (int k = 0; k < f->n_ops; k++)
-            moves &= f->ops[k].kind == MPK_OP_MERGE || f->ops[k].kind == MPK_OP_CONCAT;
-        for (nv_kind kind = 0; moves && kind < NV_COUNT; kind++) {
-            mpk_rule *c = &s->rules[s->n_rules];
-            *c = *f;
-            c->companion_of = i;
-            c->source_shape_ndim = 0;
-            if (kind != NV_SCALE && !nv_scalar_ops(f, c))
-                continue;
-            size_t pl = strnlen(f->path, sizeof c->path - 20);
-            snprintf(c->path + pl, sizeof c->path - pl, " (%s)", kind == NV_SCALE ? "weight_scale" :
-                     kind == NV_SCALE_2 ? "weight_scale_2" : "input_scale");
-            for (int k = 0; k < f->n_sources + f->n_targets; k++) {
-                const mpk_pattern *from = k < f->n_sources ? &f->sources[k] : &f->targets[k - f->n_sources];
-                mpk_pattern *to = k < f->n_sources ? &c->sources[k] : &c->targets[k - f->n_sources];
-                char *t = nv_name(s->arena, from->text, kind);
-                if (!t)
-                    MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-                MPK_TRY(s->transformers ? spec_tf_pattern(s, t, k < f->n_sources, to, where, c->path, err)
-                                        : parse_pattern(t, to, where, c->path, err));
-            }
-            s->n_rules++;
-        }
-    }
-    return MPK_OK;
-}
-
 /* $.KEY, an optional array of strings, into *list (NULL-terminated, in the spec's arena). */
 static mpk_status parse_strings(const cJSON *root, const char *key, mpk_spec *s, const char ***list, int *n,
                                 const char *where, mpk_error *err)
@@ -402,7 +285,7 @@ static mpk_status parse_pass(const cJSON *root, mpk_spec *s, const char *where, 
         snprintf(path, sizeof path, "$.pass[%d]", s->n_pass);
         if (!cJSON_IsString(e))
             MPK_FAIL(err, MPK_E_SPEC, where, "%s: must be a string", path);
-        MPK_TRY(parse_pattern(e->valuestring, &s->pass[s->n_pass], where, path, err));
+        MPK_TRY(spec_parse_pattern(e->valuestring, &s->pass[s->n_pass], where, path, err));
         s->n_pass++;
     }
     return MPK_OK;
@@ -440,8 +323,8 @@ static mpk_status parse_converters(const cJSON *root, mpk_spec *s, const char *w
     const cJSON *cv = cJSON_GetObjectItemCaseSensitive(root, "converters");
     if (!cJSON_IsArray(cv))
         MPK_FAIL(err, MPK_E_SPEC, where, "$.converters: missing or not an array");
-    /* room for the companions: FP8 grids, and NVFP4's three scales */
-    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)(5 * cJSON_GetArraySize(cv) + 1));
+    /* room for the companions: FP8 grids, and the quantized linears' (spec_companions.c) */
+    s->rules = mpk_arena_alloc(s->arena, sizeof(mpk_rule) * (size_t)((2 + SPEC_QUANT_COMPANIONS) * cJSON_GetArraySize(cv) + 1));
     if (!s->rules)
         MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
     for (const cJSON *e = cv->child; e; e = e->next) {
@@ -483,8 +366,8 @@ static mpk_status parse_spec_fields(const cJSON *root, mpk_spec *s, const char *
                  "default) or \"scale\" (X.scale, DeepSeek-V4)");
     s->scale_dot = sn && strcmp(sn->valuestring, "scale") == 0;
     if (!cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(root, "scale_companions"))) {
-        MPK_TRY(add_scale_companions(s, where, err));
-        MPK_TRY(add_nvfp4_companions(s, where, err));
+        MPK_TRY(spec_add_scale_companions(s, where, err));
+        MPK_TRY(spec_add_quant_companions(s, where, err));
     }
     return MPK_OK;
 }
@@ -683,6 +566,7 @@ static int64_t bound(int64_t d, const mpk_model_config *cfg)
 
 void mpk_spec_bind_sizes(mpk_spec *s, const mpk_model_config *cfg)
 {
+    spec_bind_companions(s, cfg);
     for (int r = 0; r < s->n_rules; r++)
         for (int k = 0; k < s->rules[r].n_ops; k++) {
             mpk_op *op = &s->rules[r].ops[k];
