@@ -180,11 +180,11 @@ static bool same_names(const mpk_ckpt *a, const mpk_ckpt *b)
 }
 
 /* FP8 tensors (weights or E4M3/E8M0 scales), or compressed-tensors' packed codes
- * (X.weight_packed: its INT4 has no FP8 beside it). */
+ * (X.weight_packed, packed T_weight_packed: its INT4 has no FP8 beside it). */
 static bool has_fp8(const mpk_ckpt *c)
 {
     for (size_t i = 0; i < c->n_tensors; i++)
-        if (mpk_dtype_is_fp8(c->tensors[i].info->dtype) || mpk_str_ends(c->tensors[i].info->name, ".weight_packed"))
+        if (mpk_dtype_is_fp8(c->tensors[i].info->dtype) || mpk_str_ends(c->tensors[i].info->name, "weight_packed"))
             return true;
     return false;
 }

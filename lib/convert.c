@@ -502,6 +502,8 @@ static mpk_status requant_config(const mpk_convert_req *r, const job *j, const m
     else if (qc)
         *out = mpk_config_requant(&j->cfg, false, qc);
     cJSON_Delete(qc);
+    if (!*out && r->quant != MPK_QUANT_DEQUANTIZE) /* compressed-tensors' module lists kept true */
+        return mpk_config_ct_rewrite(&j->cfg, p, out, err);
     return MPK_OK;
 }
 

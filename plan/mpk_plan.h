@@ -339,6 +339,16 @@ typedef struct mpk_plan {
     void (*owner_free)(void *owner);
 } mpk_plan;
 
+/* config.json for a compressed-tensors checkpoint converted by p with its quantization kept
+ * (plan/config_ct.c): quantization_config's config_groups[*].targets and ignore entries that
+ * name a module exactly are renamed to what it becomes; class names and "re:" patterns are kept
+ * when they name after the conversion what they named before, module for module. An entry that
+ * cannot be kept true (the exact name of one per-expert module, merged with others; a pattern
+ * matching a module but not what it becomes, or the reverse) is MPK_E_NOT_UNDERSTOOD naming its
+ * key. *out: NULL when nothing changes (or cfg is not compressed-tensors), else the new text,
+ * owned by the caller (free()). Thread-safe. */
+mpk_status mpk_config_ct_rewrite(const mpk_model_config *cfg, const mpk_plan *p, char **out, mpk_error *err);
+
 /* The dequantize view behind a source tensor pointer of the plan, NULL for a real tensor. */
 const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *t);
 /* s is an FP8 weight w's scale grid with b x b blocks: F32, w's leading dims, then
