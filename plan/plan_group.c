@@ -353,6 +353,32 @@ static mpk_status check_fp8_blocks(mpk_plan *p, const mpk_plan_group *g, long n,
     return MPK_OK;
 }
 
+/* compressed-tensors' FP8 weight_scale as a block grid ([ceil(out/b), ceil(in/b)], not one per
+ * row or per tensor) concatenated with the weights: exact only when no block straddles gate and
+ * up (out % b == 0), as for the _scale_inv grids. */
+static mpk_status check_ct_grids(mpk_plan *p, const mpk_plan_group *g, long n, mpk_error *err)
+{
+    const mpk_rule *r = g->rule;
+    const char *seg = spec_companion_seg(r);
+    if (!seg || strcmp(seg, "weight_scale") || !r->list_in_sources || r->n_sources < 2)
+        return MPK_OK;
+    for (long k = 0; k < r->n_sources * n; k++) {
+        const mpk_tensor_info *si = g->src[k]->info;
+        size_t sl = strlen(si->name);
+        char *wn = mpk_str_ends(si->name, ".weight_scale") ? mpk_arena_strndup(p->arena, si->name, sl - 6) : NULL;
+        const mpk_ckpt_tensor *wt = wn ? mpk_ckpt_find(p->src, wn) : NULL;
+        if (!wt || !mpk_dtype_is_fp8(wt->info->dtype) || si->ndim != 2 || wt->info->ndim != 2 ||
+            si->shape[0] == wt->info->shape[0] || wt->info->shape[0] % p->fp8_block == 0)
+            continue;
+        MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, p->src->dir,
+                       "%s (%s): '%s' is a grid of %dx%d blocks and its weight has %lld rows (not a multiple of %d): "
+                       "concatenated, a block would hold rows of two projections (convert with --dequantize)",
+                       strchr(g->key, '|') + 1, r->path, si->name, p->fp8_block, p->fp8_block,
+                       (long long)wt->info->shape[0], p->fp8_block);
+    }
+    return MPK_OK;
+}
+
 mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *opts,
                                mpk_error *err)
 {
@@ -374,6 +400,7 @@ mpk_status plan_finish_group(mpk_plan *p, group_acc *acc, const mpk_plan_opts *o
     }
     MPK_TRY(check_source_shapes(p, g, n, opts, err));
     MPK_TRY(infer_targets(p, g, &in, err));
+    MPK_TRY(check_ct_grids(p, g, n, err));
     return check_fp8_blocks(p, g, n, &in, opts, err);
 }
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
-"""compressed-tensors checkpoints (llm-compressor) through moepack --dequantize (issue 49, item 4):
-an independent generator writes per-expert Qwen3-MoE checkpoints as compressed-tensors stores
-them, and the values are checked against the formulas of compressed-tensors' _dequantize,
-computed here:
+"""compressed-tensors checkpoints (llm-compressor) through moepack (issue 49, items 2 and 4): an
+independent generator writes per-expert Qwen3-MoE checkpoints as compressed-tensors stores them,
+and the values are checked against the formulas of compressed-tensors' _dequantize, computed here:
   - nvfp4-pack-quantized: X.weight_packed U8 [out, in/2] (even element in the low nibble),
     X.weight_scale F8_E4M3 [out, in/16], X.weight_global_scale F32 [1] (a reciprocal),
     X.input_global_scale; value = bf16(f32(e2m1 * f32(e4m3 / global_scale)));
@@ -11,14 +10,28 @@ computed here:
   - pack-quantized INT4 (Kimi K2.5's experts, also on the kimi_k25 preset's names): X.weight_packed
     I32 [out, in/8] (q + 8, eight a little-endian int32), X.weight_scale BF16 per 32,
     X.weight_shape; value = bf16(q * scale).
+pack keeps them quantized: every expert tensor is merged over experts with gate and up
+concatenated where the weights are (weight_packed / weight, weight_scale, weight_zero_point:
+gate_up_proj_<suffix> [E, 2I, ...], down_proj_<suffix> [E, H, ...]); per-tensor scalars
+(weight_global_scale, input_global_scale, input_scale, [1] each) stacked [E, 2] (gate, up) and
+[E]; weight_shape [E, 2, 2] and [E, 2]; the bytes are computed here. config.json keeps its
+quantization_config with module names renamed as the preset renames them (kimi_k25:
+language_model.lm_head -> lm_head). unpack gives every file back byte for byte (hashes); verify
+passes, and exits 3 on one flipped scale byte.
 pack --dequantize writes the experts packed in BF16 (the views are named X.weight) equal to the
 reference, every attention linear too, no scale left, quantization_config dropped; verify passes.
-Refused, naming the reason, nothing written: packing any of them without --dequantize, a format
-moepack does not read (mxfp4-pack-quantized), INT4 whose weight_shape disagrees with its codes,
-and INT4 with a zero point. Usage: ctensors.py MOEPACK"""
+Refused, naming the reason, nothing written: a format moepack does not read
+(mxfp4-pack-quantized), a targets/ignore entry that cannot stay true (the exact name of one
+per-expert module, a pattern matching per-expert modules but not the packed one, a name that
+would newly name a module), FP8 128x128 grids concatenated across a block (I % 128 != 0), INT4
+whose weight_shape disagrees with its codes (dequantizing), and INT4 with a zero point
+(dequantizing; packing moves the zero points). Usage: ctensors.py MOEPACK"""
+import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import struct
 import sys
 
@@ -64,7 +77,7 @@ def fp8_linear(t, name, o, i, per_channel):
                     for k in range(o * i))
 
 
-def int4_linear(t, name, o, i, group=32):
+def int4_linear(t, name, o, i, group=32, zero_point=False):
     """pack-quantized INT4, symmetric, grouped: q in [-8, 7] stored as q + 8, eight to a little-endian
     int32 (element 0 in the lowest bits); BF16 scale per group; value = bf16(q * scale)."""
     qs = [rng.randrange(-8, 8) for _ in range(o * i)]
@@ -73,8 +86,18 @@ def int4_linear(t, name, o, i, group=32):
     t[name + ".weight_packed"] = ("I32", [o, i // 8], words)
     t[name + ".weight_scale"] = ("BF16", [o, i // group], b"".join(struct.pack("<H", x) for x in sc))
     t[name + ".weight_shape"] = ("I64", [2], struct.pack("<qq", o, i))
+    if zero_point:  # asymmetric: zero points packed eight to an int32 along the rows
+        t[name + ".weight_zero_point"] = ("I32", [o // 8, i // group], bytes(rng.randrange(256) for _ in range(o * i // group // 2)))
     scf = [struct.unpack("<f", struct.pack("<I", x << 16))[0] for x in sc]
     return b"".join(struct.pack("<H", bf16_bits(f32(qs[k] * scf[k // group]))) for k in range(o * i))
+
+
+def fp8_grid_linear(t, name, o, i):
+    """float-quantized with block strategy: F32 weight_scale [ceil(out/128), ceil(in/128)]."""
+    t[name + ".weight"] = ("F8_E4M3", [o, i], bytes(rng.randrange(0x7F) for _ in range(o * i)))
+    g = [-(-o // 128), -(-i // 128)]
+    t[name + ".weight_scale"] = ("F32", g, f32b(0.01) * (g[0] * g[1]))
+    return None
 
 
 def linear(t, name, o, i, fmt, expert):
@@ -82,6 +105,10 @@ def linear(t, name, o, i, fmt, expert):
         return nvfp4_linear(t, name, o, i)
     if fmt == "pack-quantized":
         return int4_linear(t, name, o, i)
+    if fmt == "pack-quantized-asym":
+        return int4_linear(t, name, o, i, zero_point=True)
+    if fmt == "float-quantized-block":
+        return fp8_grid_linear(t, name, o, i)
     return fp8_linear(t, name, o, i, expert)
 
 
@@ -104,8 +131,11 @@ def make(d, fmt):
     write_st(os.path.join(d, "model.safetensors"), t)
     wargs = {"nvfp4-pack-quantized": {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16},
              "pack-quantized": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32},
+             "pack-quantized-asym": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 32,
+                                     "symmetric": False},
+             "float-quantized-block": {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": [128, 128]},
              "float-quantized": {"num_bits": 8, "type": "float", "strategy": "channel"}}[fmt]
-    qc = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+    qc = {"quant_method": "compressed-tensors", "format": fmt.replace("-asym", "").replace("-block", ""), "quantization_status": "compressed",
           "config_groups": {"group_0": {"targets": ["Linear"], "weights": wargs}}, "ignore": ["lm_head", "re:.*mlp.gate$"]}
     cfg = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": H, "num_hidden_layers": 1,
            "vocab_size": V, "num_experts": E, "moe_intermediate_size": I, "quantization_config": qc}
@@ -113,13 +143,117 @@ def make(d, fmt):
     return ref
 
 
+SUFFIXES = ("weight_packed", "weight", "weight_scale", "weight_zero_point", "weight_global_scale",
+            "input_global_scale", "input_scale", "weight_shape")
+
+
+def packed_expect(t, sp, dp):
+    """The packed expert tensors, from the per-expert ones t (names sp + E.proj.suffix) to dp +
+    gate_up_proj / down_proj (+ _suffix): rows concatenated gate then up per expert, [1]
+    scalars and weight_shape stacked (gate, up) per expert: each is the per-expert bytes in order."""
+    want = {}
+    for suf in SUFFIXES:
+        if f"{sp}0.gate_proj.{suf}" not in t:
+            continue
+        g, u, d = ([t[f"{sp}{e}.{pr}.{suf}"] for e in range(E)] for pr in ("gate_proj", "up_proj", "down_proj"))
+        sh, tail = g[0][1], "" if suf == "weight" else "_" + suf
+        if suf == "weight_shape":
+            gs, ds = [E, 2, 2], [E, 2]
+        elif sh == [1]:
+            gs, ds = [E, 2], [E]
+        else:
+            gs, ds = [E, 2 * sh[0]] + sh[1:], [E] + d[0][1]
+        want[dp + "gate_up_proj" + tail] = (g[0][0], gs, b"".join(a[2] + b[2] for a, b in zip(g, u)))
+        want[dp + "down_proj" + tail] = (d[0][0], ds, b"".join(x[2] for x in d))
+    return want
+
+
+def hashes(d):
+    return {fn: hashlib.sha256(open(os.path.join(d, fn), "rb").read()).hexdigest()
+            for fn in sorted(os.listdir(d)) if fn.endswith(".safetensors") or fn == "config.json"}
+
+
+def pack_round_trip(tmp, src, what, sp, dp, flips, cfg_check=None):
+    """pack src with its scales: the expert tensors as packed_expect says, the rest as it was;
+    unpack: every file back byte for byte; verify passes and exits 3 on each flipped byte."""
+    pk, un = os.path.join(tmp, what + "-packed"), os.path.join(tmp, what + "-unpacked")
+    rc, out = run("pack", "-q", src, pk)
+    check(rc == 0, f"{what}: pack with the scales" + ("" if rc == 0 else ": " + out))
+    if rc:
+        return
+    t, got, want = read_dir(src), read_dir(pk), packed_expect(read_dir(src), sp, dp)
+    bad = [n for n in want if got.get(n) != want[n]]
+    check(want and not bad, f"{what}: {len(want)} packed expert tensors byte for byte" + (": " + bad[0] if bad else ""))
+    rest = {n: v for n, v in got.items() if n not in want}
+    left = [n for n in rest if re.search(r"\.experts\.\d+\.", n)]
+    same = sp != dp or rest == {n: v for n, v in t.items() if not n.startswith(sp)}  # kimi_k25 renames the rest
+    check(not left and same, f"{what}: no per-expert tensor left, the others passed through" + (": " + left[0] if left else ""))
+    if cfg_check:
+        cfg_check(json.load(open(os.path.join(pk, "config.json"))))
+    rc, out = run("unpack", "-q", pk, un)
+    check(rc == 0 and hashes(un) == hashes(src), f"{what}: unpack gives every file back byte for byte (sha256)" +
+          ("" if rc == 0 else ": " + out))
+    rc, out = run("verify", "-q", src, pk)
+    check(rc == 0, f"{what}: verify SRC PACKED" + ("" if rc == 0 else ": " + out))
+    for name, at in flips:
+        bad_dir = os.path.join(tmp, what + "-flipped")
+        shutil.rmtree(bad_dir, ignore_errors=True)
+        shutil.copytree(pk, bad_dir)
+        q.flip(bad_dir, dp + name, at, 0x08)
+        rc, out = run("verify", "-q", src, bad_dir)
+        check(rc == 3 and dp + name in out, f"{what}: verify exits 3 on a flipped byte of {name}, naming it")
+
+
+def refused(tmp, src, what, *words, args=()):
+    """pack src (args) exits 1, the message naming every word, nothing written."""
+    no = os.path.join(tmp, "no")
+    rc, out = run("pack", "-q", *args, src, no)
+    check(rc == 1 and all(w in out for w in words) and not os.path.exists(no),
+          f"{what}: refused naming {', '.join(words)}, nothing written" + ("" if rc == 1 else f": rc {rc}"))
+
+
+def edit_config(src, dst, edit):
+    """dst: a copy of checkpoint src with config.json's quantization_config edited by edit(qc)."""
+    shutil.copytree(src, dst)
+    cfg = json.load(open(os.path.join(dst, "config.json")))
+    edit(cfg["quantization_config"])
+    json.dump(cfg, open(os.path.join(dst, "config.json"), "w"), indent=2)
+    return dst
+
+
+def refusals(tmp, kimi):
+    """What packing cannot keep true, refused naming it; asymmetric INT4 packs (zero points moved)."""
+    src = os.path.join(tmp, "nvfp4-pack-quantized")
+    d = edit_config(src, os.path.join(tmp, "ct-one-expert"), lambda qc: qc["config_groups"]["group_0"]["targets"].append(
+        "model.layers.0.mlp.experts.1.up_proj"))
+    refused(tmp, d, "a target naming one per-expert module", "quantization_config.config_groups.group_0.targets[1]",
+            "model.layers.0.mlp.experts.1.up_proj")
+    d = edit_config(src, os.path.join(tmp, "ct-rx"), lambda qc: qc["config_groups"]["group_0"].update(
+        targets=["re:.*experts\\.\\d+\\..*"]))
+    refused(tmp, d, "a pattern matching per-expert modules only", "quantization_config.config_groups.group_0.targets[0]",
+            "model.layers.0.mlp.experts")
+    d = edit_config(kimi, os.path.join(tmp, "ct-newly"), lambda qc: qc.update(ignore=["lm_head"]))
+    refused(tmp, d, "kimi_k25: an ignore entry that would newly name lm_head", "quantization_config.ignore[0]", "lm_head")
+    d = os.path.join(tmp, "float-quantized-block")
+    make(d, "float-quantized-block")
+    refused(tmp, d, "FP8 128x128 grids with I % 128 != 0", "weight_scale", "--dequantize")
+    d = os.path.join(tmp, "pack-quantized-asym")
+    make(d, "pack-quantized-asym")
+    ep = "model.layers.0.mlp.experts."
+    pack_round_trip(tmp, d, "pack-quantized-asym", ep, ep, [("gate_up_proj_weight_zero_point", 3)])
+
+
 def body(tmp):
     for fmt in ("nvfp4-pack-quantized", "float-quantized", "pack-quantized"):
         src, deq = os.path.join(tmp, fmt), os.path.join(tmp, fmt + "-deq")
         ref = make(src, fmt)
-        rc, out = run("pack", "-q", src, os.path.join(tmp, "no"))
-        check(rc == 1 and "compressed-tensors" in out and
-              not os.path.exists(os.path.join(tmp, "no")), f"{fmt}: pack without --dequantize refused, nothing written")
+        ep = "model.layers.0.mlp.experts."
+        flips = [("gate_up_proj_weight_scale", 5), ("down_proj_weight_scale", 2)]
+        if fmt == "nvfp4-pack-quantized":
+            flips.append(("gate_up_proj_weight_global_scale", 6))
+        src_qc = json.load(open(os.path.join(src, "config.json")))["quantization_config"]
+        pack_round_trip(tmp, src, fmt, ep, ep, flips, lambda c: check(
+            c["quantization_config"] == src_qc, f"{fmt}: quantization_config kept as it was (no module renamed)"))
         rc, out = run("pack", "-q", "--dequantize", src, deq)
         check(rc == 0, f"{fmt}: pack --dequantize" + ("" if rc == 0 else ": " + out))
         got = read_dir(deq)
@@ -158,7 +292,14 @@ def body(tmp):
     cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "pack-quantized",
                                   "config_groups": {"group_0": {"targets": ["re:.*mlp\\.experts.*"], "weights": {
                                       "num_bits": 4, "type": "int", "strategy": "group", "group_size": 32}}}}
+    cfg["quantization_config"]["ignore"] = ["language_model.lm_head", "re:.*self_attn.*", "re:.*vision_tower.*"]
     json.dump(cfg, open(os.path.join(kq, "config.json"), "w"))
+    kimi_want = ["lm_head", "re:.*self_attn.*", "re:.*vision_tower.*"]
+    pack_round_trip(tmp, kq, "kimi_k25", "language_model.model.layers.0.mlp.experts.",
+                    "model.language_model.layers.0.mlp.experts.", [("gate_up_proj_weight_scale", 5)],
+                    lambda c: check(c["quantization_config"]["ignore"] == kimi_want and
+                                    c["quantization_config"]["config_groups"] == cfg["quantization_config"]["config_groups"],
+                                    "kimi_k25: ignore's language_model.lm_head renamed lm_head, the rest kept"))
     rc, out = run("pack", "-q", "--dequantize", kq, kd)
     check(rc == 0, "kimi_k25 INT4 experts: pack --dequantize (preset auto)" + ("" if rc == 0 else ": " + out))
     got = read_dir(kd) if rc == 0 else {}
@@ -170,14 +311,16 @@ def body(tmp):
     rc, out = run("verify", "-q", kq, kd)
     check(rc == 0, "kimi_k25: verify SRC DEQUANTIZED" + ("" if rc == 0 else ": " + out))
 
+    refusals(tmp, kq)
+
     # a format moepack does not read, with --dequantize too
     cfgp = os.path.join(tmp, "float-quantized", "config.json")
     cfg = json.load(open(cfgp))
     cfg["quantization_config"]["format"] = "mxfp4-pack-quantized"
     json.dump(cfg, open(cfgp, "w"))
-    rc, out = run("pack", "-q", "--dequantize", os.path.join(tmp, "float-quantized"), os.path.join(tmp, "no"))
-    check(rc == 1 and "mxfp4-pack-quantized" in out and not os.path.exists(os.path.join(tmp, "no")),
-          "mxfp4-pack-quantized refused with --dequantize too, named")
+    refused(tmp, os.path.join(tmp, "float-quantized"), "mxfp4-pack-quantized packed", "mxfp4-pack-quantized")
+    refused(tmp, os.path.join(tmp, "float-quantized"), "mxfp4-pack-quantized dequantized", "mxfp4-pack-quantized",
+            args=("--dequantize",))
     # INT4 whose weight_shape disagrees with its packed codes (padding): refused when read, nothing written
     src = os.path.join(tmp, "pack-quantized")
     t = read_dir(src)
