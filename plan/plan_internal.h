@@ -52,7 +52,9 @@ mpk_status spec_add_quant_companions(mpk_spec *s, const char *where, mpk_error *
 /* A quantized linear's companion rule: the name segment it moves ("weight_global_scale"); NULL
  * for any other rule. */
 const char *spec_companion_seg(const mpk_rule *r);
-/* The chains that depend on config.json's quantization method (a [1] input_scale). */
+/* Keeps the companions of config.json's quantization method (compressed-tensors' own only under
+ * it, ModelOpt's weight_scale_2 only outside it) and picks the chains that depend on it (a [1]
+ * input_scale under compressed-tensors). Called by mpk_spec_bind_sizes. */
 void spec_bind_companions(mpk_spec *s, const mpk_model_config *cfg);
 
 /* ---- plan/spec_tf.c: the parts of a "semantics": "transformers" spec */

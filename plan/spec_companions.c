@@ -71,16 +71,22 @@ mpk_status spec_add_scale_companions(mpk_spec *s, const char *where, mpk_error *
  * becomes [E, 2, 2] (gate's and up's [out, in]) and [E, 2]. Nothing is requantized: gate and
  * up keep their own global scales. Only rules that merge (and concat) get them. */
 typedef enum { QC_MOVED, QC_SCALAR, QC_SHAPE } qc_mode;
+typedef enum { QC_BOTH, QC_MODELOPT, QC_CT } qc_method; /* whose linears have it */
 
 static const struct {
     const char *seg;
     qc_mode mode;
     bool rank1; /* a scalar stored as [1] (compressed-tensors) rather than [] (ModelOpt) */
+    qc_method method;
 } qc_kinds[SPEC_QUANT_COMPANIONS] = {
-    {".weight_scale", QC_MOVED, false},       {".weight_scale_2", QC_SCALAR, false},
-    {".input_scale", QC_SCALAR, false},       {".weight_packed", QC_MOVED, false},
-    {".weight_zero_point", QC_MOVED, false},  {".weight_global_scale", QC_SCALAR, true},
-    {".input_global_scale", QC_SCALAR, true}, {".weight_shape", QC_SHAPE, false},
+    {".weight_scale", QC_MOVED, false, QC_BOTH},
+    {".weight_scale_2", QC_SCALAR, false, QC_MODELOPT},
+    {".input_scale", QC_SCALAR, false, QC_BOTH},
+    {".weight_packed", QC_MOVED, false, QC_CT},
+    {".weight_zero_point", QC_MOVED, false, QC_CT},
+    {".weight_global_scale", QC_SCALAR, true, QC_CT},
+    {".input_global_scale", QC_SCALAR, true, QC_CT},
+    {".weight_shape", QC_SHAPE, false, QC_CT},
 };
 enum { QC_INPUT_SCALE = 2 };
 
@@ -176,14 +182,23 @@ const char *spec_companion_seg(const mpk_rule *r)
     return r->companion_of >= 0 ? qc_kinds[r->companion_kind].seg + 1 : NULL;
 }
 
-/* X.input_scale is [] in ModelOpt's checkpoints and [1] in compressed-tensors' (float-quantized
- * with static activations): the chain that stacks it is chosen from config.json's method. */
+/* The companions of the method config.json declares: compressed-tensors' own (weight_packed,
+ * weight_zero_point, the global scales, weight_shape) only under compressed-tensors, ModelOpt's
+ * weight_scale_2 only outside it (a tensor of the other's is then a companion no rule moves,
+ * refused by name). X.input_scale is [] in ModelOpt's checkpoints and [1] in compressed-tensors'
+ * (float-quantized with static activations): the chain that stacks it is chosen here too.
+ * Companions come after every rule they refer to, so dropping some renumbers none of those. */
 void spec_bind_companions(mpk_spec *s, const mpk_model_config *cfg)
 {
     bool ct = cfg && strcmp(cfg->quant_method, "compressed-tensors") == 0;
-    for (int i = 0; ct && i < s->n_rules; i++) {
+    int n = 0;
+    for (int i = 0; i < s->n_rules; i++) {
         mpk_rule *c = &s->rules[i];
-        if (c->companion_of >= 0 && c->companion_kind == QC_INPUT_SCALE)
+        if (c->companion_of >= 0 && qc_kinds[c->companion_kind].method == (ct ? QC_MODELOPT : QC_CT))
+            continue;
+        if (ct && c->companion_of >= 0 && c->companion_kind == QC_INPUT_SCALE)
             qc_ops(&s->rules[c->companion_of], c, QC_SCALAR, true);
+        s->rules[n++] = *c;
     }
+    s->n_rules = n;
 }
