@@ -272,6 +272,21 @@ static mpk_status fp8_scaled_view(mpk_plan *p, const mpk_ckpt_tensor *t, const m
     return MPK_OK;
 }
 
+/* Packed quantized experts moepack does not decode: compressed-tensors' T_weight_packed, or a
+ * packed weight T beside its T_weight_scale (ModelOpt NVFP4, compressed-tensors FP8). Dequantizing
+ * past them would drop quantization_config with the experts still quantized: refused instead. */
+static mpk_status packed_undecoded(mpk_plan *p, const mpk_ckpt_tensor *t, mpk_error *err)
+{
+    const char *name = t->info->name;
+    char *sn = mpk_arena_printf(p->arena, "%s_weight_scale", name);
+    if (!sn)
+        MPK_FAIL(err, MPK_E_NOMEM, p->src->dir, "out of memory");
+    if (mpk_str_ends(name, "_weight_packed") || mpk_ckpt_find(p->src, sn))
+        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, p->src->dir, "'%s' holds packed quantized experts, which --dequantize does "
+                 "not decode (it decodes per-expert linears): unpack without --dequantize, then dequantize that", name);
+    return MPK_OK;
+}
+
 mpk_status plan_source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ckpt_tensor ***out, size_t *n_out,
                             mpk_error *err)
 {
@@ -305,7 +320,9 @@ mpk_status plan_source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ck
             MPK_TRY(block_view(p, t, st, v, err));
         else if (opts->dequantize && (st = fp8_scale_of(p, t)))
             MPK_TRY(fp8_scaled_view(p, t, st, v, err));
-        else
+        else if (opts->dequantize)
+            MPK_TRY(packed_undecoded(p, t, err));
+        if (!codes && !i4 && !st)
             v = NULL;
         list[n++] = v ? &v->t : t;
         nv += v != NULL;

@@ -23,7 +23,8 @@ reference, every attention linear too, no scale left, quantization_config droppe
 Refused, naming the reason, nothing written: a format moepack does not read
 (mxfp4-pack-quantized), a targets/ignore entry that cannot stay true (the exact name of one
 per-expert module, a pattern matching per-expert modules but not the packed one, a name that
-would newly name a module), FP8 128x128 grids concatenated across a block (I % 128 != 0), INT4
+would newly name a module), FP8 128x128 grids concatenated across a block (I % 128 != 0), packed
+experts under --dequantize (unpack --dequantize: moepack decodes per-expert linears only), INT4
 whose weight_shape disagrees with its codes (dequantizing), and INT4 with a zero point
 (dequantizing; packing moves the zero points). Usage: ctensors.py MOEPACK"""
 import hashlib
@@ -204,10 +205,10 @@ def pack_round_trip(tmp, src, what, sp, dp, flips, cfg_check=None):
         check(rc == 3 and dp + name in out, f"{what}: verify exits 3 on a flipped byte of {name}, naming it")
 
 
-def refused(tmp, src, what, *words, args=()):
-    """pack src (args) exits 1, the message naming every word, nothing written."""
+def refused(tmp, src, what, *words, args=(), cmd="pack"):
+    """cmd (pack) src (args) exits 1, the message naming every word, nothing written."""
     no = os.path.join(tmp, "no")
-    rc, out = run("pack", "-q", *args, src, no)
+    rc, out = run(cmd, "-q", *args, src, no)
     check(rc == 1 and all(w in out for w in words) and not os.path.exists(no),
           f"{what}: refused naming {', '.join(words)}, nothing written" + ("" if rc == 1 else f": rc {rc}"))
 
@@ -234,6 +235,9 @@ def refusals(tmp, kimi):
             "model.layers.0.mlp.experts")
     d = edit_config(kimi, os.path.join(tmp, "ct-newly"), lambda qc: qc.update(ignore=["lm_head"]))
     refused(tmp, d, "kimi_k25: an ignore entry that would newly name lm_head", "quantization_config.ignore[0]", "lm_head")
+    for fmt, what in (("nvfp4-pack-quantized", "weight_packed"), ("float-quantized", "_proj")):
+        refused(tmp, os.path.join(tmp, fmt + "-packed"), f"{fmt}: unpack --dequantize of packed experts",
+                "model.layers.0.mlp.experts.", what, "does not decode", args=("--dequantize",), cmd="unpack")
     d = os.path.join(tmp, "float-quantized-block")
     make(d, "float-quantized-block")
     refused(tmp, d, "FP8 128x128 grids with I % 128 != 0", "weight_scale", "--dequantize")
