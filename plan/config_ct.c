@@ -88,9 +88,13 @@ static mpk_status check_regex(mpk_spec *rxs, const pairs *ps, const char *key, c
     char *anchored = mpk_arena_printf(ps->a, "^(?:%s)", pat);
     if (!anchored)
         MPK_FAIL(err, MPK_E_NOMEM, "config.json", "out of memory");
-    if (plan_regex_compile(rxs, anchored, key, &rx, err) != MPK_OK)
+    if (plan_regex_compile(rxs, anchored, key, &rx, err) != MPK_OK) {
+        char why[256];
+        const char *w = strstr(err->msg, "': "); /* after "PATH: pattern '...'" */
+        snprintf(why, sizeof why, "%.200s", w ? w + 3 : err->msg);
         MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json", "%s: 're:%s' is a pattern moepack cannot match (%s): "
-                 "it cannot tell whether the converted modules still answer to it", key, pat, err->msg);
+                 "it cannot tell whether the converted modules still answer to it", key, pat, why);
+    }
     for (size_t i = 0; i < ps->n; i++) {
         bool a = rx_match(rx, ps->v[i].src), b = rx_match(rx, ps->v[i].dst);
         if (a != b)
