@@ -23,9 +23,9 @@ One line per model type: OK, MISMATCH (first differences), KNOWN (listed in KNOW
 below, with the reason: still reported, and an error once it passes so the list shrinks) or
 NO PRESET (moepack has no preset for the type: `moepack presets --json`). Exit status 1 on a
 MISMATCH or on a KNOWN entry that now passes. NO PRESET lines fail only with --require-all (or
-MPK_CROSSCHECK_REQUIRE_ALL=1): CI runs the lenient mode until issue 48's presets for the newest
-families (kimi_k25, deepseek_v4, qwen4_exp_text, glm5_next, minimax_m3_vl, kimi_linear, step3p7,
-deepseek_ocr2, inkling_mm_model, axk2) have landed, then switches to --require-all.
+MPK_CROSSCHECK_REQUIRE_ALL=1), which CI passes since issue 48's presets for the newest families
+(kimi_k25, deepseek_v4, qwen4_exp_text, glm5_next, minimax_m3_vl, kimi_linear, step3p7,
+deepseek_ocr2, inkling_mm_model, axk2) landed: a model type of a new dump without a preset fails.
 Usage: crosscheck.py --moepack BIN [--mapping FILE] [--require-all] [--only TYPE,...] [--verbose]
        [--expected] (print transformers' derivation of every tensor)
 """
