@@ -314,6 +314,36 @@ void mpk_dequant_int4_groups(const uint8_t *packed, const uint16_t *scales, int6
 uint64_t mpk_nvfp4_value_diff(const uint8_t *codes_a, const uint8_t *scales_a, float scale2_a,
                               const uint8_t *codes_b, const uint8_t *scales_b, float scale2_b, size_t n_blocks);
 
+/* ---------------------------------------------------------------- 4-bit quantizers (quant4.c)
+ *
+ * What --quantize nvfp4 and --quantize mxfp4 compute from BF16/F16/F32 weights. Thread-safe.
+ * The E2M1 code of a quotient q rounds |q| to nearest even ({0, .5, 1, 1.5, 2, 3, 4, 6}; the
+ * ties 0.25 -> 0, 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4), saturating at 6. */
+
+/* The largest magnitude of n values of in_dt (F32/F16/BF16), as an F32; *bad: the index of the
+ * first NaN or infinity, n when there is none (then the result means nothing). */
+float mpk_quant_amax(mpk_dtype in_dt, const void *in, size_t n, size_t *bad);
+/* NVFP4's global scale (weight_scale_2) of a tensor whose largest magnitude is amax: amax /
+ * (6 x 448) in F32 (ModelOpt's NVFP4QTensor.get_weights_scaling_factor_2). */
+float mpk_nvfp4_global_scale(float amax);
+/* Quantizes n_blocks x 16 finite values to NVFP4 under the global scale scale2, as ModelOpt's
+ * NVFP4QTensor.get_weights_scaling_factor + quantize + _cast_fp4 compute it in F32:
+ *   block scale (E4M3, RNE) = e4m3((amax_block / 6) / scale2), 1.0 (0x38) for an all-zero block;
+ *   code = e2m1(x / (f32(block scale) x scale2)), its sign bit set where the quotient is < 0
+ *   (-0 gives code 0). Where the divisor is 0 (a block scale that rounds to E4M3 zero, or
+ *   scale2 = 0) a nonzero x gives +-6 (x / 0 = +-inf saturates) and a zero gives code 0 (0/0 is
+ *   NaN, which no bound is below; ModelOpt's searchsorted would give 6 x 0 there: the same value).
+ * codes: n_blocks x 8 bytes (element 2k in the low nibble of byte k); scales: n_blocks bytes. */
+void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float scale2, uint8_t *codes,
+                     uint8_t *scales);
+/* Quantizes n_blocks x 32 values to MXFP4 by the OCP MX rule (OCP Microscaling Formats v1.0,
+ * section 6.3): X = floor(log2(amax_block)) - 2 (E2M1's emax), clamped below at -127 (so an
+ * all-zero block, and one below 2^-125, get scale code 0); scale code X + 127 (F8_E8M0);
+ * code = e2m1(x / 2^X) rounded to nearest even, saturating at +-6 (amax / 2^X lies in [4, 8));
+ * the sign bit of x kept (-0 and a negative that rounds to zero are code 8). Returns the index of
+ * the first NaN or infinity (blocks before it are written), n_blocks x 32 when none. */
+size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales);
+
 /* Swaps dims a < b of a tensor of the given shape (elements of el bytes): in and out do not
  * overlap. Thread-safe. */
 void mpk_transpose(const void *in, void *out, size_t el, const int64_t *shape, int ndim, int a,

@@ -354,6 +354,12 @@ static inline int mxfp4_block_exponent(float amax, bool nan)
     return amax > 0 ? mxfp4_exponent(amax) : -127; /* all zeros: scale code 0, as the reference */
 }
 
+/* The exponent of a BF16 block from its largest magnitude's bits (AVX2 path: ops_mx_rule_bf16). */
+static int mxfp4_exponent_bits(uint32_t mag)
+{
+    return mxfp4_block_exponent(ops_u2f(mag << 16), mag > 0x7F80);
+}
+
 /* BF16 blocks, the same codes as the loop below, written so that the compiler vectorizes the 32
  * values of a block (the largest magnitude by integer max of the bits, the codes by compares). */
 __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
@@ -385,7 +391,8 @@ void mpk_quant_mxfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *
                      uint8_t *scales)
 {
     if (in_dt == MPK_DTYPE_BF16 && blocks && scales) {
-        mxfp4_bf16(in, n_blocks, blocks, scales);
+        if (!ops_mx_rule_bf16(in, n_blocks, blocks, scales, mxfp4_exponent_bits))
+            mxfp4_bf16(in, n_blocks, blocks, scales);
         return;
     }
     for (size_t b = 0; b < n_blocks; b++) {

@@ -1,0 +1,161 @@
+/* test_quant4.c — the 4-bit quantizers of --quantize (ops/quant4.c): the AVX2 paths give the
+ * same bytes as the portable ones (both run here, switched with mpk_tune's no_simd), BF16 input
+ * the same as the same values in F32, on random blocks with every special case mixed in (zero
+ * blocks, ties at each E2M1 boundary, powers of two, subnormals, both signs and -0); NaN and
+ * infinity found at their index. The formulas themselves are checked bit for bit against a
+ * numpy reference in tests/quantize_ref.py. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "mpk_ops.h"
+#include "moepack/moepack.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { NB = 4096 }; /* blocks of 32 values (MXFP4) or 2 x 16 (NVFP4) */
+
+static uint32_t rng = 12345;
+static uint32_t next(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 17, rng ^= rng << 5;
+    return rng;
+}
+
+static void simd(bool on)
+{
+    mpk_tuning t;
+    mpk_tuning_init(&t);
+    t.no_simd = !on;
+    mpk_tune(&t);
+}
+
+/* BF16 test values: random magnitudes, and blocks built around the cases. */
+static void fill(uint16_t *v, size_t n)
+{
+    static const float special[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f, 6.0f, 7.0f, 4.0f, 0.5f, 1e-40f};
+    for (size_t i = 0; i < n; i++) {
+        uint32_t r = next(), kind = (uint32_t)(i / 32) % 8;
+        uint16_t x = (uint16_t)(0x3000 + r % 0x1800);              /* about 2^-31 .. 2^17 */
+        if (kind == 1)
+            x = 0;                                                /* zero blocks */
+        else if (kind == 2)
+            x = (uint16_t)(r % 0x80);                             /* subnormal BF16 */
+        else if (kind == 3) {                                     /* ties under scale 1 */
+            float f = special[r % 12];
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            x = (uint16_t)(u >> 16);
+        } else if (kind == 4)
+            x = (uint16_t)((r % 200 + 1) << 7);                   /* powers of two */
+        v[i] = (uint16_t)(x | ((r >> 20) & 1 ? 0x8000 : 0));
+    }
+}
+
+static void to_f32(const uint16_t *v, float *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)v[i] << 16;
+        memcpy(&f[i], &u, 4);
+    }
+}
+
+static void test_nvfp4_paths_agree(void **state)
+{
+    (void)state;
+    uint16_t *v = malloc(NB * 32 * 2);
+    float *f = malloc(NB * 32 * 4);
+    uint8_t *c[3], *s[3];
+    for (int k = 0; k < 3; k++)
+        c[k] = malloc(NB * 16), s[k] = malloc(NB * 2);
+    fill(v, NB * 32);
+    to_f32(v, f, NB * 32);
+    size_t bad;
+    simd(true);
+    float amax = mpk_quant_amax(MPK_DTYPE_BF16, v, NB * 32, &bad);
+    assert_int_equal(bad, NB * 32);
+    simd(false);
+    assert_true(mpk_quant_amax(MPK_DTYPE_BF16, v, NB * 32, &bad) == amax);
+    assert_true(mpk_quant_amax(MPK_DTYPE_F32, f, NB * 32, &bad) == amax);
+    float g = mpk_nvfp4_global_scale(amax);
+    assert_true(g == amax / 2688.0f);
+    const float gs[] = {g, 1.0f / 2688, 0x1p-140f};            /* the tensor's, and subnormal block scales */
+    for (int j = 0; j < 3; j++) {
+        simd(true);
+        mpk_quant_nvfp4(MPK_DTYPE_BF16, v, NB * 2, gs[j], c[0], s[0]);
+        simd(false);
+        mpk_quant_nvfp4(MPK_DTYPE_BF16, v, NB * 2, gs[j], c[1], s[1]);
+        mpk_quant_nvfp4(MPK_DTYPE_F32, f, NB * 2, gs[j], c[2], s[2]);
+        assert_memory_equal(c[0], c[1], NB * 16);
+        assert_memory_equal(s[0], s[1], NB * 2);
+        assert_memory_equal(c[0], c[2], NB * 16);
+        assert_memory_equal(s[0], s[2], NB * 2);
+    }
+    v[777] = 0x7F80; /* +inf */
+    simd(true);
+    mpk_quant_amax(MPK_DTYPE_BF16, v, NB * 32, &bad);
+    assert_int_equal(bad, 777);
+    v[5] = 0xFFC1; /* NaN before it */
+    mpk_quant_amax(MPK_DTYPE_BF16, v, NB * 32, &bad);
+    assert_int_equal(bad, 5);
+    f[9] = NAN;
+    mpk_quant_amax(MPK_DTYPE_F32, f, NB * 32, &bad);
+    assert_int_equal(bad, 9);
+    for (int k = 0; k < 3; k++)
+        free(c[k]), free(s[k]);
+    free(v), free(f);
+}
+
+static void test_mxfp4_ocp_paths_agree(void **state)
+{
+    (void)state;
+    uint16_t *v = malloc(NB * 32 * 2);
+    float *f = malloc(NB * 32 * 4);
+    uint8_t *c[4], *s[4];
+    for (int k = 0; k < 4; k++)
+        c[k] = malloc(NB * 16), s[k] = malloc(NB);
+    fill(v, NB * 32);
+    to_f32(v, f, NB * 32);
+    simd(true);
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[0], s[0]), NB * 32);
+    mpk_quant_mxfp4(MPK_DTYPE_BF16, v, NB, c[3], s[3]); /* the reference-rule quantizer's AVX2 path */
+    simd(false);
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[1], s[1]), NB * 32);
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_F32, f, NB, c[2], s[2]), NB * 32);
+    assert_memory_equal(c[0], c[1], NB * 16);
+    assert_memory_equal(s[0], s[1], NB);
+    assert_memory_equal(c[0], c[2], NB * 16);
+    assert_memory_equal(s[0], s[2], NB);
+    mpk_quant_mxfp4(MPK_DTYPE_BF16, v, NB, c[1], s[1]);
+    assert_memory_equal(c[3], c[1], NB * 16);
+    assert_memory_equal(s[3], s[1], NB);
+    /* one hand case: amax 6 -> floor(log2 6) - 2 = 0, code 127; 7 saturates to 6; 0.25 ties to 0 */
+    float h[32] = {6.0f, -7.0f, 0.25f, -0.75f, 5.0f, -0.0f};
+    uint8_t hb[16], hs;
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_F32, h, 1, hb, &hs), 32);
+    assert_int_equal(hs, 127);
+    assert_int_equal(hb[0], 0x07 | 0xF0);
+    assert_int_equal(hb[1], 0x00 | 0xA0);
+    assert_int_equal(hb[2], 0x06 | 0x80);
+    simd(true);
+    v[100] = 0xFF80; /* -inf in block 3 */
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[0], s[0]), 100);
+    simd(false);
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[0], s[0]), 100);
+    for (int k = 0; k < 4; k++)
+        free(c[k]), free(s[k]);
+    free(v), free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nvfp4_paths_agree),
+        cmocka_unit_test(test_mxfp4_ocp_paths_agree),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
