@@ -1,4 +1,5 @@
-/* quant_bench.c — dequantize (FP8 block, MXFP4, NVFP4) and quantize (MXFP4) throughput against
+/* quant_bench.c — dequantize (FP8 block, MXFP4, NVFP4) and quantize (MXFP4 by the reference rule
+ * and by the OCP rule, NVFP4 with its amax pass over the rows for the global scale) throughput against
  * memcpy of the same bytes, in interleaved rounds (memcpy, then each kernel, round after round),
  * 1 thread and all threads. For each kernel: the median of the per-round ratios (memcpy time /
  * kernel time: >= 1.0 is as fast as memcpy), their min and max, and CPU seconds per round.
@@ -15,9 +16,9 @@
 #include <unistd.h>
 
 enum { C = 7168, B = 128 }; /* DeepSeek-V3 hidden size: rows of 7168 values */
-enum { K_MEMCPY, K_FP8, K_MXFP4, K_NVFP4, K_QMXFP4, K_COUNT };
+enum { K_MEMCPY, K_FP8, K_MXFP4, K_NVFP4, K_QMXFP4, K_QOCP, K_QNVFP4, K_COUNT };
 static const char *const names[K_COUNT] = {"memcpy", "fp8-block dequant", "mxfp4 dequant", "nvfp4 dequant",
-                                           "mxfp4 quantize"};
+                                           "mxfp4 quantize", "mxfp4-ocp quantize", "nvfp4 quantize"};
 
 typedef struct {
     int kind;
@@ -55,6 +56,17 @@ static void *run(void *arg)
         mpk_quant_mxfp4(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 32, (uint8_t *)j->out + j->r0 * C / 2,
                         j->qscales + j->r0 * C / 32);
         break;
+    case K_QOCP: /* --quantize mxfp4's rule */
+        mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 32, (uint8_t *)j->out + j->r0 * C / 2,
+                            j->qscales + j->r0 * C / 32);
+        break;
+    case K_QNVFP4: { /* --quantize nvfp4: the amax pass (global scale), then the blocks */
+        size_t bad;
+        float g = mpk_nvfp4_global_scale(mpk_quant_amax(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C, &bad));
+        mpk_quant_nvfp4(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 16, g, (uint8_t *)j->out + j->r0 * C / 2,
+                        j->qscales + j->r0 * C / 16);
+        break;
+    }
     }
     return NULL;
 }
@@ -102,7 +114,7 @@ int main(int argc, char **argv)
     int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
     ncpu = ncpu > 64 ? 64 : ncpu;
     uint8_t *fp8 = malloc(rows * C), *blocks = malloc(rows * C / 2), *scales = malloc(rows * C / 32);
-    uint8_t *nv = malloc(rows * C / 16), *qs = malloc(rows * C / 32);
+    uint8_t *nv = malloc(rows * C / 16), *qs = malloc(rows * C / 16);
     float *grid = malloc(sizeof(float) * (rows / B) * (C / B));
     char *out = malloc(bytes), *src = malloc(bytes);
     if (!fp8 || !blocks || !scales || !nv || !qs || !grid || !out || !src) {

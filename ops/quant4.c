@@ -112,7 +112,14 @@ float mpk_nvfp4_global_scale(float amax)
 static inline uint8_t nv_scale_code(float amax, float g)
 {
     float pbs = amax / 6.0f;
-    return pbs == 0.0f ? 0x38 : mpk_f32_to_e4m3(pbs / g);
+    return pbs == 0.0f ? 0x38 : mpk_f32_to_e4m3_fast(pbs / g);
+}
+
+/* The value of a non-negative, non-NaN E4M3 code (what nv_scale_code gives), by its fields. */
+static inline float e4m3_pos(uint8_t c)
+{
+    uint32_t e = c >> 3, m = c & 7u;
+    return e ? ops_u2f(((e + 120u) << 23) | (m << 20)) : (float)m * 0x1p-9f;
 }
 
 /* The codes of one block: x / (f32(e4m3) x g) in F32 (ModelOpt's quantize: input /
@@ -124,7 +131,7 @@ static void nv_block_scalar(const float *x, float g, uint8_t *codes, uint8_t *sc
     for (int k = 0; k < 16; k++)
         amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
     uint8_t sc = nv_scale_code(amax, g);
-    float d = mpk_e4m3_to_f32(sc) * g;
+    float d = e4m3_pos(sc) * g;
     *scale = sc;
     for (int k = 0; k < 8; k++) {
         float q0 = x[2 * k] / d, q1 = x[2 * k + 1] / d;
@@ -179,7 +186,7 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
         uint32_t m = hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi16(0x7FFF)));
         uint8_t sc = nv_scale_code(ops_u2f(m << 16), g);
         scales[b] = sc;
-        __m256 d = _mm256_set1_ps(mpk_e4m3_to_f32(sc) * g);
+        __m256 d = _mm256_set1_ps(e4m3_pos(sc) * g);
         __m256 q0 = _mm256_div_ps(bf16x8(p), d), q1 = _mm256_div_ps(bf16x8(p + 8), d);
         __m256i s0 = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(q0, zero, _CMP_LT_OQ)), eight);
         __m256i s1 = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(q1, zero, _CMP_LT_OQ)), eight);
