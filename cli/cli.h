@@ -52,6 +52,9 @@ const char *mpk_cli_nearest(const char *word, const char *const *names, size_t n
 extern volatile int mpk_cli_cancelled;
 void mpk_cli_guard_begin(const char *dst, bool clean, bool synth);
 void mpk_cli_guard_end(void);
+/* --quantize's word (fp8-block128, nvfp4, mxfp4) as *q; false for another. */
+bool mpk_cli_quant_word(const char *s, mpk_quant *q);
+#define MPK_CLI_QUANT_WORDS "fp8-block128, nvfp4 or mxfp4"
 /* One usage line on stderr plus a pointer to --help; returns 2. */
 int mpk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* True when argv has --help/-h; prints usage. */

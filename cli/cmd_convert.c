@@ -27,6 +27,7 @@ typedef struct {
         resume, copy_links, compress, pass_unknown;
     uint64_t max_shard, mem;
     int threads, level;
+    mpk_quant quant;       /* --quantize's format (with quantize) */
 } conv_args;
 
 static bool parse_int_opt(const char *s, int lo, int hi, int *out)
@@ -135,8 +136,8 @@ static int parse_conv_args(const char *cmd, conv_mode mode, int argc, char **arg
                 return mpk_cli_usage(cmd, "--level takes 1..19, got '%s'", optarg);
             break;
         case O_QUANT:
-            if (strcmp(optarg, "fp8-block128") != 0)
-                return mpk_cli_usage(cmd, "--quantize takes fp8-block128, got '%s'", optarg);
+            if (!mpk_cli_quant_word(optarg, &a->quant))
+                return mpk_cli_usage(cmd, "--quantize takes " MPK_CLI_QUANT_WORDS ", got '%s'", optarg);
             a->quantize = true;
             break;
         default: {
@@ -221,6 +222,9 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
         return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
     case MPK_E_MEMORY_BUDGET: return err->field == MPK_FIELD_MEM ? "raise --mem or lower --threads" : NULL;
     case MPK_E_QUANT:
+        if (a->quantize && a->quant != MPK_QUANT_FP8_BLOCK128)
+            return "--quantize nvfp4 needs rows of whole 16-value blocks (mxfp4: 32) in every packed expert tensor: "
+                   "pack without --quantize, or fix the values the message names";
         return a->quantize ? "--quantize fp8-block128 needs whole 128x128 blocks in each gate and up half (the "
                              "sizes named a multiple of 128): pack this checkpoint without --quantize (BF16 experts)"
                            : "--dequantize writes BF16 experts, which pack at any size";
@@ -237,7 +241,7 @@ static void fill_req(const conv_args *a, conv_mode mode, const char *cmd, mpk_co
     mpk_convert_req_init(r, a->src, a->dst);
     r->spec = a->spec_file ? a->spec_file : a->preset;
     r->direction = mode == MODE_UNPACK || a->reverse ? MPK_DIRECTION_UNPACK : MPK_DIRECTION_PACK;
-    r->quant = a->dequantize ? MPK_QUANT_DEQUANTIZE : a->quantize ? MPK_QUANT_FP8_BLOCK128 : MPK_QUANT_KEEP;
+    r->quant = a->dequantize ? MPK_QUANT_DEQUANTIZE : a->quantize ? a->quant : MPK_QUANT_KEEP;
     r->flags = (a->force ? MPK_CONVERT_FORCE : 0) | (a->resume ? MPK_CONVERT_RESUME : 0) |
                (a->copy_links ? MPK_CONVERT_COPY_LINKS : 0) | (a->no_fsync ? MPK_CONVERT_NO_FSYNC : 0) |
                (a->no_copy_range ? MPK_CONVERT_NO_COPY_RANGE : 0) | (a->no_manifest ? MPK_CONVERT_NO_MANIFEST : 0) |

@@ -95,9 +95,8 @@ static int parse_vargs(const char *cmd, int argc, char **argv, vargs *v)
         case O_JSON: v->json = true; break;
         case O_DEQ: v->q.quant = MPK_QUANT_DEQUANTIZE; break;
         case O_Q:
-            if (strcmp(optarg, "fp8-block128"))
-                return mpk_cli_usage(cmd, "--quantize takes fp8-block128");
-            v->q.quant = MPK_QUANT_FP8_BLOCK128;
+            if (!mpk_cli_quant_word(optarg, &v->q.quant))
+                return mpk_cli_usage(cmd, "--quantize takes " MPK_CLI_QUANT_WORDS ", got '%s'", optarg);
             break;
         case O_ATOL:
         case O_RTOL: {

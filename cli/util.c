@@ -286,3 +286,17 @@ int mpk_cli_next_opt(int argc, char **argv, const char *shorts, const struct opt
     return ch;
 }
 
+
+bool mpk_cli_quant_word(const char *s, mpk_quant *q)
+{
+    static const struct {
+        const char *word;
+        mpk_quant q;
+    } words[] = {{"fp8-block128", MPK_QUANT_FP8_BLOCK128}, {"nvfp4", MPK_QUANT_NVFP4}, {"mxfp4", MPK_QUANT_MXFP4}};
+    for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+        if (strcmp(s, words[i].word) == 0) {
+            *q = words[i].q;
+            return true;
+        }
+    return false;
+}

@@ -47,7 +47,9 @@ struct mpk_node {
     mpk_node *in3;       /* DEQUANT of NVFP4 (in: codes, in2: E4M3 block scales): the F32 global scale */
     int vkind;           /* DEQUANT of a --dequantize view: its mpk_view_kind */
     int block;           /* FP8 block edge */
-    int which;           /* QUANT: 0 the quantized values, 1 the scales */
+    int which;           /* QUANT: 0 the quantized values, 1 the scales (NVFP4: 2 the global scales) */
+    int q4, parts;       /* QUANT to 4 bits: 1 NVFP4 (parts global scales a matrix), 2 MXFP4; 0 FP8 */
+    const char *name;    /* QUANT to 4 bits: the output tensor, for messages */
     quant_cache *qc;     /* QUANT (FP8): shared with the sibling node of the other output */
     int a, b;            /* TRANSPOSE: the dims swapped */
     uint64_t granule;    /* computed nodes: the bytes the kernel makes on its own (the op table's

@@ -111,7 +111,7 @@ static bool add_range(void *ctx, const mpk_range *r)
 static mpk_status quant_pair(builder *b, size_t i, mpk_node *q, mpk_arena *arena)
 {
     const mpk_tmeta *im = &q->in->meta;
-    if (q->mx || im->ndim < 2)
+    if (q->mx || q->q4 || im->ndim < 2)
         return MPK_OK;
     for (size_t k = 0; k < i; k++) {
         mpk_node *s = b->out[k];
@@ -269,6 +269,17 @@ mpk_status ex_build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
                     MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
                 q->in = *on;
                 q->which = o->quant - 1;
+                if (p->quant4) { /* one whole matrix at a time, each output on its own */
+                    const mpk_tmeta *im = &(*on)->meta;
+                    q->q4 = p->quant4;
+                    q->parts = o->parts;
+                    q->name = o->name;
+                    int64_t RC = im->shape[im->ndim - 2] * im->shape[im->ndim - 1];
+                    q->granule = q->which == 0 ? (uint64_t)RC / 2 : q->which == 1 ? (uint64_t)RC / (p->quant4 == 1 ? 16 : 32)
+                                                                                     : (uint64_t)(o->parts > 1 ? o->parts : 1) * 4;
+                    *on = q;
+                    continue;
+                }
                 q->block = p->fp8_block;
                 mpk_op op = {.kind = MPK_OP_QUANT_FP8, .block = p->fp8_block};
                 q->granule = mpk_op_descs[op.kind].granule(&op, &(*on)->meta, &o->meta, q->which);

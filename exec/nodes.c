@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,9 +259,50 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
     return s;
 }
 
+/* --quantize nvfp4/mxfp4: whole matrices (off and len in granules: one matrix's codes, scales or
+ * global scales), each read and quantized here (mpk_quant4_matrix); a NaN or an infinity refuses
+ * the conversion, naming the tensor and where. */
+static mpk_status read_quant4(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
+{
+    const mpk_tmeta *im = &n->in->meta;
+    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1];
+    uint64_t mat_in = (uint64_t)(R * C) * mpk_dtype_size(im->dtype), g = n->granule;
+    if (off % g || len % g)
+        MPK_FAIL(r->err, MPK_E_OP, "exec", "internal: unaligned 4-bit quantize read");
+    char *t = mpk_alloc(mat_in + 1);
+    if (!t)
+        MPK_FAIL(r->err, MPK_E_NOMEM, "exec", "out of memory");
+    mpk_status s = MPK_OK;
+    for (uint64_t j = 0; j < len / g && s == MPK_OK; j++) {
+        uint64_t mat = off / g + j;
+        uint8_t *o = (uint8_t *)buf + j * g;
+        s = ex_node_read(n->in, mat * mat_in, mat_in, t, r);
+        if (s == MPK_OK)
+            s = ex_rd_flush(r);
+        if (s != MPK_OK)
+            break;
+        size_t bad = mpk_quant4_matrix(n->q4, im->dtype, t, R, C, n->parts, n->which == 0 ? o : NULL,
+                                       n->which == 1 ? o : NULL, n->which == 2 ? (float *)(void *)o : NULL);
+        if (bad == SIZE_MAX)
+            s = mpk_error_set(r->err, MPK_E_NOMEM, 0, "exec", "out of memory");
+        float v = 0;
+        if (bad < (size_t)(R * C))
+            mpk_cast(im->dtype, t + bad * mpk_dtype_size(im->dtype), MPK_DTYPE_F32, &v, 1);
+        if (bad < (size_t)(R * C))
+            s = mpk_error_set(r->err, MPK_E_QUANT, 0, n->name, "tensor '%s': value [%llu, %lld, %lld] is %s: --quantize %s "
+                              "needs finite weights", n->name, (unsigned long long)mat, (long long)(bad / (size_t)C),
+                              (long long)(bad % (size_t)C),
+                              isnan(v) ? "NaN" : "infinite", n->q4 == 1 ? "nvfp4" : "mxfp4");
+    }
+    free(t);
+    return s;
+}
+
 static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
 {
     mpk_error *err = r->err;
+    if (n->q4)
+        return read_quant4(n, off, len, buf, r);
     const mpk_tmeta *im = &n->in->meta;
     size_t iel = mpk_dtype_size(im->dtype);
     mpk_status s = MPK_OK;

@@ -13,6 +13,14 @@
 
 /* ---------------------------------------------------------------- specs */
 
+/* The --quantize word of q (the manifest's options). */
+static const char *quant_name(mpk_quant q)
+{
+    static const char *const names[MPK_QUANT_COUNT] = {"keep", "dequantize", "fp8-block128", "nvfp4", "mxfp4"};
+    _Static_assert(sizeof names / sizeof *names == MPK_QUANT_COUNT, "a name per mpk_quant");
+    return (unsigned)q < MPK_QUANT_COUNT ? names[q] : "keep";
+}
+
 static bool is_spec_file(const char *what)
 {
     size_t n = strlen(what);
@@ -131,6 +139,7 @@ typedef struct job {
                                     made the journal commit the whole output, 1.04 s of a 2.7 s pack) */
     int compress_level;          /* > 0: the shards are compressed before landing */
     cJSON *prov;                 /* the manifest's provenance */
+    char *hf_quant;              /* --quantize nvfp4: hf_quant_config.json to write, or NULL */
     mpk_hash128 src_digest;      /* mpk_source_digest of src, when the record was built from it */
     bool have_digest;
     int threads;
@@ -143,6 +152,7 @@ static void job_free(void *p)
         return;
     mpk_spec_free(j->spec);
     cJSON_Delete(j->prov);
+    free(j->hf_quant);
     mpk_layout_free(j->files);
     free(j->record);
     mpk_config_free(&j->cfg);
@@ -340,6 +350,7 @@ static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, 
     mpk_plan_opts po = {.max_shard_size = r->max_shard_size, .cfg = &j->cfg,
                         .dequantize = r->quant == MPK_QUANT_DEQUANTIZE,
                         .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0,
+                        .quantize4 = r->quant == MPK_QUANT_NVFP4 ? 1 : r->quant == MPK_QUANT_MXFP4 ? 2 : 0,
                         .pass_unknown = r->flags & MPK_CONVERT_PASS_UNKNOWN};
     /* a transformers spec's renames undone: the record's names pick among the names a packed
      * name could have had (plan/rename_undo.c) */
@@ -490,9 +501,11 @@ static mpk_status requant_config(const mpk_convert_req *r, const job *j, const m
     *out = NULL;
     if (r->quant == MPK_QUANT_FP8_BLOCK128)
         qc = fp8_block_config(p);
+    else if (r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4)
+        qc = mpk_lib_quant4_config(p, r->quant);
     else if (j->spec->dequantizes && j->spec->reversed)
         qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"), 1);
-    bool want_qc = r->quant == MPK_QUANT_FP8_BLOCK128 ||
+    bool want_qc = r->quant == MPK_QUANT_FP8_BLOCK128 || r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4 ||
                    (j->spec->dequantizes && j->spec->reversed &&
                     cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"));
     if (want_qc && !qc)
@@ -565,8 +578,7 @@ static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
               cJSON_AddStringToObject(o, "preset", file ? "" : j->spec->name) &&
               cJSON_AddStringToObject(o, "spec", file ? r->spec : "") &&
               cJSON_AddStringToObject(o, "spec_xxh3_128", mpk_hash_hex((mpk_hash128){h.high64, h.low64}, hx)) &&
-              cJSON_AddStringToObject(opts, "quantize", r->quant == MPK_QUANT_FP8_BLOCK128 ? "fp8-block128"
-                                                        : r->quant == MPK_QUANT_DEQUANTIZE ? "dequantize" : "keep") &&
+              cJSON_AddStringToObject(opts, "quantize", quant_name(r->quant)) &&
               cJSON_AddNumberToObject(opts, "max_shard_size", (double)r->max_shard_size) &&
               cJSON_AddBoolToObject(opts, "compress", j->compress_level > 0) &&
               cJSON_AddNumberToObject(opts, "compress_level", j->compress_level) &&
@@ -591,6 +603,13 @@ static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
 static mpk_status finish(void *ctx, const char *dir, mpk_tensor_hash *hashes, size_t n, mpk_error *err)
 {
     const job *j = ctx;
+    if (j->hf_quant) { /* before the manifest, which lists the files */
+        char *hp = mpk_path_join(dir, "hf_quant_config.json");
+        mpk_status s = hp ? mpk_write_file(hp, j->hf_quant, strlen(j->hf_quant), j->sync, err)
+                          : mpk_error_set(err, MPK_E_NOMEM, 0, dir, "out of memory");
+        free(hp);
+        MPK_TRY(s);
+    }
     if (j->manifest)
         MPK_TRY(mpk_lib_write_manifest(dir, hashes, n, j->prov, j->sync, err));
     if (j->compress_level > 0)
@@ -625,7 +644,9 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         j->sync = !(r->flags & MPK_CONVERT_NO_FSYNC);
         j->compress_level = !(r->flags & MPK_CONVERT_COMPRESS) ? 0 : r->compress_level ? r->compress_level : 1;
         j->threads = r->threads;
-        if (manifest && !(j->prov = provenance(r, j, err)))
+        if (r->quant == MPK_QUANT_NVFP4 && !(j->hf_quant = mpk_lib_hf_quant_config(plan)))
+            s = mpk_error_set(err, MPK_E_NOMEM, 0, r->dst, "out of memory");
+        if (s == MPK_OK && manifest && !(j->prov = provenance(r, j, err)))
             s = err->code ? err->code : MPK_E_NOMEM;
     }
     /* under MPI every rank planned the same: one that could not fails them all */
@@ -653,7 +674,8 @@ mpk_status mpk_convert(const mpk_convert_req *r, mpk_report **report, mpk_error 
         .hash_outputs = manifest,
         .finish = finish,
         .finish_ctx = j,
-        .skip_names = r->quant == MPK_QUANT_DEQUANTIZE ? skip_dq : skip,
+        .skip_names = r->quant == MPK_QUANT_DEQUANTIZE || r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4
+                          ? skip_dq : skip,
         .resume = r->flags & MPK_CONVERT_RESUME,
         .copy_links = r->flags & MPK_CONVERT_COPY_LINKS,
         .warn = r->warn,

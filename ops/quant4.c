@@ -16,6 +16,7 @@
 #include "ops_internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -345,4 +346,36 @@ size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uin
         ops_mx_codes(in_dt, p, ocp_inv(sc), blocks + b * 16, false);
     }
     return n_blocks * 32;
+}
+
+/* ---------------------------------------------------------------- one matrix */
+
+size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, int64_t C, int parts,
+                         uint8_t *codes, uint8_t *scales, float *scale2)
+{
+    size_t n = (size_t)R * (size_t)C, el = mpk_dtype_size(in_dt), blk = fmt == 1 ? 16 : 32;
+    uint8_t *tc = codes ? NULL : malloc(n / 2 + 1), *ts = scales ? NULL : malloc(n / blk + 1);
+    uint8_t *c = codes ? codes : tc, *s = scales ? scales : ts;
+    size_t bad = n;
+    if (!c || !s) {
+        bad = SIZE_MAX; /* out of memory */
+    } else if (fmt == 2) {
+        bad = mpk_quant_mxfp4_ocp(in_dt, in, n / 32, c, s);
+    } else {
+        size_t pn = n / (size_t)(parts > 0 ? parts : 1); /* values per part: whole rows */
+        for (int k = 0; k < (parts > 0 ? parts : 1) && bad == n; k++) {
+            const char *p = (const char *)in + (size_t)k * pn * el;
+            size_t b;
+            float g = mpk_nvfp4_global_scale(mpk_quant_amax(in_dt, p, pn, &b));
+            if (b < pn)
+                bad = (size_t)k * pn + b;
+            else if (scale2)
+                scale2[k] = g;
+            if (bad == n && (codes || scales))
+                mpk_quant_nvfp4(in_dt, p, pn / 16, g, c + (size_t)k * pn / 2, s + (size_t)k * pn / 16);
+        }
+    }
+    free(tc);
+    free(ts);
+    return bad;
 }

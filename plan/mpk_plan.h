@@ -223,7 +223,14 @@ typedef struct mpk_plan_out {
     const mpk_ckpt_tensor *pass;        /* the source of a pass-through */
     int shard;                          /* output shard (0-based) */
     int quant;                          /* --quantize: 1 the F8_E4M3 weight, 2 its F32 scale
-                                           grid (named target + "_scale_inv"); 0 otherwise */
+                                           grid (named target + "_scale_inv"); 0 otherwise.
+                                           nvfp4: 1 the U8 codes, 2 the F8_E4M3 target +
+                                           "_weight_scale", 3 the F32 target + "_weight_scale_2"
+                                           [lead.., parts] ([lead..] for one part); mxfp4: 1 the
+                                           U8 codes, 2 the F8_E8M0 target + "_scale_inv" */
+    int parts;                          /* nvfp4: the fused projections along the rows (a
+                                           rule's sources: gate and up), each its own global
+                                           scale; 0 otherwise */
 } mpk_plan_out;
 
 /* How a --dequantize view decodes (plan_views.c finds them). */
@@ -269,6 +276,8 @@ typedef struct mpk_plan_opts {
     bool dequantize;                    /* FP8 weight + weight_scale_inv -> BF16, scales dropped */
     int quantize_block;                 /* > 0: rule outputs become FP8 (E4M3) with b x b scale
                                            grids; norms, router, embeddings pass through */
+    int quantize4;                      /* 1 NVFP4, 2 MXFP4: rule outputs become 4-bit codes with
+                                           their scales (mpk_plan_out's quant) */
     bool pass_unknown;                  /* copy what the spec does not understand (below) */
     const mpk_strmap *known_names;      /* unpacking with a "semantics": "transformers" spec: the
                                            names the output should have (a source record's), to
@@ -328,6 +337,7 @@ typedef struct mpk_plan {
     mpk_plan_view *views;               /* --dequantize views (sources point into this) */
     size_t n_views;
     int fp8_block;                      /* block edge of FP8 scale grids (128) */
+    int quant4;                         /* opts->quantize4: 1 NVFP4, 2 MXFP4, 0 neither */
     mpk_plan_unknown *unknown;          /* tensors passed through under opts->pass_unknown that
                                            would else refuse the plan, in source order */
     size_t n_unknown;

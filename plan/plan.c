@@ -315,6 +315,43 @@ static mpk_status undo_renames(mpk_plan *p, const mpk_spec *spec, const mpk_plan
     return MPK_OK;
 }
 
+/* --quantize nvfp4/mxfp4: rule output o (a float [.., R, C]) becomes U8 codes [.., R, C/2] and
+ * gets its scales after it: NVFP4 o_weight_scale F8_E4M3 [.., R, C/16] and o_weight_scale_2 F32
+ * [.., parts] (one global scale per fused projection: the rule's sources, stacked along R, as
+ * ModelOpt's gate and up each have one; [..] for one), MXFP4 o_scale_inv F8_E8M0 [.., R, C/32].
+ * A row that is not whole blocks, or rows that do not split into the parts, is MPK_E_QUANT. */
+static mpk_status quant4_outputs(mpk_plan *p, int fmt, int parts, mpk_plan_out *o, const char *where,
+                                 mpk_error *err)
+{
+    int nd = o->meta.ndim, blk = fmt == 1 ? 16 : 32;
+    int64_t R = o->meta.shape[nd - 2], C = o->meta.shape[nd - 1];
+    if (C % blk || (fmt == 1 && R % parts))
+        MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
+                       "tensor '%s' [.., %lld, %lld]: --quantize %s needs rows of whole %d-value blocks%s", o->name,
+                       (long long)R, (long long)C, fmt == 1 ? "nvfp4" : "mxfp4", blk,
+                       fmt == 1 ? " and rows that split evenly into the fused projections" : "");
+    mpk_plan_out *s = &p->outs[p->n_outs++];
+    *s = *o;
+    s->name = mpk_arena_printf(p->arena, fmt == 1 ? "%s_weight_scale" : "%s_scale_inv", o->name);
+    s->quant = 2;
+    s->meta.dtype = fmt == 1 ? MPK_DTYPE_F8_E4M3 : MPK_DTYPE_F8_E8M0;
+    s->meta.shape[nd - 1] = C / blk;
+    if (fmt == 1) {
+        mpk_plan_out *g = &p->outs[p->n_outs++];
+        *g = *o;
+        g->name = mpk_arena_printf(p->arena, "%s_weight_scale_2", o->name);
+        g->quant = 3;
+        g->meta.dtype = MPK_DTYPE_F32;
+        g->meta.ndim = parts > 1 ? nd - 1 : nd - 2;
+        g->meta.shape[nd - 2] = parts;
+        o->parts = s->parts = g->parts = parts;
+    }
+    o->quant = 1;
+    o->meta.dtype = MPK_DTYPE_U8;
+    o->meta.shape[nd - 1] = C / 2;
+    return MPK_OK;
+}
+
 /* Step 3 of mpk_plan_build. */
 static mpk_status build_outputs(build *bd)
 {
@@ -326,8 +363,8 @@ static mpk_status build_outputs(build *bd)
     const mpk_ckpt_tensor **pass = bd->pass;
     mpk_status st = MPK_OK;
     /* 3. outputs (--quantize adds a scale grid per rule output) */
-    if (opts->quantize_block > 0)
-        bd->n_out = 2 * bd->n_out;
+    if (opts->quantize_block > 0 || opts->quantize4)
+        bd->n_out = 3 * bd->n_out;
     p->outs = mpk_arena_alloc(p->arena, sizeof *p->outs * (bd->n_out + 1));
     if (!p->outs || mpk_strmap_init(&bd->names, bd->n_out) != MPK_OK) {
         st = mpk_error_set(err, MPK_E_NOMEM, 0, where, "out of memory");
@@ -358,7 +395,10 @@ static mpk_status build_outputs(build *bd)
                 o->meta = g->out_meta.t[o->slot];
                 o->group = (int)gi;
                 mpk_dtype dt = o->meta.dtype;
-                if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
+                if (opts->quantize4 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
+                    (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16))
+                    MPK_TRY(quant4_outputs(p, opts->quantize4, r->n_sources, o, where, err));
+                else if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
                     (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16)) {
                     int b = opts->quantize_block, nd = o->meta.ndim;
                     mpk_plan_out *q = &p->outs[p->n_outs++];
@@ -457,6 +497,7 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         goto done;
     }
     p->fp8_block = opts->quantize_block > 0 ? opts->quantize_block : 128;
+    p->quant4 = opts->quantize4;
     if ((st = plan_source_list(p, opts, &bd->list, &bd->n_list, err)) != MPK_OK ||
         (st = build_match(bd)) != MPK_OK || (st = build_refuse_unmatched(bd)) != MPK_OK ||
         (st = build_groups(bd)) != MPK_OK || (st = build_outputs(bd)) != MPK_OK || (st = build_shards(bd)) != MPK_OK)

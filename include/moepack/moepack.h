@@ -362,6 +362,11 @@ typedef enum mpk_quant {
     MPK_QUANT_KEEP = 0,           /* dtypes as the spec says */
     MPK_QUANT_DEQUANTIZE = 1,     /* FP8 weights with 128x128 scale grids -> BF16, grids dropped */
     MPK_QUANT_FP8_BLOCK128 = 2,   /* packed experts -> F8_E4M3 with 128x128 F32 scale grids */
+    MPK_QUANT_NVFP4 = 3,          /* packed experts -> NVFP4 as ModelOpt writes it (U8 codes, F8_E4M3
+                                     _weight_scale per 16, F32 _weight_scale_2 per expert and fused
+                                     part), config.json + hf_quant_config.json say modelopt NVFP4 */
+    MPK_QUANT_MXFP4 = 4,          /* packed experts -> MXFP4 by the OCP rule (U8 codes, F8_E8M0
+                                     _scale_inv per 32), config.json says mxfp4 */
     MPK_QUANT_COUNT
 } mpk_quant;
 
