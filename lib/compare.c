@@ -189,12 +189,29 @@ static bool has_fp8(const mpk_ckpt *c)
     return false;
 }
 
+/* c holds what --quantize writes (fmt 1: NVFP4's X_weight_scale_2 F32; 2: MXFP4's X_scale_inv
+ * F8_E8M0 beside U8 codes; 0: either). */
+static bool has_quant4(const mpk_ckpt *c, int fmt)
+{
+    for (size_t i = 0; i < c->n_tensors; i++) {
+        const mpk_tensor_info *t = c->tensors[i].info;
+        if ((fmt != 2 && t->dtype == MPK_DTYPE_F32 && mpk_str_ends(t->name, "_weight_scale_2")) ||
+            (fmt != 1 && t->dtype == MPK_DTYPE_F8_E8M0 && mpk_str_ends(t->name, "_scale_inv")))
+            return true;
+    }
+    return false;
+}
+
 /* What a conversion from a to b did to the quantization, read from their headers when the
  * request leaves it open: FP8 weights in b only were quantized (--quantize fp8-block128),
  * FP8 weights (or packed codes) in a only were dequantized (--dequantize). */
 static mpk_quant detect_quant(const mpk_ckpt *a, const mpk_ckpt *b)
 {
     bool fa = has_fp8(a), fb = has_fp8(b);
+    if (!fa && !has_quant4(a, 0)) /* b holds 4-bit experts a does not: --quantize nvfp4 / mxfp4 */
+        for (int f = 1; f <= 2; f++)
+            if (has_quant4(b, f))
+                return f == 1 ? MPK_QUANT_NVFP4 : MPK_QUANT_MXFP4;
     return fa == fb ? MPK_QUANT_KEEP : fb ? MPK_QUANT_FP8_BLOCK128 : MPK_QUANT_DEQUANTIZE;
 }
 
@@ -244,7 +261,9 @@ static mpk_status compare_two(const mpk_compare_req *q, mpk_quant quant, const m
     /* (pass_unknown: verify compares what a conversion with --pass-unknown passed through as it
      * compares any pass-through; an unknown quantization method is still refused) */
     mpk_plan_opts po = {.cfg = &cfg, .dequantize = quant == MPK_QUANT_DEQUANTIZE,
-                        .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0, .pass_unknown = true};
+                        .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0,
+                        .quantize4 = quant == MPK_QUANT_NVFP4 ? 1 : quant == MPK_QUANT_MXFP4 ? 2 : 0,
+                        .pass_unknown = true};
     mpk_status s;
     /* the same names are a round trip, unless one side is marked packed and the other is not
      * (a preset whose targets keep their sources' names, e.g. qwen3_vl_moe's transposes) */

@@ -271,9 +271,41 @@ static mpk_status apply_chain(const mpk_rule *r, mpk_bundle *b, void ***data, mp
 }
 
 typedef struct {
-    int weight, scale;       /* plan output indices (-1 none); scale for --quantize */
-    tcmp tw, ts;
+    int weight, scale, scale2; /* plan output indices (-1 none); scale for --quantize, scale2 the
+                                  NVFP4 global scales */
+    tcmp tw, ts, t2;
 } slot_out;
+
+/* --quantize nvfp4/mxfp4: the slice's matrices quantized here (mpk_quant4_matrix, the kernel
+ * the conversion ran; its AVX2 and portable paths agree, tests/test_quant4.c) and compared. */
+static mpk_status emit4(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmeta *m, void *data, uint64_t k)
+{
+    int64_t R = m->shape[m->ndim - 2], C = m->shape[m->ndim - 1], lead = 1;
+    for (int d = 0; d < m->ndim - 2; d++)
+        lead *= m->shape[d];
+    int parts = so->scale2 >= 0 ? p->outs[so->scale2].parts : 1;
+    uint64_t n = (uint64_t)(lead * R * C), n1 = n / (p->quant4 == 1 ? 16 : 32), n2 = (uint64_t)lead * (uint64_t)parts * 4;
+    uint8_t *c = mpk_alloc(n / 2 + 1), *s = mpk_alloc(n1 + 1);
+    float *g = mpk_alloc(n2 + 4);
+    mpk_status st = c && s && g ? MPK_OK : mpk_error_set(v->err, MPK_E_NOMEM, 0, "verify", "out of memory");
+    size_t el = mpk_dtype_size(m->dtype), mat = (size_t)(R * C);
+    for (int64_t l = 0; l < lead && st == MPK_OK; l++) {
+        size_t bad = mpk_quant4_matrix(p->quant4, m->dtype, (char *)data + (size_t)l * mat * el, R, C, parts,
+                                       c + (size_t)l * mat / 2, s + (size_t)l * mat / (p->quant4 == 1 ? 16 : 32),
+                                       g + l * parts);
+        if (bad < mat || bad == SIZE_MAX)
+            st = mpk_error_set(v->err, bad == SIZE_MAX ? MPK_E_NOMEM : MPK_E_QUANT, 0, "verify",
+                               "tensor '%s': value %zu of a source matrix is not finite", p->outs[so->weight].name, bad);
+    }
+    if (st == MPK_OK)
+        st = tc_feed(v, &so->tw, k * (n / 2), (const char *)c, n / 2);
+    if (st == MPK_OK)
+        st = tc_feed(v, &so->ts, k * n1, (const char *)s, n1);
+    if (st == MPK_OK && so->scale2 >= 0)
+        st = tc_feed(v, &so->t2, k * n2, (const char *)g, n2);
+    free(c), free(s), free(g);
+    return st;
+}
 
 /* Sends one computed output (slot) to its comparisons; --quantize outputs are quantized here
  * with the reference op. */
@@ -283,6 +315,8 @@ static mpk_status emit(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmeta
     mpk_tensor_nbytes(m->dtype, m->shape, m->ndim, &nb);
     if (so->scale < 0)
         return tc_feed(v, &so->tw, k * nb, data, nb);
+    if (p->quant4)
+        return emit4(v, p, so, m, data, k);
     mpk_op op = {.kind = MPK_OP_QUANT_FP8, .block = p->fp8_block};
     mpk_bundle in = {1, 1, (mpk_tmeta *)m}, o;
     void **od = NULL, *d1[1] = {data};
@@ -314,13 +348,17 @@ static mpk_status slot_begin(vctx *v, const mpk_plan *p, slot_out *x, bool appro
         s = tc_begin(v, &x->tw, p->outs[x->weight].name, &p->outs[x->weight].meta, qa);
     if (s == MPK_OK && x->scale >= 0)
         s = tc_begin(v, &x->ts, p->outs[x->scale].name, &p->outs[x->scale].meta, qa);
+    if (s == MPK_OK && x->scale2 >= 0)
+        s = tc_begin(v, &x->t2, p->outs[x->scale2].name, &p->outs[x->scale2].meta, qa);
     return s;
 }
 
 static mpk_status slot_end(vctx *v, slot_out *x)
 {
     mpk_status s = tc_end(v, &x->tw);
-    return s == MPK_OK ? tc_end(v, &x->ts) : s;
+    if (s == MPK_OK)
+        s = tc_end(v, &x->ts);
+    return s == MPK_OK ? tc_end(v, &x->t2) : s;
 }
 
 /* The source tensors of step k into cur (with their metadata in m): item k of each source
@@ -381,10 +419,12 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
     if (!so)
         MPK_FAIL(err, MPK_E_NOMEM, "verify", "out of memory");
     for (int i = 0; i < NS; i++)
-        so[i].weight = so[i].scale = -1;
+        so[i].weight = so[i].scale = so[i].scale2 = -1;
     for (size_t i = 0; i < n_outs; i++) {
         const mpk_plan_out *o = &p->outs[outs[i]];
-        if (o->quant == 2)
+        if (o->quant == 3)
+            so[o->slot].scale2 = (int)outs[i];
+        else if (o->quant == 2)
             so[o->slot].scale = (int)outs[i];
         else
             so[o->slot].weight = (int)outs[i];
