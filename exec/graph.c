@@ -273,7 +273,11 @@ mpk_status ex_build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
                     const mpk_tmeta *im = &(*on)->meta;
                     q->q4 = p->quant4;
                     q->parts = o->parts;
-                    q->name = o->name;
+                    /* messages name the codes tensor (the weight), whichever output meets the value */
+                    const char *suf = o->quant == 3 ? "_weight_scale_2" : o->quant == 1 ? "" : p->quant4 == 1 ? "_weight_scale" : "_scale_inv";
+                    q->name = mpk_arena_strndup(arena, o->name, strlen(o->name) - strlen(suf));
+                    if (!q->name)
+                        MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
                     int64_t RC = im->shape[im->ndim - 2] * im->shape[im->ndim - 1];
                     q->granule = q->which == 0 ? (uint64_t)RC / 2 : q->which == 1 ? (uint64_t)RC / (p->quant4 == 1 ? 16 : 32)
                                                                                      : (uint64_t)(o->parts > 1 ? o->parts : 1) * 4;

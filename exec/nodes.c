@@ -289,8 +289,8 @@ static mpk_status read_quant4(mpk_node *n, uint64_t off, uint64_t len, char *buf
         if (bad < (size_t)(R * C))
             mpk_cast(im->dtype, t + bad * mpk_dtype_size(im->dtype), MPK_DTYPE_F32, &v, 1);
         if (bad < (size_t)(R * C))
-            s = mpk_error_set(r->err, MPK_E_QUANT, 0, n->name, "tensor '%s': value [%llu, %lld, %lld] is %s: --quantize %s "
-                              "needs finite weights", n->name, (unsigned long long)mat, (long long)(bad / (size_t)C),
+            s = mpk_error_set(r->err, MPK_E_QUANT, 0, n->name, "value [%llu, %lld, %lld] is %s: --quantize %s "
+                              "needs finite weights", (unsigned long long)mat, (long long)(bad / (size_t)C),
                               (long long)(bad % (size_t)C),
                               isnan(v) ? "NaN" : "infinite", n->q4 == 1 ? "nvfp4" : "mxfp4");
     }

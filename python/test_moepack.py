@@ -230,6 +230,19 @@ class Binding(unittest.TestCase):
             else:
                 os.environ["HF_HUB_CACHE"] = old
 
+    def test_quantize_4bit(self):
+        out = self.path("q-nvfp4")
+        moepack.pack(self.src, out, quantize="nvfp4")
+        self.assertTrue(moepack.verify(self.src, out, quantize="nvfp4")["identical"])
+        self.assertTrue(moepack.verify(self.src, out)["identical"])  # the quantization found out
+        with open(os.path.join(out, "config.json")) as f:
+            self.assertEqual(json.load(f)["quantization_config"]["quant_method"], "modelopt")
+        # MXFP4 blocks are 32 values: down_proj's rows (intermediate 16) are not whole blocks
+        with self.assertRaises(moepack.Error) as cm:
+            moepack.pack(self.src, self.path("q-mxfp4"), quantize="mxfp4")
+        self.assertEqual(cm.exception.status, "quant-layout")
+        self.assertIn("32-value blocks", str(cm.exception))
+
     def test_diff_sees_a_changed_value(self):
         copy = self.path("copy")
         shutil.copytree(self.src, copy)

@@ -37,7 +37,9 @@ __all__ = ["Error", "NotFound", "DestinationExists", "PermissionDenied", "IsADir
 
 # enum values of moepack.h
 _DIRECTION = {"pack": 0, "unpack": 1}
-_QUANT = {None: 0, "dequantize": 1, "fp8-block128": 2}
+_QUANT = {None: 0, "dequantize": 1, "fp8-block128": 2, "nvfp4": 3, "mxfp4": 4}
+# the quantize= words (moepack.h's mpk_quant less keep and dequantize)
+_QUANTIZE = {None: 0, "fp8-block128": 2, "nvfp4": 3, "mxfp4": 4}
 _IO = {"auto": 0, "io_uring": 1, "pread": 2}
 _DTYPES = {"F16": 13, "BF16": 14, "F32": 17}
 _PROGRESS_ARGS = (lambda done, total, s: (done, total, s))
@@ -67,7 +69,7 @@ def convert(src, dst, spec="auto", reverse=False, *, max_shard_size=50_000_000_0
     # fields set here keep their bytes alive
     req.src, req.dst = _c.path(src, f, "src"), _c.path(dst, f, "dst")
     req.spec = _c.path(spec, f, "spec" if f == "convert" else "preset", optional=True)
-    quant = _c.choice(quantize, f, "quantize", {None: 0, "fp8-block128": 2})
+    quant = _c.choice(quantize, f, "quantize", _QUANTIZE)
     if quant and dequantize:
         raise ValueError(f"{f}: quantize and dequantize cannot be combined")
     req.direction = _DIRECTION["unpack" if reverse else "pack"]
@@ -170,7 +172,7 @@ def _compare(fn, f, src, dst, spec, quantize, dequantize, atol, rtol, progress):
     req.src = _c.path(src, f, "src", optional=True)
     req.dst = _c.path(dst, f, "dst")
     req.spec = _c.path(spec, f, "spec", optional=True)
-    quant = _c.choice(quantize, f, "quantize", {None: 0, "fp8-block128": 2})
+    quant = _c.choice(quantize, f, "quantize", _QUANTIZE)
     if quant and dequantize:
         raise ValueError(f"{f}: quantize and dequantize cannot be combined")
     req.quant = _QUANT["dequantize"] if dequantize else quant

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""--quantize nvfp4 and --quantize mxfp4 against a reference written here from the formulas
+(numpy), bit for bit, on a Qwen3-MoE checkpoint whose expert weights are crafted to hit every
+rounding case:
+  - NVFP4 (NVIDIA ModelOpt, NVFP4QTensor): per fused projection (gate, up; down) a global scale
+    g = f32(amax) / f32(6 * 448); per 16 values a block scale e4m3_rne(f32(f32(amax_b) / 6) / g),
+    1.0 for an all-zero block; code = e2m1_rne(f32(x / f32(e4m3 * g))), sign where the quotient is
+    < 0; the packed layout: codes U8 [E, R, C/2] (even element low), _weight_scale F8_E4M3
+    [E, R, C/16], _weight_scale_2 F32 [E, 2] (gate, up) / [E];
+  - MXFP4 (OCP MX v1.0): X = max(floor(log2(amax_b)) - 2, -127) per 32 values, scale code X + 127
+    (F8_E8M0 _scale_inv [E, R, C/32]), code = e2m1_rne(x / 2^X) saturating at 6, sign bit of x.
+Cases: ties at each E2M1 boundary (0.25 0.75 1.25 1.75 2.5 3.5 5 times the block's scale),
+saturation (a block scale rounded down; amax in [6, 8) x 2^X), zero blocks, E4M3-subnormal and
+zero-rounding block scales, BF16 subnormals, negative values and -0, amax exactly a power of
+two, random rows; NaN and infinity refused with the tensor named. Then the CLI round trip:
+verify exit 0, a flipped scale byte exit 3, unpack + --dequantize to the reference values.
+Usage: quantize_ref.py MOEPACK (exit 77 without numpy)."""
+import json
+import os
+import shutil
+import sys
+
+try:
+    import numpy as np
+except ImportError:
+    print("numpy is not installed for " + sys.executable + ": the reference quantizers need it (skipped)")
+    sys.exit(77)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qformats as q  # noqa: E402
+from qformats import check  # noqa: E402
+
+M = sys.argv[1]
+E, H, I = 2, 64, 32
+F32 = np.float32
+BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+TIES = [t for t in BOUNDS] + [6.0, 7.0, 4.0, 0.5]
+
+
+def run(*args):
+    return q.run(M, *args)
+
+
+def bf16(a):
+    """BF16 bits (uint16) of float values, nearest even (the values given are chosen exact)."""
+    u = np.atleast_1d(np.asarray(a, dtype=F32)).view(np.uint32).astype(np.uint64)
+    return ((u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)).astype(np.uint16)
+
+
+def f32_of(b):
+    return (np.asarray(b, dtype=np.uint16).astype(np.uint32) << 16).view(F32)
+
+
+# ------------------------------------------------------------------ the number formats
+
+E4M3 = np.array([(2.0 ** ((c >> 3) - 7)) * (1 + (c & 7) / 8) if c >> 3 else (c & 7) * 2.0 ** -9
+                 for c in range(127)])  # the finite non-negative codes 0..126 (0x7F is NaN)
+
+
+def e4m3_rne(x):
+    """Non-negative F32 values -> E4M3 codes, nearest, ties to the even code, saturating at 448."""
+    x = np.asarray(x, dtype=np.float64)
+    hi = np.clip(np.searchsorted(E4M3, x, side="left"), 1, 126)
+    lo = hi - 1
+    dl, dh = x - E4M3[lo], E4M3[hi] - x
+    code = np.where(dl < dh, lo, np.where(dh < dl, hi, np.where(lo % 2 == 0, lo, hi)))
+    return np.where(x >= 448.0, 126, code).astype(np.uint8)
+
+
+def e2m1_mag(a):
+    """|quotient| -> magnitude code 0..7: boundaries below it, ties to even (>= at the odd ones)."""
+    a = np.asarray(a)
+    m = np.zeros(a.shape, np.uint8)
+    for i, t in enumerate(BOUNDS):
+        m += (a >= t) if i % 2 else (a > t)
+    return m
+
+
+def pack_nibbles(codes):
+    c = codes.reshape(-1, 2)
+    return (c[:, 0] | (c[:, 1] << 4)).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the reference quantizers
+
+def nvfp4_ref(w, parts):
+    """w: BF16 bits [R, C] of one expert's fused matrix -> (codes, scales, global scales)."""
+    codes, scales, gs = [], [], []
+    for part in np.split(f32_of(w), parts):
+        amax = np.abs(part).max()
+        g = F32(amax) / F32(6.0 * 448.0)
+        blocks = part.reshape(-1, 16)
+        pbs = np.abs(blocks).max(axis=1) / F32(6.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sc = np.where(pbs == 0, 0x38, e4m3_rne(pbs / g)).astype(np.uint8)
+            d = (E4M3[sc].astype(F32) * g).astype(F32)
+            qt = (blocks / d[:, None]).astype(F32)
+        code = e2m1_mag(np.abs(qt)) | np.where(qt < 0, 8, 0).astype(np.uint8)
+        codes.append(pack_nibbles(code.astype(np.uint8)))
+        scales.append(sc)
+        gs.append(g)
+    return np.concatenate(codes), np.concatenate(scales), np.array(gs, dtype=F32)
+
+
+def mxfp4_ref(w):
+    x = f32_of(w).reshape(-1, 32).astype(np.float64)
+    amax = np.abs(x).max(axis=1)
+    _, e = np.frexp(amax)  # amax = m 2^e, m in [0.5, 1): floor(log2 amax) = e - 1
+    X = np.where(amax == 0, -127, np.maximum(e - 1 - 2, -127))
+    qt = x / np.exp2(X)[:, None]
+    code = e2m1_mag(np.abs(qt)) | np.where(np.signbit(x), 8, 0).astype(np.uint8)
+    return pack_nibbles(code.astype(np.uint8)), (X + 127).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the crafted weights
+
+rng = np.random.default_rng(49)
+
+
+def crafted(rows, cols, bs, big):
+    """rows x cols values (float32, all BF16-exact) in blocks of bs along a row, row by row a case.
+    big: one value of the matrix is 2688 (so NVFP4's global scale of this part is exactly 1)."""
+    w = np.zeros((rows, cols), F32)
+    for r in range(rows):
+        kind = r % 10
+        for b0 in range(0, cols, bs):
+            blk = w[r, b0:b0 + bs]
+            j = int(rng.integers(-6, 6))
+            if kind == 0:    # ties of every boundary, both signs, under scale 2^j (amax 6 x 2^j)
+                v = np.array(TIES * 4)[:bs] * 2.0 ** j
+                v[0] = 6 * 2.0 ** j
+                blk[:] = v * np.where(np.arange(bs) % 3 == 1, -1, 1)
+            elif kind == 1:  # zero block, one -0
+                blk[:] = 0
+                blk[1] = -0.0
+            elif kind == 2:  # NVFP4 block scale rounded down (6.375 / 6 = 1.0625 -> 1): saturation
+                blk[:] = rng.uniform(-6, 6, bs)
+                blk[0] = 6.375
+                blk[1] = -6.25
+            elif kind == 3:  # E4M3-subnormal block scales (amax 6 x 2^-8) and one rounding to 0
+                s = 2.0 ** (-8 if b0 % (2 * bs) == 0 else -11)
+                blk[:] = np.array(TIES * 4)[:bs] * s
+                blk[0] = 6 * s
+            elif kind == 4:  # BF16 subnormals (MXFP4 scale code 0) and tiny normals
+                blk[:] = f32_of(rng.integers(0, 0x80, bs).astype(np.uint16) | (rng.integers(0, 2, bs) << 15).astype(np.uint16))
+                if b0 % (2 * bs):
+                    blk[:] *= 2.0 ** 10
+            elif kind == 5:  # amax exactly a power of two, or just below the next one
+                blk[:] = rng.uniform(-1, 1, bs) * 2.0 ** j
+                blk[0] = 2.0 ** (j + 2) if b0 % (2 * bs) == 0 else -f32_of(bf16(2.0 ** (j + 3) * 0.99))[0]
+            elif kind == 6:  # MXFP4 saturation: amax 7 x 2^j
+                blk[:] = rng.uniform(-7, 7, bs) * 2.0 ** j
+                blk[0] = -7 * 2.0 ** j
+            else:            # random, both signs, widely spread magnitudes
+                blk[:] = rng.standard_normal(bs) * 2.0 ** rng.integers(-20, 4, bs)
+    w = f32_of(bf16(w))
+    if big:
+        w[rows // 2 + 3, 5] = 2688.0
+    return w
+
+
+def make_source(d, bad=None):
+    shutil.rmtree(d, ignore_errors=True)
+    rc, out = run("synth", "--arch", "qwen3_moe", "--experts", str(E), "--hidden", str(H), "--intermediate", str(I),
+                  "--layers", "1", "--shards", "1", d)
+    check(rc == 0, "synth" + ("" if rc == 0 else ": " + out))
+    t = q.read_dir(d)
+    w = {}
+    p = "model.layers.0.mlp.experts."
+    for e in range(E):
+        for proj, (r, c) in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
+            n = f"{p}{e}.{proj}.weight"
+            v = bf16(crafted(r, c, 16 if e == 0 else 32, big=(e == 0)))
+            if bad and n == bad[0]:
+                v.reshape(-1)[bad[1]] = bad[2]
+            w[n] = v
+            t[n] = ("BF16", [r, c], v.tobytes())
+    for fn in os.listdir(d):
+        if fn.endswith(".safetensors"):
+            q.write_st(os.path.join(d, fn), t)
+    return w
+
+
+# ------------------------------------------------------------------ the checks
+
+def want_packed(w, fmt):
+    p = "model.layers.0.mlp.experts."
+    out = {}
+    for target, projs in (("gate_up_proj", ("gate_proj", "up_proj")), ("down_proj", ("down_proj",))):
+        codes, scales, gs = [], [], []
+        for e in range(E):
+            m = np.concatenate([w[f"{p}{e}.{pr}.weight"] for pr in projs])
+            if fmt == "nvfp4":
+                c, s, g = nvfp4_ref(m, len(projs))
+                gs.append(g)
+            else:
+                c, s = mxfp4_ref(m)
+            codes.append(c)
+            scales.append(s)
+        R, C = m.shape
+        out[p + target] = ("U8", [E, R, C // 2], np.concatenate(codes).tobytes())
+        if fmt == "nvfp4":
+            out[p + target + "_weight_scale"] = ("F8_E4M3", [E, R, C // 16], np.concatenate(scales).tobytes())
+            out[p + target + "_weight_scale_2"] = ("F32", [E, 2] if len(projs) == 2 else [E],
+                                                   np.concatenate(gs).tobytes())
+        else:
+            out[p + target + "_scale_inv"] = ("F8_E8M0", [E, R, C // 32], np.concatenate(scales).tobytes())
+    return out
+
+
+def cases_hit(w, got):
+    """Which of the cases the quantized bytes show (so a change of the generator cannot empty them)."""
+    p = "model.layers.0.mlp.experts."
+    sc = np.frombuffer(got[p + "gate_up_proj_weight_scale"][2], np.uint8)
+    codes = np.frombuffer(got[p + "gate_up_proj"][2], np.uint8)
+    nib = np.stack([codes & 15, codes >> 4], 1).reshape(-1)
+    return {"E4M3-subnormal block scale": bool(((sc > 0) & (sc < 8)).any()),
+            "block scale rounded to zero": bool((sc == 0).any()),
+            "zero block (scale 1.0)": bool((sc == 0x38).any()),
+            "saturated code 7 / 15": bool((nib == 7).any() and (nib == 15).any()),
+            "negative zero code 8": bool((nib == 8).any())}
+
+
+def compare(fmt, src, w, tmp):
+    out = os.path.join(tmp, fmt)
+    rc, msg = run("pack", "-q", "--quantize", fmt, src, out)
+    check(rc == 0, f"pack --quantize {fmt}" + ("" if rc == 0 else ": " + msg))
+    got = q.read_dir(out)
+    for name, want in want_packed(w, fmt).items():
+        g = got.get(name)
+        same = g == want
+        if not same and g and g[:2] == want[:2]:
+            a, b = np.frombuffer(g[2], np.uint8), np.frombuffer(want[2], np.uint8)
+            i = int(np.nonzero(a != b)[0][0])
+            print(f"  {name}: byte {i} is {a[i]:#04x}, the reference {b[i]:#04x}")
+        check(same, f"{fmt}: {name} {want[0]} {want[1]} bit for bit against the reference")
+    if fmt == "nvfp4":
+        for case, hit in cases_hit(w, got).items():
+            check(hit, f"nvfp4: the crafted weights reach the case '{case}'")
+        mx = np.frombuffer(want_packed(w, "mxfp4")["model.layers.0.mlp.experts.down_proj_scale_inv"][2], np.uint8)
+        check((mx == 0).any() and (mx > 0).any(), "mxfp4: scale code 0 (zero and subnormal blocks) is reached")
+    return out
+
+
+def check_config(out, fmt):
+    cfg = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+    kept = "model.layers.0.self_attn.q_proj"
+    if fmt == "nvfp4":
+        check(cfg.get("quant_method") == "modelopt" and cfg.get("quant_algo") == "NVFP4",
+              "nvfp4: config.json's quantization_config is modelopt NVFP4")
+        check(cfg["config_groups"]["group_0"]["weights"]["group_size"] == 16, "nvfp4: group_size 16")
+        check(kept in cfg.get("ignore", []) and not any("experts" in m for m in cfg["ignore"]),
+              "nvfp4: ignore names the BF16 linears, not the experts")
+        hq = json.load(open(os.path.join(out, "hf_quant_config.json")))["quantization"]
+        check(hq.get("quant_algo") == "NVFP4" and hq.get("group_size") == 16 and kept in hq.get("exclude_modules", []),
+              "nvfp4: hf_quant_config.json says NVFP4, group_size 16, exclude_modules")
+    else:
+        check(cfg.get("quant_method") == "mxfp4" and kept in cfg.get("modules_to_not_convert", []),
+              "mxfp4: config.json's quantization_config is mxfp4 with modules_to_not_convert")
+
+
+def dequant_ref(fmt, got, base):
+    """BF16 bits of a per-expert linear as moepack's --dequantize computes them."""
+    c = np.frombuffer(got[base + ".weight"][2], np.uint8)
+    nib = np.stack([c & 15, c >> 4], 1).reshape(-1)
+    val = np.array([0, .5, 1, 1.5, 2, 3, 4, 6] * 2, F32) * np.where(np.arange(16) >= 8, -1, 1).astype(F32)
+    v = val[nib]
+    if fmt == "nvfp4":
+        s2 = np.frombuffer(got[base + ".weight_scale_2"][2], F32)[0]
+        s = (E4M3[np.frombuffer(got[base + ".weight_scale"][2], np.uint8)].astype(F32) * s2).astype(F32)
+        v = (v.reshape(-1, 16) * s[:, None]).astype(F32)
+    else:
+        e = np.frombuffer(got[base + ".weight_scale_inv"][2], np.uint8).astype(np.float64)
+        v = (v.reshape(-1, 32) * np.exp2(e - 127)[:, None]).astype(F32)
+    return bf16(v.reshape(-1))
+
+
+def round_trip(fmt, src, out, tmp):
+    rc, msg = run("verify", "-q", src, out)
+    check(rc == 0, f"{fmt}: verify SRC QUANTIZED exits 0" + ("" if rc == 0 else ": " + msg))
+    bad = os.path.join(tmp, fmt + "-bad")
+    shutil.copytree(out, bad)
+    name = "model.layers.0.mlp.experts.gate_up_proj_" + ("weight_scale" if fmt == "nvfp4" else "scale_inv")
+    q.flip(bad, name, 3, 0x01)
+    rc, msg = run("verify", "-q", src, bad)
+    check(rc == 3 and name in msg, f"{fmt}: verify exits 3 on a flipped scale byte, naming {name}")
+    back, deq = os.path.join(tmp, fmt + "-back"), os.path.join(tmp, fmt + "-deq")
+    rc, msg = run("unpack", "-q", out, back)
+    check(rc == 0, f"{fmt}: unpack" + ("" if rc == 0 else ": " + msg))
+    per = q.read_dir(back)
+    base = "model.layers.0.mlp.experts.1.up_proj"
+    check(per.get(base + ".weight", ("",))[0] == "U8", f"{fmt}: unpack gives per-expert U8 codes")
+    rc, msg = run("pack", "-q", "--dequantize", back, deq)
+    check(rc == 0, f"{fmt}: pack --dequantize of the unpacked checkpoint" + ("" if rc == 0 else ": " + msg))
+    got = q.read_dir(deq)
+    gu = got.get("model.layers.0.mlp.experts.gate_up_proj")
+    want = np.concatenate([dequant_ref(fmt, per, f"model.layers.0.mlp.experts.{e}.{p}")
+                           for e in range(E) for p in ("gate_proj", "up_proj")]).tobytes()
+    check(gu is not None and gu[2] == want, f"{fmt}: --dequantize gives the reference BF16 values")
+
+
+def refusals(tmp):
+    for fmt in ("nvfp4", "mxfp4"):
+        for val, what in ((0x7FC0, "NaN"), (0xFF80, "infinite")):
+            n = "model.layers.0.mlp.experts.1.down_proj.weight"
+            d = os.path.join(tmp, "nan")
+            make_source(d, bad=(n, 77, val))
+            out = os.path.join(tmp, "nan-out")
+            rc, msg = run("pack", "-q", "--quantize", fmt, d, out)
+            check(rc == 1 and "down_proj" in msg and what in msg and not os.path.exists(out),
+                  f"{fmt}: a {what} weight is refused (exit 1) naming the tensor, nothing written: {msg.strip()[:160]}")
+
+
+def body(tmp):
+    src = os.path.join(tmp, "src")
+    w = make_source(src)
+    for fmt in ("nvfp4", "mxfp4"):
+        out = compare(fmt, src, w, tmp)
+        check_config(out, fmt)
+        round_trip(fmt, src, out, tmp)
+    refusals(tmp)
+    rc, msg = run("pack", "-q", "--quantize", "int4", src, os.path.join(tmp, "x"))
+    check(rc == 2 and "nvfp4" in msg, "--quantize int4 is bad usage (exit 2) listing the formats")
+
+
+q.main("mpk-quantize-ref-", body)
