@@ -20,6 +20,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+static const float BOUNDS_F[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+
+/* x / 2^e as x * 2^-e (e in [-127, 127]): exact where the product is >= 2^-126, and below that it
+ * is far under 0.25 either way. */
+static inline float mx_inv(int e)
+{
+    return e == 127 ? 0x1p-127f : ops_u2f((uint32_t)(127 - e) << 23);
+}
+
 static inline uint32_t e2m1_mag(float a)
 {
     return (uint32_t)(a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
@@ -141,75 +150,161 @@ static void nv_block_scalar(const float *x, float g, uint8_t *codes, uint8_t *sc
     }
 }
 
-#if defined(__x86_64__)
-/* E2M1 magnitude codes (0..7) of 8 non-negative F32 lanes. */
-__attribute__((target("avx2"))) static inline __m256i e2m1_mag8(__m256 a)
+/* The OCP MX scale code of a block from its largest magnitude (finite): X = floor(log2(amax)) -
+ * 2 (E2M1's emax), clamped to E8M0's -127 (an all-zero block, tiny ones), code X + 127. For an
+ * F32 amax with exponent field E (a normal: floor(log2) = E - 127) the code is E - 2; a
+ * subnormal amax (E = 0) is below 2^-126, so the clamp. */
+static inline uint32_t ocp_scale_code(float amax)
 {
-    __m256i m = _mm256_setzero_si256();
-#define STEP(t, pred) m = _mm256_sub_epi32(m, _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_set1_ps(t), pred)))
-    STEP(0.25f, _CMP_GT_OQ);
-    STEP(0.75f, _CMP_GE_OQ);
-    STEP(1.25f, _CMP_GT_OQ);
-    STEP(1.75f, _CMP_GE_OQ);
-    STEP(2.5f, _CMP_GT_OQ);
-    STEP(3.5f, _CMP_GE_OQ);
-    STEP(5.0f, _CMP_GT_OQ);
-#undef STEP
-    return m;
+    uint32_t e = ops_f2u(amax) >> 23;
+    return e > 2 ? e - 2 : 0;
 }
 
-/* 16 codes (int32 lanes: c0 values 0-7, c1 values 8-15) -> 8 bytes, the even element in the low
- * nibble. */
-__attribute__((target("avx2"))) static inline void pack16(__m256i c0, __m256i c1, uint8_t *out)
+/* The exponent e of a BF16 block by the OCP rule from its largest magnitude's bits; -128 for a
+ * NaN or an infinity. */
+static inline __attribute__((always_inline)) int ocp_exponent(uint32_t mag)
 {
-    __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(c0, c1), 0xD8); /* 16 u16 in order */
-    w = _mm256_or_si256(w, _mm256_srli_epi32(w, 12));                       /* odd one to bits 4-7 */
+    return mag >= 0x7F80u ? -128 : (int)ocp_scale_code(ops_u2f(mag << 16)) - 127;
+}
+
+/* ---------------------------------------------------------------- BF16 by thresholds
+ *
+ * The AVX2 paths never divide: a block's codes depend only on its scale code, and the quotient
+ * (x / d in F32, or x x 2^-X) is a non-decreasing function of x's magnitude, so each E2M1 bound
+ * is one BF16 magnitude T: |x| > T exactly where the quotient passes the bound (> 0.25, >= 0.75,
+ * ...). T is found once per scale code met in a call by bisection over the 0x7F80 finite BF16
+ * magnitudes with the very F32 expression the portable path evaluates, so the codes are its
+ * codes, bit for bit; the eighth threshold is the sign's (NVFP4: the quotient is < 0 exactly
+ * where x < 0 and |x| / d > 0; MXFP4: the sign bit, T = -1). Then 16 values cost 7 16-bit
+ * compares and subtractions. */
+
+typedef struct {
+    int16_t t[8][16]; /* each threshold in all 16 lanes of a vector */
+} thr8;
+
+typedef struct {
+    thr8 tab[256];
+    uint8_t have[256];
+    uint8_t sc_of[0x8000]; /* NVFP4: the block scale code of a largest magnitude (BF16 bits), 0xFF
+                              until computed (a scale code is never 0xFF) */
+    bool div;   /* quotient x / k (NVFP4), else x * k (MXFP4) */
+    float g;    /* NVFP4's global scale */
+    int16_t sign_all; /* MXFP4: -1, the sign bit always kept */
+} thr_cache;
+
+static inline float quot(uint32_t b, float k, bool div)
+{
+    float x = ops_u2f(b << 16);
+    return div ? x / k : x * k;
+}
+
+/* The largest finite magnitude whose quotient does not pass t (> t, or >= t with ge). */
+static int16_t bound(float t, bool ge, float k, bool div)
+{
+    uint32_t lo = 0, hi = 0x7F7F; /* the quotient of 0 (0, or NaN for k = 0) passes no bound */
+    float qh = quot(hi, k, div);
+    if (!(ge ? qh >= t : qh > t))
+        return (int16_t)hi;
+    while (hi - lo > 1) {
+        uint32_t mid = (lo + hi) / 2;
+        float q = quot(mid, k, div);
+        if (ge ? q >= t : q > t)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    return (int16_t)lo;
+}
+
+static __attribute__((noinline)) void thresholds_make(thr_cache *c, uint8_t sc, float k)
+{
+    thr8 *t = &c->tab[sc];
+    for (int i = 0; i < 8; i++) {
+        int16_t v = i < 7 ? bound(BOUNDS_F[i], i % 2 == 1, k, c->div) : c->div ? bound(0.0f, false, k, true) : c->sign_all;
+        for (int l = 0; l < 16; l++)
+            t->t[i][l] = v;
+    }
+    c->have[sc] = 1;
+}
+
+/* Scale code sc's thresholds (k: its divisor or multiplier), made the first time it is met. */
+static inline __attribute__((always_inline)) const thr8 *thresholds(thr_cache *c, uint8_t sc, float k)
+{
+    if (!c->have[sc])
+        thresholds_make(c, sc, k);
+    return &c->tab[sc];
+}
+
+#if defined(__x86_64__)
+#define THR(t, i) _mm256_loadu_si256((const __m256i *)(const void *)(t)->t[i])
+
+/* The codes of 16 BF16 values under thresholds t -> 8 bytes (element 2k in the low nibble). */
+__attribute__((target("avx2"))) static inline void codes16(const uint16_t *p, const thr8 *t, uint8_t *out)
+{
+    __m256i v = _mm256_loadu_si256((const __m256i *)p), a = _mm256_and_si256(v, _mm256_set1_epi16(0x7FFF));
+    __m256i m = _mm256_setzero_si256();
+    for (int i = 0; i < 7; i++)
+        m = _mm256_sub_epi16(m, _mm256_cmpgt_epi16(a, THR(t, i)));
+    __m256i s = _mm256_and_si256(_mm256_cmpgt_epi16(a, THR(t, 7)), _mm256_srai_epi16(v, 15));
+    m = _mm256_or_si256(m, _mm256_and_si256(s, _mm256_set1_epi16(8)));
+    m = _mm256_or_si256(m, _mm256_srli_epi32(m, 12)); /* the odd element to bits 4-7 of its pair */
     const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12,
                                           -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-    w = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(w, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
-    _mm_storel_epi64((__m128i *)out, _mm256_castsi256_si128(w));
-}
-
-/* 8 BF16 (one 128-bit load) as F32 lanes. */
-__attribute__((target("avx2"))) static inline __m256 bf16x8(const uint16_t *p)
-{
-    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    m = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(m, pick), _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    _mm_storel_epi64((__m128i *)out, _mm256_castsi256_si128(m));
 }
 
 __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, size_t n_blocks, float g,
-                                                         uint8_t *codes, uint8_t *scales)
+                                                         uint8_t *codes, uint8_t *scales, thr_cache *c)
 {
-    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), zero = _mm256_setzero_ps();
-    const __m256i eight = _mm256_set1_epi32(8);
     for (size_t b = 0; b < n_blocks; b++) {
         const uint16_t *p = in + b * 16;
         uint32_t m = hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi16(0x7FFF)));
-        uint8_t sc = nv_scale_code(ops_u2f(m << 16), g);
+        uint8_t sc = c->sc_of[m & 0x7FFF];
+        if (sc == 0xFF)
+            sc = c->sc_of[m & 0x7FFF] = nv_scale_code(ops_u2f(m << 16), g);
         scales[b] = sc;
-        __m256 d = _mm256_set1_ps(e4m3_pos(sc) * g);
-        __m256 q0 = _mm256_div_ps(bf16x8(p), d), q1 = _mm256_div_ps(bf16x8(p + 8), d);
-        __m256i s0 = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(q0, zero, _CMP_LT_OQ)), eight);
-        __m256i s1 = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(q1, zero, _CMP_LT_OQ)), eight);
-        pack16(_mm256_or_si256(e2m1_mag8(_mm256_and_ps(q0, absm)), s0),
-               _mm256_or_si256(e2m1_mag8(_mm256_and_ps(q1, absm)), s1), codes + b * 8);
+        codes16(p, thresholds(c, sc, e4m3_pos(sc) * g), codes + b * 8);
     }
 }
 
-/* MXFP4: the codes of one 32-value BF16 block under the power-of-two multiplier inv (exact
- * scaling: a product below 2^-126 rounds to code 0 or 8 either way), the sign bit kept. */
-__attribute__((target("avx2"))) static void mx_codes_avx2(const uint16_t *p, float inv, uint8_t *out)
+/* MXFP4 blocks of 32 BF16 under a scale rule: exponent(largest magnitude's bits) -> e (scale
+ * code e + 127; 128: NaN, zero codes; -128: a NaN or infinity to stop at, returned as its index). */
+__attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2(const uint16_t *in, size_t n_blocks,
+                                                                  uint8_t *blocks, uint8_t *scales,
+                                                                  int (*exponent)(uint32_t mag), thr_cache *c)
 {
-    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), f = _mm256_set1_ps(inv);
-    const __m256i eight = _mm256_set1_epi32(8);
-    __m256i c[4];
-    for (int h = 0; h < 4; h++) {
-        __m256 x = bf16x8(p + 8 * h);
-        __m256i s = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(x), 28), eight);
-        c[h] = _mm256_or_si256(e2m1_mag8(_mm256_and_ps(_mm256_mul_ps(x, f), absm)), s);
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    for (size_t b = 0; b < n_blocks; b++) {
+        const uint16_t *p = in + b * 32;
+        __m256i m = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs),
+                                     _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs));
+        int e = exponent(hmax_u16(m));
+        if (e == -128)
+            return b * 32 + first_bad(MPK_DTYPE_BF16, p, 32);
+        scales[b] = (uint8_t)(e + 127);
+        if (e == 128) {
+            memset(blocks + b * 16, 0, 16);
+            continue;
+        }
+        const thr8 *t = thresholds(c, (uint8_t)(e + 127), mx_inv(e));
+        codes16(p, t, blocks + b * 16);
+        codes16(p + 16, t, blocks + b * 16 + 8);
     }
-    pack16(c[0], c[1], out);
-    pack16(c[2], c[3], out + 8);
+    return n_blocks * 32;
+}
+
+/* The two rules, each with its exponent inlined. */
+__attribute__((target("avx2"))) static size_t mx_ocp_avx2(const uint16_t *in, size_t n_blocks, uint8_t *blocks,
+                                                          uint8_t *scales, thr_cache *c)
+{
+    return mx_bf16_avx2(in, n_blocks, blocks, scales, ocp_exponent, c);
+}
+
+__attribute__((target("avx2"))) static void mx_rule_avx2(const uint16_t *in, size_t n_blocks, uint8_t *blocks,
+                                                         uint8_t *scales, int (*exponent)(uint32_t mag), thr_cache *c)
+{
+    mx_bf16_avx2(in, n_blocks, blocks, scales, exponent, c);
 }
 #endif
 
@@ -218,8 +313,14 @@ void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float sca
 {
 #if defined(__x86_64__)
     if (in_dt == MPK_DTYPE_BF16 && avx2_ok()) {
-        nv_bf16_avx2(in, n_blocks, scale2, codes, scales);
-        return;
+        thr_cache *c = calloc(1, sizeof *c);
+        if (c) {
+            c->div = true;
+            memset(c->sc_of, 0xFF, sizeof c->sc_of);
+            nv_bf16_avx2(in, n_blocks, scale2, codes, scales, c);
+            free(c);
+            return;
+        }
     }
 #endif
     for (size_t b = 0; b < n_blocks; b++) {
@@ -232,15 +333,8 @@ void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float sca
 
 /* ---------------------------------------------------------------- MXFP4 */
 
-void ops_mx_codes(mpk_dtype in_dt, const void *block, float inv, uint8_t *out, bool simd)
+void ops_mx_codes(mpk_dtype in_dt, const void *block, float inv, uint8_t *out)
 {
-#if defined(__x86_64__)
-    if (simd) {
-        mx_codes_avx2(block, inv, out);
-        return;
-    }
-#endif
-    (void)simd;
     for (int k = 0; k < 16; k++) {
         float x0 = ops_load_f32(in_dt, block, 2 * (size_t)k), x1 = ops_load_f32(in_dt, block, 2 * (size_t)k + 1);
         uint32_t lo = e2m1_mag(fabsf(x0 * inv)) | (signbit(x0) ? 8u : 0u);
@@ -249,87 +343,18 @@ void ops_mx_codes(mpk_dtype in_dt, const void *block, float inv, uint8_t *out, b
     }
 }
 
-bool ops_mx_simd(mpk_dtype in_dt)
-{
-    return in_dt == MPK_DTYPE_BF16 && avx2_ok();
-}
-
-/* The OCP MX scale code of a block from its largest magnitude (finite): X = floor(log2(amax)) -
- * 2 (E2M1's emax), clamped to E8M0's -127 (an all-zero block, tiny ones), code X + 127. For an
- * F32 amax with exponent field E (a normal: floor(log2) = E - 127) the code is E - 2; a
- * subnormal amax (E = 0) is below 2^-126, so the clamp. */
-static inline uint32_t ocp_scale_code(float amax)
-{
-    uint32_t e = ops_f2u(amax) >> 23;
-    return e > 2 ? e - 2 : 0;
-}
-
-/* x / 2^X as x * 2^(127 - sc): sc <= 252 (a finite amax is below 2^128), so the multiplier is a
- * normal F32. */
-static inline float ocp_inv(uint32_t sc)
-{
-    return ops_u2f((254u - sc) << 23);
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) static size_t mx_ocp_bf16_avx2(const uint16_t *in, size_t n_blocks, uint8_t *blocks,
-                                                               uint8_t *scales)
-{
-    const __m256i abs = _mm256_set1_epi16(0x7FFF);
-    for (size_t b = 0; b < n_blocks; b++) {
-        const uint16_t *p = in + b * 32;
-        __m256i m = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs),
-                                     _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs));
-        uint32_t mag = hmax_u16(m);
-        if (mag >= 0x7F80u)
-            return b * 32 + first_bad(MPK_DTYPE_BF16, p, 32);
-        uint32_t sc = ocp_scale_code(ops_u2f(mag << 16));
-        scales[b] = (uint8_t)sc;
-        mx_codes_avx2(p, ocp_inv(sc), blocks + b * 16);
-    }
-    return n_blocks * 32;
-}
-#endif
-
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) static void mx_rule_bf16_avx2(const uint16_t *in, size_t n_blocks, uint8_t *blocks,
-                                                              uint8_t *scales, int (*exponent)(uint32_t mag))
-{
-    const __m256i abs = _mm256_set1_epi16(0x7FFF);
-    for (size_t b = 0; b < n_blocks; b++) {
-        const uint16_t *p = in + b * 32;
-        __m256i m = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs),
-                                     _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs));
-        int e = exponent(hmax_u16(m));
-        scales[b] = (uint8_t)(e + 127);
-        if (e == 128) {
-            memset(blocks + b * 16, 0, 16);
-            continue;
-        }
-        float inv = e == 127 ? 0x1p-127f : e == -127 ? 0x1p127f : ops_u2f((uint32_t)(127 - e) << 23);
-        mx_codes_avx2(p, inv, blocks + b * 16);
-    }
-}
-#endif
-
-bool ops_mx_rule_bf16(const uint16_t *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales,
-                      int (*exponent)(uint32_t mag))
-{
-#if defined(__x86_64__)
-    if (ops_mx_simd(MPK_DTYPE_BF16)) {
-        mx_rule_bf16_avx2(in, n_blocks, blocks, scales, exponent);
-        return true;
-    }
-#endif
-    (void)in, (void)n_blocks, (void)blocks, (void)scales, (void)exponent;
-    return false;
-}
-
 size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales)
 {
 #if defined(__x86_64__)
-    if (ops_mx_simd(in_dt))
-        return mx_ocp_bf16_avx2(in, n_blocks, blocks, scales);
+    if (in_dt == MPK_DTYPE_BF16 && avx2_ok()) {
+        thr_cache *c = calloc(1, sizeof *c);
+        if (c) {
+            c->sign_all = -1;
+            size_t r = mx_ocp_avx2(in, n_blocks, blocks, scales, c);
+            free(c);
+            return r;
+        }
+    }
 #endif
     size_t el = mpk_dtype_size(in_dt);
     for (size_t b = 0; b < n_blocks; b++) {
@@ -343,9 +368,27 @@ size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uin
         }
         uint32_t sc = ocp_scale_code(amax);
         scales[b] = (uint8_t)sc;
-        ops_mx_codes(in_dt, p, ocp_inv(sc), blocks + b * 16, false);
+        ops_mx_codes(in_dt, p, mx_inv((int)sc - 127), blocks + b * 16);
     }
     return n_blocks * 32;
+}
+
+bool ops_mx_rule_bf16(const uint16_t *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales,
+                      int (*exponent)(uint32_t mag))
+{
+#if defined(__x86_64__)
+    if (avx2_ok()) {
+        thr_cache *c = calloc(1, sizeof *c);
+        if (c) {
+            c->sign_all = -1;
+            mx_rule_avx2(in, n_blocks, blocks, scales, exponent, c);
+            free(c);
+            return true;
+        }
+    }
+#endif
+    (void)in, (void)n_blocks, (void)blocks, (void)scales, (void)exponent;
+    return false;
 }
 
 /* ---------------------------------------------------------------- one matrix */
