@@ -41,7 +41,10 @@ static int cmd_completion(int argc, char **argv);
     "  --json                 print the report as JSON on stdout (schema in docs/json.md)\n"\
     "  -q, --quiet            no progress, no summary\n"\
     "  --dequantize           FP8 weights with scale grids -> BF16, grids dropped\n"\
-    "  --quantize fp8-block128  packed experts -> F8_E4M3 with 128x128 scale grids\n"\
+    "  --quantize F           packed experts quantized from BF16/F16/F32 (docs/quantized.md):\n"\
+    "                         fp8-block128: F8_E4M3 with 128x128 scale grids; nvfp4: ModelOpt\n"\
+    "                         NVFP4 (scales per 16 + a global scale per projection, config.json\n"\
+    "                         and hf_quant_config.json); mxfp4: OCP MXFP4 (E8M0 scale per 32)\n"\
     "  --no-manifest          do not write moepack.manifest.json into DST\n"\
     "  --pass-unknown         copy tensors the preset does not understand (per-expert leftovers,\n"\
     "                         scales it does not move) as they are instead of refusing\n"\
@@ -268,7 +271,7 @@ const mpk_command mpk_commands[] = {
      "example: moepack presets qwen3_moe > my_spec.json\n", mpk_cmd_presets},
     {"plan", "show what a conversion would do, writing nothing",
      "usage: moepack plan SRC [--preset P | --spec FILE] [--reverse] [--dequantize |\n"
-     "                    --quantize fp8-block128] [--verbose] [--json]\n\n"
+     "                    --quantize fp8-block128|nvfp4|mxfp4] [--verbose] [--json]\n\n"
      "Prints each target with its sources and ops, the pass-through tensors, the bytes and\n"
      "the output shards. SRC may be a release whose shards are not downloaded yet: from its\n"
      "config.json and model.safetensors.index.json alone the plan shows what each target is\n"
@@ -277,7 +280,7 @@ const mpk_command mpk_commands[] = {
      "  --spec FILE            a conversion spec instead of a preset (docs/spec.md)\n"
      "  --reverse              the spec undone (packed -> per-expert)\n"
      "  --dequantize           plan with FP8 weights dequantized to BF16\n"
-     "  --quantize fp8-block128  plan with the packed experts quantized to FP8\n"
+     "  --quantize F           plan with the packed experts quantized: fp8-block128, nvfp4, mxfp4\n"
      "  --pass-unknown         plan with what the preset does not understand passed through\n"
      "  --verbose              every group and pass-through tensor, not the first few\n"
      REVISION_OPT
@@ -373,21 +376,23 @@ const mpk_command mpk_commands[] = {
      "  -q, --quiet  no progress bar\n\n"
      "example: moepack hash ./model --write\n", mpk_cmd_inspect},
     {"verify", "prove DST is the conversion of SRC (or matches its own manifest)",
-     "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize fp8-block128]\n"
+     "usage: moepack verify SRC DST [--preset P | --spec FILE] [--dequantize | --quantize F]\n"
      "                      [--atol X] [--rtol Y] [--json] [--junit FILE]\n"
      "       moepack verify DST [--json] [--junit FILE]\n\n"
      "Recomputes every DST tensor from SRC with the reference CPU ops (one target, or one expert\n"
      "of it, at a time) and compares: missing and extra tensors, dtype/shape, content. The\n"
      "direction is taken from the layouts (per-expert -> packed, packed -> per-expert, or the\n"
      "same layout: a round trip) and the quantization from the headers (FP8 in DST only:\n"
-     "quantized; in SRC only: dequantized). Quantized conversions compare values within --rtol\n"
+     "quantized; in SRC only: dequantized; NVFP4 _weight_scale_2 or MXFP4 E8M0 _scale_inv in DST\n"
+     "only: --quantize nvfp4 / mxfp4). Quantized conversions compare values within --rtol\n"
      "and --atol; everything else compares bytes. 'identical' means every byte matched; 'within\n"
      "tolerance' that values matched within the tolerances. With one path, checks DST against\n"
      "its moepack.manifest.json and prints the provenance recorded there.\n\n"
      "  --preset NAME      the preset (default: from SRC's config.json)\n"
      "  --spec FILE        a spec instead of a preset\n"
      "  --dequantize       SRC's FP8 weights were dequantized (found out when not given)\n"
-     "  --quantize fp8-block128  DST's packed experts were quantized (found out when not given)\n"
+     "  --quantize F       DST's packed experts were quantized with F: fp8-block128, nvfp4 or\n"
+     "                     mxfp4 (found out when not given)\n"
      "  --atol X           absolute tolerance (default 0)\n"
      "  --rtol Y           relative tolerance (default 2^-8)\n"
      "  --revision REV     SRC a repo id or cache folder: its snapshot of REV (default main)\n"
@@ -400,7 +405,7 @@ const mpk_command mpk_commands[] = {
      mpk_cmd_verify},
     {"diff", "numeric comparison per tensor (max abs/rel error, RMSE, cosine)",
      "usage: moepack diff A B [--atol X] [--rtol Y] [--preset P | --spec FILE]\n"
-     "                    [--dequantize | --quantize fp8-block128] [--json] [--junit FILE]\n\n"
+     "                    [--dequantize | --quantize F] [--json] [--junit FILE]\n\n"
      "For every float tensor (F32, F16, BF16, F8_E4M3, F8_E5M2): max abs error, max relative\n"
      "error, RMSE, cosine similarity and the count beyond atol + rtol*|a| (defaults 0 and 0).\n"
      "A and B may be in different layouts or quantizations of the same model (per-expert vs\n"
@@ -410,7 +415,8 @@ const mpk_command mpk_commands[] = {
      "  --preset NAME      the preset (default: from A's config.json)\n"
      "  --spec FILE        a spec instead of a preset\n"
      "  --dequantize       A's FP8 weights were dequantized in B (found out when not given)\n"
-     "  --quantize fp8-block128  B's packed experts are A's quantized (found out when not given)\n"
+     "  --quantize F       B's packed experts are A's quantized with F: fp8-block128, nvfp4 or\n"
+     "                     mxfp4 (found out when not given)\n"
      "  --revision REV     A a repo id or cache folder: its snapshot of REV (default main)\n"
      "  --json             the report as JSON on stdout (schema in docs/json.md)\n"
      "  --junit FILE       also a JUnit XML report for CI (docs/ci.md)\n"

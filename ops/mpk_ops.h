@@ -333,14 +333,16 @@ float mpk_nvfp4_global_scale(float amax);
  *   (-0 gives code 0). Where the divisor is 0 (a block scale that rounds to E4M3 zero, or
  *   scale2 = 0) a nonzero x gives +-6 (x / 0 = +-inf saturates) and a zero gives code 0 (0/0 is
  *   NaN, which no bound is below; ModelOpt's searchsorted would give 6 x 0 there: the same value).
- * codes: n_blocks x 8 bytes (element 2k in the low nibble of byte k); scales: n_blocks bytes. */
+ * codes: n_blocks x 8 bytes (element 2k in the low nibble of byte k), or NULL (only the scales);
+ * scales: n_blocks bytes. */
 void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float scale2, uint8_t *codes,
                      uint8_t *scales);
 /* Quantizes n_blocks x 32 values to MXFP4 by the OCP MX rule (OCP Microscaling Formats v1.0,
  * section 6.3): X = floor(log2(amax_block)) - 2 (E2M1's emax), clamped below at -127 (so an
  * all-zero block, and one below 2^-125, get scale code 0); scale code X + 127 (F8_E8M0);
  * code = e2m1(x / 2^X) rounded to nearest even, saturating at +-6 (amax / 2^X lies in [4, 8));
- * the sign bit of x kept (-0 and a negative that rounds to zero are code 8). Returns the index of
+ * the sign bit of x kept (-0 and a negative that rounds to zero are code 8); blocks may be NULL
+ * (only the scales). Returns the index of
  * the first NaN or infinity (blocks before it are written), n_blocks x 32 when none. */
 size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales);
 /* One R x C matrix to fmt (1: NVFP4, its rows split into parts projections with a global scale

@@ -143,7 +143,7 @@ static void nv_block_scalar(const float *x, float g, uint8_t *codes, uint8_t *sc
     uint8_t sc = nv_scale_code(amax, g);
     float d = e4m3_pos(sc) * g;
     *scale = sc;
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; codes && k < 8; k++) {
         float q0 = x[2 * k] / d, q1 = x[2 * k + 1] / d;
         uint32_t lo = e2m1_mag(fabsf(q0)) | (q0 < 0 ? 8u : 0u), hi = e2m1_mag(fabsf(q1)) | (q1 < 0 ? 8u : 0u);
         codes[k] = (uint8_t)(lo | hi << 4);
@@ -264,7 +264,8 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
         if (sc == 0xFF)
             sc = c->sc_of[m & 0x7FFF] = nv_scale_code(ops_u2f(m << 16), g);
         scales[b] = sc;
-        codes16(p, thresholds(c, sc, e4m3_pos(sc) * g), codes + b * 8);
+        if (codes)
+            codes16(p, thresholds(c, sc, e4m3_pos(sc) * g), codes + b * 8);
     }
 }
 
@@ -283,6 +284,8 @@ __attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2
         if (e == -128)
             return b * 32 + first_bad(MPK_DTYPE_BF16, p, 32);
         scales[b] = (uint8_t)(e + 127);
+        if (!blocks)
+            continue;
         if (e == 128) {
             memset(blocks + b * 16, 0, 16);
             continue;
@@ -327,7 +330,7 @@ void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float sca
         float x[16];
         for (int k = 0; k < 16; k++)
             x[k] = ops_load_f32(in_dt, in, b * 16 + (size_t)k);
-        nv_block_scalar(x, scale2, codes + b * 8, scales + b);
+        nv_block_scalar(x, scale2, codes ? codes + b * 8 : NULL, scales + b);
     }
 }
 
@@ -368,7 +371,8 @@ size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uin
         }
         uint32_t sc = ocp_scale_code(amax);
         scales[b] = (uint8_t)sc;
-        ops_mx_codes(in_dt, p, mx_inv((int)sc - 127), blocks + b * 16);
+        if (blocks)
+            ops_mx_codes(in_dt, p, mx_inv((int)sc - 127), blocks + b * 16);
     }
     return n_blocks * 32;
 }
@@ -397,10 +401,9 @@ size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, in
                          uint8_t *codes, uint8_t *scales, float *scale2)
 {
     size_t n = (size_t)R * (size_t)C, el = mpk_dtype_size(in_dt), blk = fmt == 1 ? 16 : 32;
-    uint8_t *tc = codes ? NULL : malloc(n / 2 + 1), *ts = scales ? NULL : malloc(n / blk + 1);
-    uint8_t *c = codes ? codes : tc, *s = scales ? scales : ts;
+    uint8_t *ts = scales ? NULL : malloc(n / blk + 1), *s = scales ? scales : ts, *c = codes;
     size_t bad = n;
-    if (!c || !s) {
+    if (!s) {
         bad = SIZE_MAX; /* out of memory */
     } else if (fmt == 2) {
         bad = mpk_quant_mxfp4_ocp(in_dt, in, n / 32, c, s);
@@ -415,10 +418,9 @@ size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, in
             else if (scale2)
                 scale2[k] = g;
             if (bad == n && (codes || scales))
-                mpk_quant_nvfp4(in_dt, p, pn / 16, g, c + (size_t)k * pn / 2, s + (size_t)k * pn / 16);
+                mpk_quant_nvfp4(in_dt, p, pn / 16, g, c ? c + (size_t)k * pn / 2 : NULL, s + (size_t)k * pn / 16);
         }
     }
-    free(tc);
     free(ts);
     return bad;
 }

@@ -94,6 +94,12 @@ static void test_nvfp4_paths_agree(void **state)
         assert_memory_equal(s[0], s[1], NB * 2);
         assert_memory_equal(c[0], c[2], NB * 16);
         assert_memory_equal(s[0], s[2], NB * 2);
+        for (int on = 0; on < 2; on++) { /* the scales alone, both paths */
+            simd(on);
+            memset(s[1], 0xEE, NB * 2);
+            mpk_quant_nvfp4(MPK_DTYPE_BF16, v, NB * 2, gs[j], NULL, s[1]);
+            assert_memory_equal(s[0], s[1], NB * 2);
+        }
     }
     v[777] = 0x7F80; /* +inf */
     simd(true);
@@ -130,6 +136,14 @@ static void test_mxfp4_ocp_paths_agree(void **state)
     assert_memory_equal(s[0], s[1], NB);
     assert_memory_equal(c[0], c[2], NB * 16);
     assert_memory_equal(s[0], s[2], NB);
+    memset(s[1], 0xEE, NB);
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, NULL, s[1]), NB * 32); /* scales alone */
+    assert_memory_equal(s[0], s[1], NB);
+    simd(true);
+    memset(s[1], 0xEE, NB);
+    assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, NULL, s[1]), NB * 32);
+    assert_memory_equal(s[0], s[1], NB);
+    simd(false);
     mpk_quant_mxfp4(MPK_DTYPE_BF16, v, NB, c[1], s[1]);
     assert_memory_equal(c[3], c[1], NB * 16);
     assert_memory_equal(s[3], s[1], NB);
