@@ -13,14 +13,6 @@
 
 /* ---------------------------------------------------------------- specs */
 
-/* The --quantize word of q (the manifest's options). */
-static const char *quant_name(mpk_quant q)
-{
-    static const char *const names[MPK_QUANT_COUNT] = {"keep", "dequantize", "fp8-block128", "nvfp4", "mxfp4"};
-    _Static_assert(sizeof names / sizeof *names == MPK_QUANT_COUNT, "a name per mpk_quant");
-    return (unsigned)q < MPK_QUANT_COUNT ? names[q] : "keep";
-}
-
 static bool is_spec_file(const char *what)
 {
     size_t n = strlen(what);
@@ -450,7 +442,7 @@ char *mpk_plan_describe_json(const mpk_plan *p)
         for (int k = 0; k < g->rule->n_ops; k++)
             cJSON_AddItemToArray(ops, cJSON_CreateString(mpk_op_str(&g->rule->ops[k], ob, sizeof ob)));
         if (t->quant)
-            cJSON_AddStringToObject(e, "quantized", t->quant == 1 ? "F8_E4M3 weight" : "F32 scale grid");
+            cJSON_AddStringToObject(e, "quantized", mpk_lib_quant_role(p->quant4, t->quant));
     }
     cJSON_AddItemToObject(o, "outputs", outs);
     char *text = mpk_json_print(o, true);
@@ -458,51 +450,13 @@ char *mpk_plan_describe_json(const mpk_plan *p)
     return text;
 }
 
-/* --quantize fp8-block128's quantization_config: what transformers' FineGrainedFP8Config and
- * vLLM's Fp8Config read. Every 2-D weight of the output left in a float type (attention,
- * routers, shared experts, lm_head, embeddings) is named by its module in
- * modules_to_not_convert (transformers) and ignored_layers (vLLM reads it first), so that
- * neither loader takes an unlisted BF16 linear for FP8. */
-static cJSON *fp8_block_config(const mpk_plan *p)
-{
-    cJSON *qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
-                            "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
-    cJSON *skip = cJSON_CreateArray();
-    bool ok = qc && skip; /* a list cut short would have a loader take a BF16 linear for FP8 */
-    for (size_t i = 0; ok && i < p->n_outs; i++) {
-        const mpk_plan_out *o = &p->outs[i];
-        size_t n = strlen(o->name);
-        if (o->quant || o->meta.ndim != 2 || mpk_dtype_is_fp8(o->meta.dtype) || n <= 7 ||
-            strcmp(o->name + n - 7, ".weight") != 0)
-            continue;
-        cJSON *m = cJSON_CreateString(o->name);
-        if (m)
-            m->valuestring[n - 7] = 0; /* the module: the name without ".weight" */
-        if (!(ok = m && cJSON_AddItemToArray(skip, m)))
-            cJSON_Delete(m);
-    }
-    cJSON *copy = ok ? cJSON_Duplicate(skip, 1) : NULL;
-    if (!copy || cJSON_GetArraySize(copy) != cJSON_GetArraySize(skip) ||
-        !cJSON_AddItemToObject(qc, "modules_to_not_convert", skip)) {
-        cJSON_Delete(qc), cJSON_Delete(skip), cJSON_Delete(copy);
-        return NULL;
-    }
-    if (!cJSON_AddItemToObject(qc, "ignored_layers", copy)) { /* skip is qc's now */
-        cJSON_Delete(qc), cJSON_Delete(copy);
-        return NULL;
-    }
-    return qc;
-}
-
 static mpk_status requant_config(const mpk_convert_req *r, const job *j, const mpk_plan *p, char **out,
                                  mpk_error *err)
 {
     cJSON *qc = NULL;
     *out = NULL;
-    if (r->quant == MPK_QUANT_FP8_BLOCK128)
-        qc = fp8_block_config(p);
-    else if (r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4)
-        qc = mpk_lib_quant4_config(p, r->quant);
+    if (r->quant == MPK_QUANT_FP8_BLOCK128 || r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4)
+        qc = mpk_lib_quant_config(p, r->quant);
     else if (j->spec->dequantizes && j->spec->reversed)
         qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"), 1);
     bool want_qc = r->quant == MPK_QUANT_FP8_BLOCK128 || r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4 ||
@@ -578,7 +532,7 @@ static cJSON *provenance(const mpk_convert_req *r, const job *j, mpk_error *err)
               cJSON_AddStringToObject(o, "preset", file ? "" : j->spec->name) &&
               cJSON_AddStringToObject(o, "spec", file ? r->spec : "") &&
               cJSON_AddStringToObject(o, "spec_xxh3_128", mpk_hash_hex((mpk_hash128){h.high64, h.low64}, hx)) &&
-              cJSON_AddStringToObject(opts, "quantize", quant_name(r->quant)) &&
+              cJSON_AddStringToObject(opts, "quantize", mpk_lib_quant_name(r->quant)) &&
               cJSON_AddNumberToObject(opts, "max_shard_size", (double)r->max_shard_size) &&
               cJSON_AddBoolToObject(opts, "compress", j->compress_level > 0) &&
               cJSON_AddNumberToObject(opts, "compress_level", j->compress_level) &&

@@ -68,11 +68,14 @@ mpk_status mpk_layout_from_index(const char *path, mpk_layout **out, mpk_error *
 /* Every NAME.safetensors in dir replaced by its container NAME.safetensors.mpkz (lib/compress.c);
  * threads 0: the CPUs. */
 mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_error *err);
-/* quant_config.c: config.json's quantization_config for --quantize nvfp4 / mxfp4 (NULL for
- * another q, or out of memory); hf_quant_config.json's text for NVFP4 (malloc'd; NULL: out of
- * memory). */
-cJSON *mpk_lib_quant4_config(const mpk_plan *p, mpk_quant q);
+/* quant_config.c: config.json's quantization_config for --quantize q (fp8-block128, nvfp4,
+ * mxfp4; NULL for another q, or out of memory); hf_quant_config.json's text for NVFP4 (malloc'd;
+ * NULL: out of memory); q's --quantize word (the manifest's options); what a --quantize output
+ * is (fmt: mpk_plan's quant4, 0 FP8; role: mpk_plan_out's quant) for plan --json. */
+cJSON *mpk_lib_quant_config(const mpk_plan *p, mpk_quant q);
 char *mpk_lib_hf_quant_config(const mpk_plan *p);
+const char *mpk_lib_quant_name(mpk_quant q);
+const char *mpk_lib_quant_role(int fmt, int role);
 /* convert_report.c: "passed_unknown" ([{name, why}]) into o; the report of a conversion. */
 void mpk_lib_unknown_json(cJSON *o, const mpk_plan *p);
 mpk_status mpk_lib_convert_report(const mpk_convert_req *r, const mpk_plan *p, const mpk_exec_stats *st,

@@ -1,7 +1,7 @@
-/* quant_config.c — what --quantize nvfp4 and --quantize mxfp4 write beside the tensors:
- * config.json's quantization_config and, for NVFP4, hf_quant_config.json, in the shapes their
- * readers take (moepack's own, plan/config.c; ModelOpt's export as transformers' and vLLM's
- * ModelOpt loaders read it; GPT-OSS's mxfp4 declaration), each naming the modules left in BF16. */
+/* quant_config.c — what --quantize writes beside the tensors: config.json's quantization_config
+ * (fp8-block128, nvfp4, mxfp4) and, for NVFP4, hf_quant_config.json, in the shapes their readers
+ * take (moepack's own, plan/config.c; transformers' and vLLM's FP8 and ModelOpt loaders; GPT-OSS's
+ * mxfp4 declaration), each naming the modules left in BF16; and the words for the reports. */
 #define _GNU_SOURCE
 #include "lib_internal.h"
 
@@ -43,6 +43,18 @@ static bool with_list(cJSON *o, const char *key, const mpk_plan *p)
     return false;
 }
 
+/* --quantize fp8-block128's quantization_config: what transformers' FineGrainedFP8Config and
+ * vLLM's Fp8Config read. Every 2-D weight left in a float type is named by its module in
+ * modules_to_not_convert (transformers) and ignored_layers (vLLM reads it first), so that
+ * neither loader takes an unlisted BF16 linear for FP8. */
+static cJSON *fp8_block_config(const mpk_plan *p)
+{
+    cJSON *qc = cJSON_Parse("{\"quant_method\": \"fp8\", \"activation_scheme\": \"dynamic\", "
+                            "\"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}");
+    return with_list(qc, "modules_to_not_convert", p) && with_list(qc, "ignored_layers", p) ? qc
+                                                                                           : (cJSON_Delete(qc), NULL);
+}
+
 /* ModelOpt's NVFP4 declaration as its unified HF export writes it into config.json: quant_method
  * modelopt, quant_algo NVFP4, one config group of 4-bit float weights in groups of 16, ignore
  * naming the modules left in BF16. No input_activations: moepack quantizes weights only and
@@ -66,9 +78,27 @@ static cJSON *mxfp4_config(const mpk_plan *p)
                ? qc : (cJSON_Delete(qc), NULL);
 }
 
-cJSON *mpk_lib_quant4_config(const mpk_plan *p, mpk_quant q)
+cJSON *mpk_lib_quant_config(const mpk_plan *p, mpk_quant q)
 {
-    return q == MPK_QUANT_NVFP4 ? nvfp4_config(p) : q == MPK_QUANT_MXFP4 ? mxfp4_config(p) : NULL;
+    return q == MPK_QUANT_FP8_BLOCK128 ? fp8_block_config(p)
+           : q == MPK_QUANT_NVFP4      ? nvfp4_config(p)
+           : q == MPK_QUANT_MXFP4      ? mxfp4_config(p)
+                                       : NULL;
+}
+
+const char *mpk_lib_quant_name(mpk_quant q)
+{
+    static const char *const names[MPK_QUANT_COUNT] = {"keep", "dequantize", "fp8-block128", "nvfp4", "mxfp4"};
+    _Static_assert(sizeof names / sizeof *names == MPK_QUANT_COUNT, "a name per mpk_quant");
+    return (unsigned)q < MPK_QUANT_COUNT ? names[q] : "keep";
+}
+
+const char *mpk_lib_quant_role(int fmt, int role)
+{
+    static const char *const roles[3][3] = {{"F8_E4M3 weight", "F32 scale grid", ""},
+                                            {"U8 NVFP4 codes", "F8_E4M3 block scales", "F32 global scales"},
+                                            {"U8 MXFP4 codes", "F8_E8M0 block scales", ""}};
+    return fmt >= 0 && fmt < 3 && role >= 1 && role <= 3 ? roles[fmt][role - 1] : "";
 }
 
 char *mpk_lib_hf_quant_config(const mpk_plan *p)
