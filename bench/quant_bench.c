@@ -1,5 +1,6 @@
 /* quant_bench.c — dequantize (FP8 block, MXFP4, NVFP4) and quantize (MXFP4 by the reference rule
- * and by the OCP rule, NVFP4 with its amax pass over the rows for the global scale) throughput against
+ * and by the OCP rule, NVFP4 with its amax pass over the rows for the global scale, and without
+ * it) throughput against
  * memcpy of the same bytes, in interleaved rounds (memcpy, then each kernel, round after round),
  * 1 thread and all threads. For each kernel: the median of the per-round ratios (memcpy time /
  * kernel time: >= 1.0 is as fast as memcpy), their min and max, and CPU seconds per round.
@@ -16,9 +17,10 @@
 #include <unistd.h>
 
 enum { C = 7168, B = 128 }; /* DeepSeek-V3 hidden size: rows of 7168 values */
-enum { K_MEMCPY, K_FP8, K_MXFP4, K_NVFP4, K_QMXFP4, K_QOCP, K_QNVFP4, K_COUNT };
+enum { K_MEMCPY, K_FP8, K_MXFP4, K_NVFP4, K_QMXFP4, K_QOCP, K_QNVFP4, K_QNVB, K_COUNT };
 static const char *const names[K_COUNT] = {"memcpy", "fp8-block dequant", "mxfp4 dequant", "nvfp4 dequant",
-                                           "mxfp4 quantize", "mxfp4-ocp quantize", "nvfp4 quantize"};
+                                           "mxfp4 quantize", "mxfp4-ocp quantize", "nvfp4 quantize",
+                                           "nvfp4 blocks only"};
 
 typedef struct {
     int kind;
@@ -67,6 +69,10 @@ static void *run(void *arg)
                         j->qscales + j->r0 * C / 16);
         break;
     }
+    case K_QNVFP4 + 1: /* the same without the amax pass (a fixed global scale) */
+        mpk_quant_nvfp4(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 16, 0.00123f, (uint8_t *)j->out + j->r0 * C / 2,
+                        j->qscales + j->r0 * C / 16);
+        break;
     }
     return NULL;
 }
