@@ -269,6 +269,55 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
     }
 }
 
+/* The codes of a 32-value MXFP4 block under 2^e, -124 <= e <= 125, in 8-bit lanes. Dividing by
+ * 2^e subtracts e << 7 from a normal BF16 magnitude's bits, so every E2M1 bound is a fixed bit
+ * pattern q: 0.25 0x3E80, 1.25 0x3FA0, 2.5 0x4020, 5 0x40A0 (passed above them: >) and 0.75
+ * 0x3F40, 1.75 0x3FE0, 3.5 0x4060 (passed at them: >=), all multiples of 32. With z1 = (a - (e
+ * << 7) - 0x3E61) >> 5 and z2 = (a - (e << 7) - 0x3E80) >> 5 (saturating at 0) a > q is z1 >
+ * (q - 0x3E61) >> 5 for the first four and a >= q is z2 > (q - 1 - 0x3E80) >> 5 for the others,
+ * exactly (each bound sits on a multiple of 32 from its base). A subnormal magnitude (a < 0x80)
+ * gives z1 = z2 = 0 since e >= -124, as its quotient (< 2^-126 x 2^124) is below 0.25. */
+typedef struct {
+    __m256i k[7]; /* the bounds in z1/z2 units: 0, 5, 9, 10, 13, 14, 17 */
+    __m256i eight, low, idx;
+} pow2_consts;
+
+__attribute__((target("avx2"))) static inline pow2_consts pow2_make(void)
+{
+    static const char k[7] = {0, 5, 9, 10, 13, 14, 17};
+    pow2_consts c;
+    for (int i = 0; i < 7; i++)
+        c.k[i] = _mm256_set1_epi8(k[i]);
+    c.eight = _mm256_set1_epi8(8);
+    c.low = _mm256_set1_epi16(0xFF);
+    c.idx = _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5);
+    return c;
+}
+
+__attribute__((target("avx2"))) static inline void mx_codes32_pow2(const uint16_t *p, int e, const pow2_consts *k,
+                                                                   uint8_t *out)
+{
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    __m256i v0 = _mm256_loadu_si256((const __m256i *)p), v1 = _mm256_loadu_si256((const __m256i *)(p + 16));
+    __m256i a0 = _mm256_and_si256(v0, abs), a1 = _mm256_and_si256(v1, abs);
+    __m256i b1 = _mm256_set1_epi16((short)(0x3E61 + e * 128)), b2 = _mm256_set1_epi16((short)(0x3E80 + e * 128));
+    /* bytes in the order [v0 0-7, v1 0-7 | v0 8-15, v1 8-15]; values above 127 saturate */
+    __m256i z1 = _mm256_packs_epi16(_mm256_srli_epi16(_mm256_subs_epu16(a0, b1), 5),
+                                    _mm256_srli_epi16(_mm256_subs_epu16(a1, b1), 5));
+    __m256i z2 = _mm256_packs_epi16(_mm256_srli_epi16(_mm256_subs_epu16(a0, b2), 5),
+                                    _mm256_srli_epi16(_mm256_subs_epu16(a1, b2), 5));
+    /* > 0.25, >= 0.75, > 1.25, >= 1.75, > 2.5, >= 3.5, > 5 */
+    __m256i m = _mm256_add_epi8(_mm256_cmpgt_epi8(z1, k->k[0]), _mm256_cmpgt_epi8(z2, k->k[1]));
+    m = _mm256_add_epi8(m, _mm256_add_epi8(_mm256_cmpgt_epi8(z1, k->k[2]), _mm256_cmpgt_epi8(z2, k->k[3])));
+    m = _mm256_add_epi8(m, _mm256_add_epi8(_mm256_cmpgt_epi8(z1, k->k[4]), _mm256_cmpgt_epi8(z2, k->k[5])));
+    m = _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(m, _mm256_cmpgt_epi8(z1, k->k[6])));
+    __m256i s = _mm256_packs_epi16(_mm256_srai_epi16(v0, 15), _mm256_srai_epi16(v1, 15));
+    m = _mm256_or_si256(m, _mm256_and_si256(s, k->eight));
+    m = _mm256_and_si256(_mm256_or_si256(m, _mm256_srli_epi16(m, 4)), k->low);
+    m = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(m, m), k->idx);
+    _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(m));
+}
+
 /* MXFP4 blocks of 32 BF16 under a scale rule: exponent(largest magnitude's bits) -> e (scale
  * code e + 127; 128: NaN, zero codes; -128: a NaN or infinity to stop at, returned as its index). */
 __attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2(const uint16_t *in, size_t n_blocks,
@@ -276,6 +325,7 @@ __attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2
                                                                   int (*exponent)(uint32_t mag), thr_cache *c)
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    const pow2_consts k = pow2_make();
     for (size_t b = 0; b < n_blocks; b++) {
         const uint16_t *p = in + b * 32;
         __m256i m = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs),
@@ -288,6 +338,10 @@ __attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2
             continue;
         if (e == 128) {
             memset(blocks + b * 16, 0, 16);
+            continue;
+        }
+        if (e >= -124 && e <= 125) {
+            mx_codes32_pow2(p, e, &k, blocks + b * 16);
             continue;
         }
         const thr8 *t = thresholds(c, (uint8_t)(e + 127), mx_inv(e));
