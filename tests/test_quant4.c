@@ -165,11 +165,49 @@ static void test_mxfp4_ocp_paths_agree(void **state)
     free(v), free(f);
 }
 
+/* Every MXFP4 scale code 0..252 (BF16 amax exponent field E, code E - 2): a block with its amax
+ * at exponent E, the E2M1 bounds exactly at t x 2^X and one BF16 step either side, and random
+ * values below; the AVX2 paths (8-bit lanes for -124 <= X <= 125, tables elsewhere) against the
+ * portable one, for the OCP rule and the reference rule. */
+static void test_mxfp4_every_scale(void **state)
+{
+    (void)state;
+    static const uint16_t bound[7] = {0x3E80, 0x3F40, 0x3FA0, 0x3FE0, 0x4020, 0x4060, 0x40A0}; /* 0.25 .. 5 */
+    enum { N = 253 };
+    uint16_t *v = malloc(N * 32 * 2);
+    uint8_t c[2][N * 16], s[2][N], d[2][N * 16], t[2][N];
+    for (int sc = 0; sc < N; sc++) {
+        uint16_t *p = v + sc * 32;
+        int X = sc - 127, E = sc + 2;
+        for (int k = 0; k < 32; k++) { /* random magnitudes at exponents E - 8 .. E */
+            int ek = E - 8 + (int)(next() % 9);
+            p[k] = (uint16_t)((ek > 0 ? ek : 0) << 7 | (next() & 0x7F) | (next() & 1) << 15);
+        }
+        for (int i = 0; i < 7 && X >= -124; i++) { /* the bounds and their neighbours */
+            int q = bound[i] + X * 128;
+            p[3 * i] = (uint16_t)q, p[3 * i + 1] = (uint16_t)(q - 1), p[3 * i + 2] = (uint16_t)((q + 1) | 0x8000);
+        }
+        p[31] = (uint16_t)(E << 7 | (next() & 0x7F)); /* the amax, exponent E */
+    }
+    for (int on = 0; on < 2; on++) {
+        simd(on);
+        assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, N, c[on], s[on]), N * 32);
+        mpk_quant_mxfp4(MPK_DTYPE_BF16, v, N, d[on], t[on]);
+    }
+    for (int sc = 0; sc < N; sc++)
+        assert_int_equal(s[0][sc], sc);
+    assert_memory_equal(c[0], c[1], sizeof c[0]);
+    assert_memory_equal(d[0], d[1], sizeof d[0]);
+    assert_memory_equal(t[0], t[1], sizeof t[0]);
+    free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nvfp4_paths_agree),
         cmocka_unit_test(test_mxfp4_ocp_paths_agree),
+        cmocka_unit_test(test_mxfp4_every_scale),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
