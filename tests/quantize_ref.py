@@ -278,6 +278,10 @@ def dequant_ref(fmt, got, base):
 def round_trip(fmt, src, out, tmp):
     rc, msg = run("verify", "-q", src, out)
     check(rc == 0, f"{fmt}: verify SRC QUANTIZED exits 0" + ("" if rc == 0 else ": " + msg))
+    if fmt == "mxfp4":  # diff: the quantization error, SRC against DST's values (as for FP8)
+        rc, msg = run("diff", src, out)
+        check(rc == 3 and "experts.0.gate_proj.weight" in msg and "model.norm.weight" in msg,
+              "mxfp4: diff SRC QUANTIZED reports the experts' quantization error (exit 3 at rtol 0)")
     bad = os.path.join(tmp, fmt + "-bad")
     shutil.copytree(out, bad)
     name = "model.layers.0.mlp.experts.gate_up_proj_" + ("weight_scale" if fmt == "nvfp4" else "scale_inv")
