@@ -140,8 +140,9 @@ typedef struct {
     int shard;           /* its output shard */
     uint64_t off, len;   /* the range of the output tensor */
     uint64_t at;         /* where off lands in the shard file */
-    bool late;           /* an FP8 scale grid: queued after its shard's other units, so that the
-                            codes' node has mostly computed it already (quant_cache) */
+    bool late;           /* a scale output (FP8 grid; NVFP4/MXFP4 block or global scales):
+                            queued after its shard's other units, so that the codes' node has
+                            mostly computed what it can share already (quant_cache) */
 } unit;
 
 typedef struct {

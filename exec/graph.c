@@ -106,6 +106,46 @@ static bool add_range(void *ctx, const mpk_range *r)
     return seg_append(c->out[r->dst], c->in[r->src], r->src_off, r->len, &fill);
 }
 
+/* A cache of floats per input matrix shared by the QUANT nodes over one input: grid floats a
+ * matrix. */
+static quant_cache *cache_new(const mpk_tmeta *im, uint64_t grid, mpk_arena *arena)
+{
+    int64_t mats = 1;
+    for (int d = 0; d < im->ndim - 2; d++)
+        mats *= im->shape[d];
+    quant_cache *c = mpk_arena_alloc(arena, sizeof *c);
+    if (c) {
+        c->n_mats = (uint64_t)mats;
+        c->grid = grid;
+        c->scales = mpk_arena_alloc(arena, c->n_mats * c->grid * sizeof *c->scales + 1);
+        c->ready = mpk_arena_alloc(arena, c->n_mats + 1);
+    }
+    if (!c || !c->scales || !c->ready)
+        return NULL;
+    for (uint64_t j = 0; j < c->n_mats; j++)
+        atomic_init(&c->ready[j], 0);
+    return c;
+}
+
+/* NVFP4's codes, block scales and global scales of one rule output are three QUANT nodes over
+ * the same input: they share the global scales the codes' node computes per matrix (the others
+ * then skip the amax pass, and the global scales' node the read). */
+static mpk_status quant_share4(builder *b, size_t i, mpk_node *q, mpk_arena *arena)
+{
+    if (q->q4 != 1)
+        return MPK_OK;
+    for (size_t k = 0; k < i; k++) {
+        mpk_node *s = b->out[k];
+        if (s && s->kind == N_QUANT && s->in == q->in && s->q4) {
+            q->qc = s->qc;
+            return MPK_OK;
+        }
+    }
+    if (!(q->qc = cache_new(&q->in->meta, (uint64_t)(q->parts > 1 ? q->parts : 1), arena)))
+        MPK_FAIL(b->err, MPK_E_NOMEM, "exec", "out of memory");
+    return MPK_OK;
+}
+
 /* The FP8 codes and the scale grid of one rule output are two QUANT nodes over the same
  * input: the second made shares the first's scale cache (made here, in the arena). */
 static mpk_status quant_pair(builder *b, size_t i, mpk_node *q, mpk_arena *arena)
@@ -120,21 +160,9 @@ static mpk_status quant_pair(builder *b, size_t i, mpk_node *q, mpk_arena *arena
             return MPK_OK;
         }
     }
-    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], bl = q->block, mats = 1;
-    for (int d = 0; d < im->ndim - 2; d++)
-        mats *= im->shape[d];
-    quant_cache *c = mpk_arena_alloc(arena, sizeof *c);
-    if (c) {
-        c->n_mats = (uint64_t)mats;
-        c->grid = (uint64_t)(((R + bl - 1) / bl) * ((C + bl - 1) / bl));
-        c->scales = mpk_arena_alloc(arena, c->n_mats * c->grid * sizeof *c->scales + 1);
-        c->ready = mpk_arena_alloc(arena, c->n_mats + 1);
-    }
-    if (!c || !c->scales || !c->ready)
+    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], bl = q->block;
+    if (!(q->qc = cache_new(im, (uint64_t)(((R + bl - 1) / bl) * ((C + bl - 1) / bl)), arena)))
         MPK_FAIL(b->err, MPK_E_NOMEM, "exec", "out of memory");
-    for (uint64_t j = 0; j < c->n_mats; j++)
-        atomic_init(&c->ready[j], 0);
-    q->qc = c;
     return MPK_OK;
 }
 
@@ -281,6 +309,7 @@ mpk_status ex_build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
                     int64_t RC = im->shape[im->ndim - 2] * im->shape[im->ndim - 1];
                     q->granule = q->which == 0 ? (uint64_t)RC / 2 : q->which == 1 ? (uint64_t)RC / (p->quant4 == 1 ? 16 : 32)
                                                                                      : (uint64_t)(o->parts > 1 ? o->parts : 1) * 4;
+                    MPK_TRY(quant_share4(b, i, q, arena));
                     *on = q;
                     continue;
                 }

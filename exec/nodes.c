@@ -273,16 +273,32 @@ static mpk_status read_quant4(mpk_node *n, uint64_t off, uint64_t len, char *buf
     if (!t)
         MPK_FAIL(r->err, MPK_E_NOMEM, "exec", "out of memory");
     mpk_status s = MPK_OK;
+    quant_cache *qc = n->qc; /* NVFP4: the global scales per matrix, written by the codes' node */
+    float gl[MPK_MAX_PARTS];
     for (uint64_t j = 0; j < len / g && s == MPK_OK; j++) {
         uint64_t mat = off / g + j;
         uint8_t *o = (uint8_t *)buf + j * g;
+        float *gc = qc ? qc->scales + mat * qc->grid : NULL;
+        bool given = gc && atomic_load_explicit(&qc->ready[mat], memory_order_acquire);
+        if (given)
+            memcpy(gl, gc, qc->grid * sizeof *gl);
+        if (given && n->which == 2) {
+            memcpy(o, gl, g);
+            continue;
+        }
         s = ex_node_read(n->in, mat * mat_in, mat_in, t, r);
         if (s == MPK_OK)
             s = ex_rd_flush(r);
         if (s != MPK_OK)
             break;
         size_t bad = mpk_quant4_matrix(n->q4, im->dtype, t, R, C, n->parts, n->which == 0 ? o : NULL,
-                                       n->which == 1 ? o : NULL, n->which == 2 ? (float *)(void *)o : NULL);
+                                       n->which == 1 ? o : NULL, gl, given);
+        if (bad == (size_t)(R * C) && n->which == 2)
+            memcpy(o, gl, g);
+        if (bad == (size_t)(R * C) && gc && !given && n->which == 0) {
+            memcpy(gc, gl, qc->grid * sizeof *gl);
+            atomic_store_explicit(&qc->ready[mat], 1, memory_order_release);
+        }
         if (bad == SIZE_MAX)
             s = mpk_error_set(r->err, MPK_E_NOMEM, 0, "exec", "out of memory");
         float v = 0;

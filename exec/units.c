@@ -114,7 +114,7 @@ mpk_status ex_make_units(job *j)
         for (uint64_t off = 0; off < p->outs[i].nbytes; off += u)
             c->units[c->n_units++] = (unit){i, p->outs[i].shard, off,
                                             p->outs[i].nbytes - off < u ? p->outs[i].nbytes - off : u, base + off,
-                                            c->nodes[i]->kind == N_QUANT && c->nodes[i]->which == 1};
+                                            c->nodes[i]->kind == N_QUANT && c->nodes[i]->which >= 1};
     }
     qsort(c->units, c->n_units, sizeof *c->units, file_order);
     if (!(c->units_upto = mpk_calloc(c->n_units + 1, sizeof *c->units_upto)))

@@ -347,11 +347,13 @@ void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float sca
 size_t mpk_quant_mxfp4_ocp(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales);
 /* One R x C matrix to fmt (1: NVFP4, its rows split into parts projections with a global scale
  * each, in scale2[parts]; 2: MXFP4 by the OCP rule): codes (R x C / 2 bytes) and scales (R x C /
- * 16 or / 32); any output may be NULL (NVFP4 with both NULL: only the global scales). Returns
- * the index of the first NaN or infinity (outputs then incomplete), R x C when none, SIZE_MAX
- * when out of memory. */
+ * 16 or / 32); any output may be NULL (NVFP4 with both NULL: only the global scales). given:
+ * scale2 holds the global scales already (computed from this matrix before: no amax pass, so no
+ * NaN check either). Returns the index of the first NaN or infinity (outputs then incomplete),
+ * R x C when none, SIZE_MAX when out of memory. */
+#define MPK_MAX_PARTS 64 /* fused projections with their own NVFP4 global scale, at most */
 size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, int64_t C, int parts,
-                         uint8_t *codes, uint8_t *scales, float *scale2);
+                         uint8_t *codes, uint8_t *scales, float *scale2, bool given);
 
 /* Swaps dims a < b of a tensor of the given shape (elements of el bytes): in and out do not
  * overlap. Thread-safe. */

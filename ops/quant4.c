@@ -452,7 +452,7 @@ bool ops_mx_rule_bf16(const uint16_t *in, size_t n_blocks, uint8_t *blocks, uint
 /* ---------------------------------------------------------------- one matrix */
 
 size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, int64_t C, int parts,
-                         uint8_t *codes, uint8_t *scales, float *scale2)
+                         uint8_t *codes, uint8_t *scales, float *scale2, bool given)
 {
     size_t n = (size_t)R * (size_t)C, el = mpk_dtype_size(in_dt), blk = fmt == 1 ? 16 : 32;
     uint8_t *ts = scales ? NULL : malloc(n / blk + 1), *s = scales ? scales : ts, *c = codes;
@@ -465,11 +465,11 @@ size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, in
         size_t pn = n / (size_t)(parts > 0 ? parts : 1); /* values per part: whole rows */
         for (int k = 0; k < (parts > 0 ? parts : 1) && bad == n; k++) {
             const char *p = (const char *)in + (size_t)k * pn * el;
-            size_t b;
-            float g = mpk_nvfp4_global_scale(mpk_quant_amax(in_dt, p, pn, &b));
+            size_t b = pn;
+            float g = given ? scale2[k] : mpk_nvfp4_global_scale(mpk_quant_amax(in_dt, p, pn, &b));
             if (b < pn)
                 bad = (size_t)k * pn + b;
-            else if (scale2)
+            else if (scale2 && !given)
                 scale2[k] = g;
             if (bad == n && (codes || scales))
                 mpk_quant_nvfp4(in_dt, p, pn / 16, g, c ? c + (size_t)k * pn / 2 : NULL, s + (size_t)k * pn / 16);

@@ -325,11 +325,11 @@ static mpk_status quant4_outputs(mpk_plan *p, int fmt, int parts, mpk_plan_out *
 {
     int nd = o->meta.ndim, blk = fmt == 1 ? 16 : 32;
     int64_t R = o->meta.shape[nd - 2], C = o->meta.shape[nd - 1];
-    if (C % blk || (fmt == 1 && R % parts))
+    if (C % blk || (fmt == 1 && (R % parts || parts > MPK_MAX_PARTS)))
         MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
                        "tensor '%s' [.., %lld, %lld]: --quantize %s needs rows of whole %d-value blocks%s", o->name,
                        (long long)R, (long long)C, fmt == 1 ? "nvfp4" : "mxfp4", blk,
-                       fmt == 1 ? " and rows that split evenly into the fused projections" : "");
+                       fmt == 1 ? " and rows that split evenly into at most 64 fused projections" : "");
     mpk_plan_out *s = &p->outs[p->n_outs++];
     *s = *o;
     s->name = mpk_arena_printf(p->arena, fmt == 1 ? "%s_weight_scale" : "%s_scale_inv", o->name);

@@ -292,7 +292,7 @@ static mpk_status emit4(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmet
     for (int64_t l = 0; l < lead && st == MPK_OK; l++) {
         size_t bad = mpk_quant4_matrix(p->quant4, m->dtype, (char *)data + (size_t)l * mat * el, R, C, parts,
                                        c + (size_t)l * mat / 2, s + (size_t)l * mat / (p->quant4 == 1 ? 16 : 32),
-                                       g + l * parts);
+                                       g + l * parts, false);
         if (bad < mat || bad == SIZE_MAX)
             st = mpk_error_set(v->err, bad == SIZE_MAX ? MPK_E_NOMEM : MPK_E_QUANT, 0, "verify",
                                "tensor '%s': value %zu of a source matrix is not finite", p->outs[so->weight].name, bad);
