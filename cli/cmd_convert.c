@@ -223,8 +223,9 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
     case MPK_E_MEMORY_BUDGET: return err->field == MPK_FIELD_MEM ? "raise --mem or lower --threads" : NULL;
     case MPK_E_QUANT:
         if (a->quantize && a->quant != MPK_QUANT_FP8_BLOCK128)
-            return "--quantize nvfp4 needs rows of whole 16-value blocks (mxfp4: 32) in every packed expert tensor: "
-                   "pack without --quantize, or fix the values the message names";
+            return "--quantize nvfp4/mxfp4 needs packed rows that are whole rows of their source linears, in whole "
+                   "16-value (mxfp4: 32) blocks, and finite weights (the message names what broke it): pack without "
+                   "--quantize (BF16 experts)";
         return a->quantize ? "--quantize fp8-block128 needs whole 128x128 blocks in each gate and up half (the "
                              "sizes named a multiple of 128): pack this checkpoint without --quantize (BF16 experts)"
                            : "--dequantize writes BF16 experts, which pack at any size";

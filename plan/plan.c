@@ -320,10 +320,22 @@ static mpk_status undo_renames(mpk_plan *p, const mpk_spec *spec, const mpk_plan
  * [.., parts] (one global scale per fused projection: the rule's sources, stacked along R, as
  * ModelOpt's gate and up each have one; [..] for one), MXFP4 o_scale_inv F8_E8M0 [.., R, C/32].
  * A row that is not whole blocks, or rows that do not split into the parts, is MPK_E_QUANT. */
-static mpk_status quant4_outputs(mpk_plan *p, int fmt, int parts, mpk_plan_out *o, const char *where,
+static mpk_status quant4_outputs(mpk_plan *p, int fmt, const mpk_rule *r, mpk_plan_out *o, const char *where,
                                  mpk_error *err)
 {
-    int nd = o->meta.ndim, blk = fmt == 1 ? 16 : 32;
+    int nd = o->meta.ndim, blk = fmt == 1 ? 16 : 32, parts = r->n_sources;
+    char ob[96];
+    /* only experts stacked (merge along dim 0) and projections joined along the rows (concat
+     * along dim nd - 2): each packed row is then a whole row of one source linear, so blocks
+     * along it are that linear's (ModelOpt's and the per-expert MXFP4 layout: [out, in], blocks
+     * along in) and unpack moves them back with the codes */
+    for (int k = 0; k < r->n_ops; k++)
+        if (!(r->ops[k].kind == MPK_OP_MERGE && r->ops[k].dim == 0) &&
+            !(r->ops[k].kind == MPK_OP_CONCAT && r->ops[k].dim == nd - 2))
+            MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
+                           "tensor '%s' (%s): --quantize %s needs each packed row to be a row of one source linear "
+                           "(blocks along it), but the rule applies %s", o->name, r->path,
+                           fmt == 1 ? "nvfp4" : "mxfp4", mpk_op_str(&r->ops[k], ob, sizeof ob));
     int64_t R = o->meta.shape[nd - 2], C = o->meta.shape[nd - 1];
     if (C % blk || (fmt == 1 && (R % parts || parts > MPK_MAX_PARTS)))
         MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
@@ -397,7 +409,7 @@ static mpk_status build_outputs(build *bd)
                 mpk_dtype dt = o->meta.dtype;
                 if (opts->quantize4 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
                     (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16))
-                    MPK_TRY(quant4_outputs(p, opts->quantize4, r->n_sources, o, where, err));
+                    MPK_TRY(quant4_outputs(p, opts->quantize4, r, o, where, err));
                 else if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
                     (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16)) {
                     int b = opts->quantize_block, nd = o->meta.ndim;

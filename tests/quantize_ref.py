@@ -323,6 +323,12 @@ def body(tmp):
         check_config(out, fmt)
         round_trip(fmt, src, out, tmp)
     refusals(tmp)
+    # a preset whose rule reshapes the experts' rows (DBRX's flattened w1/v1/w2): refused
+    dbrx = os.path.join(tmp, "dbrx")
+    rc, msg = run("synth", "--arch", "dbrx", dbrx)
+    rc, msg = run("pack", "-q", "--quantize", "nvfp4", dbrx, os.path.join(tmp, "dbrx-q"))
+    check(rc == 1 and "needs each packed row to be a row of one source linear" in msg,
+          "--quantize nvfp4 of a rule that reshapes rows is refused (quant-layout): " + msg.strip()[:120])
     rc, msg = run("pack", "-q", "--quantize", "int4", src, os.path.join(tmp, "x"))
     check(rc == 2 and "nvfp4" in msg, "--quantize int4 is bad usage (exit 2) listing the formats")
 
