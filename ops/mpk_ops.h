@@ -327,12 +327,14 @@ float mpk_quant_amax(mpk_dtype in_dt, const void *in, size_t n, size_t *bad);
  * (6 x 448) in F32 (ModelOpt's NVFP4QTensor.get_weights_scaling_factor_2). */
 float mpk_nvfp4_global_scale(float amax);
 /* Quantizes n_blocks x 16 finite values to NVFP4 under the global scale scale2, as ModelOpt's
- * NVFP4QTensor.get_weights_scaling_factor + quantize + _cast_fp4 compute it in F32:
- *   block scale (E4M3, RNE) = e4m3((amax_block / 6) / scale2), 1.0 (0x38) for an all-zero block;
+ * NVFP4QTensor.get_weights_scaling_factor + quantize + _cast_fp4 compute it in F32 (the current
+ * modelopt/torch/quantization/qtensor/nvfp4_tensor.py):
+ *   block scale = e4m3(clamp(amax_block / (6 x scale2), 2^-9, 448)) rounding to nearest even,
+ *   the product and the quotient each rounded to F32; 1.0 (0x38) for an all-zero block;
  *   code = e2m1(x / (f32(block scale) x scale2)), its sign bit set where the quotient is < 0
- *   (-0 gives code 0). Where the divisor is 0 (a block scale that rounds to E4M3 zero, or
- *   scale2 = 0) a nonzero x gives +-6 (x / 0 = +-inf saturates) and a zero gives code 0 (0/0 is
- *   NaN, which no bound is below; ModelOpt's searchsorted would give 6 x 0 there: the same value).
+ *   (-0 gives code 0). Where that divisor is 0 (scale2 = 0: an all-zero tensor, whose ModelOpt
+ *   scales would be NaN, or one whose product underflows) a nonzero x gives +-6 (x / 0 = +-inf
+ *   saturates) and a zero gives code 0 (0/0 is NaN, which no bound is below).
  * codes: n_blocks x 8 bytes (element 2k in the low nibble of byte k), or NULL (only the scales);
  * scales: n_blocks bytes. */
 void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float scale2, uint8_t *codes,

@@ -116,13 +116,18 @@ float mpk_nvfp4_global_scale(float amax)
     return amax / (6.0f * 448.0f); /* get_weights_scaling_factor_2: amax.float() / (6.0 * 448.0) */
 }
 
-/* A block's E4M3 scale from its largest magnitude (get_weights_scaling_factor): amax / 6 in
- * F32, divided by the global scale in F32, to E4M3 rounding to nearest even; an all-zero block
- * gets 1.0 (0x38). */
+/* A block's E4M3 scale from its largest magnitude, as ModelOpt's current
+ * NVFP4QTensor.get_weights_scaling_factor (modelopt/torch/quantization/qtensor/nvfp4_tensor.py)
+ * computes it: per_block_amax / (FP4_E2M1_MAX * weights_scaling_factor_2), the product and the
+ * quotient each rounded to F32; an all-zero block 1.0 (0x38); then _cast_per_block_scale_to_fp8:
+ * clamp to [2^-9, 448] and E4M3 rounding to nearest even (the clamp keeps a tiny block off scale
+ * 0, and the encoder's saturation is the clamp's max). */
 static inline uint8_t nv_scale_code(float amax, float g)
 {
-    float pbs = amax / 6.0f;
-    return pbs == 0.0f ? 0x38 : mpk_f32_to_e4m3_fast(pbs / g);
+    if (amax == 0.0f)
+        return 0x38;
+    float s = amax / (6.0f * g); /* amax > 0: never NaN (+inf for g = 0, which saturates) */
+    return mpk_f32_to_e4m3_fast(s < 0x1p-9f ? 0x1p-9f : s);
 }
 
 /* The value of a non-negative, non-NaN E4M3 code (what nv_scale_code gives), by its fields. */

@@ -2,16 +2,16 @@
 """--quantize nvfp4 and --quantize mxfp4 against a reference written here from the formulas
 (numpy), bit for bit, on a Qwen3-MoE checkpoint whose expert weights are crafted to hit every
 rounding case:
-  - NVFP4 (NVIDIA ModelOpt, NVFP4QTensor): per fused projection (gate, up; down) a global scale
-    g = f32(amax) / f32(6 * 448); per 16 values a block scale e4m3_rne(f32(f32(amax_b) / 6) / g),
-    1.0 for an all-zero block; code = e2m1_rne(f32(x / f32(e4m3 * g))), sign where the quotient is
-    < 0; the packed layout: codes U8 [E, R, C/2] (even element low), _weight_scale F8_E4M3
+  - NVFP4 (NVIDIA ModelOpt, NVFP4QTensor in modelopt/torch/quantization/qtensor/nvfp4_tensor.py):
+    per fused projection (gate, up; down) a global scale g = f32(amax) / f32(6 * 448); per 16
+    values a block scale e4m3_rne(clamp(f32(amax_b / f32(6 * g)), 2^-9, 448)), 1.0 for an all-zero
+    block; code = e2m1_rne(f32(x / f32(e4m3 * g))), sign where the quotient is < 0; the packed layout: codes U8 [E, R, C/2] (even element low), _weight_scale F8_E4M3
     [E, R, C/16], _weight_scale_2 F32 [E, 2] (gate, up) / [E];
   - MXFP4 (OCP MX v1.0): X = max(floor(log2(amax_b)) - 2, -127) per 32 values, scale code X + 127
     (F8_E8M0 _scale_inv [E, R, C/32]), code = e2m1_rne(x / 2^X) saturating at 6, sign bit of x.
 Cases: ties at each E2M1 boundary (0.25 0.75 1.25 1.75 2.5 3.5 5 times the block's scale),
-saturation (a block scale rounded down; amax in [6, 8) x 2^X), zero blocks, E4M3-subnormal and
-zero-rounding block scales, BF16 subnormals, negative values and -0, amax exactly a power of
+saturation (a block scale rounded down; amax in [6, 8) x 2^X), zero blocks, E4M3-subnormal
+block scales and ones clamped up to 2^-9, BF16 subnormals, negative values and -0, amax exactly a power of
 two, random rows; NaN and infinity refused with the tensor named. Then the CLI round trip:
 verify exit 0, a flipped scale byte exit 3, unpack + --dequantize to the reference values.
 Usage: quantize_ref.py MOEPACK (exit 77 without numpy)."""
@@ -90,9 +90,10 @@ def nvfp4_ref(w, parts):
         amax = np.abs(part).max()
         g = F32(amax) / F32(6.0 * 448.0)
         blocks = part.reshape(-1, 16)
-        pbs = np.abs(blocks).max(axis=1) / F32(6.0)
+        bamax = np.abs(blocks).max(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            sc = np.where(pbs == 0, 0x38, e4m3_rne(pbs / g)).astype(np.uint8)
+            s = (bamax / (F32(6.0) * g)).astype(F32)
+            sc = np.where(bamax == 0, 0x38, e4m3_rne(np.clip(s, 2.0 ** -9, 448.0))).astype(np.uint8)
             d = (E4M3[sc].astype(F32) * g).astype(F32)
             qt = (blocks / d[:, None]).astype(F32)
         code = e2m1_mag(np.abs(qt)) | np.where(qt < 0, 8, 0).astype(np.uint8)
@@ -137,7 +138,7 @@ def crafted(rows, cols, bs, big):
                 blk[:] = rng.uniform(-6, 6, bs)
                 blk[0] = 6.375
                 blk[1] = -6.25
-            elif kind == 3:  # E4M3-subnormal block scales (amax 6 x 2^-8) and one rounding to 0
+            elif kind == 3:  # E4M3-subnormal block scales (amax 6 x 2^-8), one clamped up (6 x 2^-11)
                 s = 2.0 ** (-8 if b0 % (2 * bs) == 0 else -11)
                 blk[:] = np.array(TIES * 4)[:bs] * s
                 blk[0] = 6 * s
@@ -170,7 +171,11 @@ def make_source(d, bad=None):
     for e in range(E):
         for proj, (r, c) in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
             n = f"{p}{e}.{proj}.weight"
-            v = bf16(crafted(r, c, 16 if e == 0 else 32, big=(e == 0)))
+            m = crafted(r, c, 16 if e == 0 else 32, big=(e == 0))
+            if e == 1 and proj == "up_proj":  # where ModelOpt's amax_b / (6 g) and the older
+                m = np.clip(m, -2, 2)          # (amax_b / 6) / g round to different E4M3 codes
+                m[0, 0], m[1, 3] = 7.125, 2.671875
+            v = bf16(m)
             if bad and n == bad[0]:
                 v.reshape(-1)[bad[1]] = bad[2]
             w[n] = v
@@ -208,6 +213,17 @@ def want_packed(w, fmt):
     return out
 
 
+def formula_matters(w):
+    """Blocks whose E4M3 scale differs between amax_b / f32(6 g) (ModelOpt today) and the older
+    f32(amax_b / 6) / g: the crafted up_proj of expert 1 has one, so the formula is pinned."""
+    m = f32_of(w["model.layers.0.mlp.experts.1.up_proj.weight"])
+    g = F32(np.abs(m).max()) / F32(6.0 * 448.0)
+    b = np.abs(m.reshape(-1, 16)).max(axis=1)
+    new = e4m3_rne(np.clip((b / (F32(6.0) * g)).astype(F32), 2.0 ** -9, 448.0))
+    old = e4m3_rne(np.clip(((b / F32(6.0)).astype(F32) / g).astype(F32), 2.0 ** -9, 448.0))
+    return bool((new != old).any())
+
+
 def cases_hit(w, got):
     """Which of the cases the quantized bytes show (so a change of the generator cannot empty them)."""
     p = "model.layers.0.mlp.experts."
@@ -215,10 +231,11 @@ def cases_hit(w, got):
     codes = np.frombuffer(got[p + "gate_up_proj"][2], np.uint8)
     nib = np.stack([codes & 15, codes >> 4], 1).reshape(-1)
     return {"E4M3-subnormal block scale": bool(((sc > 0) & (sc < 8)).any()),
-            "block scale rounded to zero": bool((sc == 0).any()),
+            "block scale clamped up to 2^-9 (code 1)": bool((sc == 1).any()),
             "zero block (scale 1.0)": bool((sc == 0x38).any()),
             "saturated code 7 / 15": bool((nib == 7).any() and (nib == 15).any()),
-            "negative zero code 8": bool((nib == 8).any())}
+            "negative zero code 8": bool((nib == 8).any()),
+            "a block where the two block-scale formulas differ": formula_matters(w)}
 
 
 def compare(fmt, src, w, tmp):
