@@ -84,15 +84,8 @@ struct cublas_api {
 
 static bool cublas_load(cublas_api *a, char *why, size_t cap)
 {
-    const char *env = getenv("MOEPACK_CUBLAS");
-    const char *names[] = {env, "libcublas.so.13", "libcublas.so"};
-    for (const char *n : names)
-        if (n && !a->lib)
-            a->lib = dlopen(n, RTLD_NOW | RTLD_LOCAL);
-    if (!a->lib) {
-        snprintf(why, cap, "cuBLAS not loadable (%s; set LD_LIBRARY_PATH or MOEPACK_CUBLAS)", dlerror());
+    if (!a->lib && !(a->lib = mpk_cuda_dlopen("MOEPACK_CUBLAS", "libcublas.so.13", "libcublas.so", "cuBLAS", why, cap)))
         return false;
-    }
     a->create = (decltype(a->create))dlsym(a->lib, "cublasCreate_v2");
     a->destroy = (decltype(a->destroy))dlsym(a->lib, "cublasDestroy_v2");
     a->gemm = (decltype(a->gemm))dlsym(a->lib, "cublasGemmEx");

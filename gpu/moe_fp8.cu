@@ -186,15 +186,8 @@ struct lt_api {
 
 static bool lt_load(lt_api *a, char *why, size_t cap)
 {
-    const char *env = getenv("MOEPACK_CUBLASLT");
-    const char *names[] = {env, "libcublasLt.so.13", "libcublasLt.so"};
-    for (const char *n : names)
-        if (n && !a->lib)
-            a->lib = dlopen(n, RTLD_NOW | RTLD_LOCAL);
-    if (!a->lib) {
-        snprintf(why, cap, "cuBLASLt not loadable (%s; set LD_LIBRARY_PATH or MOEPACK_CUBLASLT)", dlerror());
+    if (!a->lib && !(a->lib = mpk_cuda_dlopen("MOEPACK_CUBLASLT", "libcublasLt.so.13", "libcublasLt.so", "cuBLASLt", why, cap)))
         return false;
-    }
 #define SYM(f, name) (a->f = (decltype(a->f))dlsym(a->lib, name))
     if (!SYM(create, "cublasLtCreate") || !SYM(destroy, "cublasLtDestroy") ||
         !SYM(desc_create, "cublasLtMatmulDescCreate") || !SYM(desc_destroy, "cublasLtMatmulDescDestroy") ||
