@@ -106,7 +106,8 @@ static int64_t cdiv(int64_t a, int64_t b)
 }
 
 /* NVFP4 codes (8 bytes a block of 16 values), their E4M3 block scales and the F32 global
- * scale, read and decoded block by block. */
+ * scale (packed: every matrix's and part's, each block decoded with its own), read and decoded
+ * block by block. */
 static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r)
 {
     uint64_t g = 16 * mpk_dtype_size(n->meta.dtype), k0 = off / g, nb = len / g;
@@ -118,11 +119,23 @@ static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, ch
     mpk_status s = ex_node_read(n->in, k0 * 8, nb * 8, (char *)t, r);
     if (s == MPK_OK)
         s = ex_node_read(n->in2, k0, nb, (char *)t + nb * 8, r);
+    bool packed = n->vkind == MPK_VIEW_NVFP4_PACKED; /* every global scale of the tensor (small) */
+    float *gs = packed ? mpk_alloc(n->in3->nbytes + 4) : NULL;
+    if (packed && !gs)
+        s = mpk_error_set(r->err, MPK_E_NOMEM, 0, "exec", "out of memory");
     if (s == MPK_OK)
-        s = ex_node_read(n->in3, 0, 4, (char *)t + nb * 9, r);
+        s = packed ? ex_node_read(n->in3, 0, n->in3->nbytes, (char *)gs, r)
+                   : ex_node_read(n->in3, 0, 4, (char *)t + nb * 9, r);
     if (s == MPK_OK)
         s = ex_rd_flush(r);
-    if (s == MPK_OK) {
+    if (s == MPK_OK && packed) {
+        const mpk_tmeta *w = &n->in->meta;
+        int64_t lead = 1, R = w->shape[w->ndim - 2];
+        for (int d = 0; d < w->ndim - 2; d++)
+            lead *= w->shape[d];
+        mpk_dequant_nvfp4_packed(t, t + nb * 8, k0, (size_t)nb, gs, n->meta.shape[n->meta.ndim - 1] / 16, R,
+                                 (int64_t)(n->in3->nbytes / 4) / lead, n->meta.dtype, buf);
+    } else if (s == MPK_OK) {
         float s2;
         memcpy(&s2, t + nb * 9, 4);
         if (n->vkind == MPK_VIEW_NVFP4_CT)
@@ -131,6 +144,7 @@ static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, ch
             mpk_dequant_nvfp4(t, t + nb * 8, (size_t)nb, s2, n->meta.dtype, buf);
     }
     free(t);
+    free(gs);
     return s;
 }
 

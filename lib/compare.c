@@ -330,9 +330,9 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
         meter.cancel = q->cancel;
         mpk_cmp_opts co = {.atol = q->atol, .rtol = rtol, .values = stats, .meter = &meter};
         mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
-        /* diff of A against its FP8 quantization B: B's values dequantized on the fly against A's,
-         * so the figures are the quantization's error (relative to B's values) */
-        if (stats && (quant == MPK_QUANT_FP8_BLOCK128 || quant == MPK_QUANT_MXFP4))
+        /* diff of A against its quantization B (FP8, MXFP4, NVFP4): B's values dequantized on the
+         * fly against A's, so the figures are the quantization's error (relative to B's values) */
+        if (stats && (quant == MPK_QUANT_FP8_BLOCK128 || quant == MPK_QUANT_MXFP4 || quant == MPK_QUANT_NVFP4))
             s = compare_two(q, MPK_QUANT_DEQUANTIZE, b, a, &co, &r, err);
         else
             s = compare_two(q, quant, a, b, &co, &r, err);

@@ -297,6 +297,15 @@ void mpk_dequant_nvfp4(const uint8_t *codes, const uint8_t *scales, size_t n_blo
  * (compressed-tensors' _dequantize), value = e2m1 x s rounded to F32, then out_dt. */
 void mpk_dequant_nvfp4_ct(const uint8_t *codes, const uint8_t *scales, size_t n_blocks, float global_scale,
                           mpk_dtype out_dt, void *out);
+/* Packed NVFP4 (moepack's --quantize nvfp4, ModelOpt's names: T U8 [lead.., R, C/2],
+ * T_weight_scale F8_E4M3 [lead.., R, C/16], T_weight_scale_2 F32 [lead.., parts] or [lead..] for
+ * one part): n_blocks blocks from block first_block of the tensor (blocks_per_row = C/16), each
+ * decoded as mpk_dequant_nvfp4 with the global scale of its matrix l and its part, scale2[l x parts
+ * + (row mod rows) / (rows / parts)]: gate's for the gate rows, up's for the up rows. rows % parts
+ * must be 0 (the planner checks). Thread-safe. */
+void mpk_dequant_nvfp4_packed(const uint8_t *codes, const uint8_t *scales, uint64_t first_block, size_t n_blocks,
+                              const float *scale2, int64_t blocks_per_row, int64_t rows, int64_t parts,
+                              mpk_dtype out_dt, void *out);
 /* FP8 (E4M3/E5M2) rows x C with one F32 scale per row (per_row) or one for all: f32(w) x scale
  * rounded to F32, then to out_dt (compressed-tensors' float-quantized channel and tensor
  * strategies, as transformers decompresses them). Thread-safe. */

@@ -120,6 +120,24 @@ void mpk_dequant_nvfp4_ct(const uint8_t *codes, const uint8_t *scales, size_t n_
     dequant(codes, scales, n_blocks, global_scale, true, out_dt, out);
 }
 
+void mpk_dequant_nvfp4_packed(const uint8_t *codes, const uint8_t *scales, uint64_t first_block, size_t n_blocks,
+                              const float *scale2, int64_t blocks_per_row, int64_t rows, int64_t parts,
+                              mpk_dtype out_dt, void *out)
+{
+    size_t osz = mpk_dtype_size(out_dt);
+    uint64_t per_part = (uint64_t)(rows / parts);
+    for (size_t b = 0; b < n_blocks;) {
+        /* a run of blocks under one global scale: to the end of its part's rows at most */
+        uint64_t k = first_block + b, row = k / (uint64_t)blocks_per_row, l = row / (uint64_t)rows;
+        uint64_t part = (row % (uint64_t)rows) / per_part;
+        uint64_t end = (l * (uint64_t)rows + (part + 1) * per_part) * (uint64_t)blocks_per_row;
+        size_t run = end - k < n_blocks - b ? (size_t)(end - k) : n_blocks - b;
+        dequant(codes + b * 8, scales + b, run, scale2[l * (uint64_t)parts + part], false, out_dt,
+                (char *)out + b * 16 * osz);
+        b += run;
+    }
+}
+
 /* Two decoded values are the same value: equal numbers (+0 == -0) or both NaN. */
 static inline bool same(float a, float b)
 {

@@ -243,6 +243,9 @@ typedef enum mpk_view_kind {
     MPK_VIEW_FP8_TENSOR, /* FP8 x one F32 weight_scale */
     MPK_VIEW_INT4,       /* compressed-tensors pack-quantized INT4: (q - 8) x BF16 scale per group; scale2 is
                             weight_shape, checked when read */
+    MPK_VIEW_NVFP4_PACKED, /* packed NVFP4 (--quantize nvfp4, ModelOpt's names): T, T_weight_scale, and
+                            T_weight_scale_2 F32 [lead.., parts] or [lead..]: each part's rows (gate, up)
+                            their own global scale (mpk_dequant_nvfp4_packed) */
     MPK_VIEW_COUNT
 } mpk_view_kind;
 
@@ -252,7 +255,8 @@ typedef struct mpk_plan_view {
     mpk_ckpt_tensor t;                  /* first: plans point at it like at any source tensor */
     mpk_tensor_info info;
     const mpk_ckpt_tensor *weight, *scale;
-    const mpk_ckpt_tensor *scale2;      /* NVFP4: the global scale (one F32); NULL otherwise */
+    const mpk_ckpt_tensor *scale2;      /* NVFP4: the global scale (one F32; packed: one per matrix
+                                           and part); NULL otherwise */
     mpk_view_kind kind;
 } mpk_plan_view;
 

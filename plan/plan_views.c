@@ -1,7 +1,8 @@
 /* plan_views.c — what --dequantize shows the planner: every quantized weight it decodes as one BF16
  * tensor (a view) with its scales folded in: FP8 with block grids (F32 _scale_inv, or DeepSeek-V4's
  * E8M0 .scale), MXFP4 codes with E8M0 per 32, NVFP4 (ModelOpt; compressed-tensors' packing), FP8
- * with per-row or per-tensor scales (compressed-tensors' float-quantized). The executor and
+ * with per-row or per-tensor scales (compressed-tensors' float-quantized), packed NVFP4 experts
+ * (--quantize nvfp4's, a global scale per matrix and part). The executor and
  * verify decode a view by its kind. */
 #define _GNU_SOURCE
 #include "plan_internal.h"
@@ -180,6 +181,63 @@ static mpk_status nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *
     return MPK_OK;
 }
 
+/* Packed NVFP4 experts (moepack's --quantize nvfp4 output, ModelOpt's packed names): when name is
+ * T, T_weight_scale, T_weight_scale_2 or T_input_scale with T U8 codes and T_weight_scale
+ * F8_E4M3, the codes' tensor T; NULL otherwise. */
+static const mpk_ckpt_tensor *packed_nvfp4_codes(mpk_plan *p, const char *name)
+{
+    static const char *const tails[] = {"_weight_scale_2", "_weight_scale", "_input_scale", ""};
+    for (int k = 0; k < 4; k++) {
+        if (!mpk_str_ends(name, tails[k]))
+            continue;
+        char *b = mpk_arena_strndup(p->arena, name, strlen(name) - strlen(tails[k]));
+        char *sc = b ? mpk_arena_printf(p->arena, "%s_weight_scale", b) : NULL;
+        const mpk_ckpt_tensor *wt = b ? mpk_ckpt_find(p->src, b) : NULL, *st = sc ? mpk_ckpt_find(p->src, sc) : NULL;
+        if (wt && st && wt->info->dtype == MPK_DTYPE_U8 && st->info->dtype == MPK_DTYPE_F8_E4M3)
+            return wt;
+        if (*tails[k])
+            return NULL; /* a scale's name: its codes, or none */
+    }
+    return NULL;
+}
+
+/* --dequantize: the BF16 view T of packed NVFP4 codes t, with its scales checked: codes U8
+ * [lead.., R, C/2], T_weight_scale F8_E4M3 [lead.., R, C/16], T_weight_scale_2 F32 [lead..] (one
+ * global scale a matrix) or [lead.., parts] (fused projections along the rows, R % parts == 0). */
+static mpk_status packed_nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, mpk_plan_view *v, mpk_error *err)
+{
+    const mpk_ckpt *src = p->src;
+    const mpk_tensor_info *w = t->info;
+    char *sn = mpk_arena_printf(p->arena, "%s_weight_scale", w->name), *s2n = mpk_arena_printf(p->arena, "%s_weight_scale_2", w->name);
+    if (!sn || !s2n)
+        MPK_FAIL(err, MPK_E_NOMEM, src->dir, "out of memory");
+    const mpk_ckpt_tensor *st = mpk_ckpt_find(src, sn), *s2 = mpk_ckpt_find(src, s2n); /* st: found before */
+    const mpk_tensor_info *si = st->info, *gi = s2 ? s2->info : NULL;
+    char a[128], b[128];
+    bool ok = w->ndim >= 2 && si->ndim == w->ndim && (w->shape[w->ndim - 1] * 2) % 16 == 0 &&
+              si->shape[w->ndim - 1] == w->shape[w->ndim - 1] / 8;
+    for (int d = 0; ok && d < w->ndim - 1; d++)
+        ok = si->shape[d] == w->shape[d];
+    if (!ok)
+        MPK_FAIL(err, MPK_E_QUANT, src->dir, "packed NVFP4 tensor '%s' U8 %s: its block scales '%s' are %s, not "
+                 "F8_E4M3 with one scale per 16 values of each row", w->name,
+                 mpk_shape_str(w->shape, w->ndim, a, sizeof a), sn, mpk_shape_str(si->shape, si->ndim, b, sizeof b));
+    int lead = w->ndim - 2;
+    int64_t R = w->shape[w->ndim - 2];
+    bool g_ok = gi && gi->dtype == MPK_DTYPE_F32 && (gi->ndim == lead || gi->ndim == lead + 1);
+    for (int d = 0; g_ok && d < lead; d++)
+        g_ok = gi->shape[d] == w->shape[d];
+    if (g_ok && gi->ndim == lead + 1)
+        g_ok = gi->shape[lead] >= 1 && R % gi->shape[lead] == 0;
+    if (!g_ok)
+        MPK_FAIL(err, MPK_E_QUANT, src->dir, "packed NVFP4 tensor '%s' U8 %s: its global scales '%s' are %s%s%s, not "
+                 "F32 [experts..] nor [experts.., parts] with parts dividing the %lld rows", w->name,
+                 mpk_shape_str(w->shape, w->ndim, a, sizeof a), s2n, gi ? mpk_dtype_name(gi->dtype) : "missing",
+                 gi ? " " : "", gi ? mpk_shape_str(gi->shape, gi->ndim, b, sizeof b) : "", (long long)R);
+    view_init(v, t, w->shape[w->ndim - 1] * 2, st, s2, MPK_VIEW_NVFP4_PACKED);
+    return MPK_OK;
+}
+
 /* compressed-tensors pack-quantized INT4 (Kimi K2.5's experts): X.weight_packed I32, X.weight_scale
  * BF16, X.weight_shape, when name is one of them: the codes' tensor, *base X. */
 static const mpk_ckpt_tensor *int4_codes(mpk_plan *p, const char *name, const char **base)
@@ -273,7 +331,7 @@ static mpk_status fp8_scaled_view(mpk_plan *p, const mpk_ckpt_tensor *t, const m
 }
 
 /* Packed quantized experts moepack does not decode: compressed-tensors' T_weight_packed, or a
- * packed weight T beside its T_weight_scale (ModelOpt NVFP4, compressed-tensors FP8). Dequantizing
+ * packed weight T beside its T_weight_scale that is not NVFP4 (compressed-tensors FP8). Dequantizing
  * past them would drop quantization_config with the experts still quantized: refused instead. */
 static mpk_status packed_undecoded(mpk_plan *p, const mpk_ckpt_tensor *t, mpk_error *err)
 {
@@ -308,7 +366,8 @@ mpk_status plan_source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ck
         const mpk_ckpt_tensor *codes = opts->dequantize ? nvfp4_codes(p, name, &nb, &lay) : NULL, *st = NULL;
         const char *ib = NULL;
         const mpk_ckpt_tensor *i4 = opts->dequantize && !codes ? int4_codes(p, name, &ib) : NULL;
-        if ((codes && codes != t) || (i4 && i4 != t) ||
+        const mpk_ckpt_tensor *pk = opts->dequantize && !codes && !i4 ? packed_nvfp4_codes(p, name) : NULL;
+        if ((codes && codes != t) || (i4 && i4 != t) || (pk && pk != t) ||
             (opts->dequantize && (scales_a_view(p, t) || fp8_scale_folded(p, t))))
             continue; /* a scale: folded into its weight's view */
         mpk_plan_view *v = opts->dequantize ? &p->views[nv] : NULL;
@@ -316,13 +375,15 @@ mpk_status plan_source_list(mpk_plan *p, const mpk_plan_opts *opts, const mpk_ck
             MPK_TRY(nvfp4_view(p, t, nb, lay, v, err));
         else if (i4)
             MPK_TRY(int4_view(p, t, ib, v, err));
+        else if (pk)
+            MPK_TRY(packed_nvfp4_view(p, t, v, err));
         else if (opts->dequantize && blockable(t->info->dtype) && (st = block_scale_of(p, name)))
             MPK_TRY(block_view(p, t, st, v, err));
         else if (opts->dequantize && (st = fp8_scale_of(p, t)))
             MPK_TRY(fp8_scaled_view(p, t, st, v, err));
         else if (opts->dequantize)
             MPK_TRY(packed_undecoded(p, t, err));
-        if (!codes && !i4 && !st)
+        if (!codes && !i4 && !pk && !st)
             v = NULL;
         list[n++] = v ? &v->t : t;
         nv += v != NULL;

@@ -1,5 +1,6 @@
 /* views.c — the values of --dequantize views verify compares against, decoded whole from the
- * source: NVFP4 (codes, E4M3 block scales, F32 global scale; ModelOpt's and compressed-tensors'),
+ * source: NVFP4 (codes, E4M3 block scales, F32 global scale; ModelOpt's and compressed-tensors';
+ * packed, a global scale per matrix and part),
  * FP8 with F32 scales per row or per tensor (compressed-tensors' float-quantized), MXFP4 with E8M0 scales per 32
  * values along rows (DeepSeek-V4's experts), FP8 with an E8M0 b x b grid (its other linears).
  * FP8 with an F32 grid stays with the reference op in verify.c. */
@@ -22,15 +23,29 @@ static mpk_status read_nvfp4(const mpk_plan *p, const mpk_plan_view *vw, uint64_
         s = mpk_ckpt_read(p->src, vw->weight, b0 * 8, nb * 8, q, err);
     if (s == MPK_OK)
         s = mpk_ckpt_read(p->src, vw->scale, b0, nb, q + nb * 8, err);
+    bool packed = vw->kind == MPK_VIEW_NVFP4_PACKED; /* every global scale of the tensor (small) */
+    float *g = packed ? mpk_alloc(vw->scale2->nbytes + 4) : NULL;
+    if (s == MPK_OK && packed && !g)
+        s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
     if (s == MPK_OK)
-        s = mpk_ckpt_read(p->src, vw->scale2, 0, 4, q + nb * 9, err);
-    if (s == MPK_OK) {
+        s = packed ? mpk_ckpt_read(p->src, vw->scale2, 0, vw->scale2->nbytes, (char *)g, err)
+                   : mpk_ckpt_read(p->src, vw->scale2, 0, 4, q + nb * 9, err);
+    if (s == MPK_OK && packed) {
+        const mpk_tensor_info *w = vw->weight->info;
+        int64_t lead = 1, R = w->shape[w->ndim - 2];
+        for (int d = 0; d < w->ndim - 2; d++)
+            lead *= w->shape[d];
+        mpk_dequant_nvfp4_packed(q, q + nb * 8, b0, (size_t)nb, g, vw->info.shape[vw->info.ndim - 1] / 16, R,
+                                 (int64_t)(vw->scale2->nbytes / 4) / lead, MPK_DTYPE_F32, f);
+    } else if (s == MPK_OK) {
         float s2;
         memcpy(&s2, q + nb * 9, 4);
         if (vw->kind == MPK_VIEW_NVFP4_CT)
             mpk_dequant_nvfp4_ct(q, q + nb * 8, (size_t)nb, s2, MPK_DTYPE_F32, f);
         else
             mpk_dequant_nvfp4(q, q + nb * 8, (size_t)nb, s2, MPK_DTYPE_F32, f);
+    }
+    if (s == MPK_OK) {
         for (uint64_t i = 0; i < len / 2; i++) {
             uint16_t h = mpk_f32_to_bf16(f[(off - b0 * 32) / 2 + i]);
             memcpy(b + 2 * i, &h, 2);
@@ -38,6 +53,7 @@ static mpk_status read_nvfp4(const mpk_plan *p, const mpk_plan_view *vw, uint64_
     }
     free(q);
     free(f);
+    free(g);
     if (s != MPK_OK)
         free(b);
     else
@@ -62,7 +78,7 @@ static mpk_status read_all(const mpk_plan *p, const mpk_ckpt_tensor *t, char **o
 mpk_status vfy_read_view(const mpk_plan *p, const mpk_plan_view *vw, uint64_t off, uint64_t len, char **out,
                          mpk_error *err)
 {
-    if (vw->kind == MPK_VIEW_NVFP4 || vw->kind == MPK_VIEW_NVFP4_CT)
+    if (vw->kind == MPK_VIEW_NVFP4 || vw->kind == MPK_VIEW_NVFP4_CT || vw->kind == MPK_VIEW_NVFP4_PACKED)
         return read_nvfp4(p, vw, off, len, out, err);
     const mpk_tensor_info *w = vw->weight->info;
     char *wb = NULL, *sb = NULL, *full = mpk_alloc(vw->t.nbytes + 16), *b = mpk_alloc(len + 1);
