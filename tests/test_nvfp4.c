@@ -170,6 +170,42 @@ static void test_mxfp4_bf16_path(void **state)
     }
 }
 
+/* Packed NVFP4 (mpk_dequant_nvfp4_packed): two matrices of 4 rows of 16 values (one block a
+ * row), gate rows 0-1 and up rows 2-3, global scales [E, 2] = {{0.25, 4}, {0.5, 8}}. Every row's
+ * codes are bytes 0xF9 (-0.5, -6) then 0x71 (0.5, 6); block scales 1, 2, 0.5, 1 (E4M3 0x38,
+ * 0x40, 0x30, 0x38). The values, worked out by hand: e2m1 x e4m3 x the global scale of the row's
+ * matrix and part; read whole, then from block 3 on (a run crossing the matrices). */
+static void test_packed_global_scales(void **state)
+{
+    (void)state;
+    uint8_t codes[8 * 8], scales[8] = {0x38, 0x40, 0x30, 0x38, 0x38, 0x40, 0x30, 0x38};
+    for (int b = 0; b < 8; b++) {
+        codes[b * 8] = 0xF9;
+        memset(codes + b * 8 + 1, 0x71, 7);
+    }
+    const float g[4] = {0.25f, 4.0f, 0.5f, 8.0f};
+    /* e4m3 x g of each row: m0 0.25 0.5 2 4, m1 0.5 1 4 8 */
+    const float row[8] = {0.25f, 0.5f, 2.0f, 4.0f, 0.5f, 1.0f, 4.0f, 8.0f};
+    float out[128], part[80];
+    mpk_dequant_nvfp4_packed(codes, scales, 0, 8, g, 1, 4, 2, MPK_DTYPE_F32, out);
+    for (int r = 0; r < 8; r++) {
+        assert_true(out[r * 16] == -0.5f * row[r] && out[r * 16 + 1] == -6.0f * row[r]);
+        for (int k = 2; k < 16; k++)
+            assert_true(out[r * 16 + k] == (k % 2 ? 6.0f : 0.5f) * row[r]);
+    }
+    assert_true(out[15] == 1.5f && out[127] == 48.0f && out[3 * 16 + 1] == -24.0f); /* by hand */
+    mpk_dequant_nvfp4_packed(codes + 3 * 8, scales + 3, 3, 5, g, 1, 4, 2, MPK_DTYPE_F32, part);
+    assert_memory_equal(part, out + 3 * 16, sizeof part);
+    /* one global scale a matrix ([E], down_proj's): both matrices' rows under g[0] and g[1] */
+    mpk_dequant_nvfp4_packed(codes, scales, 0, 8, g, 1, 4, 1, MPK_DTYPE_F32, out);
+    assert_true(out[3 * 16 + 1] == -6.0f * 1.0f * 0.25f && out[4 * 16 + 1] == -6.0f * 1.0f * 4.0f);
+    /* BF16 out: the same values (exact here) */
+    uint16_t hb[128];
+    mpk_dequant_nvfp4_packed(codes, scales, 0, 8, g, 1, 4, 2, MPK_DTYPE_BF16, hb);
+    assert_int_equal(hb[127], bf16_ref(48.0f));
+    assert_int_equal(hb[2 * 16], bf16_ref(-1.0f));
+}
+
 int main(int argc, char **argv)
 {
     tu_tuning_args(argc, argv);
@@ -178,6 +214,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_value_diff),
         cmocka_unit_test(test_mxfp4_codes_match_encoder),
         cmocka_unit_test(test_mxfp4_bf16_path),
+        cmocka_unit_test(test_packed_global_scales),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
