@@ -13,7 +13,9 @@ Cases: ties at each E2M1 boundary (0.25 0.75 1.25 1.75 2.5 3.5 5 times the block
 saturation (a block scale rounded down; amax in [6, 8) x 2^X), zero blocks, E4M3-subnormal
 block scales and ones clamped up to 2^-9, BF16 subnormals, negative values and -0, amax exactly a power of
 two, random rows; NaN and infinity refused with the tensor named. Then the CLI round trip:
-verify exit 0, a flipped scale byte exit 3, unpack + --dequantize to the reference values.
+verify exit 0, a flipped scale byte exit 3, unpack + --dequantize to the reference values; NVFP4 diff
+by decoded value (bounded error, codes zeroed = A's values, a corrupted global scale, wrong-shaped
+scales refused) and per-expert NVFP4 against its --dequantize copy (figures 0).
 Usage: quantize_ref.py MOEPACK (exit 77 without numpy)."""
 import json
 import os
@@ -292,6 +294,106 @@ def dequant_ref(fmt, got, base):
     return bf16(v.reshape(-1))
 
 
+def diff_json(a, b):
+    rc, msg = run("diff", "--json", a, b)
+    try:
+        return json.loads(msg[:msg.rindex("}") + 1]) if rc in (0, 3) else {}
+    except ValueError:
+        return {}
+
+
+def figures(d, name):
+    return next((t for t in d.get("tensors", []) + d.get("differences", []) if t["name"] == name), {})
+
+
+def set_bytes(d, name, data):
+    """Replaces the bytes of tensor name in checkpoint folder d (the same length)."""
+    for fn in os.listdir(d):
+        if fn.endswith(".safetensors"):
+            p = os.path.join(d, fn)
+            b = bytearray(open(p, "rb").read())
+            hl = int.from_bytes(b[:8], "little")
+            h = json.loads(b[8:8 + hl])
+            if name in h:
+                a, z = h[name]["data_offsets"]
+                assert z - a == len(data)
+                b[8 + hl + a:8 + hl + z] = data
+                open(p, "wb").write(bytes(b))
+
+
+def diff_nvfp4(src, out, tmp):
+    """diff of a packed BF16 checkpoint against its --quantize nvfp4 twin: the decoded values' error
+    per packed tensor, bounded by E2M1's half step at the top of its range (1, between 4 and 6) times
+    the block scale (<= amax_b / 6 x (1 + 2^-4), E4M3's rounding; saturation errs by less), plus
+    BF16's rounding; a corrupted global scale makes gate_up_proj's figures jump, down_proj's not."""
+    pbf = os.path.join(tmp, "nvfp4-packed-bf16")
+    rc, msg = run("pack", "-q", src, pbf)
+    check(rc == 0, "pack (BF16) for the NVFP4 diff" + ("" if rc == 0 else ": " + msg))
+    a = q.read_dir(pbf)
+    d = diff_json(pbf, out)
+    clean = {}
+    for proj in ("gate_up_proj", "down_proj"):
+        name = "model.layers.0.mlp.experts." + proj
+        t = figures(d, name)
+        amax = float(np.abs(f32_of(np.frombuffer(a[name][2], np.uint16))).max())
+        bound = amax * (1.0625 / 6 + 2.0 ** -8)
+        clean[proj] = t.get("max_abs", -1)
+        check(all(k in t for k in ("max_abs", "max_rel", "rmse", "cosine")) and 0 < t["max_abs"] <= bound and
+              0 < t["rmse"] < t["max_abs"] and 0.9 < t["cosine"] < 1,
+              f"nvfp4: diff --json reports {proj}'s decoded error, 0 < max_abs {t.get('max_abs')} <= {bound:.4g}")
+    # the hand formula: down_proj's codes all 0 decode to 0, so its error is A's values themselves
+    zero = os.path.join(tmp, "nvfp4-zero")
+    shutil.copytree(out, zero)
+    name = "model.layers.0.mlp.experts.down_proj"
+    set_bytes(zero, name, bytes(len(q.read_dir(out)[name][2])))
+    t = figures(diff_json(pbf, zero), name)
+    v = f32_of(np.frombuffer(a[name][2], np.uint16)).astype(np.float64)
+    check(t.get("max_abs") == np.abs(v).max() and abs(t.get("rmse", 0) - np.sqrt((v * v).mean())) <= 1e-6 * np.abs(v).max(),
+          f"nvfp4: codes set to 0: max_abs {t.get('max_abs')} = amax {np.abs(v).max()}, rmse = rms of A")
+    # a corrupted global scale (expert 0's gate: exponent +-2) makes the figures jump
+    bad = os.path.join(tmp, "nvfp4-bad-g")
+    shutil.copytree(out, bad)
+    q.flip(bad, "model.layers.0.mlp.experts.gate_up_proj_weight_scale_2", 3, 0x01)
+    d2 = diff_json(pbf, bad)
+    g2, d2n = figures(d2, "model.layers.0.mlp.experts.gate_up_proj"), figures(d2, "model.layers.0.mlp.experts.down_proj")
+    check(g2.get("max_abs", 0) > 4 * clean["gate_up_proj"] and d2n.get("max_abs") == clean["down_proj"],
+          f"nvfp4: a corrupted gate global scale makes gate_up_proj's max_abs jump ({clean['gate_up_proj']} -> "
+          f"{g2.get('max_abs')}), down_proj's stays {clean['down_proj']}")
+    # a global-scale tensor of the wrong shape: refused, naming it (unpack --dequantize, diff)
+    for shape, what in (([1, E * 2], "global scales"), ([E * 2], "global scales")):
+        wrong = os.path.join(tmp, "nvfp4-wrong-g")
+        shutil.rmtree(wrong, ignore_errors=True)
+        shutil.copytree(out, wrong)
+        reshape(wrong, "model.layers.0.mlp.experts.gate_up_proj_weight_scale_2", shape)
+        for cmd in (("unpack", "-q", "--dequantize", wrong, os.path.join(tmp, "nvfp4-wrong-out")), ("diff", pbf, wrong)):
+            rc, msg = run(*cmd)
+            check(rc == 1 and what in msg and "gate_up_proj_weight_scale_2" in msg,
+                  f"nvfp4: {cmd[0]} refuses global scales {shape} (exit 1): {msg.strip()[:160]}")
+    wrong = os.path.join(tmp, "nvfp4-wrong-s")
+    shutil.copytree(out, wrong)
+    n = "model.layers.0.mlp.experts.down_proj_weight_scale"
+    sh = q.read_dir(out)[n][1]
+    reshape(wrong, n, sh[:-2] + [sh[-2] * 2, sh[-1] // 2])
+    rc, msg = run("diff", pbf, wrong)
+    check(rc == 1 and "block scales" in msg and n in msg, "nvfp4: diff refuses block scales of the wrong shape: "
+          + msg.strip()[:160])
+
+
+def reshape(d, name, shape):
+    """Rewrites tensor name's shape in checkpoint folder d (the same number of elements)."""
+    for fn in os.listdir(d):
+        if fn.endswith(".safetensors"):
+            p = os.path.join(d, fn)
+            b = open(p, "rb").read()
+            hl = int.from_bytes(b[:8], "little")
+            h = json.loads(b[8:8 + hl])
+            if name in h:
+                h[name]["shape"] = shape
+                t = json.dumps(h, separators=(",", ":")).encode()
+                t += b" " * (-len(t) % 8)
+                open(p, "wb").write(len(t).to_bytes(8, "little") + t + b[8 + hl:])
+
+
 def round_trip(fmt, src, out, tmp):
     rc, msg = run("verify", "-q", src, out)
     check(rc == 0, f"{fmt}: verify SRC QUANTIZED exits 0" + ("" if rc == 0 else ": " + msg))
@@ -299,6 +401,8 @@ def round_trip(fmt, src, out, tmp):
         rc, msg = run("diff", src, out)
         check(rc == 3 and "experts.0.gate_proj.weight" in msg and "model.norm.weight" in msg,
               "mxfp4: diff SRC QUANTIZED reports the experts' quantization error (exit 3 at rtol 0)")
+    if fmt == "nvfp4":
+        diff_nvfp4(src, out, tmp)
     bad = os.path.join(tmp, fmt + "-bad")
     shutil.copytree(out, bad)
     name = "model.layers.0.mlp.experts.gate_up_proj_" + ("weight_scale" if fmt == "nvfp4" else "scale_inv")
@@ -318,6 +422,11 @@ def round_trip(fmt, src, out, tmp):
     want = np.concatenate([dequant_ref(fmt, per, f"model.layers.0.mlp.experts.{e}.{p}")
                            for e in range(E) for p in ("gate_proj", "up_proj")]).tobytes()
     check(gu is not None and gu[2] == want, f"{fmt}: --dequantize gives the reference BF16 values")
+    if fmt == "nvfp4":  # per-expert NVFP4 against its --dequantize copy: by value, every figure 0
+        d = diff_json(back, deq)
+        figs = [t for t in d.get("tensors", []) if ".experts." in t["name"] and "elements" in t]
+        check(d.get("identical_in_value") is True and figs and all(t["max_abs"] == 0 and t["cosine"] == 1 for t in figs),
+              "nvfp4: diff of per-expert NVFP4 against its --dequantize copy compares by value, figures all 0")
 
 
 def refusals(tmp):
