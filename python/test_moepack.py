@@ -237,6 +237,16 @@ class Binding(unittest.TestCase):
         self.assertTrue(moepack.verify(self.src, out)["identical"])  # the quantization found out
         with open(os.path.join(out, "config.json")) as f:
             self.assertEqual(json.load(f)["quantization_config"]["quant_method"], "modelopt")
+        # diff: B's NVFP4 experts decoded against A's values, figures per tensor (issue 49)
+        packed = self.path("q-nvfp4-bf16")
+        moepack.pack(self.src, packed)
+        rep = moepack.diff(packed, out)
+        figs = {t["name"].rsplit(".", 1)[-1]: t for t in rep["tensors"] + rep["differences"]
+                if ".mlp.experts." in t["name"]}
+        for proj in ("gate_up_proj", "down_proj"):
+            self.assertGreater(figs[proj]["max_abs"], 0)
+            self.assertGreater(figs[proj]["rmse"], 0)
+            self.assertTrue(0.9 < figs[proj]["cosine"] < 1)
         # MXFP4 blocks are 32 values: down_proj's rows (intermediate 16) are not whole blocks
         with self.assertRaises(moepack.Error) as cm:
             moepack.pack(self.src, self.path("q-mxfp4"), quantize="mxfp4")

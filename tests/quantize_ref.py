@@ -397,10 +397,9 @@ def reshape(d, name, shape):
 def round_trip(fmt, src, out, tmp):
     rc, msg = run("verify", "-q", src, out)
     check(rc == 0, f"{fmt}: verify SRC QUANTIZED exits 0" + ("" if rc == 0 else ": " + msg))
-    if fmt == "mxfp4":  # diff: the quantization error, SRC against DST's values (as for FP8)
-        rc, msg = run("diff", src, out)
-        check(rc == 3 and "experts.0.gate_proj.weight" in msg and "model.norm.weight" in msg,
-              "mxfp4: diff SRC QUANTIZED reports the experts' quantization error (exit 3 at rtol 0)")
+    rc, msg = run("diff", src, out)  # diff: the quantization error, SRC against DST's values (as for FP8)
+    check(rc == 3 and "experts.0.gate_proj.weight" in msg and "model.norm.weight" in msg,
+          f"{fmt}: diff SRC QUANTIZED reports the experts' quantization error (exit 3 at rtol 0)")
     if fmt == "nvfp4":
         diff_nvfp4(src, out, tmp)
     bad = os.path.join(tmp, fmt + "-bad")
