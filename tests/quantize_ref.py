@@ -426,6 +426,16 @@ def round_trip(fmt, src, out, tmp):
         figs = [t for t in d.get("tensors", []) if ".experts." in t["name"] and "elements" in t]
         check(d.get("identical_in_value") is True and figs and all(t["max_abs"] == 0 and t["cosine"] == 1 for t in figs),
               "nvfp4: diff of per-expert NVFP4 against its --dequantize copy compares by value, figures all 0")
+        # unpack --dequantize straight from the packed NVFP4: each per-expert BF16 weight is the
+        # reference decoding of what plain unpack gives
+        ud = os.path.join(tmp, fmt + "-unpack-deq")
+        rc, msg = run("unpack", "-q", "--dequantize", out, ud)
+        check(rc == 0, f"{fmt}: unpack --dequantize of the packed checkpoint" + ("" if rc == 0 else ": " + msg))
+        got = q.read_dir(ud) if rc == 0 else {}
+        names = [f"model.layers.0.mlp.experts.{e}.{p}" for e in range(E) for p in ("gate_proj", "up_proj", "down_proj")]
+        check(all(got.get(n + ".weight", ("", None, b""))[0] == "BF16" and got[n + ".weight"][2] ==
+                  dequant_ref(fmt, per, n).tobytes() and n + ".weight_scale" not in got for n in names),
+              f"{fmt}: unpack --dequantize gives every expert's reference BF16 values, no scales left")
 
 
 def refusals(tmp):
