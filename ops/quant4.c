@@ -259,18 +259,107 @@ __attribute__((target("avx2"))) static inline void codes16(const uint16_t *p, co
     _mm_storel_epi64((__m128i *)out, _mm256_castsi256_si128(m));
 }
 
+/* The scale code of a block from its largest magnitude's bits, cached per pattern; with codes
+ * wanted, the code's thresholds are made with it (so the codes' loop below needs no check). */
+static inline __attribute__((always_inline)) uint8_t nv_scale_cached(thr_cache *c, uint32_t m, float g, bool codes)
+{
+    uint8_t sc = c->sc_of[m];
+    if (__builtin_expect(sc == 0xFF, 0)) {
+        sc = c->sc_of[m] = nv_scale_code(ops_u2f(m << 16), g);
+        if (codes && !c->have[sc])
+            thresholds_make(c, sc, e4m3_pos(sc) * g);
+    }
+    return sc;
+}
+
+/* The codes of one NVFP4 block (v its BF16 values, a their magnitudes) under t, one per 16-bit
+ * lane (0..15, not yet packed): the magnitude as the count of the seven bounds passed, the sign
+ * (8) where the quotient is < 0, i.e. x < 0 and |x| above the sign's threshold. */
+__attribute__((target("avx2"))) static inline __m256i nv_lanes(__m256i v, __m256i a, const thr8 *t)
+{
+    __m256i s01 = _mm256_add_epi16(_mm256_cmpgt_epi16(a, THR(t, 0)), _mm256_cmpgt_epi16(a, THR(t, 1)));
+    __m256i s23 = _mm256_add_epi16(_mm256_cmpgt_epi16(a, THR(t, 2)), _mm256_cmpgt_epi16(a, THR(t, 3)));
+    __m256i s45 = _mm256_add_epi16(_mm256_cmpgt_epi16(a, THR(t, 4)), _mm256_cmpgt_epi16(a, THR(t, 5)));
+    __m256i s6 = _mm256_add_epi16(_mm256_cmpgt_epi16(a, THR(t, 6)), s45);
+    __m256i m = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_add_epi16(_mm256_add_epi16(s01, s23), s6)); /* 0..7 */
+    __m256i neg = _mm256_and_si256(_mm256_cmpgt_epi16(a, THR(t, 7)), _mm256_srli_epi16(v, 12)); /* bit 3: sign */
+    return _mm256_or_si256(m, _mm256_and_si256(neg, _mm256_set1_epi16(8)));
+}
+
+/* Two blocks' lanes (0..15 each) -> 8 bytes each, element 2k in the low nibble, as 16-bit lanes
+ * [A 0-3, B 0-3 | A 4-7, B 4-7] with the byte in the low half. */
+__attribute__((target("avx2"))) static inline __m256i nv_pair(__m256i ma, __m256i mb)
+{
+    __m256i p = _mm256_packus_epi16(ma, mb); /* bytes [A 0-7, B 0-7 | A 8-15, B 8-15] */
+    return _mm256_and_si256(_mm256_or_si256(p, _mm256_srli_epi16(p, 4)), _mm256_set1_epi16(0xFF));
+}
+
+/* The scale codes of n (a multiple of 4) NVFP4 blocks, four at a time: the four largest
+ * magnitudes by one vector reduction, then the cache. */
+__attribute__((target("avx2"))) static inline void nv_scales4(const uint16_t *in, size_t n, float g, bool codes,
+                                                              uint8_t *scales, thr_cache *c)
+{
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    const __m256i pick = _mm256_setr_epi8(0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 8, 9, -1,
+                                          -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (size_t b = 0; b < n; b += 4) {
+        const uint16_t *p = in + b * 16;
+        __m256i a0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs);
+        __m256i a1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs);
+        __m256i a2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 32)), abs);
+        __m256i a3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 48)), abs);
+        __m256i m01 = _mm256_max_epu16(_mm256_permute2x128_si256(a0, a1, 0x20), _mm256_permute2x128_si256(a0, a1, 0x31));
+        __m256i m23 = _mm256_max_epu16(_mm256_permute2x128_si256(a2, a3, 0x20), _mm256_permute2x128_si256(a2, a3, 0x31));
+        __m256i u = _mm256_max_epu16(_mm256_unpacklo_epi64(m01, m23), _mm256_unpackhi_epi64(m01, m23));
+        u = _mm256_max_epu16(u, _mm256_shuffle_epi32(u, 0xB1));
+        u = _mm256_max_epu16(u, _mm256_srli_epi32(u, 16)); /* 16-bit lanes 0, 4 | 0, 4: blocks 0, 2 | 1, 3 */
+        u = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(u, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+        uint64_t ms = (uint64_t)_mm_cvtsi128_si64(_mm256_castsi256_si128(u)); /* blocks 0, 2, 1, 3 */
+        scales[b] = nv_scale_cached(c, (uint32_t)ms & 0xFFFF, g, codes);
+        scales[b + 2] = nv_scale_cached(c, (uint32_t)(ms >> 16) & 0xFFFF, g, codes);
+        scales[b + 1] = nv_scale_cached(c, (uint32_t)(ms >> 32) & 0xFFFF, g, codes);
+        scales[b + 3] = nv_scale_cached(c, (uint32_t)(ms >> 48), g, codes);
+    }
+}
+
+/* NVFP4 blocks in chunks that stay in L1: first the chunk's scale codes (nv_scales4), then its
+ * codes, four blocks to one 32-byte store, each block's thresholds addressed by its stored scale
+ * code. Two loops, not one: the codes then wait on an L1 load of the scale, not on the whole
+ * chain from the block's largest magnitude through the cache (which kept too few blocks in
+ * flight). */
 __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, size_t n_blocks, float g,
                                                          uint8_t *codes, uint8_t *scales, thr_cache *c)
 {
-    for (size_t b = 0; b < n_blocks; b++) {
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    enum { CHUNK = 64 };
+    size_t b = 0, full = n_blocks / 4 * 4;
+    for (size_t n; b < full; b += n) {
+        n = full - b < CHUNK ? full - b : CHUNK;
         const uint16_t *p = in + b * 16;
-        uint32_t m = hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi16(0x7FFF)));
-        uint8_t sc = c->sc_of[m & 0x7FFF];
-        if (sc == 0xFF)
-            sc = c->sc_of[m & 0x7FFF] = nv_scale_code(ops_u2f(m << 16), g);
+        nv_scales4(p, n, g, codes != NULL, scales + b, c);
+        if (!codes)
+            continue;
+        for (size_t k = 0; k < n; k += 4) {
+            const uint16_t *q = p + k * 16;
+            const uint8_t *s = scales + b + k;
+            __m256i v0 = _mm256_loadu_si256((const __m256i *)q), v1 = _mm256_loadu_si256((const __m256i *)(q + 16));
+            __m256i v2 = _mm256_loadu_si256((const __m256i *)(q + 32)), v3 = _mm256_loadu_si256((const __m256i *)(q + 48));
+            __m256i q01 = nv_pair(nv_lanes(v0, _mm256_and_si256(v0, abs), &c->tab[s[0]]),
+                                  nv_lanes(v1, _mm256_and_si256(v1, abs), &c->tab[s[1]]));
+            __m256i q23 = nv_pair(nv_lanes(v2, _mm256_and_si256(v2, abs), &c->tab[s[2]]),
+                                  nv_lanes(v3, _mm256_and_si256(v3, abs), &c->tab[s[3]]));
+            /* dwords [A 0-3, B 0-3, C 0-3, D 0-3 | A 4-7, B 4-7, C 4-7, D 4-7] -> A, B, C, D */
+            __m256i r = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(q01, q23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(codes + (b + k) * 8), r);
+        }
+    }
+    for (; b < n_blocks; b++) {
+        const uint16_t *p = in + b * 16;
+        uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
+                                     codes != NULL);
         scales[b] = sc;
         if (codes)
-            codes16(p, thresholds(c, sc, e4m3_pos(sc) * g), codes + b * 8);
+            codes16(p, &c->tab[sc], codes + b * 8);
     }
 }
 

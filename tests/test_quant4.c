@@ -94,6 +94,15 @@ static void test_nvfp4_paths_agree(void **state)
         assert_memory_equal(s[0], s[1], NB * 2);
         assert_memory_equal(c[0], c[2], NB * 16);
         assert_memory_equal(s[0], s[2], NB * 2);
+        for (size_t n = 1; n <= 131; n += 13) { /* lengths off the vector path's groups and chunks */
+            uint8_t tc[2][131 * 8], ts[2][131];
+            for (int on = 0; on < 2; on++) {
+                simd(on);
+                mpk_quant_nvfp4(MPK_DTYPE_BF16, v + 16 * (j + 1), n, gs[j], tc[on], ts[on]);
+            }
+            assert_memory_equal(tc[0], tc[1], n * 8);
+            assert_memory_equal(ts[0], ts[1], n);
+        }
         for (int on = 0; on < 2; on++) { /* the scales alone, both paths */
             simd(on);
             memset(s[1], 0xEE, NB * 2);
