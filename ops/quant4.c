@@ -190,8 +190,12 @@ typedef struct {
 typedef struct {
     thr8 tab[256];
     uint8_t have[256];
-    uint8_t sc_of[0x8000]; /* NVFP4: the block scale code of a largest magnitude (BF16 bits), 0xFF
-                              until computed (a scale code is never 0xFF) */
+    union {
+        uint8_t sc_of[0x8000];  /* NVFP4: the block scale code of a largest magnitude (BF16 bits), 0xFF
+                                   until computed (a scale code is never 0xFF) */
+        uint16_t ex_of[0x8000]; /* MXFP4 by a rule through a function: its exponent + 127 + 0x100, 0
+                                   until computed */
+    };
     bool div;   /* quotient x / k (NVFP4), else x * k (MXFP4) */
     float g;    /* NVFP4's global scale */
     int16_t sign_all; /* MXFP4: -1, the sign bit always kept */
@@ -294,27 +298,34 @@ __attribute__((target("avx2"))) static inline __m256i nv_pair(__m256i ma, __m256
     return _mm256_and_si256(_mm256_or_si256(p, _mm256_srli_epi16(p, 4)), _mm256_set1_epi16(0xFF));
 }
 
+/* The largest of each of four vectors of 16 unsigned 16-bit lanes, as 16-bit fields of the
+ * result in the order a0, a2, a1, a3 (one reduction for the four, not four horizontal ones). */
+__attribute__((target("avx2"))) static inline uint64_t max4_u16(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
+{
+    const __m256i pick = _mm256_setr_epi8(0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 8, 9, -1,
+                                          -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i m01 = _mm256_max_epu16(_mm256_permute2x128_si256(a0, a1, 0x20), _mm256_permute2x128_si256(a0, a1, 0x31));
+    __m256i m23 = _mm256_max_epu16(_mm256_permute2x128_si256(a2, a3, 0x20), _mm256_permute2x128_si256(a2, a3, 0x31));
+    __m256i u = _mm256_max_epu16(_mm256_unpacklo_epi64(m01, m23), _mm256_unpackhi_epi64(m01, m23));
+    u = _mm256_max_epu16(u, _mm256_shuffle_epi32(u, 0xB1));
+    u = _mm256_max_epu16(u, _mm256_srli_epi32(u, 16)); /* 16-bit lanes 0, 4 | 0, 4: a0, a2 | a1, a3 */
+    u = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(u, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    return (uint64_t)_mm_cvtsi128_si64(_mm256_castsi256_si128(u));
+}
+
 /* The scale codes of n (a multiple of 4) NVFP4 blocks, four at a time: the four largest
  * magnitudes by one vector reduction, then the cache. */
 __attribute__((target("avx2"))) static inline void nv_scales4(const uint16_t *in, size_t n, float g, bool codes,
                                                               uint8_t *scales, thr_cache *c)
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
-    const __m256i pick = _mm256_setr_epi8(0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 8, 9, -1,
-                                          -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
     for (size_t b = 0; b < n; b += 4) {
         const uint16_t *p = in + b * 16;
         __m256i a0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs);
         __m256i a1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs);
         __m256i a2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 32)), abs);
         __m256i a3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 48)), abs);
-        __m256i m01 = _mm256_max_epu16(_mm256_permute2x128_si256(a0, a1, 0x20), _mm256_permute2x128_si256(a0, a1, 0x31));
-        __m256i m23 = _mm256_max_epu16(_mm256_permute2x128_si256(a2, a3, 0x20), _mm256_permute2x128_si256(a2, a3, 0x31));
-        __m256i u = _mm256_max_epu16(_mm256_unpacklo_epi64(m01, m23), _mm256_unpackhi_epi64(m01, m23));
-        u = _mm256_max_epu16(u, _mm256_shuffle_epi32(u, 0xB1));
-        u = _mm256_max_epu16(u, _mm256_srli_epi32(u, 16)); /* 16-bit lanes 0, 4 | 0, 4: blocks 0, 2 | 1, 3 */
-        u = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(u, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-        uint64_t ms = (uint64_t)_mm_cvtsi128_si64(_mm256_castsi256_si128(u)); /* blocks 0, 2, 1, 3 */
+        uint64_t ms = max4_u16(a0, a1, a2, a3); /* blocks 0, 2, 1, 3 */
         scales[b] = nv_scale_cached(c, (uint32_t)ms & 0xFFFF, g, codes);
         scales[b + 2] = nv_scale_cached(c, (uint32_t)(ms >> 16) & 0xFFFF, g, codes);
         scales[b + 1] = nv_scale_cached(c, (uint32_t)(ms >> 32) & 0xFFFF, g, codes);
@@ -412,35 +423,78 @@ __attribute__((target("avx2"))) static inline void mx_codes32_pow2(const uint16_
     _mm_storeu_si128((__m128i *)out, _mm256_castsi256_si128(m));
 }
 
+/* A block's exponent by the rule: inlined (the OCP rule), or through the cache of the rule's
+ * answer per largest-magnitude pattern (c->ex_of: e + 127 + 0x100, 0 until asked). */
+__attribute__((always_inline)) static inline int mx_exponent(uint32_t mag, int (*exponent)(uint32_t mag), bool cached,
+                                                             thr_cache *c)
+{
+    if (!cached)
+        return exponent(mag);
+    uint16_t x = c->ex_of[mag];
+    if (__builtin_expect(!x, 0))
+        x = c->ex_of[mag] = (uint16_t)(exponent(mag) + 127 + 0x100);
+    return (int)(x & 0xFF) - 127;
+}
+
 /* MXFP4 blocks of 32 BF16 under a scale rule: exponent(largest magnitude's bits) -> e (scale
- * code e + 127; 128: NaN, zero codes; -128: a NaN or infinity to stop at, returned as its index). */
+ * code e + 127; 128: NaN, zero codes; -128: a NaN or infinity to stop at, returned as its index).
+ * In chunks that stay in L1, as NVFP4's: the chunk's scale codes first (four blocks' maxima by one
+ * reduction), then its codes from the stored scale codes, so the codes do not wait on the chain
+ * from the largest magnitude through the rule. */
 __attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2(const uint16_t *in, size_t n_blocks,
                                                                   uint8_t *blocks, uint8_t *scales,
-                                                                  int (*exponent)(uint32_t mag), thr_cache *c)
+                                                                  int (*exponent)(uint32_t mag), bool cached,
+                                                                  thr_cache *c)
 {
+    enum { CHUNK = 32 };
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
     const pow2_consts k = pow2_make();
-    for (size_t b = 0; b < n_blocks; b++) {
-        const uint16_t *p = in + b * 32;
-        __m256i m = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs),
-                                     _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs));
-        int e = exponent(hmax_u16(m));
-        if (e == -128)
-            return b * 32 + first_bad(MPK_DTYPE_BF16, p, 32);
-        scales[b] = (uint8_t)(e + 127);
-        if (!blocks)
-            continue;
-        if (e == 128) {
-            memset(blocks + b * 16, 0, 16);
-            continue;
+    for (size_t b0 = 0, n; b0 < n_blocks; b0 += n) {
+        n = n_blocks - b0 < CHUNK ? n_blocks - b0 : CHUNK;
+        size_t stop = n; /* the block with a NaN or an infinity to stop at, else n */
+        size_t b = 0;
+        for (; b + 4 <= n && stop == n; b += 4) {
+            const uint16_t *p = in + (b0 + b) * 32;
+            __m256i a[4];
+            for (int j = 0; j < 4; j++)
+                a[j] = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * j)), abs),
+                                        _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 32 * j + 16)), abs));
+            uint64_t ms = max4_u16(a[0], a[1], a[2], a[3]); /* blocks 0, 2, 1, 3 */
+            static const int at[4] = {0, 2, 1, 3};
+            for (int j = 0; j < 4; j++) {
+                int e = mx_exponent((uint32_t)(ms >> (16 * j)) & 0xFFFF, exponent, cached, c);
+                if (e == -128 && b + (size_t)at[j] < stop)
+                    stop = b + (size_t)at[j];
+                scales[b0 + b + (size_t)at[j]] = (uint8_t)(e + 127);
+            }
         }
-        if (e >= -124 && e <= 125) {
-            mx_codes32_pow2(p, e, &k, blocks + b * 16);
-            continue;
+        for (; b < n && stop == n; b++) {
+            const uint16_t *p = in + (b0 + b) * 32;
+            __m256i m = _mm256_max_epu16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs),
+                                         _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs));
+            int e = mx_exponent(hmax_u16(m), exponent, cached, c);
+            if (e == -128)
+                stop = b;
+            scales[b0 + b] = (uint8_t)(e + 127);
         }
-        const thr8 *t = thresholds(c, (uint8_t)(e + 127), mx_inv(e));
-        codes16(p, t, blocks + b * 16);
-        codes16(p + 16, t, blocks + b * 16 + 8);
+        for (b = 0; blocks && b < stop; b++) {
+            const uint16_t *p = in + (b0 + b) * 32;
+            uint8_t *out = blocks + (b0 + b) * 16;
+            int e = (int)scales[b0 + b] - 127;
+            if (e >= -124 && e <= 125) {
+                mx_codes32_pow2(p, e, &k, out);
+            } else if (e == 128) {
+                memset(out, 0, 16);
+            } else {
+                const thr8 *t = thresholds(c, (uint8_t)(e + 127), mx_inv(e));
+                codes16(p, t, out);
+                codes16(p + 16, t, out + 8);
+            }
+        }
+        if (stop < n) {
+            const uint16_t *p = in + (b0 + stop) * 32;
+            return (b0 + stop) * 32 + first_bad(MPK_DTYPE_BF16, p, 32);
+        }
     }
     return n_blocks * 32;
 }
@@ -449,13 +503,13 @@ __attribute__((target("avx2"), always_inline)) static inline size_t mx_bf16_avx2
 __attribute__((target("avx2"))) static size_t mx_ocp_avx2(const uint16_t *in, size_t n_blocks, uint8_t *blocks,
                                                           uint8_t *scales, thr_cache *c)
 {
-    return mx_bf16_avx2(in, n_blocks, blocks, scales, ocp_exponent, c);
+    return mx_bf16_avx2(in, n_blocks, blocks, scales, ocp_exponent, false, c);
 }
 
 __attribute__((target("avx2"))) static void mx_rule_avx2(const uint16_t *in, size_t n_blocks, uint8_t *blocks,
                                                          uint8_t *scales, int (*exponent)(uint32_t mag), thr_cache *c)
 {
-    mx_bf16_avx2(in, n_blocks, blocks, scales, exponent, c);
+    mx_bf16_avx2(in, n_blocks, blocks, scales, exponent, true, c);
 }
 #endif
 

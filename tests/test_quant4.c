@@ -169,6 +169,13 @@ static void test_mxfp4_ocp_paths_agree(void **state)
     assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[0], s[0]), 100);
     simd(false);
     assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[0], s[0]), 100);
+    v[100] = 0x3F80;
+    v[32 * 71 + 9] = 0x7FC0, v[32 * 70 + 31] = 0xFF80; /* a NaN after an infinity, both in one group of 4 blocks */
+    for (int on = 0; on < 2; on++) {
+        simd(on);
+        assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v, NB, c[on], s[on]), 32 * 70 + 31);
+        assert_int_equal(mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, v + 32 * 70, 1, c[on], s[on]), 31); /* one block */
+    }
     for (int k = 0; k < 4; k++)
         free(c[k]), free(s[k]);
     free(v), free(f);
