@@ -102,6 +102,10 @@ void ops_mx_codes(mpk_dtype in_dt, const void *block, float inv, uint8_t *out);
 bool ops_mx_rule_bf16(const uint16_t *in, size_t n_blocks, uint8_t *blocks, uint8_t *scales,
                       int (*exponent)(uint32_t mag));
 
+/* Test hook: off keeps quant4.c's kernels on their AVX2 paths on a CPU with AVX-512 (so the tests
+ * compare both with the portable ones). Not thread-safe; the library never calls it. */
+void ops_quant4_no_avx512(bool off);
+
 /* Element i of src (F32, F16, BF16, F8_E4M3, F8_E5M2 or F8_E8M0) as an F32 (numfmt.c). */
 float ops_load_f32(mpk_dtype d, const void *src, size_t i);
 

@@ -2,8 +2,9 @@
  * ModelOpt's rules and MXFP4 with the OCP MX rule; the largest magnitude of a tensor (with its
  * first NaN or infinity); the E2M1 codes of MXFP4 blocks under a given scale (shared with
  * quant.c's reference-rule quantizer). Each has a portable path and, for BF16 input on a CPU
- * with AVX2, a vector path giving the same bytes (runtime dispatch; mpk_tune's no_simd forces
- * the portable one, which the tests compare against).
+ * with AVX2 (NVFP4's codes: AVX-512BW where present), a vector path giving the same bytes
+ * (runtime dispatch; mpk_tune's no_simd forces the portable one, which the tests compare against,
+ * and ops_quant4_no_avx512 the AVX2 one).
  *
  * The E2M1 code of a quotient q is the count of the rounding boundaries below |q| with ties to
  * the even code: (|q| > 0.25) + (|q| >= 0.75) + (|q| > 1.25) + (|q| >= 1.75) + (|q| > 2.5) +
@@ -48,6 +49,7 @@ static size_t first_bad(mpk_dtype dt, const void *in, size_t n)
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+
 /* The largest of 16 unsigned 16-bit lanes. */
 __attribute__((target("avx2"))) static inline uint32_t hmax_u16(__m256i v)
 {
@@ -70,6 +72,23 @@ __attribute__((target("avx2"))) static uint32_t amax_bits_avx2(const uint16_t *p
     return r;
 }
 #endif
+
+static bool no_avx512; /* ops_quant4_no_avx512: the tests' switch to the AVX2 paths */
+
+void ops_quant4_no_avx512(bool off)
+{
+    no_avx512 = off;
+}
+
+static bool avx512_ok(void)
+{
+#if defined(__x86_64__)
+    return !no_avx512 && ops_simd_allowed() && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return false;
+#endif
+}
 
 static bool avx2_ok(void)
 {
@@ -374,6 +393,60 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
     }
 }
 
+/* Two NVFP4 blocks' codes in one 512-bit vector (block A in the low half, B in the high): the
+ * same compares as nv_lanes into mask registers, each passed bound adding 1 to its lanes (two
+ * chains), the sign 8 where x < 0 (the lane's top bit) and |x| is above the sign's threshold; the
+ * odd element of each pair moved to bits 4-7 and the dwords narrowed to bytes: 16 code bytes. */
+__attribute__((target("avx512bw,avx512vl"))) static inline __m128i nv_codes2_avx512(const uint16_t *q, const thr8 *ta,
+                                                                                      const thr8 *tb)
+{
+#define THR2(i)                                                                                              \
+    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)ta->t[i])),     \
+                       _mm256_loadu_si256((const __m256i *)(const void *)tb->t[i]), 1)
+    __m512i v = _mm512_loadu_si512((const void *)q), a = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
+    const __m512i one = _mm512_set1_epi16(1);
+    __m512i m0 = _mm512_maskz_mov_epi16(_mm512_cmpgt_epi16_mask(a, THR2(0)), one);
+    __m512i m1 = _mm512_maskz_mov_epi16(_mm512_cmpgt_epi16_mask(a, THR2(1)), one);
+    m0 = _mm512_mask_add_epi16(m0, _mm512_cmpgt_epi16_mask(a, THR2(2)), m0, one);
+    m1 = _mm512_mask_add_epi16(m1, _mm512_cmpgt_epi16_mask(a, THR2(3)), m1, one);
+    m0 = _mm512_mask_add_epi16(m0, _mm512_cmpgt_epi16_mask(a, THR2(4)), m0, one);
+    m1 = _mm512_mask_add_epi16(m1, _mm512_cmpgt_epi16_mask(a, THR2(5)), m1, one);
+    m0 = _mm512_mask_add_epi16(m0, _mm512_cmpgt_epi16_mask(a, THR2(6)), m0, one);
+    __mmask32 neg = _mm512_cmpgt_epi16_mask(a, THR2(7)) & _mm512_movepi16_mask(v);
+    __m512i m = _mm512_mask_add_epi16(_mm512_add_epi16(m0, m1), neg, _mm512_add_epi16(m0, m1), _mm512_set1_epi16(8));
+#undef THR2
+    return _mm512_cvtepi32_epi8(_mm512_or_si512(m, _mm512_srli_epi32(m, 12)));
+}
+
+/* nv_bf16_avx2 with the codes two blocks to a 512-bit vector (the scale codes as there). */
+__attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const uint16_t *in, size_t n_blocks, float g,
+                                                                        uint8_t *codes, uint8_t *scales,
+                                                                        thr_cache *c)
+{
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    enum { CHUNK = 64 };
+    size_t b = 0, full = n_blocks / 4 * 4;
+    for (size_t n; b < full; b += n) {
+        n = full - b < CHUNK ? full - b : CHUNK;
+        const uint16_t *p = in + b * 16;
+        nv_scales4(p, n, g, codes != NULL, scales + b, c);
+        if (!codes)
+            continue;
+        for (size_t k = 0; k < n; k += 2) {
+            const uint8_t *s = scales + b + k;
+            _mm_storeu_si128((__m128i *)(codes + (b + k) * 8), nv_codes2_avx512(p + k * 16, &c->tab[s[0]], &c->tab[s[1]]));
+        }
+    }
+    for (; b < n_blocks; b++) {
+        const uint16_t *p = in + b * 16;
+        uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
+                                     codes != NULL);
+        scales[b] = sc;
+        if (codes)
+            codes16(p, &c->tab[sc], codes + b * 8);
+    }
+}
+
 /* The codes of a 32-value MXFP4 block under 2^e, -124 <= e <= 125, in 8-bit lanes. Dividing by
  * 2^e subtracts e << 7 from a normal BF16 magnitude's bits, so every E2M1 bound is a fixed bit
  * pattern q: 0.25 0x3E80, 1.25 0x3FA0, 2.5 0x4020, 5 0x40A0 (passed above them: >) and 0.75
@@ -522,7 +595,10 @@ void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float sca
         if (c) {
             c->div = true;
             memset(c->sc_of, 0xFF, sizeof c->sc_of);
-            nv_bf16_avx2(in, n_blocks, scale2, codes, scales, c);
+            if (avx512_ok())
+                nv_bf16_avx512(in, n_blocks, scale2, codes, scales, c);
+            else
+                nv_bf16_avx2(in, n_blocks, scale2, codes, scales, c);
             free(c);
             return;
         }

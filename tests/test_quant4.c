@@ -1,5 +1,7 @@
-/* test_quant4.c — the 4-bit quantizers of --quantize (ops/quant4.c): the AVX2 paths give the
- * same bytes as the portable ones (both run here, switched with mpk_tune's no_simd), BF16 input
+/* test_quant4.c — the 4-bit quantizers of --quantize (ops/quant4.c): the AVX2 paths, and the
+ * AVX-512 ones where the CPU has them (the tests run twice, the second time with
+ * ops_quant4_no_avx512), give the same bytes as the portable ones (both run here, switched with
+ * mpk_tune's no_simd), BF16 input
  * the same as the same values in F32, on random blocks with every special case mixed in (zero
  * blocks, ties at each E2M1 boundary, powers of two, subnormals, both signs and -0); NaN and
  * infinity found at their index. The formulas themselves are checked bit for bit against a
@@ -11,6 +13,7 @@
 #include <cmocka.h>
 
 #include "mpk_ops.h"
+#include "ops_internal.h"
 #include "moepack/moepack.h"
 
 #include <math.h>
@@ -225,5 +228,7 @@ int main(void)
         cmocka_unit_test(test_mxfp4_ocp_paths_agree),
         cmocka_unit_test(test_mxfp4_every_scale),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("vector paths up to AVX-512", tests, NULL, NULL);
+    ops_quant4_no_avx512(true); /* the AVX2 paths against the portable ones too */
+    return failed + cmocka_run_group_tests_name("vector paths up to AVX2", tests, NULL, NULL);
 }
