@@ -62,11 +62,11 @@ static void *run(void *arg)
         mpk_quant_mxfp4_ocp(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 32, (uint8_t *)j->out + j->r0 * C / 2,
                             j->qscales + j->r0 * C / 32);
         break;
-    case K_QNVFP4: { /* --quantize nvfp4: the amax pass (global scale), then the blocks */
-        size_t bad;
-        float g = mpk_nvfp4_global_scale(mpk_quant_amax(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C, &bad));
-        mpk_quant_nvfp4(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 16, g, (uint8_t *)j->out + j->r0 * C / 2,
-                        j->qscales + j->r0 * C / 16);
+    case K_QNVFP4: { /* --quantize nvfp4 as mpk_quant4_matrix runs it per part: the amax pass (the global
+                        scale; it also keeps each block's largest magnitude), then the blocks */
+        float g;
+        mpk_quant_nvfp4_tensor(MPK_DTYPE_BF16, j->src + j->r0 * row, n * C / 16, (uint8_t *)j->out + j->r0 * C / 2,
+                               j->qscales + j->r0 * C / 16, &g);
         break;
     }
     case K_QNVFP4 + 1: /* the same without the amax pass (a fixed global scale) */

@@ -348,6 +348,13 @@ float mpk_nvfp4_global_scale(float amax);
  * scales: n_blocks bytes. */
 void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float scale2, uint8_t *codes,
                      uint8_t *scales);
+/* mpk_quant_amax, mpk_nvfp4_global_scale and mpk_quant_nvfp4 over one tensor (or one part with
+ * its own global scale) of n_blocks x 16 values, in fewer passes over BF16 (the largest
+ * magnitude of each block kept from the amax pass, in the last quarter of codes). Returns the
+ * index of the first NaN or infinity (then the outputs mean nothing), n_blocks x 16 when none;
+ * *scale2 gets the global scale. codes may be NULL (only the scales). */
+size_t mpk_quant_nvfp4_tensor(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *codes, uint8_t *scales,
+                              float *scale2);
 /* Quantizes n_blocks x 32 values to MXFP4 by the OCP MX rule (OCP Microscaling Formats v1.0,
  * section 6.3): X = floor(log2(amax_block)) - 2 (E2M1's emax), clamped below at -127 (so an
  * all-zero block, and one below 2^-125, get scale code 0); scale code X + 127 (F8_E8M0);

@@ -319,7 +319,7 @@ __attribute__((target("avx2"))) static inline __m256i nv_pair(__m256i ma, __m256
 
 /* The largest of each of four vectors of 16 unsigned 16-bit lanes, as 16-bit fields of the
  * result in the order a0, a2, a1, a3 (one reduction for the four, not four horizontal ones). */
-__attribute__((target("avx2"))) static inline uint64_t max4_u16(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
+__attribute__((target("avx2"))) static inline __m128i max4_u16v(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
 {
     const __m256i pick = _mm256_setr_epi8(0, 1, 8, 9, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 8, 9, -1,
                                           -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
@@ -329,15 +329,30 @@ __attribute__((target("avx2"))) static inline uint64_t max4_u16(__m256i a0, __m2
     u = _mm256_max_epu16(u, _mm256_shuffle_epi32(u, 0xB1));
     u = _mm256_max_epu16(u, _mm256_srli_epi32(u, 16)); /* 16-bit lanes 0, 4 | 0, 4: a0, a2 | a1, a3 */
     u = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(u, pick), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
-    return (uint64_t)_mm_cvtsi128_si64(_mm256_castsi256_si128(u));
+    return _mm256_castsi256_si128(u); /* the four in 16-bit lanes 0-3, lanes 4-7 copies of them */
+}
+
+/* max4_u16v's four as 16-bit fields of an integer (a0, a2, a1, a3). */
+__attribute__((target("avx2"))) static inline uint64_t max4_u16(__m256i a0, __m256i a1, __m256i a2, __m256i a3)
+{
+    return (uint64_t)_mm_cvtsi128_si64(max4_u16v(a0, a1, a2, a3));
 }
 
 /* The scale codes of n (a multiple of 4) NVFP4 blocks, four at a time: the four largest
  * magnitudes by one vector reduction, then the cache. */
 __attribute__((target("avx2"))) static inline void nv_scales4(const uint16_t *in, size_t n, float g, bool codes,
-                                                              uint8_t *scales, thr_cache *c)
+                                                              uint8_t *scales, thr_cache *c, const uint8_t *maxima)
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    if (maxima) { /* the blocks' largest magnitudes already found (nv_maxima_avx2), 2 bytes a block */
+        for (size_t b = 0; b < n; b += 4) {
+            uint64_t ms;
+            memcpy(&ms, maxima + 2 * b, 8);
+            for (int j = 0; j < 4; j++)
+                scales[b + (size_t)j] = nv_scale_cached(c, (uint32_t)(ms >> (16 * j)) & 0xFFFF, g, codes);
+        }
+        return;
+    }
     for (size_t b = 0; b < n; b += 4) {
         const uint16_t *p = in + b * 16;
         __m256i a0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs);
@@ -352,13 +367,37 @@ __attribute__((target("avx2"))) static inline void nv_scales4(const uint16_t *in
     }
 }
 
+/* The largest magnitude (bits) of each of n_blocks BF16 blocks of 16, n_blocks a multiple of 4,
+ * into out (2 bytes a block, any alignment); returns the largest of all. The pass that finds the
+ * global scale: it waits on memory, so the per-block reduction that the blocks' pass would do
+ * costs little here. */
+__attribute__((target("avx2"))) static uint32_t nv_maxima_avx2(const uint16_t *in, size_t n_blocks, uint8_t *out)
+{
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    __m128i all = _mm_setzero_si128();
+    for (size_t b = 0; b < n_blocks; b += 4) {
+        const uint16_t *p = in + b * 16;
+        __m256i a0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs);
+        __m256i a1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 16)), abs);
+        __m256i a2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 32)), abs);
+        __m256i a3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + 48)), abs);
+        __m128i x = _mm_shufflelo_epi16(max4_u16v(a0, a1, a2, a3), 0xD8); /* blocks 0, 2, 1, 3 -> 0, 1, 2, 3 */
+        _mm_storel_epi64((__m128i *)(void *)(out + 2 * b), x);
+        all = _mm_max_epu16(all, x);
+    }
+    all = _mm_max_epu16(all, _mm_srli_epi64(all, 32));
+    all = _mm_max_epu16(all, _mm_srli_epi64(all, 16));
+    uint32_t m = (uint32_t)_mm_cvtsi128_si32(all) & 0xFFFF;
+    return m;
+}
+
 /* NVFP4 blocks in chunks that stay in L1: first the chunk's scale codes (nv_scales4), then its
  * codes, four blocks to one 32-byte store, each block's thresholds addressed by its stored scale
  * code. Two loops, not one: the codes then wait on an L1 load of the scale, not on the whole
  * chain from the block's largest magnitude through the cache (which kept too few blocks in
  * flight). */
 __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, size_t n_blocks, float g,
-                                                         uint8_t *codes, uint8_t *scales, thr_cache *c)
+                                                         uint8_t *codes, uint8_t *scales, thr_cache *c, const uint8_t *maxima)
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
     enum { CHUNK = 64 };
@@ -366,7 +405,7 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
     for (size_t n; b < full; b += n) {
         n = full - b < CHUNK ? full - b : CHUNK;
         const uint16_t *p = in + b * 16;
-        nv_scales4(p, n, g, codes != NULL, scales + b, c);
+        nv_scales4(p, n, g, codes != NULL, scales + b, c, maxima ? maxima + 2 * b : NULL);
         if (!codes)
             continue;
         for (size_t k = 0; k < n; k += 4) {
@@ -421,7 +460,7 @@ __attribute__((target("avx512bw,avx512vl"))) static inline __m128i nv_codes2_avx
 /* nv_bf16_avx2 with the codes two blocks to a 512-bit vector (the scale codes as there). */
 __attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const uint16_t *in, size_t n_blocks, float g,
                                                                         uint8_t *codes, uint8_t *scales,
-                                                                        thr_cache *c)
+                                                                        thr_cache *c, const uint8_t *maxima)
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
     enum { CHUNK = 64 };
@@ -429,7 +468,7 @@ __attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const ui
     for (size_t n; b < full; b += n) {
         n = full - b < CHUNK ? full - b : CHUNK;
         const uint16_t *p = in + b * 16;
-        nv_scales4(p, n, g, codes != NULL, scales + b, c);
+        nv_scales4(p, n, g, codes != NULL, scales + b, c, maxima ? maxima + 2 * b : NULL);
         if (!codes)
             continue;
         for (size_t k = 0; k < n; k += 2) {
@@ -586,19 +625,38 @@ __attribute__((target("avx2"))) static void mx_rule_avx2(const uint16_t *in, siz
 }
 #endif
 
+#if defined(__x86_64__)
+/* The NVFP4 cache of a call: scale codes unknown (0xFF), no thresholds yet. NULL: out of memory. */
+static thr_cache *nv_cache(void)
+{
+    thr_cache *c = calloc(1, sizeof *c);
+    if (c) {
+        c->div = true;
+        memset(c->sc_of, 0xFF, sizeof c->sc_of);
+    }
+    return c;
+}
+
+/* The vector paths' blocks (maxima: the largest magnitudes of the first n_blocks / 4 x 4 blocks,
+ * or NULL to find them). */
+static void nv_blocks(const uint16_t *in, size_t n_blocks, float g, uint8_t *codes, uint8_t *scales, thr_cache *c,
+                      const uint8_t *maxima)
+{
+    if (avx512_ok())
+        nv_bf16_avx512(in, n_blocks, g, codes, scales, c, maxima);
+    else
+        nv_bf16_avx2(in, n_blocks, g, codes, scales, c, maxima);
+}
+#endif
+
 void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float scale2, uint8_t *codes,
                      uint8_t *scales)
 {
 #if defined(__x86_64__)
     if (in_dt == MPK_DTYPE_BF16 && avx2_ok()) {
-        thr_cache *c = calloc(1, sizeof *c);
+        thr_cache *c = nv_cache();
         if (c) {
-            c->div = true;
-            memset(c->sc_of, 0xFF, sizeof c->sc_of);
-            if (avx512_ok())
-                nv_bf16_avx512(in, n_blocks, scale2, codes, scales, c);
-            else
-                nv_bf16_avx2(in, n_blocks, scale2, codes, scales, c);
+            nv_blocks(in, n_blocks, scale2, codes, scales, c, NULL);
             free(c);
             return;
         }
@@ -610,6 +668,42 @@ void mpk_quant_nvfp4(mpk_dtype in_dt, const void *in, size_t n_blocks, float sca
             x[k] = ops_load_f32(in_dt, in, b * 16 + (size_t)k);
         nv_block_scalar(x, scale2, codes ? codes + b * 8 : NULL, scales + b);
     }
+}
+
+size_t mpk_quant_nvfp4_tensor(mpk_dtype in_dt, const void *in, size_t n_blocks, uint8_t *codes, uint8_t *scales,
+                              float *scale2)
+{
+    size_t n = n_blocks * 16;
+#if defined(__x86_64__)
+    /* BF16 with codes: the amax pass also keeps each block's largest magnitude (nv_maxima_avx2),
+     * in the last quarter of the codes' buffer, so the blocks' pass skips that reduction (on a
+     * pass that waits on memory it costs little). No code overwrites a maximum still to be read:
+     * a chunk's maxima are read before its codes are written, and the codes of the blocks before
+     * b (bytes < 8b) stay below the maxima of the blocks from b on (bytes >= 6 n_blocks + 2b, as
+     * b <= n_blocks). */
+    thr_cache *c = in_dt == MPK_DTYPE_BF16 && codes && avx2_ok() ? nv_cache() : NULL;
+    if (c) {
+        size_t full = n_blocks / 4 * 4;
+        uint8_t *maxima = codes + 6 * n_blocks;
+        uint32_t m = nv_maxima_avx2(in, full, maxima), t = amax_bits_avx2((const uint16_t *)in + full * 16, n - full * 16);
+        m = t > m ? t : m;
+        if (m >= 0x7F80u) {
+            free(c);
+            return first_bad(in_dt, in, n);
+        }
+        *scale2 = mpk_nvfp4_global_scale(ops_u2f(m << 16));
+        nv_blocks(in, n_blocks, *scale2, codes, scales, c, maxima);
+        free(c);
+        return n;
+    }
+#endif
+    size_t bad;
+    float g = mpk_nvfp4_global_scale(mpk_quant_amax(in_dt, in, n, &bad));
+    if (bad < n)
+        return bad;
+    *scale2 = g;
+    mpk_quant_nvfp4(in_dt, in, n_blocks, g, codes, scales);
+    return n;
 }
 
 /* ---------------------------------------------------------------- MXFP4 */
@@ -690,6 +784,15 @@ size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, in
         for (int k = 0; k < (parts > 0 ? parts : 1) && bad == n; k++) {
             const char *p = (const char *)in + (size_t)k * pn * el;
             size_t b = pn;
+            if (!given && c) { /* the amax pass and the blocks together */
+                float g = 0;
+                b = mpk_quant_nvfp4_tensor(in_dt, p, pn / 16, c + (size_t)k * pn / 2, s + (size_t)k * pn / 16, &g);
+                if (b < pn)
+                    bad = (size_t)k * pn + b;
+                else if (scale2)
+                    scale2[k] = g;
+                continue;
+            }
             float g = given ? scale2[k] : mpk_nvfp4_global_scale(mpk_quant_amax(in_dt, p, pn, &b));
             if (b < pn)
                 bad = (size_t)k * pn + b;

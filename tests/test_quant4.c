@@ -113,6 +113,49 @@ static void test_nvfp4_paths_agree(void **state)
             assert_memory_equal(s[0], s[1], NB * 2);
         }
     }
+    /* a tensor whose global scale spreads its block scales over the E4M3 codes (v's powers of two
+     * up to 2^73 would put nearly every block at the clamp): magnitudes above 2^17 folded down */
+    uint16_t *w = malloc(NB * 32 * 2);
+    for (size_t i = 0; i < NB * 32; i++)
+        w[i] = (v[i] & 0x7FFF) > 0x4800 ? (uint16_t)((v[i] & 0x807F) | 0x4700) : v[i];
+    to_f32(w, f, NB * 32);
+    static const size_t lens[] = {NB * 2 - 1, NB * 2 - 4, 131, 64, 7, 4, 1};
+    for (int li = 0; li < 7; li++) { /* the amax pass and the blocks together */
+        size_t n = lens[li];
+        float g2[3];
+        for (int k = 0; k < 3; k++)
+            memset(c[k], 0xEE, NB * 16), memset(s[k], 0xEE, NB * 2);
+        simd(true);
+        assert_int_equal(mpk_quant_nvfp4_tensor(MPK_DTYPE_BF16, w + 16, n, c[0], s[0], &g2[0]), n * 16);
+        simd(false);
+        assert_int_equal(mpk_quant_nvfp4_tensor(MPK_DTYPE_BF16, w + 16, n, c[1], s[1], &g2[1]), n * 16);
+        assert_int_equal(mpk_quant_nvfp4_tensor(MPK_DTYPE_F32, f + 16, n, c[2], s[2], &g2[2]), n * 16);
+        assert_true(g2[0] == g2[1] && g2[0] == g2[2]);
+        if (n > 1000) { /* the case means something: many block scale codes */
+            int seen[256] = {0}, distinct = 0;
+            for (size_t b = 0; b < n; b++)
+                distinct += !seen[s[0][b]]++;
+            assert_true(distinct > 50);
+        }
+        assert_true(g2[0] == mpk_nvfp4_global_scale(mpk_quant_amax(MPK_DTYPE_BF16, w + 16, n * 16, &bad)));
+        for (int k = 1; k < 3; k++) {
+            assert_memory_equal(c[0], c[k], n * 8);
+            assert_memory_equal(s[0], s[k], n);
+        }
+        simd(true);
+        assert_int_equal(mpk_quant_nvfp4_tensor(MPK_DTYPE_BF16, w + 16, n, NULL, s[1], &g2[1]), n * 16);
+        assert_memory_equal(s[0], s[1], n);
+    }
+    uint16_t keep = w[16 + 16 * 70 + 3];
+    w[16 + 16 * 70 + 3] = 0xFF80; /* -inf in block 70 of the tensor */
+    for (int on = 0; on < 2; on++) {
+        float g2;
+        simd(on);
+        assert_int_equal(mpk_quant_nvfp4_tensor(MPK_DTYPE_BF16, w + 16, NB, c[0], s[0], &g2), 16 * 70 + 3);
+    }
+    w[16 + 16 * 70 + 3] = keep;
+    free(w);
+    to_f32(v, f, NB * 32);
     v[777] = 0x7F80; /* +inf */
     simd(true);
     mpk_quant_amax(MPK_DTYPE_BF16, v, NB * 32, &bad);
