@@ -401,9 +401,6 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
     enum { CHUNK = 64 };
-    /* codes stored past the caches where aligned (no read for ownership; written once, read later
-     * by the writer, not by this loop) */
-    bool nt = codes && ((uintptr_t)codes & 31) == 0;
     size_t b = 0, full = n_blocks / 4 * 4;
     for (size_t n; b < full; b += n) {
         n = full - b < CHUNK ? full - b : CHUNK;
@@ -422,14 +419,9 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
                                   nv_lanes(v3, _mm256_and_si256(v3, abs), &c->tab[s[3]]));
             /* dwords [A 0-3, B 0-3, C 0-3, D 0-3 | A 4-7, B 4-7, C 4-7, D 4-7] -> A, B, C, D */
             __m256i r = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(q01, q23), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            if (nt)
-                _mm256_stream_si256((__m256i *)(void *)(codes + (b + k) * 8), r);
-            else
-                _mm256_storeu_si256((__m256i *)(codes + (b + k) * 8), r);
+            _mm256_storeu_si256((__m256i *)(codes + (b + k) * 8), r);
         }
     }
-    if (nt)
-        _mm_sfence();
     for (; b < n_blocks; b++) {
         const uint16_t *p = in + b * 16;
         uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
@@ -472,9 +464,6 @@ __attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const ui
 {
     const __m256i abs = _mm256_set1_epi16(0x7FFF);
     enum { CHUNK = 64 };
-    /* codes stored past the caches where aligned (no read for ownership; written once, read later
-     * by the writer, not by this loop) */
-    bool nt = codes && ((uintptr_t)codes & 31) == 0;
     size_t b = 0, full = n_blocks / 4 * 4;
     for (size_t n; b < full; b += n) {
         n = full - b < CHUNK ? full - b : CHUNK;
@@ -484,15 +473,9 @@ __attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const ui
             continue;
         for (size_t k = 0; k < n; k += 2) {
             const uint8_t *s = scales + b + k;
-            __m128i r = nv_codes2_avx512(p + k * 16, &c->tab[s[0]], &c->tab[s[1]]);
-            if (nt)
-                _mm_stream_si128((__m128i *)(void *)(codes + (b + k) * 8), r);
-            else
-                _mm_storeu_si128((__m128i *)(codes + (b + k) * 8), r);
+            _mm_storeu_si128((__m128i *)(codes + (b + k) * 8), nv_codes2_avx512(p + k * 16, &c->tab[s[0]], &c->tab[s[1]]));
         }
     }
-    if (nt)
-        _mm_sfence();
     for (; b < n_blocks; b++) {
         const uint16_t *p = in + b * 16;
         uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
