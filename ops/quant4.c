@@ -49,7 +49,6 @@ static size_t first_bad(mpk_dtype dt, const void *in, size_t n)
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-
 /* The largest of 16 unsigned 16-bit lanes. */
 __attribute__((target("avx2"))) static inline uint32_t hmax_u16(__m256i v)
 {
@@ -80,7 +79,7 @@ void ops_quant4_no_avx512(bool off)
     no_avx512 = off;
 }
 
-static bool avx512_ok(void)
+static inline bool avx512_ok(void)
 {
 #if defined(__x86_64__)
     return !no_avx512 && ops_simd_allowed() && __builtin_cpu_supports("avx512bw") &&
