@@ -323,7 +323,7 @@ void mpk_dequant_int4_groups(const uint8_t *packed, const uint16_t *scales, int6
 uint64_t mpk_nvfp4_value_diff(const uint8_t *codes_a, const uint8_t *scales_a, float scale2_a,
                               const uint8_t *codes_b, const uint8_t *scales_b, float scale2_b, size_t n_blocks);
 
-/* ---------------------------------------------------------------- 4-bit quantizers (quant4.c)
+/* ---------------------------------------------------------------- 4-bit quantizers (quant4.c, quant4_mx.c)
  *
  * What --quantize nvfp4 and --quantize mxfp4 compute from BF16/F16/F32 weights. Thread-safe.
  * The E2M1 code of a quotient q rounds |q| to nearest even ({0, .5, 1, 1.5, 2, 3, 4, 6}; the

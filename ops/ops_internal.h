@@ -94,7 +94,7 @@ void ops_e2m1_bf16_table(float s, uint8_t lo[16], uint8_t hi[16]);
 
 /* The 16 code bytes of one MXFP4 block of 32 in_dt values under the power-of-two multiplier
  * inv (x * inv is x / 2^X, exact but where it is far below 0.25), the sign bit of x kept
- * (quant4.c, portable). */
+ * (quant4_mx.c, portable). */
 void ops_mx_codes(mpk_dtype in_dt, const void *block, float inv, uint8_t *out);
 /* MXFP4 from BF16 with AVX2 under a scale rule: exponent(largest magnitude's BF16 bits) gives the
  * block's e (scale code e + 127; 128: a NaN block, zero codes). False (nothing written) where
