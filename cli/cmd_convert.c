@@ -221,6 +221,10 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
     case MPK_E_ALREADY_CONVERTED:
         return unpack ? "to pack it, use 'moepack pack'" : "to split it back, use 'moepack unpack'";
     case MPK_E_MEMORY_BUDGET: return err->field == MPK_FIELD_MEM ? "raise --mem or lower --threads" : NULL;
+    case MPK_E_DTYPE_MISMATCH: /* --quantize of a quantized source */
+        return a->quantize && err->field == MPK_FIELD_QUANT
+                   ? "pack it without --quantize, or write a BF16 copy with --dequantize first and quantize that"
+                   : NULL;
     case MPK_E_QUANT:
         if (a->quantize && a->quant != MPK_QUANT_FP8_BLOCK128)
             return "--quantize nvfp4/mxfp4 needs packed rows that are whole rows of their source linears, in whole "

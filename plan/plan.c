@@ -407,6 +407,13 @@ static mpk_status build_outputs(build *bd)
                 o->meta = g->out_meta.t[o->slot];
                 o->group = (int)gi;
                 mpk_dtype dt = o->meta.dtype;
+                bool flt = dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16;
+                if ((opts->quantize4 || opts->quantize_block > 0) && plan_quantizes(r, &g->out_meta) &&
+                    o->meta.ndim >= 2 && !flt && r->scale_of < 0 && r->companion_of < 0)
+                    MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_DTYPE_MISMATCH, where,
+                                   "tensor '%s' is %s: quantizing takes F32, F16 or BF16 weights (this one is "
+                                   "already quantized); convert it as it is, or dequantize it first",
+                                   o->name ? o->name : "?", mpk_dtype_name(dt));
                 if (opts->quantize4 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
                     (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16))
                     MPK_TRY(quant4_outputs(p, opts->quantize4, r, o, where, err));
@@ -505,6 +512,19 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
         char *qp = mpk_path_join(where, strcmp(opts->cfg->quant_key, "hf_quant_config.json") == 0
                                             ? "hf_quant_config.json" : "config.json");
         st = mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, qp ? qp : where, "%s", qwhy);
+        free(qp);
+        goto done;
+    }
+    /* quantizing takes float weights: a quantized source's experts would pass through as they
+     * are under a quantization_config rewritten to declare the new format */
+    if ((opts->quantize_block > 0 || opts->quantize4) && opts->cfg && opts->cfg->quant_key[0]) {
+        bool file = strcmp(opts->cfg->quant_key, "hf_quant_config.json") == 0;
+        char *qp = mpk_path_join(where, file ? "hf_quant_config.json" : "config.json");
+        st = mpk_error_set(err, MPK_E_DTYPE_MISMATCH, 0, qp ? qp : where,
+                           "already quantized (%s%s: %s): quantizing takes a checkpoint of F32, F16 or BF16 "
+                           "weights; convert this one as it is, or dequantize it first",
+                           file ? "" : "config.json's ", opts->cfg->quant_key, opts->cfg->quant_method);
+        err->field = MPK_FIELD_QUANT;
         free(qp);
         goto done;
     }

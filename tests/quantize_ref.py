@@ -448,6 +448,29 @@ def refusals(tmp):
             rc, msg = run("pack", "-q", "--quantize", fmt, d, out)
             check(rc == 1 and "down_proj" in msg and what in msg and not os.path.exists(out),
                   f"{fmt}: a {what} weight is refused (exit 1) naming the tensor, nothing written: {msg.strip()[:160]}")
+    # an already quantized source (DeepSeek-V3 FP8 with 128x128 grids): its experts would pass
+    # through under a config.json declaring the new format; refused, by its config.json, and by the
+    # tensor when config.json does not declare it
+    fp8 = os.path.join(tmp, "fp8-src")
+    rc, msg = run("synth", "--arch", "deepseek_v3", "--quant", "fp8", "--hidden", "128", "--intermediate", "128", fp8)
+    check(rc == 0, "synth --quant fp8" + ("" if rc == 0 else ": " + msg))
+    for fmt in ("nvfp4", "mxfp4", "fp8-block128"):
+        out = os.path.join(tmp, "fp8-out")
+        rc, msg = run("pack", "-q", "--quantize", fmt, fp8, out)
+        check(rc == 1 and "config.json" in msg and "already quantized" in msg and "hint: pack it without --quantize"
+              in msg and not os.path.exists(out),
+              f"{fmt}: an FP8 source is refused (exit 1) naming its config.json, the hint saying what to do, nothing "
+              f"written: {msg.strip()[:160]}")
+    cfg = os.path.join(fp8, "config.json")
+    with open(cfg) as f:
+        c = json.load(f)
+    c.pop("quantization_config", None)
+    with open(cfg, "w") as f:
+        json.dump(c, f)
+    out = os.path.join(tmp, "fp8-out")
+    rc, msg = run("pack", "-q", "--quantize", "nvfp4", fp8, out)
+    check(rc == 1 and "F8_E4M3" in msg and "experts." in msg and not os.path.exists(out),
+          f"nvfp4: FP8 experts without a declaration are refused naming the tensor, nothing written: {msg.strip()[:160]}")
 
 
 def body(tmp):
