@@ -27,6 +27,18 @@ mpk_status ex_rd_flush(reader *r)
     return s;
 }
 
+/* After a node's reads into its buffer were queued (s: how that went): on success the reads
+ * done; on failure the queued ones dropped, so no later flush writes into the buffer the caller
+ * frees next. */
+static mpk_status rd_finish(reader *r, mpk_status s)
+{
+    if (s != MPK_OK) {
+        r->n = 0;
+        return s;
+    }
+    return ex_rd_flush(r);
+}
+
 static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
 static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf, reader *r);
 
@@ -61,8 +73,7 @@ mpk_status ex_node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, read
         if (!tmp)
             MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory (%llu bytes)", (unsigned long long)(cnt * ie));
         mpk_status s = ex_node_read(n->in, off / oe * ie, cnt * ie, tmp, r);
-        if (s == MPK_OK)
-            s = ex_rd_flush(r);
+        s = rd_finish(r, s);
         if (s == MPK_OK)
             mpk_cast(n->in->meta.dtype, tmp, n->meta.dtype, buf, cnt);
         free(tmp);
@@ -78,8 +89,7 @@ mpk_status ex_node_read(mpk_node *n, uint64_t off, uint64_t len, char *buf, read
                      (unsigned long long)(ns * n->granule));
         }
         mpk_status s = ex_node_read(n->in, first * n->granule, ns * n->granule, tin, r);
-        if (s == MPK_OK)
-            s = ex_rd_flush(r);
+        s = rd_finish(r, s);
         if (s == MPK_OK) {
             const mpk_tmeta *m = &n->in->meta;
             size_t el = mpk_dtype_size(m->dtype);
@@ -126,8 +136,7 @@ static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, ch
     if (s == MPK_OK)
         s = packed ? ex_node_read(n->in3, 0, n->in3->nbytes, (char *)gs, r)
                    : ex_node_read(n->in3, 0, 4, (char *)t + nb * 9, r);
-    if (s == MPK_OK)
-        s = ex_rd_flush(r);
+    s = rd_finish(r, s);
     if (s == MPK_OK && packed) {
         const mpk_tmeta *w = &n->in->meta;
         int64_t lead = 1, R = w->shape[w->ndim - 2];
@@ -165,8 +174,7 @@ static mpk_status read_dequant_int4(mpk_node *n, uint64_t off, uint64_t len, cha
         s = ex_node_read(n->in2, r0 * (uint64_t)G * 2, rows * (uint64_t)G * 2, (char *)sc, r);
     if (s == MPK_OK)
         s = ex_node_read(n->in3, 0, n->in3->nbytes, (char *)sh, r);
-    if (s == MPK_OK)
-        s = ex_rd_flush(r);
+    s = rd_finish(r, s);
     int64_t d[2] = {0, 0};
     for (int k = 0; s == MPK_OK && k < 2; k++) {
         int32_t v32;
@@ -200,8 +208,7 @@ static mpk_status read_dequant_fp8_scaled(mpk_node *n, uint64_t off, uint64_t le
         s = ex_node_read(n->in, r0 * (uint64_t)C, rows * (uint64_t)C, (char *)w, r);
     if (s == MPK_OK)
         s = ex_node_read(n->in2, per_row ? r0 * 4 : 0, per_row ? rows * 4 : 4, (char *)sc, r);
-    if (s == MPK_OK)
-        s = ex_rd_flush(r);
+    s = rd_finish(r, s);
     if (s == MPK_OK)
         mpk_dequant_fp8_scaled(n->in->meta.dtype, w, sc, per_row, (int64_t)rows, C, n->meta.dtype, buf);
     free(w);
@@ -231,8 +238,7 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
         s = ex_node_read(n->in, k0 * 16, nb * 16, (char *)t, r);
         if (s == MPK_OK)
             s = ex_node_read(n->in2, k0, nb, (char *)t + nb * 16, r);
-        if (s == MPK_OK)
-            s = ex_rd_flush(r);
+        s = rd_finish(r, s);
         if (s == MPK_OK)
             mpk_dequant_mxfp4(t, t + nb * 16, nb, m->dtype, buf);
         free(t);
@@ -259,8 +265,7 @@ static mpk_status read_dequant(mpk_node *n, uint64_t off, uint64_t len, char *bu
         if (s == MPK_OK)
             s = ex_node_read(n->in2, (mat * (uint64_t)SR + sb0) * (uint64_t)SC * ses, (sb1 - sb0 + 1) * (uint64_t)SC * ses,
                           (char *)ts, r);
-        if (s == MPK_OK)
-            s = ex_rd_flush(r);
+        s = rd_finish(r, s);
         for (uint64_t k = (sb1 - sb0 + 1) * (uint64_t)SC; s == MPK_OK && ses == 1 && k-- > 0;)
             ts[k] = mpk_e8m0_to_f32(((const uint8_t *)ts)[k]); /* in place, from the end */
         if (s == MPK_OK)
@@ -301,8 +306,7 @@ static mpk_status read_quant4(mpk_node *n, uint64_t off, uint64_t len, char *buf
             continue;
         }
         s = ex_node_read(n->in, mat * mat_in, mat_in, t, r);
-        if (s == MPK_OK)
-            s = ex_rd_flush(r);
+        s = rd_finish(r, s);
         if (s != MPK_OK)
             break;
         size_t bad = mpk_quant4_matrix(n->q4, im->dtype, t, R, C, n->parts, n->which == 0 ? o : NULL,
@@ -346,8 +350,7 @@ static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf,
         for (uint64_t k = 0; k < nb && s == MPK_OK; k += step) {
             uint64_t c = nb - k < step ? nb - k : step;
             s = ex_node_read(n->in, (k0 + k) * 32 * iel, c * 32 * iel, t, r);
-            if (s == MPK_OK)
-                s = ex_rd_flush(r);
+            s = rd_finish(r, s);
             if (s == MPK_OK)
                 mpk_quant_mxfp4(im->dtype, t, c, n->which ? NULL : (uint8_t *)buf + k * 16,
                                 n->which ? (uint8_t *)buf + k : NULL);
@@ -374,8 +377,7 @@ static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf,
         if (!t && !(t = mpk_alloc(mat_in + 1)))
             MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
         s = ex_node_read(n->in, mat * mat_in, mat_in, t, r);
-        if (s == MPK_OK)
-            s = ex_rd_flush(r);
+        s = rd_finish(r, s);
         /* the codes' node also keeps the grid for its sibling; the scale node writes its own */
         float *sc = n->which ? (float *)(void *)o : grid;
         for (int64_t r0 = 0; s == MPK_OK && r0 < R; r0 += b)
