@@ -51,6 +51,17 @@ const mpk_plan_view *mpk_plan_view_of(const mpk_plan *p, const mpk_ckpt_tensor *
     return (const mpk_plan_view *)t;
 }
 
+/* A quantized weight with a dimension of 0 has nothing to decode, and its views divide by its
+ * dims: refused, naming it. */
+static mpk_status nonempty(const mpk_plan *p, const mpk_ckpt_tensor *t, mpk_error *err)
+{
+    for (int d = 0; d < t->info->ndim; d++)
+        if (t->info->shape[d] == 0)
+            MPK_FAIL(err, MPK_E_QUANT, p->src->dir, "tensor '%s': a quantized weight with a dimension of 0 (dim %d)",
+                     t->info->name, d);
+    return MPK_OK;
+}
+
 /* v: the BF16 view of weight t (its last dim last values long) with its scales. */
 static void view_init(mpk_plan_view *v, const mpk_ckpt_tensor *t, int64_t last, const mpk_ckpt_tensor *scale,
                       const mpk_ckpt_tensor *scale2, mpk_view_kind kind)
@@ -102,6 +113,7 @@ static bool scales_a_view(mpk_plan *p, const mpk_ckpt_tensor *t)
 static mpk_status block_view(mpk_plan *p, const mpk_ckpt_tensor *t, const mpk_ckpt_tensor *st, mpk_plan_view *v,
                              mpk_error *err)
 {
+    MPK_TRY(nonempty(p, t, err));
     const mpk_tensor_info *w = t->info;
     bool rows = false;
     char a[128], b[128];
@@ -156,6 +168,7 @@ static const mpk_ckpt_tensor *nvfp4_codes(mpk_plan *p, const char *name, const c
 static mpk_status nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *base, const struct nv_names *lay,
                              mpk_plan_view *v, mpk_error *err)
 {
+    MPK_TRY(nonempty(p, t, err));
     const mpk_ckpt *src = p->src;
     const mpk_tensor_info *w = t->info;
     char *sn = mpk_arena_printf(p->arena, "%s.weight_scale", base), *s2n = mpk_arena_printf(p->arena, "%s%s", base, lay->global);
@@ -206,6 +219,7 @@ static const mpk_ckpt_tensor *packed_nvfp4_codes(mpk_plan *p, const char *name)
  * global scale a matrix) or [lead.., parts] (fused projections along the rows, R % parts == 0). */
 static mpk_status packed_nvfp4_view(mpk_plan *p, const mpk_ckpt_tensor *t, mpk_plan_view *v, mpk_error *err)
 {
+    MPK_TRY(nonempty(p, t, err));
     const mpk_ckpt *src = p->src;
     const mpk_tensor_info *w = t->info;
     char *sn = mpk_arena_printf(p->arena, "%s_weight_scale", w->name), *s2n = mpk_arena_printf(p->arena, "%s_weight_scale_2", w->name);
@@ -262,6 +276,7 @@ static const mpk_ckpt_tensor *int4_codes(mpk_plan *p, const char *name, const ch
 static mpk_status int4_view(mpk_plan *p, const mpk_ckpt_tensor *t, const char *base, mpk_plan_view *v,
                             mpk_error *err)
 {
+    MPK_TRY(nonempty(p, t, err));
     const mpk_tensor_info *w = t->info;
     char *sn = mpk_arena_printf(p->arena, "%s.weight_scale", base), *shn = mpk_arena_printf(p->arena, "%s.weight_shape", base);
     char *zn = mpk_arena_printf(p->arena, "%s.weight_zero_point", base), *vn = mpk_arena_printf(p->arena, "%s.weight", base);
@@ -315,6 +330,7 @@ static bool fp8_scale_folded(mpk_plan *p, const mpk_ckpt_tensor *t)
 static mpk_status fp8_scaled_view(mpk_plan *p, const mpk_ckpt_tensor *t, const mpk_ckpt_tensor *st, mpk_plan_view *v,
                                   mpk_error *err)
 {
+    MPK_TRY(nonempty(p, t, err));
     const mpk_tensor_info *w = t->info, *si = st->info;
     uint64_t n = st->nbytes / 4;
     char a[128], b[128];

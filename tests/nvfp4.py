@@ -213,4 +213,20 @@ def body(tmp):
     rc, out = run("pack", "-q", odd, os.path.join(tmp, "odd-out"))
     check(rc == 1 and "group_size 32" in out and not os.path.exists(os.path.join(tmp, "odd-out")),
           "group_size 32 is refused (exit 1, nothing written)")
+
+    # a quantized weight with no rows: nothing to decode (its view would divide by 0): refused
+    zero = os.path.join(tmp, "zero")
+    t, _ = make_source(zero)
+    n = "model.layers.0.self_attn.q_proj"
+    t[n + ".weight"] = ("U8", [0, H // 2], b"")
+    t[n + ".weight_scale"] = ("F8_E4M3", [0, H // 16], b"")
+    first = {k: v for k, v in t.items() if "layers.1." not in k}
+    write_st(os.path.join(zero, "model-00001-of-00002.safetensors"), first)
+    ip = os.path.join(zero, "model.safetensors.index.json")
+    index = json.load(open(ip))
+    index["metadata"]["total_size"] = sum(len(v[2]) for v in t.values())
+    json.dump(index, open(ip, "w"))
+    rc, out = run("pack", "-q", "--dequantize", zero, os.path.join(tmp, "zero-out"))
+    check(rc == 1 and n + ".weight" in out and "dimension of 0" in out and not os.path.exists(os.path.join(tmp, "zero-out")),
+          "a quantized weight with 0 rows is refused by --dequantize, naming it, nothing written: " + out.strip()[:160])
 q.main("mpk-nvfp4-", body)
