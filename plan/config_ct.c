@@ -167,8 +167,23 @@ static mpk_status rewrite_qc(mpk_spec *rxs, const pairs *ps, cJSON *qc, bool *ch
         snprintf(key, sizeof key, "quantization_config.config_groups.%s.targets", g->string);
         MPK_TRY(rewrite_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(g, "targets"), key, changed, err));
     }
-    return rewrite_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(qc, "ignore"), "quantization_config.ignore", changed,
-                        err);
+    MPK_TRY(rewrite_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(qc, "ignore"), "quantization_config.ignore", changed,
+                         err));
+    /* sparsity_config names modules the same way; transform_config's nested lists moepack does
+     * not rewrite: refused rather than left naming modules that are gone */
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(qc, "sparsity_config");
+    if (cJSON_IsObject(sp)) {
+        MPK_TRY(rewrite_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(sp, "targets"),
+                             "quantization_config.sparsity_config.targets", changed, err));
+        MPK_TRY(rewrite_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(sp, "ignore"),
+                             "quantization_config.sparsity_config.ignore", changed, err));
+    }
+    const cJSON *tf = cJSON_GetObjectItemCaseSensitive(qc, "transform_config");
+    if (tf && !cJSON_IsNull(tf) && !(cJSON_IsObject(tf) && !tf->child))
+        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json",
+                 "quantization_config.transform_config: its module lists are not rewritten by moepack, so after the "
+                 "renames they could name modules that are gone; convert a dequantized copy");
+    return MPK_OK;
 }
 
 mpk_status mpk_config_ct_rewrite(const mpk_model_config *cfg, const mpk_plan *p, char **out, mpk_error *err)

@@ -235,6 +235,13 @@ def refusals(tmp, kimi):
             "model.layers.0.mlp.experts")
     d = edit_config(kimi, os.path.join(tmp, "ct-newly"), lambda qc: qc.update(ignore=["lm_head"]))
     refused(tmp, d, "kimi_k25: an ignore entry that would newly name lm_head", "quantization_config.ignore[0]", "lm_head")
+    d = edit_config(src, os.path.join(tmp, "ct-sparse"), lambda qc: qc.update(sparsity_config={
+        "format": "dense", "targets": ["model.layers.0.mlp.experts.1.up_proj"], "ignore": []}))
+    refused(tmp, d, "a sparsity_config target naming one per-expert module",
+            "quantization_config.sparsity_config.targets[0]", "model.layers.0.mlp.experts.1.up_proj")
+    d = edit_config(src, os.path.join(tmp, "ct-transform"), lambda qc: qc.update(transform_config={
+        "config_groups": {"u": {"type": "hadamard", "apply": [{"targets": ["Linear"], "location": "weight_input"}]}}}))
+    refused(tmp, d, "a transform_config (its module lists are not rewritten)", "quantization_config.transform_config")
     for fmt, what in (("nvfp4-pack-quantized", "weight_packed"), ("float-quantized", "_proj")):
         refused(tmp, os.path.join(tmp, fmt + "-packed"), f"{fmt}: unpack --dequantize of packed experts",
                 "model.layers.0.mlp.experts.", what, "does not decode", args=("--dequantize",), cmd="unpack")
