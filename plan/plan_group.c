@@ -182,6 +182,32 @@ static int64_t block_straddle(const mpk_rule *r, const mpk_bundle *w, int b, mpk
     return 0;
 }
 
+/* The first op of r's chain that would cut MXFP4's row blocks (codes two a byte, one E8M0 scale
+ * per 32 values of a row: both lie along the last dim) on weights w: a transpose or a
+ * concat/chunk/split of the last dim, a reshape that changes it. NULL when every op moves whole
+ * rows. */
+static const mpk_op *row_block_cut(const mpk_rule *r, const mpk_bundle *w, mpk_arena *a)
+{
+    mpk_bundle cur = *w;
+    for (int k = 0; k < r->n_ops; k++) {
+        const mpk_op *op = &r->ops[k];
+        mpk_bundle next;
+        mpk_error e = {0};
+        if (cur.n_groups * cur.n_items == 0 || mpk_op_descs[op->kind].infer(op, &cur, &next, a, &e) != MPK_OK)
+            return NULL; /* the chain's own error is reported elsewhere */
+        int nd = cur.t[0].ndim, last = nd - 1, d = op->dim < 0 ? op->dim + nd : op->dim;
+        int d2 = op->dim2 < 0 ? op->dim2 + nd : op->dim2;
+        bool along = op->kind == MPK_OP_CONCAT || op->kind == MPK_OP_CHUNK || op->kind == MPK_OP_SPLIT ||
+                     op->kind == MPK_OP_CONCAT_LIST || op->kind == MPK_OP_CHUNK_LIST;
+        if ((along && d == last) || (op->kind == MPK_OP_TRANSPOSE && (d == last || d2 == last)) ||
+            (op->kind == MPK_OP_RESHAPE && next.n_groups * next.n_items > 0 &&
+             next.t[0].shape[next.t[0].ndim - 1] != cur.t[0].shape[last]))
+            return op;
+        cur = next;
+    }
+    return NULL;
+}
+
 /* --quantize turns a rule's outputs into FP8 when they are experts: per-expert tensors merged
  * or split (a list capture) or stacked ones (3-D and up: DBRX, fused families). Routers and
  * biases a preset moves (ERNIE-4.5-VL's transposed gates) stay as they are. */
@@ -337,8 +363,14 @@ static mpk_status check_fp8_blocks(mpk_plan *p, const mpk_plan_group *g, long n,
             wb.t[k] = (mpk_tmeta){wt->info->dtype, wt->info->ndim, {0}};
             memcpy(wb.t[k].shape, wt->info->shape, sizeof wt->info->shape);
         }
+        const mpk_op *cut = rows ? row_block_cut(r, &wb, p->arena) : NULL;
+        if (cut)
+            MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
+                           "%s (%s): MXFP4 codes and their per-32 scales lie along rows, and the rule's %s cuts "
+                           "or reorders the last dim: they cannot move with it (convert a dequantized copy)",
+                           strchr(g->key, '|') + 1, r->path, mpk_op_descs[cut->kind].name);
         if (rows)
-            w = NULL; /* MXFP4's blocks lie along rows: every concat keeps them whole */
+            w = NULL; /* whole rows moved: no FP8 block check */
     } else if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta)) {
         w = in;
     }

@@ -183,4 +183,16 @@ def body(tmp):
     rc, out = run("convert", "-q", src_dir, os.path.join(tmp, "no"), "--spec", spec)
     check(rc == 1 and "w1.scale" in out and not os.path.exists(os.path.join(tmp, "no")),
           "without scale_name the .scale tensors are refused, named")
+
+    # a rule that transposes (or concatenates columns) would cut the row blocks of the codes and
+    # their per-32 scales: refused, naming the rule and the op
+    merge = {"op": "merge", "dim": 0}
+    for ops, opname in (([merge, {"op": "concat", "dim": 1}, {"op": "transpose", "dim": 1, "dim2": 2}], "transpose"),
+                        ([merge, {"op": "concat", "dim": 2}], "concat")):
+        cut = json.loads(json.dumps(SPEC))
+        cut["converters"][0]["ops"] = ops
+        json.dump(cut, open(spec, "w"))
+        rc, out = run("convert", "-q", src_dir, os.path.join(tmp, "no"), "--spec", spec)
+        check(rc == 1 and "MXFP4" in out and opname in out and not os.path.exists(os.path.join(tmp, "no")),
+              f"a {opname} of the last dim on MXFP4 codes is refused, named, nothing written: {out.strip()[:160]}")
 q.main("mpk-v4-", body)
