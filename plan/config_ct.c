@@ -10,7 +10,8 @@
  * each module before exactly when it matches what that module became. Anything else (an exact
  * name of a per-expert module, merged with others; an exact name that would newly name a module;
  * a pattern matching one side only) is refused naming the key: never a config that is silently
- * wrong. */
+ * wrong. ModelOpt's lists (fnmatch wildcards, in config.json and hf_quant_config.json) are
+ * checked the same way but not rewritten: an entry a conversion would change is refused. */
 #define _GNU_SOURCE
 #include "plan_internal.h"
 
@@ -186,9 +187,98 @@ static mpk_status rewrite_qc(mpk_spec *rxs, const pairs *ps, cJSON *qc, bool *ch
     return MPK_OK;
 }
 
+/* ModelOpt's lists (quantization_config's ignore / exclude_modules, hf_quant_config.json's
+ * quantization.exclude_modules) name modules exactly or by fnmatch wildcards
+ * ("model.layers.*.mlp.gate"). moepack does not rewrite them (hf_quant_config.json is copied as
+ * it is): each entry must name after the conversion what it named before, or the conversion is
+ * refused naming it. A wildcard is checked as the regex it stands for. */
+static mpk_status check_fn_list(mpk_spec *rxs, const pairs *ps, const cJSON *list, const char *key, mpk_error *err)
+{
+    int i = 0;
+    for (const cJSON *e = cJSON_IsArray(list) ? list->child : NULL; e; e = e->next, i++) {
+        char k[200];
+        snprintf(k, sizeof k, "%s[%d]", key, i);
+        if (!cJSON_IsString(e))
+            MPK_FAIL(err, MPK_E_CONFIG, "config.json", "%s: not a string", k);
+        const char *v = e->valuestring;
+        if (strpbrk(v, "*?[")) {
+            char *rx = mpk_arena_alloc(ps->a, 2 * strlen(v) + 2), *o = rx;
+            if (!rx)
+                MPK_FAIL(err, MPK_E_NOMEM, "config.json", "out of memory");
+            for (const char *c = v; *c; c++) {
+                if (*c == '*')
+                    *o++ = '.', *o++ = '*';
+                else if (*c == '?')
+                    *o++ = '.';
+                else if (strchr(".+()^$|{}\\", *c))
+                    *o++ = '\\', *o++ = *c;
+                else
+                    *o++ = *c;
+            }
+            *o++ = '$';
+            *o = 0;
+            MPK_TRY(check_regex(rxs, ps, k, rx, err));
+            continue;
+        }
+        const char *to = NULL;
+        MPK_TRY(map_name(ps, k, v, &to, err));
+        if (strcmp(to, v))
+            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json",
+                     "%s: module '%s' becomes '%s', and moepack does not rewrite ModelOpt's module lists: the "
+                     "converted checkpoint would name a module that is gone (dequantize it, or use a preset "
+                     "without that rename)", k, v, to);
+    }
+    return MPK_OK;
+}
+
+static mpk_status check_modelopt(mpk_spec *rxs, const pairs *ps, const cJSON *root, const char *dir, mpk_error *err)
+{
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    MPK_TRY(check_fn_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(qc, "ignore"), "quantization_config.ignore", err));
+    MPK_TRY(check_fn_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(qc, "exclude_modules"),
+                          "quantization_config.exclude_modules", err));
+    char *path = mpk_path_join(dir, "hf_quant_config.json"), *text = NULL;
+    size_t len = 0;
+    mpk_error ig;
+    if (!path)
+        MPK_FAIL(err, MPK_E_NOMEM, "config.json", "out of memory");
+    bool have = mpk_read_file(path, &text, &len, &ig) == MPK_OK;
+    free(path);
+    if (!have)
+        return MPK_OK; /* none (or unreadable: the copy of the other files says so) */
+    cJSON *h = cJSON_ParseWithLength(text, len);
+    free(text);
+    mpk_status st = check_fn_list(rxs, ps,
+                                  cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(h, "quantization"),
+                                                                   "exclude_modules"),
+                                  "quantization.exclude_modules", err);
+    cJSON_Delete(h);
+    if (st != MPK_OK && strncmp(err->msg, "config.json: ", 13) == 0) { /* the file it is about */
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "hf_quant_config.json: %s", err->msg + 13);
+        memcpy(err->msg, m, sizeof m);
+        snprintf(err->where, sizeof err->where, "hf_quant_config.json");
+    }
+    return st;
+}
+
 mpk_status mpk_config_ct_rewrite(const mpk_model_config *cfg, const mpk_plan *p, char **out, mpk_error *err)
 {
     *out = NULL;
+    if (cfg && cfg->json && strncmp(cfg->quant_method, "modelopt", 8) == 0) {
+        pairs ps = {.a = mpk_arena_new()};
+        mpk_spec rxs = {.name = "config.json"};
+        mpk_status st = !ps.a || mpk_strmap_init(&ps.seen, p->n_outs + 16) != MPK_OK
+                            ? mpk_error_set(err, MPK_E_NOMEM, 0, "config.json", "out of memory")
+                            : collect_pairs(p, &ps, err);
+        if (st == MPK_OK)
+            st = check_modelopt(&rxs, &ps, cfg->json, p->src->dir, err);
+        plan_regex_free(rxs.regexes);
+        mpk_strmap_free(&ps.seen);
+        free(ps.v);
+        mpk_arena_free(ps.a);
+        return st;
+    }
     if (!cfg || !cfg->json || strcmp(cfg->quant_method, "compressed-tensors"))
         return MPK_OK;
     cJSON *c = cJSON_Duplicate(cfg->json, 1);

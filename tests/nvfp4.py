@@ -214,6 +214,24 @@ def body(tmp):
     check(rc == 1 and "group_size 32" in out and not os.path.exists(os.path.join(tmp, "odd-out")),
           "group_size 32 is refused (exit 1, nothing written)")
 
+    # ModelOpt's module lists are kept as they are: an entry the conversion would make untrue (one
+    # per-expert module, merged with the others; a wildcard matching the per-expert modules only)
+    # is refused naming it, in config.json and in hf_quant_config.json
+    for fname, edit, key in (
+            ("config.json", lambda c: c["quantization_config"]["ignore"].append("model.layers.0.mlp.experts.1.up_proj"),
+             "quantization_config.ignore[2]"),
+            ("hf_quant_config.json", lambda c: c["quantization"]["exclude_modules"].append("model.layers.*.experts.1.*"),
+             "quantization.exclude_modules[2]")):
+        d = os.path.join(tmp, "lists-" + fname)
+        shutil.copytree(src_dir, d)
+        c = json.load(open(os.path.join(d, fname)))
+        edit(c)
+        json.dump(c, open(os.path.join(d, fname), "w"))
+        rc, out = run("pack", "-q", d, os.path.join(tmp, "lists-out"))
+        check(rc == 1 and key in out and "experts.1" in out and not os.path.exists(os.path.join(tmp, "lists-out")),
+              f"{fname}: a list entry packing would make untrue is refused naming {key}, nothing written: "
+              + out.strip()[:160])
+
     # a quantized weight with no rows: nothing to decode (its view would divide by 0): refused
     zero = os.path.join(tmp, "zero")
     t, _ = make_source(zero)
