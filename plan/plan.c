@@ -329,13 +329,28 @@ static mpk_status quant4_outputs(mpk_plan *p, int fmt, const mpk_rule *r, mpk_pl
      * along dim nd - 2): each packed row is then a whole row of one source linear, so blocks
      * along it are that linear's (ModelOpt's and the per-expert MXFP4 layout: [out, in], blocks
      * along in) and unpack moves them back with the codes */
-    for (int k = 0; k < r->n_ops; k++)
-        if (!(r->ops[k].kind == MPK_OP_MERGE && r->ops[k].dim == 0) &&
-            !(r->ops[k].kind == MPK_OP_CONCAT && r->ops[k].dim == nd - 2))
+    const mpk_plan_group *gr = &p->groups[o->group];
+    const mpk_tensor_info *s0 = gr->src[0] ? gr->src[0]->info : NULL;
+    int cur = s0 ? s0->ndim : nd; /* the ndim each op meets: a concat must join rows there */
+    for (int k = 0; k < r->n_ops; k++) {
+        bool merge = r->ops[k].kind == MPK_OP_MERGE && r->ops[k].dim == 0;
+        if (!merge && !(r->ops[k].kind == MPK_OP_CONCAT && r->ops[k].dim == cur - 2))
             MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
                            "tensor '%s' (%s): --quantize %s needs each packed row to be a row of one source linear "
                            "(blocks along it), but the rule applies %s", o->name, r->path,
                            fmt == 1 ? "nvfp4" : "mxfp4", mpk_op_str(&r->ops[k], ob, sizeof ob));
+        cur += merge;
+    }
+    /* the global scales split the rows evenly by source: every source the same rows */
+    for (long k = 1; fmt == 1 && s0 && k < (long)r->n_sources * gr->n_items; k++) {
+        const mpk_tensor_info *sk = gr->src[k] ? gr->src[k]->info : NULL;
+        if (sk && sk->ndim >= 2 && s0->ndim >= 2 && sk->shape[sk->ndim - 2] != s0->shape[s0->ndim - 2])
+            MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
+                           "tensor '%s' (%s): --quantize %s keeps one global scale per joined linear, which needs "
+                           "linears of the same rows: '%s' has %lld, '%s' %lld", o->name, r->path,
+                           fmt == 1 ? "nvfp4" : "mxfp4", s0->name, (long long)s0->shape[s0->ndim - 2], sk->name,
+                           (long long)sk->shape[sk->ndim - 2]);
+    }
     int64_t R = o->meta.shape[nd - 2], C = o->meta.shape[nd - 1];
     if (C % blk || (fmt == 1 && (R % parts || parts > MPK_MAX_PARTS)))
         MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,

@@ -448,6 +448,20 @@ def refusals(tmp):
             rc, msg = run("pack", "-q", "--quantize", fmt, d, out)
             check(rc == 1 and "down_proj" in msg and what in msg and not os.path.exists(out),
                   f"{fmt}: a {what} weight is refused (exit 1) naming the tensor, nothing written: {msg.strip()[:160]}")
+    # a rule that joins gate and up along the columns before stacking (concat dim 1 of [I, H],
+    # then merge) puts both in every packed row: refused, naming the op, for both formats
+    d = os.path.join(tmp, "cols")
+    make_source(d)
+    spec_path = os.path.join(tmp, "cols-spec.json")
+    rc, text = run("presets", "qwen3_moe")
+    spec = json.loads(text)
+    spec["converters"][0]["ops"] = [{"op": "concat", "dim": 1}, {"op": "merge", "dim": 0}]
+    json.dump(spec, open(spec_path, "w"))
+    for fmt in ("nvfp4", "mxfp4"):
+        out = os.path.join(tmp, "cols-out")
+        rc, msg = run("convert", "-q", "--quantize", fmt, d, out, "--spec", spec_path)
+        check(rc == 1 and "gate_up_proj" in msg and "concat" in msg and not os.path.exists(out),
+              f"{fmt}: gate and up joined along columns are refused naming the op, nothing written: {msg.strip()[:160]}")
     # an already quantized source (DeepSeek-V3 FP8 with 128x128 grids): its experts would pass
     # through under a config.json declaring the new format; refused, by its config.json, and by the
     # tensor when config.json does not declare it
