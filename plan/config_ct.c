@@ -29,6 +29,7 @@ typedef struct {
     size_t n, cap;
     mpk_strmap seen; /* "src\001dst" */
     mpk_arena *a;
+    const char *file; /* the file the lists checked now are in (for errors): config.json, ... */
 } pairs;
 
 static const char *dir_of(mpk_arena *a, const char *name)
@@ -88,18 +89,18 @@ static mpk_status check_regex(mpk_spec *rxs, const pairs *ps, const char *key, c
     const struct mpk_regex *rx;
     char *anchored = mpk_arena_printf(ps->a, "^(?:%s)", pat);
     if (!anchored)
-        MPK_FAIL(err, MPK_E_NOMEM, "config.json", "out of memory");
+        MPK_FAIL(err, MPK_E_NOMEM, ps->file, "out of memory");
     if (plan_regex_compile(rxs, anchored, key, &rx, err) != MPK_OK) {
         char why[256];
         const char *w = strstr(err->msg, "': "); /* after "PATH: pattern '...'" */
         snprintf(why, sizeof why, "%.200s", w ? w + 3 : err->msg);
-        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json", "%s: 're:%s' is a pattern moepack cannot match (%s): "
+        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, ps->file, "%s: 're:%s' is a pattern moepack cannot match (%s): "
                  "it cannot tell whether the converted modules still answer to it", key, pat, why);
     }
     for (size_t i = 0; i < ps->n; i++) {
         bool a = rx_match(rx, ps->v[i].src), b = rx_match(rx, ps->v[i].dst);
         if (a != b)
-            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json",
+            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, ps->file,
                      "%s: 're:%s' %s module '%s' but %s '%s', which it becomes: the converted quantization_config "
                      "would not say which modules are quantized (write a pattern that matches both, or dequantize)",
                      key, pat, a ? "matches" : "does not match", ps->v[i].src, a ? "not" : "matches", ps->v[i].dst);
@@ -115,7 +116,7 @@ static mpk_status map_name(const pairs *ps, const char *key, const char *name, c
     for (size_t i = 0; i < ps->n; i++) {
         if (strcmp(ps->v[i].src, name) == 0) {
             if (dst && strcmp(dst, ps->v[i].dst))
-                MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json", "%s: module '%s' becomes both '%s' and '%s'",
+                MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, ps->file, "%s: module '%s' becomes both '%s' and '%s'",
                          key, name, dst, ps->v[i].dst);
             dst = ps->v[i].dst;
         } else if (strcmp(ps->v[i].dst, name) == 0) {
@@ -124,12 +125,12 @@ static mpk_status map_name(const pairs *ps, const char *key, const char *name, c
     }
     for (size_t i = 0; dst && i < ps->n; i++)
         if (strcmp(ps->v[i].dst, dst) == 0 && strcmp(ps->v[i].src, name))
-            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json",
+            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, ps->file,
                      "%s: '%s' names one module that the conversion merges with others into '%s' (e.g. '%s'): no "
                      "module name says the same after it (use a \"re:\" pattern for the experts, or dequantize)",
                      key, name, dst, ps->v[i].src);
     if (!dst && newly)
-        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json",
+        MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, ps->file,
                  "%s: '%s' names no module of the checkpoint but would name the one '%s' becomes", key, name, newly);
     *to = dst ? dst : name;
     return MPK_OK;
@@ -144,7 +145,7 @@ static mpk_status rewrite_list(mpk_spec *rxs, const pairs *ps, cJSON *list, cons
         char k[160];
         snprintf(k, sizeof k, "%s[%d]", key, i);
         if (!cJSON_IsString(e))
-            MPK_FAIL(err, MPK_E_CONFIG, "config.json", "%s: not a string", k);
+            MPK_FAIL(err, MPK_E_CONFIG, ps->file, "%s: not a string", k);
         if (strncmp(e->valuestring, "re:", 3) == 0) {
             MPK_TRY(check_regex(rxs, ps, k, e->valuestring + 3, err));
             continue;
@@ -153,7 +154,7 @@ static mpk_status rewrite_list(mpk_spec *rxs, const pairs *ps, cJSON *list, cons
         MPK_TRY(map_name(ps, k, e->valuestring, &to, err));
         if (strcmp(to, e->valuestring)) {
             if (!cJSON_SetValuestring(e, to))
-                MPK_FAIL(err, MPK_E_NOMEM, "config.json", "out of memory");
+                MPK_FAIL(err, MPK_E_NOMEM, ps->file, "out of memory");
             *changed = true;
         }
     }
@@ -199,12 +200,12 @@ static mpk_status check_fn_list(mpk_spec *rxs, const pairs *ps, const cJSON *lis
         char k[200];
         snprintf(k, sizeof k, "%s[%d]", key, i);
         if (!cJSON_IsString(e))
-            MPK_FAIL(err, MPK_E_CONFIG, "config.json", "%s: not a string", k);
+            MPK_FAIL(err, MPK_E_CONFIG, ps->file, "%s: not a string", k);
         const char *v = e->valuestring;
         if (strpbrk(v, "*?[")) {
             char *rx = mpk_arena_alloc(ps->a, 2 * strlen(v) + 2), *o = rx;
             if (!rx)
-                MPK_FAIL(err, MPK_E_NOMEM, "config.json", "out of memory");
+                MPK_FAIL(err, MPK_E_NOMEM, ps->file, "out of memory");
             for (const char *c = v; *c; c++) {
                 if (*c == '*')
                     *o++ = '.', *o++ = '*';
@@ -223,7 +224,7 @@ static mpk_status check_fn_list(mpk_spec *rxs, const pairs *ps, const cJSON *lis
         const char *to = NULL;
         MPK_TRY(map_name(ps, k, v, &to, err));
         if (strcmp(to, v))
-            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, "config.json",
+            MPK_FAIL(err, MPK_E_NOT_UNDERSTOOD, ps->file,
                      "%s: module '%s' becomes '%s', and moepack does not rewrite ModelOpt's module lists: the "
                      "converted checkpoint would name a module that is gone (dequantize it, or use a preset "
                      "without that rename)", k, v, to);
@@ -231,7 +232,7 @@ static mpk_status check_fn_list(mpk_spec *rxs, const pairs *ps, const cJSON *lis
     return MPK_OK;
 }
 
-static mpk_status check_modelopt(mpk_spec *rxs, const pairs *ps, const cJSON *root, const char *dir, mpk_error *err)
+static mpk_status check_modelopt(mpk_spec *rxs, pairs *ps, const cJSON *root, const char *dir, mpk_error *err)
 {
     const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
     MPK_TRY(check_fn_list(rxs, ps, cJSON_GetObjectItemCaseSensitive(qc, "ignore"), "quantization_config.ignore", err));
@@ -248,47 +249,32 @@ static mpk_status check_modelopt(mpk_spec *rxs, const pairs *ps, const cJSON *ro
         return MPK_OK; /* none (or unreadable: the copy of the other files says so) */
     cJSON *h = cJSON_ParseWithLength(text, len);
     free(text);
+    ps->file = "hf_quant_config.json";
     mpk_status st = check_fn_list(rxs, ps,
                                   cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(h, "quantization"),
                                                                    "exclude_modules"),
                                   "quantization.exclude_modules", err);
     cJSON_Delete(h);
-    if (st != MPK_OK && strncmp(err->msg, "config.json: ", 13) == 0) { /* the file it is about */
-        char m[sizeof err->msg];
-        snprintf(m, sizeof m, "hf_quant_config.json: %s", err->msg + 13);
-        memcpy(err->msg, m, sizeof m);
-        snprintf(err->where, sizeof err->where, "hf_quant_config.json");
-    }
     return st;
 }
 
 mpk_status mpk_config_ct_rewrite(const mpk_model_config *cfg, const mpk_plan *p, char **out, mpk_error *err)
 {
     *out = NULL;
-    if (cfg && cfg->json && strncmp(cfg->quant_method, "modelopt", 8) == 0) {
-        pairs ps = {.a = mpk_arena_new()};
-        mpk_spec rxs = {.name = "config.json"};
-        mpk_status st = !ps.a || mpk_strmap_init(&ps.seen, p->n_outs + 16) != MPK_OK
-                            ? mpk_error_set(err, MPK_E_NOMEM, 0, "config.json", "out of memory")
-                            : collect_pairs(p, &ps, err);
-        if (st == MPK_OK)
-            st = check_modelopt(&rxs, &ps, cfg->json, p->src->dir, err);
-        plan_regex_free(rxs.regexes);
-        mpk_strmap_free(&ps.seen);
-        free(ps.v);
-        mpk_arena_free(ps.a);
-        return st;
-    }
-    if (!cfg || !cfg->json || strcmp(cfg->quant_method, "compressed-tensors"))
+    bool modelopt = cfg && cfg->json && strncmp(cfg->quant_method, "modelopt", 8) == 0;
+    if (!modelopt && (!cfg || !cfg->json || strcmp(cfg->quant_method, "compressed-tensors")))
         return MPK_OK;
-    cJSON *c = cJSON_Duplicate(cfg->json, 1);
-    pairs ps = {.a = mpk_arena_new()};
+    /* ModelOpt's lists are checked in place; compressed-tensors' rewritten in a copy */
+    cJSON *c = modelopt ? NULL : cJSON_Duplicate(cfg->json, 1);
+    pairs ps = {.a = mpk_arena_new(), .file = "config.json"};
     mpk_spec rxs = {.name = "config.json"};
     bool changed = false;
-    mpk_status st = !c || !ps.a || mpk_strmap_init(&ps.seen, p->n_outs + 16) != MPK_OK
+    mpk_status st = (!modelopt && !c) || !ps.a || mpk_strmap_init(&ps.seen, p->n_outs + 16) != MPK_OK
                         ? mpk_error_set(err, MPK_E_NOMEM, 0, "config.json", "out of memory")
                         : collect_pairs(p, &ps, err);
-    if (st == MPK_OK)
+    if (st == MPK_OK && modelopt)
+        st = check_modelopt(&rxs, &ps, cfg->json, p->src->dir, err);
+    else if (st == MPK_OK)
         st = rewrite_qc(&rxs, &ps, cJSON_GetObjectItemCaseSensitive(c, "quantization_config"), &changed, err);
     if (st == MPK_OK && changed && !(*out = mpk_json_print(c, true)))
         st = mpk_error_set(err, MPK_E_NOMEM, 0, "config.json", "out of memory");

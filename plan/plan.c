@@ -422,18 +422,16 @@ static mpk_status build_outputs(build *bd)
                 o->meta = g->out_meta.t[o->slot];
                 o->group = (int)gi;
                 mpk_dtype dt = o->meta.dtype;
-                bool flt = dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16;
-                if ((opts->quantize4 || opts->quantize_block > 0) && plan_quantizes(r, &g->out_meta) &&
-                    o->meta.ndim >= 2 && !flt && r->scale_of < 0 && r->companion_of < 0)
+                bool quantized = (opts->quantize4 || opts->quantize_block > 0) && plan_quantizes(r, &g->out_meta) &&
+                                 o->meta.ndim >= 2;
+                if (quantized && dt != MPK_DTYPE_F32 && dt != MPK_DTYPE_F16 && dt != MPK_DTYPE_BF16)
                     MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_DTYPE_MISMATCH, where,
                                    "tensor '%s' is %s: quantizing takes F32, F16 or BF16 weights (this one is "
                                    "already quantized); convert it as it is, or dequantize it first",
                                    o->name ? o->name : "?", mpk_dtype_name(dt));
-                if (opts->quantize4 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
-                    (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16))
+                if (quantized && opts->quantize4)
                     MPK_TRY(quant4_outputs(p, opts->quantize4, r, o, where, err));
-                else if (opts->quantize_block > 0 && plan_quantizes(r, &g->out_meta) && o->meta.ndim >= 2 &&
-                    (dt == MPK_DTYPE_F32 || dt == MPK_DTYPE_F16 || dt == MPK_DTYPE_BF16)) {
+                else if (quantized) {
                     int b = opts->quantize_block, nd = o->meta.ndim;
                     mpk_plan_out *q = &p->outs[p->n_outs++];
                     *q = *o;
