@@ -341,16 +341,8 @@ static mpk_status quant4_outputs(mpk_plan *p, int fmt, const mpk_rule *r, mpk_pl
                            fmt == 1 ? "nvfp4" : "mxfp4", mpk_op_str(&r->ops[k], ob, sizeof ob));
         cur += merge;
     }
-    /* the global scales split the rows evenly by source: every source the same rows */
-    for (long k = 1; fmt == 1 && s0 && k < (long)r->n_sources * gr->n_items; k++) {
-        const mpk_tensor_info *sk = gr->src[k] ? gr->src[k]->info : NULL;
-        if (sk && sk->ndim >= 2 && s0->ndim >= 2 && sk->shape[sk->ndim - 2] != s0->shape[s0->ndim - 2])
-            MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
-                           "tensor '%s' (%s): --quantize %s keeps one global scale per joined linear, which needs "
-                           "linears of the same rows: '%s' has %lld, '%s' %lld", o->name, r->path,
-                           fmt == 1 ? "nvfp4" : "mxfp4", s0->name, (long long)s0->shape[s0->ndim - 2], sk->name,
-                           (long long)sk->shape[sk->ndim - 2]);
-    }
+    /* (the joined linears have the same rows, as [E, parts] global scales need: concat takes only
+     * equal shapes, so that chunk can undo it) */
     int64_t R = o->meta.shape[nd - 2], C = o->meta.shape[nd - 1];
     if (C % blk || (fmt == 1 && (R % parts || parts > MPK_MAX_PARTS)))
         MPK_FAIL_ABOUT(err, MPK_FIELD_QUANT, MPK_E_QUANT, where,
