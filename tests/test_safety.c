@@ -291,7 +291,9 @@ static void test_side_files_recursive_no_escape(void **state)
     char *rss = strstr(j, "\"peak_rss_bytes\":");
     assert_non_null(rss);
     double peak = strtod(rss + strlen("\"peak_rss_bytes\":"), NULL);
-    assert_true(peak < 40.0 * 1024 * 1024);
+    const char *san = getenv("MPK_SANITIZED");
+    if (!san || !*san) /* a sanitizer's shadow memory and quarantine are not moepack's */
+        assert_true(peak < 40.0 * 1024 * 1024);
     free(j);
     /* --copy-links copies what a link out of SRC points at (a Hugging Face cache snapshot) */
     tu_rmrf(d);
