@@ -22,11 +22,7 @@
 
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define MPK_HD __host__ __device__ __forceinline__
-#else
-#define MPK_HD static inline
-#endif
+#include "mpk_hd.h"
 
 enum {
     MPK_DECODE_MAX_T = 16,    /* tokens the decode backend takes */

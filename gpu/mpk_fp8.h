@@ -29,13 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef MPK_HD
-#ifdef __CUDACC__
-#define MPK_HD __host__ __device__ __forceinline__
-#else
-#define MPK_HD static inline
-#endif
-#endif
+#include "mpk_hd.h"
 
 enum {
     MPK_FP8_BLK = 128,       /* scale block edge */

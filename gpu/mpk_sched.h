@@ -14,13 +14,7 @@
 #ifndef MPK_SCHED_H
 #define MPK_SCHED_H
 
-#ifndef MPK_HD
-#ifdef __CUDACC__
-#define MPK_HD __host__ __device__ __forceinline__
-#else
-#define MPK_HD static inline
-#endif
-#endif
+#include "mpk_hd.h"
 
 enum {
     MPK_SCHED_BM = 128,      /* rows per m-tile (the grouped kernels' BM: tile_off is shared) */
