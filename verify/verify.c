@@ -158,6 +158,15 @@ static mpk_status tc_feed(vctx *v, tcmp *t, uint64_t off, const char *want, uint
     return MPK_OK;
 }
 
+/* A comparison given up (an error, a cancel): its hash states freed; nothing after tc_end. */
+static void tc_drop(tcmp *t)
+{
+    mpk_xxh_free(t->hw);
+    mpk_xxh_free(t->hg);
+    t->hw = t->hg = NULL;
+    t->active = false;
+}
+
 static mpk_status tc_end(vctx *v, tcmp *t)
 {
     if (!t->active)
@@ -465,6 +474,11 @@ static mpk_status run_group(vctx *v, const mpk_plan *p, size_t gi, const size_t 
     }
     for (int i = 0; !rev && i < NS && s == MPK_OK; i++)
         s = slot_end(v, &so[i]);
+    for (int i = 0; i < NS; i++) { /* what an error or a cancel left begun */
+        tc_drop(&so[i].tw);
+        tc_drop(&so[i].ts);
+        tc_drop(&so[i].t2);
+    }
     free(m);
     free(so);
     mpk_arena_free(a);
@@ -502,6 +516,8 @@ static mpk_status compare_whole(vctx *v, const mpk_plan *p, const mpk_ckpt *src,
     }
     if (s == MPK_OK)
         s = tc_end(v, &tc);
+    else
+        tc_drop(&tc);
     return s;
 }
 
