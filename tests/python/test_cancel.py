@@ -30,8 +30,9 @@ def state(pid):
 
 
 class CtrlC(Scratch):
-    # (50 MB: what is left to write after the stop takes longer than the interrupt takes to land)
-    size = dict(experts=16, hidden=512, intermediate=256, layers=4)
+    # (200 MB: what is left to write after the stop takes longer than the interrupt takes to land,
+    # also on a loaded machine: at 50 MB a CI run beside an ASan test run once landed first)
+    size = dict(experts=16, hidden=512, intermediate=256, layers=16)
 
     def interrupt(self, mode):
         out_parent = self.path("out-" + mode)
