@@ -45,6 +45,8 @@ mpk_status mpk_mpkz_decode(int fd, const char *path, const mpk_st_header *h, con
 /* huff.c: the byte-plane Huffman coder of .mpkz (coding 2; stream layout at the top of huff.c).
  * mpk_huff_plan counts src[0..n) (n at most 4 GiB - 1) and builds the code, returning the
  * exact size of its encoding (0 when n is 0 or too large); h->top is the commonest byte's count.
+ * When no prefix code could take fewer than `below` bytes (the entropy bound of the counts), it
+ * returns `below` without building a code (h then holds the counts only; SIZE_MAX: always build).
  * mpk_huff_encode writes it to dst, returning that size, or 0 when cap is short of it + 8 (the
  * coder writes 8 bytes at a time). mpk_huff_decode decodes exactly n bytes into dst from
  * src[0..zn), reading nothing outside src and writing nothing outside dst[0..n); false when the
@@ -59,7 +61,7 @@ typedef struct mpk_huff {
     uint8_t len[256];
     uint16_t code[256];
 } mpk_huff;
-size_t mpk_huff_plan(const uint8_t *src, size_t n, mpk_huff *h);
+size_t mpk_huff_plan(const uint8_t *src, size_t n, size_t below, mpk_huff *h);
 size_t mpk_huff_encode(const mpk_huff *h, const uint8_t *src, size_t n, uint8_t *dst, size_t cap);
 bool mpk_huff_decode(const uint8_t *src, size_t zn, uint8_t *dst, size_t n);
 

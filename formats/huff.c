@@ -18,6 +18,8 @@
  *              byte padded with zero bits */
 #include "formats_internal.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define L MPK_HUFF_MAXLEN
@@ -35,6 +37,12 @@ static uint32_t rd32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* Optimal code lengths of at most L bits for the used symbols (count > 0): package-merge
  * (Larmore and Hirschberg). Level d's list merges the used symbols, sorted by count, with the
  * packages (pairs) of level d + 1's list; the first 2m - 2 items of the top list are the chosen
@@ -45,20 +53,20 @@ static uint32_t rd32(const uint8_t *p)
 static void code_lengths(const uint64_t *count, uint8_t *len)
 {
     int sym[256], m = 0;
+    uint64_t key[256]; /* count << 8 | symbol: sorted, by count, then symbol (deterministic) */
     memset(len, 0, 256);
     for (int s = 0; s < 256; s++)
         if (count[s])
-            sym[m++] = s;
+            key[m++] = count[s] << 8 | (uint64_t)s;
     if (m <= 1) { /* one symbol (there is one: n > 0) and the lowest other byte, 1 bit each */
-        len[sym[0]] = 1;
-        len[sym[0] == 0 ? 1 : 0] = 1;
+        int s0 = (int)(key[0] & 255);
+        len[s0] = 1;
+        len[s0 == 0 ? 1 : 0] = 1;
         return;
     }
-    for (int i = 1; i < m; i++) /* insertion sort by count, then symbol: deterministic */
-        for (int j = i; j > 0 && count[sym[j]] < count[sym[j - 1]]; j--) {
-            int t = sym[j];
-            sym[j] = sym[j - 1], sym[j - 1] = t;
-        }
+    qsort(key, (size_t)m, sizeof *key, cmp_u64); /* (an insertion sort of 256 cost more than the rest) */
+    for (int i = 0; i < m; i++)
+        sym[i] = (int)(key[i] & 255);
     uint64_t w[L][512];
     uint8_t pkg[L][512]; /* 1: the item is a package */
     int n[L];
@@ -100,24 +108,38 @@ static void canonical(const uint8_t *len, uint16_t *code)
             }
 }
 
-/* Counts of each quarter, 2 tables a quarter (runs of one symbol would wait on one counter). */
+/* Counts of each quarter: 4 tables, each byte of a 4-byte word into its own (an exponent plane
+ * is mostly a few values, and increments of one counter wait on each other). */
 static void histogram(const uint8_t *src, size_t n, uint32_t q, uint64_t (*cnt)[256])
 {
-    memset(cnt, 0, sizeof(uint64_t) * 4 * 256);
     for (int s = 0; s < 4; s++) {
         size_t a = (size_t)s * q < n ? (size_t)s * q : n, b = a + q < n ? a + q : n;
-        uint32_t c[2][256] = {{0}};
+        uint32_t c[4][256] = {{0}};
         size_t i = a;
-        for (; i + 2 <= b; i += 2)
-            c[0][src[i]]++, c[1][src[i + 1]]++;
-        if (i < b)
+        for (; i + 4 <= b; i += 4) {
+            uint32_t w;
+            memcpy(&w, src + i, 4);
+            c[0][w & 255]++, c[1][w >> 8 & 255]++, c[2][w >> 16 & 255]++, c[3][w >> 24]++;
+        }
+        for (; i < b; i++)
             c[0][src[i]]++;
         for (int k = 0; k < 256; k++)
-            cnt[s][k] = (uint64_t)c[0][k] + c[1][k];
+            cnt[s][k] = (uint64_t)c[0][k] + c[1][k] + c[2][k] + c[3][k];
     }
 }
 
-size_t mpk_huff_plan(const uint8_t *src, size_t n, mpk_huff *h)
+/* Fewer bytes than any prefix code of these counts can take (the entropy bound, less a margin
+ * for the rounding of the sum), head included. */
+static double least_bytes(const uint64_t *total, size_t n)
+{
+    double bits = 0;
+    for (int k = 0; k < 256; k++)
+        if (total[k])
+            bits += (double)total[k] * log2((double)n / (double)total[k]);
+    return MPK_HUFF_HEAD + bits / 8 * (1 - 1e-9) - 1;
+}
+
+size_t mpk_huff_plan(const uint8_t *src, size_t n, size_t below, mpk_huff *h)
 {
     memset(h, 0, sizeof *h);
     if (n == 0 || n > UINT32_MAX)
@@ -129,6 +151,8 @@ size_t mpk_huff_plan(const uint8_t *src, size_t n, mpk_huff *h)
         total[k] = h->count[0][k] + h->count[1][k] + h->count[2][k] + h->count[3][k];
         h->top = total[k] > h->top ? total[k] : h->top;
     }
+    if (below != SIZE_MAX && least_bytes(total, n) >= (double)below)
+        return below;
     code_lengths(total, h->len);
     canonical(h->len, h->code);
     size_t size = MPK_HUFF_HEAD;
@@ -142,27 +166,53 @@ size_t mpk_huff_plan(const uint8_t *src, size_t n, mpk_huff *h)
     return size;
 }
 
-/* Stream s: symbols src[0..m) into out (room checked by the caller: its bytes + 8). */
-static void encode_stream(const mpk_huff *h, const uint8_t *src, size_t m, uint8_t *out)
+/* The encoder: four streams at once (four independent chains of shifts where one stream alone
+ * waits on each code's length before placing the next), each code and its length in one entry
+ * (code | length << 16). A step puts 4 codes (44 bits at most) onto the 7 bits or fewer left
+ * over and stores 8 bytes at the stream's byte, which then moves on by up to 6; steps run while
+ * every stream's store stays inside its own bytes, the rest of each stream goes a byte at a time,
+ * so that no store runs into the next stream's first bytes, already written. */
+#define PUT(S)                                                                                     \
+    do {                                                                                           \
+        for (int j_ = 0; j_ < 4; j_++) {                                                           \
+            uint32_t x_ = t[s##S[j_]];                                                             \
+            a##S |= (uint64_t)(x_ & 0xFFFF) << b##S;                                               \
+            b##S += x_ >> 16;                                                                      \
+        }                                                                                          \
+        memcpy(o##S, &a##S, 8);                                                                    \
+        o##S += b##S >> 3;                                                                         \
+        a##S >>= b##S & ~7u;                                                                       \
+        b##S &= 7;                                                                                 \
+        s##S += 4;                                                                                 \
+    } while (0)
+
+/* The steps stream s can take unchecked: symbols left / 4, and stores (8 bytes, then on by up to
+ * 6) that stay before its end. */
+static size_t enc_steps(const uint8_t *src, const uint8_t *src_end, const uint8_t *o, const uint8_t *end)
 {
-    uint64_t acc = 0;
-    unsigned nb = 0;
-    size_t i = 0;
-    for (; i + 4 <= m; i += 4) { /* 4 codes (44 bits at most) onto at most 7 left over */
-        for (int j = 0; j < 4; j++) {
-            acc |= (uint64_t)h->code[src[i + j]] << nb;
-            nb += h->len[src[i + j]];
+    size_t by_src = (size_t)(src_end - src) / 4, by_out = end - o >= 8 ? (size_t)(end - o - 8) / 6 + 1 : 0;
+    return by_src < by_out ? by_src : by_out;
+}
+
+/* Stream s's rest, a byte at a time; false when it does not end exactly at end. */
+static bool enc_tail(const uint32_t *t, const uint8_t *src, const uint8_t *src_end, uint64_t acc, unsigned nb,
+                     uint8_t *o, const uint8_t *end)
+{
+    for (; src < src_end; src++) {
+        acc |= (uint64_t)(t[*src] & 0xFFFF) << nb;
+        nb += t[*src] >> 16;
+        for (; nb >= 8; nb -= 8, acc >>= 8) {
+            if (o >= end)
+                return false;
+            *o++ = (uint8_t)acc;
         }
-        memcpy(out, &acc, 8);
-        out += nb >> 3;
-        acc >>= nb & ~7u;
-        nb &= 7;
     }
-    for (; i < m; i++) {
-        acc |= (uint64_t)h->code[src[i]] << nb;
-        nb += h->len[src[i]];
+    if (nb) {
+        if (o >= end)
+            return false;
+        *o++ = (uint8_t)acc;
     }
-    memcpy(out, &acc, 8); /* the rest, zero-padded */
+    return o == end;
 }
 
 size_t mpk_huff_encode(const mpk_huff *h, const uint8_t *src, size_t n, uint8_t *dst, size_t cap)
@@ -177,13 +227,38 @@ size_t mpk_huff_encode(const mpk_huff *h, const uint8_t *src, size_t n, uint8_t 
     for (int s = 0; s < 3; s++)
         for (int b = 0; b < 4; b++)
             dst[128 + 4 * s + b] = (uint8_t)(h->bytes[s] >> (8 * b));
-    uint8_t *out = dst + MPK_HUFF_HEAD;
-    for (int s = 0; s < 4; s++) {
+    uint32_t t[256];
+    for (int k = 0; k < 256; k++)
+        t[k] = h->code[k] | (uint32_t)h->len[k] << 16;
+    const uint8_t *sb[4], *se[4];
+    uint8_t *ob[4], *oe[4];
+    for (size_t s = 0, at = MPK_HUFF_HEAD; s < 4; at += h->bytes[s], s++) {
         size_t a = (size_t)s * h->q < n ? (size_t)s * h->q : n, b = a + h->q < n ? a + h->q : n;
-        encode_stream(h, src + a, b - a, out);
-        out += h->bytes[s];
+        sb[s] = src + a, se[s] = src + b;
+        ob[s] = dst + at, oe[s] = dst + at + h->bytes[s];
     }
-    return size;
+    const uint8_t *s0 = sb[0], *s1 = sb[1], *s2 = sb[2], *s3 = sb[3];
+    uint8_t *o0 = ob[0], *o1 = ob[1], *o2 = ob[2], *o3 = ob[3];
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    unsigned b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    for (;;) {
+        size_t k = enc_steps(s0, se[0], o0, oe[0]), k1 = enc_steps(s1, se[1], o1, oe[1]),
+               k2 = enc_steps(s2, se[2], o2, oe[2]), k3 = enc_steps(s3, se[3], o3, oe[3]);
+        k = k < k1 ? k : k1;
+        k = k < k2 ? k : k2;
+        k = k < k3 ? k : k3;
+        if (!k)
+            break;
+        for (; k; k--) {
+            PUT(0);
+            PUT(1);
+            PUT(2);
+            PUT(3);
+        }
+    }
+    bool ok = enc_tail(t, s0, se[0], a0, b0, o0, oe[0]) && enc_tail(t, s1, se[1], a1, b1, o1, oe[1]) &&
+              enc_tail(t, s2, se[2], a2, b2, o2, oe[2]) && enc_tail(t, s3, se[3], a3, b3, o3, oe[3]);
+    return ok ? size : 0; /* (not ok: h was not planned for these bytes) */
 }
 
 /* The decoding tables of a stored length header. one[i]: the symbol the L-bit window i starts

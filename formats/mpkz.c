@@ -168,8 +168,8 @@ static size_t code_plane(chunk *c, int k, const char *plane, size_t pl, char *z,
     const uint8_t *p = (const uint8_t *)plane;
     size_t sn = pl < SAMPLE ? pl : SAMPLE, zl;
     mpk_huff h;
-    if (c->xform && pl >= HUFF_MIN && (zl = mpk_huff_plan(p, sn, &h)) && h.top <= sn - sn / 8) {
-        if (zl < sn - sn / 32 && (sn == pl || (zl = mpk_huff_plan(p, pl, &h)) < pl) && zl < pl &&
+    if (c->xform && pl >= HUFF_MIN && (zl = mpk_huff_plan(p, sn, sn - sn / 32, &h)) && h.top <= sn - sn / 8) {
+        if (zl < sn - sn / 32 && (sn == pl || (zl = mpk_huff_plan(p, pl, pl, &h)) < pl) && zl < pl &&
             mpk_huff_encode(&h, p, pl, (uint8_t *)z, cap) == zl) {
             c->huff |= (uint8_t)(1u << k);
             return zl;

@@ -69,7 +69,7 @@ static void huff_by_hand(void **state)
     want[128] = 1, want[132] = 1, want[136] = 1;
     want[140] = 0x00, want[141] = 0x00, want[142] = 0x05, want[143] = 0x3B;
     mpk_huff h;
-    assert_int_equal(mpk_huff_plan((const uint8_t *)"aaaabbcd", 8, &h), sizeof want);
+    assert_int_equal(mpk_huff_plan((const uint8_t *)"aaaabbcd", 8, SIZE_MAX, &h), sizeof want);
     assert_int_equal(h.len['a'], 1);
     assert_int_equal(h.len['d'], 3);
     assert_int_equal(mpk_huff_encode(&h, (const uint8_t *)"aaaabbcd", 8, got, sizeof got), sizeof want);
@@ -117,7 +117,7 @@ static void huff_round_trips(void **state)
             uint8_t *p = malloc(n), *z = malloc(cap), *back = malloc(n);
             make((shape)s, p, n, &seed);
             mpk_huff h;
-            size_t zl = mpk_huff_plan(p, n, &h);
+            size_t zl = mpk_huff_plan(p, n, SIZE_MAX, &h);
             uint32_t kraft = 0, max = 0;
             for (int k = 0; k < 256; k++) {
                 kraft += h.len[k] ? 2048u >> h.len[k] : 0;
@@ -139,6 +139,65 @@ static void huff_round_trips(void **state)
         }
 }
 
+/* Quarters of very different entropy (zeros, random bytes, two values, exponent-like): the
+ * four streams, encoded together, reach their ends with very different byte counts; each
+ * must end exactly in its own bytes (a store past them would clobber the next stream's first
+ * bytes, written earlier, and the decode would differ). */
+static void huff_uneven_streams(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {8, 61, 4000, 65539, 262147};
+    static const shape order[][4] = {{ALL_ZERO, RANDOM, TWO, EXPONENTS}, {RANDOM, ALL_ZERO, EXPONENTS, ALL_FF},
+                                     {FIB, RANDOM, ALL_ZERO, RANDOM}};
+    uint64_t seed = 11;
+    for (size_t o = 0; o < sizeof order / sizeof *order; o++)
+        for (size_t t = 0; t < sizeof lens / sizeof *lens; t++) {
+            size_t n = lens[t], q = (n + 3) / 4, cap = 2 * n + MPK_HUFF_HEAD + 8;
+            uint8_t *p = malloc(n), *z = malloc(cap), *back = malloc(n);
+            for (int k = 0; k < 4; k++) {
+                size_t a = k * q < n ? k * q : n, b = a + q < n ? a + q : n;
+                make(order[o][k], p + a, b - a, &seed);
+            }
+            mpk_huff h;
+            size_t zl = mpk_huff_plan(p, n, SIZE_MAX, &h);
+            memset(z, 0x5A, cap);
+            assert_int_equal(mpk_huff_encode(&h, p, n, z, cap), zl);
+            for (size_t i = zl; i < cap; i++) /* nothing stored past the stream's last byte */
+                assert_int_equal(z[i], 0x5A);
+            assert_true(mpk_huff_decode(z, zl, back, n));
+            assert_memory_equal(back, p, n);
+            free(p), free(z), free(back);
+        }
+}
+
+/* `below`: the entropy bound decides without building a code when no code can go under it.
+ * 65536 random bytes: about 8 bits each, so no code takes fewer than ~n bytes; two values
+ * equally often: exactly 1 bit each, 140 + n / 8 bytes, which is the bound itself. */
+static void huff_bound(void **state)
+{
+    (void)state;
+    size_t n = 65536;
+    uint8_t *p = malloc(n);
+    uint64_t seed = 5;
+    make(RANDOM, p, n, &seed);
+    mpk_huff h;
+    assert_int_equal(mpk_huff_plan(p, n, n - n / 32, &h), n - n / 32); /* no code built */
+    for (int k = 0; k < 256; k++)
+        assert_int_equal(h.len[k], 0);
+    assert_true(h.top > 0 && h.top < n / 64); /* the counts are there */
+    size_t full = mpk_huff_plan(p, n, SIZE_MAX, &h);
+    assert_true(full >= n - n / 32); /* what the bound said */
+    for (size_t i = 0; i < n; i++)
+        p[i] = i & 1 ? 7 : 200;
+    assert_int_equal(mpk_huff_plan(p, n, SIZE_MAX, &h), MPK_HUFF_HEAD + n / 8);
+    assert_int_equal(mpk_huff_plan(p, n, MPK_HUFF_HEAD + n / 8 + 1, &h), MPK_HUFF_HEAD + n / 8); /* built */
+    assert_int_equal(h.len[7], 1);
+    /* (the bound keeps a byte of margin for rounding: at the exact size it still builds) */
+    assert_int_equal(mpk_huff_plan(p, n, MPK_HUFF_HEAD + n / 8 - 2, &h), MPK_HUFF_HEAD + n / 8 - 2);
+    assert_int_equal(h.len[7], 0); /* not built */
+    free(p);
+}
+
 static void huff_corrupt(void **state)
 {
     (void)state;
@@ -147,7 +206,7 @@ static void huff_corrupt(void **state)
     uint64_t seed = 5;
     make(EXPONENTS, p, n, &seed);
     mpk_huff h;
-    size_t zl = mpk_huff_plan(p, n, &h);
+    size_t zl = mpk_huff_plan(p, n, SIZE_MAX, &h);
     assert_int_equal(mpk_huff_encode(&h, p, n, z, cap), zl);
     /* cut short (each by copying into a buffer of exactly that size: ASan sees a read past it) */
     static const size_t cut[] = {0, 1, 139, 140, 141, 500};
@@ -431,7 +490,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(planes_match_scalar), cmocka_unit_test(planes_by_hand),
         cmocka_unit_test(huff_by_hand),        cmocka_unit_test(huff_round_trips),
-        cmocka_unit_test(huff_corrupt),        cmocka_unit_test(reads_version_1),
+        cmocka_unit_test(huff_corrupt),        cmocka_unit_test(huff_uneven_streams),
+        cmocka_unit_test(huff_bound),        cmocka_unit_test(reads_version_1),
         cmocka_unit_test(every_coding),        cmocka_unit_test(corrupt_codings),
         cmocka_unit_test(read_cache_keyed),
     };
