@@ -244,6 +244,14 @@ static void test_write_errors_name_the_output(void **state)
     const char *chunk_write = tu_fmt("^moepack: decompress: %s/\\.o\\.moepack-tmp[^/]*/" SHARD ": write of [0-9]+ "
                                      "bytes at [1-9][0-9]* failed: No space left on device$", root);
     assert_true(sweep_enospc(tu_fmt("decompress " OPTS " %s %s", ztiny, dst), ztiny, dst, chunk_write) > 0);
+    /* the shard's blocks are reserved (fallocate) before anything is decoded: a full disk says
+     * so there, naming the shard and its size */
+    int k = first_fault_with(tu_fmt("decompress " OPTS " %s %s", ztiny, dst), dst, "cannot reserve its");
+    assert_int_equal(run(tu_fmt("MOEPACK_FAULT=%d:ENOSPC", k), tu_fmt("decompress " OPTS " %s %s", ztiny, dst)), 1);
+    assert_int_equal(tu_sh("grep -Eq '^moepack: decompress: %s/\\.o\\.moepack-tmp[^/]*/" SHARD ": cannot reserve its "
+                           "%ld bytes on disk: No space left on device$' %s/err", root, (long)size_of(tu_fmt("%s/" SHARD, tiny)), root), 0);
+    assert_false(exists(dst));
+    assert_true(no_staging());
     /* compress: the container being written */
     const char *container_write = tu_fmt("^moepack: compress: %s/\\.o\\.moepack-tmp[^/]*/" SHARD "\\.mpkz: "
                                          "write of [0-9]+ bytes at [0-9]+ failed: No space left on device$", root);
