@@ -431,6 +431,10 @@ mpk_status mpk_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, con
                           mpk_error *err);
 /* The process umask, read without changing it (threads may be creating files). */
 unsigned mpk_umask(void);
+/* fallocate(fd, 0, 0, size): the blocks of a new file of size bytes reserved before it is
+ * written (ext4 writes into them with less work); MPK_E_IO naming path when the file system
+ * refuses for want of room (or any other reason but not having fallocate: then MPK_OK). */
+mpk_status mpk_preallocate(int fd, const char *path, uint64_t size, mpk_error *err);
 /* fsync(fd); MPK_E_IO naming path on failure. */
 mpk_status mpk_fsync_fd(int fd, const char *path, mpk_error *err);
 /* Opens the directory path and fsyncs it (its entries are then durable). */

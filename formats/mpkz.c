@@ -336,21 +336,6 @@ static mpk_status run_batch(zrun *r, size_t lo, size_t hi, int threads, mpk_erro
     return MPK_OK;
 }
 
-/* The file's blocks allocated before its bytes are written: each page written then lands in a
- * block that is already there, which spares ext4 its reservation of a delayed block for every
- * page (decompress, one thread: 1.13x less CPU for BF16, 1.26x for FP8; bench/results/
- * 2026-12-07-mpkz-round2.md), and a file system short of room says so before anything is
- * decoded. Where the file system has no fallocate, the file is written as before. */
-static mpk_status preallocate(int fd, const char *path, uint64_t size, mpk_error *err)
-{
-    if (!size || (!mpk_fault_point("fallocate") && fallocate(fd, 0, 0, (off_t)size) == 0))
-        return MPK_OK;
-    if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
-        return MPK_OK;
-    return mpk_error_set(err, MPK_E_IO, errno, path, "cannot reserve its %llu bytes on disk: %s", (unsigned long long)size,
-                         strerror(errno));
-}
-
 /* Closes both files: out fsynced when all went well (s), else removed. Returns s or the
  * fsync's or close's failure (naming dst). */
 static mpk_status close_both(int in, int out, const char *dst, mpk_status s, mpk_error *err)
@@ -573,7 +558,7 @@ mpk_status mpk_mpkz_decompress(const char *path, const char *dst, int threads, m
                  (mpk_fault_point("ftruncate") || ftruncate(out, (off_t)(h->data_start + h->data_size)) != 0))
             s = mpk_error_set(err, MPK_E_IO, errno, dst, "cannot size the file: %s", strerror(errno));
         if (s == MPK_OK)
-            s = preallocate(out, dst, h->data_start + h->data_size, err);
+            s = mpk_preallocate(out, dst, h->data_start + h->data_size, err);
     }
     r.in_fd = in;
     r.out_fd = out;

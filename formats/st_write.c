@@ -223,6 +223,8 @@ static mpk_status open_with(const char *path, char *hdr, size_t hlen, uint64_t d
         if (s == MPK_OK && (mpk_fault_point("ftruncate") || ftruncate(o->fd, (off_t)(hlen + dsize)) != 0))
             s = mpk_error_set(err, MPK_E_IO, errno, path, "cannot size the file to %llu bytes: %s",
                               (unsigned long long)(hlen + dsize), strerror(errno));
+        if (s == MPK_OK)
+            s = mpk_preallocate(o->fd, path, hlen + dsize, err);
         if (s != MPK_OK)
             unlink(path);
     }
