@@ -7,7 +7,9 @@ fsyncs its output; zstd's is synced by `sync FILE`).
 Shards (normal_weights, 8 x [2048, 2048]): BF16 drawn from N(0, 0.02) ("bf16"); the same with
 each row scaled by its own 2^u, u uniform in [-1, 1] ("bf16-rows": near-normal weights with
 per-row scales); FP8 E4M3 scaled so that each tensor's largest maps to 448 ("fp8"). KINDS: a
-comma-separated subset (default all three).
+comma-separated subset (default all three). Before each timed command, untimed: its output
+removed, what it reads read once, and sync; the order of the two tools turns round every other
+round (until 2026-12-07 neither: each command could pay for the previous one's writeback).
 
 Per shard: the size ratio (output / input) of each, and per round the ratio of moepack's speed
 to zstd's (zstd's CPU seconds / moepack's, user + sys of the child; and the same of wall time);
@@ -31,14 +33,36 @@ def spread(v):
     return f"{statistics.median(v):.2f}x ({min(v):.2f}..{max(v):.2f})"
 
 
-def one_round(moepack, shard, src, root, rows, sizes):
+def fresh(cmd, reads, outs):
+    """cmd timed after, untimed: its outputs removed, the files it reads read once (this VM's
+    kernel reclaims idle page cache, DAMON), and sync (no command pays for the writeback of the
+    one before it)."""
+    for o in outs:
+        if os.path.isdir(o):
+            shutil.rmtree(o)
+        elif os.path.exists(o):
+            os.unlink(o)
+    for f in reads:
+        for p in ([os.path.join(f, n) for n in os.listdir(f)] if os.path.isdir(f) else [f]):
+            with open(p, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+    os.sync()
+    return run(cmd)
+
+
+def one_round(moepack, shard, src, root, rows, sizes, flip):
+    """moepack's and zstd's compress, then their decompress; which of the two goes first turns
+    round every other round."""
     z, back = os.path.join(root, "z"), os.path.join(root, "back")
-    shutil.rmtree(z, True), shutil.rmtree(back, True)
     f, out = os.path.join(root, "f.zst"), os.path.join(root, "f.out")
-    rows["mpk_c"].append(run([moepack, "compress", "-q", "--threads", "1", src, z]))
-    rows["zstd_c"].append(run(["sh", "-c", 'zstd -3 -q -f "$0" -o "$1" && sync "$1"', shard, f]))
-    rows["mpk_d"].append(run([moepack, "decompress", "-q", "--threads", "1", z, back]))
-    rows["zstd_d"].append(run(["sh", "-c", 'zstd -d -q -f "$0" -o "$1" && sync "$1"', f, out]))
+    steps = {"mpk_c": ([moepack, "compress", "-q", "--threads", "1", src, z], [src], [z]),
+             "zstd_c": (["sh", "-c", 'zstd -3 -q -f "$0" -o "$1" && sync "$1"', shard, f], [shard], [f]),
+             "mpk_d": ([moepack, "decompress", "-q", "--threads", "1", z, back], [z], [back]),
+             "zstd_d": (["sh", "-c", 'zstd -d -q -f "$0" -o "$1" && sync "$1"', f, out], [f], [out])}
+    order = ["zstd_c", "mpk_c", "zstd_d", "mpk_d"] if flip else ["mpk_c", "zstd_c", "mpk_d", "zstd_d"]
+    for k in order:
+        rows[k].append(fresh(*steps[k]))
     sizes["mpk"] = os.path.getsize(os.path.join(z, "model.safetensors.mpkz"))
     sizes["zstd"] = os.path.getsize(f)
     with open(os.path.join(back, "model.safetensors"), "rb") as a, open(shard, "rb") as b:
@@ -62,8 +86,8 @@ def main():
             size = os.path.getsize(shard)
             rows = {k: [] for k in ("mpk_c", "mpk_d", "zstd_c", "zstd_d")}
             sizes = {}
-            for _ in range(rounds):
-                one_round(moepack, shard, src, root, rows, sizes)
+            for r in range(rounds):
+                one_round(moepack, shard, src, root, rows, sizes, r % 2 == 1)
             print(f"## {kind} shard, {size / 2**20:.1f} MiB, {rounds} rounds")
             print(f"size ratio: moepack {sizes['mpk'] / size:.4f}, zstd -3 {sizes['zstd'] / size:.4f}")
             for side, m, zs, label in (("compress", "mpk_c", "zstd_c", "zstd -3"), ("decompress", "mpk_d", "zstd_d",

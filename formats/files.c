@@ -61,8 +61,9 @@ unsigned mpk_umask(void)
 
 /* Allocating a new file's blocks before its bytes are written: each page written then lands in
  * a block that is already there, which spares ext4 its reservation of a delayed block for every
- * page (decompress, one thread: 1.13x less CPU for BF16, 1.26x for FP8; pack 1.1x faster; bench/
- * results/2026-12-07-mpkz-round2.md), and a file system short of room says so before the work. */
+ * page (decompress, one thread, 21 interleaved rounds: 1.12x less CPU for BF16, 1.05x for FP8;
+ * pack, 2 threads: 1.07x and 1.11x faster in two runs; bench/results/2026-12-07-mpkz-round2.md),
+ * and a file system short of room says so before the work. */
 mpk_status mpk_preallocate(int fd, const char *path, uint64_t size, mpk_error *err)
 {
     if (!size || (!mpk_fault_point("fallocate") && fallocate(fd, 0, 0, (off_t)size) == 0))

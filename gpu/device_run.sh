@@ -10,12 +10,13 @@
 # of a per-expert Qwen3-MoE checkpoint against its pack: gpu/load_time.py), fp8 (gpucheck of
 # DeepSeek-V3-shaped FP8 packed experts against their per-expert source), bench (issue 18 on this
 # machine: pack and unpack against cp -r (+ sync), warm, ROUNDS rounds, then from a cold cache
-# where drop_caches can be written), round3 (issue 52, under 8 minutes, see round3 below:
+# where drop_caches can be written), mpkz (issue 51: bench/mpkz_pack_bench.py at --threads 2
+# and 8), round3 (issue 52, under 8 minutes, see round3 below:
 # correctness first, test_gpu --device with the decode, fp8 and grouped_wgmma cases, then
 # timings: decode at T = 1..16 on Mixtral and Qwen3, our grouped kernels against
 # torch._grouped_mm at 4096 and 16384 tokens on Qwen3, fp8 against our BF16 grouped path on
 # DeepSeek-V3; a table per step as it goes, all of them in DATE-DEVICE.md for gpu/results/);
-# default: all of them but bench and round3.
+# default: all of them but bench, mpkz and round3.
 # Writes everything under $OUT (or ./gpu-out): test_gpu output, gpucheck JSON + SVG per shape,
 # peer_torch JSON, the transformers parity results.
 set -u
@@ -196,6 +197,13 @@ for step in "${steps[@]}"; do
             echo "drop_caches cannot be written here: no cold runs" | tee "$RES/bench-cold.txt"
         fi
         rm -rf $W ;;
+    mpkz) # issue 51: pack straight from .mpkz against pack of the plain files (and decompress +
+        # pack), warm, where the machine has cores to spare beside --threads (on the 2-core dev VM
+        # the syncer and the kernel's writeback share the 2 cores with the decoding)
+        echo "machine: $(nproc) cores, kernel $(uname -r)" | tee "$RES/mpkz-machine.txt"
+        for t in 2 8; do
+            timeout 150 python3 bench/mpkz_pack_bench.py .carry 7 $t 2>&1 | tee "$RES/mpkz-pack-threads$t.txt"
+        done ;;
     *) echo "unknown step $step"; exit 2 ;;
     esac
     save
