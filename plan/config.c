@@ -67,6 +67,14 @@ static void quant_of(mpk_model_config *cfg, const char *key, const cJSON *o)
     cfg->quant_group = cJSON_IsNumber(gs) ? (long)gs->valuedouble : gs ? -2 : -1;
     const cJSON *fm = cJSON_GetObjectItemCaseSensitive(o, "format");
     snprintf(cfg->quant_format, sizeof cfg->quant_format, "%s", cJSON_IsString(fm) ? fm->valuestring : "");
+    for (const cJSON *g = cJSON_IsObject(cg) ? cg->child : NULL; g && !cfg->quant_bits_key[0]; g = g->next) {
+        const cJSON *nb = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(g, "weights"), "num_bits");
+        if (cJSON_IsNumber(nb) && nb->valuedouble != 4) {
+            snprintf(cfg->quant_bits_key, sizeof cfg->quant_bits_key, "%s.config_groups.%.40s.weights.num_bits", key,
+                     g->string ? g->string : "?");
+            cfg->quant_bits = (long)nb->valuedouble;
+        }
+    }
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "weight_block_size");
     char *t = b ? cJSON_PrintUnformatted(b) : NULL;
     snprintf(cfg->quant_block, sizeof cfg->quant_block, "%s", t ? t : "");
@@ -213,10 +221,16 @@ const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf,
 
 const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap)
 {
-    (void)dequantize; /* every format moepack reads it also packs with its scales */
     if (cfg && strcmp(cfg->quant_key, "quantization_config") == 0 && strcmp(cfg->quant_method, "compressed-tensors") == 0) {
+        bool int_packed = strcmp(cfg->quant_format, "pack-quantized") == 0;
+        if (int_packed && dequantize && cfg->quant_bits_key[0]) { /* (packed as they are, they move whole) */
+            snprintf(buf, cap, "config.json's %s is %ld with format 'pack-quantized': moepack dequantizes INT4 "
+                     "(num_bits 4) pack-quantized weights only; without --dequantize they are packed as they are",
+                     cfg->quant_bits_key, cfg->quant_bits);
+            return buf;
+        }
         bool known = strcmp(cfg->quant_format, "nvfp4-pack-quantized") == 0 || strcmp(cfg->quant_format, "float-quantized") == 0 ||
-                     strcmp(cfg->quant_format, "pack-quantized") == 0;
+                     int_packed;
         if (known)
             return NULL;
         snprintf(buf, cap, "config.json's quantization_config is compressed-tensors with format '%s': moepack reads, "

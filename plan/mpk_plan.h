@@ -35,6 +35,10 @@ typedef struct mpk_model_config {
     long quant_group;            /* values per block scale (ModelOpt's group_size): -1 absent, -2
                                     not a number */
     char quant_format[32];       /* compressed-tensors' "format" ("nvfp4-pack-quantized"), "" absent */
+    char quant_bits_key[96];     /* compressed-tensors: the first config group's weights.num_bits
+                                    that is a number other than 4 ("quantization_config.config_groups.
+                                    group_0.weights.num_bits"), "" when none is */
+    long quant_bits;             /* its value */
 } mpk_model_config;
 
 /* Why cfg's declared quantization is one moepack does not implement (a sentence naming the
@@ -42,9 +46,9 @@ typedef struct mpk_model_config {
  * blocks (DeepSeek style) and "mxfp4" (gpt-oss). Static or cfg-owned storage, written to buf. */
 const char *mpk_config_quant_unsupported(const mpk_model_config *cfg, char *buf, size_t cap);
 /* The same, compressed-tensors included: its nvfp4-pack-quantized, float-quantized and
- * pack-quantized (INT4) are understood (packed with their companions, or dequantized), any other
- * format is refused naming it. dequantize: whether the conversion dequantizes (today every
- * understood format is understood both ways). */
+ * pack-quantized are understood (packed with their companions, or dequantized), any other format
+ * is refused naming it. dequantize: whether the conversion dequantizes; pack-quantized is then
+ * refused unless every config group's weights are 4 bits (INT8 codes would be read as INT4). */
 const char *mpk_config_quant_refused(const mpk_model_config *cfg, bool dequantize, char *buf, size_t cap);
 /* The architectures[] of config.json (i < count), NULL past the end. Borrowed from cfg. */
 const char *mpk_config_architecture(const mpk_model_config *cfg, int i);

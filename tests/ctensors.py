@@ -24,7 +24,8 @@ Refused, naming the reason, nothing written: a format moepack does not read
 (mxfp4-pack-quantized), a targets/ignore entry that cannot stay true (the exact name of one
 per-expert module, a pattern matching per-expert modules but not the packed one, a name that
 would newly name a module), FP8 128x128 grids concatenated across a block (I % 128 != 0), packed
-experts under --dequantize (unpack --dequantize: moepack decodes per-expert linears only), INT4
+experts under --dequantize (unpack --dequantize: moepack decodes per-expert linears only), 8-bit
+pack-quantized under --dequantize (refused from config.json, before anything is read), INT4
 whose weight_shape disagrees with its codes (dequantizing), and INT4 with a zero point
 (dequantizing; packing moves the zero points). Usage: ctensors.py MOEPACK"""
 import hashlib
@@ -332,6 +333,15 @@ def body(tmp):
     refused(tmp, os.path.join(tmp, "float-quantized"), "mxfp4-pack-quantized packed", "mxfp4-pack-quantized")
     refused(tmp, os.path.join(tmp, "float-quantized"), "mxfp4-pack-quantized dequantized", "mxfp4-pack-quantized",
             args=("--dequantize",))
+    # pack-quantized declaring 8-bit weights: --dequantize (which reads INT4 codes) refused before anything
+    # is read, naming the key; without it the tensors move as they are
+    def int8(qc):
+        qc["config_groups"]["group_0"]["weights"]["num_bits"] = 8
+    d8 = edit_config(os.path.join(tmp, "pack-quantized"), os.path.join(tmp, "pack-quantized-int8"), int8)
+    refused(tmp, d8, "pack-quantized num_bits 8 dequantized",
+            "quantization_config.config_groups.group_0.weights.num_bits is 8", "INT4", args=("--dequantize",))
+    rc, out = run("pack", "-q", d8, os.path.join(tmp, "int8-packed"))
+    check(rc == 0, "pack-quantized num_bits 8: packed as it is" + ("" if rc == 0 else ": " + out))
     # INT4 whose weight_shape disagrees with its packed codes (padding): refused when read, nothing written
     src = os.path.join(tmp, "pack-quantized")
     t = read_dir(src)
