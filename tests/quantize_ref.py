@@ -12,7 +12,8 @@ rounding case:
 Cases: ties at each E2M1 boundary (0.25 0.75 1.25 1.75 2.5 3.5 5 times the block's scale),
 saturation (a block scale rounded down; amax in [6, 8) x 2^X), zero blocks, E4M3-subnormal
 block scales and ones clamped up to 2^-9, BF16 subnormals, negative values and -0, amax exactly a power of
-two, random rows; NaN and infinity refused with the tensor named. Then the CLI round trip:
+two, random rows; NaN and infinity refused with the tensor named (by pack, and by verify of a
+conversion whose SRC got one since, located [expert, row, column]). Then the CLI round trip:
 verify exit 0, a flipped scale byte exit 3, unpack + --dequantize to the reference values; NVFP4 diff
 by decoded value (bounded error, codes zeroed = A's values, a corrupted global scale, wrong-shaped
 scales refused) and per-expert NVFP4 against its --dequantize copy (figures 0).
@@ -448,6 +449,17 @@ def refusals(tmp):
             rc, msg = run("pack", "-q", "--quantize", fmt, d, out)
             check(rc == 1 and "down_proj" in msg and what in msg and not os.path.exists(out),
                   f"{fmt}: a {what} weight is refused (exit 1) naming the tensor, nothing written: {msg.strip()[:160]}")
+            # verify of a conversion whose SRC got the value since: the value located in the output,
+            # [expert, row, column] (flat 77 of down_proj [H, I] is row 77 // I)
+            make_source(d)
+            rc, msg = run("pack", "-q", "--quantize", fmt, d, out)
+            check(rc == 0, f"{fmt}: pack --quantize of the finite source" + ("" if rc == 0 else ": " + msg))
+            make_source(d, bad=(n, 77, val))
+            rc, msg = run("verify", "-q", "--quantize", fmt, d, out)
+            where = f"source value [1, {77 // I}, {77 % I}] is {what}"
+            check(rc == 1 and "experts.down_proj" in msg and where in msg,
+                  f"{fmt}: verify of a SRC with a {what} since: exit 1 naming the tensor and '{where}': {msg.strip()[:200]}")
+            shutil.rmtree(out)
     # a rule that joins gate and up along the columns before stacking (concat dim 1 of [I, H],
     # then merge) puts both in every packed row: refused, naming the op, for both formats
     d = os.path.join(tmp, "cols")

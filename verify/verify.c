@@ -302,9 +302,17 @@ static mpk_status emit4(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmet
         size_t bad = mpk_quant4_matrix(p->quant4, m->dtype, (char *)data + (size_t)l * mat * el, R, C, parts,
                                        c + (size_t)l * mat / 2, s + (size_t)l * mat / (p->quant4 == 1 ? 16 : 32),
                                        g + l * parts, false);
-        if (bad < mat || bad == SIZE_MAX)
-            st = mpk_error_set(v->err, bad == SIZE_MAX ? MPK_E_NOMEM : MPK_E_QUANT, 0, "verify",
-                               "tensor '%s': value %zu of a source matrix is not finite", p->outs[so->weight].name, bad);
+        float x = 0;
+        if (bad < mat)
+            mpk_cast(m->dtype, (char *)data + ((size_t)l * mat + bad) * el, MPK_DTYPE_F32, &x, 1);
+        if (bad == SIZE_MAX)
+            st = mpk_error_set(v->err, MPK_E_NOMEM, 0, "verify", "out of memory");
+        else if (bad < mat) /* [matrix, row, column] of the output, as pack words it */
+            st = mpk_error_set(v->err, MPK_E_QUANT, 0, p->src->dir, "tensor '%s': its source value [%llu, %lld, %lld] is "
+                               "%s: --quantize %s needs finite weights (did SRC change since the conversion?)",
+                               p->outs[so->weight].name, (unsigned long long)(k * (uint64_t)lead + (uint64_t)l),
+                               (long long)(bad / (size_t)C), (long long)(bad % (size_t)C), isnan(x) ? "NaN" : "infinite",
+                               p->quant4 == 1 ? "nvfp4" : "mxfp4");
     }
     if (st == MPK_OK)
         st = tc_feed(v, &so->tw, k * (n / 2), (const char *)c, n / 2);
