@@ -65,7 +65,7 @@ static mpk_status size_units(job *j)
     if (slab && 3 * slab > per_thread) {
         char h1[32], h2[32], h3[32];
         mpk_error_set(j->err, MPK_E_MEMORY_BUDGET, 0, j->dst,
-                      "a transpose block needs %s per thread (3 x %s) but the memory budget gives %s "
+                      "a matrix transposed or quantized whole needs %s per thread (3 x %s) but the memory budget gives %s "
                       "per thread: a larger budget or fewer threads",
                       mpk_human_bytes(3 * slab, h1, sizeof h1), mpk_human_bytes(slab, h2, sizeof h2),
                       mpk_human_bytes(per_thread, h3, sizeof h3));

@@ -241,6 +241,14 @@ has err "hint: pass --force to replace it"
 expect 1 "pack with a budget below a transpose block" -- "$M" pack -q --mem 2MiB --threads 1 "$tmp/vl" "$tmp/x"
 has err "the memory budget gives 2.00 MiB per thread"
 has err "hint: raise --mem or lower --threads"
+# --quantize nvfp4 quantizes each expert matrix whole: gate_up [2I, H] = 1024 x 1024 BF16 (2 MiB), 6 MiB a thread
+"$M" synth --arch qwen3_moe --layers 1 --experts 2 --hidden 1024 --intermediate 512 --vocab 32 "$tmp/q4m" >/dev/null
+expect 1 "pack --quantize nvfp4 with a budget below a matrix" -- "$M" pack -q --quantize nvfp4 --mem 4MiB --threads 2 \
+  "$tmp/q4m" "$tmp/x"
+has err "a matrix transposed or quantized whole needs 6.00 MiB per thread (3 x 2.00 MiB)"
+has err "the memory budget gives 2.00 MiB per thread"
+expect 0 "pack --quantize nvfp4 within the budget" -- "$M" pack -q --quantize nvfp4 --mem 12MiB --threads 2 "$tmp/q4m" "$tmp/x"
+rm -rf "$tmp/x" "$tmp/q4m"
 # --quantize on BF16 experts whose sizes are not multiples of 128: what to do
 expect 1 "pack --quantize of BF16 experts of I=32" -- "$M" pack "$tmp/one" "$tmp/x" --quantize fp8-block128
 has err "hint: --quantize fp8-block128 needs whole 128x128 blocks"
