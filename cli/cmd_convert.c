@@ -216,6 +216,8 @@ static const char *hint_for(const mpk_error *err, const conv_args *a, bool unpac
         if (err->field == MPK_FIELD_PASS_UNKNOWN)
             return "--pass-unknown copies these tensors as they are (the summary lists them), if you know they "
                    "need no conversion; or cover them with a spec (--spec)";
+        if (err->field == MPK_FIELD_QUANT)
+            return "leave out --dequantize: the quantized weights then move as they are, with their scales";
         return "moepack does not convert this quantization (--pass-unknown does not cover it): convert a "
                "dequantized copy, or one in a quantization it implements";
     case MPK_E_ALREADY_CONVERTED:

@@ -518,6 +518,9 @@ mpk_status mpk_plan_build(const mpk_ckpt *src, const mpk_spec *spec, const mpk_p
                                             ? "hf_quant_config.json" : "config.json");
         st = mpk_error_set(err, MPK_E_NOT_UNDERSTOOD, 0, qp ? qp : where, "%s", qwhy);
         free(qp);
+        char nbuf[8];
+        if (opts->dequantize && !mpk_config_quant_refused(opts->cfg, false, nbuf, sizeof nbuf))
+            err->field = MPK_FIELD_QUANT; /* refused for dequantizing only: moved as they are, it converts */
         goto done;
     }
     /* quantizing takes float weights: a quantized source's experts would pass through as they

@@ -340,6 +340,11 @@ def body(tmp):
     d8 = edit_config(os.path.join(tmp, "pack-quantized"), os.path.join(tmp, "pack-quantized-int8"), int8)
     refused(tmp, d8, "pack-quantized num_bits 8 dequantized",
             "quantization_config.config_groups.group_0.weights.num_bits is 8", "INT4", args=("--dequantize",))
+    rc, out = run("pack", "--json", "--dequantize", d8, os.path.join(tmp, "no"))
+    doc = json.loads(out[:out.index("\n}") + 2]) if rc == 1 and "\n}" in out else {}
+    check(doc.get("field") == "quant" and "hint:" not in out,
+          "pack-quantized num_bits 8 dequantized: the way out is the quantization field (leaving out --dequantize, "
+          "which the message says: no hint repeats it)")
     rc, out = run("pack", "-q", d8, os.path.join(tmp, "int8-packed"))
     check(rc == 0, "pack-quantized num_bits 8: packed as it is" + ("" if rc == 0 else ": " + out))
     # INT4 whose weight_shape disagrees with its packed codes (padding): refused when read, nothing written
