@@ -219,6 +219,22 @@ __attribute__((target("avx2"))) static uint32_t nv_maxima_avx2(const uint16_t *i
     return m;
 }
 
+/* Blocks [b, n_blocks) one at a time: the last 0-3 of a matrix, after the 4-block steps of
+ * nv_bf16_avx2 and nv_bf16_avx512. */
+__attribute__((target("avx2"))) static void nv_bf16_rest(const uint16_t *in, size_t b, size_t n_blocks, float g,
+                                                         uint8_t *codes, uint8_t *scales, thr_cache *c)
+{
+    const __m256i abs = _mm256_set1_epi16(0x7FFF);
+    for (; b < n_blocks; b++) {
+        const uint16_t *p = in + b * 16;
+        uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
+                                     codes != NULL);
+        scales[b] = sc;
+        if (codes)
+            codes16(p, &c->tab[sc], codes + b * 8);
+    }
+}
+
 /* NVFP4 blocks in chunks that stay in L1: first the chunk's scale codes (nv_scales4), then its
  * codes, four blocks to one 32-byte store, each block's thresholds addressed by its stored scale
  * code. Two loops, not one: the codes then wait on an L1 load of the scale, not on the whole
@@ -250,14 +266,7 @@ __attribute__((target("avx2"))) static void nv_bf16_avx2(const uint16_t *in, siz
             _mm256_storeu_si256((__m256i *)(codes + (b + k) * 8), r);
         }
     }
-    for (; b < n_blocks; b++) {
-        const uint16_t *p = in + b * 16;
-        uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
-                                     codes != NULL);
-        scales[b] = sc;
-        if (codes)
-            codes16(p, &c->tab[sc], codes + b * 8);
-    }
+    nv_bf16_rest(in, b, n_blocks, g, codes, scales, c);
 }
 
 /* Two NVFP4 blocks' codes in one 512-bit vector (block A in the low half, B in the high): the
@@ -290,7 +299,6 @@ __attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const ui
                                                                         uint8_t *codes, uint8_t *scales,
                                                                         thr_cache *c, const uint8_t *maxima)
 {
-    const __m256i abs = _mm256_set1_epi16(0x7FFF);
     enum { CHUNK = 64 };
     size_t b = 0, full = n_blocks / 4 * 4;
     for (size_t n; b < full; b += n) {
@@ -304,14 +312,7 @@ __attribute__((target("avx512bw,avx512vl"))) static void nv_bf16_avx512(const ui
             _mm_storeu_si128((__m128i *)(codes + (b + k) * 8), nv_codes2_avx512(p + k * 16, &c->tab[s[0]], &c->tab[s[1]]));
         }
     }
-    for (; b < n_blocks; b++) {
-        const uint16_t *p = in + b * 16;
-        uint8_t sc = nv_scale_cached(c, hmax_u16(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)p), abs)), g,
-                                     codes != NULL);
-        scales[b] = sc;
-        if (codes)
-            codes16(p, &c->tab[sc], codes + b * 8);
-    }
+    nv_bf16_rest(in, b, n_blocks, g, codes, scales, c);
 }
 
 #endif
