@@ -520,14 +520,7 @@ struct bufs {
 };
 
 #ifdef MPK_CUBLAS_H
-#define BK_(call)                                                                                 \
-    do {                                                                                          \
-        cublasStatus_t s_ = (call);                                                               \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                        \
-            st = mpk_error_set(err, MPK_E_IO, 0, "gpu", "%s: cuBLAS status %d", #call, (int)s_);  \
-            goto fail;                                                                            \
-        }                                                                                         \
-    } while (0)
+#define BK_(call) BLAS_CK(MPK_E_IO, "", "cuBLAS", call)
 #endif
 
 // One layer on copy `c` of the inputs; the caller brackets it with events.

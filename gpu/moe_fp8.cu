@@ -239,14 +239,7 @@ struct mpk_fp8_dev {
 };
 
 #ifdef MPK_CUBLASLT_H
-#define LK(call)                                                                                    \
-    do {                                                                                            \
-        cublasStatus_t s_ = (call);                                                                 \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                          \
-            st = mpk_error_set(err, MPK_E_OP, 0, "gpu", "fp8: %s: cuBLASLt status %d", #call, (int)s_); \
-            goto fail;                                                                              \
-        }                                                                                           \
-    } while (0)
+#define LK(call) BLAS_CK(MPK_E_OP, "fp8: ", "cuBLASLt", call)
 
 static mpk_status gemm_init(mpk_fp8_dev *d, lt_gemm *g, int N, int K, mpk_error *err)
 {
