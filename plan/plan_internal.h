@@ -44,6 +44,11 @@ mpk_status plan_check_unknown(mpk_plan *p, const mpk_ckpt_tensor *const *pass, s
 /* One {capture} pattern into p (MPK_E_SPEC naming path). */
 mpk_status spec_parse_pattern(const char *text, mpk_pattern *p, const char *where, const char *path,
                               mpk_error *err);
+/* Pattern text t (arena text; NULL: out of memory) into p as s reads patterns: transformers'
+ * regex and target text (spec_tf_pattern) for a "semantics": "transformers" spec, else a
+ * {capture} pattern. */
+mpk_status spec_pattern(mpk_spec *s, const char *t, bool source, mpk_pattern *p, const char *where,
+                        const char *path, mpk_error *err);
 /* The companions every weight-moving rule gets: FP8 grids (_scale_inv), and the quantized
  * linears' tensors (ModelOpt NVFP4, compressed-tensors), SPEC_QUANT_COMPANIONS a rule at most. */
 #define SPEC_QUANT_COMPANIONS 8

@@ -52,6 +52,15 @@ mpk_status spec_parse_pattern(const char *text, mpk_pattern *p, const char *wher
     return MPK_OK;
 }
 
+mpk_status spec_pattern(mpk_spec *s, const char *t, bool source, mpk_pattern *p, const char *where,
+                        const char *path, mpk_error *err)
+{
+    if (!t)
+        MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
+    return s->transformers ? spec_tf_pattern(s, t, source, p, where, path, err)
+                           : spec_parse_pattern(t, p, where, path, err);
+}
+
 static bool match_at(const mpk_pattern *p, const char *name, size_t pos, mpk_capture *caps,
                      int *n_caps, size_t *end)
 {
@@ -172,11 +181,8 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         SPEC_FAIL(sub, "missing", sub);
     *n = 0;
     if (cJSON_IsString(v)) {
-        char *t = mpk_arena_strndup(a, v->valuestring, strlen(v->valuestring));
-        if (!t)
-            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        MPK_TRY(s->transformers ? spec_tf_pattern(s, t, source, &out[0], where, sub, err)
-                                : spec_parse_pattern(t, &out[0], where, sub, err));
+        MPK_TRY(spec_pattern(s, mpk_arena_strndup(a, v->valuestring, strlen(v->valuestring)), source, &out[0], where,
+                             sub, err));
         *n = 1;
         return MPK_OK;
     }
@@ -187,11 +193,8 @@ static mpk_status parse_patterns(const cJSON *rule, const char *plural, const ch
         snprintf(el, sizeof el, "%s[%d]", sub, *n);
         if (!cJSON_IsString(e))
             SPEC_FAIL(el, "must be a string", el);
-        char *t = mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring));
-        if (!t)
-            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        MPK_TRY(s->transformers ? spec_tf_pattern(s, t, source, &out[*n], where, el, err)
-                                : spec_parse_pattern(t, &out[*n], where, el, err));
+        MPK_TRY(spec_pattern(s, mpk_arena_strndup(a, e->valuestring, strlen(e->valuestring)), source, &out[*n], where,
+                             el, err));
         (*n)++;
     }
     return MPK_OK;

@@ -43,10 +43,7 @@ mpk_status spec_add_scale_companions(mpk_spec *s, const char *where, mpk_error *
             char *t = dot_scale ? mpk_arena_printf(s->arena, "%.*s.scale", (int)(tl - 7), from->text)
                                 : mpk_arena_printf(s->arena, "%.*s_scale_inv%s", (int)(tl - dollar), from->text,
                                                    dollar ? "$" : "");
-            if (!t)
-                MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-            MPK_TRY(s->transformers ? spec_tf_pattern(s, t, k < f->n_sources, to, where, c->path, err)
-                                    : spec_parse_pattern(t, to, where, c->path, err));
+            MPK_TRY(spec_pattern(s, t, k < f->n_sources, to, where, c->path, err));
         }
         s->n_rules++;
     }
@@ -151,11 +148,7 @@ static mpk_status qc_make(mpk_spec *s, int fi, int k, bool *made, const char *wh
     for (int i = 0; i < f->n_sources + f->n_targets; i++) {
         const mpk_pattern *from = i < f->n_sources ? &f->sources[i] : &f->targets[i - f->n_sources];
         mpk_pattern *to = i < f->n_sources ? &c->sources[i] : &c->targets[i - f->n_sources];
-        char *t = qc_name(s->arena, from->text, k);
-        if (!t)
-            MPK_FAIL(err, MPK_E_NOMEM, where, "out of memory");
-        MPK_TRY(s->transformers ? spec_tf_pattern(s, t, i < f->n_sources, to, where, c->path, err)
-                                : spec_parse_pattern(t, to, where, c->path, err));
+        MPK_TRY(spec_pattern(s, qc_name(s->arena, from->text, k), i < f->n_sources, to, where, c->path, err));
     }
     s->n_rules++;
     return MPK_OK;
