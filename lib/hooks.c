@@ -3,7 +3,7 @@
  * MOEPACK_FAULT_RANK variables, so the tests drive it through its failure paths); a program that
  * does not call it is never affected, whatever its environment.
  *
- * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT) or N:kill makes the Nth write-path call
+ * MOEPACK_FAULT=N:ERRNO (ENOSPC, EIO, EFBIG, EDQUOT, EOPNOTSUPP) or N:kill makes the Nth write-path call
  * fail, or the process die there (tests of crash safety); N:stop stops it there until SIGCONT;
  * N:ENOMEM makes the Nth allocation fail (cJSON's included); MOEPACK_FAULT=count prints how
  * many of each there were at exit (and how many of the write-path calls were fsyncs). Under
@@ -58,7 +58,8 @@ void mpk_test_hooks_arm(const char *f, const char *only)
     static const struct {
         const char *name;
         int e;
-    } errs[] = {{"kill", 0}, {"stop", -1}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT}};
+    } errs[] = {{"kill", 0}, {"stop", -1}, {"ENOSPC", ENOSPC}, {"EIO", EIO}, {"EFBIG", EFBIG}, {"EDQUOT", EDQUOT},
+                {"EOPNOTSUPP", EOPNOTSUPP}}; /* (a file system without fallocate) */
     if (strcmp(end + 1, "ENOMEM") == 0) {
         route_cjson();
         mpk_alloc_fail_countdown = n;
