@@ -344,16 +344,20 @@ static mpk_status read_quant(mpk_node *n, uint64_t off, uint64_t len, char *buf,
         uint64_t g = n->which ? 1 : 16, k0 = off / g, nb = len / g, step = 1u << 16;
         if (off % g || len % g)
             MPK_FAIL(err, MPK_E_OP, "exec", "internal: unaligned MXFP4 read");
-        char *t = mpk_alloc((nb < step ? nb : step) * 32 * iel + 1);
+        /* the read, then room for the other output (codes or scales): the kernel's vector path
+         * makes both at once */
+        uint64_t most = nb < step ? nb : step;
+        char *t = mpk_alloc(most * 32 * iel + most * 16 + 1);
         if (!t)
             MPK_FAIL(err, MPK_E_NOMEM, "exec", "out of memory");
+        uint8_t *other = (uint8_t *)t + most * 32 * iel;
         for (uint64_t k = 0; k < nb && s == MPK_OK; k += step) {
             uint64_t c = nb - k < step ? nb - k : step;
             s = ex_node_read(n->in, (k0 + k) * 32 * iel, c * 32 * iel, t, r);
             s = rd_finish(r, s);
             if (s == MPK_OK)
-                mpk_quant_mxfp4(im->dtype, t, c, n->which ? NULL : (uint8_t *)buf + k * 16,
-                                n->which ? (uint8_t *)buf + k : NULL);
+                mpk_quant_mxfp4(im->dtype, t, c, n->which ? other : (uint8_t *)buf + k * 16,
+                                n->which ? (uint8_t *)buf + k : other);
         }
         free(t);
         return s;
