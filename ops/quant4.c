@@ -404,9 +404,12 @@ size_t mpk_quant4_matrix(int fmt, mpk_dtype in_dt, const void *in, int64_t R, in
                          uint8_t *codes, uint8_t *scales, float *scale2, bool given)
 {
     size_t n = (size_t)R * (size_t)C, el = mpk_dtype_size(in_dt), blk = fmt == 1 ? 16 : 32;
-    uint8_t *ts = scales ? NULL : malloc(n / blk + 1), *s = scales ? scales : ts, *c = codes;
+    /* scales not asked for but needed on the way: to the codes (and MXFP4 makes both at once);
+     * the NVFP4 global scales alone need none */
+    bool scratch = !scales && (codes || fmt == 2);
+    uint8_t *ts = scratch ? malloc(n / blk + 1) : NULL, *s = scratch ? ts : scales, *c = codes;
     size_t bad = n;
-    if (!s) {
+    if (scratch && !ts) {
         bad = SIZE_MAX; /* out of memory */
     } else if (fmt == 2) {
         bad = mpk_quant_mxfp4_ocp(in_dt, in, n / 32, c, s);
