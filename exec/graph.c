@@ -110,12 +110,9 @@ static bool add_range(void *ctx, const mpk_range *r)
  * matrix. */
 static quant_cache *cache_new(const mpk_tmeta *im, uint64_t grid, mpk_arena *arena)
 {
-    int64_t mats = 1;
-    for (int d = 0; d < im->ndim - 2; d++)
-        mats *= im->shape[d];
     quant_cache *c = mpk_arena_alloc(arena, sizeof *c);
     if (c) {
-        c->n_mats = (uint64_t)mats;
+        c->n_mats = mpk_prod(im->shape, 0, im->ndim - 2);
         c->grid = grid;
         c->scales = mpk_arena_alloc(arena, c->n_mats * c->grid * sizeof *c->scales + 1);
         c->ready = mpk_arena_alloc(arena, c->n_mats + 1);
@@ -127,41 +124,20 @@ static quant_cache *cache_new(const mpk_tmeta *im, uint64_t grid, mpk_arena *are
     return c;
 }
 
-/* NVFP4's codes, block scales and global scales of one rule output are three QUANT nodes over
- * the same input: they share the global scales the codes' node computes per matrix (the others
- * then skip the amax pass, and the global scales' node the read). */
-static mpk_status quant_share4(builder *b, size_t i, mpk_node *q, mpk_arena *arena)
+/* The QUANT nodes of one rule output (FP8: codes and scale grid; NVFP4: codes, block scales
+ * and global scales) are made over the same input and share one cache of grid floats a matrix:
+ * the first made makes it (in the arena), the others find it. The codes' node fills it per
+ * matrix, so the others skip the amax pass (and a node of scales alone, the read). */
+static mpk_status quant_share(builder *b, size_t i, mpk_node *q, uint64_t grid, mpk_arena *arena)
 {
-    if (q->q4 != 1)
-        return MPK_OK;
     for (size_t k = 0; k < i; k++) {
         mpk_node *s = b->out[k];
-        if (s && s->kind == N_QUANT && s->in == q->in && s->q4) {
+        if (s && s->kind == N_QUANT && s->in == q->in) {
             q->qc = s->qc;
             return MPK_OK;
         }
     }
-    if (!(q->qc = cache_new(&q->in->meta, (uint64_t)(q->parts > 1 ? q->parts : 1), arena)))
-        MPK_FAIL(b->err, MPK_E_NOMEM, "exec", "out of memory");
-    return MPK_OK;
-}
-
-/* The FP8 codes and the scale grid of one rule output are two QUANT nodes over the same
- * input: the second made shares the first's scale cache (made here, in the arena). */
-static mpk_status quant_pair(builder *b, size_t i, mpk_node *q, mpk_arena *arena)
-{
-    const mpk_tmeta *im = &q->in->meta;
-    if (q->mx || q->q4 || im->ndim < 2)
-        return MPK_OK;
-    for (size_t k = 0; k < i; k++) {
-        mpk_node *s = b->out[k];
-        if (s && s->kind == N_QUANT && s->in == q->in && s->which != q->which) {
-            q->qc = s->qc;
-            return MPK_OK;
-        }
-    }
-    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], bl = q->block;
-    if (!(q->qc = cache_new(im, (uint64_t)(((R + bl - 1) / bl) * ((C + bl - 1) / bl)), arena)))
+    if (!(q->qc = cache_new(&q->in->meta, grid, arena)))
         MPK_FAIL(b->err, MPK_E_NOMEM, "exec", "out of memory");
     return MPK_OK;
 }
@@ -309,14 +285,19 @@ mpk_status ex_build_nodes(const mpk_plan *p, builder *b, mpk_arena *arena)
                     int64_t RC = im->shape[im->ndim - 2] * im->shape[im->ndim - 1];
                     q->granule = q->which == 0 ? (uint64_t)RC / 2 : q->which == 1 ? (uint64_t)RC / (p->quant4 == 1 ? 16 : 32)
                                                                                      : (uint64_t)(o->parts > 1 ? o->parts : 1) * 4;
-                    MPK_TRY(quant_share4(b, i, q, arena));
+                    if (q->q4 == 1) /* (MXFP4 has no global scale to share) */
+                        MPK_TRY(quant_share(b, i, q, (uint64_t)(o->parts > 1 ? o->parts : 1), arena));
                     *on = q;
                     continue;
                 }
                 q->block = p->fp8_block;
                 mpk_op op = {.kind = MPK_OP_QUANT_FP8, .block = p->fp8_block};
                 q->granule = mpk_op_descs[op.kind].granule(&op, &(*on)->meta, &o->meta, q->which);
-                MPK_TRY(quant_pair(b, i, q, arena));
+                const mpk_tmeta *im = &q->in->meta;
+                if (im->ndim >= 2) {
+                    int64_t R = im->shape[im->ndim - 2], C = im->shape[im->ndim - 1], bl = q->block;
+                    MPK_TRY(quant_share(b, i, q, (uint64_t)(((R + bl - 1) / bl) * ((C + bl - 1) / bl)), arena));
+                }
                 *on = q;
             }
         } else if (!(*on = source_node(b, p, o->pass, &o->meta))) {
