@@ -139,9 +139,7 @@ static mpk_status read_dequant_nvfp4(mpk_node *n, uint64_t off, uint64_t len, ch
     s = rd_finish(r, s);
     if (s == MPK_OK && packed) {
         const mpk_tmeta *w = &n->in->meta;
-        int64_t lead = 1, R = w->shape[w->ndim - 2];
-        for (int d = 0; d < w->ndim - 2; d++)
-            lead *= w->shape[d];
+        int64_t lead = (int64_t)mpk_prod(w->shape, 0, w->ndim - 2), R = w->shape[w->ndim - 2];
         mpk_dequant_nvfp4_packed(t, t + nb * 8, k0, (size_t)nb, gs, n->meta.shape[n->meta.ndim - 1] / 16, R,
                                  (int64_t)(n->in3->nbytes / 4) / lead, n->meta.dtype, buf);
     } else if (s == MPK_OK) {

@@ -289,9 +289,7 @@ typedef struct {
  * the conversion ran; its AVX2 and portable paths agree, tests/test_quant4.c) and compared. */
 static mpk_status emit4(vctx *v, const mpk_plan *p, slot_out *so, const mpk_tmeta *m, void *data, uint64_t k)
 {
-    int64_t R = m->shape[m->ndim - 2], C = m->shape[m->ndim - 1], lead = 1;
-    for (int d = 0; d < m->ndim - 2; d++)
-        lead *= m->shape[d];
+    int64_t R = m->shape[m->ndim - 2], C = m->shape[m->ndim - 1], lead = (int64_t)mpk_prod(m->shape, 0, m->ndim - 2);
     int parts = so->scale2 >= 0 ? p->outs[so->scale2].parts : 1;
     uint64_t n = (uint64_t)(lead * R * C), n1 = n / (p->quant4 == 1 ? 16 : 32), n2 = (uint64_t)lead * (uint64_t)parts * 4;
     uint8_t *c = mpk_alloc(n / 2 + 1), *s = mpk_alloc(n1 + 1);

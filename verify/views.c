@@ -32,9 +32,7 @@ static mpk_status read_nvfp4(const mpk_plan *p, const mpk_plan_view *vw, uint64_
                    : mpk_ckpt_read(p->src, vw->scale2, 0, 4, q + nb * 9, err);
     if (s == MPK_OK && packed) {
         const mpk_tensor_info *w = vw->weight->info;
-        int64_t lead = 1, R = w->shape[w->ndim - 2];
-        for (int d = 0; d < w->ndim - 2; d++)
-            lead *= w->shape[d];
+        int64_t lead = (int64_t)mpk_prod(w->shape, 0, w->ndim - 2), R = w->shape[w->ndim - 2];
         mpk_dequant_nvfp4_packed(q, q + nb * 8, b0, (size_t)nb, g, vw->info.shape[vw->info.ndim - 1] / 16, R,
                                  (int64_t)(vw->scale2->nbytes / 4) / lead, MPK_DTYPE_F32, f);
     } else if (s == MPK_OK) {
@@ -96,10 +94,8 @@ mpk_status vfy_read_view(const mpk_plan *p, const mpk_plan_view *vw, uint64_t of
     } else if (s == MPK_OK && (w->dtype == MPK_DTYPE_U8 || w->dtype == MPK_DTYPE_I8)) {
         mpk_dequant_mxfp4((const uint8_t *)wb, (const uint8_t *)sb, (size_t)vw->scale->nbytes, MPK_DTYPE_BF16, full);
     } else if (s == MPK_OK) { /* FP8 with E8M0 powers of two: the grid as F32, then the rows */
-        int64_t R = w->shape[w->ndim - 2], C = w->shape[w->ndim - 1], bl = p->fp8_block, lead = 1;
-        int64_t SR = (R + bl - 1) / bl, SC = (C + bl - 1) / bl;
-        for (int d = 0; d < w->ndim - 2; d++)
-            lead *= w->shape[d];
+        int64_t R = w->shape[w->ndim - 2], C = w->shape[w->ndim - 1], bl = p->fp8_block;
+        int64_t SR = (R + bl - 1) / bl, SC = (C + bl - 1) / bl, lead = (int64_t)mpk_prod(w->shape, 0, w->ndim - 2);
         if (!(grid = mpk_alloc(vw->scale->nbytes * sizeof *grid + 4)))
             s = mpk_error_set(err, MPK_E_NOMEM, 0, "verify", "out of memory");
         for (uint64_t k = 0; s == MPK_OK && k < vw->scale->nbytes; k++)
