@@ -260,10 +260,8 @@ static mpk_status compare_two(const mpk_compare_req *q, mpk_quant quant, const m
     MPK_TRY(mpk_config_load(a->dir, &cfg, err));
     /* (pass_unknown: verify compares what a conversion with --pass-unknown passed through as it
      * compares any pass-through; an unknown quantization method is still refused) */
-    mpk_plan_opts po = {.cfg = &cfg, .dequantize = quant == MPK_QUANT_DEQUANTIZE,
-                        .quantize_block = quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0,
-                        .quantize4 = quant == MPK_QUANT_NVFP4 ? 1 : quant == MPK_QUANT_MXFP4 ? 2 : 0,
-                        .pass_unknown = true};
+    mpk_plan_opts po = {.cfg = &cfg, .pass_unknown = true};
+    mpk_lib_plan_quant(quant, &po);
     mpk_status s;
     /* the same names are a round trip, unless one side is marked packed and the other is not
      * (a preset whose targets keep their sources' names, e.g. qwen3_vl_moe's transposes) */
@@ -332,7 +330,7 @@ static mpk_status run_compare(const mpk_compare_req *q, bool stats, mpk_report *
         mpk_quant quant = q->quant == MPK_QUANT_KEEP ? detect_quant(a, b) : q->quant;
         /* diff of A against its quantization B (FP8, MXFP4, NVFP4): B's values dequantized on the
          * fly against A's, so the figures are the quantization's error (relative to B's values) */
-        if (stats && (quant == MPK_QUANT_FP8_BLOCK128 || quant == MPK_QUANT_MXFP4 || quant == MPK_QUANT_NVFP4))
+        if (stats && mpk_lib_quantizes(quant))
             s = compare_two(q, MPK_QUANT_DEQUANTIZE, b, a, &co, &r, err);
         else
             s = compare_two(q, quant, a, b, &co, &r, err);

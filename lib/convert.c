@@ -340,10 +340,8 @@ static mpk_status plan_job(const mpk_convert_req *r, bool names_ok, job **jout, 
         goto fail;
     }
     mpk_plan_opts po = {.max_shard_size = r->max_shard_size, .cfg = &j->cfg,
-                        .dequantize = r->quant == MPK_QUANT_DEQUANTIZE,
-                        .quantize_block = r->quant == MPK_QUANT_FP8_BLOCK128 ? 128 : 0,
-                        .quantize4 = r->quant == MPK_QUANT_NVFP4 ? 1 : r->quant == MPK_QUANT_MXFP4 ? 2 : 0,
                         .pass_unknown = r->flags & MPK_CONVERT_PASS_UNKNOWN};
+    mpk_lib_plan_quant(r->quant, &po);
     /* a transformers spec's renames undone: the record's names pick among the names a packed
      * name could have had (plan/rename_undo.c) */
     if (j->spec->reversed && j->spec->transformers && !r->layout_like && has_record(j->src)) {
@@ -455,11 +453,11 @@ static mpk_status requant_config(const mpk_convert_req *r, const job *j, const m
 {
     cJSON *qc = NULL;
     *out = NULL;
-    if (r->quant == MPK_QUANT_FP8_BLOCK128 || r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4)
+    if (mpk_lib_quantizes(r->quant))
         qc = mpk_lib_quant_config(p, r->quant);
     else if (j->spec->dequantizes && j->spec->reversed)
         qc = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"), 1);
-    bool want_qc = r->quant == MPK_QUANT_FP8_BLOCK128 || r->quant == MPK_QUANT_NVFP4 || r->quant == MPK_QUANT_MXFP4 ||
+    bool want_qc = mpk_lib_quantizes(r->quant) ||
                    (j->spec->dequantizes && j->spec->reversed &&
                     cJSON_GetObjectItemCaseSensitive(j->spec->json, "quantization_config"));
     if (want_qc && !qc)

@@ -73,6 +73,10 @@ mpk_status mpk_lib_compress_shards(const char *dir, int level, int threads, mpk_
  * NULL: out of memory); q's --quantize word (the manifest's options); what a --quantize output
  * is (fmt: mpk_plan's quant4, 0 FP8; role: mpk_plan_out's quant) for plan --json. */
 cJSON *mpk_lib_quant_config(const mpk_plan *p, mpk_quant q);
+/* Whether q quantizes (fp8-block128, nvfp4, mxfp4). */
+bool mpk_lib_quantizes(mpk_quant q);
+/* A plan's options for q: dequantize, quantize_block, quantize4 (the rest of po untouched). */
+void mpk_lib_plan_quant(mpk_quant q, mpk_plan_opts *po);
 char *mpk_lib_hf_quant_config(const mpk_plan *p);
 const char *mpk_lib_quant_name(mpk_quant q);
 const char *mpk_lib_quant_role(int fmt, int role);

@@ -86,6 +86,18 @@ cJSON *mpk_lib_quant_config(const mpk_plan *p, mpk_quant q)
                                        : NULL;
 }
 
+bool mpk_lib_quantizes(mpk_quant q)
+{
+    return q == MPK_QUANT_FP8_BLOCK128 || q == MPK_QUANT_NVFP4 || q == MPK_QUANT_MXFP4;
+}
+
+void mpk_lib_plan_quant(mpk_quant q, mpk_plan_opts *po)
+{
+    po->dequantize = q == MPK_QUANT_DEQUANTIZE;
+    po->quantize_block = q == MPK_QUANT_FP8_BLOCK128 ? 128 : 0;
+    po->quantize4 = q == MPK_QUANT_NVFP4 ? 1 : q == MPK_QUANT_MXFP4 ? 2 : 0;
+}
+
 const char *mpk_lib_quant_name(mpk_quant q)
 {
     static const char *const names[MPK_QUANT_COUNT] = {"keep", "dequantize", "fp8-block128", "nvfp4", "mxfp4"};
