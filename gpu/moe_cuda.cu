@@ -371,15 +371,7 @@ __global__ void __launch_bounds__(256) k_grouped_gemm(const bf16 *A, const bf16 
     int tile = blockIdx.y;
     if (tile >= tile_off[E])
         return;
-    int lo = 0, hi = E; // expert e: tile_off[e] <= tile < tile_off[e + 1], e with tokens
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (tile_off[mid] <= tile)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    int e = lo; // the largest such e: experts without tokens (no tiles) are skipped
+    int e = mpk_sched_expert(tile_off, E, tile); // tile_off[e] <= tile < tile_off[e + 1]: e has tokens
     int r0 = off[e] + (tile - tile_off[e]) * BM, r1 = off[e + 1];
     int nb = FUSED ? blockIdx.x * (BN / 2) : blockIdx.x * BN; // first output column
     int Nout = FUSED ? N / 2 : N;

@@ -82,15 +82,7 @@ MPK_HD int mpk_fp8_max_rows(int P, int E)
  * (empty groups have none). */
 MPK_HD int mpk_fp8_group_of(const int *poff, int E, int pr)
 {
-    int lo = 0, hi = E; /* poff[lo] <= pr < poff[hi] */
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (poff[mid] <= pr)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
+    return mpk_hd_group(poff, E, pr);
 }
 
 /* Padded row of sorted row r, which belongs to group e. */

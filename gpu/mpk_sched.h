@@ -48,15 +48,7 @@ MPK_HD void mpk_sched_raster(int t, int mt, int nt, int *m, int *n)
  * own no m-tiles). */
 MPK_HD int mpk_sched_expert(const int *tile_off, int E, int m)
 {
-    int lo = 0, hi = E;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) / 2;
-        if (tile_off[mid] <= m)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return lo;
+    return mpk_hd_group(tile_off, E, m);
 }
 
 /* Tile t in full; nt n-tiles, tile_off[E] m-tiles in all. */
